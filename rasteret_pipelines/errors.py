@@ -1,0 +1,50 @@
+"""Every error rasteret-pipelines raises on purpose, under one base class.
+
+Each class is named for what failed. Messages name the object at fault (href, band, date,
+geometry, source) and never carry credentials.
+"""
+
+from __future__ import annotations
+
+
+class RasteretError(Exception):
+    """Base class of every error raised on purpose by rasteret-pipelines."""
+
+
+# --- COG engine -------------------------------------------------------------------------------
+
+
+class CogError(RasteretError):
+    """A Cloud-Optimized GeoTIFF could not be read; ``href`` names the object."""
+
+    def __init__(self, href: str, message: str):
+        self.href = href
+        super().__init__(f"{href}: {message}")
+
+
+class NotATiffError(CogError):
+    """The object does not start with a TIFF or BigTIFF signature."""
+
+
+class TiffFormatError(CogError):
+    """The TIFF structure is broken: truncated header, bad offsets, absurd tag counts."""
+
+
+class UnsupportedTiffError(CogError):
+    """A valid TIFF uses a feature this engine does not read (codec, layout, bit depth)."""
+
+
+class CogNotFoundError(CogError, FileNotFoundError):
+    """The object does not exist (HTTP 404, missing S3 key, missing local file)."""
+
+
+class FetchError(CogError):
+    """A byte range could not be fetched, after the configured retries."""
+
+
+class StaleHeaderError(CogError):
+    """The object changed (size or ETag) since its header was cached: re-index it."""
+
+
+class WindowError(RasteretError, ValueError):
+    """A requested window or overview level is not valid for the header."""
