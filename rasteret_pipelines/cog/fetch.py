@@ -1,0 +1,387 @@
+"""Byte-range transport: http(s) through aiohttp, ``s3://`` signed with SigV4, local files.
+
+One :class:`RangeFetcher` serves a batch of reads: it holds one aiohttp session (connections
+are reused), bounds concurrency with a semaphore, retries transient faults (5xx, 429, resets,
+truncated bodies) with capped exponential backoff and full jitter, and checks every response
+against the object version a cached header expects, so a changed object raises
+:class:`~rasteret_pipelines.errors.StaleHeaderError` instead of being decoded with old offsets.
+
+Credentials come from botocore's standard chain and only ever live in request headers: they
+are never logged, stored in a header, or put in an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import threading
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlparse
+
+import aiohttp
+from yarl import URL
+
+from rasteret_pipelines.errors import (
+    CogError,
+    CogNotFoundError,
+    FetchError,
+    StaleHeaderError,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How reads talk to storage. Defaults suit public S3/HTTPS buckets from one machine."""
+
+    max_concurrency: int = 64
+    """Requests in flight at once (also the connection pool size)."""
+    max_retries: int = 5
+    """Retries of one range after a transient fault, before :class:`FetchError`."""
+    backoff_base: float = 0.1
+    """First backoff in seconds; doubles per retry, with full jitter."""
+    backoff_max: float = 5.0
+    """Cap of one backoff sleep in seconds."""
+    connect_timeout: float = 10.0
+    """Seconds to open a connection."""
+    read_timeout: float = 60.0
+    """Seconds for one whole request, body included."""
+    header_read_bytes: int = 65536
+    """Bytes asked for in the first header request (covers GDAL COG headers of large scenes)."""
+    coalesce_gap: int = 256 * 1024
+    """Blocks whose gap in the file is at most this many bytes are fetched in one request."""
+    max_request_bytes: int = 32 * 1024 * 1024
+    """A coalesced request is not grown past this size (keeps requests parallel)."""
+    requester_pays: bool = False
+    """Send ``x-amz-request-payer: requester`` on ``s3://`` reads (Landsat on S3)."""
+    aws_region: str | None = None
+    """Region of ``s3://`` buckets; defaults to the AWS configuration, then us-west-2."""
+    aws_unsigned: bool = False
+    """Read ``s3://`` objects anonymously (public buckets) instead of signing."""
+    decode_threads: int | None = None
+    """Threads decoding blocks; None means one per CPU."""
+
+
+@dataclass
+class FetchStats:
+    """Counters of one fetcher: every request that reached storage, retries included."""
+
+    requests: int = 0
+    header_requests: int = 0
+    bytes: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """Size and ETag (or modification time) identifying one version of an object."""
+
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+
+
+@dataclass
+class RangeResponse:
+    """The bytes of one range and the version of the object they came from."""
+
+    data: bytes
+    version: ObjectVersion
+
+
+@dataclass
+class _S3Context:
+    endpoint: str | None
+    default_region: str
+    credentials: object | None
+    bucket_regions: dict[str, str] = field(default_factory=dict)
+
+
+_S3_LOCK = threading.Lock()
+_S3_CACHE: dict[tuple, _S3Context] = {}
+
+
+def _s3_context(config: FetchConfig) -> _S3Context:
+    """Endpoint, region and credentials from botocore's standard configuration (cached)."""
+    key = (
+        config.aws_region,
+        config.aws_unsigned,
+        os.environ.get("AWS_ENDPOINT_URL_S3"),
+        os.environ.get("AWS_ENDPOINT_URL"),
+        os.environ.get("AWS_PROFILE"),
+        os.environ.get("AWS_ACCESS_KEY_ID"),
+    )
+    with _S3_LOCK:
+        ctx = _S3_CACHE.get(key)
+        if ctx is None:
+            import botocore.session
+
+            session = botocore.session.Session()
+            region = (
+                config.aws_region or session.get_config_variable("region") or "us-west-2"
+            )
+            endpoint = None
+            try:
+                client = session.create_client("s3", region_name=region)
+                endpoint = client.meta.endpoint_url
+                client.close()
+            except Exception as exc:  # no credentials is fine here; signing checks later
+                log.debug("botocore could not build an S3 client: %s", type(exc).__name__)
+            if endpoint and "amazonaws.com" in endpoint:
+                endpoint = None  # use virtual-hosted URLs in the bucket's own region
+            credentials = None if config.aws_unsigned else session.get_credentials()
+            ctx = _S3Context(endpoint=endpoint, default_region=region, credentials=credentials)
+            _S3_CACHE[key] = ctx
+        return ctx
+
+
+def is_local(href: str) -> bool:
+    return "://" not in href or href.startswith("file://")
+
+
+def local_path(href: str) -> str:
+    return unquote(urlparse(href).path) if href.startswith("file://") else href
+
+
+class RangeFetcher:
+    """Asynchronous byte-range reader for one batch of work (use as ``async with``)."""
+
+    def __init__(self, config: FetchConfig | None = None):
+        self.config = config or FetchConfig()
+        self.stats = FetchStats()
+        self._session: aiohttp.ClientSession | None = None
+        self._sem = asyncio.Semaphore(self.config.max_concurrency)
+        self._rng = random.Random()
+
+    async def __aenter__(self) -> RangeFetcher:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=self.config.read_timeout, sock_connect=self.config.connect_timeout
+            )
+            connector = aiohttp.TCPConnector(
+                limit=self.config.max_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
+            )
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, connector=connector, auto_decompress=False
+            )
+        return self._session
+
+    async def get_range(
+        self,
+        href: str,
+        start: int,
+        end: int,
+        *,
+        expect: ObjectVersion | None = None,
+        header: bool = False,
+    ) -> RangeResponse:
+        """Bytes ``[start, end)`` of ``href`` (fewer only where the object ends first).
+
+        Args:
+            href: ``http(s)://``, ``s3://`` or a local path.
+            start: First byte.
+            end: One past the last byte.
+            expect: Version the caller's cached header was built from; a different size or
+                ETag raises :class:`StaleHeaderError`.
+            header: Count the request as a header request in :attr:`stats`.
+
+        Raises:
+            CogNotFoundError: the object does not exist.
+            FetchError: the range could not be fetched after the configured retries.
+            StaleHeaderError: the object is not the version ``expect`` describes.
+        """
+        if is_local(href):
+            response = await self._get_local(href, start, end)
+        else:
+            response = await self._get_remote(href, start, end, header)
+        if expect is not None:
+            _check_version(href, expect, response.version)
+        return response
+
+    # -- local ---------------------------------------------------------------------------------
+
+    async def _get_local(self, href: str, start: int, end: int) -> RangeResponse:
+        path = local_path(href)
+
+        def read() -> RangeResponse:
+            try:
+                with open(path, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    data = os.pread(fh.fileno(), max(0, end - start), start)
+            except FileNotFoundError as exc:
+                raise CogNotFoundError(href, "no such file") from exc
+            except OSError as exc:
+                raise FetchError(href, f"cannot read file: {exc.strerror}") from exc
+            return RangeResponse(data, ObjectVersion(st.st_size, None, str(st.st_mtime_ns)))
+
+        async with self._sem:
+            response = await asyncio.to_thread(read)
+        self.stats.requests += 1
+        self.stats.bytes += len(response.data)
+        return response
+
+    # -- http(s) and s3 ------------------------------------------------------------------------
+
+    async def _get_remote(self, href: str, start: int, end: int, header: bool) -> RangeResponse:
+        scheme = href.split("://", 1)[0].lower()
+        if scheme not in ("http", "https", "s3"):
+            raise CogError(href, f"unsupported URL scheme {scheme!r} (use http(s)://, s3:// or a path)")
+        want = end - start
+        last_error = "no attempt made"
+        attempts = self.config.max_retries + 1
+        redirects = 0
+        attempt = 0
+        while attempt < attempts:
+            if attempt:
+                self.stats.retries += 1
+                await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+            url, headers = self._request(href, scheme, start, end)
+            try:
+                async with self._sem:
+                    self.stats.requests += 1
+                    if header:
+                        self.stats.header_requests += 1
+                    async with self._http().get(url, headers=headers, allow_redirects=True) as resp:
+                        status = resp.status
+                        if status in (200, 206):
+                            body = await resp.read()
+                            self.stats.bytes += len(body)
+                            return self._accept(href, resp, body, start, end, want)
+                        region = resp.headers.get("x-amz-bucket-region")
+                        await resp.read()
+                        retry_after = resp.headers.get("Retry-After")
+            except (aiohttp.ClientError, asyncio.TimeoutError, _Truncated) as exc:
+                last_error = _describe(exc)
+                continue
+            # Non-success statuses.
+            if scheme == "s3" and region and status in (301, 307, 400) and redirects < 2:
+                bucket = urlparse(href).netloc
+                _s3_context(self.config).bucket_regions[bucket] = region
+                redirects += 1
+                attempt -= 1
+                continue
+            if status == 404:
+                raise CogNotFoundError(href, "object not found (HTTP 404)")
+            if status == 416:
+                raise FetchError(href, f"bytes {start}-{end - 1} are past the end of the object (HTTP 416)")
+            if status in (401, 403):
+                hint = ""
+                if scheme == "s3" and not self.config.requester_pays:
+                    hint = "; requester-pays buckets need requester_pays=True"
+                raise FetchError(href, f"access denied (HTTP {status}){hint}")
+            if status in RETRY_STATUSES or status >= 500:
+                last_error = f"HTTP {status}"
+                if retry_after and retry_after.strip().isdigit():
+                    await asyncio.sleep(min(float(retry_after), self.config.backoff_max))
+                continue
+            raise FetchError(href, f"unexpected HTTP {status} for bytes {start}-{end - 1}")
+        raise FetchError(
+            href, f"bytes {start}-{end - 1} failed after {attempts} attempts (last: {last_error})"
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.config.backoff_max, self.config.backoff_base * (2 ** (attempt - 1)))
+        return self._rng.uniform(0, cap)
+
+    def _request(self, href: str, scheme: str, start: int, end: int) -> tuple[URL | str, dict]:
+        headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+        if scheme != "s3":
+            return href, headers
+        return self._s3_request(href, headers)
+
+    def _s3_request(self, href: str, headers: dict) -> tuple[URL, dict]:
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        parsed = urlparse(href)
+        bucket, key = parsed.netloc, parsed.path.lstrip("/")
+        ctx = _s3_context(self.config)
+        region = ctx.bucket_regions.get(bucket, ctx.default_region)
+        quoted = quote(key, safe="/~")
+        if ctx.endpoint:
+            url = f"{ctx.endpoint.rstrip('/')}/{bucket}/{quoted}"
+        elif "." in bucket:
+            url = f"https://s3.{region}.amazonaws.com/{bucket}/{quoted}"
+        else:
+            url = f"https://{bucket}.s3.{region}.amazonaws.com/{quoted}"
+        if self.config.requester_pays:
+            headers["x-amz-request-payer"] = "requester"
+        if not self.config.aws_unsigned:
+            if ctx.credentials is None:
+                raise FetchError(
+                    href,
+                    "no AWS credentials found (environment, ~/.aws/credentials or profile); "
+                    "set them, or read public buckets with aws_unsigned=True",
+                )
+            request = AWSRequest(method="GET", url=url, headers=dict(headers))
+            S3SigV4Auth(ctx.credentials.get_frozen_credentials(), "s3", region).add_auth(request)
+            headers = dict(request.headers.items())
+        return URL(url, encoded=True), headers
+
+    def _accept(self, href, resp, body: bytes, start: int, end: int, want: int) -> RangeResponse:
+        etag = resp.headers.get("ETag")
+        last_modified = resp.headers.get("Last-Modified")
+        if resp.status == 206:
+            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if match is None:
+                raise _Truncated("206 without a usable Content-Range")
+            got_start, got_end = int(match.group(1)), int(match.group(2))
+            size = None if match.group(3) == "*" else int(match.group(3))
+            expected = min(end, size) - start if size is not None else want
+            if got_start != start or len(body) != got_end - got_start + 1 or len(body) < expected:
+                raise _Truncated(f"got {len(body)} of {expected} bytes")
+            data = body
+        else:  # 200: the server ignored Range and sent the whole object
+            declared = resp.headers.get("Content-Length")
+            if declared is not None and int(declared) != len(body):
+                raise _Truncated(f"got {len(body)} of {declared} bytes")
+            size = len(body)
+            data = body[start:end]
+        return RangeResponse(data, ObjectVersion(size, etag, last_modified))
+
+
+class _Truncated(Exception):
+    """A response body shorter than the range asked for (retried)."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc).split("\n", 1)[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_version(href: str, expect: ObjectVersion, got: ObjectVersion) -> None:
+    if expect.size is not None and got.size is not None and expect.size != got.size:
+        raise StaleHeaderError(
+            href, f"object is now {got.size} bytes, the cached header says {expect.size}: re-index it"
+        )
+    if expect.etag and got.etag:
+        if expect.etag != got.etag:
+            raise StaleHeaderError(
+                href, f"ETag changed from {expect.etag} to {got.etag} since the header was cached"
+            )
+    elif expect.last_modified and got.last_modified and expect.last_modified != got.last_modified:
+        raise StaleHeaderError(
+            href,
+            f"modified ({got.last_modified}) since the header was cached ({expect.last_modified})",
+        )

@@ -1,0 +1,240 @@
+"""Header reads and window reads: plan blocks, coalesce ranges, fetch, decode, assemble.
+
+The asynchronous functions here are the engine; :mod:`rasteret_pipelines.cog` wraps them for
+synchronous callers. A window read computes the byte range of every block it needs from the
+cached header alone, fetches distinct blocks once per batch (adjacent or nearby blocks in one
+request), decodes them on a thread pool as they arrive, and copies each window out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from rasteret_pipelines.cog import tiff
+from rasteret_pipelines.cog.decode import decode_block
+from rasteret_pipelines.cog.fetch import FetchConfig, ObjectVersion, RangeFetcher
+from rasteret_pipelines.cog.header import CogHeader, ImageLevel, build_header, validate_window
+from rasteret_pipelines.errors import TiffFormatError
+
+MAX_HEADER_ROUNDS = 6
+"""Header requests after the first before the file is declared unreadable."""
+MAX_BLOCK_BYTES = 1 << 30
+"""A block claiming more bytes than this is treated as corrupt."""
+
+Window = tuple[int, int, int, int]
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+
+
+def decode_pool(threads: int | None = None) -> ThreadPoolExecutor:
+    """The shared block-decoding thread pool (imagecodecs releases the GIL)."""
+    global _POOL, _POOL_SIZE
+    size = threads or os.cpu_count() or 2
+    if _POOL is None or _POOL_SIZE != size:
+        _POOL = ThreadPoolExecutor(max_workers=size, thread_name_prefix="cog-decode")
+        _POOL_SIZE = size
+    return _POOL
+
+
+# -- headers -----------------------------------------------------------------------------------
+
+
+async def fetch_header(fetcher: RangeFetcher, href: str) -> CogHeader:
+    """Read and parse the header of ``href``: one request for a GDAL COG in the common case."""
+    first = await fetcher.get_range(href, 0, fetcher.config.header_read_bytes, header=True)
+    version = first.version
+    size = version.size if version.size is not None else None
+    if size is None and len(first.data) < fetcher.config.header_read_bytes:
+        size = len(first.data)
+    data = tiff.ByteRanges()
+    data.add(0, first.data)
+    for _ in range(MAX_HEADER_ROUNDS + 1):
+        parsed = tiff.parse_ifds(href, data, size)
+        if not parsed.missing:
+            return build_header(
+                href,
+                parsed,
+                size=size,
+                etag=version.etag,
+                last_modified=version.last_modified,
+            )
+        spans = _header_spans(parsed.missing, size)
+        responses = await asyncio.gather(
+            *(fetcher.get_range(href, s, e, expect=version, header=True) for s, e in spans)
+        )
+        for (s, _), response in zip(spans, responses):
+            data.add(s, response.data)
+    raise TiffFormatError(href, f"header still incomplete after {MAX_HEADER_ROUNDS + 1} requests")
+
+
+def _header_spans(missing: list[tuple[int, int]], size: int | None) -> list[tuple[int, int]]:
+    """Merge missing header ranges that are close, growing small ones to 16 KiB."""
+    spans = []
+    for start, end in sorted(missing):
+        end = max(end, start + 16384)
+        if size is not None:
+            end = min(end, size)
+        if spans and start <= spans[-1][1] + 1024 * 1024:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+        else:
+            spans.append((start, end))
+    return spans
+
+
+async def fetch_headers(fetcher: RangeFetcher, hrefs: Sequence[str]) -> list[CogHeader]:
+    """Headers of many objects, read concurrently, in input order."""
+    return list(await asyncio.gather(*(fetch_header(fetcher, h) for h in hrefs)))
+
+
+# -- windows -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Block:
+    href: str
+    overview: int
+    index: int
+
+
+@dataclass
+class _Span:
+    start: int
+    end: int
+    blocks: list[tuple[_Block, int, int]]  # block, offset, byte count
+
+
+def _blocks_for(header: CogHeader, level: ImageLevel, window: Window):
+    """Yield (row, col) of the blocks intersecting ``window`` inside the image."""
+    col_off, row_off, width, height = window
+    x0, x1 = max(col_off, 0), min(col_off + width, level.width)
+    y0, y1 = max(row_off, 0), min(row_off + height, level.height)
+    if x0 >= x1 or y0 >= y1:
+        return
+    for row in range(y0 // level.tile_height, (y1 - 1) // level.tile_height + 1):
+        for col in range(x0 // level.tile_width, (x1 - 1) // level.tile_width + 1):
+            yield row, col
+
+
+def _planes(level: ImageLevel) -> range:
+    return range(level.samples_per_pixel) if level.planar == 2 else range(1)
+
+
+def plan_spans(
+    requests: Sequence[tuple[CogHeader, Window]], overview: int, config: FetchConfig
+) -> tuple[dict[str, list[_Span]], int]:
+    """Group the distinct non-sparse blocks of all windows into coalesced byte ranges.
+
+    Returns:
+        Spans per href and the number of distinct blocks.
+    """
+    wanted: dict[_Block, tuple[int, int]] = {}
+    for header, window in requests:
+        level = header.levels[overview]
+        for row, col in _blocks_for(header, level, window):
+            for plane in _planes(level):
+                index = level.tile_index(row, col, plane)
+                block = _Block(header.href, overview, index)
+                if block in wanted:
+                    continue
+                offset = int(level.tile_offsets[index])
+                count = int(level.tile_byte_counts[index])
+                if offset == 0 or count == 0:
+                    continue  # sparse block: filled, never fetched
+                if count > MAX_BLOCK_BYTES or (header.size is not None and offset + count > header.size):
+                    raise TiffFormatError(
+                        header.href,
+                        f"block {index} at bytes {offset}+{count} lies outside the "
+                        f"{header.size}-byte object",
+                    )
+                wanted[block] = (offset, count)
+    by_href: dict[str, list[tuple[_Block, int, int]]] = defaultdict(list)
+    for block, (offset, count) in wanted.items():
+        by_href[block.href].append((block, offset, count))
+    spans: dict[str, list[_Span]] = {}
+    for href, blocks in by_href.items():
+        blocks.sort(key=lambda b: b[1])
+        out: list[_Span] = []
+        for block, offset, count in blocks:
+            end = offset + count
+            if (
+                out
+                and offset - out[-1].end <= config.coalesce_gap
+                and max(end, out[-1].end) - out[-1].start <= config.max_request_bytes
+            ):
+                out[-1].end = max(out[-1].end, end)
+                out[-1].blocks.append((block, offset, count))
+            else:
+                out.append(_Span(offset, end, [(block, offset, count)]))
+        spans[href] = out
+    return spans, len(wanted)
+
+
+async def fetch_windows(
+    fetcher: RangeFetcher,
+    requests: Sequence[tuple[CogHeader, Sequence[int]]],
+    overview: int = 0,
+) -> list[np.ndarray]:
+    """Read many windows (over many files) as one batch; results in request order."""
+    checked = [(h, validate_window(h, w, overview)) for h, w in requests]
+    headers = {h.href: h for h, _ in checked}
+    spans, _ = plan_spans(checked, overview, fetcher.config)
+    loop = asyncio.get_running_loop()
+    pool = decode_pool(fetcher.config.decode_threads)
+    decoded: dict[_Block, np.ndarray] = {}
+
+    async def fetch_span(href: str, span: _Span) -> None:
+        header = headers[href]
+        expect = ObjectVersion(header.size, header.etag, header.last_modified)
+        response = await fetcher.get_range(href, span.start, span.end, expect=expect)
+        data = response.data
+        if len(data) < span.end - span.start:
+            raise TiffFormatError(href, f"object ends before byte {span.end}")
+        level_of = header.levels
+
+        def decode_all() -> list[tuple[_Block, np.ndarray]]:
+            out = []
+            for block, offset, count in span.blocks:
+                raw = data[offset - span.start : offset - span.start + count]
+                out.append(
+                    (block, decode_block(level_of[block.overview], header.byte_order, raw, href))
+                )
+            return out
+
+        for block, arr in await loop.run_in_executor(pool, decode_all):
+            decoded[block] = arr
+
+    await asyncio.gather(
+        *(fetch_span(href, span) for href, href_spans in spans.items() for span in href_spans)
+    )
+    return [_assemble(h, w, overview, decoded) for h, w in checked]
+
+
+def _assemble(header: CogHeader, window: Window, overview: int, decoded) -> np.ndarray:
+    level = header.levels[overview]
+    col_off, row_off, width, height = window
+    out = np.full((header.count, height, width), header.fill_value, dtype=np.dtype(header.dtype))
+    th, tw = level.tile_height, level.tile_width
+    for row, col in _blocks_for(header, level, window):
+        by, bx = row * th, col * tw
+        for plane in _planes(level):
+            block = decoded.get(_Block(header.href, overview, level.tile_index(row, col, plane)))
+            if block is None:
+                continue  # sparse: stays at the fill value
+            rows = block.shape[1]
+            ys, ye = max(row_off, by), min(row_off + height, by + rows, level.height)
+            xs, xe = max(col_off, bx), min(col_off + width, bx + tw, level.width)
+            if ys >= ye or xs >= xe:
+                continue
+            bands = slice(plane, plane + 1) if level.planar == 2 else slice(None)
+            out[bands, ys - row_off : ye - row_off, xs - col_off : xe - col_off] = block[
+                :, ys - by : ye - by, xs - bx : xe - bx
+            ]
+    return out
