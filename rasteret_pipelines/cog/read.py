@@ -50,6 +50,7 @@ def decode_pool(threads: int | None = None) -> ThreadPoolExecutor:
 async def fetch_header(fetcher: RangeFetcher, href: str) -> CogHeader:
     """Read and parse the header of ``href``: one request for a GDAL COG in the common case."""
     first = await fetcher.get_range(href, 0, fetcher.config.header_read_bytes, header=True)
+    tiff.parse_signature(href, first.data[:16])
     version = first.version
     size = version.size if version.size is not None else None
     if size is None and len(first.data) < fetcher.config.header_read_bytes:

@@ -1,0 +1,60 @@
+"""The ``rasteret-pipelines`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rasteret_pipelines import __version__
+
+
+def _header(args: argparse.Namespace) -> int:
+    from rasteret_pipelines.cog import FetchConfig, read_headers
+
+    config = FetchConfig(requester_pays=args.requester_pays, aws_unsigned=args.unsigned)
+    headers = read_headers(args.hrefs, config=config)
+    for header in headers:
+        if args.json:
+            print(json.dumps(header.to_dict()))
+            continue
+        print(header.href)
+        print(f"  size {header.size} bytes, etag {header.etag}, header {header.header_bytes} bytes")
+        print(f"  {header.width} x {header.height} x {header.count} {header.dtype}, crs {header.crs}")
+        print(f"  transform {header.transform}, nodata {header.nodata}")
+        for k, level in enumerate(header.levels):
+            kind = "full" if k == 0 else f"overview {k}"
+            print(
+                f"  {kind}: {level.width} x {level.height} in {level.tile_width} x "
+                f"{level.tile_height} blocks, compression {level.compression}, "
+                f"predictor {level.predictor}"
+            )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rasteret-pipelines", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    header = sub.add_parser("header", help="read and print COG headers")
+    header.add_argument("hrefs", nargs="+", help="http(s)://, s3:// or local paths")
+    header.add_argument("--json", action="store_true", help="print CogHeader.to_dict() as JSON")
+    header.add_argument("--requester-pays", action="store_true", help="s3:// requester pays")
+    header.add_argument("--unsigned", action="store_true", help="anonymous s3:// reads")
+    header.set_defaults(func=_header)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rasteret_pipelines.errors import RasteretError
+
+    try:
+        return args.func(args)
+    except RasteretError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
