@@ -1,0 +1,76 @@
+"""Small real COGs written with GDAL (through rasterio) for request-count, fault and S3 tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.transform import from_origin
+
+S2_TRANSFORM = from_origin(699960, 1500000, 10, 10)  # MGRS 43PGQ, the quick start's tile
+
+
+def field(height: int, width: int, bands: int, dtype: str, seed: int) -> np.ndarray:
+    """Smooth gradients plus noise: compresses like imagery, differs in every pixel."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    out = np.empty((bands, height, width), dtype=dtype)
+    for b in range(bands):
+        base = 1000 + 800 * np.sin(x / 97.0 + b) + 600 * np.cos(y / 131.0 - b)
+        out[b] = np.clip(base + rng.normal(0, 40, (height, width)), 1, 250 if dtype == "uint8" else 9000)
+    return out
+
+
+def write_cog(
+    path: Path,
+    *,
+    width: int = 2100,
+    height: int = 1900,
+    bands: int = 1,
+    dtype: str = "uint16",
+    blocksize: int = 512,
+    interleave: str = "pixel",
+    seed: int = 1,
+) -> Path:
+    """A GDAL COG (Deflate, predictor 2, overviews, nodata 0) on the Sentinel-2 43PGQ grid."""
+    src = path.with_suffix(".src.tif")
+    with rasterio.open(
+        src, "w", driver="GTiff", width=width, height=height, count=bands, dtype=dtype,
+        crs="EPSG:32643", transform=S2_TRANSFORM, nodata=0,
+    ) as dst:
+        dst.write(field(height, width, bands, dtype, seed))
+    if interleave == "band":  # GDAL 3.10's COG driver writes pixel interleave only
+        with rasterio.open(src, "r+") as ds:
+            ds.build_overviews([2, 4])
+        rasterio.shutil.copy(
+            src, path, driver="GTiff", compress="DEFLATE", predictor=2, tiled=True,
+            blockxsize=blocksize, blockysize=blocksize, interleave="band", copy_src_overviews=True,
+        )
+    else:
+        rasterio.shutil.copy(
+            src, path, driver="COG", compress="DEFLATE", predictor=2, blocksize=blocksize,
+            overviews="AUTO",
+        )
+    src.unlink()
+    return path
+
+
+def write_sparse_scene(path: Path, *, size: int = 10980, blocksize: int = 1024) -> Path:
+    """A full-size Sentinel-2 10 m grid COG with overviews, mostly sparse (small on disk)."""
+    src = path.with_suffix(".src.tif")
+    with rasterio.open(
+        src, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16",
+        crs="EPSG:32643", transform=S2_TRANSFORM, nodata=0, tiled=True, blockxsize=blocksize,
+        blockysize=blocksize, compress="DEFLATE", predictor=2, SPARSE_OK=True,
+    ) as dst:
+        block = field(blocksize, blocksize, 1, "uint16", 3)
+        dst.write(block, window=rasterio.windows.Window(2 * blocksize, 3 * blocksize, blocksize, blocksize))
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        rasterio.shutil.copy(
+            src, path, driver="COG", compress="DEFLATE", predictor=2, blocksize=blocksize,
+            overviews="AUTO", SPARSE_OK=True,
+        )
+    src.unlink()
+    return path
