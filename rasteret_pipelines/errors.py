@@ -48,3 +48,30 @@ class StaleHeaderError(CogError):
 
 class WindowError(RasteretError, ValueError):
     """A requested window or overview level is not valid for the header."""
+
+
+# --- Collections ------------------------------------------------------------------------------
+
+
+class CollectionError(RasteretError):
+    """A collection could not be built, found or queried."""
+
+
+class UnknownSourceError(CollectionError, ValueError):
+    """The data source name is not in the registry; the message lists the valid names."""
+
+
+class UnknownBandError(CollectionError, ValueError):
+    """A band name is not known for the source (or not in the collection)."""
+
+
+class InvalidSearchError(CollectionError, ValueError):
+    """A date range, bbox or geometry given for a search is not valid."""
+
+
+class StacApiError(CollectionError):
+    """The STAC API could not be reached or answered with an error, after retries."""
+
+
+class CollectionNotFoundError(CollectionError, ValueError):
+    """No collection of that name in the workspace."""

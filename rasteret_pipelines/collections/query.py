@@ -1,0 +1,223 @@
+"""Open, list and filter collections locally, with predicate push-down and no network request."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import shapely
+
+from rasteret_pipelines.cog import CogHeader
+from rasteret_pipelines.collections import schema
+from rasteret_pipelines.collections.build import MANIFEST, MONTH_FILE
+from rasteret_pipelines.collections.search import check_bbox, check_date_range, check_geometry
+from rasteret_pipelines.collections.sources import DataSource, get_source
+from rasteret_pipelines.errors import CollectionNotFoundError, UnknownBandError
+from rasteret_pipelines.storage import Storage
+
+
+@dataclass(frozen=True)
+class Collection:
+    """A built collection: its manifest and its month files, read as one dataset."""
+
+    name: str
+    storage: Storage
+    manifest: Mapping
+
+    @property
+    def source(self) -> DataSource:
+        return get_source(self.manifest["data_source"])
+
+    @property
+    def bands(self) -> list[str]:
+        """Asset keys whose headers the collection holds."""
+        return list(self.manifest.get("bands") or [])
+
+    @property
+    def months(self) -> list[str]:
+        return list((self.manifest.get("months") or {}).keys())
+
+    @property
+    def date_range(self) -> tuple[str, str]:
+        start, end = self.manifest["date_range"]
+        return start, end
+
+    def __len__(self) -> int:
+        return int(self.manifest.get("size", 0))
+
+    @cached_property
+    def files(self) -> list[str]:
+        return [f for f in self.storage.list_files(self.name, suffix=MONTH_FILE)]
+
+    @cached_property
+    def dataset(self) -> ds.Dataset:
+        """All months as one :mod:`pyarrow.dataset`, with the ``month`` partition column."""
+        files = self.files
+        if not files:
+            return ds.dataset(pa.table({"id": pa.array([], pa.string())}))
+        schemas = [pq.read_schema(f, filesystem=self.storage.fs) for f in files]
+        unified = pa.unify_schemas([s.remove_metadata() for s in schemas])
+        partitioning = ds.partitioning(pa.schema([("month", pa.string())]), flavor="hive")
+        return ds.dataset(
+            files,
+            schema=unified.append(pa.field("month", pa.string())),
+            filesystem=self.storage.fs,
+            format="parquet",
+            partitioning=partitioning,
+            partition_base_dir=self.storage.path(self.name),
+        )
+
+    def resolve_band(self, name: str) -> str:
+        """Asset key of ``name`` in this collection, or :class:`UnknownBandError`."""
+        key = self.source.resolve_band(name)
+        if key not in self.bands:
+            raise UnknownBandError(
+                f"band {name!r} ({key}) is not in collection {self.name!r}; it holds "
+                f"{', '.join(self.bands)}"
+            )
+        return key
+
+    def filter_expression(
+        self,
+        *,
+        date_range=None,
+        cloud_cover_lt: float | None = None,
+        bbox=None,
+        geometry=None,
+        platform=None,
+        properties: Mapping | None = None,
+    ) -> ds.Expression | None:
+        """The push-down filter for :meth:`to_table` (geometry: bbox overlap only)."""
+        exprs = []
+        if date_range is not None:
+            start, end = check_date_range(date_range)
+            exprs.append(pc.field("month") >= f"{start:%Y-%m}")
+            exprs.append(pc.field("month") <= f"{end:%Y-%m}")
+            lo = dt.datetime.combine(start, dt.time.min, dt.timezone.utc)
+            hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, dt.timezone.utc)
+            exprs.append(pc.field("datetime") >= pa.scalar(lo, pa.timestamp("us", "UTC")))
+            exprs.append(pc.field("datetime") < pa.scalar(hi, pa.timestamp("us", "UTC")))
+        if cloud_cover_lt is not None:
+            exprs.append(pc.field("eo:cloud_cover") < float(cloud_cover_lt))
+        boxes = []
+        if bbox is not None:
+            boxes.append(check_bbox(bbox))
+        if geometry is not None:
+            boxes.append(check_geometry(geometry).bounds)
+        for minx, miny, maxx, maxy in boxes:
+            exprs += [
+                pc.field("bbox", "xmin") <= maxx,
+                pc.field("bbox", "xmax") >= minx,
+                pc.field("bbox", "ymin") <= maxy,
+                pc.field("bbox", "ymax") >= miny,
+            ]
+        if platform is not None:
+            values = platform.get("in") if isinstance(platform, Mapping) else platform
+            values = [values] if isinstance(values, str) else list(values)
+            exprs.append(pc.field("platform").isin(values))
+        for key, value in (properties or {}).items():
+            if isinstance(value, (list, tuple, set)):
+                exprs.append(pc.field(key).isin(list(value)))
+            else:
+                exprs.append(pc.field(key) == value)
+        if not exprs:
+            return None
+        out = exprs[0]
+        for e in exprs[1:]:
+            out = out & e
+        return out
+
+    def to_table(
+        self,
+        *,
+        date_range=None,
+        cloud_cover_lt: float | None = None,
+        bbox=None,
+        geometry=None,
+        platform=None,
+        properties: Mapping | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """Rows matching every filter, read with push-down; exact geometry intersection.
+
+        Args:
+            date_range: ``(start, end)`` dates, inclusive.
+            cloud_cover_lt: Keep ``eo:cloud_cover`` below this.
+            bbox: ``(min lon, min lat, max lon, max lat)`` the item must overlap.
+            geometry: Shapely geometry or GeoJSON the item footprint must intersect.
+            platform: A platform, a list, or ``{"in": [...]}``.
+            properties: ``{column: value or list of values}`` equality filters.
+            columns: Columns to read (default: all).
+        """
+        expr = self.filter_expression(
+            date_range=date_range, cloud_cover_lt=cloud_cover_lt, bbox=bbox, geometry=geometry,
+            platform=platform, properties=properties,
+        )
+        cols = list(columns) if columns is not None else None
+        if geometry is not None and cols is not None and "geometry" not in cols:
+            cols.append("geometry")
+        table = self.dataset.to_table(columns=cols, filter=expr)
+        if geometry is not None and table.num_rows:
+            geom = check_geometry(geometry)
+            footprints = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+            table = table.filter(pa.array(shapely.intersects(footprints, geom)))
+        return table.sort_by([("datetime", "ascending"), ("id", "ascending")]) if table.num_rows else table
+
+    def to_geodataframe(self, **filters):
+        """:meth:`to_table` as a GeoDataFrame (EPSG:4326) without the header columns."""
+        import geopandas as gpd
+
+        table = self.to_table(**filters)
+        keep = [c for c in table.column_names if not c.endswith("_header") and c != schema.ITEM_JSON]
+        df = table.select(keep).to_pandas()
+        df["geometry"] = gpd.GeoSeries.from_wkb(df["geometry"], crs="EPSG:4326")
+        return gpd.GeoDataFrame(df, geometry="geometry", crs="EPSG:4326")
+
+    @staticmethod
+    def headers(table: pa.Table, band: str) -> list[CogHeader | None]:
+        """Cached headers of ``band`` (asset key) for every row of ``table`` (None if failed)."""
+        column = schema.band_columns(band)[1]
+        if column not in table.column_names:
+            raise UnknownBandError(f"no header column for band {band!r}")
+        return [CogHeader.from_dict(d) if d is not None else None for d in table.column(column).to_pylist()]
+
+
+def load_collection(name: str, workspace) -> Collection:
+    """Open collection ``name`` in ``workspace``.
+
+    Raises:
+        CollectionNotFoundError (a ``ValueError``): no such collection in the workspace.
+    """
+    store = Storage.from_uri(workspace)
+    if not store.exists(name, MANIFEST):
+        available = [c["name"] for c in list_collections(workspace)]
+        raise CollectionNotFoundError(
+            f"no collection {name!r} in workspace {store.uri}"
+            + (f"; available: {', '.join(available)}" if available else "; it holds none")
+        )
+    return Collection(name=name, storage=store, manifest=store.read_json(name, MANIFEST))
+
+
+def list_collections(workspace) -> list[dict]:
+    """Every collection in ``workspace``: ``name``, ``data_source``, ``date_range``, ``size``."""
+    store = Storage.from_uri(workspace)
+    out = []
+    for name in store.list_dirs():
+        if not store.exists(name, MANIFEST):
+            continue
+        manifest = store.read_json(name, MANIFEST)
+        out.append(
+            {
+                "name": name,
+                "data_source": manifest.get("data_source"),
+                "date_range": tuple(manifest.get("date_range") or ()),
+                "size": int(manifest.get("size", 0)),
+            }
+        )
+    return out

@@ -1,0 +1,204 @@
+"""STAC searches through pystac-client, with checked inputs and bounded retries."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from rasteret_pipelines.collections.sources import DataSource
+from rasteret_pipelines.errors import InvalidSearchError, StacApiError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class Month:
+    """One calendar month of a date range: its key and the part of the range inside it."""
+
+    key: str
+    """``YYYY-MM``; also the Hive partition value ``month=YYYY-MM``."""
+    start: dt.date
+    end: dt.date
+    """Last day (inclusive)."""
+
+    @property
+    def datetime_interval(self) -> str:
+        """RFC 3339 interval for a STAC search covering whole days."""
+        return f"{self.start.isoformat()}T00:00:00Z/{self.end.isoformat()}T23:59:59.999999Z"
+
+
+def parse_date(value, what: str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError as exc:
+        raise InvalidSearchError(f"{what} {value!r} is not a date (use YYYY-MM-DD)") from exc
+
+
+def check_date_range(date_range, source: DataSource | None = None) -> tuple[dt.date, dt.date]:
+    """``(start, end)`` as dates; refuses empty, inverted or pre-mission ranges."""
+    if date_range is None or isinstance(date_range, (str, bytes)) or len(date_range) != 2:
+        raise InvalidSearchError(f"date_range must be (start, end), got {date_range!r}")
+    start = parse_date(date_range[0], "start date")
+    end = parse_date(date_range[1], "end date")
+    if end < start:
+        raise InvalidSearchError(f"date range {start}..{end} is inverted: the end is before the start")
+    if source is not None:
+        first = dt.date.fromisoformat(source.start_date)
+        if end < first:
+            raise InvalidSearchError(
+                f"date range {start}..{end} ends before {source.id} starts ({first})"
+            )
+    return start, end
+
+
+def months_between(start: dt.date, end: dt.date) -> list[Month]:
+    """Calendar months overlapping ``start..end``, each clipped to the range."""
+    months = []
+    year, month = start.year, start.month
+    while (year, month) <= (end.year, end.month):
+        first = dt.date(year, month, 1)
+        last = dt.date(year, month, calendar.monthrange(year, month)[1])
+        months.append(Month(f"{year:04d}-{month:02d}", max(first, start), min(last, end)))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return months
+
+
+def check_bbox(bbox) -> tuple[float, float, float, float] | None:
+    """A (min lon, min lat, max lon, max lat) bbox in degrees, or a clear error."""
+    if bbox is None:
+        return None
+    try:
+        values = tuple(float(v) for v in bbox)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSearchError(f"bbox {bbox!r} must be four numbers") from exc
+    if len(values) != 4:
+        raise InvalidSearchError(f"bbox {bbox!r} must be (min lon, min lat, max lon, max lat)")
+    minx, miny, maxx, maxy = values
+    lon_ok = all(-180 <= v <= 180 for v in (minx, maxx))
+    lat_ok = all(-90 <= v <= 90 for v in (miny, maxy))
+    if not lat_ok and all(-90 <= v <= 90 for v in (minx, maxx)) and all(-180 <= v <= 180 for v in (miny, maxy)):
+        raise InvalidSearchError(
+            f"bbox {bbox!r} has latitudes outside [-90, 90]: it looks like (lat, lon) order; "
+            "give (min lon, min lat, max lon, max lat)"
+        )
+    if not (lon_ok and lat_ok):
+        raise InvalidSearchError(
+            f"bbox {bbox!r} is out of range: longitudes must be in [-180, 180], latitudes in [-90, 90]"
+        )
+    if minx >= maxx or miny >= maxy:
+        raise InvalidSearchError(f"bbox {bbox!r} is empty or inverted (min must be below max)")
+    return values
+
+
+def check_geometry(geometry):
+    """A valid, non-empty shapely geometry from shapely or GeoJSON input (or None)."""
+    if geometry is None:
+        return None
+    import shapely
+    import shapely.geometry
+
+    try:
+        geom = geometry if isinstance(geometry, shapely.Geometry) else shapely.geometry.shape(geometry)
+    except Exception as exc:
+        raise InvalidSearchError(f"geometry {str(geometry)[:80]!r} is not a geometry: {exc}") from exc
+    if geom.is_empty:
+        raise InvalidSearchError("geometry is empty")
+    if not geom.is_valid:
+        raise InvalidSearchError(f"geometry is invalid: {shapely.is_valid_reason(geom)}")
+    minx, miny, maxx, maxy = geom.bounds
+    if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+        raise InvalidSearchError(f"geometry bounds {geom.bounds} are not longitude/latitude degrees")
+    return geom
+
+
+def build_query(
+    cloud_cover_lt: float | None, platform, query: Mapping | None
+) -> dict | None:
+    """STAC query-extension object from the convenience filters and a user ``query``."""
+    out: dict = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (query or {}).items()}
+    if cloud_cover_lt is not None:
+        out.setdefault("eo:cloud_cover", {})["lt"] = float(cloud_cover_lt)
+    if platform is not None:
+        if isinstance(platform, Mapping):
+            out["platform"] = dict(platform)
+        elif isinstance(platform, str):
+            out["platform"] = {"eq": platform}
+        else:
+            out["platform"] = {"in": list(platform)}
+    return out or None
+
+
+def search_items(
+    source: DataSource,
+    month: Month,
+    *,
+    stac_url: str | None = None,
+    bbox: Sequence[float] | None = None,
+    geometry=None,
+    query: Mapping | None = None,
+    limit: int = 100,
+    max_retries: int = 4,
+    timeout: float = 60.0,
+) -> list[dict]:
+    """Every item of ``source`` in ``month`` matching the filters, paging through all pages.
+
+    Raises:
+        StacApiError: the API is unreachable or keeps answering with errors.
+    """
+    import requests
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
+    from urllib3.util.retry import Retry
+
+    url = source.effective_stac_url(stac_url)
+    retry = Retry(
+        total=max_retries,
+        backoff_factor=0.2,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=None,  # POST searches are safe to repeat
+        raise_on_status=False,
+    )
+    try:
+        client = Client.open(url, stac_io=StacApiIO(max_retries=retry, timeout=timeout))
+        search = client.search(
+            collections=[source.collection],
+            bbox=list(bbox) if bbox is not None else None,
+            intersects=geometry.__geo_interface__ if geometry is not None else None,
+            datetime=month.datetime_interval,
+            query=query,
+            limit=limit,
+        )
+        items: dict[str, dict] = {}
+        for item in search.items_as_dicts():
+            previous = items.get(item.get("id"))
+            if previous is None or str(item.get("properties", {}).get("updated", "")) >= str(
+                previous.get("properties", {}).get("updated", "")
+            ):
+                items[item.get("id")] = item
+        return list(items.values())
+    except APIError as exc:
+        status = getattr(exc, "status_code", None)
+        if status is None and isinstance(exc.__cause__ or exc.__context__, requests.RequestException):
+            raise StacApiError(
+                f"STAC API {url} unreachable searching {source.collection} for {month.key}: "
+                f"{type(exc.__cause__ or exc.__context__).__name__}"
+            ) from exc
+        raise StacApiError(
+            f"STAC API {url} answered {status or 'an error'} searching {source.collection} "
+            f"for {month.key}: {str(exc)[:300]}"
+        ) from exc
+    except requests.RequestException as exc:
+        raise StacApiError(
+            f"STAC API {url} unreachable searching {source.collection} for {month.key}: "
+            f"{type(exc).__name__}"
+        ) from exc

@@ -1,0 +1,312 @@
+"""Building collections from a local STAC API over recorded items and served COGs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import duckdb
+import geopandas as gpd
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+
+from rasteret_pipelines.cog import CogHeader
+from rasteret_pipelines.collections import (
+    build_collection,
+    collection_name,
+    list_collections,
+    load_collection,
+)
+from rasteret_pipelines.collections import build as build_module
+from rasteret_pipelines.collections.schema import HEADER_TYPE
+from rasteret_pipelines.errors import (
+    CollectionNotFoundError,
+    InvalidSearchError,
+    StacApiError,
+    UnknownBandError,
+    UnknownSourceError,
+)
+from rasteret_pipelines.mirror.range_server import FaultPlan
+from rasteret_pipelines_tests.collections.conftest import (
+    LANDSAT_BANDS,
+    USGS_DIR,
+    july_2025_items,
+    recorded,
+    shifted,
+)
+
+JULY = ("2025-07-01", "2025-07-31")
+
+
+def build_s2(workspace, stac, name="brazil", date_range=JULY, **kwargs):
+    return build_collection(
+        "sentinel-2-l2a", name, workspace, date_range=date_range, bands=["B04", "B08"],
+        stac_url=stac.url, progress=False, **kwargs,
+    )
+
+
+@pytest.fixture
+def july(mirror):
+    return [mirror.publish(i) for i in july_2025_items()]
+
+
+def test_build_writes_geoparquet_with_every_header(tmp_path, mirror, stac_for, july):
+    stac = stac_for(july)
+    report = build_s2(tmp_path, stac)
+    month = report.months[0]
+    assert (month.month, month.items, month.headers_fetched, month.failed) == ("2025-07", 6, 12, [])
+    assert mirror.cogs.count("GET") <= 1.1 * 12
+    assert report.header_requests == mirror.cogs.count("GET")
+
+    path = tmp_path / "brazil" / "month=2025-07" / "items.parquet"
+    table = pq.read_table(path)
+    assert table.schema.field("red_header").type == HEADER_TYPE
+    assert sorted(table.column("id").to_pylist()) == sorted(i["id"] for i in july)
+    for row in table.to_pylist():
+        item = next(i for i in july if i["id"] == row["id"])
+        assert row["eo:cloud_cover"] == item["properties"]["eo:cloud_cover"]
+        assert row["proj:epsg"] == item["properties"]["proj:epsg"]
+        assert row["platform"] == "sentinel-2b"
+        assert row["mgrs:grid_square"] == item["properties"]["mgrs:grid_square"]
+        assert row["s2:processing_baseline"] == "05.11"
+        assert row["earthsearch:boa_offset_applied"] is True
+        stored = json.loads(row["stac_item"])
+        stored.pop("links"), item.get("links")  # the API rewrites links to itself
+        assert stored == {k: v for k, v in item.items() if k != "links"}
+        header = CogHeader.from_dict(row["red_header"])
+        assert header.href == item["assets"]["red"]["href"] == row["red_href"]
+        with rasterio.open(mirror.path_of(header.href)) as src:
+            assert (header.width, header.height, header.dtype) == (src.width, src.height, "uint16")
+            assert header.size == mirror.path_of(header.href).stat().st_size
+
+    # Readable unchanged by the tools people use.
+    gdf = gpd.read_parquet(path)
+    assert gdf.crs == "OGC:CRS84" and len(gdf) == 6  # GeoParquet's default CRS
+    assert gdf.geometry.iloc[0].is_valid
+    geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+    assert geo["version"] == "1.1.0" and geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+    dataset = ds.dataset(tmp_path / "brazil", format="parquet", partitioning="hive")
+    assert dataset.to_table(columns=["id", "month"]).num_rows == 6
+    rows = duckdb.sql(
+        f"select month, count(*) from read_parquet('{tmp_path}/brazil/*/*.parquet', hive_partitioning=true) group by month"
+    ).fetchall()
+    assert rows == [("2025-07", 6)]
+
+    manifest = json.loads((tmp_path / "brazil" / "_manifest.json").read_text())
+    assert manifest["data_source"] == "sentinel-2-l2a" and manifest["bands"] == ["nir", "red"]
+    assert manifest["months"]["2025-07"]["items"] == 6 and manifest["size"] == 6
+
+
+def test_rebuild_unchanged_costs_no_header_request(tmp_path, mirror, stac_for, july):
+    stac = stac_for(july)
+    build_s2(tmp_path, stac)
+    mirror.cogs.reset_log()
+    report = build_s2(tmp_path, stac)
+    assert mirror.cogs.count(None) == 0
+    assert report.months[0].headers_reused == 12 and report.months[0].headers_fetched == 0
+
+
+def test_rebuild_after_one_item_changed_fetches_only_that_item(tmp_path, mirror, stac_for, july):
+    stac = stac_for(july)
+    build_s2(tmp_path, stac)
+    changed = copy.deepcopy(july[2])
+    changed["properties"]["updated"] = "2025-09-01T00:00:00Z"  # reprocessed in place
+    stac.replace_item(changed)
+    mirror.cogs.reset_log()
+    report = build_s2(tmp_path, stac)
+    assert report.months[0].headers_fetched == 2 and report.months[0].headers_reused == 10
+    paths = {r.path for r in mirror.cogs.requests}
+    assert paths == {f"/{changed['id']}/red.tif", f"/{changed['id']}/nir.tif"}
+
+
+def test_months_are_separate_files_and_one_rebuilds_alone(tmp_path, mirror, stac_for):
+    base = july_2025_items()[:3]
+    items = [mirror.publish(shifted(i, m)) for i in base for m in (5, 6, 7)]
+    stac = stac_for(items)
+    report = build_s2(tmp_path, stac, date_range=("2025-05-01", "2025-07-31"))
+    assert [m.month for m in report.months] == ["2025-05", "2025-06", "2025-07"]
+    assert [m.items for m in report.months] == [3, 3, 3]
+    before = {m: (tmp_path / "brazil" / f"month={m}" / "items.parquet").stat().st_mtime_ns for m in ("2025-05", "2025-07")}
+    report = build_s2(tmp_path, stac, date_range=("2025-06-01", "2025-06-30"))
+    assert [m.month for m in report.months] == ["2025-06"]
+    after = {m: (tmp_path / "brazil" / f"month={m}" / "items.parquet").stat().st_mtime_ns for m in ("2025-05", "2025-07")}
+    assert before == after
+    collection = load_collection("brazil", tmp_path)
+    assert len(collection) == 9 and collection.date_range == ("2025-05-01", "2025-07-31")
+    assert collection.dataset.to_table(columns=["id"]).num_rows == 9
+
+
+def test_paging_through_every_page(tmp_path, mirror, stac_for):
+    base = july_2025_items()
+    items = [mirror.publish(shifted(i, 7, day)) for i in base for day in range(1, 8)]
+    stac = stac_for(items, page_limit_max=5)
+    report = build_s2(tmp_path, stac)
+    assert report.months[0].items == len(items) == 42
+    assert stac.count("/search") >= 9
+
+
+def test_permanently_failing_headers_are_recorded_then_completed(tmp_path, mirror, stac_for):
+    base = july_2025_items()
+    items = [mirror.publish(shifted(i, 7, day)) for i in base for day in range(1, 6)]  # 60 COGs
+    broken = sorted(f"{i['id']}/red.tif" for i in items)[:6]  # 10% of the header GETs
+    stac = stac_for(items)
+    mirror.cogs.faults = FaultPlan(rate=1.0, kinds=["503"], paths=broken)
+    report = build_s2(tmp_path, stac, fetch_config=_fast_retries())
+    failed = sorted(f"{f.item_id}/{f.band}.tif" for f in report.failed)
+    assert failed == broken
+    table = pq.read_table(tmp_path / "brazil" / "month=2025-07" / "items.parquet")
+    errors = {r["id"]: r["red_error"] for r in table.to_pylist() if r["red_error"]}
+    assert sorted(f"{k}/red.tif" for k in errors) == broken
+    assert all("HTTP 503" in e for e in errors.values())
+    assert all(r["red_header"] is None for r in table.to_pylist() if r["red_error"])
+
+    mirror.cogs.faults = None
+    mirror.cogs.reset_log()
+    report = build_s2(tmp_path, stac)
+    assert report.failed == [] and report.months[0].headers_fetched == 6
+    assert sorted(r.path.lstrip("/") for r in mirror.cogs.requests) == broken
+
+
+def _fast_retries():
+    from rasteret_pipelines.cog import FetchConfig
+
+    return FetchConfig(max_retries=2, backoff_base=0.001, backoff_max=0.01)
+
+
+def test_landsat_reads_requester_pays_s3_alternates(tmp_path, mirror, stac_for, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDLANDSATTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "landsat-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", mirror.cogs.url)
+    items = [mirror.publish(i, bands=LANDSAT_BANDS, alternate="s3") for i in recorded(USGS_DIR)]
+    stac = stac_for(items)
+    report = build_collection(
+        "LANDSAT", "usgs", tmp_path, date_range=("2020-01-01", "2020-01-31"), bands=["B4", "B5"],
+        platform={"in": ["LANDSAT_8"]}, stac_url=stac.url, progress=False,
+    )
+    assert report.items == 1 and report.failed == []
+    requests = mirror.cogs.requests
+    assert len(requests) == 2
+    for r in requests:
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        assert r.path.startswith("/usgs-landsat/LC08_L2SP_028030_20200114")
+        assert headers["x-amz-request-payer"] == "requester"
+        assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDLANDSATTEST/")
+    row = pq.read_table(tmp_path / "usgs" / "month=2020-01" / "items.parquet").to_pylist()[0]
+    assert row["red_href"].startswith("s3://usgs-landsat/") and row["landsat:wrs_path"] == "028"
+    search = [r for r in stac.requests if r.path.endswith("/search")]
+    assert search, "no search request"
+
+
+def test_empty_search_writes_an_empty_month_with_the_full_schema(tmp_path, stac_for, july, caplog):
+    stac = stac_for(july)
+    with caplog.at_level(logging.WARNING):
+        report = build_s2(tmp_path, stac, date_range=("2025-03-01", "2025-03-31"))
+    assert report.items == 0 and "no sentinel-2-l2a items" in caplog.text
+    table = pq.read_table(tmp_path / "brazil" / "month=2025-03" / "items.parquet")
+    assert table.num_rows == 0 and "red_header" in table.column_names and "geometry" in table.column_names
+
+
+def test_malformed_items_are_recorded_not_silently_dropped(tmp_path, mirror, stac_for, july, caplog):
+    no_asset = copy.deepcopy(july[0])
+    del no_asset["assets"]["nir"]
+    no_geometry = copy.deepcopy(july[1])
+    no_geometry["id"] = "no-geometry"
+    no_geometry["geometry"] = None
+    stac = stac_for([no_asset, no_geometry] + july[2:])
+    with caplog.at_level(logging.WARNING):
+        report = build_s2(tmp_path, stac)
+    month = report.months[0]
+    assert month.skipped_items == [("no-geometry", "item has no valid geometry")]
+    assert [(f.item_id, f.band) for f in month.failed] == [(no_asset["id"], "nir")]
+    row = next(r for r in pq.read_table(tmp_path / "brazil" / "month=2025-07" / "items.parquet").to_pylist() if r["id"] == no_asset["id"])
+    assert row["nir_error"] == "item has no 'nir' asset" and row["red_header"] is not None
+    assert "no-geometry" in caplog.text
+
+
+def test_stac_api_5xx_is_retried_then_a_clear_error(tmp_path, stac_for, july):
+    stac = stac_for(july)
+    stac.faults = FaultPlan(rate=1.0, kinds=["503"], max_faults=2)
+    assert build_s2(tmp_path, stac).items == 6  # two 503s, then success
+    stac.faults = FaultPlan(rate=1.0, kinds=["503"])
+    with pytest.raises(StacApiError, match="503"):
+        build_s2(tmp_path, stac)
+
+
+def test_unreachable_stac_api(tmp_path):
+    with pytest.raises(StacApiError, match="127.0.0.1:9 unreachable"):
+        build_collection("sentinel-2-l2a", "x", tmp_path, date_range=JULY, stac_url="http://127.0.0.1:9")
+
+
+def test_stac_url_from_the_environment(tmp_path, stac_for, july, monkeypatch):
+    stac = stac_for(july)
+    monkeypatch.setenv("RASTERET_STAC_URL_SENTINEL_2_L2A", stac.url)
+    report = build_collection("sentinel-2-l2a", "env", tmp_path, date_range=JULY, bands=["red"], progress=False)
+    assert report.items == 6
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"source": "sentinel-3"}, UnknownSourceError, "landsat-c2l2-sr, sentinel-2-c1-l2a"),
+        ({"bands": ["B99"]}, UnknownBandError, "B04"),
+        ({"date_range": ("2025-07-31", "2025-07-01")}, InvalidSearchError, "inverted"),
+        ({"date_range": ("2025-07-01",)}, InvalidSearchError, "start, end"),
+        ({"date_range": ("2001-01-01", "2001-12-31")}, InvalidSearchError, "before sentinel-2-l2a starts"),
+        ({"bbox": (39.66, -106.18, 40.65, -104.88)}, InvalidSearchError, "lat, lon"),
+        ({"bbox": (77.58, 13.01, 77.55, 13.08)}, InvalidSearchError, "inverted"),
+        ({"bbox": (190, 13.01, 191, 13.08)}, InvalidSearchError, "out of range"),
+    ],
+)
+def test_bad_input_is_refused_before_any_request(tmp_path, kwargs, error, match):
+    args = {"source": "sentinel-2-l2a", "date_range": JULY, "bands": ["red"], **kwargs}
+    source = args.pop("source")
+    with pytest.raises(error, match=match):
+        build_collection(source, "bad", tmp_path, stac_url="http://127.0.0.1:9", **args)
+
+
+def test_a_crash_while_writing_leaves_the_previous_month_intact(tmp_path, mirror, stac_for, july, monkeypatch):
+    stac = stac_for(july)
+    build_s2(tmp_path, stac)
+    path = tmp_path / "brazil" / "month=2025-07" / "items.parquet"
+    before = path.read_bytes()
+
+    real = pq.write_table
+
+    def crash(table, sink, **kwargs):
+        real(table.slice(0, 1), sink, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr("rasteret_pipelines.storage.pq.write_table", crash)
+    with pytest.raises(OSError, match="disk full"):
+        build_s2(tmp_path, stac)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["items.parquet"]
+
+
+def test_list_and_load_collections(tmp_path, stac_for, july):
+    stac = stac_for(july)
+    name = collection_name("brazil", JULY, "sentinel-2-l2a")
+    assert name == "brazil_202507-07_sentinel"
+    build_s2(tmp_path, stac, name=name)
+    assert list_collections(tmp_path) == [
+        {"name": name, "data_source": "sentinel-2-l2a", "date_range": JULY, "size": 6}
+    ]
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        load_collection("nope", tmp_path)
+    with pytest.raises(CollectionNotFoundError):
+        load_collection("nope", tmp_path)
+    assert collection_name("bangalore", ("2024-01-01", "2024-12-31"), "LANDSAT") == "bangalore_202401-12_landsat"
+    assert collection_name("x", ("2023-11-01", "2024-02-28"), "sentinel-2-l2a") == "x_202311-202402_sentinel"
+
+
+def test_build_collection_rejects_another_sources_collection(tmp_path, stac_for, july, mirror):
+    stac = stac_for(july)
+    build_s2(tmp_path, stac)
+    from rasteret_pipelines.errors import CollectionError
+
+    with pytest.raises(CollectionError, match="holds sentinel-2-l2a"):
+        build_collection("sentinel-2-c1-l2a", "brazil", tmp_path, date_range=JULY, bands=["red"],
+                         stac_url=stac.url, progress=False)

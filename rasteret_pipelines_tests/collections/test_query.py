@@ -1,0 +1,116 @@
+"""Filtering a collection locally: push-down filters, exact geometry, no network, S3 workspaces."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+import shapely.geometry
+from moto.server import ThreadedMotoServer
+
+from rasteret_pipelines.collections import build_collection, list_collections, load_collection
+from rasteret_pipelines.errors import UnknownBandError
+from rasteret_pipelines_tests.cog.test_s3 import free_port
+from rasteret_pipelines_tests.collections.conftest import july_2025_items, shifted
+
+# Footprints of the recorded items (their STAC bboxes).
+MUA_POINT = (-40.0, -4.0)  # only inside S2B_24MUA
+OCEAN = (-30.0, -30.0)
+
+
+@pytest.fixture
+def built(tmp_path, mirror, stac_for):
+    items = [mirror.publish(shifted(i, m)) for i in july_2025_items() for m in (6, 7)]
+    stac = stac_for(items)
+    build_collection(
+        "sentinel-2-l2a", "brazil", tmp_path, date_range=("2025-06-01", "2025-07-31"),
+        bands=["red", "nir"], stac_url=stac.url, progress=False,
+    )
+    mirror.cogs.reset_log()
+    return load_collection("brazil", tmp_path), items, mirror, stac
+
+
+def recorded_cloud(items, month):
+    return {i["id"]: i["properties"]["eo:cloud_cover"] for i in items if f"-{month:02d}-" in i["properties"]["datetime"]}
+
+
+def test_filters_match_the_recorded_items_without_network(built):
+    collection, items, mirror, stac = built
+    search_before = stac.count("/search")
+    assert len(collection) == 12 and collection.months == ["2025-06", "2025-07"]
+
+    june = collection.to_table(date_range=("2025-06-01", "2025-06-30"))
+    assert sorted(june.column("id").to_pylist()) == sorted(recorded_cloud(items, 6))
+
+    clear = collection.to_table(cloud_cover_lt=30)
+    expected = sorted(i["id"] for i in items if i["properties"]["eo:cloud_cover"] < 30)
+    assert sorted(clear.column("id").to_pylist()) == expected and expected
+
+    point = shapely.geometry.Point(*MUA_POINT).buffer(0.01)
+    hit = collection.to_table(geometry=point)
+    assert sorted(hit.column("id").to_pylist()) == sorted(i["id"] for i in items if "24MUA" in i["id"])
+    assert collection.to_table(geometry=shapely.geometry.Point(*OCEAN).buffer(0.01)).num_rows == 0
+
+    by_bbox = collection.to_table(bbox=(-40.36, -4.7, -40.35, -4.6))  # overlaps MUA and MUV boxes
+    assert {i.split("_")[1] for i in by_bbox.column("id").to_pylist()} == {"24MUA", "24MUV"}
+
+    tile = collection.to_table(properties={"mgrs:grid_square": "VV"})
+    assert sorted(tile.column("id").to_pylist()) == sorted(i["id"] for i in items if "24MVV" in i["id"])
+    assert collection.to_table(platform={"in": ["sentinel-2a"]}).num_rows == 0
+    assert collection.to_table(platform="sentinel-2b").num_rows == 12
+
+    headers = collection.headers(collection.to_table(date_range=("2025-07-01", "2025-07-31")), "red")
+    assert len(headers) == 6 and all(h is not None and h.width == 700 for h in headers)
+
+    assert mirror.cogs.count(None) == 0
+    assert stac.count("/search") == search_before
+
+
+def test_geodataframe_view(built):
+    collection, items, _, _ = built
+    gdf = collection.to_geodataframe(cloud_cover_lt=50)
+    assert gdf.crs.to_epsg() == 4326
+    assert "red_header" not in gdf.columns and "red_href" in gdf.columns
+    assert len(gdf) == sum(i["properties"]["eo:cloud_cover"] < 50 for i in items)
+
+
+def test_bands_not_in_the_collection(built):
+    collection, *_ = built
+    assert collection.resolve_band("B04") == "red"
+    with pytest.raises(UnknownBandError, match="holds"):
+        collection.resolve_band("B11")
+
+
+def test_collections_on_s3(tmp_path, mirror, stac_for, monkeypatch):
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint,
+        }.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="lake")
+        items = [mirror.publish(i) for i in july_2025_items()]
+        stac = stac_for(items)
+        report = build_collection(
+            "sentinel-2-l2a", "brazil", "s3://lake/ws", date_range=("2025-07-01", "2025-07-31"),
+            bands=["red"], stac_url=stac.url, progress=False,
+        )
+        assert report.location == "s3://lake/ws/brazil"
+        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="lake")["Contents"]]
+        assert sorted(keys) == ["ws/brazil/_manifest.json", "ws/brazil/month=2025-07/items.parquet"]
+        assert list_collections("s3://lake/ws")[0]["size"] == 6
+        collection = load_collection("brazil", "s3://lake/ws")
+        assert collection.to_table(cloud_cover_lt=30).num_rows == sum(
+            i["properties"]["eo:cloud_cover"] < 30 for i in items
+        )
+        mirror.cogs.reset_log()
+        build_collection(
+            "sentinel-2-l2a", "brazil", "s3://lake/ws", date_range=("2025-07-01", "2025-07-31"),
+            bands=["red"], stac_url=stac.url, progress=False,
+        )
+        assert mirror.cogs.count(None) == 0  # headers reused from the S3 copy
+    finally:
+        server.stop()
