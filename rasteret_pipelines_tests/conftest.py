@@ -1,0 +1,82 @@
+"""Shared fixtures: a session-wide range-capable HTTP server over the test TIFFs.
+
+``range_server`` serves one session temporary directory (``served_root``) holding
+
+* ``tiff/...``: copies of the real fixture TIFFs from ``rasteret_pipelines_tests/data/tiff``
+  (same sub-structure, see ``data/README.md`` for sources and licences), and
+* ``cog/``: ``cog_dir``, where tests write generated COGs (``cog_factory.write_cog``).
+
+Use ``served_url(path)`` (or ``range_server.url_for(path)``) with a path inside
+``served_root`` to get its URL. Tests that change the server's latency or faults should use the
+``clean_server`` fixture, which resets both (and the request log) around each test.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from rasteret_pipelines.mirror import RangeServer
+
+DATA_DIR = Path(__file__).parent / "data"
+TIFF_DIR = DATA_DIR / "tiff"
+STAC_DIR = DATA_DIR / "stac"
+
+
+def fixture_tiffs() -> list[Path]:
+    """Every real fixture TIFF, as paths relative to ``data/tiff`` (sorted)."""
+    return sorted(
+        p.relative_to(TIFF_DIR)
+        for p in TIFF_DIR.rglob("*")
+        if p.is_file() and p.suffix.lower() in (".tif", ".tiff")
+    )
+
+
+@pytest.fixture(scope="session")
+def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Session directory served over HTTP: ``tiff/`` (fixture copies) and ``cog/``."""
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(TIFF_DIR, root / "tiff")
+    (root / "cog").mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def cog_dir(served_root: Path) -> Path:
+    """Directory (served over HTTP) for COGs generated during the session."""
+    return served_root / "cog"
+
+
+@pytest.fixture(scope="session")
+def served_tiff_dir(served_root: Path) -> Path:
+    """The served copies of the fixture TIFFs (``data/tiff`` structure)."""
+    return served_root / "tiff"
+
+
+@pytest.fixture(scope="session")
+def range_server(served_root: Path) -> Iterator[RangeServer]:
+    """One :class:`RangeServer` for the whole session, serving ``served_root``."""
+    with RangeServer(served_root) as srv:
+        yield srv
+
+
+@pytest.fixture
+def clean_server(range_server: RangeServer) -> Iterator[RangeServer]:
+    """The session server with no latency, no faults and an empty log (restored afterwards)."""
+    range_server.latency = 0.0
+    range_server.faults = None
+    range_server.reset_log()
+    yield range_server
+    range_server.latency = 0.0
+    range_server.faults = None
+    range_server.reset_log()
+
+
+@pytest.fixture(scope="session")
+def served_url(range_server: RangeServer) -> Callable[[Path | str], str]:
+    """``served_url(path)``: URL of a file given its absolute path inside ``served_root``
+    (or its path relative to it)."""
+    return range_server.url_for
