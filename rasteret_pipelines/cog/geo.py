@@ -20,6 +20,8 @@ GEOG_SEMI_MINOR_AXIS = 2058
 GEOG_INV_FLATTENING = 2059
 PROJECTED_CS_TYPE = 3072
 PROJECTION = 3074
+PROJ_COORD_TRANS = 3075
+PROJ_LINEAR_UNITS = 3076
 
 USER_DEFINED = 32767
 RASTER_PIXEL_IS_POINT = 2
@@ -151,18 +153,57 @@ def _on_ellipsoid(ellipsoid):
     )
 
 
+# ProjCoordTransGeoKey code -> (PROJ name, {PROJ parameter: GeoKey id}).
+_COORD_TRANSFORMS: dict[int, tuple[str, dict[str, int]]] = {
+    1: ("tmerc", {"lat_0": 3081, "lon_0": 3080, "k_0": 3092, "x_0": 3082, "y_0": 3083}),
+    7: ("merc", {"lon_0": 3080, "k_0": 3092, "x_0": 3082, "y_0": 3083}),
+    8: ("lcc", {"lat_1": 3078, "lat_2": 3079, "lat_0": 3085, "lon_0": 3084, "x_0": 3086, "y_0": 3087}),
+    9: ("lcc", {"lat_1": 3081, "lat_0": 3081, "lon_0": 3080, "k_0": 3092, "x_0": 3082, "y_0": 3083}),
+    10: ("laea", {"lat_0": 3089, "lon_0": 3088, "x_0": 3082, "y_0": 3083}),
+    11: ("aea", {"lat_1": 3078, "lat_2": 3079, "lat_0": 3081, "lon_0": 3080, "x_0": 3082, "y_0": 3083}),
+    15: ("stere", {"lat_ts": 3081, "lon_0": 3095, "k_0": 3092, "x_0": 3082, "y_0": 3083}),
+}
+_LINEAR_UNITS = {9001: "m", 9002: "ft", 9003: "us-ft"}
+
+
 def _user_defined_projected(geokeys: dict[int, object]) -> str | None:
-    """A projected CRS from an EPSG conversion code (ProjectionGeoKey) on its geodetic CRS."""
+    """A projected CRS from an EPSG conversion code or explicit projection parameters."""
+    from pyproj import CRS
     from pyproj.crs import CoordinateOperation, ProjectedCRS
 
-    projection = geokeys.get(PROJECTION)
-    if not (isinstance(projection, int) and 0 < projection < USER_DEFINED):
-        return None
     geodetic = _user_defined_geographic(geokeys)
     if geodetic is None:
         return None
+    projection = geokeys.get(PROJECTION)
+    if isinstance(projection, int) and 0 < projection < USER_DEFINED:
+        try:
+            conversion = CoordinateOperation.from_epsg(projection)
+            return ProjectedCRS(conversion=conversion, geodetic_crs=geodetic, name="unnamed").to_wkt()
+        except Exception:
+            return None
+    method = _COORD_TRANSFORMS.get(geokeys.get(PROJ_COORD_TRANS))
+    units = _LINEAR_UNITS.get(geokeys.get(PROJ_LINEAR_UNITS, 9001))
+    if method is None or units is None:
+        return None
+    name, params = method
+    parts = [f"+proj={name}"]
+    for proj_name, key in params.items():
+        value = geokeys.get(key)
+        if isinstance(value, (int, float)):
+            parts.append(f"+{proj_name}={float(value)!r}")
+    if name == "stere":  # polar: the pole is on the side of the latitude of true scale
+        parts.append("+lat_0=90" if float(geokeys.get(3081, 90.0)) >= 0 else "+lat_0=-90")
+    if geokeys.get(GEOGRAPHIC_TYPE) == 4326 or geokeys.get(GEOG_GEODETIC_DATUM) == 6326:
+        parts.append("+datum=WGS84")
+    else:
+        ellipsoid = geodetic.ellipsoid
+        parts.append(f"+a={ellipsoid.semi_major_metre!r}")
+        if ellipsoid.inverse_flattening:
+            parts.append(f"+rf={ellipsoid.inverse_flattening!r}")
+        else:
+            parts.append(f"+b={ellipsoid.semi_minor_metre!r}")
+    parts += [f"+units={units}", "+no_defs", "+type=crs"]
     try:
-        conversion = CoordinateOperation.from_epsg(projection)
-        return ProjectedCRS(conversion=conversion, geodetic_crs=geodetic, name="unnamed").to_wkt()
+        return CRS.from_proj4(" ".join(parts)).to_wkt()
     except Exception:
         return None

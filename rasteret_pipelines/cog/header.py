@@ -181,8 +181,8 @@ class CogHeader:
     """``"EPSG:<code>"``, WKT for user-defined CRSs, or None when the file has none."""
     transform: tuple[float, float, float, float, float, float] = geo.IDENTITY
     """Affine (a, b, c, d, e, f) of the full-resolution grid, as rasterio reports it."""
-    nodata: str | None = None
-    """GDAL_NODATA as written in the file (use :attr:`nodata_value` for the number)."""
+    nodata_text: str | None = None
+    """GDAL_NODATA exactly as written in the file (:attr:`nodata` is the number)."""
     scales: tuple[float, ...] = ()
     """Per-band scale from GDAL metadata (1.0 where unset)."""
     offsets: tuple[float, ...] = ()
@@ -229,14 +229,14 @@ class CogHeader:
         return len(self.levels) - 1
 
     @property
-    def nodata_value(self) -> float | None:
-        """The nodata value as a float (NaN allowed), or None."""
-        return parse_nodata(self.nodata)
+    def nodata(self) -> float | None:
+        """The nodata value as a float (NaN allowed), or None when the file sets none."""
+        return parse_nodata(self.nodata_text)
 
     @property
     def fill_value(self):
         """Value for pixels outside the image or in sparse tiles: nodata, or 0 when unset."""
-        value = self.nodata_value
+        value = self.nodata
         dtype = np.dtype(self.dtype)
         if value is None:
             return dtype.type(0)
@@ -275,7 +275,7 @@ class CogHeader:
             "masks": [lvl.to_dict() for lvl in self.masks],
             "crs": self.crs,
             "transform": list(self.transform),
-            "nodata": self.nodata,
+            "nodata": self.nodata_text,
             "scales": list(self.scales),
             "offsets": list(self.offsets),
             "pixel_is_point": self.pixel_is_point,
@@ -303,7 +303,7 @@ class CogHeader:
             masks=tuple(ImageLevel.from_dict(x) for x in d.get("masks") or ()),
             crs=d.get("crs"),
             transform=tuple(float(v) for v in d["transform"]),
-            nodata=d.get("nodata"),
+            nodata_text=d.get("nodata"),
             scales=tuple(float(v) for v in d.get("scales") or ()),
             offsets=tuple(float(v) for v in d.get("offsets") or ()),
             pixel_is_point=bool(d.get("pixel_is_point")),
@@ -377,7 +377,7 @@ def build_header(
         masks=tuple(masks),
         crs=georef.crs,
         transform=georef.transform,
-        nodata=nodata.strip() if isinstance(nodata, str) else None,
+        nodata_text=nodata.strip() if isinstance(nodata, str) else None,
         scales=scales,
         offsets=offsets,
         pixel_is_point=georef.pixel_is_point,
