@@ -75,3 +75,37 @@ class StacApiError(CollectionError):
 
 class CollectionNotFoundError(CollectionError, ValueError):
     """No collection of that name in the workspace."""
+
+
+# --- Reading ----------------------------------------------------------------------------------
+
+
+class ReadError(RasteretError):
+    """Geometries could not be read from a collection."""
+
+
+class InvalidGeometryError(ReadError, ValueError):
+    """A geometry is empty, invalid or in an unknown CRS; the message names its id."""
+
+
+class NoScenesError(ReadError):
+    """No scene of the collection covers the geometries in the date range and filters."""
+
+
+class DateRangeError(ReadError, ValueError):
+    """The requested date range lies outside the collection's."""
+
+
+# --- Products ---------------------------------------------------------------------------------
+
+
+class ProductError(RasteretError):
+    """A product (index, GeoTIFF export) could not be computed or written."""
+
+
+class ProductInputError(ProductError, ValueError):
+    """The input of a product is not usable: missing variable, wrong shape, bad ids or times."""
+
+
+class ReflectanceRequiredError(ProductInputError):
+    """The index needs physical reflectance, but the Dataset holds raw or native values."""
