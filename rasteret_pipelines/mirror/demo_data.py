@@ -52,7 +52,7 @@ class DemoScene:
 
     @property
     def item_id(self) -> str:
-        return f"{self.platform[-2:].upper()}_{TILE}_{self.date:%Y%m%d}_0_L2A"
+        return f"S{self.platform[-2:].upper()}_{TILE}_{self.date:%Y%m%d}_0_L2A"
 
 
 def default_scenes(months: Sequence[str] = ("2024-01", "2024-02", "2024-03")) -> list[DemoScene]:

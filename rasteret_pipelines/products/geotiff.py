@@ -50,7 +50,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from rasteret_pipelines.errors import ProductError, ProductInputError
-from rasteret_pipelines.reading.model import AFFINE_DIM, geometry_dataset
+from rasteret_pipelines.reading.model import geometry_dataset
 from rasteret_pipelines.storage import Storage
 
 __all__ = ["COG_OPTIONS", "save_per_geometry", "write_cog"]
@@ -170,28 +170,6 @@ def _geometry_folder(geometry_id) -> str:
     return f"geometry_{text}"
 
 
-def _transform_from_xy(x: np.ndarray, y: np.ndarray, geometry_id) -> tuple[float, ...]:
-    """Rebuild a north-up window transform from pixel-centre coordinates."""
-    x = x[~np.isnan(x)]
-    y = y[~np.isnan(y)]
-    if len(x) < 2 or len(y) < 2:
-        raise ProductInputError(
-            f"geometry {geometry_id!r}: its window is {len(y)} x {len(x)} pixels, too small to recover the "
-            "pixel size from x/y; pass the Dataset (e.g. ndvi_dataset(...)), which carries 'transform'"
-        )
-    a = float(x[1] - x[0])
-    e = float(y[1] - y[0])
-    c = float(x[0] - a / 2)
-    f = float(y[0] - e / 2)
-    tol_x, tol_y = abs(a) * 1e-6, abs(e) * 1e-6
-    if not (
-        np.allclose(c + a * (np.arange(len(x)) + 0.5), x, rtol=0, atol=tol_x)
-        and np.allclose(f + e * (np.arange(len(y)) + 0.5), y, rtol=0, atol=tol_y)
-    ):
-        raise ProductInputError(f"geometry {geometry_id!r}: x/y coordinates are not a regular grid")
-    return (a, 0.0, c, 0.0, e, f)
-
-
 def _as_model_dataset(data: xr.Dataset | xr.DataArray, data_var: str) -> xr.Dataset:
     if isinstance(data, xr.DataArray):
         if data.name is not None and str(data.name) != data_var:
@@ -208,7 +186,7 @@ def _as_model_dataset(data: xr.Dataset | xr.DataArray, data_var: str) -> xr.Data
         ds = data.drop_vars([v for v in data.data_vars if v != data_var])
     else:
         raise ProductInputError(f"expected an xarray Dataset or DataArray, got {type(data).__name__}")
-    required = ("geometry", "time", "x", "y", "crs", "height", "width")
+    required = ("geometry", "time", "x", "y", "crs", "transform", "height", "width")
     missing = [c for c in required if c not in ds.coords]
     if missing or set(ds[data_var].dims) != {"geometry", "time", "row", "col"}:
         raise ProductInputError(
@@ -217,13 +195,6 @@ def _as_model_dataset(data: xr.Dataset | xr.DataArray, data_var: str) -> xr.Data
         )
     if "scene_id" not in ds.coords:
         ds = ds.assign_coords(scene_id=(("geometry", "time"), np.full((ds.sizes["geometry"], ds.sizes["time"]), "", dtype=object)))
-    if "transform" not in ds.coords:
-        # A DataArray cannot carry the (geometry, affine) transform coordinate: rebuild it.
-        transforms = [
-            _transform_from_xy(ds["x"].values[i], ds["y"].values[i], gid)
-            for i, gid in enumerate(ds["geometry"].values.tolist())
-        ]
-        ds = ds.assign_coords(transform=(("geometry", AFFINE_DIM), np.array(transforms, dtype=float).reshape(-1, 6)))
     return ds
 
 
@@ -237,10 +208,8 @@ def save_per_geometry(
 
     Args:
         ds: The stacked read model (dims ``geometry, time, row, col``) holding ``data_var``,
-            e.g. from :func:`~rasteret_pipelines.products.ndvi_dataset`; or, for convenience, a
-            DataArray of that shape named ``data_var`` (or unnamed). A DataArray has no
-            ``transform`` coordinate, so the window transforms are rebuilt from its ``x``/``y``
-            pixel centres (windows must then be at least 2 x 2 pixels).
+            e.g. from :func:`~rasteret_pipelines.products.ndvi_dataset`; or a DataArray of that
+            shape (such as ``ds.B5 - ds.B4``) named ``data_var`` or unnamed.
         output_dir: Local folder or ``s3://bucket/prefix``.
         file_prefix: File name prefix.
         data_var: The variable to write (one float32 band; NaN is nodata).

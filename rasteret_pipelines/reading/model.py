@@ -17,7 +17,8 @@ Layout::
              x(geometry, col)    pixel-centre x in the geometry's CRS (NaN in padding)
              y(geometry, row)    pixel-centre y in the geometry's CRS (NaN in padding)
              crs(geometry)       CRS of the geometry's grid (``EPSG:<code>`` or WKT)
-             transform(geometry, affine)  GDAL-order affine (a, b, c, d, e, f) of the window
+             transform(geometry) affine of the window as text "a b c d e f" (affine/rasterio
+                                 order); text so that it survives band arithmetic on DataArrays
              height(geometry), width(geometry)  true window size (rows/cols beyond are padding)
              scene_id(geometry, time)  scene ids mosaicked into that layer ("" when none)
              spatial_ref         scalar, rioxarray's CRS convention, when all geometries share one CRS
@@ -34,7 +35,22 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-AFFINE_DIM = "affine"
+
+
+def format_transform(transform) -> str:
+    """Affine coefficients (a, b, c, d, e, f) as the text stored in the ``transform`` coord."""
+    return " ".join(repr(float(v)) for v in tuple(transform)[:6])
+
+
+def parse_transform(text) -> tuple[float, float, float, float, float, float]:
+    """The inverse of :func:`format_transform` (also accepts a 6-sequence)."""
+    values = str(text).split() if isinstance(text, (str, np.str_)) else list(text)
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def geometry_transform(ds, geometry_id) -> tuple[float, float, float, float, float, float]:
+    """The window affine of one geometry of a read (or of a DataArray taken from it)."""
+    return parse_transform(ds["transform"].sel(geometry=geometry_id).item())
 
 
 @dataclass
@@ -44,7 +60,7 @@ class GeometryLayers:
     geometry_id: object
     crs: str
     transform: tuple[float, float, float, float, float, float]
-    """Affine of the window's top-left pixel (GDAL order a, b, c, d, e, f)."""
+    """Affine of the window's top-left pixel (affine/rasterio order a, b, c, d, e, f)."""
     height: int
     width: int
     dates: list[np.datetime64]
@@ -91,7 +107,7 @@ def stack_geometries(
         "x": (("geometry", "col"), xs),
         "y": (("geometry", "row"), ys),
         "crs": ("geometry", np.array([g.crs for g in layers], dtype=object)),
-        "transform": (("geometry", AFFINE_DIM), np.array([g.transform for g in layers], dtype=float).reshape(n, 6)),
+        "transform": ("geometry", np.array([format_transform(g.transform) for g in layers], dtype=object)),
         "height": ("geometry", np.array([g.height for g in layers], dtype=np.int64)),
         "width": ("geometry", np.array([g.width for g in layers], dtype=np.int64)),
         "scene_id": (("geometry", "time"), scene),
@@ -115,7 +131,7 @@ def geometry_dataset(ds: xr.Dataset, geometry_id) -> xr.Dataset:
     """
     one = ds.sel(geometry=geometry_id)
     height, width = int(one["height"]), int(one["width"])
-    transform = tuple(float(v) for v in one["transform"].values)
+    transform = parse_transform(one["transform"].item())
     crs = str(one["crs"].values)
     one = one.isel(row=slice(0, height), col=slice(0, width))
     keep = [v for v in one.data_vars]

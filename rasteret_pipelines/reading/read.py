@@ -20,13 +20,12 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import rasterio.features
 import rasterio.warp
 import shapely
-import shapely.ops
 from affine import Affine
 from pyproj import CRS, Transformer
 from rasterio.enums import Resampling
@@ -146,7 +145,8 @@ def read_geometries(
             + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
             + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
         )
-    asyncio.run(_fetch(plans, fetch_config))
+    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays)
+    asyncio.run(_fetch(plans, config))
     dtype = np.dtype(next(iter(plans[0].layers.values()))[0][1][keys[bands[0]]].header.dtype)
     out_dtype = dtype if values == "native" else np.dtype("float32")
     fill = _native_fill(plans, keys, bands) if values == "native" else np.nan
@@ -251,10 +251,15 @@ def _plan(geoms, scenes, keys: dict[str, str], quality, all_touched):
     return plans, uncovered
 
 
+def reproject_geometry(geom: shapely.Geometry, src_crs, dst_crs) -> shapely.Geometry:
+    """``geom`` with its coordinates transformed by pyproj (always x/y order)."""
+    transformer = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    return shapely.transform(geom, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+
+
 def _reference_grid(header: CogHeader, geom_4326) -> tuple[_Grid, shapely.Geometry]:
     crs = CRS.from_user_input(header.crs)
-    to_local = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform
-    local = shapely.ops.transform(to_local, geom_4326)
+    local = reproject_geometry(geom_4326, "EPSG:4326", crs)
     transform = Affine(*header.transform)
     # rasterio.features.geometry_window: pixel bounds of the geometry, floor/ceil.
     left, bottom, right, top = rasterio.features.bounds(local, transform=~transform)

@@ -1,0 +1,150 @@
+"""The original Rasteret library's high-level API, on top of collections and reading.
+
+Example (the original quick start)::
+
+    processor = Rasteret(workspace_dir, custom_name="bangalore",
+                         data_source=DataSources.LANDSAT, date_range=("2024-01-01", "2024-01-31"))
+    processor.create_collection(bbox=bbox, cloud_cover_lt=20, platform={"in": ["LANDSAT_8"]})
+    ds = processor.get_xarray(geometries=[aoi1, aoi2], bands=["B4", "B5"], cloud_cover_lt=20)
+    ndvi = (ds.B5 - ds.B4) / (ds.B5 + ds.B4)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rasteret_pipelines.cog import FetchConfig
+from rasteret_pipelines.collections import (
+    BuildReport,
+    Collection,
+    DataSources,
+    build_collection,
+    collection_name,
+    get_source,
+    list_collections,
+    load_collection,
+)
+from rasteret_pipelines.collections.search import check_date_range
+from rasteret_pipelines.reading import normalize_geometries, read_geometries
+from rasteret_pipelines.reading.gdf import dataset_to_gdf
+
+
+class Rasteret:
+    """Build a collection once, then read geometries from it with zero header requests.
+
+    Args:
+        workspace_dir: Where collections live: a local folder or ``s3://bucket/prefix``.
+        custom_name: First part of the collection name (``bangalore``).
+        data_source: A source id or ``DataSources.SENTINEL2`` / ``DataSources.LANDSAT``.
+        date_range: ``(start, end)`` of the collection.
+        stac_url: STAC API root overriding the source's (``RASTERET_STAC_URL_<SOURCE>`` too).
+        fetch_config: Transport settings (concurrency, retries, S3 options).
+        output_dir: The original library's name for ``workspace_dir``.
+    """
+
+    def __init__(
+        self,
+        workspace_dir=None,
+        custom_name: str | None = None,
+        data_source=DataSources.SENTINEL2,
+        date_range=None,
+        *,
+        stac_url: str | None = None,
+        fetch_config: FetchConfig | None = None,
+        output_dir=None,
+    ):
+        workspace = workspace_dir if workspace_dir is not None else output_dir
+        if workspace is None:
+            workspace = Path.home() / "rasteret_workspace"
+        self.workspace_dir = workspace if str(workspace).startswith("s3://") else Path(os.fspath(workspace))
+        self.custom_name = custom_name
+        self.data_source = get_source(data_source).id
+        self.date_range = tuple(str(d) for d in date_range) if date_range is not None else None
+        self.stac_url = stac_url
+        self.fetch_config = fetch_config
+        self._collection: Collection | None = None
+        self.last_build: BuildReport | None = None
+
+    # -- collections -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The collection name: ``<custom_name>_<YYYYMM>-<MM>_<source>``, or the loaded one."""
+        if self._collection is not None:
+            return self._collection.name
+        if not self.custom_name or self.date_range is None:
+            raise ValueError("custom_name and date_range are needed to name a collection")
+        return collection_name(self.custom_name, self.date_range, self.data_source)
+
+    @property
+    def collection(self) -> Collection:
+        """The opened collection (raises ``ValueError`` if it was never created)."""
+        if self._collection is None:
+            self._collection = load_collection(self.name, self.workspace_dir)
+        return self._collection
+
+    def create_collection(
+        self,
+        bbox=None,
+        cloud_cover_lt: float | None = None,
+        platform=None,
+        *,
+        geometry=None,
+        bands=None,
+        query=None,
+        progress: bool | None = None,
+    ) -> Rasteret:
+        """Index the STAC search into this collection (incremental when it exists)."""
+        if self.date_range is None:
+            raise ValueError("date_range is needed to create a collection")
+        check_date_range(self.date_range, get_source(self.data_source))
+        self.last_build = build_collection(
+            self.data_source, self.name, self.workspace_dir, date_range=self.date_range, bbox=bbox,
+            geometry=geometry, bands=bands, cloud_cover_lt=cloud_cover_lt, platform=platform,
+            query=query, stac_url=self.stac_url, fetch_config=self.fetch_config, progress=progress,
+        )
+        self._collection = load_collection(self.name, self.workspace_dir)
+        return self
+
+    @staticmethod
+    def list_collections(workspace_dir=None) -> list[dict]:
+        """Collections in ``workspace_dir``: name, data_source, date_range, size (scenes)."""
+        return list_collections(workspace_dir or Path.home() / "rasteret_workspace")
+
+    @classmethod
+    def load_collection(cls, collection_name: str, workspace_dir=None, **kwargs) -> Rasteret:
+        """Open an existing collection; ``ValueError`` naming the workspace when absent."""
+        workspace = workspace_dir or Path.home() / "rasteret_workspace"
+        collection = load_collection(collection_name, workspace)
+        self = cls(
+            workspace, data_source=collection.manifest["data_source"],
+            date_range=tuple(collection.date_range), **kwargs,
+        )
+        self._collection = collection
+        return self
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def get_xarray(
+        self,
+        geometries,
+        bands,
+        cloud_cover_lt: float | None = None,
+        date_range=None,
+        **kwargs,
+    ):
+        """Read ``bands`` for ``geometries``; see :func:`rasteret_pipelines.reading.read_geometries`."""
+        kwargs.setdefault("fetch_config", self.fetch_config)
+        return read_geometries(
+            self.collection, geometries, bands, date_range=date_range,
+            cloud_cover_lt=cloud_cover_lt, **kwargs,
+        )
+
+    def get_gdf(self, geometries, bands, cloud_cover_lt: float | None = None, date_range=None, **kwargs):
+        """The same read as a GeoDataFrame: one row per geometry x date x band."""
+        ds = self.get_xarray(geometries, bands, cloud_cover_lt=cloud_cover_lt, date_range=date_range, **kwargs)
+        return dataset_to_gdf(ds, dict(normalize_geometries(geometries)))
+
+    def __repr__(self) -> str:
+        return f"Rasteret(workspace_dir={str(self.workspace_dir)!r}, data_source={self.data_source!r}, date_range={self.date_range!r})"
