@@ -38,6 +38,7 @@ __all__ = [
     "read_window_async",
     "read_windows",
     "read_windows_async",
+    "run_sync",
 ]
 
 T = TypeVar("T")
