@@ -80,3 +80,45 @@ def served_url(range_server: RangeServer) -> Callable[[Path | str], str]:
     """``served_url(path)``: URL of a file given its absolute path inside ``served_root``
     (or its path relative to it)."""
     return range_server.url_for
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def moto_s3(monkeypatch, tmp_path) -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 with empty state; the AWS environment points at it.
+
+    Yields the endpoint URL. Credentials are test values set in the environment; no real AWS
+    configuration file is read. moto keeps its state per process, so it is reset first.
+    """
+    import urllib.request
+
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10)
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    try:
+        yield endpoint
+    finally:
+        server.stop()

@@ -159,15 +159,19 @@ class Collection:
             date_range=date_range, cloud_cover_lt=cloud_cover_lt, bbox=bbox, geometry=geometry,
             platform=platform, properties=properties,
         )
-        cols = list(columns) if columns is not None else None
-        if geometry is not None and cols is not None and "geometry" not in cols:
-            cols.append("geometry")
+        wanted = list(columns) if columns is not None else None
+        cols = None
+        if wanted is not None:
+            extra = ["datetime", "id"] + (["geometry"] if geometry is not None else [])
+            cols = wanted + [c for c in extra if c not in wanted]
         table = self.dataset.to_table(columns=cols, filter=expr)
         if geometry is not None and table.num_rows:
             geom = check_geometry(geometry)
             footprints = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
             table = table.filter(pa.array(shapely.intersects(footprints, geom)))
-        return table.sort_by([("datetime", "ascending"), ("id", "ascending")]) if table.num_rows else table
+        if table.num_rows:
+            table = table.sort_by([("datetime", "ascending"), ("id", "ascending")])
+        return table.select(wanted) if wanted is not None else table
 
     def to_geodataframe(self, **filters):
         """:meth:`to_table` as a GeoDataFrame (EPSG:4326) without the header columns."""

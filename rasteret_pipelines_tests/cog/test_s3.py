@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import boto3
 import numpy as np
 import pytest
@@ -15,16 +13,11 @@ from rasteret_pipelines.cog import FetchConfig, read_header, read_window
 from rasteret_pipelines.errors import CogNotFoundError, FetchError
 from rasteret_pipelines.mirror.range_server import RangeServer
 from rasteret_pipelines_tests.cog.cogs import write_cog
+from rasteret_pipelines_tests.conftest import free_port
 
 ACCESS_KEY = "AKIDRASTERETTEST"
 SECRET_KEY = "rasteret-secret-never-to-be-seen"
 PAYS = FetchConfig(requester_pays=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

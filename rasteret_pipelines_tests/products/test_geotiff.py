@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.transform
-from moto.server import ThreadedMotoServer
 from pyproj import CRS
 
 from rasteret_pipelines.cog import read_header, read_window
 from rasteret_pipelines.errors import ProductError, ProductInputError
 from rasteret_pipelines.products import geotiff, save_per_geometry, write_cog
 from rasteret_pipelines.reading.model import GeometryLayers, stack_geometries
-from rasteret_pipelines_tests.cog.test_s3 import free_port
 
 D1, D2 = np.datetime64("2024-03-01"), np.datetime64("2024-03-11")
 # Geometry 3: Sentinel-2-like 10 m grid, UTM 43N, larger than one 256 tile (gets overviews).
@@ -221,36 +219,25 @@ def test_bad_geometry_id(tmp_path):
         save_per_geometry(ds, tmp_path)
 
 
-def test_save_to_s3(tmp_path, ds, layers, monkeypatch):
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint,
-        }.items():
-            monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        s3.create_bucket(Bucket="lake")
+def test_save_to_s3(tmp_path, ds, layers, moto_s3):
+    endpoint = moto_s3
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="lake")
 
-        paths = save_per_geometry(ds, "s3://lake/products/ndvi/")
-        assert paths == {
-            3: ["s3://lake/products/ndvi/geometry_3/ndvi_20240301.tif",
-                "s3://lake/products/ndvi/geometry_3/ndvi_20240311.tif"],
-            17: ["s3://lake/products/ndvi/geometry_17/ndvi_20240311.tif"],
-        }
-        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"])
-        assert keys == [p.removeprefix("s3://lake/") for p in sorted(paths[3] + paths[17])]
+    paths = save_per_geometry(ds, "s3://lake/products/ndvi/")
+    assert paths == {
+        3: ["s3://lake/products/ndvi/geometry_3/ndvi_20240301.tif",
+            "s3://lake/products/ndvi/geometry_3/ndvi_20240311.tif"],
+        17: ["s3://lake/products/ndvi/geometry_17/ndvi_20240311.tif"],
+    }
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"])
+    assert keys == [p.removeprefix("s3://lake/") for p in sorted(paths[3] + paths[17])]
 
-        _, b = layers
-        local = tmp_path / "b.tif"
-        s3.download_file("lake", "products/ndvi/geometry_17/ndvi_20240311.tif", str(local))
-        with rasterio.open(local) as src:
-            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
-            assert src.crs.to_epsg() == 32644 and tuple(src.transform)[:6] == B_TRANSFORM
-            np.testing.assert_array_equal(src.read(1), expected_layer(b, D2))
-            assert src.tags()["GEOMETRY_ID"] == "17"
-    finally:
-        server.stop()
+    _, b = layers
+    local = tmp_path / "b.tif"
+    s3.download_file("lake", "products/ndvi/geometry_17/ndvi_20240311.tif", str(local))
+    with rasterio.open(local) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.crs.to_epsg() == 32644 and tuple(src.transform)[:6] == B_TRANSFORM
+        np.testing.assert_array_equal(src.read(1), expected_layer(b, D2))
+        assert src.tags()["GEOMETRY_ID"] == "17"
