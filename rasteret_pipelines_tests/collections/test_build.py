@@ -310,3 +310,19 @@ def test_build_collection_rejects_another_sources_collection(tmp_path, stac_for,
     with pytest.raises(CollectionError, match="holds sentinel-2-l2a"):
         build_collection("sentinel-2-c1-l2a", "brazil", tmp_path, date_range=JULY, bands=["red"],
                          stac_url=stac.url, progress=False)
+
+
+def test_search_by_geometry_and_bbox_keeps_only_intersecting_items(tmp_path, stac_for, july):
+    stac = stac_for(july)
+    mua_only = {"type": "Polygon", "coordinates": [[[-40.1, -4.1], [-39.9, -4.1], [-39.9, -3.9], [-40.1, -3.9], [-40.1, -4.1]]]}
+    report = build_s2(tmp_path, stac, name="by-geometry", geometry=mua_only)
+    table = pq.read_table(tmp_path / "by-geometry" / "month=2025-07" / "items.parquet")
+    assert table.column("id").to_pylist() == ["S2B_24MUA_20250731_0_L2A"] and report.items == 1
+    search = [r for r in stac.requests if r.path.endswith("/search")]
+    assert search and all("intersects" in (r.params or {}) for r in search)
+
+    report = build_s2(tmp_path, stac, name="by-bbox", bbox=(-39.5, -5.0, -38.5, -4.6))
+    ids = pq.read_table(tmp_path / "by-bbox" / "month=2025-07" / "items.parquet").column("id").to_pylist()
+    assert sorted(ids) == ["S2B_24MVV_20250731_0_L2A", "S2B_24MWV_20250731_0_L2A"]
+    manifest = json.loads((tmp_path / "by-geometry" / "_manifest.json").read_text())
+    assert manifest["geometry"]["type"] == "Polygon"
