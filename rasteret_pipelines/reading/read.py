@@ -94,6 +94,8 @@ def read_geometries(
     cloud_mask: bool = False,
     all_touched: bool = False,
     resampling: Resampling = Resampling.nearest,
+    crs=None,
+    resolution: float | None = None,
     fetch_config: FetchConfig | None = None,
     filters: dict | None = None,
 ):
@@ -113,6 +115,10 @@ def read_geometries(
         cloud_mask: Also read the source's quality band and mask cloudy pixels.
         all_touched: Include every pixel the geometry touches, not only pixel centres inside.
         resampling: Used only where a band must be warped onto the reference grid.
+        crs: Put every geometry on a grid in this CRS instead of its first scene's; pixels
+            are then warped with ``resampling``.
+        resolution: Pixel size of that grid in ``crs`` units (default: the finest requested
+            band's pixel size, which must then be in the same units).
         fetch_config: Transport settings.
         filters: Extra ``{column: value}`` collection filters (platform, MGRS tile, ...).
 
@@ -138,7 +144,8 @@ def read_geometries(
     geoms = normalize_geometries(geometries)
     scenes = _scenes(collection, geoms, date_range, cloud_cover_lt, filters,
                      sorted(set(keys.values()) | ({quality} if quality else set())))
-    plans, uncovered = _plan(geoms, scenes, keys, quality, all_touched)
+    target = CRS.from_user_input(crs) if crs is not None else None
+    plans, uncovered = _plan(geoms, scenes, keys, quality, all_touched, target, resolution)
     if not plans:
         raise NoScenesError(
             f"no scene of collection {collection.name!r} covers the geometries"
@@ -227,7 +234,7 @@ def _finest(scene: _Scene, keys: Sequence[str]) -> CogHeader:
     return min((scene.headers[k] for k in keys), key=lambda h: abs(h.transform[0] * h.transform[4]))
 
 
-def _plan(geoms, scenes, keys: dict[str, str], quality, all_touched):
+def _plan(geoms, scenes, keys: dict[str, str], quality, all_touched, target=None, resolution=None):
     data_keys = sorted(set(keys.values()))
     read_keys = data_keys + ([quality] if quality and quality not in data_keys else [])
     plans, uncovered = [], []
@@ -237,7 +244,10 @@ def _plan(geoms, scenes, keys: dict[str, str], quality, all_touched):
             uncovered.append(gid)
             continue
         ref = _finest(covering[0], data_keys)
-        grid, local_geom = _reference_grid(ref, geom)
+        if target is None:
+            grid, local_geom = _reference_grid(ref.crs, ref.transform, geom)
+        else:
+            grid, local_geom = _target_grid(ref, target, resolution, geom)
         inside = rasterio.features.geometry_mask(
             [local_geom], out_shape=(grid.height, grid.width), transform=grid.transform,
             all_touched=all_touched, invert=True,
@@ -257,10 +267,28 @@ def reproject_geometry(geom: shapely.Geometry, src_crs, dst_crs) -> shapely.Geom
     return shapely.transform(geom, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
 
 
-def _reference_grid(header: CogHeader, geom_4326) -> tuple[_Grid, shapely.Geometry]:
-    crs = CRS.from_user_input(header.crs)
+def _target_grid(ref: CogHeader, target: CRS, resolution, geom_4326) -> tuple[_Grid, shapely.Geometry]:
+    """A north-up grid in ``target`` with square ``resolution`` pixels aligned to multiples of it."""
+    if resolution is None:
+        source = CRS.from_user_input(ref.crs)
+        if source.axis_info[0].unit_name != target.axis_info[0].unit_name:
+            raise ValueError(
+                f"resolution is needed for crs={target.to_string()}: its units "
+                f"({target.axis_info[0].unit_name}) differ from the scenes' ({source.axis_info[0].unit_name})"
+            )
+        resolution = abs(ref.transform[0])
+    res = float(resolution)
+    local = reproject_geometry(geom_4326, "EPSG:4326", target)
+    left, bottom, right, top = local.bounds
+    origin = (math.floor(left / res) * res, math.ceil(top / res) * res)
+    return _reference_grid(target, (res, 0.0, origin[0], 0.0, -res, origin[1]), geom_4326)
+
+
+def _reference_grid(crs, transform, geom_4326) -> tuple[_Grid, shapely.Geometry]:
+    """The window of ``geom_4326`` on the grid (``crs``, ``transform``), as rasterio computes it."""
+    crs = CRS.from_user_input(crs)
     local = reproject_geometry(geom_4326, "EPSG:4326", crs)
-    transform = Affine(*header.transform)
+    transform = Affine(*transform)
     # rasterio.features.geometry_window: pixel bounds of the geometry, floor/ceil.
     left, bottom, right, top = rasterio.features.bounds(local, transform=~transform)
     cols = (left, right)
