@@ -39,9 +39,6 @@ import fnmatch
 import mimetypes
 import os
 import random
-import socket
-import struct
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +47,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
+
+from rasteret_pipelines.mirror._server import BackgroundServer, abort_connection
 
 __all__ = ["FAULT_KINDS", "FaultPlan", "RangeServer", "RequestRecord"]
 
@@ -168,7 +167,7 @@ class FaultPlan:
         return self._rng.choice(self.kinds)
 
 
-class RangeServer:
+class RangeServer(BackgroundServer[RequestRecord]):
     """Serve the files under ``root`` over HTTP/1.1 on ``127.0.0.1`` (ephemeral port).
 
     Args:
@@ -185,95 +184,19 @@ class RangeServer:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise NotADirectoryError(f"not a directory: {self.root}")
-        self.latency = latency
-        self.faults = faults
-        self._log: list[RequestRecord] = []
-        self._log_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
+        super().__init__(latency=latency, faults=faults)
 
-    # --- lifecycle ---------------------------------------------------------------------------
+    # --- lifecycle (start, stop, port, url: see BackgroundServer) ----------------------------
 
-    def start(self) -> RangeServer:
-        """Start serving in a background daemon thread; returns ``self`` once listening.
-
-        Raises:
-            RuntimeError: If already started, or if the server could not start.
-        """
-        if self._thread is not None:
-            raise RuntimeError("RangeServer already started")
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._startup())
-            except BaseException as exc:  # reported to the starting thread
-                errors.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                if self._runner is not None:
-                    loop.run_until_complete(self._runner.cleanup())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        thread = threading.Thread(target=run, name=f"RangeServer({self.root})", daemon=True)
-        self._loop, self._thread = loop, thread
-        thread.start()
-        ready.wait()
-        if errors:
-            self._loop = self._thread = None
-            raise RuntimeError(f"RangeServer failed to start: {errors[0]!r}") from errors[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close open connections and join the thread. Idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._loop = self._thread = self._runner = None
-        self._port = None
-
-    def __enter__(self) -> RangeServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def _startup(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = runner.addresses[0][1]
+        return app
+
+    def _thread_name(self) -> str:
+        return f"RangeServer({self.root})"
 
     # --- addresses ---------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """TCP port the server listens on."""
-        if self._port is None:
-            raise RuntimeError("RangeServer is not running")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:41234`` (no trailing slash)."""
-        return f"http://127.0.0.1:{self.port}"
 
     def url_for(self, relpath: str | os.PathLike[str]) -> str:
         """URL of a file, given its path relative to ``root`` or an absolute path inside it.
@@ -311,22 +234,7 @@ class RangeServer:
         os.utime(path, ns=(new_ns, new_ns))
         return self.etag_for(relpath)
 
-    # --- request log -------------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RequestRecord]:
-        """A copy of the request log, oldest first.
-
-        A record is added before its body is sent, so it is visible as soon as the client
-        has the response.
-        """
-        with self._log_lock:
-            return list(self._log)
-
-    def reset_log(self) -> None:
-        """Forget all logged requests."""
-        with self._log_lock:
-            self._log.clear()
+    # --- request log (requests, reset_log: see BackgroundServer) ----------------------------
 
     def count(self, method: str | None = "GET", path: str | os.PathLike[str] | None = None) -> int:
         """Number of logged requests with this method (``None``: any) and path (``None``: any).
@@ -339,11 +247,6 @@ class RangeServer:
             for r in self.requests
             if (method is None or r.method == method) and (want is None or r.path == want)
         )
-
-    def _record(self, record: RequestRecord) -> RequestRecord:
-        with self._log_lock:
-            self._log.append(record)
-        return record
 
     # --- request handling --------------------------------------------------------------------
 
@@ -359,11 +262,7 @@ class RangeServer:
                 RequestRecord(method, path, rng, range_header, status, sent, headers, fault)
             )
 
-        if self.latency > 0:
-            await asyncio.sleep(self.latency)
-
-        plan = self.faults
-        fault = plan.draw(relpath) if plan is not None else None
+        fault = await self._delay_and_draw_fault(relpath)
         if fault in ("500", "503", "429"):
             record(int(fault), fault=fault)
             return web.Response(
@@ -371,7 +270,7 @@ class RangeServer:
             )
         if fault == "reset" or (fault == "truncate" and method == "HEAD"):
             record(None, fault="reset")
-            _abort(request)
+            abort_connection(request)
             return web.Response(status=500)  # never sent: the transport is gone
 
         if method not in ("GET", "HEAD"):
@@ -421,7 +320,7 @@ class RangeServer:
         if fault == "truncate":
             if to_send == 0:  # nothing to cut: behave like a reset
                 record(None, span, fault="reset")
-                _abort(request)
+                abort_connection(request)
                 return web.Response(status=500)
             to_send //= 2
 
@@ -509,18 +408,3 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
 def _pread(fh, offset: int, n: int) -> bytes:
     fh.seek(offset)
     return fh.read(n)
-
-
-def _abort(request: web.Request) -> None:
-    """Drop the connection with a TCP RST and no response."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
-

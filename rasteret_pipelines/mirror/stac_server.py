@@ -58,8 +58,6 @@ import json
 import logging
 import os
 import re
-import socket
-import struct
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -74,6 +72,7 @@ import shapely.geometry
 import shapely.wkt
 from aiohttp import web
 
+from rasteret_pipelines.mirror._server import BackgroundServer, abort_connection
 from rasteret_pipelines.mirror.range_server import FaultPlan
 
 __all__ = [
@@ -1424,7 +1423,7 @@ def _parse_search(params: Mapping[str, Any], server: StacServer) -> _Search:
 # =============================================================================================
 
 
-class StacServer:
+class StacServer(BackgroundServer[StacRequestRecord]):
     """Serve STAC Items as a STAC API on ``127.0.0.1`` (ephemeral port).
 
     Args:
@@ -1469,10 +1468,9 @@ class StacServer:
     ):
         if page_limit_max < 1 or default_limit < 1:
             raise ValueError("page_limit_max and default_limit must be >= 1")
+        super().__init__(latency=latency, faults=faults)
         self.page_limit_max = page_limit_max
         self.default_limit = default_limit
-        self.faults = faults
-        self.latency = latency
         self.title = title
         self.rewrite_links = rewrite_links
         self._lock = threading.RLock()
@@ -1488,94 +1486,15 @@ class StacServer:
                 raise ValueError(f"duplicate collection {c['id']!r}")
             self._collections[c["id"]] = json.loads(json.dumps(c))
         self.add_items(items)
-        self._log: list[StacRequestRecord] = []
-        self._log_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
-    # --- lifecycle ---------------------------------------------------------------------------
+    # --- lifecycle (start, stop, port, url: see BackgroundServer) ----------------------------
 
-    def start(self) -> StacServer:
-        """Start serving in a background daemon thread; returns ``self`` once listening.
-
-        Raises:
-            RuntimeError: If already started, or if the server could not start.
-        """
-        if self._thread is not None:
-            raise RuntimeError("StacServer already started")
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._startup())
-            except BaseException as exc:  # reported to the starting thread
-                errors.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                if self._runner is not None:
-                    loop.run_until_complete(self._runner.cleanup())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
-                loop.close()
-
-        thread = threading.Thread(target=run, name="StacServer", daemon=True)
-        self._loop, self._thread = loop, thread
-        thread.start()
-        ready.wait()
-        if errors:
-            self._loop = self._thread = None
-            raise RuntimeError(f"StacServer failed to start: {errors[0]!r}") from errors[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close open connections and join the thread. Idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._loop = self._thread = self._runner = None
-        self._port = None
-
-    def __enter__(self) -> StacServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def _startup(self) -> None:
+    def _make_app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = runner.addresses[0][1]
+        return app
 
     # --- addresses ---------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """TCP port the server listens on."""
-        if self._port is None:
-            raise RuntimeError("StacServer is not running")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """The API root, e.g. ``http://127.0.0.1:41234`` (no trailing slash)."""
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def search_url(self) -> str:
@@ -1717,18 +1636,7 @@ class StacServer:
         ]
         return doc
 
-    # --- request log -------------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[StacRequestRecord]:
-        """A copy of the request log, oldest first (a record is added before its body is sent)."""
-        with self._log_lock:
-            return list(self._log)
-
-    def reset_log(self) -> None:
-        """Forget all logged requests."""
-        with self._log_lock:
-            self._log.clear()
+    # --- request log (requests, reset_log: see BackgroundServer) ----------------------------
 
     def count(self, path: str | None = None, method: str | None = None) -> int:
         """Number of logged requests with this path and method (``None``: any).
@@ -1742,11 +1650,6 @@ class StacServer:
             if (method is None or r.method == method.upper())
             and (want is None or r.path == want or fnmatch.fnmatchcase(r.path, want))
         )
-
-    def _record(self, record: StacRequestRecord) -> StacRequestRecord:
-        with self._log_lock:
-            self._log.append(record)
-        return record
 
     # --- request handling --------------------------------------------------------------------
 
@@ -1777,12 +1680,8 @@ class StacServer:
                 )
             )
 
-        if self.latency > 0:
-            await asyncio.sleep(self.latency)
-
         relpath = path.strip("/")
-        plan = self.faults
-        fault = plan.draw(relpath) if plan is not None and self._fault_applies(plan, relpath) else None
+        fault = await self._delay_and_draw_fault(relpath)
         if fault in ("500", "503", "429"):
             record(int(fault), fault=fault)
             return _error_response(
@@ -1793,7 +1692,7 @@ class StacServer:
             )
         if fault == "reset":
             record(None, fault="reset")
-            _abort(request)
+            abort_connection(request)
             return web.Response(status=500)  # never sent: the transport is gone
 
         loop = asyncio.get_running_loop()
@@ -2102,17 +2001,3 @@ def _error_response(
         body=json.dumps({"code": code, "description": description}).encode(),
         headers={"Content-Type": _JSON, **(headers or {})},
     )
-
-
-def _abort(request: web.Request) -> None:
-    """Drop the connection with a TCP RST and no response."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
