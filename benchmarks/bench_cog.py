@@ -36,15 +36,17 @@ import hashlib
 import json
 import math
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import (
+    REPO_ROOT, Traffic, account, exit_status, first_tile_offsets, link_file, peak_rss_mb,
+    run_worker, serve_worker, settle, write_json,
+)
 
 # -- the grid: Sentinel-2 MGRS tile 43PGQ (UTM 43N), which contains Bangalore -------------------
 
@@ -67,7 +69,6 @@ AOIS = (
 # Bump when the generated pixels or file layout change: cached files are then rebuilt.
 DATA_VERSION = 1
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / "benchmarks" / ".data"
 
 # What a well-tuned rasterio/GDAL user sets to read COGs over HTTP.
@@ -303,18 +304,7 @@ def ensure_data(data_dir: Path, scenes: int, variants: int) -> dict:
     t0 = time.perf_counter()
     for name, band, s in scene_names(scenes):
         master = masters_dir / f"{band}_v{s % variants}.tif"
-        dst = root / name
-        if dst.exists():
-            if os.path.samefile(dst, master):
-                files.append((name, master.name))
-                continue
-            dst.unlink()
-        try:
-            os.link(master, dst)
-        except OSError:  # file system without hard links: a copy costs disk, not correctness
-            import shutil
-
-            shutil.copyfile(master, dst)
+        link_file(master, root / name)
         files.append((name, master.name))
     link_s = time.perf_counter() - t0
     disk = sum((masters_dir / f"{b}_v{v}.tif").stat().st_size for b, v in wanted)
@@ -326,24 +316,6 @@ def ensure_data(data_dir: Path, scenes: int, variants: int) -> dict:
         "disk_bytes": disk,
         "master_sizes": {n: manifest["masters"][n] for n in {m for _, m in files}},
     }
-
-
-def first_tile_offsets(masters_dir: Path, names: set[str]) -> dict[str, int]:
-    """Smallest tile offset of each master over all levels: bytes before it are the header."""
-    import rasterio
-
-    out = {}
-    for name in sorted(names):
-        path = masters_dir / name
-        offsets = []
-        with rasterio.open(path) as src:
-            levels = len(src.overviews(1))
-            offsets.append(int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1)))
-        for lvl in range(levels):
-            with rasterio.open(path, OVERVIEW_LEVEL=lvl) as src:
-                offsets.append(int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1)))
-        out[name] = min(o for o in offsets if o > 0)
-    return out
 
 
 def warm_page_cache(paths) -> None:
@@ -362,24 +334,6 @@ def _digest(arr: np.ndarray) -> str:
     h.update(f"{arr.dtype.str}{arr.shape}".encode())
     h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB.
-
-    ``VmHWM`` is the high-water mark of the current address space, so it starts afresh at
-    ``exec``; ``ru_maxrss`` would carry over the RSS of the (big, data-generating) parent the
-    worker was forked from. ``ru_maxrss`` is only the fallback where /proc is missing.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    scale = 1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0  # KiB on Linux, B on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def worker(mode: str, spec: dict) -> dict:
@@ -448,87 +402,8 @@ def worker(mode: str, spec: dict) -> dict:
         result["shapes"] = [[list(a.shape) for a in per_file] for per_file in arrays]
         result["dtypes"] = sorted({str(a.dtype) for per_file in arrays for a in per_file})
         result["pixel_sum"] = int(sum(int(a.sum(dtype=np.uint64)) for f in arrays for a in f))
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
-
-
-def run_worker(mode: str, spec: dict, workdir: Path, env_extra: dict | None = None) -> dict:
-    spec_path = workdir / f"{mode}.spec.json"
-    out_path = workdir / f"{mode}.out.json"
-    spec_path.write_text(json.dumps(spec))
-    if out_path.exists():
-        out_path.unlink()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    if env_extra:
-        env.update(env_extra)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, str(spec_path), str(out_path)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0 or not out_path.exists():
-        sys.stderr.write(proc.stdout)
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"benchmark mode {mode} failed (exit code {proc.returncode})")
-    if proc.stderr.strip():
-        # Warnings are fine, but keep them visible.
-        sys.stderr.write(f"[{mode} stderr]\n{proc.stderr[-4000:]}\n")
-    result = json.loads(out_path.read_text())
-    result["process_wall_seconds"] = wall
-    return result
-
-
-# -- request log accounting ----------------------------------------------------------------------
-
-
-@dataclass
-class Traffic:
-    requests: int = 0
-    gets: int = 0
-    heads: int = 0
-    other: int = 0
-    header_gets: int = 0
-    ranged_gets: int = 0
-    full_gets: int = 0
-    bytes: int = 0
-
-
-def settle(srv, timeout: float = 2.0) -> list:
-    """The request log once it stopped growing (the worker has exited; stragglers get logged)."""
-    deadline = time.monotonic() + timeout
-    n = -1
-    while time.monotonic() < deadline:
-        records = list(srv.requests)
-        if len(records) == n:
-            return records
-        n = len(records)
-        time.sleep(0.1)
-    return list(srv.requests)
-
-
-def account(records, first_offset_by_name: dict[str, int]) -> Traffic:
-    t = Traffic()
-    for r in records:
-        t.requests += 1
-        t.bytes += int(r.bytes_sent or 0)
-        method = str(r.method).upper()
-        if method == "HEAD":
-            t.heads += 1
-            continue
-        if method != "GET":
-            t.other += 1
-            continue
-        t.gets += 1
-        name = os.path.basename(str(r.path).split("?", 1)[0])
-        limit = first_offset_by_name.get(name, 1)
-        if r.range is None:
-            t.full_gets += 1
-            t.header_gets += 1
-        else:
-            t.ranged_gets += 1
-            if int(r.range[0]) < limit:
-                t.header_gets += 1
-    return t
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -575,10 +450,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] == "--worker":
-        mode, spec_path, out_path = argv[1:4]
-        result = worker(mode, json.loads(Path(spec_path).read_text()))
-        Path(out_path).write_text(json.dumps(result))
+    if serve_worker(argv, worker):
         return 0
 
     args = parse_args(argv)
@@ -623,7 +495,7 @@ def main(argv=None) -> int:
             for i in range(args.repeat):
                 srv.reset_log()
                 print(f"running {mode} ({i + 1}/{args.repeat}) ...", flush=True)
-                run = run_worker(mode, {**base, **extra}, workdir, env)
+                run = run_worker("benchmarks.bench_cog", mode, {**base, **extra}, workdir, env_extra=env)
                 run["traffic"] = account(settle(srv), first_offset_by_name)
                 runs.append(run)
             results[mode] = summarise(runs)
@@ -739,12 +611,8 @@ def main(argv=None) -> int:
             "modes": rows,
             "targets": targets,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"\nwrote {args.json}")
-    if args.strict and not all(targets.values()):
-        return 1
-    return 0
+        write_json(args.json, report, note_prefix="\n")
+    return exit_status(args.strict, targets)
 
 
 if __name__ == "__main__":

@@ -43,13 +43,15 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_cog import REPO_ROOT, Traffic, _peak_rss_mb, account, first_tile_offsets, settle
+from benchmarks._common import (
+    REPO_ROOT, Traffic, account, exit_status, first_tile_offsets, link_file, peak_rss_mb,
+    run_worker, serve_worker, settle, write_json,
+)
 
 SOURCE = "sentinel-2-l2a"
 RECORDED_ITEM = (
@@ -170,18 +172,8 @@ def link_cogs(master: Path, root: Path, ids: list[str]) -> int:
     for item_id in ids:
         (root / item_id).mkdir(parents=True, exist_ok=True)
         for fname in BANDS.values():
-            dst = root / item_id / fname
-            if dst.exists():
-                if os.path.samefile(dst, master):
-                    continue
-                dst.unlink()
-            try:
-                os.link(master, dst)
-            except OSError:  # no hard links on this file system: a copy is ~20 KB
-                import shutil
-
-                shutil.copyfile(master, dst)
-            made += 1
+            if link_file(master, root / item_id / fname):  # without hard links, a ~20 KB copy
+                made += 1
     return made
 
 
@@ -402,7 +394,7 @@ def worker_build(spec: dict) -> dict:
         "months": months,
         "items": report.items,
         "failed": [f"{f.item_id}/{f.band}: {f.error}" for f in report.failed][:5],
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -454,31 +446,12 @@ def worker_filter(spec: dict) -> dict:
         "size": len(coll),
         "socket_events": len(audit["events"]),
         "socket_event_kinds": sorted(set(audit["events"])),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
 WORKERS = {"build": worker_build, "filter": worker_filter}
-
-
-def run_worker(mode: str, spec: dict, workdir: Path, tag: str) -> dict:
-    spec_path, out_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.out.json"
-    spec_path.write_text(json.dumps(spec))
-    out_path.unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "benchmarks.bench_collections", "--worker", mode, str(spec_path), str(out_path)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0 or not out_path.exists():
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"benchmark step {tag} failed (exit code {proc.returncode})")
-    if proc.stderr.strip():
-        sys.stderr.write(f"[{tag} stderr]\n{proc.stderr[-4000:]}\n")
-    result = json.loads(out_path.read_text())
-    result["process_wall_seconds"] = wall
-    return result
+WORKER_MODULE = "benchmarks.bench_collections"
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -500,10 +473,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] == "--worker":
-        mode, spec_path, out_path = argv[1:4]
-        result = WORKERS[mode](json.loads(Path(spec_path).read_text()))
-        Path(out_path).write_text(json.dumps(result))
+    if serve_worker(argv, lambda mode, spec: WORKERS[mode](spec)):
         return 0
 
     args = parse_args(argv)
@@ -549,7 +519,7 @@ def main(argv=None) -> int:
                       f"{args.latency * 1000:.0f} ms per COG request) ...", flush=True)
                 extra = {"profile": str(args.profile)} if (args.profile and step == "build") else {}
                 cpu0 = time.process_time()
-                r = run_worker("build", {**spec, **extra}, workdir, step)
+                r = run_worker(WORKER_MODULE, "build", {**spec, **extra}, workdir, tag=step, what="step")
                 # This process only waits for the worker: its CPU time is the two servers'.
                 r["servers_cpu_seconds"] = time.process_time() - cpu0
                 records = settle(cogs)
@@ -568,8 +538,8 @@ def main(argv=None) -> int:
             stac.reset_log()
             before = (len(cogs.requests), len(stac.requests))
             print(f"running filter ({args.repeat} repetitions, fresh process) ...", flush=True)
-            f = run_worker("filter", {"name": DERIVED_NAME, "workspace": str(workspace),
-                                      "repeat": args.repeat}, workdir, "filter")
+            f = run_worker(WORKER_MODULE, "filter", {"name": DERIVED_NAME, "workspace": str(workspace),
+                                                     "repeat": args.repeat}, workdir, what="step")
             time.sleep(0.2)
             after = (len(settle(cogs)), len(stac.requests))
             f["server_requests_before"], f["server_requests_after"] = before, after
@@ -689,12 +659,8 @@ def main(argv=None) -> int:
                        "result": None if r[3] is None else ("PASS" if r[3] else "MISS")} for r in rows],
             "targets": targets,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    if args.strict and not all(targets.values()):
-        return 1
-    return 0
+        write_json(args.json, report)
+    return exit_status(args.strict, targets)
 
 
 if __name__ == "__main__":

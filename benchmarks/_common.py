@@ -1,0 +1,195 @@
+"""What the benchmark scripts share: fresh-process workers, hard-linked test files, the COG
+header/tile boundary, and accounting of the range server's request log."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+
+def link_file(master: Path, dst: Path) -> bool:
+    """Make ``dst`` a hard link of ``master`` (a copy where hard links are not supported).
+
+    Returns ``False`` when ``dst`` already is ``master``, ``True`` when it was (re)made.
+    """
+    if dst.exists():
+        if os.path.samefile(dst, master):
+            return False
+        dst.unlink()
+    try:
+        os.link(master, dst)
+    except OSError:  # file system without hard links: a copy costs disk, not correctness
+        import shutil
+
+        shutil.copyfile(master, dst)
+    return True
+
+
+def first_tile_offsets(masters_dir: Path, names: set[str]) -> dict[str, int]:
+    """Smallest tile offset of each master over all levels: bytes before it are the header."""
+    import rasterio
+
+    out = {}
+    for name in sorted(names):
+        path = masters_dir / name
+        offsets = []
+        with rasterio.open(path) as src:
+            levels = len(src.overviews(1))
+            offsets.append(int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1)))
+        for lvl in range(levels):
+            with rasterio.open(path, OVERVIEW_LEVEL=lvl) as src:
+                offsets.append(int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1)))
+        out[name] = min(o for o in offsets if o > 0)
+    return out
+
+
+# -- workers (each runs in a fresh process) -------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    ``VmHWM`` is the high-water mark of the current address space, so it starts afresh at
+    ``exec``; ``ru_maxrss`` would carry over the RSS of the (big, data-generating) parent the
+    worker was forked from. ``ru_maxrss`` is only the fallback where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    scale = 1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0  # KiB on Linux, B on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def run_worker(
+    module: str,
+    mode: str,
+    spec: dict,
+    workdir: Path,
+    *,
+    tag: str | None = None,
+    what: str = "mode",
+    env_extra: dict | None = None,
+) -> dict:
+    """Run ``python -m <module> --worker <mode> <spec> <out>`` in a fresh process; its result.
+
+    ``tag`` (default: ``mode``) names the spec and result files and the messages; ``what``
+    says what a tag is in the failure message. The result gets ``process_wall_seconds``.
+    """
+    tag = mode if tag is None else tag
+    spec_path, out_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.out.json"
+    spec_path.write_text(json.dumps(spec))
+    out_path.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    if env_extra:
+        env.update(env_extra)
+    cmd = [sys.executable, "-m", module, "--worker", mode, str(spec_path), str(out_path)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not out_path.exists():
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"benchmark {what} {tag} failed (exit code {proc.returncode})")
+    if proc.stderr.strip():
+        # Warnings are fine, but keep them visible.
+        sys.stderr.write(f"[{tag} stderr]\n{proc.stderr[-4000:]}\n")
+    result = json.loads(out_path.read_text())
+    result["process_wall_seconds"] = wall
+    return result
+
+
+def serve_worker(argv: list[str], work: Callable[[str, dict], dict]) -> bool:
+    """The worker side of :func:`run_worker`: when ``argv`` is ``--worker MODE SPEC OUT``, run
+    ``work(MODE, spec)`` and write its result to ``OUT``. Returns whether it did."""
+    if not argv or argv[0] != "--worker":
+        return False
+    mode, spec_path, out_path = argv[1:4]
+    result = work(mode, json.loads(Path(spec_path).read_text()))
+    Path(out_path).write_text(json.dumps(result))
+    return True
+
+
+# -- request log accounting -----------------------------------------------------------------------
+
+
+@dataclass
+class Traffic:
+    requests: int = 0
+    gets: int = 0
+    heads: int = 0
+    other: int = 0
+    header_gets: int = 0
+    ranged_gets: int = 0
+    full_gets: int = 0
+    bytes: int = 0
+
+
+def settle(srv, timeout: float = 2.0) -> list:
+    """The request log once it stopped growing (the worker has exited; stragglers get logged)."""
+    deadline = time.monotonic() + timeout
+    n = -1
+    while time.monotonic() < deadline:
+        records = list(srv.requests)
+        if len(records) == n:
+            return records
+        n = len(records)
+        time.sleep(0.1)
+    return list(srv.requests)
+
+
+def account(records, first_offset_by_name: dict[str, int]) -> Traffic:
+    """Count a range server's request records; a *header GET* is a GET without a range or whose
+    range starts before the file's first tile (``first_offset_by_name``, by file name)."""
+    t = Traffic()
+    for r in records:
+        t.requests += 1
+        t.bytes += int(r.bytes_sent or 0)
+        method = str(r.method).upper()
+        if method == "HEAD":
+            t.heads += 1
+            continue
+        if method != "GET":
+            t.other += 1
+            continue
+        t.gets += 1
+        name = os.path.basename(str(r.path).split("?", 1)[0])
+        limit = first_offset_by_name.get(name, 1)
+        if r.range is None:
+            t.full_gets += 1
+            t.header_gets += 1
+        else:
+            t.ranged_gets += 1
+            if int(r.range[0]) < limit:
+                t.header_gets += 1
+    return t
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, report: dict, note_prefix: str = "") -> None:
+    """Write ``report`` to ``path`` (indented) and say so, after ``note_prefix``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"{note_prefix}wrote {path}")
+
+
+def exit_status(strict: bool, targets: dict[str, bool]) -> int:
+    """1 under ``--strict`` when a target is missed, else 0."""
+    return 1 if strict and not all(targets.values()) else 0
