@@ -32,6 +32,18 @@ def _header(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from rasteret_pipelines.demo import run_demo
+
+    months = [m.strip() for m in args.months.split(",") if m.strip()] if args.months else None
+    try:
+        run_demo(months=months, dagster_home=args.dagster_home, keep_serving=args.serve)
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rasteret-pipelines", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -42,6 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     header.add_argument("--requester-pays", action="store_true", help="s3:// requester pays")
     header.add_argument("--unsigned", action="store_true", help="anonymous s3:// reads")
     header.set_defaults(func=_header)
+    demo = sub.add_parser(
+        "demo",
+        help="run the Dagster pipeline on the offline Sentinel-2 demo mirror (no network)",
+        description=(
+            "Write the offline demo world (once), serve it on 127.0.0.1, register the quick start's "
+            "AOIs and materialise collections, NDVI GeoTIFFs and time series through Dagster, recording "
+            "the runs in DAGSTER_HOME (default ./.dagster_home) for `dagster dev -w workspace.yaml`. "
+            "RASTERET_STAC_URL / RASTERET_STORAGE (e.g. public, s3://bucket/prefix) run the same "
+            "pipeline against Earth Search and S3; see docs/dagster.md for every variable."
+        ),
+    )
+    demo.add_argument("--months", help="comma-separated YYYY-MM months (default RASTERET_DEMO_MONTHS or 2024-01..2024-03)")
+    demo.add_argument("--dagster-home", help="Dagster instance folder (default $DAGSTER_HOME or ./.dagster_home)")
+    demo.add_argument("--serve", action="store_true", help="keep serving the demo mirror afterwards, until Ctrl-C")
+    demo.set_defaults(func=_demo)
     return parser
 
 

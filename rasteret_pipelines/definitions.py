@@ -1,5 +1,9 @@
-"""The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here."""
+"""The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here.
 
-import dagster as dg
+Configured from the environment (see :mod:`rasteret_pipelines.defs.settings`); with nothing set
+it runs the offline demo (``rasteret-pipelines demo``).
+"""
 
-defs = dg.Definitions(assets=[])
+from rasteret_pipelines.defs import build_definitions
+
+defs = build_definitions()

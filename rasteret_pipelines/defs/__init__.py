@@ -1,0 +1,63 @@
+"""The Dagster project: assets, checks, IO manager, resources, jobs, schedule and sensors.
+
+:func:`build_definitions` assembles everything from :class:`~rasteret_pipelines.defs.settings.Settings`
+(the environment by default); ``rasteret_pipelines.definitions`` exposes the result as ``defs``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+
+from rasteret_pipelines.defs.assets import collection_asset, ndvi_asset, timeseries_asset
+from rasteret_pipelines.defs.checks import collection_checks, ndvi_checks
+from rasteret_pipelines.defs.jobs import build_jobs
+from rasteret_pipelines.defs.partitions import build_partitions
+from rasteret_pipelines.defs.resources import resources_from_settings
+from rasteret_pipelines.defs.schedules import build_monthly_schedule
+from rasteret_pipelines.defs.sensors import build_aoi_sensor, build_automation_sensor, build_stac_sensor
+from rasteret_pipelines.defs.settings import Settings
+
+
+def build_definitions(settings: Settings | None = None, resources: dict | None = None) -> dg.Definitions:
+    """The project's definitions for ``settings`` (default: from the environment).
+
+    Args:
+        settings: What to build (sources, first month) and how to configure the resources.
+        resources: Resources replacing those made from ``settings`` (tests).
+    """
+    settings = settings or Settings.from_env()
+    with warnings.catch_warnings():
+        # MultiToSingleDimensionPartitionMapping and partitioned asset checks are marked beta.
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        return _build(settings, resources)
+
+
+def _build(settings: Settings, resources: dict | None) -> dg.Definitions:
+    partitions = build_partitions(settings.start_month)
+    assets, checks = [], []
+    for source in settings.sources:
+        assets += [
+            collection_asset(source, partitions),
+            ndvi_asset(source, partitions),
+            timeseries_asset(source, partitions),
+        ]
+        checks += collection_checks(source, partitions) + ndvi_checks(source, partitions)
+    jobs = build_jobs(settings.sources)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        schedules=[build_monthly_schedule(settings.sources, settings.start_month, jobs[0])],
+        sensors=[
+            build_aoi_sensor(settings.sources, jobs[0], jobs[1]),
+            build_stac_sensor(settings.sources, jobs[0]),
+            build_automation_sensor(),
+        ],
+        resources={**resources_from_settings(settings), **(resources or {})},
+    )
+
+
+__all__ = ["Settings", "build_definitions"]

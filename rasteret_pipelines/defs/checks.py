@@ -1,0 +1,123 @@
+"""Asset checks: complete header caches, NDVI in range, GeoTIFFs that reopen as expected."""
+
+
+import math
+
+import dagster as dg
+import numpy as np
+
+from rasteret_pipelines.collections import schema
+from rasteret_pipelines.defs.aois import read_uri_bytes
+from rasteret_pipelines.defs.assets import collection_key, ndvi_key
+from rasteret_pipelines.defs.io_managers import CollectionSlice
+from rasteret_pipelines.defs.partitions import Partitions
+from rasteret_pipelines.defs.pipeline import collection_bands
+
+
+def collection_checks(source_id: str, partitions: Partitions) -> list[dg.AssetChecksDefinition]:
+    bands = collection_bands(source_id)
+
+    @dg.asset_check(
+        asset=collection_key(source_id),
+        partitions_def=partitions.months,
+        name="every_band_header_present",
+        description=f"Every item of the month has a cached COG header for {', '.join(bands)}.",
+    )
+    def every_band_header_present(collection: CollectionSlice) -> dg.AssetCheckResult:
+        available = set(collection.dataset.schema.names)
+        columns = ["id"] + [c for b in bands for c in schema.band_columns(b)[1:] if c in available]
+        table = collection.to_table(columns=columns) if collection.files else None
+        rows = table.to_pylist() if table is not None and table.num_rows else []
+        missing = []
+        for band in bands:
+            _, header_col, error_col = schema.band_columns(band)
+            if header_col not in available:
+                missing.extend((r["id"], band, "band not indexed") for r in rows)
+                continue
+            missing.extend(
+                (r["id"], band, r.get(error_col) or "no header") for r in rows if r.get(header_col) is None
+            )
+        metadata = {"items": len(rows), "bands": ", ".join(bands), "missing_headers": len(missing)}
+        if missing:
+            lines = ["| item | band | error |", "| --- | --- | --- |"]
+            lines += [f"| {i} | {b} | {str(e)[:160]} |" for i, b, e in missing[:50]]
+            metadata["missing"] = dg.MetadataValue.md("\n".join(lines))
+        return dg.AssetCheckResult(
+            passed=not missing,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=metadata,
+            description=None if not missing else f"{len(missing)} band headers missing: rematerialise the month",
+        )
+
+    return [every_band_header_present]
+
+
+def _open(path: str):
+    import rasterio
+
+    return rasterio.MemoryFile(read_uri_bytes(path))
+
+
+def ndvi_checks(source_id: str, partitions: Partitions) -> list[dg.AssetChecksDefinition]:
+    @dg.asset_check(
+        asset=ndvi_key(source_id),
+        partitions_def=partitions.month_aoi,
+        name="ndvi_within_range",
+        description="Every NDVI GeoTIFF of the partition holds values in [-1, 1] (NaN = no data).",
+    )
+    def ndvi_within_range(manifest: dict) -> dg.AssetCheckResult:
+        lo, hi, bad = math.inf, -math.inf, []
+        for path in manifest.get("files", []):
+            with _open(path) as mem, mem.open() as src:
+                data = src.read(1, masked=False)
+            finite = data[np.isfinite(data)]
+            if finite.size:
+                lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+                if finite.min() < -1 or finite.max() > 1:
+                    bad.append(path)
+        return dg.AssetCheckResult(
+            passed=not bad,
+            metadata={
+                "files": len(manifest.get("files", [])),
+                "min": dg.MetadataValue.float(lo if bad or lo != math.inf else float("nan")),
+                "max": dg.MetadataValue.float(hi if hi != -math.inf else float("nan")),
+                "out_of_range_files": dg.MetadataValue.json(bad),
+            },
+        )
+
+    @dg.asset_check(
+        asset=ndvi_key(source_id),
+        partitions_def=partitions.month_aoi,
+        name="geotiffs_reopen",
+        description="Every NDVI GeoTIFF reopens as one float32 band with the AOI window's CRS, shape and transform.",
+    )
+    def geotiffs_reopen(manifest: dict) -> dg.AssetCheckResult:
+        from rasterio.crs import CRS
+
+        problems = []
+        files = manifest.get("files", [])
+        expected_crs = CRS.from_user_input(manifest["crs"]) if files else None
+        for path in files:
+            try:
+                with _open(path) as mem, mem.open() as src:
+                    if src.crs != expected_crs:
+                        problems.append(f"{path}: CRS {src.crs} != {manifest['crs']}")
+                    if [src.height, src.width] != list(manifest["shape"]):
+                        problems.append(f"{path}: shape {[src.height, src.width]} != {manifest['shape']}")
+                    if src.count != 1 or src.dtypes[0] != "float32":
+                        problems.append(f"{path}: {src.count} bands of {src.dtypes[0]}, expected 1 float32")
+                    if not np.allclose(tuple(src.transform)[:6], manifest["transform"][:6], atol=1e-6):
+                        problems.append(f"{path}: transform {tuple(src.transform)[:6]} != {manifest['transform']}")
+            except Exception as exc:  # any failure to open is the finding
+                problems.append(f"{path}: cannot be opened: {exc}")
+        return dg.AssetCheckResult(
+            passed=not problems,
+            metadata={
+                "files": len(files),
+                "crs": manifest.get("crs", ""),
+                "shape": dg.MetadataValue.json(manifest.get("shape")),
+                "problems": dg.MetadataValue.json(problems[:50]),
+            },
+        )
+
+    return [ndvi_within_range, geotiffs_reopen]

@@ -1,0 +1,295 @@
+"""What the assets do, as plain functions over the library (the assets only wire them up).
+
+* :func:`build_month`: one month of a source's collection (STAC search over the AOIs' bounds,
+  every band header cached), incrementally through
+  :func:`~rasteret_pipelines.collections.build_collection`.
+* :func:`ndvi_month`: one AOI in one month: read through the cached headers
+  (:func:`~rasteret_pipelines.reading.read_geometries`, surface reflectance, cloud-masked),
+  NDVI, one GeoTIFF per date (:func:`~rasteret_pipelines.products.save_per_geometry`) and a
+  manifest with per-date statistics.
+* :func:`timeseries_table`: the manifests of one AOI as a table of dates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from rasteret_pipelines.collections import MonthReport, build_collection, get_source
+from rasteret_pipelines.defs.aois import AoiSet
+from rasteret_pipelines.defs.io_managers import COLLECTIONS, CollectionMonth, CollectionSlice
+from rasteret_pipelines.defs.partitions import month_bounds
+from rasteret_pipelines.errors import InvalidSearchError, NoScenesError, RasteretError
+
+NDVI_BANDS: dict[str, tuple[str, str]] = {
+    "sentinel-2-l2a": ("red", "nir"),
+    "sentinel-2-c1-l2a": ("red", "nir"),
+    "landsat-c2l2-sr": ("red", "nir08"),
+    "landsat-c2-l2": ("red", "nir08"),
+}
+"""(red, near-infrared) asset keys per source."""
+
+
+class AoiNotIndexedError(RasteretError):
+    """The collection month was built for an area that does not contain the AOI."""
+
+
+def collection_bands(source_id: str) -> list[str]:
+    """Asset keys a source's collection indexes: red, NIR and the quality band (cloud mask)."""
+    source = get_source(source_id)
+    red, nir = NDVI_BANDS.get(source.id, ("red", "nir"))
+    return list(dict.fromkeys([red, nir, source.quality_band]))
+
+
+def check_month_in_source(source_id: str, month: str) -> None:
+    """Refuse a month that ends before the source's first data.
+
+    Raises:
+        InvalidSearchError: naming the month, the source and its first date.
+    """
+    source = get_source(source_id)
+    _, last = month_bounds(month)
+    first = dt.date.fromisoformat(source.start_date)
+    if last < first:
+        raise InvalidSearchError(
+            f"month {month} is before {source.id} starts ({first}): nothing to index; "
+            "choose a later partition (or a later RASTERET_START_MONTH)"
+        )
+
+
+@dataclass
+class MonthBuild:
+    """Result of :func:`build_month`."""
+
+    output: CollectionMonth
+    report: MonthReport
+    stac_url: str
+
+
+def build_month(
+    source_id: str,
+    name: str,
+    month: str,
+    *,
+    storage_uri: str,
+    aois: AoiSet,
+    stac_url: str | None,
+    cloud_cover_lt: float | None = None,
+    fetch_config=None,
+) -> MonthBuild:
+    """Build (or incrementally rebuild) month ``YYYY-MM`` of collection ``name``.
+
+    Raises:
+        InvalidSearchError: the month is before the source's start.
+        StacApiError: the STAC API is unreachable or keeps failing.
+    """
+    check_month_in_source(source_id, month)
+    first, last = month_bounds(month)
+    workspace = storage_uri.rstrip("/") + "/" + COLLECTIONS
+    report = build_collection(
+        source_id,
+        name,
+        workspace,
+        date_range=(first, last),
+        bbox=aois.bbox,
+        bands=collection_bands(source_id),
+        cloud_cover_lt=cloud_cover_lt,
+        stac_url=stac_url,
+        fetch_config=fetch_config,
+        progress=False,
+    )
+    month_report = report.months[0]
+    effective = get_source(source_id).effective_stac_url(stac_url)
+    search = {
+        "bbox": [round(v, 7) for v in aois.bbox],
+        "aoi_ids": aois.ids,
+        "stac_url": effective,
+        "cloud_cover_lt": cloud_cover_lt,
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return MonthBuild(CollectionMonth(name, month, month_report.path, search), month_report, effective)
+
+
+def covers(search: dict, geometry) -> bool:
+    """True when the search bbox of a collection month contains ``geometry`` (lon/lat)."""
+    bbox = search.get("bbox")
+    if not bbox:
+        return False
+    minx, miny, maxx, maxy = geometry.bounds
+    eps = 1e-6
+    return bbox[0] - eps <= minx and bbox[1] - eps <= miny and maxx <= bbox[2] + eps and maxy <= bbox[3] + eps
+
+
+def ndvi_month(
+    source_id: str,
+    collection: CollectionSlice,
+    month: str,
+    aoi_id: str,
+    aois: AoiSet,
+    *,
+    output_uri: str,
+    fetch_config=None,
+) -> dict:
+    """NDVI GeoTIFFs of one AOI for every date of one month, and their manifest.
+
+    Returns:
+        The manifest: ``source``, ``collection``, ``aoi``, ``month``, ``crs``, ``shape``,
+        ``dates`` (``date``, ``path`` or None when no valid pixel, ``valid_fraction``,
+        ``mean_ndvi``, ``median_ndvi``, ``scenes``) and ``files``.
+
+    Raises:
+        AoiNotIndexedError: the month was indexed for an area not containing the AOI.
+    """
+    from rasteret_pipelines.products import ndvi_dataset, save_per_geometry
+    from rasteret_pipelines.reading import geometry_dataset, read_geometries
+
+    geometry = aois.geometry(aoi_id)
+    search = collection.searches.get(month, {})
+    if search and not covers(search, geometry):
+        raise AoiNotIndexedError(
+            f"collection {collection.name} month {month} was indexed for bbox {search.get('bbox')} "
+            f"(AOIs {', '.join(search.get('aoi_ids', []))}), which does not contain AOI {aoi_id}: "
+            f"materialise that collection month again (the AOI sensor requests it)"
+        )
+    red, nir = NDVI_BANDS.get(source_id, ("red", "nir"))
+    quality = get_source(source_id).quality_band
+    first, last = month_bounds(month)
+    manifest = {
+        "source": source_id,
+        "collection": collection.name,
+        "aoi": aoi_id,
+        "aoi_name": aois.frame.loc[aoi_id, "name"],
+        "month": month,
+        "bands": {"red": red, "nir": nir, "cloud_mask": quality if quality in collection.bands else None},
+        "dates": [],
+        "files": [],
+    }
+    try:
+        ds = read_geometries(
+            collection,
+            aois.subset([aoi_id]),
+            [red, nir],
+            date_range=(first, last),
+            values="reflectance",
+            cloud_mask=quality in collection.bands,
+            fetch_config=fetch_config,
+        )
+    except NoScenesError as exc:
+        manifest["note"] = str(exc)
+        return manifest
+    ndvi = ndvi_dataset(ds, red, nir)
+    paths = save_per_geometry(ndvi, output_uri, file_prefix="ndvi", data_var="NDVI")
+    gid = next(iter(paths))
+    one = geometry_dataset(ndvi, gid)
+    manifest["crs"] = one.attrs["crs"]
+    manifest["shape"] = [int(one.sizes["y"]), int(one.sizes["x"])]
+    manifest["transform"] = [float(v) for v in one.attrs["transform"]]
+    by_stem = {os.path.basename(p)[5:13]: p for p in paths[gid]}
+    for entry in layer_stats(one, geometry):
+        entry["path"] = by_stem.get(entry["date"].replace("-", ""))
+        manifest["dates"].append(entry)
+    manifest["files"] = [e["path"] for e in manifest["dates"] if e["path"]]
+    return manifest
+
+
+def layer_stats(one, geometry_4326) -> list[dict]:
+    """Per date of a one-geometry NDVI Dataset: valid fraction inside the AOI, mean, median."""
+    import rasterio.features
+    import shapely
+    from affine import Affine
+    from pyproj import Transformer
+
+    to_local = Transformer.from_crs("EPSG:4326", one.attrs["crs"], always_xy=True).transform
+    local = shapely.transform(geometry_4326, lambda x, y: to_local(x, y), interleaved=False)
+    height, width = int(one.sizes["y"]), int(one.sizes["x"])
+    inside = rasterio.features.geometry_mask(
+        [local], out_shape=(height, width), transform=Affine(*one.attrs["transform"][:6]), invert=True
+    )
+    n_inside = int(inside.sum())
+    out = []
+    for ti, t in enumerate(one["time"].values):
+        layer = one["NDVI"].values[ti]
+        values = layer[inside & ~np.isnan(layer)]
+        out.append(
+            {
+                "date": str(np.datetime64(t, "D")),
+                "valid_fraction": round(float(values.size / n_inside), 6) if n_inside else 0.0,
+                "mean_ndvi": round(float(values.mean()), 6) if values.size else None,
+                "median_ndvi": round(float(np.median(values)), 6) if values.size else None,
+                "valid_pixels": int(values.size),
+                "scenes": str(one["scene_id"].values[ti] or ""),
+            }
+        )
+    return out
+
+
+TIMESERIES_SCHEMA = pa.schema(
+    [
+        ("date", pa.date32()),
+        ("month", pa.string()),
+        ("mean_ndvi", pa.float64()),
+        ("median_ndvi", pa.float64()),
+        ("valid_fraction", pa.float64()),
+        ("valid_pixels", pa.int64()),
+        ("scenes", pa.string()),
+        ("path", pa.string()),
+    ]
+)
+
+
+def timeseries_table(manifests: dict) -> pa.Table:
+    """One row per date of every manifest (``{partition key: manifest}``), sorted by date."""
+    rows = []
+    for manifest in manifests.values():
+        for e in manifest.get("dates", []):
+            rows.append(
+                {
+                    "date": dt.date.fromisoformat(e["date"]),
+                    "month": manifest["month"],
+                    "mean_ndvi": e.get("mean_ndvi"),
+                    "median_ndvi": e.get("median_ndvi"),
+                    "valid_fraction": e.get("valid_fraction"),
+                    "valid_pixels": e.get("valid_pixels"),
+                    "scenes": e.get("scenes"),
+                    "path": e.get("path"),
+                }
+            )
+    rows.sort(key=lambda r: r["date"])
+    return pa.Table.from_pylist(rows, schema=TIMESERIES_SCHEMA)
+
+
+def updated_items(
+    source_id: str,
+    stac_url: str | None,
+    months: list[str],
+    bbox,
+    since: str,
+) -> dict[str, str]:
+    """``{YYYY-MM: latest updated}`` of items in ``months`` updated (or added) after ``since``.
+
+    One STAC search over the span of ``months`` (``query: updated > since``), grouped by month
+    of acquisition; months outside ``months`` are dropped.
+
+    Raises:
+        StacApiError: the STAC API is unreachable or keeps failing.
+    """
+    from rasteret_pipelines.collections.search import Month, search_items
+
+    first, _ = month_bounds(min(months))
+    _, last = month_bounds(max(months))
+    span = Month(f"{min(months)}..{max(months)}", first, last)
+    items = search_items(get_source(source_id), span, stac_url=stac_url, bbox=bbox,
+                         query={"updated": {"gt": since}})
+    wanted = set(months)
+    out: dict[str, str] = {}
+    for item in items:
+        props = item.get("properties") or {}
+        when = str(props.get("datetime") or props.get("start_datetime") or "")[:7]
+        stamp = str(props.get("updated") or props.get("created") or "")
+        if when in wanted and stamp > since:
+            out[when] = max(out.get(when, ""), stamp)
+    return out

@@ -1,0 +1,120 @@
+"""A small SVG line chart of an NDVI time series (no plotting library needed).
+
+The Dagster UI renders it from the asset's metadata as Markdown
+``![NDVI](data:image/svg+xml;base64,...)``; the same SVG is stored beside the table.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Sequence
+from xml.sax.saxutils import escape
+
+WIDTH, HEIGHT = 720, 320
+LEFT, RIGHT, TOP, BOTTOM = 56, 20, 34, 46
+SERIES_STYLE = {
+    "mean_ndvi": ("#1b7837", "mean NDVI"),
+    "median_ndvi": ("#5aae61", "median NDVI"),
+}
+
+
+def ndvi_timeseries_svg(
+    dates: Sequence[dt.date],
+    series: dict[str, Sequence[float | None]],
+    valid_fraction: Sequence[float] | None = None,
+    title: str = "NDVI",
+) -> str:
+    """An SVG chart: one line per series on [-0.2, 1] (or wider), valid fraction as bars.
+
+    Args:
+        dates: One date per observation (sorted).
+        series: ``{name: values}``; None or NaN values leave a gap.
+        valid_fraction: Fraction (0..1) of valid pixels per date, drawn as grey bars on the
+            same axis scaled to [0, 1].
+        title: Chart title.
+    """
+    values = [v for vs in series.values() for v in vs if v is not None and v == v]
+    lo = min([-0.2] + values)
+    hi = max([1.0] + values)
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    if dates:
+        t0 = dates[0].toordinal()
+        span = max(dates[-1].toordinal() - t0, 1)
+    else:
+        t0, span = 0, 1
+
+    def x(d: dt.date) -> float:
+        if len(dates) == 1:
+            return LEFT + plot_w / 2
+        return LEFT + (d.toordinal() - t0) / span * plot_w
+
+    def y(v: float) -> float:
+        return TOP + (hi - v) / (hi - lo) * plot_h
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+        f'<text x="{LEFT}" y="20" font-size="14" font-weight="bold">{escape(title)}</text>',
+    ]
+    tick = 0.2
+    v = round(lo / tick) * tick
+    while v <= hi + 1e-9:
+        yy = y(v)
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e0e0e0"/>')
+        out.append(f'<text x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+        v += tick
+    out.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#555"/>')
+    out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}" stroke="#555"/>')
+    if valid_fraction is not None:
+        bar = max(2.0, min(14.0, plot_w / max(len(dates), 1) * 0.4))
+        for d, f in zip(dates, valid_fraction):
+            if f is None:
+                continue
+            top = TOP + (1 - f) * plot_h
+            out.append(
+                f'<rect x="{x(d) - bar / 2:.1f}" y="{top:.1f}" width="{bar:.1f}" '
+                f'height="{TOP + plot_h - top:.1f}" fill="#bdbdbd" fill-opacity="0.6"/>'
+            )
+    labelled = set()
+    for i, d in enumerate(dates):
+        if len(dates) > 8 and i % max(1, len(dates) // 8):
+            continue
+        if d.isoformat() in labelled:
+            continue
+        labelled.add(d.isoformat())
+        out.append(f'<text x="{x(d):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{d.isoformat()}</text>')
+    for name, vs in series.items():
+        color, _ = SERIES_STYLE.get(name, ("#2166ac", name))
+        segment: list[str] = []
+        segments = []
+        for d, v in zip(dates, vs):
+            if v is None or v != v:
+                if segment:
+                    segments.append(segment)
+                segment = []
+                continue
+            segment.append(f"{x(d):.1f},{y(v):.1f}")
+            out.append(f'<circle cx="{x(d):.1f}" cy="{y(v):.1f}" r="3" fill="{color}"/>')
+        if segment:
+            segments.append(segment)
+        for seg in segments:
+            if len(seg) > 1:
+                out.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{color}" stroke-width="2"/>')
+    legend = [(SERIES_STYLE.get(n, ("#2166ac", n))) for n in series]
+    if valid_fraction is not None:
+        legend.append(("#bdbdbd", "valid pixel fraction (0-1)"))
+    lx = LEFT + 180
+    for color, label in legend:
+        out.append(f'<rect x="{lx}" y="10" width="12" height="12" fill="{color}"/>')
+        out.append(f'<text x="{lx + 16}" y="20">{escape(label)}</text>')
+        lx += 24 + 6.5 * len(label)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def svg_markdown(svg: str, alt: str = "NDVI time series") -> str:
+    """Markdown embedding ``svg`` as a data URI (what the Dagster UI renders)."""
+    encoded = base64.b64encode(svg.encode()).decode()
+    return f"![{alt}](data:image/svg+xml;base64,{encoded})"

@@ -1,0 +1,252 @@
+"""Resources: where data lives, where scenes come from, how HTTP behaves, which AOIs exist.
+
+Each is a :class:`dagster.ConfigurableResource` whose fields come from the environment
+(:class:`dagster.EnvVar`, see :mod:`rasteret_pipelines.defs.settings`) and default to the
+offline demo when nothing is set.
+"""
+
+
+import os
+
+import dagster as dg
+from pydantic import Field
+
+from rasteret_pipelines.cog import FetchConfig
+from rasteret_pipelines.collections import get_source, stac_url_env_var
+from rasteret_pipelines.defs.aois import AoiSet, load_aois
+from rasteret_pipelines.defs.settings import (
+    DEFAULT_DEMO_DIR,
+    DEFAULT_DEMO_MONTHS,
+    DEFAULT_DEMO_PORT,
+    DEFAULT_STORAGE,
+    DEMO,
+    PUBLIC,
+    Settings,
+    SettingsError,
+)
+from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines.storage import Storage
+
+
+class StorageConfigError(RasteretError):
+    """The storage location is unusable: wrong kind of path, no credentials, no bucket access."""
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The storage location of collections, GeoTIFFs and tables (a folder or an S3 prefix).
+
+    Use :func:`storage_resource` to get the backend matching a base path:
+    :class:`LocalStorageResource` or :class:`S3StorageResource`. Writes go through
+    :class:`rasteret_pipelines.storage.Storage`: atomic renames on local disk, whole-object
+    uploads on S3 (an object only appears once complete).
+    """
+
+    base_path: str = Field(default=DEFAULT_STORAGE, description="Folder or s3://bucket/prefix")
+
+    def storage(self) -> Storage:
+        return Storage.from_uri(self.base_path)
+
+    def uri(self, *parts: str) -> str:
+        """User-facing location (local path or ``s3://`` URI) of ``parts`` below the base."""
+        return self.storage().uri_of(*parts)
+
+    def check(self) -> None:
+        """Fail early, with a message naming the fault, when the location cannot be used."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.check()
+
+
+class LocalStorageResource(StorageResource):
+    """A local folder (created on first use, with a ``.gitignore`` so it never gets committed)."""
+
+    def check(self) -> None:
+        if self.base_path.startswith("s3://"):
+            raise StorageConfigError(f"{self.base_path} is an S3 location: use S3StorageResource")
+        path = os.path.abspath(os.path.expanduser(self.base_path.removeprefix("file://")))
+        fresh = not os.path.exists(path)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise StorageConfigError(f"storage folder {path} cannot be created: {exc}") from exc
+        if not os.access(path, os.W_OK):
+            raise StorageConfigError(f"storage folder {path} is not writable")
+        if fresh:
+            with open(os.path.join(path, ".gitignore"), "w") as fh:
+                fh.write("# written by rasteret-pipelines: pipeline data, never committed\n*\n")
+
+
+class S3StorageResource(StorageResource):
+    """An ``s3://bucket/prefix`` location, reached through the standard AWS configuration.
+
+    Credentials come from botocore's chain (environment, ``AWS_PROFILE`` and ``~/.aws``, SSO,
+    container or instance roles); ``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3`` (an S3-compatible
+    server such as MinIO) are honoured.
+    """
+
+    def check(self) -> None:
+        if not self.base_path.startswith("s3://") or len(self.base_path) <= 5:
+            raise StorageConfigError(f"{self.base_path!r} is not an s3://bucket/prefix location")
+        bucket = self.base_path[5:].split("/", 1)[0]
+        import botocore.session
+
+        credentials = botocore.session.get_session().get_credentials()
+        if credentials is None:
+            raise StorageConfigError(
+                f"no AWS credentials found for {self.base_path}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an IAM role "
+                "(the standard AWS credential chain found nothing)"
+            )
+        import pyarrow.fs as pafs
+
+        store = self.storage()
+        try:
+            info = store.fs.get_file_info(bucket)
+        except OSError as exc:
+            raise StorageConfigError(f"cannot access bucket {bucket!r} of {self.base_path}: {exc}") from exc
+        if info.type == pafs.FileType.NotFound:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            raise StorageConfigError(
+                f"bucket {bucket!r} of {self.base_path} does not exist"
+                + (f" at {endpoint}" if endpoint else "")
+            )
+
+
+def storage_resource(base_path: str | dg.EnvVar, resolved: str | None = None) -> StorageResource:
+    """The storage backend for a base path: S3 for ``s3://...``, local otherwise.
+
+    Args:
+        base_path: The path, or an :class:`EnvVar` holding it.
+        resolved: The path's value when ``base_path`` is an :class:`EnvVar` (picks the class).
+    """
+    value = resolved if resolved is not None else str(base_path)
+    cls = S3StorageResource if value.startswith("s3://") else LocalStorageResource
+    return cls(base_path=base_path)
+
+
+# --- data source -------------------------------------------------------------------------------
+
+
+class DataSourceResource(dg.ConfigurableResource):
+    """Where STAC items come from, and what is indexed.
+
+    ``stac_url`` is ``"demo"`` (the offline Sentinel-2 L2A mirror, started on demand on
+    127.0.0.1 from the demo world under ``demo_dir``), ``"public"`` (each source's own API, e.g.
+    Earth Search) or a STAC API URL. ``RASTERET_STAC_URL_<SOURCE>`` overrides it per source.
+    """
+
+    stac_url: str = Field(default=DEMO, description="demo | public | a STAC API URL")
+    cloud_cover_lt: float | None = Field(default=None, description="Index scenes below this cloud cover")
+    demo_dir: str = Field(default=DEFAULT_DEMO_DIR, description="Where the demo world is written")
+    demo_port: int = Field(default=DEFAULT_DEMO_PORT, description="Demo STAC API port (COGs on the next)")
+    demo_months: str = Field(default=",".join(DEFAULT_DEMO_MONTHS), description="Months of the demo world")
+
+    def uses_demo(self, source_id: str) -> bool:
+        return not os.environ.get(stac_url_env_var(source_id)) and self.stac_url.strip().lower() == DEMO
+
+    def stac_url_for(self, source_id: str, *, start_demo: bool = True) -> str:
+        """The STAC API root to search for ``source_id``.
+
+        With the demo selected, the local mirror is started (in a background process that
+        outlives the run) unless ``start_demo`` is False, in which case a mirror that is not
+        running raises :class:`rasteret_pipelines.errors.StacApiError`.
+        """
+        source = get_source(source_id)
+        per_source = os.environ.get(stac_url_env_var(source.id))
+        if per_source:
+            return per_source
+        choice = self.stac_url.strip()
+        if choice.lower() == DEMO:
+            from rasteret_pipelines.demo import demo_stac_url
+
+            months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
+            return demo_stac_url(self.demo_dir, self.demo_port, months=months, start=start_demo)
+        if choice.lower() == PUBLIC:
+            return source.stac_url
+        return choice
+
+
+# --- HTTP client ---------------------------------------------------------------------------------
+
+
+class HttpClientResource(dg.ConfigurableResource):
+    """Transport settings of COG header and tile reads, and step retries after transient faults."""
+
+    max_concurrency: int = Field(default=64, description="Range requests in flight per step")
+    max_retries: int = Field(default=5, description="Retries of one range request")
+    connect_timeout: float = Field(default=10.0, description="Seconds to connect")
+    read_timeout: float = Field(default=60.0, description="Seconds per request, body included")
+    transient_retries: int = Field(default=2, description="Step retries after a transient fault")
+    transient_retry_seconds: float = Field(default=30.0, description="Seconds before such a retry")
+
+    def fetch_config(self) -> FetchConfig:
+        return FetchConfig(
+            max_concurrency=self.max_concurrency,
+            max_retries=self.max_retries,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+        )
+
+
+# --- areas of interest ---------------------------------------------------------------------------
+
+
+class AoiFileResource(dg.ConfigurableResource):
+    """The AOI file (GeoJSON or GeoParquet, local or ``s3://``): see :mod:`rasteret_pipelines.defs.aois`."""
+
+    path: str = Field(description="Local path or s3:// URI of the AOI file")
+
+    def load(self) -> AoiSet:
+        """The checked AOIs; :class:`~rasteret_pipelines.defs.aois.AoiFileError` names any fault."""
+        return load_aois(self.path)
+
+
+# --- from the environment -------------------------------------------------------------------------
+
+
+def _env(settings: Settings, name: str, default, kind=str):
+    """``EnvVar(name)`` (typed) when the variable is set in this process, else its value or ``default``.
+
+    Settings built from another mapping than ``os.environ`` (tests) give plain values.
+    """
+    value = settings.get(name)
+    if value is None:
+        return default
+    try:
+        typed = kind(value)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={value!r} is not a valid {kind.__name__}") from exc
+    if os.environ.get(name) != value or kind is float:  # EnvVar has no float form
+        return typed
+    return dg.EnvVar.int(name) if kind is int else dg.EnvVar(name)
+
+
+def resources_from_settings(settings: Settings) -> dict[str, object]:
+    """Every resource of the definitions, configured from ``settings`` (the environment)."""
+    from rasteret_pipelines.defs.io_managers import RasteretIOManager
+
+    storage = storage_resource(_env(settings, "RASTERET_STORAGE", DEFAULT_STORAGE), settings.storage)
+    cloud = _env(settings, "RASTERET_CLOUD_COVER_LT", None, float)
+    return {
+        "storage": storage,
+        "rasteret_io": RasteretIOManager(storage=storage),
+        "data_source": DataSourceResource(
+            stac_url=_env(settings, "RASTERET_STAC_URL", DEMO),
+            cloud_cover_lt=cloud,
+            demo_dir=_env(settings, "RASTERET_DEMO_DIR", DEFAULT_DEMO_DIR),
+            demo_port=_env(settings, "RASTERET_DEMO_PORT", DEFAULT_DEMO_PORT, int),
+            demo_months=_env(settings, "RASTERET_DEMO_MONTHS", ",".join(DEFAULT_DEMO_MONTHS)),
+        ),
+        "http": HttpClientResource(
+            max_concurrency=_env(settings, "RASTERET_HTTP_MAX_CONCURRENCY", 64, int),
+            max_retries=_env(settings, "RASTERET_HTTP_MAX_RETRIES", 5, int),
+            connect_timeout=_env(settings, "RASTERET_HTTP_CONNECT_TIMEOUT", 10.0, float),
+            read_timeout=_env(settings, "RASTERET_HTTP_READ_TIMEOUT", 60.0, float),
+            transient_retries=_env(settings, "RASTERET_TRANSIENT_RETRIES", 2, int),
+            transient_retry_seconds=_env(settings, "RASTERET_TRANSIENT_RETRY_SECONDS", 30.0, float),
+        ),
+        "aois": AoiFileResource(path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file)),
+    }

@@ -1,0 +1,212 @@
+"""Sensors: the AOI file, STAC items added or updated after a month was built, and automation.
+
+* ``aoi_file_sensor`` (running by default, every 60 s): when the AOI file's bytes change, new
+  ids become ``aoi`` partitions, and for every month already materialised it requests one run
+  per (month, new AOI) of the NDVI asset; when a new AOI lies outside the area a month was
+  indexed for, it requests that collection month again instead (its NDVI then follows through
+  the automation sensor). Removed AOIs are reported (their partitions and files are kept). A
+  malformed file is skipped with the reason, the cursor unchanged, so the fixed file is picked
+  up. The cursor (the file's SHA-256 and ids) and run keys make it idempotent.
+* ``stac_updates_sensor`` (stopped by default, every 10 minutes): asks each source's STAC API
+  for items of materialised months updated (reprocessed) or added (late) after the month was
+  built or after its cursor, and requests those collection months again; NDVI and time series
+  follow through the automation sensor.
+* ``rasteret_automation`` (running by default, every 30 s): Dagster's declarative automation:
+  NDVI partitions after their collection month is updated, time series after any NDVI month.
+"""
+
+
+import datetime as dt
+import json
+
+import dagster as dg
+
+from rasteret_pipelines.defs.aois import AoiFileError
+from rasteret_pipelines.defs.assets import collection_key, ndvi_key
+from rasteret_pipelines.defs.partitions import aoi_partitions, month_key, month_partition_key
+from rasteret_pipelines.defs.pipeline import updated_items
+from rasteret_pipelines.defs.resources import AoiFileResource, DataSourceResource
+from rasteret_pipelines.defs.schedules import SOURCE_TAG
+from rasteret_pipelines.errors import RasteretError
+
+
+def _latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str):
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    return records[0] if records else None
+
+
+def _search_bbox(record) -> list[float] | None:
+    if record is None or record.asset_materialization is None:
+        return None
+    entry = record.asset_materialization.metadata.get("search_bbox")
+    value = getattr(entry, "value", entry)
+    return list(value) if value else None
+
+
+def _inside(bbox, geometry) -> bool:
+    if not bbox:
+        return False
+    minx, miny, maxx, maxy = geometry.bounds
+    eps = 1e-6
+    return bbox[0] - eps <= minx and bbox[1] - eps <= miny and maxx <= bbox[2] + eps and maxy <= bbox[3] + eps
+
+
+def aoi_requests(instance: dg.DagsterInstance, sources, aois, new_ids, tag: str) -> list[dg.RunRequest]:
+    """Run requests bringing the new AOIs into every materialised month of every source."""
+    requests = []
+    for source in sources:
+        ckey = collection_key(source)
+        for partition in sorted(instance.get_materialized_partitions(ckey)):
+            month = month_key(partition)
+            bbox = _search_bbox(_latest_materialization(instance, ckey, partition))
+            outside = [a for a in new_ids if not _inside(bbox, aois.geometry(a))]
+            if outside:
+                requests.append(
+                        dg.RunRequest(
+                        job_name="collections_job",
+                        run_key=f"aoi-area:{source}:{month}:{tag}",
+                        partition_key=partition,
+                        asset_selection=[ckey],
+                        tags={SOURCE_TAG: source, "rasteret/trigger": "aoi-file",
+                              "rasteret/new_aois": ",".join(outside)[:200]},
+                    )
+                )
+            for aoi in new_ids:
+                if aoi in outside:
+                    continue  # follows the collection rebuild through the automation sensor
+                requests.append(
+                    dg.RunRequest(
+                        job_name="ndvi_job",
+                        run_key=f"aoi-added:{source}:{aoi}:{month}:{tag}",
+                        partition_key=dg.MultiPartitionKey({"month": partition, "aoi": aoi}),
+                        asset_selection=[ndvi_key(source)],
+                        tags={SOURCE_TAG: source, "rasteret/trigger": "aoi-file"},
+                    )
+                )
+    return requests
+
+
+def build_aoi_sensor(sources, collections_job, ndvi_job) -> dg.SensorDefinition:
+
+    @dg.sensor(
+        name="aoi_file_sensor",
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        jobs=[collections_job, ndvi_job],
+        description=(
+            "Watches the AOI file: new ids become aoi partitions and every materialised month is "
+            "requested for them (NDVI, or the collection month when the AOI lies outside the area it "
+            "was indexed for); removed AOIs are reported; a malformed file is skipped with the reason."
+        ),
+    )
+    def aoi_file_sensor(context: dg.SensorEvaluationContext, aois: AoiFileResource):
+        try:
+            current = aois.load()
+        except AoiFileError as exc:
+            return dg.SkipReason(f"AOI file not usable, nothing changed: {exc}")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        if cursor.get("fingerprint") == current.fingerprint:
+            return dg.SkipReason(f"AOI file unchanged ({len(current.ids)} AOIs)")
+        known = set(context.instance.get_dynamic_partitions(aoi_partitions.name))
+        new = [a for a in current.ids if a not in known]
+        removed = sorted(known - set(current.ids))
+        new_cursor = json.dumps({"fingerprint": current.fingerprint, "ids": current.ids})
+        if removed:
+            context.log.warning(
+                f"AOIs removed from {current.uri}: {', '.join(removed)}; their partitions and files "
+                "are kept (delete the partitions in the UI to stop processing them)"
+            )
+        if not new:
+            reason = "AOI file changed, no new AOI"
+            if removed:
+                reason += f"; removed from the file: {', '.join(removed)} (partitions and outputs kept)"
+            return dg.SensorResult(skip_reason=dg.SkipReason(reason), cursor=new_cursor)
+        requests = aoi_requests(context.instance, sources, current, new, current.fingerprint[:12])
+        context.log.info(f"new AOIs {', '.join(new)}: {len(requests)} run requests")
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=[aoi_partitions.build_add_request(new)],
+            cursor=new_cursor,
+        )
+
+    return aoi_file_sensor
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def build_stac_sensor(sources, collections_job) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="stac_updates_sensor",
+        minimum_interval_seconds=600,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        job=collections_job,
+        description=(
+            "Asks the STAC API for items of materialised months added or updated after the month was "
+            "built (or after the cursor) and requests those collection months again; downstream "
+            "follows through the automation sensor."
+        ),
+    )
+    def stac_updates_sensor(
+        context: dg.SensorEvaluationContext, data_source: DataSourceResource, aois: AoiFileResource
+    ):
+        try:
+            areas = aois.load()
+        except AoiFileError as exc:
+            return dg.SkipReason(f"AOI file not usable: {exc}")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        requests, notes = [], []
+        for source in sources:
+            ckey = collection_key(source)
+            partitions = sorted(context.instance.get_materialized_partitions(ckey))
+            if not partitions:
+                notes.append(f"{source}: no month materialised yet")
+                continue
+            built = {}
+            for p in partitions:
+                record = _latest_materialization(context.instance, ckey, p)
+                built[month_key(p)] = _iso(record.timestamp) if record else ""
+            since = cursor.get(source)
+            floor = min(v for v in built.values() if v) if any(built.values()) else "1970-01-01T00:00:00Z"
+            try:
+                url = data_source.stac_url_for(source, start_demo=False)
+                changed = updated_items(source, url, sorted(built), areas.bbox, max(filter(None, [since, floor])))
+            except RasteretError as exc:
+                notes.append(f"{source}: {exc}")
+                continue
+            newest = since or ""
+            for month, stamp in sorted(changed.items()):
+                newest = max(newest, stamp)
+                if stamp <= max(built[month], since or ""):
+                    continue  # already in the month's last build
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"stac-updated:{source}:{month}:{stamp}",
+                        partition_key=month_partition_key(month),
+                        asset_selection=[ckey],
+                        tags={SOURCE_TAG: source, "rasteret/trigger": "stac-updated"},
+                    )
+                )
+            if newest:
+                cursor[source] = newest
+        if not requests:
+            return dg.SensorResult(
+                skip_reason=dg.SkipReason("; ".join(notes) or "no item added or updated in a materialised month"),
+                cursor=json.dumps(cursor, sort_keys=True),
+            )
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
+
+    return stac_updates_sensor
+
+
+def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        "rasteret_automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="NDVI after its collection month is updated; time series after any NDVI month.",
+    )

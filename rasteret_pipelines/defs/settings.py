@@ -1,0 +1,158 @@
+"""What the Dagster project reads from the environment, in one place.
+
+Every variable is optional: with none set, the definitions run the offline demo (a local
+Sentinel-2 L2A mirror on 127.0.0.1, data under ``./.rasteret_data``). Variables that shape the
+asset graph (sources, first month) are read when the definitions load; the others become
+:class:`dagster.EnvVar` values of the resources when set, so the UI shows where a value came
+from and a run reads it in its own process.
+
+=====================================  ==============================================================
+Variable                               Meaning (default)
+=====================================  ==============================================================
+``RASTERET_SOURCES``                   Comma-separated source ids, one collection asset each
+                                       (``sentinel-2-l2a``).
+``RASTERET_START_MONTH``               First monthly partition, ``YYYY-MM`` (``2024-01``).
+``RASTERET_STORAGE``                   Base path of collections, GeoTIFFs and tables: a folder or
+                                       ``s3://bucket/prefix`` (``./.rasteret_data``).
+``RASTERET_AOI_FILE``                  GeoJSON or GeoParquet of areas of interest, local or
+                                       ``s3://`` (``<RASTERET_STORAGE>/aois.geojson``).
+``RASTERET_STAC_URL``                  ``demo`` (the offline mirror), ``public`` (each source's own
+                                       API, e.g. Earth Search) or a STAC API URL (``demo``).
+``RASTERET_STAC_URL_<SOURCE>``         Per-source STAC API root; wins over ``RASTERET_STAC_URL``.
+``RASTERET_CLOUD_COVER_LT``            Index only scenes with ``eo:cloud_cover`` below this (none).
+``RASTERET_HTTP_MAX_CONCURRENCY``      Range requests in flight per step (64).
+``RASTERET_HTTP_MAX_RETRIES``          Retries of one range request (5).
+``RASTERET_HTTP_CONNECT_TIMEOUT``      Seconds to connect (10).
+``RASTERET_HTTP_READ_TIMEOUT``         Seconds per request (60).
+``RASTERET_TRANSIENT_RETRIES``         Dagster retries of a step after a transient fault (2).
+``RASTERET_TRANSIENT_RETRY_SECONDS``   Wait before such a retry (30).
+``RASTERET_DEMO_DIR``                  Where the demo world is written (``./.rasteret_data/demo_world``).
+``RASTERET_DEMO_PORT``                 Port of the demo STAC API; its COG server uses the next one
+                                       (47610).
+``RASTERET_DEMO_MONTHS``               Months of the demo world (``2024-01,2024-02,2024-03``).
+=====================================  ==============================================================
+
+S3 follows the standard AWS configuration: credentials chain, ``AWS_REGION``,
+``AWS_ENDPOINT_URL_S3`` for an S3-compatible server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from rasteret_pipelines.collections import get_source
+
+DEFAULT_STORAGE = "./.rasteret_data"
+DEFAULT_START_MONTH = "2024-01"
+DEFAULT_SOURCES = ("sentinel-2-l2a",)
+DEFAULT_DEMO_DIR = "./.rasteret_data/demo_world"
+DEFAULT_DEMO_PORT = 47610
+DEFAULT_DEMO_MONTHS = ("2024-01", "2024-02", "2024-03")
+
+DEMO = "demo"
+"""``RASTERET_STAC_URL`` value selecting the offline mirror (the default)."""
+PUBLIC = "public"
+"""``RASTERET_STAC_URL`` value selecting each source's own public STAC API."""
+
+ENV_VARS: tuple[str, ...] = (
+    "RASTERET_SOURCES",
+    "RASTERET_START_MONTH",
+    "RASTERET_STORAGE",
+    "RASTERET_AOI_FILE",
+    "RASTERET_STAC_URL",
+    "RASTERET_CLOUD_COVER_LT",
+    "RASTERET_HTTP_MAX_CONCURRENCY",
+    "RASTERET_HTTP_MAX_RETRIES",
+    "RASTERET_HTTP_CONNECT_TIMEOUT",
+    "RASTERET_HTTP_READ_TIMEOUT",
+    "RASTERET_TRANSIENT_RETRIES",
+    "RASTERET_TRANSIENT_RETRY_SECONDS",
+    "RASTERET_DEMO_DIR",
+    "RASTERET_DEMO_PORT",
+    "RASTERET_DEMO_MONTHS",
+)
+"""Every variable the project reads (besides ``RASTERET_STAC_URL_<SOURCE>`` and AWS's own)."""
+
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class SettingsError(ValueError):
+    """An environment variable of the Dagster project has an unusable value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The project's configuration (see the module docs for each variable)."""
+
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    """Registry ids of the sources, one collection asset (and NDVI asset) each."""
+    start_month: str = DEFAULT_START_MONTH
+    """First monthly partition (``YYYY-MM``)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """The environment the settings were read from (only ``RASTERET_*`` variables kept)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``).
+
+        Raises:
+            SettingsError: a variable names an unknown source or a malformed month.
+        """
+        environ = os.environ if environ is None else environ
+        raw_sources = environ.get("RASTERET_SOURCES", "").strip()
+        sources = tuple(s.strip() for s in raw_sources.split(",") if s.strip()) or DEFAULT_SOURCES
+        try:
+            sources = tuple(dict.fromkeys(get_source(s).id for s in sources))
+        except ValueError as exc:
+            raise SettingsError(f"RASTERET_SOURCES: {exc}") from exc
+        start = environ.get("RASTERET_START_MONTH", "").strip() or DEFAULT_START_MONTH
+        if not _MONTH.match(start):
+            raise SettingsError(f"RASTERET_START_MONTH={start!r} is not a month (use YYYY-MM, e.g. 2024-01)")
+        kept = {k: v for k, v in environ.items() if k.startswith("RASTERET_") or k.startswith("AWS_")}
+        return cls(sources=sources, start_month=start, env=kept)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name)
+        return value if value not in (None, "") else default
+
+    @property
+    def storage(self) -> str:
+        return self.get("RASTERET_STORAGE", DEFAULT_STORAGE)
+
+    @property
+    def aoi_file(self) -> str:
+        return self.get("RASTERET_AOI_FILE") or self.storage.rstrip("/") + "/aois.geojson"
+
+    @property
+    def demo_dir(self) -> str:
+        return self.get("RASTERET_DEMO_DIR", DEFAULT_DEMO_DIR)
+
+    @property
+    def demo_port(self) -> int:
+        text = self.get("RASTERET_DEMO_PORT", str(DEFAULT_DEMO_PORT))
+        try:
+            port = int(text)
+        except ValueError as exc:
+            raise SettingsError(f"RASTERET_DEMO_PORT={text!r} is not a port number") from exc
+        if not 1024 <= port < 65535:
+            raise SettingsError(f"RASTERET_DEMO_PORT={port} must be in 1024..65534 (the COG server uses the next port)")
+        return port
+
+    @property
+    def demo_months(self) -> tuple[str, ...]:
+        text = self.get("RASTERET_DEMO_MONTHS")
+        if not text:
+            return DEFAULT_DEMO_MONTHS
+        months = tuple(m.strip() for m in text.split(",") if m.strip())
+        bad = [m for m in months if not _MONTH.match(m)]
+        if bad or not months:
+            raise SettingsError(f"RASTERET_DEMO_MONTHS={text!r}: use comma-separated YYYY-MM months")
+        return months
+
+
+def source_slug(source_id: str) -> str:
+    """Asset-key form of a source id: ``sentinel-2-l2a`` -> ``sentinel_2_l2a``."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", source_id)

@@ -1,0 +1,494 @@
+"""The offline demo: a local Sentinel-2 L2A mirror and the Dagster pipeline run against it.
+
+``rasteret-pipelines demo`` (:func:`run_demo`)
+
+1. writes the demo world once (real GDAL COGs on the 10980 x 10980 grid of MGRS tile 43PGQ
+   around the original quick start's Bangalore AOIs, sparse elsewhere; two scenes a month) under
+   ``RASTERET_DEMO_DIR`` (default ``./.rasteret_data/demo_world``) and reuses it afterwards,
+2. serves it on 127.0.0.1: a STAC API on ``RASTERET_DEMO_PORT`` (default 47610) and a
+   range-capable COG server on the next port, in background threads,
+3. writes the quick start's two AOIs to the AOI file (unless one exists) and registers them as
+   ``aoi`` partitions,
+4. materialises the collection of every month, the NDVI of every (month, AOI) and the NDVI time
+   series of every AOI through the project's Dagster definitions, recording the runs in a
+   persistent ``DAGSTER_HOME`` (default ``./.dagster_home``, seeded with the repository's
+   ``dagster.yaml``), so that ``dagster dev -w workspace.yaml`` afterwards shows them,
+5. prints where the GeoTIFFs and tables are.
+
+The ports are fixed because the collections store the COG URLs: a mirror restarted on the same
+ports keeps every cached header valid. When ``dagster dev`` later runs a partition with the demo
+selected and no mirror is listening, :func:`demo_stac_url` starts one in a detached process
+(``python -m rasteret_pipelines.demo serve``) that exits after an hour without requests.
+
+With ``RASTERET_STAC_URL`` (e.g. ``public`` for Earth Search) and ``RASTERET_STORAGE`` (e.g.
+``s3://bucket/prefix``) set, the same command runs the same pipeline against them; the mirror
+is then not started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from rasteret_pipelines.errors import StacApiError
+
+DEMO_TITLE = "rasteret-pipelines demo mirror (Sentinel-2 L2A, MGRS 43PGQ)"
+"""Title of the demo STAC API's landing page; identifies a running mirror."""
+WORLD_FILE = "world.json"
+WORLD_VERSION = 1
+IDLE_TIMEOUT = 3600.0
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""Run config of the demo's runs: Dagster's console logger shows warnings and errors only."""
+REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+# --- the demo world ---------------------------------------------------------------------------
+
+
+def ensure_ignored_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` (and missing parents); the topmost folder created gets a ``.gitignore``."""
+    target = Path(path).expanduser().absolute()
+    created_top = None
+    probe = target
+    while not probe.exists():
+        created_top = probe
+        probe = probe.parent
+    target.mkdir(parents=True, exist_ok=True)
+    if created_top is not None:
+        (created_top / ".gitignore").write_text("# written by rasteret-pipelines: data, never committed\n*\n")
+    return target
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare_world(
+    demo_dir: str | os.PathLike,
+    months: Sequence[str] = ("2024-01", "2024-02", "2024-03"),
+    *,
+    size_10m: int | None = None,
+    log=print,
+) -> dict:
+    """Write the demo world under ``demo_dir`` once; later calls reuse it.
+
+    Args:
+        demo_dir: Folder of the world: ``cogs/<item id>/{B04,B08,SCL}.tif`` and ``world.json``
+            (the STAC items, hrefs relative to ``demo_dir``).
+        months: ``YYYY-MM`` months, two acquisitions each (``demo_data.default_scenes``).
+        size_10m: Side of the 10 m grid (default: the real 10980).
+        log: Where progress lines go (``None``: nowhere).
+
+    Returns:
+        The ``world.json`` document: ``months``, ``size_10m`` and ``items``.
+    """
+    from rasteret_pipelines.mirror import demo_data
+
+    size = size_10m or demo_data.SIZE_10M
+    folder = ensure_ignored_dir(demo_dir)
+    wanted = {"version": WORLD_VERSION, "months": list(months), "size_10m": size}
+    with _locked(folder):
+        world_path = folder / WORLD_FILE
+        if world_path.exists():
+            world = json.loads(world_path.read_text())
+            if {k: world.get(k) for k in wanted} == wanted:
+                return world
+        t0 = time.perf_counter()
+        scenes = demo_data.default_scenes(tuple(months))
+        if log:
+            log(f"writing the demo world: {len(scenes)} Sentinel-2 L2A scenes of MGRS {demo_data.TILE} "
+                f"({size} x {size} at 10 m, sparse outside the AOIs) under {folder} ...")
+        cogs = folder / "cogs"
+        cogs.mkdir(exist_ok=True)
+        items = demo_data.write_world(cogs, lambda rel: f"cogs/{rel}", scenes, size_10m=size)
+        world = {**wanted, "items": items}
+        tmp = world_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(world))
+        os.replace(tmp, world_path)
+        if log:
+            log(f"  done in {time.perf_counter() - t0:.1f} s ({_du(cogs) / 1e6:.0f} MB on disk)")
+        return world
+
+
+def _du(folder: Path) -> int:
+    total = 0
+    for p in folder.rglob("*.tif"):
+        st = p.stat()
+        total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+    return total
+
+
+# --- the mirror ---------------------------------------------------------------------------------
+
+
+def _fixed_port(cls):
+    """A subclass of a mirror server that listens on a given port (0: ephemeral)."""
+
+    class FixedPort(cls):
+        def __init__(self, *args, port: int = 0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._bind_port = port
+
+        async def _startup(self) -> None:
+            from aiohttp import web
+
+            app = web.Application(client_max_size=16 * 1024 * 1024)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", self._bind_port)
+            await site.start()
+            self._runner = runner
+            self._port = runner.addresses[0][1]
+
+    FixedPort.__name__ = f"FixedPort{cls.__name__}"
+    return FixedPort
+
+
+class DemoMirror:
+    """The demo world served on 127.0.0.1: a STAC API and a range-capable COG server.
+
+    Args:
+        demo_dir: A folder prepared by :func:`prepare_world`.
+        port: STAC API port; the COG server listens on ``port + 1``. 0 picks free ports.
+
+    Use as a context manager; :attr:`stac_url`, :attr:`cog_url`, :attr:`stac` and
+    :attr:`cogs` (the servers, with their request logs) are available inside.
+    """
+
+    def __init__(self, demo_dir: str | os.PathLike, port: int = 0):
+        self.demo_dir = Path(demo_dir).absolute()
+        self.port = port
+        self.stac = None
+        self.cogs = None
+
+    def start(self) -> DemoMirror:
+        from rasteret_pipelines.mirror.range_server import RangeServer
+        from rasteret_pipelines.mirror.stac_server import StacServer, rewrite_hrefs
+
+        world = json.loads((self.demo_dir / WORLD_FILE).read_text())
+        cog_port = self.port + 1 if self.port else 0
+        self.cogs = _fixed_port(RangeServer)(self.demo_dir, port=cog_port).start()
+        try:
+            items = [
+                rewrite_hrefs(item, lambda _key, href: self.cogs.url_for(href) if href.startswith("cogs/") else None)
+                for item in world["items"]
+            ]
+            self.stac = _fixed_port(StacServer)(items, title=DEMO_TITLE, port=self.port).start()
+        except BaseException:
+            self.cogs.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for server in (self.stac, self.cogs):
+            if server is not None:
+                server.stop()
+
+    def __enter__(self) -> DemoMirror:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def stac_url(self) -> str:
+        return self.stac.url
+
+    @property
+    def cog_url(self) -> str:
+        return self.cogs.url
+
+
+def probe_demo_mirror(url: str, timeout: float = 2.0) -> bool:
+    """True when the demo mirror answers at ``url``; False when nothing listens there.
+
+    Raises:
+        StacApiError: something else answers on that port.
+    """
+    try:
+        with urllib.request.urlopen(url + "/", timeout=timeout) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise StacApiError(f"{url} answers HTTP {exc.code}: the demo port is used by another program "
+                           "(set RASTERET_DEMO_PORT to a free port)") from exc
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+    except ValueError as exc:
+        raise StacApiError(f"{url} is not the demo mirror (set RASTERET_DEMO_PORT to a free port)") from exc
+    if not isinstance(doc, dict) or doc.get("title") != DEMO_TITLE:
+        raise StacApiError(f"{url} is not the demo mirror (set RASTERET_DEMO_PORT to a free port)")
+    return True
+
+
+def demo_stac_url(
+    demo_dir: str | os.PathLike,
+    port: int,
+    *,
+    months: Sequence[str] = ("2024-01", "2024-02", "2024-03"),
+    start: bool = True,
+    wait: float = 60.0,
+) -> str:
+    """URL of the demo STAC API on ``port``, starting a detached mirror if none is running.
+
+    The detached mirror (``python -m rasteret_pipelines.demo serve``) writes its log to
+    ``<demo_dir>/mirror.log`` and exits after an hour without requests.
+
+    Raises:
+        StacApiError: the mirror is not running and ``start`` is False, the port is used by
+            another program, or the mirror did not come up within ``wait`` seconds.
+    """
+    url = f"http://127.0.0.1:{port}"
+    if probe_demo_mirror(url):
+        return url
+    if not start:
+        raise StacApiError(
+            f"the offline demo STAC API is not running at {url}; run a partition (it starts the "
+            "mirror) or `rasteret-pipelines demo --serve`"
+        )
+    proc = spawn_demo_mirror(demo_dir, port, months)
+    folder = Path(demo_dir).absolute()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if probe_demo_mirror(url):
+            return url
+        if proc.poll() is not None:
+            time.sleep(0.5)  # another process may have taken the port first; give it a moment
+            if probe_demo_mirror(url):
+                return url
+            raise StacApiError(f"the demo mirror could not start on {url}; see {folder / 'mirror.log'}")
+        time.sleep(0.2)
+    raise StacApiError(f"the demo mirror did not answer at {url} within {wait:.0f} s; see {folder / 'mirror.log'}")
+
+
+def spawn_demo_mirror(
+    demo_dir: str | os.PathLike,
+    port: int,
+    months: Sequence[str] = ("2024-01", "2024-02", "2024-03"),
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> subprocess.Popen:
+    """Start ``python -m rasteret_pipelines.demo serve`` detached (own session); returns it at once.
+
+    The world is written first (in this process) if needed; the mirror's output goes to
+    ``<demo_dir>/mirror.log``.
+    """
+    prepare_world(demo_dir, months, log=None)
+    folder = Path(demo_dir).absolute()
+    cmd = [sys.executable, "-m", "rasteret_pipelines.demo", "serve", "--demo-dir", str(folder),
+           "--port", str(port), "--months", ",".join(months), "--idle-timeout", str(idle_timeout)]
+    with open(folder / "mirror.log", "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+
+
+def serve(demo_dir: str | os.PathLike, port: int, months: Sequence[str], idle_timeout: float = IDLE_TIMEOUT) -> int:
+    """Serve the demo world until interrupted or idle for ``idle_timeout`` seconds (0: forever)."""
+    prepare_world(demo_dir, months)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        mirror = DemoMirror(demo_dir, port).start()
+    except RuntimeError as exc:
+        print(f"demo mirror: cannot listen on 127.0.0.1:{port}/{port + 1}: {exc}", flush=True)
+        return 1
+    print(f"demo mirror: STAC API {mirror.stac_url}, COGs {mirror.cog_url} (pid {os.getpid()})", flush=True)
+    last = time.monotonic()
+    try:
+        while not stop.wait(5.0):
+            active = len(mirror.stac.requests) + len(mirror.cogs.requests)
+            mirror.stac.reset_log()
+            mirror.cogs.reset_log()
+            now = time.monotonic()
+            if active:
+                last = now
+            elif idle_timeout and now - last > idle_timeout:
+                print(f"demo mirror: idle for {idle_timeout:.0f} s, exiting", flush=True)
+                break
+    finally:
+        mirror.stop()
+    return 0
+
+
+# --- the main job ---------------------------------------------------------------------------------
+
+
+def prepare_dagster_home(path: str | os.PathLike | None = None) -> Path:
+    """Set ``DAGSTER_HOME`` (default ``./.dagster_home``) and seed it with the repository's dagster.yaml."""
+    home = Path(path or os.environ.get("DAGSTER_HOME") or ".dagster_home").expanduser().absolute()
+    ensure_ignored_dir(home)
+    target = home / "dagster.yaml"
+    if not target.exists():
+        if REPO_DAGSTER_YAML.exists():
+            shutil.copyfile(REPO_DAGSTER_YAML, target)
+        else:  # installed without the repository: a minimal local instance
+            target.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def run_demo(
+    *,
+    months: Sequence[str] | None = None,
+    dagster_home: str | None = None,
+    keep_serving: bool = False,
+    log=print,
+) -> dict:
+    """Run the main job (see the module docs); returns what was materialised and where.
+
+    Raises:
+        RuntimeError: a run failed (its error is printed first).
+    """
+    import dagster as dg
+
+    from rasteret_pipelines.defs import build_definitions
+    from rasteret_pipelines.defs.aois import write_aois_geojson
+    from rasteret_pipelines.defs.partitions import aoi_partitions, month_partition_key
+    from rasteret_pipelines.defs.settings import DEMO, Settings
+    from rasteret_pipelines.mirror.demo_data import QUICKSTART_AOIS
+
+    t_start = time.perf_counter()
+    home = prepare_dagster_home(dagster_home)
+    settings = Settings.from_env()
+    months = tuple(months or settings.demo_months)
+    too_early = [m for m in months if m < settings.start_month]
+    if too_early:
+        raise ValueError(f"months {too_early} are before RASTERET_START_MONTH={settings.start_month}")
+    stac_choice = (settings.get("RASTERET_STAC_URL") or DEMO).lower()
+    uses_mirror = stac_choice == DEMO and not any(
+        os.environ.get(f"RASTERET_STAC_URL_{s.upper().replace('-', '_')}") for s in settings.sources
+    )
+    if not settings.storage.startswith("s3://"):
+        ensure_ignored_dir(settings.storage)
+
+    mirror = None
+    if uses_mirror:
+        prepare_world(settings.demo_dir, months, log=log)
+        url = f"http://127.0.0.1:{settings.demo_port}"
+        if probe_demo_mirror(url):
+            log(f"using the demo mirror already running at {url}")
+        else:
+            mirror = DemoMirror(settings.demo_dir, settings.demo_port).start()
+            log(f"demo mirror: STAC API {mirror.stac_url}, COGs {mirror.cog_url}")
+    try:
+        aoi_file = settings.aoi_file
+        if not _exists(aoi_file):
+            write_aois_geojson({str(k): v for k, v in QUICKSTART_AOIS.items()}, aoi_file,
+                               names={"1": "quick start AOI 1", "2": "quick start AOI 2"})
+            log(f"wrote the quick start's two AOIs to {aoi_file}")
+        defs = build_definitions(settings)
+        resources = defs.resources
+        aois = resources["aois"].load()
+        instance = dg.DagsterInstance.get()
+        known = set(instance.get_dynamic_partitions(aoi_partitions.name))
+        new = [a for a in aois.ids if a not in known]
+        if new:
+            instance.add_dynamic_partitions(aoi_partitions.name, new)
+        log(f"AOIs: {', '.join(aois.ids)} (from {aoi_file}); Dagster instance {home}")
+
+        def run(job_name: str, partition_key: str) -> dg.ExecuteInProcessResult:
+            job = defs.resolve_job_def(job_name)
+            t0 = time.perf_counter()
+            result = job.execute_in_process(
+                instance=instance, partition_key=partition_key, raise_on_error=False, run_config=QUIET
+            )
+            status = "ok" if result.success else "FAILED"
+            log(f"  {job_name} [{partition_key}]: {status} in {time.perf_counter() - t0:.1f} s (run {result.run_id[:8]})")
+            if not result.success:
+                for event in result.all_events:
+                    if event.is_step_failure:
+                        log(f"    {event.step_key}: {event.step_failure_data.error.message.strip()}")
+                raise RuntimeError(f"{job_name} [{partition_key}] failed (run {result.run_id})")
+            return result
+
+        summary: dict = {"dagster_home": str(home), "storage": resources["storage"].uri(), "runs": []}
+        log(f"materialising {len(months)} months x {len(aois.ids)} AOIs for {', '.join(settings.sources)}:")
+        for month in months:
+            key = month_partition_key(month)
+            summary["runs"].append(run("collections_job", key).run_id)
+            for aoi in aois.ids:
+                summary["runs"].append(run("ndvi_job", dg.MultiPartitionKey({"month": key, "aoi": aoi})).run_id)
+        for aoi in aois.ids:
+            summary["runs"].append(run("ndvi_timeseries_job", aoi).run_id)
+        summary.update(_report(resources["storage"], settings, aois.ids, log))
+        log(f"done in {time.perf_counter() - t_start:.1f} s. See the runs in the UI:")
+        log(f"  DAGSTER_HOME={home} dagster dev -w workspace.yaml")
+        if keep_serving and mirror is not None:
+            log("serving the demo mirror until Ctrl-C ...")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+        return summary
+    finally:
+        if mirror is not None:
+            mirror.stop()
+
+
+def _exists(uri: str) -> bool:
+    if uri.startswith("s3://"):
+        import posixpath
+
+        from rasteret_pipelines.storage import Storage
+
+        parent, name = posixpath.split(uri.rstrip("/"))
+        return Storage.from_uri(parent).exists(name)
+    return os.path.exists(uri)
+
+
+def _report(storage_resource, settings, aoi_ids, log) -> dict:
+    from rasteret_pipelines.defs.settings import source_slug
+
+    store = storage_resource.storage()
+    out: dict = {"geotiffs": {}, "tables": {}, "collections": {}}
+    for source in settings.sources:
+        slug = source_slug(source)
+        tifs = store.list_files("ndvi", slug, suffix=".tif")
+        tables = store.list_files("ndvi_timeseries", slug, suffix=".parquet")
+        months = store.list_files("collections", slug, suffix="items.parquet")
+        uri = (lambda p: p) if store.is_local else (lambda p: f"s3://{p}")
+        out["geotiffs"][source] = [uri(p) for p in tifs]
+        out["tables"][source] = [uri(p) for p in tables]
+        out["collections"][source] = [uri(p) for p in months]
+        log(f"{source}:")
+        log(f"  collection months ({len(months)} files): {store.uri_of('collections', slug)}/month=YYYY-MM/items.parquet")
+        log(f"  NDVI GeoTIFFs ({len(tifs)} files):     {store.uri_of('ndvi', slug, 'tif')}/geometry_<aoi>/ndvi_YYYYMMDD.tif")
+        log(f"  NDVI manifests:                 {store.uri_of('ndvi', slug)}/aoi=<aoi>/month=YYYY-MM.json")
+        log(f"  NDVI time series ({len(tables)} tables):  {store.uri_of('ndvi_timeseries', slug)}/aoi=<aoi>.parquet and .svg")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rasteret_pipelines.demo serve ...``: the detached demo mirror."""
+    parser = argparse.ArgumentParser(prog="python -m rasteret_pipelines.demo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    srv = sub.add_parser("serve", help="serve the demo world on 127.0.0.1")
+    srv.add_argument("--demo-dir", required=True)
+    srv.add_argument("--port", type=int, required=True)
+    srv.add_argument("--months", default="2024-01,2024-02,2024-03")
+    srv.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT)
+    args = parser.parse_args(argv)
+    months = [m.strip() for m in args.months.split(",") if m.strip()]
+    return serve(args.demo_dir, args.port, months, args.idle_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
