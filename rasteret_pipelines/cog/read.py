@@ -130,20 +130,24 @@ def _planes(level: ImageLevel) -> range:
 
 def plan_spans(
     requests: Sequence[tuple[CogHeader, Window]], overview: int, config: FetchConfig
-) -> tuple[dict[str, list[_Span]], int]:
+) -> tuple[dict[str, list[_Span]], list[set[_Block]]]:
     """Group the distinct non-sparse blocks of all windows into coalesced byte ranges.
 
     Returns:
-        Spans per href and the number of distinct blocks.
+        Spans per href, and for every request the set of blocks it needs.
     """
     wanted: dict[_Block, tuple[int, int]] = {}
+    needs: list[set[_Block]] = []
     for header, window in requests:
         level = header.levels[overview]
+        need: set[_Block] = set()
+        needs.append(need)
         for row, col in _blocks_for(header, level, window):
             for plane in _planes(level):
                 index = level.tile_index(row, col, plane)
                 block = _Block(header.href, overview, index)
                 if block in wanted:
+                    need.add(block)
                     continue
                 offset = int(level.tile_offsets[index])
                 count = int(level.tile_byte_counts[index])
@@ -156,6 +160,7 @@ def plan_spans(
                         f"{header.size}-byte object",
                     )
                 wanted[block] = (offset, count)
+                need.add(block)
     by_href: dict[str, list[tuple[_Block, int, int]]] = defaultdict(list)
     for block, (offset, count) in wanted.items():
         by_href[block.href].append((block, offset, count))
@@ -175,7 +180,7 @@ def plan_spans(
             else:
                 out.append(_Span(offset, end, [(block, offset, count)]))
         spans[href] = out
-    return spans, len(wanted)
+    return spans, needs
 
 
 async def fetch_windows(
@@ -186,10 +191,31 @@ async def fetch_windows(
     """Read many windows (over many files) as one batch; results in request order."""
     checked = [(h, validate_window(h, w, overview)) for h, w in requests]
     headers = {h.href: h for h, _ in checked}
-    spans, _ = plan_spans(checked, overview, fetcher.config)
+    spans, needs = plan_spans(checked, overview, fetcher.config)
     loop = asyncio.get_running_loop()
     pool = decode_pool(fetcher.config.decode_threads)
+    # Windows are assembled as soon as their last block is decoded, and a block is dropped
+    # once every window needing it is done: memory holds the blocks in flight, not all.
     decoded: dict[_Block, np.ndarray] = {}
+    users: dict[_Block, list[int]] = defaultdict(list)
+    for i, need in enumerate(needs):
+        for block in need:
+            users[block].append(i)
+    remaining = [len(need) for need in needs]
+    results: list[np.ndarray | None] = [None] * len(checked)
+
+    def finish(i: int) -> None:
+        header, window = checked[i]
+        results[i] = _assemble(header, window, overview, decoded)
+        for block in needs[i]:
+            users_left = users[block]
+            users_left.remove(i)
+            if not users_left:
+                decoded.pop(block, None)
+
+    for i, count in enumerate(remaining):
+        if count == 0:
+            finish(i)
 
     async def fetch_span(href: str, span: _Span) -> None:
         header = headers[href]
@@ -209,13 +235,20 @@ async def fetch_windows(
                 )
             return out
 
-        for block, arr in await loop.run_in_executor(pool, decode_all):
+        blocks = await loop.run_in_executor(pool, decode_all)
+        del data, response
+        for block, arr in blocks:
             decoded[block] = arr
+        for block, _ in blocks:
+            for i in list(users[block]):
+                remaining[i] -= 1
+                if remaining[i] == 0:
+                    finish(i)
 
     await asyncio.gather(
         *(fetch_span(href, span) for href, href_spans in spans.items() for span in href_spans)
     )
-    return [_assemble(h, w, overview, decoded) for h, w in checked]
+    return results  # type: ignore[return-value]
 
 
 def _assemble(header: CogHeader, window: Window, overview: int, decoded) -> np.ndarray:

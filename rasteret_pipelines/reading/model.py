@@ -30,7 +30,7 @@ Layout::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
@@ -54,8 +54,8 @@ def geometry_transform(ds, geometry_id) -> tuple[float, float, float, float, flo
 
 
 @dataclass
-class GeometryLayers:
-    """The arrays read for one geometry, before stacking."""
+class GeometryGrid:
+    """The pixel window of one geometry: where its layers sit."""
 
     geometry_id: object
     crs: str
@@ -63,11 +63,17 @@ class GeometryLayers:
     """Affine of the window's top-left pixel (affine/rasterio order a, b, c, d, e, f)."""
     height: int
     width: int
-    dates: list[np.datetime64]
+
+
+@dataclass
+class GeometryLayers(GeometryGrid):
+    """The arrays read for one geometry, before stacking."""
+
+    dates: list[np.datetime64] = field(default_factory=list)
     """One per layer, sorted, unique."""
-    bands: Mapping[str, np.ndarray]
+    bands: Mapping[str, np.ndarray] = field(default_factory=dict)
     """Band name -> array (dates, height, width)."""
-    scene_ids: list[str]
+    scene_ids: list[str] = field(default_factory=list)
     """Comma-joined scene ids per date."""
 
 
@@ -77,49 +83,55 @@ def crs_wkt(crs: str) -> str:
     return CRS.from_user_input(crs).to_wkt()
 
 
+def empty_stack(
+    grids: Sequence[GeometryGrid], times, band_names: Sequence[str], dtype, fill, attrs: Mapping
+) -> xr.Dataset:
+    """The model Dataset for ``grids`` x ``times``, every pixel ``fill``, to be filled in place.
+
+    Readers write each geometry's layers straight into ``ds[band].values[g, t, :h, :w]`` and
+    ``ds["scene_id"].values[g, t]``, so no per-geometry copy is kept alongside the stack.
+    """
+    n, nt = len(grids), len(times)
+    max_h = max((g.height for g in grids), default=0)
+    max_w = max((g.width for g in grids), default=0)
+    xs = np.full((n, max_w), np.nan)
+    ys = np.full((n, max_h), np.nan)
+    for gi, g in enumerate(grids):
+        a, _, c, _, e, f = g.transform
+        xs[gi, : g.width] = c + a * (np.arange(g.width) + 0.5)  # north-up grids
+        ys[gi, : g.height] = f + e * (np.arange(g.height) + 0.5)
+    coords = {
+        "geometry": [g.geometry_id for g in grids],
+        "time": np.array(sorted(times), dtype="datetime64[ns]"),
+        "x": (("geometry", "col"), xs),
+        "y": (("geometry", "row"), ys),
+        "crs": ("geometry", np.array([g.crs for g in grids], dtype=object)),
+        "transform": ("geometry", np.array([format_transform(g.transform) for g in grids], dtype=object)),
+        "height": ("geometry", np.array([g.height for g in grids], dtype=np.int64)),
+        "width": ("geometry", np.array([g.width for g in grids], dtype=np.int64)),
+        "scene_id": (("geometry", "time"), np.full((n, nt), "", dtype=object)),
+    }
+    crss = {g.crs for g in grids}
+    if len(crss) == 1:
+        coords["spatial_ref"] = ((), 0, {"crs_wkt": crs_wkt(next(iter(crss)))})
+    data = {b: (("geometry", "time", "row", "col"), np.full((n, nt, max_h, max_w), fill, dtype=dtype)) for b in band_names}
+    return xr.Dataset(data, coords=coords, attrs=dict(attrs))
+
+
 def stack_geometries(
     layers: Sequence[GeometryLayers], band_names: Sequence[str], dtype, fill, attrs: Mapping
 ) -> xr.Dataset:
     """Stack per-geometry windows into the model above (padding with ``fill``)."""
     times = sorted({d for g in layers for d in g.dates})
     t_index = {t: i for i, t in enumerate(times)}
-    n, nt = len(layers), len(times)
-    max_h = max((g.height for g in layers), default=0)
-    max_w = max((g.width for g in layers), default=0)
-    data = {b: np.full((n, nt, max_h, max_w), fill, dtype=dtype) for b in band_names}
-    xs = np.full((n, max_w), np.nan)
-    ys = np.full((n, max_h), np.nan)
-    scene = np.full((n, nt), "", dtype=object)
+    ds = empty_stack(layers, times, band_names, dtype, fill, attrs)
+    scene = ds["scene_id"].values
     for gi, g in enumerate(layers):
-        a, b, c, d, e, f = g.transform
-        cols = np.arange(g.width) + 0.5
-        rows = np.arange(g.height) + 0.5
-        xs[gi, : g.width] = c + a * cols  # rotation terms are 0 on north-up grids
-        ys[gi, : g.height] = f + e * rows
         for li, date in enumerate(g.dates):
             ti = t_index[date]
             scene[gi, ti] = g.scene_ids[li]
             for band in band_names:
-                data[band][gi, ti, : g.height, : g.width] = g.bands[band][li]
-    coords = {
-        "geometry": [g.geometry_id for g in layers],
-        "time": np.array(times, dtype="datetime64[ns]"),
-        "x": (("geometry", "col"), xs),
-        "y": (("geometry", "row"), ys),
-        "crs": ("geometry", np.array([g.crs for g in layers], dtype=object)),
-        "transform": ("geometry", np.array([format_transform(g.transform) for g in layers], dtype=object)),
-        "height": ("geometry", np.array([g.height for g in layers], dtype=np.int64)),
-        "width": ("geometry", np.array([g.width for g in layers], dtype=np.int64)),
-        "scene_id": (("geometry", "time"), scene),
-    }
-    crss = {g.crs for g in layers}
-    if len(crss) == 1:
-        coords["spatial_ref"] = ((), 0, {"crs_wkt": crs_wkt(next(iter(crss)))})
-    ds = xr.Dataset(
-        {b: (("geometry", "time", "row", "col"), data[b]) for b in band_names},
-        coords=coords,
-        attrs=dict(attrs),
-    )
+                ds[band].values[gi, ti, : g.height, : g.width] = g.bands[band][li]
     return ds
 
 

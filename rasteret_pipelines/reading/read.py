@@ -21,6 +21,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 import rasterio.features
@@ -35,7 +36,7 @@ from rasteret_pipelines.cog.read import fetch_windows
 from rasteret_pipelines.collections.query import Collection
 from rasteret_pipelines.errors import DateRangeError, NoScenesError, UnknownBandError
 from rasteret_pipelines.reading.geometries import normalize_geometries
-from rasteret_pipelines.reading.model import GeometryLayers, stack_geometries
+from rasteret_pipelines.reading.model import GeometryGrid, empty_stack
 from rasteret_pipelines.reading.quality import clear_pixels
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,6 @@ def read_geometries(
     dtype = np.dtype(next(iter(plans[0].layers.values()))[0][1][keys[bands[0]]].header.dtype)
     out_dtype = dtype if values == "native" else np.dtype("float32")
     fill = _native_fill(plans, keys, bands) if values == "native" else np.nan
-    layers = [_finish(p, keys, bands, quality, values, out_dtype, fill, resampling) for p in plans]
     attrs = {
         "collection": collection.name,
         "data_source": collection.source.id,
@@ -170,7 +170,17 @@ def read_geometries(
     if uncovered:
         attrs["geometries_without_scenes"] = [str(g) for g in uncovered]
         log.warning("geometries %s are covered by no scene; they are left out", uncovered)
-    return stack_geometries(layers, list(bands), out_dtype, fill, attrs)
+    grids = [
+        GeometryGrid(p.gid, _crs_text(p.grid.crs), tuple(p.grid.transform)[:6], p.grid.height, p.grid.width)
+        for p in plans
+    ]
+    times = sorted({day for p in plans for day in p.layers})
+    ds = empty_stack(grids, times, list(bands), out_dtype, fill, attrs)
+    t_index = {t: i for i, t in enumerate(times)}
+    for gi, plan in enumerate(plans):
+        _fill_geometry(ds, gi, t_index, plan, keys, bands, quality, values, resampling)
+        plan.layers.clear()  # release this geometry's windows
+    return ds
 
 
 # -- selection and planning --------------------------------------------------------------------
@@ -261,16 +271,29 @@ def _plan(geoms, scenes, keys: dict[str, str], quality, all_touched, target=None
     return plans, uncovered
 
 
+@lru_cache(maxsize=512)
+def _crs_of(text: str) -> CRS:
+    """Parsed CRSs are cached: a read of many geometries x scenes asks for the same few."""
+    return CRS.from_user_input(text)
+
+
+@lru_cache(maxsize=512)
+def _transformer(src: CRS, dst: CRS) -> Transformer:
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
 def reproject_geometry(geom: shapely.Geometry, src_crs, dst_crs) -> shapely.Geometry:
     """``geom`` with its coordinates transformed by pyproj (always x/y order)."""
-    transformer = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    src = _crs_of(src_crs) if isinstance(src_crs, str) else src_crs
+    dst = _crs_of(dst_crs) if isinstance(dst_crs, str) else dst_crs
+    transformer = _transformer(src, dst)
     return shapely.transform(geom, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
 
 
 def _target_grid(ref: CogHeader, target: CRS, resolution, geom_4326) -> tuple[_Grid, shapely.Geometry]:
     """A north-up grid in ``target`` with square ``resolution`` pixels aligned to multiples of it."""
     if resolution is None:
-        source = CRS.from_user_input(ref.crs)
+        source = _crs_of(ref.crs)
         if source.axis_info[0].unit_name != target.axis_info[0].unit_name:
             raise ValueError(
                 f"resolution is needed for crs={target.to_string()}: its units "
@@ -286,7 +309,7 @@ def _target_grid(ref: CogHeader, target: CRS, resolution, geom_4326) -> tuple[_G
 
 def _reference_grid(crs, transform, geom_4326) -> tuple[_Grid, shapely.Geometry]:
     """The window of ``geom_4326`` on the grid (``crs``, ``transform``), as rasterio computes it."""
-    crs = CRS.from_user_input(crs)
+    crs = _crs_of(crs) if isinstance(crs, str) else crs
     local = reproject_geometry(geom_4326, "EPSG:4326", crs)
     transform = Affine(*transform)
     # rasterio.features.geometry_window: pixel bounds of the geometry, floor/ceil.
@@ -302,17 +325,19 @@ def _reference_grid(crs, transform, geom_4326) -> tuple[_Grid, shapely.Geometry]
 
 def _window_read(header: CogHeader, grid: _Grid) -> _Read:
     """A direct window when ``header``'s grid is the reference grid shifted by whole pixels."""
-    t = Affine(*header.transform)
-    g = grid.transform
-    same_crs = CRS.from_user_input(header.crs) == grid.crs
-    if same_crs and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(t[:2] + t[3:5], g[:2] + g[3:5])):
-        col, row = ~t * (g.c, g.f)
+    a, b, c, d, e, f = header.transform
+    ga, gb, gc, gd, ge, gf = tuple(grid.transform)[:6]
+    header_crs = _crs_of(header.crs)
+    same_grid = b == gb == d == gd == 0 and math.isclose(a, ga, rel_tol=1e-9) and math.isclose(e, ge, rel_tol=1e-9)
+    if same_grid and header_crs == grid.crs:
+        col, row = (gc - c) / a, (gf - f) / e
         if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
             return _Read(header, (round(col), round(row), grid.width, grid.height), direct=True)
+    t = Affine(a, b, c, d, e, f)
     # Otherwise read the part of this band's grid covering the reference window, plus a margin.
     left, top = grid.transform * (0, 0)
     right, bottom = grid.transform * (grid.width, grid.height)
-    xs, ys = rasterio.warp.transform(grid.crs, CRS.from_user_input(header.crs),
+    xs, ys = rasterio.warp.transform(grid.crs, header_crs,
                                      [left, right, left, right], [top, top, bottom, bottom])
     inv = ~t
     pcols, prows = zip(*(inv * (x, y) for x, y in zip(xs, ys)))
@@ -352,7 +377,7 @@ def _on_grid(read: _Read, grid: _Grid, resampling) -> tuple[np.ndarray, np.ndarr
         return data, valid
     col0, row0, _, _ = read.window
     src_transform = Affine(*header.transform) * Affine.translation(col0, row0)
-    src_crs = CRS.from_user_input(header.crs)
+    src_crs = _crs_of(header.crs)
     out = np.zeros((grid.height, grid.width), dtype=data.dtype)
     rasterio.warp.reproject(
         data, out, src_transform=src_transform, src_crs=src_crs, dst_transform=grid.transform,
@@ -367,14 +392,16 @@ def _on_grid(read: _Read, grid: _Grid, resampling) -> tuple[np.ndarray, np.ndarr
     return out, out_valid.astype(bool)
 
 
-def _finish(plan: _GeometryPlan, keys, bands, quality, values, out_dtype, fill, resampling) -> GeometryLayers:
+def _fill_geometry(ds, gi: int, t_index, plan: _GeometryPlan, keys, bands, quality, values, resampling) -> None:
+    """Mask, mosaic and convert one geometry's reads straight into the stacked Dataset."""
     grid = plan.grid
-    dates = sorted(plan.layers)
-    arrays = {b: np.full((len(dates), grid.height, grid.width), fill, dtype=out_dtype) for b in bands}
-    scene_ids = []
-    for li, day in enumerate(dates):
+    h, w = grid.height, grid.width
+    scene_ids = ds["scene_id"].values
+    targets = {band: ds[band].values for band in bands}
+    for day in sorted(plan.layers):
+        ti = t_index[day]
         used = []
-        filled = {b: np.zeros((grid.height, grid.width), bool) for b in bands}
+        filled = {b: np.zeros((h, w), bool) for b in bands}
         for scene, reads in plan.layers[day]:
             clear = plan.inside
             if quality is not None:
@@ -387,21 +414,11 @@ def _finish(plan: _GeometryPlan, keys, bands, quality, values, out_dtype, fill, 
                 if not take.any():
                     continue
                 contributed = True
-                arrays[band][li][take] = _convert(data[take], values, scene)
+                targets[band][gi, ti, :h, :w][take] = _convert(data[take], values, scene)
                 filled[band] |= take
             if contributed:
                 used.append(scene.id)
-        scene_ids.append(",".join(used))
-    return GeometryLayers(
-        geometry_id=plan.gid,
-        crs=_crs_text(grid.crs),
-        transform=tuple(grid.transform)[:6],
-        height=grid.height,
-        width=grid.width,
-        dates=dates,
-        bands=arrays,
-        scene_ids=scene_ids,
-    )
+        scene_ids[gi, ti] = ",".join(used)
 
 
 def _crs_text(crs: CRS) -> str:
