@@ -132,11 +132,31 @@ def parse_aois(data: bytes, uri: str = "<bytes>") -> AoiSet:
         checked = normalize_geometries(frame)
     except InvalidGeometryError as exc:
         raise AoiFileError(f"AOI file {uri}: {exc}") from exc
+    _check_area_of_use(crs, checked, uri)
     frame = gpd.GeoDataFrame(
         {"name": names}, geometry=[g for _, g in checked], index=ids, crs="EPSG:4326"
     )
     frame.index.name = "id"
     return AoiSet(uri=uri, fingerprint=fingerprint, frame=frame)
+
+
+def _check_area_of_use(crs, checked, uri: str) -> None:
+    """Coordinates given in the wrong CRS usually land outside the CRS's area of use."""
+    from pyproj import CRS
+
+    try:
+        area = CRS.from_user_input(crs).area_of_use
+    except Exception as exc:  # pyproj raises CRSError and others for unknown CRSs
+        raise AoiFileError(f"AOI file {uri}: unknown CRS {crs!r}: {exc}") from exc
+    if area is None or area.west > area.east:
+        return
+    valid = shapely.geometry.box(area.west, area.south, area.east, area.north)
+    for aoi_id, geom in checked:
+        if not geom.intersects(valid):
+            raise AoiFileError(
+                f"AOI file {uri}: AOI {aoi_id} lies outside the area of use of its CRS {crs} "
+                f"({area.name}); are its coordinates really in that CRS?"
+            )
 
 
 def _check_id(value, position: int, uri: str) -> str:

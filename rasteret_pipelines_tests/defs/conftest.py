@@ -5,6 +5,7 @@ session (about 20 s: the COG writing dominates, the grid size barely matters sin
 start's AOIs sit near the tile's centre) and served by a :class:`DemoMirror` on free ports.
 """
 
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from rasteret_pipelines.defs.settings import Settings
 from rasteret_pipelines.demo import DemoMirror, prepare_world
 from rasteret_pipelines.mirror.demo_data import QUICKSTART_AOIS
 
+REPO = Path(__file__).resolve().parents[2]
 MONTHS = ("2024-01", "2024-02")
 AOIS = {str(k): v for k, v in QUICKSTART_AOIS.items()}
 
@@ -49,6 +51,10 @@ def clean_mirror(mirror) -> Iterator[DemoMirror]:
         server.reset_log()
         server.faults = None
     yield mirror
+    original = {(i["collection"], i["id"]) for i in items}
+    for item in mirror.stac.items:
+        if (item["collection"], item["id"]) not in original:
+            mirror.stac.remove_item(item["collection"], item["id"])
     for item in items:
         if mirror.stac.get_item(item["collection"], item["id"]) is None:
             mirror.stac.add_items([item])
@@ -124,25 +130,31 @@ def make_project(
     )
 
 
+def local_instance(home: Path) -> dg.DagsterInstance:
+    """A SQLite instance in ``home`` configured by the repository's dagster.yaml."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    return dg.DagsterInstance.local_temp(str(home))
+
+
 @pytest.fixture
 def project(tmp_path, clean_mirror) -> Project:
-    """Local storage under ``tmp_path``, the quick start's AOIs registered."""
-    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"))
+    """Local storage under ``tmp_path``, the quick start's AOIs registered, a SQLite instance
+    (sensors resolving dynamic partitions need an instance reference, as in the daemon)."""
+    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
+                     instance=local_instance(tmp_path / "dagster_home"))
     p.register_aois()
     return p
 
 
 def failure_messages(result: dg.ExecuteInProcessResult) -> str:
-    """Every step failure's message (what the UI shows), joined."""
+    """Every error message of the run's events (step and resource failures), joined: what the UI shows."""
     out = []
     for event in result.all_events:
-        if event.is_step_failure:
-            err = event.step_failure_data.error
-            while err is not None:
-                out.append(err.message)
-                err = err.cause
-        if event.event_type_value == "RUN_FAILURE" and event.message:
-            out.append(event.message)
+        err = getattr(event.event_specific_data, "error", None)
+        while err is not None:
+            out.append(err.message)
+            err = err.cause
     return "\n".join(out)
 
 

@@ -1,0 +1,92 @@
+"""The AOI file: GeoJSON or GeoParquet, and every way it can be wrong, named in the error."""
+
+import json
+
+import geopandas as gpd
+import pytest
+import shapely.geometry
+
+from rasteret_pipelines.defs.aois import AoiFileError, load_aois, parse_aois, write_aois_geojson
+
+BOX = shapely.geometry.box(77.55, 13.01, 77.58, 13.08)
+
+
+def feature(props, geometry=BOX, **extra):
+    geom = shapely.geometry.mapping(geometry) if geometry is not None and not isinstance(geometry, dict) else geometry
+    return {"type": "Feature", "properties": props, "geometry": geom, **extra}
+
+
+def geojson(*features, **extra) -> bytes:
+    return json.dumps({"type": "FeatureCollection", "features": list(features), **extra}).encode()
+
+
+def test_geojson_ids_names_and_lonlat(tmp_path):
+    path = tmp_path / "aois.geojson"
+    write_aois_geojson({"1": BOX, "farm-2": shapely.geometry.box(77.56, 13.02, 77.59, 13.09)}, path,
+                       names={"1": "north field"})
+    aois = load_aois(str(path))
+    assert aois.ids == ["1", "farm-2"]
+    assert aois.frame.loc["1", "name"] == "north field"
+    assert aois.bbox == pytest.approx((77.55, 13.01, 77.59, 13.09))
+    assert len(aois.fingerprint) == 64
+
+
+def test_feature_id_member_and_numeric_ids():
+    aois = parse_aois(geojson(feature({}, id=7), feature({"id": 8.0})))
+    assert aois.ids == ["7", "8"]
+
+
+def test_geoparquet_in_utm_is_reprojected(tmp_path):
+    frame = gpd.GeoDataFrame({"id": ["a"], "name": ["x"]}, geometry=[BOX], crs="EPSG:4326").to_crs("EPSG:32643")
+    path = tmp_path / "aois.parquet"
+    frame.to_parquet(path)
+    aois = load_aois(str(path))
+    assert aois.ids == ["a"]
+    assert aois.geometry("a").bounds == pytest.approx(BOX.bounds, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (geojson(), "contains no areas of interest"),
+        (geojson(feature({"name": "x"})), "feature 1 has no id"),
+        (geojson(feature({"id": "a"}), feature({"id": "a"})), "duplicate id 'a' (features 1 and 2)"),
+        (geojson(feature({"id": "a/b"})), "feature 1 has id 'a/b'"),
+        (geojson(feature({"id": "bow"}, shapely.geometry.Polygon([(77.5, 13), (77.6, 13.1), (77.6, 13), (77.5, 13.1)]))),
+         "geometry bow is invalid: Self-intersection"),
+        (geojson(feature({"id": "pt"}, shapely.geometry.Point(77.5, 13))), "geometry pt is a Point"),
+        (geojson(feature({"id": "none"}, None)), "AOI none (feature 1) has no geometry"),
+        # UTM metres written as if they were GeoJSON longitude/latitude: the wrong CRS
+        (geojson(feature({"id": "utm"}, shapely.geometry.box(776510, 1439620, 779860, 1447410))),
+         "geometry utm has bounds"),
+        (b"not json at all", "is neither GeoJSON nor GeoParquet"),
+        (json.dumps({"type": "Topology"}).encode(), "is not a GeoJSON FeatureCollection"),
+    ],
+)
+def test_malformed_files_name_the_fault(data, message):
+    with pytest.raises(AoiFileError) as info:
+        parse_aois(data, "aois.geojson")
+    assert message in str(info.value) and "aois.geojson" in str(info.value)
+
+
+def test_wrong_declared_crs_is_caught():
+    """Degrees declared as UTM (legacy GeoJSON crs member) land far outside lon/lat."""
+    data = geojson(feature({"id": "a"}), crs={"type": "name", "properties": {"name": "EPSG:32643"}})
+    with pytest.raises(AoiFileError, match="AOI a lies outside the area of use of its CRS EPSG:32643"):
+        parse_aois(data)
+
+
+def test_geoparquet_without_crs_or_id(tmp_path):
+    path = tmp_path / "noid.parquet"
+    gpd.GeoDataFrame({"name": ["x"]}, geometry=[BOX], crs="EPSG:4326").to_parquet(path)
+    with pytest.raises(AoiFileError, match="no 'id' column"):
+        load_aois(str(path))
+    path = tmp_path / "nocrs.parquet"
+    gpd.GeoDataFrame({"id": ["x"]}, geometry=[BOX]).to_parquet(path)
+    with pytest.raises(AoiFileError, match="no CRS"):
+        load_aois(str(path))
+
+
+def test_missing_file():
+    with pytest.raises(AoiFileError, match="does not exist"):
+        load_aois("/nonexistent/aois.geojson")

@@ -1,0 +1,151 @@
+"""The schedule, the sensors and the automation conditions, tick by tick."""
+
+import copy
+import datetime as dt
+
+import dagster as dg
+import shapely.geometry
+
+from rasteret_pipelines.defs.aois import write_aois_geojson
+from rasteret_pipelines.defs.assets import collection_key, ndvi_key, timeseries_key
+from rasteret_pipelines_tests.defs.conftest import AOIS, MONTHS
+
+S2 = "sentinel-2-l2a"
+MONTH_KEYS = [f"{m}-01" for m in MONTHS]
+INSIDE = shapely.geometry.box(77.565, 13.03, 77.575, 13.05)  # inside the months' search bbox
+OUTSIDE = shapely.geometry.box(77.70, 13.20, 77.72, 13.22)  # same tile, outside it
+
+
+def tick(project, name, cursor=None):
+    sensor = project.defs.resolve_sensor_def(name)
+    with dg.build_sensor_context(
+        instance=project.instance, instance_ref=project.instance.get_ref(), cursor=cursor,
+        resources=project.resources, definitions=project.defs,
+    ) as context:
+        return sensor.evaluate_tick(context)
+
+
+def requested(data) -> list[tuple[str, str, str]]:
+    """(job, asset, partition) of each run request (a single-job sensor leaves job_name empty)."""
+    return sorted(
+        (r.job_name or "collections_job", "/".join(r.asset_selection[0].path), str(r.partition_key))
+        for r in data.run_requests
+    )
+
+
+def test_aoi_sensor(project):
+    for key in MONTH_KEYS:
+        project.run("collections_job", key)
+    first = tick(project, "aoi_file_sensor")
+    assert not first.run_requests and "no new AOI" in first.skip_message
+    again = tick(project, "aoi_file_sensor", first.cursor)
+    assert not again.run_requests and again.skip_message.startswith("AOI file unchanged")
+
+    write_aois_geojson({**AOIS, "3": INSIDE, "4": OUTSIDE}, project.aoi_file)
+    added = tick(project, "aoi_file_sensor", again.cursor)
+    (request,) = added.dynamic_partitions_requests
+    assert request.partitions_def_name == "aoi" and list(request.partition_keys) == ["3", "4"]
+    assert requested(added) == sorted(
+        # AOI 3 lies inside the area every month was indexed for: its NDVI, month by month
+        [("ndvi_job", "ndvi/sentinel_2_l2a", f"3|{k}") for k in MONTH_KEYS]
+        # AOI 4 does not: the months are indexed again; its NDVI follows through automation
+        + [("collections_job", "collections/sentinel_2_l2a", k) for k in MONTH_KEYS]
+    )
+    assert all(r.tags["rasteret/source"] == S2 for r in added.run_requests)
+    assert len({r.run_key for r in added.run_requests}) == len(added.run_requests)
+    # the cursor makes it idempotent
+    project.instance.add_dynamic_partitions("aoi", ["3", "4"])
+    same = tick(project, "aoi_file_sensor", added.cursor)
+    assert not same.run_requests and same.skip_message.startswith("AOI file unchanged")
+
+    write_aois_geojson({"1": AOIS["1"], "3": INSIDE, "4": OUTSIDE}, project.aoi_file)
+    removed = tick(project, "aoi_file_sensor", same.cursor)
+    assert not removed.run_requests and "removed from the file: 2" in removed.skip_message
+
+    with open(project.aoi_file, "w") as fh:
+        fh.write('{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": null}]}')
+    broken = tick(project, "aoi_file_sensor", removed.cursor)
+    assert not broken.run_requests and "feature 1 has no id" in broken.skip_message
+    assert broken.cursor == removed.cursor, "a broken file leaves the cursor, so the fix is picked up"
+
+
+def test_aoi_sensor_before_any_month(project):
+    write_aois_geojson({**AOIS, "3": INSIDE}, project.aoi_file)
+    data = tick(project, "aoi_file_sensor")
+    assert list(data.dynamic_partitions_requests[0].partition_keys) == ["3"] and not data.run_requests
+
+
+def test_stac_sensor_requests_updated_and_late_months(project, clean_mirror):
+    for key in MONTH_KEYS:
+        project.run("collections_job", key)
+    first = tick(project, "stac_updates_sensor")
+    assert not first.run_requests and first.skip_message == "no item added or updated in a materialised month"
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    item = clean_mirror.stac.get_item(S2, "S2B_43PGQ_20240210_0_L2A")
+    item["properties"]["updated"] = now  # reprocessed
+    clean_mirror.stac.replace_item(item)
+    data = tick(project, "stac_updates_sensor", first.cursor)
+    assert requested(data) == [("collections_job", "collections/sentinel_2_l2a", "2024-02-01")]
+    assert data.run_requests[0].tags["rasteret/trigger"] == "stac-updated"
+    same = tick(project, "stac_updates_sensor", data.cursor)
+    assert not same.run_requests
+
+    late = copy.deepcopy(clean_mirror.stac.get_item(S2, "S2A_43PGQ_20240105_0_L2A"))
+    late["id"] = "S2A_43PGQ_20240120_0_L2A"
+    late["properties"]["datetime"] = "2024-01-20T05:16:12.024000Z"
+    late["properties"]["updated"] = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    clean_mirror.stac.add_items([late])
+    data = tick(project, "stac_updates_sensor", same.cursor)
+    assert requested(data) == [("collections_job", "collections/sentinel_2_l2a", "2024-01-01")]
+
+    # materialising that month takes the late scene in, and the next tick is quiet
+    project.run("collections_job", "2024-01-01")
+    quiet = tick(project, "stac_updates_sensor", data.cursor)
+    assert not quiet.run_requests
+
+
+def test_stac_sensor_skips_when_the_api_is_down(tmp_path, clean_mirror):
+    from rasteret_pipelines_tests.conftest import free_port
+    from rasteret_pipelines_tests.defs.conftest import local_instance, make_project
+
+    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
+                     instance=local_instance(tmp_path / "home"))
+    p.run("collections_job", MONTH_KEYS[0])
+    down = make_project(p.storage, f"http://127.0.0.1:{free_port()}", p.aoi_file, instance=p.instance)
+    data = tick(down, "stac_updates_sensor")
+    assert not data.run_requests and "unreachable" in data.skip_message
+
+
+def test_monthly_schedule(project):
+    schedule = project.defs.resolve_schedule_def("monthly_collections")
+    assert schedule.cron_schedule == "0 3 2 * *" and schedule.execution_timezone == "UTC"
+    context = dg.build_schedule_context(
+        instance=project.instance, scheduled_execution_time=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc),
+        repository_def=project.defs.get_repository_def(),
+    )
+    data = schedule.evaluate_tick(context)
+    (request,) = data.run_requests
+    assert (request.partition_key, request.asset_selection) == ("2024-02-01", [collection_key(S2)])
+    assert request.tags["rasteret/source"] == S2 and request.run_key == "monthly:sentinel-2-l2a:2024-02"
+    context = dg.build_schedule_context(
+        instance=project.instance, scheduled_execution_time=dt.datetime(2024, 1, 2, 3, tzinfo=dt.timezone.utc),
+        repository_def=project.defs.get_repository_def(),
+    )
+    data = schedule.evaluate_tick(context)
+    assert not data.run_requests and "before the first partition" in data.skip_message
+
+
+def test_downstream_follows_collection_updates(project):
+    """What the schedule and the STAC sensor rely on: NDVI and time series follow a collection month."""
+    result = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance)
+    assert result.total_requested == 0
+    project.run("collections_job", MONTH_KEYS[1])
+    result = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance, cursor=result.cursor)
+    assert result.get_requested_partitions(ndvi_key(S2)) == {f"1|{MONTH_KEYS[1]}", f"2|{MONTH_KEYS[1]}"}
+    assert result.total_requested == 2
+    for aoi in ("1", "2"):
+        project.run("ndvi_job", dg.MultiPartitionKey({"month": MONTH_KEYS[1], "aoi": aoi}))
+    result = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance, cursor=result.cursor)
+    assert result.get_requested_partitions(timeseries_key(S2)) == {"1", "2"}
+    assert result.get_num_requested(ndvi_key(S2)) == 0
