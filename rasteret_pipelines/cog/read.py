@@ -254,9 +254,20 @@ async def fetch_windows(
 def _assemble(header: CogHeader, window: Window, overview: int, decoded) -> np.ndarray:
     level = header.levels[overview]
     col_off, row_off, width, height = window
-    out = np.full((header.count, height, width), header.fill_value, dtype=np.dtype(header.dtype))
     th, tw = level.tile_height, level.tile_width
-    for row, col in _blocks_for(header, level, window):
+    blocks = list(_blocks_for(header, level, window))
+    inside = col_off >= 0 and row_off >= 0 and col_off + width <= level.width and row_off + height <= level.height
+    complete = inside and all(
+        _Block(header.href, overview, level.tile_index(r, c, p)) in decoded
+        for r, c in blocks
+        for p in _planes(level)
+    )
+    shape = (header.count, height, width)
+    dtype = np.dtype(header.dtype)
+    # Every pixel is copied from a block when the window is inside the image and no block is
+    # sparse; otherwise start from the fill value (nodata, or 0).
+    out = np.empty(shape, dtype=dtype) if complete else np.full(shape, header.fill_value, dtype=dtype)
+    for row, col in blocks:
         by, bx = row * th, col * tw
         for plane in _planes(level):
             block = decoded.get(_Block(header.href, overview, level.tile_index(row, col, plane)))

@@ -414,7 +414,7 @@ def _fill_geometry(ds, gi: int, t_index, plan: _GeometryPlan, keys, bands, quali
                 if not take.any():
                     continue
                 contributed = True
-                targets[band][gi, ti, :h, :w][take] = _convert(data[take], values, scene)
+                np.copyto(targets[band][gi, ti, :h, :w], _convert(data, values, scene), where=take, casting="unsafe")
                 filled[band] |= take
             if contributed:
                 used.append(scene.id)
@@ -427,10 +427,8 @@ def _crs_text(crs: CRS) -> str:
 
 
 def _convert(raw: np.ndarray, mode: str, scene: _Scene) -> np.ndarray:
-    if mode == "native":
-        return raw
+    """Stored values as the output wants them (float32 reflectance, or unchanged)."""
     if mode == "reflectance":
         scale, offset = scene.reflectance
-        return (raw.astype(np.float64) * scale + offset).astype(np.float32)
-    return raw.astype(np.float32)
-
+        return (raw.astype(np.float64) * scale + offset).astype(np.float32)  # rounded once
+    return raw
