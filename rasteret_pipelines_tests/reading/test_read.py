@@ -596,3 +596,41 @@ def test_geodataframe_with_ids_and_a_utm_crs_gives_the_same_pixels(world):
         assert from_utm_gdf[coord].values.tolist() == from_4326[coord].values.tolist()
     np.testing.assert_array_equal(from_utm_gdf["x"].values, from_4326["x"].values)
     np.testing.assert_array_equal(from_utm_gdf["y"].values, from_4326["y"].values)
+
+
+def test_a_caller_named_crs_puts_every_geometry_on_that_grid(world):
+    """``crs=`` builds a north-up grid in that CRS, pixels aligned to multiples of the
+    resolution (default: the finest band's 10 m), and warps every scene onto it (nearest).
+    Oracle: ``rasterio.warp.reproject`` of the rasterio-read band onto the same grid, masked
+    with ``rasterio.features.geometry_mask``."""
+    scene = BASE_IDS[0]
+    ds = read_world(world, list(AOIS.values()), ["red"], date_range=BASE_RANGE, crs="EPSG:32644")
+    for gid, geom in AOIS.items():
+        g = to_crs(geom, "EPSG:32644")
+        left, bottom, right, top = g.bounds
+        origin = (math.floor(left / 10) * 10, math.ceil(top / 10) * 10)
+        grid = Affine(10, 0, origin[0], 0, -10, origin[1])
+        window = rasterio.features.geometry_window(_FakeDataset(grid), [g], boundless=True)
+        transform = rasterio.windows.transform(window, grid)
+        h, w = int(window.height), int(window.width)
+        assert ds["crs"].sel(geometry=gid).item() == "EPSG:32644"
+        assert_same_transform(Affine(*geometry_transform(ds, gid)), transform)
+        inside = rasterio.features.geometry_mask([g], out_shape=(h, w), transform=transform, invert=True)
+        with rasterio.open(world.path(scene, "red")) as src:
+            warped = np.zeros((h, w), np.uint16)
+            rasterio.warp.reproject(
+                src.read(1), warped, src_transform=src.transform, src_crs=src.crs, src_nodata=0,
+                dst_transform=transform, dst_crs="EPSG:32644", dst_nodata=0, resampling=Resampling.nearest,
+            )
+        expected = np.where(inside & (warped != 0), warped.astype(np.float32), np.float32(np.nan))
+        got, _ = layer(ds, "red", gid, day(scene, world))
+        np.testing.assert_array_equal(got, expected)
+        assert np.isfinite(got).sum() > 10000
+
+
+class _FakeDataset:
+    """What ``rasterio.features.geometry_window`` needs of a dataset: a transform and a size."""
+
+    def __init__(self, transform):
+        self.transform = transform
+        self.width = self.height = 10**7
