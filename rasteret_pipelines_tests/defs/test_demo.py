@@ -1,0 +1,83 @@
+"""The offline demo: the main job through Dagster, the mirror on fixed ports, the CLI."""
+
+import os
+import signal
+import time
+
+import dagster as dg
+import pytest
+
+from rasteret_pipelines.cli import build_parser
+from rasteret_pipelines.defs.resources import DataSourceResource
+from rasteret_pipelines.demo import demo_stac_url, probe_demo_mirror, run_demo, spawn_demo_mirror
+from rasteret_pipelines.errors import StacApiError
+from rasteret_pipelines_tests.conftest import free_port
+from rasteret_pipelines_tests.defs.conftest import MONTHS
+
+
+def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("RASTERET_"):
+            monkeypatch.delenv(name)
+    port = free_port()
+    monkeypatch.setenv("RASTERET_DEMO_DIR", str(demo_world))  # the session's world: no COG writing here
+    monkeypatch.setenv("RASTERET_DEMO_PORT", str(port))
+    monkeypatch.setenv("RASTERET_DEMO_MONTHS", ",".join(MONTHS))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / ".dagster_home"))
+    lines = []
+    summary = run_demo(log=lines.append)
+    text = "\n".join(lines)
+
+    assert (tmp_path / ".dagster_home" / "dagster.yaml").exists()
+    assert (tmp_path / ".rasteret_data" / ".gitignore").read_text().strip().endswith("*")
+    assert (tmp_path / ".rasteret_data" / "aois.geojson").exists()
+    assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 8  # 2 months x 2 dates x 2 AOIs
+    assert len(summary["tables"]["sentinel-2-l2a"]) == 2
+    assert "NDVI GeoTIFFs (8 files)" in text and "dagster dev -w workspace.yaml" in text
+    assert not probe_demo_mirror(f"http://127.0.0.1:{port}"), "the in-process mirror stopped"
+
+    instance = dg.DagsterInstance.get()
+    runs = instance.get_runs()
+    assert len(runs) == len(summary["runs"]) == 2 + 4 + 2
+    assert {r.job_name for r in runs} == {"collections_job", "ndvi_job", "ndvi_timeseries_job"}
+    assert all(r.is_success for r in runs)
+    assert sorted(instance.get_dynamic_partitions("aoi")) == ["1", "2"]
+
+    # a second run reuses the world, the AOI file and the cached headers
+    again = run_demo(log=lines.append)
+    assert again["geotiffs"] == summary["geotiffs"]
+    assert len(instance.get_runs()) == 16
+
+
+def test_detached_mirror_is_found_and_reused(demo_world):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    assert not probe_demo_mirror(url)
+    with pytest.raises(StacApiError, match="not running"):
+        demo_stac_url(demo_world, port, months=MONTHS, start=False)
+    proc = spawn_demo_mirror(demo_world, port, MONTHS, idle_timeout=60)
+    try:
+        deadline = time.monotonic() + 30
+        while not probe_demo_mirror(url):
+            assert proc.poll() is None and time.monotonic() < deadline, (demo_world / "mirror.log").read_text()
+            time.sleep(0.2)
+        # the resource's default ("demo") finds the running mirror instead of starting another
+        resource = DataSourceResource(demo_dir=str(demo_world), demo_port=port, demo_months=",".join(MONTHS))
+        assert resource.stac_url_for("sentinel-2-l2a") == url
+        assert demo_stac_url(demo_world, port, months=MONTHS) == url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    assert proc.returncode == 0
+
+
+def test_something_else_on_the_demo_port(mirror):
+    with pytest.raises(StacApiError, match="used by another program|not the demo mirror"):
+        probe_demo_mirror(mirror.cog_url)
+
+
+def test_cli_has_demo_and_header():
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--months", "2024-01"]).months == "2024-01"
+    assert parser.parse_args(["header", "x.tif"]).hrefs == ["x.tif"]
