@@ -138,3 +138,14 @@ def test_s3_backend_against_moto_server(moto_s3, clean_mirror, tmp_path):
     assert manifest["files"] == [f"s3://rasteret-test/{k}" for k in keys[5:7]]
     table = pq.read_table(io.BytesIO(s3.get_object(Bucket="rasteret-test", Key=keys[7])["Body"].read()))
     assert table.num_rows == 2
+
+
+def test_a_month_without_scenes(project):
+    """A month the source has no scene for: an empty collection month and an empty NDVI manifest."""
+    result = project.run("collections_job", "2024-03-01")
+    assert metadata(result, collection_key(S2))["items"] == 0
+    assert checks_passed(result) == {"every_band_header_present": True}
+    result = project.run("ndvi_job", dg.MultiPartitionKey({"month": "2024-03-01", "aoi": "1"}))
+    meta = metadata(result, ndvi_key(S2))
+    assert (meta["dates"], meta["files"]) == (0, 0) and "no scene" in meta["note"]
+    assert checks_passed(result) == {"ndvi_within_range": True, "geotiffs_reopen": True}
