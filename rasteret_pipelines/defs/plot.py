@@ -11,8 +11,10 @@ import datetime as dt
 from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
-WIDTH, HEIGHT = 720, 320
-LEFT, RIGHT, TOP, BOTTOM = 56, 20, 34, 46
+WIDTH, HEIGHT = 720, 340
+LEFT, RIGHT, TOP, BOTTOM = 56, 44, 56, 40
+PAD = 18
+"""Pixels kept free inside the plot area on each side of the first and last date."""
 SERIES_STYLE = {
     "mean_ndvi": ("#1b7837", "mean NDVI"),
     "median_ndvi": ("#5aae61", "median NDVI"),
@@ -30,8 +32,8 @@ def ndvi_timeseries_svg(
     Args:
         dates: One date per observation (sorted).
         series: ``{name: values}``; None or NaN values leave a gap.
-        valid_fraction: Fraction (0..1) of valid pixels per date, drawn as grey bars on the
-            same axis scaled to [0, 1].
+        valid_fraction: Fraction (0..1) of valid pixels per date, drawn as grey bars from 0
+            on the same axis.
         title: Chart title.
     """
     values = [v for vs in series.values() for v in vs if v is not None and v == v]
@@ -47,7 +49,7 @@ def ndvi_timeseries_svg(
     def x(d: dt.date) -> float:
         if len(dates) == 1:
             return LEFT + plot_w / 2
-        return LEFT + (d.toordinal() - t0) / span * plot_w
+        return LEFT + PAD + (d.toordinal() - t0) / span * (plot_w - 2 * PAD)
 
     def y(v: float) -> float:
         return TOP + (hi - v) / (hi - lo) * plot_h
@@ -72,19 +74,18 @@ def ndvi_timeseries_svg(
         for d, f in zip(dates, valid_fraction):
             if f is None:
                 continue
-            top = TOP + (1 - f) * plot_h
+            top, base = y(f), y(0.0)  # on the NDVI axis: a fraction of 0.9 reaches 0.9
             out.append(
                 f'<rect x="{x(d) - bar / 2:.1f}" y="{top:.1f}" width="{bar:.1f}" '
-                f'height="{TOP + plot_h - top:.1f}" fill="#bdbdbd" fill-opacity="0.6"/>'
+                f'height="{max(base - top, 0):.1f}" fill="#bdbdbd" fill-opacity="0.6"/>'
             )
-    labelled = set()
-    for i, d in enumerate(dates):
-        if len(dates) > 8 and i % max(1, len(dates) // 8):
+    last_label = -1e9
+    for d in dates:
+        if x(d) - last_label < 72:  # a date label is about 62 px wide
             continue
-        if d.isoformat() in labelled:
-            continue
-        labelled.add(d.isoformat())
-        out.append(f'<text x="{x(d):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{d.isoformat()}</text>')
+        last_label = x(d)
+        out.append(f'<line x1="{x(d):.1f}" x2="{x(d):.1f}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 4}" stroke="#555"/>')
+        out.append(f'<text x="{x(d):.1f}" y="{TOP + plot_h + 17}" text-anchor="middle">{d.isoformat()}</text>')
     for name, vs in series.items():
         color, _ = SERIES_STYLE.get(name, ("#2166ac", name))
         segment: list[str] = []
@@ -104,12 +105,12 @@ def ndvi_timeseries_svg(
                 out.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{color}" stroke-width="2"/>')
     legend = [(SERIES_STYLE.get(n, ("#2166ac", n))) for n in series]
     if valid_fraction is not None:
-        legend.append(("#bdbdbd", "valid pixel fraction (0-1)"))
-    lx = LEFT + 180
+        legend.append(("#bdbdbd", "valid pixel fraction (same axis)"))
+    lx = LEFT
     for color, label in legend:
-        out.append(f'<rect x="{lx}" y="10" width="12" height="12" fill="{color}"/>')
-        out.append(f'<text x="{lx + 16}" y="20">{escape(label)}</text>')
-        lx += 24 + 6.5 * len(label)
+        out.append(f'<rect x="{lx}" y="30" width="12" height="12" fill="{color}"/>')
+        out.append(f'<text x="{lx + 16}" y="40">{escape(label)}</text>')
+        lx += 28 + 6.2 * len(label)
     out.append("</svg>")
     return "\n".join(out)
 
