@@ -455,6 +455,10 @@ def _exists(uri: str) -> bool:
 
 
 def _report(storage_resource, settings, aoi_ids, log) -> dict:
+    import io
+
+    import pyarrow.parquet as pq
+
     from rasteret_pipelines.defs.settings import source_slug
 
     store = storage_resource.storage()
@@ -473,6 +477,15 @@ def _report(storage_resource, settings, aoi_ids, log) -> dict:
         log(f"  NDVI GeoTIFFs ({len(tifs)} files):     {store.uri_of('ndvi', slug, 'tif')}/geometry_<aoi>/ndvi_YYYYMMDD.tif")
         log(f"  NDVI manifests:                 {store.uri_of('ndvi', slug)}/aoi=<aoi>/month=YYYY-MM.json")
         log(f"  NDVI time series ({len(tables)} tables):  {store.uri_of('ndvi_timeseries', slug)}/aoi=<aoi>.parquet and .svg")
+        for aoi in aoi_ids:
+            if not store.exists("ndvi_timeseries", slug, f"aoi={aoi}.parquet"):
+                continue
+            rows = pq.read_table(io.BytesIO(store.read_bytes("ndvi_timeseries", slug, f"aoi={aoi}.parquet"))).to_pylist()
+            cells = [
+                f"{r['date']:%m-%d} {r['mean_ndvi']:.2f} ({r['valid_fraction']:.0%})"
+                for r in rows if r["mean_ndvi"] is not None
+            ]
+            log(f"  AOI {aoi} mean NDVI (valid pixels): " + ", ".join(cells))
     return out
 
 

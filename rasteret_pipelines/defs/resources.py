@@ -144,9 +144,6 @@ class DataSourceResource(dg.ConfigurableResource):
     demo_port: int = Field(default=DEFAULT_DEMO_PORT, description="Demo STAC API port (COGs on the next)")
     demo_months: str = Field(default=",".join(DEFAULT_DEMO_MONTHS), description="Months of the demo world")
 
-    def uses_demo(self, source_id: str) -> bool:
-        return not os.environ.get(stac_url_env_var(source_id)) and self.stac_url.strip().lower() == DEMO
-
     def stac_url_for(self, source_id: str, *, start_demo: bool = True) -> str:
         """The STAC API root to search for ``source_id``.
 
