@@ -72,3 +72,17 @@ def test_public_and_per_source_stac_urls(monkeypatch):
     assert DataSourceResource(stac_url="http://x").stac_url_for("sentinel-2-l2a") == "http://x"
     monkeypatch.setenv("RASTERET_STAC_URL_SENTINEL_2_L2A", "http://mirror")
     assert DataSourceResource().stac_url_for("sentinel-2-l2a") == "http://mirror"
+
+
+def test_instance_configuration(tmp_path):
+    """The repository's dagster.yaml is a working local instance with the run queue and pools."""
+    from rasteret_pipelines_tests.defs.conftest import local_instance
+
+    instance = local_instance(tmp_path / "home")
+    config = instance.get_concurrency_config()
+    assert config.pool_config.default_pool_limit == 2
+    assert config.pool_config.pool_granularity.value == "op"
+    assert config.run_queue_config.max_concurrent_runs == 4
+    assert config.run_queue_config.tag_concurrency_limits[0]["key"] == "rasteret/source"
+    assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
+    assert not instance.run_retries_retry_on_asset_or_op_failure
