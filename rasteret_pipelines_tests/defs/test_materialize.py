@@ -7,7 +7,6 @@ from pathlib import Path
 import boto3
 import dagster as dg
 import pyarrow.parquet as pq
-import pytest
 
 from rasteret_pipelines.defs.assets import collection_key, ndvi_key, timeseries_key
 from rasteret_pipelines_tests.defs.conftest import MONTHS, make_project
