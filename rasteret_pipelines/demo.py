@@ -140,30 +140,6 @@ def _du(folder: Path) -> int:
 # --- the mirror ---------------------------------------------------------------------------------
 
 
-def _fixed_port(cls):
-    """A subclass of a mirror server that listens on a given port (0: ephemeral)."""
-
-    class FixedPort(cls):
-        def __init__(self, *args, port: int = 0, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._bind_port = port
-
-        async def _startup(self) -> None:
-            from aiohttp import web
-
-            app = web.Application(client_max_size=16 * 1024 * 1024)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", self._bind_port)
-            await site.start()
-            self._runner = runner
-            self._port = runner.addresses[0][1]
-
-    FixedPort.__name__ = f"FixedPort{cls.__name__}"
-    return FixedPort
-
-
 class DemoMirror:
     """The demo world served on 127.0.0.1: a STAC API and a range-capable COG server.
 
@@ -187,13 +163,13 @@ class DemoMirror:
 
         world = json.loads((self.demo_dir / WORLD_FILE).read_text())
         cog_port = self.port + 1 if self.port else 0
-        self.cogs = _fixed_port(RangeServer)(self.demo_dir, port=cog_port).start()
+        self.cogs = RangeServer(self.demo_dir, port=cog_port).start()
         try:
             items = [
                 rewrite_hrefs(item, lambda _key, href: self.cogs.url_for(href) if href.startswith("cogs/") else None)
                 for item in world["items"]
             ]
-            self.stac = _fixed_port(StacServer)(items, title=DEMO_TITLE, port=self.port).start()
+            self.stac = StacServer(items, title=DEMO_TITLE, port=self.port).start()
         except BaseException:
             self.cogs.stop()
             raise

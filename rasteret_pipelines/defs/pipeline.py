@@ -181,6 +181,7 @@ def ndvi_month(
     except NoScenesError as exc:
         manifest["note"] = str(exc)
         return manifest
+    manifest["reads"] = {k: int(ds.attrs[k]) for k in ("requests", "header_requests", "bytes_read")}
     ndvi = ndvi_dataset(ds, red, nir)
     paths = save_per_geometry(ndvi, output_uri, file_prefix="ndvi", data_var="NDVI")
     gid = next(iter(paths))

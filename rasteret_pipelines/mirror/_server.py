@@ -40,8 +40,9 @@ class BackgroundServer(abc.ABC, Generic[RecordT]):
     name the concrete class (``"RangeServer is not running"``).
     """
 
-    def __init__(self, *, latency: float = 0.0, faults: FaultPlan | None = None):
+    def __init__(self, *, latency: float = 0.0, faults: FaultPlan | None = None, port: int = 0):
         self.latency = latency
+        self._bind_port = port
         self.faults = faults
         self._log: list[RecordT] = []
         self._log_lock = threading.Lock()
@@ -129,7 +130,7 @@ class BackgroundServer(abc.ABC, Generic[RecordT]):
     async def _startup(self) -> None:
         runner = web.AppRunner(self._make_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", self._bind_port)
         await site.start()
         self._runner = runner
         self._port = runner.addresses[0][1]

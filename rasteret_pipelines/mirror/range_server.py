@@ -180,11 +180,13 @@ class RangeServer(BackgroundServer[RequestRecord]):
     Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self, root: Path | str, *, latency: float = 0.0, faults: FaultPlan | None = None):
+    def __init__(
+        self, root: Path | str, *, latency: float = 0.0, faults: FaultPlan | None = None, port: int = 0
+    ):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise NotADirectoryError(f"not a directory: {self.root}")
-        super().__init__(latency=latency, faults=faults)
+        super().__init__(latency=latency, faults=faults, port=port)
 
     # --- lifecycle (start, stop, port, url: see BackgroundServer) ----------------------------
 

@@ -1465,10 +1465,11 @@ class StacServer(BackgroundServer[StacRequestRecord]):
         latency: float = 0.0,
         title: str = "Local STAC API (rasteret_pipelines.mirror.stac_server)",
         rewrite_links: bool = True,
+        port: int = 0,
     ):
         if page_limit_max < 1 or default_limit < 1:
             raise ValueError("page_limit_max and default_limit must be >= 1")
-        super().__init__(latency=latency, faults=faults)
+        super().__init__(latency=latency, faults=faults, port=port)
         self.page_limit_max = page_limit_max
         self.default_limit = default_limit
         self.title = title

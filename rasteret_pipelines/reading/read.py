@@ -31,7 +31,7 @@ from affine import Affine
 from pyproj import CRS, Transformer
 from rasterio.enums import Resampling
 
-from rasteret_pipelines.cog import CogHeader, FetchConfig, RangeFetcher
+from rasteret_pipelines.cog import CogHeader, FetchConfig, FetchStats, RangeFetcher
 from rasteret_pipelines.cog.read import fetch_windows
 from rasteret_pipelines.collections.query import Collection
 from rasteret_pipelines.errors import DateRangeError, NoScenesError, UnknownBandError
@@ -154,7 +154,7 @@ def read_geometries(
             + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
         )
     config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays)
-    asyncio.run(_fetch(plans, config))
+    stats = asyncio.run(_fetch(plans, config))
     dtype = np.dtype(next(iter(plans[0].layers.values()))[0][1][keys[bands[0]]].header.dtype)
     out_dtype = dtype if values == "native" else np.dtype("float32")
     fill = _native_fill(plans, keys, bands) if values == "native" else np.nan
@@ -166,6 +166,9 @@ def read_geometries(
         "asset_keys": [keys[b] for b in bands],
         "cloud_mask": int(bool(cloud_mask)),
         "all_touched": int(bool(all_touched)),
+        "requests": stats.requests,
+        "header_requests": stats.header_requests,
+        "bytes_read": stats.bytes,
     }
     if uncovered:
         attrs["geometries_without_scenes"] = [str(g) for g in uncovered]
@@ -346,12 +349,14 @@ def _window_read(header: CogHeader, grid: _Grid) -> _Read:
     return _Read(header, (col0, row0, col1 - col0, row1 - row0), direct=False)
 
 
-async def _fetch(plans: list[_GeometryPlan], config: FetchConfig | None) -> None:
+async def _fetch(plans: list[_GeometryPlan], config: FetchConfig | None) -> FetchStats:
+    """Fetch every planned window in one batch; returns the transport's request counters."""
     reads = [r for p in plans for layer in p.layers.values() for _, rs in layer for r in rs.values()]
     async with RangeFetcher(config) as fetcher:
         arrays = await fetch_windows(fetcher, [(r.header, r.window) for r in reads])
     for r, arr in zip(reads, arrays):
         r.result = arr[0]  # single-band COGs (one asset per band)
+    return fetcher.stats
 
 
 # -- values, masks and mosaics -----------------------------------------------------------------

@@ -42,6 +42,7 @@ def test_collections_ndvi_and_timeseries_over_partitions(project, clean_mirror):
 
     clean_mirror.cogs.reset_log()
     clean_mirror.stac.reset_log()
+    reported_gets = 0
     for key in MONTH_KEYS:
         for aoi in ("1", "2"):
             result = project.run("ndvi_job", dg.MultiPartitionKey({"month": key, "aoi": aoi}))
@@ -49,6 +50,9 @@ def test_collections_ndvi_and_timeseries_over_partitions(project, clean_mirror):
             meta = metadata(result, ndvi_key(S2))
             assert meta["dates"] == 2 and meta["files"] == 2
             assert -1 <= meta["mean_ndvi"] <= 1 and 0 < meta["mean_valid_fraction"] <= 1
+            assert meta["header_get_requests"] == 0 and meta["tile_get_requests"] > 0
+            reported_gets += meta["tile_get_requests"]
+    assert reported_gets == clean_mirror.cogs.count("GET")  # the metadata agrees with the server
     requests = clean_mirror.cogs.requests
     assert requests, "the NDVI reads fetched tiles"
     # zero header GETs: no request starts at byte 0 (header reads do), nothing but ranged GETs

@@ -92,6 +92,10 @@ def ndvi_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinition:
         }
         if "note" in manifest:
             metadata["note"] = manifest["note"]
+        if "reads" in manifest:  # tile reads through the cached headers
+            metadata["tile_get_requests"] = manifest["reads"]["requests"]
+            metadata["header_get_requests"] = manifest["reads"]["header_requests"]
+            metadata["bytes_read"] = manifest["reads"]["bytes_read"]
         if dates:
             lines = ["| date | valid fraction | mean NDVI | median NDVI |", "| --- | --- | --- | --- |"]
             for d in dates:
