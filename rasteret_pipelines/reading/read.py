@@ -155,9 +155,7 @@ def read_geometries(
         )
     config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays)
     stats = asyncio.run(_fetch(plans, config))
-    dtype = np.dtype(next(iter(plans[0].layers.values()))[0][1][keys[bands[0]]].header.dtype)
-    out_dtype = dtype if values == "native" else np.dtype("float32")
-    fill = _native_fill(plans, keys, bands) if values == "native" else np.nan
+    out_dtype, fill = _output_type(plans, keys, bands, values)
     attrs = {
         "collection": collection.name,
         "data_source": collection.source.id,
@@ -362,10 +360,20 @@ async def _fetch(plans: list[_GeometryPlan], config: FetchConfig | None) -> Fetc
 # -- values, masks and mosaics -----------------------------------------------------------------
 
 
-def _native_fill(plans, keys, bands):
-    header = next(iter(plans[0].layers.values()))[0][1][keys[bands[0]]].header
-    value = header.nodata
-    return header.fill_value if value is not None else np.dtype(header.dtype).type(0)
+def _output_type(plans, keys, bands, values):
+    """(dtype, fill) of the output: float32 and NaN, or for ``native`` the files' own."""
+    if values != "native":
+        return np.dtype("float32"), np.nan
+    first = next(iter(plans[0].layers.values()))[0][1]
+    headers = [first[keys[b]].header for b in bands]
+    kinds = {(h.dtype, h.nodata_text) for h in headers}
+    if len(kinds) > 1:
+        raise ValueError(
+            "values='native' needs bands of one dtype and nodata, got "
+            + ", ".join(f"{b}: {h.dtype} nodata {h.nodata_text}" for b, h in zip(bands, headers))
+            + "; read them separately or use values='float'"
+        )
+    return np.dtype(headers[0].dtype), headers[0].fill_value
 
 
 def _on_grid(read: _Read, grid: _Grid, resampling) -> tuple[np.ndarray, np.ndarray]:

@@ -163,6 +163,12 @@ def test_native_values_are_uint16_with_nodata_zero(world):
         assert (ds["red"].values[gi, :, h:, :] == 0).all() and (ds["red"].values[gi, :, :, w:] == 0).all()
 
 
+def test_native_values_refuse_bands_of_different_dtypes(world):
+    """SCL is uint8 and red uint16: one native array cannot hold both without changing values."""
+    with pytest.raises(ValueError, match="red: uint16.*scl: uint8"):
+        read_world(world, list(AOIS.values()), ["red", "scl"], date_range=BASE_RANGE, values="native")
+
+
 # -- reflectance -----------------------------------------------------------------------------
 
 
