@@ -190,6 +190,13 @@ def write_json(path: Path, report: dict, note_prefix: str = "") -> None:
     print(f"{note_prefix}wrote {path}")
 
 
+def print_targets(targets: dict[str, bool]) -> None:
+    """One ``PASS``/``MISS`` line per target, after a blank line."""
+    print()
+    for name, ok in targets.items():
+        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+
+
 def exit_status(strict: bool, targets: dict[str, bool]) -> int:
     """1 under ``--strict`` when a target is missed, else 0."""
     return 1 if strict and not all(targets.values()) else 0

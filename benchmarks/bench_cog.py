@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import (
-    REPO_ROOT, Traffic, account, exit_status, first_tile_offsets, link_file, peak_rss_mb,
+    REPO_ROOT, Traffic, account, exit_status, first_tile_offsets, link_file, peak_rss_mb, print_targets,
     run_worker, serve_worker, settle, write_json,
 )
 
@@ -583,9 +583,7 @@ def main(argv=None) -> int:
         "engine-cached header GETs == 0": ec["header_gets"] == 0,
         "engine-cached >= 3x faster than rasterio-8t": (ec["speedup_vs_rasterio_8t"] or 0) >= 3.0,
     }
-    print()
-    for name, ok in targets.items():
-        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    print_targets(targets)
 
     if args.json:
         report = {

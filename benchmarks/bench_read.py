@@ -60,6 +60,7 @@ from benchmarks._common import (
     Traffic,
     account,
     exit_status,
+    print_targets,
     first_tile_offsets,
     peak_rss_mb,
     run_worker,
@@ -498,9 +499,7 @@ def main(argv=None) -> int:
         f"fields engine GETs <= distinct tiles needed ({distinct['fields']})": fe["gets"] + fe["heads"] <= distinct["fields"],
         "fields engine header GETs == 0": fe["header_gets"] == 0,
     }
-    print()
-    for name, ok in targets.items():
-        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    print_targets(targets)
 
     if args.json:
         report = {
