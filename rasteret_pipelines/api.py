@@ -25,7 +25,6 @@ from rasteret_pipelines.collections import (
     list_collections,
     load_collection,
 )
-from rasteret_pipelines.collections.search import check_date_range
 from rasteret_pipelines.reading import normalize_geometries, read_geometries
 from rasteret_pipelines.reading.gdf import dataset_to_gdf
 
@@ -98,7 +97,6 @@ class Rasteret:
         """Index the STAC search into this collection (incremental when it exists)."""
         if self.date_range is None:
             raise ValueError("date_range is needed to create a collection")
-        check_date_range(self.date_range, get_source(self.data_source))
         self.last_build = build_collection(
             self.data_source, self.name, self.workspace_dir, date_range=self.date_range, bbox=bbox,
             geometry=geometry, bands=bands, cloud_cover_lt=cloud_cover_lt, platform=platform,

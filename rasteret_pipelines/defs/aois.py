@@ -71,18 +71,12 @@ def read_uri_bytes(uri: str) -> bytes:
     Raises:
         FileNotFoundError: naming the location.
     """
-    text = os.fspath(uri)
-    if text.startswith("s3://"):
-        parent, name = posixpath.split(text.rstrip("/"))
-        store = Storage.from_uri(parent)
-        if not store.exists(name):
-            raise FileNotFoundError(f"{text} does not exist")
-        return store.read_bytes(name)
-    path = text.removeprefix("file://")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{os.path.abspath(path)} does not exist")
-    with open(path, "rb") as fh:
-        return fh.read()
+    text = os.fspath(uri).rstrip("/")
+    parent, name = posixpath.split(text) if text.startswith("s3://") else os.path.split(text)
+    store = Storage.from_uri(parent or ".")
+    if not store.exists(name):
+        raise FileNotFoundError(f"{store.uri_of(name)} does not exist")
+    return store.read_bytes(name)
 
 
 def read_aoi_bytes(uri: str) -> bytes:

@@ -200,12 +200,11 @@ def ndvi_month(
 def layer_stats(one, geometry_4326) -> list[dict]:
     """Per date of a one-geometry NDVI Dataset: valid fraction inside the AOI, mean, median."""
     import rasterio.features
-    import shapely
     from affine import Affine
-    from pyproj import Transformer
 
-    to_local = Transformer.from_crs("EPSG:4326", one.attrs["crs"], always_xy=True).transform
-    local = shapely.transform(geometry_4326, lambda x, y: to_local(x, y), interleaved=False)
+    from rasteret_pipelines.reading.read import reproject_geometry
+
+    local = reproject_geometry(geometry_4326, "EPSG:4326", one.attrs["crs"])
     height, width = int(one.sizes["y"]), int(one.sizes["x"])
     inside = rasterio.features.geometry_mask(
         [local], out_shape=(height, width), transform=Affine(*one.attrs["transform"][:6]), invert=True
