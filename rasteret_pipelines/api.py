@@ -94,13 +94,18 @@ class Rasteret:
         query=None,
         progress: bool | None = None,
     ) -> Rasteret:
-        """Index the STAC search into this collection (incremental when it exists)."""
+        """Index the STAC search into this collection (incremental when it exists).
+
+        A new collection whose search finds nothing is not created
+        (:class:`~rasteret_pipelines.errors.EmptySearchError`), nor one whose build fails.
+        """
         if self.date_range is None:
             raise ValueError("date_range is needed to create a collection")
         self.last_build = build_collection(
             self.data_source, self.name, self.workspace_dir, date_range=self.date_range, bbox=bbox,
             geometry=geometry, bands=bands, cloud_cover_lt=cloud_cover_lt, platform=platform,
             query=query, stac_url=self.stac_url, fetch_config=self.fetch_config, progress=progress,
+            require_items=True,
         )
         self._collection = load_collection(self.name, self.workspace_dir)
         return self

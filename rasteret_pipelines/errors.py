@@ -77,6 +77,14 @@ class CollectionNotFoundError(CollectionError, ValueError):
     """No collection of that name in the workspace."""
 
 
+class EmptySearchError(CollectionError, ValueError):
+    """A new collection's STAC search found no item: nothing was created."""
+
+
+class OutdatedCollectionError(CollectionError):
+    """Month files written in a layout this version does not read; the message says how to rebuild."""
+
+
 # --- Reading ----------------------------------------------------------------------------------
 
 

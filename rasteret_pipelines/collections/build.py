@@ -6,18 +6,23 @@ Layout under the workspace::
     <workspace>/<collection>/month=2024-01/items.parquet
     <workspace>/<collection>/month=2024-02/items.parquet
 
-Rebuilding a month reuses the cached header of every (item, band) whose href and ``updated``
-time are unchanged, and fetches only what is new, changed or failed before. A header that
-cannot be read is recorded in ``<band>_error`` and in the report; the next build retries it.
+Each month file is STAC-GeoParquet written by the ``stac-geoparquet`` library, plus the band
+columns of :mod:`~rasteret_pipelines.collections.schema`. Rebuilding a month reuses the cached
+header of every (item, band) whose href and ``updated`` time are unchanged (also from a month
+file of the layout before STAC-GeoParquet, which the rebuild replaces), and fetches only what is
+new, changed or failed before. A header that cannot be read is recorded in ``<band>_error`` and
+in the report's ``failed``; the next build retries it. A band the item has no asset for is
+reported in ``missing`` instead: no retry can fix that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,7 +33,7 @@ import shapely
 import shapely.geometry
 
 from rasteret_pipelines import __version__
-from rasteret_pipelines.cog import FetchConfig, RangeFetcher
+from rasteret_pipelines.cog import FetchConfig, RangeFetcher, run_sync
 from rasteret_pipelines.cog.read import fetch_header
 from rasteret_pipelines.collections import schema
 from rasteret_pipelines.collections.search import (
@@ -41,7 +46,7 @@ from rasteret_pipelines.collections.search import (
     search_items,
 )
 from rasteret_pipelines.collections.sources import DataSource, get_source
-from rasteret_pipelines.errors import CollectionError, RasteretError
+from rasteret_pipelines.errors import CollectionError, EmptySearchError, RasteretError
 from rasteret_pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
 """Leading underscore: pyarrow.dataset and Spark skip it when reading the folder."""
 MONTH_FILE = "items.parquet"
+FORMAT = "stac-geoparquet-1.0"
+"""The month layout, recorded in the manifest (``format``)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,14 @@ class FailedAsset:
     band: str
     href: str | None
     error: str
+
+
+@dataclass(frozen=True)
+class MissingAsset:
+    """A requested band the STAC item has no asset for (nothing to fetch, nothing to retry)."""
+
+    item_id: str
+    band: str
 
 
 @dataclass
@@ -73,6 +88,9 @@ class MonthReport:
     headers_reused: int = 0
     headers_fetched: int = 0
     failed: list[FailedAsset] = field(default_factory=list)
+    """Headers that could not be read: the next build retries them."""
+    missing: list[MissingAsset] = field(default_factory=list)
+    """Requested bands the items have no asset for."""
     header_requests: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -94,6 +112,10 @@ class BuildReport:
     @property
     def failed(self) -> list[FailedAsset]:
         return [f for m in self.months for f in m.failed]
+
+    @property
+    def missing(self) -> list[MissingAsset]:
+        return [a for m in self.months for a in m.missing]
 
     @property
     def header_requests(self) -> int:
@@ -123,6 +145,7 @@ def build_collection(
     stac_url: str | None = None,
     fetch_config: FetchConfig | None = None,
     progress: bool | None = None,
+    require_items: bool = False,
 ) -> BuildReport:
     """Search ``source`` and index every band header into ``workspace/name``, month by month.
 
@@ -140,9 +163,17 @@ def build_collection(
         stac_url: STAC API root overriding the source's default and the environment.
         fetch_config: Transport settings for header reads.
         progress: Show a progress bar (default: when stderr is a terminal).
+        require_items: Refuse to create a collection the search finds no item for
+            (:class:`EmptySearchError`) instead of writing empty months.
 
     Returns:
         A :class:`BuildReport`; failed headers are listed there and in the month files.
+
+    Raises:
+        EmptySearchError: ``require_items`` and the collection is new and the search found nothing.
+
+    A new collection whose build fails (or finds nothing with ``require_items``) is removed:
+    no half-built collection is left for later runs to trip on.
     """
     src = get_source(source)
     keys = src.resolve_bands(bands)
@@ -160,66 +191,124 @@ def build_collection(
             f"collection {name!r} in {store.uri} holds {manifest.get('data_source')} items, "
             f"not {src.id}"
         )
+    new = not store.exists(name, MANIFEST)
     report = BuildReport(name=name, source=src.id, location=store.uri_of(name))
-    for month in months_between(start, end):
-        if month.end < dt.date.fromisoformat(src.start_date):
-            continue
-        t0 = time.perf_counter()
-        items = search_items(
-            src, month, stac_url=stac_url, bbox=bbox, geometry=geom, query=search_query
-        )
-        previous = _previous_headers(store, name, month.key, keys)
-        month_report, table = asyncio.run(
-            _build_month(src, keys, items, previous, config, month, name, progress)
-        )
-        table = table.replace_schema_metadata({b"geo": _geo(table)})
-        if table.num_rows == 0:
-            log.warning("%s: no %s items for %s; writing an empty month", name, src.id, month.key)
-        month_report.path = store.write_parquet(table, name, f"month={month.key}", MONTH_FILE)
-        month_report.seconds = time.perf_counter() - t0
-        report.months.append(month_report)
-        if month_report.failed:
-            log.warning(
-                "%s %s: %d band headers failed (recorded; the next build retries them)",
-                name, month.key, len(month_report.failed),
+    try:
+        for month in months_between(start, end):
+            if month.end < dt.date.fromisoformat(src.start_date):
+                continue
+            report.months.append(
+                _build_and_write_month(src, keys, store, name, month, stac_url, bbox, geom,
+                                       search_query, config, progress)
             )
-    _write_manifest(store, name, manifest, src, keys, (start, end), bbox, geom, cloud_cover_lt,
-                    platform, query, stac_url, report)
+        if require_items and new and report.items == 0:
+            raise EmptySearchError(
+                f"the {src.id} search at {src.effective_stac_url(stac_url)} found no items for "
+                f"{start}..{end}"
+                + (f" in bbox {list(bbox)}" if bbox is not None else "")
+                + (" intersecting the geometry" if geom is not None else "")
+                + (f" with {search_query}" if search_query else "")
+                + f"; collection {name!r} was not created"
+            )
+        _write_manifest(store, name, manifest, src, keys, (start, end), bbox, geom, cloud_cover_lt,
+                        platform, query, stac_url, report)
+    except BaseException:
+        if new:
+            _remove_new_months(store, name, [m.month for m in report.months])
+        raise
     return report
+
+
+def _remove_new_months(store: Storage, name: str, months: Sequence[str]) -> None:
+    """Undo a failed build of a new collection: its month files, then the folder if empty.
+
+    Only what this build wrote is removed (another process may be building other months).
+    """
+    for month in months:
+        store.delete(name, f"month={month}")
+    if not store.list_files(name):
+        store.delete(name)
+    log.info("removed the months of the failed new collection %s", store.uri_of(name))
+
+
+def _build_and_write_month(src, keys, store, name, month: Month, stac_url, bbox, geom,
+                           search_query, config, progress) -> MonthReport:
+    t0 = time.perf_counter()
+    items = search_items(src, month, stac_url=stac_url, bbox=bbox, geometry=geom, query=search_query)
+    previous = _previous_headers(store, name, month.key, keys)
+    month_report, table = run_sync(
+        _build_month(src, keys, items, previous, config, month, name, progress)
+    )
+    if table.num_rows == 0:
+        log.warning("%s: no %s items for %s; writing an empty month", name, src.id, month.key)
+    month_report.path = write_month(store, table, name, month.key)
+    month_report.seconds = time.perf_counter() - t0
+    if month_report.failed:
+        log.warning(
+            "%s %s: %d band headers failed (recorded; the next build retries them)",
+            name, month.key, len(month_report.failed),
+        )
+    if month_report.missing:
+        bands = sorted({a.band for a in month_report.missing})
+        log.info(
+            "%s %s: %d items have no asset for %s (nothing to fetch or retry)",
+            name, month.key, len({a.item_id for a in month_report.missing}), ", ".join(bands),
+        )
+    return month_report
+
+
+def write_month(store: Storage, table: pa.Table, name: str, month: str) -> str:
+    """Write one month file through ``stac_geoparquet.arrow.to_parquet``, atomically.
+
+    Returns the user-facing location of ``<name>/month=<month>/items.parquet``.
+    """
+    from stac_geoparquet.arrow import to_parquet
+
+    with tempfile.TemporaryDirectory(prefix="rasteret-month-") as tmp:
+        local = os.path.join(tmp, MONTH_FILE)
+        to_parquet(table, local, compression="zstd")
+        return store.upload_file(local, name, f"month={month}", MONTH_FILE)
 
 
 async def _build_month(
     src: DataSource,
     keys: list[str],
     items: list[dict],
-    previous: dict[tuple[str, str], tuple[str | None, str | None, dict]],
+    previous: dict[tuple[str, str], tuple[str | None, dt.datetime | None, dict]],
     config: FetchConfig,
     month: Month,
     name: str,
     progress: bool | None,
 ) -> tuple[MonthReport, pa.Table]:
     result = MonthReport(month=month.key)
-    rows: list[dict] = []
-    to_fetch: list[tuple[dict, str, str]] = []  # row, band, href
-    for item in sorted(items, key=lambda i: (str(i.get("properties", {}).get("datetime")), str(i.get("id")))):
-        row, reason = _item_row(src, item)
-        if row is None:
+    checked: list[tuple[dict, dt.datetime]] = []
+    for item in items:
+        good, reason = _check_item(item)
+        if good is None:
             result.skipped_items.append((str(item.get("id")), reason))
             log.warning("%s %s: skipped item %s: %s", name, month.key, item.get("id"), reason)
             continue
+        checked.append((good, _parse_datetime(good["properties"]["datetime"])))
+    checked.sort(key=lambda pair: (pair[1], pair[0]["id"]))
+    table, good_items = _stac_table([item for item, _ in checked], month, name, result)
+    rows: list[dict] = []
+    to_fetch: list[tuple[dict, str, str]] = []  # row, band, href
+    for item in good_items:
+        row = {"id": item["id"]}
+        stamp = _stamp(item["properties"].get("updated") or item["properties"].get("created"))
         for band in keys:
             href_col, header_col, error_col = schema.band_columns(band)
-            asset = (item.get("assets") or {}).get(band)
-            href = src.asset_href(asset) if asset else None
+            asset = item["assets"].get(band)
+            href = src.asset_href(asset) if isinstance(asset, Mapping) else None
             row[href_col] = href
             row[header_col] = None
             row[error_col] = None
             if href is None:
                 row[error_col] = f"item has no {band!r} asset"
-                result.failed.append(FailedAsset(row["id"], band, None, row[error_col]))
+                result.missing.append(MissingAsset(row["id"], band))
                 continue
             old = previous.get((row["id"], band))
-            if old is not None and old[0] == href and old[1] == row["updated"]:
+            if old is not None and old[0] == href and old[1] == stamp:
                 row[header_col] = old[2]
                 result.headers_reused += 1
             else:
@@ -250,7 +339,37 @@ async def _build_month(
         result.header_requests = fetcher.stats.header_requests
         result.bytes = fetcher.stats.bytes
     result.items = len(rows)
-    return result, pa.Table.from_pylist(rows, schema=schema.month_schema(src, keys))
+    values = {c: [r[c] for r in rows] for b in keys for c in schema.band_columns(b)}
+    return result, schema.with_band_columns(table, keys, values)
+
+
+def _stac_table(items: list[dict], month: Month, name: str, result: MonthReport) -> tuple[pa.Table, list[dict]]:
+    """The month's STAC-GeoParquet table (through stac-geoparquet) and the items it holds.
+
+    An item that cannot be stored on its own (say an unparseable timestamp) is moved to
+    ``result.skipped_items``; items that can each be stored but not together are an error.
+    """
+    if not items:
+        return schema.empty_month_table(), []
+    try:
+        return schema.items_table(items), items
+    except (pa.ArrowException, ValueError, TypeError) as whole:
+        keep = []
+        for item in items:
+            try:
+                schema.items_table([item])
+            except (pa.ArrowException, ValueError, TypeError) as exc:
+                reason = f"item cannot be stored as STAC-GeoParquet: {exc}"
+                result.skipped_items.append((item["id"], reason))
+                log.warning("%s %s: skipped item %s: %s", name, month.key, item["id"], reason)
+            else:
+                keep.append(item)
+        if len(keep) == len(items):
+            raise CollectionError(
+                f"the {month.key} items of collection {name!r} cannot be stored in one "
+                f"STAC-GeoParquet table (do their properties disagree in type?): {whole}"
+            ) from whole
+        return _stac_table(keep, month, name, result)
 
 
 def _progress_bar(total: int, desc: str, progress: bool | None):
@@ -271,14 +390,25 @@ def _parse_datetime(value) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
-def _item_row(src: DataSource, item: Mapping) -> tuple[dict | None, str]:
-    """The typed columns of one item, or (None, reason) when it is malformed."""
+def _stamp(value) -> dt.datetime | None:
+    """An item's ``updated`` (or ``created``) time as a datetime, whatever form it is stored in."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return _parse_datetime(value)
+
+
+def _check_item(item: Mapping) -> tuple[dict | None, str]:
+    """A storable copy of ``item`` (missing ``type``, ``bbox``, ``links``, ``assets`` and
+    ``stac_extensions`` filled in), or (None, reason) when it is malformed."""
+    if not isinstance(item, Mapping):
+        return None, "item is not a JSON object"
     item_id = item.get("id")
-    if not item_id:
+    if not item_id or not isinstance(item_id, str):
         return None, "item has no id"
-    props = item.get("properties") or {}
-    when = _parse_datetime(props.get("datetime") or props.get("start_datetime"))
-    if when is None:
+    props = item.get("properties")
+    if not isinstance(props, Mapping):
+        return None, "item has no properties"
+    if _parse_datetime(props.get("datetime")) is None:
         return None, "item has no valid datetime"
     try:
         geom = shapely.geometry.shape(item["geometry"])
@@ -286,73 +416,41 @@ def _item_row(src: DataSource, item: Mapping) -> tuple[dict | None, str]:
         return None, "item has no valid geometry"
     if geom.is_empty:
         return None, "item geometry is empty"
-    epsg = props.get("proj:epsg")
-    if epsg is None:
-        code = props.get("proj:code")
-        if isinstance(code, str) and code.upper().startswith("EPSG:"):
-            epsg = int(code.split(":", 1)[1])
+    if not isinstance(item.get("assets") or {}, Mapping):
+        return None, "item assets are not an object"
+    out = dict(item)
+    out.setdefault("type", "Feature")
     bounds = item.get("bbox")
-    minx, miny, maxx, maxy = (
-        (float(v) for v in bounds) if bounds and len(bounds) == 4 else geom.bounds
-    )
-    row = {
-        "id": str(item_id),
-        "collection": item.get("collection"),
-        "datetime": when,
-        "geometry": shapely.to_wkb(geom),
-        "bbox": {"xmin": minx, "ymin": miny, "xmax": maxx, "ymax": maxy},
-        "eo:cloud_cover": _float(props.get("eo:cloud_cover")),
-        "platform": props.get("platform"),
-        "proj:epsg": int(epsg) if epsg is not None else None,
-        "updated": str(props.get("updated") or props.get("created") or ""),
-        schema.ITEM_JSON: json.dumps(item, separators=(",", ":")),
-    }
-    for prop in src.properties:
-        value = props.get(prop)
-        dtype = schema.PROPERTY_TYPES.get(prop)
-        if value is None or dtype is None:
-            row[prop] = None if value is None else str(value)
-        elif pa.types.is_boolean(dtype):
-            row[prop] = bool(value)
-        elif pa.types.is_integer(dtype):
-            row[prop] = int(value)
-        else:
-            row[prop] = _float(value)
-    return row, ""
-
-
-def _float(value) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _geo(table: pa.Table) -> bytes:
-    types: list[str] = []
-    bbox = None
-    if table.num_rows:
-        geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-        types = [g.geom_type for g in geoms]
-        b = shapely.total_bounds(geoms)
-        bbox = [float(v) for v in b]
-    return schema.geo_metadata(types, bbox)
+    if not (isinstance(bounds, (list, tuple)) and len(bounds) in (4, 6)):
+        out["bbox"] = [float(v) for v in geom.bounds]
+    for key, empty in (("links", []), ("assets", {}), ("stac_extensions", [])):
+        if out.get(key) is None:
+            out[key] = empty
+    return out, ""
 
 
 def _previous_headers(
     store: Storage, name: str, month: str, keys: Sequence[str]
-) -> dict[tuple[str, str], tuple[str | None, str | None, dict]]:
-    """(item id, band) -> (href, updated, header dict) from the month's existing file."""
+) -> dict[tuple[str, str], tuple[str | None, dt.datetime | None, dict]]:
+    """(item id, band) -> (href, updated, header dict) from the month's existing file.
+
+    Works on outdated month files too (``updated`` as text there), so rebuilding one into
+    STAC-GeoParquet costs no header request.
+    """
     if not store.exists(name, f"month={month}", MONTH_FILE):
         return {}
     path = store.path(name, f"month={month}", MONTH_FILE)
     available = set(pq.read_schema(path, filesystem=store.fs).names)
     out: dict = {}
     bands = [b for b in keys if schema.band_columns(b)[1] in available]
-    columns = ["id", "updated"] + [c for b in bands for c in schema.band_columns(b)[:2]]
+    stamps = [c for c in ("updated", "created") if c in available]
+    columns = ["id"] + stamps + [c for b in bands for c in schema.band_columns(b)[:2]]
     table = pq.read_table(path, columns=columns, filesystem=store.fs)
     ids = table.column("id").to_pylist()
-    updated = table.column("updated").to_pylist()
+    updated = [None] * table.num_rows
+    for column in reversed(stamps):  # updated wins over created
+        updated = [v if v is not None else u for v, u in zip(table.column(column).to_pylist(), updated)]
+    updated = [_stamp(u) for u in updated]
     for band in bands:
         href_col, header_col, _ = schema.band_columns(band)
         for item_id, upd, href, header in zip(
@@ -371,7 +469,9 @@ def _write_manifest(store, name, manifest, src, keys, date_range, bbox, geom, cl
     for m in report.months:
         months[m.month] = {
             "items": m.items,
+            "format": FORMAT,
             "failed_headers": len(m.failed),
+            "missing_assets": len(m.missing),
             "skipped_items": len(m.skipped_items),
             "built_at": now,
         }
@@ -379,6 +479,7 @@ def _write_manifest(store, name, manifest, src, keys, date_range, bbox, geom, cl
     manifest.update(
         {
             "name": name,
+            "format": FORMAT,
             "data_source": src.id,
             "stac_url": src.effective_stac_url(stac_url),
             "bands": sorted(set(manifest.get("bands") or []) | set(keys)),

@@ -18,7 +18,12 @@ from rasteret_pipelines.collections import schema
 from rasteret_pipelines.collections.build import MANIFEST, MONTH_FILE
 from rasteret_pipelines.collections.search import check_bbox, check_date_range, check_geometry
 from rasteret_pipelines.collections.sources import DataSource, get_source
-from rasteret_pipelines.errors import CollectionNotFoundError, UnknownBandError
+from rasteret_pipelines.errors import (
+    CollectionError,
+    CollectionNotFoundError,
+    OutdatedCollectionError,
+    UnknownBandError,
+)
 from rasteret_pipelines.storage import Storage
 
 
@@ -57,12 +62,38 @@ class Collection:
 
     @cached_property
     def dataset(self) -> ds.Dataset:
-        """All months as one :mod:`pyarrow.dataset`, with the ``month`` partition column."""
+        """All months as one :mod:`pyarrow.dataset`, with the ``month`` partition column.
+
+        Month schemas are unified (a property one month lacks reads as null), and the typed
+        properties of :data:`schema.PROPERTY_TYPES` are always present, so filters never miss
+        a column. Only the columns a scan asks for are read.
+
+        Raises:
+            OutdatedCollectionError: a month file predates the STAC-GeoParquet layout.
+        """
         files = self.files
         if not files:
-            return ds.dataset(pa.table({"id": pa.array([], pa.string())}))
+            return ds.dataset(pa.schema(schema.guaranteed_fields()).empty_table())
         schemas = [pq.read_schema(f, filesystem=self.storage.fs) for f in files]
-        unified = pa.unify_schemas([s.remove_metadata() for s in schemas])
+        outdated = sorted(_month_of(f) for f, s in zip(files, schemas) if schema.is_outdated(s))
+        if outdated:
+            raise OutdatedCollectionError(
+                f"collection {self.name!r} in {self.storage.uri} has months written by an older "
+                f"rasteret-pipelines, before collections became STAC-GeoParquet: "
+                f"{', '.join(outdated)}. Rebuild them (build_collection / create_collection over "
+                f"those months, or rematerialise those partitions): the cached headers are reused, "
+                f"so only the STAC search is repeated"
+            )
+        try:
+            unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+            raise CollectionError(
+                f"the month files of collection {self.name!r} in {self.storage.uri} disagree on a "
+                f"column type and cannot be read together: {exc}"
+            ) from exc
+        for f in schema.guaranteed_fields():
+            if f.name not in unified.names:
+                unified = unified.append(f)
         partitioning = ds.partitioning(pa.schema([("month", pa.string())]), flavor="hive")
         return ds.dataset(
             files,
@@ -178,10 +209,21 @@ class Collection:
         import geopandas as gpd
 
         table = self.to_table(**filters)
-        keep = [c for c in table.column_names if not c.endswith("_header") and c != schema.ITEM_JSON]
-        df = table.select(keep).to_pandas()
+        headers = {schema.band_columns(b)[1] for b in schema.header_bands(table.schema)}
+        df = table.select([c for c in table.column_names if c not in headers]).to_pandas()
         df["geometry"] = gpd.GeoSeries.from_wkb(df["geometry"], crs="EPSG:4326")
         return gpd.GeoDataFrame(df, geometry="geometry", crs="EPSG:4326")
+
+    def stac_items(self, **filters) -> list[dict]:
+        """The STAC items of :meth:`to_table` (same filters), as ``stac-geoparquet`` reads them back.
+
+        Columns come back as written: ``pystac.Item.from_dict`` accepts every item.
+        """
+        from stac_geoparquet.arrow import stac_table_to_items
+
+        filters.pop("columns", None)
+        table = schema.stac_view(self.to_table(**filters))
+        return list(stac_table_to_items(table)) if table.num_rows else []
 
     @staticmethod
     def headers(table: pa.Table, band: str) -> list[CogHeader | None]:
@@ -190,6 +232,11 @@ class Collection:
         if column not in table.column_names:
             raise UnknownBandError(f"no header column for band {band!r}")
         return [CogHeader.from_dict(d) if d is not None else None for d in table.column(column).to_pylist()]
+
+
+def _month_of(path: str) -> str:
+    """``YYYY-MM`` of ``.../month=YYYY-MM/items.parquet``."""
+    return path.rsplit("/", 2)[-2].removeprefix("month=")
 
 
 def load_collection(name: str, workspace) -> Collection:

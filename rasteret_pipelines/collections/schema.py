@@ -1,19 +1,30 @@
-"""The Arrow schema of a collection month: STAC-GeoParquet columns plus cached COG headers.
+"""The layout of a collection month: STAC-GeoParquet 1.0 plus the cached COG headers.
 
-One row per STAC item: typed item properties, the geometry as WKB with GeoParquet 1.1 ``geo``
-metadata and a ``bbox`` covering column, the full item as JSON (lossless), and per band
-``<band>_href``, ``<band>_header`` (:meth:`CogHeader.to_dict` as an Arrow struct) and
-``<band>_error`` (why the header could not be read, or null).
+A month file is what the ``stac-geoparquet`` library writes for the month's STAC items (one row
+per item): ``type``, ``stac_version``, ``stac_extensions``, ``id``, ``geometry`` (WKB, GeoParquet
+1.1 ``geo`` metadata with a ``bbox`` covering column), ``bbox``, ``collection``, ``links``,
+``assets``, and every item property as its own column (``datetime``, ``created``, ``updated``
+as UTC timestamps). So DuckDB, geopandas, ``stac_geoparquet.arrow.stac_table_to_items``, rustac
+and the like read it as STAC.
+
+Three extra columns per indexed band (asset key) hold what rasteret-pipelines adds:
+``<band>_href`` (the href read, null when the item has no such asset), ``<band>_header``
+(:meth:`CogHeader.to_dict` as an Arrow struct, null when not read) and ``<band>_error`` (why
+not). :func:`stac_view` drops them (and the ``month`` partition column) for a pure STAC table.
+
+Files written before this layout (the whole item as JSON in ``stac_item``) are *outdated*:
+:func:`is_outdated` spots them; rebuilding a month rewrites it, reusing its cached headers.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from rasteret_pipelines.collections.sources import DataSource
+log = logging.getLogger(__name__)
 
 LEVEL_TYPE = pa.struct(
     [
@@ -62,32 +73,50 @@ HEADER_TYPE = pa.struct(
 )
 """A cached :class:`~rasteret_pipelines.cog.CogHeader` (its ``to_dict`` form) as stored."""
 
+
 BBOX_TYPE = pa.struct(
     [("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())]
 )
+TIMESTAMP = pa.timestamp("us", tz="UTC")
 
-COMMON_COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("id", pa.string()),
-    ("collection", pa.string()),
-    ("datetime", pa.timestamp("us", tz="UTC")),
-    ("geometry", pa.binary()),
-    ("bbox", BBOX_TYPE),
-    ("eo:cloud_cover", pa.float64()),
-    ("platform", pa.string()),
-    ("proj:epsg", pa.int32()),
-    ("updated", pa.string()),
-]
+STAC_TOP_LEVEL = (
+    "type", "stac_version", "stac_extensions", "id", "geometry", "bbox", "collection", "links",
+    "assets",
+)
+"""Item keys stored as columns of their own; every other column is an item property."""
 
 PROPERTY_TYPES: dict[str, pa.DataType] = {
-    "mgrs:utm_zone": pa.int32(),
+    "datetime": TIMESTAMP,
+    "created": TIMESTAMP,
+    "updated": TIMESTAMP,
+    "eo:cloud_cover": pa.float64(),
+    "platform": pa.string(),
+    "proj:epsg": pa.int64(),
+    "mgrs:utm_zone": pa.int64(),
     "earthsearch:boa_offset_applied": pa.bool_(),
     "s2:nodata_pixel_percentage": pa.float64(),
+    "s2:processing_baseline": pa.string(),
     "landsat:cloud_cover_land": pa.float64(),
 }
-"""Source-specific properties that are not strings."""
+"""Properties with a fixed type in every month (others keep the type stac-geoparquet infers),
+so months unify and the filters of :meth:`Collection.to_table` always find them."""
 
-ITEM_JSON = "stac_item"
-"""Column holding the whole STAC item as JSON text."""
+EMPTY_MONTH_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("type", pa.string()),
+    ("stac_version", pa.string()),
+    ("stac_extensions", pa.list_(pa.string())),
+    ("id", pa.string()),
+    ("geometry", pa.binary()),
+    ("bbox", BBOX_TYPE),
+    ("collection", pa.string()),
+    ("links", pa.list_(pa.struct([("rel", pa.string()), ("type", pa.string()), ("href", pa.string())]))),
+]
+"""Columns of a month without items (``assets`` has no fields then, and Parquet cannot store that)."""
+
+LEGACY_ITEM_JSON = "stac_item"
+"""Column of the outdated layout that held the whole item as JSON text."""
+
+BAND_SUFFIXES = ("_href", "_header", "_error")
 
 
 def band_columns(band: str) -> tuple[str, str, str]:
@@ -95,33 +124,73 @@ def band_columns(band: str) -> tuple[str, str, str]:
     return f"{band}_href", f"{band}_header", f"{band}_error"
 
 
-def month_schema(source: DataSource, bands: Sequence[str]) -> pa.Schema:
-    """The schema of every month file of a collection of ``source`` with ``bands``."""
-    fields = [pa.field(name, dtype) for name, dtype in COMMON_COLUMNS]
-    fields += [pa.field(p, PROPERTY_TYPES.get(p, pa.string())) for p in source.properties]
-    fields.append(pa.field(ITEM_JSON, pa.string()))
+def header_bands(arrow_schema: pa.Schema) -> list[str]:
+    """Bands with a cached-header column in ``arrow_schema`` (recognised by its type)."""
+    out = []
+    for f in arrow_schema:
+        if f.name.endswith("_header") and pa.types.is_struct(f.type) and f.type.equals(HEADER_TYPE):
+            out.append(f.name[: -len("_header")])
+    return out
+
+
+def extra_columns(arrow_schema: pa.Schema) -> list[str]:
+    """The columns of ``arrow_schema`` that are not STAC: band columns and ``month``."""
+    names = set(arrow_schema.names)
+    out = [c for b in header_bands(arrow_schema) for c in band_columns(b) if c in names]
+    return out + (["month"] if "month" in names else [])
+
+
+def stac_view(table: pa.Table) -> pa.Table:
+    """``table`` without the extra columns: what ``stac_table_to_items`` turns into items."""
+    return table.drop_columns(extra_columns(table.schema))
+
+
+def is_outdated(arrow_schema: pa.Schema) -> bool:
+    """True for a month file of the layout before STAC-GeoParquet (item JSON in ``stac_item``)."""
+    return LEGACY_ITEM_JSON in arrow_schema.names or "stac_version" not in arrow_schema.names
+
+
+def items_table(items: Sequence[Mapping]) -> pa.Table:
+    """The STAC-GeoParquet table of ``items`` (checked, non-empty), typed per :data:`PROPERTY_TYPES`.
+
+    Raises:
+        ValueError / pyarrow.ArrowException: the items cannot be stored in one table.
+    """
+    from stac_geoparquet.arrow import parse_stac_items_to_arrow
+
+    table = parse_stac_items_to_arrow(list(items), schema="FullFile").read_all()
+    for name, dtype in PROPERTY_TYPES.items():
+        if name not in table.column_names:
+            continue
+        i = table.schema.get_field_index(name)
+        field = table.schema.field(i)
+        if field.type.equals(dtype):
+            continue
+        try:
+            table = table.set_column(i, field.with_type(dtype), pc.cast(table.column(i), dtype))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            log.warning("property %s stays %s (not castable to %s: %s)", name, field.type, dtype, exc)
+    return table
+
+
+def empty_month_table() -> pa.Table:
+    """A month without items: the STAC columns and the typed properties, no rows."""
+    return pa.schema(guaranteed_fields()).empty_table()
+
+
+def with_band_columns(table: pa.Table, bands: Sequence[str], values: Mapping[str, Sequence]) -> pa.Table:
+    """``table`` plus the href, header and error columns of ``bands``.
+
+    ``values[column]`` holds one value per row of ``table`` for every band column.
+    """
     for band in bands:
-        href, header, error = band_columns(band)
-        fields += [pa.field(href, pa.string()), pa.field(header, HEADER_TYPE), pa.field(error, pa.string())]
-    return pa.schema(fields)
+        for column, dtype in zip(band_columns(band), (pa.string(), HEADER_TYPE, pa.string())):
+            table = table.append_column(
+                pa.field(column, dtype), pa.array(values.get(column, [None] * table.num_rows), dtype)
+            )
+    return table
 
 
-def geo_metadata(geometry_types: Sequence[str], bbox: Sequence[float] | None) -> bytes:
-    """GeoParquet 1.1 ``geo`` file metadata for the WKB ``geometry`` column (OGC:CRS84)."""
-    column = {
-        "encoding": "WKB",
-        "geometry_types": sorted(set(geometry_types)),
-        "covering": {
-            "bbox": {
-                "xmin": ["bbox", "xmin"],
-                "ymin": ["bbox", "ymin"],
-                "xmax": ["bbox", "xmax"],
-                "ymax": ["bbox", "ymax"],
-            }
-        },
-    }
-    if bbox is not None:
-        column["bbox"] = [float(v) for v in bbox]
-    return json.dumps(
-        {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
-    ).encode()
+def guaranteed_fields() -> list[pa.Field]:
+    """Columns every collection dataset offers, null where a month has none (for filters)."""
+    return [pa.field(n, t) for n, t in EMPTY_MONTH_COLUMNS + list(PROPERTY_TYPES.items())]

@@ -16,7 +16,6 @@ scene (by datetime, then id) with a valid pixel there wins.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from affine import Affine
 from pyproj import CRS, Transformer
 from rasterio.enums import Resampling
 
-from rasteret_pipelines.cog import CogHeader, FetchConfig, FetchStats, RangeFetcher
+from rasteret_pipelines.cog import CogHeader, FetchConfig, FetchStats, RangeFetcher, run_sync
 from rasteret_pipelines.cog.read import fetch_windows
 from rasteret_pipelines.collections.query import Collection
 from rasteret_pipelines.errors import DateRangeError, NoScenesError, UnknownBandError
@@ -154,7 +153,7 @@ def read_geometries(
             + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
         )
     config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays)
-    stats = asyncio.run(_fetch(plans, config))
+    stats = run_sync(_fetch(plans, config))  # works inside a running loop (Jupyter)
     out_dtype, fill = _output_type(plans, keys, bands, values)
     attrs = {
         "collection": collection.name,
