@@ -33,11 +33,13 @@ def _header(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from rasteret_pipelines.demo import run_demo
+    from rasteret_pipelines.demo import run_demo, serve_for_quickstart
 
     months = [m.strip() for m in args.months.split(",") if m.strip()] if args.months else None
     try:
-        run_demo(months=months, dagster_home=args.dagster_home, keep_serving=args.serve)
+        if args.serve:
+            return serve_for_quickstart(months)
+        run_demo(months=months, dagster_home=args.dagster_home)
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -67,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--months", help="comma-separated YYYY-MM months (default RASTERET_DEMO_MONTHS or 2024-01..2024-03)")
     demo.add_argument("--dagster-home", help="Dagster instance folder (default $DAGSTER_HOME or ./.dagster_home)")
-    demo.add_argument("--serve", action="store_true", help="keep serving the demo mirror afterwards, until Ctrl-C")
+    demo.add_argument(
+        "--serve", action="store_true",
+        help="only serve the demo mirror (no Dagster runs) until Ctrl-C, printing the environment "
+             "lines that point the quick start at it",
+    )
     demo.set_defaults(func=_demo)
     return parser
 

@@ -305,6 +305,53 @@ def serve(demo_dir: str | os.PathLike, port: int, months: Sequence[str], idle_ti
     return 0
 
 
+def quickstart_environment(stac_url: str) -> dict[str, str]:
+    """The environment that points the library's Sentinel-2 source at the demo STAC API."""
+    from rasteret_pipelines.collections import stac_url_env_var
+
+    return {stac_url_env_var("sentinel-2-l2a"): stac_url}
+
+
+def serve_for_quickstart(months: Sequence[str] | None = None, *, log=print, stop: threading.Event | None = None) -> int:
+    """``rasteret-pipelines demo --serve``: serve the demo mirror in the foreground for the quick start.
+
+    Writes the world if needed, serves it on ``RASTERET_DEMO_PORT`` (and the next port), prints
+    the ``export`` lines that point the library at it, and serves until Ctrl-C (or ``stop``).
+    A mirror already listening there is reused: the lines are printed and nothing else is done.
+    """
+    from rasteret_pipelines.defs.settings import Settings
+
+    settings = Settings.from_env()
+    months = tuple(months or settings.demo_months)
+    prepare_world(settings.demo_dir, months, log=log)
+    url = f"http://127.0.0.1:{settings.demo_port}"
+    running = probe_demo_mirror(url)
+    mirror = None if running else DemoMirror(settings.demo_dir, settings.demo_port).start()
+    try:
+        where = "already running" if running else f"COGs on {mirror.cog_url}"
+        log(f"demo mirror (Sentinel-2 L2A, MGRS 43PGQ, {', '.join(months)}): STAC API {url}, {where}")
+        log("point the library at it (in the shell or notebook that runs the quick start):")
+        for name, value in quickstart_environment(url).items():
+            log(f"  export {name}={value}")
+        if mirror is None:
+            return 0
+        log("serving until Ctrl-C ...")
+        stop = stop or threading.Event()
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+        try:
+            stop.wait()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        return 0
+    finally:
+        if mirror is not None:
+            mirror.stop()
+
+
 # --- the main job ---------------------------------------------------------------------------------
 
 
