@@ -24,8 +24,8 @@ What it does, in one run:
 4. ``rebuild``: the same call again, unchanged, in another fresh process (target: 0 header GETs).
 5. Derives a ``--rows`` collection over 10 months from the built month table (new ids,
    datetimes, cloud cover, platforms, grid codes and footprints moved over a 5 x 4 grid of
-   cells, one degree apart), written with the library's own ``Storage.write_parquet``, GeoParquet
-   metadata and manifest writer.
+   cells, one degree apart), written with the library's own month writer (stac-geoparquet) and
+   manifest writer.
 6. ``filter``: in a fresh process, ``load_collection`` and three ``Collection.to_table`` filters
    (date range + cloud cover + bbox; a polygon; a property), ``--repeat`` times, median
    reported; row counts are checked against numbers computed independently while deriving,
@@ -201,16 +201,18 @@ def make_items(recorded: dict, ids, url_for) -> list[dict]:
 def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
     """Write ``DERIVED_NAME``: ``rows`` rows over ``DERIVED_MONTHS``, copied from the built month.
 
-    Uses the library's writers (``Storage.write_parquet``, ``build._geo``,
-    ``build._write_manifest``) so the files and manifest are what a build writes. Returns the
-    expected row ids of every filter in :data:`FILTERS`, computed here independently.
+    The built month's items (read back with ``stac_table_to_items``) are re-dated and moved, then
+    written with the library's own writers (``schema.items_table``, ``schema.with_band_columns``,
+    ``build.write_month``, ``build._write_manifest``), so the files and manifest are what a build
+    writes. Returns the expected row ids of every filter in :data:`FILTERS`, computed here
+    independently.
     """
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
     import shapely
     import shapely.affinity
     import shapely.geometry
+    from stac_geoparquet.arrow import stac_table_to_items
 
     from rasteret_pipelines.collections import build as build_module
     from rasteret_pipelines.collections import schema
@@ -221,11 +223,10 @@ def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
     keys = list(BANDS)
     store = Storage.from_uri(workspace)
     base = pq.ParquetFile(store.path(BUILD_NAME, "month=2025-07", build_module.MONTH_FILE)).read()
-    month_schema = schema.month_schema(src, keys)
-    base = base.select(month_schema.names).cast(month_schema)
     nbase = base.num_rows
-    base_items = [json.loads(s) for s in base.column(schema.ITEM_JSON).to_pylist()]
-    base_geoms = shapely.from_wkb(base.column("geometry").to_numpy(zero_copy_only=False))
+    base_items = list(stac_table_to_items(schema.stac_view(base)))
+    base_bands = {c: base.column(c).to_pylist() for b in keys for c in schema.band_columns(b)}
+    base_geoms = [shapely.geometry.shape(i["geometry"]) for i in base_items]
 
     rng = np.random.default_rng(seed)
     per_month = [rows // len(DERIVED_MONTHS) + (1 if i < rows % len(DERIVED_MONTHS) else 0)
@@ -248,12 +249,11 @@ def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
         first = dt.datetime(year, mon, 1, tzinfo=dt.timezone.utc)
         nxt = dt.datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=dt.timezone.utc)
         idx = np.arange(j, j + n) % nbase
-        table = base.take(pa.array(idx))
         secs = np.sort(rng.uniform(0, (nxt - first).total_seconds(), n))
         cells = rng.integers(0, GRID_COLS * GRID_ROWS, n)
         clouds = np.round(rng.uniform(0, 100, n), 4)
         plats = rng.integers(0, len(PLATFORMS), n)
-        ids, whens, geoms_wkb, bboxes, codes, squares, jsons = [], [], [], [], [], [], []
+        items = []
         for k in range(n):
             when = first + dt.timedelta(seconds=float(secs[k]))
             cell = int(cells[k])
@@ -273,13 +273,7 @@ def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
             })
             item.update({"id": item_id, "properties": props, "bbox": [minx, miny, maxx, maxy],
                          "geometry": shapely.geometry.mapping(geom)})
-            ids.append(item_id)
-            whens.append(when)
-            geoms_wkb.append(shapely.to_wkb(geom))
-            bboxes.append({"xmin": minx, "ymin": miny, "xmax": maxx, "ymax": maxy})
-            codes.append(code)
-            squares.append(sq)
-            jsons.append(json.dumps(item, separators=(",", ":")))
+            items.append(item)
             # Expected answers, from the generated values (not from the library).
             in_bbox = minx <= bx1 and maxx >= bx0 and miny <= by1 and maxy >= by0
             if f1_lo <= when < f1_hi and clouds[k] < f1["cloud_cover_lt"] and in_bbox:
@@ -292,21 +286,9 @@ def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
             if code == want_code:
                 expected["property"].append(item_id)
         j += n
-
-        def put(t: pa.Table, name: str, values, dtype) -> pa.Table:
-            return t.set_column(t.schema.get_field_index(name), name, pa.array(values, dtype))
-
-        table = put(table, "id", ids, pa.string())
-        table = put(table, "datetime", whens, pa.timestamp("us", "UTC"))
-        table = put(table, "geometry", geoms_wkb, pa.binary())
-        table = put(table, "bbox", bboxes, schema.BBOX_TYPE)
-        table = put(table, "eo:cloud_cover", clouds.tolist(), pa.float64())
-        table = put(table, "platform", [PLATFORMS[p] for p in plats], pa.string())
-        table = put(table, "grid:code", codes, pa.string())
-        table = put(table, "mgrs:grid_square", squares, pa.string())
-        table = put(table, schema.ITEM_JSON, jsons, pa.string())
-        table = table.replace_schema_metadata({b"geo": build_module._geo(table)})
-        path = store.write_parquet(table, DERIVED_NAME, f"month={key}", build_module.MONTH_FILE)
+        values = {c: [v[i] for i in idx] for c, v in base_bands.items()}
+        table = schema.with_band_columns(schema.items_table(items), keys, values)
+        path = build_module.write_month(store, table, DERIVED_NAME, key)
         report.months.append(build_module.MonthReport(month=key, path=path, items=n))
     date_range = (dt.date(2025, 1, 1), dt.date(2025, 10, 31))  # DERIVED_MONTHS
     build_module._write_manifest(store, DERIVED_NAME, {}, src, keys, date_range, None, None, None,
