@@ -184,7 +184,9 @@ class Collection:
             geometry: Shapely geometry or GeoJSON the item footprint must intersect.
             platform: A platform, a list, or ``{"in": [...]}``.
             properties: ``{column: value or list of values}`` equality filters.
-            columns: Columns to read (default: all).
+            columns: Columns to read (default: all). Only these (and the filters' columns) are
+                decoded: pass them whenever a caller needs a few, since ``assets`` alone is
+                hundreds of Parquet leaf columns for an Earth Search item (38 assets).
         """
         expr = self.filter_expression(
             date_range=date_range, cloud_cover_lt=cloud_cover_lt, bbox=bbox, geometry=geometry,
@@ -215,9 +217,10 @@ class Collection:
         return gpd.GeoDataFrame(df, geometry="geometry", crs="EPSG:4326")
 
     def stac_items(self, **filters) -> list[dict]:
-        """The STAC items of :meth:`to_table` (same filters), as ``stac-geoparquet`` reads them back.
+        """The STAC items matching :meth:`to_table`'s filters, read back by ``stac-geoparquet``.
 
-        Columns come back as written: ``pystac.Item.from_dict`` accepts every item.
+        The header columns are left out (:func:`schema.stac_view`); ``pystac.Item.from_dict``
+        accepts every item.
         """
         from stac_geoparquet.arrow import stac_table_to_items
 
