@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import io
 import json
 import logging
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pystac
 import pytest
@@ -301,3 +303,114 @@ def test_a_failed_new_build_leaves_no_collection_but_an_old_one_stays(tmp_path, 
         build_s2(workspace, stac, date_range=("2025-07-01", "2025-07-31"))
     collection = load_collection("brazil", workspace)  # the existing collection is kept whole
     assert collection.months == ["2025-06"] and collection.to_table(columns=["id"]).num_rows == 2
+
+
+class _CountingLocalFS(pafs.FileSystemHandler):
+    """A local filesystem that counts the bytes read through it."""
+
+    def __init__(self):
+        self.fs = pafs.LocalFileSystem()
+        self.bytes_read = 0
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    def get_type_name(self):
+        return "counting-local"
+
+    def normalize_path(self, path):
+        return path
+
+    def get_file_info(self, paths):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def open_input_file(self, path):
+        handler = self
+
+        class Counting(io.RawIOBase):
+            def __init__(self, raw):
+                self.raw = raw
+
+            def readable(self):
+                return True
+
+            def seekable(self):
+                return True
+
+            def seek(self, offset, whence=0):
+                return self.raw.seek(offset, whence)
+
+            def tell(self):
+                return self.raw.tell()
+
+            def readinto(self, buffer):
+                data = self.raw.read(len(buffer))
+                handler.bytes_read += len(data)
+                buffer[: len(data)] = data
+                return len(data)
+
+            def close(self):
+                self.raw.close()
+                super().close()
+
+        return pa.PythonFile(Counting(open(path, "rb")), mode="r")
+
+    def open_input_stream(self, path):
+        return self.open_input_file(path)
+
+    def create_dir(self, *a, **k):
+        raise NotImplementedError
+
+    def delete_dir(self, *a, **k):
+        raise NotImplementedError
+
+    def delete_dir_contents(self, *a, **k):
+        raise NotImplementedError
+
+    def delete_root_dir_contents(self, *a, **k):
+        raise NotImplementedError
+
+    def delete_file(self, *a, **k):
+        raise NotImplementedError
+
+    def move(self, *a, **k):
+        raise NotImplementedError
+
+    def copy_file(self, *a, **k):
+        raise NotImplementedError
+
+    def open_output_stream(self, *a, **k):
+        raise NotImplementedError
+
+    def open_append_stream(self, *a, **k):
+        raise NotImplementedError
+
+
+def test_to_table_with_columns_reads_only_those_columns(tmp_path, mirror, stac_for):
+    """What the read path asks for (ids, datetimes, footprints, two headers) costs a fraction of
+    the column data: the hundreds of ``assets`` leaf columns are never read. (The footer, which
+    lists every leaf column, is read once per process and cached by the dataset.)"""
+    items = [mirror.publish(shifted(i, 7, day)) for i in july_2025_items() for day in range(1, 6)]
+    build_s2(tmp_path / "ws", stac_for(items))
+    path = tmp_path / "ws" / "brazil" / "month=2025-07" / MONTH_FILE
+    handler = _CountingLocalFS()
+    local = load_collection("brazil", tmp_path / "ws")
+    store = Storage(local.storage.uri, pafs.PyFileSystem(handler), local.storage.base)
+    collection = type(local)(name=local.name, storage=store, manifest=local.manifest)
+    collection.to_table(columns=["id"])  # opening and a first scan read (and cache) the footers
+    handler.bytes_read = 0
+    table = collection.to_table(columns=["id", "datetime", "geometry", "red_header", "nir_header"],
+                                cloud_cover_lt=50)
+    assert table.num_rows == sum(1 for i in items if i["properties"]["eo:cloud_cover"] < 50)
+    projected = handler.bytes_read
+    handler.bytes_read = 0
+    everything = collection.to_table(cloud_cover_lt=50)
+    assert everything.num_rows == table.num_rows
+    size = path.stat().st_size
+    assert 0 < projected < 0.5 * handler.bytes_read < size, (projected, handler.bytes_read, size)
