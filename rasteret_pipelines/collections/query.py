@@ -10,7 +10,6 @@ from functools import cached_property
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import shapely
 
 from rasteret_pipelines.cog import CogHeader
@@ -74,7 +73,17 @@ class Collection:
         files = self.files
         if not files:
             return ds.dataset(pa.schema(schema.guaranteed_fields()).empty_table())
-        schemas = [pq.read_schema(f, filesystem=self.storage.fs) for f in files]
+        # One fragment per month file, its footer read once here and kept: scans reuse it
+        # (a month of Earth Search items has hundreds of leaf columns, so the footer is the
+        # larger part of what a projected read fetches).
+        fmt = ds.ParquetFileFormat()
+        fragments = []
+        for f in files:
+            fragment = fmt.make_fragment(f, filesystem=self.storage.fs,
+                                         partition_expression=pc.field("month") == _month_of(f))
+            fragment.ensure_complete_metadata()
+            fragments.append(fragment)
+        schemas = [fragment.physical_schema for fragment in fragments]
         outdated = sorted(_month_of(f) for f, s in zip(files, schemas) if schema.is_outdated(s))
         if outdated:
             raise OutdatedCollectionError(
@@ -94,14 +103,9 @@ class Collection:
         for f in schema.guaranteed_fields():
             if f.name not in unified.names:
                 unified = unified.append(f)
-        partitioning = ds.partitioning(pa.schema([("month", pa.string())]), flavor="hive")
-        return ds.dataset(
-            files,
-            schema=unified.append(pa.field("month", pa.string())),
+        return ds.FileSystemDataset(
+            fragments, schema=unified.append(pa.field("month", pa.string())), format=fmt,
             filesystem=self.storage.fs,
-            format="parquet",
-            partitioning=partitioning,
-            partition_base_dir=self.storage.path(self.name),
         )
 
     def resolve_band(self, name: str) -> str:
