@@ -60,6 +60,10 @@ class UnsafeHrefError(CogError):
     and ``s3://`` are allowed (hrefs from a remote STAC API), or another URL scheme."""
 
 
+class StoragePathError(RasteretError, ValueError):
+    """A path built below a storage root would leave it (``..``, an absolute part, NUL)."""
+
+
 class WindowError(RasteretError, ValueError):
     """A requested window or overview level is not valid for the header."""
 

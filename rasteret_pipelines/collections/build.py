@@ -9,6 +9,11 @@ Layout under the workspace::
 Rebuilding a month reuses the cached header of every (item, band) whose href and ``updated``
 time are unchanged, and fetches only what is new, changed or failed before. A header that
 cannot be read is recorded in ``<band>_error`` and in the report; the next build retries it.
+
+Asset hrefs pass :func:`~rasteret_pipelines.hrefs.check_href`: from a remote STAC API only
+``http(s)://`` and ``s3://`` are read; local paths and ``file://`` only with
+``allow_local_hrefs=True`` (a local catalog). A refused href is recorded as a failed asset
+without being opened.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from rasteret_pipelines import __version__
 from rasteret_pipelines.cog import FetchConfig, RangeFetcher
 from rasteret_pipelines.cog.read import fetch_header
 from rasteret_pipelines.collections import schema
+from rasteret_pipelines.collections.names import check_collection_name
 from rasteret_pipelines.collections.search import (
     Month,
     build_query,
@@ -41,7 +47,8 @@ from rasteret_pipelines.collections.search import (
     search_items,
 )
 from rasteret_pipelines.collections.sources import DataSource, get_source
-from rasteret_pipelines.errors import CollectionError, RasteretError
+from rasteret_pipelines.errors import CollectionError, RasteretError, UnsafeHrefError
+from rasteret_pipelines.hrefs import check_href
 from rasteret_pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,9 @@ class MonthReport:
     headers_reused: int = 0
     headers_fetched: int = 0
     failed: list[FailedAsset] = field(default_factory=list)
+    headers_without_version: int = 0
+    """Headers whose object gave neither an ETag nor a Last-Modified time (see the README,
+    "What stale-object detection can see"): only a size change is detected for them."""
     header_requests: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -123,6 +133,7 @@ def build_collection(
     stac_url: str | None = None,
     fetch_config: FetchConfig | None = None,
     progress: bool | None = None,
+    allow_local_hrefs: bool = False,
 ) -> BuildReport:
     """Search ``source`` and index every band header into ``workspace/name``, month by month.
 
@@ -140,6 +151,9 @@ def build_collection(
         stac_url: STAC API root overriding the source's default and the environment.
         fetch_config: Transport settings for header reads.
         progress: Show a progress bar (default: when stderr is a terminal).
+        allow_local_hrefs: Also read asset hrefs that are local paths or ``file://`` URLs (a
+            local catalog you trust). Off by default: a remote catalog's items are read only
+            through ``http(s)://`` and ``s3://`` hrefs, so they cannot open local files.
 
     Returns:
         A :class:`BuildReport`; failed headers are listed there and in the month files.
@@ -149,10 +163,11 @@ def build_collection(
     start, end = check_date_range(date_range, src)
     bbox = check_bbox(bbox)
     geom = check_geometry(geometry)
-    if not name or "/" in name or name.startswith("."):
-        raise CollectionError(f"collection name {name!r} is not a valid folder name")
+    check_collection_name(name)
     search_query = build_query(cloud_cover_lt, platform, query)
-    config = replace(fetch_config or FetchConfig(), requester_pays=src.requester_pays)
+    config = replace(
+        fetch_config or FetchConfig(), requester_pays=src.requester_pays, local_files=allow_local_hrefs
+    )
     store = Storage.from_uri(workspace)
     manifest = store.read_json(name, MANIFEST) if store.exists(name, MANIFEST) else {}
     if manifest and manifest.get("data_source") != src.id:
@@ -183,6 +198,7 @@ def build_collection(
                 "%s %s: %d band headers failed (recorded; the next build retries them)",
                 name, month.key, len(month_report.failed),
             )
+    manifest = {**manifest, "allow_local_hrefs": bool(allow_local_hrefs)}
     _write_manifest(store, name, manifest, src, keys, (start, end), bbox, geom, cloud_cover_lt,
                     platform, query, stac_url, report)
     return report
@@ -218,10 +234,18 @@ async def _build_month(
                 row[error_col] = f"item has no {band!r} asset"
                 result.failed.append(FailedAsset(row["id"], band, None, row[error_col]))
                 continue
+            try:
+                check_href(href, allow_local=config.local_files)
+            except UnsafeHrefError as exc:  # never opened: no bytes, no existence probe
+                row[error_col] = str(exc)
+                result.failed.append(FailedAsset(row["id"], band, str(href), str(exc)))
+                continue
             old = previous.get((row["id"], band))
             if old is not None and old[0] == href and old[1] == row["updated"]:
                 row[header_col] = old[2]
                 result.headers_reused += 1
+                if not (old[2].get("etag") or old[2].get("last_modified")):
+                    result.headers_without_version += 1
             else:
                 to_fetch.append((row, band, href))
         rows.append(row)
@@ -235,6 +259,8 @@ async def _build_month(
                 header = await fetch_header(fetcher, href)
                 row[header_col] = header.to_dict()
                 result.headers_fetched += 1
+                if not (header.etag or header.last_modified):
+                    result.headers_without_version += 1
             except (RasteretError, OSError, ValueError) as exc:
                 row[error_col] = str(exc)
                 result.failed.append(FailedAsset(row["id"], band, href, str(exc)))
@@ -373,6 +399,7 @@ def _write_manifest(store, name, manifest, src, keys, date_range, bbox, geom, cl
             "items": m.items,
             "failed_headers": len(m.failed),
             "skipped_items": len(m.skipped_items),
+            "headers_without_version": m.headers_without_version,
             "built_at": now,
         }
     old_range = manifest.get("date_range") or [date_range[0].isoformat(), date_range[1].isoformat()]
@@ -391,6 +418,7 @@ def _write_manifest(store, name, manifest, src, keys, date_range, bbox, geom, cl
             "filters": {"cloud_cover_lt": cloud_cover_lt, "platform": platform, "query": query},
             "months": dict(sorted(months.items())),
             "size": sum(v["items"] for v in months.values()),
+            "headers_without_version": sum(v.get("headers_without_version", 0) for v in months.values()),
             "built_at": now,
             "library_version": __version__,
         }

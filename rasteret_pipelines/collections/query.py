@@ -16,6 +16,7 @@ import shapely
 from rasteret_pipelines.cog import CogHeader
 from rasteret_pipelines.collections import schema
 from rasteret_pipelines.collections.build import MANIFEST, MONTH_FILE
+from rasteret_pipelines.collections.names import check_collection_name
 from rasteret_pipelines.collections.search import check_bbox, check_date_range, check_geometry
 from rasteret_pipelines.collections.sources import DataSource, get_source
 from rasteret_pipelines.errors import CollectionNotFoundError, UnknownBandError
@@ -197,7 +198,10 @@ def load_collection(name: str, workspace) -> Collection:
 
     Raises:
         CollectionNotFoundError (a ``ValueError``): no such collection in the workspace.
+        InvalidCollectionNameError (a ``ValueError``): ``name`` is not one folder name
+            (``../x``, NUL, too long): nothing outside the workspace is opened.
     """
+    check_collection_name(name)
     store = Storage.from_uri(workspace)
     if not store.exists(name, MANIFEST):
         available = [c["name"] for c in list_collections(workspace)]
