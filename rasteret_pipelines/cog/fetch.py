@@ -351,13 +351,16 @@ class RangeFetcher:
             async with self._http().get(url, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
                 if status in (200, 206):
-                    body = await resp.read()
+                    # Never more than the range (206) or than its end (200: the server ignored
+                    # Range): a hostile or broken server cannot make a read buffer gigabytes.
+                    limit = want + 1 if status == 206 else end
+                    body = await _read_at_most(resp.content, limit)
                     self.stats.bytes += len(body)
                     return self._accept(href, resp, body, start, end, want)
                 region = resp.headers.get("x-amz-bucket-region")
                 location = resp.headers.get("Location")
                 retry_after = resp.headers.get("Retry-After")
-                await resp.read()
+                await resp.content.read(1 << 16)  # an error page, at most 64 KiB of it
             if status not in REDIRECT_STATUSES or not location or region:
                 return status, region, retry_after
             if hops >= self.config.max_redirects:
@@ -422,16 +425,33 @@ class RangeFetcher:
             got_start, got_end = int(match.group(1)), int(match.group(2))
             size = None if match.group(3) == "*" else int(match.group(3))
             expected = min(end, size) - start if size is not None else want
+            if len(body) > want or got_end - got_start + 1 > want:
+                raise FetchError(href, f"asked for {want} bytes at {start}, the server sent more (206)")
             if got_start != start or len(body) != got_end - got_start + 1 or len(body) < expected:
                 raise _Truncated(f"got {len(body)} of {expected} bytes")
             data = body
-        else:  # 200: the server ignored Range and sent the whole object
+        else:  # 200: the server ignored Range and sends the whole object; only its start is read
             declared = resp.headers.get("Content-Length")
-            if declared is not None and int(declared) != len(body):
-                raise _Truncated(f"got {len(body)} of {declared} bytes")
-            size = len(body)
+            size = int(declared) if declared is not None and declared.isdigit() else None
+            if size is None and len(body) < end:
+                size = len(body)  # the whole object arrived
+            if len(body) < (min(end, size) if size is not None else end):
+                raise _Truncated(f"got {len(body)} of {min(end, size) if size is not None else end} bytes")
             data = body[start:end]
         return RangeResponse(data, ObjectVersion(size, etag, last_modified))
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a body (all of it when shorter), without reading further."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < limit:
+        chunk = await stream.read(limit - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _origin(url: URL) -> tuple[str, str, int | None]:

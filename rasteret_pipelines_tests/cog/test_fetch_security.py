@@ -350,3 +350,48 @@ def test_the_fetcher_refuses_local_hrefs_when_local_files_is_off(cog, tmp_path):
     assert len(set(messages)) == 1  # existing and missing files are refused alike
     # The engine called directly on a path (the default) still reads it.
     assert read_header(str(cog)).width > 0
+
+
+# -- bodies larger than asked --------------------------------------------------------------------
+
+
+def test_a_server_ignoring_range_is_read_only_up_to_the_range_end(cog):
+    """A 200 with a huge body (the server ignores Range): only the bytes up to the range end
+    are read, and the pixels still equal rasterio's."""
+    data = cog.read_bytes()
+    sent = {"bytes": 0}
+
+    def route(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data) + (1 << 30)))  # a 1 GiB tail never sent
+        h.send_header("ETag", '"v1"')
+        h.end_headers()
+        try:
+            h.wfile.write(data)
+            sent["bytes"] += len(data)
+            for _ in range(1024):
+                h.wfile.write(b"\0" * (1 << 20))
+                sent["bytes"] += 1 << 20
+        except OSError:
+            pass
+
+    with Recorder(route) as srv:
+        header = read_header(f"{srv.origin}/B04.tif", config=FAST)
+        pixels = read_window(header, (0, 0, 100, 100), config=FAST)
+    assert header.size == len(data) + (1 << 30)  # the declared size is the version's size
+    with rasterio.open(cog) as src:
+        np.testing.assert_array_equal(pixels, src.read(window=((0, 100), (0, 100))))
+    assert sent["bytes"] < 256 << 20  # the connection was dropped long before the 1 GiB tail
+
+
+def test_a_206_longer_than_asked_is_refused():
+    def route(h):
+        h.send_response(206)
+        h.send_header("Content-Range", "bytes 0-1048575/2000000")
+        h.send_header("Content-Length", str(1 << 20))
+        h.end_headers()
+        h.wfile.write(b"II*\x00" + b"\0" * ((1 << 20) - 4))
+
+    with Recorder(route) as srv:
+        with pytest.raises(FetchError, match="the server sent more"):
+            read_header(f"{srv.origin}/x.tif", config=FAST)
