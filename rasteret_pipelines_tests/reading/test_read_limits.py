@@ -129,3 +129,51 @@ def test_numpy_cloud_cover_is_accepted(world):
     ds = read_geometries(world.collection(), list(AOIS.values()), ["red"], date_range=BASE_RANGE,
                          cloud_cover_lt=np.float32(100))
     assert ds["red"].size > 0
+
+
+# -- local hrefs in a collection -----------------------------------------------------------------
+
+
+def _with_local_hrefs(world, workspace, allow: bool):
+    """A copy of the world collection whose cached headers point at the local COG files (as an
+    edited parquet file, or a local catalog, would)."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = workspace / "world"
+    shutil.copytree(world.workspace / "world", target)
+    by_url = {world.cogs.url_for(p.relative_to(world.root).as_posix()): str(p)
+              for bands in world.paths.values() for p in bands.values()}
+    for path in target.glob("month=*/items.parquet"):
+        table = pq.read_table(path)
+        for name in [c for c in table.column_names if c.endswith("_header")]:
+            rows = table.column(name).to_pylist()
+            for row in rows:
+                if row is not None:
+                    row["href"] = by_url[row["href"]]
+                    row["etag"] = row["last_modified"] = None  # versions differ per transport
+            i = table.column_names.index(name)
+            table = table.set_column(i, table.schema.field(i), pa.array(rows, type=table.schema.field(i).type))
+        pq.write_table(table, path)
+    manifest = json.loads((target / "_manifest.json").read_text())
+    manifest["allow_local_hrefs"] = allow
+    (target / "_manifest.json").write_text(json.dumps(manifest))
+    from rasteret_pipelines.collections import load_collection
+
+    return load_collection("world", workspace)
+
+
+def test_a_collection_not_built_from_a_local_catalog_never_reads_local_files(world, tmp_path):
+    from rasteret_pipelines.errors import UnsafeHrefError
+
+    edited = _with_local_hrefs(world, tmp_path / "edited", allow=False)
+    with pytest.raises(UnsafeHrefError, match="local paths and file:// hrefs are not read"):
+        read_geometries(edited, list(AOIS.values()), ["red"], date_range=BASE_RANGE)
+    local = _with_local_hrefs(world, tmp_path / "local", allow=True)
+    got = read_geometries(local, list(AOIS.values()), ["red"], date_range=BASE_RANGE)
+    assert got.attrs["requests"] > 0
+    expected = read_geometries(world.collection(), list(AOIS.values()), ["red"], date_range=BASE_RANGE)
+    np.testing.assert_array_equal(got["red"].values, expected["red"].values)
