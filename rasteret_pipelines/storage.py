@@ -118,7 +118,7 @@ class Storage:
         if text.startswith("s3://"):
             return cls(text.rstrip("/"), _s3_filesystem(), text[5:].rstrip("/"))
         if "://" in text and not text.startswith("file://"):
-            raise ValueError(f"unsupported storage location {text!r}: use a path or s3://")
+            raise StoragePathError(f"unsupported storage location {text!r}: use a path or s3://")
         path = Path(text.removeprefix("file://")).expanduser().resolve()
         return cls(str(path), pafs.LocalFileSystem(), str(path))
 

@@ -220,3 +220,10 @@ def test_what_stale_detection_sees():
     dated = ObjectVersion(size=1000, etag=None, last_modified="Tue, 01 Jul 2025 00:00:00 GMT")
     with pytest.raises(StaleHeaderError, match="modified"):
         _check_version("h", dated, ObjectVersion(1000, None, "Wed, 02 Jul 2025 00:00:00 GMT"))
+
+
+def test_rasteret_without_a_name_or_dates_is_a_typed_error(tmp_path):
+    with pytest.raises(InvalidCollectionNameError, match="custom_name and date_range are needed"):
+        Rasteret(workspace_dir=tmp_path).name
+    with pytest.raises(InvalidSearchError, match="date_range is needed to create a collection"):
+        Rasteret(workspace_dir=tmp_path, custom_name="x").create_collection(bbox=(0, 0, 1, 1))
