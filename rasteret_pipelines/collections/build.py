@@ -193,6 +193,12 @@ def build_collection(
         month_report.path = store.write_parquet(table, name, f"month={month.key}", MONTH_FILE)
         month_report.seconds = time.perf_counter() - t0
         report.months.append(month_report)
+        if month_report.headers_without_version:
+            log.warning(
+                "%s %s: %d headers come from objects with neither ETag nor Last-Modified; a "
+                "same-size rewrite of those objects cannot be detected (docs/trust.md)",
+                name, month.key, month_report.headers_without_version,
+            )
         if month_report.failed:
             log.warning(
                 "%s %s: %d band headers failed (recorded; the next build retries them)",

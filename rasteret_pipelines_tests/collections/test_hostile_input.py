@@ -190,7 +190,7 @@ class NoVersionServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/{path.relative_to(self.root).as_posix()}"
 
 
-def test_manifest_counts_headers_without_a_version_marker(tmp_path, mirror, stac_for, items):
+def test_manifest_counts_headers_without_a_version_marker(tmp_path, mirror, stac_for, items, caplog):
     plain = NoVersionServer(mirror.root)
     try:
         for item in items[:2]:
@@ -200,6 +200,7 @@ def test_manifest_counts_headers_without_a_version_marker(tmp_path, mirror, stac
         manifest = json.loads((tmp_path / "ws" / "hostile" / "_manifest.json").read_text())
         assert manifest["months"]["2025-07"]["headers_without_version"] == 2
         assert manifest["headers_without_version"] == 2
+        assert "2025-07: 2 headers come from objects with neither ETag nor Last-Modified" in caplog.text
         # A rebuild reuses the cached headers and still counts them.
         again = build(tmp_path / "ws", stac_for(items).url)
         assert again.months[0].headers_reused == 8 and again.months[0].headers_without_version == 2
