@@ -21,7 +21,7 @@ SECRET_PARAMS = (
 REDACTED = "REDACTED"
 
 _PARAM = re.compile(
-    r"(?i)([?&;](?:" + "|".join(re.escape(p) for p in SECRET_PARAMS) + r")=)[^&;#\s'\"<>)\]]*"
+    r"(?i)([?&;](?:" + "|".join(re.escape(p) for p in SECRET_PARAMS) + r")=)(?:[^&;#:\s'\"<>)\]]|:(?!\s|$))*"
 )
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"<>]+@")
 _HEADER = re.compile(

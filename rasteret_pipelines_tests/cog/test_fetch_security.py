@@ -245,6 +245,8 @@ def test_a_presigned_non_tiff_is_named_without_its_signature():
         ("https://user:hunter2@h.example/x.tif", "h.example/x.tif", "hunter2"),
         ("s3://bucket/key.tif failed: x-amz-security-token: FQoGZXIvYXdz", "s3://bucket/key.tif", "FQoGZXIvYXdz"),
         ("{'Authorization': 'AWS4-HMAC-SHA256 Credential=AKID/x'}", "Authorization", "AKID"),
+        ("https://h/x.tif?token=v1:abc:def&x=1", "&x=1", "abc"),
+        ("https://h/x.tif?X-Amz-Signature=abc: bytes 0-5 failed", "=REDACTED: bytes 0-5 failed", "abc"),
     ],
 )
 def test_redact(text, kept, gone):
