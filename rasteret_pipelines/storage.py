@@ -2,14 +2,15 @@
 
 One small :class:`Storage` over :mod:`pyarrow.fs` so that every writer is atomic: on local
 disk a file is written under a temporary name in the same folder and renamed into place; on
-S3 an object only appears once its upload completes.
+S3 an object only appears once its upload completes. S3 follows the standard AWS
+configuration (credential chain, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
+for S3-compatible servers).
 
 Temporary names look like ``.<name>.tmp-<host>-<pid>-<hex>``: hidden, and ending in hex so that
 no ``*.tif`` / ``*.parquet`` glob (nor :meth:`Storage.list_files`) ever returns one. A failed write
 removes its own; a write killed outside Python's reach (SIGKILL, power loss) leaves one, which
-the next write into the same folder removes (:func:`remove_stale_temps`). S3 follows the standard AWS
-configuration (credential chain, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
-for S3-compatible servers).
+the first write into that folder by a later process removes (:func:`sweep_once`,
+:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def remove_stale_temps(folder: str | os.PathLike, *, max_age: float = STALE_TEMP
             except FileNotFoundError:
                 pass
     return removed
+
+
+_SWEPT: set[str] = set()
+
+
+def sweep_once(folder: str | os.PathLike) -> None:
+    """:func:`remove_stale_temps` on ``folder`` the first time this process writes there (a
+    folder of many outputs is not rescanned for every file)."""
+    key = os.path.abspath(folder)
+    if key not in _SWEPT:
+        remove_stale_temps(key)
+        _SWEPT.add(key)
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
@@ -215,7 +228,7 @@ class Storage:
         parent = posixpath.dirname(target)
         if self.is_local:
             self.fs.create_dir(parent, recursive=True)
-            remove_stale_temps(parent)
+            sweep_once(parent)
             tmp = temp_path(target)
             try:
                 with self.fs.open_output_stream(tmp) as sink:

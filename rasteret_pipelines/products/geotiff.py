@@ -28,8 +28,9 @@ Decisions:
   renamed (``os.replace``) into place, so a crash never leaves a partial file at the final name
   (and an existing file there stays intact). The temporary name ends in hex, not ``.tif``, so
   globbing the output folder never returns it; one left by a killed process is removed by the
-  next write into that folder (:func:`~rasteret_pipelines.storage.remove_stale_temps`). For ``s3://`` the COG is built in a local temporary
-  folder and uploaded with :meth:`Storage.upload_file`; a completed S3 upload is atomic.
+  first write into that folder by a later process
+  (:func:`~rasteret_pipelines.storage.sweep_once`). For ``s3://`` the COG is built in a local
+  temporary folder and uploaded with :meth:`Storage.upload_file`; a completed S3 upload is atomic.
 * **Tags** (GDAL metadata, ``src.tags()``): ``DATE`` (``YYYY-MM-DD``), ``DATETIME`` (ISO, UTC),
   ``GEOMETRY_ID``, ``SCENE_IDS`` (comma-joined), ``DATA_VAR``, and ``VALUES`` (the read's
   ``values`` attribute) when known.
@@ -52,7 +53,7 @@ from rasterio.crs import CRS
 
 from rasteret_pipelines.errors import ProductError, ProductInputError
 from rasteret_pipelines.reading.model import geometry_dataset
-from rasteret_pipelines.storage import Storage, remove_stale_temps, temp_path
+from rasteret_pipelines.storage import Storage, sweep_once, temp_path
 
 __all__ = ["COG_OPTIONS", "save_per_geometry", "write_cog"]
 
@@ -122,7 +123,7 @@ def write_cog(
     target = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
-    remove_stale_temps(folder)
+    sweep_once(folder)
     tmp = temp_path(target)
     height, width = array.shape
     try:
