@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rasteret_pipelines.errors import MemoryLimitError
+from rasteret_pipelines.errors import InvalidReadArgumentError, MemoryLimitError
 
 ENV_VAR = "RASTERET_MAX_READ_MEMORY"
 DEFAULT_FRACTION = 0.75
@@ -72,7 +72,7 @@ def memory_limit(configured: int | None = None) -> int:
         try:
             return parse_bytes(env)
         except ValueError as exc:
-            raise MemoryLimitError(f"{ENV_VAR}={env!r}: {exc}", 0, 0) from exc
+            raise InvalidReadArgumentError(f"{ENV_VAR}={env!r}: {exc}") from exc
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -74,6 +74,9 @@ def test_default_limit_is_a_fraction_of_physical_memory(monkeypatch):
     physical = __import__("os").sysconf("SC_PAGE_SIZE") * __import__("os").sysconf("SC_PHYS_PAGES")
     assert memory_limit() == int(physical * 0.75)
     assert memory_limit(123) == 123
+    monkeypatch.setenv("RASTERET_MAX_READ_MEMORY", "lots")
+    with pytest.raises(InvalidReadArgumentError, match="RASTERET_MAX_READ_MEMORY='lots'"):
+        memory_limit()
     assert parse_bytes("8G") == 8 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("100") == 100
     assert estimate_read([(10, 20), (30, 5)], 3, 2, 4, [(10, 20, 2)]).output == 2 * 3 * 30 * 20 * 2 * 4
 
