@@ -25,6 +25,7 @@ from rasteret_pipelines.collections import (
     list_collections,
     load_collection,
 )
+from rasteret_pipelines.errors import InvalidCollectionNameError, InvalidSearchError
 from rasteret_pipelines.reading import normalize_geometries, read_geometries
 from rasteret_pipelines.reading.gdf import dataset_to_gdf
 
@@ -73,7 +74,7 @@ class Rasteret:
         if self._collection is not None:
             return self._collection.name
         if not self.custom_name or self.date_range is None:
-            raise ValueError("custom_name and date_range are needed to name a collection")
+            raise InvalidCollectionNameError("custom_name and date_range are needed to name a collection")
         return collection_name(self.custom_name, self.date_range, self.data_source)
 
     @property
@@ -100,7 +101,7 @@ class Rasteret:
         (:class:`~rasteret_pipelines.errors.EmptySearchError`), nor one whose build fails.
         """
         if self.date_range is None:
-            raise ValueError("date_range is needed to create a collection")
+            raise InvalidSearchError("date_range is needed to create a collection")
         self.last_build = build_collection(
             self.data_source, self.name, self.workspace_dir, date_range=self.date_range, bbox=bbox,
             geometry=geometry, bands=bands, cloud_cover_lt=cloud_cover_lt, platform=platform,

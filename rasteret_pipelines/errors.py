@@ -6,9 +6,18 @@ geometry, source) and never carry credentials.
 
 from __future__ import annotations
 
+from rasteret_pipelines.redaction import redact
+
 
 class RasteretError(Exception):
-    """Base class of every error raised on purpose by rasteret-pipelines."""
+    """Base class of every error raised on purpose by rasteret-pipelines.
+
+    Text arguments are passed through :func:`~rasteret_pipelines.redaction.redact`: a presigned
+    URL named in a message keeps its path but not its signature or token.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 # --- COG engine -------------------------------------------------------------------------------
@@ -18,7 +27,7 @@ class CogError(RasteretError):
     """A Cloud-Optimized GeoTIFF could not be read; ``href`` names the object."""
 
     def __init__(self, href: str, message: str):
-        self.href = href
+        self.href = redact(href) if isinstance(href, str) else href
         super().__init__(f"{href}: {message}")
 
 
@@ -44,6 +53,15 @@ class FetchError(CogError):
 
 class StaleHeaderError(CogError):
     """The object changed (size or ETag) since its header was cached: re-index it."""
+
+
+class UnsafeHrefError(CogError):
+    """An href the href policy refuses: a local path or ``file://`` where only ``http(s)://``
+    and ``s3://`` are allowed (hrefs from a remote STAC API), or another URL scheme."""
+
+
+class StoragePathError(RasteretError, ValueError):
+    """A path built below a storage root would leave it (``..``, an absolute part, NUL)."""
 
 
 class WindowError(RasteretError, ValueError):
@@ -85,6 +103,11 @@ class OutdatedCollectionError(CollectionError):
     """Month files written in a layout this version does not read; the message says how to rebuild."""
 
 
+class InvalidCollectionNameError(CollectionError, ValueError):
+    """A collection name is not one safe folder name (empty, too long, control characters,
+    a path separator or ``..``): collections stay inside their workspace."""
+
+
 # --- Reading ----------------------------------------------------------------------------------
 
 
@@ -102,6 +125,19 @@ class NoScenesError(ReadError):
 
 class DateRangeError(ReadError, ValueError):
     """The requested date range lies outside the collection's."""
+
+
+class InvalidReadArgumentError(ReadError, ValueError):
+    """A read argument (``values`` mode, resolution, ...) is not one of its accepted values."""
+
+
+class MemoryLimitError(ReadError, MemoryError):
+    """A read would need more memory than its limit; the message names the estimate and limit."""
+
+    def __init__(self, message: str, estimate: int, limit: int):
+        self.estimate = estimate
+        self.limit = limit
+        super().__init__(message)
 
 
 # --- Products ---------------------------------------------------------------------------------

@@ -5,6 +5,12 @@ disk a file is written under a temporary name in the same folder and renamed int
 S3 an object only appears once its upload completes. S3 follows the standard AWS
 configuration (credential chain, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
 for S3-compatible servers).
+
+Temporary names look like ``.<name>.tmp-<host>-<pid>-<hex>``: hidden, and ending in hex so that
+no ``*.tif`` / ``*.parquet`` glob (nor :meth:`Storage.list_files`) ever returns one. A failed write
+removes its own; a write killed outside Python's reach (SIGKILL, power loss) leaves one, which
+the first write into that folder by a later process removes (:func:`sweep_once`,
+:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +28,77 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from rasteret_pipelines.errors import StoragePathError
+
+
+STALE_TEMP_SECONDS = 24 * 3600
+"""A temporary file of another host (or of a live process id) counts as abandoned after this."""
+
+_HOST = re.sub(r"[^A-Za-z0-9.]", "", socket.gethostname())[:40] or "host"
+_TEMP = re.compile(r"^\..+\.tmp-(?:(?P<host>[A-Za-z0-9.]+)-(?P<pid>\d+)-)?[0-9a-f]{32}(?:\..*)?$")
+
+
+def temp_path(target: str) -> str:
+    """A hidden temporary name beside ``target`` that no ``*.tif``/``*.parquet`` glob matches."""
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f".{name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, *, max_age: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Remove temporary files left in ``folder`` by killed writes; returns their paths.
+
+    A temporary file is abandoned when this host's process that named it is gone, or (another
+    host, or an older name without a process id) when it is older than ``max_age`` seconds.
+    Writes in progress, here or on another host sharing the folder, are left alone.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        host, pid = match.group("host"), match.group("pid")
+        if host == _HOST and pid is not None:
+            stale = int(pid) != os.getpid() and not _pid_alive(int(pid))
+        else:
+            try:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > max_age
+            except FileNotFoundError:
+                continue
+        if stale:
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+_SWEPT: set[str] = set()
+
+
+def sweep_once(folder: str | os.PathLike) -> None:
+    """:func:`remove_stale_temps` on ``folder`` the first time this process writes there (a
+    folder of many outputs is not rescanned for every file)."""
+    key = os.path.abspath(folder)
+    if key not in _SWEPT:
+        remove_stale_temps(key)
+        _SWEPT.add(key)
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
@@ -51,7 +131,7 @@ class Storage:
         if text.startswith("s3://"):
             return cls(text.rstrip("/"), _s3_filesystem(), text[5:].rstrip("/"))
         if "://" in text and not text.startswith("file://"):
-            raise ValueError(f"unsupported storage location {text!r}: use a path or s3://")
+            raise StoragePathError(f"unsupported storage location {text!r}: use a path or s3://")
         path = Path(text.removeprefix("file://")).expanduser().resolve()
         return cls(str(path), pafs.LocalFileSystem(), str(path))
 
@@ -60,8 +140,19 @@ class Storage:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, *parts: str) -> str:
-        """Path of ``parts`` below the base, inside :attr:`fs`."""
-        return posixpath.join(self.base, *parts)
+        """Path of ``parts`` below the base, inside :attr:`fs`.
+
+        Raises:
+            StoragePathError: the path would leave the base (``..``, an absolute part, NUL).
+        """
+        joined = posixpath.join(self.base, *parts)
+        inside = self.base if self.base.endswith("/") else self.base + "/"
+        normal = posixpath.normpath(joined)
+        if "\x00" in joined or (normal != self.base and not normal.startswith(inside)):
+            raise StoragePathError(
+                f"{'/'.join(map(str, parts))!r} is not a path inside storage {self.uri}"
+            )
+        return joined
 
     def uri_of(self, *parts: str) -> str:
         """User-facing location (local path or ``s3://`` URI) of ``parts``."""
@@ -87,7 +178,7 @@ class Storage:
             info.path
             for info in self.fs.get_file_info(selector)
             if info.type == pafs.FileType.File and info.path.endswith(suffix)
-            and ".tmp-" not in posixpath.basename(info.path)
+            and _TEMP.match(posixpath.basename(info.path)) is None
         )
 
     def read_bytes(self, *parts: str) -> bytes:
@@ -137,7 +228,8 @@ class Storage:
         parent = posixpath.dirname(target)
         if self.is_local:
             self.fs.create_dir(parent, recursive=True)
-            tmp = posixpath.join(parent, f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex}")
+            sweep_once(parent)
+            tmp = temp_path(target)
             try:
                 with self.fs.open_output_stream(tmp) as sink:
                     write(sink)

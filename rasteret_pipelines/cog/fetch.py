@@ -7,7 +7,16 @@ against the object version a cached header expects, so a changed object raises
 :class:`~rasteret_pipelines.errors.StaleHeaderError` instead of being decoded with old offsets.
 
 Credentials come from botocore's standard chain and only ever live in request headers: they
-are never logged, stored in a header, or put in an error message.
+are never logged, stored in a header, or put in an error message. Redirects are followed here,
+not by aiohttp: a redirect to another origin (scheme, host or port) drops every credential
+header (``Authorization``, ``X-Amz-Security-Token`` and every other ``x-amz-*``, ``Cookie``),
+and no cookie jar is kept. Hrefs pass :func:`~rasteret_pipelines.hrefs.check_href` first: local
+paths only when :attr:`FetchConfig.local_files` allows them.
+
+Time is bounded per attempt: :attr:`FetchConfig.idle_timeout` seconds without a byte (a silent
+server), :attr:`FetchConfig.read_timeout` for the whole attempt, and a range that timed out
+more than :attr:`FetchConfig.timeout_retries` + 1 times fails, so a server that accepts
+connections and never answers costs seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -25,15 +34,18 @@ import aiohttp
 from yarl import URL
 
 from rasteret_pipelines.errors import (
-    CogError,
     CogNotFoundError,
     FetchError,
     StaleHeaderError,
 )
+from rasteret_pipelines.hrefs import check_href, is_local_href
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+"""Headers dropped on a redirect to another origin, with every ``x-amz-*`` header."""
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
@@ -51,8 +63,22 @@ class FetchConfig:
     """Cap of one backoff sleep in seconds."""
     connect_timeout: float = 10.0
     """Seconds to open a connection."""
-    read_timeout: float = 60.0
-    """Seconds for one whole request, body included."""
+    read_timeout: float = 30.0
+    """Deadline in seconds of one request attempt, redirects and body included."""
+    idle_timeout: float = 5.0
+    """Seconds without receiving a byte (waiting for the status line or inside the body)
+    before the attempt is abandoned: a server that accepts and never answers."""
+    timeout_retries: int = 1
+    """Retries of a range after timed-out attempts (a silent server rarely wakes up): with the
+    defaults a silent server fails after about 2 x 5 s instead of 6 x 60 s."""
+    max_redirects: int = 5
+    """HTTP redirects followed per attempt (credential headers never cross origins)."""
+    local_files: bool = True
+    """Read local paths and ``file://`` hrefs. True for the engine called on a path; the indexer
+    and the reader turn it off unless the collection opted in (``allow_local_hrefs``)."""
+    max_read_memory: int | None = None
+    """Bytes a geometry read may allocate, estimated before any request; None means the
+    ``RASTERET_MAX_READ_MEMORY`` environment variable, else 75% of physical memory."""
     header_read_bytes: int = 65536
     """Bytes asked for in the first header request (covers GDAL COG headers of large scenes)."""
     coalesce_gap: int = 256 * 1024
@@ -143,7 +169,7 @@ def _s3_context(config: FetchConfig) -> _S3Context:
 
 
 def is_local(href: str) -> bool:
-    return "://" not in href or href.startswith("file://")
+    return is_local_href(href)
 
 
 def local_path(href: str) -> str:
@@ -174,13 +200,16 @@ class RangeFetcher:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(
-                total=self.config.read_timeout, sock_connect=self.config.connect_timeout
+                total=self.config.read_timeout,
+                sock_connect=self.config.connect_timeout,
+                sock_read=self.config.idle_timeout,
             )
             connector = aiohttp.TCPConnector(
                 limit=self.config.max_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
             )
             self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=connector, auto_decompress=False
+                timeout=timeout, connector=connector, auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),  # no cookie is ever stored or sent back
             )
         return self._session
 
@@ -207,7 +236,10 @@ class RangeFetcher:
             CogNotFoundError: the object does not exist.
             FetchError: the range could not be fetched after the configured retries.
             StaleHeaderError: the object is not the version ``expect`` describes.
+            UnsafeHrefError: a local href while :attr:`FetchConfig.local_files` is off, or an
+                unsupported scheme (nothing is opened).
         """
+        check_href(href, allow_local=self.config.local_files)
         if is_local(href):
             response = await self._get_local(href, start, end)
         else:
@@ -242,12 +274,11 @@ class RangeFetcher:
 
     async def _get_remote(self, href: str, start: int, end: int, header: bool) -> RangeResponse:
         scheme = href.split("://", 1)[0].lower()
-        if scheme not in ("http", "https", "s3"):
-            raise CogError(href, f"unsupported URL scheme {scheme!r} (use http(s)://, s3:// or a path)")
         want = end - start
         last_error = "no attempt made"
         attempts = self.config.max_retries + 1
-        redirects = 0
+        region_redirects = 0
+        timeouts = 0
         attempt = 0
         while attempt < attempts:
             if attempt:
@@ -257,26 +288,28 @@ class RangeFetcher:
             url, headers = self._request(href, scheme, start, end)
             try:
                 async with self._sem:
-                    self.stats.requests += 1
-                    if header:
-                        self.stats.header_requests += 1
-                    async with self._http().get(url, headers=headers, allow_redirects=True) as resp:
-                        status = resp.status
-                        if status in (200, 206):
-                            body = await resp.read()
-                            self.stats.bytes += len(body)
-                            return self._accept(href, resp, body, start, end, want)
-                        region = resp.headers.get("x-amz-bucket-region")
-                        await resp.read()
-                        retry_after = resp.headers.get("Retry-After")
+                    async with asyncio.timeout(self.config.read_timeout):
+                        outcome = await self._attempt(href, url, headers, header, start, end, want)
             except (aiohttp.ClientError, asyncio.TimeoutError, _Truncated) as exc:
                 last_error = _describe(exc)
+                if isinstance(exc, asyncio.TimeoutError):
+                    timeouts += 1
+                    if timeouts > self.config.timeout_retries:
+                        raise FetchError(
+                            href,
+                            f"bytes {start}-{end - 1}: no complete answer in {timeouts} attempts "
+                            f"(idle_timeout {self.config.idle_timeout:g} s, read_timeout "
+                            f"{self.config.read_timeout:g} s per attempt)",
+                        ) from None
                 continue
+            if isinstance(outcome, RangeResponse):
+                return outcome
+            status, region, retry_after = outcome
             # Non-success statuses.
-            if scheme == "s3" and region and status in (301, 307, 400) and redirects < 2:
+            if scheme == "s3" and region and status in (301, 307, 400) and region_redirects < 2:
                 bucket = urlparse(href).netloc
                 _s3_context(self.config).bucket_regions[bucket] = region
-                redirects += 1
+                region_redirects += 1
                 attempt -= 1
                 continue
             if status == 404:
@@ -293,10 +326,55 @@ class RangeFetcher:
                 if retry_after and retry_after.strip().isdigit():
                     await asyncio.sleep(min(float(retry_after), self.config.backoff_max))
                 continue
+            if status in REDIRECT_STATUSES:
+                raise FetchError(
+                    href, f"more than {self.config.max_redirects} redirects, or one without a "
+                    f"usable http(s) Location (HTTP {status})"
+                )
             raise FetchError(href, f"unexpected HTTP {status} for bytes {start}-{end - 1}")
         raise FetchError(
             href, f"bytes {start}-{end - 1} failed after {attempts} attempts (last: {last_error})"
         )
+
+    async def _attempt(self, href, url, headers: dict, header: bool, start: int, end: int, want: int):
+        """One attempt, following redirects here: credential headers never cross origins.
+
+        Returns the :class:`RangeResponse`, or ``(status, bucket region, Retry-After)`` of a
+        response that is not a success (nor a redirect that could be followed).
+        """
+        url = URL(url) if isinstance(url, str) else url
+        hops = 0
+        while True:
+            self.stats.requests += 1
+            if header:
+                self.stats.header_requests += 1
+            async with self._http().get(url, headers=headers, allow_redirects=False) as resp:
+                status = resp.status
+                if status in (200, 206):
+                    # Never more than the range (206) or than its end (200: the server ignored
+                    # Range): a hostile or broken server cannot make a read buffer gigabytes.
+                    limit = want + 1 if status == 206 else end
+                    body = await _read_at_most(resp.content, limit)
+                    self.stats.bytes += len(body)
+                    return self._accept(href, resp, body, start, end, want)
+                region = resp.headers.get("x-amz-bucket-region")
+                location = resp.headers.get("Location")
+                retry_after = resp.headers.get("Retry-After")
+                await resp.content.read(1 << 16)  # an error page, at most 64 KiB of it
+            if status not in REDIRECT_STATUSES or not location or region:
+                return status, region, retry_after
+            if hops >= self.config.max_redirects:
+                return status, region, retry_after
+            try:
+                target = url.join(URL(location))
+            except ValueError:
+                return status, region, retry_after
+            if target.scheme not in ("http", "https") or not target.host:
+                return status, region, retry_after
+            if _origin(target) != _origin(url):
+                headers = strip_credentials(headers)
+            url = target
+            hops += 1
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.config.backoff_max, self.config.backoff_base * (2 ** (attempt - 1)))
@@ -347,16 +425,45 @@ class RangeFetcher:
             got_start, got_end = int(match.group(1)), int(match.group(2))
             size = None if match.group(3) == "*" else int(match.group(3))
             expected = min(end, size) - start if size is not None else want
+            if len(body) > want or got_end - got_start + 1 > want:
+                raise FetchError(href, f"asked for {want} bytes at {start}, the server sent more (206)")
             if got_start != start or len(body) != got_end - got_start + 1 or len(body) < expected:
                 raise _Truncated(f"got {len(body)} of {expected} bytes")
             data = body
-        else:  # 200: the server ignored Range and sent the whole object
+        else:  # 200: the server ignored Range and sends the whole object; only its start is read
             declared = resp.headers.get("Content-Length")
-            if declared is not None and int(declared) != len(body):
-                raise _Truncated(f"got {len(body)} of {declared} bytes")
-            size = len(body)
+            size = int(declared) if declared is not None and declared.isdigit() else None
+            if size is None and len(body) < end:
+                size = len(body)  # the whole object arrived
+            if len(body) < (min(end, size) if size is not None else end):
+                raise _Truncated(f"got {len(body)} of {min(end, size) if size is not None else end} bytes")
             data = body[start:end]
         return RangeResponse(data, ObjectVersion(size, etag, last_modified))
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a body (all of it when shorter), without reading further."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < limit:
+        chunk = await stream.read(limit - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme.lower(), (url.host or "").lower(), url.port)
+
+
+def strip_credentials(headers: dict) -> dict:
+    """``headers`` without credentials: auth, cookies and every ``x-amz-*`` header."""
+    return {
+        k: v for k, v in headers.items()
+        if k.lower() not in CREDENTIAL_HEADERS and not k.lower().startswith("x-amz-")
+    }
 
 
 class _Truncated(Exception):

@@ -13,6 +13,11 @@ file of the layout before STAC-GeoParquet, which the rebuild replaces), and fetc
 new, changed or failed before. A header that cannot be read is recorded in ``<band>_error`` and
 in the report's ``failed``; the next build retries it. A band the item has no asset for is
 reported in ``missing`` instead: no retry can fix that.
+
+Asset hrefs pass :func:`~rasteret_pipelines.hrefs.check_href`: from a remote STAC API only
+``http(s)://`` and ``s3://`` are read; local paths and ``file://`` only with
+``allow_local_hrefs=True`` (a local catalog). A refused href is recorded as a failed asset
+without being opened.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from rasteret_pipelines import __version__
 from rasteret_pipelines.cog import FetchConfig, RangeFetcher, run_sync
 from rasteret_pipelines.cog.read import fetch_header
 from rasteret_pipelines.collections import schema
+from rasteret_pipelines.collections.names import check_collection_name
 from rasteret_pipelines.collections.search import (
     Month,
     build_query,
@@ -46,7 +52,8 @@ from rasteret_pipelines.collections.search import (
     search_items,
 )
 from rasteret_pipelines.collections.sources import DataSource, get_source
-from rasteret_pipelines.errors import CollectionError, EmptySearchError, RasteretError
+from rasteret_pipelines.errors import CollectionError, EmptySearchError, RasteretError, UnsafeHrefError
+from rasteret_pipelines.hrefs import check_href
 from rasteret_pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -91,6 +98,9 @@ class MonthReport:
     """Headers that could not be read: the next build retries them."""
     missing: list[MissingAsset] = field(default_factory=list)
     """Requested bands the items have no asset for."""
+    headers_without_version: int = 0
+    """Headers whose object gave neither an ETag nor a Last-Modified time (see the README,
+    "What stale-object detection can see"): only a size change is detected for them."""
     header_requests: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -146,6 +156,7 @@ def build_collection(
     fetch_config: FetchConfig | None = None,
     progress: bool | None = None,
     require_items: bool = False,
+    allow_local_hrefs: bool = False,
 ) -> BuildReport:
     """Search ``source`` and index every band header into ``workspace/name``, month by month.
 
@@ -165,6 +176,9 @@ def build_collection(
         progress: Show a progress bar (default: when stderr is a terminal).
         require_items: Refuse to create a collection the search finds no item for
             (:class:`EmptySearchError`) instead of writing empty months.
+        allow_local_hrefs: Also read asset hrefs that are local paths or ``file://`` URLs (a
+            local catalog you trust). Off by default: a remote catalog's items are read only
+            through ``http(s)://`` and ``s3://`` hrefs, so they cannot open local files.
 
     Returns:
         A :class:`BuildReport`; failed headers are listed there and in the month files.
@@ -180,10 +194,11 @@ def build_collection(
     start, end = check_date_range(date_range, src)
     bbox = check_bbox(bbox)
     geom = check_geometry(geometry)
-    if not name or "/" in name or name.startswith("."):
-        raise CollectionError(f"collection name {name!r} is not a valid folder name")
+    check_collection_name(name)
     search_query = build_query(cloud_cover_lt, platform, query)
-    config = replace(fetch_config or FetchConfig(), requester_pays=src.requester_pays)
+    config = replace(
+        fetch_config or FetchConfig(), requester_pays=src.requester_pays, local_files=allow_local_hrefs
+    )
     store = Storage.from_uri(workspace)
     manifest = store.read_json(name, MANIFEST) if store.exists(name, MANIFEST) else {}
     if manifest and manifest.get("data_source") != src.id:
@@ -210,6 +225,7 @@ def build_collection(
                 + (f" with {search_query}" if search_query else "")
                 + f"; collection {name!r} was not created"
             )
+        manifest = {**manifest, "allow_local_hrefs": bool(allow_local_hrefs)}
         _write_manifest(store, name, manifest, src, keys, (start, end), bbox, geom, cloud_cover_lt,
                         platform, query, stac_url, report)
     except BaseException:
@@ -243,6 +259,12 @@ def _build_and_write_month(src, keys, store, name, month: Month, stac_url, bbox,
         log.warning("%s: no %s items for %s; writing an empty month", name, src.id, month.key)
     month_report.path = write_month(store, table, name, month.key)
     month_report.seconds = time.perf_counter() - t0
+    if month_report.headers_without_version:
+        log.warning(
+            "%s %s: %d headers come from objects with neither ETag nor Last-Modified; a "
+            "same-size rewrite of those objects cannot be detected (docs/trust.md)",
+            name, month.key, month_report.headers_without_version,
+        )
     if month_report.failed:
         log.warning(
             "%s %s: %d band headers failed (recorded; the next build retries them)",
@@ -307,10 +329,18 @@ async def _build_month(
                 row[error_col] = f"item has no {band!r} asset"
                 result.missing.append(MissingAsset(row["id"], band))
                 continue
+            try:
+                check_href(href, allow_local=config.local_files)
+            except UnsafeHrefError as exc:  # never opened: no bytes, no existence probe
+                row[error_col] = str(exc)
+                result.failed.append(FailedAsset(row["id"], band, str(href), str(exc)))
+                continue
             old = previous.get((row["id"], band))
             if old is not None and old[0] == href and old[1] == stamp:
                 row[header_col] = old[2]
                 result.headers_reused += 1
+                if not (old[2].get("etag") or old[2].get("last_modified")):
+                    result.headers_without_version += 1
             else:
                 to_fetch.append((row, band, href))
         rows.append(row)
@@ -324,6 +354,8 @@ async def _build_month(
                 header = await fetch_header(fetcher, href)
                 row[header_col] = header.to_dict()
                 result.headers_fetched += 1
+                if not (header.etag or header.last_modified):
+                    result.headers_without_version += 1
             except (RasteretError, OSError, ValueError) as exc:
                 row[error_col] = str(exc)
                 result.failed.append(FailedAsset(row["id"], band, href, str(exc)))
@@ -473,6 +505,7 @@ def _write_manifest(store, name, manifest, src, keys, date_range, bbox, geom, cl
             "failed_headers": len(m.failed),
             "missing_assets": len(m.missing),
             "skipped_items": len(m.skipped_items),
+            "headers_without_version": m.headers_without_version,
             "built_at": now,
         }
     old_range = manifest.get("date_range") or [date_range[0].isoformat(), date_range[1].isoformat()]
@@ -492,6 +525,7 @@ def _write_manifest(store, name, manifest, src, keys, date_range, bbox, geom, cl
             "filters": {"cloud_cover_lt": cloud_cover_lt, "platform": platform, "query": query},
             "months": dict(sorted(months.items())),
             "size": sum(v["items"] for v in months.values()),
+            "headers_without_version": sum(v.get("headers_without_version", 0) for v in months.values()),
             "built_at": now,
             "library_version": __version__,
         }

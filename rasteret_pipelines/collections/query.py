@@ -15,7 +15,13 @@ import shapely
 from rasteret_pipelines.cog import CogHeader
 from rasteret_pipelines.collections import schema
 from rasteret_pipelines.collections.build import MANIFEST, MONTH_FILE
-from rasteret_pipelines.collections.search import check_bbox, check_date_range, check_geometry
+from rasteret_pipelines.collections.names import check_collection_name
+from rasteret_pipelines.collections.search import (
+    check_bbox,
+    check_cloud_cover,
+    check_date_range,
+    check_geometry,
+)
 from rasteret_pipelines.collections.sources import DataSource, get_source
 from rasteret_pipelines.errors import (
     CollectionError,
@@ -51,6 +57,11 @@ class Collection:
     def date_range(self) -> tuple[str, str]:
         start, end = self.manifest["date_range"]
         return start, end
+
+    @property
+    def allow_local_hrefs(self) -> bool:
+        """Whether the collection was built from a local catalog whose hrefs may be local paths."""
+        return bool(self.manifest.get("allow_local_hrefs", False))
 
     def __len__(self) -> int:
         return int(self.manifest.get("size", 0))
@@ -138,8 +149,9 @@ class Collection:
             hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, dt.timezone.utc)
             exprs.append(pc.field("datetime") >= pa.scalar(lo, pa.timestamp("us", "UTC")))
             exprs.append(pc.field("datetime") < pa.scalar(hi, pa.timestamp("us", "UTC")))
+        cloud_cover_lt = check_cloud_cover(cloud_cover_lt)
         if cloud_cover_lt is not None:
-            exprs.append(pc.field("eo:cloud_cover") < float(cloud_cover_lt))
+            exprs.append(pc.field("eo:cloud_cover") < cloud_cover_lt)
         boxes = []
         if bbox is not None:
             boxes.append(check_bbox(bbox))
@@ -251,7 +263,10 @@ def load_collection(name: str, workspace) -> Collection:
 
     Raises:
         CollectionNotFoundError (a ``ValueError``): no such collection in the workspace.
+        InvalidCollectionNameError (a ``ValueError``): ``name`` is not one folder name
+            (``../x``, NUL, too long): nothing outside the workspace is opened.
     """
+    check_collection_name(name)
     store = Storage.from_uri(workspace)
     if not store.exists(name, MANIFEST):
         available = [c["name"] for c in list_collections(workspace)]

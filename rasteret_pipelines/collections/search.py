@@ -5,6 +5,8 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import logging
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -72,6 +74,24 @@ def months_between(start: dt.date, end: dt.date) -> list[Month]:
     return months
 
 
+def check_cloud_cover(value, what: str = "cloud_cover_lt") -> float | None:
+    """A cloud-cover threshold as a float percentage in [0, 100] (None stays None).
+
+    Refuses text, booleans, NaN and infinities with :class:`InvalidSearchError` before any
+    request, so a bad threshold is never reported as an API failure.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidSearchError(f"{what} must be a number (a percentage), got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidSearchError(f"{what} must be a finite number (a percentage), got {value!r}")
+    if not 0 <= number <= 100:
+        raise InvalidSearchError(f"{what} is a percentage between 0 and 100, got {value!r}")
+    return number
+
+
 def check_bbox(bbox) -> tuple[float, float, float, float] | None:
     """A (min lon, min lat, max lon, max lat) bbox in degrees, or a clear error."""
     if bbox is None:
@@ -82,6 +102,8 @@ def check_bbox(bbox) -> tuple[float, float, float, float] | None:
         raise InvalidSearchError(f"bbox {bbox!r} must be four numbers") from exc
     if len(values) != 4:
         raise InvalidSearchError(f"bbox {bbox!r} must be (min lon, min lat, max lon, max lat)")
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidSearchError(f"bbox {bbox!r} must be four finite numbers (no NaN or infinity)")
     minx, miny, maxx, maxy = values
     lon_ok = all(-180 <= v <= 180 for v in (minx, maxx))
     lat_ok = all(-90 <= v <= 90 for v in (miny, maxy))
@@ -103,6 +125,7 @@ def check_geometry(geometry):
     """A valid, non-empty shapely geometry from shapely or GeoJSON input (or None)."""
     if geometry is None:
         return None
+    import numpy as np
     import shapely
     import shapely.geometry
 
@@ -112,6 +135,8 @@ def check_geometry(geometry):
         raise InvalidSearchError(f"geometry {str(geometry)[:80]!r} is not a geometry: {exc}") from exc
     if geom.is_empty:
         raise InvalidSearchError("geometry is empty")
+    if not shapely.get_coordinates(geom).size or not np.isfinite(shapely.get_coordinates(geom)).all():
+        raise InvalidSearchError("geometry has NaN or infinite coordinates")
     if not geom.is_valid:
         raise InvalidSearchError(f"geometry is invalid: {shapely.is_valid_reason(geom)}")
     minx, miny, maxx, maxy = geom.bounds
@@ -125,8 +150,9 @@ def build_query(
 ) -> dict | None:
     """STAC query-extension object from the convenience filters and a user ``query``."""
     out: dict = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (query or {}).items()}
+    cloud_cover_lt = check_cloud_cover(cloud_cover_lt)
     if cloud_cover_lt is not None:
-        out.setdefault("eo:cloud_cover", {})["lt"] = float(cloud_cover_lt)
+        out.setdefault("eo:cloud_cover", {})["lt"] = cloud_cover_lt
     if platform is not None:
         if isinstance(platform, Mapping):
             out["platform"] = dict(platform)

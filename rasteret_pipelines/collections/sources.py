@@ -58,6 +58,11 @@ class DataSource:
 
     def resolve_band(self, name: str) -> str:
         """Asset key for a band code or asset key (case-insensitive codes)."""
+        if not isinstance(name, str) or not name:
+            raise UnknownBandError(
+                f"band names must be non-empty strings, got {name!r}; valid names for {self.id}: "
+                + ", ".join(sorted(set(self.bands) | set(self.asset_keys)))
+            )
         if name in self.asset_keys:
             return name
         for code, key in self.bands.items():

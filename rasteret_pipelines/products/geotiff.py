@@ -26,8 +26,11 @@ Decisions:
   right for a continuous index).
 * **Atomic writes.** A file is written under a hidden temporary name in its final folder and
   renamed (``os.replace``) into place, so a crash never leaves a partial file at the final name
-  (and an existing file there stays intact). For ``s3://`` the COG is built in a local temporary
-  folder and uploaded with :meth:`Storage.upload_file`; a completed S3 upload is atomic.
+  (and an existing file there stays intact). The temporary name ends in hex, not ``.tif``, so
+  globbing the output folder never returns it; one left by a killed process is removed by the
+  first write into that folder by a later process
+  (:func:`~rasteret_pipelines.storage.sweep_once`). For ``s3://`` the COG is built in a local
+  temporary folder and uploaded with :meth:`Storage.upload_file`; a completed S3 upload is atomic.
 * **Tags** (GDAL metadata, ``src.tags()``): ``DATE`` (``YYYY-MM-DD``), ``DATETIME`` (ISO, UTC),
   ``GEOMETRY_ID``, ``SCENE_IDS`` (comma-joined), ``DATA_VAR``, and ``VALUES`` (the read's
   ``values`` attribute) when known.
@@ -38,7 +41,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import uuid
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -51,7 +53,7 @@ from rasterio.crs import CRS
 
 from rasteret_pipelines.errors import ProductError, ProductInputError
 from rasteret_pipelines.reading.model import geometry_dataset
-from rasteret_pipelines.storage import Storage
+from rasteret_pipelines.storage import Storage, sweep_once, temp_path
 
 __all__ = ["COG_OPTIONS", "save_per_geometry", "write_cog"]
 
@@ -119,9 +121,10 @@ def write_cog(
         raise ProductInputError(f"write_cog needs a non-empty 2-D array, got shape {array.shape}")
     array = np.ascontiguousarray(array, dtype=np.float32)
     target = os.path.abspath(os.fspath(path))
-    folder, name = os.path.split(target)
+    folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}.tif")
+    sweep_once(folder)
+    tmp = temp_path(target)
     height, width = array.shape
     try:
         with rasterio.open(

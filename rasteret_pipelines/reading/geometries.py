@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import shapely
 
 from rasteret_pipelines.errors import InvalidGeometryError
@@ -47,6 +48,8 @@ def normalize_geometries(geometries, crs=None) -> list[tuple[object, shapely.Geo
     for gid, geom in series.items():
         if geom is None or geom.is_empty:
             raise InvalidGeometryError(f"geometry {gid} is empty")
+        if not np.isfinite(shapely.get_coordinates(geom)).all():
+            raise InvalidGeometryError(f"geometry {gid} has NaN or infinite coordinates")
         if not geom.is_valid:
             raise InvalidGeometryError(f"geometry {gid} is invalid: {shapely.is_valid_reason(geom)}")
         if geom.geom_type not in ("Polygon", "MultiPolygon"):

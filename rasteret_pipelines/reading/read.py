@@ -33,8 +33,14 @@ from rasterio.enums import Resampling
 from rasteret_pipelines.cog import CogHeader, FetchConfig, FetchStats, RangeFetcher, run_sync
 from rasteret_pipelines.cog.read import fetch_windows
 from rasteret_pipelines.collections.query import Collection
-from rasteret_pipelines.errors import DateRangeError, NoScenesError, UnknownBandError
+from rasteret_pipelines.errors import (
+    DateRangeError,
+    InvalidReadArgumentError,
+    NoScenesError,
+    UnknownBandError,
+)
 from rasteret_pipelines.reading.geometries import normalize_geometries
+from rasteret_pipelines.reading.memory import check_plans
 from rasteret_pipelines.reading.model import GeometryGrid, empty_stack
 from rasteret_pipelines.reading.quality import clear_pixels
 
@@ -129,7 +135,7 @@ def read_geometries(
         UnknownBandError, DateRangeError, InvalidGeometryError, NoScenesError.
     """
     if values not in VALUE_MODES:
-        raise ValueError(f"values must be one of {VALUE_MODES}, got {values!r}")
+        raise InvalidReadArgumentError(f"values must be one of {VALUE_MODES}, got {values!r}")
     if isinstance(bands, str):
         bands = [bands]
     if not bands:
@@ -152,7 +158,9 @@ def read_geometries(
             + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
             + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
         )
-    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays)
+    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
+                     local_files=collection.allow_local_hrefs)
+    check_plans(plans, bands, values, config)  # MemoryLimitError before any request
     stats = run_sync(_fetch(plans, config))  # works inside a running loop (Jupyter)
     out_dtype, fill = _output_type(plans, keys, bands, values)
     attrs = {

@@ -1,0 +1,42 @@
+"""Signatures, tokens and passwords removed from any text before it reaches a message or a log.
+
+Presigned URLs (S3 ``X-Amz-Signature``, Azure SAS ``sig``, Google ``X-Goog-Signature``) carry
+their credential in the query string, and URLs may carry ``user:password@``. Every error this
+project raises goes through :func:`redact` (see :class:`~rasteret_pipelines.errors.RasteretError`),
+so an href can be named in a message without leaking what signs it.
+"""
+
+from __future__ import annotations
+
+import re
+
+SECRET_PARAMS = (
+    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
+    "x-goog-credential", "signature", "sig", "token", "access_token", "id_token",
+    "security-token", "awsaccesskeyid", "api_key", "apikey", "key", "password", "secret",
+    "client_secret", "code",
+)
+"""Query parameters whose values are credentials (compared case-insensitively)."""
+
+REDACTED = "REDACTED"
+
+_PARAM = re.compile(
+    r"(?i)([?&;](?:" + "|".join(re.escape(p) for p in SECRET_PARAMS) + r")=)(?:[^&;#:\s'\"<>)\]]|:(?!\s|$))*"
+)
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"<>]+@")
+_HEADER = re.compile(
+    r"(?i)\b(authorization|x-amz-security-token|cookie|set-cookie)(['\"]?\s*:\s*['\"]?)[^'\"\n,}]+"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with credential query values, URL passwords and auth header values replaced."""
+    if not text or not isinstance(text, str):
+        return text
+    if "=" in text:
+        text = _PARAM.sub(lambda m: m.group(1) + REDACTED, text)
+    if "@" in text:
+        text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    if ":" in text:
+        text = _HEADER.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    return text
