@@ -26,6 +26,12 @@ import pyarrow.compute as pc
 
 log = logging.getLogger(__name__)
 
+# stac-geoparquet 0.8 logs ``logger.debug(batch.schema, batch)`` (a format string with no
+# placeholder), which fails to format whenever DEBUG logging is on: a "--- Logging error ---"
+# in a script, a raised TypeError under pytest's log capture. Its INFO lines are CPU/RSS
+# profiling noise. Keep that one logger at WARNING.
+logging.getLogger("stac_geoparquet.arrow._api").setLevel(logging.WARNING)
+
 LEVEL_TYPE = pa.struct(
     [
         ("width", pa.int32()),
