@@ -50,6 +50,14 @@ class WindowError(RasteretError, ValueError):
     """A requested window or overview level is not valid for the header."""
 
 
+class GeoreferenceWarning(UserWarning):
+    """A file's georeferencing is not reproduced as GDAL reports it (CRS or transform left unset).
+
+    Emitted instead of a silently different CRS: a vertical, geocentric or local CRS, a
+    projection method GeoTIFF has no code for, ground control points, bad GeoKey types.
+    """
+
+
 # --- Collections ------------------------------------------------------------------------------
 
 

@@ -368,6 +368,7 @@ def build_header(
         main_ifd.get(tiff.MODEL_PIXEL_SCALE),
         main_ifd.get(tiff.MODEL_TIEPOINT),
         main_ifd.get(tiff.MODEL_TRANSFORMATION),
+        href,
     )
     scales, offsets, metadata = _gdal_metadata(main_ifd.get(tiff.GDAL_METADATA), main.samples_per_pixel)
     nodata = main_ifd.get(tiff.GDAL_NODATA)
