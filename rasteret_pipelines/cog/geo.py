@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import GeoreferenceWarning
-from .geocrs import crs_from_geokeys
+from .geocrs import KEY_DIRECTORY_VERSION, crs_from_geokeys
 
 # GeoKey ids.
 GT_MODEL_TYPE = 1024
@@ -40,6 +40,7 @@ def parse_geokeys(directory, doubles, ascii_params) -> dict[int, object]:
     if directory is None or len(directory) < 4:
         return keys
     directory = [int(v) for v in directory]
+    keys[KEY_DIRECTORY_VERSION] = tuple(directory[:3])
     n = directory[3]
     for i in range(n):
         base = 4 + 4 * i
@@ -115,8 +116,8 @@ def _crs(geokeys: dict[int, object], href: str | None) -> str | None:
     """The CRS GDAL reports for these GeoKeys; a :class:`GeoreferenceWarning` when unsupported."""
     result = crs_from_geokeys(geokeys)
     if result.problem is not None:
+        what = "CRS left unset: " if result.crs is None else ""
         warnings.warn(
-            GeoreferenceWarning(f"{href or 'GeoTIFF'}: CRS left unset: {result.problem}"),
-            stacklevel=4,
+            GeoreferenceWarning(f"{href or 'GeoTIFF'}: {what}{result.problem}"), stacklevel=4
         )
     return result.crs

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 USER_DEFINED = 32767
+KEY_DIRECTORY_VERSION = 0
+"""Pseudo key under which :func:`~rasteret_pipelines.cog.geo.parse_geokeys` stores the
+directory header (KeyDirectoryVersion, KeyRevision, MinorRevision)."""
 
 # GeoKey ids (GeoTIFF 1.0 / 1.1).
 GT_MODEL_TYPE = 1024
@@ -201,8 +204,7 @@ _WKT1: dict[int, tuple[str, tuple[tuple[str, int], ...]]] = {
     CT_POLYCONIC: ("Polyconic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
     CT_AZIMUTHAL_EQUIDISTANT: ("Azimuthal_Equidistant", (
         ("latitude_of_center", 0), ("longitude_of_center", 1)) + _FE_FN),
-    CT_MILLER: ("Miller_Cylindrical", (
-        ("latitude_of_center", 0), ("longitude_of_center", 1)) + _FE_FN),
+    CT_MILLER: ("Miller_Cylindrical", (("longitude_of_center", 1),) + _FE_FN),
     CT_EQUIRECTANGULAR: ("Equirectangular", (
         ("latitude_of_origin", 0), ("central_meridian", 1), ("standard_parallel_1", 2)) + _FE_FN),
     CT_GNOMONIC: ("Gnomonic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
@@ -712,20 +714,21 @@ class GeoKeyCrs:
     crs: str | None
     """``"EPSG:<code>"`` when the CRS is exactly a registry entry, else WKT2; None if no CRS."""
     problem: str | None = None
-    """Set when GDAL reports a CRS this module does not reproduce (``crs`` is then None)."""
+    """Why GDAL's CRS is not reproduced: ``crs`` is then None, or a part of GDAL's CRS (the
+    horizontal part of a compound CRS)."""
 
 
 def crs_from_geokeys(keys: dict[int, object]) -> GeoKeyCrs:
     """The CRS GDAL builds from these GeoKeys (see the module docstring)."""
-    if not keys:
+    if not any(k != KEY_DIRECTORY_VERSION for k in keys):
         return GeoKeyCrs(None)
     try:
-        crs = _assemble(keys)
+        crs, warning = _assemble(keys)
     except GeoKeyCrsProblem as exc:
         return GeoKeyCrs(None, str(exc))
     if crs is None:
         return GeoKeyCrs(None)
-    return GeoKeyCrs(_compact(crs))
+    return GeoKeyCrs(_compact(crs), warning)
 
 
 def _compact(crs) -> str:
@@ -743,39 +746,38 @@ def _has(keys: dict, key: int) -> bool:
 
 
 def _assemble(keys: dict):
+    """(CRS or None, warning or None); raises GeoKeyCrsProblem when no CRS can be given."""
     from pyproj import CRS
 
-    for key in (GT_MODEL_TYPE, GEOGRAPHIC_TYPE, PROJECTED_CS_TYPE, PROJ_COORD_TRANS,
-                PROJ_LINEAR_UNITS, GEOG_GEODETIC_DATUM, GEOG_ELLIPSOID, GEOG_PRIME_MERIDIAN,
-                GEOG_ANGULAR_UNITS, PROJECTION):
-        if key in keys and _short(keys, key) is None:
-            raise GeoKeyCrsProblem(f"GeoKey {key} has a value of the wrong type: {keys[key]!r}")
+    # Keys of the wrong type are ignored, as libgeotiff ignores them (with a warning here).
+    wrong = [key for key in _SHORT_KEYS if key in keys and _short(keys, key) is None]
+    ignored = (
+        f"GeoKeys {wrong} have values of the wrong type and are ignored, as GDAL ignores them"
+        if wrong else None
+    )
 
     d = _normalise(keys)
     if d.model == USER_DEFINED and d.pcs != USER_DEFINED:
         d.model = MODEL_PROJECTED
 
-    # Vertical keys: GDAL builds a compound CRS, but its GeoTIFF driver reports only the
-    # horizontal part (GTIFF_REPORT_COMPD_CS defaults to NO), as this module does.
-
     if d.model not in (MODEL_PROJECTED, MODEL_GEOGRAPHIC, MODEL_GEOCENTRIC):
         citation = keys.get(PCS_CITATION)
-        if isinstance(citation, str) and "ESRI PE String = " in citation:
-            return _from_esri_pe(citation)
+        if isinstance(citation, str) and citation.startswith("ESRI PE String = "):
+            return _from_esri_pe(citation), None
         raise GeoKeyCrsProblem(
             f"GTModelTypeGeoKey is {keys.get(GT_MODEL_TYPE)!r}: GDAL reports a local "
             "(engineering) CRS, which cannot be used for georeferencing"
         )
     if d.model == MODEL_GEOCENTRIC:
         raise GeoKeyCrsProblem("geocentric CRS (GTModelTypeGeoKey 3) is not supported")
-    if d.model == MODEL_PROJECTED:
-        for key in (PCS_CITATION, GT_CITATION):
-            citation = keys.get(key)
-            if isinstance(citation, str) and "ESRI PE String = " in citation:
-                return _from_esri_pe(citation)
+
+    vertical = _vertical_keys(keys)
+    warning = ignored
 
     # A projected CRS given by nothing but its code: the registry entry (GDAL's
-    # "import PROJCS from ProjectedCSTypeGeoKey if we have essentially only it").
+    # "import PROJCS from ProjectedCSTypeGeoKey if we have essentially only it"), with the
+    # linear unit of ProjLinearUnitsGeoKey, and any GeogTOWGS84GeoKey dropped.
+    crs = None
     if (
         d.model == MODEL_PROJECTED
         and d.pcs != USER_DEFINED
@@ -784,29 +786,137 @@ def _assemble(keys: dict):
     ):
         registry = _registry_crs(d.pcs)
         if registry is not None and registry.is_projected:
-            return _with_linear_unit(registry, d)
-
-    geogcs = _geogcs_wkt(keys, d)
-    if d.model == MODEL_GEOGRAPHIC:
-        wkt = geogcs
-    else:
-        wkt = _projcs_wkt(keys, d, geogcs)
-    try:
-        crs = CRS.from_wkt(wkt)
-    except Exception as exc:
-        raise GeoKeyCrsProblem(f"PROJ cannot build the CRS from the GeoKeys: {exc}") from None
-    if d.model == MODEL_GEOGRAPHIC and d.gcs != USER_DEFINED:
-        registry = _registry_crs(d.gcs)
-        if registry is not None and registry.datum is not None and _is_dynamic(registry):
+            crs = _with_linear_unit(registry, d)
+        elif registry is not None and registry.is_geographic:
             crs = registry
-    return crs
+
+    geog3d = _geographic_3d(keys, d)
+    if crs is None and geog3d is not None and d.model == MODEL_GEOGRAPHIC:
+        return geog3d, None
+    if geog3d is not None:
+        vertical = None
+
+    if crs is None:
+        geogcs = _geogcs_wkt(keys, d)
+        wkt = geogcs if d.model == MODEL_GEOGRAPHIC else _projcs_wkt(keys, d, geogcs)
+        try:
+            crs = CRS.from_wkt(wkt)
+        except Exception as exc:
+            raise GeoKeyCrsProblem(f"PROJ cannot build the CRS from the GeoKeys: {exc}") from None
+        if geog3d is not None and crs.is_projected:
+            crs = crs.to_3d()
+        if d.model == MODEL_GEOGRAPHIC and d.gcs != USER_DEFINED:
+            registry = _registry_crs(d.gcs)
+            if registry is not None and _is_dynamic(registry):
+                # GDAL takes a dynamic geographic CRS (EPSG:4326 among them) from the registry.
+                crs = registry
+        if vertical is None:
+            crs = _strip_towgs84_if_known_datum(crs)
+
+    if vertical is not None and _geotiff_1_1(keys):
+        # GeoTIFF 1.1: GDAL reports a compound CRS.
+        vertical_crs = _registry_crs(vertical[0]) if 0 < vertical[0] < USER_DEFINED else None
+        if vertical_crs is not None and vertical_crs.is_vertical:
+            from pyproj.crs import CompoundCRS
+
+            crs = CompoundCRS(name=f"{crs.name} + {vertical_crs.name}",
+                              components=[crs, vertical_crs])
+        else:
+            warning = (warning + "; " if warning else "") + (
+                f"vertical GeoKeys {vertical} do not name a registry vertical CRS: GDAL reports "
+                "a compound CRS with a hand-built vertical part; only the horizontal CRS is kept"
+            )
+    return crs, warning
+
+
+_SHORT_KEYS = (
+    GT_MODEL_TYPE, GEOGRAPHIC_TYPE, PROJECTED_CS_TYPE, PROJ_COORD_TRANS, PROJ_LINEAR_UNITS,
+    GEOG_GEODETIC_DATUM, GEOG_ELLIPSOID, GEOG_PRIME_MERIDIAN, GEOG_ANGULAR_UNITS, PROJECTION,
+    GEOG_LINEAR_UNITS, VERTICAL_CS_TYPE, VERTICAL_DATUM, VERTICAL_UNITS,
+)
+
+
+def _vertical_keys(keys: dict):
+    """(VerticalCSType, VerticalDatum, VerticalUnits) when any is set and usable, else None."""
+    values = tuple(_short(keys, k) or 0 for k in (VERTICAL_CS_TYPE, VERTICAL_DATUM, VERTICAL_UNITS))
+    if not any(values) or any(v > USER_DEFINED for v in values):
+        return None
+    return values
+
+
+def _geotiff_1_1(keys: dict) -> bool:
+    version = keys.get(KEY_DIRECTORY_VERSION)
+    return isinstance(version, tuple) and len(version) == 3 and tuple(version[:3]) >= (1, 1, 1)
+
+
+def _strip_towgs84_if_known_datum(crs):
+    """GDAL's StripTOWGS84IfKnownDatum: a TOWGS84 on a datum the registry knows is dropped."""
+    if not crs.is_bound:
+        return crs
+    base = crs.source_crs
+    if _id_code(base) is not None:
+        return base
+    datum = base.datum
+    if datum is None:
+        return crs
+    if _id_code(datum) is not None:
+        return base
+    if datum.name.lower() in ("unknown", "unnamed") or not _datum_name_known(datum.name):
+        return crs
+    return base
+
+
+@lru_cache(maxsize=128)
+def _datum_name_known(name: str) -> bool:
+    from pyproj.database import query_crs_info  # noqa: F401
+
+    try:
+        from pyproj.crs import Datum
+
+        Datum.from_name(name)
+        return True
+    except Exception:
+        return False
+
+
+def _geographic_3d(keys: dict, d: _Defn):
+    """GDAL's reconstruction of a geographic 3D CRS from the geographic and vertical codes."""
+    if d.gcs == USER_DEFINED:
+        return None
+    code = _short(keys, VERTICAL_CS_TYPE) or 0
+    if _short(keys, VERTICAL_DATUM) == 6030 and d.gcs == 4326:
+        code = 4979
+    if not 0 < code < USER_DEFINED:
+        return None
+    geog, vert = _registry_crs(d.gcs), _registry_crs(code)
+    if geog is None or vert is None or not geog.is_geographic or not vert.is_geographic:
+        return None
+    if len(geog.axis_info) != 2 or len(vert.axis_info) != 3:
+        return None
+    if geog.datum is None or vert.datum is None:
+        return None
+    same = _id_code(geog.datum) is not None and _id_code(geog.datum) == _id_code(vert.datum)
+    return vert if same else None
 
 
 def _is_dynamic(crs) -> bool:
+    """GDAL's IsDynamic: a dynamic datum, EPSG:6326, or an ensemble of dynamic frames."""
+    from pyproj.crs import Datum
+
     try:
-        return crs.datum.to_json_dict().get("type") == "DynamicGeodeticReferenceFrame"
+        datum = crs.datum.to_json_dict()
     except Exception:
         return False
+    if datum.get("type") == "DynamicGeodeticReferenceFrame":
+        return True
+    if datum.get("type") == "DatumEnsemble":
+        members = datum.get("members") or []
+        try:
+            first = Datum.from_epsg(members[0]["id"]["code"])
+        except Exception:
+            return False
+        return first.to_json_dict().get("type") == "DynamicGeodeticReferenceFrame"
+    return _id_code(crs.datum) == 6326
 
 
 def _with_linear_unit(registry, d: _Defn):
@@ -851,7 +961,8 @@ def _citation_names(text: str) -> dict[str, str]:
     names: dict[str, str] = {}
     if "=" not in text:
         return {"gcs": text}
-    for part in text.split("|"):
+    separator = "\n" if text.startswith("IMAGINE GeoTIFF Support") else "|"
+    for part in text.split(separator):
         if "=" not in part:
             continue
         label, _, value = part.partition("=")
@@ -939,7 +1050,7 @@ def _geogcs_wkt(keys: dict, d: _Defn) -> str:
     parts = [
         _q(geog_name),
         "DATUM[" + ",".join(datum_parts) + "]",
-        f"PRIMEM[{_q(pm_name or 'Greenwich')},{_num(d.pm_long_deg)}]",
+        f"PRIMEM[{_q(pm_name or ('Greenwich' if d.pm_long_deg == 0 else 'unnamed'))},{_num(d.pm_long_deg)}]",
         f"UNIT[{_q(ang_name)},{_num(d.uom_angle_deg * math.pi / 180.0)}]",
         'AXIS["Latitude",NORTH]',
         'AXIS["Longitude",EAST]',
@@ -993,6 +1104,10 @@ def _projcs_wkt(keys: dict, d: _Defn, geogcs: str) -> str:
             value = value / d.uom_length_m if d.uom_length_m else value
         body.append(f"PARAMETER[{_q(pname)},{_num(value)}]")
     body.append(unit)
+    if d.ct == CT_LAEA and d.params[1] == 0.0 and abs(abs(d.params[0]) - 90.0) < 1e-10:
+        # GDAL's SetLAEA gives polar aspects the EPSG polar axes.
+        direction = "SOUTH" if d.params[0] > 0 else "NORTH"
+        body.append(f'AXIS["Easting",{direction}],AXIS["Northing",{direction}]')
     if d.ct == CT_MERCATOR and d.projection in (1024, 9841):
         body.append(f'EXTENSION["PROJ4",{_q(_GOOGLE_MERCATOR_PROJ4)}]')
     if d.pcs != USER_DEFINED and _registry_crs(d.pcs) is not None:
