@@ -631,35 +631,24 @@ def _projection_from_registry(d: _Defn) -> None:
         values[pcode] = _param_to_normal(p)
     d.params = [_SLOT_DEFAULT.get(i, 0.0) for i in range(7)]
     d.param_set = [False] * 7
-    if slots is None:
-        return
-    for i, codes in enumerate(slots):
-        for pcode in codes:
-            if pcode in values:
-                d.params[i] = values[pcode]
-                d.param_set[i] = True
-                break
-        else:
-            if i == 3 and ct in (CT_OBLIQUE_MERCATOR, CT_HOTINE_AZIMUTH_CENTER):
-                d.params[i] = 90.0
-            if codes:
-                d.param_set[i] = i == 4 or i == 3 or d.param_set[i]
+    if ct in (CT_OBLIQUE_MERCATOR, CT_HOTINE_AZIMUTH_CENTER):
+        d.params[3] = 90.0  # angle from rectified to skew grid, when the conversion has none
+    for i, codes in enumerate(slots or ()):
+        found = next((values[c] for c in codes if c in values), None)
+        if found is not None:
+            d.params[i], d.param_set[i] = found, True
 
 
 def _param_to_normal(p: dict) -> float:
-    """A PROJJSON parameter value in degrees (angles), metres (lengths) or as is."""
+    """A PROJJSON parameter value in degrees (angles), metres (lengths), or unitless."""
     value = float(p["value"])
     unit = p.get("unit")
-    if isinstance(unit, dict):
-        factor = float(unit.get("conversion_factor", 1.0))
-        if unit.get("type") == "AngularUnit":
-            return math.degrees(value * factor)
-        if unit.get("type") == "LinearUnit":
-            return value * factor
-        return value * factor if unit.get("type") == "ScaleUnit" else value
-    if unit == "degree":
+    if not isinstance(unit, dict):  # "degree", "metre", "unity": already normal
         return value
-    return value
+    factor = float(unit.get("conversion_factor", 1.0))
+    if unit.get("type") == "AngularUnit":
+        return math.degrees(value * factor)
+    return value * factor
 
 
 def _projection_from_keys(keys: dict, d: _Defn) -> None:
@@ -719,7 +708,24 @@ class GeoKeyCrs:
 
 
 def crs_from_geokeys(keys: dict[int, object]) -> GeoKeyCrs:
-    """The CRS GDAL builds from these GeoKeys (see the module docstring)."""
+    """The CRS GDAL builds from these GeoKeys (see the module docstring).
+
+    Results are cached by key set: the scenes of a collection share a handful of CRSs.
+    """
+    try:
+        frozen = tuple(sorted(keys.items()))
+        hash(frozen)
+    except TypeError:
+        return _crs_from_geokeys(keys)
+    return _cached_crs_from_geokeys(frozen)
+
+
+@lru_cache(maxsize=256)
+def _cached_crs_from_geokeys(frozen: tuple) -> GeoKeyCrs:
+    return _crs_from_geokeys(dict(frozen))
+
+
+def _crs_from_geokeys(keys: dict[int, object]) -> GeoKeyCrs:
     if not any(k != KEY_DIRECTORY_VERSION for k in keys):
         return GeoKeyCrs(None)
     try:
@@ -868,15 +874,14 @@ def _strip_towgs84_if_known_datum(crs):
 
 @lru_cache(maxsize=128)
 def _datum_name_known(name: str) -> bool:
-    from pyproj.database import query_crs_info  # noqa: F401
+    """The registry knows a datum of this name (GDAL's proj_create_from_name check)."""
+    from pyproj.crs import Datum
 
     try:
-        from pyproj.crs import Datum
-
         Datum.from_name(name)
-        return True
     except Exception:
         return False
+    return True
 
 
 def _geographic_3d(keys: dict, d: _Defn):
@@ -1042,7 +1047,7 @@ def _geogcs_wkt(keys: dict, d: _Defn) -> str:
             + ([f'AUTHORITY["EPSG","{d.ellipsoid}"]'] if d.ellipsoid != USER_DEFINED else [])
         ) + "]",
     ]
-    if d.towgs84 and not _towgs84_dropped(keys, d):
+    if d.towgs84:
         values = list(d.towgs84) + [0.0] * (7 - len(d.towgs84))
         datum_parts.append("TOWGS84[" + ",".join(_num(v) for v in values) + "]")
     if d.datum != USER_DEFINED:
@@ -1058,10 +1063,6 @@ def _geogcs_wkt(keys: dict, d: _Defn) -> str:
     if gcs_valid:
         parts.append(f'AUTHORITY["EPSG","{d.gcs}"]')
     return "GEOGCS[" + ",".join(parts) + "]"
-
-
-def _towgs84_dropped(keys: dict, d: _Defn) -> bool:
-    return False
 
 
 def _projcs_wkt(keys: dict, d: _Defn, geogcs: str) -> str:
