@@ -712,8 +712,9 @@ def crs_from_geokeys(keys: dict[int, object]) -> GeoKeyCrs:
 
     Results are cached by key set: the scenes of a collection share a handful of CRSs.
     """
+    # The value types are part of the key: 4326 and 4326.0 are equal in Python but not to GDAL.
     try:
-        frozen = tuple(sorted(keys.items()))
+        frozen = tuple(sorted((k, type(v).__name__, v) for k, v in keys.items()))
         hash(frozen)
     except TypeError:
         return _crs_from_geokeys(keys)
@@ -722,7 +723,7 @@ def crs_from_geokeys(keys: dict[int, object]) -> GeoKeyCrs:
 
 @lru_cache(maxsize=256)
 def _cached_crs_from_geokeys(frozen: tuple) -> GeoKeyCrs:
-    return _crs_from_geokeys(dict(frozen))
+    return _crs_from_geokeys({k: v for k, _, v in frozen})
 
 
 def _crs_from_geokeys(keys: dict[int, object]) -> GeoKeyCrs:

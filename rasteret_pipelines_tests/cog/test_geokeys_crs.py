@@ -359,3 +359,15 @@ def test_registry_crs_is_stored_as_its_code():
     assert read_header(str(LIBGEOTIFF / "pixel_is_point_wgs84.tif")).crs == "EPSG:4326"
     bound = read_header(str(LIBGEOTIFF / "epsg_27563_allgeokeys.tif")).crs
     assert bound.startswith("BOUNDCRS[")
+
+
+def test_keys_equal_in_python_but_of_different_types_are_not_confused(tmp_path):
+    """4326 (SHORT) and 4326.0 (DOUBLE) compare equal in Python; GDAL reads only the first."""
+    good, ours_good, gdal_good, _ = _read(write_geotiff(tmp_path / "a.tif", {1024: 2, 2048: 4326}))
+    bad, ours_bad, gdal_bad, _ = _read(
+        write_geotiff(tmp_path / "b.tif", {1024: 2, 2048: 4326.0}, key_types={2048: 34736}))
+    good2, ours_good2, _, _ = _read(write_geotiff(tmp_path / "c.tif", {1024: 2, 2048: 4326}))
+    assert good.crs == good2.crs == "EPSG:4326" and not ours_good and not ours_good2
+    assert_same_crs(bad.crs, gdal_bad)
+    assert ours_bad
+    assert not CRS.from_user_input(bad.crs).equals(CRS.from_epsg(4326))
