@@ -68,24 +68,25 @@ def georeference(
 ) -> Georeference:
     """Build the CRS and GDAL-convention transform of the full-resolution image.
 
-    Like GDAL, a file georeferenced by several tiepoints (ground control points) and no
-    ModelTransformation has no geotransform and no dataset CRS (GDAL keeps that CRS for the
-    GCPs): the identity transform and ``crs=None`` are returned, with a
-    :class:`~rasteret_pipelines.errors.GeoreferenceWarning`.
+    The model tags are read in GDAL's order: a non-zero ModelPixelScale with the first tiepoint
+    (even when ModelTransformation is present too), else ModelTransformation, else tiepoints
+    alone, which are ground control points. A GCP file has no geotransform and no dataset CRS
+    in GDAL (the CRS belongs to the GCPs), so the identity transform and ``crs=None`` are
+    returned, with a :class:`~rasteret_pipelines.errors.GeoreferenceWarning`.
     """
     pixel_is_point = geokeys.get(GT_RASTER_TYPE) == RASTER_PIXEL_IS_POINT
-    if _is_gcp_georeferenced(pixel_scale, tiepoint, model_transformation):
+    transform, shifts = _transform(pixel_scale, tiepoint, model_transformation)
+    if transform is None and tiepoint is not None and len(tiepoint) >= 6:
         warnings.warn(
             GeoreferenceWarning(
                 f"{href or 'GeoTIFF'}: georeferenced by {len(tiepoint) // 6} ground control "
-                "points (tiepoints), which this engine does not use: no transform and no CRS, "
-                "as GDAL reports for the dataset"
+                "point(s) (tiepoints without a pixel scale), which this engine does not use: "
+                "no transform and no CRS, as GDAL reports for the dataset"
             ),
             stacklevel=3,
         )
         return Georeference(crs=None, transform=IDENTITY, pixel_is_point=pixel_is_point)
-    transform = _transform(pixel_scale, tiepoint, model_transformation)
-    if transform is not None and pixel_is_point:
+    if transform is not None and pixel_is_point and shifts:
         a, b, c, d, e, f = transform
         transform = (a, b, c - 0.5 * a - 0.5 * b, d, e, f - 0.5 * d - 0.5 * e)
     return Georeference(
@@ -95,21 +96,19 @@ def georeference(
     )
 
 
-def _is_gcp_georeferenced(pixel_scale, tiepoint, model_transformation) -> bool:
-    if model_transformation is not None and len(model_transformation) >= 16:
-        return False
-    return tiepoint is not None and len(tiepoint) > 6
-
-
 def _transform(pixel_scale, tiepoint, model_transformation):
+    """(affine or None, whether GDAL shifts it for PixelIsPoint: not for a scale alone)."""
+    if pixel_scale is not None and len(pixel_scale) >= 2:
+        sx, sy = float(pixel_scale[0]), float(pixel_scale[1])
+        if sx != 0.0 and sy != 0.0:
+            if tiepoint is None or len(tiepoint) < 6:
+                return (sx, 0.0, 0.0, 0.0, -sy, 0.0), False
+            i, j, _, x, y, _ = (float(v) for v in tiepoint[:6])
+            return (sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy), True
     if model_transformation is not None and len(model_transformation) >= 16:
         m = [float(v) for v in model_transformation]
-        return (m[0], m[1], m[3], m[4], m[5], m[7])
-    if pixel_scale is not None and tiepoint is not None and len(tiepoint) == 6 and len(pixel_scale) >= 2:
-        sx, sy = float(pixel_scale[0]), float(pixel_scale[1])
-        i, j, _, x, y, _ = (float(v) for v in tiepoint)
-        return (sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy)
-    return None
+        return (m[0], m[1], m[3], m[4], m[5], m[7]), True
+    return None, False
 
 
 def _crs(geokeys: dict[int, object], href: str | None) -> str | None:

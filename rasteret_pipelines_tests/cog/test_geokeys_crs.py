@@ -317,17 +317,40 @@ def test_no_geokeys_no_crs_no_warning(tmp_path):
 # --- ground control points -----------------------------------------------------------------------
 
 
-def test_several_tiepoints_give_no_crs_like_gdal(tmp_path):
-    path = write_geotiff(
-        tmp_path / "gcps.tif", {1024: 2, 2048: 4326}, pixel_scale=None,
-        tiepoints=[(0, 0, 0, 10.0, 50.0, 0), (4, 0, 0, 10.4, 50.0, 0), (0, 4, 0, 10.0, 49.6, 0)],
-    )
+TIEPOINTS = [(0, 0, 0, 10.0, 50.0, 0), (4, 0, 0, 10.4, 50.0, 0), (0, 4, 0, 10.0, 49.6, 0)]
+MATRIX = [0.1, 0, 0, 10, 0, -0.1, 0, 50, 0, 0, 0, 0, 0, 0, 0, 1]
+MODEL_TAGS = {
+    # name: (write_geotiff arguments, GDAL sees ground control points)
+    "scale_and_one_tiepoint": ({"pixel_scale": (0.1, 0.1, 0)}, False),
+    "scale_and_three_tiepoints": ({"pixel_scale": (0.1, 0.1, 0), "tiepoints": TIEPOINTS}, False),
+    "scale_only": ({"pixel_scale": (0.1, 0.1, 0), "tiepoints": []}, False),
+    "matrix": ({"pixel_scale": None, "tiepoints": [], "transformation": MATRIX}, False),
+    "matrix_and_tiepoints": ({"pixel_scale": None, "tiepoints": TIEPOINTS,
+                              "transformation": MATRIX}, False),
+    "scale_wins_over_matrix": ({"pixel_scale": (0.2, 0.2, 0), "tiepoints": TIEPOINTS[:1],
+                                "transformation": MATRIX}, False),
+    "one_tiepoint_no_scale": ({"pixel_scale": None, "tiepoints": TIEPOINTS[:1]}, True),
+    "three_tiepoints_no_scale": ({"pixel_scale": None, "tiepoints": TIEPOINTS}, True),
+    "zero_scale": ({"pixel_scale": (0.0, 0.0, 0), "tiepoints": TIEPOINTS}, True),
+}
+
+
+@pytest.mark.parametrize("point", [False, True], ids=["area", "point"])
+@pytest.mark.parametrize("name", sorted(MODEL_TAGS))
+def test_model_tags_read_in_gdal_order(tmp_path, name, point):
+    kwargs, gcps = MODEL_TAGS[name]
+    keys = {1024: 2, 1025: 2 if point else 1, 2048: 4326}
+    path = write_geotiff(tmp_path / f"{name}.tif", keys, **kwargs)
     header, ours, gdal_crs, gdal_transform = _read(path)
     with rasterio.open(path) as src:
-        assert len(src.gcps[0]) == 3 and src.gcps[1] is not None
-    assert gdal_crs is None and header.crs is None
+        assert (len(src.gcps[0]) > 0) == gcps
     assert header.transform == pytest.approx(gdal_transform)
-    assert len(ours) == 1 and "ground control points" in str(ours[0])
+    if gcps:  # GDAL has no dataset CRS for a GCP file: neither do we, and we say why
+        assert gdal_crs is None and header.crs is None
+        assert len(ours) == 1 and "ground control point" in str(ours[0])
+    else:
+        assert_same_crs(header.crs, gdal_crs)
+        assert not ours
 
 
 def test_gdal_written_gcps_give_no_crs(tmp_path):
