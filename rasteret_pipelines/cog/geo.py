@@ -35,26 +35,47 @@ class Georeference:
 
 
 def parse_geokeys(directory, doubles, ascii_params) -> dict[int, object]:
-    """GeoKeyDirectory (tag 34735) and its parameter tags as ``{key id: value}``."""
+    """GeoKeyDirectory (tag 34735) and its parameter tags as ``{key id: value}``.
+
+    Key 0 holds the directory header (version, revision, minor revision). Entries that point
+    outside their parameter tag, or into a tag of the wrong type, are left out (libgeotiff
+    cannot read them either); the CRS code then treats the key as absent.
+    """
     keys: dict[int, object] = {}
-    if directory is None or len(directory) < 4:
+    if directory is None or isinstance(directory, (str, bytes)):
         return keys
-    directory = [int(v) for v in directory]
+    try:
+        directory = [int(v) for v in directory]
+    except (TypeError, ValueError, OverflowError):
+        return keys
+    if len(directory) < 4:
+        return keys
+    if isinstance(doubles, (int, float)):
+        doubles = (doubles,)
+    if doubles is not None and (
+        isinstance(doubles, (str, bytes)) or not all(isinstance(v, (int, float)) for v in doubles)
+    ):
+        doubles = None
+    if isinstance(ascii_params, bytes):
+        ascii_params = ascii_params.decode("latin-1")
+    if not isinstance(ascii_params, str):
+        ascii_params = None
     keys[KEY_DIRECTORY_VERSION] = tuple(directory[:3])
-    n = directory[3]
-    for i in range(n):
+    for i in range(max(directory[3], 0)):
         base = 4 + 4 * i
         if base + 4 > len(directory):
             break
         key, location, count, value = directory[base : base + 4]
+        if count < 0 or value < 0:
+            continue
         if location == 0:
             keys[key] = value
-        elif location == 34736 and doubles is not None:
-            vals = tuple(doubles[value : value + count])
-            keys[key] = vals[0] if count == 1 and vals else vals
-        elif location == 34737 and ascii_params is not None:
+        elif location == 34736 and doubles is not None and value + count <= len(doubles):
+            vals = tuple(float(v) for v in doubles[value : value + count])
+            keys[key] = vals[0] if count == 1 else vals
+        elif location == 34737 and ascii_params is not None and value < len(ascii_params):
             keys[key] = ascii_params[value : value + count].rstrip("|\x00")
-        elif location == 34735:
+        elif location == 34735 and value + count <= len(directory):
             keys[key] = tuple(directory[value : value + count])
     return keys
 

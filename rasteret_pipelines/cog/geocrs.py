@@ -618,6 +618,8 @@ def _projection_from_registry(d: _Defn) -> None:
         method = int(j["method"]["id"]["code"])
     except Exception:
         return
+    if j.get("type") != "Conversion":  # a transformation code is not a projection
+        return
     d.projection = method
     ct = _EPSG_METHOD_TO_CT.get(method, USER_DEFINED)
     d.ct = abs(ct) if ct != USER_DEFINED else USER_DEFINED
@@ -626,9 +628,9 @@ def _projection_from_registry(d: _Defn) -> None:
     for p in j.get("parameters", ()):
         try:
             pcode = int(p["id"]["code"])
+            values[pcode] = _param_to_normal(p)
         except (KeyError, TypeError, ValueError):
             continue
-        values[pcode] = _param_to_normal(p)
     d.params = [_SLOT_DEFAULT.get(i, 0.0) for i in range(7)]
     d.param_set = [False] * 7
     if ct in (CT_OBLIQUE_MERCATOR, CT_HOTINE_AZIMUTH_CENTER):
@@ -733,6 +735,8 @@ def _crs_from_geokeys(keys: dict[int, object]) -> GeoKeyCrs:
         crs, warning = _assemble(keys)
     except GeoKeyCrsProblem as exc:
         return GeoKeyCrs(None, str(exc))
+    except Exception as exc:  # noqa: BLE001 - malformed keys must not abort a header read
+        return GeoKeyCrs(None, f"GeoKeys could not be interpreted ({type(exc).__name__}: {exc})")
     if crs is None:
         return GeoKeyCrs(None)
     return GeoKeyCrs(_compact(crs), warning)

@@ -18,6 +18,8 @@ reproduce GDAL's CRS it must leave the CRS unset *and* emit a ``GeoreferenceWarn
 
 from __future__ import annotations
 
+import math
+import random
 import re
 import warnings
 from pathlib import Path
@@ -394,3 +396,39 @@ def test_keys_equal_in_python_but_of_different_types_are_not_confused(tmp_path):
     assert_same_crs(bad.crs, gdal_bad)
     assert ours_bad
     assert not CRS.from_user_input(bad.crs).equals(CRS.from_epsg(4326))
+
+
+# --- malformed keys never raise --------------------------------------------------------------------
+
+_FUZZ_KEYS = [1024, 1025, 1026, 2048, 2049, 2050, 2051, 2052, 2054, 2055, 2056, 2057, 2058, 2059,
+              2061, 2062, 3072, 3073, 3074, 3075, 3076, 3077, 3078, 3080, 3081, 3082, 3083, 3085,
+              3088, 3089, 3092, 3094, 3095, 3096, 4096, 4098, 4099]
+_FUZZ_VALUES = [0, 1, 2, 3, 32767, 65535, 4326, 4230, 4807, 6326, 7022, 8903, 9001, 9105, 9110,
+                12345, 3857, 32631, 27563, 3856, 16031, 1.5, -1e308, math.nan, math.inf, 0.0,
+                90.0, 6378137.0, "x", "ESRI PE String = garbage", "GCS Name = a|Datum = b",
+                (1.0, 2.0), (math.nan,) * 7, ()]
+
+
+def test_malformed_geokeys_give_a_crs_or_a_reason_never_an_exception():
+    from rasteret_pipelines.cog import geo
+    from rasteret_pipelines.cog.geocrs import crs_from_geokeys
+
+    rng = random.Random(20261201)
+    for _ in range(400):
+        keys = {0: (1, 1, rng.choice([0, 1]))}
+        for _ in range(rng.randint(0, 12)):
+            keys[rng.choice(_FUZZ_KEYS)] = rng.choice(_FUZZ_VALUES)
+        result = crs_from_geokeys(keys)
+        if result.crs is not None:
+            CRS.from_user_input(result.crs)
+        else:
+            assert result.problem is None or isinstance(result.problem, str)
+    for _ in range(400):
+        directory = [rng.choice([1, 0, 4, 65535, -1, 2.5, 34736, 34737, 34735, 1024, 2048, 3072])
+                     for _ in range(rng.randint(0, 24))]
+        doubles = rng.choice([None, (1.0, 2.0), "abc", (1,), ()])
+        ascii_params = rng.choice([None, "abc|def|", (1.0, 2.0), b"xx", ""])
+        keys = geo.parse_geokeys(directory, doubles, ascii_params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GeoreferenceWarning)
+            geo.georeference(keys, None, None, None)
