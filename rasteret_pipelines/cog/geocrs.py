@@ -232,6 +232,7 @@ _MERCATOR_1SP = ("Mercator_1SP", (
     ("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN)
 _MERCATOR_2SP = ("Mercator_2SP", (
     ("standard_parallel_1", 2), ("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN)
+_GOOGLE_MERCATOR_NAME = "Google Maps Global Mercator"
 _GOOGLE_MERCATOR_PROJ4 = (
     "+proj=merc +a=6378137 +b=6378137 +lat_ts=0.0 +lon_0=0.0 +x_0=0.0 +y_0=0 +k=1.0 "
     "+units=m +nadgrids=@null +wktext  +no_defs"
@@ -808,6 +809,15 @@ def _assemble(keys: dict):
         vertical = None
 
     if crs is None:
+        if d.model == MODEL_PROJECTED and _projcs_name(keys, d).lower() == "wgs_1984_web_mercator":
+            # GDAL reads the name it writes for ESRI:102113 (the old ESRI Web Mercator) back so.
+            return CRS.from_user_input("ESRI:102113"), warning
+        if d.model == MODEL_PROJECTED and _projcs_name(keys, d).lower() == _GOOGLE_MERCATOR_NAME.lower():
+            # ... and GDAL's own EPSG:900913: the Pseudo-Mercator under Google's name.
+            j = CRS.from_epsg(3857).to_json_dict()
+            j.pop("id", None)
+            j["name"] = _GOOGLE_MERCATOR_NAME
+            return CRS.from_json_dict(j), warning
         geogcs = _geogcs_wkt(keys, d)
         wkt = geogcs if d.model == MODEL_GEOGRAPHIC else _projcs_wkt(keys, d, geogcs)
         try:
@@ -1070,20 +1080,42 @@ def _geogcs_wkt(keys: dict, d: _Defn) -> str:
     return "GEOGCS[" + ",".join(parts) + "]"
 
 
-def _projcs_wkt(keys: dict, d: _Defn, geogcs: str) -> str:
-    name = "unnamed"
+def _projcs_name(keys: dict, d: _Defn) -> str:
+    """The PROJCS name GDAL gives: the registry name, else the PCS or GT citation."""
     if d.pcs != USER_DEFINED:
         info = _pcs_info(d.pcs)
-        if info is not None:
-            name = info[0]
-    else:
-        for key in (PCS_CITATION, GT_CITATION):
-            citation = keys.get(key)
-            if isinstance(citation, str) and citation and not citation.startswith("LUnits = "):
-                name = citation.split("|")[0]
-                if name.startswith("PCS Name = "):
-                    name = name[len("PCS Name = "):]
-                break
+        return info[0] if info is not None else "unnamed"
+    for key in (PCS_CITATION, GT_CITATION):
+        citation = keys.get(key)
+        if isinstance(citation, str) and citation and not citation.startswith("LUnits = "):
+            name = citation.split("|")[0]
+            return name[len("PCS Name = "):] if name.startswith("PCS Name = ") else name
+    return "unnamed"
+
+
+@lru_cache(maxsize=128)
+def _official_projected_name(name: str) -> str | None:
+    """The EPSG name of a projected CRS known under ``name`` (an ESRI alias, say), or None.
+
+    GDAL renames such CRSs (GTIFGetEPSGOfficialName); PROJ then reads, for instance, a Mercator
+    named "WGS 84 / Pseudo-Mercator" as the Pseudo-Mercator it is.
+    """
+    from pyproj import CRS
+
+    try:
+        crs = CRS.from_user_input(name)
+    except Exception:
+        return None
+    ident = crs.to_json_dict().get("id") or {}
+    if not crs.is_projected or ident.get("authority") != "EPSG":
+        return None
+    return crs.name
+
+
+def _projcs_wkt(keys: dict, d: _Defn, geogcs: str) -> str:
+    name = _projcs_name(keys, d)
+    if "_" in name:
+        name = _official_projected_name(name) or name
 
     if d.uom_length != USER_DEFINED and _length_unit(d.uom_length) is not None:
         unit_name = _length_unit(d.uom_length)[0]
@@ -1115,6 +1147,7 @@ def _projcs_wkt(keys: dict, d: _Defn, geogcs: str) -> str:
         direction = "SOUTH" if d.params[0] > 0 else "NORTH"
         body.append(f'AXIS["Easting",{direction}],AXIS["Northing",{direction}]')
     if d.ct == CT_MERCATOR and d.projection in (1024, 9841):
+        # GDAL's override for the Google / Pseudo-Mercator conversions.
         body.append(f'EXTENSION["PROJ4",{_q(_GOOGLE_MERCATOR_PROJ4)}]')
     if d.pcs != USER_DEFINED and _registry_crs(d.pcs) is not None:
         body.append(f'AUTHORITY["EPSG","{d.pcs}"]')

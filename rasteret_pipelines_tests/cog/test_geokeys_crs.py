@@ -197,6 +197,8 @@ ESRI_WEB_MERCATOR = (
     'PARAMETER["Auxiliary_Sphere_Type",0.0],UNIT["Meter",1.0]]'
 )
 TOWGS84 = (-87.0, -98.0, -121.0)
+MERCATOR_KEYS = {1024: 1, 3072: 32767, 3074: 32767, 3075: 7, 2048: 4326, 3078: 0.0, 3080: 0.0,
+                 3082: 0.0, 3083: 0.0, 3076: 9001}
 
 HAND_EQUAL = {
     # datum kept when the geographic CRS is user-defined
@@ -244,6 +246,28 @@ HAND_EQUAL = {
     "esri_web_mercator_with_keys": {1024: 1, 3072: 32767, 3073: ESRI_WEB_MERCATOR, 3074: 32767,
                                     3075: 7, 2048: 4326, 3080: 0.0},
     "esri_pe_string_no_model": {3073: ESRI_WEB_MERCATOR},
+    # ESRI / ArcGIS names: GDAL renames to the EPSG name, and PROJ reads a Mercator named
+    # "WGS 84 / Pseudo-Mercator" as the Pseudo-Mercator (the Auxiliary Sphere)
+    "arcgis_web_mercator_aux_sphere_gt": {**MERCATOR_KEYS,
+                                          1026: "WGS_1984_Web_Mercator_Auxiliary_Sphere",
+                                          2049: "GCS_WGS_1984"},
+    "arcgis_web_mercator_aux_sphere_pcs": {**MERCATOR_KEYS,
+                                           3073: "WGS_1984_Web_Mercator_Auxiliary_Sphere"},
+    "esri_102113_name": {**MERCATOR_KEYS, 1026: "WGS_1984_Web_Mercator"},
+    "google_maps_global_mercator": {**MERCATOR_KEYS, 1026: "Google Maps Global Mercator"},
+    "esri_utm_name": {1024: 1, 3072: 32767, 1026: "WGS_1984_UTM_Zone_32N", 3074: 32767,
+                      3075: 1, 2048: 4326, **TM},
+    "esri_state_plane_citation": {
+        1024: 1, 3072: 32767, 1026: "PCS Name = NAD_1983_StatePlane_California_VI_FIPS_0406_Feet",
+        3074: 32767, 3075: 8, 2048: 4269, 3076: 9003, 3078: 32.7833333333333,
+        3079: 33.8833333333333, 3084: -116.25, 3085: 32.1666666666667, 3086: 6561666.667,
+        3087: 1640416.667},
+    "esri_datum_names": {1024: 1, 3072: 32767, 3074: 32767, 3075: 1, 1026: "ETRS_1989_UTM_Zone_32N",
+                         2048: 32767, 2049: "GCS Name = GCS_ETRS_1989|Datum = D_ETRS_1989|"
+                         "Ellipsoid = GRS_1980|Primem = Greenwich", 2057: 6378137.0,
+                         2059: 298.257222101, **TM},
+    "esri_pe_string_in_gt_citation": {1024: 1, 3072: 32767, 1026: ESRI_WEB_MERCATOR, 3074: 32767,
+                                      3075: 7, 2048: 4326},
     # user-defined projected CRSs stay projected
     "projection_code_16031": {1024: 1, 3072: 32767, 3074: 16031, 2048: 4326},
     "pcs_plus_gcs": {1024: 1, 3072: 32631, 2048: 4326},
