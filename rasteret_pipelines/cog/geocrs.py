@@ -210,7 +210,8 @@ _WKT1: dict[int, tuple[str, tuple[tuple[str, int], ...]]] = {
     CT_GNOMONIC: ("Gnomonic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
     CT_LAEA: ("Lambert_Azimuthal_Equal_Area", (
         ("latitude_of_center", 0), ("longitude_of_center", 1)) + _FE_FN),
-    CT_ORTHOGRAPHIC: ("Orthographic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
+    CT_ORTHOGRAPHIC: ("Orthographic", (
+        ("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
     CT_ROBINSON: ("Robinson", (("longitude_of_center", 1),) + _FE_FN),
     CT_SINUSOIDAL: ("Sinusoidal", (("longitude_of_center", 1),) + _FE_FN),
     CT_VAN_DER_GRINTEN: ("VanDerGrinten", (("central_meridian", 1),) + _FE_FN),
@@ -224,7 +225,8 @@ _WKT1: dict[int, tuple[str, tuple[tuple[str, int], ...]]] = {
     CT_ALBERS: ("Albers_Conic_Equal_Area", (
         ("standard_parallel_1", 0), ("standard_parallel_2", 1), ("latitude_of_center", 2),
         ("longitude_of_center", 3)) + _FE_FN),
-    CT_NZMG: ("New_Zealand_Map_Grid", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
+    CT_NZMG: ("New_Zealand_Map_Grid", (
+        ("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
     CT_CYLINDRICAL_EQUAL_AREA: ("Cylindrical_Equal_Area", (
         ("standard_parallel_1", 0), ("central_meridian", 1)) + _FE_FN),
 }
@@ -507,7 +509,7 @@ def _normalise(keys: dict) -> _Defn:
     model = _short(keys, GT_MODEL_TYPE)
     if model is not None:
         d.model = model
-    geog_linear = _short(keys, 2052)
+    geog_linear = _short(keys, GEOG_LINEAR_UNITS)
     if geog_linear is not None:
         d.uom_length = geog_linear
 
@@ -809,10 +811,11 @@ def _assemble(keys: dict):
         vertical = None
 
     if crs is None:
-        if d.model == MODEL_PROJECTED and _projcs_name(keys, d).lower() == "wgs_1984_web_mercator":
+        name = _projcs_name(keys, d).lower() if d.model == MODEL_PROJECTED else ""
+        if name == "wgs_1984_web_mercator":
             # GDAL reads the name it writes for ESRI:102113 (the old ESRI Web Mercator) back so.
             return CRS.from_user_input("ESRI:102113"), warning
-        if d.model == MODEL_PROJECTED and _projcs_name(keys, d).lower() == _GOOGLE_MERCATOR_NAME.lower():
+        if name == _GOOGLE_MERCATOR_NAME.lower():
             # ... and GDAL's own EPSG:900913: the Pseudo-Mercator under Google's name.
             j = CRS.from_epsg(3857).to_json_dict()
             j.pop("id", None)
@@ -1034,8 +1037,6 @@ def _geogcs_wkt(keys: dict, d: _Defn) -> str:
     if ang_name is None:
         info = _angle_unit(d.uom_angle) if d.uom_angle != USER_DEFINED else None
         ang_name = info[0] if info else "unknown"
-        if info is None and d.uom_angle == USER_DEFINED:
-            ang_name = "unknown"
     else:
         size = _double(keys, GEOG_ANGULAR_UNIT_SIZE)
         if size is not None:
@@ -1067,10 +1068,11 @@ def _geogcs_wkt(keys: dict, d: _Defn) -> str:
         datum_parts.append("TOWGS84[" + ",".join(_num(v) for v in values) + "]")
     if d.datum != USER_DEFINED:
         datum_parts.append(f'AUTHORITY["EPSG","{d.datum}"]')
+    pm_name = pm_name or ("Greenwich" if d.pm_long_deg == 0 else "unnamed")
     parts = [
         _q(geog_name),
         "DATUM[" + ",".join(datum_parts) + "]",
-        f"PRIMEM[{_q(pm_name or ('Greenwich' if d.pm_long_deg == 0 else 'unnamed'))},{_num(d.pm_long_deg)}]",
+        f"PRIMEM[{_q(pm_name)},{_num(d.pm_long_deg)}]",
         f"UNIT[{_q(ang_name)},{_num(d.uom_angle_deg * math.pi / 180.0)}]",
         'AXIS["Latitude",NORTH]',
         'AXIS["Longitude",EAST]',

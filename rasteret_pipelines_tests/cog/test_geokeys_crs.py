@@ -424,7 +424,7 @@ def test_keys_equal_in_python_but_of_different_types_are_not_confused(tmp_path):
     assert not CRS.from_user_input(bad.crs).equals(CRS.from_epsg(4326))
 
 
-# --- malformed keys never raise --------------------------------------------------------------------
+# --- malformed keys never raise ------------------------------------------------------------------
 
 _FUZZ_KEYS = [1024, 1025, 1026, 2048, 2049, 2050, 2051, 2052, 2054, 2055, 2056, 2057, 2058, 2059,
               2061, 2062, 3072, 3073, 3074, 3075, 3076, 3077, 3078, 3080, 3081, 3082, 3083, 3085,
