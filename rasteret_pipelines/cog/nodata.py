@@ -3,8 +3,8 @@
 GDAL parses the text with ``CPLAtofM`` (a leading-number parse: ``"5abc"`` is 5, ``"abc"`` is 0,
 a comma is a decimal point, ``nan``/``inf`` are understood), rounds it to float32 for float32
 bands (where a value near the float32 maximum becomes that maximum, and larger ones infinity),
-and rasterio reports no nodata for an integer band whose value the band cannot hold (NaN,
-infinity, out of range).
+reads only a leading integer for 64-bit integer bands, and rasterio reports no nodata for an
+integer band whose value the band cannot hold (NaN, infinity, out of range).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 
 _FLT_MAX = float(np.finfo(np.float32).max)
+_INTEGER = re.compile(r"\s*([+-]?\d+)")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _NAN_PREFIXES = ("nan", "1.#qnan", "-1.#qnan", "-1.#ind", "1.#snan", "-1.#snan")
 _INF_PREFIXES = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "1.#inf": math.inf,
@@ -41,8 +42,10 @@ def gdal_nodata(text: str | None, dtype: str) -> float | None:
     """The nodata value rasterio reports for a band of ``dtype`` whose GDAL_NODATA is ``text``."""
     if text is None or not text.strip():
         return None
-    value = cpl_atof(text)
     dt = np.dtype(dtype)
+    if dt.kind in "iu" and dt.itemsize == 8:
+        return _nodata_64bit(text, dt)
+    value = cpl_atof(text)
     if dt == np.float32:
         if math.isfinite(value) and abs(value) > _FLT_MAX:
             # GDALAdjustNoDataCloseToFloatMax: a rounding of FLT_MAX is FLT_MAX.
@@ -58,3 +61,16 @@ def gdal_nodata(text: str | None, dtype: str) -> float | None:
         if not info.min <= value <= info.max:
             return None
     return value
+
+
+def _nodata_64bit(text: str, dt: np.dtype) -> float | None:
+    """64-bit integer bands: GDAL reads the leading integer (strtoll / strtoull semantics)."""
+    match = _INTEGER.match(text)
+    value = int(match.group(1)) if match else 0
+    info = np.iinfo(dt)
+    if dt.kind == "u" and value < 0:
+        value = max(value, -info.max) % (info.max + 1)  # strtoull negates modulo 2**64
+    value = min(max(value, info.min), info.max)  # strtoll / strtoull saturate
+    reported = float(value)
+    # rasterio reports the value as a float, and none when that float leaves the dtype's range
+    return reported if info.min <= reported <= info.max else None

@@ -48,9 +48,11 @@ def test_crs_equals_gdal(tmp_path, crs):
 NODATA_TEXTS = [
     "0", "-9999", "nan", "NaN", "-nan", "inf", "-inf", "0.1", "1e40", "-1e40", "3.4028235e38",
     "-3.4028234663852886e+38", "1e-50", " 5 ", "5.5", "-1", "300", "65535", "-32768", "2.5e9",
-    "abc", "5abc", "1,5", "0x10", "+5", ".5", "1e308",
+    "abc", "5abc", "1,5", "0x10", "+5", ".5", "1e308", "9223372036854775807",
+    "-9223372036854775808", "18446744073709551615", "-129",
 ]
-NODATA_DTYPES = ["uint8", "int16", "uint16", "int32", "uint32", "float32", "float64"]
+NODATA_DTYPES = ["uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                 "float32", "float64"]
 
 
 @pytest.mark.parametrize("dtype", NODATA_DTYPES)
