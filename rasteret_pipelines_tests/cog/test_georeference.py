@@ -10,7 +10,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from rasteret_pipelines.cog import read_header
+from rasteret_pipelines.cog import read_header, read_window
 from rasteret_pipelines_tests.cog.geotiff_keys import write_geotiff
 
 CRSS = [
@@ -89,3 +89,20 @@ def test_float32_nodata_written_by_gdal(tmp_path, nodata):
         # the pixels equal the nodata value, so masking by it finds them all
         assert (src.read(1) == np.float32(header.nodata)).all()
         assert (src.read(1) == header.nodata).all()
+
+
+def test_float32_nodata_masks_the_same_pixels_as_rasterio(tmp_path):
+    """A float32 nodata like 0.1 must match the stored pixels once rounded as GDAL rounds it."""
+    path = tmp_path / "f32_mask.tif"
+    data = np.arange(64, dtype="float32").reshape(1, 8, 8) / 10
+    data[0, :3] = 0.1
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32",
+                       crs="EPSG:4326", transform=from_origin(0, 1, 0.1, 0.1), nodata=0.1,
+                       tiled=True, blockxsize=16, blockysize=16) as dst:
+        dst.write(data)
+    header = read_header(str(path))
+    pixels = read_window(header, (0, 0, 8, 8))
+    with rasterio.open(path) as src:
+        expected_mask = src.read(1, masked=True).mask
+    assert ((pixels[0] == header.nodata) == expected_mask).all()
+    assert expected_mask.sum() == 24
