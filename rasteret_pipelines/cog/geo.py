@@ -100,7 +100,7 @@ def georeference(
     if transform is None and tiepoint is not None and len(tiepoint) >= 6:
         warnings.warn(
             GeoreferenceWarning(
-                f"{href or 'GeoTIFF'}: georeferenced by {len(tiepoint) // 6} ground control "
+                f"{_shown(href)}: georeferenced by {len(tiepoint) // 6} ground control "
                 "point(s) (tiepoints without a pixel scale), which this engine does not use: "
                 "no transform and no CRS, as GDAL reports for the dataset"
             ),
@@ -115,6 +115,13 @@ def georeference(
         transform=transform if transform is not None else IDENTITY,
         pixel_is_point=pixel_is_point,
     )
+
+
+def _shown(href: str | None) -> str:
+    """The href for a warning, without its query string (a presigned URL's signature)."""
+    if not href:
+        return "GeoTIFF"
+    return href.split("?", 1)[0].split("#", 1)[0]
 
 
 def _transform(pixel_scale, tiepoint, model_transformation):
@@ -138,6 +145,6 @@ def _crs(geokeys: dict[int, object], href: str | None) -> str | None:
     if result.problem is not None:
         what = "CRS left unset: " if result.crs is None else ""
         warnings.warn(
-            GeoreferenceWarning(f"{href or 'GeoTIFF'}: {what}{result.problem}"), stacklevel=4
+            GeoreferenceWarning(f"{_shown(href)}: {what}{result.problem}"), stacklevel=4
         )
     return result.crs

@@ -458,3 +458,16 @@ def test_malformed_geokeys_give_a_crs_or_a_reason_never_an_exception():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GeoreferenceWarning)
             geo.georeference(keys, None, None, None)
+
+
+def test_warnings_name_the_object_without_a_presigned_query():
+    from rasteret_pipelines.cog import geo
+
+    href = ("https://bucket.s3.amazonaws.com/a/b.tif"
+            "?X-Amz-Signature=deadbeef&X-Amz-Security-Token=t")
+    with pytest.warns(GeoreferenceWarning) as caught:
+        geo.georeference({0: (1, 1, 0), 1024: 3, 2048: 4326}, (1.0, 1.0, 0.0),
+                         (0, 0, 0, 0.0, 0.0, 0), None, href)
+    message = str(caught[0].message)
+    assert "https://bucket.s3.amazonaws.com/a/b.tif" in message
+    assert "deadbeef" not in message and "Security-Token" not in message
