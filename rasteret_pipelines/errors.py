@@ -51,10 +51,11 @@ class WindowError(RasteretError, ValueError):
 
 
 class GeoreferenceWarning(UserWarning):
-    """A file's georeferencing is not reproduced as GDAL reports it (CRS or transform left unset).
+    """A file's georeferencing is not reproduced exactly as GDAL reports it; the message says why.
 
-    Emitted instead of a silently different CRS: a vertical, geocentric or local CRS, a
-    projection method GeoTIFF has no code for, ground control points, bad GeoKey types.
+    Emitted instead of a silently different CRS: a local or geocentric CRS, a projection method
+    GeoTIFF has no code for, ground control points (CRS left unset), a hand-built vertical CRS
+    (horizontal part kept), GeoKeys of the wrong type (ignored, as GDAL ignores them).
     """
 
 

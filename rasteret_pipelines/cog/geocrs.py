@@ -16,9 +16,15 @@ The registry is PROJ's database, through pyproj: no hand-written EPSG tables. Wh
 by hand is GeoTIFF's own vocabulary (GeoKey ids, the ``ProjCoordTransGeoKey`` method codes and
 their parameter keys), which no library exposes.
 
-Where GDAL's answer cannot be reproduced (a vertical or geocentric CRS, a projection method
-GeoTIFF has no code for, keys of the wrong type), :func:`crs_from_geokeys` returns None and
-reports why through ``problems``, so that the caller can warn: never a silently different CRS.
+GDAL's special cases are followed too: a dynamic geographic CRS (EPSG:4326 among them) comes
+from the registry whatever the keys override; TOWGS84 is dropped on a datum the registry knows;
+GeoTIFF 1.1 vertical keys give a compound CRS (1.0 ones are dropped, as GDAL's driver does);
+ESRI names are renamed to their EPSG names (so an ArcGIS "Web Mercator Auxiliary Sphere" reads
+as the Pseudo-Mercator); keys of the wrong type are ignored.
+
+Where GDAL's answer is not reproduced (a local/engineering or geocentric CRS, a projection
+method GeoTIFF has no code for, a hand-built vertical CRS), :func:`crs_from_geokeys` says why in
+``problem``, and the caller warns: never a silently different CRS.
 """
 
 from __future__ import annotations
