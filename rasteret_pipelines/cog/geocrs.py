@@ -80,6 +80,7 @@ PROJ_AZIMUTH_ANGLE = 3094
 PROJ_STRAIGHT_VERT_POLE_LONG = 3095
 PROJ_RECTIFIED_GRID_ANGLE = 3096
 VERTICAL_CS_TYPE = 4096
+VERTICAL_CITATION = 4097
 VERTICAL_DATUM = 4098
 VERTICAL_UNITS = 4099
 
@@ -815,6 +816,8 @@ def _assemble(keys: dict):
         return geog3d, None
     if geog3d is not None:
         vertical = None
+        if crs is not None:  # registry projected CRS: GDAL makes it 3D on the 3D base
+            crs = crs.to_3d()
 
     if crs is None:
         name = _projcs_name(keys, d).lower() if d.model == MODEL_PROJECTED else ""
@@ -834,7 +837,11 @@ def _assemble(keys: dict):
         except Exception as exc:
             raise GeoKeyCrsProblem(f"PROJ cannot build the CRS from the GeoKeys: {exc}") from None
         if geog3d is not None and crs.is_projected:
-            crs = crs.to_3d()
+            # GDAL's CopyGeogCSFrom: the geographic 3D CRS becomes the base; the projected
+            # coordinate system stays 2D.
+            j = crs.to_json_dict()
+            j["base_crs"] = geog3d.to_json_dict()
+            crs = CRS.from_json_dict(j)
         if d.model == MODEL_GEOGRAPHIC and d.gcs != USER_DEFINED:
             registry = _registry_crs(d.gcs)
             if registry is not None and _is_dynamic(registry):
@@ -844,19 +851,50 @@ def _assemble(keys: dict):
             crs = _strip_towgs84_if_known_datum(crs)
 
     if vertical is not None and _geotiff_1_1(keys):
-        # GeoTIFF 1.1: GDAL reports a compound CRS.
-        vertical_crs = _registry_crs(vertical[0]) if 0 < vertical[0] < USER_DEFINED else None
-        if vertical_crs is not None and vertical_crs.is_vertical:
-            from pyproj.crs import CompoundCRS
-
-            crs = CompoundCRS(name=f"{crs.name} + {vertical_crs.name}",
-                              components=[crs, vertical_crs])
-        else:
-            warning = (warning + "; " if warning else "") + (
-                f"vertical GeoKeys {vertical} do not name a registry vertical CRS: GDAL reports "
-                "a compound CRS with a hand-built vertical part; only the horizontal CRS is kept"
-            )
+        crs = _compound(keys, crs, vertical)
     return crs, warning
+
+
+def _compound(keys: dict, horizontal, vertical: tuple[int, int, int]):
+    """GeoTIFF 1.1 vertical keys: GDAL's compound CRS (or the horizontal CRS when it has none).
+
+    A registry vertical CRS code is used as is; with no code (or 32767) GDAL builds the vertical
+    part by hand from the vertical datum and units keys and the VerticalCitationGeoKey name.
+    """
+    from pyproj import CRS
+    from pyproj.crs import CompoundCRS
+
+    cs_type, datum, units = vertical
+    citation = keys.get(VERTICAL_CITATION)
+    name = ""
+    if isinstance(citation, str):
+        name = citation
+        if name.lower().startswith("vcs name = "):
+            name = name[len("VCS Name = "):].split("|", 1)[0]
+    if 0 < cs_type < USER_DEFINED:
+        vertical_crs = _registry_crs(cs_type)
+        if vertical_crs is None or not vertical_crs.is_vertical:
+            return horizontal  # GDAL cannot build the compound CRS either
+    else:
+        datum_name, datum_id = "unknown", ""
+        if 0 < datum < USER_DEFINED:
+            from pyproj.crs import Datum
+
+            try:
+                datum_name = Datum.from_epsg(datum).name
+            except Exception:
+                pass
+            datum_id = f',AUTHORITY["EPSG","{datum}"]'
+        unit = 'UNIT["metre",1,AUTHORITY["EPSG","9001"]]'
+        info = _length_unit(units) if 0 < units < USER_DEFINED and units != 9001 else None
+        if info is not None:
+            unit = f'UNIT[{_q(info[0])},{_num(info[1])},AUTHORITY["EPSG","{units}"]]'
+        vertical_crs = CRS.from_wkt(
+            f'VERT_CS[{_q(name)},VERT_DATUM[{_q(datum_name)},2005{datum_id}],{unit},'
+            'AXIS["Up",UP]]'
+        )
+    return CompoundCRS(name=f"{horizontal.name} + {vertical_crs.name or 'unknown'}",
+                       components=[horizontal, vertical_crs])
 
 
 _SHORT_KEYS = (

@@ -30,12 +30,14 @@ def write_geotiff(
     dtype: str = "uint8",
     size: int = 4,
     key_types: dict[int, int] | None = None,
+    version: tuple[int, int, int] = (1, 1, 1),
 ) -> Path:
     """Write ``path`` and return it.
 
     ``geokeys`` maps a key id to an int (stored inline as SHORT), a float or tuple of floats
     (GeoDoubleParams) or a str (GeoAsciiParams, "|" appended). ``key_types`` forces the
     storage tag of a key (34736 to store an integer code as a double, for instance).
+    ``version`` is the directory header: (1, 1, 1) GeoTIFF 1.1, (1, 1, 0) GeoTIFF 1.0.
     """
     geokeys = geokeys or {}
     key_types = key_types or {}
@@ -43,7 +45,7 @@ def write_geotiff(
     data = np.arange(size * size, dtype=np.int64).reshape(size, size).astype(dt)
     pixels = data.tobytes()
 
-    directory: list[int] = [1, 1, 1, len(geokeys)]
+    directory: list[int] = [*version, len(geokeys)]
     doubles: list[float] = []
     ascii_params = ""
     for key in sorted(geokeys):

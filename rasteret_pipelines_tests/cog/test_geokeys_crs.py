@@ -287,9 +287,71 @@ HAND_EQUAL = {
                          1026: "IMAGINE GeoTIFF Support\nProjection Name = UTM\nUnits = meters",
                          2049: "IMAGINE GeoTIFF Support\nEllipsoid = Clarke 1866\n"
                                "Datum = NAD27 (CONUS)", **TM},
-    # vertical keys
+    # vertical keys (GeoTIFF 1.1: compound CRSs)
     "compound_geotiff_1_1": {1024: 2, 2048: 4326, 4096: 5773, 4099: 9001},
+    "compound_projected": {1024: 1, 3072: 26915, 4096: 5703},
+    "compound_hand_built_units": {1024: 2, 2048: 4230, 4099: 9001},
+    "compound_hand_built_towgs84": {1024: 2, 2048: 4230, 2062: TOWGS84, 4099: 9001},
+    "compound_hand_built_datum_feet": {1024: 2, 2048: 4269, 4098: 5103, 4099: 9002},
+    "compound_hand_built_citation": {1024: 2, 2048: 4269, 4096: 32767,
+                                     4097: "VCS Name = my height|", 4098: 5103, 4099: 9003},
+    "compound_projected_hand_built": {1024: 1, 3072: 26915, 4099: 9002},
+    "vertical_code_not_vertical": {1024: 2, 2048: 4269, 4096: 4326},
+    "vertical_private_code": {1024: 2, 2048: 4269, 4096: 40000},
+    "geographic_3d_from_vertical": {1024: 2, 2048: 4326, 4096: 4979},
+    "geographic_3d_from_6030": {1024: 2, 2048: 4326, 4098: 6030},
+    "projected_on_geographic_3d": {1024: 1, 3072: 32631, 2048: 4326, 4096: 4979},
+    "projected_3d_from_code": {1024: 1, 3072: 32631, 4096: 4979},
+    # angular units and parameters of every GeoTIFF method
+    "sexagesimal_units": {1024: 2, 2048: 32767, 2050: 6230, 2054: 9110},
+    "sexagesimal_prime_meridian": {1024: 2, 2048: 32767, 2056: 7022, 2054: 9110,
+                                   2061: 2.2014025},
+    "radian_parameters": {1024: 1, 3072: 32767, 3074: 32767, 3075: 1, 2048: 32767, 2050: 6230,
+                          2054: 9101, 3080: 0.15707963267948966, 3081: 0.0, 3082: 500000.0,
+                          3083: 0.0, 3092: 0.9996},
+    "polar_stereographic_variant_a": {1024: 1, 3072: 32767, 3074: 32767, 3075: 15, 2048: 4326,
+                                      3081: 90.0, 3095: -45.0, 3092: 0.994, 3082: 2e6,
+                                      3083: 2e6},
+    "polar_stereographic_variant_b": {1024: 1, 3072: 32767, 3074: 32767, 3075: 15, 2048: 4326,
+                                      3081: 70.0, 3095: -45.0},
+    "hotine_variant_a": {1024: 1, 3072: 32767, 3074: 32767, 3075: 3, 2048: 4326, 3088: 10.0,
+                         3089: 45.0, 3094: 30.0, 3093: 0.9996},
+    "lcc_2sp_false_origin": {1024: 1, 3072: 32767, 3074: 32767, 3075: 8, 2048: 4269, 3078: 33.0,
+                             3079: 45.0, 3084: -96.0, 3085: 23.0},
+    "albers_natural_origin_keys": {1024: 1, 3072: 32767, 3074: 32767, 3075: 11, 2048: 4269,
+                                   3078: 29.5, 3079: 45.5, 3080: -96.0, 3081: 23.0},
+    "equirectangular": {1024: 1, 3072: 32767, 3074: 32767, 3075: 17, 2048: 4326, 3078: 30.0,
+                        3088: 10.0},
+    "azimuthal_equidistant": {1024: 1, 3072: 32767, 3074: 32767, 3075: 12, 2048: 4326,
+                              3088: 10.0, 3089: 50.0},
+    "equidistant_conic": {1024: 1, 3072: 32767, 3074: 32767, 3075: 13, 2048: 4326, 3078: 20.0,
+                          3079: 60.0, 3088: 10.0, 3089: 40.0},
+    "gnomonic": {1024: 1, 3072: 32767, 3074: 32767, 3075: 19, 2048: 4326, 3088: 10.0,
+                 3089: 50.0},
+    "miller": {1024: 1, 3072: 32767, 3074: 32767, 3075: 20, 2048: 4326, 3088: 10.0},
+    "robinson": {1024: 1, 3072: 32767, 3074: 32767, 3075: 23, 2048: 4326, 3088: 10.0},
+    "sinusoidal": {1024: 1, 3072: 32767, 3074: 32767, 3075: 24, 2048: 4326, 3088: 10.0},
+    "van_der_grinten": {1024: 1, 3072: 32767, 3074: 32767, 3075: 25, 2048: 4326, 3080: 10.0},
+    "stereographic": {1024: 1, 3072: 32767, 3074: 32767, 3075: 14, 2048: 4326, 3088: 10.0,
+                      3089: 50.0, 3092: 0.9},
+    "projection_code_laborde": {1024: 1, 3072: 32767, 3074: 19911, 2048: 4297},
+    "projection_code_hotine_b": {1024: 1, 3072: 32767, 3074: 19985, 2048: 4326},
 }
+
+GEOTIFF_1_0 = {
+    # GeoTIFF 1.0: GDAL's driver reports the horizontal CRS only (TOWGS84 kept, as GDAL keeps it)
+    "vertical_code": {1024: 2, 2048: 4326, 4096: 5773},
+    "vertical_units": {1024: 2, 2048: 4230, 2062: TOWGS84, 4099: 9001},
+    "projected_vertical": {1024: 1, 3072: 26915, 4096: 5703},
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEOTIFF_1_0))
+def test_geotiff_1_0_vertical_keys_equal_gdal(tmp_path, name):
+    path = write_geotiff(tmp_path / f"{name}.tif", GEOTIFF_1_0[name], version=(1, 1, 0))
+    header, ours, gdal_crs, _ = _read(path)
+    assert not ours, ours
+    assert_same_crs(header.crs, gdal_crs)
 
 
 @pytest.mark.parametrize("name", sorted(HAND_EQUAL))
