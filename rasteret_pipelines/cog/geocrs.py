@@ -18,13 +18,15 @@ their parameter keys), which no library exposes.
 
 GDAL's special cases are followed too: a dynamic geographic CRS (EPSG:4326 among them) comes
 from the registry whatever the keys override; TOWGS84 is dropped on a datum the registry knows;
-GeoTIFF 1.1 vertical keys give a compound CRS (1.0 ones are dropped, as GDAL's driver does);
+GeoTIFF 1.1 vertical keys give a compound CRS, with a hand-built vertical part when they name
+no registry vertical CRS (1.0 ones are dropped, as GDAL's driver does);
 ESRI names are renamed to their EPSG names (so an ArcGIS "Web Mercator Auxiliary Sphere" reads
 as the Pseudo-Mercator); keys of the wrong type are ignored.
 
 Where GDAL's answer is not reproduced (a local/engineering or geocentric CRS, a projection
-method GeoTIFF has no code for, a hand-built vertical CRS), :func:`crs_from_geokeys` says why in
-``problem``, and the caller warns: never a silently different CRS.
+method GeoTIFF has no code for), :func:`crs_from_geokeys` says why in ``problem``, and the caller
+warns: never a silently different CRS. Keys of the wrong type are reported the same way, with
+the CRS GDAL builds without them.
 """
 
 from __future__ import annotations
@@ -715,8 +717,8 @@ class GeoKeyCrs:
     crs: str | None
     """``"EPSG:<code>"`` when the CRS is exactly a registry entry, else WKT2; None if no CRS."""
     problem: str | None = None
-    """Why GDAL's CRS is not reproduced: ``crs`` is then None, or a part of GDAL's CRS (the
-    horizontal part of a compound CRS)."""
+    """Why GDAL's CRS is not reproduced (``crs`` is then None), or which keys were ignored as
+    GDAL ignores them (``crs`` is then GDAL's)."""
 
 
 def crs_from_geokeys(keys: dict[int, object]) -> GeoKeyCrs:
