@@ -68,6 +68,15 @@ class WindowError(RasteretError, ValueError):
     """A requested window or overview level is not valid for the header."""
 
 
+class GeoreferenceWarning(UserWarning):
+    """A file's georeferencing is not reproduced exactly as GDAL reports it; the message says why.
+
+    Emitted instead of a silently different CRS: a local or geocentric CRS, a projection method
+    GeoTIFF has no code for, ground control points (CRS left unset), GeoKeys of the wrong type
+    (ignored, as GDAL ignores them).
+    """
+
+
 # --- Collections ------------------------------------------------------------------------------
 
 

@@ -7,23 +7,16 @@ georeferencing gets the identity transform.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+
+from ..errors import GeoreferenceWarning
+from .geocrs import KEY_DIRECTORY_VERSION, crs_from_geokeys
 
 # GeoKey ids.
 GT_MODEL_TYPE = 1024
 GT_RASTER_TYPE = 1025
-GEOGRAPHIC_TYPE = 2048
-GEOG_GEODETIC_DATUM = 2050
-GEOG_ELLIPSOID = 2056
-GEOG_SEMI_MAJOR_AXIS = 2057
-GEOG_SEMI_MINOR_AXIS = 2058
-GEOG_INV_FLATTENING = 2059
-PROJECTED_CS_TYPE = 3072
-PROJECTION = 3074
-PROJ_COORD_TRANS = 3075
-PROJ_LINEAR_UNITS = 3076
 
-USER_DEFINED = 32767
 RASTER_PIXEL_IS_POINT = 2
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -42,25 +35,47 @@ class Georeference:
 
 
 def parse_geokeys(directory, doubles, ascii_params) -> dict[int, object]:
-    """GeoKeyDirectory (tag 34735) and its parameter tags as ``{key id: value}``."""
+    """GeoKeyDirectory (tag 34735) and its parameter tags as ``{key id: value}``.
+
+    Key 0 holds the directory header (version, revision, minor revision). Entries that point
+    outside their parameter tag, or into a tag of the wrong type, are left out (libgeotiff
+    cannot read them either); the CRS code then treats the key as absent.
+    """
     keys: dict[int, object] = {}
-    if directory is None or len(directory) < 4:
+    if directory is None or isinstance(directory, (str, bytes)):
         return keys
-    directory = [int(v) for v in directory]
-    n = directory[3]
-    for i in range(n):
+    try:
+        directory = [int(v) for v in directory]
+    except (TypeError, ValueError, OverflowError):
+        return keys
+    if len(directory) < 4:
+        return keys
+    if isinstance(doubles, (int, float)):
+        doubles = (doubles,)
+    if doubles is not None and (
+        isinstance(doubles, (str, bytes)) or not all(isinstance(v, (int, float)) for v in doubles)
+    ):
+        doubles = None
+    if isinstance(ascii_params, bytes):
+        ascii_params = ascii_params.decode("latin-1")
+    if not isinstance(ascii_params, str):
+        ascii_params = None
+    keys[KEY_DIRECTORY_VERSION] = tuple(directory[:3])
+    for i in range(max(directory[3], 0)):
         base = 4 + 4 * i
         if base + 4 > len(directory):
             break
         key, location, count, value = directory[base : base + 4]
+        if count < 0 or value < 0:
+            continue
         if location == 0:
             keys[key] = value
-        elif location == 34736 and doubles is not None:
-            vals = tuple(doubles[value : value + count])
-            keys[key] = vals[0] if count == 1 and vals else vals
-        elif location == 34737 and ascii_params is not None:
+        elif location == 34736 and doubles is not None and value + count <= len(doubles):
+            vals = tuple(float(v) for v in doubles[value : value + count])
+            keys[key] = vals[0] if count == 1 else vals
+        elif location == 34737 and ascii_params is not None and value < len(ascii_params):
             keys[key] = ascii_params[value : value + count].rstrip("|\x00")
-        elif location == 34735:
+        elif location == 34735 and value + count <= len(directory):
             keys[key] = tuple(directory[value : value + count])
     return keys
 
@@ -70,140 +85,66 @@ def georeference(
     pixel_scale,
     tiepoint,
     model_transformation,
+    href: str | None = None,
 ) -> Georeference:
-    """Build the CRS and GDAL-convention transform of the full-resolution image."""
+    """Build the CRS and GDAL-convention transform of the full-resolution image.
+
+    The model tags are read in GDAL's order: a non-zero ModelPixelScale with the first tiepoint
+    (even when ModelTransformation is present too), else ModelTransformation, else tiepoints
+    alone, which are ground control points. A GCP file has no geotransform and no dataset CRS
+    in GDAL (the CRS belongs to the GCPs), so the identity transform and ``crs=None`` are
+    returned, with a :class:`~rasteret_pipelines.errors.GeoreferenceWarning`.
+    """
     pixel_is_point = geokeys.get(GT_RASTER_TYPE) == RASTER_PIXEL_IS_POINT
-    transform = _transform(pixel_scale, tiepoint, model_transformation)
-    if transform is not None and pixel_is_point:
+    transform, shifts = _transform(pixel_scale, tiepoint, model_transformation)
+    if transform is None and tiepoint is not None and len(tiepoint) >= 6:
+        warnings.warn(
+            GeoreferenceWarning(
+                f"{_shown(href)}: georeferenced by {len(tiepoint) // 6} ground control "
+                "point(s) (tiepoints without a pixel scale), which this engine does not use: "
+                "no transform and no CRS, as GDAL reports for the dataset"
+            ),
+            stacklevel=3,
+        )
+        return Georeference(crs=None, transform=IDENTITY, pixel_is_point=pixel_is_point)
+    if transform is not None and pixel_is_point and shifts:
         a, b, c, d, e, f = transform
         transform = (a, b, c - 0.5 * a - 0.5 * b, d, e, f - 0.5 * d - 0.5 * e)
     return Georeference(
-        crs=_crs(geokeys),
+        crs=_crs(geokeys, href),
         transform=transform if transform is not None else IDENTITY,
         pixel_is_point=pixel_is_point,
     )
 
 
+def _shown(href: str | None) -> str:
+    """The href for a warning, without its query string (a presigned URL's signature)."""
+    if not href:
+        return "GeoTIFF"
+    return href.split("?", 1)[0].split("#", 1)[0]
+
+
 def _transform(pixel_scale, tiepoint, model_transformation):
+    """(affine or None, whether GDAL shifts it for PixelIsPoint: not for a scale alone)."""
+    if pixel_scale is not None and len(pixel_scale) >= 2:
+        sx, sy = float(pixel_scale[0]), float(pixel_scale[1])
+        if sx != 0.0 and sy != 0.0:
+            if tiepoint is None or len(tiepoint) < 6:
+                return (sx, 0.0, 0.0, 0.0, -sy, 0.0), False
+            i, j, _, x, y, _ = (float(v) for v in tiepoint[:6])
+            return (sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy), True
     if model_transformation is not None and len(model_transformation) >= 16:
         m = [float(v) for v in model_transformation]
-        return (m[0], m[1], m[3], m[4], m[5], m[7])
-    if pixel_scale is not None and tiepoint is not None and len(tiepoint) == 6 and len(pixel_scale) >= 2:
-        sx, sy = float(pixel_scale[0]), float(pixel_scale[1])
-        i, j, _, x, y, _ = (float(v) for v in tiepoint)
-        return (sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy)
-    return None
+        return (m[0], m[1], m[3], m[4], m[5], m[7]), True
+    return None, False
 
 
-def _crs(geokeys: dict[int, object]) -> str | None:
-    projected = geokeys.get(PROJECTED_CS_TYPE)
-    if isinstance(projected, int) and 0 < projected < USER_DEFINED:
-        return f"EPSG:{projected}"
-    if projected == USER_DEFINED:
-        return _user_defined_projected(geokeys)
-    geographic = geokeys.get(GEOGRAPHIC_TYPE)
-    if isinstance(geographic, int) and 0 < geographic < USER_DEFINED:
-        return f"EPSG:{geographic}"
-    if geographic == USER_DEFINED:
-        geodetic = _user_defined_geographic(geokeys)
-        return geodetic.to_wkt() if geodetic is not None else None
-    return None
-
-
-def _user_defined_geographic(geokeys: dict[int, object]):
-    """A geographic CRS from the datum or ellipsoid keys, as GDAL builds it."""
-    from pyproj import CRS
-    from pyproj.crs import GeographicCRS
-    from pyproj.crs.datum import CustomDatum, CustomEllipsoid, Ellipsoid
-
-    geographic = geokeys.get(GEOGRAPHIC_TYPE)
-    if isinstance(geographic, int) and 0 < geographic < USER_DEFINED:
-        return CRS.from_epsg(geographic)
-    datum = geokeys.get(GEOG_GEODETIC_DATUM)
-    if isinstance(datum, int) and 0 < datum < USER_DEFINED:
-        try:
-            return GeographicCRS(datum=f"urn:ogc:def:datum:EPSG::{datum}")
-        except Exception:
-            pass
-    ellipsoid = geokeys.get(GEOG_ELLIPSOID)
-    if isinstance(ellipsoid, int) and 0 < ellipsoid < USER_DEFINED:
-        return _on_ellipsoid(Ellipsoid.from_epsg(ellipsoid))
-    semi_major = geokeys.get(GEOG_SEMI_MAJOR_AXIS)
-    if isinstance(semi_major, float):
-        inv_f = geokeys.get(GEOG_INV_FLATTENING)
-        semi_minor = geokeys.get(GEOG_SEMI_MINOR_AXIS)
-        ell = CustomEllipsoid(
-            semi_major_axis=semi_major,
-            inverse_flattening=inv_f if isinstance(inv_f, float) else None,
-            semi_minor_axis=semi_minor if isinstance(semi_minor, float) else None,
+def _crs(geokeys: dict[int, object], href: str | None) -> str | None:
+    """The CRS GDAL reports for these GeoKeys; a :class:`GeoreferenceWarning` when unsupported."""
+    result = crs_from_geokeys(geokeys)
+    if result.problem is not None:
+        what = "CRS left unset: " if result.crs is None else ""
+        warnings.warn(
+            GeoreferenceWarning(f"{_shown(href)}: {what}{result.problem}"), stacklevel=4
         )
-        return _on_ellipsoid(ell)
-    return None
-
-
-def _on_ellipsoid(ellipsoid):
-    """A geographic CRS on an unnamed datum, named the way GDAL names it."""
-    from pyproj.crs import GeographicCRS
-    from pyproj.crs.datum import CustomDatum
-
-    name = ellipsoid.name
-    return GeographicCRS(
-        name=f"Unknown datum based upon the {name} ellipsoid",
-        datum=CustomDatum(name=f"Not specified (based on {name} spheroid)", ellipsoid=ellipsoid),
-    )
-
-
-# ProjCoordTransGeoKey code -> (PROJ name, {PROJ parameter: GeoKey id}).
-_COORD_TRANSFORMS: dict[int, tuple[str, dict[str, int]]] = {
-    1: ("tmerc", {"lat_0": 3081, "lon_0": 3080, "k_0": 3092, "x_0": 3082, "y_0": 3083}),
-    7: ("merc", {"lon_0": 3080, "k_0": 3092, "x_0": 3082, "y_0": 3083}),
-    8: ("lcc", {"lat_1": 3078, "lat_2": 3079, "lat_0": 3085, "lon_0": 3084, "x_0": 3086, "y_0": 3087}),
-    9: ("lcc", {"lat_1": 3081, "lat_0": 3081, "lon_0": 3080, "k_0": 3092, "x_0": 3082, "y_0": 3083}),
-    10: ("laea", {"lat_0": 3089, "lon_0": 3088, "x_0": 3082, "y_0": 3083}),
-    11: ("aea", {"lat_1": 3078, "lat_2": 3079, "lat_0": 3081, "lon_0": 3080, "x_0": 3082, "y_0": 3083}),
-    15: ("stere", {"lat_ts": 3081, "lon_0": 3095, "k_0": 3092, "x_0": 3082, "y_0": 3083}),
-}
-_LINEAR_UNITS = {9001: "m", 9002: "ft", 9003: "us-ft"}
-
-
-def _user_defined_projected(geokeys: dict[int, object]) -> str | None:
-    """A projected CRS from an EPSG conversion code or explicit projection parameters."""
-    from pyproj import CRS
-    from pyproj.crs import CoordinateOperation, ProjectedCRS
-
-    geodetic = _user_defined_geographic(geokeys)
-    if geodetic is None:
-        return None
-    projection = geokeys.get(PROJECTION)
-    if isinstance(projection, int) and 0 < projection < USER_DEFINED:
-        try:
-            conversion = CoordinateOperation.from_epsg(projection)
-            return ProjectedCRS(conversion=conversion, geodetic_crs=geodetic, name="unnamed").to_wkt()
-        except Exception:
-            return None
-    method = _COORD_TRANSFORMS.get(geokeys.get(PROJ_COORD_TRANS))
-    units = _LINEAR_UNITS.get(geokeys.get(PROJ_LINEAR_UNITS, 9001))
-    if method is None or units is None:
-        return None
-    name, params = method
-    parts = [f"+proj={name}"]
-    for proj_name, key in params.items():
-        value = geokeys.get(key)
-        if isinstance(value, (int, float)):
-            parts.append(f"+{proj_name}={float(value)!r}")
-    if name == "stere":  # polar: the pole is on the side of the latitude of true scale
-        parts.append("+lat_0=90" if float(geokeys.get(3081, 90.0)) >= 0 else "+lat_0=-90")
-    if geokeys.get(GEOGRAPHIC_TYPE) == 4326 or geokeys.get(GEOG_GEODETIC_DATUM) == 6326:
-        parts.append("+datum=WGS84")
-    else:
-        ellipsoid = geodetic.ellipsoid
-        parts.append(f"+a={ellipsoid.semi_major_metre!r}")
-        if ellipsoid.inverse_flattening:
-            parts.append(f"+rf={ellipsoid.inverse_flattening!r}")
-        else:
-            parts.append(f"+b={ellipsoid.semi_minor_metre!r}")
-    parts += [f"+units={units}", "+no_defs", "+type=crs"]
-    try:
-        return CRS.from_proj4(" ".join(parts)).to_wkt()
-    except Exception:
-        return None
+    return result.crs

@@ -18,6 +18,7 @@ import numpy as np
 
 from rasteret_pipelines.cog import geo, tiff
 from rasteret_pipelines.cog.decode import check_codec_supported
+from rasteret_pipelines.cog.nodata import gdal_nodata
 from rasteret_pipelines.errors import TiffFormatError, UnsupportedTiffError, WindowError
 
 HEADER_FORMAT_VERSION = 1
@@ -230,8 +231,8 @@ class CogHeader:
 
     @property
     def nodata(self) -> float | None:
-        """The nodata value as a float (NaN allowed), or None when the file sets none."""
-        return parse_nodata(self.nodata_text)
+        """The nodata value as rasterio reports it (NaN allowed), or None when there is none."""
+        return parse_nodata(self.nodata_text, self.dtype)
 
     @property
     def fill_value(self):
@@ -317,14 +318,9 @@ class CogHeader:
         )
 
 
-def parse_nodata(text: str | None) -> float | None:
-    """GDAL_NODATA text to a float, as GDAL reads it (``nan``, ``-inf`` accepted)."""
-    if text is None:
-        return None
-    try:
-        return float(text.strip())
-    except ValueError:
-        return None
+def parse_nodata(text: str | None, dtype: str = "float64") -> float | None:
+    """GDAL_NODATA text to the number GDAL reports for a band of ``dtype`` (see cog.nodata)."""
+    return gdal_nodata(text, dtype)
 
 
 def build_header(
@@ -368,6 +364,7 @@ def build_header(
         main_ifd.get(tiff.MODEL_PIXEL_SCALE),
         main_ifd.get(tiff.MODEL_TIEPOINT),
         main_ifd.get(tiff.MODEL_TRANSFORMATION),
+        href,
     )
     scales, offsets, metadata = _gdal_metadata(main_ifd.get(tiff.GDAL_METADATA), main.samples_per_pixel)
     nodata = main_ifd.get(tiff.GDAL_NODATA)
