@@ -46,6 +46,25 @@ class StaleHeaderError(CogError):
     """The object changed (size or ETag) since its header was cached: re-index it."""
 
 
+class BlockDecodeError(TiffFormatError):
+    """A block (tile or strip) does not decode, or decodes short, long or to the wrong shape.
+
+    ``block`` is the block's index in the level's offset arrays, ``overview`` its level (0 full
+    resolution). No pixels of such a block are ever returned.
+    """
+
+    def __init__(self, href: str, message: str, *, block: int | None = None, overview: int = 0):
+        self.block = block
+        self.overview = overview
+        where = "" if block is None else f"block {block}{f' of overview {overview}' if overview else ''}: "
+        super().__init__(href, where + message)
+
+
+class DecodedSizeError(BlockDecodeError):
+    """A block would decode to more than its header allows (a decompression bomb); refused
+    without allocating the oversized output."""
+
+
 class WindowError(RasteretError, ValueError):
     """A requested window or overview level is not valid for the header."""
 
