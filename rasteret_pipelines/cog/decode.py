@@ -7,6 +7,9 @@ pixels directly. imagecodecs releases the GIL, so blocks decode in parallel on a
 
 from __future__ import annotations
 
+import math
+import re
+import struct
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -253,14 +256,25 @@ def _decode_image(level: ImageLevel, data: bytes, rows: int, samples: int) -> np
     """
     heights = [rows] if rows == level.tile_height else [rows, level.tile_height]
     for i, height in enumerate(heights):
+        out = _image_out(level, height, samples)
         try:
-            return _decode_image_into(level, data, _image_out(level, height, samples))
+            return _decode_image_into(level, data, out)
         except ValueError as exc:
             if "out.shape" not in str(exc):
                 raise
-            if i == len(heights) - 1:
-                raise _ShapeError(f"data does not fit the block ({exc})") from exc
+            if i < len(heights) - 1:
+                continue
+            claimed = _SHAPE_IN_MESSAGE.search(str(exc))
+            if claimed is not None:
+                dims = [int(v) for v in claimed.group(1).split(",") if v.strip()]
+                if math.prod(dims) * out.itemsize > block_nbytes(level):
+                    raise _TooLong from exc  # the stream claims a larger image: a bomb
+            raise _ShapeError(f"data does not fit the block ({exc})") from exc
     raise AssertionError("unreachable")
+
+
+_SHAPE_IN_MESSAGE = re.compile(r"\bshape=\(([\d, ]+)\)\s*$")
+"""imagecodecs' ``invalid out.shape=(...), shape=(...)``: the second is the stream's."""
 
 
 def _decode_image_into(level: ImageLevel, data: bytes, out: np.ndarray) -> np.ndarray:
@@ -295,8 +309,27 @@ def _decode_image_into(level: ImageLevel, data: bytes, out: np.ndarray) -> np.nd
         arr = imagecodecs.lerc_decode(data, out=out)
         return arr[0] if isinstance(arr, tuple) else arr
     if code == 34712:
+        # OpenJPEG decodes the whole image before imagecodecs compares it with ``out``: check
+        # the size the codestream declares (SIZ marker) first.
+        _check_j2k_size(data, out)
         return imagecodecs.jpeg2k_decode(data, out=out)
     raise ValueError(f"compression {code} is not an image codec")
+
+
+def _check_j2k_size(data: bytes, out: np.ndarray) -> None:
+    """Refuse a JPEG 2000 stream whose SIZ marker declares another image than ``out``."""
+    at = bytes(data[:65536]).find(b"\xff\x4f\xff\x51")  # SOC then SIZ, in a J2K or JP2 stream
+    if at < 0 or len(data) < at + 42:
+        raise ValueError("no JPEG 2000 codestream header (SOC/SIZ) found")
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">4I", data[at + 8 : at + 24])
+    (components,) = struct.unpack(">H", data[at + 40 : at + 42])
+    width, height = xsiz - xosiz, ysiz - yosiz
+    if width <= 0 or height <= 0 or components == 0:
+        raise ValueError(f"JPEG 2000 SIZ declares a {width}x{height}x{components} image")
+    channels = out.shape[2] if out.ndim == 3 else 1
+    if (height, width, components) != (out.shape[0], out.shape[1], channels):
+        shape = (height, width) if components == 1 else (height, width, components)
+        raise ValueError(f"invalid out.shape={out.shape}, shape={shape}")
 
 
 def _decode_bytes(
