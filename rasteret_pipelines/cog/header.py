@@ -456,6 +456,12 @@ def _block_array(href: str, ifd: tiff.RawIfd, tag: int, name: str) -> np.ndarray
 
 def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
     def num(tag: int, name: str, default: int | None = None) -> int:
+        value = ifd.get(tag)
+        if isinstance(value, (tuple, list, np.ndarray)) and len(value) != 1:
+            # libtiff (and so GDAL) refuses a count other than 1 for these tags too
+            raise TiffFormatError(
+                href, f"IFD at {ifd.offset}: {name} (tag {tag}) has {len(value)} values, expected 1"
+            )
         value = ifd.first(tag)
         if value is None:
             if default is None:

@@ -296,7 +296,10 @@ def parse_ifds(href: str, data: ByteRanges, size: int | None) -> ParsedTiff:
     if ifds and not missing:
         sub = ifds[0].get(SUB_IFDS)
         if sub is not None:
-            offsets = [int(v) for v in (sub if isinstance(sub, (tuple, np.ndarray)) else ())]
+            values = sub if isinstance(sub, (tuple, np.ndarray)) else (sub,)
+            if not all(isinstance(v, (int, np.integer)) and v >= 0 for v in values):
+                raise TiffFormatError(href, f"SubIFDs (tag {SUB_IFDS}) holds non-offset values")
+            offsets = [int(v) for v in values]
             if len(offsets) > MAX_SUB_IFDS:
                 raise TiffFormatError(href, f"{len(offsets)} SubIFDs in the first image")
             for sub_offset in offsets:

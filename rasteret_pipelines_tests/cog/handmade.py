@@ -10,7 +10,10 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
-_TYPES = {1: "B", 2: "s", 3: "H", 4: "I", 7: "B", 11: "f", 12: "d", 16: "Q"}
+_TYPES = {
+    1: "B", 2: "s", 3: "H", 4: "I", 5: "I", 6: "b", 7: "B", 8: "h", 9: "i", 10: "i", 11: "f",
+    12: "d", 16: "Q", 17: "q",
+}
 
 IMAGE_WIDTH, IMAGE_LENGTH, BITS_PER_SAMPLE, COMPRESSION, PHOTOMETRIC = 256, 257, 258, 259, 262
 STRIP_OFFSETS, SAMPLES_PER_PIXEL, ROWS_PER_STRIP, STRIP_BYTE_COUNTS = 273, 277, 278, 279
@@ -30,7 +33,6 @@ def tiff_bytes(entries: Sequence[tuple[int, int, Sequence | bytes]], blocks: Seq
     data_start = 8 + ifd_size
     out_of_line = bytearray()
     packed = []
-    block_start = None
     # First pass: sizes of out-of-line values, to know where the blocks start.
     sizes = []
     for tag, ftype, values in entries:
@@ -43,7 +45,7 @@ def tiff_bytes(entries: Sequence[tuple[int, int, Sequence | bytes]], blocks: Seq
         offsets.append(pos)
         pos += len(block)
     for tag, ftype, values in entries:
-        if tag in (TILE_OFFSETS, STRIP_OFFSETS):
+        if tag in (TILE_OFFSETS, STRIP_OFFSETS) and ftype in (3, 4, 16) and len(values) == len(blocks):
             values = offsets
         raw = _pack(ftype, values)
         if len(raw) <= 4:
@@ -59,7 +61,9 @@ def tiff_bytes(entries: Sequence[tuple[int, int, Sequence | bytes]], blocks: Seq
 
 
 def _count(ftype: int, values) -> int:
-    return len(values) if not isinstance(values, str) else len(values) + 1
+    if isinstance(values, str):
+        return len(values) + 1
+    return len(values) // 2 if ftype in (5, 10) else len(values)
 
 
 def _pack(ftype: int, values) -> bytes:
