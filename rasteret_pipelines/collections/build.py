@@ -235,7 +235,10 @@ async def _build_month(
                 header = await fetch_header(fetcher, href)
                 row[header_col] = header.to_dict()
                 result.headers_fetched += 1
-            except (RasteretError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad asset never aborts the month
+                # Engine failures are RasteretErrors; anything else is still recorded per asset.
+                if not isinstance(exc, RasteretError):
+                    exc = f"{type(exc).__name__}: {exc}"
                 row[error_col] = str(exc)
                 result.failed.append(FailedAsset(row["id"], band, href, str(exc)))
             finally:
