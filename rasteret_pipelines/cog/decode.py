@@ -222,13 +222,24 @@ def decode_block(
             block=index,
             overview=overview,
         )
-    if level.photometric == PHOTOMETRIC_SEPARATED:
+    if converts_cmyk(level):
         arr = cmyk_to_rgba(arr)
     return arr.transpose(2, 0, 1)
 
 
 class _ShapeError(Exception):
     """The block decodes short or to another shape than the header's."""
+
+
+def converts_cmyk(level: ImageLevel) -> bool:
+    """True for the CMYK layout GDAL reads as RGBA (libtiff's RGBA interface): 8-bit, 4
+    samples, pixel interleaved. Other bit depths GDAL returns as stored, and so does this."""
+    return (
+        level.photometric == PHOTOMETRIC_SEPARATED
+        and level.bits_per_sample == 8
+        and level.samples_per_pixel == 4
+        and level.planar == 1
+    )
 
 
 def cmyk_to_rgba(cmyk: np.ndarray) -> np.ndarray:

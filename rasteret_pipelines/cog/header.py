@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from rasteret_pipelines.cog import geo, tiff
-from rasteret_pipelines.cog.decode import check_codec_supported, codec_name
+from rasteret_pipelines.cog.decode import check_codec_supported, codec_name, converts_cmyk
 from rasteret_pipelines.errors import TiffFormatError, UnsupportedTiffError, WindowError
 
 log = logging.getLogger(__name__)
@@ -581,20 +581,16 @@ def _check_photometric(href: str, ifd: tiff.RawIfd, level: ImageLevel) -> None:
             raise UnsupportedTiffError(href, f"{name} without JPEG compression is not supported")
         return
     if photometric == 5:
+        if level.bits_per_sample != 8:
+            return  # GDAL returns the stored (separated) values: so does this engine
         inkset = ifd.first(tiff.INK_SET, 1)
-        if (
-            inkset == 1
-            and level.samples_per_pixel == 4
-            and level.bits_per_sample == 8
-            and level.planar == 1
-            and level.compression != 7
-        ):
+        if converts_cmyk(level) and inkset == 1 and level.compression != 7:
             return  # converted to RGBA while decoding, as GDAL does
         raise UnsupportedTiffError(
             href,
-            f"{name} with {level.samples_per_pixel} {level.bits_per_sample}-bit samples, "
-            f"InkSet {inkset}, PlanarConfiguration {level.planar} and "
-            f"{codec_name(level.compression)} is not supported (only 8-bit chunky CMYK)",
+            f"{name} with {level.samples_per_pixel} 8-bit samples, InkSet {inkset}, "
+            f"PlanarConfiguration {level.planar} and {codec_name(level.compression)} is not "
+            "supported (only 4 pixel-interleaved 8-bit CMYK samples, converted to RGBA)",
         )
     raise UnsupportedTiffError(href, f"{name} is not supported: GDAL converts it to RGB")
 

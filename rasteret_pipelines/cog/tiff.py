@@ -278,6 +278,8 @@ def parse_ifds(href: str, data: ByteRanges, size: int | None) -> ParsedTiff:
 
     def walk(offset: int, into: list[RawIfd]) -> None:
         nonlocal loop_at
+        if offset in seen and into is subifds:
+            return  # listed in SubIFDs and also chained from the previous SubIFD (tifffile)
         while offset:
             if offset in seen:
                 if not ifds:
