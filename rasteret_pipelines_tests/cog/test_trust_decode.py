@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from rasteret_pipelines.cog import read_header, read_window
 from rasteret_pipelines.errors import BlockDecodeError, DecodedSizeError, RasteretError
+from rasteret_pipelines_tests.cog.fuzzing import reset_peak_rss, status_mb
 from rasteret_pipelines_tests.cog.handmade import LERC_PARAMETERS, block_tiff
 from rasteret_pipelines_tests.cog_factory import write_cog
 
@@ -39,30 +40,19 @@ BYTE_CODECS = {
 # -- peak memory ---------------------------------------------------------------------------
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 @contextlib.contextmanager
 def peak_rss_growth():
     """Yield a dict whose ``"mb"`` becomes the peak RSS growth (MB) inside the block.
 
-    Resets the kernel's high-water mark (``/proc/self/clear_refs`` 5) first, so the figure is
-    the peak of this block alone, native allocations of the codecs included.
+    Resets the kernel's high-water mark first, so the figure is the peak of this block alone,
+    native allocations of the codecs included.
     """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
+    if not reset_peak_rss():
         pytest.skip("cannot reset the RSS high-water mark here")
     result = {"mb": None}
-    base = _status_mb("VmRSS")
+    base = status_mb("VmRSS")
     yield result
-    result["mb"] = _status_mb("VmHWM") - base
+    result["mb"] = status_mb("VmHWM") - base
 
 
 # -- short, long, mis-shaped -----------------------------------------------------------------
