@@ -119,7 +119,9 @@ def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     bo = lay.byte_order
     type_at, type_fmt, count_at, count_fmt, value_at = _entry_fields(lay)
     value_fmt = "Q" if lay.big else "I"
-    header_end = max(lay.entries[-1] + 20 if lay.entries else 64, 512)
+    header_end = min(max(lay.entries[-1] + 20 if lay.entries else 64, 512), len(out))
+    if len(out) < 32:
+        return bytes(out), "too short to mutate"
     kind = rng.choice(
         ["flip-header", "flip-header", "flip-any", "truncate", "count", "type", "value", "value",
          "huge-size", "loop", "block-count", "block-offset", "two"]
@@ -135,7 +137,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
             out[p] ^= 1 << rng.randrange(8)
         return bytes(out), f"{kind} at {positions}"
     if kind == "truncate":
-        cut = rng.choice([rng.randrange(16, header_end), rng.randrange(len(out))])
+        cut = rng.choice([rng.randrange(16, max(header_end, 17)), rng.randrange(len(out))])
         return bytes(out[:cut]), f"truncate at {cut}"
     if not lay.entries:
         return bytes(out), "no entries"
