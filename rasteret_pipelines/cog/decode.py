@@ -27,6 +27,12 @@ class _TooLong(Exception):
     """A decoder produced (or would produce) more bytes than the bound it was given."""
 
 
+def _buffer(limit: int) -> np.ndarray:
+    # One byte more than allowed, so that filling it shows the block decodes long. The
+    # decoders return the view of it they filled (faster than a bytes ``out=`` of that size).
+    return np.empty(limit + 1, dtype=np.uint8)
+
+
 def _none(data: bytes, limit: int) -> bytes:
     return data
 
@@ -36,7 +42,7 @@ def _deflate(data: bytes, limit: int) -> bytes:
     # means the block decodes long. zlib streams that libdeflate refuses (no trailing
     # checksum, ...) go through zlib.decompressobj, also bounded by max_length.
     try:
-        return imagecodecs.deflate_decode(data, out=limit + 1)
+        return imagecodecs.deflate_decode(data, out=_buffer(limit))
     except imagecodecs.DeflateError as exc:
         if "INSUFFICIENT_SPACE" in str(exc):
             raise _TooLong from exc
@@ -50,7 +56,7 @@ def _deflate(data: bytes, limit: int) -> bytes:
 def _zstd(data: bytes, limit: int) -> bytes:
     # Into a buffer of limit + 1 bytes, never the frame's declared content size.
     try:
-        return imagecodecs.zstd_decode(data, out=limit + 1)
+        return imagecodecs.zstd_decode(data, out=_buffer(limit))
     except imagecodecs.ZstdError as exc:
         if "too small" in str(exc):
             raise _TooLong from exc
@@ -58,12 +64,12 @@ def _zstd(data: bytes, limit: int) -> bytes:
 
 
 def _lzw(data: bytes, limit: int) -> bytes:
-    return imagecodecs.lzw_decode(data, out=limit + 1)  # stops at limit + 1 bytes
+    return imagecodecs.lzw_decode(data, out=_buffer(limit))  # stops at limit + 1 bytes
 
 
 def _packbits(data: bytes, limit: int) -> bytes:
     try:
-        return imagecodecs.packbits_decode(data, out=limit + 1)
+        return imagecodecs.packbits_decode(data, out=_buffer(limit))
     except imagecodecs.PackbitsError as exc:
         if "TOO_SMALL" in str(exc):
             raise _TooLong from exc
@@ -71,7 +77,7 @@ def _packbits(data: bytes, limit: int) -> bytes:
 
 
 def _lzma(data: bytes, limit: int) -> bytes:
-    return imagecodecs.lzma_decode(data, out=limit + 1)  # stops at limit + 1 bytes
+    return imagecodecs.lzma_decode(data, out=_buffer(limit))  # stops at limit + 1 bytes
 
 
 BYTE_CODECS: dict[int, tuple[str, Callable[[bytes, int], bytes], object]] = {
