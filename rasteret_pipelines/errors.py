@@ -65,6 +65,11 @@ class DecodedSizeError(BlockDecodeError):
     without allocating the oversized output."""
 
 
+class CachedHeaderError(CogError, ValueError):
+    """A cached header (``CogHeader.from_dict``) is of another format version or malformed:
+    rebuild the collection."""
+
+
 class WindowError(RasteretError, ValueError):
     """A requested window or overview level is not valid for the header."""
 

@@ -19,7 +19,12 @@ import numpy as np
 
 from rasteret_pipelines.cog import geo, tiff
 from rasteret_pipelines.cog.decode import check_codec_supported, codec_name, converts_cmyk
-from rasteret_pipelines.errors import TiffFormatError, UnsupportedTiffError, WindowError
+from rasteret_pipelines.errors import (
+    CachedHeaderError,
+    TiffFormatError,
+    UnsupportedTiffError,
+    WindowError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -299,11 +304,22 @@ class CogHeader:
     def from_dict(cls, d: dict) -> CogHeader:
         """Rebuild a header from :meth:`to_dict` output (a dict, or Arrow's row of it)."""
         version = d.get("format_version")
+        href = str(d.get("href"))
         if version != HEADER_FORMAT_VERSION:
-            raise ValueError(
-                f"cached header for {d.get('href')!r} has format version {version!r}, "
-                f"this library reads {HEADER_FORMAT_VERSION}: rebuild the collection"
+            raise CachedHeaderError(
+                href,
+                f"cached header has format version {version!r}, this library reads "
+                f"{HEADER_FORMAT_VERSION}: rebuild the collection",
             )
+        try:
+            return cls._from_plain(d)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise CachedHeaderError(
+                href, f"cached header is malformed ({type(exc).__name__}: {exc}): rebuild the collection"
+            ) from exc
+
+    @classmethod
+    def _from_plain(cls, d: dict) -> CogHeader:
         return cls(
             href=d["href"],
             levels=tuple(ImageLevel.from_dict(x) for x in d["levels"]),

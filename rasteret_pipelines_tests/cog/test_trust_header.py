@@ -136,3 +136,18 @@ def test_a_huge_non_array_tag_is_refused_before_it_is_fetched(tmp_path):
     path.write_bytes(bytes(body))
     with pytest.raises(TiffFormatError, match="bigtag.tif: tag 34736 claims 100000000 values"):
         read_header(str(path))
+
+
+def test_a_cached_header_of_another_version_or_malformed_is_typed(tmp_path):
+    from rasteret_pipelines.cog import CogHeader
+    from rasteret_pipelines.errors import CachedHeaderError
+
+    path = tmp_path / "ok.tif"
+    path.write_bytes(tiff_bytes(base_entries(), tiles()))
+    plain = read_header(str(path)).to_dict()
+    with pytest.raises(CachedHeaderError, match="ok.tif: cached header has format version 0"):
+        CogHeader.from_dict({**plain, "format_version": 0})
+    broken = {**plain, "levels": [{**plain["levels"][0], "width": "wide"}]}
+    with pytest.raises(CachedHeaderError, match="ok.tif: cached header is malformed"):
+        CogHeader.from_dict(broken)
+    assert isinstance(CachedHeaderError("x", "y"), ValueError)  # callers catching ValueError
