@@ -27,57 +27,53 @@ class _TooLong(Exception):
     """A decoder produced (or would produce) more bytes than the bound it was given."""
 
 
-def _buffer(limit: int) -> np.ndarray:
-    # One byte more than allowed, so that filling it shows the block decodes long. The
-    # decoders return the view of it they filled (faster than a bytes ``out=`` of that size).
-    return np.empty(limit + 1, dtype=np.uint8)
+def _bounded(decoder, data: bytes, limit: int, full: str | None = None):
+    """``decoder(data)`` into a buffer of ``limit + 1`` bytes, never more.
+
+    The decoders stop at the buffer's end (a full buffer means the block decodes long) or
+    raise an error whose message contains ``full``: both become :class:`_TooLong`. They
+    return the view of the buffer they filled (faster than a bytes ``out=`` of that size).
+    """
+    try:
+        return decoder(data, out=np.empty(limit + 1, dtype=np.uint8))
+    except Exception as exc:
+        if full is not None and full in str(exc):
+            raise _TooLong from exc
+        raise
 
 
 def _none(data: bytes, limit: int) -> bytes:
     return data
 
 
-def _deflate(data: bytes, limit: int) -> bytes:
-    # libdeflate into a buffer of limit + 1 bytes: it never writes past it, and filling it
-    # means the block decodes long. zlib streams that libdeflate refuses (no trailing
-    # checksum, ...) go through zlib.decompressobj, also bounded by max_length.
+def _deflate(data: bytes, limit: int):
+    # Streams libdeflate refuses (no trailing checksum, which it may also report as "no
+    # space left" after reading past the end) go through zlib.decompressobj, bounded too.
     try:
-        return imagecodecs.deflate_decode(data, out=_buffer(limit))
-    except imagecodecs.DeflateError as exc:
-        if "INSUFFICIENT_SPACE" in str(exc):
-            raise _TooLong from exc
-    inflater = zlib.decompressobj()
-    out = inflater.decompress(data, limit + 1)
-    if inflater.unconsumed_tail and len(out) > limit:
+        return _bounded(imagecodecs.deflate_decode, data, limit)
+    except imagecodecs.DeflateError:
+        pass
+    out = zlib.decompressobj().decompress(data, limit + 1)
+    if len(out) > limit:
         raise _TooLong
     return out
 
 
-def _zstd(data: bytes, limit: int) -> bytes:
-    # Into a buffer of limit + 1 bytes, never the frame's declared content size.
-    try:
-        return imagecodecs.zstd_decode(data, out=_buffer(limit))
-    except imagecodecs.ZstdError as exc:
-        if "too small" in str(exc):
-            raise _TooLong from exc
-        raise
+def _zstd(data: bytes, limit: int):
+    # Never the frame's declared content size: that is how a ZSTD bomb allocates.
+    return _bounded(imagecodecs.zstd_decode, data, limit, "too small")
 
 
-def _lzw(data: bytes, limit: int) -> bytes:
-    return imagecodecs.lzw_decode(data, out=_buffer(limit))  # stops at limit + 1 bytes
+def _lzw(data: bytes, limit: int):
+    return _bounded(imagecodecs.lzw_decode, data, limit)
 
 
-def _packbits(data: bytes, limit: int) -> bytes:
-    try:
-        return imagecodecs.packbits_decode(data, out=_buffer(limit))
-    except imagecodecs.PackbitsError as exc:
-        if "TOO_SMALL" in str(exc):
-            raise _TooLong from exc
-        raise
+def _packbits(data: bytes, limit: int):
+    return _bounded(imagecodecs.packbits_decode, data, limit, "TOO_SMALL")
 
 
-def _lzma(data: bytes, limit: int) -> bytes:
-    return imagecodecs.lzma_decode(data, out=_buffer(limit))  # stops at limit + 1 bytes
+def _lzma(data: bytes, limit: int):
+    return _bounded(imagecodecs.lzma_decode, data, limit)
 
 
 BYTE_CODECS: dict[int, tuple[str, Callable[[bytes, int], bytes], object]] = {

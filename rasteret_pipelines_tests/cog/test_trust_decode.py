@@ -100,6 +100,16 @@ def test_a_truncated_deflate_stream_is_an_error(tmp_path):
         read_window(read_header(str(path)), (0, 0, 256, 256))
 
 
+def test_a_deflate_stream_without_its_checksum_still_decodes_within_bounds(tmp_path):
+    """libdeflate refuses it (reporting "insufficient space"); bounded zlib reads the pixels,
+    and the same stream cut from a bomb is still refused."""
+    path = block_tiff(tmp_path / "nock.tif", [zlib.compress(PIXELS.tobytes())[:-4]], compression=8)
+    np.testing.assert_array_equal(read_window(read_header(str(path)), (0, 0, 256, 256))[0], PIXELS)
+    bomb = block_tiff(tmp_path / "bomb.tif", [zlib.compress(bytes(32 << 20))[:-4]], compression=8)
+    with pytest.raises(DecodedSizeError, match="bomb.tif: block 0"):
+        read_window(read_header(str(bomb)), (0, 0, 256, 256))
+
+
 def test_an_image_codec_block_of_another_shape_is_an_error(tmp_path):
     small = imagecodecs.jpeg8_encode(PIXELS[:128, :128])
     path = block_tiff(tmp_path / "jpeg.tif", [small], compression=7)
