@@ -30,22 +30,6 @@ class TiffFormatError(CogError):
     """The TIFF structure is broken: truncated header, bad offsets, absurd tag counts."""
 
 
-class UnsupportedTiffError(CogError):
-    """A valid TIFF uses a feature this engine does not read (codec, layout, bit depth)."""
-
-
-class CogNotFoundError(CogError, FileNotFoundError):
-    """The object does not exist (HTTP 404, missing S3 key, missing local file)."""
-
-
-class FetchError(CogError):
-    """A byte range could not be fetched, after the configured retries."""
-
-
-class StaleHeaderError(CogError):
-    """The object changed (size or ETag) since its header was cached: re-index it."""
-
-
 class BlockDecodeError(TiffFormatError):
     """A block (tile or strip) does not decode, or decodes short, long or to the wrong shape.
 
@@ -65,9 +49,25 @@ class DecodedSizeError(BlockDecodeError):
     without allocating the oversized output."""
 
 
+class UnsupportedTiffError(CogError):
+    """A valid TIFF uses a feature this engine does not read (codec, layout, bit depth)."""
+
+
 class CachedHeaderError(CogError, ValueError):
     """A cached header (``CogHeader.from_dict``) is of another format version or malformed:
     rebuild the collection."""
+
+
+class CogNotFoundError(CogError, FileNotFoundError):
+    """The object does not exist (HTTP 404, missing S3 key, missing local file)."""
+
+
+class FetchError(CogError):
+    """A byte range could not be fetched, after the configured retries."""
+
+
+class StaleHeaderError(CogError):
+    """The object changed (size or ETag) since its header was cached: re-index it."""
 
 
 class WindowError(RasteretError, ValueError):
