@@ -140,6 +140,25 @@ def test_a_strip_of_the_wrong_length_in_a_stripped_file(tmp_path):
     )
 
 
+def test_a_jpeg_strip_of_fewer_rows_is_an_error_and_the_last_strip_may_be_short(tmp_path):
+    """JPEG strips: the last one holds the rows left (valid, as libtiff writes it); a middle
+    strip that decodes to fewer rows than RowsPerStrip is refused. (GDAL only warns "Improper
+    JPEG strip/tile size" and returns rows that differ from one read to the next.)"""
+    strips = [imagecodecs.jpeg8_encode(PIXELS[r : r + 100], level=95) for r in (0, 100, 200)]
+    options = {"tile": None, "rows_per_strip": 100, "compression": 7}
+    ok = block_tiff(tmp_path / "ok.tif", strips, **options)
+    with rasterio.open(ok) as src:
+        expected = src.read()
+    np.testing.assert_array_equal(read_window(read_header(str(ok)), (0, 0, 256, 256)), expected)
+    short = [strips[0], imagecodecs.jpeg8_encode(PIXELS[100:160], level=95), strips[2]]
+    bad = block_tiff(tmp_path / "shortjpeg.tif", short, **options)
+    header = read_header(str(bad))
+    for _ in range(2):
+        with pytest.raises(BlockDecodeError, match="shortjpeg.tif: block 1: JPEG data does not fit"):
+            read_window(header, (0, 0, 256, 256))
+    np.testing.assert_array_equal(read_window(header, (0, 0, 256, 100)), expected[:, :100])
+
+
 def test_stored_byte_count_far_beyond_any_codec_is_refused_before_fetching(tmp_path):
     path = tmp_path / "huge.tif"
     block_tiff(path, [b"x" * 16], compression=8)
