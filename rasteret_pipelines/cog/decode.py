@@ -3,6 +3,15 @@
 Byte codecs (Deflate, LZW, PackBits, ZSTD, LZMA, none) decompress to the raw sample stream,
 which is reshaped and un-predicted here; image codecs (JPEG, WebP, LERC, JPEG 2000) return
 pixels directly. imagecodecs releases the GIL, so blocks decode in parallel on a thread pool.
+
+Every block is held to its header: each decoder writes into a buffer of one block (byte
+codecs: one block + 1 byte, a full buffer meaning "long"; image codecs: an array of the block's
+shape, which imagecodecs checks against the stream's own size before decoding, and for JPEG
+2000 the codestream's SIZ is checked first). A block that decodes short, long or to another
+shape raises :class:`~rasteret_pipelines.errors.BlockDecodeError` naming the href and block; one
+that would decode beyond a block raises :class:`~rasteret_pipelines.errors.DecodedSizeError`
+without that memory ever being allocated. FillOrder=2 bytes are bit-reversed first (as libtiff
+does, except for JPEG) and 8-bit CMYK is converted to RGBA as libtiff's RGBA interface does.
 """
 
 from __future__ import annotations

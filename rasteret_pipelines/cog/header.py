@@ -384,7 +384,12 @@ def build_header(
             masks.append(_level(href, ifd, mask=True))
         elif subfile & SUBFILE_REDUCED:
             lvl = _level(href, ifd, mask=False)
-            if lvl.samples_per_pixel == main.samples_per_pixel and lvl.dtype == main.dtype:
+            if (
+                lvl.samples_per_pixel == main.samples_per_pixel
+                and lvl.dtype == main.dtype
+                and lvl.width <= main.width
+                and lvl.height <= main.height  # GDAL ignores "overviews" larger than the image
+            ):
                 levels.append(lvl)
         # Other pages of a multi-page TIFF are not part of this raster (GDAL: subdatasets).
     levels[1:] = sorted(levels[1:], key=lambda lvl: (-lvl.width, -lvl.height))

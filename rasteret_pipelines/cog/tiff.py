@@ -7,7 +7,8 @@ header costs one request.
 
 Every count and offset read from the file is checked before anything is allocated from it, so a
 hostile or broken file raises :class:`~rasteret_pipelines.errors.TiffFormatError` instead of
-exhausting memory.
+exhausting memory. SubIFDs of the first image (where some writers put overviews) are followed
+too; a chain that loops back keeps the images read before the loop, as GDAL does.
 """
 
 from __future__ import annotations
