@@ -428,7 +428,7 @@ def build_header(
     )
 
 
-MAX_BLOCK_BYTES = 1 << 30
+MAX_DECODED_BLOCK_BYTES = 1 << 30
 """Largest decoded block (tile or strip) accepted: 1 GiB."""
 
 _PHOTOMETRIC_NAMES = {
@@ -575,11 +575,11 @@ def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
             raise UnsupportedTiffError(href, f"Predictor {predictor} is not supported")
         _check_photometric(href, ifd, level)
         block_bytes = tile_width * tile_height * (spp if planar == 1 else 1) * (bits // 8)
-        if block_bytes > MAX_BLOCK_BYTES:
+        if block_bytes > MAX_DECODED_BLOCK_BYTES:
             raise UnsupportedTiffError(
                 href,
                 f"{tile_width}x{tile_height} blocks of {block_bytes} bytes are larger than the "
-                f"{MAX_BLOCK_BYTES} bytes this engine decodes",
+                f"{MAX_DECODED_BLOCK_BYTES} bytes this engine decodes",
             )
     check_codec_supported(href, compression)
     return level
