@@ -378,7 +378,8 @@ def build_header(
     # Overviews and masks follow the first image in the chain, or (some writers) hang off its
     # SubIFDs tag; either way they are ordered largest first, as GDAL lists them.
     for ifd in parsed.ifds[1:] + parsed.subifds:
-        subfile = _int_value(href, ifd, tiff.NEW_SUBFILE_TYPE, "NewSubfileType", ifd.first(tiff.NEW_SUBFILE_TYPE, 0))
+        subfile = ifd.first(tiff.NEW_SUBFILE_TYPE, 0)
+        subfile = _int_value(href, ifd, tiff.NEW_SUBFILE_TYPE, "NewSubfileType", subfile)
         is_mask = bool(subfile & SUBFILE_MASK) or ifd.first(tiff.PHOTOMETRIC) == 4
         if is_mask:
             masks.append(_level(href, ifd, mask=True))
