@@ -39,8 +39,32 @@ class TiffFormatError(CogError):
     """The TIFF structure is broken: truncated header, bad offsets, absurd tag counts."""
 
 
+class BlockDecodeError(TiffFormatError):
+    """A block (tile or strip) does not decode, or decodes short, long or to the wrong shape.
+
+    ``block`` is the block's index in the level's offset arrays, ``overview`` its level (0 full
+    resolution). No pixels of such a block are ever returned.
+    """
+
+    def __init__(self, href: str, message: str, *, block: int | None = None, overview: int = 0):
+        self.block = block
+        self.overview = overview
+        where = "" if block is None else f"block {block}{f' of overview {overview}' if overview else ''}: "
+        super().__init__(href, where + message)
+
+
+class DecodedSizeError(BlockDecodeError):
+    """A block would decode to more than its header allows (a decompression bomb); refused
+    without allocating the oversized output."""
+
+
 class UnsupportedTiffError(CogError):
     """A valid TIFF uses a feature this engine does not read (codec, layout, bit depth)."""
+
+
+class CachedHeaderError(CogError, ValueError):
+    """A cached header (``CogHeader.from_dict``) is of another format version or malformed:
+    rebuild the collection."""
 
 
 class CogNotFoundError(CogError, FileNotFoundError):

@@ -3,48 +3,86 @@
 Byte codecs (Deflate, LZW, PackBits, ZSTD, LZMA, none) decompress to the raw sample stream,
 which is reshaped and un-predicted here; image codecs (JPEG, WebP, LERC, JPEG 2000) return
 pixels directly. imagecodecs releases the GIL, so blocks decode in parallel on a thread pool.
+
+Every block is held to its header: each decoder writes into a buffer of one block (byte
+codecs: one block + 1 byte, a full buffer meaning "long"; image codecs: an array of the block's
+shape, which imagecodecs checks against the stream's own size before decoding, and for JPEG
+2000 the codestream's SIZ is checked first). A block that decodes short, long or to another
+shape raises :class:`~rasteret_pipelines.errors.BlockDecodeError` naming the href and block; one
+that would decode beyond a block raises :class:`~rasteret_pipelines.errors.DecodedSizeError`
+without that memory ever being allocated. FillOrder=2 bytes are bit-reversed first (as libtiff
+does, except for JPEG) and 8-bit CMYK is converted to RGBA as libtiff's RGBA interface does.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import struct
+import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import imagecodecs
 import numpy as np
 
-from rasteret_pipelines.errors import TiffFormatError, UnsupportedTiffError
+from rasteret_pipelines.errors import BlockDecodeError, DecodedSizeError, UnsupportedTiffError
 
 if TYPE_CHECKING:
     from rasteret_pipelines.cog.header import ImageLevel
 
 
-def _none(data: bytes, nbytes: int) -> bytes:
+class _TooLong(Exception):
+    """A decoder produced (or would produce) more bytes than the bound it was given."""
+
+
+def _bounded(decoder, data: bytes, limit: int, full: str | None = None):
+    """``decoder(data)`` into a buffer of ``limit + 1`` bytes, never more.
+
+    The decoders stop at the buffer's end (a full buffer means the block decodes long) or
+    raise an error whose message contains ``full``: both become :class:`_TooLong`. They
+    return the view of the buffer they filled (faster than a bytes ``out=`` of that size).
+    """
+    try:
+        return decoder(data, out=np.empty(limit + 1, dtype=np.uint8))
+    except Exception as exc:
+        if full is not None and full in str(exc):
+            raise _TooLong from exc
+        raise
+
+
+def _none(data: bytes, limit: int) -> bytes:
     return data
 
 
-def _deflate(data: bytes, nbytes: int) -> bytes:
-    # libdeflate needs the output size; zlib copes when a short strip is smaller than a block.
+def _deflate(data: bytes, limit: int):
+    # Streams libdeflate refuses (no trailing checksum, which it may also report as "no
+    # space left" after reading past the end) go through zlib.decompressobj, bounded too.
     try:
-        return imagecodecs.deflate_decode(data, out=nbytes)
-    except Exception:
-        return imagecodecs.zlib_decode(data)
+        return _bounded(imagecodecs.deflate_decode, data, limit)
+    except imagecodecs.DeflateError:
+        pass
+    out = zlib.decompressobj().decompress(data, limit + 1)
+    if len(out) > limit:
+        raise _TooLong
+    return out
 
 
-def _zstd(data: bytes, nbytes: int) -> bytes:
-    return imagecodecs.zstd_decode(data)
+def _zstd(data: bytes, limit: int):
+    # Never the frame's declared content size: that is how a ZSTD bomb allocates.
+    return _bounded(imagecodecs.zstd_decode, data, limit, "too small")
 
 
-def _lzw(data: bytes, nbytes: int) -> bytes:
-    return imagecodecs.lzw_decode(data)
+def _lzw(data: bytes, limit: int):
+    return _bounded(imagecodecs.lzw_decode, data, limit)
 
 
-def _packbits(data: bytes, nbytes: int) -> bytes:
-    return imagecodecs.packbits_decode(data)
+def _packbits(data: bytes, limit: int):
+    return _bounded(imagecodecs.packbits_decode, data, limit, "TOO_SMALL")
 
 
-def _lzma(data: bytes, nbytes: int) -> bytes:
-    return imagecodecs.lzma_decode(data)
+def _lzma(data: bytes, limit: int):
+    return _bounded(imagecodecs.lzma_decode, data, limit)
 
 
 BYTE_CODECS: dict[int, tuple[str, Callable[[bytes, int], bytes], object]] = {
@@ -56,7 +94,10 @@ BYTE_CODECS: dict[int, tuple[str, Callable[[bytes, int], bytes], object]] = {
     50000: ("ZSTD", _zstd, imagecodecs.ZSTD),
     34925: ("LZMA", _lzma, imagecodecs.LZMA),
 }
-"""Compression code -> (name, decompress(data, expected bytes), imagecodecs codec)."""
+"""Compression code -> (name, decompress(data, limit), imagecodecs codec).
+
+Each decompressor returns at most ``limit + 1`` bytes (or raises ``_TooLong``) whatever the
+input claims, so a decompression bomb costs at most one block of memory."""
 
 IMAGE_CODECS: dict[int, tuple[str, object]] = {
     7: ("JPEG", imagecodecs.JPEG8),
@@ -73,6 +114,7 @@ _KNOWN_UNSUPPORTED = {
 }
 
 PHOTOMETRIC_RGB = 2
+PHOTOMETRIC_SEPARATED = 5
 PHOTOMETRIC_YCBCR = 6
 
 
@@ -103,82 +145,233 @@ def check_codec_supported(href: str, compression: int) -> None:
         )
 
 
-def decode_block(level: ImageLevel, byte_order: str, data: bytes, href: str) -> np.ndarray:
-    """Decode one stored block (tile or strip).
+MAX_STORED_RATIO = 8
+"""A stored block may hold at most this many times its decoded size (plus 1 MiB): no codec
+expands real data that much, so a larger byte count is refused before it is fetched."""
+
+
+def block_rows(level: ImageLevel, index: int | None) -> int:
+    """Rows block ``index`` must decode to: the tile height, or fewer for a stripped file's
+    last strip (which may also be stored full height)."""
+    if level.tiled or index is None:
+        return level.tile_height
+    row = (index % level.tiles_per_plane) // level.tiles_across
+    return min(level.tile_height, level.height - row * level.tile_height)
+
+
+def block_nbytes(level: ImageLevel) -> int:
+    """Decoded bytes of one full block: the bound every codec is held to."""
+    samples = level.samples_per_pixel if level.planar == 1 else 1
+    return level.tile_height * level.tile_width * samples * np.dtype(level.dtype).itemsize
+
+
+def max_stored_bytes(level: ImageLevel) -> int:
+    """Largest plausible stored (compressed) size of one block of ``level``."""
+    return block_nbytes(level) * MAX_STORED_RATIO + (1 << 20)
+
+
+def decode_block(
+    level: ImageLevel,
+    byte_order: str,
+    data: bytes,
+    href: str,
+    index: int | None = None,
+    overview: int = 0,
+) -> np.ndarray:
+    """Decode one stored block (tile or strip), held to the shape the header gives it.
 
     Args:
         level: The image level the block belongs to.
         byte_order: ``"<"`` or ``">"``, the file's byte order.
         data: The block's compressed bytes, exactly as stored.
         href: Object name, for error messages.
+        index: The block's index in the level's offset arrays (for the expected row count of
+            a stripped file's last strip, and for error messages).
+        overview: The level's overview number, for error messages.
 
     Returns:
         An array of shape (samples, rows, tile_width) in native byte order, where samples is
-        the level's band count (chunky) or 1 (planar), and rows is the tile height (or fewer
-        for the last strip of a stripped TIFF).
+        the level's band count (chunky) or 1 (planar), and rows is the tile height (or the
+        rows left for the last strip of a stripped TIFF). Every element comes from the block.
+
+    Raises:
+        DecodedSizeError: the block would decode to more bytes than one block (a bomb); the
+            output is never allocated beyond one block.
+        BlockDecodeError: the codec fails, or the block decodes short or to the wrong shape.
     """
     samples = level.samples_per_pixel if level.planar == 1 else 1
-    width = level.tile_width
+    rows = block_rows(level, index)
+    name = codec_name(level.compression)
+    if level.fill_order == 2 and level.compression != 7:
+        data = imagecodecs.bitorder_decode(bytes(data))  # libtiff reverses bits (not for JPEG)
     try:
         if level.compression in IMAGE_CODECS:
-            arr = _decode_image(level, data)
+            arr = _decode_image(level, data, rows, samples)
         else:
-            arr = _decode_bytes(level, byte_order, data, samples)
+            arr = _decode_bytes(level, byte_order, data, samples, rows)
+    except _TooLong as exc:
+        raise DecodedSizeError(
+            href,
+            f"{name} data decodes to more than the {block_nbytes(level)} bytes of a "
+            f"{level.tile_width}x{level.tile_height} block",
+            block=index,
+            overview=overview,
+        ) from exc
+    except _ShapeError as exc:
+        raise BlockDecodeError(href, f"{name} {exc}", block=index, overview=overview) from exc
     except Exception as exc:  # imagecodecs raises its own error types per codec
-        raise TiffFormatError(
-            href, f"cannot decode a {codec_name(level.compression)} block: {exc}"
+        raise BlockDecodeError(
+            href, f"cannot decode {name} data: {exc}", block=index, overview=overview
         ) from exc
     if arr.ndim == 2:
         arr = arr[:, :, np.newaxis]
-    if arr.shape[1] != width or arr.shape[2] != samples or arr.shape[0] > level.tile_height:
-        raise TiffFormatError(
+    if arr.shape != (rows, level.tile_width, samples):
+        raise BlockDecodeError(
             href,
-            f"a {codec_name(level.compression)} block decoded to shape {arr.shape}, "
-            f"expected ({level.tile_height}, {width}, {samples})",
+            f"{name} data decoded to shape {arr.shape}, expected "
+            f"({rows}, {level.tile_width}, {samples})",
+            block=index,
+            overview=overview,
         )
+    if converts_cmyk(level):
+        arr = cmyk_to_rgba(arr)
     return arr.transpose(2, 0, 1)
 
 
-def _decode_image(level: ImageLevel, data: bytes) -> np.ndarray:
+class _ShapeError(Exception):
+    """The block decodes short or to another shape than the header's."""
+
+
+def converts_cmyk(level: ImageLevel) -> bool:
+    """True for the CMYK layout GDAL reads as RGBA (libtiff's RGBA interface): 8-bit, 4
+    samples, pixel interleaved. Other bit depths GDAL returns as stored, and so does this."""
+    return (
+        level.photometric == PHOTOMETRIC_SEPARATED
+        and level.bits_per_sample == 8
+        and level.samples_per_pixel == 4
+        and level.planar == 1
+    )
+
+
+def cmyk_to_rgba(cmyk: np.ndarray) -> np.ndarray:
+    """8-bit CMYK to RGBA exactly as libtiff's RGBA interface (and so GDAL) converts it."""
+    k = 255 - cmyk[..., 3].astype(np.uint32)
+    out = np.empty(cmyk.shape, dtype=np.uint8)
+    for i in range(3):
+        out[..., i] = k * (255 - cmyk[..., i].astype(np.uint32)) // 255
+    out[..., 3] = 255
+    return out
+
+
+def _image_out(level: ImageLevel, rows: int, samples: int) -> np.ndarray:
+    shape = (rows, level.tile_width) if samples == 1 else (rows, level.tile_width, samples)
+    return np.empty(shape, dtype=np.dtype(level.dtype))
+
+
+def _decode_image(level: ImageLevel, data: bytes, rows: int, samples: int) -> np.ndarray:
+    """Decode an image codec's block straight into a block-sized array.
+
+    Each decoder reads the image size from the stream's own header and refuses an ``out``
+    array of another shape before decoding anything, so a stream claiming a huge image (a
+    bomb) or another shape costs nothing. A stripped file's last strip may decode to the rows
+    left or to a full strip.
+    """
+    heights = [rows] if rows == level.tile_height else [rows, level.tile_height]
+    for i, height in enumerate(heights):
+        out = _image_out(level, height, samples)
+        try:
+            return _decode_image_into(level, data, out)
+        except ValueError as exc:
+            if "out.shape" not in str(exc):
+                raise
+            if i < len(heights) - 1:
+                continue
+            claimed = _SHAPE_IN_MESSAGE.search(str(exc))
+            if claimed is not None:
+                dims = [int(v) for v in claimed.group(1).split(",") if v.strip()]
+                if math.prod(dims) * out.itemsize > block_nbytes(level):
+                    raise _TooLong from exc  # the stream claims a larger image: a bomb
+            raise _ShapeError(f"data does not fit the block ({exc})") from exc
+    raise AssertionError("unreachable")
+
+
+_SHAPE_IN_MESSAGE = re.compile(r"\bshape=\(([\d, ]+)\)\s*$")
+"""imagecodecs' ``invalid out.shape=(...), shape=(...)``: the second is the stream's."""
+
+
+def _decode_image_into(level: ImageLevel, data: bytes, out: np.ndarray) -> np.ndarray:
     code = level.compression
     if code == 7:
         colorspace = outcolorspace = None
         if level.photometric == PHOTOMETRIC_YCBCR:
             colorspace, outcolorspace = "YCBCR", "RGB"
-        elif level.photometric == PHOTOMETRIC_RGB and level.samples_per_pixel >= 3:
+        elif level.samples_per_pixel == 3 and level.planar == 1:
             colorspace = outcolorspace = "RGB"
+        elif level.samples_per_pixel == 4 and level.planar == 1:
+            # libtiff writes 4 components (RGBA) untransformed, which libjpeg reads as CMYK:
+            # keep the four channels as stored.
+            colorspace = outcolorspace = "CMYK"
         return imagecodecs.jpeg8_decode(
-            data, tables=level.jpeg_tables, colorspace=colorspace, outcolorspace=outcolorspace
+            data, tables=level.jpeg_tables, colorspace=colorspace, outcolorspace=outcolorspace,
+            out=out,
         )
     if code == 50001:
-        return imagecodecs.webp_decode(data)
+        return imagecodecs.webp_decode(data, hasalpha=out.ndim == 3 and out.shape[2] == 4, out=out)
     if code == 34887:
         params = level.lerc_parameters or ()
         extra = params[1] if len(params) > 1 else 0
+        # The LERC blob itself is never much larger than the pixels it encodes.
+        limit = 2 * out.nbytes + 65536
         if extra == 1:
-            data = imagecodecs.zlib_decode(data)
+            data = _deflate(data, limit)
         elif extra == 2:
-            data = imagecodecs.zstd_decode(data)
-        arr = imagecodecs.lerc_decode(data)
-        if isinstance(arr, tuple):
-            arr = arr[0]
-        return np.asarray(arr, dtype=np.dtype(level.dtype))
+            data = _zstd(data, limit)
+        if len(data) > limit:
+            raise _TooLong
+        arr = imagecodecs.lerc_decode(data, out=out)
+        return arr[0] if isinstance(arr, tuple) else arr
     if code == 34712:
-        return imagecodecs.jpeg2k_decode(data)
+        # OpenJPEG decodes the whole image before imagecodecs compares it with ``out``: check
+        # the size the codestream declares (SIZ marker) first.
+        _check_j2k_size(data, out)
+        return imagecodecs.jpeg2k_decode(data, out=out)
     raise ValueError(f"compression {code} is not an image codec")
 
 
-def _decode_bytes(level: ImageLevel, byte_order: str, data: bytes, samples: int) -> np.ndarray:
+def _check_j2k_size(data: bytes, out: np.ndarray) -> None:
+    """Refuse a JPEG 2000 stream whose SIZ marker declares another image than ``out``."""
+    at = bytes(data[:65536]).find(b"\xff\x4f\xff\x51")  # SOC then SIZ, in a J2K or JP2 stream
+    if at < 0 or len(data) < at + 42:
+        raise ValueError("no JPEG 2000 codestream header (SOC/SIZ) found")
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">4I", data[at + 8 : at + 24])
+    (components,) = struct.unpack(">H", data[at + 40 : at + 42])
+    width, height = xsiz - xosiz, ysiz - yosiz
+    if width <= 0 or height <= 0 or components == 0:
+        raise ValueError(f"JPEG 2000 SIZ declares a {width}x{height}x{components} image")
+    channels = out.shape[2] if out.ndim == 3 else 1
+    if (height, width, components) != (out.shape[0], out.shape[1], channels):
+        shape = (height, width) if components == 1 else (height, width, components)
+        raise ValueError(f"invalid out.shape={out.shape}, shape={shape}")
+
+
+def _decode_bytes(
+    level: ImageLevel, byte_order: str, data: bytes, samples: int, rows: int
+) -> np.ndarray:
     file_dtype = np.dtype(level.dtype).newbyteorder(byte_order)
     width = level.tile_width
-    row_items = width * samples
-    nbytes = level.tile_height * row_items * file_dtype.itemsize
-    raw = BYTE_CODECS[level.compression][1](data, nbytes)
-    raw = memoryview(raw).cast("B") if not isinstance(raw, bytes) else raw
-    rows = min(len(raw) // (row_items * file_dtype.itemsize), level.tile_height)
-    if rows == 0:
-        raise ValueError(f"block decoded to {len(raw)} bytes, less than one row")
-    arr = np.frombuffer(raw, dtype=file_dtype, count=rows * row_items).reshape(rows, width, samples)
+    row_bytes = width * samples * file_dtype.itemsize
+    full = level.tile_height * row_bytes
+    raw = BYTE_CODECS[level.compression][1](data, full)
+    if len(raw) > full:
+        raise _TooLong
+    if len(raw) < rows * row_bytes:
+        raise _ShapeError(
+            f"data decoded to {len(raw)} bytes, short of the {rows * row_bytes} bytes of "
+            f"{rows} rows of {width} pixels"
+        )
+    if rows == level.tile_height and len(raw) != full:
+        raise _ShapeError(f"data decoded to {len(raw)} bytes, not the {full} bytes of a block")
+    arr = np.frombuffer(raw, dtype=file_dtype, count=rows * width * samples).reshape(rows, width, samples)
     if level.predictor == 2:
         if file_dtype.kind == "f":  # horizontal differencing on the integer words (libtiff)
             as_int = arr.view(np.dtype(f"u{file_dtype.itemsize}").newbyteorder(byte_order))

@@ -10,6 +10,7 @@ exactly; a collection stores it per band so later reads need no header request.
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, fields
@@ -17,9 +18,16 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from rasteret_pipelines.cog import geo, tiff
-from rasteret_pipelines.cog.decode import check_codec_supported
+from rasteret_pipelines.cog.decode import check_codec_supported, codec_name, converts_cmyk
 from rasteret_pipelines.cog.nodata import gdal_nodata
-from rasteret_pipelines.errors import TiffFormatError, UnsupportedTiffError, WindowError
+from rasteret_pipelines.errors import (
+    CachedHeaderError,
+    TiffFormatError,
+    UnsupportedTiffError,
+    WindowError,
+)
+
+log = logging.getLogger(__name__)
 
 HEADER_FORMAT_VERSION = 1
 """Version of the ``to_dict`` layout; bumped whenever the stored form changes."""
@@ -78,6 +86,8 @@ class ImageLevel:
     """LercParameters: (version, additional compression 0 none / 1 deflate / 2 zstd)."""
     extra_samples: tuple[int, ...] = ()
     """ExtraSamples (alpha) codes."""
+    fill_order: int = 1
+    """TIFF FillOrder: 2 means the bits of every stored byte are reversed (LSB first)."""
 
     @property
     def dtype(self) -> str:
@@ -126,6 +136,7 @@ class ImageLevel:
             else None,
             "lerc_parameters": list(self.lerc_parameters) if self.lerc_parameters else None,
             "extra_samples": list(self.extra_samples),
+            "fill_order": self.fill_order,
         }
 
     @classmethod
@@ -151,6 +162,7 @@ class ImageLevel:
             if d.get("lerc_parameters")
             else None,
             extra_samples=tuple(int(v) for v in d.get("extra_samples") or ()),
+            fill_order=int(d.get("fill_order") or 1),  # absent from headers cached before it
         )
 
     def __eq__(self, other: object) -> bool:
@@ -293,11 +305,22 @@ class CogHeader:
     def from_dict(cls, d: dict) -> CogHeader:
         """Rebuild a header from :meth:`to_dict` output (a dict, or Arrow's row of it)."""
         version = d.get("format_version")
+        href = str(d.get("href"))
         if version != HEADER_FORMAT_VERSION:
-            raise ValueError(
-                f"cached header for {d.get('href')!r} has format version {version!r}, "
-                f"this library reads {HEADER_FORMAT_VERSION}: rebuild the collection"
+            raise CachedHeaderError(
+                href,
+                f"cached header has format version {version!r}, this library reads "
+                f"{HEADER_FORMAT_VERSION}: rebuild the collection",
             )
+        try:
+            return cls._from_plain(d)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise CachedHeaderError(
+                href, f"cached header is malformed ({type(exc).__name__}: {exc}): rebuild the collection"
+            ) from exc
+
+    @classmethod
+    def _from_plain(cls, d: dict) -> CogHeader:
         return cls(
             href=d["href"],
             levels=tuple(ImageLevel.from_dict(x) for x in d["levels"]),
@@ -343,16 +366,31 @@ def build_header(
     main = _level(href, main_ifd, mask=False)
     levels = [main]
     masks: list[ImageLevel] = []
-    for ifd in parsed.ifds[1:]:
-        subfile = int(ifd.first(tiff.NEW_SUBFILE_TYPE, 0))
+    if parsed.loop_at is not None:
+        log.warning(
+            "%s: the IFD chain loops back to offset %d; reading the %d image(s) before it",
+            href, parsed.loop_at, len(parsed.ifds) + len(parsed.subifds),
+        )
+    # Overviews and masks follow the first image in the chain, or (some writers) hang off its
+    # SubIFDs tag; either way they are ordered largest first, as GDAL lists them.
+    for ifd in parsed.ifds[1:] + parsed.subifds:
+        subfile = ifd.first(tiff.NEW_SUBFILE_TYPE, 0)
+        subfile = _int_value(href, ifd, tiff.NEW_SUBFILE_TYPE, "NewSubfileType", subfile)
         is_mask = bool(subfile & SUBFILE_MASK) or ifd.first(tiff.PHOTOMETRIC) == 4
         if is_mask:
             masks.append(_level(href, ifd, mask=True))
         elif subfile & SUBFILE_REDUCED:
             lvl = _level(href, ifd, mask=False)
-            if lvl.samples_per_pixel == main.samples_per_pixel and lvl.dtype == main.dtype:
+            if (
+                lvl.samples_per_pixel == main.samples_per_pixel
+                and lvl.dtype == main.dtype
+                and lvl.width <= main.width
+                and lvl.height <= main.height  # GDAL ignores "overviews" larger than the image
+            ):
                 levels.append(lvl)
         # Other pages of a multi-page TIFF are not part of this raster (GDAL: subdatasets).
+    levels[1:] = sorted(levels[1:], key=lambda lvl: (-lvl.width, -lvl.height))
+    masks.sort(key=lambda lvl: (-lvl.width, -lvl.height))
 
     geokeys = geo.parse_geokeys(
         main_ifd.get(tiff.GEO_KEY_DIRECTORY),
@@ -388,28 +426,83 @@ def build_header(
     )
 
 
+MAX_DECODED_BLOCK_BYTES = 1 << 30
+"""Largest decoded block (tile or strip) accepted: 1 GiB."""
+
+_PHOTOMETRIC_NAMES = {
+    5: "CMYK (PhotometricInterpretation 5, Separated)",
+    6: "YCbCr (PhotometricInterpretation 6)",
+    8: "CIELab (PhotometricInterpretation 8)",
+    9: "ICCLab (PhotometricInterpretation 9)",
+    10: "ITULab (PhotometricInterpretation 10)",
+    32844: "LogL (PhotometricInterpretation 32844)",
+    32845: "LogLuv (PhotometricInterpretation 32845)",
+}
+
+
+def _int_value(href: str, ifd: tiff.RawIfd, tag: int, name: str, value) -> int:
+    """One integer tag value, or :class:`TiffFormatError` naming the tag."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)  # written with a RATIONAL/FLOAT type: libtiff converts it too
+    raise TiffFormatError(
+        href, f"IFD at {ifd.offset}: {name} (tag {tag}) is {str(value)[:40]!r}, not an integer"
+    )
+
+
+def _int_tuple(href: str, ifd: tiff.RawIfd, tag: int, name: str, default: tuple) -> tuple[int, ...]:
+    value = ifd.get(tag)
+    if value is None:
+        return default
+    if not isinstance(value, (tuple, list, np.ndarray)):
+        value = (value,)
+    return tuple(_int_value(href, ifd, tag, name, v) for v in value)
+
+
+def _block_array(href: str, ifd: tiff.RawIfd, tag: int, name: str) -> np.ndarray | None:
+    """Block offsets or byte counts as uint64, or :class:`TiffFormatError` naming the tag."""
+    value = ifd.get(tag)
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        return value.astype(np.uint64, copy=False).ravel()
+    values = _int_tuple(href, ifd, tag, name, ())
+    if any(v < 0 for v in values):
+        raise TiffFormatError(href, f"IFD at {ifd.offset}: {name} (tag {tag}) holds negative values")
+    return np.asarray(values, dtype=np.uint64)
+
+
 def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
-    def need(tag: int, name: str) -> int:
+    def num(tag: int, name: str, default: int | None = None) -> int:
+        value = ifd.get(tag)
+        if isinstance(value, (tuple, list, np.ndarray)) and len(value) != 1:
+            # libtiff (and so GDAL) refuses a count other than 1 for these tags too
+            raise TiffFormatError(
+                href, f"IFD at {ifd.offset}: {name} (tag {tag}) has {len(value)} values, expected 1"
+            )
         value = ifd.first(tag)
         if value is None:
-            raise TiffFormatError(href, f"IFD at {ifd.offset} lacks {name} (tag {tag})")
-        return int(value)
+            if default is None:
+                raise TiffFormatError(href, f"IFD at {ifd.offset} lacks {name} (tag {tag})")
+            return default
+        return _int_value(href, ifd, tag, name, value)
 
-    width = need(tiff.IMAGE_WIDTH, "ImageWidth")
-    height = need(tiff.IMAGE_LENGTH, "ImageLength")
-    spp = int(ifd.first(tiff.SAMPLES_PER_PIXEL, 1))
-    bits_all = ifd.get(tiff.BITS_PER_SAMPLE, (1,))
-    bits_all = tuple(int(b) for b in (bits_all if not isinstance(bits_all, int) else (bits_all,)))
+    width = num(tiff.IMAGE_WIDTH, "ImageWidth")
+    height = num(tiff.IMAGE_LENGTH, "ImageLength")
+    spp = num(tiff.SAMPLES_PER_PIXEL, "SamplesPerPixel", 1)
+    bits_all = _int_tuple(href, ifd, tiff.BITS_PER_SAMPLE, "BitsPerSample", (1,)) or (1,)
     if len(set(bits_all)) != 1:
         raise UnsupportedTiffError(href, f"bands of different bit depths {bits_all}")
     bits = bits_all[0]
-    fmt_all = ifd.get(tiff.SAMPLE_FORMAT, (1,))
-    sample_format = int(fmt_all[0]) if fmt_all is not None and len(fmt_all) else 1
-    planar = int(ifd.first(tiff.PLANAR_CONFIGURATION, 1))
-    compression = int(ifd.first(tiff.COMPRESSION, 1))
-    predictor = int(ifd.first(tiff.PREDICTOR, 1))
-    photometric = int(ifd.first(tiff.PHOTOMETRIC, 1))
-    subfile = int(ifd.first(tiff.NEW_SUBFILE_TYPE, 0))
+    fmt_all = _int_tuple(href, ifd, tiff.SAMPLE_FORMAT, "SampleFormat", (1,)) or (1,)
+    sample_format = fmt_all[0]
+    planar = num(tiff.PLANAR_CONFIGURATION, "PlanarConfiguration", 1)
+    compression = num(tiff.COMPRESSION, "Compression", 1)
+    predictor = num(tiff.PREDICTOR, "Predictor", 1)
+    photometric = num(tiff.PHOTOMETRIC, "PhotometricInterpretation", 1)
+    subfile = num(tiff.NEW_SUBFILE_TYPE, "NewSubfileType", 0)
+    fill_order = num(tiff.FILL_ORDER, "FillOrder", 1)
 
     for name, value in (("width", width), ("height", height)):
         if not 0 < value <= MAX_DIMENSION:
@@ -418,28 +511,28 @@ def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
         raise TiffFormatError(href, f"SamplesPerPixel {spp} is not plausible")
     if planar not in (1, 2):
         raise TiffFormatError(href, f"PlanarConfiguration {planar} is not 1 or 2")
+    if fill_order not in (1, 2):
+        raise TiffFormatError(href, f"FillOrder {fill_order} is not 1 or 2")
 
     if tiff.TILE_WIDTH in ifd.tags:
         tiled = True
-        tile_width = need(tiff.TILE_WIDTH, "TileWidth")
-        tile_height = need(tiff.TILE_LENGTH, "TileLength")
-        offsets = ifd.get(tiff.TILE_OFFSETS)
-        counts = ifd.get(tiff.TILE_BYTE_COUNTS)
+        tile_width = num(tiff.TILE_WIDTH, "TileWidth")
+        tile_height = num(tiff.TILE_LENGTH, "TileLength")
+        offsets = _block_array(href, ifd, tiff.TILE_OFFSETS, "TileOffsets")
+        counts = _block_array(href, ifd, tiff.TILE_BYTE_COUNTS, "TileByteCounts")
         what = "TileOffsets/TileByteCounts"
     else:
         tiled = False
         tile_width = width
-        tile_height = min(int(ifd.first(tiff.ROWS_PER_STRIP, height)), height)
-        offsets = ifd.get(tiff.STRIP_OFFSETS)
-        counts = ifd.get(tiff.STRIP_BYTE_COUNTS)
+        tile_height = min(num(tiff.ROWS_PER_STRIP, "RowsPerStrip", height), height)
+        offsets = _block_array(href, ifd, tiff.STRIP_OFFSETS, "StripOffsets")
+        counts = _block_array(href, ifd, tiff.STRIP_BYTE_COUNTS, "StripByteCounts")
         what = "StripOffsets/StripByteCounts"
     for name, value in (("tile width", tile_width), ("tile height", tile_height)):
         if not 0 < value <= MAX_DIMENSION:
             raise TiffFormatError(href, f"{name} {value} is not plausible")
     if offsets is None or counts is None:
         raise TiffFormatError(href, f"IFD at {ifd.offset} lacks {what}")
-    offsets = np.asarray(offsets, dtype=np.uint64).ravel()
-    counts = np.asarray(counts, dtype=np.uint64).ravel()
     per_plane = (-(-width // tile_width)) * (-(-height // tile_height))
     expected = per_plane * (spp if planar == 2 else 1)
     if len(offsets) != expected or len(counts) != expected:
@@ -466,10 +559,9 @@ def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
         tile_offsets=offsets,
         tile_byte_counts=counts,
         jpeg_tables=_as_bytes(ifd.get(tiff.JPEG_TABLES)),
-        lerc_parameters=tuple(int(v) for v in ifd.get(tiff.LERC_PARAMETERS))
-        if ifd.get(tiff.LERC_PARAMETERS) is not None
-        else None,
-        extra_samples=tuple(int(v) for v in ifd.get(tiff.EXTRA_SAMPLES, ())),
+        lerc_parameters=_int_tuple(href, ifd, tiff.LERC_PARAMETERS, "LercParameters", ()) or None,
+        extra_samples=_int_tuple(href, ifd, tiff.EXTRA_SAMPLES, "ExtraSamples", ()),
+        fill_order=fill_order,
     )
     if not mask:
         kind = _SAMPLE_FORMATS.get(sample_format)
@@ -479,14 +571,60 @@ def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
             )
         if predictor not in (1, 2, 3):
             raise UnsupportedTiffError(href, f"Predictor {predictor} is not supported")
+        _check_photometric(href, ifd, level)
+        block_bytes = tile_width * tile_height * (spp if planar == 1 else 1) * (bits // 8)
+        if block_bytes > MAX_DECODED_BLOCK_BYTES:
+            raise UnsupportedTiffError(
+                href,
+                f"{tile_width}x{tile_height} blocks of {block_bytes} bytes are larger than the "
+                f"{MAX_DECODED_BLOCK_BYTES} bytes this engine decodes",
+            )
     check_codec_supported(href, compression)
     return level
+
+
+def _check_photometric(href: str, ifd: tiff.RawIfd, level: ImageLevel) -> None:
+    """Refuse colour models whose stored values GDAL converts and this engine does not.
+
+    GDAL reads 8-bit CMYK through libtiff's RGBA interface (RGBA out, converted in
+    :func:`~rasteret_pipelines.cog.decode.cmyk_to_rgba` the same way) and YCbCr only as
+    JPEG; CIELab and the Log models it also converts, with colour-science this engine does
+    not reproduce: those are refused, naming the interpretation.
+    """
+    photometric = level.photometric
+    if photometric not in _PHOTOMETRIC_NAMES:
+        return
+    name = _PHOTOMETRIC_NAMES[photometric]
+    if photometric == 6:
+        if level.compression != 7:
+            raise UnsupportedTiffError(href, f"{name} without JPEG compression is not supported")
+        return
+    if photometric == 5:
+        if level.bits_per_sample != 8:
+            return  # GDAL returns the stored (separated) values: so does this engine
+        inkset = ifd.first(tiff.INK_SET, 1)
+        if converts_cmyk(level) and inkset == 1 and level.compression != 7:
+            return  # converted to RGBA while decoding, as GDAL does
+        raise UnsupportedTiffError(
+            href,
+            f"{name} with {level.samples_per_pixel} 8-bit samples, InkSet {inkset}, "
+            f"PlanarConfiguration {level.planar} and {codec_name(level.compression)} is not "
+            "supported (only 4 pixel-interleaved 8-bit CMYK samples, converted to RGBA)",
+        )
+    raise UnsupportedTiffError(href, f"{name} is not supported: GDAL converts it to RGB")
 
 
 def _as_bytes(value) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
-    return bytes(int(v) & 0xFF for v in value)
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    if isinstance(value, (tuple, list, np.ndarray)):
+        try:
+            return bytes(int(v) & 0xFF for v in value)
+        except (TypeError, ValueError, OverflowError):
+            return None  # not a byte blob: JPEG decoding then fails with a typed error
+    return None
 
 
 def _gdal_metadata(xml_text, bands: int):
@@ -505,7 +643,10 @@ def _gdal_metadata(xml_text, bands: int):
                 role = (item.get("role") or "").lower()
                 text = (item.text or "").strip()
                 if sample is not None:
-                    band = int(sample)
+                    try:
+                        band = int(sample)
+                    except ValueError:
+                        continue
                     if 0 <= band < bands:
                         try:
                             if role == "scale" or name == "SCALE":

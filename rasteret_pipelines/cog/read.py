@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from rasteret_pipelines.cog import tiff
-from rasteret_pipelines.cog.decode import decode_block
+from rasteret_pipelines.cog.decode import decode_block, max_stored_bytes
 from rasteret_pipelines.cog.fetch import FetchConfig, ObjectVersion, RangeFetcher
 from rasteret_pipelines.cog.header import CogHeader, ImageLevel, build_header, validate_window
-from rasteret_pipelines.errors import TiffFormatError
+from rasteret_pipelines.errors import DecodedSizeError, RasteretError, TiffFormatError
 
 MAX_HEADER_ROUNDS = 6
 """Header requests after the first before the file is declared unreadable."""
@@ -58,15 +59,9 @@ async def fetch_header(fetcher: RangeFetcher, href: str) -> CogHeader:
     data = tiff.ByteRanges()
     data.add(0, first.data)
     for _ in range(MAX_HEADER_ROUNDS + 1):
-        parsed = tiff.parse_ifds(href, data, size)
+        parsed = _parse_checked(href, data, size)
         if not parsed.missing:
-            return build_header(
-                href,
-                parsed,
-                size=size,
-                etag=version.etag,
-                last_modified=version.last_modified,
-            )
+            return _build_checked(href, parsed, size, version)
         spans = _header_spans(parsed.missing, size)
         responses = await asyncio.gather(
             *(fetcher.get_range(href, s, e, expect=version, header=True) for s, e in spans)
@@ -74,6 +69,33 @@ async def fetch_header(fetcher: RangeFetcher, href: str) -> CogHeader:
         for (s, _), response in zip(spans, responses):
             data.add(s, response.data)
     raise TiffFormatError(href, f"header still incomplete after {MAX_HEADER_ROUNDS + 1} requests")
+
+
+_MALFORMED = (
+    TypeError, ValueError, AttributeError, OverflowError, KeyError, IndexError, ZeroDivisionError,
+    ArithmeticError, LookupError, struct.error, UnicodeError, RecursionError,
+)
+"""What a malformed header can make parsing code raise: always turned into TiffFormatError."""
+
+
+def _parse_checked(href: str, data: tiff.ByteRanges, size: int | None) -> tiff.ParsedTiff:
+    try:
+        return tiff.parse_ifds(href, data, size)
+    except RasteretError:
+        raise
+    except _MALFORMED as exc:
+        raise TiffFormatError(href, f"malformed TIFF structure ({type(exc).__name__}: {exc})") from exc
+
+
+def _build_checked(href: str, parsed: tiff.ParsedTiff, size: int | None, version) -> CogHeader:
+    try:
+        return build_header(
+            href, parsed, size=size, etag=version.etag, last_modified=version.last_modified
+        )
+    except RasteretError:
+        raise
+    except _MALFORMED as exc:
+        raise TiffFormatError(href, f"malformed header tags ({type(exc).__name__}: {exc})") from exc
 
 
 def _header_spans(missing: list[tuple[int, int]], size: int | None) -> list[tuple[int, int]]:
@@ -159,6 +181,14 @@ def plan_spans(
                         f"block {index} at bytes {offset}+{count} lies outside the "
                         f"{header.size}-byte object",
                     )
+                if count > max_stored_bytes(level):
+                    raise DecodedSizeError(
+                        header.href,
+                        f"{count} stored bytes, more than any codec needs for a "
+                        f"{level.tile_width}x{level.tile_height} block",
+                        block=index,
+                        overview=overview,
+                    )
                 wanted[block] = (offset, count)
                 need.add(block)
     by_href: dict[str, list[tuple[_Block, int, int]]] = defaultdict(list)
@@ -230,9 +260,9 @@ async def fetch_windows(
             out = []
             for block, offset, count in span.blocks:
                 raw = data[offset - span.start : offset - span.start + count]
-                out.append(
-                    (block, decode_block(level_of[block.overview], header.byte_order, raw, href))
-                )
+                level = level_of[block.overview]
+                arr = decode_block(level, header.byte_order, raw, href, block.index, block.overview)
+                out.append((block, arr))
             return out
 
         blocks = await loop.run_in_executor(pool, decode_all)
@@ -264,9 +294,13 @@ def _assemble(header: CogHeader, window: Window, overview: int, decoded) -> np.n
     )
     shape = (header.count, height, width)
     dtype = np.dtype(header.dtype)
-    # Every pixel is copied from a block when the window is inside the image and no block is
-    # sparse; otherwise start from the fill value (nodata, or 0).
-    out = np.empty(shape, dtype=dtype) if complete else np.full(shape, header.fill_value, dtype=dtype)
+    # Always initialised (never np.empty): pixels outside the image and in sparse blocks keep
+    # the fill value (nodata, or 0). Zeros come from calloc, so the common case costs nothing.
+    fill = header.fill_value
+    if complete or fill == 0:
+        out = np.zeros(shape, dtype=dtype)
+    else:
+        out = np.full(shape, fill, dtype=dtype)
     for row, col in blocks:
         by, bx = row * th, col * tw
         for plane in _planes(level):

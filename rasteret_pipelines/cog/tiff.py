@@ -7,7 +7,8 @@ header costs one request.
 
 Every count and offset read from the file is checked before anything is allocated from it, so a
 hostile or broken file raises :class:`~rasteret_pipelines.errors.TiffFormatError` instead of
-exhausting memory.
+exhausting memory. SubIFDs of the first image (where some writers put overviews) are followed
+too; a chain that loops back keeps the images read before the loop, as GDAL does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ IMAGE_LENGTH = 257
 BITS_PER_SAMPLE = 258
 COMPRESSION = 259
 PHOTOMETRIC = 262
+FILL_ORDER = 266
 STRIP_OFFSETS = 273
 SAMPLES_PER_PIXEL = 277
 ROWS_PER_STRIP = 278
@@ -37,6 +39,8 @@ TILE_WIDTH = 322
 TILE_LENGTH = 323
 TILE_OFFSETS = 324
 TILE_BYTE_COUNTS = 325
+SUB_IFDS = 330
+INK_SET = 332
 EXTRA_SAMPLES = 338
 SAMPLE_FORMAT = 339
 JPEG_TABLES = 347
@@ -59,8 +63,13 @@ WANTED_TAGS = frozenset(
         TILE_BYTE_COUNTS, EXTRA_SAMPLES, SAMPLE_FORMAT, JPEG_TABLES, YCBCR_SUBSAMPLING,
         MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION, GEO_KEY_DIRECTORY,
         GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS, GDAL_METADATA, GDAL_NODATA, LERC_PARAMETERS,
+        FILL_ORDER, SUB_IFDS, INK_SET,
     }
 )
+ARRAY_TAGS = frozenset({STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS})
+"""Tags whose values may be large arrays (one value per block)."""
+TEXT_TAGS = frozenset({JPEG_TABLES, GEO_ASCII_PARAMS, GDAL_METADATA, GDAL_NODATA})
+"""Tags whose values may be long blobs or strings."""
 
 # TIFF field type -> (bytes per value, struct code). RATIONAL types are read as pairs.
 _FIELD_TYPES: dict[int, tuple[int, str]] = {
@@ -88,6 +97,10 @@ MAX_TAGS_PER_IFD = 4096
 """Entries allowed in one IFD; real files have a few dozen."""
 MAX_TAG_BYTES = 256 * 1024 * 1024
 """Largest single tag value accepted (a tile-offset array of 32 M tiles)."""
+MAX_SMALL_TAG_BYTES = 1024 * 1024
+"""Largest value accepted for any other wanted tag (GeoKeys, tiepoints, bit depths...)."""
+MAX_SUB_IFDS = 64
+"""SubIFDs followed from the first image (overviews and masks some writers put there)."""
 
 
 class ByteRanges:
@@ -134,11 +147,12 @@ class RawIfd:
         return self.tags.get(tag, default)
 
     def first(self, tag: int, default=None):
+        """The tag's first value (strings and blobs whole), or ``default`` when absent."""
         value = self.tags.get(tag)
         if value is None:
             return default
-        if isinstance(value, (tuple, list)):
-            return value[0] if value else default
+        if isinstance(value, (tuple, list, np.ndarray)):
+            return value[0] if len(value) else default
         return value
 
 
@@ -152,6 +166,10 @@ class ParsedTiff:
     missing: list[tuple[int, int]]
     header_end: int
     """One past the last byte of any IFD or wanted tag value: the header's size."""
+    subifds: list[RawIfd] = field(default_factory=list)
+    """IFDs reached through the first image's SubIFDs tag (overviews, masks)."""
+    loop_at: int | None = None
+    """Offset at which the IFD chain looped back; the images before it are kept (as GDAL)."""
 
 
 def parse_signature(href: str, head: bytes) -> tuple[str, bool, int]:
@@ -192,16 +210,18 @@ def parse_ifds(href: str, data: ByteRanges, size: int | None) -> ParsedTiff:
     head = data.get(0, 16) or data.get(0, 8)
     if head is None:
         raise TiffFormatError(href, "header bytes not available")
-    bo, big, offset = parse_signature(href, head)
+    bo, big, first_offset = parse_signature(href, head)
     count_fmt, count_size = ("Q", 8) if big else ("H", 2)
     entry_size = 20 if big else 12
     inline_size = 8 if big else 4
     off_fmt = "Q" if big else "I"
 
     ifds: list[RawIfd] = []
+    subifds: list[RawIfd] = []
     missing: list[tuple[int, int]] = []
     header_end = 16 if big else 8
     seen: set[int] = set()
+    loop_at: int | None = None
 
     def check_range(start: int, length: int, what: str) -> None:
         if start < 0 or length < 0 or (size is not None and start + length > size):
@@ -209,17 +229,14 @@ def parse_ifds(href: str, data: ByteRanges, size: int | None) -> ParsedTiff:
                 href, f"{what} at bytes {start}-{start + length} lies outside the {size}-byte object"
             )
 
-    while offset:
-        if offset in seen:
-            raise TiffFormatError(href, f"IFD chain loops back to offset {offset}")
-        if len(seen) >= MAX_IFDS:
-            raise TiffFormatError(href, f"more than {MAX_IFDS} IFDs in the chain")
-        seen.add(offset)
+    def parse_one(offset: int) -> tuple[RawIfd | None, int]:
+        """One IFD at ``offset`` and the next IFD's offset; None when its bytes are missing."""
+        nonlocal header_end
         check_range(offset, count_size, "IFD")
         raw = data.get(offset, count_size)
         if raw is None:
             missing.append((offset, offset + count_size + MAX_TAGS_PER_IFD // 64 * entry_size))
-            break
+            return None, 0
         (n,) = struct.unpack(bo + count_fmt, raw)
         if n == 0 or n > MAX_TAGS_PER_IFD:
             raise TiffFormatError(href, f"IFD at {offset} claims {n} entries")
@@ -228,7 +245,7 @@ def parse_ifds(href: str, data: ByteRanges, size: int | None) -> ParsedTiff:
         body = data.get(offset + count_size, body_len)
         if body is None:
             missing.append((offset, offset + count_size + body_len))
-            break
+            return None, 0
         header_end = max(header_end, offset + count_size + body_len)
         ifd = RawIfd(offset=offset)
         for i in range(n):
@@ -243,7 +260,8 @@ def parse_ifds(href: str, data: ByteRanges, size: int | None) -> ParsedTiff:
                 continue
             width, code = _FIELD_TYPES[ftype]
             nbytes = width * count
-            if nbytes > MAX_TAG_BYTES:
+            limit = MAX_TAG_BYTES if tag in ARRAY_TAGS or tag in TEXT_TAGS else MAX_SMALL_TAG_BYTES
+            if nbytes > limit:
                 raise TiffFormatError(href, f"tag {tag} claims {count} values ({nbytes} bytes)")
             if nbytes <= inline_size:
                 raw_value = value_field[:nbytes]
@@ -256,9 +274,40 @@ def parse_ifds(href: str, data: ByteRanges, size: int | None) -> ParsedTiff:
                     missing.append((value_offset, value_offset + nbytes))
                     continue
             ifd.tags[tag] = _decode_value(bo, ftype, code, count, raw_value)
-        ifds.append(ifd)
-        (offset,) = struct.unpack(bo + off_fmt, body[n * entry_size :])
-    return ParsedTiff(bo, big, ifds, missing, header_end)
+        (next_offset,) = struct.unpack(bo + off_fmt, body[n * entry_size :])
+        return ifd, next_offset
+
+    def walk(offset: int, into: list[RawIfd]) -> None:
+        nonlocal loop_at
+        if offset in seen and into is subifds:
+            return  # listed in SubIFDs and also chained from the previous SubIFD (tifffile)
+        while offset:
+            if offset in seen:
+                if not ifds:
+                    raise TiffFormatError(href, f"IFD chain loops back to offset {offset}")
+                loop_at = offset  # GDAL keeps the images read before the loop
+                return
+            if len(seen) >= MAX_IFDS:
+                raise TiffFormatError(href, f"more than {MAX_IFDS} IFDs in the chain")
+            seen.add(offset)
+            ifd, offset = parse_one(offset)
+            if ifd is None:
+                return
+            into.append(ifd)
+
+    walk(first_offset, ifds)
+    if ifds and not missing:
+        sub = ifds[0].get(SUB_IFDS)
+        if sub is not None:
+            values = sub if isinstance(sub, (tuple, np.ndarray)) else (sub,)
+            if not all(isinstance(v, (int, np.integer)) and v >= 0 for v in values):
+                raise TiffFormatError(href, f"SubIFDs (tag {SUB_IFDS}) holds non-offset values")
+            offsets = [int(v) for v in values]
+            if len(offsets) > MAX_SUB_IFDS:
+                raise TiffFormatError(href, f"{len(offsets)} SubIFDs in the first image")
+            for sub_offset in offsets:
+                walk(sub_offset, subifds)
+    return ParsedTiff(bo, big, ifds, missing, header_end, subifds, loop_at)
 
 
 def _decode_value(bo: str, ftype: int, code: str, count: int, raw: bytes):
@@ -272,4 +321,6 @@ def _decode_value(bo: str, ftype: int, code: str, count: int, raw: bytes):
     if count > 64 and code in "HIQ":
         # Tile offsets and byte counts: decoded in bulk by numpy.
         return np.frombuffer(raw, dtype=np.dtype(bo + code)).astype(np.uint64)
+    if count > 64:
+        return tuple(np.frombuffer(raw, dtype=np.dtype(bo + code)).tolist())
     return struct.unpack(f"{bo}{count}{code}", raw)

@@ -356,7 +356,10 @@ async def _build_month(
                 result.headers_fetched += 1
                 if not (header.etag or header.last_modified):
                     result.headers_without_version += 1
-            except (RasteretError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad asset never aborts the month
+                # Engine failures are RasteretErrors; anything else is still recorded per asset.
+                if not isinstance(exc, RasteretError):
+                    exc = f"{type(exc).__name__}: {exc}"
                 row[error_col] = str(exc)
                 result.failed.append(FailedAsset(row["id"], band, href, str(exc)))
             finally:

@@ -52,6 +52,7 @@ LEVEL_TYPE = pa.struct(
         ("jpeg_tables", pa.string()),
         ("lerc_parameters", pa.list_(pa.int64())),
         ("extra_samples", pa.list_(pa.int64())),
+        ("fill_order", pa.int32()),
     ]
 )
 """One :class:`~rasteret_pipelines.cog.ImageLevel` as stored."""

@@ -112,14 +112,28 @@ def test_absurd_ifd_entry_count(tmp_path):
         read_header(str(path))
 
 
-def test_ifd_chain_loop(tmp_path):
-    body = bytearray(classic_tiff(base_entries()))
+def test_ifd_chain_loop_keeps_the_first_image_like_gdal(tmp_path):
+    pixels = np.arange(256, dtype=np.uint8)
+    body = bytearray(classic_tiff(base_entries(offset=1000)))
     # Point the next-IFD offset back at the first IFD.
     n = struct.unpack("<H", body[8:10])[0]
     body[10 + 12 * n : 14 + 12 * n] = struct.pack("<I", 8)
     path = tmp_path / "loop.tif"
-    path.write_bytes(bytes(body).ljust(2000, b"\0"))
-    with pytest.raises(TiffFormatError, match="loops"):
+    path.write_bytes(bytes(body).ljust(1000, b"\0") + pixels.tobytes())
+    header = read_header(str(path))
+    with rasterio.open(path) as src:
+        expected = src.read()
+    assert header.overview_count == 0
+    np.testing.assert_array_equal(read_window(header, (0, 0, 16, 16)), expected)
+
+
+def test_ifd_loop_after_an_ifd_without_an_image_is_an_error(tmp_path):
+    # One IFD (no image tags) whose next-IFD offset points back at itself.
+    body = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHI", 999, 3, 1) + bytes(4)
+    body += struct.pack("<I", 8)
+    path = tmp_path / "selfloop.tif"
+    path.write_bytes(body.ljust(200, b"\0"))
+    with pytest.raises(TiffFormatError, match="selfloop.tif"):
         read_header(str(path))
 
 

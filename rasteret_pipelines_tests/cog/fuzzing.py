@@ -1,0 +1,327 @@
+"""Seeded mutation fuzzing of the COG engine (header parsing, planning, decoding).
+
+A few small COGs are written with GDAL (Deflate, LZW, ZSTD, JPEG, BigTIFF, big-endian, an
+internal mask; all with overviews) and mutated deterministically from a seed: byte flips,
+truncation, IFD entry counts, types, offsets and values, huge sizes, IFD loops, block byte
+counts. Each mutant is read (header, then a window of every level, twice) and classified:
+
+* ``ok`` - read, and the repeated reads are identical;
+* ``typed`` - refused with a :class:`~rasteret_pipelines.errors.RasteretError`;
+* ``untyped`` - any other exception (a bug);
+* ``differs`` - two reads of the same window differ (a bug);
+* ``hang`` - a case ran longer than the time limit (a bug).
+
+Used by ``test_fuzz.py`` (a few hundred cases in CI) and ``benchmarks/fuzz_cog.py``
+(thousands, with peak RSS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import struct
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rasteret_pipelines.cog import FetchConfig, RangeFetcher
+from rasteret_pipelines.cog.read import fetch_header, fetch_windows
+from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines_tests.cog_factory import write_cog
+
+SEED_COGS: dict[str, dict] = {
+    "deflate": {"compress": "DEFLATE", "predictor": 2, "nodata": 0},
+    "lzw-int16-planar": {"compress": "LZW", "dtype": "int16", "count": 2, "interleave": "band"},
+    "zstd-float32": {"compress": "ZSTD", "dtype": "float32", "predictor": 3, "nodata": float("nan")},
+    "jpeg-rgb": {"compress": "JPEG", "dtype": "uint8", "count": 3},
+    "bigtiff": {"compress": "DEFLATE", "bigtiff": True, "sparse": True},
+    "big-endian": {"compress": "LZW", "endian": "big", "predictor": 2},
+    "mask": {"compress": "DEFLATE", "dtype": "uint8", "count": 3, "mask": True},
+}
+"""Name -> :func:`~rasteret_pipelines_tests.cog_factory.write_cog` options of the seed files."""
+
+SEED_SIZE = {"width": 300, "height": 260, "blocksize": 128}
+
+WINDOW_BYTES = 16 << 20
+"""Largest window read per level: a mutant claiming 4096 float64 bands reads a small window."""
+
+
+def write_seed_cogs(directory: Path, names: list[str] | None = None) -> dict[str, bytes]:
+    """Write the seed COGs into ``directory``; return name -> file bytes."""
+    out = {}
+    for name in names or list(SEED_COGS):
+        path = write_cog(directory / f"seed-{name}.tif", **SEED_SIZE, **SEED_COGS[name])
+        out[name] = path.read_bytes()
+    return out
+
+
+# -- TIFF structure (for targeted mutations) --------------------------------------------------
+
+
+@dataclass
+class Layout:
+    """Where the IFDs, entries and next-IFD pointers of a (valid) TIFF are."""
+
+    byte_order: str
+    big: bool
+    first_pointer: int
+    entries: list[int] = field(default_factory=list)  # file offset of every IFD entry
+    next_pointers: list[int] = field(default_factory=list)
+    ifds: list[int] = field(default_factory=list)
+
+
+def layout(data: bytes) -> Layout:
+    bo = "<" if data[:2] == b"II" else ">"
+    big = struct.unpack(bo + "H", data[2:4])[0] == 43
+    first_pointer = 8 if big else 4
+    lay = Layout(bo, big, first_pointer)
+    offset = struct.unpack(bo + ("Q" if big else "I"), data[first_pointer : first_pointer + (8 if big else 4)])[0]
+    while offset and offset not in lay.ifds and len(lay.ifds) < 64:
+        lay.ifds.append(offset)
+        count_size, entry_size, ptr = (8, 20, 8) if big else (2, 12, 4)
+        (n,) = struct.unpack(bo + ("Q" if big else "H"), data[offset : offset + count_size])
+        if n > 4096 or offset + count_size + n * entry_size + ptr > len(data):
+            break  # already mutated beyond repair: mutate what was found so far
+        base = offset + count_size
+        lay.entries += [base + i * entry_size for i in range(n)]
+        pointer = base + n * entry_size
+        lay.next_pointers.append(pointer)
+        (offset,) = struct.unpack(bo + ("Q" if big else "I"), data[pointer : pointer + ptr])
+    return lay
+
+
+INTERESTING = [0, 1, 2, 3, 7, 8, 255, 256, 4095, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1]
+
+
+def _put(data: bytearray, at: int, fmt: str, value: int) -> None:
+    size = struct.calcsize(fmt)
+    if 0 <= at and at + size <= len(data):
+        data[at : at + size] = struct.pack(fmt, value & ((1 << (8 * size)) - 1))
+
+
+def _entry_fields(lay: Layout) -> tuple[int, str, int, str, int]:
+    """(type at, type fmt, count at, count fmt, value at) offsets inside one entry."""
+    if lay.big:
+        return 2, "H", 4, "Q", 12
+    return 2, "H", 4, "I", 8
+
+
+def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """One seeded mutant of ``data`` and a short description of what was done."""
+    out = bytearray(data)
+    lay = layout(data)
+    bo = lay.byte_order
+    type_at, type_fmt, count_at, count_fmt, value_at = _entry_fields(lay)
+    value_fmt = "Q" if lay.big else "I"
+    header_end = min(max(lay.entries[-1] + 20 if lay.entries else 64, 512), len(out))
+    if len(out) < 32:
+        return bytes(out), "too short to mutate"
+    kind = rng.choice(
+        ["flip-header", "flip-header", "flip-any", "truncate", "count", "type", "value", "value",
+         "huge-size", "loop", "block-count", "block-offset", "two"]
+    )
+    if kind == "two":
+        first, what1 = mutate(data, rng)
+        second, what2 = mutate(first, rng) if layout_ok(first) else (first, "")
+        return second, f"{what1} + {what2}"
+    if kind.startswith("flip"):
+        span = header_end if kind == "flip-header" else len(out)
+        positions = [rng.randrange(span) for _ in range(rng.randint(1, 8))]
+        for p in positions:
+            out[p] ^= 1 << rng.randrange(8)
+        return bytes(out), f"{kind} at {positions}"
+    if kind == "truncate":
+        cut = rng.choice([rng.randrange(16, max(header_end, 17)), rng.randrange(len(out))])
+        return bytes(out[:cut]), f"truncate at {cut}"
+    if not lay.entries:
+        return bytes(out), "no entries"
+    entry = rng.choice(lay.entries)
+    (tag,) = struct.unpack(bo + "H", data[entry : entry + 2])
+    if kind == "count":
+        value = rng.choice(INTERESTING + [rng.randrange(2**32)])
+        _put(out, entry + count_at, bo + count_fmt, value)
+        return bytes(out), f"tag {tag} count = {value}"
+    if kind == "type":
+        value = rng.randrange(0, 20)
+        _put(out, entry + type_at, bo + type_fmt, value)
+        return bytes(out), f"tag {tag} type = {value}"
+    if kind == "value":
+        value = rng.choice(INTERESTING + [rng.randrange(len(data) + 100), rng.randrange(2**32)])
+        _put(out, entry + value_at, bo + value_fmt, value)
+        return bytes(out), f"tag {tag} value/offset = {value}"
+    if kind == "huge-size":
+        size_tags = {256, 257, 258, 277, 278, 322, 323, 339, 284}
+        candidates = [e for e in lay.entries if struct.unpack(bo + "H", data[e : e + 2])[0] in size_tags]
+        entry = rng.choice(candidates or lay.entries)
+        (tag,) = struct.unpack(bo + "H", data[entry : entry + 2])
+        value = rng.choice([0, 65535, 1 << 20, 2**31 - 1, 2**32 - 1, 16384, 3, 13])
+        (ftype,) = struct.unpack(bo + "H", data[entry + type_at : entry + type_at + 2])
+        fmt = {3: "H", 4: "I", 16: "Q"}.get(ftype, "H")
+        _put(out, entry + value_at, bo + fmt, value)
+        return bytes(out), f"tag {tag} value = {value}"
+    if kind == "loop":
+        pointer = rng.choice(lay.next_pointers + [lay.first_pointer])
+        target = rng.choice(lay.ifds)
+        _put(out, pointer, bo + value_fmt, target)
+        return bytes(out), f"IFD pointer at {pointer} -> {target}"
+    # block-count / block-offset: one entry of TileByteCounts or TileOffsets
+    want = 325 if kind == "block-count" else 324
+    arrays = [e for e in lay.entries if struct.unpack(bo + "H", data[e : e + 2])[0] in (want, want - 46)]
+    if not arrays:
+        return bytes(out), "no block arrays"
+    entry = rng.choice(arrays)
+    (ftype,) = struct.unpack(bo + "H", data[entry + type_at : entry + type_at + 2])
+    (count,) = struct.unpack(bo + count_fmt, data[entry + count_at : entry + count_at + struct.calcsize(count_fmt)])
+    width = {3: 2, 4: 4, 16: 8}.get(ftype, 4)
+    fmt = {2: "H", 4: "I", 8: "Q"}[width]
+    inline = (8 if lay.big else 4) >= count * width
+    (ptr,) = struct.unpack(bo + value_fmt, data[entry + value_at : entry + value_at + (8 if lay.big else 4)])
+    base = entry + value_at if inline else ptr
+    index = rng.randrange(max(count, 1))
+    value = rng.choice(INTERESTING + [rng.randrange(len(data) * 2)])
+    _put(out, base + index * width, bo + fmt, value)
+    return bytes(out), f"{kind} {index} = {value}"
+
+
+def layout_ok(data: bytes) -> bool:
+    try:
+        layout(data)
+        return len(data) >= 16
+    except (struct.error, IndexError, ValueError):
+        return False
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def status_mb(name: str) -> float:
+    """``VmRSS``, ``VmHWM`` (peak RSS) ... of this process from /proc, in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(name)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (``VmHWM``) to the current RSS; False if denied."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- running mutants ---------------------------------------------------------------------------
+
+
+class _Hang(Exception):
+    pass
+
+
+@dataclass
+class FuzzReport:
+    cases: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    bugs: list[str] = field(default_factory=list)
+    slowest: float = 0.0
+    seconds: float = 0.0
+
+
+def _window_for(header, level) -> tuple[int, int, int, int]:
+    per_pixel = header.count * np.dtype(header.dtype).itemsize
+    side = int(max(1, min(256, (WINDOW_BYTES // max(per_pixel, 1)) ** 0.5)))
+    return (0, 0, min(level.width, side), min(level.height, side))
+
+
+async def _read_all(fetcher: RangeFetcher, href: str) -> list[np.ndarray]:
+    header = await fetch_header(fetcher, href)
+    results = []
+    for k, level in enumerate(header.levels[:3]):
+        window = _window_for(header, level)
+        first = (await fetch_windows(fetcher, [(header, window)], k))[0]
+        second = (await fetch_windows(fetcher, [(header, window)], k))[0]
+        if not np.array_equal(first, second, equal_nan=first.dtype.kind == "f"):
+            raise AssertionError(f"two reads of level {k} window {window} differ")
+        results.append(first)
+    return results
+
+
+def run_cases(
+    seeds: dict[str, bytes],
+    count: int,
+    workdir: Path,
+    *,
+    seed: int = 0,
+    time_limit: float = 10.0,
+    progress: Callable[[FuzzReport], None] | None = None,
+) -> FuzzReport:
+    """Read ``count`` mutants (spread over the seed files) and classify every outcome."""
+    report = FuzzReport()
+    names = sorted(seeds)
+    rng = random.Random(seed)
+    path = workdir / "mutant.tif"
+    config = FetchConfig(max_retries=0, decode_threads=2)
+    started = time.perf_counter()
+
+    def on_alarm(signum, frame):
+        raise _Hang
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+
+    async def main() -> None:
+        async with RangeFetcher(config) as fetcher:
+            for i in range(count):
+                name = names[i % len(names)]
+                mutant, what = mutate(seeds[name], rng)
+                path.write_bytes(mutant)
+                t0 = time.perf_counter()
+                signal.setitimer(signal.ITIMER_REAL, time_limit)
+                try:
+                    await _read_all(fetcher, str(path))
+                    outcome = "ok"
+                except RasteretError as exc:
+                    outcome = "typed"
+                    report.errors[type(exc).__name__] += 1
+                except _Hang:
+                    outcome = "hang"
+                    report.bugs.append(f"#{i} [{name}] {what}: no answer after {time_limit} s")
+                except AssertionError as exc:
+                    outcome = "differs"
+                    report.bugs.append(f"#{i} [{name}] {what}: {exc}")
+                except Exception as exc:  # noqa: BLE001 - what the fuzzer looks for
+                    outcome = "untyped"
+                    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]
+                    report.bugs.append(f"#{i} [{name}] {what}: {type(exc).__name__}: {exc}\n{''.join(tb)}")
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                report.slowest = max(report.slowest, time.perf_counter() - t0)
+                report.cases += 1
+                report.outcomes[outcome] += 1
+                if progress is not None:
+                    progress(report)
+
+    try:
+        asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def replay(seeds: dict[str, bytes], index: int, seed: int = 0) -> tuple[str, bytes, str]:
+    """Case ``index`` of :func:`run_cases` with ``seed``: (seed file name, mutant, description)."""
+    names = sorted(seeds)
+    rng = random.Random(seed)
+    for i in range(index + 1):
+        name = names[i % len(names)]
+        mutant, what = mutate(seeds[name], rng)
+    return name, mutant, what
