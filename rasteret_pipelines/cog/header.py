@@ -29,8 +29,12 @@ from rasteret_pipelines.errors import (
 
 log = logging.getLogger(__name__)
 
-HEADER_FORMAT_VERSION = 1
-"""Version of the ``to_dict`` layout; bumped whenever the stored form changes."""
+HEADER_FORMAT_VERSION = 2
+"""Version of the ``to_dict`` layout; bumped whenever the stored form or its meaning changes.
+
+2: the CRS built from GeoKeys as GDAL builds it (datum, prime meridian, units, TOWGS84, every
+GeoTIFF projection method) and ``fill_order`` per level. A rebuild re-fetches version 1 headers.
+"""
 
 MAX_DIMENSION = 1 << 24
 """Largest image or tile side accepted (16 M pixels); bigger values mean a broken file."""

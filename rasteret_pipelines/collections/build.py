@@ -39,6 +39,7 @@ import shapely.geometry
 
 from rasteret_pipelines import __version__
 from rasteret_pipelines.cog import FetchConfig, RangeFetcher, run_sync
+from rasteret_pipelines.cog.header import HEADER_FORMAT_VERSION
 from rasteret_pipelines.cog.read import fetch_header
 from rasteret_pipelines.collections import schema
 from rasteret_pipelines.collections.names import check_collection_name
@@ -491,7 +492,8 @@ def _previous_headers(
         for item_id, upd, href, header in zip(
             ids, updated, table.column(href_col).to_pylist(), table.column(header_col).to_pylist()
         ):
-            if header is not None:
+            # A header cached by another layout version is fetched again, never reused.
+            if header is not None and header.get("format_version") == HEADER_FORMAT_VERSION:
                 out[(item_id, band)] = (href, upd, header)
     return out
 

@@ -109,6 +109,26 @@ def test_rebuild_unchanged_costs_no_header_request(tmp_path, mirror, stac_for, j
     assert report.months[0].headers_reused == 12 and report.months[0].headers_fetched == 0
 
 
+def test_rebuild_refetches_headers_cached_by_an_older_header_layout(tmp_path, mirror, stac_for, july):
+    """Version-1 headers hold CRSs built before GDAL's GeoKey rules: never reused."""
+    import pyarrow as pa
+
+    stac = stac_for(july)
+    first = build_s2(tmp_path, stac)
+    path = Path(first.months[0].path)
+    table = pq.read_table(path)
+    i = table.schema.get_field_index("red_header")
+    old = [dict(h, format_version=1) for h in table.column(i).to_pylist()]
+    table = table.set_column(i, table.schema.field(i), pa.array(old, HEADER_TYPE))
+    pq.write_table(table, path)
+    mirror.cogs.reset_log()
+    report = build_s2(tmp_path, stac)
+    assert report.months[0].headers_fetched == 6 and report.months[0].headers_reused == 6
+    assert {r.path for r in mirror.cogs.requests} == {f"/{item['id']}/red.tif" for item in july}
+    rebuilt = pq.read_table(path, columns=["red_header"]).column(0).to_pylist()
+    assert all(CogHeader.from_dict(h).href for h in rebuilt)
+
+
 def test_rebuild_after_one_item_changed_fetches_only_that_item(tmp_path, mirror, stac_for, july):
     stac = stac_for(july)
     build_s2(tmp_path, stac)
