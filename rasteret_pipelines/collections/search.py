@@ -173,9 +173,16 @@ def search_items(
     query: Mapping | None = None,
     limit: int = 100,
     max_retries: int = 4,
-    timeout: float = 60.0,
+    timeout: float = 15.0,
+    timeout_retries: int = 1,
 ) -> list[dict]:
     """Every item of ``source`` in ``month`` matching the filters, paging through all pages.
+
+    Args:
+        max_retries: Retries of connection errors and 429/5xx answers (with backoff).
+        timeout: Seconds to connect, and seconds without a byte of the answer, per request.
+        timeout_retries: Retries of a request whose answer timed out: a silent API costs
+            ``(timeout_retries + 1) * timeout`` seconds, not ``max_retries`` times that.
 
     Raises:
         StacApiError: the API is unreachable or keeps answering with errors.
@@ -189,13 +196,16 @@ def search_items(
     url = source.effective_stac_url(stac_url)
     retry = Retry(
         total=max_retries,
+        read=timeout_retries,
         backoff_factor=0.2,
         status_forcelist=RETRY_STATUSES,
         allowed_methods=None,  # POST searches are safe to repeat
         raise_on_status=False,
     )
     try:
-        client = Client.open(url, stac_io=StacApiIO(max_retries=retry, timeout=timeout))
+        # Client.open hands its own ``timeout`` (default None: wait forever) to the StacApiIO,
+        # replacing the one it was built with: pass it to both.
+        client = Client.open(url, stac_io=StacApiIO(max_retries=retry, timeout=timeout), timeout=timeout)
         search = client.search(
             collections=[source.collection],
             bbox=list(bbox) if bbox is not None else None,

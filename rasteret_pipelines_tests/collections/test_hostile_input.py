@@ -4,10 +4,12 @@ workspace, and the manifest saying when stale-object detection is blind."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
@@ -20,6 +22,7 @@ from rasteret_pipelines.errors import (
     CollectionNotFoundError,
     InvalidCollectionNameError,
     InvalidSearchError,
+    StacApiError,
     StaleHeaderError,
     UnknownBandError,
 )
@@ -228,3 +231,18 @@ def test_rasteret_without_a_name_or_dates_is_a_typed_error(tmp_path):
         Rasteret(workspace_dir=tmp_path).name
     with pytest.raises(InvalidSearchError, match="date_range is needed to create a collection"):
         Rasteret(workspace_dir=tmp_path, custom_name="x").create_collection(bbox=(0, 0, 1, 1))
+
+
+def test_a_silent_stac_api_costs_seconds_not_minutes():
+    from rasteret_pipelines.collections.search import Month, search_items
+    from rasteret_pipelines.collections.sources import get_source
+    from rasteret_pipelines_tests.cog.test_fetch_security import SilentServer
+
+    silent = SilentServer()
+    with silent as url:
+        t0 = time.perf_counter()
+        with pytest.raises(StacApiError, match="unreachable"):
+            search_items(get_source("sentinel-2-l2a"), Month("2025-07", dt.date(2025, 7, 1), dt.date(2025, 7, 31)), stac_url=url, timeout=0.5)
+        elapsed = time.perf_counter() - t0
+    assert elapsed < 5, elapsed
+    assert len(silent.accepted) <= 2  # the landing page: one try and one read-timeout retry
