@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rasteret_pipelines.reading.model import GeometryGrid
 from rasteret_pipelines.reading.mosaic import MosaicMethod
 from rasteret_pipelines.reading.plan import Grid, GeometryPlan, SceneReads, WindowRead, crs_of, crs_text
 from rasteret_pipelines.reading.quality import clear_pixels
@@ -109,7 +108,7 @@ class Assembly:
 
     def dataset(self, attrs: dict):
         """The filled arrays as the model's Dataset (no copy)."""
-        from rasteret_pipelines.reading.model import dataset_from_arrays
+        from rasteret_pipelines.reading.model import GeometryGrid, dataset_from_arrays
 
         for key in list(self._mosaics):  # a scene that never arrived cannot happen; be safe
             self._finish(*key)
