@@ -706,3 +706,27 @@ def test_a_read_of_shapely_polygons_in_a_fresh_process_needs_neither_gdal_nor_ge
     expected, _ = rio_masked(world.path(result["scene"], "red"), to_crs(AOIS[1]))
     assert result["count"] == int(np.isfinite(expected).sum()) > 1000
     assert result["sum"] == pytest.approx(float(np.nansum(expected, dtype=np.float64)), rel=1e-12)
+
+
+def test_get_gdf_rows_equal_rasterio_mask(world):
+    """``Rasteret.get_gdf``: one row per geometry x date x band whose array, transform and CRS
+    are rasterio's ``mask(crop=True)`` of that scene's file, and whose geometry is the input."""
+    from rasteret_pipelines import Rasteret
+
+    processor = Rasteret.load_collection("world", world.workspace)
+    geoms = list(AOIS.values())
+    gdf = processor.get_gdf(geoms, ["B04", "nir"], date_range=BASE_RANGE)
+    assert list(gdf.columns) == ["geometry_id", "date", "band", "array", "transform", "crs", "scene_id", "geometry"]
+    assert gdf.crs == "EPSG:4326" and len(gdf) == len(AOIS) * len(BASE_IDS) * 2
+    for gid, geom in AOIS.items():
+        g = to_crs(geom)
+        for scene_id in BASE_IDS:
+            for band, file_band in (("B04", "red"), ("nir", "nir")):
+                rows = gdf[(gdf.geometry_id == gid) & (gdf.band == band) & (gdf.scene_id == scene_id)]
+                assert len(rows) == 1
+                row = rows.iloc[0]
+                expected, transform = rio_masked(world.path(scene_id, file_band), g, False)
+                np.testing.assert_array_equal(row["array"], expected)
+                assert_same_transform(Affine(*row["transform"]), transform)
+                assert row["crs"] == UTM43 and row["geometry"].equals(geom)
+                assert row["date"] == day(scene_id, world).astype("datetime64[D]").astype(object)
