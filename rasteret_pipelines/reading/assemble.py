@@ -63,17 +63,28 @@ class Assembly:
         n, nt = len(plans), len(self.times)
         max_h = max(p.grid.height for p in plans)
         max_w = max(p.grid.width for p in plans)
-        self.data = {b: np.full((n, nt, max_h, max_w), self.fill, dtype=self.dtype) for b in self.bands}
+        # Allocated, not written: each layer's memory is first touched when its data arrives
+        # (the mosaic methods write every pixel); only padding and empty layers are filled now.
+        self.data = {b: np.empty((n, nt, max_h, max_w), dtype=self.dtype) for b in self.bands}
         self.scene_ids = np.full((n, nt), "", dtype=object)
         self._mosaics: dict[tuple[int, int], dict[str, MosaicMethod]] = {}
         self._left: dict[tuple[int, int], int] = {}
         self._t_index = t_index
         for gi, plan in enumerate(plans):
             h, w = plan.grid.height, plan.grid.width
+            fed = {t_index[day] for day in plan.layers}
+            for b in self.bands:
+                arr = self.data[b][gi]
+                for ti in range(nt):
+                    if ti in fed:
+                        arr[ti, h:, :] = self.fill
+                        arr[ti, :h, w:] = self.fill
+                    else:
+                        arr[ti] = self.fill
             for day, layer in plan.layers.items():
                 ti = t_index[day]
                 self._mosaics[gi, ti] = {
-                    b: mosaic(self.data[b][gi, ti, :h, :w], len(layer)) for b in self.bands
+                    b: mosaic(self.data[b][gi, ti, :h, :w], len(layer), self.fill) for b in self.bands
                 }
                 self._left[gi, ti] = len(layer)
 

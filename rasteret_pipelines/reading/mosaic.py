@@ -24,14 +24,18 @@ class MosaicMethod(ABC):
     """One layer of one band, filled in place from the scenes of its date.
 
     Args:
-        out: The layer's slice of the output, ``(height, width)``, already holding the fill
-            value; the method writes its result into it.
+        out: The layer's slice of the output, ``(height, width)``. It is *not* initialised
+            (its memory is first touched when data arrives, so nothing sits idle waiting for
+            the network): by the time :meth:`finish` returns the method must have written
+            every pixel, ``fill`` where no scene gives a value.
         scenes: How many scenes will be fed (ranks are ``0 .. scenes - 1``).
+        fill: The output's fill value (NaN, or the files' nodata for native values).
     """
 
-    def __init__(self, out: np.ndarray, scenes: int):
+    def __init__(self, out: np.ndarray, scenes: int, fill):
         self.out = out
         self.scenes = scenes
+        self.fill = fill
 
     @abstractmethod
     def feed(self, values: np.ndarray, valid: np.ndarray, rank: int) -> None:
@@ -51,24 +55,30 @@ class _ByRank(MosaicMethod):
     _none: int
     """Rank-array value meaning "no scene yet"."""
 
-    def __init__(self, out: np.ndarray, scenes: int):
-        super().__init__(out, scenes)
-        # One scene (the common case): nothing to choose, no rank array.
+    def __init__(self, out: np.ndarray, scenes: int, fill):
+        super().__init__(out, scenes, fill)
         self._best: np.ndarray | None = None
+        """Rank of the scene each pixel came from (several scenes only; made at the first feed)."""
         self._used: list[int] = []
-        if scenes > 1:
-            self._best = np.full(out.shape, self._none, dtype=np.int32)
+        self._started = False
 
     @abstractmethod
     def _wins(self, rank: int, best: np.ndarray) -> np.ndarray:
         """Where a scene of ``rank`` beats the current choice ``best``."""
 
     def feed(self, values: np.ndarray, valid: np.ndarray, rank: int) -> None:
-        if self._best is None:
-            np.copyto(self.out, values, where=valid, casting="unsafe")
+        if self.scenes == 1:
+            # One scene (the common case): nothing to choose, one pass over the layer.
+            np.copyto(self.out, values, casting="unsafe")
+            self.out[~valid] = self.fill
+            self._started = True
             if valid.any():
                 self._used = [rank]
             return
+        if not self._started:
+            self.out.fill(self.fill)
+            self._best = np.full(self.out.shape, self._none, dtype=np.int32)
+            self._started = True
         take = valid & self._wins(rank, self._best)
         if take.any():
             np.copyto(self.out, values, where=take, casting="unsafe")
@@ -80,6 +90,9 @@ class _ByRank(MosaicMethod):
         return [int(r) for r in np.unique(self._best) if r != self._none]
 
     def finish(self) -> None:
+        if not self._started:
+            self.out.fill(self.fill)
+            self._started = True
         if self._best is not None:
             self._used = self.contributors()
             self._best = None

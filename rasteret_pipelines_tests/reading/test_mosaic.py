@@ -35,8 +35,8 @@ def test_every_arrival_order_gives_the_sequential_result(method, first):
     stack = scenes()
     expected, used = sequential(stack, first=first)
     for order in itertools.permutations(stack):
-        out = np.full(expected.shape, np.nan, np.float32)
-        m = method(out, len(stack))
+        out = np.full(expected.shape, 7.0, np.float32)  # not initialised: the method fills
+        m = method(out, len(stack), np.nan)
         for values, valid, rank in order:
             m.feed(values, valid, rank)
         m.finish()
@@ -46,22 +46,30 @@ def test_every_arrival_order_gives_the_sequential_result(method, first):
 
 def test_one_scene_writes_where_valid_and_reports_itself_only_when_it_gave_pixels():
     values = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    out = np.zeros((3, 4), np.uint16)
+    out = np.full((3, 4), 99, np.uint16)
     valid = values % 2 == 0
-    m = FirstValid(out, 1)
+    m = FirstValid(out, 1, 0)
     m.feed(values, valid, 0)
     m.finish()
     np.testing.assert_array_equal(out, np.where(valid, values, 0))
     assert m.contributors() == [0]
-    empty = FirstValid(np.zeros((3, 4), np.uint16), 1)
+    empty = FirstValid(np.full((3, 4), 99, np.uint16), 1, 0)
     empty.feed(values, np.zeros((3, 4), bool), 0)
-    assert empty.contributors() == []
+    assert empty.contributors() == [] and (empty.out == 0).all()
+
+
+@pytest.mark.parametrize("scenes", [1, 3])
+def test_a_layer_no_scene_reached_is_fill_after_finish(scenes):
+    out = np.full((2, 3), 5.0, np.float32)
+    m = FirstValid(out, scenes, np.nan)
+    m.finish()
+    assert np.isnan(out).all() and m.contributors() == []
 
 
 def test_a_scene_fully_covered_by_an_earlier_one_is_not_a_contributor():
     shape = (4, 4)
     out = np.full(shape, np.nan, np.float32)
-    m = FirstValid(out, 2)
+    m = FirstValid(out, 2, np.nan)
     m.feed(np.full(shape, 2.0, np.float32), np.ones(shape, bool), 1)  # the later scene lands first
     m.feed(np.full(shape, 1.0, np.float32), np.ones(shape, bool), 0)
     m.finish()
