@@ -161,8 +161,7 @@ def _fill_scanlines(out: np.ndarray, starts: np.ndarray, ends: np.ndarray, rows:
     keep = x1 > x0
     if not keep.any():
         return
-    # Union of spans per row through a difference array (overlapping spans stay set).
-    diff = np.zeros((height, width + 1), dtype=np.int16)
-    np.add.at(diff, (spans_rows[keep], x0[keep]), 1)
-    np.add.at(diff, (spans_rows[keep], x1[keep]), -1)
-    np.greater(np.cumsum(diff.ravel(), dtype=np.int16).reshape(height, width + 1)[:, :width], 0, out=out)
+    # Set each span (overlapping spans of several rings or parts simply stay set): one slice
+    # per span is cheaper than a pass over every pixel of the window.
+    for row, start, stop in zip(spans_rows[keep].tolist(), x0[keep].tolist(), x1[keep].tolist()):
+        out[row, start:stop] = True
