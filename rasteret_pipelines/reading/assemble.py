@@ -92,8 +92,7 @@ class Assembly:
         """Mask, convert and mosaic one scene's windows for geometry ``gi``."""
         plan = self.plans[gi]
         grid = plan.grid
-        day = sr.scene.datetime.astype("datetime64[D]").astype("datetime64[ns]")
-        ti = self._t_index[day]
+        ti = self._t_index[sr.day]
         clear = plan.inside
         if self.quality is not None:
             qa, qa_valid = on_grid(sr.reads[self.quality], arrays[self.quality], grid, None)
@@ -124,7 +123,7 @@ class Assembly:
         for key in list(self._mosaics):  # a scene that never arrived cannot happen; be safe
             self._finish(*key)
         grids = [
-            GeometryGrid(p.gid, crs_text(p.grid.crs), tuple(p.grid.transform)[:6], p.grid.height, p.grid.width)
+            GeometryGrid(p.gid, crs_text(p.grid.crs_key), tuple(p.grid.transform)[:6], p.grid.height, p.grid.width)
             for p in self.plans
         ]
         return dataset_from_arrays(grids, self.times, self.data, self.scene_ids, attrs)

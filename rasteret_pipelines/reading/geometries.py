@@ -37,11 +37,11 @@ def normalize_geometries(geometries, crs=None) -> list[tuple[object, shapely.Geo
     pairs = list(zip(range(1, len(geoms) + 1), geoms))
     _check_shapes(pairs)
     if crs is not None:
-        from rasteret_pipelines.reading.plan import crs_of, reproject_geometry
+        from rasteret_pipelines.reading.plan import crs_key, reproject_geometry, same_crs
 
-        source = crs_of(crs) if isinstance(crs, str) else crs_of(str(crs))
-        if source != crs_of("EPSG:4326"):
-            pairs = [(gid, reproject_geometry(g, source, "EPSG:4326")) for gid, g in pairs]
+        key = crs_key(crs)
+        if not same_crs(key, "EPSG:4326"):
+            pairs = [(gid, reproject_geometry(g, key, "EPSG:4326")) for gid, g in pairs]
     _check_degrees(pairs)
     return pairs
 

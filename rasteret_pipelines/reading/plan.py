@@ -44,16 +44,27 @@ class Scene:
     headers: dict[str, CogHeader]
     """Asset key -> cached header."""
 
+    @property
+    def day(self) -> np.datetime64:
+        """The acquisition date (UTC midnight): scenes of one day are mosaicked together."""
+        return self.datetime.astype("datetime64[D]").astype("datetime64[ns]")
+
 
 @dataclass
 class Grid:
     """A pixel window on a CRS: where one geometry's layers sit."""
 
-    crs: object
-    """A ``pyproj.CRS``."""
+    crs_key: str
+    """The CRS as text (``EPSG:<code>`` or WKT, as the headers store it): cheap to compare and
+    to cache by, where a ``pyproj.CRS`` hashes through its WKT on every lookup."""
     transform: Affine
     width: int
     height: int
+
+    @property
+    def crs(self):
+        """The ``pyproj.CRS`` (parsed once per distinct text)."""
+        return crs_of(self.crs_key)
 
 
 @dataclass
@@ -75,6 +86,8 @@ class SceneReads:
     """0 for the first scene of the date (by datetime, then id), 1 for the next, ..."""
     reads: dict[str, WindowRead]
     """Asset key -> read (data bands and, with a cloud mask, the quality band)."""
+    day: np.datetime64
+    """The date (UTC midnight) of the layer this scene goes into."""
 
 
 @dataclass
@@ -164,25 +177,43 @@ def crs_of(text: str):
     return CRS.from_user_input(text)
 
 
+def crs_key(crs) -> str:
+    """Text identifying ``crs`` (a string is its own key; a ``pyproj.CRS`` gives its WKT)."""
+    return crs if isinstance(crs, str) else crs.to_wkt()
+
+
 @lru_cache(maxsize=512)
-def _transformer(src, dst):
+def same_crs(a: str, b: str) -> bool:
+    """Whether two CRS texts name the same CRS (pyproj's equality, once per pair)."""
+    return a == b or crs_of(a) == crs_of(b)
+
+
+@lru_cache(maxsize=512)
+def _transformer(src: str, dst: str):
     from pyproj import Transformer
 
-    return Transformer.from_crs(src, dst, always_xy=True)
+    return Transformer.from_crs(crs_of(src), crs_of(dst), always_xy=True)
 
 
 @lru_cache(maxsize=512)
-def crs_text(crs) -> str:
+def crs_text(key: str) -> str:
     """``EPSG:<code>`` when the CRS has one, else its WKT (cached: ``to_epsg`` searches a database)."""
+    if key.upper().startswith("EPSG:"):
+        return key.upper()
+    crs = crs_of(key)
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
 def reproject_geometry(geom: shapely.Geometry, src_crs, dst_crs) -> shapely.Geometry:
-    """``geom`` with its coordinates transformed by pyproj (always x/y order)."""
-    src = crs_of(src_crs) if isinstance(src_crs, str) else src_crs
-    dst = crs_of(dst_crs) if isinstance(dst_crs, str) else dst_crs
-    transformer = _transformer(src, dst)
+    """``geom`` with its coordinates transformed by pyproj (always x/y order).
+
+    Args:
+        geom: Any shapely geometry.
+        src_crs: Its CRS: text (``EPSG:4326``, WKT) or a ``pyproj.CRS``.
+        dst_crs: The CRS wanted, likewise.
+    """
+    transformer = _transformer(crs_key(src_crs), crs_key(dst_crs))
     return shapely.transform(geom, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
 
 
@@ -190,10 +221,14 @@ def reproject_geometry(geom: shapely.Geometry, src_crs, dst_crs) -> shapely.Geom
 
 
 def plan_geometries(geoms, scenes: list[Scene], data_keys: Sequence[str], read_keys: Sequence[str],
-                    all_touched: bool, target=None, resolution=None):
-    """(plans, uncovered ids): one :class:`GeometryPlan` per geometry some scene covers."""
+                    all_touched: bool, target: str | None = None, resolution=None):
+    """(plans, uncovered ids): one :class:`GeometryPlan` per geometry some scene covers.
+
+    ``target``: CRS text of a caller-named grid (None: each geometry's first scene's grid).
+    """
     plans, uncovered = [], []
     footprints = np.array([s.footprint for s in scenes], dtype=object)
+    days = [s.day for s in scenes]
     for gid, geom in geoms:
         hits = shapely.intersects(footprints, geom) if len(scenes) else np.zeros(0, bool)
         covering = [s for s, hit in zip(scenes, hits) if hit]
@@ -207,11 +242,10 @@ def plan_geometries(geoms, scenes: list[Scene], data_keys: Sequence[str], read_k
             grid, local_geom = target_grid(ref, target, resolution, geom)
         inside = geometry_mask(local_geom, tuple(grid.transform)[:6], grid.height, grid.width, all_touched=all_touched)
         plan = GeometryPlan(gid=gid, geometry=geom, grid=grid, inside=inside)
-        for scene in covering:
-            day = scene.datetime.astype("datetime64[D]").astype("datetime64[ns]")
+        for scene, day in zip(covering, (days[i] for i in np.flatnonzero(hits))):
             layer = plan.layers.setdefault(day, [])
             reads = {k: window_read(scene.headers[k], grid) for k in read_keys}
-            layer.append(SceneReads(scene, len(layer), reads))
+            layer.append(SceneReads(scene, len(layer), reads, day))
         plans.append(plan)
     return plans, uncovered
 
@@ -220,8 +254,10 @@ def _finest(scene: Scene, keys: Sequence[str]) -> CogHeader:
     return min((scene.headers[k] for k in keys), key=lambda h: abs(h.transform[0] * h.transform[4]))
 
 
-def target_grid(ref: CogHeader, target, resolution, geom_4326) -> tuple[Grid, shapely.Geometry]:
-    """A north-up grid in ``target`` with square ``resolution`` pixels aligned to multiples of it."""
+def target_grid(ref: CogHeader, target_key: str, resolution, geom_4326) -> tuple[Grid, shapely.Geometry]:
+    """A north-up grid in ``target_key`` (CRS text) with square ``resolution`` pixels aligned to
+    multiples of it."""
+    target = crs_of(target_key)
     if resolution is None:
         source = crs_of(ref.crs)
         if source.axis_info[0].unit_name != target.axis_info[0].unit_name:
@@ -231,10 +267,10 @@ def target_grid(ref: CogHeader, target, resolution, geom_4326) -> tuple[Grid, sh
             )
         resolution = abs(ref.transform[0])
     res = float(resolution)
-    local = reproject_geometry(geom_4326, "EPSG:4326", target)
+    local = reproject_geometry(geom_4326, "EPSG:4326", target_key)
     left, bottom, right, top = local.bounds
     origin = (math.floor(left / res) * res, math.ceil(top / res) * res)
-    return reference_grid(target, (res, 0.0, origin[0], 0.0, -res, origin[1]), geom_4326)
+    return reference_grid(target_key, (res, 0.0, origin[0], 0.0, -res, origin[1]), geom_4326)
 
 
 def reference_grid(crs, transform, geom_4326) -> tuple[Grid, shapely.Geometry]:
@@ -243,8 +279,8 @@ def reference_grid(crs, transform, geom_4326) -> tuple[Grid, shapely.Geometry]:
     ``rasterio.features.geometry_window``: the geometry's coordinates through the inverse
     affine (Affine's own arithmetic, so the same floats), then floor/ceil of their bounds.
     """
-    crs = crs_of(crs) if isinstance(crs, str) else crs
-    local = reproject_geometry(geom_4326, "EPSG:4326", crs)
+    key = crs_key(crs)
+    local = reproject_geometry(geom_4326, "EPSG:4326", key)
     transform = Affine(*transform)
     inv = ~transform
     xy = shapely.get_coordinates(local)
@@ -254,23 +290,22 @@ def reference_grid(crs, transform, geom_4326) -> tuple[Grid, shapely.Geometry]:
     row0, row1 = math.floor(rows.min()), math.ceil(rows.max())
     width, height = max(col1 - col0, 1), max(row1 - row0, 1)
     window_transform = transform * Affine.translation(col0, row0)
-    return Grid(crs, window_transform, width, height), local
+    return Grid(key, window_transform, width, height), local
 
 
 def window_read(header: CogHeader, grid: Grid) -> WindowRead:
     """A direct window when ``header``'s grid is the reference grid shifted by whole pixels."""
     a, b, c, d, e, f = header.transform
     ga, gb, gc, gd, ge, gf = tuple(grid.transform)[:6]
-    header_crs = crs_of(header.crs)
     same_grid = b == gb == d == gd == 0 and math.isclose(a, ga, rel_tol=1e-9) and math.isclose(e, ge, rel_tol=1e-9)
-    if same_grid and header_crs == grid.crs:
+    if same_grid and same_crs(header.crs, grid.crs_key):
         col, row = (gc - c) / a, (gf - f) / e
         if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
             return WindowRead(header, (round(col), round(row), grid.width, grid.height), direct=True)
     # Otherwise read the part of this band's grid covering the reference window, plus a margin.
     left, top = grid.transform * (0, 0)
     right, bottom = grid.transform * (grid.width, grid.height)
-    xs, ys = _transformer(grid.crs, header_crs).transform([left, right, left, right], [top, top, bottom, bottom])
+    xs, ys = _transformer(grid.crs_key, header.crs).transform([left, right, left, right], [top, top, bottom, bottom])
     inv = ~Affine(a, b, c, d, e, f)
     pcols, prows = zip(*(inv * (x, y) for x, y in zip(xs, ys)))
     col0, col1 = math.floor(min(pcols)) - 1, math.ceil(max(pcols)) + 1

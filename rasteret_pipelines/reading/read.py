@@ -126,7 +126,9 @@ def read_geometries(
     data_keys = sorted(set(keys.values()))
     read_keys = data_keys + ([quality] if quality and quality not in data_keys else [])
     scenes = select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, sorted(set(read_keys)))
-    target = crs_of(crs) if isinstance(crs, str) else (_parse_crs(crs) if crs is not None else None)
+    target = None if crs is None else (crs if isinstance(crs, str) else _parse_crs(crs).to_wkt())
+    if target is not None:
+        crs_of(target)  # a bad CRS fails here, before any planning
     plans, uncovered = plan_geometries(geoms, scenes, data_keys, read_keys, all_touched, target, resolution)
     if not plans:
         raise NoScenesError(
