@@ -38,8 +38,8 @@ polygons in lon/lat, ids 1..n):
                       ``ThreadPoolExecutor(8)`` with ``bench_cog``'s tuned GDAL settings, then the
                       same NDVI mean over the same pixels (numpy).
 
-The engine's and rasterio's NDVI means must agree (to 1e-9 relative) and count the same
-pixels, or the run fails. GETs and bytes come from the range server's log; peak RSS is the
+The engine's and rasterio's NDVI means must agree (to 1e-6: xarray averages float32, numpy's
+side sums in float64) and count the same pixels, or the run fails. GETs and bytes come from the range server's log; peak RSS is the
 worker's ``VmHWM``. Targets (from issue 12): import <= 0.5 s; whole process, engine vs
 rasterio-8t: quickstart >= 2x, fields >= 3x; after imports >= 4x on both; engine within 1.3x
 of engine-windows (``load_collection`` + ``get_xarray`` against ``read_windows``); GETs <= 40
@@ -385,7 +385,7 @@ def main(argv=None) -> int:
         e_mean, r_mean = eng[0]["ndvi_mean"], rio[0]["ndvi_mean"]
         if eng[0]["pixels"] != rio[0]["pixels"]:
             problems.append(f"{w}: the engine's NDVI has {eng[0]['pixels']} pixels, rasterio's {rio[0]['pixels']}")
-        if abs(e_mean - r_mean) > 1e-9 * max(1.0, abs(r_mean)) * 1e3:
+        if abs(e_mean - r_mean) > 1e-6:
             problems.append(f"{w}: NDVI mean {e_mean!r} (engine) != {r_mean!r} (rasterio)")
         if any(r["stac_requests"] for r in eng):
             problems.append(f"{w}: the engine made STAC requests")
