@@ -77,3 +77,17 @@ def test_lazy_names_resolve_to_the_real_objects():
             assert getattr(module, name) is not None
         with pytest.raises(AttributeError):
             module.no_such_name  # noqa: B018
+
+
+def test_every_lazy_name_imports_eagerly_too():
+    """``EAGER_IMPORT=1`` makes lazy_loader import every listed name at once: none is broken."""
+    import os
+
+    env = {**os.environ, "EAGER_IMPORT": "1"}
+    code = (
+        "import rasteret_pipelines, rasteret_pipelines.reading, rasteret_pipelines.products, "
+        "rasteret_pipelines.collections\n"
+        "import sys\n"
+        "assert 'rasteret_pipelines.reading.read' in sys.modules and 'xarray' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)

@@ -12,32 +12,18 @@ Names are imported on first use: rasterio and xarray load with the function that
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+import lazy_loader
 
 if TYPE_CHECKING:
     from rasteret_pipelines.products.geotiff import COG_OPTIONS, save_per_geometry, write_cog
     from rasteret_pipelines.products.ndvi import NDVI_NAME, compute_ndvi, ndvi_dataset
 
-_LAZY = {
-    "COG_OPTIONS": "rasteret_pipelines.products.geotiff",
-    "NDVI_NAME": "rasteret_pipelines.products.ndvi",
-    "compute_ndvi": "rasteret_pipelines.products.ndvi",
-    "ndvi_dataset": "rasteret_pipelines.products.ndvi",
-    "save_per_geometry": "rasteret_pipelines.products.geotiff",
-    "write_cog": "rasteret_pipelines.products.geotiff",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "geotiff": ["COG_OPTIONS", "save_per_geometry", "write_cog"],
+        "ndvi": ["NDVI_NAME", "compute_ndvi", "ndvi_dataset"],
+    },
+)

@@ -12,8 +12,9 @@ xarray nor the COG engine.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+import lazy_loader
 
 if TYPE_CHECKING:
     from rasteret_pipelines.reading.geometries import normalize_geometries
@@ -22,28 +23,13 @@ if TYPE_CHECKING:
     from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, MosaicMethod
     from rasteret_pipelines.reading.read import VALUE_MODES, read_geometries
 
-_LAZY = {
-    "VALUE_MODES": "rasteret_pipelines.reading.read",
-    "FirstValid": "rasteret_pipelines.reading.mosaic",
-    "LastValid": "rasteret_pipelines.reading.mosaic",
-    "MosaicMethod": "rasteret_pipelines.reading.mosaic",
-    "geometry_dataset": "rasteret_pipelines.reading.model",
-    "geometry_mask": "rasteret_pipelines.reading.mask",
-    "normalize_geometries": "rasteret_pipelines.reading.geometries",
-    "read_geometries": "rasteret_pipelines.reading.read",
-    "stack_geometries": "rasteret_pipelines.reading.model",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "read": ["VALUE_MODES", "read_geometries"],
+        "mosaic": ["FirstValid", "LastValid", "MosaicMethod"],
+        "model": ["geometry_dataset", "stack_geometries"],
+        "mask": ["geometry_mask"],
+        "geometries": ["normalize_geometries"],
+    },
+)
