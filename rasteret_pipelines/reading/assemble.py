@@ -63,8 +63,9 @@ class Assembly:
         n, nt = len(plans), len(self.times)
         max_h = max(p.grid.height for p in plans)
         max_w = max(p.grid.width for p in plans)
-        # Allocated, not written: each layer's memory is first touched when its data arrives
-        # (the mosaic methods write every pixel); only padding and empty layers are filled now.
+        # Allocated, not written: a layer's memory is first touched when its data arrives (the
+        # mosaic methods write every pixel, the padding is filled as the layer completes), so
+        # page faults overlap the network instead of delaying the first request.
         self.data = {b: np.empty((n, nt, max_h, max_w), dtype=self.dtype) for b in self.bands}
         self.scene_ids = np.full((n, nt), "", dtype=object)
         self._mosaics: dict[tuple[int, int], dict[str, MosaicMethod]] = {}
@@ -72,15 +73,6 @@ class Assembly:
         self._t_index = t_index
         for gi, plan in enumerate(plans):
             h, w = plan.grid.height, plan.grid.width
-            fed = {t_index[day] for day in plan.layers}
-            for b in self.bands:
-                arr = self.data[b][gi]
-                for ti in range(nt):
-                    if ti in fed:
-                        arr[ti, h:, :] = self.fill
-                        arr[ti, :h, w:] = self.fill
-                    else:
-                        arr[ti] = self.fill
             for day, layer in plan.layers.items():
                 ti = t_index[day]
                 self._mosaics[gi, ti] = {
@@ -113,6 +105,11 @@ class Assembly:
         for m in mosaics.values():
             m.finish()
             used.update(m.contributors())
+        grid = self.plans[gi].grid
+        for b in self.bands:  # padding beyond this geometry's window
+            layer_array = self.data[b][gi, ti]
+            layer_array[grid.height:, :] = self.fill
+            layer_array[: grid.height, grid.width:] = self.fill
         layer = self.plans[gi].layers[self.times[ti]]
         self.scene_ids[gi, ti] = ",".join(sr.scene.id for sr in layer if sr.rank in used)
 
@@ -122,6 +119,12 @@ class Assembly:
 
         for key in list(self._mosaics):  # a scene that never arrived cannot happen; be safe
             self._finish(*key)
+        for gi, plan in enumerate(self.plans):  # dates with no scene of this geometry
+            fed = {self._t_index[day] for day in plan.layers}
+            for ti in range(len(self.times)):
+                if ti not in fed:
+                    for b in self.bands:
+                        self.data[b][gi, ti] = self.fill
         grids = [
             GeometryGrid(p.gid, crs_text(p.grid.crs_key), tuple(p.grid.transform)[:6], p.grid.height, p.grid.width)
             for p in self.plans
