@@ -22,6 +22,7 @@ from functools import lru_cache
 import numpy as np
 import shapely
 from affine import Affine
+from pyproj import CRS, Transformer  # every read puts geometries on a scene's grid
 
 from rasteret_pipelines.cog.header import CogHeader
 from rasteret_pipelines.errors import DateRangeError
@@ -172,8 +173,6 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
 @lru_cache(maxsize=512)
 def crs_of(text: str):
     """A parsed ``pyproj.CRS``, cached: a read of many geometries x scenes asks for the same few."""
-    from pyproj import CRS
-
     return CRS.from_user_input(text)
 
 
@@ -190,8 +189,6 @@ def same_crs(a: str, b: str) -> bool:
 
 @lru_cache(maxsize=512)
 def _transformer(src: str, dst: str):
-    from pyproj import Transformer
-
     return Transformer.from_crs(crs_of(src), crs_of(dst), always_xy=True)
 
 
