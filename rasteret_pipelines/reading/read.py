@@ -30,7 +30,9 @@ tiles are in flight.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -138,8 +140,10 @@ def read_geometries(
         )
     out = Assembly(plans, keys, bands, quality, values, resampling, method)
     config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays)
-    stats = run_sync(fetch_plans(plans, config, out.add_scene))
-    preload.join()
+    try:
+        stats = run_sync(fetch_plans(plans, config, out.add_scene))
+    finally:
+        preload.join()
     attrs = {
         "collection": collection.name,
         "data_source": collection.source.id,
@@ -168,13 +172,11 @@ class _Preload:
     """Import a module in a background thread (a no-op when it is already imported)."""
 
     def __init__(self, name: str):
-        import sys
-
         self._thread = None
         if name not in sys.modules:
-            import importlib
-
-            self._thread = threading.Thread(target=_quiet_import, args=(importlib, name), daemon=True,
+            # Not a daemon: an interpreter exiting (after an error) waits for the import to end
+            # instead of tearing modules down under it.
+            self._thread = threading.Thread(target=_quiet_import, args=(name,), daemon=False,
                                             name=f"preload-{name}")
             self._thread.start()
 
@@ -183,7 +185,7 @@ class _Preload:
             self._thread.join()
 
 
-def _quiet_import(importlib, name: str) -> None:
+def _quiet_import(name: str) -> None:
     try:
         importlib.import_module(name)
     except Exception:  # the real import, in the caller's thread, reports it
