@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
+import numpy as np
 import shapely
 
 from rasteret_pipelines.errors import InvalidGeometryError
@@ -76,6 +77,8 @@ def _check_shapes(pairs) -> None:
     for gid, geom in pairs:
         if geom is None or geom.is_empty:
             raise InvalidGeometryError(f"geometry {gid} is empty")
+        if not np.isfinite(shapely.get_coordinates(geom)).all():
+            raise InvalidGeometryError(f"geometry {gid} has NaN or infinite coordinates")
         if not geom.is_valid:
             raise InvalidGeometryError(f"geometry {gid} is invalid: {shapely.is_valid_reason(geom)}")
         if geom.geom_type not in ("Polygon", "MultiPolygon"):
