@@ -15,7 +15,7 @@ import numpy as np
 
 from rasteret_pipelines.cog import FetchConfig, FetchStats, RangeFetcher
 from rasteret_pipelines.cog.read import fetch_windows
-from rasteret_pipelines.reading.plan import GeometryPlan, SceneReads
+from rasteret_pipelines.reading.plan import GeometryPlan, SceneReads, planned_reads
 
 OnScene = Callable[[int, SceneReads, dict[str, np.ndarray]], None]
 """``on_scene(geometry index, scene reads, {asset key: 2-D array})``."""
@@ -23,12 +23,7 @@ OnScene = Callable[[int, SceneReads, dict[str, np.ndarray]], None]
 
 async def fetch_plans(plans: list[GeometryPlan], config: FetchConfig | None, on_scene: OnScene) -> FetchStats:
     """Fetch every planned window in one batch; returns the transport's request counters."""
-    reads = []  # (geometry index, scene reads, asset key, read)
-    for gi, plan in enumerate(plans):
-        for layer in plan.layers.values():
-            for sr in layer:
-                for key, read in sr.reads.items():
-                    reads.append((gi, sr, key, read))
+    reads = list(planned_reads(plans))  # (geometry index, scene reads, asset key, read)
     pending: dict[int, dict[str, np.ndarray]] = {}
     waiting = {id(sr): len(sr.reads) for _, sr, _, _ in reads}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -102,6 +102,19 @@ class GeometryPlan:
     """Boolean (height, width): pixels of the reference window inside the geometry."""
     layers: dict[np.datetime64, list[SceneReads]] = field(default_factory=dict)
     """Date (UTC midnight) -> the scenes of that date covering the geometry, in rank order."""
+
+
+def planned_reads(plans: Sequence[GeometryPlan]) -> Iterator[tuple[int, SceneReads, str, WindowRead]]:
+    """Every planned window read: (geometry index, its scene's reads, asset key, read).
+
+    The one walk over the plan's structure, for the fetcher and for estimates made before any
+    request (memory, an exact dry run of the tiles and byte ranges).
+    """
+    for gi, plan in enumerate(plans):
+        for layer in plan.layers.values():
+            for sr in layer:
+                for key, read in sr.reads.items():
+                    yield gi, sr, key, read
 
 
 # -- selection ---------------------------------------------------------------------------------------
