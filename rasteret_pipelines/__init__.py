@@ -3,27 +3,31 @@
 ``from rasteret_pipelines import Rasteret, DataSources, save_per_geometry`` gives the original
 library's high-level API; the parts live in :mod:`~rasteret_pipelines.cog`,
 :mod:`~rasteret_pipelines.collections`, :mod:`~rasteret_pipelines.reading` and
-:mod:`~rasteret_pipelines.products`. Names are imported lazily so that the command line and
-the COG engine start without loading xarray and GeoPandas.
+:mod:`~rasteret_pipelines.products`. Names are imported lazily (``lazy_loader``), here and in
+every subpackage, so that this import takes a fraction of a second and loads none of
+pyarrow, aiohttp, xarray, GeoPandas, rasterio or Dagster: each loads with the first call
+that needs it (``rasteret_pipelines_tests/test_imports.py`` keeps it so).
 """
 
 from __future__ import annotations
 
-import importlib
+from typing import TYPE_CHECKING
+
+import lazy_loader
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "Rasteret": "rasteret_pipelines.api",
-    "DataSources": "rasteret_pipelines.collections.sources",
-    "save_per_geometry": "rasteret_pipelines.products",
-    "compute_ndvi": "rasteret_pipelines.products",
-}
+if TYPE_CHECKING:
+    from rasteret_pipelines.api import Rasteret
+    from rasteret_pipelines.collections.sources import DataSources
+    from rasteret_pipelines.products import compute_ndvi, save_per_geometry
 
-__all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rasteret_pipelines' has no attribute {name!r}")
+__getattr__, __dir__, _lazy_names = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "api": ["Rasteret"],
+        "collections.sources": ["DataSources"],
+        "products": ["compute_ndvi", "save_per_geometry"],
+    },
+)
+__all__ = ["__version__", *_lazy_names]

@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rasteret_pipelines.cog import FetchConfig
-from rasteret_pipelines.collections import (
-    BuildReport,
-    Collection,
-    DataSources,
-    build_collection,
-    collection_name,
-    get_source,
-    list_collections,
-    load_collection,
-)
+# Only what constructing a Rasteret needs is imported here; the collection, reading and
+# COG modules (pyarrow, aiohttp, xarray, ...) load with the first call that uses them.
+from rasteret_pipelines.collections.sources import DataSources, get_source
 from rasteret_pipelines.errors import InvalidCollectionNameError, InvalidSearchError
-from rasteret_pipelines.reading import normalize_geometries, read_geometries
-from rasteret_pipelines.reading.gdf import dataset_to_gdf
+
+if TYPE_CHECKING:
+    from rasteret_pipelines.cog import FetchConfig
+    from rasteret_pipelines.collections import BuildReport, Collection
 
 
 class Rasteret:
@@ -75,12 +70,16 @@ class Rasteret:
             return self._collection.name
         if not self.custom_name or self.date_range is None:
             raise InvalidCollectionNameError("custom_name and date_range are needed to name a collection")
+        from rasteret_pipelines.collections.build import collection_name
+
         return collection_name(self.custom_name, self.date_range, self.data_source)
 
     @property
     def collection(self) -> Collection:
         """The opened collection (raises ``ValueError`` if it was never created)."""
         if self._collection is None:
+            from rasteret_pipelines.collections.query import load_collection
+
             self._collection = load_collection(self.name, self.workspace_dir)
         return self._collection
 
@@ -102,6 +101,9 @@ class Rasteret:
         """
         if self.date_range is None:
             raise InvalidSearchError("date_range is needed to create a collection")
+        from rasteret_pipelines.collections.build import build_collection
+        from rasteret_pipelines.collections.query import load_collection
+
         self.last_build = build_collection(
             self.data_source, self.name, self.workspace_dir, date_range=self.date_range, bbox=bbox,
             geometry=geometry, bands=bands, cloud_cover_lt=cloud_cover_lt, platform=platform,
@@ -114,11 +116,15 @@ class Rasteret:
     @staticmethod
     def list_collections(workspace_dir=None) -> list[dict]:
         """Collections in ``workspace_dir``: name, data_source, date_range, size (scenes)."""
+        from rasteret_pipelines.collections.query import list_collections
+
         return list_collections(workspace_dir or Path.home() / "rasteret_workspace")
 
     @classmethod
     def load_collection(cls, collection_name: str, workspace_dir=None, **kwargs) -> Rasteret:
         """Open an existing collection; ``ValueError`` naming the workspace when absent."""
+        from rasteret_pipelines.collections.query import load_collection
+
         workspace = workspace_dir or Path.home() / "rasteret_workspace"
         collection = load_collection(collection_name, workspace)
         self = cls(
@@ -139,6 +145,8 @@ class Rasteret:
         **kwargs,
     ):
         """Read ``bands`` for ``geometries``; see :func:`rasteret_pipelines.reading.read_geometries`."""
+        from rasteret_pipelines.reading.read import read_geometries
+
         kwargs.setdefault("fetch_config", self.fetch_config)
         return read_geometries(
             self.collection, geometries, bands, date_range=date_range,
@@ -147,6 +155,9 @@ class Rasteret:
 
     def get_gdf(self, geometries, bands, cloud_cover_lt: float | None = None, date_range=None, **kwargs):
         """The same read as a GeoDataFrame: one row per geometry x date x band."""
+        from rasteret_pipelines.reading.gdf import dataset_to_gdf
+        from rasteret_pipelines.reading.geometries import normalize_geometries
+
         ds = self.get_xarray(geometries, bands, cloud_cover_lt=cloud_cover_lt, date_range=date_range, **kwargs)
         return dataset_to_gdf(ds, dict(normalize_geometries(geometries)))
 

@@ -12,7 +12,7 @@ import asyncio
 import os
 import struct
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -217,8 +217,14 @@ async def fetch_windows(
     fetcher: RangeFetcher,
     requests: Sequence[tuple[CogHeader, Sequence[int]]],
     overview: int = 0,
+    *,
+    on_window: Callable[[int, np.ndarray], None] | None = None,
 ) -> list[np.ndarray]:
-    """Read many windows (over many files) as one batch; results in request order."""
+    """Read many windows (over many files) as one batch; results in request order.
+
+    With ``on_window``, each window is handed to ``on_window(index, array)`` as soon as it is
+    assembled (in the event loop's thread) and not kept: the returned list then holds None.
+    """
     checked = [(h, validate_window(h, w, overview)) for h, w in requests]
     headers = {h.href: h for h, _ in checked}
     spans, needs = plan_spans(checked, overview, fetcher.config)
@@ -236,12 +242,16 @@ async def fetch_windows(
 
     def finish(i: int) -> None:
         header, window = checked[i]
-        results[i] = _assemble(header, window, overview, decoded)
+        array = _assemble(header, window, overview, decoded)
         for block in needs[i]:
             users_left = users[block]
             users_left.remove(i)
             if not users_left:
                 decoded.pop(block, None)
+        if on_window is None:
+            results[i] = array
+        else:
+            on_window(i, array)
 
     for i, count in enumerate(remaining):
         if count == 0:

@@ -3,36 +3,38 @@
 Build once (:func:`build_collection`), then read any window of any scene with no header
 request: :meth:`Collection.to_table` filters locally and :meth:`Collection.headers` returns
 the cached :class:`~rasteret_pipelines.cog.CogHeader` objects.
+
+Names are imported on first use: ``DataSources`` needs neither pyarrow nor the COG engine.
 """
 
-from rasteret_pipelines.collections.build import (
-    BuildReport,
-    FailedAsset,
-    MonthReport,
-    build_collection,
-    collection_name,
-)
-from rasteret_pipelines.collections.query import Collection, list_collections, load_collection
-from rasteret_pipelines.collections.sources import (
-    SOURCES,
-    DataSource,
-    DataSources,
-    get_source,
-    stac_url_env_var,
-)
+from __future__ import annotations
 
-__all__ = [
-    "SOURCES",
-    "BuildReport",
-    "Collection",
-    "DataSource",
-    "DataSources",
-    "FailedAsset",
-    "MonthReport",
-    "build_collection",
-    "collection_name",
-    "get_source",
-    "list_collections",
-    "load_collection",
-    "stac_url_env_var",
-]
+from typing import TYPE_CHECKING
+
+import lazy_loader
+
+if TYPE_CHECKING:
+    from rasteret_pipelines.collections.build import (
+        BuildReport,
+        FailedAsset,
+        MonthReport,
+        build_collection,
+        collection_name,
+    )
+    from rasteret_pipelines.collections.query import Collection, list_collections, load_collection
+    from rasteret_pipelines.collections.sources import (
+        SOURCES,
+        DataSource,
+        DataSources,
+        get_source,
+        stac_url_env_var,
+    )
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "build": ["BuildReport", "FailedAsset", "MonthReport", "build_collection", "collection_name"],
+        "query": ["Collection", "list_collections", "load_collection"],
+        "sources": ["DataSource", "DataSources", "SOURCES", "get_source", "stac_url_env_var"],
+    },
+)

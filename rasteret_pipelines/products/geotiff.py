@@ -44,16 +44,18 @@ import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import numpy as np
-import rasterio
-import xarray as xr
 from affine import Affine
-from rasterio.crs import CRS
 
 from rasteret_pipelines.errors import ProductError, ProductInputError
-from rasteret_pipelines.reading.model import geometry_dataset
-from rasteret_pipelines.storage import Storage, sweep_once, temp_path
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+# rasterio (GDAL), xarray and the storage layer load with the first file written, so that
+# ``from rasteret_pipelines import save_per_geometry`` stays cheap.
 
 __all__ = ["COG_OPTIONS", "save_per_geometry", "write_cog"]
 
@@ -123,9 +125,14 @@ def write_cog(
     target = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
+    from rasteret_pipelines.storage import sweep_once, temp_path
+
     sweep_once(folder)
     tmp = temp_path(target)
     height, width = array.shape
+    import rasterio
+    from rasterio.crs import CRS
+
     try:
         with rasterio.open(
             tmp,
@@ -174,6 +181,8 @@ def _geometry_folder(geometry_id) -> str:
 
 
 def _as_model_dataset(data: xr.Dataset | xr.DataArray, data_var: str) -> xr.Dataset:
+    import xarray as xr
+
     if isinstance(data, xr.DataArray):
         if data.name is not None and str(data.name) != data_var:
             raise ProductInputError(
@@ -227,6 +236,9 @@ def save_per_geometry(
     """
     if not file_prefix or "/" in file_prefix or "\\" in file_prefix:
         raise ProductInputError(f"file_prefix {file_prefix!r} must be a non-empty file name part")
+    from rasteret_pipelines.reading.model import geometry_dataset
+    from rasteret_pipelines.storage import Storage
+
     model = _as_model_dataset(ds, data_var)
     storage = Storage.from_uri(output_dir)
     times = model["time"].values

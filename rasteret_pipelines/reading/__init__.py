@@ -1,13 +1,35 @@
-"""Reading geometries from collections into xarray and GeoDataFrames, with zero header requests."""
+"""Reading geometries from collections into xarray and GeoDataFrames, with zero header requests.
 
-from rasteret_pipelines.reading.geometries import normalize_geometries
-from rasteret_pipelines.reading.model import geometry_dataset, stack_geometries
-from rasteret_pipelines.reading.read import VALUE_MODES, read_geometries
+Modules, in the order a read runs: :mod:`.plan` (selection and planning), :mod:`.mask`
+(geometry masks by rasterio's rule), :mod:`.fetch` (one batch of range requests),
+:mod:`.assemble` (masking, values and mosaics into the output), :mod:`.mosaic` (how same-date
+scenes combine), :mod:`.model` (the Dataset layout), :mod:`.gdf` (the GeoDataFrame view).
+:mod:`.read` ties them together in :func:`read_geometries`.
 
-__all__ = [
-    "VALUE_MODES",
-    "geometry_dataset",
-    "normalize_geometries",
-    "read_geometries",
-    "stack_geometries",
-]
+Names are imported on first use, so ``import rasteret_pipelines.reading`` loads neither
+xarray nor the COG engine.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lazy_loader
+
+if TYPE_CHECKING:
+    from rasteret_pipelines.reading.geometries import normalize_geometries
+    from rasteret_pipelines.reading.mask import geometry_mask
+    from rasteret_pipelines.reading.model import geometry_dataset, stack_geometries
+    from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, MosaicMethod
+    from rasteret_pipelines.reading.read import VALUE_MODES, read_geometries
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "read": ["VALUE_MODES", "read_geometries"],
+        "mosaic": ["FirstValid", "LastValid", "MosaicMethod"],
+        "model": ["geometry_dataset", "stack_geometries"],
+        "mask": ["geometry_mask"],
+        "geometries": ["normalize_geometries"],
+    },
+)

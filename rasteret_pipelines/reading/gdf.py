@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import xarray as xr
 
-from rasteret_pipelines.reading.model import geometry_dataset
+from rasteret_pipelines.reading.model import parse_transform
+
+COLUMNS = ["geometry_id", "date", "band", "array", "transform", "crs", "scene_id", "geometry"]
 
 
-def dataset_to_gdf(ds: xr.Dataset, geometries: dict):
+def dataset_to_gdf(ds, geometries: dict):
     """Rows of (geometry_id, date, band, array, transform, crs, scene_id, geometry).
 
     Args:
@@ -17,29 +18,32 @@ def dataset_to_gdf(ds: xr.Dataset, geometries: dict):
 
     Returns:
         A GeoDataFrame (EPSG:4326) whose ``array`` column holds each layer's 2-D array on
-        the geometry's own grid (``transform``, ``crs``), cropped to its window.
+        the geometry's own grid (``transform``, ``crs``), cropped to its window (a view of
+        the read's arrays, not a copy).
     """
     import geopandas as gpd
 
-    rows = []
-    for gid in ds["geometry"].values.tolist():
-        one = geometry_dataset(ds, gid)
-        transform = tuple(one.attrs["transform"])
-        for ti, when in enumerate(one["time"].values):
-            for band in one.data_vars:
-                rows.append(
-                    {
-                        "geometry_id": gid,
-                        "date": np.datetime64(when, "D").astype(object),
-                        "band": band,
-                        "array": one[band].values[ti],
-                        "transform": transform,
-                        "crs": one.attrs["crs"],
-                        "scene_id": str(one["scene_id"].values[ti]),
-                        "geometry": geometries[gid],
-                    }
-                )
-    columns = ["geometry_id", "date", "band", "array", "transform", "crs", "scene_id", "geometry"]
-    if not rows:
-        return gpd.GeoDataFrame(columns=columns, geometry="geometry", crs="EPSG:4326")
-    return gpd.GeoDataFrame(rows, columns=columns, geometry="geometry", crs="EPSG:4326")
+    columns: dict[str, list] = {c: [] for c in COLUMNS}
+    ids = ds["geometry"].values.tolist()
+    heights, widths = ds["height"].values, ds["width"].values
+    transforms, crss = ds["transform"].values, ds["crs"].values
+    scene_ids = ds["scene_id"].values
+    dates = [np.datetime64(t, "D").astype(object) for t in ds["time"].values]
+    bands = [str(b) for b in ds.data_vars]
+    arrays = {b: ds[b].values for b in bands}
+    for gi, gid in enumerate(ids):
+        h, w = int(heights[gi]), int(widths[gi])
+        transform = parse_transform(transforms[gi])
+        crs = str(crss[gi])
+        for ti, date in enumerate(dates):
+            scene = str(scene_ids[gi, ti])
+            for band in bands:
+                columns["geometry_id"].append(gid)
+                columns["date"].append(date)
+                columns["band"].append(band)
+                columns["array"].append(arrays[band][gi, ti, :h, :w])
+                columns["transform"].append(transform)
+                columns["crs"].append(crs)
+                columns["scene_id"].append(scene)
+                columns["geometry"].append(geometries[gid])
+    return gpd.GeoDataFrame(columns, columns=COLUMNS, geometry="geometry", crs="EPSG:4326")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import numpy as np
@@ -22,22 +23,43 @@ def normalize_geometries(geometries, crs=None) -> list[tuple[object, shapely.Geo
         InvalidGeometryError: empty input, an empty or invalid geometry (named by id), a
             GeoPandas object without a CRS, or coordinates that are not degrees.
     """
+    if _is_geopandas(geometries):
+        return _from_geopandas(geometries)
+    if isinstance(geometries, shapely.Geometry):
+        geometries = [geometries]
+    elif not isinstance(geometries, Iterable) or isinstance(geometries, (str, bytes)):
+        raise InvalidGeometryError(f"geometries must be shapely geometries, a GeoSeries or a GeoDataFrame, got {type(geometries).__name__}")
+    geoms = list(geometries)
+    for i, g in enumerate(geoms, start=1):
+        if not isinstance(g, shapely.Geometry):
+            raise InvalidGeometryError(f"geometry {i} is a {type(g).__name__}, not a shapely geometry")
+    if not geoms:
+        raise InvalidGeometryError("no geometries given")
+    pairs = list(zip(range(1, len(geoms) + 1), geoms))
+    _check_shapes(pairs)
+    if crs is not None:
+        from rasteret_pipelines.reading.plan import crs_key, reproject_geometry, same_crs
+
+        key = crs_key(crs)
+        if not same_crs(key, "EPSG:4326"):
+            pairs = [(gid, reproject_geometry(g, key, "EPSG:4326")) for gid, g in pairs]
+    _check_degrees(pairs)
+    return pairs
+
+
+def _is_geopandas(obj) -> bool:
+    # A GeoPandas object can only exist once geopandas is imported: no import for other input.
+    if "geopandas" not in sys.modules:
+        return False
     import geopandas as gpd
 
-    if isinstance(geometries, gpd.GeoDataFrame):
-        series = geometries.geometry
-    elif isinstance(geometries, gpd.GeoSeries):
-        series = geometries
-    else:
-        if isinstance(geometries, shapely.Geometry):
-            geometries = [geometries]
-        elif not isinstance(geometries, Iterable):
-            raise InvalidGeometryError(f"geometries must be shapely geometries, a GeoSeries or a GeoDataFrame, got {type(geometries).__name__}")
-        geoms = list(geometries)
-        for i, g in enumerate(geoms, start=1):
-            if not isinstance(g, shapely.Geometry):
-                raise InvalidGeometryError(f"geometry {i} is a {type(g).__name__}, not a shapely geometry")
-        series = gpd.GeoSeries(geoms, index=range(1, len(geoms) + 1), crs=crs or "EPSG:4326")
+    return isinstance(obj, (gpd.GeoDataFrame, gpd.GeoSeries))
+
+
+def _from_geopandas(geometries) -> list[tuple[object, shapely.Geometry]]:
+    import geopandas as gpd
+
+    series = geometries.geometry if isinstance(geometries, gpd.GeoDataFrame) else geometries
     if len(series) == 0:
         raise InvalidGeometryError("no geometries given")
     if series.crs is None:
@@ -45,7 +67,14 @@ def normalize_geometries(geometries, crs=None) -> list[tuple[object, shapely.Geo
     if not series.index.is_unique:
         dupes = sorted({str(i) for i in series.index[series.index.duplicated()]})
         raise InvalidGeometryError(f"geometry ids are not unique: {', '.join(dupes)}")
-    for gid, geom in series.items():
+    _check_shapes(list(series.items()))
+    pairs = [(_plain(gid), geom) for gid, geom in series.to_crs("EPSG:4326").items()]
+    _check_degrees(pairs)
+    return pairs
+
+
+def _check_shapes(pairs) -> None:
+    for gid, geom in pairs:
         if geom is None or geom.is_empty:
             raise InvalidGeometryError(f"geometry {gid} is empty")
         if not np.isfinite(shapely.get_coordinates(geom)).all():
@@ -54,15 +83,16 @@ def normalize_geometries(geometries, crs=None) -> list[tuple[object, shapely.Geo
             raise InvalidGeometryError(f"geometry {gid} is invalid: {shapely.is_valid_reason(geom)}")
         if geom.geom_type not in ("Polygon", "MultiPolygon"):
             raise InvalidGeometryError(f"geometry {gid} is a {geom.geom_type}; areas (polygons) are needed")
-    wgs84 = series.to_crs("EPSG:4326")
-    for gid, geom in wgs84.items():
+
+
+def _check_degrees(pairs) -> None:
+    for gid, geom in pairs:
         minx, miny, maxx, maxy = geom.bounds
         if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
             raise InvalidGeometryError(
                 f"geometry {gid} has bounds {geom.bounds} outside longitude/latitude; "
                 "is its CRS right?"
             )
-    return [(_plain(gid), geom) for gid, geom in wgs84.items()]
 
 
 def _plain(value):

@@ -121,7 +121,9 @@ def check_memory(estimate: ReadEstimate, limit: int, what: str = "the read") -> 
 def check_plans(plans, bands: Sequence[str], values: str, config) -> ReadEstimate:
     """The reader's hook: estimate the planned read (see :mod:`~rasteret_pipelines.reading.read`)
     and refuse it above the configured limit, before any request is made."""
-    reads = [r for p in plans for layer in p.layers.values() for _, rs in layer for r in rs.values()]
+    from rasteret_pipelines.reading.plan import planned_reads
+
+    reads = [r for _, _, _, r in planned_reads(plans)]
     if values == "native":
         out_itemsize = max((np.dtype(r.header.dtype).itemsize for r in reads), default=1)
     else:

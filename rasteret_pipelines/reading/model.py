@@ -31,10 +31,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import xarray as xr
-
 
 
 def format_transform(transform) -> str:
@@ -77,7 +77,9 @@ class GeometryLayers(GeometryGrid):
     """Comma-joined scene ids per date."""
 
 
+@lru_cache(maxsize=256)
 def crs_wkt(crs: str) -> str:
+    """WKT of a CRS given as ``EPSG:<code>`` or WKT (cached: geometries share a few CRSs)."""
     from pyproj import CRS
 
     return CRS.from_user_input(crs).to_wkt()
@@ -92,6 +94,25 @@ def empty_stack(
     ``ds["scene_id"].values[g, t]``, so no per-geometry copy is kept alongside the stack.
     """
     n, nt = len(grids), len(times)
+    max_h = max((g.height for g in grids), default=0)
+    max_w = max((g.width for g in grids), default=0)
+    data = {b: np.full((n, nt, max_h, max_w), fill, dtype=dtype) for b in band_names}
+    return dataset_from_arrays(grids, times, data, np.full((n, nt), "", dtype=object), attrs)
+
+
+def dataset_from_arrays(
+    grids: Sequence[GeometryGrid], times, data: Mapping[str, np.ndarray], scene_ids: np.ndarray, attrs: Mapping
+) -> xr.Dataset:
+    """The model Dataset around arrays already laid out as ``(geometry, time, row, col)`` (no copy).
+
+    Args:
+        grids: One per geometry, in the arrays' order.
+        times: Sorted dates of the time axis.
+        data: Band name -> array ``(len(grids), len(times), max height, max width)``.
+        scene_ids: Object array ``(len(grids), len(times))`` of comma-joined scene ids.
+        attrs: The Dataset's attributes.
+    """
+    n = len(grids)
     max_h = max((g.height for g in grids), default=0)
     max_w = max((g.width for g in grids), default=0)
     xs = np.full((n, max_w), np.nan)
@@ -109,13 +130,13 @@ def empty_stack(
         "transform": ("geometry", np.array([format_transform(g.transform) for g in grids], dtype=object)),
         "height": ("geometry", np.array([g.height for g in grids], dtype=np.int64)),
         "width": ("geometry", np.array([g.width for g in grids], dtype=np.int64)),
-        "scene_id": (("geometry", "time"), np.full((n, nt), "", dtype=object)),
+        "scene_id": (("geometry", "time"), scene_ids),
     }
     crss = {g.crs for g in grids}
     if len(crss) == 1:
         coords["spatial_ref"] = ((), 0, {"crs_wkt": crs_wkt(next(iter(crss)))})
-    data = {b: (("geometry", "time", "row", "col"), np.full((n, nt, max_h, max_w), fill, dtype=dtype)) for b in band_names}
-    return xr.Dataset(data, coords=coords, attrs=dict(attrs))
+    variables = {b: (("geometry", "time", "row", "col"), arr) for b, arr in data.items()}
+    return xr.Dataset(variables, coords=coords, attrs=dict(attrs))
 
 
 def stack_geometries(

@@ -640,3 +640,93 @@ class _FakeDataset:
     def __init__(self, transform):
         self.transform = transform
         self.width = self.height = 10**7
+
+
+def test_mosaic_last_takes_the_last_valid_pixel(world):
+    """``mosaic="last"``: where both same-day scenes are valid the later one wins, elsewhere
+    whichever is valid; the grid is still the first scene's. Oracle: rasterio reads of both
+    files at the reference window, combined in reverse (datetime, id) order with numpy."""
+    order = sorted(MOSAIC_IDS, key=lambda s: (world.datetime(s), s))
+    when = np.datetime64(MOSAIC_DAY, "ns")
+    ds = read_world(world, list(AOIS.values()), ["red"], date_range=(str(MOSAIC_DAY), str(MOSAIC_DAY)),
+                    mosaic="last")
+    for gid, geom in AOIS.items():
+        with rasterio.open(world.path(order[0], "red")) as first:
+            outside, ref_transform, _ = rasterio.mask.raster_geometry_mask(first, [to_crs(geom)], crop=True)
+        h, w = outside.shape
+        expected = np.full((h, w), np.nan, np.float32)
+        filled = np.zeros((h, w), bool)
+        used, stack = [], {}
+        for scene_id in reversed(order):
+            with rasterio.open(world.path(scene_id, "red")) as src:
+                col, row = ~src.transform * (ref_transform.c, ref_transform.f)
+                data = src.read(1, window=Window(round(col), round(row), w, h), boundless=True, fill_value=0)
+            stack[scene_id] = data
+            take = (data != 0) & ~outside & ~filled
+            expected[take] = data[take]
+            filled |= take
+            if take.any():
+                used.append(scene_id)
+        got, got_transform = layer(ds, "red", gid, when)
+        assert_same_transform(got_transform, ref_transform)
+        np.testing.assert_array_equal(got, expected)
+        assert scene_of(ds, gid, when) == ",".join(s for s in order if s in used)  # listed in date order
+        # Not trivial: where both scenes are valid (and differ) the later one's value is kept.
+        d0, d1 = stack[order[0]], stack[order[1]]
+        both = ~outside & (d0 != 0) & (d1 != 0)
+        assert both.sum() > 1000 and (got[both] == d1[both]).all() and (d0[both] != d1[both]).mean() > 0.99
+
+
+def test_a_read_of_shapely_polygons_in_a_fresh_process_needs_neither_gdal_nor_geopandas(world):
+    """Masks are rasterised with numpy and plain shapely input skips GeoPandas: a fresh process
+    reading the quick start's AOIs never imports rasterio or geopandas, and its pixels equal
+    rasterio's mask in this process."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys, shapely\n"
+        "from rasteret_pipelines import Rasteret\n"
+        f"r = Rasteret.load_collection('world', {str(world.workspace)!r})\n"
+        f"geoms = [shapely.from_wkt(w) for w in {[g.wkt for g in AOIS.values()]!r}]\n"
+        f"ds = r.get_xarray(geoms, ['red'], date_range={list(BASE_RANGE)!r})\n"
+        "one = ds.isel(geometry=0, time=0)\n"
+        "h, w = int(one['height']), int(one['width'])\n"
+        "arr = one['red'].values[:h, :w]\n"
+        "import numpy as np\n"
+        "print(json.dumps({'modules': sorted(sys.modules), 'scene': str(one['scene_id'].values),"
+        " 'sum': float(np.nansum(arr, dtype=np.float64)), 'count': int(np.isfinite(arr).sum())}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    loaded = set(result["modules"])
+    assert not {"rasterio", "geopandas", "botocore", "boto3", "dagster", "tqdm"} & loaded
+    expected, _ = rio_masked(world.path(result["scene"], "red"), to_crs(AOIS[1]))
+    assert result["count"] == int(np.isfinite(expected).sum()) > 1000
+    assert result["sum"] == pytest.approx(float(np.nansum(expected, dtype=np.float64)), rel=1e-12)
+
+
+def test_get_gdf_rows_equal_rasterio_mask(world):
+    """``Rasteret.get_gdf``: one row per geometry x date x band whose array, transform and CRS
+    are rasterio's ``mask(crop=True)`` of that scene's file, and whose geometry is the input."""
+    from rasteret_pipelines import Rasteret
+
+    processor = Rasteret.load_collection("world", world.workspace)
+    geoms = list(AOIS.values())
+    gdf = processor.get_gdf(geoms, ["B04", "nir"], date_range=BASE_RANGE)
+    assert list(gdf.columns) == ["geometry_id", "date", "band", "array", "transform", "crs", "scene_id", "geometry"]
+    assert gdf.crs == "EPSG:4326" and len(gdf) == len(AOIS) * len(BASE_IDS) * 2
+    for gid, geom in AOIS.items():
+        g = to_crs(geom)
+        for scene_id in BASE_IDS:
+            for band, file_band in (("B04", "red"), ("nir", "nir")):
+                rows = gdf[(gdf.geometry_id == gid) & (gdf.band == band) & (gdf.scene_id == scene_id)]
+                assert len(rows) == 1
+                row = rows.iloc[0]
+                expected, transform = rio_masked(world.path(scene_id, file_band), g, False)
+                np.testing.assert_array_equal(row["array"], expected)
+                assert_same_transform(Affine(*row["transform"]), transform)
+                assert row["crs"] == UTM43 and row["geometry"].equals(geom)
+                assert row["date"] == day(scene_id, world).astype("datetime64[D]").astype(object)

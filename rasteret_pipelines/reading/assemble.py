@@ -1,0 +1,187 @@
+"""Assembly: the output stack, allocated once, filled scene by scene as windows land.
+
+:class:`Assembly` owns one numpy array per band (``geometry x time x row x col``, the layout of
+:mod:`rasteret_pipelines.reading.model`) and one :class:`~rasteret_pipelines.reading.mosaic.MosaicMethod`
+per (geometry, date, band) writing into its slice. :meth:`Assembly.add_scene` takes one scene's
+windows for one geometry: puts them on the reference grid (warping the few that are not on it),
+masks them (geometry, nodata, clouds), converts the values and feeds the mosaics, after which
+the windows can go. :meth:`Assembly.dataset` wraps the arrays, without a copy, as the model's
+Dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from rasteret_pipelines.reading.mosaic import MosaicMethod
+from rasteret_pipelines.reading.plan import Grid, GeometryPlan, SceneReads, WindowRead, crs_of, crs_text
+from rasteret_pipelines.reading.quality import clear_pixels
+
+
+def output_type(plans: list[GeometryPlan], keys: dict[str, str], bands: Sequence[str], values: str):
+    """(dtype, fill) of the output: float32 and NaN, or for ``native`` the files' own."""
+    if values != "native":
+        return np.dtype("float32"), np.nan
+    first = next(iter(plans[0].layers.values()))[0].reads
+    headers = [first[keys[b]].header for b in bands]
+    kinds = {(h.dtype, h.nodata_text) for h in headers}
+    if len(kinds) > 1:
+        raise ValueError(
+            "values='native' needs bands of one dtype and nodata, got "
+            + ", ".join(f"{b}: {h.dtype} nodata {h.nodata_text}" for b, h in zip(bands, headers))
+            + "; read them separately or use values='float'"
+        )
+    return np.dtype(headers[0].dtype), headers[0].fill_value
+
+
+class Assembly:
+    """The output of one read, filled in place.
+
+    Args:
+        plans: The geometries' plans (their dates make the time axis).
+        keys: Band name -> asset key.
+        bands: Band names, in output order.
+        quality: Asset key of the quality band when cloud masking, else None.
+        values: ``float``, ``native`` or ``reflectance``.
+        resampling: Used where a window must be warped onto the reference grid.
+        mosaic: The :class:`MosaicMethod` subclass combining the scenes of a date.
+    """
+
+    def __init__(self, plans, keys, bands, quality, values, resampling, mosaic: type[MosaicMethod]):
+        self.plans = plans
+        self.keys = keys
+        self.bands = list(bands)
+        self.quality = quality
+        self.values = values
+        self.resampling = resampling
+        self.dtype, self.fill = output_type(plans, keys, bands, values)
+        self.times = sorted({day for p in plans for day in p.layers})
+        t_index = {t: i for i, t in enumerate(self.times)}
+        n, nt = len(plans), len(self.times)
+        max_h = max(p.grid.height for p in plans)
+        max_w = max(p.grid.width for p in plans)
+        # Allocated, not written: a layer's memory is first touched when its data arrives (the
+        # mosaic methods write every pixel, the padding is filled as the layer completes), so
+        # page faults overlap the network instead of delaying the first request.
+        self.data = {b: np.empty((n, nt, max_h, max_w), dtype=self.dtype) for b in self.bands}
+        self.scene_ids = np.full((n, nt), "", dtype=object)
+        self._mosaics: dict[tuple[int, int], dict[str, MosaicMethod]] = {}
+        self._left: dict[tuple[int, int], int] = {}
+        self._t_index = t_index
+        for gi, plan in enumerate(plans):
+            h, w = plan.grid.height, plan.grid.width
+            for day, layer in plan.layers.items():
+                ti = t_index[day]
+                self._mosaics[gi, ti] = {
+                    b: mosaic(self.data[b][gi, ti, :h, :w], len(layer), self.fill) for b in self.bands
+                }
+                self._left[gi, ti] = len(layer)
+
+    def add_scene(self, gi: int, sr: SceneReads, arrays: dict[str, np.ndarray]) -> None:
+        """Mask, convert and mosaic one scene's windows for geometry ``gi``."""
+        plan = self.plans[gi]
+        grid = plan.grid
+        ti = self._t_index[sr.day]
+        clear = plan.inside
+        if self.quality is not None:
+            qa, qa_valid = on_grid(sr.reads[self.quality], arrays[self.quality], grid, None)
+            clear = clear & qa_valid & clear_pixels(self.quality, qa)
+        mosaics = self._mosaics[gi, ti]
+        for band in self.bands:
+            key = self.keys[band]
+            data, valid = on_grid(sr.reads[key], arrays[key], grid, self.resampling)
+            valid &= clear
+            mosaics[band].feed(convert(data, self.values, sr.scene.reflectance), valid, sr.rank)
+        self._left[gi, ti] -= 1
+        if self._left[gi, ti] == 0:
+            self._finish(gi, ti)
+
+    def _finish(self, gi: int, ti: int) -> None:
+        mosaics = self._mosaics.pop((gi, ti))
+        used: set[int] = set()
+        for m in mosaics.values():
+            m.finish()
+            used.update(m.contributors())
+        grid = self.plans[gi].grid
+        for b in self.bands:  # padding beyond this geometry's window
+            layer_array = self.data[b][gi, ti]
+            layer_array[grid.height:, :] = self.fill
+            layer_array[: grid.height, grid.width:] = self.fill
+        layer = self.plans[gi].layers[self.times[ti]]
+        self.scene_ids[gi, ti] = ",".join(sr.scene.id for sr in layer if sr.rank in used)
+
+    def dataset(self, attrs: dict):
+        """The filled arrays as the model's Dataset (no copy)."""
+        from rasteret_pipelines.reading.model import GeometryGrid, dataset_from_arrays
+
+        for key in list(self._mosaics):  # a scene that never arrived cannot happen; be safe
+            self._finish(*key)
+        for gi, plan in enumerate(self.plans):  # dates with no scene of this geometry
+            fed = {self._t_index[day] for day in plan.layers}
+            for ti in range(len(self.times)):
+                if ti not in fed:
+                    for b in self.bands:
+                        self.data[b][gi, ti] = self.fill
+        grids = [
+            GeometryGrid(p.gid, crs_text(p.grid.crs_key), tuple(p.grid.transform)[:6], p.grid.height, p.grid.width)
+            for p in self.plans
+        ]
+        return dataset_from_arrays(grids, self.times, self.data, self.scene_ids, attrs)
+
+
+def nodata_valid(data: np.ndarray, nodata) -> np.ndarray:
+    """True where ``data`` is not nodata (and not NaN for floats)."""
+    if nodata is None:
+        valid = np.ones(data.shape, bool)
+    elif math.isnan(nodata):
+        valid = ~np.isnan(data)
+    else:
+        valid = data != nodata
+    if data.dtype.kind == "f" and (nodata is None or not math.isnan(nodata)):
+        valid &= ~np.isnan(data)
+    return valid
+
+
+def on_grid(read: WindowRead, data: np.ndarray, grid: Grid, resampling) -> tuple[np.ndarray, np.ndarray]:
+    """(values, valid) of one read on the reference window; warped unless ``read.direct``.
+
+    ``resampling``: a ``rasterio.enums.Resampling`` (or its name) for the warp; None is nearest.
+    """
+    header = read.header
+    valid = nodata_valid(data, header.nodata)
+    if read.direct:
+        return data, valid
+    import rasterio.warp
+    from affine import Affine
+    from rasterio.enums import Resampling
+
+    if resampling is None:
+        resampling = Resampling.nearest
+    elif isinstance(resampling, str):
+        resampling = Resampling[resampling]
+    col0, row0, _, _ = read.window
+    src_transform = Affine(*header.transform) * Affine.translation(col0, row0)
+    src_crs = crs_of(header.crs)
+    out = np.zeros((grid.height, grid.width), dtype=data.dtype)
+    rasterio.warp.reproject(
+        data, out, src_transform=src_transform, src_crs=src_crs, dst_transform=grid.transform,
+        dst_crs=grid.crs, resampling=resampling,
+    )
+    out_valid = np.zeros((grid.height, grid.width), dtype=np.uint8)
+    rasterio.warp.reproject(
+        valid.astype(np.uint8), out_valid, src_transform=src_transform, src_crs=src_crs,
+        dst_transform=grid.transform, dst_crs=grid.crs, resampling=Resampling.nearest,
+        src_nodata=None, dst_nodata=0, init_dest_nodata=True,
+    )
+    return out, out_valid.astype(bool)
+
+
+def convert(raw: np.ndarray, mode: str, reflectance: tuple[float, float]) -> np.ndarray:
+    """Stored values as the output wants them (float32 reflectance, or unchanged)."""
+    if mode == "reflectance":
+        scale, offset = reflectance
+        return (raw.astype(np.float64) * scale + offset).astype(np.float32)  # rounded once
+    return raw

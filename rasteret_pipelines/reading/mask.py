@@ -1,0 +1,167 @@
+"""Geometry masks on a pixel window, by GDAL's rule, without a GDAL round trip per geometry.
+
+:func:`geometry_mask` answers "which pixels of this window are inside the polygon" exactly as
+``rasterio.features.geometry_mask(..., invert=True)`` does, so a masked read equals
+``rasterio.mask.mask(..., crop=True)``:
+
+* **pixel centres** (the default): GDAL's scanline fill (``GDALdllImageFilledPolygon``). The
+  polygon's rings are put into pixel space with GDAL's inverse geotransform; on each row the
+  crossings of the line ``y = row + 0.5`` with the ring edges (an edge counts where
+  ``y0 <= row + 0.5 < y1``) are rounded with ``floor(x + 0.5)`` and sorted, and the pixels
+  between each pair ``[x_a, x_b)`` are set; a horizontal edge lying on the line is filled
+  when it runs right to left. This is vectorised over rows and edges with numpy: a field of a
+  few hundred pixels costs tens of microseconds, where a GDAL call builds an in-memory dataset
+  and an OGR geometry each time (and the read path would import rasterio only for that).
+* **all_touched**: GDAL's rule adds a line-walking pass over the ring outlines whose tie
+  breaks (segments on pixel edges, vertices on corners) are GDAL's own; it is delegated to
+  ``rasterio.features.geometry_mask`` (rasterio is then imported on first use).
+
+The test suite checks both rules pixel for pixel against rasterio on random polygons,
+grid-aligned boxes (edges exactly on pixel centres and pixel edges), holes and multipolygons.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+
+Transform = tuple[float, float, float, float, float, float]
+
+
+def geometry_mask(
+    geometry: shapely.Geometry, transform: Transform, height: int, width: int, *, all_touched: bool = False
+) -> np.ndarray:
+    """Boolean ``(height, width)``: True for pixels inside ``geometry`` (rasterio's rule).
+
+    Args:
+        geometry: A Polygon or MultiPolygon in the window's CRS.
+        transform: The window's affine ``(a, b, c, d, e, f)`` (affine/rasterio order).
+        height: Rows of the window.
+        width: Columns of the window.
+        all_touched: Every pixel the geometry touches, not only those whose centre is inside.
+
+    Returns:
+        The mask, equal to ``rasterio.features.geometry_mask([geometry], (height, width),
+        transform, all_touched=all_touched, invert=True)``.
+    """
+    if all_touched:
+        return _rasterio_mask(geometry, transform, height, width, all_touched=True)
+    out = np.zeros((height, width), dtype=bool)
+    if height <= 0 or width <= 0 or geometry.is_empty:
+        return out
+    rings = _rings_in_pixels(geometry, transform)
+    if not rings:
+        return out
+    starts = np.concatenate([r[:-1] for r in rings])
+    ends = np.concatenate([r[1:] for r in rings])
+    flat = (starts[:, 1] == ends[:, 1]) & (starts[:, 0] != ends[:, 0])
+    if flat.any() and np.any(np.modf(starts[flat, 1])[0] == 0.5):
+        # A horizontal edge exactly on a row's centre line: GDAL's tie break for it depends on
+        # the ring's orientation and neighbours; let GDAL decide these rare polygons.
+        return _rasterio_mask(geometry, transform, height, width, all_touched=False)
+    _fill_scanlines(out, starts, ends, _fill_rows(rings, height))
+    return out
+
+
+def _rasterio_mask(geometry, transform, height, width, *, all_touched):
+    import rasterio.features
+    from affine import Affine
+
+    return rasterio.features.geometry_mask(
+        [geometry], out_shape=(height, width), transform=Affine(*transform[:6]),
+        all_touched=all_touched, invert=True,
+    )
+
+
+def inverse_geotransform(transform: Transform) -> tuple[float, float, float, float, float, float]:
+    """GDAL's ``GDALInvGeoTransform`` of an affine given in rasterio order, in GDAL order.
+
+    Computed with GDAL's formulas (the north-up shortcut included) so that the pixel
+    coordinates, and therefore every rounding tie, are GDAL's.
+    """
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
+    gt = (c, a, b, f, d, e)  # GDAL order
+    if gt[2] == 0.0 and gt[4] == 0.0 and gt[1] != 0.0 and gt[5] != 0.0:
+        return (-gt[0] / gt[1], 1.0 / gt[1], 0.0, -gt[3] / gt[5], 0.0, 1.0 / gt[5])
+    det = gt[1] * gt[5] - gt[2] * gt[4]
+    magnitude = max(max(abs(gt[1]), abs(gt[2])), max(abs(gt[4]), abs(gt[5])))
+    if abs(det) <= 1e-10 * magnitude * magnitude:
+        raise ValueError(f"transform {transform} is not invertible")
+    inv = 1.0 / det
+    return (
+        (gt[2] * gt[3] - gt[0] * gt[5]) * inv,
+        gt[5] * inv,
+        -gt[2] * inv,
+        (-gt[1] * gt[3] + gt[0] * gt[4]) * inv,
+        -gt[4] * inv,
+        gt[1] * inv,
+    )
+
+
+def _rings_in_pixels(geometry: shapely.Geometry, transform: Transform) -> list[np.ndarray]:
+    """Every ring (exteriors and holes) as an (n, 2) array of closed pixel coordinates."""
+    inv = inverse_geotransform(transform)
+    rings = []
+    for polygon in shapely.get_parts(geometry):
+        if polygon.is_empty:
+            continue
+        for ring in (polygon.exterior, *polygon.interiors):
+            xy = shapely.get_coordinates(ring)
+            if len(xy) < 2:
+                continue
+            x, y = xy[:, 0], xy[:, 1]
+            # GDALApplyGeoTransform: inv[0] + x * inv[1] + y * inv[2] (same order of operations).
+            px = inv[0] + x * inv[1] + y * inv[2]
+            py = inv[3] + x * inv[4] + y * inv[5]
+            rings.append(np.column_stack([px, py]))
+    return rings
+
+
+def _fill_rows(rings: list[np.ndarray], height: int) -> np.ndarray:
+    """The rows GDAL visits: ``int(min y)`` to ``int(max y)``, clipped to the window."""
+    ys = np.concatenate([r[:, 1] for r in rings])
+    low = max(int(ys.min()), 0)  # C's (int) truncates toward zero, as int() does
+    high = min(int(ys.max()), height - 1)
+    return np.arange(low, high + 1)
+
+
+def _fill_scanlines(out: np.ndarray, starts: np.ndarray, ends: np.ndarray, rows: np.ndarray) -> None:
+    if rows.size == 0:
+        return
+    height, width = out.shape
+    x_a, y_a = starts[:, 0], starts[:, 1]
+    x_b, y_b = ends[:, 0], ends[:, 1]
+    dy = rows.astype(np.float64)[:, None] + 0.5  # (rows, 1): centre line of each row
+    # Edges oriented upwards: (dy1, dx1) the lower end, (dy2, dx2) the upper one.
+    up = y_a < y_b
+    dy1, dy2 = np.where(up, y_a, y_b), np.where(up, y_b, y_a)
+    dx1, dx2 = np.where(up, x_a, x_b), np.where(up, x_b, x_a)
+    sloped = y_a != y_b
+    crosses = sloped & (dy < dy2) & (dy >= dy1)  # (rows, edges)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intersect = (dy - dy1) * (dx2 - dx1) / (dy2 - dy1) + dx1
+    sentinel = np.iinfo(np.int64).max
+    ints = np.full(crosses.shape, sentinel, dtype=np.int64)
+    ints[crosses] = np.clip(np.floor(intersect[crosses] + 0.5), -1.0, width + 1.0).astype(np.int64)
+    ints.sort(axis=1)
+    counts = crosses.sum(axis=1)
+    # Pairs (0, 1), (2, 3), ... of each row's sorted crossings, i + 1 < count.
+    first = ints[:, 0::2]
+    second = ints[:, 1::2] if ints.shape[1] > 1 else np.empty((len(rows), 0), np.int64)
+    first = first[:, : second.shape[1]]
+    pair_index = np.arange(first.shape[1]) * 2
+    valid = (pair_index[None, :] + 1) < counts[:, None]
+    spans_rows = np.broadcast_to(rows[:, None], first.shape)[valid]
+    spans_x0 = first[valid]
+    spans_x1 = second[valid]
+    if spans_rows.size == 0:
+        return
+    x0 = np.clip(spans_x0, 0, width)
+    x1 = np.clip(spans_x1, 0, width)
+    keep = x1 > x0
+    if not keep.any():
+        return
+    # Set each span (overlapping spans of several rings or parts simply stay set): one slice
+    # per span is cheaper than a pass over every pixel of the window.
+    for row, start, stop in zip(spans_rows[keep].tolist(), x0[keep].tolist(), x1[keep].tolist()):
+        out[row, start:stop] = True
