@@ -147,14 +147,14 @@ def read_header(
     Raises:
         NotATiffError, TiffFormatError, UnsupportedTiffError, CogNotFoundError, FetchError.
     """
-    return run_sync(read_header_async(href, config=config, reader=reader))
+    return _run_sync_with(reader, read_header_async(href, config=config, reader=reader))
 
 
 def read_headers(
     hrefs: Sequence[str], *, config: FetchConfig | None = None, reader: ByteReader | None = None
 ) -> list[CogHeader]:
     """Read the headers of many COGs concurrently; results in input order."""
-    return run_sync(read_headers_async(hrefs, config=config, reader=reader))
+    return _run_sync_with(reader, read_headers_async(hrefs, config=config, reader=reader))
 
 
 def read_window(
@@ -182,7 +182,7 @@ def read_window(
     Raises:
         WindowError, StaleHeaderError, FetchError, TiffFormatError.
     """
-    return run_sync(read_window_async(header, window, overview, config=config, reader=reader))
+    return _run_sync_with(reader, read_window_async(header, window, overview, config=config, reader=reader))
 
 
 def read_windows(
@@ -197,7 +197,22 @@ def read_windows(
     A block needed by several windows is fetched and decoded once; nearby blocks of one file
     are fetched in one request.
     """
-    return run_sync(read_windows_async(requests, overview, config=config, reader=reader))
+    return _run_sync_with(reader, read_windows_async(requests, overview, config=config, reader=reader))
+
+
+def _run_sync_with(reader: ByteReader | None, coro: Coroutine[Any, Any, T]) -> T:
+    """:func:`run_sync` for the synchronous API: its event loop ends with the call, so a bundled
+    network reader passed in releases that loop's connections (it reopens on its next read)."""
+    if not isinstance(reader, (HttpReader, DefaultReader)):
+        return run_sync(coro)
+
+    async def call() -> T:
+        try:
+            return await coro
+        finally:
+            await reader.close()
+
+    return run_sync(call())
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

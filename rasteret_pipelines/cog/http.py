@@ -106,8 +106,9 @@ class HttpReader:
     Attributes:
         retries: Attempts repeated after a transient fault, over the reader's life.
 
-    The session belongs to the event loop that opened it; a read from another loop (each
-    synchronous call runs its own) opens a new session. :meth:`close` releases it.
+    The session belongs to the event loop that opened it. :meth:`close` releases it and the
+    reader stays usable: its next read opens a new session, also from another event loop (the
+    synchronous API, whose calls each run their own loop, closes it at the end of each call).
     """
 
     def __init__(self, config: FetchConfig | None = None):
