@@ -18,6 +18,7 @@ credentials across origins, deadlines). Pass ``reader=`` to read from anything e
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from rasteret_pipelines.cog.reader import (
     ObjectVersion,
     RangeResponse,
 )
-from rasteret_pipelines.errors import StaleHeaderError
+from rasteret_pipelines.errors import StaleHeaderError, UnsafeHrefError
 from rasteret_pipelines.hrefs import check_href, is_local_href
 
 __all__ = [
@@ -213,8 +214,8 @@ class RangeFetcher:
             UnsafeHrefError: a local href while :attr:`FetchConfig.local_files` is off, or an
                 unsupported scheme (nothing is opened; default reader).
         """
-        self._count(1, header)
-        response = await self.reader.get_bytes(href, start, end)
+        async with self._counted(1, header):
+            response = await self.reader.get_bytes(href, start, end)
         self._stats.bytes += len(response.data)
         if expect is not None:
             check_version(href, expect, response.version)
@@ -232,13 +233,25 @@ class RangeFetcher:
         :meth:`get_range` for the arguments and errors."""
         if not ranges:
             return []
-        self._count(len(ranges), header)
-        responses = list(await self.reader.get_byte_ranges(href, list(ranges)))
+        async with self._counted(len(ranges), header):
+            responses = list(await self.reader.get_byte_ranges(href, list(ranges)))
         self._stats.bytes += sum(len(r.data) for r in responses)
         if expect is not None:
             for response in responses:
                 check_version(href, expect, response.version)
         return responses
+
+    @contextlib.asynccontextmanager
+    async def _counted(self, n: int, header: bool):
+        """Count ``n`` requests, answered or failed; an href the policy refused never left."""
+        try:
+            yield
+        except UnsafeHrefError:
+            raise
+        except BaseException:
+            self._count(n, header)
+            raise
+        self._count(n, header)
 
     def _count(self, n: int, header: bool) -> None:
         self._stats.requests += n

@@ -156,11 +156,11 @@ class MemoryReader:
     async def get_bytes(self, href: str, start: int, end: int) -> RangeResponse:
         if start < 0 or end < start:
             raise FetchError(href, f"invalid byte range {start}-{end}")
+        self.requests.append(ReadRecord(href, start, end))  # logged like a 404 in an access log
         try:
             data, etag = self._objects[href]
         except KeyError:
             raise CogNotFoundError(href, "no such object in the memory reader") from None
-        self.requests.append(ReadRecord(href, start, end))
         return RangeResponse(data[start:end], ObjectVersion(len(data), etag, None))
 
     async def get_byte_ranges(

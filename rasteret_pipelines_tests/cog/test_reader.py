@@ -235,3 +235,21 @@ def test_many_files_in_one_batch_from_memory(tmp_path):
     assert {r.href for r in reader.requests} == {f"mem://s{i}.tif" for i in range(3)}
     for (h, w), arr in zip(requests, got):
         np.testing.assert_array_equal(arr, oracle(paths[int(h.href[7])], w))
+
+
+def test_a_refused_href_is_not_counted_a_missing_one_is(cog):
+    async def run():
+        async with RangeFetcher(FetchConfig(local_files=False)) as strict:
+            with pytest.raises(UnsafeHrefError):
+                await strict.get_range(str(cog), 0, 8, header=True)
+            refused = (strict.stats.requests, strict.stats.header_requests)
+        memory = MemoryReader()
+        async with RangeFetcher(reader=memory) as fetcher:
+            with pytest.raises(CogNotFoundError):
+                await fetcher.get_range("mem://missing.tif", 0, 8, header=True)
+            return refused, (fetcher.stats.requests, fetcher.stats.header_requests, fetcher.stats.bytes,
+                             memory.count())
+
+    refused, missing = run_sync(run())
+    assert refused == (0, 0)
+    assert missing == (1, 1, 0, 1)
