@@ -39,6 +39,7 @@ from rasteret_pipelines.cog.reader import (
     RangeResponse,
 )
 from rasteret_pipelines.cog.read import fetch_header, fetch_headers, fetch_windows
+from rasteret_pipelines.errors import ReaderArgumentError
 
 __all__ = [
     "ByteReader",
@@ -72,7 +73,9 @@ async def _with_fetcher(
 ):
     if fetcher is not None:
         if reader is not None and reader is not fetcher.reader:
-            raise TypeError("pass either fetcher= or reader=, not both")
+            raise ReaderArgumentError(
+                "pass either fetcher= or reader=, not both (a fetcher already has its reader)"
+            )
         return await work(fetcher)
     async with RangeFetcher(config, reader=reader) as own:
         return await work(own)

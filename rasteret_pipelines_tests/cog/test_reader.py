@@ -36,6 +36,7 @@ from rasteret_pipelines.cog import (
 from rasteret_pipelines.errors import (
     CogNotFoundError,
     FetchError,
+    ReaderArgumentError,
     StaleHeaderError,
     UnsafeHrefError,
 )
@@ -219,8 +220,9 @@ def test_fetcher_and_reader_together_is_refused(cog):
         async with RangeFetcher() as fetcher:
             await read_header_async(HREF, fetcher=fetcher, reader=reader)
 
-    with pytest.raises(TypeError, match="either fetcher= or reader="):
+    with pytest.raises(ReaderArgumentError, match="either fetcher= or reader=") as info:
         run_sync(run())
+    assert isinstance(info.value, TypeError)
 
 
 def test_many_files_in_one_batch_from_memory(tmp_path):
