@@ -84,6 +84,10 @@ class UnsafeHrefError(CogError):
     and ``s3://`` are allowed (hrefs from a remote STAC API), or another URL scheme."""
 
 
+class ReaderArgumentError(RasteretError, TypeError):
+    """Transport arguments that contradict each other (``fetcher=`` with another ``reader=``)."""
+
+
 class StoragePathError(RasteretError, ValueError):
     """A path built below a storage root would leave it (``..``, an absolute part, NUL)."""
 

@@ -1,52 +1,46 @@
-"""Byte-range transport: http(s) through aiohttp, ``s3://`` signed with SigV4, local files.
+"""How the engine fetches bytes: settings, accounting, the default reader.
 
-One :class:`RangeFetcher` serves a batch of reads: it holds one aiohttp session (connections
-are reused), bounds concurrency with a semaphore, retries transient faults (5xx, 429, resets,
-truncated bodies) with capped exponential backoff and full jitter, and checks every response
-against the object version a cached header expects, so a changed object raises
-:class:`~rasteret_pipelines.errors.StaleHeaderError` instead of being decoded with old offsets.
+The engine never talks to storage directly. It asks a :class:`RangeFetcher` for ranges; the
+fetcher passes them to a :class:`~rasteret_pipelines.cog.reader.ByteReader` (``get_bytes`` /
+``get_byte_ranges``), counts requests, header requests and bytes in :class:`FetchStats` (for
+every reader alike), and checks every answer against the object version a cached header
+expects, so a changed object raises :class:`~rasteret_pipelines.errors.StaleHeaderError`
+instead of being decoded with old offsets.
 
-Credentials come from botocore's standard chain and only ever live in request headers: they
-are never logged, stored in a header, or put in an error message. Redirects are followed here,
-not by aiohttp: a redirect to another origin (scheme, host or port) drops every credential
-header (``Authorization``, ``X-Amz-Security-Token`` and every other ``x-amz-*``, ``Cookie``),
-and no cookie jar is kept. Hrefs pass :func:`~rasteret_pipelines.hrefs.check_href` first: local
-paths only when :attr:`FetchConfig.local_files` allows them.
-
-Time is bounded per attempt: :attr:`FetchConfig.idle_timeout` seconds without a byte (a silent
-server), :attr:`FetchConfig.read_timeout` for the whole attempt, and a range that timed out
-more than :attr:`FetchConfig.timeout_retries` + 1 times fails, so a server that accepts
-connections and never answers costs seconds, not minutes.
+Without a reader, the fetcher opens a :class:`DefaultReader` from its :class:`FetchConfig`:
+hrefs pass :func:`~rasteret_pipelines.hrefs.check_href` (local paths only when
+:attr:`FetchConfig.local_files` allows them), then local files go to
+:class:`~rasteret_pipelines.cog.reader.LocalFileReader` and ``http(s)://`` / ``s3://`` to
+:class:`~rasteret_pipelines.cog.http.HttpReader` (aiohttp, SigV4, retries, redirects without
+credentials across origins, deadlines). Pass ``reader=`` to read from anything else:
+:class:`~rasteret_pipelines.cog.reader.MemoryReader` in tests, or an object store client.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import random
-import re
-import threading
-from dataclasses import dataclass, field
-from urllib.parse import quote, unquote, urlparse
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-import aiohttp
-from yarl import URL
-
-from rasteret_pipelines.errors import (
-    CogNotFoundError,
-    FetchError,
-    StaleHeaderError,
+from rasteret_pipelines.cog.http import HttpReader
+from rasteret_pipelines.cog.reader import (
+    ByteReader,
+    LocalFileReader,
+    ObjectVersion,
+    RangeResponse,
 )
+from rasteret_pipelines.errors import StaleHeaderError, UnsafeHrefError
 from rasteret_pipelines.hrefs import check_href, is_local_href
 
-log = logging.getLogger(__name__)
-
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-"""Headers dropped on a redirect to another origin, with every ``x-amz-*`` header."""
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+__all__ = [
+    "DefaultReader",
+    "FetchConfig",
+    "FetchStats",
+    "ObjectVersion",
+    "RangeFetcher",
+    "RangeResponse",
+    "check_version",
+]
 
 
 @dataclass(frozen=True)
@@ -74,8 +68,8 @@ class FetchConfig:
     max_redirects: int = 5
     """HTTP redirects followed per attempt (credential headers never cross origins)."""
     local_files: bool = True
-    """Read local paths and ``file://`` hrefs. True for the engine called on a path; the indexer
-    and the reader turn it off unless the collection opted in (``allow_local_hrefs``)."""
+    """Let the default reader read local paths and ``file://`` hrefs. True for the engine called
+    on a path; the indexer and the geometry reader turn it off unless the collection opted in (``allow_local_hrefs``)."""
     max_read_memory: int | None = None
     """Bytes a geometry read may allocate, estimated before any request; None means the
     ``RASTERET_MAX_READ_MEMORY`` environment variable, else 75% of physical memory."""
@@ -97,94 +91,91 @@ class FetchConfig:
 
 @dataclass
 class FetchStats:
-    """Counters of one fetcher: every request that reached storage, retries included."""
+    """What one fetcher asked of its reader: the engine's request accounting."""
 
     requests: int = 0
+    """Ranges requested (one GET each from a network reader, retries not included)."""
     header_requests: int = 0
+    """Of :attr:`requests`, those reading headers."""
     bytes: int = 0
+    """Bytes received."""
     retries: int = 0
+    """Attempts the reader repeated after transient faults (readers that retry report them)."""
 
 
-@dataclass(frozen=True)
-class ObjectVersion:
-    """Size and ETag (or modification time) identifying one version of an object."""
+class DefaultReader:
+    """The reader used when none is given: the href policy, then local files or the network.
 
-    size: int | None
-    etag: str | None
-    last_modified: str | None
+    Args:
+        config: Transport settings; :attr:`FetchConfig.local_files` decides whether local
+            paths and ``file://`` hrefs may be read at all.
 
-
-@dataclass
-class RangeResponse:
-    """The bytes of one range and the version of the object they came from."""
-
-    data: bytes
-    version: ObjectVersion
-
-
-@dataclass
-class _S3Context:
-    endpoint: str | None
-    default_region: str
-    credentials: object | None
-    bucket_regions: dict[str, str] = field(default_factory=dict)
-
-
-_S3_LOCK = threading.Lock()
-_S3_CACHE: dict[tuple, _S3Context] = {}
-
-
-def _s3_context(config: FetchConfig) -> _S3Context:
-    """Endpoint, region and credentials from botocore's standard configuration (cached)."""
-    key = (
-        config.aws_region,
-        config.aws_unsigned,
-        os.environ.get("AWS_ENDPOINT_URL_S3"),
-        os.environ.get("AWS_ENDPOINT_URL"),
-        os.environ.get("AWS_PROFILE"),
-        os.environ.get("AWS_ACCESS_KEY_ID"),
-    )
-    with _S3_LOCK:
-        ctx = _S3_CACHE.get(key)
-        if ctx is None:
-            import botocore.session
-
-            session = botocore.session.Session()
-            region = (
-                config.aws_region or session.get_config_variable("region") or "us-west-2"
-            )
-            endpoint = None
-            try:
-                client = session.create_client("s3", region_name=region)
-                endpoint = client.meta.endpoint_url
-                client.close()
-            except Exception as exc:  # no credentials is fine here; signing checks later
-                log.debug("botocore could not build an S3 client: %s", type(exc).__name__)
-            if endpoint and "amazonaws.com" in endpoint:
-                endpoint = None  # use virtual-hosted URLs in the bucket's own region
-            credentials = None if config.aws_unsigned else session.get_credentials()
-            ctx = _S3Context(endpoint=endpoint, default_region=region, credentials=credentials)
-            _S3_CACHE[key] = ctx
-        return ctx
-
-
-def is_local(href: str) -> bool:
-    return is_local_href(href)
-
-
-def local_path(href: str) -> str:
-    return unquote(urlparse(href).path) if href.startswith("file://") else href
-
-
-class RangeFetcher:
-    """Asynchronous byte-range reader for one batch of work (use as ``async with``)."""
+    A refused href raises :class:`~rasteret_pipelines.errors.UnsafeHrefError` before anything
+    is opened. Use as ``async with`` (or call :meth:`close`) to release connections.
+    """
 
     def __init__(self, config: FetchConfig | None = None):
         self.config = config or FetchConfig()
-        self.stats = FetchStats()
-        self._session: aiohttp.ClientSession | None = None
-        self._sem = asyncio.Semaphore(self.config.max_concurrency)
-        self._rng = random.Random()
+        self.http = HttpReader(self.config)
+        """Reader of ``http(s)://`` and ``s3://`` hrefs."""
+        self.local = LocalFileReader(self.config.max_concurrency)
+        """Reader of local paths and ``file://`` hrefs."""
+
+    @property
+    def retries(self) -> int:
+        """Attempts repeated by the network reader after transient faults."""
+        return self.http.retries
+
+    def _reader_for(self, href: str) -> ByteReader:
+        check_href(href, allow_local=self.config.local_files)
+        return self.local if is_local_href(href) else self.http
+
+    async def get_bytes(self, href: str, start: int, end: int) -> RangeResponse:
+        """Bytes ``[start, end)`` of ``href`` from the reader its scheme selects."""
+        return await self._reader_for(href).get_bytes(href, start, end)
+
+    async def get_byte_ranges(
+        self, href: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[RangeResponse]:
+        """Several ranges of ``href``, answers in input order."""
+        return await self._reader_for(href).get_byte_ranges(href, ranges)
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.local.close()
+
+    async def __aenter__(self) -> DefaultReader:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class RangeFetcher:
+    """The engine's access to bytes for one batch of work (use as ``async with``).
+
+    Args:
+        config: Transport and read settings (header read size, coalescing, decode threads);
+            defaults when None.
+        reader: Where bytes come from (any :class:`~rasteret_pipelines.cog.reader.ByteReader`).
+            None opens a :class:`DefaultReader` from ``config``, closed with the fetcher; a
+            reader passed in stays open (its owner closes it).
+
+    Attributes:
+        stats: Requests, header requests and bytes asked of the reader by this fetcher.
+    """
+
+    def __init__(self, config: FetchConfig | None = None, reader: ByteReader | None = None):
+        self.config = config or FetchConfig()
+        self._owns_reader = reader is None
+        self.reader: ByteReader = reader if reader is not None else DefaultReader(self.config)
+        self._stats = FetchStats()
+        self._retries_before = _reader_retries(self.reader)
+
+    @property
+    def stats(self) -> FetchStats:
+        self._stats.retries = _reader_retries(self.reader) - self._retries_before
+        return self._stats
 
     async def __aenter__(self) -> RangeFetcher:
         return self
@@ -193,25 +184,9 @@ class RangeFetcher:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            timeout = aiohttp.ClientTimeout(
-                total=self.config.read_timeout,
-                sock_connect=self.config.connect_timeout,
-                sock_read=self.config.idle_timeout,
-            )
-            connector = aiohttp.TCPConnector(
-                limit=self.config.max_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
-            )
-            self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=connector, auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),  # no cookie is ever stored or sent back
-            )
-        return self._session
+        """Close the reader if this fetcher opened it."""
+        if self._owns_reader:
+            await self.reader.close()  # type: ignore[attr-defined]
 
     async def get_range(
         self,
@@ -225,7 +200,7 @@ class RangeFetcher:
         """Bytes ``[start, end)`` of ``href`` (fewer only where the object ends first).
 
         Args:
-            href: ``http(s)://``, ``s3://`` or a local path.
+            href: ``http(s)://``, ``s3://``, a local path, or whatever the reader serves.
             start: First byte.
             end: One past the last byte.
             expect: Version the caller's cached header was built from; a different size or
@@ -237,247 +212,60 @@ class RangeFetcher:
             FetchError: the range could not be fetched after the configured retries.
             StaleHeaderError: the object is not the version ``expect`` describes.
             UnsafeHrefError: a local href while :attr:`FetchConfig.local_files` is off, or an
-                unsupported scheme (nothing is opened).
+                unsupported scheme (nothing is opened; default reader).
         """
-        check_href(href, allow_local=self.config.local_files)
-        if is_local(href):
-            response = await self._get_local(href, start, end)
-        else:
-            response = await self._get_remote(href, start, end, header)
+        async with self._counted(1, header):
+            response = await self.reader.get_bytes(href, start, end)
+        self._stats.bytes += len(response.data)
         if expect is not None:
-            _check_version(href, expect, response.version)
+            check_version(href, expect, response.version)
         return response
 
-    # -- local ---------------------------------------------------------------------------------
+    async def get_ranges(
+        self,
+        href: str,
+        ranges: Sequence[tuple[int, int]],
+        *,
+        expect: ObjectVersion | None = None,
+        header: bool = False,
+    ) -> list[RangeResponse]:
+        """Several ranges of ``href`` through the reader's ``get_byte_ranges``; see
+        :meth:`get_range` for the arguments and errors."""
+        if not ranges:
+            return []
+        async with self._counted(len(ranges), header):
+            responses = list(await self.reader.get_byte_ranges(href, list(ranges)))
+        self._stats.bytes += sum(len(r.data) for r in responses)
+        if expect is not None:
+            for response in responses:
+                check_version(href, expect, response.version)
+        return responses
 
-    async def _get_local(self, href: str, start: int, end: int) -> RangeResponse:
-        path = local_path(href)
+    @contextlib.asynccontextmanager
+    async def _counted(self, n: int, header: bool):
+        """Count ``n`` requests, answered or failed; an href the policy refused never left."""
+        try:
+            yield
+        except UnsafeHrefError:
+            raise
+        except BaseException:
+            self._count(n, header)
+            raise
+        self._count(n, header)
 
-        def read() -> RangeResponse:
-            try:
-                with open(path, "rb") as fh:
-                    st = os.fstat(fh.fileno())
-                    data = os.pread(fh.fileno(), max(0, end - start), start)
-            except FileNotFoundError as exc:
-                raise CogNotFoundError(href, "no such file") from exc
-            except OSError as exc:
-                raise FetchError(href, f"cannot read file: {exc.strerror}") from exc
-            return RangeResponse(data, ObjectVersion(st.st_size, None, str(st.st_mtime_ns)))
-
-        async with self._sem:
-            response = await asyncio.to_thread(read)
-        self.stats.requests += 1
-        self.stats.bytes += len(response.data)
-        return response
-
-    # -- http(s) and s3 ------------------------------------------------------------------------
-
-    async def _get_remote(self, href: str, start: int, end: int, header: bool) -> RangeResponse:
-        scheme = href.split("://", 1)[0].lower()
-        want = end - start
-        last_error = "no attempt made"
-        attempts = self.config.max_retries + 1
-        region_redirects = 0
-        timeouts = 0
-        attempt = 0
-        while attempt < attempts:
-            if attempt:
-                self.stats.retries += 1
-                await asyncio.sleep(self._backoff(attempt))
-            attempt += 1
-            url, headers = self._request(href, scheme, start, end)
-            try:
-                async with self._sem:
-                    async with asyncio.timeout(self.config.read_timeout):
-                        outcome = await self._attempt(href, url, headers, header, start, end, want)
-            except (aiohttp.ClientError, asyncio.TimeoutError, _Truncated) as exc:
-                last_error = _describe(exc)
-                if isinstance(exc, asyncio.TimeoutError):
-                    timeouts += 1
-                    if timeouts > self.config.timeout_retries:
-                        raise FetchError(
-                            href,
-                            f"bytes {start}-{end - 1}: no complete answer in {timeouts} attempts "
-                            f"(idle_timeout {self.config.idle_timeout:g} s, read_timeout "
-                            f"{self.config.read_timeout:g} s per attempt)",
-                        ) from None
-                continue
-            if isinstance(outcome, RangeResponse):
-                return outcome
-            status, region, retry_after = outcome
-            # Non-success statuses.
-            if scheme == "s3" and region and status in (301, 307, 400) and region_redirects < 2:
-                bucket = urlparse(href).netloc
-                _s3_context(self.config).bucket_regions[bucket] = region
-                region_redirects += 1
-                attempt -= 1
-                continue
-            if status == 404:
-                raise CogNotFoundError(href, "object not found (HTTP 404)")
-            if status == 416:
-                raise FetchError(href, f"bytes {start}-{end - 1} are past the end of the object (HTTP 416)")
-            if status in (401, 403):
-                hint = ""
-                if scheme == "s3" and not self.config.requester_pays:
-                    hint = "; requester-pays buckets need requester_pays=True"
-                raise FetchError(href, f"access denied (HTTP {status}){hint}")
-            if status in RETRY_STATUSES or status >= 500:
-                last_error = f"HTTP {status}"
-                if retry_after and retry_after.strip().isdigit():
-                    await asyncio.sleep(min(float(retry_after), self.config.backoff_max))
-                continue
-            if status in REDIRECT_STATUSES:
-                raise FetchError(
-                    href, f"more than {self.config.max_redirects} redirects, or one without a "
-                    f"usable http(s) Location (HTTP {status})"
-                )
-            raise FetchError(href, f"unexpected HTTP {status} for bytes {start}-{end - 1}")
-        raise FetchError(
-            href, f"bytes {start}-{end - 1} failed after {attempts} attempts (last: {last_error})"
-        )
-
-    async def _attempt(self, href, url, headers: dict, header: bool, start: int, end: int, want: int):
-        """One attempt, following redirects here: credential headers never cross origins.
-
-        Returns the :class:`RangeResponse`, or ``(status, bucket region, Retry-After)`` of a
-        response that is not a success (nor a redirect that could be followed).
-        """
-        url = URL(url) if isinstance(url, str) else url
-        hops = 0
-        while True:
-            self.stats.requests += 1
-            if header:
-                self.stats.header_requests += 1
-            async with self._http().get(url, headers=headers, allow_redirects=False) as resp:
-                status = resp.status
-                if status in (200, 206):
-                    # Never more than the range (206) or than its end (200: the server ignored
-                    # Range): a hostile or broken server cannot make a read buffer gigabytes.
-                    limit = want + 1 if status == 206 else end
-                    body = await _read_at_most(resp.content, limit)
-                    self.stats.bytes += len(body)
-                    return self._accept(href, resp, body, start, end, want)
-                region = resp.headers.get("x-amz-bucket-region")
-                location = resp.headers.get("Location")
-                retry_after = resp.headers.get("Retry-After")
-                await resp.content.read(1 << 16)  # an error page, at most 64 KiB of it
-            if status not in REDIRECT_STATUSES or not location or region:
-                return status, region, retry_after
-            if hops >= self.config.max_redirects:
-                return status, region, retry_after
-            try:
-                target = url.join(URL(location))
-            except ValueError:
-                return status, region, retry_after
-            if target.scheme not in ("http", "https") or not target.host:
-                return status, region, retry_after
-            if _origin(target) != _origin(url):
-                headers = strip_credentials(headers)
-            url = target
-            hops += 1
-
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self.config.backoff_max, self.config.backoff_base * (2 ** (attempt - 1)))
-        return self._rng.uniform(0, cap)
-
-    def _request(self, href: str, scheme: str, start: int, end: int) -> tuple[URL | str, dict]:
-        headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-        if scheme != "s3":
-            return href, headers
-        return self._s3_request(href, headers)
-
-    def _s3_request(self, href: str, headers: dict) -> tuple[URL, dict]:
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
-        parsed = urlparse(href)
-        bucket, key = parsed.netloc, parsed.path.lstrip("/")
-        ctx = _s3_context(self.config)
-        region = ctx.bucket_regions.get(bucket, ctx.default_region)
-        quoted = quote(key, safe="/~")
-        if ctx.endpoint:
-            url = f"{ctx.endpoint.rstrip('/')}/{bucket}/{quoted}"
-        elif "." in bucket:
-            url = f"https://s3.{region}.amazonaws.com/{bucket}/{quoted}"
-        else:
-            url = f"https://{bucket}.s3.{region}.amazonaws.com/{quoted}"
-        if self.config.requester_pays:
-            headers["x-amz-request-payer"] = "requester"
-        if not self.config.aws_unsigned:
-            if ctx.credentials is None:
-                raise FetchError(
-                    href,
-                    "no AWS credentials found (environment, ~/.aws/credentials or profile); "
-                    "set them, or read public buckets with aws_unsigned=True",
-                )
-            request = AWSRequest(method="GET", url=url, headers=dict(headers))
-            S3SigV4Auth(ctx.credentials.get_frozen_credentials(), "s3", region).add_auth(request)
-            headers = dict(request.headers.items())
-        return URL(url, encoded=True), headers
-
-    def _accept(self, href, resp, body: bytes, start: int, end: int, want: int) -> RangeResponse:
-        etag = resp.headers.get("ETag")
-        last_modified = resp.headers.get("Last-Modified")
-        if resp.status == 206:
-            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-            if match is None:
-                raise _Truncated("206 without a usable Content-Range")
-            got_start, got_end = int(match.group(1)), int(match.group(2))
-            size = None if match.group(3) == "*" else int(match.group(3))
-            expected = min(end, size) - start if size is not None else want
-            if len(body) > want or got_end - got_start + 1 > want:
-                raise FetchError(href, f"asked for {want} bytes at {start}, the server sent more (206)")
-            if got_start != start or len(body) != got_end - got_start + 1 or len(body) < expected:
-                raise _Truncated(f"got {len(body)} of {expected} bytes")
-            data = body
-        else:  # 200: the server ignored Range and sends the whole object; only its start is read
-            declared = resp.headers.get("Content-Length")
-            size = int(declared) if declared is not None and declared.isdigit() else None
-            if size is None and len(body) < end:
-                size = len(body)  # the whole object arrived
-            if len(body) < (min(end, size) if size is not None else end):
-                raise _Truncated(f"got {len(body)} of {min(end, size) if size is not None else end} bytes")
-            data = body[start:end]
-        return RangeResponse(data, ObjectVersion(size, etag, last_modified))
+    def _count(self, n: int, header: bool) -> None:
+        self._stats.requests += n
+        if header:
+            self._stats.header_requests += n
 
 
-async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    """Up to ``limit`` bytes of a body (all of it when shorter), without reading further."""
-    chunks: list[bytes] = []
-    got = 0
-    while got < limit:
-        chunk = await stream.read(limit - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _reader_retries(reader) -> int:
+    retries = getattr(reader, "retries", 0)
+    return retries if isinstance(retries, int) else 0
 
 
-def _origin(url: URL) -> tuple[str, str, int | None]:
-    return (url.scheme.lower(), (url.host or "").lower(), url.port)
-
-
-def strip_credentials(headers: dict) -> dict:
-    """``headers`` without credentials: auth, cookies and every ``x-amz-*`` header."""
-    return {
-        k: v for k, v in headers.items()
-        if k.lower() not in CREDENTIAL_HEADERS and not k.lower().startswith("x-amz-")
-    }
-
-
-class _Truncated(Exception):
-    """A response body shorter than the range asked for (retried)."""
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    text = str(exc).split("\n", 1)[0]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _check_version(href: str, expect: ObjectVersion, got: ObjectVersion) -> None:
+def check_version(href: str, expect: ObjectVersion, got: ObjectVersion) -> None:
+    """Raise :class:`StaleHeaderError` when ``got`` is not the version ``expect`` describes."""
     if expect.size is not None and got.size is not None and expect.size != got.size:
         raise StaleHeaderError(
             href, f"object is now {got.size} bytes, the cached header says {expect.size}: re-index it"

@@ -63,9 +63,7 @@ async def fetch_header(fetcher: RangeFetcher, href: str) -> CogHeader:
         if not parsed.missing:
             return _build_checked(href, parsed, size, version)
         spans = _header_spans(parsed.missing, size)
-        responses = await asyncio.gather(
-            *(fetcher.get_range(href, s, e, expect=version, header=True) for s, e in spans)
-        )
+        responses = await fetcher.get_ranges(href, spans, expect=version, header=True)
         for (s, _), response in zip(spans, responses):
             data.add(s, response.data)
     raise TiffFormatError(href, f"header still incomplete after {MAX_HEADER_ROUNDS + 1} requests")

@@ -38,7 +38,7 @@ import shapely
 import shapely.geometry
 
 from rasteret_pipelines import __version__
-from rasteret_pipelines.cog import FetchConfig, RangeFetcher, run_sync
+from rasteret_pipelines.cog import ByteReader, FetchConfig, RangeFetcher, run_sync
 from rasteret_pipelines.cog.header import HEADER_FORMAT_VERSION
 from rasteret_pipelines.cog.read import fetch_header
 from rasteret_pipelines.collections import schema
@@ -158,6 +158,7 @@ def build_collection(
     progress: bool | None = None,
     require_items: bool = False,
     allow_local_hrefs: bool = False,
+    reader: ByteReader | None = None,
 ) -> BuildReport:
     """Search ``source`` and index every band header into ``workspace/name``, month by month.
 
@@ -180,6 +181,9 @@ def build_collection(
         allow_local_hrefs: Also read asset hrefs that are local paths or ``file://`` URLs (a
             local catalog you trust). Off by default: a remote catalog's items are read only
             through ``http(s)://`` and ``s3://`` hrefs, so they cannot open local files.
+        reader: Where header bytes come from (a :class:`~rasteret_pipelines.cog.ByteReader`);
+            None reads through the default aiohttp/local reader configured by ``fetch_config``.
+            Asset hrefs pass the href policy either way.
 
     Returns:
         A :class:`BuildReport`; failed headers are listed there and in the month files.
@@ -215,7 +219,7 @@ def build_collection(
                 continue
             report.months.append(
                 _build_and_write_month(src, keys, store, name, month, stac_url, bbox, geom,
-                                       search_query, config, progress)
+                                       search_query, config, progress, reader)
             )
         if require_items and new and report.items == 0:
             raise EmptySearchError(
@@ -249,12 +253,12 @@ def _remove_new_months(store: Storage, name: str, months: Sequence[str]) -> None
 
 
 def _build_and_write_month(src, keys, store, name, month: Month, stac_url, bbox, geom,
-                           search_query, config, progress) -> MonthReport:
+                           search_query, config, progress, reader=None) -> MonthReport:
     t0 = time.perf_counter()
     items = search_items(src, month, stac_url=stac_url, bbox=bbox, geometry=geom, query=search_query)
     previous = _previous_headers(store, name, month.key, keys)
     month_report, table = run_sync(
-        _build_month(src, keys, items, previous, config, month, name, progress)
+        _build_month(src, keys, items, previous, config, month, name, progress, reader)
     )
     if table.num_rows == 0:
         log.warning("%s: no %s items for %s; writing an empty month", name, src.id, month.key)
@@ -302,6 +306,7 @@ async def _build_month(
     month: Month,
     name: str,
     progress: bool | None,
+    reader: ByteReader | None = None,
 ) -> tuple[MonthReport, pa.Table]:
     result = MonthReport(month=month.key)
     checked: list[tuple[dict, dt.datetime]] = []
@@ -346,7 +351,7 @@ async def _build_month(
                 to_fetch.append((row, band, href))
         rows.append(row)
 
-    async with RangeFetcher(config) as fetcher:
+    async with RangeFetcher(config, reader=reader) as fetcher:
         bar = _progress_bar(len(to_fetch), f"{name} {month.key} headers", progress)
 
         async def one(row: dict, band: str, href: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 
 from rasteret_pipelines.cog import FetchConfig, RangeFetcher, read_header, read_window, run_sync
-from rasteret_pipelines.cog.fetch import _S3_CACHE
+from rasteret_pipelines.cog.http import _S3_CACHE
 from rasteret_pipelines.errors import CogNotFoundError, FetchError, NotATiffError, UnsafeHrefError
 from rasteret_pipelines.redaction import redact
 from rasteret_pipelines_tests.cog.cogs import write_cog

@@ -1,8 +1,10 @@
 """The GDAL-free COG engine against rasterio/GDAL as the oracle.
 
 Every matrix case (a COG written by ``cog_factory.write_cog``) and every real fixture TIFF is
-read twice: by the engine over HTTP through the session range server
-(``read_header(server.url_for(...))``), and by rasterio from the local file. Header fields must
+read twice: by the engine from the file's bytes through a :class:`MemoryReader`
+(``read_header(href, reader=...)``: the parser and decoders need bytes, not a server), and by
+rasterio from the local file. Batches across many files run end to end over HTTP through the
+session range server. Header fields must
 equal rasterio's, and pixels must be *identical* (``np.testing.assert_array_equal``) for a set
 of windows on every level: the full image, an interior block, a window straddling a tile edge,
 the bottom-right edge, a single pixel, corners partly outside the image and windows entirely
@@ -58,11 +60,18 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from rasteret_pipelines.cog import CogHeader, read_header, read_headers, read_window, read_windows
+from rasteret_pipelines.cog import (
+    CogHeader,
+    MemoryReader,
+    read_header,
+    read_headers,
+    read_window,
+    read_windows,
+)
 from rasteret_pipelines.errors import UnsupportedTiffError, WindowError
 from rasteret_pipelines.mirror import RangeServer
 from rasteret_pipelines_tests.cog_factory import GDAL_VERSION, supports_float16, write_cog
-from rasteret_pipelines_tests.conftest import fixture_tiffs
+from rasteret_pipelines_tests.conftest import TIFF_DIR, fixture_tiffs
 
 # --- the matrix ---------------------------------------------------------------------------------
 
@@ -428,7 +437,8 @@ def _crs_matches(actual, expected) -> bool:
     return CRS.from_user_input(actual) == expected
 
 
-def check_header(h: CogHeader, path: Path, server: RangeServer) -> None:
+def check_header(h: CogHeader, path: Path, etag: str) -> None:
+    """``h`` against rasterio's view of ``path``; ``etag``: what the store says the file's is."""
     check = SoftChecks(path.name)
     georeferenced = has_geotransform(path)
     with open_level(path, 0) as src:
@@ -466,7 +476,6 @@ def check_header(h: CogHeader, path: Path, server: RangeServer) -> None:
             check(f"level_transform({k})",
                   lambda: assert_transform_close(h.level_transform(k), expected, f"level_transform({k})"))
     check(f"size {h.size} == file size", lambda: h.size == path.stat().st_size)
-    etag = server.etag_for(path)
     check(f"etag {h.etag!r} == server's {etag}", lambda: h.etag in (etag, etag.strip('"')))
     check.finish()
 
@@ -481,7 +490,7 @@ def check_header_roundtrip(h: CogHeader) -> None:
 # --- pixel checks -------------------------------------------------------------------------------
 
 
-def check_pixels(h: CogHeader, path: Path, *, rotated: bool = False) -> None:
+def check_pixels(h: CogHeader, path: Path, reader: MemoryReader, *, rotated: bool = False) -> None:
     name = path.name
     trust_boundless = has_geotransform(path) and not rotated
     for k in range(len(h.levels)):
@@ -496,8 +505,8 @@ def check_pixels(h: CogHeader, path: Path, *, rotated: bool = False) -> None:
                 assert noise <= 10, f"{name} level {k}: libtiff and GDAL decodes differ by {noise:.2f}"
             names = list(wins)
             # one window through read_window, the others as one read_windows batch
-            got = {names[0]: read_window(h, wins[names[0]], overview=k)}
-            batch = read_windows([(h, wins[n]) for n in names[1:]], overview=k)
+            got = {names[0]: read_window(h, wins[names[0]], overview=k, reader=reader)}
+            batch = read_windows([(h, wins[n]) for n in names[1:]], overview=k, reader=reader)
             assert len(batch) == len(names) - 1
             got.update(zip(names[1:], batch))
             for wname, win in wins.items():
@@ -524,55 +533,65 @@ def check_ycbcr_window(actual, src, win, reference, msg) -> None:
 # --- tests: matrix ------------------------------------------------------------------------------
 
 
+def in_memory(path: Path) -> tuple[str, MemoryReader]:
+    """An href for ``path`` and a :class:`MemoryReader` holding its bytes under it."""
+    href = f"https://cogs.example.test/{path.parent.name}/{path.name}"
+    return href, MemoryReader({href: path.read_bytes()})
+
+
 @pytest.mark.parametrize("case", MATRIX_PARAMS)
-def test_matrix_header(case: Case, matrix: MatrixFiles, range_server: RangeServer):
+def test_matrix_header(case: Case, matrix: MatrixFiles):
     path = matrix.path(case)
-    h = read_header(range_server.url_for(path))
-    check_header(h, path, range_server)
+    href, reader = in_memory(path)
+    h = read_header(href, reader=reader)
+    check_header(h, path, reader.etag_for(href))
 
 
 @pytest.mark.parametrize("case", MATRIX_PARAMS)
-def test_matrix_header_roundtrip(case: Case, matrix: MatrixFiles, range_server: RangeServer):
-    h = read_header(range_server.url_for(matrix.path(case)))
+def test_matrix_header_roundtrip(case: Case, matrix: MatrixFiles):
+    href, reader = in_memory(matrix.path(case))
+    h = read_header(href, reader=reader)
     check_header_roundtrip(h)
 
 
 @pytest.mark.parametrize("case", MATRIX_PARAMS)
-def test_matrix_pixels(case: Case, matrix: MatrixFiles, range_server: RangeServer):
+def test_matrix_pixels(case: Case, matrix: MatrixFiles):
     path = matrix.path(case)
-    h = read_header(range_server.url_for(path))
-    check_pixels(h, path, rotated=case.id in ROTATED)
+    href, reader = in_memory(path)
+    h = read_header(href, reader=reader)
+    check_pixels(h, path, reader, rotated=case.id in ROTATED)
 
 
 # --- tests: real fixture TIFFs ------------------------------------------------------------------
 
 
-def _read_fixture_header(relpath: str, path: Path, server: RangeServer) -> CogHeader | None:
+def _read_fixture_header(relpath: str, href: str, reader: MemoryReader) -> CogHeader | None:
     """read_header, or None when the fixture is listed as legitimately unsupported."""
-    url = server.url_for(path)
     if relpath in FIXTURE_UNSUPPORTED:
         with pytest.raises(UnsupportedTiffError):
-            h = read_header(url)
-            read_window(h, (0, 0, 1, 1))
+            h = read_header(href, reader=reader)
+            read_window(h, (0, 0, 1, 1), reader=reader)
         return None
-    return read_header(url)
+    return read_header(href, reader=reader)
 
 
 @pytest.mark.parametrize("relpath", FIXTURES)
-def test_fixture_header(relpath: str, served_tiff_dir: Path, range_server: RangeServer):
-    path = served_tiff_dir / relpath
-    h = _read_fixture_header(relpath, path, range_server)
+def test_fixture_header(relpath: str):
+    path = TIFF_DIR / relpath
+    href, reader = in_memory(path)
+    h = _read_fixture_header(relpath, href, reader)
     if h is not None:
-        check_header(h, path, range_server)
+        check_header(h, path, reader.etag_for(href))
         check_header_roundtrip(h)
 
 
 @pytest.mark.parametrize("relpath", FIXTURES)
-def test_fixture_pixels(relpath: str, served_tiff_dir: Path, range_server: RangeServer):
-    path = served_tiff_dir / relpath
-    h = _read_fixture_header(relpath, path, range_server)
+def test_fixture_pixels(relpath: str):
+    path = TIFF_DIR / relpath
+    href, reader = in_memory(path)
+    h = _read_fixture_header(relpath, href, reader)
     if h is not None:
-        check_pixels(h, path)
+        check_pixels(h, path, reader)
 
 
 def test_fixture_list_is_complete():
@@ -587,17 +606,24 @@ def test_fixture_list_is_complete():
 BATCH_CASES = [c for c in MATRIX if c.skip is None][::7]
 
 
-def test_read_headers_batch_equals_single(matrix: MatrixFiles, range_server: RangeServer):
-    urls = [range_server.url_for(matrix.path(c)) for c in BATCH_CASES]
-    urls += [range_server.url_for(Path("tiff") / f) for f in FIXTURES if f not in FIXTURE_UNSUPPORTED][::3]
+def test_read_headers_batch_equals_single(
+    matrix: MatrixFiles, range_server: RangeServer, served_tiff_dir: Path
+):
+    """End to end over HTTP: a batch of headers equals single reads, with the server's versions."""
+    paths = [matrix.path(c) for c in BATCH_CASES]
+    paths += [served_tiff_dir / f for f in FIXTURES if f not in FIXTURE_UNSUPPORTED][::3]
+    urls = [range_server.url_for(p) for p in paths]
     batch = read_headers(urls)
     assert len(batch) == len(urls)
-    for url, h in zip(urls, batch):
+    for url, path, h in zip(urls, paths, batch):
         assert h == read_header(url), url
+        etag = range_server.etag_for(path)
+        assert h.etag in (etag, etag.strip('"')) and h.size == path.stat().st_size, url
 
 
 def test_read_windows_across_files(matrix: MatrixFiles, range_server: RangeServer):
-    """One batch mixing files, dtypes and windows; results come back in request order."""
+    """End to end over HTTP: one batch mixing files, dtypes and windows; results come back in
+    request order."""
     requests, expected = [], []
     for i, case in enumerate(BATCH_CASES):
         path = matrix.path(case)
@@ -619,23 +645,27 @@ def test_read_windows_across_files(matrix: MatrixFiles, range_server: RangeServe
 @pytest.mark.parametrize(
     "case_id", ["deflate-uint16-p2", "nodata-float32-nan", "mask-rgb", "sparse-uint16-nodata0", "pixel-is-point"]
 )
-def test_cached_header_reads_same_pixels(case_id: str, matrix: MatrixFiles, range_server: RangeServer):
+def test_cached_header_reads_same_pixels(case_id: str, matrix: MatrixFiles):
     """A header restored from JSON reads exactly what the fresh header reads."""
     (case,) = [c for c in MATRIX if c.id == case_id]
-    path = matrix.path(case)
-    h = read_header(range_server.url_for(path))
+    href, reader = in_memory(matrix.path(case))
+    h = read_header(href, reader=reader)
     cached = CogHeader.from_dict(json.loads(json.dumps(h.to_dict())))
     for k in range(len(h.levels)):
         lvl = h.levels[k]
         win = (-3, 5, lvl.width // 2 + 7, lvl.height // 2)
-        np.testing.assert_array_equal(read_window(cached, win, overview=k), read_window(h, win, overview=k))
+        np.testing.assert_array_equal(
+            read_window(cached, win, overview=k, reader=reader),
+            read_window(h, win, overview=k, reader=reader),
+        )
 
 
-def test_invalid_overview_is_a_window_error(matrix: MatrixFiles, range_server: RangeServer):
+def test_invalid_overview_is_a_window_error(matrix: MatrixFiles):
     (case,) = [c for c in MATRIX if c.id == "deflate-uint16"]
-    h = read_header(range_server.url_for(matrix.path(case)))
+    href, reader = in_memory(matrix.path(case))
+    h = read_header(href, reader=reader)
     with pytest.raises(WindowError):
-        read_window(h, (0, 0, 10, 10), overview=h.overview_count + 1)
+        read_window(h, (0, 0, 10, 10), overview=h.overview_count + 1, reader=reader)
     with pytest.raises(WindowError):
-        read_window(h, (0, 0, 10, 10), overview=-1)
+        read_window(h, (0, 0, 10, 10), overview=-1, reader=reader)
 

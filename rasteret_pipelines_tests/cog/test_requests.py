@@ -1,4 +1,10 @@
-"""Request counts: 1 GET per header, at most 1 GET per distinct tile, 0 header GETs when cached."""
+"""Request counts: 1 GET per header, at most 1 GET per distinct tile, 0 header GETs when cached.
+
+The engine's requests are counted where they reach storage: a :class:`MemoryReader` holding the
+files (its request log, one entry per range asked for), so most tests start no server. Two stay
+end to end over the real range server: a full-size scene's header is one HTTP GET and no HEAD,
+and a cached header read in a fresh process asks only for tile bytes.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,17 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from rasteret_pipelines.cog import FetchConfig, read_header, read_headers, read_window, read_windows
+from rasteret_pipelines.cog import (
+    FetchConfig,
+    MemoryReader,
+    RangeFetcher,
+    read_header,
+    read_header_async,
+    read_headers,
+    read_window,
+    read_windows,
+    run_sync,
+)
 from rasteret_pipelines.cog import read as read_module
 from rasteret_pipelines.mirror.range_server import RangeServer
 from rasteret_pipelines_tests.cog.cogs import write_cog, write_sparse_scene
@@ -28,6 +44,25 @@ def files(tmp_path_factory):
     write_cog(root / "dense.tif", blocksize=512)
     write_cog(root / "planar.tif", bands=3, blocksize=256, interleave="band", width=900, height=700)
     return root
+
+
+NAMES = ["scene_256.tif", "scene_512.tif", "scene_1024.tif", "dense.tif", "planar.tif"]
+
+
+def href(name: str) -> str:
+    return f"https://cogs.example.test/{name}"
+
+
+@pytest.fixture(scope="module")
+def store(files):
+    """The files, in memory (one reader for the module; tests reset its log)."""
+    return MemoryReader({href(n): (files / n).read_bytes() for n in NAMES})
+
+
+@pytest.fixture
+def reader(store):
+    store.reset_log()
+    return store
 
 
 @pytest.fixture
@@ -50,11 +85,11 @@ def distinct_tiles(header, window, overview=0):
 
 
 @pytest.mark.parametrize("blocksize", [256, 512, 1024])
-def test_full_size_scene_header_costs_one_get(server, files, blocksize):
+def test_full_size_scene_header_costs_one_get(reader, files, blocksize):
     name = f"scene_{blocksize}.tif"
-    header = read_header(server.url_for(name))
-    assert server.count("GET") == 1
-    assert server.count(None) == 1  # no HEAD either
+    header = read_header(href(name), reader=reader)
+    assert reader.count() == 1
+    assert reader.requests[0].start == 0
     with rasterio.open(files / name) as src:
         assert (header.width, header.height) == (src.width, src.height) == (10980, 10980)
         overviews = len(src.overviews(1))
@@ -65,72 +100,101 @@ def test_full_size_scene_header_costs_one_get(server, files, blocksize):
     assert header.size == (files / name).stat().st_size
 
 
-def test_headers_of_many_files_cost_one_get_each(server):
-    names = ["scene_256.tif", "scene_512.tif", "scene_1024.tif", "dense.tif", "planar.tif"]
-    read_headers([server.url_for(n) for n in names])
-    assert server.count("GET") == len(names)
+def test_full_size_scene_header_is_one_http_get_end_to_end(server, files):
+    """Over the real range server: one GET, no HEAD, and the same header as from memory."""
+    header = read_header(server.url_for("scene_512.tif"))
+    assert server.count("GET") == 1
+    assert server.count(None) == 1  # no HEAD either
+    assert header.etag == server.etag_for("scene_512.tif")
+    from_memory = read_header(href("scene_512.tif"), reader=MemoryReader(
+        {href("scene_512.tif"): (files / "scene_512.tif").read_bytes()}))
+    assert from_memory.levels == header.levels and from_memory.size == header.size
 
 
-def test_small_first_read_costs_a_second_get_not_one_per_tag(server):
+def test_headers_of_many_files_cost_one_get_each(reader):
+    read_headers([href(n) for n in NAMES], reader=reader)
+    assert reader.count() == len(NAMES)
+    assert sorted(r.href for r in reader.requests) == sorted(href(n) for n in NAMES)
+
+
+def test_small_first_read_costs_a_second_get_not_one_per_tag(reader):
     """With a 4 KiB first read the tile arrays of a 256-tile scene are fetched in one more GET."""
-    read_header(server.url_for("scene_256.tif"), config=FetchConfig(header_read_bytes=4096))
-    assert server.count("GET") == 2
+    read_header(href("scene_256.tif"), config=FetchConfig(header_read_bytes=4096), reader=reader)
+    assert reader.count() == 2
+
+
+def test_fetcher_counts_what_the_reader_served(reader):
+    """RangeFetcher's stats (what build reports and read manifests show) match the reader's log."""
+
+    async def run():
+        async with RangeFetcher(FetchConfig(header_read_bytes=4096), reader=reader) as fetcher:
+            header = await read_header_async(href("scene_256.tif"), fetcher=fetcher)
+            return header, fetcher.stats
+
+    header, stats = run_sync(run())
+    assert stats.requests == stats.header_requests == reader.count() == 2
+    assert stats.bytes == sum(min(r.end, header.size) - r.start for r in reader.requests)
+    assert stats.retries == 0
 
 
 @pytest.mark.parametrize("window", [(100, 100, 50, 50), (400, 300, 900, 700), (-100, -100, 3000, 3000)])
-def test_window_costs_at_most_one_get_per_distinct_tile(server, files, window):
-    header = read_header(server.url_for("dense.tif"))
-    server.reset_log()
+def test_window_costs_at_most_one_get_per_distinct_tile(reader, files, window):
+    header = read_header(href("dense.tif"), reader=reader)
+    reader.reset_log()
     tiles = distinct_tiles(header, window)
-    got = read_window(header, window, config=NO_COALESCING)
-    assert server.count("GET") == tiles
-    server.reset_log()
-    coalesced = read_window(header, window)
-    assert server.count("GET") <= tiles
+    got = read_window(header, window, config=NO_COALESCING, reader=reader)
+    assert reader.count() == tiles
+    reader.reset_log()
+    coalesced = read_window(header, window, reader=reader)
+    assert reader.count() <= tiles
     with rasterio.open(files / "dense.tif") as src:
         expected = src.read(window=Window(*window), boundless=True)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(coalesced, expected)
 
 
-def test_adjacent_tiles_are_coalesced(server):
-    header = read_header(server.url_for("dense.tif"))
-    server.reset_log()
+def test_adjacent_tiles_are_coalesced(reader):
+    header = read_header(href("dense.tif"), reader=reader)
+    reader.reset_log()
     level = header.levels[0]
-    read_window(header, (0, 0, level.tile_width * 4, 10))  # four tiles side by side in one row
-    assert server.count("GET") == 1
+    read_window(header, (0, 0, level.tile_width * 4, 10), reader=reader)  # four tiles in a row
+    assert reader.count() == 1
+    (request,) = reader.requests
+    offsets = level.tile_offsets[:4].astype(int)
+    ends = offsets + level.tile_byte_counts[:4].astype(int)
+    assert (request.start, request.end) == (offsets.min(), ends.max())
 
 
-def test_planar_window_costs_one_get_per_band_tile(server, files):
-    header = read_header(server.url_for("planar.tif"))
-    server.reset_log()
+def test_planar_window_costs_one_get_per_band_tile(reader, files):
+    header = read_header(href("planar.tif"), reader=reader)
+    reader.reset_log()
     window = (200, 200, 300, 100)
-    got = read_window(header, window, config=NO_COALESCING)
+    got = read_window(header, window, config=NO_COALESCING, reader=reader)
     assert header.levels[0].planar == 2
-    assert server.count("GET") == distinct_tiles(header, window) == 3 * 4
+    assert reader.count() == distinct_tiles(header, window) == 3 * 4
     with rasterio.open(files / "planar.tif") as src:
         np.testing.assert_array_equal(got, src.read(window=Window(*window)))
 
 
-def test_a_tile_shared_by_many_windows_is_fetched_and_decoded_once(server, monkeypatch):
-    header = read_header(server.url_for("dense.tif"))
-    server.reset_log()
+def test_a_tile_shared_by_many_windows_is_fetched_and_decoded_once(reader, monkeypatch):
+    header = read_header(href("dense.tif"), reader=reader)
+    reader.reset_log()
     calls = []
     real = read_module.decode_block
     monkeypatch.setattr(read_module, "decode_block", lambda *a: calls.append(1) or real(*a))
     windows = [(10, 10, 20, 20), (30, 40, 100, 100), (0, 0, 512, 512), (500, 500, 5, 5)]
-    results = read_windows([(header, w) for w in windows])
-    assert server.count("GET") == 1
+    results = read_windows([(header, w) for w in windows], reader=reader)
+    assert reader.count() == 1
     assert len(calls) == 1
     assert [r.shape for r in results] == [(1, w[3], w[2]) for w in windows]
 
 
-def test_sparse_tiles_cost_nothing(server, files):
-    header = read_header(server.url_for("scene_1024.tif"))
-    server.reset_log()
+def test_sparse_tiles_cost_nothing(reader, files):
+    header = read_header(href("scene_1024.tif"), reader=reader)
+    reader.reset_log()
     window = (0, 0, 2048, 2048)  # all sparse in this scene
-    got = read_window(header, window)
-    assert server.count("GET") == 0
+    got = read_window(header, window, reader=reader)
+    assert reader.count() == 0
     with rasterio.open(files / "scene_1024.tif") as src:
         np.testing.assert_array_equal(got, src.read(window=Window(*window)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 
-from rasteret_pipelines.cog import CogHeader
+from rasteret_pipelines.cog import CogHeader, MemoryReader
 from rasteret_pipelines.collections import (
     build_collection,
     collection_name,
@@ -98,6 +99,31 @@ def test_build_writes_geoparquet_with_every_header(tmp_path, mirror, stac_for, j
     manifest = json.loads((tmp_path / "brazil" / "_manifest.json").read_text())
     assert manifest["data_source"] == "sentinel-2-l2a" and manifest["bands"] == ["nir", "red"]
     assert manifest["months"]["2025-07"]["items"] == 6 and manifest["size"] == 6
+
+
+def test_headers_come_through_the_reader_passed_in(tmp_path, mirror, stac_for, july):
+    """build_collection(reader=): every header byte from the reader, none from the COG server,
+    and the same headers (ETag aside: each store names versions its own way) as over HTTP."""
+    hrefs = [i["assets"][b]["href"] for i in july for b in ("red", "nir")]
+    reader = MemoryReader({h: mirror.path_of(h).read_bytes() for h in hrefs})
+    report = build_s2(tmp_path / "memory", stac_for(july), reader=reader)
+    assert mirror.cogs.count(None) == 0
+    assert report.months[0].headers_fetched == 12 and report.months[0].failed == []
+    assert report.header_requests == reader.count() == 12
+    over_http = build_s2(tmp_path / "http", stac_for(july))
+    assert over_http.header_requests == mirror.cogs.count("GET") == 12
+
+    def headers(root):
+        table = pq.read_table(root / "brazil" / "month=2025-07" / "items.parquet")
+        return {h["href"]: CogHeader.from_dict(h) for h in table.column("red_header").to_pylist()}
+
+    from_memory, from_http = headers(tmp_path / "memory"), headers(tmp_path / "http")
+    assert from_memory.keys() == from_http.keys() and len(from_memory) == 6
+    for href, header in from_memory.items():
+        assert header.etag == reader.etag_for(href)
+        assert dataclasses.replace(header, etag=None, last_modified=None) == dataclasses.replace(
+            from_http[href], etag=None, last_modified=None
+        )
 
 
 def test_rebuild_unchanged_costs_no_header_request(tmp_path, mirror, stac_for, july):

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rasteret_pipelines import Rasteret
-from rasteret_pipelines.cog.fetch import ObjectVersion, _check_version
+from rasteret_pipelines.cog.fetch import ObjectVersion, check_version
 from rasteret_pipelines.collections import build_collection, load_collection
 from rasteret_pipelines.errors import (
     CollectionNotFoundError,
@@ -215,15 +215,15 @@ def test_manifest_counts_headers_without_a_version_marker(tmp_path, mirror, stac
 def test_what_stale_detection_sees():
     """The documented limits (README, "What stale-object detection can see")."""
     cached = ObjectVersion(size=1000, etag=None, last_modified=None)
-    _check_version("h", cached, ObjectVersion(1000, None, None))  # same-size rewrite: invisible
+    check_version("h", cached, ObjectVersion(1000, None, None))  # same-size rewrite: invisible
     with pytest.raises(StaleHeaderError, match="now 1001 bytes"):
-        _check_version("h", cached, ObjectVersion(1001, None, None))
+        check_version("h", cached, ObjectVersion(1001, None, None))
     tagged = ObjectVersion(size=1000, etag='"a"', last_modified=None)
     with pytest.raises(StaleHeaderError, match="ETag changed"):
-        _check_version("h", tagged, ObjectVersion(1000, '"b"', None))
+        check_version("h", tagged, ObjectVersion(1000, '"b"', None))
     dated = ObjectVersion(size=1000, etag=None, last_modified="Tue, 01 Jul 2025 00:00:00 GMT")
     with pytest.raises(StaleHeaderError, match="modified"):
-        _check_version("h", dated, ObjectVersion(1000, None, "Wed, 02 Jul 2025 00:00:00 GMT"))
+        check_version("h", dated, ObjectVersion(1000, None, "Wed, 02 Jul 2025 00:00:00 GMT"))
 
 
 def test_rasteret_without_a_name_or_dates_is_a_typed_error(tmp_path):
