@@ -89,6 +89,13 @@ class Project:
             instance=self.instance, partition_key=str(partition_key), raise_on_error=raise_on_error
         )
 
+    def run_range(self, job_name: str, first: str, last: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+        """One run over the partitions ``first..last`` (what a backfill's multi-partition run does)."""
+        return self.job(job_name).execute_in_process(
+            instance=self.instance, raise_on_error=raise_on_error,
+            tags={"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)},
+        )
+
     def register_aois(self, ids=None) -> None:
         ids = list(ids or load_aois(self.aoi_file).ids)
         known = set(self.instance.get_dynamic_partitions("aoi"))
