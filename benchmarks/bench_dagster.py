@@ -64,6 +64,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A port P below the ephemeral range with P and P + 1 free (the demo STAC API and COG server)."""
+    import random
+    import socket
+
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 30000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+
+
 def run_processes() -> dict[int, int]:
     """``{pid: VmHWM kB}`` of every ``dagster api execute_run`` process alive now."""
     out = {}
@@ -120,9 +137,7 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench_dagster_"))
     home, storage, aoi_file = work / "dagster_home", work / "data", work / "data" / "aois.geojson"
-    port = free_port()
-    while port + 1 > 65534:
-        port = free_port()
+    port = free_port_pair()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RASTERET_", "DAGSTER_"))}
     env.update(DAGSTER_HOME=str(home), RASTERET_STORAGE=str(storage), RASTERET_AOI_FILE=str(aoi_file),
                RASTERET_DEMO_DIR=args.demo_dir, RASTERET_DEMO_PORT=str(port),

@@ -373,8 +373,13 @@ def run_demo(
                                names={"1": "quick start AOI 1", "2": "quick start AOI 2"})
             log(f"wrote the quick start's two AOIs to {aoi_file}")
         defs = build_definitions(settings)
-        resources = defs.resources
-        aois = resources["aois"].load()
+        # the resources hold EnvVars when the variables are set (resolved only inside runs): the
+        # demo's own reads use the settings' plain values
+        from rasteret_pipelines.defs.aois import load_aois
+        from rasteret_pipelines.defs.resources import storage_resource
+
+        storage = storage_resource(settings.storage)
+        aois = load_aois(settings.aoi_file)
         instance = dg.DagsterInstance.get()
         known = set(instance.get_dynamic_partitions(aoi_partitions.name))
         new = [a for a in aois.ids if a not in known]
@@ -415,7 +420,7 @@ def run_demo(
         if current:
             spans.append(current)
 
-        summary: dict = {"dagster_home": str(home), "storage": resources["storage"].uri(), "runs": []}
+        summary: dict = {"dagster_home": str(home), "storage": storage.uri(), "runs": []}
         log(f"materialising {len(months)} months x {len(aois.ids)} AOIs for {', '.join(settings.sources)} "
             "(one NDVI run per month, reading its AOIs together):")
         for month in months:
@@ -425,7 +430,7 @@ def run_demo(
                 summary["runs"].append(run("ndvi_job", f"{span[0]}|{key}", f"{span[-1]}|{key}").run_id)
         for span in spans:
             summary["runs"].append(run("ndvi_timeseries_job", span[0], span[-1]).run_id)
-        summary.update(_report(resources["storage"], settings, aois.ids, log))
+        summary.update(_report(storage, settings, aois.ids, log))
         log(f"done in {time.perf_counter() - t_start:.1f} s. See the runs in the UI:")
         log(f"  DAGSTER_HOME={home} dagster dev -w workspace.yaml")
         if keep_serving and mirror is not None:
