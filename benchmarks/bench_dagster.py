@@ -88,8 +88,8 @@ def run_processes() -> dict[int, int]:
         if not proc.name.isdigit():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"execute_run" not in cmd:
+            cmd = (proc / "cmdline").read_bytes()
+            if b"execute_run" not in cmd or b"api" not in cmd:
                 continue
             for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmHWM:"):

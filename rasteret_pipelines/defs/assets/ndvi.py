@@ -223,12 +223,12 @@ def already_materialised(context, asset_key: dg.AssetKey, keys) -> set[str]:
 def collection_hrefs(collection: CollectionSlice, source_id: str) -> list[str]:
     """The distinct red-band hrefs of the collection's months (to check their servers first)."""
     red, _ = NDVI_BANDS.get(source_id, ("red", "nir"))
-    column = f"{collection.resolve_band(red)}_href"
     if not collection.files:
         return []
     try:
+        column = f"{collection.resolve_band(red)}_href"
         table = collection.dataset.to_table(columns=[column])
-    except (KeyError, ValueError, OSError):  # a collection without that band: the read names it
+    except (RasteretError, KeyError, ValueError, OSError):  # a collection without that band: the read names it
         return []
     return sorted({h for h in table.column(column).to_pylist() if h})
 
