@@ -3,7 +3,8 @@
 * ``aoi_file_sensor`` (running by default, every 60 s): when the AOI file's bytes change, new
   ids become ``aoi`` partitions, and for every month already materialised it requests ONE NDVI
   run over all the new AOIs of that month (a partition range; the run reads them together),
-  so N new AOIs cost at most one request per month and source; when new AOIs lie outside the
+  so N new AOIs cost at most one request per month and source (one in all when they lie inside
+  every month and the months have no gap); when new AOIs lie outside the
   area a month was indexed for, it requests that collection month again instead (their NDVI
   then follows through the automation sensor, as a backfill). Removed AOIs are reported
   (their partitions and files are kept). A
@@ -80,6 +81,12 @@ def _runs(order: list[str], wanted: set[str]) -> list[list[str]]:
     return out
 
 
+def _consecutive(partitions: list[str]) -> bool:
+    """True when the monthly partition keys (sorted) follow each other without a gap."""
+    index = [int(p[:4]) * 12 + int(p[5:7]) for p in partitions]
+    return all(b - a == 1 for a, b in zip(index, index[1:]))
+
+
 def aoi_requests(
     instance: dg.DagsterInstance, sources, aois, new_ids, tag: str
 ) -> tuple[list[dg.RunRequest], list[str]]:
@@ -88,7 +95,9 @@ def aoi_requests(
     Per source and month: one NDVI run over all the new AOIs inside the area the month was
     indexed for (a range of the ``aoi`` dimension: the new ids are added as partitions in the
     returned order, those inside every month first, so they are consecutive), and one
-    collection run when some lie outside it (their NDVI follows through the automation).
+    collection run when some lie outside it (their NDVI follows through the automation). When
+    every new AOI lies inside every month and the months have no gap, the months share one run
+    (a range over both dimensions), which saves the start-up of a run per month.
 
     Returns:
         The requests, and the order in which to add the new ids as ``aoi`` partitions.
@@ -104,6 +113,22 @@ def aoi_requests(
     misses = {a: sum(a in outside for _, _, outside in months) for a in new_ids}
     order = sorted(new_ids, key=lambda a: (misses[a], new_ids.index(a)))
     requests = []
+    for source in sources:
+        mine = [(p, o) for s, p, o in months if s == source]
+        if len(mine) > 1 and not any(o for _, o in mine) and _consecutive([p for p, _ in mine]):
+            # every new AOI inside every month, months without gaps: one run over all of them
+            first, last = f"{order[0]}|{mine[0][0]}", f"{order[-1]}|{mine[-1][0]}"
+            requests.append(
+                dg.RunRequest(
+                    job_name="ndvi_job",
+                    run_key=f"aoi-added:{source}:{month_key(mine[0][0])}..{month_key(mine[-1][0])}:"
+                            f"{order[0]}..{order[-1]}:{tag}",
+                    asset_selection=[ndvi_key(source)],
+                    tags={SOURCE_TAG: source, "rasteret/trigger": "aoi-file", "rasteret/aois": str(len(order)),
+                          RANGE_START: first, RANGE_END: last},
+                )
+            )
+            months = [m for m in months if m[0] != source]
     for source, partition, outside in months:
         month = month_key(partition)
         ckey = collection_key(source)
