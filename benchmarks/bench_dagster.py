@@ -81,20 +81,27 @@ def free_port_pair() -> int:
             continue
 
 
-def run_processes() -> dict[int, int]:
-    """``{pid: VmHWM kB}`` of every ``dagster api execute_run`` process alive now."""
+def run_processes(session: int) -> dict[int, int]:
+    """``{pid: VmHWM kB}`` of the run and step processes of ``dagster dev`` (session ``session``).
+
+    The code server starts each run, and the multiprocess executor each step, as a
+    ``multiprocessing`` child (``spawn_main``/forkserver), so those are the processes whose
+    command line names ``multiprocessing``; the webserver, daemon and code server do not.
+    """
     out = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes()
-            if b"execute_run" not in cmd or b"api" not in cmd:
+            stat = (proc / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[3]) != session:
+                continue
+            if b"multiprocessing" not in (proc / "cmdline").read_bytes():
                 continue
             for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     out[int(proc.name)] = int(line.split()[1])
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
     return out
 
@@ -189,7 +196,7 @@ def main(argv=None) -> int:
         key = dg.AssetKey(list(NDVI))
         hwm: dict[int, int] = {}
         while True:
-            for pid, kb in run_processes().items():
+            for pid, kb in run_processes(dev.pid).items():
                 hwm[pid] = max(hwm.get(pid, 0), kb)
             done = instance.get_materialized_partitions(key) & wanted
             runs = [r for r in instance.get_runs() if r.run_id not in before]
@@ -251,7 +258,7 @@ def main(argv=None) -> int:
         ("wall time from the file write", f"{report['wall_s']} s"),
         ("  of which waiting for the sensor tick", f"{report['sensor_wait_s']} s"),
         ("wall time without the sensor interval", f"{report['wall_without_sensor_s']} s"),
-        ("peak RSS of the largest run", f"{report['peak_run_rss_mb']} MB"),
+        ("peak RSS of the largest run or step process", f"{report['peak_run_rss_mb']} MB"),
         ("library only, one process", f"{report['library_s']} s ({files} GeoTIFFs)"),
     ]
     for name, value in rows:
