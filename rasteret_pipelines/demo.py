@@ -408,17 +408,9 @@ def run_demo(
             return result
 
         # the file's AOIs as runs of consecutive aoi partitions (usually one): one run covers them
-        order = instance.get_dynamic_partitions(aoi_partitions.name)
-        wanted = set(aois.ids)
-        spans, current = [], []
-        for aoi in order:
-            if aoi in wanted:
-                current.append(aoi)
-            elif current:
-                spans.append(current)
-                current = []
-        if current:
-            spans.append(current)
+        from rasteret_pipelines.defs.sensors import consecutive_runs
+
+        spans = consecutive_runs(instance.get_dynamic_partitions(aoi_partitions.name), set(aois.ids))
 
         summary: dict = {"dagster_home": str(home), "storage": storage.uri(), "runs": []}
         log(f"materialising {len(months)} months x {len(aois.ids)} AOIs for {', '.join(settings.sources)} "

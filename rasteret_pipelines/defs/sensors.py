@@ -67,7 +67,7 @@ RANGE_END = "dagster/asset_partition_range_end"
 """Run tags of a run over a range of partitions (what a backfill's multi-partition run carries)."""
 
 
-def _runs(order: list[str], wanted: set[str]) -> list[list[str]]:
+def consecutive_runs(order: list[str], wanted: set[str]) -> list[list[str]]:
     """Maximal runs of consecutive ids of ``order`` that are all in ``wanted``."""
     out, current = [], []
     for aoi in order:
@@ -144,7 +144,7 @@ def aoi_requests(
                 )
             )
         # the AOIs outside follow the collection rebuild through the automation sensor
-        for run in _runs(order, set(new_ids) - set(outside)):
+        for run in consecutive_runs(order, set(new_ids) - set(outside)):
             first, last = f"{run[0]}|{partition}", f"{run[-1]}|{partition}"
             requests.append(
                 dg.RunRequest(

@@ -25,6 +25,8 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
     monkeypatch.setenv("RASTERET_DEMO_PORT", str(port))
     monkeypatch.setenv("RASTERET_DEMO_MONTHS", ",".join(MONTHS))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / ".dagster_home"))
+    # set as a user would: the resources then hold EnvVars, which the demo must not use as paths
+    monkeypatch.setenv("RASTERET_STORAGE", str(tmp_path / ".rasteret_data"))
     lines = []
     summary = run_demo(log=lines.append)
     text = "\n".join(lines)
