@@ -281,6 +281,9 @@ def ndvi_batch(
             entry["path"] = by_stem.get(entry["date"].replace("-", ""))
             manifest["dates"].append(entry)
         manifest["files"] = [e["path"] for e in manifest["dates"] if e["path"]]
+        if manifest["dates"] and not manifest["files"]:
+            manifest["note"] = (f"no valid (cloud-free, in-footprint) pixel of AOI {aoi_id} on any of its "
+                                f"{len(manifest['dates'])} dates")
     return manifests
 
 

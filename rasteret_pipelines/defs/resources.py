@@ -292,9 +292,10 @@ class AoiFileResource(dg.ConfigurableResource):
 
     path: str = Field(description="Local path or s3:// URI of the AOI file")
 
-    def load(self) -> AoiSet:
-        """The checked AOIs; :class:`~rasteret_pipelines.defs.aois.AoiFileError` names any fault."""
-        return load_aois(self.path)
+    def load(self, *, lenient: bool = False) -> AoiSet:
+        """The checked AOIs; :class:`~rasteret_pipelines.defs.aois.AoiFileError` names any fault
+        (lenient: features with an unusable geometry are listed in ``invalid`` instead)."""
+        return load_aois(self.path, lenient=lenient)
 
 
 # --- from the environment -------------------------------------------------------------------------

@@ -174,9 +174,12 @@ def build_aoi_sensor(sources, collections_job, ndvi_job) -> dg.SensorDefinition:
     )
     def aoi_file_sensor(context: dg.SensorEvaluationContext, aois: AoiFileResource):
         try:
-            current = aois.load()
+            current = aois.load(lenient=True)
         except AoiFileError as exc:
             return dg.SkipReason(f"AOI file not usable, nothing changed: {exc}")
+        if current.invalid:  # left out until fixed (the fixed file is new bytes: picked up then)
+            context.log.warning("AOIs with an unusable geometry, not added: "
+                                + "; ".join(current.invalid.values())[:2000])
         cursor = json.loads(context.cursor) if context.cursor else {}
         if cursor.get("fingerprint") == current.fingerprint:
             return dg.SkipReason(f"AOI file unchanged ({len(current.ids)} AOIs)")

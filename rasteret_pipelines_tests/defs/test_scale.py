@@ -145,6 +145,19 @@ def test_one_bad_aoi_fails_alone_and_a_reexecution_redoes_only_it(project, clean
     assert project.instance.get_materialized_partitions(ndvi_key(S2)) == {f"{a}|{JAN}" for a in ("1", "2", "far")}
 
 
+def test_an_aoi_with_an_invalid_geometry_fails_alone(project):
+    bowtie = shapely.geometry.Polygon([(77.56, 13.03), (77.57, 13.04), (77.57, 13.03), (77.56, 13.04)])
+    write_aois_geojson({**AOIS, "bow": bowtie}, project.aoi_file)
+    project.register_aois(["bow"])
+    project.run("collections_job", JAN)  # the collection is indexed over the usable AOIs
+    result = project.run_range("ndvi_job", f"1|{JAN}", f"bow|{JAN}", raise_on_error=False)
+    assert not result.success
+    assert sorted(materialised(result, ndvi_key(S2))) == [f"1|{JAN}", f"2|{JAN}"]
+    text = [e for e in result.all_events if e.is_step_failure][0].step_failure_data.error.message
+    assert "1 of 3 partitions failed" in text and f"bow|{JAN}: AoiFileError" in text, text
+    assert "geometry bow is invalid: Self-intersection" in text and project.aoi_file in text, text
+
+
 def test_batches_are_bounded_by_count_and_estimated_bytes(project, clean_mirror):
     from rasteret_pipelines.defs.aois import load_aois
 

@@ -8,8 +8,9 @@ AOIs is fetched and decoded once. Every (month, AOI) partition still gets its ow
 materialization (with its files, dates, NDVI, valid fraction and the read's GETs) and its own
 check results, logged as soon as its batch is written.
 
-Failure isolation: a bad AOI (no longer in the file, outside the area the month was indexed for,
-a read that fails for it alone) fails its own partition only; the others of the run are
+Failure isolation: a bad AOI (an unusable geometry in the AOI file, no longer in the file,
+outside the area the month was indexed for, a read that fails for it alone) fails its own
+partition only; the others of the run are
 materialised. The run then fails naming every failed partition, and a retry (a step retry after
 a transient fault, or a re-execution of the failed run) skips the partitions this run or the
 failed run it retries already materialised.
@@ -121,7 +122,7 @@ def ndvi_asset(source_id: str, partitions: Partitions, backfill_policy: dg.Backf
             context.log.info(f"{what}: {len(done)} of {len(keys)} partitions were materialised by this run "
                              "(or the failed run it retries) before; only the others are redone")
         try:
-            areas = aois.load() if by_month else None
+            areas = aois.load(lenient=True) if by_month else None
         except AoiFileError as exc:
             raise dg.Failure(description=f"{what}: {exc}", allow_retries=False) from exc
         if by_month:
@@ -140,6 +141,8 @@ def ndvi_asset(source_id: str, partitions: Partitions, backfill_policy: dg.Backf
                 if k in done:
                     continue
                 try:
+                    if aoi_id in areas.invalid:
+                        raise AoiFileError(areas.invalid[aoi_id])
                     if aoi_id not in areas.ids:
                         raise AoiNotInFileError(
                             f"AOI {aoi_id} is no longer in {areas.uri} (it has {len(areas.ids)} AOIs); "
