@@ -9,8 +9,9 @@
    range-capable COG server on the next port, in background threads,
 3. writes the quick start's two AOIs to the AOI file (unless one exists) and registers them as
    ``aoi`` partitions,
-4. materialises the collection of every month, the NDVI of every (month, AOI) and the NDVI time
-   series of every AOI through the project's Dagster definitions, recording the runs in a
+4. materialises the collection of every month, the NDVI of every (month, AOI) (one run per
+   month over all its AOIs, read together) and the NDVI time series of every AOI (one run)
+   through the project's Dagster definitions, recording the runs in a
    persistent ``DAGSTER_HOME`` (default ``./.dagster_home``, seeded with the repository's
    ``dagster.yaml``), so that ``dagster dev -w workspace.yaml`` afterwards shows them,
 5. prints where the GeoTIFFs and tables are.
@@ -419,8 +420,13 @@ def run_demo(
                                names={"1": "quick start AOI 1", "2": "quick start AOI 2"})
             log(f"wrote the quick start's two AOIs to {aoi_file}")
         defs = build_definitions(settings)
-        resources = defs.resources
-        aois = resources["aois"].load()
+        # the resources hold EnvVars when the variables are set (resolved only inside runs): the
+        # demo's own reads use the settings' plain values
+        from rasteret_pipelines.defs.aois import load_aois
+        from rasteret_pipelines.defs.resources import storage_resource
+
+        storage = storage_resource(settings.storage)
+        aois = load_aois(settings.aoi_file)
         instance = dg.DagsterInstance.get()
         known = set(instance.get_dynamic_partitions(aoi_partitions.name))
         new = [a for a in aois.ids if a not in known]
@@ -428,31 +434,42 @@ def run_demo(
             instance.add_dynamic_partitions(aoi_partitions.name, new)
         log(f"AOIs: {', '.join(aois.ids)} (from {aoi_file}); Dagster instance {home}")
 
-        def run(job_name: str, partition_key: str) -> dg.ExecuteInProcessResult:
+        def run(job_name: str, first: str, last: str | None = None) -> dg.ExecuteInProcessResult:
+            """One run of ``job_name`` over the partition ``first`` or the range ``first..last``."""
             job = defs.resolve_job_def(job_name)
             t0 = time.perf_counter()
-            result = job.execute_in_process(
-                instance=instance, partition_key=partition_key, raise_on_error=False, run_config=QUIET
-            )
+            if last is None or last == first:
+                label, extra = first, {"partition_key": first}
+            else:
+                label = f"{first}..{last}"
+                extra = {"tags": {"dagster/asset_partition_range_start": first,
+                                  "dagster/asset_partition_range_end": last}}
+            result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, **extra)
             status = "ok" if result.success else "FAILED"
-            log(f"  {job_name} [{partition_key}]: {status} in {time.perf_counter() - t0:.1f} s (run {result.run_id[:8]})")
+            log(f"  {job_name} [{label}]: {status} in {time.perf_counter() - t0:.1f} s (run {result.run_id[:8]})")
             if not result.success:
                 for event in result.all_events:
                     if event.is_step_failure:
                         log(f"    {event.step_key}: {event.step_failure_data.error.message.strip()}")
-                raise RuntimeError(f"{job_name} [{partition_key}] failed (run {result.run_id})")
+                raise RuntimeError(f"{job_name} [{label}] failed (run {result.run_id})")
             return result
 
-        summary: dict = {"dagster_home": str(home), "storage": resources["storage"].uri(), "runs": []}
-        log(f"materialising {len(months)} months x {len(aois.ids)} AOIs for {', '.join(settings.sources)}:")
+        # the file's AOIs as runs of consecutive aoi partitions (usually one): one run covers them
+        from rasteret_pipelines.defs.sensors import consecutive_runs
+
+        spans = consecutive_runs(instance.get_dynamic_partitions(aoi_partitions.name), set(aois.ids))
+
+        summary: dict = {"dagster_home": str(home), "storage": storage.uri(), "runs": []}
+        log(f"materialising {len(months)} months x {len(aois.ids)} AOIs for {', '.join(settings.sources)} "
+            "(one NDVI run per month, reading its AOIs together):")
         for month in months:
             key = month_partition_key(month)
             summary["runs"].append(run("collections_job", key).run_id)
-            for aoi in aois.ids:
-                summary["runs"].append(run("ndvi_job", dg.MultiPartitionKey({"month": key, "aoi": aoi})).run_id)
-        for aoi in aois.ids:
-            summary["runs"].append(run("ndvi_timeseries_job", aoi).run_id)
-        summary.update(_report(resources["storage"], settings, aois.ids, log))
+            for span in spans:
+                summary["runs"].append(run("ndvi_job", f"{span[0]}|{key}", f"{span[-1]}|{key}").run_id)
+        for span in spans:
+            summary["runs"].append(run("ndvi_timeseries_job", span[0], span[-1]).run_id)
+        summary.update(_report(storage, settings, aois.ids, log))
         log(f"done in {time.perf_counter() - t_start:.1f} s. See the runs in the UI:")
         log(f"  DAGSTER_HOME={home} dagster dev -w workspace.yaml")
         if keep_serving and mirror is not None:

@@ -37,12 +37,13 @@ def build_definitions(settings: Settings | None = None, resources: dict | None =
 
 def _build(settings: Settings, resources: dict | None) -> dg.Definitions:
     partitions = build_partitions(settings.start_month)
+    policy = settings.backfill_policy()
     assets, checks = [], []
     for source in settings.sources:
         assets += [
             collection_asset(source, partitions),
-            ndvi_asset(source, partitions),
-            timeseries_asset(source, partitions),
+            ndvi_asset(source, partitions, policy),
+            timeseries_asset(source, partitions, policy),
         ]
         checks += collection_checks(source, partitions) + ndvi_checks(source, partitions)
     jobs = build_jobs(settings.sources)

@@ -22,7 +22,7 @@ import json
 import os
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import shapely
 import shapely.geometry
@@ -46,6 +46,9 @@ class AoiSet:
     """SHA-256 of the file's bytes (the AOI sensor's cursor)."""
     frame: object
     """GeoDataFrame indexed by ``id`` (str), columns ``name`` and ``geometry`` in EPSG:4326."""
+    invalid: dict = field(default_factory=dict)
+    """``{id: reason}`` of features left out of :attr:`frame` (lenient loading only): an
+    invalid, empty or non-polygon geometry, or coordinates outside the CRS."""
 
     @property
     def ids(self) -> list[str]:
@@ -89,17 +92,23 @@ def read_aoi_bytes(uri: str) -> bytes:
         raise AoiFileError(f"AOI file {uri} cannot be read: {exc}") from exc
 
 
-def load_aois(uri: str) -> AoiSet:
+def load_aois(uri: str, *, lenient: bool = False) -> AoiSet:
     """Read and check the AOI file (see the module docs).
 
+    Args:
+        lenient: Leave features whose geometry is unusable out of the set and name them in
+            :attr:`AoiSet.invalid`, so each fails on its own partition (file-level faults, such as
+            missing or duplicate ids, still raise).
+
     Raises:
-        AoiFileError: the file is missing, unreadable, or any feature is not usable.
+        AoiFileError: the file is missing, unreadable, or any feature is not usable (lenient:
+            no usable feature at all).
     """
     data = read_aoi_bytes(uri)
-    return parse_aois(data, uri)
+    return parse_aois(data, uri, lenient=lenient)
 
 
-def parse_aois(data: bytes, uri: str = "<bytes>") -> AoiSet:
+def parse_aois(data: bytes, uri: str = "<bytes>", *, lenient: bool = False) -> AoiSet:
     """Check AOI file bytes (GeoParquet when they start with ``PAR1``, else GeoJSON)."""
     import geopandas as gpd
 
@@ -122,16 +131,36 @@ def parse_aois(data: bytes, uri: str = "<bytes>") -> AoiSet:
     frame.index.name = "id"
     from rasteret_pipelines.reading import normalize_geometries
 
+    invalid: dict[str, str] = {}
     try:
         checked = normalize_geometries(frame)
     except InvalidGeometryError as exc:
-        raise AoiFileError(f"AOI file {uri}: {exc}") from exc
-    _check_area_of_use(crs, checked, uri)
+        if not lenient:
+            raise AoiFileError(f"AOI file {uri}: {exc}") from exc
+        checked = []
+        for position in range(len(ids)):  # find the bad ones, one by one
+            try:
+                checked += normalize_geometries(frame.iloc[[position]])
+            except InvalidGeometryError as one:
+                invalid[ids[position]] = f"AOI file {uri}: {one}"
+    if lenient:
+        for aoi_id, geom in checked:
+            try:
+                _check_area_of_use(crs, [(aoi_id, geom)], uri)
+            except AoiFileError as exc:
+                invalid[str(aoi_id)] = str(exc)
+        checked = [(i, g) for i, g in checked if str(i) not in invalid]
+        if not checked:
+            raise AoiFileError(next(iter(invalid.values())) + " (and no usable AOI is left)")
+    else:
+        _check_area_of_use(crs, checked, uri)
+    name_of = dict(zip(ids, names))
+    kept = [str(i) for i, _ in checked]
     frame = gpd.GeoDataFrame(
-        {"name": names}, geometry=[g for _, g in checked], index=ids, crs="EPSG:4326"
+        {"name": [name_of[i] for i in kept]}, geometry=[g for _, g in checked], index=kept, crs="EPSG:4326"
     )
     frame.index.name = "id"
-    return AoiSet(uri=uri, fingerprint=fingerprint, frame=frame)
+    return AoiSet(uri=uri, fingerprint=fingerprint, frame=frame, invalid=invalid)
 
 
 def _check_area_of_use(crs, checked, uri: str) -> None:

@@ -58,7 +58,76 @@ def _open(path: str):
     return rasterio.MemoryFile(read_uri_bytes(path))
 
 
+NDVI_CHECKS = ("ndvi_within_range", "geotiffs_reopen")
+"""Checks of the NDVI asset, evaluated by the asset itself for every partition it materialises
+(:func:`ndvi_check_results`) and runnable on their own for a partition from the UI."""
+
+
+def ndvi_check_results(manifest: dict) -> dict[str, dg.AssetCheckResult]:
+    """``{check name: result}`` of every NDVI check on one partition's manifest."""
+    return {"ndvi_within_range": ndvi_range_result(manifest), "geotiffs_reopen": geotiffs_reopen_result(manifest)}
+
+
+def ndvi_range_result(manifest: dict) -> dg.AssetCheckResult:
+    """Every NDVI GeoTIFF of the manifest holds values in [-1, 1] (NaN = no data)."""
+    lo, hi, bad = math.inf, -math.inf, []
+    for path in manifest.get("files", []):
+        with _open(path) as mem, mem.open() as src:
+            data = src.read(1, masked=False)
+        finite = data[np.isfinite(data)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+            if finite.min() < -1 or finite.max() > 1:
+                bad.append(path)
+    return dg.AssetCheckResult(
+        passed=not bad,
+        metadata={
+            "files": len(manifest.get("files", [])),
+            "min": dg.MetadataValue.float(lo if bad or lo != math.inf else float("nan")),
+            "max": dg.MetadataValue.float(hi if hi != -math.inf else float("nan")),
+            "out_of_range_files": dg.MetadataValue.json(bad),
+        },
+    )
+
+
+def geotiffs_reopen_result(manifest: dict) -> dg.AssetCheckResult:
+    """Every NDVI GeoTIFF reopens as one float32 band with the manifest's CRS, shape and transform."""
+    from rasterio.crs import CRS
+
+    problems = []
+    files = manifest.get("files", [])
+    expected_crs = CRS.from_user_input(manifest["crs"]) if files else None
+    for path in files:
+        try:
+            with _open(path) as mem, mem.open() as src:
+                if src.crs != expected_crs:
+                    problems.append(f"{path}: CRS {src.crs} != {manifest['crs']}")
+                if [src.height, src.width] != list(manifest["shape"]):
+                    problems.append(f"{path}: shape {[src.height, src.width]} != {manifest['shape']}")
+                if src.count != 1 or src.dtypes[0] != "float32":
+                    problems.append(f"{path}: {src.count} bands of {src.dtypes[0]}, expected 1 float32")
+                if not np.allclose(tuple(src.transform)[:6], manifest["transform"][:6], atol=1e-6):
+                    problems.append(f"{path}: transform {tuple(src.transform)[:6]} != {manifest['transform']}")
+        except Exception as exc:  # any failure to open is the finding
+            problems.append(f"{path}: cannot be opened: {exc}")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "files": len(files),
+            "crs": manifest.get("crs", ""),
+            "shape": dg.MetadataValue.json(manifest.get("shape")),
+            "problems": dg.MetadataValue.json(problems[:50]),
+        },
+    )
+
+
 def ndvi_checks(source_id: str, partitions: Partitions) -> list[dg.AssetChecksDefinition]:
+    """The NDVI checks as check definitions (for running them on a partition from the UI).
+
+    In NDVI runs they are evaluated by the asset itself, partition by partition (their steps
+    are skipped there), since one run covers many partitions.
+    """
+
     @dg.asset_check(
         asset=ndvi_key(source_id),
         partitions_def=partitions.month_aoi,
@@ -66,24 +135,7 @@ def ndvi_checks(source_id: str, partitions: Partitions) -> list[dg.AssetChecksDe
         description="Every NDVI GeoTIFF of the partition holds values in [-1, 1] (NaN = no data).",
     )
     def ndvi_within_range(manifest: dict) -> dg.AssetCheckResult:
-        lo, hi, bad = math.inf, -math.inf, []
-        for path in manifest.get("files", []):
-            with _open(path) as mem, mem.open() as src:
-                data = src.read(1, masked=False)
-            finite = data[np.isfinite(data)]
-            if finite.size:
-                lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
-                if finite.min() < -1 or finite.max() > 1:
-                    bad.append(path)
-        return dg.AssetCheckResult(
-            passed=not bad,
-            metadata={
-                "files": len(manifest.get("files", [])),
-                "min": dg.MetadataValue.float(lo if bad or lo != math.inf else float("nan")),
-                "max": dg.MetadataValue.float(hi if hi != -math.inf else float("nan")),
-                "out_of_range_files": dg.MetadataValue.json(bad),
-            },
-        )
+        return ndvi_range_result(manifest)
 
     @dg.asset_check(
         asset=ndvi_key(source_id),
@@ -92,32 +144,6 @@ def ndvi_checks(source_id: str, partitions: Partitions) -> list[dg.AssetChecksDe
         description="Every NDVI GeoTIFF reopens as one float32 band with the AOI window's CRS, shape and transform.",
     )
     def geotiffs_reopen(manifest: dict) -> dg.AssetCheckResult:
-        from rasterio.crs import CRS
-
-        problems = []
-        files = manifest.get("files", [])
-        expected_crs = CRS.from_user_input(manifest["crs"]) if files else None
-        for path in files:
-            try:
-                with _open(path) as mem, mem.open() as src:
-                    if src.crs != expected_crs:
-                        problems.append(f"{path}: CRS {src.crs} != {manifest['crs']}")
-                    if [src.height, src.width] != list(manifest["shape"]):
-                        problems.append(f"{path}: shape {[src.height, src.width]} != {manifest['shape']}")
-                    if src.count != 1 or src.dtypes[0] != "float32":
-                        problems.append(f"{path}: {src.count} bands of {src.dtypes[0]}, expected 1 float32")
-                    if not np.allclose(tuple(src.transform)[:6], manifest["transform"][:6], atol=1e-6):
-                        problems.append(f"{path}: transform {tuple(src.transform)[:6]} != {manifest['transform']}")
-            except Exception as exc:  # any failure to open is the finding
-                problems.append(f"{path}: cannot be opened: {exc}")
-        return dg.AssetCheckResult(
-            passed=not problems,
-            metadata={
-                "files": len(files),
-                "crs": manifest.get("crs", ""),
-                "shape": dg.MetadataValue.json(manifest.get("shape")),
-                "problems": dg.MetadataValue.json(problems[:50]),
-            },
-        )
+        return geotiffs_reopen_result(manifest)
 
     return [ndvi_within_range, geotiffs_reopen]

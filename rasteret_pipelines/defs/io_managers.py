@@ -31,9 +31,16 @@ import pyarrow.parquet as pq
 
 from rasteret_pipelines.collections import Collection, load_collection
 from rasteret_pipelines.collections.build import MONTH_FILE
-from rasteret_pipelines.defs.partitions import month_key
+from rasteret_pipelines.defs.partitions import (
+    check_aoi_id,
+    check_month_key,
+    check_path_parts,
+    check_under_root,
+    month_key,
+)
 from rasteret_pipelines.defs.resources import StorageResource
 from rasteret_pipelines.errors import CollectionNotFoundError, RasteretError
+from rasteret_pipelines.storage import Storage
 
 KIND = "rasteret/io"
 """Asset metadata key telling the IO manager what an asset's values are."""
@@ -78,6 +85,58 @@ class CollectionSlice(Collection):
         return [f for f in Collection.files.func(self) if f.rsplit("/", 2)[-2] in wanted]
 
 
+def partition_parts(partitions_def, key) -> list[str]:
+    """``["aoi=1", "month=2024-03"]`` for a month x AOI key, ``["month=2024-03"]``, ``["aoi=1"]``.
+
+    Raises:
+        UnsafePartitionKeyError: a key is not a safe name (e.g. ``../x``) or not a month.
+    """
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        by_dim = (
+            key.keys_by_dimension
+            if isinstance(key, dg.MultiPartitionKey)
+            else partitions_def.get_partition_key_from_str(str(key)).keys_by_dimension
+        )
+        kinds = {d.name: d.partitions_def for d in partitions_def.partitions_defs}
+        return [
+            f"{dim}={month_key(check_month_key(v))}"
+            if isinstance(kinds[dim], dg.TimeWindowPartitionsDefinition)
+            else f"{dim}={check_aoi_id(v, 'partition key')}"
+            for dim, v in sorted(by_dim.items())
+        ]
+    if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
+        return [f"month={month_key(check_month_key(key))}"]
+    name = getattr(partitions_def, "name", None) or "partition"
+    return [f"{name}={check_aoi_id(key, 'partition key')}"]
+
+
+def value_parts(store: Storage, asset_key: dg.AssetKey, partitions_def, key, ext: str) -> list[str]:
+    """Path parts of an asset value below the storage base; every key checked, the path kept
+    under the base (symbolic links resolved on local disk).
+
+    Raises:
+        UnsafePartitionKeyError: a partition key is not a safe name (``../x``) or the path
+            would resolve outside the storage folder.
+    """
+    parts = list(asset_key.path)
+    if partitions_def is None or key is None:
+        out = parts[:-1] + [parts[-1] + ext]
+    else:
+        sub = partition_parts(partitions_def, key)
+        out = parts + sub[:-1] + [sub[-1] + ext]
+    check_path_parts(out)
+    check_under_root(store.uri_of(), store.uri_of(*out))
+    return out
+
+
+def write_value(store: Storage, asset_key: dg.AssetKey, partitions_def, key, obj) -> str:
+    """Write a JSON value or a table where the IO manager keeps it; returns its location."""
+    if isinstance(obj, pa.Table):
+        return store.write_parquet(obj, *value_parts(store, asset_key, partitions_def, key, ".parquet"))
+    data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
+    return store.write_bytes(data, *value_parts(store, asset_key, partitions_def, key, ".json"))
+
+
 class RasteretIOManager(dg.ConfigurableIOManager):
     """Stores collection months, JSON values and tables below the storage location."""
 
@@ -90,31 +149,8 @@ class RasteretIOManager(dg.ConfigurableIOManager):
         value = (metadata or {}).get(KIND)
         return getattr(value, "value", value) or JSON
 
-    @staticmethod
-    def partition_parts(partitions_def, key) -> list[str]:
-        """``["aoi=1", "month=2024-03"]`` for a month x AOI key, ``["month=2024-03"]``, ``["aoi=1"]``."""
-        if isinstance(partitions_def, dg.MultiPartitionsDefinition):
-            by_dim = (
-                key.keys_by_dimension
-                if isinstance(key, dg.MultiPartitionKey)
-                else partitions_def.get_partition_key_from_str(str(key)).keys_by_dimension
-            )
-            kinds = {d.name: d.partitions_def for d in partitions_def.partitions_defs}
-            return [
-                f"{dim}={month_key(v) if isinstance(kinds[dim], dg.TimeWindowPartitionsDefinition) else v}"
-                for dim, v in sorted(by_dim.items())
-            ]
-        if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
-            return [f"month={month_key(key)}"]
-        name = getattr(partitions_def, "name", None) or "partition"
-        return [f"{name}={key}"]
-
     def _parts(self, asset_key: dg.AssetKey, partitions_def, key, ext: str) -> list[str]:
-        parts = list(asset_key.path)
-        if partitions_def is None or key is None:
-            return parts[:-1] + [parts[-1] + ext]
-        sub = self.partition_parts(partitions_def, key)
-        return parts + sub[:-1] + [sub[-1] + ext]
+        return value_parts(self.storage.storage(), asset_key, partitions_def, key, ext)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -132,12 +168,10 @@ class RasteretIOManager(dg.ConfigurableIOManager):
             where = store.write_json(obj.search, COLLECTIONS, obj.name, f"month={obj.month}", SEARCH_FILE)
             context.add_output_metadata({"path": dg.MetadataValue.path(obj.path), "search_file": where})
         elif isinstance(obj, pa.Table):
-            parts = self._parts(context.asset_key, partitions_def, key, ".parquet")
-            where = store.write_parquet(obj, *parts)
+            where = write_value(store, context.asset_key, partitions_def, key, obj)
             context.add_output_metadata({"path": dg.MetadataValue.path(where), "rows": obj.num_rows})
         else:
-            parts = self._parts(context.asset_key, partitions_def, key, ".json")
-            where = store.write_bytes(json.dumps(obj, indent=1, sort_keys=True, default=str).encode(), *parts)
+            where = write_value(store, context.asset_key, partitions_def, key, obj)
             context.add_output_metadata({"path": dg.MetadataValue.path(where)})
 
     # --- reading -------------------------------------------------------------------------------

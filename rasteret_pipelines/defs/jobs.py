@@ -18,11 +18,14 @@ def build_jobs(sources) -> list:
         dg.define_asset_job(
             "ndvi_job",
             selection=dg.AssetSelection.assets(*[ndvi_key(s) for s in sources]),
-            description="NDVI GeoTIFFs and manifest of one AOI in one month, for every source.",
+            description=(
+                "NDVI GeoTIFFs and manifests of (month, AOI) partitions, for every source; a run over "
+                "a partition range reads each month's AOIs together."
+            ),
         ),
         dg.define_asset_job(
             "ndvi_timeseries_job",
             selection=dg.AssetSelection.assets(*[timeseries_key(s) for s in sources]),
-            description="The NDVI time series of one AOI, for every source.",
+            description="The NDVI time series of AOIs (one partition each), for every source.",
         ),
     ]

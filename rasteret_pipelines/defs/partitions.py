@@ -10,9 +10,78 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import os
+import re
 from dataclasses import dataclass
 
 import dagster as dg
+
+from rasteret_pipelines.errors import RasteretError
+
+SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""What an AOI id (a dynamic partition key) may look like: it becomes a folder and file name."""
+_MONTH_KEY = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-01$")
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]{0,127}$")
+
+
+class UnsafePartitionKeyError(RasteretError, ValueError):
+    """A partition key (AOI id, month) or a path built from it could leave the storage folder."""
+
+
+def check_aoi_id(aoi_id, what: str = "AOI id") -> str:
+    """``aoi_id`` as text when it matches :data:`SAFE_KEY`.
+
+    Raises:
+        UnsafePartitionKeyError: naming the key (``../x``, ``a/b``, empty, too long, ...).
+    """
+    text = str(aoi_id)
+    if not SAFE_KEY.match(text) or ".." in text:
+        raise UnsafePartitionKeyError(
+            f"{what} {text!r} is refused: it becomes a file name, so it must match "
+            "[A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters, no '..'); delete that partition"
+        )
+    return text
+
+
+def check_month_key(key) -> str:
+    """A monthly partition key (``YYYY-MM-01``) as text; anything else is refused."""
+    text = str(key)
+    if not _MONTH_KEY.match(text):
+        raise UnsafePartitionKeyError(f"month partition key {text!r} is not of the form YYYY-MM-01")
+    return text
+
+
+def check_path_parts(parts) -> list[str]:
+    """Every part of a storage path: one safe name each (no separator, no ``.``/``..``).
+
+    Raises:
+        UnsafePartitionKeyError: naming the part.
+    """
+    out = []
+    for part in parts:
+        text = str(part)
+        if not _SAFE_PART.match(text) or ".." in text:
+            raise UnsafePartitionKeyError(f"path part {text!r} is refused: it could leave the storage folder")
+        out.append(text)
+    return out
+
+
+def check_under_root(root: str, path: str) -> str:
+    """``path`` when it resolves (symbolic links followed) inside the local folder ``root``.
+
+    ``s3://`` locations have no ``..`` or links, so only their parts are checked (by the caller).
+
+    Raises:
+        UnsafePartitionKeyError: the path leaves ``root``.
+    """
+    if str(root).startswith("s3://"):
+        return path
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise UnsafePartitionKeyError(f"{path} resolves to {real}, outside the storage folder {real_root}")
+    return path
+
 
 AOI_DIMENSION = "aoi"
 MONTH_DIMENSION = "month"
@@ -61,10 +130,21 @@ def month_bounds(month: str) -> tuple[dt.date, dt.date]:
 
 
 def split_month_aoi(key) -> tuple[str, str]:
-    """(monthly partition key, AOI id) of a month x AOI partition key."""
+    """(monthly partition key, AOI id) of a month x AOI partition key, both checked.
+
+    Raises:
+        UnsafePartitionKeyError: the key is malformed or its AOI id is not a safe name.
+    """
     if isinstance(key, dg.MultiPartitionKey):
         dims = key.keys_by_dimension
     else:
-        aoi, month = str(key).split("|", 1)
+        aoi, sep, month = str(key).partition("|")
+        if not sep:
+            raise UnsafePartitionKeyError(f"partition key {str(key)!r} is not of the form <aoi>|YYYY-MM-01")
         dims = {AOI_DIMENSION: aoi, MONTH_DIMENSION: month}
-    return dims[MONTH_DIMENSION], dims[AOI_DIMENSION]
+    return check_month_key(dims[MONTH_DIMENSION]), check_aoi_id(dims[AOI_DIMENSION])
+
+
+def month_aoi_key(month_partition: str, aoi_id: str) -> str:
+    """``"1|2024-03-01"``: the string form of a month x AOI key."""
+    return f"{aoi_id}|{month_partition}"

@@ -3,7 +3,9 @@
 * :func:`build_month`: one month of a source's collection (STAC search over the AOIs' bounds,
   every band header cached), incrementally through
   :func:`~rasteret_pipelines.collections.build_collection`.
-* :func:`ndvi_month`: one AOI in one month: read through the cached headers
+* :func:`ndvi_batch`: several AOIs in one month with ONE read (tiles shared by neighbours
+  fetched once), in batches bounded by :func:`chunk_aois`; :func:`ndvi_month` is one AOI:
+  read through the cached headers
   (:func:`~rasteret_pipelines.reading.read_geometries`, surface reflectance, cloud-masked),
   NDVI, one GeoTIFF per date (:func:`~rasteret_pipelines.products.save_per_geometry`) and a
   manifest with per-date statistics.
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from dataclasses import dataclass
 
@@ -124,6 +127,166 @@ def covers(search: dict, geometry) -> bool:
     return bbox[0] - eps <= minx and bbox[1] - eps <= miny and maxx <= bbox[2] + eps and maxy <= bbox[3] + eps
 
 
+PIXEL_SIZE: dict[str, float] = {"landsat-c2l2-sr": 30.0, "landsat-c2-l2": 30.0}
+"""Pixel size (m) of the NDVI bands per source, for memory estimates (default 10 m)."""
+BYTES_PER_PIXEL_DATE = 16
+"""Estimated bytes held per pixel and date of a read: red, NIR and NDVI as float32 plus masks."""
+
+
+def check_aoi_indexed(collection: CollectionSlice, month: str, aoi_id: str, geometry) -> None:
+    """Refuse an AOI outside the area a collection month was indexed for.
+
+    Raises:
+        AoiNotIndexedError: naming the month, its search bbox and the AOI.
+    """
+    search = collection.searches.get(month, {})
+    if search and not covers(search, geometry):
+        raise AoiNotIndexedError(
+            f"collection {collection.name} month {month} was indexed for bbox {search.get('bbox')} "
+            f"(AOIs {', '.join(search.get('aoi_ids', []))}), which does not contain AOI {aoi_id}: "
+            f"materialise that collection month again (the AOI sensor requests it)"
+        )
+
+
+def window_bytes(geometry, n_dates: int, pixel_size: float = 10.0) -> tuple[int, int, int]:
+    """(rows, cols, bytes) estimated for one AOI's window over ``n_dates`` dates.
+
+    From the geometry's lon/lat bounds (metres per degree at its latitude) and the pixel size;
+    good to a few percent for field-sized areas, which is all a memory budget needs.
+    """
+    minx, miny, maxx, maxy = geometry.bounds
+    lat = math.radians((miny + maxy) / 2)
+    rows = int(math.ceil((maxy - miny) * 110_574 / pixel_size)) + 1
+    cols = int(math.ceil((maxx - minx) * 111_320 * max(math.cos(lat), 0.01) / pixel_size)) + 1
+    return rows, cols, rows * cols * max(n_dates, 1) * BYTES_PER_PIXEL_DATE
+
+
+def chunk_aois(
+    aois: AoiSet,
+    ids,
+    *,
+    max_aois: int,
+    max_bytes: int,
+    n_dates: int,
+    pixel_size: float = 10.0,
+) -> list[list[str]]:
+    """Split ``ids`` into read batches that each hold at most ``max_aois`` AOIs and at most
+    ``max_bytes`` estimated bytes.
+
+    A batch is read as one stacked Dataset padded to its largest window, so a batch costs
+    ``len(batch) x max rows x max cols x dates x`` :data:`BYTES_PER_PIXEL_DATE`. AOIs are taken
+    in spatial order (rows of 0.05 degrees, then longitude) so neighbours, which share tiles,
+    share a batch. An AOI larger than the budget on its own is a batch of one.
+    """
+    max_aois = max(1, int(max_aois))
+    order = sorted(
+        ids, key=lambda a: (math.floor(aois.geometry(a).centroid.y / 0.05), aois.geometry(a).centroid.x, a)
+    )
+    batches: list[list[str]] = []
+    current: list[str] = []
+    rows = cols = 0
+    for aoi_id in order:
+        r, c, _ = window_bytes(aois.geometry(aoi_id), n_dates, pixel_size)
+        nr, nc = max(rows, r), max(cols, c)
+        cost = (len(current) + 1) * nr * nc * max(n_dates, 1) * BYTES_PER_PIXEL_DATE
+        if current and (len(current) >= max_aois or cost > max_bytes):
+            batches.append(current)
+            current, nr, nc = [], r, c
+        current.append(aoi_id)
+        rows, cols = nr, nc
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _manifest_base(source_id: str, collection: CollectionSlice, month: str, aoi_id: str, aois: AoiSet) -> dict:
+    red, nir = NDVI_BANDS.get(source_id, ("red", "nir"))
+    quality = get_source(source_id).quality_band
+    return {
+        "source": source_id,
+        "collection": collection.name,
+        "aoi": aoi_id,
+        "aoi_name": aois.frame.loc[aoi_id, "name"],
+        "month": month,
+        "bands": {"red": red, "nir": nir, "cloud_mask": quality if quality in collection.bands else None},
+        "dates": [],
+        "files": [],
+    }
+
+
+def ndvi_batch(
+    source_id: str,
+    collection: CollectionSlice,
+    month: str,
+    aoi_ids,
+    aois: AoiSet,
+    *,
+    output_uri: str,
+    fetch_config=None,
+) -> dict[str, dict]:
+    """NDVI GeoTIFFs and manifests of several AOIs in one month, from ONE read.
+
+    All AOIs go to :func:`~rasteret_pipelines.reading.read_geometries` together, so a tile
+    shared by neighbouring AOIs is fetched and decoded once. The caller checks that each AOI
+    lies inside the indexed area (:func:`check_aoi_indexed`) and bounds the batch's memory
+    (:func:`chunk_aois`).
+
+    Returns:
+        ``{aoi id: manifest}`` for every AOI (see :func:`ndvi_month`); each manifest's
+        ``reads`` are the batch's requests, shared by ``reads["batch_aois"]`` AOIs.
+
+    Raises:
+        RasteretError: the read or a GeoTIFF write failed for the batch as a whole.
+    """
+    from rasteret_pipelines.products import ndvi_dataset, save_per_geometry
+    from rasteret_pipelines.reading import geometry_dataset, read_geometries
+
+    ids = [str(a) for a in aoi_ids]
+    manifests = {a: _manifest_base(source_id, collection, month, a, aois) for a in ids}
+    red, nir = NDVI_BANDS.get(source_id, ("red", "nir"))
+    quality = get_source(source_id).quality_band
+    first, last = month_bounds(month)
+    try:
+        ds = read_geometries(
+            collection,
+            aois.subset(ids),
+            [red, nir],
+            date_range=(first, last),
+            values="reflectance",
+            cloud_mask=quality in collection.bands,
+            fetch_config=fetch_config,
+        )
+    except NoScenesError as exc:
+        for manifest in manifests.values():
+            manifest["note"] = str(exc).replace("the geometries", f"AOI {manifest['aoi']}")
+        return manifests
+    reads = {k: int(ds.attrs[k]) for k in ("requests", "header_requests", "bytes_read")}
+    reads["batch_aois"] = len(ids)
+    uncovered = {str(g) for g in ds.attrs.get("geometries_without_scenes", [])}
+    ndvi = ndvi_dataset(ds, red, nir)
+    del ds
+    paths = {str(k): v for k, v in save_per_geometry(ndvi, output_uri, file_prefix="ndvi", data_var="NDVI").items()}
+    gids = {str(g): g for g in ndvi["geometry"].values}
+    for aoi_id, manifest in manifests.items():
+        manifest["reads"] = dict(reads)
+        if aoi_id in uncovered or aoi_id not in gids:
+            manifest["note"] = f"no scene of collection {collection.name!r} covers AOI {aoi_id} between {first} and {last}"
+            continue
+        one = geometry_dataset(ndvi, gids[aoi_id])
+        manifest["crs"] = one.attrs["crs"]
+        manifest["shape"] = [int(one.sizes["y"]), int(one.sizes["x"])]
+        manifest["transform"] = [float(v) for v in one.attrs["transform"]]
+        by_stem = {os.path.basename(p)[5:13]: p for p in paths.get(aoi_id, [])}
+        for entry in layer_stats(one, aois.geometry(aoi_id)):
+            entry["path"] = by_stem.get(entry["date"].replace("-", ""))
+            manifest["dates"].append(entry)
+        manifest["files"] = [e["path"] for e in manifest["dates"] if e["path"]]
+        if manifest["dates"] and not manifest["files"]:
+            manifest["note"] = (f"no valid (cloud-free, in-footprint) pixel of AOI {aoi_id} on any of its "
+                                f"{len(manifest['dates'])} dates")
+    return manifests
+
+
 def ndvi_month(
     source_id: str,
     collection: CollectionSlice,
@@ -139,62 +302,15 @@ def ndvi_month(
     Returns:
         The manifest: ``source``, ``collection``, ``aoi``, ``month``, ``crs``, ``shape``,
         ``dates`` (``date``, ``path`` or None when no valid pixel, ``valid_fraction``,
-        ``mean_ndvi``, ``median_ndvi``, ``scenes``) and ``files``.
+        ``mean_ndvi``, ``median_ndvi``, ``scenes``), ``files`` and ``reads`` (GETs and bytes),
+        or ``note`` instead of ``crs``/``shape``/``reads`` when no scene covers it.
 
     Raises:
         AoiNotIndexedError: the month was indexed for an area not containing the AOI.
     """
-    from rasteret_pipelines.products import ndvi_dataset, save_per_geometry
-    from rasteret_pipelines.reading import geometry_dataset, read_geometries
-
-    geometry = aois.geometry(aoi_id)
-    search = collection.searches.get(month, {})
-    if search and not covers(search, geometry):
-        raise AoiNotIndexedError(
-            f"collection {collection.name} month {month} was indexed for bbox {search.get('bbox')} "
-            f"(AOIs {', '.join(search.get('aoi_ids', []))}), which does not contain AOI {aoi_id}: "
-            f"materialise that collection month again (the AOI sensor requests it)"
-        )
-    red, nir = NDVI_BANDS.get(source_id, ("red", "nir"))
-    quality = get_source(source_id).quality_band
-    first, last = month_bounds(month)
-    manifest = {
-        "source": source_id,
-        "collection": collection.name,
-        "aoi": aoi_id,
-        "aoi_name": aois.frame.loc[aoi_id, "name"],
-        "month": month,
-        "bands": {"red": red, "nir": nir, "cloud_mask": quality if quality in collection.bands else None},
-        "dates": [],
-        "files": [],
-    }
-    try:
-        ds = read_geometries(
-            collection,
-            aois.subset([aoi_id]),
-            [red, nir],
-            date_range=(first, last),
-            values="reflectance",
-            cloud_mask=quality in collection.bands,
-            fetch_config=fetch_config,
-        )
-    except NoScenesError as exc:
-        manifest["note"] = str(exc)
-        return manifest
-    manifest["reads"] = {k: int(ds.attrs[k]) for k in ("requests", "header_requests", "bytes_read")}
-    ndvi = ndvi_dataset(ds, red, nir)
-    paths = save_per_geometry(ndvi, output_uri, file_prefix="ndvi", data_var="NDVI")
-    gid = next(iter(paths))
-    one = geometry_dataset(ndvi, gid)
-    manifest["crs"] = one.attrs["crs"]
-    manifest["shape"] = [int(one.sizes["y"]), int(one.sizes["x"])]
-    manifest["transform"] = [float(v) for v in one.attrs["transform"]]
-    by_stem = {os.path.basename(p)[5:13]: p for p in paths[gid]}
-    for entry in layer_stats(one, geometry):
-        entry["path"] = by_stem.get(entry["date"].replace("-", ""))
-        manifest["dates"].append(entry)
-    manifest["files"] = [e["path"] for e in manifest["dates"] if e["path"]]
-    return manifest
+    check_aoi_indexed(collection, month, aoi_id, aois.geometry(aoi_id))
+    return ndvi_batch(source_id, collection, month, [aoi_id], aois, output_uri=output_uri,
+                      fetch_config=fetch_config)[str(aoi_id)]
 
 
 def layer_stats(one, geometry_4326) -> list[dict]:

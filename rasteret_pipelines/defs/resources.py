@@ -18,6 +18,8 @@ from rasteret_pipelines.defs.settings import (
     DEFAULT_DEMO_DIR,
     DEFAULT_DEMO_MONTHS,
     DEFAULT_DEMO_PORT,
+    DEFAULT_NDVI_BATCH_AOIS,
+    DEFAULT_NDVI_BATCH_MB,
     DEFAULT_STORAGE,
     DEMO,
     PUBLIC,
@@ -30,6 +32,41 @@ from rasteret_pipelines.storage import Storage
 
 class StorageConfigError(RasteretError):
     """The storage location is unusable: wrong kind of path, no credentials, no bucket access."""
+
+
+class LocalServerDownError(RasteretError):
+    """COG hrefs point at a server on this machine (127.0.0.1) that is not running.
+
+    Not retried: nothing will start it meanwhile; the message says how to start it.
+    """
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def loopback_servers(hrefs) -> set[tuple[str, int]]:
+    """``{(host, port)}`` of the http(s) hrefs served from this machine."""
+    from urllib.parse import urlsplit
+
+    out = set()
+    for href in hrefs:
+        if not href or not str(href).startswith(("http://", "https://")):
+            continue
+        parts = urlsplit(str(href))
+        if parts.hostname in LOOPBACK_HOSTS:
+            out.add((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)))
+    return out
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts TCP connections at ``host:port``."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 # --- storage ------------------------------------------------------------------------------------
@@ -165,6 +202,50 @@ class DataSourceResource(dg.ConfigurableResource):
             return source.stac_url
         return choice
 
+    def ensure_cog_servers(self, hrefs, what: str = "the collection") -> list[str]:
+        """Make sure the local servers that ``hrefs`` point at are listening, before any read.
+
+        COG hrefs of the offline demo point at its COG server (``demo_port + 1``): with the demo
+        selected, a mirror that is not running is started on demand (as for STAC searches).
+        Any other local server that is down fails at once with how to start it, instead of
+        every range request being retried against a closed port.
+
+        Returns:
+            ``host:port`` of each mirror started.
+
+        Raises:
+            LocalServerDownError: a local server is down and cannot be started from here.
+        """
+        started = []
+        for host, port in sorted(loopback_servers(hrefs)):
+            if port_open(host, port):
+                continue
+            demo = self.stac_url.strip().lower() == DEMO
+            if demo and port == int(self.demo_port) + 1:
+                from rasteret_pipelines.demo import demo_stac_url
+
+                months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
+                try:
+                    demo_stac_url(self.demo_dir, int(self.demo_port), months=months, start=True)
+                except RasteretError as exc:
+                    raise LocalServerDownError(f"the demo COG server at http://{host}:{port} that {what} "
+                                               f"points to is down and could not be started: {exc}") from exc
+                if port_open(host, port):
+                    started.append(f"{host}:{port}")
+                    continue
+            hint = (
+                f"it is the offline demo's COG server: start the demo mirror with `rasteret-pipelines demo "
+                f"--serve` (or `python -m rasteret_pipelines.demo serve --demo-dir {self.demo_dir} --port "
+                f"{port - 1}`), or select the demo (RASTERET_STAC_URL=demo, RASTERET_DEMO_PORT={port - 1}) "
+                "so that runs start it themselves"
+                if port - 1 >= 1024
+                else "start the server that serves these files, or rebuild the collection from a reachable STAC API"
+            )
+            raise LocalServerDownError(
+                f"nothing listens at http://{host}:{port}, where {what} has its COGs; {hint}"
+            )
+        return started
+
 
 # --- HTTP client ---------------------------------------------------------------------------------
 
@@ -188,6 +269,21 @@ class HttpClientResource(dg.ConfigurableResource):
         )
 
 
+# --- batching ------------------------------------------------------------------------------------
+
+
+class BatchResource(dg.ConfigurableResource):
+    """How a run over many AOIs reads them: one read per month, in batches bounded by count and
+    by the estimated bytes of their windows (see :func:`rasteret_pipelines.defs.pipeline.chunk_aois`)."""
+
+    max_aois: int = Field(default=DEFAULT_NDVI_BATCH_AOIS, description="At most this many AOIs per read")
+    max_mb: float = Field(default=DEFAULT_NDVI_BATCH_MB, description="At most this many estimated MB per read")
+
+    @property
+    def max_bytes(self) -> int:
+        return int(float(self.max_mb) * 1e6)
+
+
 # --- areas of interest ---------------------------------------------------------------------------
 
 
@@ -196,9 +292,10 @@ class AoiFileResource(dg.ConfigurableResource):
 
     path: str = Field(description="Local path or s3:// URI of the AOI file")
 
-    def load(self) -> AoiSet:
-        """The checked AOIs; :class:`~rasteret_pipelines.defs.aois.AoiFileError` names any fault."""
-        return load_aois(self.path)
+    def load(self, *, lenient: bool = False) -> AoiSet:
+        """The checked AOIs; :class:`~rasteret_pipelines.defs.aois.AoiFileError` names any fault
+        (lenient: features with an unusable geometry are listed in ``invalid`` instead)."""
+        return load_aois(self.path, lenient=lenient)
 
 
 # --- from the environment -------------------------------------------------------------------------
@@ -246,4 +343,8 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
             transient_retry_seconds=_env(settings, "RASTERET_TRANSIENT_RETRY_SECONDS", 30.0, float),
         ),
         "aois": AoiFileResource(path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file)),
+        "batching": BatchResource(
+            max_aois=_env(settings, "RASTERET_NDVI_BATCH_AOIS", DEFAULT_NDVI_BATCH_AOIS, int),
+            max_mb=_env(settings, "RASTERET_NDVI_BATCH_MB", float(DEFAULT_NDVI_BATCH_MB), float),
+        ),
     }

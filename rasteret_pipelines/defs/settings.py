@@ -26,6 +26,11 @@ Variable                               Meaning (default)
 ``RASTERET_HTTP_READ_TIMEOUT``         Seconds per request (60).
 ``RASTERET_TRANSIENT_RETRIES``         Dagster retries of a step after a transient fault (2).
 ``RASTERET_TRANSIENT_RETRY_SECONDS``   Wait before such a retry (30).
+``RASTERET_PARTITIONS_PER_RUN``        Backfill policy of the NDVI and time-series assets: at most
+                                       this many partitions per run (500); ``single`` puts a whole
+                                       backfill in one run, ``1`` gives one run per partition.
+``RASTERET_NDVI_BATCH_AOIS``           At most this many AOIs per read inside a run (64).
+``RASTERET_NDVI_BATCH_MB``             At most this many estimated MB of windows per read (512).
 ``RASTERET_DEMO_DIR``                  Where the demo world is written (``./.rasteret_data/demo_world``).
 ``RASTERET_DEMO_PORT``                 Port of the demo STAC API; its COG server uses the next one
                                        (47610).
@@ -51,6 +56,9 @@ DEFAULT_SOURCES = ("sentinel-2-l2a",)
 DEFAULT_DEMO_DIR = "./.rasteret_data/demo_world"
 DEFAULT_DEMO_PORT = 47610
 DEFAULT_DEMO_MONTHS = ("2024-01", "2024-02", "2024-03")
+DEFAULT_PARTITIONS_PER_RUN = 500
+DEFAULT_NDVI_BATCH_AOIS = 64
+DEFAULT_NDVI_BATCH_MB = 512
 
 DEMO = "demo"
 """``RASTERET_STAC_URL`` value selecting the offline mirror (the default)."""
@@ -70,6 +78,9 @@ ENV_VARS: tuple[str, ...] = (
     "RASTERET_HTTP_READ_TIMEOUT",
     "RASTERET_TRANSIENT_RETRIES",
     "RASTERET_TRANSIENT_RETRY_SECONDS",
+    "RASTERET_PARTITIONS_PER_RUN",
+    "RASTERET_NDVI_BATCH_AOIS",
+    "RASTERET_NDVI_BATCH_MB",
     "RASTERET_DEMO_DIR",
     "RASTERET_DEMO_PORT",
     "RASTERET_DEMO_MONTHS",
@@ -140,6 +151,27 @@ class Settings:
         if not 1024 <= port < 65535:
             raise SettingsError(f"RASTERET_DEMO_PORT={port} must be in 1024..65534 (the COG server uses the next port)")
         return port
+
+    @property
+    def partitions_per_run(self) -> int | None:
+        """Largest number of partitions of one run of a backfill; None: the whole backfill in one run."""
+        text = (self.get("RASTERET_PARTITIONS_PER_RUN") or str(DEFAULT_PARTITIONS_PER_RUN)).strip().lower()
+        if text == "single":
+            return None
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise SettingsError(f"RASTERET_PARTITIONS_PER_RUN={text!r}: use a positive number or 'single'") from exc
+        if value < 1:
+            raise SettingsError(f"RASTERET_PARTITIONS_PER_RUN={value}: use a positive number or 'single'")
+        return value
+
+    def backfill_policy(self):
+        """The :class:`dagster.BackfillPolicy` of the NDVI and time-series assets."""
+        import dagster as dg
+
+        per_run = self.partitions_per_run
+        return dg.BackfillPolicy.single_run() if per_run is None else dg.BackfillPolicy.multi_run(per_run)
 
     @property
     def demo_months(self) -> tuple[str, ...]:

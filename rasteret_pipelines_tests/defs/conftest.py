@@ -89,6 +89,13 @@ class Project:
             instance=self.instance, partition_key=str(partition_key), raise_on_error=raise_on_error
         )
 
+    def run_range(self, job_name: str, first: str, last: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+        """One run over the partitions ``first..last`` (what a backfill's multi-partition run does)."""
+        return self.job(job_name).execute_in_process(
+            instance=self.instance, raise_on_error=raise_on_error,
+            tags={"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)},
+        )
+
     def register_aois(self, ids=None) -> None:
         ids = list(ids or load_aois(self.aoi_file).ids)
         known = set(self.instance.get_dynamic_partitions("aoi"))
@@ -162,3 +169,81 @@ def file_digests(folder: str) -> dict[str, bytes]:
     """``{relative path: bytes}`` of every file below ``folder`` (to prove nothing changed)."""
     root = Path(folder)
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def postgres_bin() -> Path | None:
+    """Folder of PostgreSQL's server programs (Debian's ``postgresql`` package, or on PATH)."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+    return versions[-1].parent if versions else None
+
+
+@dataclass
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+    db: str
+
+    def env(self) -> dict[str, str]:
+        """The variables the dagster.yaml PostgreSQL block reads."""
+        return {"DAGSTER_PG_HOST": self.host, "DAGSTER_PG_PORT": str(self.port), "DAGSTER_PG_USERNAME": self.user,
+                "DAGSTER_PG_PASSWORD": "unused-with-trust-auth", "DAGSTER_PG_DB": self.db}
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of its own on 127.0.0.1 (trust authentication), removed afterwards.
+
+    As root (CI), the server runs as the ``postgres`` user (it refuses to run as root). Missing
+    PostgreSQL fails under CI (``.ci/run`` installs Debian's package) and skips elsewhere.
+    """
+    import os
+    import subprocess
+    import tempfile
+
+    from rasteret_pipelines_tests.conftest import free_port
+
+    bindir = postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql package")
+        pytest.skip("PostgreSQL server programs not found (apt-get install postgresql)")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="rasteret-pg-"))
+    if os.geteuid() == 0:
+        import pwd
+
+        owner = pwd.getpwnam("postgres")
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", free_port()
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust", "-E", "UTF8", "--no-sync")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60", "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster")
+        yield PostgresServer("127.0.0.1", port, "dagster", "dagster")
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def postgres_dagster_yaml() -> str:
+    """The repository's dagster.yaml with its PostgreSQL storage block uncommented."""
+    text = (REPO / "dagster.yaml").read_text()
+    begin, end = "# --- begin postgres storage ---\n", "# --- end postgres storage ---\n"
+    block = text[text.index(begin) + len(begin): text.index(end)]
+    lines = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in block.splitlines()]
+    return text + "\n" + "\n".join(lines) + "\n"

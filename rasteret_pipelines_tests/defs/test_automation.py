@@ -149,3 +149,14 @@ def test_downstream_follows_collection_updates(project):
     result = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance, cursor=result.cursor)
     assert result.get_requested_partitions(timeseries_key(S2)) == {"1", "2"}
     assert result.get_num_requested(ndvi_key(S2)) == 0
+
+
+def test_automation_launches_many_partitions_as_backfills(project):
+    """Automation sensors cannot be ticked outside the daemon; what makes a rebuilt month's NDVI
+    one run is configuration: the sensor emits backfills (the requested subset, checked in
+    test_downstream_follows_collection_updates) and the assets' backfill policy groups them."""
+    sensor = project.defs.resolve_sensor_def("rasteret_automation")
+    assert sensor.emit_backfills
+    for key in (ndvi_key(S2), timeseries_key(S2)):
+        policy = project.defs.resolve_assets_def(key).backfill_policy
+        assert policy is not None and policy.max_partitions_per_run == 500

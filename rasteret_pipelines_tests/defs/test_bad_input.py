@@ -16,8 +16,7 @@ MONTH = "2024-01-01"
 def built(project):
     """One month and both AOIs' NDVI already materialised."""
     project.run("collections_job", MONTH)
-    for aoi in ("1", "2"):
-        project.run("ndvi_job", dg.MultiPartitionKey({"month": MONTH, "aoi": aoi}))
+    project.run_range("ndvi_job", f"1|{MONTH}", f"2|{MONTH}")
     return project
 
 

@@ -1,12 +1,13 @@
-"""Smoke test: ``dagster dev -w workspace.yaml`` headless on 127.0.0.1, a partition run and a
-backfill launched through GraphQL, both succeeding against the local mirror.
+"""``dagster dev -w workspace.yaml`` headless on 127.0.0.1 on a PostgreSQL-backed instance (the
+dagster.yaml block of the README's scale-out section, against a server the test starts): a
+partition run, a collection backfill and a months x AOIs NDVI backfill launched through GraphQL,
+queued, run under the pools of dagster.yaml, every partition materialised.
 
 The webserver, daemon and code server run as one process group that is always killed at the end.
 """
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 import requests
 
 from rasteret_pipelines_tests.conftest import free_port
-from rasteret_pipelines_tests.defs.conftest import AOIS, REPO
+from rasteret_pipelines_tests.defs.conftest import AOIS, REPO, postgres_dagster_yaml
 
 from rasteret_pipelines.defs.aois import write_aois_geojson
 
@@ -26,27 +27,32 @@ STARTUP_TIMEOUT = 120
 RUN_TIMEOUT = 180
 LOCATION = "rasteret_pipelines"
 COLLECTION = ["collections", "sentinel_2_l2a"]
+NDVI = ["ndvi", "sentinel_2_l2a"]
 
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     response = requests.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30)
-    response.raise_for_status()
+    assert response.ok, f"HTTP {response.status_code}: {response.text[:2000]}"
     body = response.json()
     assert "errors" not in body, body["errors"]
     return body["data"]
 
 
 @pytest.fixture
-def dagster_dev(tmp_path, mirror):
+def dagster_dev(tmp_path, mirror, postgres_server, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    (home / "dagster.yaml").write_text(postgres_dagster_yaml())
+    for name, value in postgres_server.env().items():
+        monkeypatch.setenv(name, value)
     aoi_file = tmp_path / "aois.geojson"
     write_aois_geojson(AOIS, aoi_file)
-    instance = dg.DagsterInstance.local_temp(str(home))
+    instance = dg.DagsterInstance.from_config(str(home))
+    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
     instance.add_dynamic_partitions("aoi", list(AOIS))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RASTERET_", "DAGSTER_"))}
     env.update(
+        **postgres_server.env(),
         DAGSTER_HOME=str(home),
         RASTERET_STORAGE=str(tmp_path / "data"),
         RASTERET_AOI_FILE=str(aoi_file),
@@ -77,7 +83,7 @@ def dagster_dev(tmp_path, mirror):
                 pass
             assert time.monotonic() < deadline, "dagster dev did not come up: " + (tmp_path / "dagster_dev.log").read_text()[-4000:]
             time.sleep(1)
-        yield url, tmp_path
+        yield url, tmp_path, instance
     finally:
         for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
             try:
@@ -90,6 +96,7 @@ def dagster_dev(tmp_path, mirror):
             except subprocess.TimeoutExpired:
                 continue
         log.close()
+        instance.dispose()
 
 
 def wait_for_runs(url: str, run_filter: dict, count: int, log_path: Path) -> list[dict]:
@@ -105,47 +112,86 @@ def wait_for_runs(url: str, run_filter: dict, count: int, log_path: Path) -> lis
         time.sleep(2)
 
 
-@pytest.mark.timeout(420)
-def test_partition_and_backfill_through_graphql(dagster_dev):
-    url, tmp_path = dagster_dev
-    log_path = tmp_path / "dagster_dev.log"
-    launched = graphql(
-        url,
-        """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
-            __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
-        {
-            "params": {
-                "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": "collections_job"},
-                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "2024-01-01"}]},
-            }
-        },
-    )["launchRun"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["run"]["runId"]
-
+def launch_backfill(url: str, params: dict) -> str:
     backfill = graphql(
         url,
         """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
             __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
-        {"params": {"assetSelection": [{"path": COLLECTION}], "partitionNames": ["2024-01-01", "2024-02-01"]}},
+        {"params": params},
     )["launchPartitionBackfill"]
     assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
-    backfill_id = backfill["backfillId"]
+    return backfill["backfillId"]
 
-    (single,) = wait_for_runs(url, {"runIds": [run_id]}, 1, log_path)
-    assert single["status"] == "SUCCESS", log_path.read_text()[-4000:]
-    runs = wait_for_runs(url, {"tags": [{"key": "dagster/backfill", "value": backfill_id}]}, 2, log_path)
-    assert sorted(r["status"] for r in runs) == ["SUCCESS", "SUCCESS"]
-    assert sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition") == ["2024-01-01", "2024-02-01"]
-    deadline = time.monotonic() + 60
+
+def wait_for_backfill(url: str, backfill_id: str, log_path: Path) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT
     while True:
         status = graphql(url, "query($id: String!) { partitionBackfillOrError(backfillId: $id) { "
                               "... on PartitionBackfill { status } } }", {"id": backfill_id})
-        if status["partitionBackfillOrError"]["status"] in ("COMPLETED", "COMPLETED_SUCCESS"):
-            break
-        assert time.monotonic() < deadline, status
+        if status["partitionBackfillOrError"]["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "COMPLETED_FAILED"):
+            assert status["partitionBackfillOrError"]["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
+            return
+        assert time.monotonic() < deadline, f"{status}\n" + log_path.read_text()[-4000:]
         time.sleep(2)
 
-    for month in ("2024-01", "2024-02"):
-        path = tmp_path / "data" / "collections" / "sentinel_2_l2a" / f"month={month}" / "_search.json"
+
+def max_overlap(intervals) -> int:
+    """Largest number of (start, end) intervals open at once."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    most = current = 0
+    for _, delta in events:
+        current += delta
+        most = max(most, current)
+    return most
+
+
+@pytest.mark.timeout(600)
+def test_backfill_of_months_and_aois_through_the_queue_on_postgres(dagster_dev):
+    """One backfill (launched as from the UI): two collection months, then the NDVI of both AOIs in
+    both months in at most one run per month, every run queued, the source's pool respected."""
+    url, tmp_path, instance = dagster_dev
+    log_path = tmp_path / "dagster_dev.log"
+    months = ("2024-01-01", "2024-02-01")
+    ndvi_keys = [f"{a}|{m}" for m in months for a in AOIS]
+    backfill_id = launch_backfill(url, {
+        "partitionsByAssets": [
+            {"assetKey": {"path": COLLECTION}, "partitions": {"range": {"start": months[0], "end": months[-1]}}},
+            {"assetKey": {"path": NDVI}, "partitions": {"range": {"start": f"1|{months[0]}", "end": f"2|{months[-1]}"}}},
+        ],
+    })
+    wait_for_backfill(url, backfill_id, log_path)
+    runs = wait_for_runs(url, {"tags": [{"key": "dagster/backfill", "value": backfill_id}]}, 3, log_path)
+    assert all(r["status"] == "SUCCESS" for r in runs), runs
+    by_asset = {}
+    for run in runs:
+        record = instance.get_run_by_id(run["runId"])
+        (asset,) = {k.to_user_string() for k in record.asset_selection}
+        by_asset.setdefault(asset, []).append(record)
+    assert len(by_asset["collections/sentinel_2_l2a"]) == 2
+    assert 1 <= len(by_asset["ndvi/sentinel_2_l2a"]) <= len(months), "at most one NDVI run per month"
+
+    for month in months:
+        path = tmp_path / "data" / "collections" / "sentinel_2_l2a" / f"month={month[:7]}" / "_search.json"
         assert json.loads(path.read_text())["aoi_ids"] == ["1", "2"]
+    ndvi_key = dg.AssetKey(NDVI)
+    assert instance.get_materialized_partitions(ndvi_key) == set(ndvi_keys)
+    for key in ndvi_keys:  # each partition its own materialization, with its files and reads
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=ndvi_key, asset_partitions=[key]), limit=1).records
+        meta = record.asset_materialization.metadata
+        assert meta["files"].value >= 1 and meta["read_batch_aois"].value == len(AOIS)
+        aoi, month = key.split("|")
+        assert (tmp_path / "data" / "ndvi" / "sentinel_2_l2a" / f"aoi={aoi}" / f"month={month[:7]}.json").exists()
+
+    # every run went through the queue, and no more steps than the pool's limit held it at once
+    pool = "rasteret-sentinel-2-l2a"
+    intervals = []
+    for run in instance.get_runs():  # the backfill's, and any the automation sensor launched
+        assert run.status == dg.DagsterRunStatus.SUCCESS, run.run_id
+        assert instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED).records, run.run_id
+        for stat in instance.get_run_step_stats(run.run_id):
+            if stat.step_key in ("collections__sentinel_2_l2a", "ndvi__sentinel_2_l2a"):
+                intervals.append((stat.start_time, stat.end_time))
+    assert len(intervals) >= len(runs)
+    limit = instance.event_log_storage.get_concurrency_info(pool).slot_count
+    assert limit == 2 and max_overlap(intervals) <= limit

@@ -86,3 +86,15 @@ def test_instance_configuration(tmp_path):
     assert config.run_queue_config.tag_concurrency_limits[0]["key"] == "rasteret/source"
     assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
     assert not instance.run_retries_retry_on_asset_or_op_failure
+
+
+def test_backfill_policy_from_the_environment():
+    assert Settings.from_env({}).backfill_policy().max_partitions_per_run == 500
+    assert Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": "20"}).backfill_policy().max_partitions_per_run == 20
+    assert Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": "single"}).backfill_policy() == dg.BackfillPolicy.single_run()
+    for bad in ("0", "many"):
+        with pytest.raises(SettingsError, match="RASTERET_PARTITIONS_PER_RUN=.*use a positive number or 'single'"):
+            Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": bad}).backfill_policy()
+    defs = build_definitions(Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": "single"}))
+    assert defs.resolve_assets_def(dg.AssetKey(["ndvi", "sentinel_2_l2a"])).backfill_policy == dg.BackfillPolicy.single_run()
+    assert defs.resolve_assets_def(dg.AssetKey(["collections", "sentinel_2_l2a"])).backfill_policy is None

@@ -25,6 +25,8 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
     monkeypatch.setenv("RASTERET_DEMO_PORT", str(port))
     monkeypatch.setenv("RASTERET_DEMO_MONTHS", ",".join(MONTHS))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / ".dagster_home"))
+    # set as a user would: the resources then hold EnvVars, which the demo must not use as paths
+    monkeypatch.setenv("RASTERET_STORAGE", str(tmp_path / ".rasteret_data"))
     lines = []
     summary = run_demo(log=lines.append)
     text = "\n".join(lines)
@@ -39,7 +41,7 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
 
     instance = dg.DagsterInstance.get()
     runs = instance.get_runs()
-    assert len(runs) == len(summary["runs"]) == 2 + 4 + 2
+    assert len(runs) == len(summary["runs"]) == 2 + 2 + 1  # per month: collection, NDVI of both AOIs; series
     assert {r.job_name for r in runs} == {"collections_job", "ndvi_job", "ndvi_timeseries_job"}
     assert all(r.is_success for r in runs)
     assert sorted(instance.get_dynamic_partitions("aoi")) == ["1", "2"]
@@ -47,7 +49,7 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
     # a second run reuses the world, the AOI file and the cached headers
     again = run_demo(log=lines.append)
     assert again["geotiffs"] == summary["geotiffs"]
-    assert len(instance.get_runs()) == 16
+    assert len(instance.get_runs()) == 10
 
 
 def test_detached_mirror_is_found_and_reused(demo_world):
@@ -81,3 +83,53 @@ def test_cli_has_demo_and_header():
     parser = build_parser()
     assert parser.parse_args(["demo", "--months", "2024-01"]).months == "2024-01"
     assert parser.parse_args(["header", "x.tif"]).hrefs == ["x.tif"]
+
+
+def _kill_detached_mirror(demo_world, port: int) -> None:
+    """Stop the mirror a run started on ``port`` (its pid is in the world's mirror.log)."""
+    import re
+
+    text = (demo_world / "mirror.log").read_text()
+    pids = re.findall(rf"STAC API http://127\.0\.0\.1:{port}, COGs .*\(pid (\d+)\)", text)
+    for pid in pids:
+        try:
+            os.killpg(int(pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.timeout(240)
+def test_runs_after_the_demo_exited(demo_world, tmp_path):
+    """The demo's mirror is gone (the demo exited): with the demo selected a run starts it on
+    demand; with the COG server down and nothing to start it, the run fails at once, saying how."""
+    from rasteret_pipelines.demo import DemoMirror
+    from rasteret_pipelines_tests.defs.conftest import failure_messages, local_instance, make_project
+
+    port = free_port()
+    demo_env = {"RASTERET_DEMO_DIR": str(demo_world), "RASTERET_DEMO_PORT": str(port),
+                "RASTERET_DEMO_MONTHS": ",".join(MONTHS), "RASTERET_TRANSIENT_RETRIES": "2"}
+    demo = make_project(str(tmp_path / "data"), "demo", str(tmp_path / "aois.geojson"),
+                        instance=local_instance(tmp_path / "home"), extra=demo_env)
+    demo.register_aois()
+    with DemoMirror(demo_world, port):  # what `rasteret-pipelines demo` serves while it runs
+        demo.run("collections_job", "2024-01-01")
+    url = f"http://127.0.0.1:{port}"
+    assert not probe_demo_mirror(url)
+
+    # a STAC URL given explicitly: nothing may start the server, so fail at once with the way out
+    explicit = make_project(demo.storage, url, demo.aoi_file, instance=demo.instance, aois=False, extra=demo_env)
+    t0 = time.monotonic()
+    result = explicit.run_range("ndvi_job", "1|2024-01-01", "2|2024-01-01", raise_on_error=False)
+    assert not result.success and time.monotonic() - t0 < 30
+    text = failure_messages(result)
+    assert f"nothing listens at http://127.0.0.1:{port + 1}" in text and "rasteret-pipelines demo --serve" in text, text
+    assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+
+    # the demo selected (the default): the run starts the mirror and succeeds
+    try:
+        result = demo.run_range("ndvi_job", "1|2024-01-01", "2|2024-01-01")
+        assert result.success
+        assert len(demo.instance.get_materialized_partitions(dg.AssetKey(["ndvi", "sentinel_2_l2a"]))) == 2
+        assert probe_demo_mirror(url), "the mirror started by the run keeps serving later runs"
+    finally:
+        _kill_detached_mirror(demo_world, port)

@@ -43,15 +43,19 @@ def test_collections_ndvi_and_timeseries_over_partitions(project, clean_mirror):
     clean_mirror.cogs.reset_log()
     clean_mirror.stac.reset_log()
     reported_gets = 0
-    for key in MONTH_KEYS:
-        for aoi in ("1", "2"):
-            result = project.run("ndvi_job", dg.MultiPartitionKey({"month": key, "aoi": aoi}))
-            assert checks_passed(result) == {"ndvi_within_range": True, "geotiffs_reopen": True}
-            meta = metadata(result, ndvi_key(S2))
-            assert meta["dates"] == 2 and meta["files"] == 2
+    for key in MONTH_KEYS:  # one run per month over both AOIs, read together
+        result = project.run_range("ndvi_job", f"1|{key}", f"2|{key}")
+        evaluations = [(e.partition, e.check_name, e.passed) for e in result.get_asset_check_evaluations()]
+        assert sorted(evaluations) == sorted((f"{a}|{key}", c, True) for a in "12" for c in ("ndvi_within_range", "geotiffs_reopen"))
+        by_partition = {e.materialization.partition: {k: getattr(v, "value", v) for k, v in e.materialization.metadata.items()}
+                        for e in result.get_asset_materialization_events()}
+        assert sorted(by_partition) == [f"1|{key}", f"2|{key}"]
+        for meta in by_partition.values():
+            assert meta["dates"] == 2 and meta["files"] == 2 and meta["read_batch_aois"] == 2
             assert -1 <= meta["mean_ndvi"] <= 1 and 0 < meta["mean_valid_fraction"] <= 1
             assert meta["header_get_requests"] == 0 and meta["tile_get_requests"] > 0
-            reported_gets += meta["tile_get_requests"]
+        (batch_gets,) = {m["tile_get_requests"] for m in by_partition.values()}  # one read, shared
+        reported_gets += batch_gets
     assert reported_gets == clean_mirror.cogs.count("GET")  # the metadata agrees with the server
     requests = clean_mirror.cogs.requests
     assert requests, "the NDVI reads fetched tiles"

@@ -57,7 +57,9 @@ def collection_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
         what = f"{source.id} collection month {month}"
         t0 = time.perf_counter()
         try:
-            areas = aois.load()
+            areas = aois.load(lenient=True)  # an AOI with an unusable geometry fails its own NDVI only
+            if areas.invalid:
+                context.log.warning(f"{what}: left out of the search area: " + "; ".join(areas.invalid.values())[:2000])
             stac_url = data_source.stac_url_for(source.id)
             built = build_month(
                 source.id,
@@ -95,6 +97,8 @@ def collection_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
             "search_bbox": dg.MetadataValue.json(built.output.search["bbox"]),
             "aoi_ids": ", ".join(areas.ids),
         }
+        if areas.invalid:
+            metadata["unusable_aois"] = dg.MetadataValue.json(areas.invalid)
         if report.failed:
             lines = ["| item | band | error |", "| --- | --- | --- |"]
             lines += [f"| {f.item_id} | {f.band} | {f.error[:160]} |" for f in report.failed[:50]]

@@ -1,12 +1,17 @@
-"""Per-AOI NDVI time series: every month's manifest as one table, plotted in the metadata."""
+"""Per-AOI NDVI time series: every month's manifest as one table, plotted in the metadata.
 
+Like the NDVI asset, one run covers many AOIs (the backfill policy); each AOI gets its own
+materialization, and its table is written where the IO manager keeps it.
+"""
+
+from collections import defaultdict
 
 import dagster as dg
 
 from rasteret_pipelines.defs.assets._common import after_any_upstream_update
 from rasteret_pipelines.defs.assets.ndvi import ndvi_key
-from rasteret_pipelines.defs.io_managers import KIND, TABLE
-from rasteret_pipelines.defs.partitions import AOI_DIMENSION, Partitions
+from rasteret_pipelines.defs.io_managers import KIND, TABLE, write_value
+from rasteret_pipelines.defs.partitions import AOI_DIMENSION, Partitions, check_aoi_id, split_month_aoi
 from rasteret_pipelines.defs.pipeline import timeseries_table
 from rasteret_pipelines.defs.plot import ndvi_timeseries_svg, svg_markdown
 from rasteret_pipelines.defs.resources import StorageResource
@@ -17,13 +22,18 @@ def timeseries_key(source_id: str) -> dg.AssetKey:
     return dg.AssetKey(["ndvi_timeseries", source_slug(source_id)])
 
 
-def timeseries_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinition:
+def timeseries_asset(
+    source_id: str, partitions: Partitions, backfill_policy: dg.BackfillPolicy | None = None
+) -> dg.AssetsDefinition:
     """The ``ndvi_timeseries/<source>`` asset, one partition per AOI."""
     slug = source_slug(source_id)
+    key = timeseries_key(source_id)
 
     @dg.asset(
-        key=timeseries_key(source_id),
+        key=key,
         partitions_def=partitions.aoi,
+        backfill_policy=backfill_policy or dg.BackfillPolicy.multi_run(500),
+        output_required=False,
         ins={
             "manifests": dg.AssetIn(
                 key=ndvi_key(source_id),
@@ -44,7 +54,23 @@ def timeseries_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
         ),
     )
     def ndvi_timeseries(context: dg.AssetExecutionContext, manifests: dict, storage: StorageResource):
-        aoi_id = context.partition_key
+        aoi_ids = [check_aoi_id(k, "partition key") for k in context.partition_keys]
+        by_aoi: dict[str, dict] = defaultdict(dict)
+        for k, manifest in manifests.items():
+            by_aoi[split_month_aoi(k)[1]][k] = manifest
+        store = storage.storage()
+        for aoi_id in aoi_ids:
+            table, metadata = aoi_timeseries(aoi_id, by_aoi.get(aoi_id, {}))
+            where = write_value(store, key, partitions.aoi, aoi_id, table)
+            metadata["path"] = dg.MetadataValue.path(where)
+            metadata["rows"] = table.num_rows
+            plot = metadata.pop("_svg")
+            metadata["plot_file"] = dg.MetadataValue.path(
+                store.write_bytes(plot.encode(), "ndvi_timeseries", slug, f"aoi={aoi_id}.svg")
+            )
+            yield dg.AssetMaterialization(asset_key=key, partition=aoi_id, metadata=metadata)
+
+    def aoi_timeseries(aoi_id: str, manifests: dict) -> tuple:
         table = timeseries_table(manifests)
         rows = table.to_pylist()
         svg = ndvi_timeseries_svg(
@@ -53,7 +79,6 @@ def timeseries_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
             [r["valid_fraction"] for r in rows],
             title=f"NDVI of AOI {aoi_id} ({source_id})",
         )
-        plot_uri = storage.storage().write_bytes(svg.encode(), "ndvi_timeseries", slug, f"aoi={aoi_id}.svg")
         valid = [r for r in rows if r["mean_ndvi"] is not None]
         metadata = {
             "dates": len(rows),
@@ -64,7 +89,7 @@ def timeseries_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
                 round(sum(r["mean_ndvi"] for r in valid) / len(valid), 4) if valid else float("nan")
             ),
             "plot": dg.MetadataValue.md(svg_markdown(svg, f"NDVI of AOI {aoi_id}")),
-            "plot_file": dg.MetadataValue.path(plot_uri),
+            "_svg": svg,
             "table": dg.MetadataValue.table(
                 records=[
                     dg.TableRecord(
@@ -87,6 +112,6 @@ def timeseries_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
                 ),
             ),
         }
-        return dg.Output(table, metadata=metadata)
+        return table, metadata
 
     return ndvi_timeseries
