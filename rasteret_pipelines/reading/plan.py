@@ -158,7 +158,8 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
     # Python values and raw counts only: pyarrow imports pandas to convert a tz-aware timestamp
     # (or any column to numpy), and pandas is left to load in the background during the fetch.
     data = {name: table.column(name).to_pylist() for name in table.column_names if name != "datetime"}
-    micros = table.column("datetime").cast(pa.timestamp("us", "UTC")).cast(pa.int64()).to_pylist()
+    unit = table.schema.field("datetime").type.unit
+    counts = [v for chunk in table.column("datetime").chunks for v in chunk.view(pa.int64()).to_pylist()]
     footprints = shapely.from_wkb(data["geometry"])
     scenes = []
     for i in range(table.num_rows):
@@ -176,7 +177,7 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
             )
             continue
         row = {name: data[name][i] for name in data if name not in header_cols.values()}
-        when = np.datetime64(micros[i], "us").astype("datetime64[ns]")
+        when = np.datetime64(counts[i], unit).astype("datetime64[ns]")
         scenes.append(Scene(
             id=row["id"], datetime=when, footprint=footprints[i],
             reflectance=collection.source.reflectance(row), headers=headers,
