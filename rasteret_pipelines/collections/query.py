@@ -1,4 +1,11 @@
-"""Open, list and filter collections locally, with predicate push-down and no network request."""
+"""Open, list and filter collections locally, with column projection and no network request.
+
+Each month file is read with :mod:`pyarrow.parquet` (its footer parsed once per
+:class:`Collection`), only the columns a caller asks for and those its filters need, and only
+the months a date range touches; filters are evaluated with :mod:`pyarrow.compute`. Neither
+:mod:`pyarrow.dataset` nor pandas is imported on this path, so a read's first requests are not
+held up by them (xarray, which needs pandas, is imported while the tiles are in flight).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,11 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import shapely
 
 from rasteret_pipelines.cog import CogHeader
@@ -26,10 +34,14 @@ from rasteret_pipelines.collections.sources import DataSource, get_source
 from rasteret_pipelines.errors import (
     CollectionError,
     CollectionNotFoundError,
+    InvalidSearchError,
     OutdatedCollectionError,
     UnknownBandError,
 )
 from rasteret_pipelines.storage import Storage
+
+if TYPE_CHECKING:
+    import pyarrow.compute as pc
 
 
 @dataclass(frozen=True)
@@ -71,31 +83,20 @@ class Collection:
         return [f for f in self.storage.list_files(self.name, suffix=MONTH_FILE)]
 
     @cached_property
-    def dataset(self) -> ds.Dataset:
-        """All months as one :mod:`pyarrow.dataset`, with the ``month`` partition column.
+    def _months(self) -> list[tuple[str, str, pq.FileMetaData, pa.Schema]]:
+        """(month, path, footer, Arrow schema) of every month file, each footer read once.
 
-        Month schemas are unified (a property one month lacks reads as null), and the typed
-        properties of :data:`schema.PROPERTY_TYPES` are always present, so filters never miss
-        a column. Only the columns a scan asks for are read.
+        A month of Earth Search items has hundreds of Parquet leaf columns, so the footer is
+        the larger part of what a projected read costs: it is parsed here, once per collection.
 
         Raises:
             OutdatedCollectionError: a month file predates the STAC-GeoParquet layout.
         """
-        files = self.files
-        if not files:
-            return ds.dataset(pa.schema(schema.guaranteed_fields()).empty_table())
-        # One fragment per month file, its footer read once here and kept: scans reuse it
-        # (a month of Earth Search items has hundreds of leaf columns, so the footer is the
-        # larger part of what a projected read fetches).
-        fmt = ds.ParquetFileFormat()
-        fragments = []
-        for f in files:
-            fragment = fmt.make_fragment(f, filesystem=self.storage.fs,
-                                         partition_expression=pc.field("month") == _month_of(f))
-            fragment.ensure_complete_metadata()
-            fragments.append(fragment)
-        schemas = [fragment.physical_schema for fragment in fragments]
-        outdated = sorted(_month_of(f) for f, s in zip(files, schemas) if schema.is_outdated(s))
+        out = []
+        for f in self.files:
+            md = pq.read_metadata(f, filesystem=self.storage.fs)
+            out.append((_month_of(f), f, md, md.schema.to_arrow_schema()))
+        outdated = sorted(m for m, _, _, s in out if schema.is_outdated(s))
         if outdated:
             raise OutdatedCollectionError(
                 f"collection {self.name!r} in {self.storage.uri} has months written by an older "
@@ -104,8 +105,25 @@ class Collection:
                 f"those months, or rematerialise those partitions): the cached headers are reused, "
                 f"so only the STAC search is repeated"
             )
+        return out
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        """The columns of all months together, with the ``month`` partition column.
+
+        Month schemas are unified (a property one month lacks reads as null), and the typed
+        properties of :data:`schema.PROPERTY_TYPES` are always present, so filters never miss
+        a column.
+
+        Raises:
+            OutdatedCollectionError, CollectionError: month files that cannot be read together.
+        """
+        months = self._months
+        if not months:
+            return pa.schema(schema.guaranteed_fields())
+        schemas = [s.remove_metadata() for _, _, _, s in months]
         try:
-            unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
+            unified = pa.unify_schemas(schemas, promote_options="permissive")
         except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
             raise CollectionError(
                 f"the month files of collection {self.name!r} in {self.storage.uri} disagree on a "
@@ -114,10 +132,23 @@ class Collection:
         for f in schema.guaranteed_fields():
             if f.name not in unified.names:
                 unified = unified.append(f)
-        return ds.FileSystemDataset(
-            fragments, schema=unified.append(pa.field("month", pa.string())), format=fmt,
-            filesystem=self.storage.fs,
-        )
+        return unified.append(pa.field("month", pa.string()))
+
+    @cached_property
+    def dataset(self):
+        """All months as one ``pyarrow.dataset.Dataset`` over :attr:`schema` (for callers that
+        want Arrow's scanner; :meth:`to_table` does not use it, and imports neither it nor pandas)."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        if not self._months:
+            return ds.dataset(self.schema.empty_table())
+        fmt = ds.ParquetFileFormat()
+        fragments = [
+            fmt.make_fragment(f, filesystem=self.storage.fs, partition_expression=pc.field("month") == month)
+            for month, f, _, _ in self._months
+        ]
+        return ds.FileSystemDataset(fragments, schema=self.schema, format=fmt, filesystem=self.storage.fs)
 
     def resolve_band(self, name: str) -> str:
         """Asset key of ``name`` in this collection, or :class:`UnknownBandError`."""
@@ -129,6 +160,44 @@ class Collection:
             )
         return key
 
+    def _predicates(self, *, date_range=None, cloud_cover_lt=None, bbox=None, geometry=None,
+                    platform=None, properties=None) -> list[tuple[str | tuple[str, str], str, object]]:
+        """The filters as ``(column or (struct column, field), operator, value)`` triples."""
+        preds: list = []
+        if date_range is not None:
+            start, end = check_date_range(date_range)
+            preds.append(("month", ">=", f"{start:%Y-%m}"))
+            preds.append(("month", "<=", f"{end:%Y-%m}"))
+            lo = dt.datetime.combine(start, dt.time.min, dt.timezone.utc)
+            hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, dt.timezone.utc)
+            preds.append(("datetime", ">=", lo))
+            preds.append(("datetime", "<", hi))
+        cloud_cover_lt = check_cloud_cover(cloud_cover_lt)
+        if cloud_cover_lt is not None:
+            preds.append(("eo:cloud_cover", "<", cloud_cover_lt))
+        boxes = []
+        if bbox is not None:
+            boxes.append(check_bbox(bbox))
+        if geometry is not None:
+            boxes.append(check_geometry(geometry).bounds)
+        for minx, miny, maxx, maxy in boxes:
+            preds += [
+                (("bbox", "xmin"), "<=", maxx),
+                (("bbox", "xmax"), ">=", minx),
+                (("bbox", "ymin"), "<=", maxy),
+                (("bbox", "ymax"), ">=", miny),
+            ]
+        if platform is not None:
+            values = platform.get("in") if isinstance(platform, Mapping) else platform
+            values = [values] if isinstance(values, str) else list(values)
+            preds.append(("platform", "in", values))
+        for key, value in (properties or {}).items():
+            if isinstance(value, (list, tuple, set)):
+                preds.append((key, "in", list(value)))
+            else:
+                preds.append((key, "==", value))
+        return preds
+
     def filter_expression(
         self,
         *,
@@ -138,41 +207,20 @@ class Collection:
         geometry=None,
         platform=None,
         properties: Mapping | None = None,
-    ) -> ds.Expression | None:
-        """The push-down filter for :meth:`to_table` (geometry: bbox overlap only)."""
+    ) -> pc.Expression | None:
+        """The filter of :meth:`to_table` as a ``pyarrow.compute.Expression`` over :attr:`schema`
+        (for :attr:`dataset` scans; geometry: bbox overlap only)."""
+        import pyarrow.compute as pc
+
         exprs = []
-        if date_range is not None:
-            start, end = check_date_range(date_range)
-            exprs.append(pc.field("month") >= f"{start:%Y-%m}")
-            exprs.append(pc.field("month") <= f"{end:%Y-%m}")
-            lo = dt.datetime.combine(start, dt.time.min, dt.timezone.utc)
-            hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, dt.timezone.utc)
-            exprs.append(pc.field("datetime") >= pa.scalar(lo, pa.timestamp("us", "UTC")))
-            exprs.append(pc.field("datetime") < pa.scalar(hi, pa.timestamp("us", "UTC")))
-        cloud_cover_lt = check_cloud_cover(cloud_cover_lt)
-        if cloud_cover_lt is not None:
-            exprs.append(pc.field("eo:cloud_cover") < cloud_cover_lt)
-        boxes = []
-        if bbox is not None:
-            boxes.append(check_bbox(bbox))
-        if geometry is not None:
-            boxes.append(check_geometry(geometry).bounds)
-        for minx, miny, maxx, maxy in boxes:
-            exprs += [
-                pc.field("bbox", "xmin") <= maxx,
-                pc.field("bbox", "xmax") >= minx,
-                pc.field("bbox", "ymin") <= maxy,
-                pc.field("bbox", "ymax") >= miny,
-            ]
-        if platform is not None:
-            values = platform.get("in") if isinstance(platform, Mapping) else platform
-            values = [values] if isinstance(values, str) else list(values)
-            exprs.append(pc.field("platform").isin(values))
-        for key, value in (properties or {}).items():
-            if isinstance(value, (list, tuple, set)):
-                exprs.append(pc.field(key).isin(list(value)))
-            else:
-                exprs.append(pc.field(key) == value)
+        for column, op, value in self._predicates(
+            date_range=date_range, cloud_cover_lt=cloud_cover_lt, bbox=bbox, geometry=geometry,
+            platform=platform, properties=properties,
+        ):
+            field = pc.field(*column) if isinstance(column, tuple) else pc.field(column)
+            if isinstance(value, dt.datetime):
+                value = pa.scalar(value, pa.timestamp("us", "UTC"))
+            exprs.append(field.isin(value) if op == "in" else _OPS[op](field, value))
         if not exprs:
             return None
         out = exprs[0]
@@ -190,8 +238,9 @@ class Collection:
         platform=None,
         properties: Mapping | None = None,
         columns: Sequence[str] | None = None,
+        sort: bool = True,
     ) -> pa.Table:
-        """Rows matching every filter, read with push-down; exact geometry intersection.
+        """Rows matching every filter, sorted by (datetime, id); exact geometry intersection.
 
         Args:
             date_range: ``(start, end)`` dates, inclusive.
@@ -203,24 +252,60 @@ class Collection:
             columns: Columns to read (default: all). Only these (and the filters' columns) are
                 decoded: pass them whenever a caller needs a few, since ``assets`` alone is
                 hundreds of Parquet leaf columns for an Earth Search item (38 assets).
+            sort: False leaves the rows in month-file order (for a caller that orders them
+                itself; sorting takes every selected column, header structs included).
+
+        Raises:
+            InvalidSearchError: a filter or a column names a column the collection lacks.
         """
-        expr = self.filter_expression(
-            date_range=date_range, cloud_cover_lt=cloud_cover_lt, bbox=bbox, geometry=geometry,
-            platform=platform, properties=properties,
-        )
         wanted = list(columns) if columns is not None else None
-        cols = None
-        if wanted is not None:
-            extra = ["datetime", "id"] + (["geometry"] if geometry is not None else [])
-            cols = wanted + [c for c in extra if c not in wanted]
-        table = self.dataset.to_table(columns=cols, filter=expr)
+        table = self._scan(
+            self._predicates(date_range=date_range, cloud_cover_lt=cloud_cover_lt, bbox=bbox,
+                             geometry=geometry, platform=platform, properties=properties),
+            None if wanted is None else wanted + [c for c in ("datetime", "id") if c not in wanted],
+            geometry,
+        )
+        if sort and table.num_rows > 1:
+            import pyarrow.compute as pc
+
+            order = pc.sort_indices(table, sort_keys=[("datetime", "ascending"), ("id", "ascending")])
+            table = table.take(order)
+        return table.select(wanted) if wanted is not None else table
+
+    def _scan(self, preds, columns: Sequence[str] | None, geometry=None) -> pa.Table:
+        """Rows matching ``preds`` (and intersecting ``geometry``), months in file order, with
+        ``columns`` (default all) typed as :attr:`schema`."""
+        unified = self.schema
+        wanted = list(columns) if columns is not None else [n for n in unified.names]
+        pred_cols = {c[0] if isinstance(c, tuple) else c for c, _, _ in preds} - {"month"}
+        missing = sorted((set(wanted) | pred_cols) - set(unified.names))
+        if missing:
+            raise InvalidSearchError(
+                f"collection {self.name!r} has no column {', '.join(map(repr, missing))}; "
+                f"its columns are {', '.join(n for n in unified.names)}"
+            )
+        need = list(dict.fromkeys(wanted + sorted(pred_cols) + (["geometry"] if geometry is not None else [])))
+        target = pa.schema([unified.field(n) for n in need])
+        lo = max((v for c, op, v in preds if c == "month" and op == ">="), default=None)
+        hi = min((v for c, op, v in preds if c == "month" and op == "<="), default=None)
+        tables = []
+        for month, path, md, month_schema in self._months:
+            if (lo is not None and month < lo) or (hi is not None and month > hi):
+                continue
+            present = set(month_schema.names)
+            read = [n for n in need if n in present]
+            with self.storage.fs.open_input_file(path) as fh:
+                t = pq.ParquetFile(fh, metadata=md).read(columns=read, use_threads=False)
+            tables.append(_conform(t, target, month))
+        table = pa.concat_tables(tables) if tables else target.empty_table()
+        row_preds = [p for p in preds if p[0] != "month"]  # exact already: one month per file
+        if row_preds and table.num_rows:
+            table = _rows(table, _row_mask(table, row_preds))
         if geometry is not None and table.num_rows:
             geom = check_geometry(geometry)
-            footprints = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-            table = table.filter(pa.array(shapely.intersects(footprints, geom)))
-        if table.num_rows:
-            table = table.sort_by([("datetime", "ascending"), ("id", "ascending")])
-        return table.select(wanted) if wanted is not None else table
+            footprints = shapely.from_wkb(table.column("geometry").to_pylist())
+            table = _rows(table, shapely.intersects(footprints, geom))
+        return table.select(wanted)
 
     def to_geodataframe(self, **filters):
         """:meth:`to_table` as a GeoDataFrame (EPSG:4326) without the header columns."""
@@ -251,6 +336,118 @@ class Collection:
         if column not in table.column_names:
             raise UnknownBandError(f"no header column for band {band!r}")
         return [CogHeader.from_dict(d) if d is not None else None for d in table.column(column).to_pylist()]
+
+
+_OPS = {  # for pyarrow.compute.Expression fields
+    "<": lambda a, v: a < v, "<=": lambda a, v: a <= v, ">": lambda a, v: a > v,
+    ">=": lambda a, v: a >= v, "==": lambda a, v: a == v,
+}
+
+
+def _conform(table: pa.Table, target: pa.Schema, month: str) -> pa.Table:
+    """One month's ``table`` as ``target``: ``month`` filled in, absent columns null, types
+    promoted as :attr:`Collection.schema` unified them."""
+    n = table.num_rows
+    arrays = []
+    for f in target:
+        if f.name == "month":
+            arrays.append(_string_column(month, n))
+        elif f.name in table.column_names:
+            column = table.column(f.name)
+            arrays.append(column if column.type.equals(f.type) else column.cast(f.type))
+        else:
+            arrays.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(arrays, schema=target)
+
+
+# The filters run on numpy views of the Arrow buffers and Python lists: converting Python values
+# *to* Arrow (pa.array, pa.scalar, a compute kernel's scalar argument, ChunkedArray.to_numpy)
+# makes pyarrow import pandas, which would then load before a read's first request.
+
+
+def _row_mask(table: pa.Table, preds) -> np.ndarray:
+    """Rows where every predicate holds; a null value fails its predicate (as in a dataset scan)."""
+    mask = np.ones(table.num_rows, dtype=bool)
+    for column, op, value in preds:
+        if isinstance(column, tuple):
+            values = pa.chunked_array([c.field(column[1]) for c in table.column(column[0]).chunks],
+                                      type=table.schema.field(column[0]).type.field(column[1]).type)
+        else:
+            values = table.column(column)
+        kind = values.type
+        if op != "in" and (pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_timestamp(kind)):
+            data, valid = _numeric(values)
+            if isinstance(value, dt.datetime):
+                value = _timestamp_value(value, kind)
+            with np.errstate(invalid="ignore"):
+                mask &= valid & _NUMPY_OPS[op](data, value)
+        else:
+            items = values.to_pylist()
+            if op == "in":
+                wanted = list(value)
+                mask &= np.fromiter((v is not None and v in wanted for v in items), bool, len(items))
+            else:
+                compare = _NUMPY_OPS[op]
+                mask &= np.fromiter((v is not None and bool(compare(v, value)) for v in items), bool, len(items))
+    return mask
+
+
+_NUMPY_OPS = {  # for pyarrow.compute.Expression fields
+    "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
+}
+
+
+def _numeric(values: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, valid) of a numeric or timestamp column straight from its buffers (timestamps
+    as their integer counts)."""
+    kind = values.type
+    if pa.types.is_timestamp(kind):
+        dtype = np.dtype(np.int64)
+    else:
+        code = "f" if pa.types.is_floating(kind) else ("u" if pa.types.is_unsigned_integer(kind) else "i")
+        dtype = np.dtype(f"{code}{kind.bit_width // 8}")
+    datas, valids = [], []
+    for chunk in values.chunks:
+        n, off = len(chunk), chunk.offset
+        bitmap, buf = chunk.buffers()[:2]
+        datas.append(np.frombuffer(buf, dtype=dtype, count=n + off)[off:] if n else np.zeros(0, dtype))
+        if bitmap is None or chunk.null_count == 0:
+            valids.append(np.ones(n, bool))
+        else:
+            bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
+            valids.append(bits[off:off + n].astype(bool))
+    if not datas:
+        return np.zeros(0, dtype), np.zeros(0, bool)
+    return np.concatenate(datas), np.concatenate(valids)
+
+
+_UNIT = {"s": dt.timedelta(seconds=1), "ms": dt.timedelta(milliseconds=1), "us": dt.timedelta(microseconds=1)}
+
+
+def _timestamp_value(when: dt.datetime, kind: pa.TimestampType) -> int:
+    """``when`` (tz-aware) as an integer count of ``kind``'s unit since the epoch, UTC."""
+    delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    if kind.unit == "ns":
+        return (delta // dt.timedelta(microseconds=1)) * 1000
+    return delta // _UNIT[kind.unit]
+
+
+def _rows(table: pa.Table, mask: np.ndarray) -> pa.Table:
+    """The rows of ``table`` where ``mask`` is true, as slices of its runs of true values
+    (``Table.filter`` would import ``pyarrow.compute``, ~30 ms, for a table of a few rows)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.all():
+        return table
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
+    runs = [table.slice(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+    return pa.concat_tables(runs) if runs else table.slice(0, 0)
+
+
+def _string_column(value: str, n: int) -> pa.Array:
+    """``n`` copies of ``value`` as an Arrow string array, built from its buffers."""
+    data = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * len(data)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data * n)])
 
 
 def _month_of(path: str) -> str:

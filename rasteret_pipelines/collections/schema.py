@@ -22,7 +22,6 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +173,7 @@ def items_table(items: Sequence[Mapping]) -> pa.Table:
         if field.type.equals(dtype):
             continue
         try:
-            table = table.set_column(i, field.with_type(dtype), pc.cast(table.column(i), dtype))
+            table = table.set_column(i, field.with_type(dtype), table.column(i).cast(dtype))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
             log.warning("property %s stays %s (not castable to %s: %s)", name, field.type, dtype, exc)
     return table

@@ -145,16 +145,22 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
 
     union = shapely.union_all([g for _, g in geoms])
     header_cols = {key: band_columns(key)[1] for key in keys}
-    available = set(collection.dataset.schema.names)
+    available = set(collection.schema.names)
     columns = [c for c in _SCENE_COLUMNS if c in available] + list(header_cols.values())
     table = collection.to_table(
         date_range=date_range, cloud_cover_lt=cloud_cover_lt, geometry=union, properties=filters,
-        columns=columns,
+        columns=columns, sort=False,  # the scenes are sorted below
     )
     if not table.num_rows:
         return []
-    data = {name: table.column(name).to_pylist() for name in table.column_names}
-    footprints = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    import pyarrow as pa
+
+    # Python values and raw counts only: pyarrow imports pandas to convert a tz-aware timestamp
+    # (or any column to numpy), and pandas is left to load in the background during the fetch.
+    data = {name: table.column(name).to_pylist() for name in table.column_names if name != "datetime"}
+    unit = table.schema.field("datetime").type.unit
+    counts = [v for chunk in table.column("datetime").chunks for v in chunk.view(pa.int64()).to_pylist()]
+    footprints = shapely.from_wkb(data["geometry"])
     scenes = []
     for i in range(table.num_rows):
         headers, missing = {}, []
@@ -171,7 +177,7 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
             )
             continue
         row = {name: data[name][i] for name in data if name not in header_cols.values()}
-        when = np.datetime64(row["datetime"].replace(tzinfo=None), "ns")
+        when = np.datetime64(counts[i], unit).astype("datetime64[ns]")
         scenes.append(Scene(
             id=row["id"], datetime=when, footprint=footprints[i],
             reflectance=collection.source.reflectance(row), headers=headers,

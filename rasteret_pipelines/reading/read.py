@@ -10,7 +10,8 @@ The read is four steps, one module each:
 3. :mod:`~rasteret_pipelines.reading.assemble`: each scene's windows, as soon as they land,
    masked and converted straight into the output (allocated once), combined per date by a
    :mod:`~rasteret_pipelines.reading.mosaic` method.
-4. :mod:`~rasteret_pipelines.reading.model`: the arrays wrapped as one xarray Dataset.
+4. :mod:`~rasteret_pipelines.reading.model`: the arrays wrapped as one xarray Dataset
+   (xarray is imported in a background thread while the tiles are in flight).
 
 For each geometry the reference grid is the grid of its first covering scene (earliest, then
 by id) at the finest requested band. Every (scene, band) whose grid is that grid, shifted by a
@@ -111,9 +112,6 @@ def read_geometries(
     if values not in VALUE_MODES:
         raise InvalidReadArgumentError(f"values must be one of {VALUE_MODES}, got {values!r}")
     method = mosaic_method(mosaic)
-    # xarray (and pandas under it) is only needed to wrap the result: import it in the
-    # background while the collection is read and the tiles are in flight.
-    preload = _Preload("xarray")
     if isinstance(bands, str):
         bands = [bands]
     if not bands:
@@ -143,6 +141,10 @@ def read_geometries(
                      local_files=collection.allow_local_hrefs)
     check_plans(plans, bands, values, config)  # MemoryLimitError before any request
     out = Assembly(plans, keys, bands, quality, values, resampling, method)
+    # xarray (and pandas under it) is only needed to wrap the result: import it in the
+    # background while the tiles are in flight. Not earlier: the import holds the GIL most of
+    # its time and would delay the collection read and the planning, so the first request.
+    preload = _Preload("xarray")
     try:
         stats = run_sync(fetch_plans(plans, config, out.add_scene))
     finally:

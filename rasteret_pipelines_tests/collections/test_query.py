@@ -103,3 +103,64 @@ def test_collections_on_s3(tmp_path, mirror, stac_for, moto_s3):
         bands=["red"], stac_url=stac.url, progress=False,
     )
     assert mirror.cogs.count(None) == 0  # headers reused from the S3 copy
+
+
+FILTER_CASES = [
+    {"date_range": ("2025-06-01", "2025-06-30")},
+    {"date_range": ("2025-06-20", "2025-07-31"), "cloud_cover_lt": 40},
+    {"cloud_cover_lt": 30, "platform": "sentinel-2b"},
+    {"bbox": (-40.36, -4.7, -40.35, -4.6)},
+    {"properties": {"mgrs:grid_square": ["VV", "UA"]}, "platform": {"in": ["sentinel-2a", "sentinel-2b"]}},
+    {"properties": {"mgrs:grid_square": "VV"}, "cloud_cover_lt": 100},
+]
+
+
+@pytest.mark.parametrize("filters", FILTER_CASES)
+def test_to_table_selects_the_rows_arrows_dataset_scanner_selects(built, filters):
+    """The oracle: pyarrow.dataset evaluating :meth:`filter_expression` over the same files."""
+    collection = built[0]
+    expected = collection.dataset.to_table(filter=collection.filter_expression(**filters))
+    expected = expected.sort_by([("datetime", "ascending"), ("id", "ascending")])
+    got = collection.to_table(**filters)
+    assert 0 < expected.num_rows < 12  # every case selects some rows, not all
+    assert got.column("id").to_pylist() == expected.column("id").to_pylist()
+    assert got.schema.names == expected.schema.names
+    for name in ("datetime", "eo:cloud_cover", "red_header", "assets", "month"):
+        assert got.column(name).equals(expected.column(name).cast(got.schema.field(name).type)), name
+
+
+def test_unknown_filter_or_column_is_a_clear_error(built):
+    from rasteret_pipelines.errors import InvalidSearchError
+
+    collection = built[0]
+    with pytest.raises(InvalidSearchError, match="no column 'no:such'"):
+        collection.to_table(properties={"no:such": 1})
+    with pytest.raises(InvalidSearchError, match="no column 'nope'"):
+        collection.to_table(columns=["id", "nope"])
+
+
+def test_a_filtered_projected_read_loads_neither_pyarrow_dataset_nor_pandas(built, tmp_path):
+    """A read's collection query must not import pandas before the first request (xarray's
+    background import brings it during the fetch)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, shapely.geometry\n"
+        "from rasteret_pipelines.collections import load_collection\n"
+        "from rasteret_pipelines.reading.plan import select_scenes\n"
+        f"c = load_collection('brazil', {str(tmp_path)!r})\n"
+        "t = c.to_table(date_range=('2025-06-01', '2025-07-31'), cloud_cover_lt=90, bbox=(-41, -5, -40, -4),"
+        " geometry=shapely.geometry.Point(-40.0, -4.0).buffer(0.01), platform='sentinel-2b',"
+        " properties={'mgrs:grid_square': ['UA', 'VV']}, columns=['id', 'red_header'])\n"
+        "assert t.num_rows > 0\n"
+        "s = select_scenes(c, [(1, shapely.geometry.Point(-40.0, -4.0).buffer(0.01))], ('2025-06-01', '2025-07-31'),"
+        " 90, None, ['red'])\n"
+        "assert s and s[0].headers['red'].href\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert {"pyarrow.dataset", "pyarrow._dataset", "pandas", "xarray"} & modules == set()
