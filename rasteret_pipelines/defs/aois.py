@@ -27,14 +27,11 @@ from dataclasses import dataclass, field
 import shapely
 import shapely.geometry
 
-from rasteret_pipelines.errors import InvalidGeometryError, RasteretError
+from rasteret_pipelines.errors import AoiFileError, InvalidGeometryError
 from rasteret_pipelines.storage import Storage
 
 AOI_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-
-class AoiFileError(RasteretError, ValueError):
-    """The AOI file cannot be read or one of its features is not a usable area of interest."""
 
 
 @dataclass(frozen=True)

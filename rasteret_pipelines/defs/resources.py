@@ -26,19 +26,10 @@ from rasteret_pipelines.defs.settings import (
     Settings,
     SettingsError,
 )
-from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines.errors import LocalServerDownError, RasteretError, StorageConfigError
 from rasteret_pipelines.storage import Storage
 
 
-class StorageConfigError(RasteretError):
-    """The storage location is unusable: wrong kind of path, no credentials, no bucket access."""
-
-
-class LocalServerDownError(RasteretError):
-    """COG hrefs point at a server on this machine (127.0.0.1) that is not running.
-
-    Not retried: nothing will start it meanwhile; the message says how to start it.
-    """
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -50,11 +50,8 @@ from rasteret_pipelines.defs.resources import (
     StorageResource,
 )
 from rasteret_pipelines.defs.settings import source_slug
-from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines.errors import AoiNotInFileError, RasteretError
 
-
-class AoiNotInFileError(RasteretError):
-    """A partition's AOI id is no longer in the AOI file."""
 
 
 def ndvi_key(source_id: str) -> dg.AssetKey:
