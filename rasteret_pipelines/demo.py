@@ -385,7 +385,7 @@ def run_demo(
     import dagster as dg
 
     from rasteret_pipelines.defs import build_definitions
-    from rasteret_pipelines.defs.aois import write_aois_geojson
+    from rasteret_pipelines.aois import write_aois_geojson
     from rasteret_pipelines.defs.partitions import aoi_partitions, month_partition_key
     from rasteret_pipelines.defs.settings import DEMO, Settings
     from rasteret_pipelines.mirror.demo_data import QUICKSTART_AOIS
@@ -422,7 +422,7 @@ def run_demo(
         defs = build_definitions(settings)
         # the resources hold EnvVars when the variables are set (resolved only inside runs): the
         # demo's own reads use the settings' plain values
-        from rasteret_pipelines.defs.aois import load_aois
+        from rasteret_pipelines.aois import load_aois
         from rasteret_pipelines.defs.resources import storage_resource
 
         storage = storage_resource(settings.storage)

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from rasteret_pipelines.cog import FetchConfig
 from rasteret_pipelines.collections import get_source, stac_url_env_var
-from rasteret_pipelines.defs.aois import AoiSet, load_aois
+from rasteret_pipelines.aois import AoiSet, load_aois
 from rasteret_pipelines.defs.settings import (
     DEFAULT_DEMO_DIR,
     DEFAULT_DEMO_MONTHS,
@@ -279,12 +279,12 @@ class BatchResource(dg.ConfigurableResource):
 
 
 class AoiFileResource(dg.ConfigurableResource):
-    """The AOI file (GeoJSON or GeoParquet, local or ``s3://``): see :mod:`rasteret_pipelines.defs.aois`."""
+    """The AOI file (GeoJSON or GeoParquet, local or ``s3://``): see :mod:`rasteret_pipelines.aois`."""
 
     path: str = Field(description="Local path or s3:// URI of the AOI file")
 
     def load(self, *, lenient: bool = False) -> AoiSet:
-        """The checked AOIs; :class:`~rasteret_pipelines.defs.aois.AoiFileError` names any fault
+        """The checked AOIs; :class:`~rasteret_pipelines.errors.AoiFileError` names any fault
         (lenient: features with an unusable geometry are listed in ``invalid`` instead)."""
         return load_aois(self.path, lenient=lenient)
 

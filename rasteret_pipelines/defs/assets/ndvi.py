@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import dagster as dg
 
-from rasteret_pipelines.defs.aois import AoiFileError
+from rasteret_pipelines.errors import AoiFileError
 from rasteret_pipelines.defs.assets._common import TRANSIENT_ERRORS, after_upstream_updates, source_pool
 from rasteret_pipelines.defs.assets.collections import collection_key
 from rasteret_pipelines.defs.io_managers import JSON, KIND, CollectionSlice, MissingPartitionError, write_value
