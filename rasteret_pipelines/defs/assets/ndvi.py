@@ -28,14 +28,12 @@ from rasteret_pipelines.defs.io_managers import JSON, KIND, CollectionSlice, Mis
 from rasteret_pipelines.defs.partitions import (
     MONTH_DIMENSION,
     Partitions,
-    UnsafePartitionKeyError,
     month_key,
     split_month_aoi,
 )
 from rasteret_pipelines.defs.pipeline import (
     NDVI_BANDS,
     PIXEL_SIZE,
-    AoiNotIndexedError,
     check_aoi_indexed,
     chunk_aois,
     month_bounds,
@@ -46,11 +44,10 @@ from rasteret_pipelines.defs.resources import (
     BatchResource,
     DataSourceResource,
     HttpClientResource,
-    LocalServerDownError,
     StorageResource,
 )
 from rasteret_pipelines.defs.settings import source_slug
-from rasteret_pipelines.errors import AoiNotInFileError, RasteretError
+from rasteret_pipelines.errors import AoiNotInFileError, LocalServerDownError, RasteretError, UnsafePartitionKeyError
 
 
 
