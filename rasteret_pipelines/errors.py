@@ -190,3 +190,38 @@ class ProductInputError(ProductError, ValueError):
 
 class ReflectanceRequiredError(ProductInputError):
     """The index needs physical reflectance, but the Dataset holds raw or native values."""
+
+
+# --- Dagster project (rasteret_pipelines.defs) ------------------------------------------------
+
+
+class SettingsError(RasteretError, ValueError):
+    """An environment variable of the Dagster project has an unusable value."""
+
+
+class StorageConfigError(RasteretError):
+    """The storage location is unusable: wrong kind of path, no credentials, no bucket access."""
+
+
+class LocalServerDownError(RasteretError):
+    """COG hrefs point at a server on this machine (127.0.0.1) that is not running; not retried."""
+
+
+class UnsafePartitionKeyError(RasteretError, ValueError):
+    """A partition key (AOI id, month) or a path built from it could leave the storage folder."""
+
+
+class MissingPartitionError(RasteretError):
+    """An input partition was never materialised (its file is not in the storage)."""
+
+
+class AoiFileError(RasteretError, ValueError):
+    """The AOI file cannot be read or one of its features is not a usable area of interest."""
+
+
+class AoiNotInFileError(RasteretError):
+    """A partition's AOI id is no longer in the AOI file."""
+
+
+class AoiNotIndexedError(RasteretError):
+    """The collection month was built for an area that does not contain the AOI."""

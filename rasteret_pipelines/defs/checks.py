@@ -7,7 +7,7 @@ import dagster as dg
 import numpy as np
 
 from rasteret_pipelines.collections import schema
-from rasteret_pipelines.defs.aois import read_uri_bytes
+from rasteret_pipelines.aois import read_uri_bytes
 from rasteret_pipelines.defs.assets import collection_key, ndvi_key
 from rasteret_pipelines.defs.io_managers import CollectionSlice
 from rasteret_pipelines.defs.partitions import Partitions

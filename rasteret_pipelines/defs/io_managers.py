@@ -39,7 +39,7 @@ from rasteret_pipelines.defs.partitions import (
     month_key,
 )
 from rasteret_pipelines.defs.resources import StorageResource
-from rasteret_pipelines.errors import CollectionNotFoundError, RasteretError
+from rasteret_pipelines.errors import CollectionNotFoundError, MissingPartitionError
 from rasteret_pipelines.storage import Storage
 
 KIND = "rasteret/io"
@@ -48,9 +48,6 @@ COLLECTION, JSON, TABLE = "collection", "json", "table"
 SEARCH_FILE = "_search.json"
 COLLECTIONS = "collections"
 
-
-class MissingPartitionError(RasteretError):
-    """An input partition was never materialised (its file is not in the storage)."""
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,13 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines.errors import UnsafePartitionKeyError
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """What an AOI id (a dynamic partition key) may look like: it becomes a folder and file name."""
 _MONTH_KEY = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-01$")
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]{0,127}$")
 
-
-class UnsafePartitionKeyError(RasteretError, ValueError):
-    """A partition key (AOI id, month) or a path built from it could leave the storage folder."""
 
 
 def check_aoi_id(aoi_id, what: str = "AOI id") -> str:

@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 from rasteret_pipelines.collections import MonthReport, build_collection, get_source
-from rasteret_pipelines.defs.aois import AoiSet
+from rasteret_pipelines.aois import AoiSet
 from rasteret_pipelines.defs.io_managers import COLLECTIONS, CollectionMonth, CollectionSlice
 from rasteret_pipelines.defs.partitions import month_bounds
-from rasteret_pipelines.errors import InvalidSearchError, NoScenesError, RasteretError
+from rasteret_pipelines.errors import AoiNotIndexedError, InvalidSearchError, NoScenesError
 
 NDVI_BANDS: dict[str, tuple[str, str]] = {
     "sentinel-2-l2a": ("red", "nir"),
@@ -36,9 +36,6 @@ NDVI_BANDS: dict[str, tuple[str, str]] = {
 }
 """(red, near-infrared) asset keys per source."""
 
-
-class AoiNotIndexedError(RasteretError):
-    """The collection month was built for an area that does not contain the AOI."""
 
 
 def collection_bands(source_id: str) -> list[str]:

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from rasteret_pipelines.cog import FetchConfig
 from rasteret_pipelines.collections import get_source, stac_url_env_var
-from rasteret_pipelines.defs.aois import AoiSet, load_aois
+from rasteret_pipelines.aois import AoiSet, load_aois
 from rasteret_pipelines.defs.settings import (
     DEFAULT_DEMO_DIR,
     DEFAULT_DEMO_MONTHS,
@@ -26,19 +26,10 @@ from rasteret_pipelines.defs.settings import (
     Settings,
     SettingsError,
 )
-from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines.errors import LocalServerDownError, RasteretError, StorageConfigError
 from rasteret_pipelines.storage import Storage
 
 
-class StorageConfigError(RasteretError):
-    """The storage location is unusable: wrong kind of path, no credentials, no bucket access."""
-
-
-class LocalServerDownError(RasteretError):
-    """COG hrefs point at a server on this machine (127.0.0.1) that is not running.
-
-    Not retried: nothing will start it meanwhile; the message says how to start it.
-    """
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -194,7 +185,7 @@ class DataSourceResource(dg.ConfigurableResource):
             return per_source
         choice = self.stac_url.strip()
         if choice.lower() == DEMO:
-            from rasteret_pipelines.demo import demo_stac_url
+            from rasteret_pipelines.mirror.demo_mirror import demo_stac_url
 
             months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
             return demo_stac_url(self.demo_dir, self.demo_port, months=months, start=start_demo)
@@ -222,7 +213,7 @@ class DataSourceResource(dg.ConfigurableResource):
                 continue
             demo = self.stac_url.strip().lower() == DEMO
             if demo and port == int(self.demo_port) + 1:
-                from rasteret_pipelines.demo import demo_stac_url
+                from rasteret_pipelines.mirror.demo_mirror import demo_stac_url
 
                 months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
                 try:
@@ -235,7 +226,7 @@ class DataSourceResource(dg.ConfigurableResource):
                     continue
             hint = (
                 f"it is the offline demo's COG server: start the demo mirror with `rasteret-pipelines demo "
-                f"--serve` (or `python -m rasteret_pipelines.demo serve --demo-dir {self.demo_dir} --port "
+                f"--serve` (or `python -m rasteret_pipelines.mirror.demo_mirror serve --demo-dir {self.demo_dir} --port "
                 f"{port - 1}`), or select the demo (RASTERET_STAC_URL=demo, RASTERET_DEMO_PORT={port - 1}) "
                 "so that runs start it themselves"
                 if port - 1 >= 1024
@@ -288,12 +279,12 @@ class BatchResource(dg.ConfigurableResource):
 
 
 class AoiFileResource(dg.ConfigurableResource):
-    """The AOI file (GeoJSON or GeoParquet, local or ``s3://``): see :mod:`rasteret_pipelines.defs.aois`."""
+    """The AOI file (GeoJSON or GeoParquet, local or ``s3://``): see :mod:`rasteret_pipelines.aois`."""
 
     path: str = Field(description="Local path or s3:// URI of the AOI file")
 
     def load(self, *, lenient: bool = False) -> AoiSet:
-        """The checked AOIs; :class:`~rasteret_pipelines.defs.aois.AoiFileError` names any fault
+        """The checked AOIs; :class:`~rasteret_pipelines.errors.AoiFileError` names any fault
         (lenient: features with an unusable geometry are listed in ``invalid`` instead)."""
         return load_aois(self.path, lenient=lenient)
 

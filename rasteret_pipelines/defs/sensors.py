@@ -24,7 +24,7 @@ import json
 
 import dagster as dg
 
-from rasteret_pipelines.defs.aois import AoiFileError
+from rasteret_pipelines.errors import AoiFileError
 from rasteret_pipelines.defs.assets import collection_key, ndvi_key
 from rasteret_pipelines.defs.partitions import (
     UnsafePartitionKeyError,

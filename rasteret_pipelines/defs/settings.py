@@ -49,6 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from rasteret_pipelines.collections import get_source
+from rasteret_pipelines.errors import SettingsError
 
 DEFAULT_STORAGE = "./.rasteret_data"
 DEFAULT_START_MONTH = "2024-01"
@@ -89,9 +90,6 @@ ENV_VARS: tuple[str, ...] = (
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
-
-class SettingsError(ValueError):
-    """An environment variable of the Dagster project has an unusable value."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import datetime as dt
 import dagster as dg
 import shapely.geometry
 
-from rasteret_pipelines.defs.aois import write_aois_geojson
+from rasteret_pipelines.aois import write_aois_geojson
 from rasteret_pipelines.defs.assets import collection_key, ndvi_key, timeseries_key
 from rasteret_pipelines_tests.defs.conftest import AOIS, MONTHS
 

@@ -114,7 +114,7 @@ def test_ndvi_of_a_month_never_built(project):
 
 def test_ndvi_of_an_aoi_outside_the_indexed_area(built):
     far = shapely.geometry.box(77.70, 13.20, 77.72, 13.22)  # same tile, outside the months' search bbox
-    from rasteret_pipelines.defs.aois import write_aois_geojson
+    from rasteret_pipelines.aois import write_aois_geojson
 
     write_aois_geojson({**AOIS, "3": far}, built.aoi_file)
     built.register_aois(["3"])

@@ -21,7 +21,7 @@ import requests
 from rasteret_pipelines_tests.conftest import free_port
 from rasteret_pipelines_tests.defs.conftest import AOIS, REPO, postgres_dagster_yaml
 
-from rasteret_pipelines.defs.aois import write_aois_geojson
+from rasteret_pipelines.aois import write_aois_geojson
 
 STARTUP_TIMEOUT = 120
 RUN_TIMEOUT = 180

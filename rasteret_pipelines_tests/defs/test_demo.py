@@ -9,7 +9,8 @@ import pytest
 
 from rasteret_pipelines.cli import build_parser
 from rasteret_pipelines.defs.resources import DataSourceResource
-from rasteret_pipelines.demo import demo_stac_url, probe_demo_mirror, run_demo, spawn_demo_mirror
+from rasteret_pipelines.demo import run_demo
+from rasteret_pipelines.mirror.demo_mirror import demo_stac_url, probe_demo_mirror, spawn_demo_mirror
 from rasteret_pipelines.errors import StacApiError
 from rasteret_pipelines_tests.conftest import free_port
 from rasteret_pipelines_tests.defs.conftest import MONTHS
@@ -102,7 +103,7 @@ def _kill_detached_mirror(demo_world, port: int) -> None:
 def test_runs_after_the_demo_exited(demo_world, tmp_path):
     """The demo's mirror is gone (the demo exited): with the demo selected a run starts it on
     demand; with the COG server down and nothing to start it, the run fails at once, saying how."""
-    from rasteret_pipelines.demo import DemoMirror
+    from rasteret_pipelines.mirror.demo_mirror import DemoMirror
     from rasteret_pipelines_tests.defs.conftest import failure_messages, local_instance, make_project
 
     port = free_port()

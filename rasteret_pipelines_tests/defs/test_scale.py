@@ -12,7 +12,7 @@ import shapely
 import shapely.geometry
 from pyproj import Transformer
 
-from rasteret_pipelines.defs.aois import write_aois_geojson
+from rasteret_pipelines.aois import write_aois_geojson
 from rasteret_pipelines.defs.assets import ndvi_key
 from rasteret_pipelines.defs.pipeline import BYTES_PER_PIXEL_DATE, chunk_aois, window_bytes
 from rasteret_pipelines_tests.defs.conftest import AOIS, make_project
@@ -159,7 +159,7 @@ def test_an_aoi_with_an_invalid_geometry_fails_alone(project):
 
 
 def test_batches_are_bounded_by_count_and_estimated_bytes(project, clean_mirror):
-    from rasteret_pipelines.defs.aois import load_aois
+    from rasteret_pipelines.aois import load_aois
 
     fields = {f"f{i:04d}": shapely.geometry.box(77.55 + (i % 40) * 0.001, 13.01 + (i // 40) * 0.001,
                                                 77.5508 + (i % 40) * 0.001, 13.0108 + (i // 40) * 0.001)

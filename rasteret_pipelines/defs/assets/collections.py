@@ -6,7 +6,7 @@ import time
 import dagster as dg
 
 from rasteret_pipelines.collections import get_source
-from rasteret_pipelines.defs.aois import AoiFileError
+from rasteret_pipelines.errors import AoiFileError
 from rasteret_pipelines.defs.assets._common import raise_for, source_pool
 from rasteret_pipelines.defs.io_managers import COLLECTION, KIND
 from rasteret_pipelines.defs.partitions import Partitions, month_key

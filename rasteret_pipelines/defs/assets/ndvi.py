@@ -21,21 +21,19 @@ from collections import defaultdict
 
 import dagster as dg
 
-from rasteret_pipelines.defs.aois import AoiFileError
+from rasteret_pipelines.errors import AoiFileError
 from rasteret_pipelines.defs.assets._common import TRANSIENT_ERRORS, after_upstream_updates, source_pool
 from rasteret_pipelines.defs.assets.collections import collection_key
 from rasteret_pipelines.defs.io_managers import JSON, KIND, CollectionSlice, MissingPartitionError, write_value
 from rasteret_pipelines.defs.partitions import (
     MONTH_DIMENSION,
     Partitions,
-    UnsafePartitionKeyError,
     month_key,
     split_month_aoi,
 )
 from rasteret_pipelines.defs.pipeline import (
     NDVI_BANDS,
     PIXEL_SIZE,
-    AoiNotIndexedError,
     check_aoi_indexed,
     chunk_aois,
     month_bounds,
@@ -46,15 +44,11 @@ from rasteret_pipelines.defs.resources import (
     BatchResource,
     DataSourceResource,
     HttpClientResource,
-    LocalServerDownError,
     StorageResource,
 )
 from rasteret_pipelines.defs.settings import source_slug
-from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines.errors import AoiNotInFileError, LocalServerDownError, RasteretError, UnsafePartitionKeyError
 
-
-class AoiNotInFileError(RasteretError):
-    """A partition's AOI id is no longer in the AOI file."""
 
 
 def ndvi_key(source_id: str) -> dg.AssetKey:

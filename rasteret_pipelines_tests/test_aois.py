@@ -6,7 +6,7 @@ import geopandas as gpd
 import pytest
 import shapely.geometry
 
-from rasteret_pipelines.defs.aois import AoiFileError, load_aois, parse_aois, write_aois_geojson
+from rasteret_pipelines.aois import AoiFileError, load_aois, parse_aois, write_aois_geojson
 
 BOX = shapely.geometry.box(77.55, 13.01, 77.58, 13.08)
 
@@ -90,3 +90,19 @@ def test_geoparquet_without_crs_or_id(tmp_path):
 def test_missing_file():
     with pytest.raises(AoiFileError, match="does not exist"):
         load_aois("/nonexistent/aois.geojson")
+
+
+def test_aoi_parsing_is_library_code_without_dagster():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from rasteret_pipelines.aois import parse_aois\n"
+        "parse_aois(json.dumps({'type': 'FeatureCollection', 'features': [{'type': 'Feature', "
+        "'properties': {'id': 'a'}, 'geometry': {'type': 'Polygon', 'coordinates': "
+        "[[[77.55, 13.01], [77.58, 13.01], [77.58, 13.08], [77.55, 13.08], [77.55, 13.01]]]}}]}).encode())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster' or m.startswith('rasteret_pipelines.defs')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
