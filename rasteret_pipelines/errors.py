@@ -152,6 +152,10 @@ class ReadError(RasteretError):
     """Geometries could not be read from a collection."""
 
 
+class GeoreferenceError(ReadError):
+    """A scene to be read has no CRS (its GeoKeys define none the engine can build)."""
+
+
 class InvalidGeometryError(ReadError, ValueError):
     """A geometry is empty, invalid or in an unknown CRS; the message names its id."""
 

@@ -25,7 +25,7 @@ from affine import Affine
 from pyproj import CRS, Transformer  # every read puts geometries on a scene's grid
 
 from rasteret_pipelines.cog.header import CogHeader
-from rasteret_pipelines.errors import DateRangeError
+from rasteret_pipelines.errors import DateRangeError, GeoreferenceError
 from rasteret_pipelines.reading.mask import geometry_mask
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,13 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
             if d is None:
                 missing.append(key)
             else:
-                headers[key] = CogHeader.from_dict(d)
+                header = headers[key] = CogHeader.from_dict(d)
+                if header.crs is None:
+                    raise GeoreferenceError(
+                        f"scene {data['id'][i]}, band {key}: {header.href} has no CRS the engine "
+                        "could build from its GeoKeys (see the GeoreferenceWarning of the build); "
+                        "its pixels cannot be placed on a map"
+                    )
         if missing:
             log.warning(
                 "scene %s has no cached header for %s (failed at build time); it is skipped. "

@@ -155,6 +155,29 @@ def test_rebuild_refetches_headers_cached_by_an_older_header_layout(tmp_path, mi
     assert all(CogHeader.from_dict(h).href for h in rebuilt)
 
 
+def test_a_cached_header_without_crs_is_a_typed_error_naming_the_href(tmp_path, mirror, stac_for, july):
+    """A COG whose GeoKeys define no CRS is indexed (with a warning) but never read as if placed."""
+    import pyarrow as pa
+    import shapely
+
+    from rasteret_pipelines.collections import load_collection
+    from rasteret_pipelines.errors import GeoreferenceError
+    from rasteret_pipelines.reading import read_geometries
+
+    first = build_s2(tmp_path, stac_for(july))
+    path = Path(first.months[0].path)
+    table = pq.read_table(path)
+    i = table.schema.get_field_index("red_header")
+    cleared = [dict(h, crs=None) for h in table.column(i).to_pylist()]
+    table = table.set_column(i, table.schema.field(i), pa.array(cleared, HEADER_TYPE))
+    pq.write_table(table, path)
+    area = shapely.geometry.shape(july[0]["geometry"]).centroid.buffer(0.01)
+    mirror.cogs.reset_log()
+    with pytest.raises(GeoreferenceError, match=r"band red: .*red\.tif has no CRS"):
+        read_geometries(load_collection("brazil", tmp_path), [area], ["red", "nir"])
+    assert mirror.cogs.count(None) == 0
+
+
 def test_rebuild_after_one_item_changed_fetches_only_that_item(tmp_path, mirror, stac_for, july):
     stac = stac_for(july)
     build_s2(tmp_path, stac)

@@ -19,6 +19,7 @@ from rasteret_pipelines.defs.resources import (
 )
 from rasteret_pipelines.defs.settings import source_slug
 from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines.redaction import redact
 
 
 def collection_key(source_id: str) -> dg.AssetKey:
@@ -93,7 +94,7 @@ def collection_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
             "skipped_items": len(report.skipped_items),
             "bytes": dg.MetadataValue.int(report.bytes),
             "duration_s": dg.MetadataValue.float(round(time.perf_counter() - t0, 3)),
-            "stac_url": built.stac_url,
+            "stac_url": redact(built.stac_url),  # a signed or tokened URL never reaches the UI
             "search_bbox": dg.MetadataValue.json(built.output.search["bbox"]),
             "aoi_ids": ", ".join(areas.ids),
         }
