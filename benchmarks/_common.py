@@ -183,6 +183,23 @@ def account(records, first_offset_by_name: dict[str, int]) -> Traffic:
 # -- report ---------------------------------------------------------------------------------------
 
 
+def add_lab_arguments(p, *, seed_help: str, repeat_default: int, repeat_help: str) -> None:
+    """The options every read benchmark shares: the lab (scenes, fields, latency, COG cache),
+    the rasterio baseline's threads, repetitions, JSON output and --strict."""
+    from benchmarks.bench_cog import DEFAULT_DATA_DIR
+
+    p.add_argument("--scenes", type=int, default=20, help="scenes (x2 bands = files); default 20")
+    p.add_argument("--fields", type=int, default=100, help="polygons of the fields workload; default 100")
+    p.add_argument("--seed", type=int, default=7, help=seed_help)
+    p.add_argument("--latency", type=float, default=0.05, help="seconds per request; default 0.05")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="bench_cog's COG cache")
+    p.add_argument("--variants", type=int, default=4, help="distinct images per band (bench_cog); default 4")
+    p.add_argument("--threads", type=int, default=8, help="threads of the rasterio baseline; default 8")
+    p.add_argument("--repeat", type=int, default=repeat_default, help=repeat_help)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+
+
 def write_json(path: Path, report: dict, note_prefix: str = "") -> None:
     """Write ``report`` to ``path`` (indented) and say so, after ``note_prefix``."""
     path.parent.mkdir(parents=True, exist_ok=True)

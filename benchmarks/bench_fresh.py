@@ -256,20 +256,12 @@ def spawn(mode: str, spec: dict, workdir: Path, tag: str, env_extra: dict | None
 def parse_args(argv=None):
     import argparse
 
-    from benchmarks.bench_cog import DEFAULT_DATA_DIR
+    from benchmarks._common import add_lab_arguments
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenes", type=int, default=20, help="scenes (x2 bands = files); default 20")
-    p.add_argument("--fields", type=int, default=100, help="polygons of the fields workload; default 100")
-    p.add_argument("--seed", type=int, default=7, help="seed of the field polygons (bench_read's); default 7")
-    p.add_argument("--latency", type=float, default=0.05, help="seconds per request; default 0.05")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="bench_cog's COG cache")
-    p.add_argument("--variants", type=int, default=4, help="distinct images per band (bench_cog); default 4")
-    p.add_argument("--threads", type=int, default=8, help="threads of the rasterio baseline; default 8")
-    p.add_argument("--repeat", type=int, default=5, help="interleaved rounds, medians reported; default 5")
+    add_lab_arguments(p, seed_help="seed of the field polygons (bench_read's); default 7",
+                      repeat_default=5, repeat_help="interleaved rounds, medians reported; default 5")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated; default both")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return p.parse_args(argv)
 
 

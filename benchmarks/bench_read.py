@@ -58,6 +58,7 @@ import numpy as np
 
 from benchmarks._common import (
     Traffic,
+    add_lab_arguments,
     account,
     exit_status,
     print_targets,
@@ -72,7 +73,6 @@ from benchmarks.bench_cog import (
     AOIS,
     BLOCK,
     CRS,
-    DEFAULT_DATA_DIR,
     GDAL_HTTP_ENV,
     ORIGIN,
     PIXEL,
@@ -333,16 +333,8 @@ WORKERS = {"build": worker_build, "engine": worker_engine, "rasterio-8t": worker
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenes", type=int, default=20, help="scenes (x2 bands = files); default 20")
-    p.add_argument("--fields", type=int, default=100, help="polygons of the fields workload; default 100")
-    p.add_argument("--seed", type=int, default=7, help="seed of the field polygons; default 7")
-    p.add_argument("--latency", type=float, default=0.05, help="seconds per request; default 0.05")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="bench_cog's COG cache")
-    p.add_argument("--variants", type=int, default=4, help="distinct images per band (bench_cog); default 4")
-    p.add_argument("--threads", type=int, default=8, help="threads of the rasterio baseline; default 8")
-    p.add_argument("--repeat", type=int, default=1, help="fresh-process runs per mode, median reported")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    add_lab_arguments(p, seed_help="seed of the field polygons; default 7",
+                      repeat_default=1, repeat_help="fresh-process runs per mode, median reported")
     return p.parse_args(argv)
 
 
