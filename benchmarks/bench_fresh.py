@@ -313,12 +313,13 @@ def main(argv=None) -> int:
     import datetime as dt
     import tempfile
 
-    from benchmarks._common import account, exit_status, first_tile_offsets, print_targets, settle, write_json
-    from benchmarks.bench_cog import AOIS, CRS, GDAL_HTTP_ENV, check_grid, ensure_data, warm_page_cache
+    from benchmarks._common import account, exit_status, print_targets, settle, write_json
+    from benchmarks.bench_cog import AOIS, CRS, GDAL_HTTP_ENV
     from benchmarks.bench_read import (
         WORKER_MODULE as READ_MODULE,
         field_geometries,
         make_items,
+        prepare_lab,
         quickstart_geometries,
         scene_date,
     )
@@ -328,16 +329,7 @@ def main(argv=None) -> int:
     workloads = [w for w in args.workloads.split(",") if w]
     if args.repeat < 1 or not set(workloads) <= set(WORKLOADS):
         raise SystemExit(f"--repeat must be >= 1 and --workloads a subset of {WORKLOADS}")
-    check_grid()
-    data = ensure_data(args.data_dir, args.scenes, args.variants)
-    root: Path = data["root"]
-    masters_dir = args.data_dir / "masters"
-    master_of = dict(data["files"])
-    names = [n for n, _ in data["files"]]
-    offsets_master = first_tile_offsets(masters_dir, set(master_of.values()))
-    first_offset_by_name = {n: offsets_master[m] for n, m in master_of.items()}
-    warm_page_cache(masters_dir / m for m in set(master_of.values()))
-    dates = sorted({scene_date(n) for n in names})
+    root, masters_dir, master_of, names, first_offset_by_name, dates = prepare_lab(args)
     wkts = {
         "quickstart": [w for _, w in quickstart_geometries()],
         "fields": [w for _, w in field_geometries(args.fields, args.seed)],

@@ -328,6 +328,26 @@ def worker_rasterio(spec: dict) -> dict:
 WORKERS = {"build": worker_build, "engine": worker_engine, "rasterio-8t": worker_rasterio}
 
 
+def prepare_lab(args):
+    """The COG lab both read benchmarks use: ``bench_cog``'s files made (once) and linked for
+    ``args``, their first tile offsets (to tell header GETs from tile GETs), the page cache
+    warmed, and the scene dates.
+
+    Returns:
+        ``(root, masters_dir, master_of, names, first_offset_by_name, dates)``.
+    """
+    check_grid()
+    data = ensure_data(args.data_dir, args.scenes, args.variants)
+    masters_dir = args.data_dir / "masters"
+    master_of = dict(data["files"])
+    names = [n for n, _ in data["files"]]
+    offsets_master = first_tile_offsets(masters_dir, set(master_of.values()))
+    first_offset_by_name = {n: offsets_master[m] for n, m in master_of.items()}
+    warm_page_cache(masters_dir / m for m in set(master_of.values()))
+    dates = sorted({scene_date(n) for n in names})
+    return data["root"], masters_dir, master_of, names, first_offset_by_name, dates
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -347,16 +367,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.scenes < 1 or args.fields < 1 or args.repeat < 1 or args.variants < 1:
         raise SystemExit("--scenes, --fields, --variants and --repeat must be >= 1")
-    check_grid()
-    data = ensure_data(args.data_dir, args.scenes, args.variants)
-    root: Path = data["root"]
-    masters_dir = args.data_dir / "masters"
-    master_of = dict(data["files"])
-    names = [n for n, _ in data["files"]]
-    offsets_master = first_tile_offsets(masters_dir, set(master_of.values()))
-    first_offset_by_name = {n: offsets_master[m] for n, m in master_of.items()}
-    warm_page_cache(masters_dir / m for m in set(master_of.values()))
-    dates = sorted({scene_date(n) for n in names})
+    root, masters_dir, master_of, names, first_offset_by_name, dates = prepare_lab(args)
 
     geometries = {"quickstart": quickstart_geometries(), "fields": field_geometries(args.fields, args.seed)}
     any_master = next(iter(master_of.values()))
