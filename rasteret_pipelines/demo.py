@@ -60,9 +60,9 @@ REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 def quickstart_environment(stac_url: str) -> dict[str, str]:
     """The environment that points the library's Sentinel-2 source at the demo STAC API."""
-    from rasteret_pipelines.collections import stac_url_env_var
+    from rasteret_pipelines.collections import DataSources, stac_url_env_var
 
-    return {stac_url_env_var("sentinel-2-l2a"): stac_url}
+    return {stac_url_env_var(DataSources.SENTINEL2): stac_url}
 
 
 def serve_for_quickstart(months: Sequence[str] | None = None, *, log=print, stop: threading.Event | None = None) -> int:

@@ -116,6 +116,12 @@ class UnknownSourceError(CollectionError, ValueError):
     """The data source name is not in the registry; the message lists the valid names."""
 
 
+class SourceDefinitionError(CollectionError, ValueError):
+    """A data source definition is incomplete or contradicts itself (NDVI bands, cloud-mask band
+    or reflectance properties it does not have), or clashes with a registered source (an id or
+    alias already taken); the message names the source and the field."""
+
+
 class UnknownBandError(CollectionError, ValueError):
     """A band name is not known for the source (or not in the collection)."""
 

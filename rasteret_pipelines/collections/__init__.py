@@ -22,12 +22,16 @@ if TYPE_CHECKING:
         collection_name,
     )
     from rasteret_pipelines.collections.query import Collection, list_collections, load_collection
+    from rasteret_pipelines.collections.cloudmask import CloudMask, MaskedBits, MaskedClasses
     from rasteret_pipelines.collections.sources import (
         SOURCES,
         DataSource,
         DataSources,
+        NdviBands,
         get_source,
+        register_source,
         stac_url_env_var,
+        unregister_source,
     )
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
@@ -35,6 +39,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "build": ["BuildReport", "FailedAsset", "MonthReport", "build_collection", "collection_name"],
         "query": ["Collection", "list_collections", "load_collection"],
-        "sources": ["DataSource", "DataSources", "SOURCES", "get_source", "stac_url_env_var"],
+        "cloudmask": ["CloudMask", "MaskedBits", "MaskedClasses"],
+        "sources": ["DataSource", "DataSources", "NdviBands", "SOURCES", "get_source", "register_source",
+                    "stac_url_env_var", "unregister_source"],
     },
 )

@@ -318,7 +318,7 @@ async def _build_month(
             continue
         checked.append((good, _parse_datetime(good["properties"]["datetime"])))
     checked.sort(key=lambda pair: (pair[1], pair[0]["id"]))
-    table, good_items = _stac_table([item for item, _ in checked], month, name, result)
+    table, good_items = _stac_table(src, [item for item, _ in checked], month, name, result)
     rows: list[dict] = []
     to_fetch: list[tuple[dict, str, str]] = []  # row, band, href
     for item in good_items:
@@ -384,21 +384,22 @@ async def _build_month(
     return result, schema.with_band_columns(table, keys, values)
 
 
-def _stac_table(items: list[dict], month: Month, name: str, result: MonthReport) -> tuple[pa.Table, list[dict]]:
+def _stac_table(src: DataSource, items: list[dict], month: Month, name: str,
+                result: MonthReport) -> tuple[pa.Table, list[dict]]:
     """The month's STAC-GeoParquet table (through stac-geoparquet) and the items it holds.
 
     An item that cannot be stored on its own (say an unparseable timestamp) is moved to
     ``result.skipped_items``; items that can each be stored but not together are an error.
     """
     if not items:
-        return schema.empty_month_table(), []
+        return schema.empty_month_table(src), []
     try:
-        return schema.items_table(items), items
+        return schema.items_table(items, src), items
     except (pa.ArrowException, ValueError, TypeError) as whole:
         keep = []
         for item in items:
             try:
-                schema.items_table([item])
+                schema.items_table([item], src)
             except (pa.ArrowException, ValueError, TypeError) as exc:
                 reason = f"item cannot be stored as STAC-GeoParquet: {exc}"
                 result.skipped_items.append((item["id"], reason))
@@ -410,7 +411,7 @@ def _stac_table(items: list[dict], month: Month, name: str, result: MonthReport)
                 f"the {month.key} items of collection {name!r} cannot be stored in one "
                 f"STAC-GeoParquet table (do their properties disagree in type?): {whole}"
             ) from whole
-        return _stac_table(keep, month, name, result)
+        return _stac_table(src, keep, month, name, result)
 
 
 def _progress_bar(total: int, desc: str, progress: bool | None):

@@ -112,7 +112,7 @@ class Collection:
         """The columns of all months together, with the ``month`` partition column.
 
         Month schemas are unified (a property one month lacks reads as null), and the typed
-        properties of :data:`schema.PROPERTY_TYPES` are always present, so filters never miss
+        properties of :func:`schema.property_types` are always present, so filters never miss
         a column.
 
         Raises:
@@ -120,7 +120,7 @@ class Collection:
         """
         months = self._months
         if not months:
-            return pa.schema(schema.guaranteed_fields())
+            return pa.schema(schema.guaranteed_fields(self.source))
         schemas = [s.remove_metadata() for _, _, _, s in months]
         try:
             unified = pa.unify_schemas(schemas, promote_options="permissive")
@@ -129,7 +129,7 @@ class Collection:
                 f"the month files of collection {self.name!r} in {self.storage.uri} disagree on a "
                 f"column type and cannot be read together: {exc}"
             ) from exc
-        for f in schema.guaranteed_fields():
+        for f in schema.guaranteed_fields(self.source):
             if f.name not in unified.names:
                 unified = unified.append(f)
         return unified.append(pa.field("month", pa.string()))

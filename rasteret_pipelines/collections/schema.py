@@ -98,14 +98,20 @@ PROPERTY_TYPES: dict[str, pa.DataType] = {
     "eo:cloud_cover": pa.float64(),
     "platform": pa.string(),
     "proj:epsg": pa.int64(),
-    "mgrs:utm_zone": pa.int64(),
-    "earthsearch:boa_offset_applied": pa.bool_(),
-    "s2:nodata_pixel_percentage": pa.float64(),
-    "s2:processing_baseline": pa.string(),
-    "landsat:cloud_cover_land": pa.float64(),
 }
-"""Properties with a fixed type in every month (others keep the type stac-geoparquet infers),
-so months unify and the filters of :meth:`Collection.to_table` always find them."""
+"""Common STAC properties with a fixed type in every month of every source (others keep the
+type stac-geoparquet infers, unless the source types them, see :func:`property_types`), so
+months unify and the filters of :meth:`Collection.to_table` always find them."""
+
+
+def property_types(source=None) -> dict[str, pa.DataType]:
+    """The fixed property types of a collection of ``source`` (a DataSource; None: common only):
+    :data:`PROPERTY_TYPES` plus the source's typed properties."""
+    out = dict(PROPERTY_TYPES)
+    if source is not None:
+        out.update({name: pa.type_for_alias(type_name) for name, type_name in source.properties.items()})
+    return out
+
 
 EMPTY_MONTH_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("type", pa.string()),
@@ -156,8 +162,9 @@ def is_outdated(arrow_schema: pa.Schema) -> bool:
     return LEGACY_ITEM_JSON in arrow_schema.names or "stac_version" not in arrow_schema.names
 
 
-def items_table(items: Sequence[Mapping]) -> pa.Table:
-    """The STAC-GeoParquet table of ``items`` (checked, non-empty), typed per :data:`PROPERTY_TYPES`.
+def items_table(items: Sequence[Mapping], source=None) -> pa.Table:
+    """The STAC-GeoParquet table of ``items`` (checked, non-empty), typed per :func:`property_types`
+    of ``source`` (None: the common properties only).
 
     Raises:
         ValueError / pyarrow.ArrowException: the items cannot be stored in one table.
@@ -165,7 +172,7 @@ def items_table(items: Sequence[Mapping]) -> pa.Table:
     from stac_geoparquet.arrow import parse_stac_items_to_arrow
 
     table = parse_stac_items_to_arrow(list(items), schema="FullFile").read_all()
-    for name, dtype in PROPERTY_TYPES.items():
+    for name, dtype in property_types(source).items():
         if name not in table.column_names:
             continue
         i = table.schema.get_field_index(name)
@@ -179,9 +186,9 @@ def items_table(items: Sequence[Mapping]) -> pa.Table:
     return table
 
 
-def empty_month_table() -> pa.Table:
+def empty_month_table(source=None) -> pa.Table:
     """A month without items: the STAC columns and the typed properties, no rows."""
-    return pa.schema(guaranteed_fields()).empty_table()
+    return pa.schema(guaranteed_fields(source)).empty_table()
 
 
 def with_band_columns(table: pa.Table, bands: Sequence[str], values: Mapping[str, Sequence]) -> pa.Table:
@@ -197,6 +204,6 @@ def with_band_columns(table: pa.Table, bands: Sequence[str], values: Mapping[str
     return table
 
 
-def guaranteed_fields() -> list[pa.Field]:
-    """Columns every collection dataset offers, null where a month has none (for filters)."""
-    return [pa.field(n, t) for n, t in EMPTY_MONTH_COLUMNS + list(PROPERTY_TYPES.items())]
+def guaranteed_fields(source=None) -> list[pa.Field]:
+    """Columns every collection dataset of ``source`` offers, null where a month has none (for filters)."""
+    return [pa.field(n, t) for n, t in EMPTY_MONTH_COLUMNS + list(property_types(source).items())]

@@ -28,21 +28,10 @@ from rasteret_pipelines.defs.io_managers import COLLECTIONS, CollectionMonth, Co
 from rasteret_pipelines.defs.partitions import month_bounds
 from rasteret_pipelines.errors import AoiNotIndexedError, InvalidSearchError, NoScenesError
 
-NDVI_BANDS: dict[str, tuple[str, str]] = {
-    "sentinel-2-l2a": ("red", "nir"),
-    "sentinel-2-c1-l2a": ("red", "nir"),
-    "landsat-c2l2-sr": ("red", "nir08"),
-    "landsat-c2-l2": ("red", "nir08"),
-}
-"""(red, near-infrared) asset keys per source."""
-
-
-
 def collection_bands(source_id: str) -> list[str]:
     """Asset keys a source's collection indexes: red, NIR and the quality band (cloud mask)."""
     source = get_source(source_id)
-    red, nir = NDVI_BANDS.get(source.id, ("red", "nir"))
-    return list(dict.fromkeys([red, nir, source.quality_band]))
+    return list(dict.fromkeys([*source.ndvi_bands, source.quality_band]))
 
 
 def check_month_in_source(source_id: str, month: str) -> None:
@@ -124,8 +113,6 @@ def covers(search: dict, geometry) -> bool:
     return bbox[0] - eps <= minx and bbox[1] - eps <= miny and maxx <= bbox[2] + eps and maxy <= bbox[3] + eps
 
 
-PIXEL_SIZE: dict[str, float] = {"landsat-c2l2-sr": 30.0, "landsat-c2-l2": 30.0}
-"""Pixel size (m) of the NDVI bands per source, for memory estimates (default 10 m)."""
 BYTES_PER_PIXEL_DATE = 16
 """Estimated bytes held per pixel and date of a read: red, NIR and NDVI as float32 plus masks."""
 
@@ -197,15 +184,15 @@ def chunk_aois(
 
 
 def _manifest_base(source_id: str, collection: CollectionSlice, month: str, aoi_id: str, aois: AoiSet) -> dict:
-    red, nir = NDVI_BANDS.get(source_id, ("red", "nir"))
-    quality = get_source(source_id).quality_band
+    source = get_source(source_id)
     return {
         "source": source_id,
         "collection": collection.name,
         "aoi": aoi_id,
         "aoi_name": aois.frame.loc[aoi_id, "name"],
         "month": month,
-        "bands": {"red": red, "nir": nir, "cloud_mask": quality if quality in collection.bands else None},
+        "bands": {**source.ndvi_bands._asdict(),
+                  "cloud_mask": source.quality_band if source.quality_band in collection.bands else None},
         "dates": [],
         "files": [],
     }
@@ -240,8 +227,8 @@ def ndvi_batch(
 
     ids = [str(a) for a in aoi_ids]
     manifests = {a: _manifest_base(source_id, collection, month, a, aois) for a in ids}
-    red, nir = NDVI_BANDS.get(source_id, ("red", "nir"))
-    quality = get_source(source_id).quality_band
+    source = get_source(source_id)
+    red, nir = source.ndvi_bands
     first, last = month_bounds(month)
     try:
         ds = read_geometries(
@@ -250,7 +237,7 @@ def ndvi_batch(
             [red, nir],
             date_range=(first, last),
             values="reflectance",
-            cloud_mask=quality in collection.bands,
+            cloud_mask=source.quality_band in collection.bands,
             fetch_config=fetch_config,
         )
     except NoScenesError as exc:

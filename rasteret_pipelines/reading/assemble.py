@@ -18,7 +18,6 @@ import numpy as np
 
 from rasteret_pipelines.reading.mosaic import MosaicMethod
 from rasteret_pipelines.reading.plan import Grid, GeometryPlan, SceneReads, WindowRead, crs_of, crs_text
-from rasteret_pipelines.reading.quality import clear_pixels
 
 
 def output_type(plans: list[GeometryPlan], keys: dict[str, str], bands: Sequence[str], values: str):
@@ -44,7 +43,7 @@ class Assembly:
         plans: The geometries' plans (their dates make the time axis).
         keys: Band name -> asset key.
         bands: Band names, in output order.
-        quality: Asset key of the quality band when cloud masking, else None.
+        quality: The source's cloud-mask rule when cloud masking, else None.
         values: ``float``, ``native`` or ``reflectance``.
         resampling: Used where a window must be warped onto the reference grid.
         mosaic: The :class:`MosaicMethod` subclass combining the scenes of a date.
@@ -87,8 +86,9 @@ class Assembly:
         ti = self._t_index[sr.day]
         clear = plan.inside
         if self.quality is not None:
-            qa, qa_valid = on_grid(sr.reads[self.quality], arrays[self.quality], grid, None)
-            clear = clear & qa_valid & clear_pixels(self.quality, qa)
+            band = self.quality.band
+            qa, qa_valid = on_grid(sr.reads[band], arrays[band], grid, None)
+            clear = clear & qa_valid & self.quality.clear(qa)
         mosaics = self._mosaics[gi, ti]
         for band in self.bands:
             key = self.keys[band]

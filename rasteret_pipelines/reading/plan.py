@@ -30,7 +30,7 @@ from rasteret_pipelines.reading.mask import geometry_mask
 
 log = logging.getLogger(__name__)
 
-_SCENE_COLUMNS = ["id", "datetime", "geometry", "earthsearch:boa_offset_applied", "s2:processing_baseline"]
+_SCENE_COLUMNS = ["id", "datetime", "geometry"]
 
 
 @dataclass
@@ -146,7 +146,8 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
     union = shapely.union_all([g for _, g in geoms])
     header_cols = {key: band_columns(key)[1] for key in keys}
     available = set(collection.schema.names)
-    columns = [c for c in _SCENE_COLUMNS if c in available] + list(header_cols.values())
+    scene_columns = _SCENE_COLUMNS + list(collection.source.reflectance_properties)
+    columns = [c for c in scene_columns if c in available] + list(header_cols.values())
     table = collection.to_table(
         date_range=date_range, cloud_cover_lt=cloud_cover_lt, geometry=union, properties=filters,
         columns=columns, sort=False,  # the scenes are sorted below

@@ -117,7 +117,8 @@ def read_geometries(
     if not bands:
         raise UnknownBandError("no bands asked for")
     keys = {name: collection.resolve_band(name) for name in bands}
-    quality = collection.source.quality_band if cloud_mask else None
+    rule = collection.source.cloud_mask if cloud_mask else None
+    quality = rule.band if rule is not None else None
     if quality is not None and quality not in collection.bands:
         raise UnknownBandError(
             f"cloud_mask needs the {quality!r} band, which collection {collection.name!r} does not hold"
@@ -140,7 +141,7 @@ def read_geometries(
     config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
                      local_files=collection.allow_local_hrefs)
     check_plans(plans, bands, values, config)  # MemoryLimitError before any request
-    out = Assembly(plans, keys, bands, quality, values, resampling, method)
+    out = Assembly(plans, keys, bands, rule, values, resampling, method)
     # xarray (and pandas under it) is only needed to wrap the result: import it in the
     # background while the tiles are in flight. Not earlier: the import holds the GIL most of
     # its time and would delay the collection read and the planning, so the first request.

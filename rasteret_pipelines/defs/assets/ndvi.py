@@ -22,6 +22,7 @@ from collections import defaultdict
 import dagster as dg
 
 from rasteret_pipelines.errors import AoiFileError
+from rasteret_pipelines.collections import get_source
 from rasteret_pipelines.defs.assets._common import TRANSIENT_ERRORS, after_upstream_updates, source_pool
 from rasteret_pipelines.defs.assets.collections import collection_key
 from rasteret_pipelines.defs.io_managers import JSON, KIND, CollectionSlice, MissingPartitionError, write_value
@@ -32,8 +33,6 @@ from rasteret_pipelines.defs.partitions import (
     split_month_aoi,
 )
 from rasteret_pipelines.defs.pipeline import (
-    NDVI_BANDS,
-    PIXEL_SIZE,
     check_aoi_indexed,
     chunk_aois,
     month_bounds,
@@ -158,7 +157,7 @@ def ndvi_asset(source_id: str, partitions: Partitions, backfill_policy: dg.Backf
             n_scenes = collection.to_table(date_range=(first, last), columns=["id"]).num_rows if len(key_of) > 1 else 1
             batches = chunk_aois(
                 areas, list(key_of), max_aois=batching.max_aois, max_bytes=batching.max_bytes,
-                n_dates=n_scenes, pixel_size=PIXEL_SIZE.get(source_id, 10.0),
+                n_dates=n_scenes, pixel_size=get_source(source_id).pixel_size,
             )
             context.log.info(f"{what} {month}: {len(key_of)} AOIs in {len(batches)} read(s)")
             for batch in batches:
@@ -219,7 +218,7 @@ def already_materialised(context, asset_key: dg.AssetKey, keys) -> set[str]:
 
 def collection_hrefs(collection: CollectionSlice, source_id: str) -> list[str]:
     """The distinct red-band hrefs of the collection's months (to check their servers first)."""
-    red, _ = NDVI_BANDS.get(source_id, ("red", "nir"))
+    red = get_source(source_id).ndvi_bands.red
     if not collection.files:
         return []
     try:
