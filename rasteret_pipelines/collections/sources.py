@@ -267,70 +267,38 @@ def unregister_source(source_id: str) -> DataSource:
     return _REGISTRY.pop(source_id)
 
 
+_EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
+_S2_COMMON = dict(
+    bands=_S2_BANDS, cloud_mask=_S2_SCL, ndvi_bands=_S2_NDVI, pixel_size=10.0,
+    reflectance_scale=0.0001, reflectance_offset=-0.1, start_date="2015-06-27",
+)
+_LANDSAT_COMMON = dict(
+    bands=_LANDSAT_BANDS, cloud_mask=_LANDSAT_QA, ndvi_bands=_LANDSAT_NDVI, pixel_size=30.0,
+    requester_pays=True, reflectance_scale=0.0000275, reflectance_offset=-0.2, start_date="1982-08-22",
+    properties=_LANDSAT_PROPS,
+)
+
 register_source(EarthSearchSentinel2(
-    id="sentinel-2-l2a",
-    stac_url="https://earth-search.aws.element84.com/v1",
-    collection="sentinel-2-l2a",
-    short_name="sentinel",
-    bands=_S2_BANDS,
-    cloud_mask=_S2_SCL,
-    ndvi_bands=_S2_NDVI,
-    pixel_size=10.0,
-    reflectance_scale=0.0001,
-    reflectance_offset=-0.1,
-    start_date="2015-06-27",
+    id="sentinel-2-l2a", stac_url=_EARTH_SEARCH, collection="sentinel-2-l2a", short_name="sentinel",
     description="Sentinel-2 L2A COGs on Earth Search v1 (public, us-west-2)",
-    properties={**_S2_PROPS, _BOA_FLAG: "bool"},
-    aliases=("SENTINEL2", "sentinel2", "sentinel-2"),
+    properties={**_S2_PROPS, _BOA_FLAG: "bool"}, aliases=("SENTINEL2", "sentinel2", "sentinel-2"),
+    **_S2_COMMON,
 ))
 register_source(DataSource(
-    id="landsat-c2l2-sr",
-    stac_url="https://landsatlook.usgs.gov/stac-server",
-    collection="landsat-c2l2-sr",
-    short_name="landsat",
-    bands=_LANDSAT_BANDS,
-    cloud_mask=_LANDSAT_QA,
-    ndvi_bands=_LANDSAT_NDVI,
-    pixel_size=30.0,
-    href_alternate="s3",
-    requester_pays=True,
-    reflectance_scale=0.0000275,
-    reflectance_offset=-0.2,
-    start_date="1982-08-22",
+    id="landsat-c2l2-sr", stac_url="https://landsatlook.usgs.gov/stac-server", collection="landsat-c2l2-sr",
+    short_name="landsat", href_alternate="s3", aliases=("LANDSAT", "landsat"),
     description="Landsat Collection 2 Level-2 SR from USGS (s3://usgs-landsat, requester pays)",
-    properties=_LANDSAT_PROPS,
-    aliases=("LANDSAT", "landsat"),
+    **_LANDSAT_COMMON,
 ))
 register_source(DataSource(
-    id="sentinel-2-c1-l2a",
-    stac_url="https://earth-search.aws.element84.com/v1",
-    collection="sentinel-2-c1-l2a",
-    short_name="sentinel-c1",
-    bands=_S2_BANDS,
-    cloud_mask=_S2_SCL,
-    ndvi_bands=_S2_NDVI,
-    pixel_size=10.0,
-    reflectance_scale=0.0001,
-    reflectance_offset=-0.1,
-    start_date="2015-06-27",
+    id="sentinel-2-c1-l2a", stac_url=_EARTH_SEARCH, collection="sentinel-2-c1-l2a", short_name="sentinel-c1",
     description="Sentinel-2 Collection 1 L2A on Earth Search v1 (offset kept in the data)",
-    properties=_S2_PROPS,
+    properties=_S2_PROPS, **_S2_COMMON,
 ))
 register_source(DataSource(
-    id="landsat-c2-l2",
-    stac_url="https://earth-search.aws.element84.com/v1",
-    collection="landsat-c2-l2",
-    short_name="landsat-es",
-    bands=_LANDSAT_BANDS,
-    cloud_mask=_LANDSAT_QA,
-    ndvi_bands=_LANDSAT_NDVI,
-    pixel_size=30.0,
-    requester_pays=True,
-    reflectance_scale=0.0000275,
-    reflectance_offset=-0.2,
-    start_date="1982-08-22",
+    id="landsat-c2-l2", stac_url=_EARTH_SEARCH, collection="landsat-c2-l2", short_name="landsat-es",
     description="Landsat Collection 2 Level-2 on Earth Search v1 (s3://usgs-landsat, requester pays)",
-    properties=_LANDSAT_PROPS,
+    **_LANDSAT_COMMON,
 ))
 
 
