@@ -55,7 +55,7 @@ from rasteret_pipelines.mirror.demo_mirror import (  # noqa: F401 - the demo's m
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Run config of the demo's runs: Dagster's console logger shows warnings and errors only."""
-REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml"
 
 
 def quickstart_environment(stac_url: str) -> dict[str, str]:
@@ -144,6 +144,8 @@ def run_demo(
 
     t_start = time.perf_counter()
     home = prepare_dagster_home(dagster_home)
+    if months:  # the partitions (and the mirror started by later runs) cover exactly these months
+        os.environ["RASTERET_DEMO_MONTHS"] = ",".join(months)
     settings = Settings.from_env()
     months = tuple(months or settings.demo_months)
     too_early = [m for m in months if m < settings.start_month]
@@ -222,8 +224,8 @@ def run_demo(
         for span in spans:
             summary["runs"].append(run("ndvi_timeseries_job", span[0], span[-1]).run_id)
         summary.update(_report(storage, settings, aois.ids, log))
-        log(f"done in {time.perf_counter() - t_start:.1f} s. See the runs in the UI:")
-        log(f"  DAGSTER_HOME={home} dagster dev -w workspace.yaml")
+        log(f"done in {time.perf_counter() - t_start:.1f} s. See the runs in the UI (from the repository root):")
+        log(f"  {dagster_dev_command(home, settings)}")
         if keep_serving and mirror is not None:
             log("serving the demo mirror until Ctrl-C ...")
             with contextlib.suppress(KeyboardInterrupt):
@@ -233,6 +235,22 @@ def run_demo(
     finally:
         if mirror is not None:
             mirror.stop()
+
+
+def dagster_dev_command(home: Path, settings) -> str:
+    """The shell command that opens the demo's runs in the UI: the ``dagster`` of this
+    interpreter (the virtualenv's, not whatever is on PATH), the demo's ``DAGSTER_HOME``, and
+    the ``RASTERET_*`` variables the demo ran with (a signed URL's secret redacted)."""
+    import shlex
+
+    from rasteret_pipelines.redaction import redact
+
+    exe = Path(sys.executable).parent / "dagster"
+    dagster = [str(exe)] if exe.exists() else [sys.executable, "-m", "dagster"]
+    env = {"DAGSTER_HOME": str(home),
+           **{k: redact(v) for k, v in sorted(settings.env.items()) if k.startswith("RASTERET_")}}
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, dagster),
+                     "dev", "-w", "workspace.yaml"])
 
 
 def _exists(uri: str) -> bool:
@@ -251,14 +269,16 @@ def _report(storage_resource, settings, aoi_ids, log) -> dict:
 
     import pyarrow.parquet as pq
 
+    from rasteret_pipelines.defs.assets import ndvi_key, timeseries_key
     from rasteret_pipelines.defs.settings import source_slug
 
     store = storage_resource.storage()
     out: dict = {"geotiffs": {}, "tables": {}, "collections": {}}
     for source in settings.sources:
         slug = source_slug(source)
-        tifs = store.list_files("ndvi", slug, suffix=".tif")
-        tables = store.list_files("ndvi_timeseries", slug, suffix=".parquet")
+        ndvi, series = ndvi_key(source).path, timeseries_key(source).path
+        tifs = store.list_files(*ndvi, suffix=".tif")
+        tables = store.list_files(*series, suffix=".parquet")
         months = store.list_files("collections", slug, suffix="items.parquet")
         uri = (lambda p: p) if store.is_local else (lambda p: f"s3://{p}")
         out["geotiffs"][source] = [uri(p) for p in tifs]
@@ -266,13 +286,13 @@ def _report(storage_resource, settings, aoi_ids, log) -> dict:
         out["collections"][source] = [uri(p) for p in months]
         log(f"{source}:")
         log(f"  collection months ({len(months)} files): {store.uri_of('collections', slug)}/month=YYYY-MM/items.parquet")
-        log(f"  NDVI GeoTIFFs ({len(tifs)} files):     {store.uri_of('ndvi', slug, 'tif')}/geometry_<aoi>/ndvi_YYYYMMDD.tif")
-        log(f"  NDVI manifests:                 {store.uri_of('ndvi', slug)}/aoi=<aoi>/month=YYYY-MM.json")
-        log(f"  NDVI time series ({len(tables)} tables):  {store.uri_of('ndvi_timeseries', slug)}/aoi=<aoi>.parquet and .svg")
+        log(f"  NDVI GeoTIFFs ({len(tifs)} files):     {store.uri_of(*ndvi, 'tif')}/geometry_<aoi>/ndvi_YYYYMMDD.tif")
+        log(f"  NDVI manifests:                 {store.uri_of(*ndvi)}/aoi=<aoi>/month=YYYY-MM.json")
+        log(f"  NDVI time series ({len(tables)} tables):  {store.uri_of(*series)}/aoi=<aoi>.parquet and .svg")
         for aoi in aoi_ids:
-            if not store.exists("ndvi_timeseries", slug, f"aoi={aoi}.parquet"):
+            if not store.exists(*series, f"aoi={aoi}.parquet"):
                 continue
-            rows = pq.read_table(io.BytesIO(store.read_bytes("ndvi_timeseries", slug, f"aoi={aoi}.parquet"))).to_pylist()
+            rows = pq.read_table(io.BytesIO(store.read_bytes(*series, f"aoi={aoi}.parquet"))).to_pylist()
             cells = [
                 f"{r['date']:%m-%d} {r['mean_ndvi']:.2f} ({r['valid_fraction']:.0%})"
                 for r in rows if r["mean_ndvi"] is not None

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import dagster as dg
 
 from rasteret_pipelines.defs.assets import collection_asset, ndvi_asset, timeseries_asset
@@ -28,21 +26,14 @@ def build_definitions(settings: Settings | None = None, resources: dict | None =
         resources: Resources replacing those made from ``settings`` (tests).
     """
     settings = settings or Settings.from_env()
-    with warnings.catch_warnings():
-        # MultiToSingleDimensionPartitionMapping and partitioned asset checks are marked beta.
-        warnings.filterwarnings("ignore", category=dg.BetaWarning)
-        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-        return _build(settings, resources)
-
-
-def _build(settings: Settings, resources: dict | None) -> dg.Definitions:
-    partitions = build_partitions(settings.start_month)
+    partitions = build_partitions(settings.start_month, settings.end_month)
     policy = settings.backfill_policy()
+    retry_policy = settings.retry_policy()
     assets, checks = [], []
     for source in settings.sources:
         assets += [
-            collection_asset(source, partitions),
-            ndvi_asset(source, partitions, policy),
+            collection_asset(source, partitions, retry_policy, settings.stac_url_label(source)),
+            ndvi_asset(source, partitions, policy, retry_policy),
             timeseries_asset(source, partitions, policy),
         ]
         checks += collection_checks(source, partitions) + ndvi_checks(source, partitions)

@@ -3,7 +3,7 @@
 Keys: a month is ``"2024-03-01"`` (Dagster's monthly key; ``month_key`` gives ``"2024-03"``),
 an AOI is its id (``"1"``), a month x AOI key is ``"1|2024-03-01"`` (dimensions sorted by name:
 ``aoi`` then ``month``). Only complete months are partitions: the current month appears once it
-has ended.
+has ended. With an end month (the offline demo's last month) the partitions stop there.
 """
 
 from __future__ import annotations
@@ -87,9 +87,15 @@ aoi_partitions = dg.DynamicPartitionsDefinition(name="aoi")
 """One partition per AOI id; the AOI sensor (and the demo) add them from the AOI file."""
 
 
-def month_partitions(start_month: str) -> dg.MonthlyPartitionsDefinition:
-    """Monthly partitions from ``start_month`` (``YYYY-MM``) to the last complete month."""
-    return dg.MonthlyPartitionsDefinition(start_date=f"{start_month}-01", fmt="%Y-%m-%d", end_offset=0)
+def month_partitions(start_month: str, end_month: str | None = None) -> dg.MonthlyPartitionsDefinition:
+    """Monthly partitions from ``start_month`` (``YYYY-MM``) to ``end_month`` included, or to the
+    last complete month."""
+    end_date = None
+    if end_month is not None:
+        _, last_day = month_bounds(end_month)
+        end_date = (last_day + dt.timedelta(days=1)).isoformat()  # exclusive: the next month's first day
+    return dg.MonthlyPartitionsDefinition(start_date=f"{start_month}-01", end_date=end_date, fmt="%Y-%m-%d",
+                                          end_offset=0)
 
 
 def month_aoi_partitions(months: dg.MonthlyPartitionsDefinition) -> dg.MultiPartitionsDefinition:
@@ -105,8 +111,8 @@ class Partitions:
     aoi: dg.DynamicPartitionsDefinition = aoi_partitions
 
 
-def build_partitions(start_month: str) -> Partitions:
-    months = month_partitions(start_month)
+def build_partitions(start_month: str, end_month: str | None = None) -> Partitions:
+    months = month_partitions(start_month, end_month)
     return Partitions(months=months, month_aoi=month_aoi_partitions(months))
 
 

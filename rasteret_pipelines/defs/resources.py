@@ -242,14 +242,13 @@ class DataSourceResource(dg.ConfigurableResource):
 
 
 class HttpClientResource(dg.ConfigurableResource):
-    """Transport settings of COG header and tile reads, and step retries after transient faults."""
+    """Transport settings of COG header and tile reads (step retries after transient faults are
+    the assets' RetryPolicy: :meth:`~rasteret_pipelines.defs.settings.Settings.retry_policy`)."""
 
     max_concurrency: int = Field(default=64, description="Range requests in flight per step")
     max_retries: int = Field(default=5, description="Retries of one range request")
     connect_timeout: float = Field(default=10.0, description="Seconds to connect")
     read_timeout: float = Field(default=60.0, description="Seconds per request, body included")
-    transient_retries: int = Field(default=2, description="Step retries after a transient fault")
-    transient_retry_seconds: float = Field(default=30.0, description="Seconds before such a retry")
 
     def fetch_config(self) -> FetchConfig:
         return FetchConfig(
@@ -330,8 +329,6 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
             max_retries=_env(settings, "RASTERET_HTTP_MAX_RETRIES", 5, int),
             connect_timeout=_env(settings, "RASTERET_HTTP_CONNECT_TIMEOUT", 10.0, float),
             read_timeout=_env(settings, "RASTERET_HTTP_READ_TIMEOUT", 60.0, float),
-            transient_retries=_env(settings, "RASTERET_TRANSIENT_RETRIES", 2, int),
-            transient_retry_seconds=_env(settings, "RASTERET_TRANSIENT_RETRY_SECONDS", 30.0, float),
         ),
         "aois": AoiFileResource(path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file)),
         "batching": BatchResource(

@@ -11,7 +11,10 @@ Variable                               Meaning (default)
 =====================================  ==============================================================
 ``RASTERET_SOURCES``                   Comma-separated source ids, one collection asset each
                                        (``sentinel-2-l2a``).
-``RASTERET_START_MONTH``               First monthly partition, ``YYYY-MM`` (``2024-01``).
+``RASTERET_START_MONTH``               First monthly partition, ``YYYY-MM`` (``2024-01``; with the
+                                       offline demo selected: the first demo month, and the
+                                       partitions end with the last demo month, so the UI offers
+                                       exactly the months the mirror has data for).
 ``RASTERET_STORAGE``                   Base path of collections, GeoTIFFs and tables: a folder or
                                        ``s3://bucket/prefix`` (``./.rasteret_data``).
 ``RASTERET_AOI_FILE``                  GeoJSON or GeoParquet of areas of interest, local or
@@ -24,8 +27,12 @@ Variable                               Meaning (default)
 ``RASTERET_HTTP_MAX_RETRIES``          Retries of one range request (5).
 ``RASTERET_HTTP_CONNECT_TIMEOUT``      Seconds to connect (10).
 ``RASTERET_HTTP_READ_TIMEOUT``         Seconds per request (60).
-``RASTERET_TRANSIENT_RETRIES``         Dagster retries of a step after a transient fault (2).
-``RASTERET_TRANSIENT_RETRY_SECONDS``   Wait before such a retry (30).
+``RASTERET_TRANSIENT_RETRIES``         Dagster retries of a step after a transient fault (2):
+                                       the ``RetryPolicy`` of the collection and NDVI assets,
+                                       read when the definitions load (every run process loads
+                                       them again, so a new value applies to the next run).
+``RASTERET_TRANSIENT_RETRY_SECONDS``   Base delay of such a retry (30), doubled per retry
+                                       (exponential backoff) with +/- that delay of jitter.
 ``RASTERET_PARTITIONS_PER_RUN``        Backfill policy of the NDVI and time-series assets: at most
                                        this many partitions per run (500); ``single`` puts a whole
                                        backfill in one run, ``1`` gives one run per partition.
@@ -100,6 +107,9 @@ class Settings:
     """Registry ids of the sources, one collection asset (and NDVI asset) each."""
     start_month: str = DEFAULT_START_MONTH
     """First monthly partition (``YYYY-MM``)."""
+    end_month: str | None = None
+    """Last monthly partition (``YYYY-MM``), or None: the last complete month. Set to the last
+    demo month when the offline demo is selected (the mirror has no other month)."""
     env: Mapping[str, str] = field(default_factory=dict)
     """The environment the settings were read from (only ``RASTERET_*`` variables kept)."""
 
@@ -117,11 +127,79 @@ class Settings:
             sources = tuple(dict.fromkeys(get_source(s).id for s in sources))
         except ValueError as exc:
             raise SettingsError(f"RASTERET_SOURCES: {exc}") from exc
-        start = environ.get("RASTERET_START_MONTH", "").strip() or DEFAULT_START_MONTH
+        kept = {k: v for k, v in environ.items() if k.startswith("RASTERET_") or k.startswith("AWS_")}
+        demo_months = cls(sources=sources, env=kept).demo_months if _uses_demo(kept, sources) else None
+        start = environ.get("RASTERET_START_MONTH", "").strip() or (
+            min(demo_months) if demo_months else DEFAULT_START_MONTH
+        )
         if not _MONTH.match(start):
             raise SettingsError(f"RASTERET_START_MONTH={start!r} is not a month (use YYYY-MM, e.g. 2024-01)")
-        kept = {k: v for k, v in environ.items() if k.startswith("RASTERET_") or k.startswith("AWS_")}
-        return cls(sources=sources, start_month=start, env=kept)
+        end = max(demo_months) if demo_months else None
+        if end is not None and end < start:
+            raise SettingsError(
+                f"RASTERET_START_MONTH={start} is after the last demo month {end} (RASTERET_DEMO_MONTHS)"
+            )
+        return cls(sources=sources, start_month=start, end_month=end, env=kept)
+
+    @property
+    def uses_demo(self) -> bool:
+        """True when every source reads the offline demo mirror (``RASTERET_STAC_URL`` unset or
+        ``demo``, no ``RASTERET_STAC_URL_<SOURCE>``)."""
+        return _uses_demo(self.env, self.sources)
+
+    def stac_url_label(self, source_id: str) -> str:
+        """Where ``source_id``'s STAC items come from, in words, for asset descriptions."""
+        from rasteret_pipelines.collections import stac_url_env_var
+
+        per_source = self.get(stac_url_env_var(source_id))
+        if per_source:
+            return f"the STAC API at {per_source} ({stac_url_env_var(source_id)})"
+        choice = (self.get("RASTERET_STAC_URL") or DEMO).strip()
+        if choice.lower() == DEMO:
+            return (f"the offline demo mirror's STAC API at http://127.0.0.1:{self.demo_port} "
+                    f"(months {', '.join(self.demo_months)})")
+        if choice.lower() == PUBLIC:
+            return f"the public STAC API at {get_source(source_id).stac_url}"
+        return f"the STAC API at {choice}"
+
+    @property
+    def transient_retries(self) -> int:
+        return self._number("RASTERET_TRANSIENT_RETRIES", 2, int)
+
+    @property
+    def transient_retry_seconds(self) -> float:
+        return self._number("RASTERET_TRANSIENT_RETRY_SECONDS", 30.0, float)
+
+    def retry_policy(self):
+        """The :class:`dagster.RetryPolicy` of the steps that send requests (collection and NDVI
+        assets), or None when ``RASTERET_TRANSIENT_RETRIES`` is 0.
+
+        Only transient faults (an unreachable STAC API, failed fetches) reach the policy; the
+        assets fail bad input at once with ``dagster.Failure(allow_retries=False)``.
+        """
+        import dagster as dg
+
+        retries = self.transient_retries
+        if retries == 0:
+            return None
+        return dg.RetryPolicy(
+            max_retries=retries,
+            delay=self.transient_retry_seconds,
+            backoff=dg.Backoff.EXPONENTIAL,
+            jitter=dg.Jitter.PLUS_MINUS,
+        )
+
+    def _number(self, name: str, default, kind):
+        text = self.get(name)
+        if text is None:
+            return default
+        try:
+            value = kind(text)
+        except ValueError as exc:
+            raise SettingsError(f"{name}={text!r} is not a valid {kind.__name__}") from exc
+        if value < 0:
+            raise SettingsError(f"{name}={value} must not be negative")
+        return value
 
     def get(self, name: str, default: str | None = None) -> str | None:
         value = self.env.get(name)
@@ -181,6 +259,13 @@ class Settings:
         if bad or not months:
             raise SettingsError(f"RASTERET_DEMO_MONTHS={text!r}: use comma-separated YYYY-MM months")
         return months
+
+
+def _uses_demo(env: Mapping[str, str], sources) -> bool:
+    from rasteret_pipelines.collections import stac_url_env_var
+
+    choice = (env.get("RASTERET_STAC_URL") or DEMO).strip().lower()
+    return choice == DEMO and not any(env.get(stac_url_env_var(s)) for s in sources)
 
 
 def source_slug(source_id: str) -> str:

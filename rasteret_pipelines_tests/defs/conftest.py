@@ -21,6 +21,8 @@ from rasteret_pipelines.mirror.demo_mirror import DemoMirror, prepare_world
 from rasteret_pipelines.mirror.demo_data import QUICKSTART_AOIS
 
 REPO = Path(__file__).resolve().parents[2]
+REPO_DAGSTER_YAML = REPO / "deploy" / "dagster.yaml"
+"""The repository's instance configuration (not in the root: see its header)."""
 MONTHS = ("2024-01", "2024-02")
 AOIS = {str(k): v for k, v in QUICKSTART_AOIS.items()}
 
@@ -140,7 +142,7 @@ def make_project(
 def local_instance(home: Path) -> dg.DagsterInstance:
     """A SQLite instance in ``home`` configured by the repository's dagster.yaml."""
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(REPO_DAGSTER_YAML, home / "dagster.yaml")
     return dg.DagsterInstance.local_temp(str(home))
 
 
@@ -242,7 +244,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 def postgres_dagster_yaml() -> str:
     """The repository's dagster.yaml with its PostgreSQL storage block uncommented."""
-    text = (REPO / "dagster.yaml").read_text()
+    text = REPO_DAGSTER_YAML.read_text()
     begin, end = "# --- begin postgres storage ---\n", "# --- end postgres storage ---\n"
     block = text[text.index(begin) + len(begin): text.index(end)]
     lines = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in block.splitlines()]

@@ -47,7 +47,7 @@ def test_aoi_sensor(project):
     assert request.partitions_def_name == "aoi" and list(request.partition_keys) == ["3", "4"]
     assert requested(added) == sorted(
         # AOI 3 lies inside the area every month was indexed for: its NDVI, month by month
-        [("ndvi_job", "ndvi/sentinel_2_l2a", f"3|{k}") for k in MONTH_KEYS]
+        [("ndvi_job", "ndvi/sentinel_2_l2a_ndvi", f"3|{k}") for k in MONTH_KEYS]
         # AOI 4 does not: the months are indexed again; its NDVI follows through automation
         + [("collections_job", "collections/sentinel_2_l2a", k) for k in MONTH_KEYS]
     )

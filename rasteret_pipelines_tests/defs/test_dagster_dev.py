@@ -27,7 +27,7 @@ STARTUP_TIMEOUT = 120
 RUN_TIMEOUT = 180
 LOCATION = "rasteret_pipelines"
 COLLECTION = ["collections", "sentinel_2_l2a"]
-NDVI = ["ndvi", "sentinel_2_l2a"]
+NDVI = ["ndvi", "sentinel_2_l2a_ndvi"]
 
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
@@ -168,7 +168,7 @@ def test_backfill_of_months_and_aois_through_the_queue_on_postgres(dagster_dev):
         (asset,) = {k.to_user_string() for k in record.asset_selection}
         by_asset.setdefault(asset, []).append(record)
     assert len(by_asset["collections/sentinel_2_l2a"]) == 2
-    assert 1 <= len(by_asset["ndvi/sentinel_2_l2a"]) <= len(months), "at most one NDVI run per month"
+    assert 1 <= len(by_asset["ndvi/sentinel_2_l2a_ndvi"]) <= len(months), "at most one NDVI run per month"
 
     for month in months:
         path = tmp_path / "data" / "collections" / "sentinel_2_l2a" / f"month={month[:7]}" / "_search.json"
@@ -181,7 +181,7 @@ def test_backfill_of_months_and_aois_through_the_queue_on_postgres(dagster_dev):
         meta = record.asset_materialization.metadata
         assert meta["files"].value >= 1 and meta["read_batch_aois"].value == len(AOIS)
         aoi, month = key.split("|")
-        assert (tmp_path / "data" / "ndvi" / "sentinel_2_l2a" / f"aoi={aoi}" / f"month={month[:7]}.json").exists()
+        assert (tmp_path / "data" / "ndvi" / "sentinel_2_l2a_ndvi" / f"aoi={aoi}" / f"month={month[:7]}.json").exists()
 
     # every run went through the queue, and no more steps than the pool's limit held it at once
     pool = "rasteret-sentinel-2-l2a"
@@ -190,7 +190,7 @@ def test_backfill_of_months_and_aois_through_the_queue_on_postgres(dagster_dev):
         assert run.status == dg.DagsterRunStatus.SUCCESS, run.run_id
         assert instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED).records, run.run_id
         for stat in instance.get_run_step_stats(run.run_id):
-            if stat.step_key in ("collections__sentinel_2_l2a", "ndvi__sentinel_2_l2a"):
+            if stat.step_key in ("collections__sentinel_2_l2a", "ndvi__sentinel_2_l2a_ndvi"):
                 intervals.append((stat.start_time, stat.end_time))
     assert len(intervals) >= len(runs)
     limit = instance.event_log_storage.get_concurrency_info(pool).slot_count

@@ -17,7 +17,7 @@ def test_definitions_module_loads_offline(monkeypatch):
     module = importlib.reload(importlib.import_module("rasteret_pipelines.definitions"))
     defs = module.defs
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"collections/sentinel_2_l2a", "ndvi/sentinel_2_l2a", "ndvi_timeseries/sentinel_2_l2a"}
+    assert keys == {"collections/sentinel_2_l2a", "ndvi/sentinel_2_l2a_ndvi", "ndvi_timeseries/sentinel_2_l2a_ndvi_timeseries"}
     checks = {k.name for c in defs.asset_checks for k in c.check_keys}
     assert checks == {"every_band_header_present", "ndvi_within_range", "geotiffs_reopen"}
     assert {j for j in ("collections_job", "ndvi_job", "ndvi_timeseries_job") if defs.resolve_job_def(j)}
@@ -41,7 +41,7 @@ def test_environment_selects_sources_storage_and_env_vars(monkeypatch):
     monkeypatch.setenv("RASTERET_HTTP_MAX_CONCURRENCY", "8")
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert "collections/landsat_c2l2_sr" in keys and "ndvi/landsat_c2l2_sr" in keys
+    assert "collections/landsat_c2l2_sr" in keys and "ndvi/landsat_c2l2_sr_ndvi" in keys
     resources = defs.resources
     assert isinstance(resources["storage"], S3StorageResource)
     # values set in the environment stay EnvVars: the UI shows where they came from
@@ -96,5 +96,108 @@ def test_backfill_policy_from_the_environment():
         with pytest.raises(SettingsError, match="RASTERET_PARTITIONS_PER_RUN=.*use a positive number or 'single'"):
             Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": bad}).backfill_policy()
     defs = build_definitions(Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": "single"}))
-    assert defs.resolve_assets_def(dg.AssetKey(["ndvi", "sentinel_2_l2a"])).backfill_policy == dg.BackfillPolicy.single_run()
+    assert defs.resolve_assets_def(dg.AssetKey(["ndvi", "sentinel_2_l2a_ndvi"])).backfill_policy == dg.BackfillPolicy.single_run()
     assert defs.resolve_assets_def(dg.AssetKey(["collections", "sentinel_2_l2a"])).backfill_policy is None
+
+
+# --- Dagster idioms (issue 11 item 7) --------------------------------------------------------------
+
+DEFS_DIR = importlib.import_module("rasteret_pipelines.defs").__path__[0]
+
+
+def test_request_sending_steps_have_a_retry_policy_with_backoff_and_jitter():
+    settings = Settings.from_env({"RASTERET_TRANSIENT_RETRIES": "3", "RASTERET_TRANSIENT_RETRY_SECONDS": "5"})
+    defs = build_definitions(settings)
+    for key in (dg.AssetKey(["collections", "sentinel_2_l2a"]), dg.AssetKey(["ndvi", "sentinel_2_l2a_ndvi"])):
+        policy = defs.resolve_assets_def(key).op.retry_policy
+        assert policy == dg.RetryPolicy(max_retries=3, delay=5.0, backoff=dg.Backoff.EXPONENTIAL,
+                                        jitter=dg.Jitter.PLUS_MINUS), key
+    # the default: 2 retries, 30 s base delay; 0 retries: no policy at all
+    assert Settings.from_env({}).retry_policy().max_retries == 2
+    assert Settings.from_env({}).retry_policy().delay == 30.0
+    assert Settings.from_env({"RASTERET_TRANSIENT_RETRIES": "0"}).retry_policy() is None
+    with pytest.raises(SettingsError, match="RASTERET_TRANSIENT_RETRIES='x'"):
+        Settings.from_env({"RASTERET_TRANSIENT_RETRIES": "x"}).retry_policy()
+
+
+def test_no_hand_rolled_retries_and_no_blanket_warning_filters_in_defs():
+    import pathlib
+    import re
+
+    sources = {p: p.read_text() for p in pathlib.Path(DEFS_DIR).rglob("*.py")}
+    assert not [p for p, text in sources.items() if "RetryRequested" in text]
+    for path, text in sources.items():
+        for call in re.findall(r"filterwarnings\((.*?)\)", text, flags=re.S):
+            assert "message=" in call, f"{path}: a warning filter without a message is a blanket: {call}"
+
+
+def test_building_the_definitions_warns_nothing():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        defs = build_definitions(Settings.from_env({}))
+        for job in ("collections_job", "ndvi_job", "ndvi_timeseries_job"):
+            defs.resolve_job_def(job)
+    dagster_warnings = [str(w.message) for w in caught if issubclass(w.category, (dg.BetaWarning, dg.PreviewWarning))]
+    assert dagster_warnings == []
+
+
+def test_asset_nodes_have_distinct_labels():
+    """The UI titles an asset node with its key's last part."""
+    defs = build_definitions(Settings.from_env({"RASTERET_SOURCES": "sentinel-2-l2a,landsat"}))
+    labels = [k.path[-1] for k in defs.resolve_all_asset_keys()]
+    assert len(labels) == 6 and len(set(labels)) == len(labels), sorted(labels)
+
+
+def test_descriptions_show_aoi_placeholders_as_code():
+    """Markdown would swallow a bare ``<aoi>`` as an HTML tag: every one is inside backticks."""
+    import re
+
+    defs = build_definitions(Settings.from_env({}))
+    for key in defs.resolve_all_asset_keys():
+        text = defs.resolve_assets_def(key).descriptions_by_key[key]
+        outside_code = re.sub(r"`[^`]*`", "", text)
+        assert "<" not in outside_code, (key, text)
+    ndvi = defs.resolve_assets_def(dg.AssetKey(["ndvi", "sentinel_2_l2a_ndvi"]))
+    assert "`ndvi/sentinel_2_l2a_ndvi/tif/geometry_<aoi>/ndvi_YYYYMMDD.tif`" in ndvi.descriptions_by_key[ndvi.key]
+
+
+def test_collection_description_names_the_stac_api_searched(monkeypatch):
+    monkeypatch.delenv("RASTERET_STAC_URL_SENTINEL_2_L2A", raising=False)
+    key = dg.AssetKey(["collections", "sentinel_2_l2a"])
+
+    def description(env):
+        defs = build_definitions(Settings.from_env(env))
+        return defs.resolve_assets_def(key).descriptions_by_key[key]
+
+    demo = description({"RASTERET_DEMO_PORT": "47700"})
+    assert "offline demo mirror's STAC API at http://127.0.0.1:47700" in demo and "Earth Search" not in demo
+    mirror = description({"RASTERET_STAC_URL": "public", "RASTERET_STAC_URL_SENTINEL_2_L2A": "http://127.0.0.1:9/stac"})
+    assert "http://127.0.0.1:9/stac" in mirror and "Earth Search" not in mirror
+    public = description({"RASTERET_STAC_URL": "public"})
+    assert "Earth Search" in public and "https://earth-search.aws.element84.com/v1" in public
+
+
+def test_demo_partitions_are_the_demo_months():
+    """With the offline demo selected the months are exactly the mirror's: the UI's materialise
+    dialog offers no empty month."""
+    demo = build_definitions(Settings.from_env({"RASTERET_DEMO_MONTHS": "2024-03,2024-04,2024-05"}))
+    months = demo.resolve_assets_def(dg.AssetKey(["collections", "sentinel_2_l2a"])).partitions_def
+    assert months.get_partition_keys() == ["2024-03-01", "2024-04-01", "2024-05-01"]
+    default = Settings.from_env({})
+    assert (default.start_month, default.end_month) == ("2024-01", "2024-03")
+    # another STAC API: from RASTERET_START_MONTH to the last complete month
+    public = Settings.from_env({"RASTERET_STAC_URL": "public", "RASTERET_START_MONTH": "2023-06"})
+    assert (public.start_month, public.end_month) == ("2023-06", None)
+    with pytest.raises(SettingsError, match="after the last demo month 2024-03"):
+        Settings.from_env({"RASTERET_START_MONTH": "2024-05"})
+
+
+def test_repository_root_holds_no_dagster_yaml():
+    """`dagster dev` from the root warns that a ./dagster.yaml there is not used when
+    DAGSTER_HOME is another folder (the demo's ./.dagster_home): the file lives in deploy/."""
+    from rasteret_pipelines_tests.defs.conftest import REPO, REPO_DAGSTER_YAML
+
+    assert not (REPO / "dagster.yaml").exists() and not (REPO / "dagster.yml").exists()
+    assert REPO_DAGSTER_YAML.exists()

@@ -130,7 +130,7 @@ def test_runs_after_the_demo_exited(demo_world, tmp_path):
     try:
         result = demo.run_range("ndvi_job", "1|2024-01-01", "2|2024-01-01")
         assert result.success
-        assert len(demo.instance.get_materialized_partitions(dg.AssetKey(["ndvi", "sentinel_2_l2a"]))) == 2
+        assert len(demo.instance.get_materialized_partitions(dg.AssetKey(["ndvi", "sentinel_2_l2a_ndvi"]))) == 2
         assert probe_demo_mirror(url), "the mirror started by the run keeps serving later runs"
     finally:
         _kill_detached_mirror(demo_world, port)

@@ -63,11 +63,11 @@ def test_collections_ndvi_and_timeseries_over_partitions(project, clean_mirror):
     assert all(r.method == "GET" and r.range is not None and r.range[0] > 0 for r in requests)
     assert clean_mirror.stac.count("/search") == 0, "NDVI reads the collection, not the STAC API"
 
-    tifs = sorted((data / "ndvi/sentinel_2_l2a/tif").rglob("*.tif"))
-    assert [str(p.relative_to(data / "ndvi/sentinel_2_l2a/tif")) for p in tifs] == [
+    tifs = sorted((data / "ndvi/sentinel_2_l2a_ndvi/tif").rglob("*.tif"))
+    assert [str(p.relative_to(data / "ndvi/sentinel_2_l2a_ndvi/tif")) for p in tifs] == [
         f"geometry_{a}/ndvi_{d}.tif" for a in ("1", "2") for d in ("20240105", "20240110", "20240205", "20240210")
     ]
-    manifest = json.loads((data / "ndvi/sentinel_2_l2a/aoi=2/month=2024-02.json").read_text())
+    manifest = json.loads((data / "ndvi/sentinel_2_l2a_ndvi/aoi=2/month=2024-02.json").read_text())
     assert [d["date"] for d in manifest["dates"]] == ["2024-02-05", "2024-02-10"]
     assert manifest["crs"] == "EPSG:32643" and manifest["files"] == [d["path"] for d in manifest["dates"]]
     assert all(0 < d["valid_fraction"] <= 1 and -1 <= d["mean_ndvi"] <= 1 for d in manifest["dates"])
@@ -76,10 +76,10 @@ def test_collections_ndvi_and_timeseries_over_partitions(project, clean_mirror):
     meta = metadata(result, timeseries_key(S2))
     assert meta["dates"] == 4 and meta["months"] == 2
     assert meta["plot"].startswith("![NDVI of AOI 1](data:image/svg+xml;base64,")
-    table = pq.read_table(data / "ndvi_timeseries/sentinel_2_l2a/aoi=1.parquet")
+    table = pq.read_table(data / "ndvi_timeseries/sentinel_2_l2a_ndvi_timeseries/aoi=1.parquet")
     assert table.column_names[:5] == ["date", "month", "mean_ndvi", "median_ndvi", "valid_fraction"]
     assert [str(d) for d in table.column("date").to_pylist()] == ["2024-01-05", "2024-01-10", "2024-02-05", "2024-02-10"]
-    assert (data / "ndvi_timeseries/sentinel_2_l2a/aoi=1.svg").read_text().startswith("<svg")
+    assert (data / "ndvi_timeseries/sentinel_2_l2a_ndvi_timeseries/aoi=1.svg").read_text().startswith("<svg")
 
     # rebuilding a month is incremental: every header reused, no header GET
     result = project.run("collections_job", MONTH_KEYS[0])
@@ -135,11 +135,11 @@ def test_s3_backend_against_moto_server(moto_s3, clean_mirror, tmp_path):
         "pipelines/collections/sentinel_2_l2a/_manifest.json",
         "pipelines/collections/sentinel_2_l2a/month=2024-01/_search.json",
         "pipelines/collections/sentinel_2_l2a/month=2024-01/items.parquet",
-        "pipelines/ndvi/sentinel_2_l2a/aoi=1/month=2024-01.json",
-        "pipelines/ndvi/sentinel_2_l2a/tif/geometry_1/ndvi_20240105.tif",
-        "pipelines/ndvi/sentinel_2_l2a/tif/geometry_1/ndvi_20240110.tif",
-        "pipelines/ndvi_timeseries/sentinel_2_l2a/aoi=1.parquet",
-        "pipelines/ndvi_timeseries/sentinel_2_l2a/aoi=1.svg",
+        "pipelines/ndvi/sentinel_2_l2a_ndvi/aoi=1/month=2024-01.json",
+        "pipelines/ndvi/sentinel_2_l2a_ndvi/tif/geometry_1/ndvi_20240105.tif",
+        "pipelines/ndvi/sentinel_2_l2a_ndvi/tif/geometry_1/ndvi_20240110.tif",
+        "pipelines/ndvi_timeseries/sentinel_2_l2a_ndvi_timeseries/aoi=1.parquet",
+        "pipelines/ndvi_timeseries/sentinel_2_l2a_ndvi_timeseries/aoi=1.svg",
     ]
     manifest = json.loads(s3.get_object(Bucket="rasteret-test", Key=keys[4])["Body"].read())
     assert manifest["files"] == [f"s3://rasteret-test/{k}" for k in keys[5:7]]

@@ -91,8 +91,8 @@ def test_month_batch_shares_tiles_and_equals_single_partition_runs(project, clea
     for aoi in "abcd":
         one = materialised(single.run("ndvi_job", f"{aoi}|{JAN}"), ndvi_key(S2))
         assert one[f"{aoi}|{JAN}"]["read_batch_aois"] == 1
-    batch_dir = Path(project.storage) / "ndvi/sentinel_2_l2a/tif"
-    single_dir = tmp_path / "single/ndvi/sentinel_2_l2a/tif"
+    batch_dir = Path(project.storage) / "ndvi/sentinel_2_l2a_ndvi/tif"
+    single_dir = tmp_path / "single/ndvi/sentinel_2_l2a_ndvi/tif"
     names = sorted(str(p.relative_to(batch_dir)) for p in batch_dir.rglob("*.tif"))
     assert names == sorted(str(p.relative_to(single_dir)) for p in single_dir.rglob("*.tif"))
     assert len(names) == sum(m["files"] for m in meta.values())
@@ -101,8 +101,8 @@ def test_month_batch_shares_tiles_and_equals_single_partition_runs(project, clea
             assert (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape)
             assert np.array_equal(a.read(1), b.read(1), equal_nan=True), name
     for aoi in "abcd":
-        batch = json.loads((Path(project.storage) / f"ndvi/sentinel_2_l2a/aoi={aoi}/month=2024-01.json").read_text())
-        alone = json.loads((tmp_path / f"single/ndvi/sentinel_2_l2a/aoi={aoi}/month=2024-01.json").read_text())
+        batch = json.loads((Path(project.storage) / f"ndvi/sentinel_2_l2a_ndvi/aoi={aoi}/month=2024-01.json").read_text())
+        alone = json.loads((tmp_path / f"single/ndvi/sentinel_2_l2a_ndvi/aoi={aoi}/month=2024-01.json").read_text())
         assert [{k: d[k] for k in ("date", "mean_ndvi", "valid_fraction")} for d in batch["dates"]] == \
                [{k: d[k] for k in ("date", "mean_ndvi", "valid_fraction")} for d in alone["dates"]]
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+
 import dagster as dg
 
-from rasteret_pipelines.errors import FetchError, StacApiError
+from rasteret_pipelines.errors import FetchError, RasteretError, StacApiError
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StacApiError, FetchError)
 """Faults worth retrying the step for (after the library's own request retries)."""
@@ -38,16 +41,53 @@ def after_any_upstream_update() -> dg.AutomationCondition:
     ).with_label("after any upstream update")
 
 
-def raise_for(context, exc: BaseException, what: str, transient_retries: int, wait_seconds: float):
-    """Retry the step after a transient fault (up to ``transient_retries``), else fail clearly."""
-    if isinstance(exc, TRANSIENT_ERRORS) and context.retry_number < transient_retries:
-        context.log.warning(
-            f"{what}: {exc} -- transient, retrying in {wait_seconds:g} s "
-            f"(retry {context.retry_number + 1} of {transient_retries})"
-        )
-        raise dg.RetryRequested(max_retries=transient_retries, seconds_to_wait=wait_seconds) from exc
-    raise dg.Failure(
+@contextmanager
+def beta_backfill_policy():
+    """Around ``dg.asset(backfill_policy=...)``: ``backfill_policy`` is a Dagster beta parameter
+    with no stable equivalent (many partitions per run need it); its BetaWarning, and only that
+    one, is silenced while the asset decorator is made."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of function `asset`",
+                                category=dg.BetaWarning)
+        yield
+
+
+def retries_left(context, retry_policy: dg.RetryPolicy | None) -> bool:
+    """Whether the step's :class:`dagster.RetryPolicy` still allows a retry after this attempt."""
+    return retry_policy is not None and context.retry_number < retry_policy.max_retries
+
+
+def fail_at_once(what: str, exc: BaseException, context=None, **metadata) -> dg.Failure:
+    """A :class:`dagster.Failure` naming ``exc`` that the step's RetryPolicy does not retry."""
+    if context is not None:
+        metadata["retries"] = context.retry_number
+    return dg.Failure(
         description=f"{what}: {exc}",
-        metadata={"error": type(exc).__name__, "retries": context.retry_number},
+        metadata={"error": type(exc).__name__, **metadata},
         allow_retries=False,
-    ) from exc
+    )
+
+
+@contextmanager
+def step_errors(context, what: str, retry_policy: dg.RetryPolicy | None):
+    """Turn the step's errors into Dagster outcomes under its RetryPolicy.
+
+    A transient fault (:data:`TRANSIENT_ERRORS`) is raised as it is, so the policy retries the
+    step (backoff and jitter from the policy), until the last attempt, which fails with the
+    fault's message. Any other :class:`~rasteret_pipelines.errors.RasteretError` is bad input or
+    a permanent fault (an AOI file that does not parse, a local server that is down, a month
+    before the source starts): it fails at once, never retried. Other exceptions (unexpected
+    faults of the storage or the network) are left to the policy.
+    """
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except TRANSIENT_ERRORS as exc:
+        if not retries_left(context, retry_policy):
+            raise fail_at_once(what, exc, context) from exc
+        context.log.warning(f"{what}: {exc} -- transient, the step's retry policy retries it "
+                            f"(retry {context.retry_number + 1} of {retry_policy.max_retries})")
+        raise
+    except RasteretError as exc:
+        raise fail_at_once(what, exc, context) from exc

@@ -6,9 +6,8 @@ import time
 import dagster as dg
 
 from rasteret_pipelines.collections import get_source
-from rasteret_pipelines.errors import AoiFileError
-from rasteret_pipelines.defs.assets._common import raise_for, source_pool
-from rasteret_pipelines.defs.io_managers import COLLECTION, KIND
+from rasteret_pipelines.defs.assets._common import retries_left, source_pool, step_errors
+from rasteret_pipelines.defs.io_managers import COLLECTION, COLLECTIONS, KIND, MONTH_FILE
 from rasteret_pipelines.defs.partitions import Partitions, month_key
 from rasteret_pipelines.defs.pipeline import build_month, collection_bands
 from rasteret_pipelines.defs.resources import (
@@ -18,7 +17,7 @@ from rasteret_pipelines.defs.resources import (
     StorageResource,
 )
 from rasteret_pipelines.defs.settings import source_slug
-from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines.errors import FetchError
 from rasteret_pipelines.redaction import redact
 
 
@@ -26,11 +25,26 @@ def collection_key(source_id: str) -> dg.AssetKey:
     return dg.AssetKey(["collections", source_slug(source_id)])
 
 
-def collection_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinition:
+def collection_asset(
+    source_id: str,
+    partitions: Partitions,
+    retry_policy: dg.RetryPolicy | None = None,
+    stac_label: str | None = None,
+) -> dg.AssetsDefinition:
     """The ``collections/<source>`` asset: month M is the source's STAC items of M over the AOIs,
-    with every band's COG header cached, as GeoParquet (built incrementally by the library)."""
+    with every band's COG header cached, as GeoParquet (built incrementally by the library).
+
+    Args:
+        retry_policy: Retries of the step after a transient fault (bad input is never retried).
+        stac_label: Where the items come from, for the description (default: the source's own API).
+    """
+    from rasteret_pipelines.defs.checks import header_gaps
+
     source = get_source(source_id)
     bands = collection_bands(source.id)
+    stac_label = stac_label or f"the public STAC API at {source.stac_url}"
+    # the source's own description names its public API: only true when that API is searched
+    what_items = source.description if source.stac_url in stac_label else f"{source.id} (STAC collection {source.collection})"
 
     @dg.asset(
         key=collection_key(source.id),
@@ -38,13 +52,15 @@ def collection_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
         io_manager_key="rasteret_io",
         group_name="collections",
         pool=source_pool(source.id),
+        retry_policy=retry_policy,
         kinds={"stac", "parquet"},
         metadata={KIND: COLLECTION, "source": source.id, "stac_collection": source.collection,
                   "bands": ", ".join(bands)},
         description=(
-            f"{source.description}: the month's STAC items over the AOIs' bounds, every header of "
-            f"{', '.join(bands)} cached, as GeoParquet at collections/{source_slug(source.id)}/"
-            "month=YYYY-MM/items.parquet. Rebuilding a month re-reads only new or changed headers."
+            f"{what_items}, searched through {stac_label}: the month's STAC items over the "
+            f"AOIs' bounds, every header of {', '.join(bands)} cached, as GeoParquet at "
+            f"`collections/{source_slug(source.id)}/month=YYYY-MM/items.parquet`. Rebuilding a month "
+            "re-reads only new or changed headers."
         ),
     )
     def collection(
@@ -57,7 +73,7 @@ def collection_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
         month = month_key(context.partition_key)
         what = f"{source.id} collection month {month}"
         t0 = time.perf_counter()
-        try:
+        with step_errors(context, what, retry_policy):
             areas = aois.load(lenient=True)  # an AOI with an unusable geometry fails its own NDVI only
             if areas.invalid:
                 context.log.warning(f"{what}: left out of the search area: " + "; ".join(areas.invalid.values())[:2000])
@@ -72,25 +88,24 @@ def collection_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
                 cloud_cover_lt=data_source.cloud_cover_lt,
                 fetch_config=http.fetch_config(),
             )
-        except AoiFileError as exc:
-            raise dg.Failure(description=f"{what}: {exc}", allow_retries=False) from exc
-        except RasteretError as exc:
-            raise_for(context, exc, what, http.transient_retries, http.transient_retry_seconds)
-        report = built.report
-        if report.failed and context.retry_number < http.transient_retries:
-            context.log.warning(
-                f"{what}: {len(report.failed)} band headers failed (recorded in the month file); "
-                f"retrying the month in {http.transient_retry_seconds:g} s, which re-reads only those"
-            )
-            raise dg.RetryRequested(
-                max_retries=http.transient_retries, seconds_to_wait=http.transient_retry_seconds
-            )
+            report = built.report
+            if report.failed and retries_left(context, retry_policy):
+                # the month file records the failures; the retry re-reads only those headers
+                first = report.failed[0]
+                raise FetchError(
+                    first.href or first.item_id,
+                    f"{len(report.failed)} band headers of {what} failed (first: {first.band} of "
+                    f"{first.item_id}: {first.error[:200]})",
+                )
+        gaps = header_gaps(month_table(storage, source.id, month, bands), bands)
         metadata = {
             "items": report.items,
             "header_gets": dg.MetadataValue.int(report.header_requests),
             "headers_fetched": report.headers_fetched,
             "headers_reused": report.headers_reused,
             "failed_assets": len(report.failed),
+            "missing_headers": dg.MetadataValue.int(len(gaps.missing)),
+            "lacked_bands": dg.MetadataValue.int(len(gaps.lacked)),
             "skipped_items": len(report.skipped_items),
             "bytes": dg.MetadataValue.int(report.bytes),
             "duration_s": dg.MetadataValue.float(round(time.perf_counter() - t0, 3)),
@@ -111,3 +126,16 @@ def collection_asset(source_id: str, partitions: Partitions) -> dg.AssetsDefinit
         return dg.Output(built.output, metadata=metadata)
 
     return collection
+
+
+def month_table(storage: StorageResource, source_id: str, month: str, bands):
+    """The columns of a built month file that the header check reads (ids, hrefs, headers, errors)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from rasteret_pipelines.defs.checks import collection_columns
+
+    data = storage.storage().read_bytes(COLLECTIONS, source_slug(source_id), f"month={month}", MONTH_FILE)
+    month_file = pq.ParquetFile(io.BytesIO(data))
+    return month_file.read(columns=collection_columns(month_file.schema_arrow.names, bands))

@@ -23,11 +23,17 @@ import dagster as dg
 
 from rasteret_pipelines.errors import AoiFileError
 from rasteret_pipelines.collections import get_source
-from rasteret_pipelines.defs.assets._common import TRANSIENT_ERRORS, after_upstream_updates, source_pool
+from rasteret_pipelines.defs.assets._common import (
+    TRANSIENT_ERRORS,
+    after_upstream_updates,
+    beta_backfill_policy,
+    retries_left,
+    source_pool,
+    step_errors,
+)
 from rasteret_pipelines.defs.assets.collections import collection_key
 from rasteret_pipelines.defs.io_managers import JSON, KIND, CollectionSlice, MissingPartitionError, write_value
 from rasteret_pipelines.defs.partitions import (
-    MONTH_DIMENSION,
     Partitions,
     month_key,
     split_month_aoi,
@@ -46,46 +52,54 @@ from rasteret_pipelines.defs.resources import (
     StorageResource,
 )
 from rasteret_pipelines.defs.settings import source_slug
-from rasteret_pipelines.errors import AoiNotInFileError, LocalServerDownError, RasteretError, UnsafePartitionKeyError
+from rasteret_pipelines.errors import AoiNotInFileError, RasteretError, UnsafePartitionKeyError
 
 
 
 def ndvi_key(source_id: str) -> dg.AssetKey:
-    return dg.AssetKey(["ndvi", source_slug(source_id)])
+    """``ndvi/<source>_ndvi``: the UI labels an asset node with its key's last part, so each
+    asset of a source ends differently (``sentinel_2_l2a``, ``sentinel_2_l2a_ndvi``, ...)."""
+    return dg.AssetKey(["ndvi", f"{source_slug(source_id)}_ndvi"])
 
 
-def ndvi_asset(source_id: str, partitions: Partitions, backfill_policy: dg.BackfillPolicy | None = None) -> dg.AssetsDefinition:
-    """The ``ndvi/<source>`` asset (see the module docs and :func:`~rasteret_pipelines.defs.pipeline.ndvi_batch`)."""
-    slug = source_slug(source_id)
+def ndvi_asset(
+    source_id: str,
+    partitions: Partitions,
+    backfill_policy: dg.BackfillPolicy | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
+) -> dg.AssetsDefinition:
+    """The NDVI asset (see the module docs and :func:`~rasteret_pipelines.defs.pipeline.ndvi_batch`).
+
+    Its ``collection`` input maps each month x AOI partition to its month: Dagster infers that
+    mapping (the months are one dimension of the month x AOI partitions).
+    """
     key = ndvi_key(source_id)
+    where = "/".join(key.path)
 
-    @dg.asset(
-        key=key,
-        partitions_def=partitions.month_aoi,
-        backfill_policy=backfill_policy or dg.BackfillPolicy.multi_run(500),
-        ins={
-            "collection": dg.AssetIn(
-                key=collection_key(source_id),
-                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
-                    partition_dimension_name=MONTH_DIMENSION
-                ),
-            )
-        },
-        io_manager_key="rasteret_io",
-        output_required=False,
-        group_name="ndvi",
-        pool=source_pool(source_id),
-        kinds={"geotiff", "json"},
-        metadata={KIND: JSON, "source": source_id},
-        automation_condition=after_upstream_updates(),
-        description=(
-            "NDVI of each AOI in each month, cloud-masked, from surface reflectance read through the "
-            "collection's cached headers (no header request): one Cloud-Optimized GeoTIFF per date at "
-            f"ndvi/{slug}/tif/geometry_<aoi>/ndvi_YYYYMMDD.tif and a manifest (paths, dates, valid "
-            f"pixel fraction, mean and median NDVI) at ndvi/{slug}/aoi=<aoi>/month=YYYY-MM.json. "
-            "A run covers many partitions; each month's AOIs are read together."
-        ),
-    )
+    with beta_backfill_policy():  # the one beta parameter used
+        define_asset = dg.asset(
+            key=key,
+            partitions_def=partitions.month_aoi,
+            backfill_policy=backfill_policy or dg.BackfillPolicy.multi_run(500),
+            ins={"collection": dg.AssetIn(key=collection_key(source_id))},
+            io_manager_key="rasteret_io",
+            output_required=False,
+            group_name="ndvi",
+            pool=source_pool(source_id),
+            retry_policy=retry_policy,
+            kinds={"geotiff", "json"},
+            metadata={KIND: JSON, "source": source_id},
+            automation_condition=after_upstream_updates(),
+            description=(
+                "NDVI of each AOI in each month, cloud-masked, from surface reflectance read through the "
+                "collection's cached headers (no header request): one Cloud-Optimized GeoTIFF per date at "
+                f"`{where}/tif/geometry_<aoi>/ndvi_YYYYMMDD.tif` and a manifest (paths, dates, valid "
+                f"pixel fraction, mean and median NDVI) at `{where}/aoi=<aoi>/month=YYYY-MM.json`. "
+                "A run covers many partitions; each month's AOIs are read together."
+            ),
+        )
+
+    @define_asset
     def ndvi(
         context: dg.AssetExecutionContext,
         collection: CollectionSlice,
@@ -114,18 +128,13 @@ def ndvi_asset(source_id: str, partitions: Partitions, backfill_policy: dg.Backf
         if done:
             context.log.info(f"{what}: {len(done)} of {len(keys)} partitions were materialised by this run "
                              "(or the failed run it retries) before; only the others are redone")
-        try:
+        with step_errors(context, what, retry_policy):  # a bad AOI file, a local server down: not retried
             areas = aois.load(lenient=True) if by_month else None
-        except AoiFileError as exc:
-            raise dg.Failure(description=f"{what}: {exc}", allow_retries=False) from exc
-        if by_month:
-            try:
+            if by_month:
                 data_source.ensure_cog_servers(collection_hrefs(collection, source_id),
                                                f"collection {collection.name}")
-            except LocalServerDownError as exc:
-                raise dg.Failure(description=f"{what}: {exc}", allow_retries=False) from exc
         store = storage.storage()
-        output_uri = storage.uri("ndvi", slug, "tif")
+        output_uri = storage.uri(*key.path, "tif")
         materialised = 0
         for month_partition, entries in sorted(by_month.items()):
             month = month_key(month_partition)
@@ -184,7 +193,7 @@ def ndvi_asset(source_id: str, partitions: Partitions, backfill_policy: dg.Backf
             f"before, in {time.perf_counter() - t_run:.1f} s"
         )
         if failures:
-            raise_for_failures(context, what, keys, failures, materialised, http)
+            raise_for_failures(context, what, keys, failures, materialised, retry_policy)
 
     return ndvi
 
@@ -288,18 +297,21 @@ def manifest_metadata(manifest: dict, where: str, seconds: float) -> dict:
     return metadata
 
 
-def raise_for_failures(context, what: str, keys, failures: dict, materialised: int, http: HttpClientResource):
-    """Retry the step when a failure is transient (retries left), else fail naming every partition."""
+def raise_for_failures(context, what: str, keys, failures: dict, materialised: int,
+                       retry_policy: dg.RetryPolicy | None):
+    """Fail the step naming every failed partition; retried by the step's RetryPolicy (which
+    redoes only the partitions not materialised yet) when a failure is transient and retries
+    are left, else failed at once."""
     transient = [k for k, e in failures.items() if isinstance(e, TRANSIENT_ERRORS)]
+    retry = bool(transient) and retries_left(context, retry_policy)
     lines = [f"- {k}: {type(e).__name__}: {e}" for k, e in sorted(failures.items())]
-    if transient and context.retry_number < http.transient_retries:
-        context.log.warning(
-            f"{what}: {len(transient)} partitions hit a transient fault; retrying in "
-            f"{http.transient_retry_seconds:g} s (retry {context.retry_number + 1} of {http.transient_retries}), "
-            "which redoes only the partitions not materialised yet"
-        )
-        raise dg.RetryRequested(max_retries=http.transient_retries, seconds_to_wait=http.transient_retry_seconds)
     shown = "\n".join(lines[:50]) + (f"\n- ... and {len(lines) - 50} more" if len(lines) > 50 else "")
+    if retry:
+        context.log.warning(
+            f"{what}: {len(transient)} partitions hit a transient fault; the step's retry policy retries it "
+            f"(retry {context.retry_number + 1} of {retry_policy.max_retries}), redoing only the partitions "
+            "not materialised yet"
+        )
     raise dg.Failure(
         description=(
             f"{what}: {len(failures)} of {len(keys)} partitions failed ({materialised} materialised in this "
@@ -310,5 +322,5 @@ def raise_for_failures(context, what: str, keys, failures: dict, materialised: i
             "materialised": materialised,
             "retries": context.retry_number,
         },
-        allow_retries=False,
+        allow_retries=retry,
     )

@@ -8,10 +8,10 @@ from collections import defaultdict
 
 import dagster as dg
 
-from rasteret_pipelines.defs.assets._common import after_any_upstream_update
+from rasteret_pipelines.defs.assets._common import after_any_upstream_update, beta_backfill_policy
 from rasteret_pipelines.defs.assets.ndvi import ndvi_key
 from rasteret_pipelines.defs.io_managers import KIND, TABLE, write_value
-from rasteret_pipelines.defs.partitions import AOI_DIMENSION, Partitions, check_aoi_id, split_month_aoi
+from rasteret_pipelines.defs.partitions import Partitions, check_aoi_id, split_month_aoi
 from rasteret_pipelines.defs.pipeline import timeseries_table
 from rasteret_pipelines.defs.plot import ndvi_timeseries_svg, svg_markdown
 from rasteret_pipelines.defs.resources import StorageResource
@@ -19,40 +19,37 @@ from rasteret_pipelines.defs.settings import source_slug
 
 
 def timeseries_key(source_id: str) -> dg.AssetKey:
-    return dg.AssetKey(["ndvi_timeseries", source_slug(source_id)])
+    """``ndvi_timeseries/<source>_ndvi_timeseries`` (a node label of its own, see :func:`ndvi_key`)."""
+    return dg.AssetKey(["ndvi_timeseries", f"{source_slug(source_id)}_ndvi_timeseries"])
 
 
 def timeseries_asset(
     source_id: str, partitions: Partitions, backfill_policy: dg.BackfillPolicy | None = None
 ) -> dg.AssetsDefinition:
     """The ``ndvi_timeseries/<source>`` asset, one partition per AOI."""
-    slug = source_slug(source_id)
     key = timeseries_key(source_id)
+    where = "/".join(key.path)
 
-    @dg.asset(
-        key=key,
-        partitions_def=partitions.aoi,
-        backfill_policy=backfill_policy or dg.BackfillPolicy.multi_run(500),
-        output_required=False,
-        ins={
-            "manifests": dg.AssetIn(
-                key=ndvi_key(source_id),
-                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
-                    partition_dimension_name=AOI_DIMENSION
-                ),
-            )
-        },
-        io_manager_key="rasteret_io",
-        group_name="ndvi",
-        kinds={"parquet"},
-        metadata={KIND: TABLE, "source": source_id},
-        automation_condition=after_any_upstream_update(),
-        description=(
-            "The AOI's NDVI over every materialised month: a table of date, mean and median NDVI and "
-            f"valid pixel fraction at ndvi_timeseries/{slug}/aoi=<aoi>.parquet, plotted in the "
-            "metadata (and saved beside it as .svg)."
-        ),
-    )
+    with beta_backfill_policy():  # the one beta parameter used
+        define_asset = dg.asset(
+            key=key,
+            partitions_def=partitions.aoi,
+            backfill_policy=backfill_policy or dg.BackfillPolicy.multi_run(500),
+            output_required=False,
+            ins={"manifests": dg.AssetIn(key=ndvi_key(source_id))},  # AOI -> its month x AOI partitions, inferred
+            io_manager_key="rasteret_io",
+            group_name="ndvi",
+            kinds={"parquet"},
+            metadata={KIND: TABLE, "source": source_id},
+            automation_condition=after_any_upstream_update(),
+            description=(
+                "The AOI's NDVI over every materialised month: a table of date, mean and median NDVI and "
+                f"valid pixel fraction at `{where}/aoi=<aoi>.parquet`, plotted in the metadata (and saved "
+                "beside it as .svg)."
+            ),
+        )
+
+    @define_asset
     def ndvi_timeseries(context: dg.AssetExecutionContext, manifests: dict, storage: StorageResource):
         aoi_ids = [check_aoi_id(k, "partition key") for k in context.partition_keys]
         by_aoi: dict[str, dict] = defaultdict(dict)
@@ -66,7 +63,7 @@ def timeseries_asset(
             metadata["rows"] = table.num_rows
             plot = metadata.pop("_svg")
             metadata["plot_file"] = dg.MetadataValue.path(
-                store.write_bytes(plot.encode(), "ndvi_timeseries", slug, f"aoi={aoi_id}.svg")
+                store.write_bytes(plot.encode(), *key.path, f"aoi={aoi_id}.svg")
             )
             yield dg.AssetMaterialization(asset_key=key, partition=aoi_id, metadata=metadata)
 
