@@ -6,7 +6,6 @@ start's AOIs sit near the tile's centre) and served by a :class:`DemoMirror` on 
 """
 
 import shutil
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,6 @@ REPO_DAGSTER_YAML = REPO / "deploy" / "dagster.yaml"
 """The repository's instance configuration (not in the root: see its header)."""
 MONTHS = ("2024-01", "2024-02")
 AOIS = {str(k): v for k, v in QUICKSTART_AOIS.items()}
-
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-
 
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory) -> Path:

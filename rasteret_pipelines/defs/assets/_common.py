@@ -19,7 +19,9 @@ def source_pool(source_id: str) -> str:
 
 
 def after_upstream_updates() -> dg.AutomationCondition:
-    """Materialise a partition once any of its upstream partitions was updated, when none is in flight.
+    """Materialise a partition once any of its upstream partitions was updated, when none is in
+    flight and every blocking check of them passed (a collection month with missing headers
+    holds its NDVI back until the month is rebuilt).
 
     Unlike ``AutomationCondition.eager()`` this applies to every month, not only the latest, so
     a month rebuilt by the STAC sensor or a backfill flows downstream too.
@@ -29,6 +31,7 @@ def after_upstream_updates() -> dg.AutomationCondition:
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
+        & dg.AutomationCondition.all_deps_blocking_checks_passed()
     ).with_label("after upstream updates")
 
 

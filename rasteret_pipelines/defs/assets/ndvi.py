@@ -202,7 +202,7 @@ def already_materialised(context, asset_key: dg.AssetKey, keys) -> set[str]:
     """Partitions of ``keys`` this run materialised in an earlier attempt (step retry), or that
     the failed runs this run re-executes materialised: a retry redoes only what failed."""
     instance = context.instance
-    run_ids = [context.run_id] if context.retry_number > 0 else []
+    run_ids = [context.run.run_id] if context.retry_number > 0 else []
     run = context.run
     seen = set()
     while run is not None and run.parent_run_id and run.parent_run_id not in seen:
