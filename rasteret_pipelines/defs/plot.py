@@ -1,7 +1,10 @@
-"""A small SVG line chart of an NDVI time series (no plotting library needed).
+"""SVG charts of an NDVI time series (no plotting library needed).
 
-The Dagster UI renders it from the asset's metadata as Markdown
-``![NDVI](data:image/svg+xml;base64,...)``; the same SVG is stored beside the table.
+The Dagster UI shows a Markdown metadata value in place only when it is shorter than 1000
+characters (longer ones hide behind ``[Show Markdown]``). So the asset's ``plot`` entry is a
+compact chart (:func:`ndvi_sparkline_markdown`, mean NDVI on a fixed [-0.2, 1] axis) that fits,
+and the full chart (:func:`ndvi_timeseries_svg`: axes, dates, median, valid fraction) is
+stored beside the table and linked as ``plot_file``.
 """
 
 from __future__ import annotations
@@ -119,3 +122,62 @@ def svg_markdown(svg: str, alt: str = "NDVI time series") -> str:
     """Markdown embedding ``svg`` as a data URI (what the Dagster UI renders)."""
     encoded = base64.b64encode(svg.encode()).decode()
     return f"![{alt}](data:image/svg+xml;base64,{encoded})"
+
+
+INLINE_MARKDOWN_LIMIT = 1000
+"""Markdown metadata shorter than this is rendered in place by the Dagster UI."""
+
+
+def ndvi_sparkline_markdown(dates: Sequence[dt.date], values: Sequence[float | None], alt: str = "NDVI") -> str:
+    """Markdown of a compact mean-NDVI chart, always shorter than :data:`INLINE_MARKDOWN_LIMIT`.
+
+    The line runs over the dates on a fixed [-0.2, 1] axis with a grey zero line; when the
+    series has more points than fit, consecutive dates are averaged (the caption says so).
+    """
+    points = [(d, v) for d, v in zip(dates, values) if v is not None and v == v]
+    caption = _sparkline_caption(points, 1)
+    merge = 1
+    while True:
+        binned = _bin(points, merge)
+        text = f"{svg_markdown(_sparkline_svg(binned), alt)}\n\n{_sparkline_caption(points, merge) or caption}"
+        if len(text) < INLINE_MARKDOWN_LIMIT or len(binned) <= 2:
+            return text
+        merge *= 2
+
+
+def _bin(points, merge: int):
+    if merge == 1:
+        return points
+    out = []
+    for i in range(0, len(points), merge):
+        chunk = points[i:i + merge]
+        out.append((chunk[len(chunk) // 2][0], sum(v for _, v in chunk) / len(chunk)))
+    return out
+
+
+def _sparkline_svg(points) -> str:
+    w, h, lo, hi = 240, 60, -0.2, 1.0
+
+    def y(v: float) -> int:
+        return round((hi - min(max(v, lo), hi)) / (hi - lo) * h)
+
+    if points:
+        t0 = points[0][0].toordinal()
+        span = max(points[-1][0].toordinal() - t0, 1)
+        xs = [round((d.toordinal() - t0) / span * w) if len(points) > 1 else w // 2 for d, _ in points]
+        path = "M" + "L".join(f"{x} {y(v)}" for x, (_, v) in zip(xs, points))
+        dots = "".join(f'<circle cx="{x}" cy="{y(v)}" r="2"/>' for x, (_, v) in zip(xs, points)) if len(points) <= 12 else ""
+    else:
+        path, dots = "", ""
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="-3 -3 {w + 6} {h + 6}" width="{w + 6}" '
+            f'height="{h + 6}"><path d="M0 {y(0)}H{w}" stroke="#bbb"/><g fill="#1b7837">'
+            f'<path d="{path}" fill="none" stroke="#1b7837" stroke-width="2"/>{dots}</g></svg>')
+
+
+def _sparkline_caption(points, merge: int) -> str:
+    if not points:
+        return "no valid NDVI"
+    lo, hi = min(v for _, v in points), max(v for _, v in points)
+    binned = f", {merge} dates averaged per point" if merge > 1 else ""
+    return (f"mean NDVI {points[0][0].isoformat()} to {points[-1][0].isoformat()}: {lo:.2f} to {hi:.2f} "
+            f"({len(points)} dates{binned}; axis -0.2 to 1, grey line at 0)")

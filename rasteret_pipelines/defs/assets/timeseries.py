@@ -13,7 +13,7 @@ from rasteret_pipelines.defs.assets.ndvi import ndvi_key
 from rasteret_pipelines.defs.io_managers import KIND, TABLE, write_value
 from rasteret_pipelines.defs.partitions import Partitions, check_aoi_id, split_month_aoi
 from rasteret_pipelines.defs.pipeline import timeseries_table
-from rasteret_pipelines.defs.plot import ndvi_timeseries_svg, svg_markdown
+from rasteret_pipelines.defs.plot import ndvi_sparkline_markdown, ndvi_timeseries_svg
 from rasteret_pipelines.defs.resources import StorageResource
 from rasteret_pipelines.defs.settings import source_slug
 
@@ -44,8 +44,8 @@ def timeseries_asset(
             automation_condition=after_any_upstream_update(),
             description=(
                 "The AOI's NDVI over every materialised month: a table of date, mean and median NDVI and "
-                f"valid pixel fraction at `{where}/aoi=<aoi>.parquet`, plotted in the metadata (and saved "
-                "beside it as .svg)."
+                f"valid pixel fraction at `{where}/aoi=<aoi>.parquet`, its mean NDVI plotted in the "
+                "metadata (`plot`) and the full chart saved beside it as .svg (`plot_file`)."
             ),
         )
 
@@ -85,7 +85,9 @@ def timeseries_asset(
             "mean_ndvi": dg.MetadataValue.float(
                 round(sum(r["mean_ndvi"] for r in valid) / len(valid), 4) if valid else float("nan")
             ),
-            "plot": dg.MetadataValue.md(svg_markdown(svg, f"NDVI of AOI {aoi_id}")),
+            # short enough for the UI to show in place; the full chart is plot_file
+            "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(
+                [r["date"] for r in rows], [r["mean_ndvi"] for r in rows], f"NDVI of AOI {aoi_id}")),
             "_svg": svg,
             "table": dg.MetadataValue.table(
                 records=[
