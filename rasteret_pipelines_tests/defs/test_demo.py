@@ -38,6 +38,10 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
     assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 8  # 2 months x 2 dates x 2 AOIs
     assert len(summary["tables"]["sentinel-2-l2a"]) == 2
     assert "NDVI GeoTIFFs (8 files)" in text and "dagster dev -w workspace.yaml" in text
+    hint = _dagster_dev_hint(text)
+    assert hint["env"]["DAGSTER_HOME"] == str(tmp_path / ".dagster_home")
+    assert hint["env"]["RASTERET_DEMO_PORT"] == str(port) and hint["env"]["RASTERET_DEMO_MONTHS"] == ",".join(MONTHS)
+    assert os.access(hint["argv"][0], os.X_OK), "the hint names this interpreter's dagster, not one on PATH"
     assert not probe_demo_mirror(f"http://127.0.0.1:{port}"), "the in-process mirror stopped"
 
     instance = dg.DagsterInstance.get()
@@ -134,3 +138,68 @@ def test_runs_after_the_demo_exited(demo_world, tmp_path):
         assert probe_demo_mirror(url), "the mirror started by the run keeps serving later runs"
     finally:
         _kill_detached_mirror(demo_world, port)
+
+
+def _dagster_dev_hint(text: str) -> dict:
+    """``{"env": {...}, "argv": [...]}`` of the demo's closing ``dagster dev`` line."""
+    import shlex
+
+    (line,) = [ln for ln in text.splitlines() if ln.strip().endswith("dev -w workspace.yaml")]
+    words = shlex.split(line)
+    env = dict(w.split("=", 1) for w in words if "=" in w.split("/")[0])
+    return {"env": env, "argv": [w for w in words if "=" not in w.split("/")[0]]}
+
+
+@pytest.mark.timeout(180)
+def test_the_demo_s_dagster_dev_command_starts_without_the_unused_yaml_warning(tmp_path):
+    """The closing hint, run from the repository root: the UI comes up, and Dagster does not warn
+    that a ./dagster.yaml there is not used (the instance file lives in deploy/)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import requests
+
+    from rasteret_pipelines.defs.settings import Settings
+    from rasteret_pipelines.demo import dagster_dev_command, prepare_dagster_home
+    from rasteret_pipelines_tests.defs.conftest import REPO
+
+    home = tmp_path / ".dagster_home"
+    env_before = os.environ.get("DAGSTER_HOME")
+    try:
+        prepare_dagster_home(home)
+    finally:
+        if env_before is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = env_before
+    settings = Settings.from_env({"RASTERET_STORAGE": str(tmp_path / "data")})
+    hint = _dagster_dev_hint(dagster_dev_command(home, settings))
+    assert Path(hint["argv"][0]).parent == Path(sys.executable).parent
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RASTERET_", "DAGSTER_"))}
+    env.update(hint["env"])
+    log = tmp_path / "dev.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*hint["argv"], "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    text = log.read_text()
+    assert "will not be used" not in text and "dagster.yaml" not in text, text[-3000:]
