@@ -24,7 +24,6 @@ from rasteret_pipelines.defs.settings import (
     DEMO,
     PUBLIC,
     Settings,
-    SettingsError,
 )
 from rasteret_pipelines.errors import LocalServerDownError, RasteretError, StorageConfigError
 from rasteret_pipelines.storage import Storage
@@ -299,10 +298,7 @@ def _env(settings: Settings, name: str, default, kind=str):
     value = settings.get(name)
     if value is None:
         return default
-    try:
-        typed = kind(value)
-    except ValueError as exc:
-        raise SettingsError(f"{name}={value!r} is not a valid {kind.__name__}") from exc
+    typed = settings.typed(name, default, kind)
     if os.environ.get(name) != value or kind is float:  # EnvVar has no float form
         return typed
     return dg.EnvVar.int(name) if kind is int else dg.EnvVar(name)

@@ -164,11 +164,12 @@ class Settings:
 
     @property
     def transient_retries(self) -> int:
-        return self._number("RASTERET_TRANSIENT_RETRIES", 2, int)
+        return self._not_negative("RASTERET_TRANSIENT_RETRIES", self.typed("RASTERET_TRANSIENT_RETRIES", 2, int))
 
     @property
     def transient_retry_seconds(self) -> float:
-        return self._number("RASTERET_TRANSIENT_RETRY_SECONDS", 30.0, float)
+        return self._not_negative("RASTERET_TRANSIENT_RETRY_SECONDS",
+                                  self.typed("RASTERET_TRANSIENT_RETRY_SECONDS", 30.0, float))
 
     def retry_policy(self):
         """The :class:`dagster.RetryPolicy` of the steps that send requests (collection and NDVI
@@ -189,14 +190,22 @@ class Settings:
             jitter=dg.Jitter.PLUS_MINUS,
         )
 
-    def _number(self, name: str, default, kind):
+    def typed(self, name: str, default, kind=str):
+        """The variable ``name`` converted by ``kind`` (``int``, ``float``), or ``default`` when unset.
+
+        Raises:
+            SettingsError: the value does not convert.
+        """
         text = self.get(name)
         if text is None:
             return default
         try:
-            value = kind(text)
+            return kind(text)
         except ValueError as exc:
             raise SettingsError(f"{name}={text!r} is not a valid {kind.__name__}") from exc
+
+    @staticmethod
+    def _not_negative(name: str, value):
         if value < 0:
             raise SettingsError(f"{name}={value} must not be negative")
         return value
