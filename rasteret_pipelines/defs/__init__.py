@@ -42,7 +42,7 @@ def build_definitions(settings: Settings | None = None, resources: dict | None =
         assets=assets,
         asset_checks=checks,
         jobs=jobs,
-        schedules=[build_monthly_schedule(settings.sources, settings.start_month, jobs[0])],
+        schedules=[build_monthly_schedule(settings.sources, settings.start_month, jobs[0], settings.end_month)],
         sensors=[
             build_aoi_sensor(settings.sources, jobs[0], jobs[1]),
             build_stac_sensor(settings.sources, jobs[0]),

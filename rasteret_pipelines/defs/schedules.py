@@ -17,7 +17,10 @@ def last_complete_month(when: dt.datetime) -> str:
     return (when.date().replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
 
 
-def build_monthly_schedule(sources, start_month: str, collections_job) -> dg.ScheduleDefinition:
+def build_monthly_schedule(sources, start_month: str, collections_job, end_month: str | None = None) -> dg.ScheduleDefinition:
+    """The schedule over the months ``start_month`` to ``end_month`` (None: no end; the offline
+    demo ends with its last month, and the schedule then has nothing to request)."""
+
     @dg.schedule(
         name="monthly_collections",
         cron_schedule="0 3 2 * *",
@@ -34,6 +37,8 @@ def build_monthly_schedule(sources, start_month: str, collections_job) -> dg.Sch
         month = last_complete_month(context.scheduled_execution_time)
         if month < start_month:
             return dg.SkipReason(f"{month} is before the first partition ({start_month})")
+        if end_month is not None and month > end_month:
+            return dg.SkipReason(f"{month} is after the last partition ({end_month}, the offline demo's last month)")
         return [
             dg.RunRequest(
                 run_key=f"monthly:{source}:{month}",

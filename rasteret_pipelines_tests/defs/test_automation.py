@@ -160,3 +160,23 @@ def test_automation_launches_many_partitions_as_backfills(project):
     for key in (ndvi_key(S2), timeseries_key(S2)):
         policy = project.defs.resolve_assets_def(key).backfill_policy
         assert policy is not None and policy.max_partitions_per_run == 500
+
+
+def test_monthly_schedule_of_the_demo_stops_at_its_last_month(tmp_path, demo_world):
+    """The demo's partitions end with its last month: a later tick requests nothing (a request
+    for a month outside the partitions would fail the tick)."""
+    from rasteret_pipelines_tests.defs.conftest import make_project
+
+    demo = make_project(str(tmp_path / "data"), "demo", str(tmp_path / "aois.geojson"),
+                        extra={"RASTERET_DEMO_DIR": str(demo_world), "RASTERET_DEMO_MONTHS": ",".join(MONTHS)})
+    schedule = demo.defs.resolve_schedule_def("monthly_collections")
+
+    def tick(when):
+        context = dg.build_schedule_context(instance=demo.instance, scheduled_execution_time=when,
+                                            repository_def=demo.defs.get_repository_def())
+        return schedule.evaluate_tick(context)
+
+    last = tick(dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc))
+    assert [r.partition_key for r in last.run_requests] == ["2024-02-01"]
+    later = tick(dt.datetime(2026, 12, 2, 3, tzinfo=dt.timezone.utc))
+    assert not later.run_requests and "after the last partition (2024-02" in later.skip_message
