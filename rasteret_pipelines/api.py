@@ -21,7 +21,7 @@ from rasteret_pipelines.collections.sources import DataSources, get_source
 from rasteret_pipelines.errors import InvalidCollectionNameError, InvalidSearchError
 
 if TYPE_CHECKING:
-    from rasteret_pipelines.cog import FetchConfig
+    from rasteret_pipelines.cog import ByteReader, FetchConfig
     from rasteret_pipelines.collections import BuildReport, Collection
 
 
@@ -36,6 +36,10 @@ class Rasteret:
         stac_url: STAC API root overriding the source's (``RASTERET_STAC_URL_<SOURCE>`` too).
         fetch_config: Transport settings (concurrency, retries, S3 options).
         output_dir: The original library's name for ``workspace_dir``.
+        reader: Where COG bytes come from, for headers (:meth:`create_collection`) and tiles
+            (:meth:`get_xarray`, :meth:`get_gdf`): any :class:`~rasteret_pipelines.cog.ByteReader`.
+            None reads through the default aiohttp/local reader. Hrefs pass the collection's
+            href policy either way.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class Rasteret:
         stac_url: str | None = None,
         fetch_config: FetchConfig | None = None,
         output_dir=None,
+        reader: ByteReader | None = None,
     ):
         workspace = workspace_dir if workspace_dir is not None else output_dir
         if workspace is None:
@@ -58,6 +63,7 @@ class Rasteret:
         self.date_range = tuple(str(d) for d in date_range) if date_range is not None else None
         self.stac_url = stac_url
         self.fetch_config = fetch_config
+        self.reader = reader
         self._collection: Collection | None = None
         self.last_build: BuildReport | None = None
 
@@ -108,7 +114,7 @@ class Rasteret:
             self.data_source, self.name, self.workspace_dir, date_range=self.date_range, bbox=bbox,
             geometry=geometry, bands=bands, cloud_cover_lt=cloud_cover_lt, platform=platform,
             query=query, stac_url=self.stac_url, fetch_config=self.fetch_config, progress=progress,
-            require_items=True,
+            require_items=True, reader=self.reader,
         )
         self._collection = load_collection(self.name, self.workspace_dir)
         return self
@@ -144,10 +150,12 @@ class Rasteret:
         date_range=None,
         **kwargs,
     ):
-        """Read ``bands`` for ``geometries``; see :func:`rasteret_pipelines.reading.read_geometries`."""
+        """Read ``bands`` for ``geometries``; see :func:`rasteret_pipelines.reading.read_geometries`
+        (``reader=`` here overrides the one this Rasteret was made with)."""
         from rasteret_pipelines.reading.read import read_geometries
 
         kwargs.setdefault("fetch_config", self.fetch_config)
+        kwargs.setdefault("reader", self.reader)
         return read_geometries(
             self.collection, geometries, bands, date_range=date_range,
             cloud_cover_lt=cloud_cover_lt, **kwargs,

@@ -13,16 +13,23 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rasteret_pipelines.cog import FetchConfig, FetchStats, RangeFetcher
+from rasteret_pipelines.cog import ByteReader, FetchConfig, FetchStats, RangeFetcher
 from rasteret_pipelines.cog.read import fetch_windows
+from rasteret_pipelines.hrefs import check_href
 from rasteret_pipelines.reading.plan import GeometryPlan, SceneReads, planned_reads
 
 OnScene = Callable[[int, SceneReads, dict[str, np.ndarray]], None]
 """``on_scene(geometry index, scene reads, {asset key: 2-D array})``."""
 
 
-async def fetch_plans(plans: list[GeometryPlan], config: FetchConfig | None, on_scene: OnScene) -> FetchStats:
-    """Fetch every planned window in one batch; returns the transport's request counters."""
+async def fetch_plans(
+    plans: list[GeometryPlan], config: FetchConfig | None, on_scene: OnScene, reader: ByteReader | None = None
+) -> FetchStats:
+    """Fetch every planned window in one batch; returns the transport's request counters.
+
+    ``reader``: where the bytes come from (None: the default reader configured by ``config``).
+    The caller has already checked every href against its policy.
+    """
     reads = list(planned_reads(plans))  # (geometry index, scene reads, asset key, read)
     pending: dict[int, dict[str, np.ndarray]] = {}
     waiting = {id(sr): len(sr.reads) for _, sr, _, _ in reads}
@@ -35,6 +42,20 @@ async def fetch_plans(plans: list[GeometryPlan], config: FetchConfig | None, on_
             del pending[id(sr)]
             on_scene(gi, sr, got)
 
-    async with RangeFetcher(config) as fetcher:
+    async with RangeFetcher(config, reader=reader) as fetcher:
         await fetch_windows(fetcher, [(r.header, r.window) for _, _, _, r in reads], on_window=on_window)
     return fetcher.stats
+
+
+def check_plan_hrefs(plans: list[GeometryPlan], allow_local: bool) -> None:
+    """Every planned href through :func:`~rasteret_pipelines.hrefs.check_href`, before any request.
+
+    The default reader applies the same policy per request; doing it here as well refuses a bad
+    href before the batch starts, and covers a reader passed in, which has no policy of its own.
+    """
+    seen: set[str] = set()
+    for _, _, _, read in planned_reads(plans):
+        href = read.header.href
+        if href not in seen:
+            seen.add(href)
+            check_href(href, allow_local=allow_local)

@@ -38,10 +38,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
-from rasteret_pipelines.cog import FetchConfig, run_sync
+# _run_sync_with: the engine's synchronous runner, which releases a network reader's
+# connections when the call's event loop ends.
+from rasteret_pipelines.cog import FetchConfig, _run_sync_with
 from rasteret_pipelines.errors import InvalidReadArgumentError, NoScenesError, UnknownBandError
 from rasteret_pipelines.reading.assemble import Assembly
-from rasteret_pipelines.reading.fetch import fetch_plans
+from rasteret_pipelines.reading.fetch import check_plan_hrefs, fetch_plans
 from rasteret_pipelines.reading.geometries import normalize_geometries
 from rasteret_pipelines.reading.memory import check_plans
 from rasteret_pipelines.reading.mosaic import mosaic_method
@@ -76,6 +78,7 @@ def read_geometries(
     fetch_config: FetchConfig | None = None,
     filters: dict | None = None,
     mosaic="first",
+    reader=None,
 ):
     """Read ``bands`` for every geometry from the collection's scenes (see module docs).
 
@@ -102,12 +105,21 @@ def read_geometries(
         filters: Extra ``{column: value}`` collection filters (platform, MGRS tile, ...).
         mosaic: How same-date scenes combine: ``"first"`` (default), ``"last"`` or a
             :class:`~rasteret_pipelines.reading.mosaic.MosaicMethod` subclass.
+        reader: Where the tiles' bytes come from: any
+            :class:`~rasteret_pipelines.cog.ByteReader` (a
+            :class:`~rasteret_pipelines.cog.MemoryReader`, an object store client, ...). None
+            reads through the default aiohttp/local reader configured by ``fetch_config``.
+            Every href passes the same policy either way (``http(s)://`` and ``s3://``; local
+            paths and ``file://`` only when the collection allows local hrefs), before any
+            request. A reader passed in is not closed (its owner closes it), except that a
+            network reader releases the connections of this call's event loop.
 
     Returns:
         The Dataset described in :mod:`rasteret_pipelines.reading.model`.
 
     Raises:
-        UnknownBandError, DateRangeError, InvalidGeometryError, NoScenesError.
+        UnknownBandError, DateRangeError, InvalidGeometryError, NoScenesError,
+        UnsafeHrefError (an href the collection's policy refuses; nothing was requested).
     """
     if values not in VALUE_MODES:
         raise InvalidReadArgumentError(f"values must be one of {VALUE_MODES}, got {values!r}")
@@ -141,13 +153,14 @@ def read_geometries(
     config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
                      local_files=collection.allow_local_hrefs)
     check_plans(plans, bands, values, config)  # MemoryLimitError before any request
+    check_plan_hrefs(plans, collection.allow_local_hrefs)  # UnsafeHrefError before any request
     out = Assembly(plans, keys, bands, rule, values, resampling, method)
     # xarray (and pandas under it) is only needed to wrap the result: import it in the
     # background while the tiles are in flight. Not earlier: the import holds the GIL most of
     # its time and would delay the collection read and the planning, so the first request.
     preload = _Preload("xarray")
     try:
-        stats = run_sync(fetch_plans(plans, config, out.add_scene))
+        stats = _run_sync_with(reader, fetch_plans(plans, config, out.add_scene, reader))
     finally:
         preload.join()
     attrs = {
