@@ -211,11 +211,24 @@ WORKERS = {
 }
 
 
+PROFILE_ENV = "BENCH_FRESH_PROFILE_DIR"
+"""Set by ``--profile DIR``: workers run under cProfile and dump ``DIR/<tag>.prof``."""
+
+
 def serve(argv: list[str]) -> bool:
     if not argv or argv[0] != "--worker":
         return False
     mode, spec_path, out_path = argv[1:4]
-    result = WORKERS[mode](json.loads(Path(spec_path).read_text()))
+    spec = json.loads(Path(spec_path).read_text())
+    profile_dir = os.environ.get(PROFILE_ENV)
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        result = profiler.runcall(WORKERS[mode], spec)
+        profiler.dump_stats(str(Path(profile_dir) / (Path(out_path).name.removesuffix(".out.json") + ".prof")))
+    else:
+        result = WORKERS[mode](spec)
     Path(out_path).write_text(json.dumps(result))
     return True
 
@@ -262,6 +275,9 @@ def parse_args(argv=None):
     add_lab_arguments(p, seed_help="seed of the field polygons (bench_read's); default 7",
                       repeat_default=5, repeat_help="interleaved rounds, medians reported; default 5")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated; default both")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="run every worker under cProfile (main thread only) and write DIR/<mode>-<round>.prof; "
+                        "the profiler slows the workers, so read the profiles, not the timings")
     return p.parse_args(argv)
 
 
@@ -375,7 +391,10 @@ def main(argv=None) -> int:
                     srv.reset_log()
                     stac.reset_log()
                     print(f"round {i + 1}/{args.repeat}: {key} ...", flush=True)
-                    env = GDAL_HTTP_ENV if mode == BASELINE else None
+                    env = dict(GDAL_HTTP_ENV) if mode == BASELINE else {}
+                    if args.profile is not None:
+                        args.profile.mkdir(parents=True, exist_ok=True)
+                        env[PROFILE_ENV] = str(args.profile.resolve())
                     run = spawn(mode, spec, workdir, tag=f"{key.replace('/', '-')}-{i}", env_extra=env)
                     run["traffic"] = account(settle(srv, 1.0), first_offset_by_name).__dict__
                     run["stac_requests"] = stac.count()
