@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -118,8 +119,10 @@ async def fetch_headers(fetcher: RangeFetcher, hrefs: Sequence[str]) -> list[Cog
 # -- windows -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Block:
+class _Block(NamedTuple):
+    """One stored block. A tuple, not a dataclass: it is hashed for every window's every
+    block, and a tuple hashes in C."""
+
     href: str
     overview: int
     index: int
@@ -237,10 +240,12 @@ async def fetch_windows(
             users[block].append(i)
     remaining = [len(need) for need in needs]
     results: list[np.ndarray | None] = [None] * len(checked)
+    # (dtype, fill value) per file: a header computes them (parsing its nodata text) per call.
+    out_types = {href: (np.dtype(h.dtype), h.fill_value) for href, h in headers.items()}
 
     def finish(i: int) -> None:
         header, window = checked[i]
-        array = _assemble(header, window, overview, decoded)
+        array = _assemble(header, window, overview, decoded, *out_types[header.href])
         for block in needs[i]:
             users_left = users[block]
             users_left.remove(i)
@@ -289,39 +294,39 @@ async def fetch_windows(
     return results  # type: ignore[return-value]
 
 
-def _assemble(header: CogHeader, window: Window, overview: int, decoded) -> np.ndarray:
+def _assemble(header: CogHeader, window: Window, overview: int, decoded, dtype: np.dtype, fill) -> np.ndarray:
+    """The window from its decoded blocks; ``dtype`` and ``fill`` are the header's (computed
+    once per file by the caller)."""
     level = header.levels[overview]
     col_off, row_off, width, height = window
     th, tw = level.tile_height, level.tile_width
-    blocks = list(_blocks_for(header, level, window))
+    href = header.href
+    planes = _planes(level)
+    found = [
+        (row, col, plane, decoded.get(_Block(href, overview, level.tile_index(row, col, plane))))
+        for row, col in _blocks_for(header, level, window)
+        for plane in planes
+    ]
     inside = col_off >= 0 and row_off >= 0 and col_off + width <= level.width and row_off + height <= level.height
-    complete = inside and all(
-        _Block(header.href, overview, level.tile_index(r, c, p)) in decoded
-        for r, c in blocks
-        for p in _planes(level)
-    )
+    complete = inside and all(block is not None for *_, block in found)
     shape = (header.count, height, width)
-    dtype = np.dtype(header.dtype)
     # Always initialised (never np.empty): pixels outside the image and in sparse blocks keep
     # the fill value (nodata, or 0). Zeros come from calloc, so the common case costs nothing.
-    fill = header.fill_value
     if complete or fill == 0:
         out = np.zeros(shape, dtype=dtype)
     else:
         out = np.full(shape, fill, dtype=dtype)
-    for row, col in blocks:
+    for row, col, plane, block in found:
+        if block is None:
+            continue  # sparse: stays at the fill value
         by, bx = row * th, col * tw
-        for plane in _planes(level):
-            block = decoded.get(_Block(header.href, overview, level.tile_index(row, col, plane)))
-            if block is None:
-                continue  # sparse: stays at the fill value
-            rows = block.shape[1]
-            ys, ye = max(row_off, by), min(row_off + height, by + rows, level.height)
-            xs, xe = max(col_off, bx), min(col_off + width, bx + tw, level.width)
-            if ys >= ye or xs >= xe:
-                continue
-            bands = slice(plane, plane + 1) if level.planar == 2 else slice(None)
-            out[bands, ys - row_off : ye - row_off, xs - col_off : xe - col_off] = block[
-                :, ys - by : ye - by, xs - bx : xe - bx
-            ]
+        rows = block.shape[1]
+        ys, ye = max(row_off, by), min(row_off + height, by + rows, level.height)
+        xs, xe = max(col_off, bx), min(col_off + width, bx + tw, level.width)
+        if ys >= ye or xs >= xe:
+            continue
+        bands = slice(plane, plane + 1) if level.planar == 2 else slice(None)
+        out[bands, ys - row_off : ye - row_off, xs - col_off : xe - col_off] = block[
+            :, ys - by : ye - by, xs - bx : xe - bx
+        ]
     return out

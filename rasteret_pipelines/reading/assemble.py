@@ -70,6 +70,8 @@ class Assembly:
         self._mosaics: dict[tuple[int, int], dict[str, MosaicMethod]] = {}
         self._left: dict[tuple[int, int], int] = {}
         self._t_index = t_index
+        self._nodata: dict[str, object] = {}
+        """href -> nodata (a header parses its nodata text on every access)."""
         for gi, plan in enumerate(plans):
             h, w = plan.grid.height, plan.grid.width
             for day, layer in plan.layers.items():
@@ -87,17 +89,26 @@ class Assembly:
         clear = plan.inside
         if self.quality is not None:
             band = self.quality.band
-            qa, qa_valid = on_grid(sr.reads[band], arrays[band], grid, None)
+            read = sr.reads[band]
+            qa, qa_valid = on_grid(read, arrays[band], grid, None, self._nodata_of(read.header))
             clear = clear & qa_valid & self.quality.clear(qa)
         mosaics = self._mosaics[gi, ti]
         for band in self.bands:
             key = self.keys[band]
-            data, valid = on_grid(sr.reads[key], arrays[key], grid, self.resampling)
+            read = sr.reads[key]
+            data, valid = on_grid(read, arrays[key], grid, self.resampling, self._nodata_of(read.header))
             valid &= clear
             mosaics[band].feed(convert(data, self.values, sr.scene.reflectance), valid, sr.rank)
         self._left[gi, ti] -= 1
         if self._left[gi, ti] == 0:
             self._finish(gi, ti)
+
+    def _nodata_of(self, header):
+        try:
+            return self._nodata[header.href]
+        except KeyError:
+            value = self._nodata[header.href] = header.nodata
+            return value
 
     def _finish(self, gi: int, ti: int) -> None:
         mosaics = self._mosaics.pop((gi, ti))
@@ -145,13 +156,14 @@ def nodata_valid(data: np.ndarray, nodata) -> np.ndarray:
     return valid
 
 
-def on_grid(read: WindowRead, data: np.ndarray, grid: Grid, resampling) -> tuple[np.ndarray, np.ndarray]:
+def on_grid(read: WindowRead, data: np.ndarray, grid: Grid, resampling, nodata) -> tuple[np.ndarray, np.ndarray]:
     """(values, valid) of one read on the reference window; warped unless ``read.direct``.
 
     ``resampling``: a ``rasterio.enums.Resampling`` (or its name) for the warp; None is nearest.
+    ``nodata``: ``read.header.nodata`` (parsed once per file by the caller).
     """
     header = read.header
-    valid = nodata_valid(data, header.nodata)
+    valid = nodata_valid(data, nodata)
     if read.direct:
         return data, valid
     import rasterio.warp
