@@ -151,6 +151,20 @@ def _planes(level: ImageLevel) -> range:
     return range(level.samples_per_pixel) if level.planar == 2 else range(1)
 
 
+def _window_blocks(header: CogHeader, level: ImageLevel, overview: int, window: Window):
+    """``[(row, col, plane, block)]`` of the blocks intersecting ``window`` (the index arithmetic
+    of :meth:`ImageLevel.tile_index`, with the level's tile counts computed once per window)."""
+    href = header.href
+    across = level.tiles_across
+    per_plane = across * level.tiles_down
+    planar = level.planar == 2
+    return [
+        (row, col, plane, _Block(href, overview, (plane * per_plane if planar else 0) + row * across + col))
+        for row, col in _blocks_for(header, level, window)
+        for plane in _planes(level)
+    ]
+
+
 def plan_spans(
     requests: Sequence[tuple[CogHeader, Window]], overview: int, config: FetchConfig
 ) -> tuple[dict[str, list[_Span]], list[set[_Block]]]:
@@ -165,33 +179,31 @@ def plan_spans(
         level = header.levels[overview]
         need: set[_Block] = set()
         needs.append(need)
-        for row, col in _blocks_for(header, level, window):
-            for plane in _planes(level):
-                index = level.tile_index(row, col, plane)
-                block = _Block(header.href, overview, index)
-                if block in wanted:
-                    need.add(block)
-                    continue
-                offset = int(level.tile_offsets[index])
-                count = int(level.tile_byte_counts[index])
-                if offset == 0 or count == 0:
-                    continue  # sparse block: filled, never fetched
-                if count > MAX_BLOCK_BYTES or (header.size is not None and offset + count > header.size):
-                    raise TiffFormatError(
-                        header.href,
-                        f"block {index} at bytes {offset}+{count} lies outside the "
-                        f"{header.size}-byte object",
-                    )
-                if count > max_stored_bytes(level):
-                    raise DecodedSizeError(
-                        header.href,
-                        f"{count} stored bytes, more than any codec needs for a "
-                        f"{level.tile_width}x{level.tile_height} block",
-                        block=index,
-                        overview=overview,
-                    )
-                wanted[block] = (offset, count)
+        for _, _, _, block in _window_blocks(header, level, overview, window):
+            if block in wanted:
                 need.add(block)
+                continue
+            index = block.index
+            offset = int(level.tile_offsets[index])
+            count = int(level.tile_byte_counts[index])
+            if offset == 0 or count == 0:
+                continue  # sparse block: filled, never fetched
+            if count > MAX_BLOCK_BYTES or (header.size is not None and offset + count > header.size):
+                raise TiffFormatError(
+                    header.href,
+                    f"block {index} at bytes {offset}+{count} lies outside the "
+                    f"{header.size}-byte object",
+                )
+            if count > max_stored_bytes(level):
+                raise DecodedSizeError(
+                    header.href,
+                    f"{count} stored bytes, more than any codec needs for a "
+                    f"{level.tile_width}x{level.tile_height} block",
+                    block=index,
+                    overview=overview,
+                )
+            wanted[block] = (offset, count)
+            need.add(block)
     by_href: dict[str, list[tuple[_Block, int, int]]] = defaultdict(list)
     for block, (offset, count) in wanted.items():
         by_href[block.href].append((block, offset, count))
@@ -300,12 +312,9 @@ def _assemble(header: CogHeader, window: Window, overview: int, decoded, dtype: 
     level = header.levels[overview]
     col_off, row_off, width, height = window
     th, tw = level.tile_height, level.tile_width
-    href = header.href
-    planes = _planes(level)
     found = [
-        (row, col, plane, decoded.get(_Block(href, overview, level.tile_index(row, col, plane))))
-        for row, col in _blocks_for(header, level, window)
-        for plane in planes
+        (row, col, plane, decoded.get(block))
+        for row, col, plane, block in _window_blocks(header, level, overview, window)
     ]
     inside = col_off >= 0 and row_off >= 0 and col_off + width <= level.width and row_off + height <= level.height
     complete = inside and all(block is not None for *_, block in found)

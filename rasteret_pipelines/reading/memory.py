@@ -124,6 +124,10 @@ def check_plans(plans, bands: Sequence[str], values: str, config) -> ReadEstimat
     from rasteret_pipelines.reading.plan import planned_reads
 
     reads = [r for _, _, _, r in planned_reads(plans)]
+    itemsizes: dict[str, int] = {}  # href -> bytes per pixel (a header's dtype is computed per access)
+    for r in reads:
+        if r.header.href not in itemsizes:
+            itemsizes[r.header.href] = np.dtype(r.header.dtype).itemsize * max(1, r.header.count)
     if values == "native":
         out_itemsize = max((np.dtype(r.header.dtype).itemsize for r in reads), default=1)
     else:
@@ -134,10 +138,7 @@ def check_plans(plans, bands: Sequence[str], values: str, config) -> ReadEstimat
         len(times),
         len(bands),
         out_itemsize,
-        (
-            (r.window[3], r.window[2], np.dtype(r.header.dtype).itemsize * max(1, r.header.count))
-            for r in reads
-        ),
+        ((r.window[3], r.window[2], itemsizes[r.header.href]) for r in reads),
     )
     check_memory(estimate, memory_limit(getattr(config, "max_read_memory", None)),
                  f"reading {len(plans)} geometries x {len(times)} dates x {len(bands)} bands")
