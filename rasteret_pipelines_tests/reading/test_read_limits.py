@@ -140,6 +140,15 @@ def test_numpy_cloud_cover_is_accepted(world):
 def _with_local_hrefs(world, workspace, allow: bool):
     """A copy of the world collection whose cached headers point at the local COG files (as an
     edited parquet file, or a local catalog, would)."""
+    by_url = {world.cogs.url_for(p.relative_to(world.root).as_posix()): str(p)
+              for bands in world.paths.values() for p in bands.values()}
+    return with_edited_hrefs(world, workspace, by_url.__getitem__, allow)
+
+
+def with_edited_hrefs(world, workspace, new_href, allow: bool):
+    """A copy of the world collection with every cached header's href replaced by
+    ``new_href(href)`` (versions dropped: they differ per transport) and the manifest's
+    ``allow_local_hrefs`` set to ``allow``; opened from ``workspace``."""
     import json
     import shutil
 
@@ -148,15 +157,13 @@ def _with_local_hrefs(world, workspace, allow: bool):
 
     target = workspace / "world"
     shutil.copytree(world.workspace / "world", target)
-    by_url = {world.cogs.url_for(p.relative_to(world.root).as_posix()): str(p)
-              for bands in world.paths.values() for p in bands.values()}
     for path in target.glob("month=*/items.parquet"):
         table = pq.read_table(path)
         for name in [c for c in table.column_names if c.endswith("_header")]:
             rows = table.column(name).to_pylist()
             for row in rows:
                 if row is not None:
-                    row["href"] = by_url[row["href"]]
+                    row["href"] = new_href(row["href"])
                     row["etag"] = row["last_modified"] = None  # versions differ per transport
             i = table.column_names.index(name)
             table = table.set_column(i, table.schema.field(i), pa.array(rows, type=table.schema.field(i).type))

@@ -15,7 +15,7 @@ from rasteret_pipelines.errors import UnsafeHrefError
 from rasteret_pipelines.reading import read_geometries
 from rasteret_pipelines_tests.reading.conftest import AOIS, BASE_IDS, BASE_RANGE
 from rasteret_pipelines_tests.reading.test_read import day, layer, rio_masked, to_crs
-from rasteret_pipelines_tests.reading.test_read_limits import _with_local_hrefs
+from rasteret_pipelines_tests.reading.test_read_limits import _with_local_hrefs, with_edited_hrefs
 
 BANDS = {"red": "red", "nir": "nir"}
 
@@ -143,30 +143,11 @@ def test_a_local_href_is_refused_with_a_passed_reader_unless_the_collection_allo
 
 def test_a_scheme_no_policy_accepts_is_refused_before_the_reader_is_asked(world, tmp_path):
     """A MemoryReader would serve ``mem://`` hrefs; the collection's policy still refuses them."""
-    import json
-    import shutil
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    target = tmp_path / "ws" / "world"
-    shutil.copytree(world.workspace / "world", target)
-    for path in target.glob("month=*/items.parquet"):
-        table = pq.read_table(path)
-        for name in [c for c in table.column_names if c.endswith("_header")]:
-            rows = table.column(name).to_pylist()
-            for row in rows:
-                if row is not None:
-                    row["href"] = "mem://" + row["href"].split("://", 1)[1]
-            i = table.column_names.index(name)
-            table = table.set_column(i, table.schema.field(i), pa.array(rows, type=table.schema.field(i).type))
-        pq.write_table(table, path)
-    assert json.loads((target / "_manifest.json").read_text()).get("allow_local_hrefs") in (None, False)
-    from rasteret_pipelines.collections import load_collection
-
+    collection = with_edited_hrefs(world, tmp_path / "ws", lambda href: "mem://" + href.split("://", 1)[1],
+                                   allow=False)
     counting = CountingReader(MemoryReader())
     with pytest.raises(UnsafeHrefError, match="unsupported URL scheme 'mem'"):
-        read_geometries(load_collection("world", tmp_path / "ws"), list(AOIS.values()), ["red"],
+        read_geometries(collection, list(AOIS.values()), ["red"],
                         date_range=BASE_RANGE, reader=counting)
     assert counting.ranges == []
 
