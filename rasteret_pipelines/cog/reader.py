@@ -14,8 +14,9 @@ Readers here: :class:`MemoryReader` (``{href: bytes}``, for tests and in-process
 :class:`LocalFileReader` (local paths and ``file://``). The default network reader,
 :class:`~rasteret_pipelines.cog.http.HttpReader` (``http(s)://`` and SigV4-signed ``s3://``
 through aiohttp), and :class:`~rasteret_pipelines.cog.fetch.DefaultReader` (the href policy, then
-local or network) live beside them. Any object with the two methods is a reader, so one over
-``obstore`` (``get_range_async`` / ``get_ranges_async``) needs no change to the engine.
+local or network) live beside them. Any object with the two methods is a reader:
+:class:`~rasteret_pipelines.cog.obstore_reader.ObstoreReader` (optional ``obstore`` extra) reads
+S3, GCS, Azure, HTTP and local stores through obstore with no change to the engine.
 
 Request accounting (requests, header requests, bytes) and version checks are done once, for
 every reader, by :class:`~rasteret_pipelines.cog.fetch.RangeFetcher`.
