@@ -28,7 +28,6 @@ the sensor interval <= 60 s + 3 x the library-only time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -40,7 +39,7 @@ from pathlib import Path
 from benchmarks._common import REPO_ROOT, exit_status, print_targets, write_json
 
 MONTHS = ("2024-01", "2024-02", "2024-03")
-NDVI = ("ndvi", "sentinel_2_l2a")
+NDVI = ("ndvi", "sentinel_2_l2a_ndvi")
 
 
 def new_fields(n: int) -> dict:
@@ -109,7 +108,7 @@ def run_processes(session: int) -> dict[int, int]:
 def library_time(storage: Path, aoi_file: Path, ids: list[str], out_dir: Path) -> tuple[float, int]:
     """Seconds (and GeoTIFFs) of the same NDVI work through the library in this process."""
     from rasteret_pipelines.collections import load_collection
-    from rasteret_pipelines.defs.aois import load_aois
+    from rasteret_pipelines.aois import load_aois
     from rasteret_pipelines.defs.partitions import month_bounds
     from rasteret_pipelines.products import ndvi_dataset, save_per_geometry
     from rasteret_pipelines.reading import read_geometries
@@ -181,7 +180,7 @@ def main(argv=None) -> int:
         os.environ.update({k: v for k, v in env.items() if k.startswith(("DAGSTER_", "RASTERET_"))})
         import dagster as dg
 
-        from rasteret_pipelines.defs.aois import load_aois, write_aois_geojson
+        from rasteret_pipelines.aois import load_aois, write_aois_geojson
 
         instance = dg.DagsterInstance.get()
         before = {r.run_id for r in instance.get_runs()}

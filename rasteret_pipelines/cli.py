@@ -46,6 +46,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from rasteret_pipelines.defs.instance_home import run_dagster_ui
+
+    run_dagster_ui(args.dagster_home, args.dagster_args)  # replaces this process
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rasteret-pipelines", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -62,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Write the offline demo world (once), serve it on 127.0.0.1, register the quick start's "
             "AOIs and materialise collections, NDVI GeoTIFFs and time series through Dagster, recording "
-            "the runs in DAGSTER_HOME (default ./.dagster_home) for `dagster dev -w workspace.yaml`. "
+            "the runs in DAGSTER_HOME (default ./.dagster_home) for `rasteret-pipelines ui`. "
             "RASTERET_STAC_URL / RASTERET_STORAGE (e.g. public, s3://bucket/prefix) run the same "
             "pipeline against Earth Search and S3; see docs/dagster.md for every variable."
         ),
@@ -75,11 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
              "lines that point the quick start at it",
     )
     demo.set_defaults(func=_demo)
+    ui = sub.add_parser(
+        "ui",
+        add_help=False,  # -h is dagster dev's --host
+        help="open the Dagster UI (dagster dev) on the kept instance DAGSTER_HOME (default ./.dagster_home)",
+        description=(
+            "Seed DAGSTER_HOME (default ./.dagster_home) with the repository's dagster.yaml if needed "
+            "and run `dagster dev -w workspace.yaml` on it, from inside that folder (so Dagster does "
+            "not warn about the repository's own dagster.yaml), with relative RASTERET_STORAGE, "
+            "RASTERET_AOI_FILE and RASTERET_DEMO_DIR made absolute. Further arguments go to dagster dev "
+            "(e.g. -h 0.0.0.0 -p 3001)."
+        ),
+    )
+    ui.add_argument("--help", action="help", help="show this help message and exit")
+    ui.add_argument("--dagster-home", help="Dagster instance folder (default $DAGSTER_HOME or ./.dagster_home)")
+    ui.set_defaults(func=_ui)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command == "ui":
+        args.dagster_args = rest
+    elif rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     from rasteret_pipelines.errors import RasteretError
 
     try:

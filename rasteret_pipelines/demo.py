@@ -13,7 +13,7 @@
    month over all its AOIs, read together) and the NDVI time series of every AOI (one run)
    through the project's Dagster definitions, recording the runs in a
    persistent ``DAGSTER_HOME`` (default ``./.dagster_home``, seeded with the repository's
-   ``dagster.yaml``), so that ``dagster dev -w workspace.yaml`` afterwards shows them,
+   ``dagster.yaml``), so that ``rasteret-pipelines ui`` (``dagster dev`` on that folder) shows them,
 5. prints where the GeoTIFFs and tables are.
 
 The ports are fixed because the collections store the COG URLs: a mirror restarted on the same
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -55,7 +54,6 @@ from rasteret_pipelines.mirror.demo_mirror import (  # noqa: F401 - the demo's m
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Run config of the demo's runs: Dagster's console logger shows warnings and errors only."""
-REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml"
 
 
 def quickstart_environment(stac_url: str) -> dict[str, str]:
@@ -108,20 +106,6 @@ def serve_for_quickstart(months: Sequence[str] | None = None, *, log=print, stop
 # --- the main job ---------------------------------------------------------------------------------
 
 
-def prepare_dagster_home(path: str | os.PathLike | None = None) -> Path:
-    """Set ``DAGSTER_HOME`` (default ``./.dagster_home``) and seed it with the repository's dagster.yaml."""
-    home = Path(path or os.environ.get("DAGSTER_HOME") or ".dagster_home").expanduser().absolute()
-    ensure_ignored_dir(home)
-    target = home / "dagster.yaml"
-    if not target.exists():
-        if REPO_DAGSTER_YAML.exists():
-            shutil.copyfile(REPO_DAGSTER_YAML, target)
-        else:  # installed without the repository: a minimal local instance
-            target.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
-
-
 def run_demo(
     *,
     months: Sequence[str] | None = None,
@@ -137,6 +121,7 @@ def run_demo(
     import dagster as dg
 
     from rasteret_pipelines.defs import build_definitions
+    from rasteret_pipelines.defs.instance_home import prepare_dagster_home
     from rasteret_pipelines.aois import write_aois_geojson
     from rasteret_pipelines.defs.partitions import aoi_partitions, month_partition_key
     from rasteret_pipelines.defs.settings import DEMO, Settings
@@ -224,7 +209,7 @@ def run_demo(
         for span in spans:
             summary["runs"].append(run("ndvi_timeseries_job", span[0], span[-1]).run_id)
         summary.update(_report(storage, settings, aois.ids, log))
-        log(f"done in {time.perf_counter() - t_start:.1f} s. See the runs in the UI (from the repository root):")
+        log(f"done in {time.perf_counter() - t_start:.1f} s. See the runs in the UI (from this folder):")
         log(f"  {dagster_dev_command(home, settings)}")
         if keep_serving and mirror is not None:
             log("serving the demo mirror until Ctrl-C ...")
@@ -238,19 +223,19 @@ def run_demo(
 
 
 def dagster_dev_command(home: Path, settings) -> str:
-    """The shell command that opens the demo's runs in the UI: the ``dagster`` of this
-    interpreter (the virtualenv's, not whatever is on PATH), the demo's ``DAGSTER_HOME``, and
-    the ``RASTERET_*`` variables the demo ran with (a signed URL's secret redacted)."""
+    """The shell command that opens the demo's runs in the UI: ``rasteret-pipelines ui`` of this
+    interpreter (the virtualenv's, not whatever is on PATH), which runs ``dagster dev`` on the
+    demo's ``DAGSTER_HOME``, with the ``RASTERET_*`` variables the demo ran with (a signed URL's
+    secret redacted)."""
     import shlex
 
     from rasteret_pipelines.redaction import redact
 
-    exe = Path(sys.executable).parent / "dagster"
-    dagster = [str(exe)] if exe.exists() else [sys.executable, "-m", "dagster"]
+    exe = Path(sys.executable).parent / "rasteret-pipelines"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "rasteret_pipelines.cli"]
     env = {"DAGSTER_HOME": str(home),
            **{k: redact(v) for k, v in sorted(settings.env.items()) if k.startswith("RASTERET_")}}
-    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, dagster),
-                     "dev", "-w", "workspace.yaml"])
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, command), "ui"])
 
 
 def _exists(uri: str) -> bool:

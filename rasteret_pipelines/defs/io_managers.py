@@ -39,7 +39,7 @@ from rasteret_pipelines.defs.partitions import (
     month_key,
 )
 from rasteret_pipelines.defs.resources import StorageResource
-from rasteret_pipelines.errors import CollectionNotFoundError, MissingPartitionError
+from rasteret_pipelines.errors import CollectionNotFoundError, MissingPartitionError, UnsafePartitionKeyError
 from rasteret_pipelines.storage import Storage
 
 KIND = "rasteret/io"
@@ -174,6 +174,15 @@ class RasteretIOManager(dg.ConfigurableIOManager):
     # --- reading -------------------------------------------------------------------------------
 
     def load_input(self, context: dg.InputContext):
+        """The input's value; a partition that was never materialised or a key that is not a safe
+        path fails the step at once (``dagster.Failure(allow_retries=False)``): no retry of the
+        step's RetryPolicy can make it appear."""
+        try:
+            return self._load_input(context)
+        except (MissingPartitionError, UnsafePartitionKeyError) as exc:
+            raise dg.Failure(f"{type(exc).__name__}: {exc}", allow_retries=False) from exc
+
+    def _load_input(self, context: dg.InputContext):
         upstream = context.upstream_output
         kind = self._kind(upstream.definition_metadata if upstream is not None else None)
         asset_key = context.asset_key

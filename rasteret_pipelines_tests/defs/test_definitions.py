@@ -194,10 +194,10 @@ def test_demo_partitions_are_the_demo_months():
         Settings.from_env({"RASTERET_START_MONTH": "2024-05"})
 
 
-def test_repository_root_holds_no_dagster_yaml():
-    """`dagster dev` from the root warns that a ./dagster.yaml there is not used when
-    DAGSTER_HOME is another folder (the demo's ./.dagster_home): the file lives in deploy/."""
+def test_the_instance_file_is_the_repository_root_s_dagster_yaml():
+    """`dagster dev` from the root (DAGSTER_HOME unset) and the demo's seeded instance read the same file."""
+    from rasteret_pipelines.defs.instance_home import REPO_DAGSTER_YAML as SEEDED
     from rasteret_pipelines_tests.defs.conftest import REPO, REPO_DAGSTER_YAML
 
-    assert not (REPO / "dagster.yaml").exists() and not (REPO / "dagster.yml").exists()
+    assert REPO_DAGSTER_YAML == REPO / "dagster.yaml" == SEEDED
     assert REPO_DAGSTER_YAML.exists()

@@ -37,11 +37,11 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
     assert (tmp_path / ".rasteret_data" / "aois.geojson").exists()
     assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 8  # 2 months x 2 dates x 2 AOIs
     assert len(summary["tables"]["sentinel-2-l2a"]) == 2
-    assert "NDVI GeoTIFFs (8 files)" in text and "dagster dev -w workspace.yaml" in text
+    assert "NDVI GeoTIFFs (8 files)" in text and "rasteret-pipelines ui" in text
     hint = _dagster_dev_hint(text)
     assert hint["env"]["DAGSTER_HOME"] == str(tmp_path / ".dagster_home")
     assert hint["env"]["RASTERET_DEMO_PORT"] == str(port) and hint["env"]["RASTERET_DEMO_MONTHS"] == ",".join(MONTHS)
-    assert os.access(hint["argv"][0], os.X_OK), "the hint names this interpreter's dagster, not one on PATH"
+    assert os.access(hint["argv"][0], os.X_OK), "the hint names this interpreter's command, not one on PATH"
     assert not probe_demo_mirror(f"http://127.0.0.1:{port}"), "the in-process mirror stopped"
 
     instance = dg.DagsterInstance.get()
@@ -88,6 +88,16 @@ def test_cli_has_demo_and_header():
     parser = build_parser()
     assert parser.parse_args(["demo", "--months", "2024-01"]).months == "2024-01"
     assert parser.parse_args(["header", "x.tif"]).hrefs == ["x.tif"]
+    args, rest = parser.parse_known_args(["ui", "--dagster-home", "h", "-p", "3001"])
+    assert (args.command, args.dagster_home, rest) == ("ui", "h", ["-p", "3001"])
+
+
+def test_cli_rejects_unknown_arguments_outside_ui(capsys):
+    from rasteret_pipelines.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["header", "x.tif", "--frobnicate"])
+    assert "unrecognized arguments: --frobnicate" in capsys.readouterr().err
 
 
 def _kill_detached_mirror(demo_world, port: int) -> None:
@@ -141,19 +151,20 @@ def test_runs_after_the_demo_exited(demo_world, tmp_path):
 
 
 def _dagster_dev_hint(text: str) -> dict:
-    """``{"env": {...}, "argv": [...]}`` of the demo's closing ``dagster dev`` line."""
+    """``{"env": {...}, "argv": [...]}`` of the demo's closing ``rasteret-pipelines ui`` line."""
     import shlex
 
-    (line,) = [ln for ln in text.splitlines() if ln.strip().endswith("dev -w workspace.yaml")]
+    (line,) = [ln for ln in text.splitlines() if ln.strip().endswith(" ui")]
     words = shlex.split(line)
     env = dict(w.split("=", 1) for w in words if "=" in w.split("/")[0])
     return {"env": env, "argv": [w for w in words if "=" not in w.split("/")[0]]}
 
 
 @pytest.mark.timeout(180)
-def test_the_demo_s_dagster_dev_command_starts_without_the_unused_yaml_warning(tmp_path):
-    """The closing hint, run from the repository root: the UI comes up, and Dagster does not warn
-    that a ./dagster.yaml there is not used (the instance file lives in deploy/)."""
+def test_the_demo_s_ui_command_opens_the_kept_instance_without_the_unused_yaml_warning(tmp_path):
+    """The closing hint, run from the repository root (which holds dagster.yaml): the UI comes up
+    on the demo's DAGSTER_HOME (its run storage is created there), relative storage paths still
+    point at the root's folders, and Dagster does not warn that ./dagster.yaml is not used."""
     import subprocess
     import sys
     from pathlib import Path
@@ -161,19 +172,12 @@ def test_the_demo_s_dagster_dev_command_starts_without_the_unused_yaml_warning(t
     import requests
 
     from rasteret_pipelines.defs.settings import Settings
-    from rasteret_pipelines.demo import dagster_dev_command, prepare_dagster_home
+    from rasteret_pipelines.demo import dagster_dev_command
     from rasteret_pipelines_tests.defs.conftest import REPO
 
+    assert (REPO / "dagster.yaml").exists()
     home = tmp_path / ".dagster_home"
-    env_before = os.environ.get("DAGSTER_HOME")
-    try:
-        prepare_dagster_home(home)
-    finally:
-        if env_before is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = env_before
-    settings = Settings.from_env({"RASTERET_STORAGE": str(tmp_path / "data")})
+    settings = Settings.from_env({"RASTERET_STORAGE": "rel_data"})
     hint = _dagster_dev_hint(dagster_dev_command(home, settings))
     assert Path(hint["argv"][0]).parent == Path(sys.executable).parent
     port = free_port()
@@ -194,6 +198,9 @@ def test_the_demo_s_dagster_dev_command_starts_without_the_unused_yaml_warning(t
                 pass
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert f"RASTERET_STORAGE={REPO / 'rel_data'}".encode() in environ
+        assert Path(f"/proc/{proc.pid}/cwd").resolve() == home.resolve()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -201,5 +208,8 @@ def test_the_demo_s_dagster_dev_command_starts_without_the_unused_yaml_warning(t
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+    assert (home / "dagster.yaml").read_bytes() == (REPO / "dagster.yaml").read_bytes()
+    assert (home / "history" / "runs.db").exists() or (home / "storage").exists(), sorted(home.iterdir())
+    assert not (REPO / "rel_data").exists()
     text = log.read_text()
     assert "will not be used" not in text and "dagster.yaml" not in text, text[-3000:]

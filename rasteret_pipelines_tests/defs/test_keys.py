@@ -66,3 +66,24 @@ def test_paths_stay_under_the_storage_root(tmp_path):
     os.symlink(tmp_path / "elsewhere", tmp_path / "data" / "ndvi")
     with pytest.raises(UnsafePartitionKeyError, match="outside the storage folder"):
         value_parts(store, key, multi, f"7|{JAN}", ".json")
+
+
+@pytest.mark.parametrize("key, error", [("2024-02", "MissingPartitionError"), ("..", "UnsafePartitionKeyError")])
+def test_an_input_that_cannot_exist_fails_the_step_without_retries(tmp_path, key, error):
+    """A missing upstream partition or an unsafe key is not transient: dagster.Failure with
+    allow_retries=False (the step's RetryPolicy would otherwise retry it), naming the cause."""
+    from rasteret_pipelines.defs.io_managers import JSON, KIND, RasteretIOManager
+    from rasteret_pipelines.defs.resources import storage_resource
+
+    manager = RasteretIOManager(storage=storage_resource(str(tmp_path / "data")))
+    asset_key = dg.AssetKey(["ndvi", "s2"])
+    context = dg.build_input_context(
+        asset_key=asset_key, partition_key=key,
+        asset_partitions_def=dg.StaticPartitionsDefinition(["2024-01", "2024-02", ".."]),
+        upstream_output=dg.build_output_context(asset_key=asset_key, definition_metadata={KIND: JSON}),
+    )
+    with pytest.raises(dg.Failure) as info:
+        manager.load_input(context)
+    assert info.value.allow_retries is False
+    assert info.value.description.startswith(error), info.value.description
+    assert repr(key) in info.value.description if error == "UnsafePartitionKeyError" else "ndvi/s2" in info.value.description
