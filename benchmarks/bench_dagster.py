@@ -156,12 +156,12 @@ def main(argv=None) -> int:
                    env=env, cwd=work, check=True, stdout=subprocess.DEVNULL)
     print(f"demo: {time.perf_counter() - t0:.1f} s")
 
-    # 2. dagster dev
+    # 2. dagster dev, as the demo's closing hint starts it (rasteret-pipelines ui)
     web = free_port()
     log = open(work / "dagster_dev.log", "wb")
     dev = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(web)],
-        cwd=REPO_ROOT, env={**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"},
+        [str(Path(sys.executable).parent / "rasteret-pipelines"), "ui", "-h", "127.0.0.1", "-p", str(web)],
+        cwd=work, env={**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"},
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     report: dict = {"aois": args.aois, "months": len(MONTHS), "uptime_before": os.popen("uptime").read().strip()}
