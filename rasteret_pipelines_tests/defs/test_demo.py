@@ -9,8 +9,8 @@ import pytest
 
 from rasteret_pipelines.cli import build_parser
 from rasteret_pipelines.defs.resources import DataSourceResource
-from rasteret_pipelines.demo import run_demo
-from rasteret_pipelines.mirror.demo_mirror import demo_stac_url, probe_demo_mirror, spawn_demo_mirror
+from rasteret_pipelines_demo.demo import run_demo
+from rasteret_pipelines_demo.demo_mirror import demo_stac_url, probe_demo_mirror, spawn_demo_mirror
 from rasteret_pipelines.errors import StacApiError
 from rasteret_pipelines_tests.conftest import free_port
 from rasteret_pipelines_tests.defs.conftest import MONTHS
@@ -107,7 +107,7 @@ def _kill_detached_mirror(demo_world, port: int) -> None:
 def test_runs_after_the_demo_exited(demo_world, tmp_path):
     """The demo's mirror is gone (the demo exited): with the demo selected a run starts it on
     demand; with the COG server down and nothing to start it, the run fails at once, saying how."""
-    from rasteret_pipelines.mirror.demo_mirror import DemoMirror
+    from rasteret_pipelines_demo.demo_mirror import DemoMirror
     from rasteret_pipelines_tests.defs.conftest import failure_messages, local_instance, make_project
 
     port = free_port()
@@ -161,7 +161,7 @@ def test_the_demo_s_dagster_dev_command_starts_without_the_unused_yaml_warning(t
     import requests
 
     from rasteret_pipelines.defs.settings import Settings
-    from rasteret_pipelines.demo import dagster_dev_command, prepare_dagster_home
+    from rasteret_pipelines_demo.demo import dagster_dev_command, prepare_dagster_home
     from rasteret_pipelines_tests.defs.conftest import REPO
 
     home = tmp_path / ".dagster_home"

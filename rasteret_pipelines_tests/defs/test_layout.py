@@ -35,17 +35,17 @@ def offenders(folder: Path, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_dagster_layer_does_not_import_the_demo_command():
-    assert offenders(PACKAGE / "defs", ("rasteret_pipelines.demo",)) == []
+    assert offenders(PACKAGE / "defs", ("rasteret_pipelines_demo.demo",)) == []
 
 
 def test_mirror_imports_neither_the_dagster_layer_nor_the_demo():
-    assert offenders(PACKAGE / "mirror", ("rasteret_pipelines.defs", "rasteret_pipelines.demo", "dagster")) == []
+    assert offenders(PACKAGE / "mirror", ("rasteret_pipelines.defs", "rasteret_pipelines_demo.demo", "dagster")) == []
 
 
 def test_the_scan_sees_lazy_imports(tmp_path):
-    (tmp_path / "m.py").write_text("def f():\n    from rasteret_pipelines.demo import run_demo\n")
+    (tmp_path / "m.py").write_text("def f():\n    from rasteret_pipelines_demo.demo import run_demo\n")
     (tmp_path / "n.py").write_text("import rasteret_pipelines.demonstration\n")
-    assert offenders(tmp_path, ("rasteret_pipelines.demo",)) == [
-        f"{tmp_path.name}/m.py: rasteret_pipelines.demo",
-        f"{tmp_path.name}/m.py: rasteret_pipelines.demo.run_demo",
+    assert offenders(tmp_path, ("rasteret_pipelines_demo.demo",)) == [
+        f"{tmp_path.name}/m.py: rasteret_pipelines_demo.demo",
+        f"{tmp_path.name}/m.py: rasteret_pipelines_demo.demo.run_demo",
     ]

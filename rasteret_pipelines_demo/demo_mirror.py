@@ -1,10 +1,10 @@
 """The offline demo mirror: the demo world written once and served on 127.0.0.1.
 
-The demo command (:mod:`rasteret_pipelines.demo`), the Dagster resources (which start a mirror on
+The demo command (:mod:`rasteret_pipelines_demo.demo`), the Dagster resources (which start a mirror on
 demand when a run needs it) and the tests all call these functions; this module imports neither
 the Dagster layer nor the demo command, so neither depends on the other.
 
-``python -m rasteret_pipelines.mirror.demo_mirror serve --demo-dir D --port P`` serves a world in
+``python -m rasteret_pipelines_demo.demo_mirror serve --demo-dir D --port P`` serves a world in
 the foreground (the detached mirror that :func:`demo_stac_url` starts runs this).
 """
 
@@ -80,7 +80,7 @@ def prepare_world(
     Returns:
         The ``world.json`` document: ``months``, ``size_10m`` and ``items``.
     """
-    from rasteret_pipelines.mirror import demo_data
+    from rasteret_pipelines_demo import demo_data
 
     size = size_10m or demo_data.SIZE_10M
     folder = ensure_ignored_dir(demo_dir)
@@ -137,8 +137,8 @@ class DemoMirror:
         self.cogs = None
 
     def start(self) -> DemoMirror:
-        from rasteret_pipelines.mirror.range_server import RangeServer
-        from rasteret_pipelines.mirror.stac_server import StacServer, rewrite_hrefs
+        from rasteret_pipelines_demo.range_server import RangeServer
+        from rasteret_pipelines_demo.stac_server import StacServer, rewrite_hrefs
 
         world = json.loads((self.demo_dir / WORLD_FILE).read_text())
         cog_port = self.port + 1 if self.port else 0
@@ -205,7 +205,7 @@ def demo_stac_url(
 ) -> str:
     """URL of the demo STAC API on ``port``, starting a detached mirror if none is running.
 
-    The detached mirror (``python -m rasteret_pipelines.mirror.demo_mirror serve``) writes its log to
+    The detached mirror (``python -m rasteret_pipelines_demo.demo_mirror serve``) writes its log to
     ``<demo_dir>/mirror.log`` and exits after an hour without requests.
 
     Raises:
@@ -241,14 +241,14 @@ def spawn_demo_mirror(
     months: Sequence[str] = ("2024-01", "2024-02", "2024-03"),
     idle_timeout: float = IDLE_TIMEOUT,
 ) -> subprocess.Popen:
-    """Start ``python -m rasteret_pipelines.mirror.demo_mirror serve`` detached (own session); returns it at once.
+    """Start ``python -m rasteret_pipelines_demo.demo_mirror serve`` detached (own session); returns it at once.
 
     The world is written first (in this process) if needed; the mirror's output goes to
     ``<demo_dir>/mirror.log``.
     """
     prepare_world(demo_dir, months, log=None)
     folder = Path(demo_dir).absolute()
-    cmd = [sys.executable, "-m", "rasteret_pipelines.mirror.demo_mirror", "serve", "--demo-dir", str(folder),
+    cmd = [sys.executable, "-m", "rasteret_pipelines_demo.demo_mirror", "serve", "--demo-dir", str(folder),
            "--port", str(port), "--months", ",".join(months), "--idle-timeout", str(idle_timeout)]
     with open(folder / "mirror.log", "ab") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -285,8 +285,8 @@ def serve(demo_dir: str | os.PathLike, port: int, months: Sequence[str], idle_ti
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rasteret_pipelines.mirror.demo_mirror serve ...``: the detached demo mirror."""
-    parser = argparse.ArgumentParser(prog="python -m rasteret_pipelines.mirror.demo_mirror")
+    """``python -m rasteret_pipelines_demo.demo_mirror serve ...``: the detached demo mirror."""
+    parser = argparse.ArgumentParser(prog="python -m rasteret_pipelines_demo.demo_mirror")
     sub = parser.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("serve", help="serve the demo world on 127.0.0.1")
     srv.add_argument("--demo-dir", required=True)

@@ -24,11 +24,11 @@ through every page:
   ``context`` object that ``ItemSearch.matched()`` reads first.
 * Items are served unchanged except for their ``self``, ``parent``, ``collection`` and ``root``
   links, which are rewritten to this server (``rewrite_links=False`` keeps them). Asset hrefs are served as given; use
-  :func:`rewrite_hrefs` to point them at a :class:`~rasteret_pipelines.mirror.range_server.RangeServer`
+  :func:`rewrite_hrefs` to point them at a :class:`~rasteret_pipelines_demo.range_server.RangeServer`
   before adding them.
 * Bad input answers ``400`` with ``{"code": "BadRequest", "description": ...}``; an unknown
   collection or item ``404`` with ``{"code": "NotFound", ...}``.
-* Injected latency and faults (:class:`~rasteret_pipelines.mirror.range_server.FaultPlan`),
+* Injected latency and faults (:class:`~rasteret_pipelines_demo.range_server.FaultPlan`),
   and a request log, like the range server. A plan whose ``paths`` is ``None`` applies to
   ``/search`` only (GET and POST), so ``Client.open`` and ``get_collection`` keep working; give
   ``paths`` (globs matched against the path without its leading ``/``, e.g.
@@ -72,8 +72,8 @@ import shapely.geometry
 import shapely.wkt
 from aiohttp import web
 
-from rasteret_pipelines.mirror._server import BackgroundServer, abort_connection
-from rasteret_pipelines.mirror.range_server import FaultPlan
+from rasteret_pipelines_demo._server import BackgroundServer, abort_connection
+from rasteret_pipelines_demo.range_server import FaultPlan
 
 __all__ = [
     "CONFORMS_TO",
@@ -1463,7 +1463,7 @@ class StacServer(BackgroundServer[StacRequestRecord]):
         default_limit: int = 10,
         faults: FaultPlan | None = None,
         latency: float = 0.0,
-        title: str = "Local STAC API (rasteret_pipelines.mirror.stac_server)",
+        title: str = "Local STAC API (rasteret_pipelines_demo.stac_server)",
         rewrite_links: bool = True,
         port: int = 0,
     ):

@@ -19,8 +19,8 @@ import shapely.geometry
 from pystac_client import Client
 from pystac_client.exceptions import APIError
 
-from rasteret_pipelines.mirror.range_server import FaultPlan
-from rasteret_pipelines.mirror.stac_server import (
+from rasteret_pipelines_demo.range_server import FaultPlan
+from rasteret_pipelines_demo.stac_server import (
     StacServer,
     load_collections,
     load_items,
