@@ -4,6 +4,9 @@ The demo command (:mod:`rasteret_pipelines_demo.demo`), the Dagster resources (w
 demand when a run needs it) and the tests all call these functions; this module imports neither
 the Dagster layer nor the demo command, so neither depends on the other.
 
+The mirror listens on two consecutive ports (STAC API on ``port``, COGs on ``port + 1``);
+:func:`free_port_pair` finds such a pair for tests and benchmarks.
+
 ``python -m rasteret_pipelines_demo.demo_mirror serve --demo-dir D --port P`` serves a world in
 the foreground (the detached mirror that :func:`demo_stac_url` starts runs this).
 """
@@ -15,7 +18,9 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -114,6 +119,55 @@ def _du(folder: Path) -> int:
         st = p.stat()
         total += getattr(st, "st_blocks", 0) * 512 or st.st_size
     return total
+
+
+# --- ports ------------------------------------------------------------------------------------
+
+
+class NoFreePortPairError(RuntimeError):
+    """No two consecutive free ports were found on the host within the attempts allowed."""
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (Linux's default when it cannot be read)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port_pair(host: str = "127.0.0.1", *, attempts: int = 200, rng: random.Random | None = None) -> int:
+    """A port ``P`` such that ``P`` and ``P + 1`` are both free on ``host`` (the demo mirror's pair).
+
+    Both ports are bound (and released) before ``P`` is returned, so neither was taken at that
+    moment. Candidates are drawn at random below the kernel's ephemeral range when there is room
+    (10000 ports or more), so that ports handed out for outgoing connections or ``bind(0)``
+    cannot take ``P + 1`` between this check and the mirror's start; otherwise from ``bind(0)``.
+
+    Raises:
+        NoFreePortPairError: no pair was found in ``attempts`` tries.
+    """
+    rng = rng or random.Random()
+    low, _high = _ephemeral_range()
+    below = (max(1024, low - 20000), low - 1) if low - 1 - max(1024, low - 20000) >= 10000 else None
+    for _ in range(attempts):
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                first.bind((host, rng.randrange(*below) if below else 0))
+            except OSError:
+                continue
+            port = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            second = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                second.bind((host, port + 1))
+            except OSError:
+                continue
+            return port
+    raise NoFreePortPairError(f"no two consecutive free ports on {host} in {attempts} attempts")
 
 
 # --- the mirror ---------------------------------------------------------------------------------
