@@ -473,7 +473,7 @@ def main(argv=None) -> int:
         f"{np.mean(list(data['master_sizes'].values())) / 1e6:.0f} MB each)"
     )
 
-    from rasteret_pipelines.mirror.range_server import RangeServer
+    from rasteret_pipelines_demo.range_server import RangeServer
 
     results: dict[str, dict] = {}
     traffic: dict[str, Traffic] = {}

@@ -477,8 +477,8 @@ def main(argv=None) -> int:
         + f"; {n_cogs} hrefs ({made} new links in {link_s:.2f} s)"
     )
 
-    from rasteret_pipelines.mirror.range_server import RangeServer
-    from rasteret_pipelines.mirror.stac_server import StacServer, load_items
+    from rasteret_pipelines_demo.range_server import RangeServer
+    from rasteret_pipelines_demo.stac_server import StacServer, load_items
 
     recorded = load_items(RECORDED_ITEM)[0]
     results: dict = {}

@@ -5,7 +5,7 @@
     .venv/bin/python -m benchmarks.bench_dagster              # 100 new AOIs x 3 months
     .venv/bin/python -m benchmarks.bench_dagster --aois 200 --json bench_dagster.json
 
-1. ``rasteret-pipelines demo`` (:func:`rasteret_pipelines.demo.run_demo`) in a fresh folder:
+1. ``rasteret-pipelines demo`` (:func:`rasteret_pipelines_demo.demo.run_demo`) in a fresh folder:
    the demo world's 3 months indexed, the quick start's 2 AOIs processed, the runs recorded in a
    persistent SQLite ``DAGSTER_HOME`` seeded with the repository's dagster.yaml; the demo's
    mirror then exits with it, as it does for a user.
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
 
     # 1. the demo, in a fresh process (it exits, and its mirror with it)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from rasteret_pipelines.demo import run_demo; run_demo()"],
+    subprocess.run([sys.executable, "-c", "from rasteret_pipelines_demo.demo import run_demo; run_demo()"],
                    env=env, cwd=work, check=True, stdout=subprocess.DEVNULL)
     print(f"demo: {time.perf_counter() - t0:.1f} s")
 
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
         log.close()
 
     # 5. the library alone (the mirror a run started on demand is still serving)
-    from rasteret_pipelines.demo import DemoMirror, probe_demo_mirror
+    from rasteret_pipelines_demo.demo import DemoMirror, probe_demo_mirror
 
     mirror = None if probe_demo_mirror(f"http://127.0.0.1:{port}") else DemoMirror(args.demo_dir, port).start()
     try:

@@ -372,8 +372,8 @@ def main(argv=None) -> int:
     any_master = next(iter(master_of.values()))
     windows = {w: _windows(masters_dir, any_master, wkts[w]) for w in workloads}
 
-    from rasteret_pipelines.mirror.range_server import RangeServer
-    from rasteret_pipelines.mirror.stac_server import StacServer
+    from rasteret_pipelines_demo.range_server import RangeServer
+    from rasteret_pipelines_demo.stac_server import StacServer
 
     compile_bytecode()
     load = os.getloadavg()

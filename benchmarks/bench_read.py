@@ -192,7 +192,7 @@ def make_items(files: list[str], url_for) -> list[dict]:
     """One Earth Search sentinel-2-l2a item per scene (demo template), red/nir on the server."""
     import shapely.geometry
 
-    from rasteret_pipelines.mirror import demo_data
+    from rasteret_pipelines_demo import demo_data
 
     by_date: dict[dt.date, dict[str, str]] = {}
     for name in files:
@@ -380,8 +380,8 @@ def main(argv=None) -> int:
         f"{len(tiles['fields'])} tiles per file ({distinct['fields']} distinct tiles)"
     )
 
-    from rasteret_pipelines.mirror.range_server import RangeServer
-    from rasteret_pipelines.mirror.stac_server import StacServer
+    from rasteret_pipelines_demo.range_server import RangeServer
+    from rasteret_pipelines_demo.stac_server import StacServer
 
     results: dict[str, dict] = {}
     traffic: dict[str, Traffic] = {}

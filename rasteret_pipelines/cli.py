@@ -33,7 +33,7 @@ def _header(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from rasteret_pipelines.demo import run_demo, serve_for_quickstart
+    from rasteret_pipelines_demo.demo import run_demo, serve_for_quickstart
 
     months = [m.strip() for m in args.months.split(",") if m.strip()] if args.months else None
     try:
@@ -53,6 +53,28 @@ def _ui(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_HELP = "run the Dagster pipeline on the offline Sentinel-2 demo mirror (no network)"
+DEMO_DESCRIPTION = (
+    "Write the offline demo world (once), serve it on 127.0.0.1, register the quick start's "
+    "AOIs and materialise collections, NDVI GeoTIFFs and time series through Dagster, recording "
+    "the runs in DAGSTER_HOME (default ./.dagster_home) for `rasteret-pipelines ui`. "
+    "RASTERET_STAC_URL / RASTERET_STORAGE (e.g. public, s3://bucket/prefix) run the same "
+    "pipeline against Earth Search and S3; see docs/dagster.md for every variable."
+)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo command's arguments, on ``rasteret-pipelines demo`` and ``python -m rasteret_pipelines_demo``."""
+    parser.add_argument("--months", help="comma-separated YYYY-MM months (default RASTERET_DEMO_MONTHS or 2024-01..2024-03)")
+    parser.add_argument("--dagster-home", help="Dagster instance folder (default $DAGSTER_HOME or ./.dagster_home)")
+    parser.add_argument(
+        "--serve", action="store_true",
+        help="only serve the demo mirror (no Dagster runs) until Ctrl-C, printing the environment "
+             "lines that point the quick start at it",
+    )
+    parser.set_defaults(func=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rasteret-pipelines", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -63,25 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     header.add_argument("--requester-pays", action="store_true", help="s3:// requester pays")
     header.add_argument("--unsigned", action="store_true", help="anonymous s3:// reads")
     header.set_defaults(func=_header)
-    demo = sub.add_parser(
-        "demo",
-        help="run the Dagster pipeline on the offline Sentinel-2 demo mirror (no network)",
-        description=(
-            "Write the offline demo world (once), serve it on 127.0.0.1, register the quick start's "
-            "AOIs and materialise collections, NDVI GeoTIFFs and time series through Dagster, recording "
-            "the runs in DAGSTER_HOME (default ./.dagster_home) for `rasteret-pipelines ui`. "
-            "RASTERET_STAC_URL / RASTERET_STORAGE (e.g. public, s3://bucket/prefix) run the same "
-            "pipeline against Earth Search and S3; see docs/dagster.md for every variable."
-        ),
-    )
-    demo.add_argument("--months", help="comma-separated YYYY-MM months (default RASTERET_DEMO_MONTHS or 2024-01..2024-03)")
-    demo.add_argument("--dagster-home", help="Dagster instance folder (default $DAGSTER_HOME or ./.dagster_home)")
-    demo.add_argument(
-        "--serve", action="store_true",
-        help="only serve the demo mirror (no Dagster runs) until Ctrl-C, printing the environment "
-             "lines that point the quick start at it",
-    )
-    demo.set_defaults(func=_demo)
+    demo = sub.add_parser("demo", help=DEMO_HELP, description=DEMO_DESCRIPTION)
+    add_demo_arguments(demo)
     ui = sub.add_parser(
         "ui",
         add_help=False,  # -h is dagster dev's --host
@@ -106,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         args.dagster_args = rest
     elif rest:
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command: its exit status (2 for a :class:`~rasteret_pipelines.errors.RasteretError`)."""
     from rasteret_pipelines.errors import RasteretError
 
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rasteret_pipelines.mirror import RangeServer
+from rasteret_pipelines_demo import RangeServer
 
 DATA_DIR = Path(__file__).parent / "data"
 TIFF_DIR = DATA_DIR / "tiff"

@@ -27,7 +27,7 @@ _LOCAL_PATH_VARS = ("RASTERET_STORAGE", "RASTERET_AOI_FILE", "RASTERET_DEMO_DIR"
 
 def prepare_dagster_home(path: str | os.PathLike | None = None) -> Path:
     """Set ``DAGSTER_HOME`` (default ``./.dagster_home``) and seed it with the repository's dagster.yaml."""
-    from rasteret_pipelines.mirror.demo_mirror import ensure_ignored_dir
+    from rasteret_pipelines_demo.demo_mirror import ensure_ignored_dir
 
     home = Path(path or os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().absolute()
     ensure_ignored_dir(home)

@@ -184,7 +184,7 @@ class DataSourceResource(dg.ConfigurableResource):
             return per_source
         choice = self.stac_url.strip()
         if choice.lower() == DEMO:
-            from rasteret_pipelines.mirror.demo_mirror import demo_stac_url
+            from rasteret_pipelines_demo.demo_mirror import demo_stac_url
 
             months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
             return demo_stac_url(self.demo_dir, self.demo_port, months=months, start=start_demo)
@@ -212,7 +212,7 @@ class DataSourceResource(dg.ConfigurableResource):
                 continue
             demo = self.stac_url.strip().lower() == DEMO
             if demo and port == int(self.demo_port) + 1:
-                from rasteret_pipelines.mirror.demo_mirror import demo_stac_url
+                from rasteret_pipelines_demo.demo_mirror import demo_stac_url
 
                 months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
                 try:
@@ -225,7 +225,7 @@ class DataSourceResource(dg.ConfigurableResource):
                     continue
             hint = (
                 f"it is the offline demo's COG server: start the demo mirror with `rasteret-pipelines demo "
-                f"--serve` (or `python -m rasteret_pipelines.mirror.demo_mirror serve --demo-dir {self.demo_dir} --port "
+                f"--serve` (or `python -m rasteret_pipelines_demo.demo_mirror serve --demo-dir {self.demo_dir} --port "
                 f"{port - 1}`), or select the demo (RASTERET_STAC_URL=demo, RASTERET_DEMO_PORT={port - 1}) "
                 "so that runs start it themselves"
                 if port - 1 >= 1024

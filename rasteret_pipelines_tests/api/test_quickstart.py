@@ -23,8 +23,8 @@ import xarray as xr
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from rasteret_pipelines.mirror.range_server import RangeServer
-from rasteret_pipelines.mirror.stac_server import StacServer
+from rasteret_pipelines_demo.range_server import RangeServer
+from rasteret_pipelines_demo.stac_server import StacServer
 from rasteret_pipelines.reading.model import geometry_transform
 
 DATA = Path(__file__).parents[1] / "data" / "stac" / "usgs-landsatlook" / "landsat-c2l2-sr"

@@ -9,7 +9,7 @@ from rasterio.windows import Window
 
 from rasteret_pipelines.cog import FetchConfig, read_header, read_headers, read_window, read_windows
 from rasteret_pipelines.errors import CogNotFoundError, FetchError, StaleHeaderError
-from rasteret_pipelines.mirror.range_server import FaultPlan, RangeServer
+from rasteret_pipelines_demo.range_server import FaultPlan, RangeServer
 from rasteret_pipelines_tests.cog.cogs import write_cog
 
 FAST_RETRIES = FetchConfig(max_retries=8, backoff_base=0.001, backoff_max=0.01)

@@ -69,7 +69,7 @@ from rasteret_pipelines.cog import (
     read_windows,
 )
 from rasteret_pipelines.errors import UnsupportedTiffError, WindowError
-from rasteret_pipelines.mirror import RangeServer
+from rasteret_pipelines_demo import RangeServer
 from rasteret_pipelines_tests.cog_factory import GDAL_VERSION, supports_float16, write_cog
 from rasteret_pipelines_tests.conftest import TIFF_DIR, fixture_tiffs
 

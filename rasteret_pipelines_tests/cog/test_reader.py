@@ -40,7 +40,7 @@ from rasteret_pipelines.errors import (
     StaleHeaderError,
     UnsafeHrefError,
 )
-from rasteret_pipelines.mirror.range_server import FaultPlan, RangeServer
+from rasteret_pipelines_demo.range_server import FaultPlan, RangeServer
 from rasteret_pipelines_tests.cog.cogs import write_cog
 
 HREF = "https://cogs.example.test/B04.tif"

@@ -30,7 +30,7 @@ from rasteret_pipelines.cog import (
     run_sync,
 )
 from rasteret_pipelines.cog import read as read_module
-from rasteret_pipelines.mirror.range_server import RangeServer
+from rasteret_pipelines_demo.range_server import RangeServer
 from rasteret_pipelines_tests.cog.cogs import write_cog, write_sparse_scene
 
 NO_COALESCING = FetchConfig(coalesce_gap=-1)

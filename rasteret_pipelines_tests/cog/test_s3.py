@@ -11,7 +11,7 @@ from rasterio.windows import Window
 
 from rasteret_pipelines.cog import FetchConfig, read_header, read_window
 from rasteret_pipelines.errors import CogNotFoundError, FetchError
-from rasteret_pipelines.mirror.range_server import RangeServer
+from rasteret_pipelines_demo.range_server import RangeServer
 from rasteret_pipelines_tests.cog.cogs import write_cog
 from rasteret_pipelines_tests.conftest import free_port
 

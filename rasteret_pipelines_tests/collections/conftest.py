@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rasteret_pipelines.mirror.range_server import RangeServer
-from rasteret_pipelines.mirror.stac_server import StacServer
+from rasteret_pipelines_demo.range_server import RangeServer
+from rasteret_pipelines_demo.stac_server import StacServer
 from rasteret_pipelines_tests.cog.cogs import write_cog
 
 STAC_DIR = Path(__file__).parents[1] / "data" / "stac"

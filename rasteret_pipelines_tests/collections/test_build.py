@@ -31,7 +31,7 @@ from rasteret_pipelines.errors import (
     UnknownBandError,
     UnknownSourceError,
 )
-from rasteret_pipelines.mirror.range_server import FaultPlan
+from rasteret_pipelines_demo.range_server import FaultPlan
 from rasteret_pipelines_tests.collections.conftest import (
     LANDSAT_BANDS,
     USGS_DIR,

@@ -9,8 +9,8 @@ import pytest
 
 from rasteret_pipelines.cli import build_parser
 from rasteret_pipelines.defs.resources import DataSourceResource
-from rasteret_pipelines.demo import run_demo
-from rasteret_pipelines.mirror.demo_mirror import demo_stac_url, probe_demo_mirror, spawn_demo_mirror
+from rasteret_pipelines_demo.demo import run_demo
+from rasteret_pipelines_demo.demo_mirror import demo_stac_url, free_port_pair, probe_demo_mirror, spawn_demo_mirror
 from rasteret_pipelines.errors import StacApiError
 from rasteret_pipelines_tests.conftest import free_port
 from rasteret_pipelines_tests.defs.conftest import MONTHS
@@ -21,7 +21,7 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
     for name in list(os.environ):
         if name.startswith("RASTERET_"):
             monkeypatch.delenv(name)
-    port = free_port()
+    port = free_port_pair()  # the mirror's pair: port and port + 1
     monkeypatch.setenv("RASTERET_DEMO_DIR", str(demo_world))  # the session's world: no COG writing here
     monkeypatch.setenv("RASTERET_DEMO_PORT", str(port))
     monkeypatch.setenv("RASTERET_DEMO_MONTHS", ",".join(MONTHS))
@@ -58,7 +58,7 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
 
 
 def test_detached_mirror_is_found_and_reused(demo_world):
-    port = free_port()
+    port = free_port_pair()  # the mirror's pair: port and port + 1
     url = f"http://127.0.0.1:{port}"
     assert not probe_demo_mirror(url)
     with pytest.raises(StacApiError, match="not running"):
@@ -117,10 +117,10 @@ def _kill_detached_mirror(demo_world, port: int) -> None:
 def test_runs_after_the_demo_exited(demo_world, tmp_path):
     """The demo's mirror is gone (the demo exited): with the demo selected a run starts it on
     demand; with the COG server down and nothing to start it, the run fails at once, saying how."""
-    from rasteret_pipelines.mirror.demo_mirror import DemoMirror
+    from rasteret_pipelines_demo.demo_mirror import DemoMirror
     from rasteret_pipelines_tests.defs.conftest import failure_messages, local_instance, make_project
 
-    port = free_port()
+    port = free_port_pair()  # the mirror's pair: port and port + 1
     demo_env = {"RASTERET_DEMO_DIR": str(demo_world), "RASTERET_DEMO_PORT": str(port),
                 "RASTERET_DEMO_MONTHS": ",".join(MONTHS), "RASTERET_TRANSIENT_RETRIES": "2"}
     demo = make_project(str(tmp_path / "data"), "demo", str(tmp_path / "aois.geojson"),
@@ -172,7 +172,7 @@ def test_the_demo_s_ui_command_opens_the_kept_instance_without_the_unused_yaml_w
     import requests
 
     from rasteret_pipelines.defs.settings import Settings
-    from rasteret_pipelines.demo import dagster_dev_command
+    from rasteret_pipelines_demo.demo import dagster_dev_command
     from rasteret_pipelines_tests.defs.conftest import REPO
 
     assert (REPO / "dagster.yaml").exists()

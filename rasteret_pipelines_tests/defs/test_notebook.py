@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 
 from rasteret_pipelines import DataSources, Rasteret
 from rasteret_pipelines.collections import stac_url_env_var
-from rasteret_pipelines.mirror.demo_data import QUICKSTART_AOIS
+from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "examples" / "quickstart.ipynb"

@@ -24,6 +24,7 @@ import rasterio
 import rasterio.windows
 
 from rasteret_pipelines.collections import stac_url_env_var
+from rasteret_pipelines_demo.demo_mirror import free_port_pair
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -35,22 +36,6 @@ def readme_block(heading: str, lang: str = "python") -> str:
     match = re.search(rf"```{lang}\n(.*?)```", section, re.S)
     assert match, f"no {lang} block after {heading!r}"
     return match.group(1)
-
-
-def free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65534:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def cli() -> list[str]:

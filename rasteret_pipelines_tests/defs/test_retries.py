@@ -10,7 +10,7 @@ import dagster as dg
 
 from rasteret_pipelines.aois import write_aois_geojson
 from rasteret_pipelines.defs.assets import collection_key, ndvi_key
-from rasteret_pipelines.mirror.range_server import FaultPlan
+from rasteret_pipelines_demo.range_server import FaultPlan
 from rasteret_pipelines_tests.defs.conftest import AOIS, failure_messages, make_project
 
 S2 = "sentinel-2-l2a"

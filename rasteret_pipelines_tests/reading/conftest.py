@@ -47,9 +47,9 @@ from affine import Affine
 from pyproj import Transformer
 
 from rasteret_pipelines.collections import Collection, build_collection, load_collection
-from rasteret_pipelines.mirror import demo_data
-from rasteret_pipelines.mirror.range_server import RangeServer
-from rasteret_pipelines.mirror.stac_server import StacServer
+from rasteret_pipelines_demo import demo_data
+from rasteret_pipelines_demo.range_server import RangeServer
+from rasteret_pipelines_demo.stac_server import StacServer
 
 WORLD_SIZE = 8192
 """Side of the base scenes' 10 m grid: the 43PGQ grid, cut at column/row 8192."""

@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rasteret_pipelines.mirror import range_server as rs
-from rasteret_pipelines.mirror.range_server import FAULT_KINDS, FaultPlan, RangeServer
+from rasteret_pipelines_demo import range_server as rs
+from rasteret_pipelines_demo.range_server import FAULT_KINDS, FaultPlan, RangeServer
 
 SIZE = 1000
 

@@ -1,10 +1,13 @@
 """The offline demo mirror: the demo world written once and served on 127.0.0.1.
 
-The demo command (:mod:`rasteret_pipelines.demo`), the Dagster resources (which start a mirror on
+The demo command (:mod:`rasteret_pipelines_demo.demo`), the Dagster resources (which start a mirror on
 demand when a run needs it) and the tests all call these functions; this module imports neither
 the Dagster layer nor the demo command, so neither depends on the other.
 
-``python -m rasteret_pipelines.mirror.demo_mirror serve --demo-dir D --port P`` serves a world in
+The mirror listens on two consecutive ports (STAC API on ``port``, COGs on ``port + 1``);
+:func:`free_port_pair` finds such a pair for tests and benchmarks.
+
+``python -m rasteret_pipelines_demo.demo_mirror serve --demo-dir D --port P`` serves a world in
 the foreground (the detached mirror that :func:`demo_stac_url` starts runs this).
 """
 
@@ -15,7 +18,9 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -80,7 +85,7 @@ def prepare_world(
     Returns:
         The ``world.json`` document: ``months``, ``size_10m`` and ``items``.
     """
-    from rasteret_pipelines.mirror import demo_data
+    from rasteret_pipelines_demo import demo_data
 
     size = size_10m or demo_data.SIZE_10M
     folder = ensure_ignored_dir(demo_dir)
@@ -116,6 +121,55 @@ def _du(folder: Path) -> int:
     return total
 
 
+# --- ports ------------------------------------------------------------------------------------
+
+
+class NoFreePortPairError(RuntimeError):
+    """No two consecutive free ports were found on the host within the attempts allowed."""
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (Linux's default when it cannot be read)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port_pair(host: str = "127.0.0.1", *, attempts: int = 200, rng: random.Random | None = None) -> int:
+    """A port ``P`` such that ``P`` and ``P + 1`` are both free on ``host`` (the demo mirror's pair).
+
+    Both ports are bound (and released) before ``P`` is returned, so neither was taken at that
+    moment. Candidates are drawn at random below the kernel's ephemeral range when there is room
+    (10000 ports or more), so that ports handed out for outgoing connections or ``bind(0)``
+    cannot take ``P + 1`` between this check and the mirror's start; otherwise from ``bind(0)``.
+
+    Raises:
+        NoFreePortPairError: no pair was found in ``attempts`` tries.
+    """
+    rng = rng or random.Random()
+    low, _high = _ephemeral_range()
+    below = (max(1024, low - 20000), low - 1) if low - 1 - max(1024, low - 20000) >= 10000 else None
+    for _ in range(attempts):
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                first.bind((host, rng.randrange(*below) if below else 0))
+            except OSError:
+                continue
+            port = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            second = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                second.bind((host, port + 1))
+            except OSError:
+                continue
+            return port
+    raise NoFreePortPairError(f"no two consecutive free ports on {host} in {attempts} attempts")
+
+
 # --- the mirror ---------------------------------------------------------------------------------
 
 
@@ -137,8 +191,8 @@ class DemoMirror:
         self.cogs = None
 
     def start(self) -> DemoMirror:
-        from rasteret_pipelines.mirror.range_server import RangeServer
-        from rasteret_pipelines.mirror.stac_server import StacServer, rewrite_hrefs
+        from rasteret_pipelines_demo.range_server import RangeServer
+        from rasteret_pipelines_demo.stac_server import StacServer, rewrite_hrefs
 
         world = json.loads((self.demo_dir / WORLD_FILE).read_text())
         cog_port = self.port + 1 if self.port else 0
@@ -205,7 +259,7 @@ def demo_stac_url(
 ) -> str:
     """URL of the demo STAC API on ``port``, starting a detached mirror if none is running.
 
-    The detached mirror (``python -m rasteret_pipelines.mirror.demo_mirror serve``) writes its log to
+    The detached mirror (``python -m rasteret_pipelines_demo.demo_mirror serve``) writes its log to
     ``<demo_dir>/mirror.log`` and exits after an hour without requests.
 
     Raises:
@@ -241,14 +295,14 @@ def spawn_demo_mirror(
     months: Sequence[str] = ("2024-01", "2024-02", "2024-03"),
     idle_timeout: float = IDLE_TIMEOUT,
 ) -> subprocess.Popen:
-    """Start ``python -m rasteret_pipelines.mirror.demo_mirror serve`` detached (own session); returns it at once.
+    """Start ``python -m rasteret_pipelines_demo.demo_mirror serve`` detached (own session); returns it at once.
 
     The world is written first (in this process) if needed; the mirror's output goes to
     ``<demo_dir>/mirror.log``.
     """
     prepare_world(demo_dir, months, log=None)
     folder = Path(demo_dir).absolute()
-    cmd = [sys.executable, "-m", "rasteret_pipelines.mirror.demo_mirror", "serve", "--demo-dir", str(folder),
+    cmd = [sys.executable, "-m", "rasteret_pipelines_demo.demo_mirror", "serve", "--demo-dir", str(folder),
            "--port", str(port), "--months", ",".join(months), "--idle-timeout", str(idle_timeout)]
     with open(folder / "mirror.log", "ab") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -285,8 +339,8 @@ def serve(demo_dir: str | os.PathLike, port: int, months: Sequence[str], idle_ti
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rasteret_pipelines.mirror.demo_mirror serve ...``: the detached demo mirror."""
-    parser = argparse.ArgumentParser(prog="python -m rasteret_pipelines.mirror.demo_mirror")
+    """``python -m rasteret_pipelines_demo.demo_mirror serve ...``: the detached demo mirror."""
+    parser = argparse.ArgumentParser(prog="python -m rasteret_pipelines_demo.demo_mirror")
     sub = parser.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("serve", help="serve the demo world on 127.0.0.1")
     srv.add_argument("--demo-dir", required=True)

@@ -6,14 +6,14 @@ through every page:
 
 * STAC API core, collections, OGC API Features and item search: ``GET /``,
   ``/conformance``, ``/collections``, ``/collections/{id}``, ``/collections/{id}/items``
-  (paged), ``/collections/{id}/items/{item_id}``, ``/queryables``,
-  ``/collections/{id}/queryables``, and ``GET``/``POST /search``.
+  (paged), ``/collections/{id}/items/{item_id}``, and ``GET``/``POST /search``.
 * Search parameters: ``collections``, ``ids``, ``bbox`` (4 or 6 numbers; ``minx > maxx``
   crosses the antimeridian), ``intersects`` (any GeoJSON geometry), ``datetime`` (an instant,
   a closed interval, or one open end ``../b`` / ``a/..``), ``limit`` (default 10, capped at
-  ``page_limit_max``), the ``query`` extension, ``filter`` in ``cql2-json`` (and a
-  ``cql2-text`` subset, which is what pystac-client sends for a string filter over GET),
-  ``sortby``. ``fields`` is accepted and ignored (whole items are returned).
+  ``page_limit_max``), the ``query`` extension, ``sortby``. ``fields`` is accepted and
+  ignored (whole items are returned).
+* No filter extension: a search carrying ``filter`` (CQL2) answers ``400`` saying so, rather
+  than ignoring it (the library searches with the ``query`` extension).
 * Paging by keyset tokens, like Earth Search / stac-server: a page ends with a ``next`` link
   holding an opaque ``token`` that names the last item returned; the next page starts strictly
   after it in the sort order. Items added or removed between pages therefore neither shift nor
@@ -24,11 +24,11 @@ through every page:
   ``context`` object that ``ItemSearch.matched()`` reads first.
 * Items are served unchanged except for their ``self``, ``parent``, ``collection`` and ``root``
   links, which are rewritten to this server (``rewrite_links=False`` keeps them). Asset hrefs are served as given; use
-  :func:`rewrite_hrefs` to point them at a :class:`~rasteret_pipelines.mirror.range_server.RangeServer`
+  :func:`rewrite_hrefs` to point them at a :class:`~rasteret_pipelines_demo.range_server.RangeServer`
   before adding them.
 * Bad input answers ``400`` with ``{"code": "BadRequest", "description": ...}``; an unknown
   collection or item ``404`` with ``{"code": "NotFound", ...}``.
-* Injected latency and faults (:class:`~rasteret_pipelines.mirror.range_server.FaultPlan`),
+* Injected latency and faults (:class:`~rasteret_pipelines_demo.range_server.FaultPlan`),
   and a request log, like the range server. A plan whose ``paths`` is ``None`` applies to
   ``/search`` only (GET and POST), so ``Client.open`` and ``get_collection`` keep working; give
   ``paths`` (globs matched against the path without its leading ``/``, e.g.
@@ -57,9 +57,7 @@ import functools
 import json
 import logging
 import os
-import re
 import threading
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -69,11 +67,10 @@ from urllib.parse import quote, urlencode
 
 import shapely
 import shapely.geometry
-import shapely.wkt
 from aiohttp import web
 
-from rasteret_pipelines.mirror._server import BackgroundServer, abort_connection
-from rasteret_pipelines.mirror.range_server import FaultPlan
+from rasteret_pipelines_demo._server import BackgroundServer, abort_connection
+from rasteret_pipelines_demo.range_server import FaultPlan
 
 __all__ = [
     "CONFORMS_TO",
@@ -95,24 +92,10 @@ CONFORMS_TO: tuple[str, ...] = (
     "https://api.stacspec.org/v1.0.0/item-search",
     "https://api.stacspec.org/v1.0.0/item-search#query",
     "https://api.stacspec.org/v1.0.0/item-search#sort",
-    "https://api.stacspec.org/v1.0.0/item-search#filter",
     "https://api.stacspec.org/v1.0.0/ogcapi-features#query",
     "https://api.stacspec.org/v1.0.0/ogcapi-features#sort",
-    "https://api.stacspec.org/v1.0.0/ogcapi-features#filter",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
-    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
-    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
-    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
-    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text",
-    "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
-    "http://www.opengis.net/spec/cql2/1.0/conf/advanced-comparison-operators",
-    "http://www.opengis.net/spec/cql2/1.0/conf/case-insensitive-comparison",
-    "http://www.opengis.net/spec/cql2/1.0/conf/accent-insensitive-comparison",
-    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions",
-    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions-plus",
-    "http://www.opengis.net/spec/cql2/1.0/conf/spatial-functions",
-    "http://www.opengis.net/spec/cql2/1.0/conf/temporal-functions",
 )
 """Conformance classes announced on ``/`` and ``/conformance``."""
 
@@ -120,12 +103,6 @@ _GEOJSON = "application/geo+json"
 _JSON = "application/json"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
-_FILTER_CRS = {
-    "http://www.opengis.net/def/crs/OGC/1.3/CRS84",
-    "https://www.opengis.net/def/crs/OGC/1.3/CRS84",
-    "http://www.opengis.net/def/crs/EPSG/0/4326",
-    "EPSG:4326",
-}
 # Link relations of a collection document that point into its original API; replaced.
 _COLLECTION_API_RELS = {
     "self",
@@ -328,14 +305,6 @@ class _Instant:
     us: int
 
 
-@dataclass(frozen=True)
-class _Interval:
-    """A closed time interval; ``None`` for an open end."""
-
-    lo: int | None
-    hi: int | None
-
-
 def _parse_us(text: Any) -> int:
     """Parse an RFC 3339 date-time (or a date) to microseconds since the epoch (UTC)."""
     if not isinstance(text, str) or not text.strip():
@@ -451,7 +420,7 @@ def _bbox_geometry(b: list[float]):
 
 
 def _prop(entry: _Entry, name: str) -> Any:
-    """Value of a queryable for filters: ``id``, ``collection``, ``geometry`` or a property.
+    """Value of a property for the ``query`` extension: ``id``, ``collection``, ``geometry`` or a property.
 
     Date-time properties come back as :class:`_Instant` when they parse.
     """
@@ -544,7 +513,7 @@ def _decode_token(token: Any, sortby: list[tuple[str, str]]) -> list:
 
 
 # =============================================================================================
-# Value comparison shared by `query` and `filter`
+# Value comparison of the `query` extension
 # =============================================================================================
 
 
@@ -659,381 +628,8 @@ def _in(v: Any, values: list) -> bool | None:
 
 
 # =============================================================================================
-# CQL2: text → JSON
+# Search parameters
 # =============================================================================================
-
-_TOKEN_RE = re.compile(
-    r"""
-    (?P<ws>\s+)
-  | (?P<string>'(?:[^']|'')*')
-  | (?P<qident>"(?:[^"]|"")*")
-  | (?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)
-  | (?P<op><=|>=|<>|!=|=|<|>|\(|\)|,|-|\+|\*|/)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_:.]*)
-    """,
-    re.VERBOSE,
-)
-
-_SPATIAL_OPS = {
-    "s_intersects",
-    "s_disjoint",
-    "s_within",
-    "s_contains",
-    "s_equals",
-    "s_touches",
-    "s_overlaps",
-    "s_crosses",
-}
-_TEMPORAL_OPS = {
-    "t_intersects",
-    "anyinteracts",
-    "t_before",
-    "t_after",
-    "t_disjoint",
-    "t_equals",
-    "t_during",
-    "t_contains",
-}
-_WKT_TYPES = {
-    "POINT",
-    "LINESTRING",
-    "POLYGON",
-    "MULTIPOINT",
-    "MULTILINESTRING",
-    "MULTIPOLYGON",
-    "GEOMETRYCOLLECTION",
-}
-_CMP_OPS = {"=", "<>", "<", "<=", ">", ">="}
-
-
-@dataclass
-class _Tok:
-    kind: str
-    text: str
-    start: int
-    end: int
-
-    @property
-    def upper(self) -> str:
-        return self.text.upper()
-
-
-def _tokenize(text: str) -> list[_Tok]:
-    toks: list[_Tok] = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN_RE.match(text, pos)
-        if m is None:
-            raise _bad(f"cql2-text: unexpected character {text[pos]!r} at {pos}")
-        kind = m.lastgroup or ""
-        if kind != "ws":
-            toks.append(_Tok(kind, m.group(), m.start(), m.end()))
-        pos = m.end()
-    return toks
-
-
-class _CqlTextParser:
-    """Recursive-descent parser of a cql2-text subset, producing cql2-json."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.toks = _tokenize(text)
-        self.i = 0
-
-    def parse(self) -> Any:
-        if not self.toks:
-            raise _bad("cql2-text: empty filter")
-        node = self._or()
-        if self.i != len(self.toks):
-            raise self._error("unexpected")
-        return node
-
-    # -- token helpers
-    def _peek(self, k: int = 0) -> _Tok | None:
-        j = self.i + k
-        return self.toks[j] if j < len(self.toks) else None
-
-    def _error(self, what: str) -> _HttpError:
-        tok = self._peek()
-        where = f"{tok.text!r} at {tok.start}" if tok else "end of filter"
-        return _bad(f"cql2-text: {what} {where}")
-
-    def _kw(self, *words: str) -> bool:
-        tok = self._peek()
-        if tok is not None and tok.kind == "ident" and tok.upper in words:
-            self.i += 1
-            return True
-        return False
-
-    def _is_kw(self, word: str, k: int = 0) -> bool:
-        tok = self._peek(k)
-        return tok is not None and tok.kind == "ident" and tok.upper == word
-
-    def _op(self, *ops: str) -> str | None:
-        tok = self._peek()
-        if tok is not None and tok.kind == "op" and tok.text in ops:
-            self.i += 1
-            return tok.text
-        return None
-
-    def _expect_op(self, op: str) -> None:
-        if self._op(op) is None:
-            raise self._error(f"expected {op!r}, got")
-
-    # -- grammar
-    def _or(self) -> Any:
-        args = [self._and()]
-        while self._kw("OR"):
-            args.append(self._and())
-        return args[0] if len(args) == 1 else {"op": "or", "args": args}
-
-    def _and(self) -> Any:
-        args = [self._not()]
-        while self._kw("AND"):
-            args.append(self._not())
-        return args[0] if len(args) == 1 else {"op": "and", "args": args}
-
-    def _not(self) -> Any:
-        if self._kw("NOT"):
-            return {"op": "not", "args": [self._not()]}
-        return self._predicate()
-
-    def _predicate(self) -> Any:
-        tok = self._peek()
-        if tok is None:
-            raise self._error("expected a predicate, got")
-        if tok.kind == "op" and tok.text == "(":
-            save = self.i
-            self.i += 1
-            try:
-                inner = self._or()
-                self._expect_op(")")
-            except _HttpError:
-                self.i = save  # maybe a parenthesised scalar after all
-            else:
-                return inner
-        if tok.kind == "ident" and self._peek(1) is not None and self._peek(1).text == "(":
-            name = tok.text.lower()
-            if name in _SPATIAL_OPS or name in _TEMPORAL_OPS:
-                self.i += 2
-                a = self._scalar()
-                self._expect_op(",")
-                b = self._scalar()
-                self._expect_op(")")
-                return {"op": name, "args": [a, b]}
-        left = self._scalar()
-        negate = False
-        if self._kw("IS"):
-            negate = self._kw("NOT")
-            if not self._kw("NULL"):
-                raise self._error("expected NULL, got")
-            node: Any = {"op": "isNull", "args": [left]}
-            return {"op": "not", "args": [node]} if negate else node
-        if self._is_kw("NOT") and any(self._is_kw(w, 1) for w in ("LIKE", "BETWEEN", "IN")):
-            self.i += 1
-            negate = True
-        if self._kw("LIKE"):
-            node = {"op": "like", "args": [left, self._scalar()]}
-        elif self._kw("BETWEEN"):
-            lo = self._scalar()
-            if not self._kw("AND"):
-                raise self._error("expected AND in BETWEEN, got")
-            node = {"op": "between", "args": [left, lo, self._scalar()]}
-        elif self._kw("IN"):
-            self._expect_op("(")
-            values = [self._scalar()]
-            while self._op(","):
-                values.append(self._scalar())
-            self._expect_op(")")
-            node = {"op": "in", "args": [left, values]}
-        else:
-            op = self._op(*_CMP_OPS, "!=")
-            if op is None:
-                if isinstance(left, bool):
-                    return left
-                raise self._error("expected an operator, got")
-            node = {"op": "<>" if op == "!=" else op, "args": [left, self._scalar()]}
-        return {"op": "not", "args": [node]} if negate else node
-
-    def _string(self) -> str:
-        tok = self._peek()
-        if tok is None or tok.kind != "string":
-            raise self._error("expected a quoted string, got")
-        self.i += 1
-        return tok.text[1:-1].replace("''", "'")
-
-    def _scalar(self) -> Any:
-        tok = self._peek()
-        if tok is None:
-            raise self._error("expected a value, got")
-        if tok.kind == "string":
-            return self._string()
-        if tok.kind == "number" or (tok.kind == "op" and tok.text in "-+"):
-            sign = 1
-            if tok.kind == "op":
-                self.i += 1
-                sign = -1 if tok.text == "-" else 1
-                tok = self._peek()
-                if tok is None or tok.kind != "number":
-                    raise self._error("expected a number, got")
-            self.i += 1
-            num = float(tok.text)
-            return sign * (int(num) if num.is_integer() and re.fullmatch(r"\d+", tok.text) else num)
-        if tok.kind == "qident":
-            self.i += 1
-            return {"property": tok.text[1:-1].replace('""', '"')}
-        if tok.kind == "op" and tok.text == "(":
-            self.i += 1
-            inner = self._scalar()
-            self._expect_op(")")
-            return inner
-        if tok.kind != "ident":
-            raise self._error("expected a value, got")
-        word = tok.upper
-        call = self._peek(1) is not None and self._peek(1).text == "("
-        if word in ("TRUE", "FALSE") and not call:
-            self.i += 1
-            return word == "TRUE"
-        if word == "NULL" and not call:
-            self.i += 1
-            return None
-        if not call:
-            self.i += 1
-            return {"property": tok.text}
-        if word in ("TIMESTAMP", "DATE"):
-            self.i += 2
-            s = self._string()
-            self._expect_op(")")
-            return {word.lower(): s}
-        if word == "INTERVAL":
-            self.i += 2
-            a = self._interval_end()
-            self._expect_op(",")
-            b = self._interval_end()
-            self._expect_op(")")
-            return {"interval": [a, b]}
-        if word in ("CASEI", "ACCENTI"):
-            self.i += 2
-            inner = self._scalar()
-            self._expect_op(")")
-            return {"op": word.lower(), "args": [inner]}
-        if word == "BBOX":
-            self.i += 2
-            nums = [self._scalar()]
-            while self._op(","):
-                nums.append(self._scalar())
-            self._expect_op(")")
-            return {"bbox": nums}
-        if word in _WKT_TYPES:
-            return self._wkt()
-        raise self._error("unsupported function")
-
-    def _interval_end(self) -> Any:
-        tok = self._peek()
-        if tok is not None and tok.kind == "string":
-            return self._string()
-        return self._scalar()
-
-    def _wkt(self) -> Any:
-        start = self._peek().start
-        self.i += 1  # the geometry keyword; nested ones are skipped below
-        depth = 0
-        while True:
-            tok = self._peek()
-            if tok is None:
-                raise self._error("unterminated geometry at")
-            self.i += 1
-            if tok.text == "(":
-                depth += 1
-            elif tok.text == ")":
-                depth -= 1
-                if depth == 0:
-                    end = tok.end
-                    break
-        wkt = self.text[start:end]
-        try:
-            geom = shapely.wkt.loads(wkt)
-        except Exception as exc:
-            raise _bad(f"cql2-text: bad geometry {wkt!r}: {exc}") from None
-        return shapely.geometry.mapping(geom)
-
-
-def _parse_cql2_text(text: str) -> Any:
-    return _CqlTextParser(text).parse()
-
-
-# =============================================================================================
-# CQL2: JSON → predicate (three-valued logic: True, False, None for unknown)
-# =============================================================================================
-
-_Pred = Callable[[_Entry], "bool | None"]
-_Getter = Callable[[_Entry], Any]
-
-
-def _strip_accents(s: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
-
-
-def _literal_time(node: dict, what: str) -> Any:
-    try:
-        if "timestamp" in node:
-            return _Instant(_parse_us(node["timestamp"]))
-        if "date" in node:
-            return _Instant(_parse_us(node["date"]))
-        if "interval" in node:
-            ends = node["interval"]
-            if not isinstance(ends, list) or len(ends) != 2:
-                raise ValueError("interval needs two ends")
-            lohi = []
-            for end in ends:
-                if end == "..":
-                    lohi.append(None)
-                elif isinstance(end, dict) and ("timestamp" in end or "date" in end):
-                    lohi.append(_literal_time(end, what).us)
-                elif isinstance(end, str):
-                    lohi.append(_parse_us(end))
-                else:
-                    raise ValueError(f"unsupported interval end {end!r}")
-            return _Interval(lohi[0], lohi[1])
-    except (ValueError, TypeError) as exc:
-        raise _bad(f"filter: bad {what} {node!r}: {exc}") from None
-    raise AssertionError(node)
-
-
-def _compile_value(node: Any) -> _Getter:
-    if node is None or isinstance(node, (bool, int, float, str)):
-        return lambda e: node
-    if isinstance(node, list):
-        getters = [_compile_value(n) for n in node]
-        return lambda e: [g(e) for g in getters]
-    if not isinstance(node, dict):
-        raise _bad(f"filter: unsupported value {node!r}")
-    if "property" in node:
-        name = node["property"]
-        if not isinstance(name, str):
-            raise _bad("filter: property name must be a string")
-        return lambda e: _prop(e, name)
-    if "timestamp" in node or "date" in node or "interval" in node:
-        value = _literal_time(node, "time literal")
-        return lambda e: value
-    if "bbox" in node or node.get("type") in _GEOJSON_TYPES:
-        geom = _literal_geometry(node)
-        return lambda e: geom
-    if "op" in node:
-        op = str(node["op"]).lower()
-        args = node.get("args")
-        if op in ("casei", "accenti") and isinstance(args, list) and len(args) == 1:
-            inner = _compile_value(args[0])
-            fn = str.casefold if op == "casei" else _strip_accents
-
-            def folded(e: _Entry) -> Any:
-                v = inner(e)
-                return fn(v) if isinstance(v, str) else v
-
-            return folded
-        raise _bad(f"filter: unsupported function or operator {node['op']!r} as a value")
-    raise _bad(f"filter: unsupported value {node!r}")
-
 
 _GEOJSON_TYPES = {
     "Point",
@@ -1045,213 +641,6 @@ _GEOJSON_TYPES = {
     "GeometryCollection",
 }
 
-
-def _literal_geometry(node: dict) -> Any:
-    if "bbox" in node:
-        return _bbox_geometry(_check_bbox(node["bbox"], "filter bbox"))
-    try:
-        geom = shapely.geometry.shape(node)
-    except Exception as exc:
-        raise _bad(f"filter: bad geometry: {exc}") from None
-    shapely.prepare(geom)
-    return geom
-
-
-def _args(node: dict, n: int | None, op: str) -> list:
-    args = node.get("args")
-    if not isinstance(args, list):
-        raise _bad(f"filter: {op!r} needs an 'args' list")
-    if n is not None and len(args) != n:
-        raise _bad(f"filter: {op!r} takes {n} arguments, got {len(args)}")
-    return args
-
-
-def _compile_filter(node: Any) -> _Pred:
-    if isinstance(node, bool):
-        return lambda e: node
-    if not isinstance(node, dict) or "op" not in node:
-        raise _bad(f"filter: expected an operation object, got {node!r}")
-    op = str(node["op"]).lower()
-    if op in ("and", "or"):
-        subs = [_compile_filter(a) for a in _args(node, None, op)]
-        if not subs:
-            raise _bad(f"filter: {op!r} needs arguments")
-        return _and_pred(subs) if op == "and" else _or_pred(subs)
-    if op == "not":
-        (sub_node,) = _args(node, 1, op)
-        sub = _compile_filter(sub_node)
-
-        def neg(e: _Entry) -> bool | None:
-            r = sub(e)
-            return None if r is None else not r
-
-        return neg
-    if op in _CMP_OPS:
-        a, b = (_compile_value(x) for x in _args(node, 2, op))
-        return lambda e: _compare(op, a(e), b(e))
-    if op == "isnull":
-        (a_node,) = _args(node, 1, op)
-        a = _compile_value(a_node)
-        return lambda e: a(e) is None
-    if op == "like":
-        a_node, p_node = _args(node, 2, op)
-        a = _compile_value(a_node)
-        pattern = _literal(p_node, "the pattern of 'like'")
-        if not isinstance(pattern, str):
-            raise _bad("filter: the pattern of 'like' must be a string literal")
-        regex = re.compile(_like_regex(pattern), re.DOTALL)
-
-        def like(e: _Entry) -> bool | None:
-            v = a(e)
-            return None if not isinstance(v, str) else regex.fullmatch(v) is not None
-
-        return like
-    if op == "between":
-        args = _args(node, None, op)
-        if len(args) == 2 and isinstance(args[1], list) and len(args[1]) == 2:
-            args = [args[0], *args[1]]
-        if len(args) != 3:
-            raise _bad("filter: 'between' takes a value, a lower and an upper bound")
-        v, lo, hi = (_compile_value(x) for x in args)
-
-        def between(e: _Entry) -> bool | None:
-            x = v(e)
-            return _and3(_compare(">=", x, lo(e)), _compare("<=", x, hi(e)))
-
-        return between
-    if op == "in":
-        a_node, values = _args(node, 2, op)
-        if not isinstance(values, list):
-            raise _bad("filter: the second argument of 'in' must be a list")
-        a = _compile_value(a_node)
-        vals = [_literal(x, "the list of 'in'") for x in values]
-        return lambda e: _in(a(e), vals)
-    if op in _SPATIAL_OPS:
-        ga, gb = (_compile_geometry(x) for x in _args(node, 2, op))
-        fn = getattr(shapely, op[2:])
-
-        def spatial(e: _Entry) -> bool | None:
-            x, y = ga(e), gb(e)
-            if x is None or y is None:
-                return None
-            return bool(fn(x, y))
-
-        return spatial
-    if op in _TEMPORAL_OPS:
-        ta, tb = (_compile_time(x) for x in _args(node, 2, op))
-        return lambda e: _temporal(op, ta(e), tb(e))
-    raise _bad(f"filter: unsupported operator {node['op']!r}")
-
-
-def _literal(node: Any, what: str) -> Any:
-    """Evaluate a node that must not depend on the item (a literal, casei('...'), ...)."""
-    if _mentions_property(node):
-        raise _bad(f"filter: {what} must be a literal, not a property")
-    return _compile_value(node)(None)  # type: ignore[arg-type]
-
-
-def _mentions_property(node: Any) -> bool:
-    if isinstance(node, dict):
-        return "property" in node or any(_mentions_property(v) for v in node.values())
-    if isinstance(node, list):
-        return any(_mentions_property(v) for v in node)
-    return False
-
-
-def _and3(*values: bool | None) -> bool | None:
-    if any(v is False for v in values):
-        return False
-    return None if any(v is None for v in values) else True
-
-
-def _and_pred(subs: list[_Pred]) -> _Pred:
-    return lambda e: _and3(*(s(e) for s in subs))
-
-
-def _or_pred(subs: list[_Pred]) -> _Pred:
-    def pred(e: _Entry) -> bool | None:
-        values = [s(e) for s in subs]
-        if any(v is True for v in values):
-            return True
-        return None if any(v is None for v in values) else False
-
-    return pred
-
-
-def _like_regex(pattern: str) -> str:
-    out = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        out.append(".*" if c == "%" else "." if c == "_" else re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-def _compile_geometry(node: Any) -> _Getter:
-    if isinstance(node, dict) and "property" in node:
-        name = node["property"]
-        if name != "geometry":
-            raise _bad(f"filter: spatial operators take the 'geometry' property, not {name!r}")
-        return lambda e: e.geom
-    if isinstance(node, dict):
-        geom = _literal_geometry(node)
-        return lambda e: geom
-    raise _bad(f"filter: not a geometry: {node!r}")
-
-
-def _compile_time(node: Any) -> Callable[[_Entry], tuple[int | None, int | None] | None]:
-    if isinstance(node, dict) and node.get("property") in ("datetime", "properties.datetime"):
-        return lambda e: (e.start, e.end)
-    value = _compile_value(node)
-
-    def get(e: _Entry) -> tuple[int | None, int | None] | None:
-        v = value(e)
-        if isinstance(v, _Interval):
-            return v.lo, v.hi
-        if isinstance(v, _Instant):
-            return v.us, v.us
-        if isinstance(v, str):
-            try:
-                t = _parse_us(v)
-            except ValueError:
-                return None
-            return t, t
-        return None
-
-    return get
-
-
-def _temporal(op: str, a: tuple | None, b: tuple | None) -> bool | None:
-    if a is None or b is None:
-        return None
-    neg_inf, pos_inf = -(1 << 62), 1 << 62
-    a0, a1 = a[0] if a[0] is not None else neg_inf, a[1] if a[1] is not None else pos_inf
-    b0, b1 = b[0] if b[0] is not None else neg_inf, b[1] if b[1] is not None else pos_inf
-    if op in ("t_intersects", "anyinteracts"):
-        return a0 <= b1 and a1 >= b0
-    if op == "t_disjoint":
-        return not (a0 <= b1 and a1 >= b0)
-    if op == "t_before":
-        return a1 < b0
-    if op == "t_after":
-        return a0 > b1
-    if op == "t_equals":
-        return a0 == b0 and a1 == b1
-    if op == "t_during":
-        return b0 < a0 and a1 < b1
-    if op == "t_contains":
-        return a0 < b0 and b1 < a1
-    raise AssertionError(op)
-
-
-# =============================================================================================
-# Search parameters
-# =============================================================================================
 
 
 def _check_bbox(value: Any, what: str = "bbox") -> list[float]:
@@ -1388,24 +777,11 @@ def _parse_search(params: Mapping[str, Any], server: StacServer) -> _Search:
     if get("query") not in (None, ""):
         preds.append(_compile_query(_json_param(get("query"), "query")))
 
-    flt = get("filter")
-    if flt not in (None, ""):
-        lang = get("filter-lang", get("filter_lang"))
-        if lang is None:
-            lang = "cql2-text" if isinstance(flt, str) and not flt.lstrip().startswith("{") else "cql2-json"
-        crs = get("filter-crs", get("filter_crs"))
-        if crs is not None and crs not in _FILTER_CRS:
-            raise _bad(f"filter-crs {crs!r} is not supported; use CRS84")
-        if lang == "cql2-json":
-            tree = _json_param(flt, "filter")
-        elif lang == "cql2-text":
-            if not isinstance(flt, str):
-                raise _bad("a cql2-text filter must be a string")
-            tree = _parse_cql2_text(flt)
-        else:
-            raise _bad(f"filter-lang {lang!r} is not supported; use cql2-json or cql2-text")
-        fpred = _compile_filter(tree)
-        preds.append(lambda e: fpred(e) is True)
+    if get("filter") not in (None, ""):  # answered, never silently ignored
+        raise _bad(
+            "filter (the CQL2 filter extension) is not supported by this server; use the query "
+            "extension (query), collections, ids, bbox, intersects or datetime"
+        )
 
     limit = _parse_limit(get("limit"), server.page_limit_max, server.default_limit)
     sortby = (
@@ -1463,7 +839,7 @@ class StacServer(BackgroundServer[StacRequestRecord]):
         default_limit: int = 10,
         faults: FaultPlan | None = None,
         latency: float = 0.0,
-        title: str = "Local STAC API (rasteret_pipelines.mirror.stac_server)",
+        title: str = "Local STAC API (rasteret_pipelines_demo.stac_server)",
         rewrite_links: bool = True,
         port: int = 0,
     ):
@@ -1628,11 +1004,6 @@ class StacServer(BackgroundServer[StacRequestRecord]):
             {"rel": "root", "type": _JSON, "href": self.url},
             {"rel": "parent", "type": _JSON, "href": self.url},
             {"rel": "items", "type": _GEOJSON, "href": f"{curl}/items"},
-            {
-                "rel": "http://www.opengis.net/def/rel/ogc/1.0/queryables",
-                "type": "application/schema+json",
-                "href": f"{curl}/queryables",
-            },
             *links,
         ]
         return doc
@@ -1752,9 +1123,6 @@ class StacServer(BackgroundServer[StacRequestRecord]):
         if parts == ["conformance"]:
             only("GET")
             return 200, {"conformsTo": list(CONFORMS_TO)}, _JSON, None, None
-        if parts == ["queryables"]:
-            only("GET")
-            return 200, self._queryables(None), "application/schema+json", None, None
         if parts == ["search"]:
             only("GET", "POST")
             if method == "POST":
@@ -1792,8 +1160,6 @@ class StacServer(BackgroundServer[StacRequestRecord]):
                 raise _not_found(f"Collection {cid!r} not found")
             if len(parts) == 2:
                 return 200, doc, _JSON, None, None
-            if len(parts) == 3 and parts[2] == "queryables":
-                return 200, self._queryables(cid), "application/schema+json", None, None
             if parts[2] == "items" and len(parts) == 3:
                 params = {**query, "collections": cid}
                 page = self._search(params, "GET", f"{self.collection_url(cid)}/items", cid)
@@ -1817,11 +1183,6 @@ class StacServer(BackgroundServer[StacRequestRecord]):
             {"rel": "data", "type": _JSON, "href": f"{base}/collections"},
             {"rel": "search", "type": _GEOJSON, "href": f"{base}/search", "method": "GET"},
             {"rel": "search", "type": _GEOJSON, "href": f"{base}/search", "method": "POST"},
-            {
-                "rel": "http://www.opengis.net/def/rel/ogc/1.0/queryables",
-                "type": "application/schema+json",
-                "href": f"{base}/queryables",
-            },
         ]
         links += [
             {"rel": "child", "type": _JSON, "href": self.collection_url(cid), "title": cid}
@@ -1835,37 +1196,6 @@ class StacServer(BackgroundServer[StacRequestRecord]):
             "description": "A local STAC API serving recorded and synthetic items for tests.",
             "conformsTo": list(CONFORMS_TO),
             "links": links,
-        }
-
-    def _queryables(self, cid: str | None) -> dict:
-        props: dict[str, dict] = {
-            "id": {"description": "Item id", "type": "string"},
-            "collection": {"description": "Collection id", "type": "string"},
-            "geometry": {"description": "Footprint", "$ref": "https://geojson.org/schema/Geometry.json"},
-            "datetime": {"description": "Acquisition time", "type": "string", "format": "date-time"},
-        }
-        with self._lock:
-            entries = [e for e in self._entries.values() if cid is None or e.collection == cid]
-        for e in entries:
-            for name, value in e.item["properties"].items():
-                if name in props or isinstance(value, (dict, list)) or value is None:
-                    continue
-                if isinstance(value, bool):
-                    props[name] = {"type": "boolean"}
-                elif isinstance(value, (int, float)):
-                    props[name] = {"type": "number"}
-                elif _is_datetime_name(name):
-                    props[name] = {"type": "string", "format": "date-time"}
-                else:
-                    props[name] = {"type": "string"}
-        href = f"{self.url}/queryables" if cid is None else f"{self.collection_url(cid)}/queryables"
-        return {
-            "$schema": "https://json-schema.org/draft/2019-09/schema",
-            "$id": href,
-            "type": "object",
-            "title": "Queryables",
-            "properties": props,
-            "additionalProperties": True,
         }
 
     def _served_item(self, entry: _Entry) -> dict:

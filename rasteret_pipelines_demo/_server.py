@@ -3,8 +3,8 @@ whose event loop runs in a daemon thread, with a request log, injected latency a
 faults.
 
 :class:`BackgroundServer` is the base of
-:class:`~rasteret_pipelines.mirror.range_server.RangeServer` and
-:class:`~rasteret_pipelines.mirror.stac_server.StacServer`. A subclass builds its
+:class:`~rasteret_pipelines_demo.range_server.RangeServer` and
+:class:`~rasteret_pipelines_demo.stac_server.StacServer`. A subclass builds its
 ``aiohttp`` application in :meth:`BackgroundServer._make_app` and, in its request handler,
 calls :meth:`BackgroundServer._delay_and_draw_fault` and :meth:`BackgroundServer._record`.
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Generic, Self, TypeVar
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from rasteret_pipelines.mirror.range_server import FaultPlan
+    from rasteret_pipelines_demo.range_server import FaultPlan
 
 __all__ = ["BackgroundServer", "abort_connection"]
 
@@ -33,7 +33,7 @@ class BackgroundServer(abc.ABC, Generic[RecordT]):
 
     Args:
         latency: Seconds to wait before every response; also settable through ``latency``.
-        faults: A :class:`~rasteret_pipelines.mirror.range_server.FaultPlan`, or ``None``;
+        faults: A :class:`~rasteret_pipelines_demo.range_server.FaultPlan`, or ``None``;
             also settable through ``faults``.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. Error messages

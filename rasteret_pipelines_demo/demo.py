@@ -19,7 +19,7 @@
 The ports are fixed because the collections store the COG URLs: a mirror restarted on the same
 ports keeps every cached header valid. When ``dagster dev`` later runs a partition with the demo
 selected and no mirror is listening, :func:`demo_stac_url` starts one in a detached process
-(``python -m rasteret_pipelines.mirror.demo_mirror serve``) that exits after an hour without requests.
+(``python -m rasteret_pipelines_demo.demo_mirror serve``) that exits after an hour without requests.
 
 With ``RASTERET_STAC_URL`` (e.g. ``public`` for Earth Search) and ``RASTERET_STORAGE`` (e.g.
 ``s3://bucket/prefix``) set, the same command runs the same pipeline against them; the mirror
@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rasteret_pipelines.mirror.demo_mirror import (  # noqa: F401 - the demo's mirror, re-exported
+from rasteret_pipelines_demo.demo_mirror import (  # noqa: F401 - the demo's mirror, re-exported
     DEMO_TITLE,
     IDLE_TIMEOUT,
     WORLD_FILE,
@@ -125,7 +125,7 @@ def run_demo(
     from rasteret_pipelines.aois import write_aois_geojson
     from rasteret_pipelines.defs.partitions import aoi_partitions, month_partition_key
     from rasteret_pipelines.defs.settings import DEMO, Settings
-    from rasteret_pipelines.mirror.demo_data import QUICKSTART_AOIS
+    from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
 
     t_start = time.perf_counter()
     home = prepare_dagster_home(dagster_home)

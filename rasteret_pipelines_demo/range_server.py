@@ -48,7 +48,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from rasteret_pipelines.mirror._server import BackgroundServer, abort_connection
+from rasteret_pipelines_demo._server import BackgroundServer, abort_connection
 
 __all__ = ["FAULT_KINDS", "FaultPlan", "RangeServer", "RequestRecord"]
 

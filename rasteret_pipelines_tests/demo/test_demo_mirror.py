@@ -1,0 +1,60 @@
+"""free_port_pair: two consecutive free ports for the demo mirror (STAC API, COG server)."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import pytest
+
+from rasteret_pipelines_demo import demo_mirror
+from rasteret_pipelines_demo.demo_mirror import NoFreePortPairError, free_port_pair
+
+
+def test_both_ports_of_the_pair_can_be_bound():
+    for _ in range(20):
+        port = free_port_pair()
+        assert 1024 <= port < 65535
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", port))
+            b.bind(("127.0.0.1", port + 1))
+
+
+def test_the_pair_is_below_the_ephemeral_range(monkeypatch):
+    monkeypatch.setattr(demo_mirror, "_ephemeral_range", lambda: (32768, 60999))
+    ports = {free_port_pair(rng=random.Random(seed)) for seed in range(10)}
+    assert all(12768 <= p and p + 1 < 32768 for p in ports)
+
+
+def test_a_taken_second_port_is_skipped(monkeypatch):
+    """The pair's second port is taken: that candidate is rejected, the next one is returned."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        taken = held.getsockname()[1]
+        candidates = iter([taken - 1, taken + 10])
+
+        class Fixed(random.Random):
+            def randrange(self, *args):
+                return next(candidates)
+
+        monkeypatch.setattr(demo_mirror, "_ephemeral_range", lambda: (40000, 60999))
+        try:
+            port = free_port_pair(rng=Fixed())
+        except NoFreePortPairError:
+            pytest.skip("the fallback candidate happened to be taken too")
+        assert port == taken + 10
+
+
+def test_no_pair_raises_a_typed_error(monkeypatch):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        taken = held.getsockname()[1]
+
+        class Always(random.Random):
+            def randrange(self, *args):
+                return taken  # every candidate's first port is in use
+
+        monkeypatch.setattr(demo_mirror, "_ephemeral_range", lambda: (40000, 60999))
+        with pytest.raises(NoFreePortPairError, match="no two consecutive free ports"):
+            free_port_pair(attempts=5, rng=Always())
+    assert issubclass(NoFreePortPairError, RuntimeError)
