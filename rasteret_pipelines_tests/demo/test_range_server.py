@@ -274,7 +274,9 @@ def test_latency_does_not_serialise_requests(server: RangeServer):
     bodies = asyncio.run(_fetch_many([url] * 100, {"Range": "bytes=0-9"}))
     elapsed = time.perf_counter() - t0
     assert len(bodies) == 100 and all(b == bytes(range(10)) for b in bodies)
-    assert 0.05 <= elapsed < 0.8, elapsed
+    # serialised, 100 x 50 ms would take >= 5 s; concurrent takes ~0.1-0.8 s on a busy 2-core
+    # machine: the bound sits far from both (a timing bound, so a wide one)
+    assert 0.05 <= elapsed < 2.5, elapsed
     assert server.count("GET") == 100
 
 
