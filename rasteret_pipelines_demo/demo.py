@@ -229,10 +229,10 @@ def dagster_dev_command(home: Path, settings) -> str:
     secret redacted)."""
     import shlex
 
+    from rasteret_pipelines.defs.instance_home import interpreter_command
     from rasteret_pipelines.redaction import redact
 
-    exe = Path(sys.executable).parent / "rasteret-pipelines"
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "rasteret_pipelines.cli"]
+    command = interpreter_command("rasteret-pipelines", "rasteret_pipelines.cli")
     env = {"DAGSTER_HOME": str(home),
            **{k: redact(v) for k, v in sorted(settings.env.items()) if k.startswith("RASTERET_")}}
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, command), "ui"])

@@ -41,10 +41,11 @@ def prepare_dagster_home(path: str | os.PathLike | None = None) -> Path:
     return home
 
 
-def dagster_executable() -> list[str]:
-    """The ``dagster`` of this interpreter (the virtualenv's, not whatever is on PATH)."""
-    exe = Path(sys.executable).parent / "dagster"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "dagster"]
+def interpreter_command(script: str, module: str) -> list[str]:
+    """The console ``script`` installed beside this interpreter (the virtualenv's, not whatever is
+    on PATH), or ``python -m module`` when there is none."""
+    exe = Path(sys.executable).parent / script
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
 
 
 def dagster_ui_command(home: Path, environ: Mapping[str, str], extra_args: list[str] | tuple[str, ...] = ()
@@ -68,7 +69,7 @@ def dagster_ui_command(home: Path, environ: Mapping[str, str], extra_args: list[
         target = ["-w", str(WORKSPACE_YAML)]
     else:  # installed without the repository
         target = ["-m", "rasteret_pipelines.definitions"]
-    return [*dagster_executable(), "dev", *target, *extra_args], env, Path(home).absolute()
+    return [*interpreter_command("dagster", "dagster"), "dev", *target, *extra_args], env, Path(home).absolute()
 
 
 def run_dagster_ui(dagster_home: str | None = None, extra_args: list[str] | tuple[str, ...] = ()) -> None:

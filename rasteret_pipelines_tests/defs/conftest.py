@@ -21,7 +21,7 @@ from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_DAGSTER_YAML = REPO / "dagster.yaml"
-"""The repository's instance configuration (not in the root: see its header)."""
+"""The repository's instance configuration."""
 MONTHS = ("2024-01", "2024-02")
 AOIS = {str(k): v for k, v in QUICKSTART_AOIS.items()}
 
