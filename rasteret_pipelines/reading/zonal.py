@@ -293,6 +293,8 @@ class _Grid:
     """For every (field, pixel) pair: the field's index into all fields (ascending)."""
     rows: np.ndarray = None
     cols: np.ndarray = None
+    position: np.ndarray = None
+    """For every pair: its field's slot in :attr:`fields`."""
     layouts: dict = field(default_factory=dict)
     """(band CRS, transform, image size, tile size) -> :class:`_Layout` of the pairs."""
 
@@ -361,7 +363,7 @@ def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_k
         local = reproject_geometry(fields.geometries[members], "EPSG:4326", crs_key)
         which, rows, cols = pixels_inside(local, transform, all_touched=all_touched)
         grid.member_field = members[which]
-        grid.rows, grid.cols = rows, cols
+        grid.rows, grid.cols, grid.position = rows, cols, which
         grids.append(grid)
     return grids
 
@@ -480,8 +482,8 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
     fields_today = np.zeros(len(covered_by_scene[day_scenes[0][0]]), bool)
     for r in ranks:
         fields_today |= covered_by_scene[day_scenes[r][0]]
-    rows_fields = grid.fields[fields_today[grid.fields]]
-    position = np.searchsorted(grid.fields, field_of)  # pair -> this grid's field slot
+    keep = fields_today[grid.fields]
+    position = grid.position
     n = grid.fields.size
     pixels = np.bincount(position, minlength=n)
     out_stats: dict[str, np.ndarray] = {}
@@ -498,7 +500,6 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
         for r in ranks:
             hit = np.bincount(position[won == r], minlength=n) > 0
             used |= hit.astype(np.int64) << r
-    keep = np.isin(grid.fields, rows_fields)
     names = [day_scenes[r][1].id for r in range(len(day_scenes))]
     masks, inverse = np.unique(used[keep], return_inverse=True)
     texts = np.array([",".join(names[r] for r in range(len(names)) if int(m) >> r & 1) for m in masks], dtype=object)
@@ -760,6 +761,14 @@ class _Sink:
 
     def add(self, day, reductions: list[_Reduction]) -> None:
         date = np.datetime64(day, "D")
+        if len(reductions) > 1:  # several grids: one batch in the fields' input order
+            where = np.concatenate([r.fields for r in reductions])
+            order = np.argsort(where, kind="stable")
+            reductions = [_Reduction(
+                where[order],
+                {k: np.concatenate([r.stats[k] for r in reductions])[order] for k in reductions[0].stats},
+                np.concatenate([r.scene_ids for r in reductions])[order],
+            )]
         for red in reductions:
             n = red.fields.size
             arrays = [pa.array(self.fields.ids[red.fields].astype(str), pa.string()),
