@@ -221,7 +221,7 @@ def _from_frame(frame, id_column: str, keep: list[str]) -> Fields:
     if missing:
         raise InvalidReadArgumentError(f"keep names columns the fields do not have: {missing}")
     raw_ids = frame[id_column] if id_column in frame.columns else frame.index.to_series()
-    ids = np.array([str(v.item() if hasattr(v, "item") else v) for v in raw_ids], dtype=object)
+    ids = raw_ids.astype(str).to_numpy(dtype=object)
     geoms = np.asarray(frame.geometry.values, dtype=object)
     _check_geometries(ids, geoms, check_degrees=False)
     if not frame.crs.equals("EPSG:4326"):
@@ -301,15 +301,24 @@ class _Grid:
 
 @dataclass
 class _Layout:
-    """The grid's pairs on one band's pixels, sorted by the tile that holds them."""
+    """The grid's pairs on one band's pixels, sorted by the tile that holds them.
 
-    srow: np.ndarray
-    scol: np.ndarray
+    Pairs outside the image are left out. Each tile's pairs are one slice of the sorted order,
+    so a decoded tile fills a contiguous run of values with one ``take``.
+    """
+
     order: np.ndarray
-    """Pair indices sorted by tile (pairs outside the image left out)."""
+    """Pair indices sorted by tile."""
+    field_sorted: np.ndarray
+    """Field index (into all fields) of each sorted pair."""
+    flat: np.ndarray
+    """Offset of each sorted pair's pixel in its tile window, row-major."""
     tiles: np.ndarray
-    """Distinct tile indices, ascending, and where their pairs start in :attr:`order`."""
+    """Distinct tile indices, ascending."""
     starts: np.ndarray
+    """Where each tile's pairs start in :attr:`order` (and, last, its length)."""
+    windows: list[tuple[int, int, int, int]]
+    """Each tile's window ``(col, row, width, height)``, clipped to the image."""
 
 
 def _layout(grid: _Grid, header) -> _Layout:
@@ -333,16 +342,27 @@ def _layout(grid: _Grid, header) -> _Layout:
         fc, fr = x * inv.a + y * inv.b + inv.c, x * inv.d + y * inv.e + inv.f
     else:
         fc, fr = (x - c) / a, (y - f) / e
+    del x, y
     scol = np.floor(fc).astype(np.int64)
     srow = np.floor(fr).astype(np.int64)
-    inside = (scol >= 0) & (scol < level.width) & (srow >= 0) & (srow < level.height)
-    tile = np.full(scol.shape, -1, np.int64)
-    tile[inside] = (srow[inside] // level.tile_height) * level.tiles_across + scol[inside] // level.tile_width
-    order = np.argsort(tile, kind="stable")
-    order = order[np.count_nonzero(~inside):]
-    sorted_tiles = tile[order]
-    tiles, starts = np.unique(sorted_tiles, return_index=True)
-    out = grid.layouts[key] = _Layout(srow, scol, order, tiles, np.append(starts, sorted_tiles.size))
+    inside = np.flatnonzero((scol >= 0) & (scol < level.width) & (srow >= 0) & (srow < level.height))
+    scol, srow = scol[inside], srow[inside]
+    tw, th = level.tile_width, level.tile_height
+    tile_row, tile_col = srow // th, scol // tw
+    tile = tile_row * level.tiles_across + tile_col
+    by_tile = np.argsort(tile, kind="stable")
+    order = inside[by_tile]
+    tile, tile_row, tile_col = tile[by_tile], tile_row[by_tile], tile_col[by_tile]
+    width = np.minimum(tw, level.width - tile_col * tw)
+    flat = (srow[by_tile] - tile_row * th) * width + (scol[by_tile] - tile_col * tw)
+    tiles, starts = np.unique(tile, return_index=True)
+    windows = []
+    for t in tiles.tolist():
+        r, cc = divmod(t, level.tiles_across)
+        x0, y0 = cc * tw, r * th
+        windows.append((x0, y0, min(tw, level.width - x0), min(th, level.height - y0)))
+    out = grid.layouts[key] = _Layout(order, grid.member_field[order], flat, tiles,
+                                      np.append(starts, tile.size), windows)
     return out
 
 
@@ -368,58 +388,72 @@ def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_k
     return grids
 
 
+def _covers(geometries: np.ndarray, footprints: list) -> list[np.ndarray]:
+    """For each footprint, the indices (ascending) of the geometries it intersects; a
+    footprint repeated across scenes (the same tile and orbit) is queried once."""
+    tree = shapely.STRtree(geometries)
+    found: dict[bytes, np.ndarray] = {}
+    out = []
+    for footprint in footprints:
+        key = shapely.to_wkb(footprint)
+        if key not in found:
+            found[key] = np.sort(tree.query(footprint, predicate="intersects"))
+        out.append(found[key])
+    return out
+
+
 # -- one day -------------------------------------------------------------------------------------
 
 
 @dataclass
 class _Samples:
-    """One (scene, grid, band): the band's stored value at each of the grid's pairs."""
+    """One (scene, grid, band): the band's stored values at the grid's pairs, in tile order."""
 
-    values: np.ndarray
-    present: np.ndarray
-    """False for pairs outside the image (or not fetched: their field is not covered)."""
+    layout: _Layout
+    sorted_values: np.ndarray
+    fetched: np.ndarray
+    """Per tile of the layout: whether it was read (some pair in it belongs to a covered field)."""
+
+    def values(self, n_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values, present) for every pair of the grid; present is False outside the image
+        and in tiles not read."""
+        values = np.zeros(n_pairs, self.sorted_values.dtype)
+        values[self.layout.order] = self.sorted_values
+        present = np.zeros(n_pairs, bool)
+        present[self.layout.order] = np.repeat(self.fetched, np.diff(self.layout.starts))
+        return values, present
 
 
 def _day_requests(day_scenes, grids, covered_by_scene, keys):
     """The tile windows of one day and, per request, where its values go.
 
     Returns ``(requests, sinks, samples)``: ``requests`` for the engine's ``fetch_windows``,
-    ``sinks[i] = (samples, pair indices, rows, cols, window)`` and
-    ``samples[(rank, grid index, key)]``.
+    ``sinks[i] = (samples, tile position)`` and ``samples[(rank, grid index, key)]``.
     """
     requests, sinks, samples = [], [], {}
     for rank, (si, scene) in enumerate(day_scenes):
         covered = covered_by_scene[si]
         for g, grid in enumerate(grids):
-            wanted = covered[grid.member_field]
-            if not wanted.any():
+            if not covered[grid.fields].any():
                 continue
             for key in keys:
                 header = scene.headers[key]
-                level = header.levels[0]
                 layout = _layout(grid, header)
-                dtype = np.dtype(header.dtype)
-                s = samples[rank, g, key] = _Samples(np.zeros(grid.rows.size, dtype), np.zeros(grid.rows.size, bool))
-                for t in range(len(layout.tiles)):
-                    pairs = layout.order[layout.starts[t]: layout.starts[t + 1]]
-                    pairs = pairs[wanted[pairs]]
-                    if not pairs.size:
-                        continue
-                    tile = int(layout.tiles[t])
-                    tr, tc = divmod(tile, level.tiles_across)
-                    x0, y0 = tc * level.tile_width, tr * level.tile_height
-                    window = (x0, y0, min(level.tile_width, level.width - x0), min(level.tile_height, level.height - y0))
-                    requests.append((header, window))
-                    sinks.append((s, pairs, layout.srow[pairs] - y0, layout.scol[pairs] - x0))
+                wanted = np.add.reduceat(covered[layout.field_sorted], layout.starts[:-1]) > 0 \
+                    if layout.tiles.size else np.zeros(0, bool)
+                s = samples[rank, g, key] = _Samples(layout, np.empty(layout.order.size, np.dtype(header.dtype)), wanted)
+                for t in np.flatnonzero(wanted).tolist():
+                    requests.append((header, layout.windows[t]))
+                    sinks.append((s, t))
     return requests, sinks, samples
 
 
 def _gather(sinks):
     def on_window(i: int, array: np.ndarray) -> None:
-        s, pairs, rows, cols = sinks[i]
-        s.values[pairs] = array[0][rows, cols]
-        s.present[pairs] = True
-        sinks[i] = None  # the window and the indices can go
+        s, t = sinks[i]
+        start, stop = s.layout.starts[t], s.layout.starts[t + 1]
+        np.take(array[0].reshape(-1), s.layout.flat[start:stop], out=s.sorted_values[start:stop])
+        sinks[i] = None  # the window can go
 
     return on_window
 
@@ -431,7 +465,8 @@ class _Reduction:
     fields: np.ndarray
     """Field indices (into all fields) with a row this day, ascending."""
     stats: dict[str, np.ndarray]
-    scene_ids: np.ndarray
+    scene_ids: tuple[np.ndarray, np.ndarray]
+    """(distinct texts, each row's index into them)."""
 
 
 def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, quality, stats, mosaic):
@@ -448,8 +483,8 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
         si, scene = day_scenes[r]
         ok = covered_by_scene[si][field_of]
         if quality is not None:
-            q = samples[r, grid_index, quality.band]
-            ok = ok & q.present & nodata_valid(q.values, scene.headers[quality.band].nodata) & quality.clear(q.values)
+            q, q_present = samples[r, grid_index, quality.band].values(n_pairs)
+            ok = ok & q_present & nodata_valid(q, scene.headers[quality.band].nodata) & quality.clear(q)
         clear_by_rank[r] = ok
     for band in spec.bands:
         key = spec.keys[band]
@@ -457,21 +492,21 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
             out = np.full(n_pairs, np.nan, np.float32)
             won = np.full(n_pairs, -1, np.int64)
             for r in (ranks if mosaic is FirstValid else ranks[::-1]):
-                s = samples[r, grid_index, key]
+                raw, present = samples[r, grid_index, key].values(n_pairs)
                 scene = day_scenes[r][1]
-                valid = clear_by_rank[r] & s.present & nodata_valid(s.values, scene.headers[key].nodata)
-                take = valid & (won < 0)
-                out[take] = _convert(s.values[take], spec.values, scene.reflectance)
+                valid = clear_by_rank[r] & present & nodata_valid(raw, scene.headers[key].nodata)
+                take = valid & (won < 0) if len(ranks) > 1 else valid
+                out[take] = _convert(raw[take], spec.values, scene.reflectance)
                 won[take] = r
         else:
             out = np.empty(n_pairs, np.float32)
             method = mosaic(out, len(ranks), np.nan)
             won = np.full(n_pairs, -1, np.int64)
             for i, r in enumerate(ranks):
-                s = samples[r, grid_index, key]
+                raw, present = samples[r, grid_index, key].values(n_pairs)
                 scene = day_scenes[r][1]
-                valid = clear_by_rank[r] & s.present & nodata_valid(s.values, scene.headers[key].nodata)
-                method.feed(_convert(s.values, spec.values, scene.reflectance), valid, i)
+                valid = clear_by_rank[r] & present & nodata_valid(raw, scene.headers[key].nodata)
+                method.feed(_convert(raw, spec.values, scene.reflectance), valid, i)
                 won[valid & (won < 0)] = r
             method.finish()
         mosaicked[band], winners[band] = out, won
@@ -503,7 +538,7 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
     names = [day_scenes[r][1].id for r in range(len(day_scenes))]
     masks, inverse = np.unique(used[keep], return_inverse=True)
     texts = np.array([",".join(names[r] for r in range(len(names)) if int(m) >> r & 1) for m in masks], dtype=object)
-    return _Reduction(grid.fields[keep], {k: a[keep] for k, a in out_stats.items()}, texts[inverse])
+    return _Reduction(grid.fields[keep], {k: a[keep] for k, a in out_stats.items()}, (texts, inverse))
 
 
 def _convert(raw: np.ndarray, mode: str, reflectance) -> np.ndarray:
@@ -643,11 +678,10 @@ def zonal_stats(
     data = load_fields(fields, id_column, keep)
     data_keys = sorted({spec.keys[b] for b in spec.bands})
     read_keys = data_keys + ([rule.band] if rule is not None and rule.band not in data_keys else [])
-    hull = shapely.convex_hull(shapely.multipoints(shapely.get_coordinates(data.geometries)))
-    hull = hull if hull.geom_type == "Polygon" else hull.buffer(1e-9)
-    scenes = select_scenes(collection, [(None, hull)], date_range, cloud_cover_lt, filters, read_keys)
-    tree = shapely.STRtree(data.geometries)
-    covers = [np.sort(tree.query(s.footprint, predicate="intersects")) for s in scenes]
+    # Scenes meeting the fields' bounding box; which fields each covers is exact below.
+    area = shapely.box(*shapely.total_bounds(data.geometries))
+    scenes = select_scenes(collection, [(None, area)], date_range, cloud_cover_lt, filters, read_keys)
+    covers = _covers(data.geometries, [s.footprint for s in scenes])
     grids = _grids(data, scenes, covers, data_keys, all_touched)
     if not grids:
         raise NoScenesError(
@@ -725,6 +759,7 @@ class _Sink:
 
     def __init__(self, fields: Fields, spec: _Variables, stats: list[str], output):
         self.fields = fields
+        self.ids = pa.array(fields.ids.astype(str), pa.string())
         self.batches: list[pa.RecordBatch] = []
         columns = [pa.field("id", pa.string()), pa.field("date", pa.date32())]
         for name in spec.names:
@@ -767,19 +802,20 @@ class _Sink:
             reductions = [_Reduction(
                 where[order],
                 {k: np.concatenate([r.stats[k] for r in reductions])[order] for k in reductions[0].stats},
-                np.concatenate([r.scene_ids for r in reductions])[order],
+                _merge_texts([r.scene_ids for r in reductions], order),
             )]
         for red in reductions:
             n = red.fields.size
-            arrays = [pa.array(self.fields.ids[red.fields].astype(str), pa.string()),
-                      pa.array(np.full(n, date), pa.date32())]
+            take = pa.array(red.fields)
+            arrays = [self.ids.take(take), pa.array(np.full(n, date), pa.date32())]
             for f in self.schema:
                 if f.name in ("id", "date", "scene_ids") or (self.fields.kept is not None and f.name in self.fields.kept.column_names):
                     continue
                 arrays.append(pa.array(red.stats[f.name], f.type, from_pandas=True))
-            arrays.append(pa.array(red.scene_ids.astype(str), pa.string()))
+            texts, which = red.scene_ids
+            arrays.append(pa.array(texts, pa.string()).take(pa.array(which)))
             if self.fields.kept is not None:
-                taken = self.fields.kept.take(pa.array(red.fields))
+                taken = self.fields.kept.take(take)
                 arrays += [taken.column(i).combine_chunks() for i in range(taken.num_columns)]
             if self.writer is not None:
                 arrays.append(pa.array(shapely.to_wkb(self.fields.geometries[red.fields]), pa.binary()))
@@ -818,6 +854,16 @@ class _Sink:
                 self.writer = None
         if self.local_path is not None and os.path.exists(self.local_path):
             os.unlink(self.local_path)
+
+
+def _merge_texts(parts, order) -> tuple[np.ndarray, np.ndarray]:
+    """(texts, index) pairs of several reductions as one, rows reordered by ``order``."""
+    texts, index, offset = [], [], 0
+    for t, i in parts:
+        texts.append(t)
+        index.append(i + offset)
+        offset += len(t)
+    return np.concatenate(texts), np.concatenate(index)[order]
 
 
 def _geo_metadata() -> bytes:
