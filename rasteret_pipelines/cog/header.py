@@ -95,9 +95,15 @@ class ImageLevel:
 
     @property
     def dtype(self) -> str:
-        """numpy dtype name of one sample (``"bool"`` for 1-bit masks)."""
+        """numpy dtype name of one sample (``"bool"`` for 1-bit masks).
+
+        8-bit CMYK that GDAL converts to RGBA is ``"uint8"`` whatever its SampleFormat says:
+        libtiff's RGBA interface reads the samples unsigned, and so does this engine.
+        """
         if self.bits_per_sample == 1:
             return "bool"
+        if converts_cmyk(self):
+            return "uint8"
         kind = _SAMPLE_FORMATS.get(self.sample_format, "uint")
         return _DTYPES[(kind, self.bits_per_sample)]
 
