@@ -29,11 +29,13 @@ from rasteret_pipelines.errors import (
 
 log = logging.getLogger(__name__)
 
-HEADER_FORMAT_VERSION = 2
+HEADER_FORMAT_VERSION = 3
 """Version of the ``to_dict`` layout; bumped whenever the stored form or its meaning changes.
 
 2: the CRS built from GeoKeys as GDAL builds it (datum, prime meridian, units, TOWGS84, every
-GeoTIFF projection method) and ``fill_order`` per level. A rebuild re-fetches version 1 headers.
+GeoTIFF projection method) and ``fill_order`` per level.
+3: every level's IFD provenance (``ifd_index``, ``subifd``), local CRSs as GDAL's ``LOCAL_CS``
+and 8-bit signed CMYK as unsigned. A rebuild re-fetches the headers of older versions.
 """
 
 MAX_DIMENSION = 1 << 24
@@ -92,6 +94,13 @@ class ImageLevel:
     """ExtraSamples (alpha) codes."""
     fill_order: int = 1
     """TIFF FillOrder: 2 means the bits of every stored byte are reversed (LSB first)."""
+    ifd_index: int = 0
+    """Where the level's IFD is in the file: its position in the main IFD chain (0 is the
+    first image), or with :attr:`subifd` in the first image's SubIFDs (in the order they are
+    listed and chained). GDAL numbers overviews in this file order; :class:`CogHeader` sorts
+    them by size."""
+    subifd: bool = False
+    """The IFD hangs off the first image's SubIFDs tag rather than the main chain."""
 
     @property
     def dtype(self) -> str:
@@ -147,6 +156,8 @@ class ImageLevel:
             "lerc_parameters": list(self.lerc_parameters) if self.lerc_parameters else None,
             "extra_samples": list(self.extra_samples),
             "fill_order": self.fill_order,
+            "ifd_index": self.ifd_index,
+            "subifd": self.subifd,
         }
 
     @classmethod
@@ -172,7 +183,9 @@ class ImageLevel:
             if d.get("lerc_parameters")
             else None,
             extra_samples=tuple(int(v) for v in d.get("extra_samples") or ()),
-            fill_order=int(d.get("fill_order") or 1),  # absent from headers cached before it
+            fill_order=int(d["fill_order"]),
+            ifd_index=int(d["ifd_index"]),
+            subifd=bool(d["subifd"]),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -197,7 +210,11 @@ class CogHeader:
     href: str
     """Where the object lives: ``http(s)://``, ``s3://`` or a local path."""
     levels: tuple[ImageLevel, ...]
-    """``levels[0]`` is full resolution, ``levels[k]`` the k-th overview (largest first)."""
+    """``levels[0]`` is full resolution, ``levels[k]`` the k-th overview, sorted by size
+    (largest first) whatever their order in the file; each level's ``ifd_index`` and
+    ``subifd`` say where it is stored. (GDAL numbers overviews in file order: for a file that
+    stores them out of size order, ``overview_level`` in rasterio follows
+    :meth:`gdal_overview_order`.)"""
     masks: tuple[ImageLevel, ...] = ()
     """Internal transparency masks (GDAL ``.msk`` inside the file), full resolution first."""
     crs: str | None = None
@@ -278,6 +295,17 @@ class CogHeader:
                 f"{self.href}: overview {overview} requested, the file has {self.overview_count}"
             )
         return self.levels[overview]
+
+    def gdal_overview_order(self) -> list[int]:
+        """The engine's overview numbers (1, 2, ...) in GDAL's order, which is file order: the
+        first image's SubIFDs (read with the first image), then the main chain.
+
+        ``gdal_overview_order()[i]`` is the level rasterio opens with ``overview_level=i``.
+        """
+        return sorted(
+            range(1, len(self.levels)),
+            key=lambda k: (not self.levels[k].subifd, self.levels[k].ifd_index),
+        )
 
     def level_transform(self, overview: int) -> tuple[float, float, float, float, float, float]:
         """Affine of the ``overview`` grid: the full-resolution one scaled by the size ratio."""
@@ -373,7 +401,7 @@ def build_header(
     if not parsed.ifds:
         raise TiffFormatError(href, "no image file directory")
     main_ifd = parsed.ifds[0]
-    main = _level(href, main_ifd, mask=False)
+    main = _level(href, main_ifd, mask=False, where=(0, False))
     levels = [main]
     masks: list[ImageLevel] = []
     if parsed.loop_at is not None:
@@ -382,15 +410,18 @@ def build_header(
             href, parsed.loop_at, len(parsed.ifds) + len(parsed.subifds),
         )
     # Overviews and masks follow the first image in the chain, or (some writers) hang off its
-    # SubIFDs tag; either way they are ordered largest first, as GDAL lists them.
-    for ifd in parsed.ifds[1:] + parsed.subifds:
+    # SubIFDs tag; either way they are sorted largest first, each keeping where it is stored.
+    located = [(ifd, (i, False)) for i, ifd in enumerate(parsed.ifds)][1:] + [
+        (ifd, (i, True)) for i, ifd in enumerate(parsed.subifds)
+    ]
+    for ifd, where in located:
         subfile = ifd.first(tiff.NEW_SUBFILE_TYPE, 0)
         subfile = _int_value(href, ifd, tiff.NEW_SUBFILE_TYPE, "NewSubfileType", subfile)
         is_mask = bool(subfile & SUBFILE_MASK) or ifd.first(tiff.PHOTOMETRIC) == 4
         if is_mask:
-            masks.append(_level(href, ifd, mask=True))
+            masks.append(_level(href, ifd, mask=True, where=where))
         elif subfile & SUBFILE_REDUCED:
-            lvl = _level(href, ifd, mask=False)
+            lvl = _level(href, ifd, mask=False, where=where)
             if (
                 lvl.samples_per_pixel == main.samples_per_pixel
                 and lvl.dtype == main.dtype
@@ -399,6 +430,7 @@ def build_header(
             ):
                 levels.append(lvl)
         # Other pages of a multi-page TIFF are not part of this raster (GDAL: subdatasets).
+    # Sorted by size, ties in file order (the sort is stable).
     levels[1:] = sorted(levels[1:], key=lambda lvl: (-lvl.width, -lvl.height))
     masks.sort(key=lambda lvl: (-lvl.width, -lvl.height))
 
@@ -483,7 +515,9 @@ def _block_array(href: str, ifd: tiff.RawIfd, tag: int, name: str) -> np.ndarray
     return np.asarray(values, dtype=np.uint64)
 
 
-def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
+def _level(
+    href: str, ifd: tiff.RawIfd, *, mask: bool, where: tuple[int, bool] = (0, False)
+) -> ImageLevel:
     def num(tag: int, name: str, default: int | None = None) -> int:
         value = ifd.get(tag)
         if isinstance(value, (tuple, list, np.ndarray)) and len(value) != 1:
@@ -572,6 +606,8 @@ def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
         lerc_parameters=_int_tuple(href, ifd, tiff.LERC_PARAMETERS, "LercParameters", ()) or None,
         extra_samples=_int_tuple(href, ifd, tiff.EXTRA_SAMPLES, "ExtraSamples", ()),
         fill_order=fill_order,
+        ifd_index=where[0],
+        subifd=where[1],
     )
     if not mask:
         kind = _SAMPLE_FORMATS.get(sample_format)

@@ -52,6 +52,8 @@ LEVEL_TYPE = pa.struct(
         ("lerc_parameters", pa.list_(pa.int64())),
         ("extra_samples", pa.list_(pa.int64())),
         ("fill_order", pa.int32()),
+        ("ifd_index", pa.int32()),
+        ("subifd", pa.bool_()),
     ]
 )
 """One :class:`~rasteret_pipelines.cog.ImageLevel` as stored."""
