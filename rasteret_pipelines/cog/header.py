@@ -417,17 +417,22 @@ def build_header(
     for ifd, where in located:
         subfile = ifd.first(tiff.NEW_SUBFILE_TYPE, 0)
         subfile = _int_value(href, ifd, tiff.NEW_SUBFILE_TYPE, "NewSubfileType", subfile)
-        is_mask = bool(subfile & SUBFILE_MASK) or ifd.first(tiff.PHOTOMETRIC) == 4
-        if is_mask:
+        if subfile & SUBFILE_MASK:  # GDAL goes by NewSubfileType alone, not Photometric 4
             masks.append(_level(href, ifd, mask=True, where=where))
         elif subfile & SUBFILE_REDUCED:
             lvl = _level(href, ifd, mask=False, where=where)
             if (
                 lvl.samples_per_pixel == main.samples_per_pixel
-                and lvl.dtype == main.dtype
                 and lvl.width <= main.width
                 and lvl.height <= main.height  # GDAL ignores "overviews" larger than the image
             ):
+                if lvl.dtype != main.dtype:
+                    raise UnsupportedTiffError(
+                        href,
+                        f"the overview in the IFD at {ifd.offset} holds {lvl.dtype} samples, "
+                        f"the image {main.dtype}: GDAL lists it as an overview of another data "
+                        "type, which this engine does not read",
+                    )
                 levels.append(lvl)
         # Other pages of a multi-page TIFF are not part of this raster (GDAL: subdatasets).
     # Sorted by size, ties in file order (the sort is stable).

@@ -105,3 +105,45 @@ def test_provenance_survives_the_cached_header_exactly(tmp_path):
     assert stored == plain
     assert CogHeader.from_dict(stored) == header
     assert CogHeader.from_dict(stored).to_dict() == plain
+
+
+def test_an_overview_of_another_data_type_is_refused_by_name(tmp_path):
+    """GDAL lists a reduced-resolution IFD of another data type as an overview. Before: the
+    engine dropped it silently, so its level numbers and GDAL's named different overviews."""
+    from rasteret_pipelines.errors import UnsupportedTiffError
+
+    path = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(FULL[0], tile=(64, 64))
+        tif.write(FULL[0, ::2, ::2].astype(np.uint16) * 3, tile=(16, 16), subfiletype=1)
+        tif.write(FULL[0, ::4, ::4], tile=(16, 16), subfiletype=1)
+    with rio(path) as src:
+        assert src.overviews(1) == [2, 4]
+    with rio(path, overview_level=0) as src:
+        assert src.dtypes[0] == "uint16"  # GDAL reads it, in its own data type
+    with pytest.raises(UnsupportedTiffError, match=r"mixed\.tif: the overview in the IFD at \d+ holds uint16 samples, the image uint8"):
+        read_header(str(path))
+
+
+def test_a_reduced_ifd_with_photometric_mask_is_an_overview_as_in_gdal(tmp_path):
+    """GDAL tells masks by NewSubfileType alone: PhotometricInterpretation 4 on a
+    reduced-resolution IFD without the mask bit is an overview. Before: taken for a mask."""
+    path = tmp_path / "pm4.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(FULL[0], tile=(64, 64))
+        tif.write(FULL[0, ::2, ::2], tile=(16, 16), subfiletype=1, photometric="minisblack")
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[1].tags["PhotometricInterpretation"]
+        at = tag.valueoffset
+    data[at : at + 2] = (4).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[1].photometric == 4 and tif.pages[1].subfiletype == 1
+    header = read_header(str(path))
+    with rio(path) as src:
+        assert src.overviews(1) == [2]
+    with rio(path, overview_level=0) as src:
+        expected = src.read()
+    assert header.masks == ()
+    np.testing.assert_array_equal(read_window(header, (0, 0, 160, 128), 1), expected)
