@@ -34,8 +34,8 @@ HEADER_FORMAT_VERSION = 3
 
 2: the CRS built from GeoKeys as GDAL builds it (datum, prime meridian, units, TOWGS84, every
 GeoTIFF projection method) and ``fill_order`` per level.
-3: every level's IFD provenance (``ifd_index``, ``subifd``), local CRSs as GDAL's ``LOCAL_CS``
-and 8-bit signed CMYK as unsigned. A rebuild re-fetches the headers of older versions.
+3: every level's IFD provenance (``ifd_index``, ``subifd``), the header's georeference
+warnings, local CRSs as GDAL's ``LOCAL_CS`` and 8-bit signed CMYK as unsigned. A rebuild re-fetches the headers of older versions.
 """
 
 MAX_DIMENSION = 1 << 24
@@ -243,6 +243,9 @@ class CogHeader:
     """Bytes from the start of the file that hold every IFD and tag array."""
     metadata: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     """Dataset-level GDAL metadata items as (name, value) pairs."""
+    georeference_warnings: tuple[str, ...] = ()
+    """The text of every :class:`~rasteret_pipelines.errors.GeoreferenceWarning` reading the
+    header emitted (kept with the cached header, so a collection records them per band)."""
 
     # -- convenience -------------------------------------------------------------------------
 
@@ -337,6 +340,7 @@ class CogHeader:
             "last_modified": self.last_modified,
             "header_bytes": self.header_bytes,
             "metadata": [[k, v] for k, v in self.metadata],
+            "georeference_warnings": list(self.georeference_warnings),
         }
 
     @classmethod
@@ -376,6 +380,7 @@ class CogHeader:
             last_modified=d.get("last_modified"),
             header_bytes=int(d.get("header_bytes") or 0),
             metadata=tuple((str(k), str(v)) for k, v in d.get("metadata") or ()),
+            georeference_warnings=tuple(str(w) for w in d["georeference_warnings"] or ()),
         )
 
 
@@ -470,6 +475,7 @@ def build_header(
         last_modified=last_modified,
         header_bytes=parsed.header_end,
         metadata=metadata,
+        georeference_warnings=georef.warnings,
     )
 
 

@@ -77,6 +77,7 @@ HEADER_TYPE = pa.struct(
         ("last_modified", pa.string()),
         ("header_bytes", pa.int64()),
         ("metadata", pa.list_(pa.list_(pa.string()))),
+        ("georeference_warnings", pa.list_(pa.string())),
     ]
 )
 """A cached :class:`~rasteret_pipelines.cog.CogHeader` (its ``to_dict`` form) as stored."""

@@ -395,3 +395,40 @@ def test_search_by_geometry_and_bbox_keeps_only_intersecting_items(tmp_path, sta
     assert sorted(ids) == ["S2B_24MVV_20250731_0_L2A", "S2B_24MWV_20250731_0_L2A"]
     manifest = json.loads((tmp_path / "by-geometry" / "_manifest.json").read_text())
     assert manifest["geometry"]["type"] == "Polygon"
+
+
+def test_georeference_warnings_are_recorded_per_band_in_the_manifest(tmp_path, mirror, stac_for, july):
+    """A red COG georeferenced by ground control points only (GDAL: GCPs, no geotransform, no
+    dataset CRS) is indexed with a GeoreferenceWarning: the report and the manifest record it
+    under its band and item, on the first build and when a rebuild reuses the header."""
+    import rasterio.control
+    import rasterio.shutil
+
+    from rasteret_pipelines.errors import GeoreferenceWarning
+
+    target = mirror.path_of(july[2]["assets"]["red"]["href"])
+    gcps = [rasterio.control.GroundControlPoint(0, 0, 699960.0, 1500000.0)]
+    gcp_file = tmp_path / "gcp.tif"
+    with rasterio.open(target) as src:
+        profile = dict(src.profile, driver="GTiff", tiled=True, blockxsize=256, blockysize=256)
+        profile.pop("transform")
+        data = src.read()
+    with rasterio.open(gcp_file, "w", **profile, gcps=gcps) as dst:
+        dst.write(data)
+    with rasterio.open(gcp_file) as src:  # the oracle: GCPs, no geotransform, no dataset CRS
+        assert src.gcps[0] and src.crs is None
+    target.write_bytes(gcp_file.read_bytes())
+    stac = stac_for(july)
+    with pytest.warns(GeoreferenceWarning, match="ground control point"):
+        report = build_s2(tmp_path, stac)
+    notes = report.georeference_warnings
+    assert [(n.item_id, n.band) for n in notes] == [(july[2]["id"], "red")]
+    assert "ground control point" in notes[0].warning and "red.tif" in notes[0].warning
+    manifest = json.loads((tmp_path / "brazil" / "_manifest.json").read_text())
+    recorded_warnings = manifest["months"]["2025-07"]["georeference_warnings"]
+    assert recorded_warnings == {"red": [{"item": july[2]["id"], "warning": notes[0].warning}]}
+    again = build_s2(tmp_path, stac)  # the header is reused, its warning still recorded
+    assert again.months[0].headers_fetched == 0
+    assert again.georeference_warnings == notes
+    manifest = json.loads((tmp_path / "brazil" / "_manifest.json").read_text())
+    assert manifest["months"]["2025-07"]["georeference_warnings"] == recorded_warnings
