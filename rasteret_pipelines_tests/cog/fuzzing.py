@@ -227,7 +227,12 @@ def _reorder_ifds(out: bytearray, lay: Layout, rng: random.Random) -> tuple[byte
 def _ifd_entries(data: bytes, lay: Layout, ifd: int) -> list[int]:
     """Offsets of the entries of the IFD at offset ``ifd``."""
     count_size, entry_size = (8, 20) if lay.big else (2, 12)
-    (n,) = struct.unpack(lay.byte_order + ("Q" if lay.big else "H"), data[ifd : ifd + count_size])
+    raw = data[ifd : ifd + count_size]
+    if len(raw) < count_size:
+        return []
+    (n,) = struct.unpack(lay.byte_order + ("Q" if lay.big else "H"), raw)
+    if n > 4096 or ifd + count_size + n * entry_size > len(data):
+        return []  # an IFD an earlier mutation broke: nothing to change
     return [ifd + count_size + i * entry_size for i in range(n)]
 
 
@@ -237,8 +242,8 @@ def _set_short_values(out: bytearray, lay: Layout, entry: int, value: int) -> No
     type_at, _, count_at, count_fmt, value_at = _entry_fields(lay)
     (ftype,) = struct.unpack(bo + "H", out[entry + type_at : entry + type_at + 2])
     (count,) = struct.unpack(bo + count_fmt, out[entry + count_at : entry + count_at + struct.calcsize(count_fmt)])
-    if ftype != 3 or count > 4096:
-        return
+    if ftype != 3 or count > 64:
+        return  # SampleFormat and Photometric hold one value per sample at most
     inline = (8 if lay.big else 4) >= 2 * count
     if inline:
         base = entry + value_at
