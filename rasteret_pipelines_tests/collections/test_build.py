@@ -432,3 +432,30 @@ def test_georeference_warnings_are_recorded_per_band_in_the_manifest(tmp_path, m
     assert again.georeference_warnings == notes
     manifest = json.loads((tmp_path / "brazil" / "_manifest.json").read_text())
     assert manifest["months"]["2025-07"]["georeference_warnings"] == recorded_warnings
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "503"])
+def test_a_stac_api_errors_printed_traceback_shows_no_token(tmp_path, stac_for, july, failure):
+    """The chained causes (requests' and pystac-client's exceptions quote the URL with its
+    query string) are redacted too: a printed traceback never carries the token."""
+    import traceback
+
+    secret = "s3cr3t-t0ken-22"
+    if failure == "unreachable":
+        url = f"http://127.0.0.1:9/v1?token={secret}"
+    else:
+        stac = stac_for(july)
+        stac.faults = FaultPlan(rate=1.0, kinds=["503"])
+        url = f"{stac.url}?token={secret}"
+    with pytest.raises(StacApiError) as info:
+        build_collection("sentinel-2-l2a", "x", tmp_path, date_range=JULY, stac_url=url,
+                         progress=False)
+    printed = "".join(traceback.format_exception(info.value))
+    assert "token=REDACTED" in printed  # the URL is named, its token is not
+    assert secret not in printed
+    assert info.value.__cause__ is not None  # the cause is kept, redacted
+    cause, seen = info.value, 0
+    while cause is not None:
+        assert secret not in str(cause)
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    assert seen >= 2
