@@ -476,10 +476,11 @@ def _skip_entropy_data(data: bytes, at: int) -> int:
 def _decode_jpeg_into(level: ImageLevel, data: bytes, out: np.ndarray) -> np.ndarray:
     """Decode one JPEG block into ``out``, as libtiff decodes it.
 
-    Vertically subsampled chroma (YCbCr 4:2:0) in a block whose height is not a multiple of
-    the MCU height (a short last strip) is decoded as libtiff decodes it:
-    with the frame height rounded up to whole MCUs (the MCU's stored chroma rows, not the
-    last row repeated, feed the upsampling of the bottom rows), then cropped.
+    Vertically subsampled chroma (YCbCr 4:2:0) in a stripped file's last strip, stored shorter
+    than RowsPerStrip and not a whole number of MCUs high, is decoded as libtiff decodes it:
+    as if the frame were as high as the strip could be (RowsPerStrip, at most whole MCUs), so
+    the MCU's stored chroma rows, not the last row repeated, feed the upsampling of its bottom
+    rows; then cropped. Every other block decodes at its own frame height.
     """
     frame = check_jpeg(data, level.jpeg_tables)
     colorspace = outcolorspace = None
@@ -493,8 +494,8 @@ def _decode_jpeg_into(level: ImageLevel, data: bytes, out: np.ndarray) -> np.nda
         colorspace = outcolorspace = "CMYK"
     mcu = 8 * frame.max_v
     rows = out.shape[0]
-    if frame.max_v > 1 and frame.height == rows and rows % mcu:
-        padded_rows = -(-rows // mcu) * mcu
+    if frame.max_v > 1 and frame.height == rows < level.tile_height and rows % mcu:
+        padded_rows = min(level.tile_height, -(-rows // mcu) * mcu)
         patched = bytearray(data)
         patched[frame.sof_at + 5 : frame.sof_at + 7] = struct.pack(">H", padded_rows)
         padded = np.empty((padded_rows, *out.shape[1:]), dtype=out.dtype)

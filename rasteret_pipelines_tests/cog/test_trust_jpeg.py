@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from rasteret_pipelines.cog import read_header, read_window
 from rasteret_pipelines.errors import BlockDecodeError
+from rasteret_pipelines_tests.cog.handmade import block_tiff
 from rasteret_pipelines_tests.cog_factory import write_cog
 
 
@@ -70,6 +71,24 @@ def tifffile_ycbcr_strips(path, height: int, rows_per_strip: int):
     return path
 
 
+def handmade_ycbcr_strips(path, height: int, rows_per_strip: int):
+    """Strips of RowsPerStrip rows, each a JPEG of its own (libjpeg-turbo, 4:2:0): RowsPerStrip
+    need not be a multiple of 16 here, as GDAL's and tifffile's writers make it."""
+    image = colour_field(height, 77).transpose(1, 2, 0)
+    strips = [
+        imagecodecs.jpeg8_encode(
+            np.ascontiguousarray(image[r : r + rows_per_strip]), level=90, colorspace="RGB",
+            outcolorspace="YCBCR", subsampling="420",
+        )
+        for r in range(0, height, rows_per_strip)
+    ]
+    return block_tiff(
+        path, strips, width=77, height=height, tile=None, rows_per_strip=rows_per_strip,
+        samples=3, compression=7, photometric=6,
+        extra=[(530, 3, [2, 2]), (258, 3, [8, 8, 8]), (284, 3, [1])],
+    )
+
+
 STRIPS = {
     # (writer, height, RowsPerStrip): the last strip holds fewer rows than the MCU's 16
     "gdal-150-rps16": (gdal_ycbcr_strips, 150, 16),
@@ -80,6 +99,10 @@ STRIPS = {
     "gdal-151-rps16": (gdal_ycbcr_strips, 151, 16),  # odd last strip: no chroma row to miss
     "tifffile-150-rps16": (tifffile_ycbcr_strips, 150, 16),
     "tifffile-140-rps16": (tifffile_ycbcr_strips, 140, 16),
+    "handmade-60-rps8": (handmade_ycbcr_strips, 60, 8),  # full strips half an MCU high
+    "handmade-61-rps24": (handmade_ycbcr_strips, 61, 24),
+    "handmade-64-rps40": (handmade_ycbcr_strips, 64, 40),
+    "handmade-37-rps6": (handmade_ycbcr_strips, 37, 6),
 }
 
 
