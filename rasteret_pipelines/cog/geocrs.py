@@ -25,7 +25,8 @@ as the Pseudo-Mercator); keys of the wrong type are ignored.
 
 Keys that place nothing on the Earth (a model type that is neither projected, geographic nor
 geocentric, or a projected CRS without a projection method GeoTIFF defines) give GDAL's local
-(engineering) CRS, ``LOCAL_CS`` in the keys' linear unit. Where GDAL's answer is not reproduced
+(engineering) CRS, ``LOCAL_CS`` in the keys' linear unit, with a note in ``problem`` (the
+caller warns: no geometry can be located in such a CRS). Where GDAL's answer is not reproduced
 (a geocentric CRS), :func:`crs_from_geokeys` says why in ``problem``, and the caller warns: never
 a silently different CRS. Keys of the wrong type are reported the same way, with
 the CRS GDAL builds without them.
@@ -794,7 +795,7 @@ def _assemble(keys: dict):
         citation = keys.get(PCS_CITATION)
         if isinstance(citation, str) and citation.startswith("ESRI PE String = "):
             return _from_esri_pe(citation), None
-        return _local_cs(keys, d), ignored
+        return _local_cs(keys, d), _join(ignored, LOCAL_CS_NOTE)
     if d.model == MODEL_GEOCENTRIC:
         raise GeoKeyCrsProblem("geocentric CRS (GTModelTypeGeoKey 3) is not supported")
 
@@ -840,7 +841,7 @@ def _assemble(keys: dict):
         try:
             wkt = geogcs if d.model == MODEL_GEOGRAPHIC else _projcs_wkt(keys, d, geogcs)
         except _NoProjection:
-            return _local_cs(keys, d, projected=True), warning
+            return _local_cs(keys, d, projected=True), _join(warning, LOCAL_CS_NOTE)
         try:
             crs = CRS.from_wkt(wkt)
         except Exception as exc:
@@ -1165,6 +1166,18 @@ def _official_projected_name(name: str) -> str | None:
     if not crs.is_projected or ident.get("authority") != "EPSG":
         return None
     return crs.name
+
+
+LOCAL_CS_NOTE = (
+    "a local (engineering) CRS, as GDAL reports (LOCAL_CS): it places nothing on the Earth, "
+    "so no geometry can be located in it"
+)
+"""The warning that goes with a local CRS: the CRS is GDAL's, but unusable for placing."""
+
+
+def _join(*notes: str | None) -> str | None:
+    kept = [n for n in notes if n]
+    return "; ".join(kept) if kept else None
 
 
 def _linear_unit_wkt(d: _Defn) -> str:

@@ -403,9 +403,12 @@ LOCAL = {
 
 @pytest.mark.parametrize("name", sorted(LOCAL))
 def test_local_engineering_crs_equals_gdal_local_cs(tmp_path, name):
-    """Before: None with a GeoreferenceWarning where GDAL reports LOCAL_CS[...]."""
+    """Before: None where GDAL reports LOCAL_CS[...]. The CRS is GDAL's; a warning still says
+    that it places nothing on the Earth (geometry reads cannot use it)."""
     header, ours, gdal_crs, _ = _read(write_geotiff(tmp_path / f"{name}.tif", LOCAL[name]))
-    assert not ours, ours
+    assert len(ours) == 1 and "local (engineering) CRS" in str(ours[0]), ours
+    assert "CRS left unset" not in str(ours[0]) and f"{name}.tif" in str(ours[0])
+    assert header.georeference_warnings == (str(ours[0]),)
     assert gdal_crs is not None and gdal_crs.to_wkt().startswith("LOCAL_CS[")
     # name, unit (name, size, code) and axes: GDAL's WKT1 text exactly
     assert CRS.from_user_input(header.crs).to_wkt(version="WKT1_GDAL") == gdal_crs.to_wkt()
