@@ -155,8 +155,14 @@ def test_rebuild_refetches_headers_cached_by_an_older_header_layout(tmp_path, mi
     assert all(CogHeader.from_dict(h).href for h in rebuilt)
 
 
-def test_a_cached_header_without_crs_is_a_typed_error_naming_the_href(tmp_path, mirror, stac_for, july):
-    """A COG whose GeoKeys define no CRS is indexed (with a warning) but never read as if placed."""
+LOCAL_CS = ('LOCAL_CS["Cartesian (Meter)",LOCAL_DATUM["Unknown",32767],UNIT["metre",1],'
+            'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+
+
+@pytest.mark.parametrize(("crs", "said"), [(None, "no CRS"), (LOCAL_CS, "only a local")], ids=["none", "local"])
+def test_a_cached_header_without_crs_is_a_typed_error_naming_the_href(tmp_path, mirror, stac_for, july, crs, said):
+    """A COG whose GeoKeys define no CRS, or only GDAL's LOCAL_CS (nothing on the Earth), is
+    indexed (with a warning) but never read as if placed."""
     import pyarrow as pa
     import shapely
 
@@ -168,12 +174,12 @@ def test_a_cached_header_without_crs_is_a_typed_error_naming_the_href(tmp_path, 
     path = Path(first.months[0].path)
     table = pq.read_table(path)
     i = table.schema.get_field_index("red_header")
-    cleared = [dict(h, crs=None) for h in table.column(i).to_pylist()]
+    cleared = [dict(h, crs=crs) for h in table.column(i).to_pylist()]
     table = table.set_column(i, table.schema.field(i), pa.array(cleared, HEADER_TYPE))
     pq.write_table(table, path)
     area = shapely.geometry.shape(july[0]["geometry"]).centroid.buffer(0.01)
     mirror.cogs.reset_log()
-    with pytest.raises(GeoreferenceError, match=r"band red: .*red\.tif has no CRS"):
+    with pytest.raises(GeoreferenceError, match=rf"band red: .*red\.tif has {said}"):
         read_geometries(load_collection("brazil", tmp_path), [area], ["red", "nir"])
     assert mirror.cogs.count(None) == 0
 
