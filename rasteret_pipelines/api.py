@@ -167,7 +167,7 @@ class Rasteret:
         from rasteret_pipelines.reading.geometries import normalize_geometries
 
         ds = self.get_xarray(geometries, bands, cloud_cover_lt=cloud_cover_lt, date_range=date_range, **kwargs)
-        return dataset_to_gdf(ds, dict(normalize_geometries(geometries)))
+        return dataset_to_gdf(ds, dict(normalize_geometries(geometries, id_column=kwargs.get("id_column", "id"))))
 
     def zonal_stats(self, fields, *, index=None, bands=None, stats=None, cloud_cover_lt: float | None = None,
                     date_range=None, **kwargs):
@@ -186,6 +186,17 @@ class Rasteret:
             self.collection, fields, index=index, bands=bands, stats=stats or DEFAULT_STATS,
             cloud_cover_lt=cloud_cover_lt, date_range=date_range, **kwargs,
         )
+
+    def sample_points(self, points, bands=None, *, index=None, cloud_cover_lt: float | None = None,
+                      date_range=None, **kwargs):
+        """The value of ``bands`` (and ``index``) at each point for every date, as a
+        ``pyarrow.Table``; see :func:`rasteret_pipelines.reading.sample_points`."""
+        from rasteret_pipelines.reading.zonal import sample_points
+
+        kwargs.setdefault("fetch_config", self.fetch_config)
+        kwargs.setdefault("reader", self.reader)
+        return sample_points(self.collection, points, bands=bands, index=index, cloud_cover_lt=cloud_cover_lt,
+                             date_range=date_range, **kwargs)
 
     def __repr__(self) -> str:
         return f"Rasteret(workspace_dir={str(self.workspace_dir)!r}, data_source={self.data_source!r}, date_range={self.date_range!r})"

@@ -79,13 +79,15 @@ def read_geometries(
     filters: dict | None = None,
     mosaic="first",
     reader=None,
+    id_column: str = "id",
+    keep: Sequence[str] = (),
 ):
     """Read ``bands`` for every geometry from the collection's scenes (see module docs).
 
     Args:
         collection: An opened :class:`~rasteret_pipelines.collections.Collection`.
         geometries: Shapely geometries, a GeoSeries or a GeoDataFrame (EPSG:4326 unless it
-            says otherwise); ids from the index or 1..n.
+            says otherwise); ids from the GeoDataFrame's ``id_column``, else the index, else 1..n.
         bands: Band names as the user calls them (``B04``, ``red``); variables keep them.
         date_range: ``(start, end)`` dates, inclusive; must overlap the collection's.
         cloud_cover_lt: Scene-level cloud cover filter.
@@ -113,6 +115,9 @@ def read_geometries(
             paths and ``file://`` only when the collection allows local hrefs), before any
             request. A reader passed in is not closed (its owner closes it), except that a
             network reader releases the connections of this call's event loop.
+        id_column: The GeoDataFrame column holding the geometry ids (default ``"id"``, when
+            the frame has it); the ids become the ``geometry`` coordinate.
+        keep: GeoDataFrame columns carried into the Dataset as coordinates on ``geometry``.
 
     Returns:
         The Dataset described in :mod:`rasteret_pipelines.reading.model`.
@@ -136,7 +141,8 @@ def read_geometries(
             f"cloud_mask needs the {quality!r} band, which collection {collection.name!r} does not hold"
         )
     check_date_range(collection, date_range)
-    geoms = normalize_geometries(geometries)
+    geoms = normalize_geometries(geometries, id_column=id_column)
+    kept = kept_columns(geometries, geoms, keep)
     data_keys = sorted(set(keys.values()))
     read_keys = data_keys + ([quality] if quality and quality not in data_keys else [])
     scenes = select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, sorted(set(read_keys)))
@@ -178,7 +184,29 @@ def read_geometries(
     if uncovered:
         attrs["geometries_without_scenes"] = [str(g) for g in uncovered]
         log.warning("geometries %s are covered by no scene; they are left out", uncovered)
-    return out.dataset(attrs)
+    ds = out.dataset(attrs)
+    if kept:
+        ds = ds.assign_coords({c: ("geometry", [v[p.gid] for p in plans]) for c, v in kept.items()})
+    return ds
+
+
+def kept_columns(geometries, geoms, keep: Sequence[str]) -> dict[str, dict]:
+    """``{column: {geometry id: value}}`` of the ``keep`` columns of a GeoDataFrame input.
+
+    Raises:
+        InvalidReadArgumentError: ``keep`` without a GeoDataFrame, or naming a missing column.
+    """
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    if not keep:
+        return {}
+    columns = getattr(geometries, "columns", None)
+    if columns is None:
+        raise InvalidReadArgumentError(f"keep={keep} needs a GeoDataFrame (plain geometries have no columns)")
+    missing = [c for c in keep if c not in columns]
+    if missing:
+        raise InvalidReadArgumentError(f"keep names columns the geometries do not have: {missing}")
+    ids = [gid for gid, _ in geoms]
+    return {c: dict(zip(ids, geometries[c].tolist())) for c in keep}
 
 
 def _parse_crs(crs):

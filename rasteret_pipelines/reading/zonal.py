@@ -63,7 +63,7 @@ from rasteret_pipelines.reading.plan import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_STATS", "zonal_stats"]
+__all__ = ["DEFAULT_STATS", "sample_points", "zonal_stats"]
 
 DEFAULT_STATS = ("mean", "median", "std", "min", "max", "count")
 """The statistics computed when none are named."""
@@ -95,31 +95,42 @@ def parse_stats(stats) -> list[str]:
 
 @dataclass
 class _Variables:
-    """What to compute per pixel: raw bands, or one index over the bands."""
+    """What to compute per pixel: raw bands and/or one index over bands."""
 
     bands: list[str]
-    """Band names as the user called them, in input order."""
+    """Bands to read (names as the user called them, or an index's inputs)."""
     keys: dict[str, str]
     """Band name -> asset key."""
-    names: list[str]
-    """Output variable names (column prefixes)."""
+    outputs: list[str]
+    """Bands output as variables of their own."""
+    index_name: str | None
     index: Callable | None
-    """None: one variable per band. Else a function of ``{band: values}`` giving one variable."""
+    """A function of ``{band: values}`` giving the index variable, or None."""
     values: str
+
+    @property
+    def names(self) -> list[str]:
+        """Output variable names (column prefixes), bands first."""
+        return [_column_name(b) for b in self.outputs] + ([self.index_name] if self.index_name else [])
+
+    def compute(self, mosaicked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {_column_name(b): mosaicked[b] for b in self.outputs}
+        if self.index is not None:
+            out[self.index_name] = self.index(mosaicked)
+        return out
 
 
 def _variables(collection, bands, index, values) -> _Variables:
-    if isinstance(bands, str):
-        bands = [bands]
+    """The variables of a read: ``bands`` as they are, plus ``index`` ("ndvi" or a function)."""
+    bands = [bands] if isinstance(bands, str) else list(bands or [])
     if index is None:
         if not bands:
-            raise InvalidReadArgumentError("name the bands= to summarise, or an index= such as 'ndvi'")
+            raise InvalidReadArgumentError("name the bands= to read, or an index= such as 'ndvi'")
         values = values or "float"
         if values not in ("float", "native", "reflectance"):
             raise InvalidReadArgumentError(f"values must be 'float', 'native' or 'reflectance', got {values!r}")
-        bands = list(bands)
-        return _Variables(bands, {b: collection.resolve_band(b) for b in bands}, [_column_name(b) for b in bands],
-                          None, values)
+        return _Variables(bands, {b: collection.resolve_band(b) for b in bands}, bands, None, None, values)
+    keys = {b: collection.resolve_band(b) for b in bands}
     if isinstance(index, str):
         if index.lower() != "ndvi":
             raise InvalidReadArgumentError(f"unknown index {index!r}: use 'ndvi' or a function of the bands")
@@ -128,18 +139,19 @@ def _variables(collection, bands, index, values) -> _Variables:
                 f"index='ndvi' is computed on surface reflectance, not values={values!r}: "
                 "an offset (Sentinel-2 L2A -0.1, Landsat C2 L2 -0.2) changes the ratio"
             )
-        red, nir = collection.source.ndvi_bands
         from rasteret_pipelines.reading.indices import ndvi_values
 
-        return _Variables(["red", "nir"], {"red": red, "nir": nir}, ["ndvi"],
-                          lambda v: ndvi_values(v["red"], v["nir"]), "reflectance")
+        red, nir = collection.source.ndvi_bands
+        inputs = {"\0red": red, "\0nir": nir}  # names no user band can have
+        return _Variables(bands + list(inputs), {**keys, **inputs}, bands, "ndvi",
+                          lambda v: ndvi_values(v["\0red"], v["\0nir"]), "reflectance")
     if callable(index):
         if not bands:
             raise InvalidReadArgumentError("a function index= needs the bands= it is computed from")
-        bands = list(bands)
         name = _column_name(getattr(index, "__name__", "index"))
-        return _Variables(bands, {b: collection.resolve_band(b) for b in bands}, [name],
-                          lambda v: np.asarray(index(**v), dtype=np.float64), values or "reflectance")
+        return _Variables(bands, keys, [], name,
+                          lambda v: np.asarray(index(**{b: v[b] for b in bands}), dtype=np.float64),
+                          values or "reflectance")
     raise InvalidReadArgumentError(f"index must be 'ndvi' or a function of the bands, got {type(index).__name__}")
 
 
@@ -160,7 +172,7 @@ class Fields:
     kept: pa.Table | None = None
 
 
-def load_fields(fields, id_column: str = "id", keep: Sequence[str] = ()) -> Fields:
+def load_fields(fields, id_column: str = "id", keep: Sequence[str] = (), points: bool = False) -> Fields:
     """Fields from a GeoDataFrame, a GeoSeries, a GeoParquet/GeoJSON path (local or ``s3://``)
     or shapely geometries, checked all at once.
 
@@ -182,7 +194,7 @@ def load_fields(fields, id_column: str = "id", keep: Sequence[str] = ()) -> Fiel
         if isinstance(fields, gpd.GeoSeries):
             fields = gpd.GeoDataFrame(geometry=fields)
         if isinstance(fields, gpd.GeoDataFrame):
-            return _from_frame(fields, id_column, keep)
+            return _from_frame(fields, id_column, keep, points)
     if keep:
         raise InvalidReadArgumentError(f"keep={keep} needs a GeoDataFrame (plain geometries have no columns)")
     if isinstance(fields, shapely.Geometry):
@@ -191,7 +203,7 @@ def load_fields(fields, id_column: str = "id", keep: Sequence[str] = ()) -> Fiel
     if not all(isinstance(g, shapely.Geometry) for g in geoms):
         raise InvalidGeometryError("fields must be a GeoDataFrame, a GeoParquet path or shapely geometries")
     ids = np.array([str(i) for i in range(1, len(geoms) + 1)], dtype=object)
-    _check_geometries(ids, geoms)
+    _check_geometries(ids, geoms, points=points)
     return Fields(ids, geoms)
 
 
@@ -214,7 +226,7 @@ def _read_fields_file(path: str):
         raise InvalidGeometryError(f"fields file {path} is not GeoParquet or GeoJSON: {exc}") from exc
 
 
-def _from_frame(frame, id_column: str, keep: list[str]) -> Fields:
+def _from_frame(frame, id_column: str, keep: list[str], points: bool) -> Fields:
     if frame.crs is None:
         raise InvalidGeometryError("the fields have no CRS: set one (e.g. gdf.set_crs('EPSG:4326'))")
     missing = [c for c in keep if c not in frame.columns]
@@ -223,7 +235,7 @@ def _from_frame(frame, id_column: str, keep: list[str]) -> Fields:
     raw_ids = frame[id_column] if id_column in frame.columns else frame.index.to_series()
     ids = raw_ids.astype(str).to_numpy(dtype=object)
     geoms = np.asarray(frame.geometry.values, dtype=object)
-    _check_geometries(ids, geoms, check_degrees=False)
+    _check_geometries(ids, geoms, check_degrees=False, points=points)
     if not frame.crs.equals("EPSG:4326"):
         geoms = np.asarray(frame.geometry.to_crs("EPSG:4326").values, dtype=object)
     _check_degrees(ids, geoms)
@@ -237,7 +249,7 @@ def _named(ids: np.ndarray, bad: np.ndarray, limit: int = 5) -> str:
     return ", ".join(names) + (f" and {more} more" if more > 0 else "")
 
 
-def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = True) -> None:
+def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = True, points: bool = False) -> None:
     if len(geoms) == 0:
         raise InvalidGeometryError("no fields given")
     unique, counts = np.unique(ids.astype(str), return_counts=True)
@@ -250,9 +262,10 @@ def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = 
     if empty.any():
         raise InvalidGeometryError(f"fields with an empty geometry: {_named(ids, empty)}")
     kind = shapely.get_type_id(geoms)
-    not_area = ~np.isin(kind, (3, 6))  # Polygon, MultiPolygon
-    if not_area.any():
-        raise InvalidGeometryError(f"fields that are not polygons: {_named(ids, not_area)}")
+    wrong = kind != 0 if points else ~np.isin(kind, (3, 6))  # Point; Polygon, MultiPolygon
+    if wrong.any():
+        what = "points" if points else "polygons"
+        raise InvalidGeometryError(f"{'points' if points else 'fields'} that are not {what}: {_named(ids, wrong)}")
     xy, which = shapely.get_coordinates(geoms, return_index=True)
     bad = np.zeros(len(geoms), bool)
     bad[which[~np.isfinite(xy).all(axis=1)]] = True
@@ -295,6 +308,9 @@ class _Grid:
     cols: np.ndarray = None
     position: np.ndarray = None
     """For every pair: its field's slot in :attr:`fields`."""
+    xy: tuple[np.ndarray, np.ndarray] | None = None
+    """Where each pair is sampled in the grid's CRS: None for pixel centres; the points
+    themselves when sampling points (as ``rasterio``'s ``sample`` does, in every band)."""
     layouts: dict = field(default_factory=dict)
     """(band CRS, transform, image size, tile size) -> :class:`_Layout` of the pairs."""
 
@@ -328,8 +344,11 @@ def _layout(grid: _Grid, header) -> _Layout:
     if found is not None:
         return found
     ga, _, gc, _, ge, gf = grid.transform[:6]
-    x = gc + (grid.cols + 0.5) * ga
-    y = gf + (grid.rows + 0.5) * ge
+    if grid.xy is not None:
+        x, y = grid.xy
+    else:
+        x = gc + (grid.cols + 0.5) * ga
+        y = gf + (grid.rows + 0.5) * ge
     if not same_crs(grid.crs_key, header.crs):
         from pyproj import Transformer
 
@@ -366,8 +385,10 @@ def _layout(grid: _Grid, header) -> _Layout:
     return out
 
 
-def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_keys, all_touched) -> list[_Grid]:
-    """Each covered field on its reference grid (its first covering scene's finest data band)."""
+def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_keys, all_touched,
+           points: bool = False) -> list[_Grid]:
+    """Each covered field on its reference grid (its first covering scene's finest data band):
+    its pixels by rasterio's rule, or for ``points`` the one pixel holding each point."""
     ref = np.full(len(fields.ids), -1, np.int64)
     for si, covered in enumerate(covers):
         fresh = covered[ref[covered] < 0]
@@ -381,7 +402,16 @@ def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_k
         members = np.flatnonzero(np.isin(ref, scene_indices))
         grid = _Grid(crs_key, transform, members)
         local = reproject_geometry(fields.geometries[members], "EPSG:4326", crs_key)
-        which, rows, cols = pixels_inside(local, transform, all_touched=all_touched)
+        if points:
+            x, y = shapely.get_x(local), shapely.get_y(local)
+            a, b, c, d, e, f = transform[:6]
+            if b or d:
+                raise InvalidReadArgumentError("sampling points needs north-up scenes")
+            which = np.arange(members.size)
+            rows, cols = np.floor((y - f) / e).astype(np.int64), np.floor((x - c) / a).astype(np.int64)
+            grid.xy = (x, y)
+        else:
+            which, rows, cols = pixels_inside(local, transform, all_touched=all_touched)
         grid.member_field = members[which]
         grid.rows, grid.cols, grid.position = rows, cols, which
         grids.append(grid)
@@ -510,19 +540,19 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
                 won[valid & (won < 0)] = r
             method.finish()
         mosaicked[band], winners[band] = out, won
-    if spec.index is None:
-        variables = {_column_name(b): mosaicked[b] for b in spec.bands}
-    else:
-        variables = {spec.names[0]: spec.index(mosaicked)}
+    variables = spec.compute(mosaicked)
     fields_today = np.zeros(len(covered_by_scene[day_scenes[0][0]]), bool)
     for r in ranks:
         fields_today |= covered_by_scene[day_scenes[r][0]]
     keep = fields_today[grid.fields]
     position = grid.position
     n = grid.fields.size
-    pixels = np.bincount(position, minlength=n)
     out_stats: dict[str, np.ndarray] = {}
-    for name, v in variables.items():
+    if stats is None:  # points: one pair each, its value
+        for name, v in variables.items():
+            out_stats[name] = np.asarray(v, dtype=np.float64)
+    pixels = np.bincount(position, minlength=n)
+    for name, v in variables.items() if stats is not None else ():
         v = np.asarray(v, dtype=np.float64)
         good = ~np.isnan(v)
         for stat, arr in _group_stats(position[good], v[good], n, stats).items():
@@ -668,6 +698,62 @@ def zonal_stats(
     """
     spec = _variables(collection, bands, index, values)
     stat_names = parse_stats(stats)
+    data = load_fields(fields, id_column, keep)
+    return _read(collection, data, spec, stat_names, date_range=date_range, cloud_cover_lt=cloud_cover_lt,
+                 cloud_mask=cloud_mask, all_touched=all_touched, mosaic=mosaic, filters=filters,
+                 fetch_config=fetch_config, reader=reader, output=output)
+
+
+def sample_points(
+    collection,
+    points,
+    *,
+    bands: Sequence[str] | None = None,
+    index=None,
+    id_column: str = "id",
+    keep: Sequence[str] = (),
+    date_range=None,
+    cloud_cover_lt: float | None = None,
+    values: str | None = None,
+    cloud_mask: bool = False,
+    mosaic="first",
+    filters: dict | None = None,
+    fetch_config: FetchConfig | None = None,
+    reader=None,
+    output: str | os.PathLike | None = None,
+):
+    """The value of bands (and an index) at each point, for every date: a time series per point.
+
+    Each point takes the value of the pixel that holds it, in every band and scene (what
+    ``rasterio``'s ``sample`` returns); same-date scenes are mosaicked as in a read. Work is
+    that of :func:`zonal_stats`: every needed tile fetched once for all points on it, no
+    Python step per point.
+
+    Args:
+        collection: An opened :class:`~rasteret_pipelines.collections.Collection`.
+        points: A GeoDataFrame of points (any CRS), a GeoParquet/GeoJSON path, or shapely
+            points in EPSG:4326.
+        bands: Bands to sample (``["red", "nir"]``).
+        index: ``"ndvi"`` or a function of the bands (see :func:`zonal_stats`).
+        id_column, keep, date_range, cloud_cover_lt, values, cloud_mask, mosaic, filters,
+        fetch_config, reader, output: as in :func:`zonal_stats`.
+
+    Returns:
+        A ``pyarrow.Table`` with a row per (point, date) where a scene covers the point:
+        ``id``, ``date``, one float64 column per band and for the index, ``scene_ids`` and
+        the ``keep`` columns. A masked pixel (nodata, cloud, outside the image) is null; a
+        point outside every scene has no rows. With ``output``, the location written.
+    """
+    spec = _variables(collection, bands, index, values)
+    data = load_fields(points, id_column, keep, points=True)
+    return _read(collection, data, spec, None, date_range=date_range, cloud_cover_lt=cloud_cover_lt,
+                 cloud_mask=cloud_mask, all_touched=False, mosaic=mosaic, filters=filters,
+                 fetch_config=fetch_config, reader=reader, output=output)
+
+
+def _read(collection, data: Fields, spec: _Variables, stat_names, *, date_range, cloud_cover_lt, cloud_mask,
+          all_touched, mosaic, filters, fetch_config, reader, output):
+    """The shared read of :func:`zonal_stats` (``stat_names``) and :func:`sample_points` (None)."""
     method = mosaic_method(mosaic)
     rule = collection.source.cloud_mask if cloud_mask else None
     if rule is not None and rule.band not in collection.bands:
@@ -675,17 +761,17 @@ def zonal_stats(
             f"cloud_mask needs the {rule.band!r} band, which collection {collection.name!r} does not hold"
         )
     check_date_range(collection, date_range)
-    data = load_fields(fields, id_column, keep)
+    what = "points" if stat_names is None else "fields"
     data_keys = sorted({spec.keys[b] for b in spec.bands})
     read_keys = data_keys + ([rule.band] if rule is not None and rule.band not in data_keys else [])
     # Scenes meeting the fields' bounding box; which fields each covers is exact below.
     area = shapely.box(*shapely.total_bounds(data.geometries))
     scenes = select_scenes(collection, [(None, area)], date_range, cloud_cover_lt, filters, read_keys)
     covers = _covers(data.geometries, [s.footprint for s in scenes])
-    grids = _grids(data, scenes, covers, data_keys, all_touched)
+    grids = _grids(data, scenes, covers, data_keys, all_touched, points=stat_names is None)
     if not grids:
         raise NoScenesError(
-            f"no scene of collection {collection.name!r} covers the fields"
+            f"no scene of collection {collection.name!r} covers the {what}"
             + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
             + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
         )
@@ -693,7 +779,7 @@ def zonal_stats(
     for c in covers:
         covered_any[c] = True
     if not covered_any.all():
-        log.warning("%d fields are covered by no scene and have no rows: %s", int((~covered_any).sum()),
+        log.warning("%d %s are covered by no scene and have no rows: %s", int((~covered_any).sum()), what,
                     _named(data.ids, ~covered_any))
     from rasteret_pipelines.hrefs import check_href
 
@@ -759,10 +845,14 @@ class _Sink:
 
     def __init__(self, fields: Fields, spec: _Variables, stats: list[str], output):
         self.fields = fields
+        self.points = stats is None
         self.ids = pa.array(fields.ids.astype(str), pa.string())
         self.batches: list[pa.RecordBatch] = []
         columns = [pa.field("id", pa.string()), pa.field("date", pa.date32())]
         for name in spec.names:
+            if stats is None:  # points: the values
+                columns.append(pa.field(name, pa.float64()))
+                continue
             for stat in stats:
                 columns.append(pa.field(f"{name}_{stat}", pa.int64() if stat == "count" else pa.float64()))
             columns.append(pa.field(f"{name}_valid_fraction", pa.float64()))
@@ -791,7 +881,8 @@ class _Sink:
             os.makedirs(folder, exist_ok=True)
             self.local_path = temp_path(os.path.abspath(self.output))
         schema = self.schema.append(pa.field("geometry", pa.binary()))
-        schema = schema.with_metadata({b"geo": _geo_metadata()})
+        kinds = ["Point"] if self.points else ["Polygon", "MultiPolygon"]
+        schema = schema.with_metadata({b"geo": _geo_metadata(kinds)})
         self.writer = pq.ParquetWriter(self.local_path, schema, compression="zstd")
 
     def add(self, day, reductions: list[_Reduction]) -> None:
@@ -866,12 +957,12 @@ def _merge_texts(parts, order) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(texts), np.concatenate(index)[order]
 
 
-def _geo_metadata() -> bytes:
+def _geo_metadata(kinds: list[str]) -> bytes:
     import json
 
     return json.dumps({
         "version": "1.1.0",
         "primary_column": "geometry",
         # No "crs": GeoParquet's default, OGC:CRS84 (longitude, latitude), is what is stored.
-        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"]}},
+        "columns": {"geometry": {"encoding": "WKB", "geometry_types": kinds}},
     }).encode()
