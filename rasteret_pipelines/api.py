@@ -198,5 +198,18 @@ class Rasteret:
         return sample_points(self.collection, points, bands=bands, index=index, cloud_cover_lt=cloud_cover_lt,
                              date_range=date_range, **kwargs)
 
+    def explain(self, read: str, *args, **kwargs):
+        """An exact dry run of a read with the same arguments: its scenes, windows, tiles,
+        GETs, bytes and memory, from the cached headers alone (no request); see
+        :mod:`rasteret_pipelines.reading.explain`::
+
+            plan = processor.explain("get_xarray", geometries=aois, bands=["B04", "B08"])
+            plan.gets, plan.bytes, plan.to_pandas()
+        """
+        from rasteret_pipelines.reading.explain import explain
+
+        kwargs.setdefault("fetch_config", self.fetch_config)
+        return explain(read, self.collection, *args, **kwargs)
+
     def __repr__(self) -> str:
         return f"Rasteret(workspace_dir={str(self.workspace_dir)!r}, data_source={self.data_source!r}, date_range={self.date_range!r})"

@@ -63,7 +63,7 @@ from rasteret_pipelines.reading.plan import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_STATS", "sample_points", "zonal_stats"]
+__all__ = ["DEFAULT_STATS", "FieldsPlan", "plan_fields_read", "sample_points", "zonal_stats"]
 
 DEFAULT_STATS = ("mean", "median", "std", "min", "max", "count")
 """The statistics computed when none are named."""
@@ -751,9 +751,35 @@ def sample_points(
                  fetch_config=fetch_config, reader=reader, output=output)
 
 
-def _read(collection, data: Fields, spec: _Variables, stat_names, *, date_range, cloud_cover_lt, cloud_mask,
-          all_touched, mosaic, filters, fetch_config, reader, output):
-    """The shared read of :func:`zonal_stats` (``stat_names``) and :func:`sample_points` (None)."""
+@dataclass
+class FieldsPlan:
+    """A fields or points read planned from the cached headers alone: grids, pairs and days."""
+
+    data: Fields
+    spec: _Variables
+    rule: object
+    read_keys: list[str]
+    grids: list[_Grid]
+    covered_by_scene: list[np.ndarray]
+    days: dict
+    """Date -> ``[(scene index, scene)]`` of the scenes covering some field that date."""
+    config: FetchConfig
+    mosaic: type
+
+    def day_requests(self):
+        """``(date, scenes, requests)`` per date, ``requests`` as the fetch of that date gets them."""
+        for day in sorted(self.days):
+            requests, _, _ = _day_requests(self.days[day], self.grids, self.covered_by_scene, self.read_keys)
+            yield day, self.days[day], requests
+
+
+def plan_fields_read(collection, data: Fields, spec: _Variables, *, points: bool, date_range=None,
+                     cloud_cover_lt=None, cloud_mask=False, all_touched=False, mosaic="first", filters=None,
+                     fetch_config=None) -> FieldsPlan:
+    """Check and plan :func:`zonal_stats` or :func:`sample_points` (``points``) without a request.
+
+    Shared by the reads and their dry run (:mod:`~rasteret_pipelines.reading.explain`).
+    """
     method = mosaic_method(mosaic)
     rule = collection.source.cloud_mask if cloud_mask else None
     if rule is not None and rule.band not in collection.bands:
@@ -761,14 +787,14 @@ def _read(collection, data: Fields, spec: _Variables, stat_names, *, date_range,
             f"cloud_mask needs the {rule.band!r} band, which collection {collection.name!r} does not hold"
         )
     check_date_range(collection, date_range)
-    what = "points" if stat_names is None else "fields"
+    what = "points" if points else "fields"
     data_keys = sorted({spec.keys[b] for b in spec.bands})
     read_keys = data_keys + ([rule.band] if rule is not None and rule.band not in data_keys else [])
     # Scenes meeting the fields' bounding box; which fields each covers is exact below.
     area = shapely.box(*shapely.total_bounds(data.geometries))
     scenes = select_scenes(collection, [(None, area)], date_range, cloud_cover_lt, filters, read_keys)
     covers = _covers(data.geometries, [s.footprint for s in scenes])
-    grids = _grids(data, scenes, covers, data_keys, all_touched, points=stat_names is None)
+    grids = _grids(data, scenes, covers, data_keys, all_touched, points=points)
     if not grids:
         raise NoScenesError(
             f"no scene of collection {collection.name!r} covers the {what}"
@@ -796,21 +822,28 @@ def _read(collection, data: Fields, spec: _Variables, stat_names, *, date_range,
             days.setdefault(scene.day, []).append((si, scene))
     config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
                      local_files=collection.allow_local_hrefs)
+    return FieldsPlan(data, spec, rule, read_keys, grids, covered_by_scene, days, config, method)
+
+
+def _read(collection, data: Fields, spec: _Variables, stat_names, *, reader, output, **options):
+    """The shared read of :func:`zonal_stats` (``stat_names``) and :func:`sample_points` (None)."""
+    plan = plan_fields_read(collection, data, spec, points=stat_names is None, **options)
     sink = _Sink(data, spec, stat_names, output)
     try:
-        stats_out = _run_sync_with(reader, _run_days(days, grids, covered_by_scene, read_keys, spec, rule,
-                                                     stat_names, method, config, reader, sink))
+        stats_out = _run_sync_with(reader, _run_days(plan, stat_names, reader, sink))
         return sink.close({"requests": stats_out.requests, "header_requests": stats_out.header_requests,
                            "bytes_read": stats_out.bytes, "collection": collection.name})
     finally:
         sink.abort()
 
 
-async def _run_days(days, grids, covered_by_scene, keys, spec, rule, stats, method, config, reader, sink):
+async def _run_days(plan: FieldsPlan, stats, reader, sink):
     from rasteret_pipelines.cog import RangeFetcher
     from rasteret_pipelines.cog.read import fetch_windows
 
     loop = asyncio.get_running_loop()
+    days, grids, covered_by_scene, keys = plan.days, plan.grids, plan.covered_by_scene, plan.read_keys
+    spec, rule, method, config = plan.spec, plan.rule, plan.mosaic, plan.config
 
     async def one_day(day, day_scenes):
         requests, sinks, samples = _day_requests(day_scenes, grids, covered_by_scene, keys)
