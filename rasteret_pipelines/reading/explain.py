@@ -197,7 +197,7 @@ def _geometries_plan(read: str, planned, values: str) -> ReadPlan:
 
 
 def _fields_plan(read: str, plan) -> ReadPlan:
-    from rasteret_pipelines.reading.zonal import DAYS_IN_FLIGHT
+    from rasteret_pipelines.reading.zonal import PAIR_BYTES_PER_BAND, days_in_flight
 
     rows = _Rows()
     pairs = sum(g.rows.size for g in plan.grids)
@@ -211,6 +211,6 @@ def _fields_plan(read: str, plan) -> ReadPlan:
     # date in flight its decoded tiles and per pair and band a value, a flag and float64 scratch.
     layouts = len({(h.crs, tuple(h.transform)) for _, s in (x for v in plan.days.values() for x in v)
                    for h in s.headers.values()})
-    per_day = largest_day + pairs * len(plan.read_keys) * 24
-    peak = pairs * 32 + pairs * layouts * 24 + DAYS_IN_FLIGHT * per_day
+    per_day = largest_day + pairs * len(plan.read_keys) * PAIR_BYTES_PER_BAND
+    peak = pairs * 32 + pairs * layouts * 24 + days_in_flight(pairs, len(plan.read_keys)) * per_day
     return ReadPlan(read, list(rows.rows.values()), int(peak))

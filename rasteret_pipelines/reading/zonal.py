@@ -69,8 +69,19 @@ DEFAULT_STATS = ("mean", "median", "std", "min", "max", "count")
 """The statistics computed when none are named."""
 _STATS = ("mean", "median", "std", "min", "max", "count", "sum")
 _PERCENTILE = re.compile(r"^p(100|[0-9]{1,2}(\.[0-9]+)?)$")
-DAYS_IN_FLIGHT = 4
-"""Dates fetched and reduced at once: enough to hide request latency, few enough to bound memory."""
+DAYS_IN_FLIGHT = 8
+"""At most this many dates are fetched and reduced at once (to hide request latency)..."""
+DAY_MEMORY_BUDGET = 384 << 20
+"""... and fewer when their per-pair working arrays would need more than this (many fields)."""
+PAIR_BYTES_PER_BAND = 24
+"""Working bytes per (field, pixel) pair and band of one date in flight: the stored value, its
+presence and validity flags, and float64 scratch of the mosaic and the reductions."""
+
+
+def days_in_flight(pairs: int, bands: int) -> int:
+    """Dates in flight for a read of ``pairs`` pairs over ``bands`` bands (at least 1)."""
+    per_day = max(pairs * bands * PAIR_BYTES_PER_BAND, 1)
+    return max(1, min(DAYS_IN_FLIGHT, max(2, DAY_MEMORY_BUDGET // per_day)))
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -858,12 +869,13 @@ async def _run_days(plan: FieldsPlan, stats, reader, sink):
 
         return day, await loop.run_in_executor(None, reduce)
 
+    in_flight = days_in_flight(sum(g.rows.size for g in grids), len(keys))
     async with RangeFetcher(config, reader=reader) as fetcher:
         pending: deque = deque()
         try:
             for day in sorted(days):
                 pending.append(asyncio.ensure_future(one_day(day, days[day])))
-                if len(pending) >= DAYS_IN_FLIGHT:
+                if len(pending) >= in_flight:
                     sink.add(*await pending.popleft())
             while pending:
                 sink.add(*await pending.popleft())
