@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rasteret_pipelines.errors import InvalidReadArgumentError
 from rasteret_pipelines.reading.mosaic import MosaicMethod
 from rasteret_pipelines.reading.plan import Grid, GeometryPlan, SceneReads, WindowRead, crs_of, crs_text
 
@@ -29,7 +30,7 @@ def output_type(plans: list[GeometryPlan], keys: dict[str, str], bands: Sequence
     headers = [first[keys[b]].header for b in bands]
     kinds = {(h.dtype, h.nodata_text) for h in headers}
     if len(kinds) > 1:
-        raise ValueError(
+        raise InvalidReadArgumentError(
             "values='native' needs bands of one dtype and nodata, got "
             + ", ".join(f"{b}: {h.dtype} nodata {h.nodata_text}" for b, h in zip(bands, headers))
             + "; read them separately or use values='float'"

@@ -23,6 +23,7 @@ import xarray as xr
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
+from rasteret_pipelines.errors import CollectionNotFoundError
 from rasteret_pipelines_demo.range_server import RangeServer
 from rasteret_pipelines_demo.stac_server import StacServer
 from rasteret_pipelines.reading.model import geometry_transform
@@ -116,7 +117,7 @@ def test_original_quick_start(tmp_path, mirror):
     assert listed == []
 
     collection_name = "bangalore_202401-01_landsat"
-    with pytest.raises(ValueError):
+    with pytest.raises(CollectionNotFoundError):
         Rasteret.load_collection(collection_name, workspace_dir=workspace_dir)
     processor = Rasteret(
         custom_name=custom_name, data_source=data_source, workspace_dir=workspace_dir, date_range=date_range

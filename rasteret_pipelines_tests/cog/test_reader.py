@@ -9,6 +9,7 @@ pixel oracle.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -76,9 +77,42 @@ class DictReader:
         return [RangeResponse(data[s:e], ObjectVersion(len(data), None, None)) for s, e in ranges]
 
 
+def protocol_mismatches(reader) -> list[str]:
+    """How ``reader`` departs from :class:`ByteReader`: each method must exist, be a coroutine
+    function and take the protocol's parameters (``isinstance`` checks only the names exist)."""
+    found = []
+    for name in ("get_bytes", "get_byte_ranges"):
+        method = getattr(reader, name, None)
+        if method is None:
+            found.append(f"no {name}")
+            continue
+        if not inspect.iscoroutinefunction(method):
+            found.append(f"{name} is not async")
+        wanted = list(inspect.signature(getattr(ByteReader, name)).parameters)[1:]  # without self
+        if list(inspect.signature(method).parameters) != wanted:
+            found.append(f"{name}{inspect.signature(method)} takes other parameters than {wanted}")
+    return found
+
+
 def test_every_bundled_reader_satisfies_the_protocol():
     for reader in (MemoryReader(), LocalFileReader(), HttpReader(), DefaultReader(), DictReader({})):
-        assert isinstance(reader, ByteReader), type(reader).__name__
+        assert protocol_mismatches(reader) == [], type(reader).__name__
+
+
+def test_the_protocol_check_sees_a_reader_that_is_not_one():
+    class Sync:
+        def get_bytes(self, href, start, end):
+            return b""
+
+        async def get_byte_ranges(self, href, spans):
+            return []
+
+    assert isinstance(Sync(), ByteReader)  # why isinstance alone proves nothing
+    assert protocol_mismatches(Sync()) == [
+        "get_bytes is not async",
+        "get_byte_ranges(href, spans) takes other parameters than ['href', 'ranges']",
+    ]
+    assert protocol_mismatches(object()) == ["no get_bytes", "no get_byte_ranges"]
 
 
 def test_a_protocol_only_reader_reads_the_same_pixels_as_rasterio(cog):
