@@ -24,15 +24,25 @@ from rasteret_pipelines_demo import RangeServer
 DATA_DIR = Path(__file__).parent / "data"
 TIFF_DIR = DATA_DIR / "tiff"
 STAC_DIR = DATA_DIR / "stac"
+MANIFEST = DATA_DIR / "MANIFEST.sha256"
+"""Every committed fixture under ``data/`` (``sha256sum`` format), checked by ``test_fixtures.py``."""
+
+
+def committed_fixtures(under: str = "") -> list[Path]:
+    """The committed fixture files below ``data/<under>`` as absolute paths (sorted), read from
+    :data:`MANIFEST` instead of the disk: a missing file fails the tests that use it instead of
+    silently dropping out of their parametrisation."""
+    prefix = f"{under.strip('/')}/" if under else ""
+    paths = [line.split("  ", 1)[1] for line in MANIFEST.read_text().splitlines() if line.strip()]
+    found = sorted(DATA_DIR / p for p in paths if p.startswith(prefix))
+    if not found:
+        raise FileNotFoundError(f"no committed fixture below {DATA_DIR / under} in {MANIFEST}")
+    return found
 
 
 def fixture_tiffs() -> list[Path]:
     """Every real fixture TIFF, as paths relative to ``data/tiff`` (sorted)."""
-    return sorted(
-        p.relative_to(TIFF_DIR)
-        for p in TIFF_DIR.rglob("*")
-        if p.is_file() and p.suffix.lower() in (".tif", ".tiff")
-    )
+    return [p.relative_to(TIFF_DIR) for p in committed_fixtures("tiff") if p.suffix.lower() in (".tif", ".tiff")]
 
 
 @pytest.fixture(scope="session")

@@ -36,9 +36,10 @@ from rasteret_pipelines.cog import read_header
 from rasteret_pipelines.cog.header import CogHeader
 from rasteret_pipelines.errors import GeoreferenceWarning
 from rasteret_pipelines_tests.cog.geotiff_keys import write_geotiff
+from rasteret_pipelines_tests.conftest import committed_fixtures
 
 LIBGEOTIFF = Path(__file__).resolve().parents[1] / "data" / "tiff" / "libgeotiff"
-LIBGEOTIFF_FILES = sorted(LIBGEOTIFF.glob("*.tif"))
+LIBGEOTIFF_FILES = [p for p in committed_fixtures("tiff/libgeotiff") if p.suffix == ".tif"]
 
 
 def _read(path: Path):
