@@ -48,9 +48,9 @@ def empty_in_small_pages(shape: tuple[int, ...], dtype) -> np.ndarray:
 
     numpy's ``np.empty`` of 4 MiB or more asks for transparent huge pages. A fresh process that
     writes its output once pays for that at the first touch: where THP is in ``madvise`` mode
-    each 2 MiB fault zeroes (and may first compact) a whole huge page. Measured on the 2-core
-    benchmark VM, 80 MB written once in a new interpreter: 145-317 ms with huge pages, 35-44 ms
-    without (``NUMPY_MADVISE_HUGEPAGE=0``). A private anonymous ``mmap`` the size of the
+    each 2 MiB fault zeroes (and may first compact) a whole huge page, which costs more than the
+    4 KiB faults of an array written once (figures in ``benchmarks/README.md``; numpy's own
+    switch is ``NUMPY_MADVISE_HUGEPAGE=0``). A private anonymous ``mmap`` the size of the
     array is never advised, so it gets ordinary pages, without changing numpy's process-wide setting.
     The array owns the mapping (its ``base``) and releases it when collected.
     """

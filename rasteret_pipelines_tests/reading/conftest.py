@@ -1,6 +1,6 @@
 """A small offline Sentinel-2 world for the reading tests: COGs over HTTP, a local STAC API.
 
-Built once per session (about 20 s on 2 cores), in ``world``:
+Built once per session, in ``world``:
 
 * **Base scenes** (:data:`BASE_IDS`): four acquisitions of January and February 2024 written by
   :func:`demo_data.write_scene` on the real grid of MGRS tile 43PGQ (EPSG:32643, origin
