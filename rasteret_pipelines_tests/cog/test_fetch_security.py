@@ -18,7 +18,7 @@ from rasteret_pipelines.cog import FetchConfig, RangeFetcher, read_header, read_
 from rasteret_pipelines.cog.http import _S3_CACHE
 from rasteret_pipelines.errors import CogNotFoundError, FetchError, NotATiffError, UnsafeHrefError
 from rasteret_pipelines.redaction import redact
-from rasteret_pipelines_tests.cog.cogs import write_cog
+from rasteret_pipelines_tests.cog.cogs import s2_cog
 
 FAST = FetchConfig(max_retries=2, backoff_base=0.001, backoff_max=0.01)
 SECRET_PARTS = ("AKIDTRUSTTEST", "trust-secret-key", "SESSION-TOKEN-XYZ", "deadbeefsignature")
@@ -96,7 +96,7 @@ def status(code: int):
 
 @pytest.fixture(scope="module")
 def cog(tmp_path_factory):
-    return write_cog(tmp_path_factory.mktemp("sec") / "B04.tif", blocksize=256, seed=3)
+    return s2_cog(tmp_path_factory.mktemp("sec") / "B04.tif", blocksize=256, seed=3)
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ from rasteret_pipelines.errors import (
     UnsafeHrefError,
 )
 from rasteret_pipelines_demo.range_server import FaultPlan, RangeServer
-from rasteret_pipelines_tests.cog.cogs import write_cog
+from rasteret_pipelines_tests.cog.cogs import s2_cog
 
 HREF = "https://cogs.example.test/B04.tif"
 WINDOW = (300, 250, 700, 500)
@@ -50,7 +50,7 @@ WINDOW = (300, 250, 700, 500)
 
 @pytest.fixture(scope="module")
 def cog(tmp_path_factory):
-    return write_cog(tmp_path_factory.mktemp("reader") / "B04.tif", width=1100, height=900,
+    return s2_cog(tmp_path_factory.mktemp("reader") / "B04.tif", width=1100, height=900,
                      blocksize=256, seed=7)
 
 
@@ -168,7 +168,7 @@ def test_replacing_an_object_in_memory_makes_its_cached_header_stale(cog, tmp_pa
     assert reader.put(HREF, bytes(same_size)) != old
     with pytest.raises(StaleHeaderError, match="ETag"):
         read_window(header, (0, 0, 100, 100), reader=reader)
-    reader.put(HREF, write_cog(tmp_path / "other.tif", blocksize=256, seed=99).read_bytes())
+    reader.put(HREF, s2_cog(tmp_path / "other.tif", blocksize=256, seed=99).read_bytes())
     with pytest.raises(StaleHeaderError, match="bytes"):
         read_window(header, (0, 0, 100, 100), reader=reader)
 
@@ -260,7 +260,7 @@ def test_fetcher_and_reader_together_is_refused(cog):
 
 
 def test_many_files_in_one_batch_from_memory(tmp_path):
-    paths = [write_cog(tmp_path / f"s{i}.tif", width=600, height=500, blocksize=256, seed=i) for i in range(3)]
+    paths = [s2_cog(tmp_path / f"s{i}.tif", width=600, height=500, blocksize=256, seed=i) for i in range(3)]
     reader = MemoryReader({f"mem://s{i}.tif": p.read_bytes() for i, p in enumerate(paths)})
     headers = [read_header(f"mem://s{i}.tif", reader=reader) for i in range(3)]
     reader.reset_log()

@@ -13,7 +13,7 @@ import pytest
 
 from rasteret_pipelines_demo.range_server import RangeServer
 from rasteret_pipelines_demo.stac_server import StacServer
-from rasteret_pipelines_tests.cog.cogs import write_cog
+from rasteret_pipelines_tests.cog.cogs import s2_cog
 from rasteret_pipelines_tests.conftest import DATA_DIR, committed_fixtures
 
 STAC_DIR = DATA_DIR / "stac"
@@ -76,7 +76,7 @@ class Mirror:
 
 @pytest.fixture(scope="session")
 def base_cog(tmp_path_factory) -> Path:
-    return write_cog(tmp_path_factory.mktemp("base") / "base.tif", width=700, height=600, blocksize=256)
+    return s2_cog(tmp_path_factory.mktemp("base") / "base.tif", width=700, height=600, blocksize=256)
 
 
 @pytest.fixture
