@@ -19,7 +19,7 @@ import numpy as np
 
 from rasteret_pipelines.errors import InvalidReadArgumentError
 from rasteret_pipelines.reading.mosaic import MosaicMethod
-from rasteret_pipelines.reading.plan import Grid, GeometryPlan, SceneReads, WindowRead, crs_of, crs_text
+from rasteret_pipelines.reading.plan import GeometryPlan, Grid, SceneReads, WindowRead, crs_of, crs_text
 
 
 def output_type(plans: list[GeometryPlan], keys: dict[str, str], bands: Sequence[str], values: str):

@@ -47,7 +47,7 @@ class MosaicMethod(ABC):
     def contributors(self) -> list[int]:
         """Ranks of the scenes whose pixels are in the result, ascending."""
 
-    def finish(self) -> None:
+    def finish(self) -> None:  # noqa: B027 - an optional hook: methods without working memory keep this no-op
         """Called once every scene was fed; release working memory."""
 
 

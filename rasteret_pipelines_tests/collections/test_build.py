@@ -22,7 +22,6 @@ from rasteret_pipelines.collections import (
     list_collections,
     load_collection,
 )
-from rasteret_pipelines.collections import build as build_module
 from rasteret_pipelines.collections.schema import HEADER_TYPE
 from rasteret_pipelines.errors import (
     CollectionNotFoundError,

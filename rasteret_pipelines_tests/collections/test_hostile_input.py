@@ -228,7 +228,7 @@ def test_what_stale_detection_sees():
 
 def test_rasteret_without_a_name_or_dates_is_a_typed_error(tmp_path):
     with pytest.raises(InvalidCollectionNameError, match="custom_name and date_range are needed"):
-        Rasteret(workspace_dir=tmp_path).name
+        _ = Rasteret(workspace_dir=tmp_path).name
     with pytest.raises(InvalidSearchError, match="date_range is needed to create a collection"):
         Rasteret(workspace_dir=tmp_path, custom_name="x").create_collection(bbox=(0, 0, 1, 1))
 

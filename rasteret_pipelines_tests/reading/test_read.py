@@ -44,10 +44,10 @@ from rasteret_pipelines.errors import (
     NoScenesError,
     UnknownBandError,
 )
-from rasteret_pipelines_demo import demo_data
-from rasteret_pipelines_demo.range_server import FaultPlan
 from rasteret_pipelines.reading import read_geometries
 from rasteret_pipelines.reading.model import geometry_transform
+from rasteret_pipelines_demo import demo_data
+from rasteret_pipelines_demo.range_server import FaultPlan
 from rasteret_pipelines_tests.reading.conftest import (
     AOIS,
     BASE_IDS,
