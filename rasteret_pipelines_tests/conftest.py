@@ -43,6 +43,10 @@ SLOW: dict[str, str] = {
     "cog/test_fuzz.py": "fuzzing: 700 mutated COGs, each read and compared with GDAL",
     "reading/test_zonal.py::test_every_statistic_equals_rasterio_on_hard_fields": "every statistic of hard fields, against rasterio, on the big world",
     "reading/test_zonal.py::test_cloud_mask_and_raw_band_statistics": "zonal statistics of every field and date of the big world, twice",
+    "reading/test_zonal.py::test_same_day_scenes_on_shifted_grids_are_mosaicked_first_valid": "every statistic of the hard fields plus a diagonal of extra ones, against a rasterio mosaic",
+    "reading/test_zonal.py::test_memory_does_not_grow_with_dates_when_written_to_a_file": "traces memory through every date of the world, one date in flight",
+    "reading/test_read.py::test_a_read_of_shapely_polygons_in_a_fresh_process_needs_neither_gdal_nor_geopandas": "a fresh interpreter imports the package and reads",
+    "reading/test_read_limits.py::test_a_polygon_larger_than_a_scene_is_refused_before_any_request": "plans a polygon larger than a scene over every date of the world",
 }
 """The slow tests: ``{node id below rasteret_pipelines_tests/: reason}`` (reviewed; see above)."""
 
