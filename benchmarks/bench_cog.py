@@ -44,8 +44,18 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import (
-    REPO_ROOT, Traffic, account, exit_status, first_tile_offsets, link_file, peak_rss_mb, print_targets,
-    run_worker, serve_worker, settle, write_json,
+    REPO_ROOT,
+    Traffic,
+    account,
+    exit_status,
+    first_tile_offsets,
+    link_file,
+    peak_rss_mb,
+    print_targets,
+    run_worker,
+    serve_worker,
+    settle,
+    write_json,
 )
 
 # -- the grid: Sentinel-2 MGRS tile 43PGQ (UTM 43N), which contains Bangalore -------------------
@@ -196,31 +206,18 @@ def make_image(band: str, variant: int, n: int = SIZE) -> np.ndarray:
     return out
 
 
-def write_cog(path: Path, data: np.ndarray) -> None:
+def write_master(path: Path, data: np.ndarray) -> None:
+    """One master scene through the library's COG writer (atomic; GDAL on every core)."""
     import rasterio
     from rasterio.transform import from_origin
 
-    profile = dict(
-        driver="COG",
-        width=data.shape[1],
-        height=data.shape[0],
-        count=1,
-        dtype="uint16",
-        crs=CRS,
-        transform=from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL),
-        nodata=0,
-        compress="DEFLATE",
-        predictor=2,
-        blocksize=BLOCK,
-        overviews="AUTO",
-        num_threads="ALL_CPUS",
-        bigtiff="IF_SAFER",
-    )
-    tmp = path.with_suffix(".tmp.tif")
+    from rasteret_pipelines.products.geotiff import write_cog
+
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data, 1)
-    os.replace(tmp, path)
+        write_cog(
+            data, path, CRS, from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL), dtype="uint16", nodata=0,
+            predictor=2, blocksize=BLOCK, overview_resampling="CUBIC", num_threads="ALL_CPUS",  # GDAL's default
+        )
 
 
 def generation_params(variants: int) -> dict:
@@ -280,7 +277,7 @@ def ensure_data(data_dir: Path, scenes: int, variants: int) -> dict:
             t0 = time.perf_counter()
             data = make_image(band, v)
             t1 = time.perf_counter()
-            write_cog(masters_dir / name, data)
+            write_master(masters_dir / name, data)
             del data
             t2 = time.perf_counter()
             size = (masters_dir / name).stat().st_size

@@ -49,8 +49,17 @@ import time
 from pathlib import Path
 
 from benchmarks._common import (
-    REPO_ROOT, Traffic, account, exit_status, first_tile_offsets, link_file, peak_rss_mb,
-    run_worker, serve_worker, settle, write_json,
+    REPO_ROOT,
+    Traffic,
+    account,
+    exit_status,
+    first_tile_offsets,
+    link_file,
+    peak_rss_mb,
+    run_worker,
+    serve_worker,
+    settle,
+    write_json,
 )
 
 SOURCE = "sentinel-2-l2a"

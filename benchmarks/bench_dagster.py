@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import REPO_ROOT, exit_status, print_targets, write_json
+from rasteret_pipelines_demo.demo_mirror import free_port_pair
 
 MONTHS = ("2024-01", "2024-02", "2024-03")
 NDVI = ("ndvi", "sentinel_2_l2a_ndvi")
@@ -53,31 +54,6 @@ def new_fields(n: int) -> dict:
         y = 13.012 + (i // per_row) * 0.0014
         out[f"field{i:04d}"] = shapely.geometry.box(x, y, x + 0.0008, y + 0.0008)
     return out
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A port P below the ephemeral range with P and P + 1 free (the demo STAC API and COG server)."""
-    import random
-    import socket
-
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20000, 30000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
 
 
 def run_processes(session: int) -> dict[int, int]:
@@ -107,8 +83,8 @@ def run_processes(session: int) -> dict[int, int]:
 
 def library_time(storage: Path, aoi_file: Path, ids: list[str], out_dir: Path) -> tuple[float, int]:
     """Seconds (and GeoTIFFs) of the same NDVI work through the library in this process."""
-    from rasteret_pipelines.collections import load_collection
     from rasteret_pipelines.aois import load_aois
+    from rasteret_pipelines.collections import load_collection
     from rasteret_pipelines.defs.partitions import month_bounds
     from rasteret_pipelines.products import ndvi_dataset, save_per_geometry
     from rasteret_pipelines.reading import read_geometries
@@ -157,7 +133,7 @@ def main(argv=None) -> int:
     print(f"demo: {time.perf_counter() - t0:.1f} s")
 
     # 2. dagster dev, as the demo's closing hint starts it (rasteret-pipelines ui)
-    web = free_port()
+    web = free_port_pair()  # a free port (and its neighbour): the webserver's
     log = open(work / "dagster_dev.log", "wb")
     dev = subprocess.Popen(
         [str(Path(sys.executable).parent / "rasteret-pipelines"), "ui", "-h", "127.0.0.1", "-p", str(web)],

@@ -46,7 +46,6 @@ import os
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,7 @@ from benchmarks._common import (
     write_json,
 )
 from benchmarks.bench_cog import AOIS, BLOCK, CRS, GDAL_HTTP_ENV, SIZE
-from benchmarks.bench_read import COLLECTION, make_items, prepare_lab, scene_date, worker_build
+from benchmarks.bench_read import COLLECTION, make_items, prepare_lab, worker_build
 
 WORKER_MODULE = "benchmarks.bench_fields"
 SOURCE = "sentinel-2-l2a"

@@ -107,12 +107,12 @@ def worker_engine(spec: dict) -> dict:
     t_start = time.time()
     import shapely  # the user's polygons (the quick start builds them with shapely)
 
-    from rasteret_pipelines import Rasteret
     # What the calls below load anyway (pyarrow + pandas, aiohttp, imagecodecs, pyproj), imported
     # here only to split the clock like the rasterio worker's imports; xarray is left to the
     # read, which imports it in the background while tiles are in flight.
     import rasteret_pipelines.collections.query  # noqa: F401
     import rasteret_pipelines.reading.read  # noqa: F401
+    from rasteret_pipelines import Rasteret
 
     t_imports = time.time()
     polygons = [shapely.from_wkt(w) for w in spec["wkts"]]
@@ -305,7 +305,6 @@ def _windows(masters_dir: Path, master: str, wkts: list[str]) -> list[list[int]]
 def _load_headers(workspace: Path, hrefs: list[str]) -> list[dict]:
     """The cached header dicts of ``hrefs`` from the built collection (what engine-windows loads)."""
     from rasteret_pipelines.collections import load_collection
-
     from rasteret_pipelines.collections.schema import band_columns
 
     collection = load_collection(COLLECTION, workspace)
@@ -347,17 +346,18 @@ def main(argv=None) -> int:
     import datetime as dt
     import tempfile
 
-    from benchmarks._common import account, exit_status, print_targets, settle, write_json
+    from benchmarks._common import account, exit_status, print_targets, run_worker, settle, write_json
     from benchmarks.bench_cog import AOIS, CRS, GDAL_HTTP_ENV
     from benchmarks.bench_read import (
         WORKER_MODULE as READ_MODULE,
+    )
+    from benchmarks.bench_read import (
         field_geometries,
         make_items,
         prepare_lab,
         quickstart_geometries,
         scene_date,
     )
-    from benchmarks._common import run_worker
 
     args = parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]

@@ -58,12 +58,12 @@ import numpy as np
 
 from benchmarks._common import (
     Traffic,
-    add_lab_arguments,
     account,
+    add_lab_arguments,
     exit_status,
-    print_targets,
     first_tile_offsets,
     peak_rss_mb,
+    print_targets,
     run_worker,
     serve_worker,
     settle,

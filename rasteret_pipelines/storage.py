@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 
 from rasteret_pipelines.errors import StoragePathError
 
-
 STALE_TEMP_SECONDS = 24 * 3600
 """A temporary file of another host (or of a live process id) counts as abandoned after this."""
 

@@ -21,18 +21,77 @@ import pytest
 
 from rasteret_pipelines_demo import RangeServer
 
+# --- the slow tier ---------------------------------------------------------------------------
+
+SLOW: dict[str, str] = {
+    # Node ids relative to rasteret_pipelines_tests/: a whole module, or one test (all its
+    # parameters). Each is marked ``slow`` at collection, so ``pytest -m "not slow"`` (the
+    # quick loop, CONTRIBUTING.md) leaves it out; ``.ci/run`` runs everything. Add an entry
+    # when ``--durations=50`` shows a test among the slowest, with the reason.
+    # Dagster layer: these build the demo world (a session fixture, tens of seconds) and run jobs on it
+    "defs/test_automation.py": "sensors, schedules and automation ticks over Dagster runs on the demo world",
+    "defs/test_bad_input.py": "Dagster runs that fail on purpose, on the demo world and moto",
+    "defs/test_dagster_dev.py": "starts `dagster dev` (webserver and daemons) on PostgreSQL and backfills through the queue",
+    "defs/test_demo.py": "runs the demo command, its detached mirror and `rasteret-pipelines ui` in subprocesses",
+    "defs/test_keys.py::test_a_dynamic_key_with_dotdot_is_refused_and_writes_nothing_outside": "a Dagster run on the demo world",
+    "defs/test_materialize.py": "materialises collections, NDVI and time series over partitions (local and moto S3)",
+    "defs/test_notebook.py": "runs the quick-start notebook in a Jupyter kernel",
+    "defs/test_quickstart_offline.py": "runs `rasteret-pipelines demo --serve` and the README quick start in subprocesses",
+    "defs/test_retries.py": "Dagster runs with retry policies and injected faults on the demo world",
+    "defs/test_scale.py": "many AOIs and months: batched Dagster runs and sensors at scale",
+    # the library
+    "cog/test_fuzz.py": "fuzzing: 700 mutated COGs, each read and compared with GDAL",
+    "reading/test_zonal.py::test_every_statistic_equals_rasterio_on_hard_fields": "every statistic of hard fields, against rasterio, on the big world",
+    "reading/test_zonal.py::test_cloud_mask_and_raw_band_statistics": "zonal statistics of every field and date of the big world, twice",
+    "reading/test_zonal.py::test_same_day_scenes_on_shifted_grids_are_mosaicked_first_valid": "every statistic of the hard fields plus a diagonal of extra ones, against a rasterio mosaic",
+    "reading/test_zonal.py::test_memory_does_not_grow_with_dates_when_written_to_a_file": "traces memory through every date of the world, one date in flight",
+    "reading/test_read.py::test_a_read_of_shapely_polygons_in_a_fresh_process_needs_neither_gdal_nor_geopandas": "a fresh interpreter imports the package and reads",
+    "reading/test_read_limits.py::test_a_polygon_larger_than_a_scene_is_refused_before_any_request": "plans a polygon larger than a scene over every date of the world",
+}
+"""The slow tests: ``{node id below rasteret_pipelines_tests/: reason}`` (reviewed; see above)."""
+
+
+def slow_reason(nodeid: str) -> str | None:
+    """The :data:`SLOW` reason of a collected test (``rasteret_pipelines_tests/...`` node id), if any."""
+    relative = nodeid.removeprefix("rasteret_pipelines_tests/")
+    bare = relative.split("[", 1)[0]
+    for entry, reason in SLOW.items():
+        if bare == entry or (entry.endswith(".py") and bare.startswith(entry + "::")):
+            return reason
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test listed in :data:`SLOW` with ``pytest.mark.slow``."""
+    for item in items:
+        if slow_reason(item.nodeid) is not None:
+            item.add_marker(pytest.mark.slow)
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
 DATA_DIR = Path(__file__).parent / "data"
 TIFF_DIR = DATA_DIR / "tiff"
 STAC_DIR = DATA_DIR / "stac"
+MANIFEST = DATA_DIR / "MANIFEST.sha256"
+"""Every committed fixture under ``data/`` (``sha256sum`` format), checked by ``test_fixtures.py``."""
+
+
+def committed_fixtures(under: str = "") -> list[Path]:
+    """The committed fixture files below ``data/<under>`` as absolute paths (sorted), read from
+    :data:`MANIFEST` instead of the disk: a missing file fails the tests that use it instead of
+    silently dropping out of their parametrisation."""
+    prefix = f"{under.strip('/')}/" if under else ""
+    paths = [line.split("  ", 1)[1] for line in MANIFEST.read_text().splitlines() if line.strip()]
+    found = sorted(DATA_DIR / p for p in paths if p.startswith(prefix))
+    if not found:
+        raise FileNotFoundError(f"no committed fixture below {DATA_DIR / under} in {MANIFEST}")
+    return found
 
 
 def fixture_tiffs() -> list[Path]:
     """Every real fixture TIFF, as paths relative to ``data/tiff`` (sorted)."""
-    return sorted(
-        p.relative_to(TIFF_DIR)
-        for p in TIFF_DIR.rglob("*")
-        if p.is_file() and p.suffix.lower() in (".tif", ".tiff")
-    )
+    return [p.relative_to(TIFF_DIR) for p in committed_fixtures("tiff") if p.suffix.lower() in (".tif", ".tiff")]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,10 @@ The layers (see ARCHITECTURE.md):
   Dagster layer (``rasteret_pipelines.defs``, ``rasteret_pipelines.definitions``), nor the demo
   command. ``demo.py`` is the demo command: it builds the project's Definitions and runs its
   jobs, so it (and only it) imports ``dagster`` and ``rasteret_pipelines.defs``;
-* ``cli.py`` imports the demo command lazily, inside ``rasteret-pipelines demo``.
+* ``cli.py`` imports the demo command lazily, inside ``rasteret-pipelines demo``;
+* inside the core library the layers import downwards only: ``cog`` < ``collections`` <
+  ``reading`` (with ``aois.py``) < ``products`` < ``api``, all above ``errors``, ``redaction``,
+  ``hrefs`` and ``storage``.
 """
 
 from __future__ import annotations
@@ -154,6 +157,74 @@ def test_the_scan_sees_lazy_imports(tmp_path):
         "pkg/sub/p.py: pkg.defs",
         "pkg/sub/p.py: pkg.defs.x",
         "pkg/sub/p.py: pkg.defs.x.y",
+    ]
+
+
+# --- the library's inner layers ----------------------------------------------------------------
+
+LAYERS = ("cog", "collections", "reading", "products", "api")
+"""The core library's layers, bottom up (ARCHITECTURE.md): each imports only from its own layer
+and the ones before it."""
+LAYER_OF = {"aois": "reading"}
+"""Top-level modules that belong to a layer: AOI files become the reading layer's geometries."""
+BASE = ("errors", "redaction", "hrefs", "storage")
+"""Below every layer (errors, redaction, the href policy, atomic storage): they import only each other."""
+
+
+def _layer(name: str, package: str) -> str | None:
+    """The layer (or ``"base"``) of the module ``name`` inside ``package``; None outside it or for
+    the package root (``rasteret_pipelines`` itself and its attributes such as ``__version__``)."""
+    parts = name.split(".")
+    if parts[0] != package or len(parts) < 2:
+        return None
+    first = parts[1]
+    if first in BASE:
+        return "base"
+    first = LAYER_OF.get(first, first)
+    return first if first in LAYERS else None
+
+
+def layer_violations(paths: list[Path], root: Path = REPO, package: str = "rasteret_pipelines") -> list[str]:
+    """``"file (layer): module (layer)"`` for every import in ``paths`` of a higher layer."""
+    rank = {"base": -1, **{layer: i for i, layer in enumerate(LAYERS)}}
+    found = []
+    for path, names in imported_modules(paths, root).items():
+        mine = _layer(".".join(_module_name(root / path, root)), package)
+        if mine is None:  # the package root, which exports every layer
+            continue
+        for name in sorted(names):
+            theirs = _layer(name, package)
+            if theirs is not None and rank[theirs] > rank[mine]:
+                found.append(f"{path} ({mine}): {name} ({theirs})")
+    return sorted(found)
+
+
+def test_library_layers_import_only_downwards():
+    core = core_modules()
+    assert {_layer(".".join(_module_name(p, REPO)), "rasteret_pipelines") for p in core} == {
+        None, "base", *LAYERS
+    }
+    assert layer_violations(core) == []
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    for sub in ("cog", "reading"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("from pkg import api\n")  # the root may export anything
+    (pkg / "errors.py").write_text("def f():\n    from pkg.cog import tiff\n")
+    (pkg / "cog" / "tiff.py").write_text("from pkg.errors import E\nfrom ..reading import plan\n")
+    (pkg / "reading" / "plan.py").write_text("from pkg.cog import tiff\nimport pkg.api\n")
+    (pkg / "aois.py").write_text("from pkg.products import ndvi\n")
+    assert layer_violations(list(pkg.rglob("*.py")), root=tmp_path, package="pkg") == [
+        "pkg/aois.py (reading): pkg.products (products)",
+        "pkg/aois.py (reading): pkg.products.ndvi (products)",
+        "pkg/cog/tiff.py (cog): pkg.reading (reading)",
+        "pkg/cog/tiff.py (cog): pkg.reading.plan (reading)",
+        "pkg/errors.py (base): pkg.cog (cog)",
+        "pkg/errors.py (base): pkg.cog.tiff (cog)",
+        "pkg/reading/plan.py (reading): pkg.api (api)",
     ]
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from rasteret_pipelines.cog.fetch import DefaultReader, FetchConfig, FetchStats, RangeFetcher
 from rasteret_pipelines.cog.header import CogHeader, ImageLevel
 from rasteret_pipelines.cog.http import HttpReader
+from rasteret_pipelines.cog.read import fetch_header, fetch_headers, fetch_windows
 from rasteret_pipelines.cog.reader import (
     ByteReader,
     LocalFileReader,
@@ -38,7 +39,6 @@ from rasteret_pipelines.cog.reader import (
     ObjectVersion,
     RangeResponse,
 )
-from rasteret_pipelines.cog.read import fetch_header, fetch_headers, fetch_windows
 from rasteret_pipelines.errors import ReaderArgumentError
 
 __all__ = [

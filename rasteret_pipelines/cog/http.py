@@ -197,7 +197,7 @@ class HttpReader:
                 async with self._sem:
                     async with asyncio.timeout(self.config.read_timeout):
                         outcome = await self._attempt(href, url, headers, start, end, want)
-            except (aiohttp.ClientError, asyncio.TimeoutError, _Truncated) as exc:
+            except (TimeoutError, aiohttp.ClientError, _Truncated) as exc:
                 last_error = _describe(exc)
                 if isinstance(exc, asyncio.TimeoutError):
                     timeouts += 1

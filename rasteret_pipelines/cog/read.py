@@ -281,7 +281,7 @@ async def fetch_windows(
             raise TiffFormatError(href, f"object ends before byte {span.end}")
         level_of = header.levels
 
-        def decode_all() -> list[tuple[_Block, np.ndarray]]:
+        def decode_all(data: bytes) -> list[tuple[_Block, np.ndarray]]:
             out = []
             for block, offset, count in span.blocks:
                 raw = data[offset - span.start : offset - span.start + count]
@@ -290,7 +290,7 @@ async def fetch_windows(
                 out.append((block, arr))
             return out
 
-        blocks = await loop.run_in_executor(pool, decode_all)
+        blocks = await loop.run_in_executor(pool, decode_all, data)
         del data, response
         for block, arr in blocks:
             decoded[block] = arr

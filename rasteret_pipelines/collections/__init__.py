@@ -22,8 +22,8 @@ if TYPE_CHECKING:
         build_collection,
         collection_name,
     )
-    from rasteret_pipelines.collections.query import Collection, list_collections, load_collection
     from rasteret_pipelines.collections.cloudmask import CloudMask, MaskedBits, MaskedClasses
+    from rasteret_pipelines.collections.query import Collection, list_collections, load_collection
     from rasteret_pipelines.collections.sources import (
         SOURCES,
         DataSource,

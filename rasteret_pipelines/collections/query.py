@@ -434,7 +434,7 @@ def _timestamp_value(when: dt.datetime, kind: pa.TimestampType) -> int:
 
 def _rows(table: pa.Table, mask: np.ndarray) -> pa.Table:
     """The rows of ``table`` where ``mask`` is true, as slices of its runs of true values
-    (``Table.filter`` would import ``pyarrow.compute``, ~30 ms, for a table of a few rows)."""
+    (``Table.filter`` would import all of ``pyarrow.compute`` for a table of a few rows)."""
     mask = np.asarray(mask, dtype=bool)
     if mask.all():
         return table

@@ -101,17 +101,29 @@ def write_cog(
     tags: Mapping[str, object] | None = None,
     *,
     description: str | None = None,
+    dtype: str | None = "float32",
+    nodata: float | None = np.nan,
+    **creation_options: object,
 ) -> str:
-    """Write one float32 band as a Cloud-Optimized GeoTIFF at a local ``path``, atomically.
+    """Write one band as a Cloud-Optimized GeoTIFF at a local ``path``, atomically.
+
+    Products are float32 with NaN as nodata (the defaults). The tests and benchmarks write
+    their integer scenes with the same function (``dtype=None, nodata=0``).
 
     Args:
-        array2d: 2-D array (height, width); cast to float32. NaN is the nodata value.
+        array2d: 2-D array (height, width), cast to ``dtype``.
         path: Local destination; parent folders are created.
         crs: Anything :meth:`rasterio.crs.CRS.from_user_input` takes (``"EPSG:32643"``, WKT).
         transform: :class:`affine.Affine` or its 6 coefficients ``(a, b, c, d, e, f)``
             (the model's ``transform`` coordinate) of the array's top-left pixel corner.
         tags: GDAL metadata items (values are stored as strings).
         description: Band description (e.g. the variable name).
+        dtype: Data type of the file; ``None`` keeps the array's.
+        nodata: Nodata value of the band (``None``: none).
+        **creation_options: GDAL COG driver options over :data:`COG_OPTIONS` (``blocksize=512``,
+            ``overview_resampling="NEAREST"``, ...). Integer data get horizontal differencing
+            (``predictor=2``) unless told otherwise: the floating-point predictor of
+            :data:`COG_OPTIONS` applies to floats only.
 
     Returns:
         ``path`` as a string. The file only appears under that name once complete: it is
@@ -121,7 +133,8 @@ def write_cog(
     array = np.asarray(array2d)
     if array.ndim != 2 or 0 in array.shape:
         raise ProductInputError(f"write_cog needs a non-empty 2-D array, got shape {array.shape}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    array = np.ascontiguousarray(array, dtype=array.dtype if dtype is None else np.dtype(dtype))
+    options = {**COG_OPTIONS, **({} if array.dtype.kind == "f" else {"predictor": 2}), **creation_options}
     target = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
@@ -141,11 +154,11 @@ def write_cog(
             height=height,
             width=width,
             count=1,
-            dtype="float32",
+            dtype=array.dtype.name,
             crs=CRS.from_user_input(crs),
             transform=_as_affine(transform),
-            nodata=np.nan,
-            **COG_OPTIONS,
+            nodata=nodata,
+            **options,
         ) as dst:
             _write_band(dst, array, tags or {}, description)
         os.replace(tmp, target)

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rasteret_pipelines.errors import InvalidReadArgumentError
 from rasteret_pipelines.reading.mosaic import MosaicMethod
-from rasteret_pipelines.reading.plan import Grid, GeometryPlan, SceneReads, WindowRead, crs_of, crs_text
+from rasteret_pipelines.reading.plan import GeometryPlan, Grid, SceneReads, WindowRead, crs_of, crs_text
 
 
 def output_type(plans: list[GeometryPlan], keys: dict[str, str], bands: Sequence[str], values: str):
@@ -29,7 +30,7 @@ def output_type(plans: list[GeometryPlan], keys: dict[str, str], bands: Sequence
     headers = [first[keys[b]].header for b in bands]
     kinds = {(h.dtype, h.nodata_text) for h in headers}
     if len(kinds) > 1:
-        raise ValueError(
+        raise InvalidReadArgumentError(
             "values='native' needs bands of one dtype and nodata, got "
             + ", ".join(f"{b}: {h.dtype} nodata {h.nodata_text}" for b, h in zip(bands, headers))
             + "; read them separately or use values='float'"
@@ -47,9 +48,9 @@ def empty_in_small_pages(shape: tuple[int, ...], dtype) -> np.ndarray:
 
     numpy's ``np.empty`` of 4 MiB or more asks for transparent huge pages. A fresh process that
     writes its output once pays for that at the first touch: where THP is in ``madvise`` mode
-    each 2 MiB fault zeroes (and may first compact) a whole huge page. Measured on the 2-core
-    benchmark VM, 80 MB written once in a new interpreter: 145-317 ms with huge pages, 35-44 ms
-    without (``NUMPY_MADVISE_HUGEPAGE=0``). A private anonymous ``mmap`` the size of the
+    each 2 MiB fault zeroes (and may first compact) a whole huge page, which costs more than the
+    4 KiB faults of an array written once (figures in ``benchmarks/README.md``; numpy's own
+    switch is ``NUMPY_MADVISE_HUGEPAGE=0``). A private anonymous ``mmap`` the size of the
     array is never advised, so it gets ordinary pages, without changing numpy's process-wide setting.
     The array owns the mapping (its ``base``) and releases it when collected.
     """

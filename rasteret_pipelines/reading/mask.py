@@ -9,9 +9,9 @@
   crossings of the line ``y = row + 0.5`` with the ring edges (an edge counts where
   ``y0 <= row + 0.5 < y1``) are rounded with ``floor(x + 0.5)`` and sorted, and the pixels
   between each pair ``[x_a, x_b)`` are set; a horizontal edge lying on the line is filled
-  when it runs right to left. This is vectorised over rows and edges with numpy: a field of a
-  few hundred pixels costs tens of microseconds, where a GDAL call builds an in-memory dataset
-  and an OGR geometry each time (and the read path would import rasterio only for that).
+  when it runs right to left. This is vectorised over rows and edges with numpy: a field
+  needs no dataset, where a GDAL call builds an in-memory dataset and an OGR geometry each
+  time (and the read path would import rasterio only for that).
 * **all_touched**: GDAL's rule adds a line-walking pass over the ring outlines whose tie
   breaks (segments on pixel edges, vertices on corners) are GDAL's own; it is delegated to
   ``rasterio.features.geometry_mask`` (rasterio is then imported on first use).

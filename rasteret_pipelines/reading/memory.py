@@ -1,10 +1,10 @@
 """How much memory a geometry read will allocate, estimated before any request.
 
-A polygon larger than a scene, or many geometries over many dates, used to allocate until the
-process died with a bare ``MemoryError`` (or the machine swapped). The reader now estimates
-the arrays it is about to allocate from the plan alone (no request made) and refuses the read
-with :class:`~rasteret_pipelines.errors.MemoryLimitError`, naming the estimate, its parts and
-the limit, when the estimate is above the limit.
+A polygon larger than a scene, or many geometries over many dates, can need more memory than
+the machine has; allocating it would end in a bare ``MemoryError`` or in swapping. So the
+reader estimates the arrays it is about to allocate from the plan alone (no request made) and
+refuses the read with :class:`~rasteret_pipelines.errors.MemoryLimitError`, naming the
+estimate, its parts and the limit, when the estimate is above the limit.
 
 What is counted: the output stack (``geometries x dates x largest window x bands``, padding
 included, in the output dtype), every fetched window (each (scene, band) window of each

@@ -23,9 +23,11 @@ import xarray as xr
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
+from rasteret_pipelines.errors import CollectionNotFoundError
+from rasteret_pipelines.products.geotiff import write_cog
+from rasteret_pipelines.reading.model import geometry_transform
 from rasteret_pipelines_demo.range_server import RangeServer
 from rasteret_pipelines_demo.stac_server import StacServer
-from rasteret_pipelines.reading.model import geometry_transform
 
 DATA = Path(__file__).parents[1] / "data" / "stac" / "usgs-landsatlook" / "landsat-c2l2-sr"
 TEMPLATE = DATA / "LC09_L2SP_092068_20230607_20230609_02_T1_SR.json"
@@ -59,19 +61,13 @@ def landsat_world(root: Path) -> list[dict]:
         for band, code in BANDS.items():
             rel = f"usgs-landsat/collection02/level-2/{scene}/{scene}_SR_{code}.TIF"
             path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
             if band == "qa_pixel":
                 dn = np.full((SIZE, SIZE), 21824, np.uint16)  # clear land, low confidence cloud
             else:
                 surface = reflect.get(band, 0.1 + 0.02 * np.sin((x + y) / 31.0))
                 dn = np.round((surface + rng.normal(0, 0.002, (SIZE, SIZE)) + 0.2) / 0.0000275).astype(np.uint16)
             dn[:40, :] = 0  # a nodata strip, as at scene edges
-            src = path.with_suffix(".src.tif")
-            with rasterio.open(src, "w", driver="GTiff", width=SIZE, height=SIZE, count=1, dtype="uint16",
-                               crs="EPSG:32643", transform=from_origin(*ORIGIN, 30, 30), nodata=0) as dst:
-                dst.write(dn[np.newaxis])
-            rasterio.shutil.copy(src, path, driver="COG", compress="DEFLATE", blocksize=256, overviews="AUTO")
-            src.unlink()
+            write_cog(dn, path, "EPSG:32643", from_origin(*ORIGIN, 30, 30), dtype=None, nodata=0)
             item["assets"][band]["alternate"]["s3"]["href"] = f"s3://{rel}"
             item["assets"][band]["href"] = f"https://landsatlook.usgs.gov/data/{rel}"
         items.append(item)
@@ -116,7 +112,7 @@ def test_original_quick_start(tmp_path, mirror):
     assert listed == []
 
     collection_name = "bangalore_202401-01_landsat"
-    with pytest.raises(ValueError):
+    with pytest.raises(CollectionNotFoundError):
         Rasteret.load_collection(collection_name, workspace_dir=workspace_dir)
     processor = Rasteret(
         custom_name=custom_name, data_source=data_source, workspace_dir=workspace_dir, date_range=date_range

@@ -9,6 +9,8 @@ import rasterio
 import rasterio.shutil
 from rasterio.transform import from_origin
 
+from rasteret_pipelines.products.geotiff import write_cog
+
 S2_TRANSFORM = from_origin(699960, 1500000, 10, 10)  # MGRS 43PGQ, the quick start's tile
 
 
@@ -23,37 +25,20 @@ def field(height: int, width: int, bands: int, dtype: str, seed: int) -> np.ndar
     return out
 
 
-def write_cog(
+def s2_cog(
     path: Path,
     *,
     width: int = 2100,
     height: int = 1900,
-    bands: int = 1,
     dtype: str = "uint16",
     blocksize: int = 512,
-    interleave: str = "pixel",
     seed: int = 1,
 ) -> Path:
-    """A GDAL COG (Deflate, predictor 2, overviews, nodata 0) on the Sentinel-2 43PGQ grid."""
-    src = path.with_suffix(".src.tif")
-    with rasterio.open(
-        src, "w", driver="GTiff", width=width, height=height, count=bands, dtype=dtype,
-        crs="EPSG:32643", transform=S2_TRANSFORM, nodata=0,
-    ) as dst:
-        dst.write(field(height, width, bands, dtype, seed))
-    if interleave == "band":  # GDAL 3.10's COG driver writes pixel interleave only
-        with rasterio.open(src, "r+") as ds:
-            ds.build_overviews([2, 4])
-        rasterio.shutil.copy(
-            src, path, driver="GTiff", compress="DEFLATE", predictor=2, tiled=True,
-            blockxsize=blocksize, blockysize=blocksize, interleave="band", copy_src_overviews=True,
-        )
-    else:
-        rasterio.shutil.copy(
-            src, path, driver="COG", compress="DEFLATE", predictor=2, blocksize=blocksize,
-            overviews="AUTO",
-        )
-    src.unlink()
+    """A GDAL COG (Deflate, predictor 2, overviews, nodata 0) of :func:`field` on the Sentinel-2
+    43PGQ grid, written by the library's :func:`~rasteret_pipelines.products.geotiff.write_cog`.
+    (Other layouts, e.g. band interleave: :func:`rasteret_pipelines_tests.cog_factory.write_cog`.)"""
+    write_cog(field(height, width, 1, dtype, seed)[0], path, "EPSG:32643", S2_TRANSFORM, dtype=None, nodata=0,
+              blocksize=blocksize, overview_resampling="CUBIC")  # GDAL's default for such data
     return path
 
 

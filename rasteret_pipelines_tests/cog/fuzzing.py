@@ -27,7 +27,7 @@ import struct
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,7 +315,10 @@ class FuzzReport:
     errors: Counter = field(default_factory=Counter)
     bugs: list[str] = field(default_factory=list)
     slowest: float = 0.0
+    """Wall time of the slowest case (benchmarks print it; tests bound requests, not time)."""
     seconds: float = 0.0
+    most_requests: int = 0
+    """Ranges requested by the case that requested the most (header and window reads)."""
     compared: int = 0
     """Mutants read (outcome ``ok``) whose every window also equalled rasterio's."""
 
@@ -408,6 +411,7 @@ def run_cases(
                     and name not in NO_GDAL_ORACLE
                 )
                 t0 = time.perf_counter()
+                requests_before = fetcher.stats.requests
                 signal.setitimer(signal.ITIMER_REAL, time_limit)
                 try:
                     await _read_all(fetcher, str(path), oracle)
@@ -429,6 +433,7 @@ def run_cases(
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
                 report.slowest = max(report.slowest, time.perf_counter() - t0)
+                report.most_requests = max(report.most_requests, fetcher.stats.requests - requests_before)
                 report.cases += 1
                 report.outcomes[outcome] += 1
                 if progress is not None:

@@ -35,7 +35,7 @@ def tiff_bytes(entries: Sequence[tuple[int, int, Sequence | bytes]], blocks: Seq
     packed = []
     # First pass: sizes of out-of-line values, to know where the blocks start.
     sizes = []
-    for tag, ftype, values in entries:
+    for _tag, ftype, values in entries:
         raw = _pack(ftype, values)
         sizes.append(len(raw))
     extra = sum(s + (s & 1) for s in sizes if s > 4)

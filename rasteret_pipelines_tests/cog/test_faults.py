@@ -10,7 +10,7 @@ from rasterio.windows import Window
 from rasteret_pipelines.cog import FetchConfig, read_header, read_headers, read_window, read_windows
 from rasteret_pipelines.errors import CogNotFoundError, FetchError, StaleHeaderError
 from rasteret_pipelines_demo.range_server import FaultPlan, RangeServer
-from rasteret_pipelines_tests.cog.cogs import write_cog
+from rasteret_pipelines_tests.cog.cogs import s2_cog
 
 FAST_RETRIES = FetchConfig(max_retries=8, backoff_base=0.001, backoff_max=0.01)
 NAMES = [f"scene_{i}.tif" for i in range(6)]
@@ -21,7 +21,7 @@ WINDOWS = [(0, 0, 700, 600), (650, 500, 800, 900), (1500, 1400, 800, 800), (-50,
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("faulty")
     for i, name in enumerate(NAMES):
-        write_cog(root / name, blocksize=256, seed=i + 10)
+        s2_cog(root / name, blocksize=256, seed=i + 10)
     return root
 
 
@@ -93,7 +93,7 @@ def test_header_read_under_persistent_faults_raises_fetch_error(server):
 def test_changed_object_raises_stale_header_error(server, files, tmp_path):
     name = NAMES[3]
     header = read_header(server.url_for(name))
-    replacement = write_cog(tmp_path / "other.tif", blocksize=256, seed=99)
+    replacement = s2_cog(tmp_path / "other.tif", blocksize=256, seed=99)
     server.replace_file(name, replacement.read_bytes())
     with pytest.raises(StaleHeaderError, match=name):
         read_window(header, (0, 0, 100, 100))

@@ -18,7 +18,7 @@ from rasteret_pipelines.cog import FetchConfig, RangeFetcher, read_header, read_
 from rasteret_pipelines.cog.http import _S3_CACHE
 from rasteret_pipelines.errors import CogNotFoundError, FetchError, NotATiffError, UnsafeHrefError
 from rasteret_pipelines.redaction import redact
-from rasteret_pipelines_tests.cog.cogs import write_cog
+from rasteret_pipelines_tests.cog.cogs import s2_cog
 
 FAST = FetchConfig(max_retries=2, backoff_base=0.001, backoff_max=0.01)
 SECRET_PARTS = ("AKIDTRUSTTEST", "trust-secret-key", "SESSION-TOKEN-XYZ", "deadbeefsignature")
@@ -96,7 +96,7 @@ def status(code: int):
 
 @pytest.fixture(scope="module")
 def cog(tmp_path_factory):
-    return write_cog(tmp_path_factory.mktemp("sec") / "B04.tif", blocksize=256, seed=3)
+    return s2_cog(tmp_path_factory.mktemp("sec") / "B04.tif", blocksize=256, seed=3)
 
 
 @pytest.fixture
@@ -290,15 +290,12 @@ class SilentServer:
         self.sock.close()
 
 
-def test_a_silent_server_costs_seconds_and_a_bounded_number_of_requests():
+def test_a_silent_server_costs_a_bounded_number_of_attempts():
     config = FetchConfig(idle_timeout=0.5, backoff_base=0.001, backoff_max=0.01)
     silent = SilentServer()
     with silent as url:
-        t0 = time.perf_counter()
         with pytest.raises(FetchError, match="no complete answer in 2 attempts") as info:
             read_header(f"{url}/x.tif", config=config)
-        elapsed = time.perf_counter() - t0
-    assert elapsed < 4, elapsed
     assert len(silent.accepted) == 2  # timeout_retries=1: one retry, then the error
     assert "idle_timeout 0.5 s" in str(info.value)
 
@@ -322,15 +319,20 @@ def test_a_server_dripping_bytes_hits_the_per_attempt_deadline():
                 h.wfile.flush()
                 time.sleep(0.1)
         except OSError:
-            pass
+            hung_up.append(h.path)  # the client closed the connection mid-drip
+        finally:
+            ended.release()
 
+    hung_up: list[str] = []
+    ended = threading.Semaphore(0)
     config = FetchConfig(read_timeout=1.0, idle_timeout=0.5, backoff_base=0.001, backoff_max=0.01)
     with Recorder(route) as srv:
-        t0 = time.perf_counter()
         with pytest.raises(FetchError, match="read_timeout 1 s"):
             read_header(f"{srv.origin}/drip.tif", config=config)
-        assert time.perf_counter() - t0 < 5
+        for _ in range(2):  # both drips end, by the client's hang-up or (a failure) by running dry
+            assert ended.acquire(timeout=60)
     assert len(srv.seen) == 2
+    assert hung_up == ["/drip.tif", "/drip.tif"]  # each attempt gave up before its drip ran dry
 
 
 # -- local hrefs at the fetcher ------------------------------------------------------------------

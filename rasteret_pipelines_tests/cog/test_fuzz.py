@@ -18,6 +18,8 @@ from rasteret_pipelines_tests.cog import fuzzing
 CASES = 700
 SEED = 2026
 RSS_LIMIT_MB = 256
+MAX_REQUESTS_PER_CASE = 16
+"""A header and six windows (three levels, each read twice); the 700 seeded cases need at most 8."""
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_mutated_cogs_fail_typed_never_hang_and_read_identically(seeds, tmp_path
     assert report.outcomes["typed"] > CASES // 4 and report.outcomes["ok"] > CASES // 10
     assert {"TiffFormatError", "BlockDecodeError"} <= set(report.errors)
     assert report.compared > CASES // 40  # still-valid mutants read and equal to GDAL
-    assert report.slowest < 5.0
+    assert report.most_requests <= MAX_REQUESTS_PER_CASE  # no mutant sends the engine round in circles
     if measured:
         assert growth < RSS_LIMIT_MB, f"peak RSS grew by {growth:.0f} MB over {CASES} mutants"
 

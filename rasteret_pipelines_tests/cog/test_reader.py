@@ -9,6 +9,7 @@ pixel oracle.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,7 +42,7 @@ from rasteret_pipelines.errors import (
     UnsafeHrefError,
 )
 from rasteret_pipelines_demo.range_server import FaultPlan, RangeServer
-from rasteret_pipelines_tests.cog.cogs import write_cog
+from rasteret_pipelines_tests.cog.cogs import s2_cog
 
 HREF = "https://cogs.example.test/B04.tif"
 WINDOW = (300, 250, 700, 500)
@@ -49,7 +50,7 @@ WINDOW = (300, 250, 700, 500)
 
 @pytest.fixture(scope="module")
 def cog(tmp_path_factory):
-    return write_cog(tmp_path_factory.mktemp("reader") / "B04.tif", width=1100, height=900,
+    return s2_cog(tmp_path_factory.mktemp("reader") / "B04.tif", width=1100, height=900,
                      blocksize=256, seed=7)
 
 
@@ -76,9 +77,42 @@ class DictReader:
         return [RangeResponse(data[s:e], ObjectVersion(len(data), None, None)) for s, e in ranges]
 
 
+def protocol_mismatches(reader) -> list[str]:
+    """How ``reader`` departs from :class:`ByteReader`: each method must exist, be a coroutine
+    function and take the protocol's parameters (``isinstance`` checks only the names exist)."""
+    found = []
+    for name in ("get_bytes", "get_byte_ranges"):
+        method = getattr(reader, name, None)
+        if method is None:
+            found.append(f"no {name}")
+            continue
+        if not inspect.iscoroutinefunction(method):
+            found.append(f"{name} is not async")
+        wanted = list(inspect.signature(getattr(ByteReader, name)).parameters)[1:]  # without self
+        if list(inspect.signature(method).parameters) != wanted:
+            found.append(f"{name}{inspect.signature(method)} takes other parameters than {wanted}")
+    return found
+
+
 def test_every_bundled_reader_satisfies_the_protocol():
     for reader in (MemoryReader(), LocalFileReader(), HttpReader(), DefaultReader(), DictReader({})):
-        assert isinstance(reader, ByteReader), type(reader).__name__
+        assert protocol_mismatches(reader) == [], type(reader).__name__
+
+
+def test_the_protocol_check_sees_a_reader_that_is_not_one():
+    class Sync:
+        def get_bytes(self, href, start, end):
+            return b""
+
+        async def get_byte_ranges(self, href, spans):
+            return []
+
+    assert isinstance(Sync(), ByteReader)  # why isinstance alone proves nothing
+    assert protocol_mismatches(Sync()) == [
+        "get_bytes is not async",
+        "get_byte_ranges(href, spans) takes other parameters than ['href', 'ranges']",
+    ]
+    assert protocol_mismatches(object()) == ["no get_bytes", "no get_byte_ranges"]
 
 
 def test_a_protocol_only_reader_reads_the_same_pixels_as_rasterio(cog):
@@ -134,7 +168,7 @@ def test_replacing_an_object_in_memory_makes_its_cached_header_stale(cog, tmp_pa
     assert reader.put(HREF, bytes(same_size)) != old
     with pytest.raises(StaleHeaderError, match="ETag"):
         read_window(header, (0, 0, 100, 100), reader=reader)
-    reader.put(HREF, write_cog(tmp_path / "other.tif", blocksize=256, seed=99).read_bytes())
+    reader.put(HREF, s2_cog(tmp_path / "other.tif", blocksize=256, seed=99).read_bytes())
     with pytest.raises(StaleHeaderError, match="bytes"):
         read_window(header, (0, 0, 100, 100), reader=reader)
 
@@ -226,7 +260,7 @@ def test_fetcher_and_reader_together_is_refused(cog):
 
 
 def test_many_files_in_one_batch_from_memory(tmp_path):
-    paths = [write_cog(tmp_path / f"s{i}.tif", width=600, height=500, blocksize=256, seed=i) for i in range(3)]
+    paths = [s2_cog(tmp_path / f"s{i}.tif", width=600, height=500, blocksize=256, seed=i) for i in range(3)]
     reader = MemoryReader({f"mem://s{i}.tif": p.read_bytes() for i, p in enumerate(paths)})
     headers = [read_header(f"mem://s{i}.tif", reader=reader) for i in range(3)]
     reader.reset_log()

@@ -31,7 +31,8 @@ from rasteret_pipelines.cog import (
 )
 from rasteret_pipelines.cog import read as read_module
 from rasteret_pipelines_demo.range_server import RangeServer
-from rasteret_pipelines_tests.cog.cogs import write_cog, write_sparse_scene
+from rasteret_pipelines_tests.cog.cogs import S2_TRANSFORM, s2_cog, write_sparse_scene
+from rasteret_pipelines_tests.cog_factory import write_cog
 
 NO_COALESCING = FetchConfig(coalesce_gap=-1)
 
@@ -41,8 +42,9 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("counted")
     for size in (256, 512, 1024):
         write_sparse_scene(root / f"scene_{size}.tif", blocksize=size)
-    write_cog(root / "dense.tif", blocksize=512)
-    write_cog(root / "planar.tif", bands=3, blocksize=256, interleave="band", width=900, height=700)
+    s2_cog(root / "dense.tif", blocksize=512)
+    write_cog(root / "planar.tif", count=3, blocksize=256, interleave="band", width=900, height=700, predictor=2,
+              nodata=0, transform=S2_TRANSFORM, seed=1)
     return root
 
 

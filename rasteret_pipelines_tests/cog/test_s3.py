@@ -12,7 +12,7 @@ from rasterio.windows import Window
 from rasteret_pipelines.cog import FetchConfig, read_header, read_window
 from rasteret_pipelines.errors import CogNotFoundError, FetchError
 from rasteret_pipelines_demo.range_server import RangeServer
-from rasteret_pipelines_tests.cog.cogs import write_cog
+from rasteret_pipelines_tests.cog.cogs import s2_cog
 from rasteret_pipelines_tests.conftest import free_port
 
 ACCESS_KEY = "AKIDRASTERETTEST"
@@ -23,7 +23,7 @@ PAYS = FetchConfig(requester_pays=True)
 @pytest.fixture(scope="module")
 def cog(tmp_path_factory):
     root = tmp_path_factory.mktemp("s3src")
-    return write_cog(root / "LC08_B4.TIF", blocksize=256, seed=5)
+    return s2_cog(root / "LC08_B4.TIF", blocksize=256, seed=5)
 
 
 @pytest.fixture

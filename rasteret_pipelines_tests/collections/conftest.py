@@ -13,9 +13,10 @@ import pytest
 
 from rasteret_pipelines_demo.range_server import RangeServer
 from rasteret_pipelines_demo.stac_server import StacServer
-from rasteret_pipelines_tests.cog.cogs import write_cog
+from rasteret_pipelines_tests.cog.cogs import s2_cog
+from rasteret_pipelines_tests.conftest import DATA_DIR, committed_fixtures
 
-STAC_DIR = Path(__file__).parents[1] / "data" / "stac"
+STAC_DIR = DATA_DIR / "stac"
 S2_DIR = STAC_DIR / "earth-search-v1" / "sentinel-2-l2a"
 USGS_DIR = STAC_DIR / "usgs-landsatlook" / "landsat-c2l2-sr"
 S2_BANDS = ("red", "nir")
@@ -23,7 +24,9 @@ LANDSAT_BANDS = ("red", "nir08")
 
 
 def recorded(directory: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    """The committed items of one recorded folder (from the fixture list: none may go missing)."""
+    under = directory.relative_to(DATA_DIR).as_posix()
+    return [json.loads(p.read_text()) for p in committed_fixtures(under) if p.parent == directory]
 
 
 def july_2025_items() -> list[dict]:
@@ -73,7 +76,7 @@ class Mirror:
 
 @pytest.fixture(scope="session")
 def base_cog(tmp_path_factory) -> Path:
-    return write_cog(tmp_path_factory.mktemp("base") / "base.tif", width=700, height=600, blocksize=256)
+    return s2_cog(tmp_path_factory.mktemp("base") / "base.tif", width=700, height=600, blocksize=256)
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from rasteret_pipelines.collections import (
     list_collections,
     load_collection,
 )
-from rasteret_pipelines.collections import build as build_module
 from rasteret_pipelines.collections.schema import HEADER_TYPE
 from rasteret_pipelines.errors import (
     CollectionNotFoundError,
@@ -369,7 +368,7 @@ def test_list_and_load_collections(tmp_path, stac_for, july):
     assert list_collections(tmp_path) == [
         {"name": name, "data_source": "sentinel-2-l2a", "date_range": JULY, "size": 6}
     ]
-    with pytest.raises(ValueError, match=str(tmp_path)):
+    with pytest.raises(CollectionNotFoundError, match=str(tmp_path)):
         load_collection("nope", tmp_path)
     with pytest.raises(CollectionNotFoundError):
         load_collection("nope", tmp_path)

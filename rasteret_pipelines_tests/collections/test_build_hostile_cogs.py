@@ -6,8 +6,8 @@ import struct
 
 import pyarrow.parquet as pq
 
-from rasteret_pipelines.collections import build_collection
 from rasteret_pipelines.collections import build as build_module
+from rasteret_pipelines.collections import build_collection
 from rasteret_pipelines_tests.collections.conftest import july_2025_items
 
 JULY = ("2025-07-01", "2025-07-31")

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
@@ -25,6 +24,7 @@ from rasteret_pipelines.errors import (
     StacApiError,
     StaleHeaderError,
     UnknownBandError,
+    UnsafeHrefError,
 )
 from rasteret_pipelines.hrefs import check_href
 from rasteret_pipelines_tests.collections.conftest import july_2025_items
@@ -98,10 +98,10 @@ def test_check_href_policy():
     assert check_href("S3://bucket/x.tif") == "S3://bucket/x.tif"
     assert check_href("/data/x.tif", allow_local=True) == "/data/x.tif"
     for bad in ("/etc/passwd", "file:///etc/passwd", "x.tif", "../x.tif"):
-        with pytest.raises(Exception, match="local paths and file:// hrefs are not read"):
+        with pytest.raises(UnsafeHrefError, match="local paths and file:// hrefs are not read"):
             check_href(bad)
     for bad in (None, 42, "", "https://e/x\x00.tif"):
-        with pytest.raises(Exception, match="asset href must"):
+        with pytest.raises(UnsafeHrefError, match="asset href must"):
             check_href(bad)
 
 
@@ -228,21 +228,18 @@ def test_what_stale_detection_sees():
 
 def test_rasteret_without_a_name_or_dates_is_a_typed_error(tmp_path):
     with pytest.raises(InvalidCollectionNameError, match="custom_name and date_range are needed"):
-        Rasteret(workspace_dir=tmp_path).name
+        _ = Rasteret(workspace_dir=tmp_path).name
     with pytest.raises(InvalidSearchError, match="date_range is needed to create a collection"):
         Rasteret(workspace_dir=tmp_path, custom_name="x").create_collection(bbox=(0, 0, 1, 1))
 
 
-def test_a_silent_stac_api_costs_seconds_not_minutes():
+def test_a_silent_stac_api_costs_a_bounded_number_of_attempts():
     from rasteret_pipelines.collections.search import Month, search_items
     from rasteret_pipelines.collections.sources import get_source
     from rasteret_pipelines_tests.cog.test_fetch_security import SilentServer
 
     silent = SilentServer()
     with silent as url:
-        t0 = time.perf_counter()
         with pytest.raises(StacApiError, match="unreachable"):
             search_items(get_source("sentinel-2-l2a"), Month("2025-07", dt.date(2025, 7, 1), dt.date(2025, 7, 31)), stac_url=url, timeout=0.5)
-        elapsed = time.perf_counter() - t0
-    assert elapsed < 5, elapsed
-    assert len(silent.accepted) <= 2  # the landing page: one try and one read-timeout retry
+    assert 1 <= len(silent.accepted) <= 2  # the landing page: one try and one read-timeout retry

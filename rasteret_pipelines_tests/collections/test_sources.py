@@ -25,9 +25,9 @@ from rasteret_pipelines.collections import (
     NdviBands,
     get_source,
     register_source,
+    schema,
     unregister_source,
 )
-from rasteret_pipelines.collections import schema
 from rasteret_pipelines.collections.sources import PROPERTY_TYPE_NAMES
 from rasteret_pipelines.errors import SourceDefinitionError, UnknownSourceError
 from rasteret_pipelines_tests.collections.conftest import USGS_DIR

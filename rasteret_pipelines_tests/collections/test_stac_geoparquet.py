@@ -24,9 +24,8 @@ from stac_geoparquet.arrow import stac_table_to_items
 
 from rasteret_pipelines import Rasteret
 from rasteret_pipelines.cog import CogHeader
-from rasteret_pipelines.collections import build_collection, list_collections, load_collection
-from rasteret_pipelines.collections import schema
 from rasteret_pipelines.collections import build as build_module
+from rasteret_pipelines.collections import build_collection, list_collections, load_collection, schema
 from rasteret_pipelines.collections.build import MONTH_FILE, write_month
 from rasteret_pipelines.errors import EmptySearchError, OutdatedCollectionError, StacApiError
 from rasteret_pipelines.storage import Storage
@@ -36,11 +35,14 @@ from rasteret_pipelines_tests.collections.conftest import (
     recorded,
     shifted,
 )
+from rasteret_pipelines_tests.conftest import committed_fixtures
 
 JULY = ("2025-07-01", "2025-07-31")
 TIMESTAMPS = {"datetime", "start_datetime", "end_datetime", "created", "updated", "expires",
               "published", "unpublished"}
-RECORDED_DIRS = sorted({p.parent for p in STAC_DIR.glob("*/*/*.json") if p.parent.name != "collections"})
+RECORDED_DIRS = sorted(
+    {p.parent for p in committed_fixtures("stac") if len(p.relative_to(STAC_DIR).parts) == 3 and p.parent.name != "collections"}
+)
 
 
 def _instant(value) -> dt.datetime:

@@ -212,6 +212,21 @@ def test_write_cog_checks_its_input(tmp_path):
         assert src.tags()["K"] == "1" and tuple(src.transform)[:6] == A_TRANSFORM
 
 
+def test_write_cog_keeps_an_integer_scene_with_its_nodata_and_options(tmp_path):
+    data = np.arange(600 * 700, dtype=np.uint16).reshape(600, 700) % 5000
+    data[:10] = 0
+    path = write_cog(data, tmp_path / "scene.tif", "EPSG:32643", A_TRANSFORM, dtype=None, nodata=0, blocksize=512)
+    with rasterio.open(path) as src:
+        assert (src.dtypes[0], src.nodata, src.block_shapes[0]) == ("uint16", 0, (512, 512))
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.overviews(1) == [2]
+        np.testing.assert_array_equal(src.read(1), data)
+        # horizontal differencing: the floating-point predictor of COG_OPTIONS is for floats
+        assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
+    with rasterio.open(write_cog(data, tmp_path / "f.tif", "EPSG:32643", A_TRANSFORM)) as src:
+        assert (src.dtypes[0], src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"]) == ("float32", "3")
+        assert np.isnan(src.nodata)
+
+
 def test_bad_geometry_id(tmp_path):
     layer = GeometryLayers("a/b", "EPSG:32643", A_TRANSFORM, 2, 2, [D1], {"NDVI": np.ones((1, 2, 2))}, ["s"])
     ds = stack_geometries([layer], ["NDVI"], np.float32, np.nan, {})

@@ -1,6 +1,6 @@
 """A small offline Sentinel-2 world for the reading tests: COGs over HTTP, a local STAC API.
 
-Built once per session (about 20 s on 2 cores), in ``world``:
+Built once per session, in ``world``:
 
 * **Base scenes** (:data:`BASE_IDS`): four acquisitions of January and February 2024 written by
   :func:`demo_data.write_scene` on the real grid of MGRS tile 43PGQ (EPSG:32643, origin
@@ -47,6 +47,7 @@ from affine import Affine
 from pyproj import Transformer
 
 from rasteret_pipelines.collections import Collection, build_collection, load_collection
+from rasteret_pipelines.products.geotiff import write_cog
 from rasteret_pipelines_demo import demo_data
 from rasteret_pipelines_demo.range_server import RangeServer
 from rasteret_pipelines_demo.stac_server import StacServer
@@ -107,19 +108,6 @@ def check_aois_inside(size_10m: int = WORLD_SIZE) -> None:
 # -- crafted scenes --------------------------------------------------------------------------
 
 
-def write_cog(path: Path, data: np.ndarray, crs: str, transform: Affine, nodata=0) -> Path:
-    """A GDAL COG (Deflate + predictor 2, 512 px tiles, overviews, nodata)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(
-        driver="COG", width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype.name,
-        crs=crs, transform=transform, nodata=nodata, compress="DEFLATE", predictor=2,
-        blocksize=512, overviews="AUTO", resampling="nearest",
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
-    return path
-
-
 def _noise(seed: int, shape, lo=300, hi=6000) -> np.ndarray:
     """Random DNs: any misplaced pixel shows up in a comparison."""
     return np.random.default_rng(seed).integers(lo, hi, size=shape, dtype=np.uint16)
@@ -143,7 +131,10 @@ def write_crafted_scene(root: Path, item_id: str, crs: str, origin_xy, size_10m,
             if nodata_where is not None:
                 rows, cols = np.mgrid[0:n, 0:n]
                 data[nodata_where(cols, rows)] = 0
-        paths[band] = write_cog(root / item_id / f"{code}.tif", data, crs, transform)
+        # the library's writer, in the data's dtype: Deflate + predictor 2, 512 px tiles, nodata 0
+        path = root / item_id / f"{code}.tif"
+        write_cog(data, path, crs, transform, dtype=None, nodata=0, blocksize=512, overview_resampling="NEAREST")
+        paths[band] = path
     return paths
 
 

@@ -40,13 +40,14 @@ from rasteret_pipelines.collections import build_collection, get_source, load_co
 from rasteret_pipelines.errors import (
     DateRangeError,
     InvalidGeometryError,
+    InvalidReadArgumentError,
     NoScenesError,
     UnknownBandError,
 )
-from rasteret_pipelines_demo import demo_data
-from rasteret_pipelines_demo.range_server import FaultPlan
 from rasteret_pipelines.reading import read_geometries
 from rasteret_pipelines.reading.model import geometry_transform
+from rasteret_pipelines_demo import demo_data
+from rasteret_pipelines_demo.range_server import FaultPlan
 from rasteret_pipelines_tests.reading.conftest import (
     AOIS,
     BASE_IDS,
@@ -165,7 +166,7 @@ def test_native_values_are_uint16_with_nodata_zero(world):
 
 def test_native_values_refuse_bands_of_different_dtypes(world):
     """SCL is uint8 and red uint16: one native array cannot hold both without changing values."""
-    with pytest.raises(ValueError, match="red: uint16.*scl: uint8"):
+    with pytest.raises(InvalidReadArgumentError, match="red: uint16.*scl: uint8"):
         read_world(world, list(AOIS.values()), ["red", "scl"], date_range=BASE_RANGE, values="native")
 
 

@@ -31,9 +31,9 @@ from rasteret_pipelines.collections import (
     register_source,
     unregister_source,
 )
-from rasteret_pipelines_demo.stac_server import StacServer
 from rasteret_pipelines.products import ndvi_dataset
 from rasteret_pipelines.reading import read_geometries
+from rasteret_pipelines_demo.stac_server import StacServer
 from rasteret_pipelines_tests.reading.conftest import AOIS, BASE_IDS, FLAG_COPIES, FLAG_SOURCE_ID
 from rasteret_pipelines_tests.reading.test_read import day, layer, to_crs
 
