@@ -616,7 +616,9 @@ def _group_stats(group: np.ndarray, v: np.ndarray, n: int, stats: list[str]) -> 
                         arr[nonempty] = ufunc.reduceat(v, starts[nonempty])
                     out[name] = arr
         quantiles = [s for s in stats if s == "median" or s.startswith("p")]
-        if quantiles:
+        if quantiles and not v.size:  # no valid value in any group (a date clouded everywhere)
+            out.update({name: np.full(n, np.nan) for name in quantiles})
+        elif quantiles:
             ordered = v[np.lexsort((v, group))]
             last = np.maximum(count - 1, 0)
             for name in quantiles:

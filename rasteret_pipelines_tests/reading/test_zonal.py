@@ -408,3 +408,16 @@ def test_sample_points_equals_rasterio_sample(world):
                     assert value == expected[i], (i, date, band)
                     checked += 1
     assert checked > 2000 and nulls >= 4
+
+
+def test_a_date_with_no_valid_pixel_gives_null_statistics(world, monkeypatch):
+    """Every pixel masked (here: every SCL class counted as cloud): counts 0, statistics null."""
+    from rasteret_pipelines.collections import cloudmask
+
+    monkeypatch.setattr(cloudmask.MaskedClasses, "clear", lambda self, values: np.zeros(values.shape, bool))
+    fields = hard_fields().iloc[:5]
+    table = zonal_stats(world.collection(), fields, index="ndvi", stats=STATS, date_range=BASE_RANGE, cloud_mask=True)
+    assert table.num_rows == 5 * len(BASE_IDS)
+    for row in table.to_pylist():
+        assert row["ndvi_count"] == 0 and row["ndvi_valid_fraction"] == 0.0
+        assert all(row[f"ndvi_{s}"] is None for s in STATS if s != "count"), row
