@@ -13,7 +13,7 @@ from pydantic import Field
 
 from rasteret_pipelines.cog import FetchConfig
 from rasteret_pipelines.collections import get_source, stac_url_env_var
-from rasteret_pipelines.aois import AoiSet, load_aois
+from rasteret_pipelines.fields import DEFAULT_CELL_DEG, FieldSet, load_fields
 from rasteret_pipelines.defs.settings import (
     DEFAULT_DEMO_DIR,
     DEFAULT_DEMO_MONTHS,
@@ -262,11 +262,14 @@ class HttpClientResource(dg.ConfigurableResource):
 
 
 class BatchResource(dg.ConfigurableResource):
-    """How a run over many AOIs reads them: one read per month, in batches bounded by count and
-    by the estimated bytes of their windows (see :func:`rasteret_pipelines.defs.pipeline.chunk_aois`)."""
+    """How a run writes NDVI COGs: which (``geotiffs``: ``group``, ``fields`` or ``none``), and
+    in reads bounded by count and by the estimated bytes of their windows (see
+    :func:`rasteret_pipelines.defs.pipeline.chunk_aois`). The statistics are one read per month."""
 
-    max_aois: int = Field(default=DEFAULT_NDVI_BATCH_AOIS, description="At most this many AOIs per read")
-    max_mb: float = Field(default=DEFAULT_NDVI_BATCH_MB, description="At most this many estimated MB per read")
+    max_aois: int = Field(default=DEFAULT_NDVI_BATCH_AOIS, description="At most this many areas (groups) per COG read")
+    max_mb: float = Field(default=DEFAULT_NDVI_BATCH_MB, description="At most this many estimated MB per COG read")
+    geotiffs: str = Field(default="group", description="NDVI COGs per (group, date), per (field, date) for "
+                                                      "small groups, or none: group | fields | none")
 
     @property
     def max_bytes(self) -> int:
@@ -277,14 +280,22 @@ class BatchResource(dg.ConfigurableResource):
 
 
 class AoiFileResource(dg.ConfigurableResource):
-    """The AOI file (GeoJSON or GeoParquet, local or ``s3://``): see :mod:`rasteret_pipelines.aois`."""
+    """The field file (GeoJSON or GeoParquet, local or ``s3://``): see :mod:`rasteret_pipelines.fields`."""
 
-    path: str = Field(description="Local path or s3:// URI of the AOI file")
+    path: str = Field(description="Local path or s3:// URI of the field file")
+    cell_deg: float = Field(default=DEFAULT_CELL_DEG, description="Grid cell (degrees) grouping fields without a group")
 
-    def load(self, *, lenient: bool = False) -> AoiSet:
-        """The checked AOIs; :class:`~rasteret_pipelines.errors.AoiFileError` names any fault
-        (lenient: features with an unusable geometry are listed in ``invalid`` instead)."""
-        return load_aois(self.path, lenient=lenient)
+    def fields(self) -> FieldSet:
+        """The usable fields, each in a group; bad rows are skipped and named in ``skipped``.
+
+        Raises:
+            AoiFileError: the file is missing or unreadable, or holds no usable field.
+        """
+        return load_fields(self.path, cell_deg=float(self.cell_deg))
+
+    def load(self, *, lenient: bool = True) -> FieldSet:
+        """:meth:`fields` (the former AOI interface: ``ids``, ``bbox``, ``invalid``, ``geometry``)."""
+        return self.fields()
 
 
 # --- from the environment -------------------------------------------------------------------------
@@ -326,9 +337,11 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
             connect_timeout=_env(settings, "RASTERET_HTTP_CONNECT_TIMEOUT", 10.0, float),
             read_timeout=_env(settings, "RASTERET_HTTP_READ_TIMEOUT", 60.0, float),
         ),
-        "aois": AoiFileResource(path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file)),
+        "aois": AoiFileResource(path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file),
+                                cell_deg=settings.group_cell_deg),
         "batching": BatchResource(
             max_aois=_env(settings, "RASTERET_NDVI_BATCH_AOIS", DEFAULT_NDVI_BATCH_AOIS, int),
             max_mb=_env(settings, "RASTERET_NDVI_BATCH_MB", float(DEFAULT_NDVI_BATCH_MB), float),
+            geotiffs=settings.field_geotiffs,
         ),
     }
