@@ -208,9 +208,9 @@ def parse_fields(data: bytes, uri: str = "<bytes>", *, cell_deg: float = DEFAULT
     valid = np.ones(n, dtype=bool)
     valid[check] = shapely.is_valid(geoms[check])
     skip(~valid, lambda i: f"invalid geometry: {shapely.is_valid_reason(geoms[i])}")
-    group_given = pd.Series(groups, dtype="object")
-    has_group = group_given.notna().to_numpy() & (group_given.fillna("").astype(str).str.strip() != "").to_numpy()
-    group_text = group_given.where(has_group, None).map(lambda v: None if v is None else str(v).strip())
+    group_text = pd.Series([None if v is None or (isinstance(v, float) and v != v) or not str(v).strip()
+                            else str(v).strip() for v in groups], dtype="object")
+    has_group = group_text.notna().to_numpy()
     group_safe = group_text.fillna("x").str.fullmatch(SAFE_NAME.pattern[1:-1]).to_numpy() & \
         ~group_text.fillna("").str.contains(r"\.\.").to_numpy()
     skip(has_group & ~group_safe, lambda i: f"group {group_text[i]!r} is not a safe name")
@@ -244,7 +244,7 @@ def parse_fields(data: bytes, uri: str = "<bytes>", *, cell_deg: float = DEFAULT
     frame = frame.set_crs("EPSG:4326", allow_override=True)
     centroids = shapely.centroid(np.asarray(frame.geometry.values))
     cells = group_names(shapely.get_x(centroids), shapely.get_y(centroids), cell_deg)
-    frame["group"] = [g if g is not None else c for g, c in zip(frame["group"], cells)]
+    frame["group"] = [g if isinstance(g, str) else c for g, c in zip(frame["group"], cells)]
     frame["name"] = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame["name"]]
     return FieldSet(uri=uri, fingerprint=fingerprint, frame=frame[["name", "group", "geometry"]],
                     skipped=skipped, cell_deg=cell_deg)
