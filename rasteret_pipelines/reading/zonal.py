@@ -1,0 +1,831 @@
+"""Zonal statistics of many fields: every tile fetched and decoded once, per-field work vectorised.
+
+:func:`zonal_stats` answers "for each field and date, what are the mean, median, ... of this
+band or index over the field's pixels" for thousands to millions of fields, as one table with
+a row per (field, date). It does what :func:`~rasteret_pipelines.reading.read_geometries`
+plus a per-field reduction would, without a window, an array or a Python step per field:
+
+1. **Fields to pixels, once.** Each field gets the reference grid a read would give it (the
+   grid of its first covering scene, at the finest requested band). All fields of one grid
+   are put on it together: :func:`~rasteret_pipelines.reading.mask.pixels_inside` gives
+   every (field, pixel) pair by rasterio's rule (pixel centres, or ``all_touched``). Fields
+   may overlap; a pixel inside two fields counts for both.
+2. **Pixels to tiles, once per file layout.** For every (grid, band layout) the pairs are
+   mapped to the band's pixels (the pixel containing each reference pixel's centre: the same
+   pixel for a band on the reference grid, nearest-neighbour sampling for a coarser band or
+   another CRS) and sorted by the tile holding them.
+3. **Date by date.** The tiles the day's scenes need (for the fields each scene's footprint
+   intersects) are fetched as one batch through the cached headers, a tile shared by many
+   fields once; each decoded tile hands its values to the pairs inside it and is dropped.
+   The scenes of a day are mosaicked per band (first valid scene by datetime then id, as a
+   read does), masked by nodata and, with ``cloud_mask``, by the source's quality band.
+4. **Reductions** run over all pairs of the day at once: ``bincount`` for counts, sums and
+   variances, ``reduceat`` for extremes, one ``lexsort`` for medians and percentiles.
+
+A bounded number of days is in flight at a time, so memory holds the fields' pixel pairs
+(which grow with the fields' area, not with dates) and the tiles of those days; with
+``output=`` the rows go to a GeoParquet file as each day is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pyarrow as pa
+import shapely
+
+from rasteret_pipelines.cog import FetchConfig, _run_sync_with
+from rasteret_pipelines.errors import (
+    InvalidGeometryError,
+    InvalidReadArgumentError,
+    NoScenesError,
+    ReflectanceRequiredError,
+    UnknownBandError,
+)
+from rasteret_pipelines.reading.assemble import nodata_valid
+from rasteret_pipelines.reading.mask import pixels_inside
+from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, mosaic_method
+from rasteret_pipelines.reading.plan import (
+    Scene,
+    check_date_range,
+    crs_of,
+    reproject_geometry,
+    same_crs,
+    select_scenes,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_STATS", "zonal_stats"]
+
+DEFAULT_STATS = ("mean", "median", "std", "min", "max", "count")
+"""The statistics computed when none are named."""
+_STATS = ("mean", "median", "std", "min", "max", "count", "sum")
+_PERCENTILE = re.compile(r"^p(100|[0-9]{1,2}(\.[0-9]+)?)$")
+DAYS_IN_FLIGHT = 4
+"""Dates fetched and reduced at once: enough to hide request latency, few enough to bound memory."""
+
+
+# -- arguments -----------------------------------------------------------------------------------
+
+
+def parse_stats(stats) -> list[str]:
+    """The statistic names, checked: mean, median, std, min, max, count, sum and ``pNN``.
+
+    Raises:
+        InvalidReadArgumentError: an unknown name, or none.
+    """
+    names = [stats] if isinstance(stats, str) else list(stats)
+    if not names:
+        raise InvalidReadArgumentError("stats is empty: name at least one statistic")
+    for name in names:
+        if name not in _STATS and not _PERCENTILE.match(str(name)):
+            raise InvalidReadArgumentError(
+                f"unknown statistic {name!r}: use {', '.join(_STATS)} or a percentile such as 'p10'"
+            )
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class _Variables:
+    """What to compute per pixel: raw bands, or one index over the bands."""
+
+    bands: list[str]
+    """Band names as the user called them, in input order."""
+    keys: dict[str, str]
+    """Band name -> asset key."""
+    names: list[str]
+    """Output variable names (column prefixes)."""
+    index: Callable | None
+    """None: one variable per band. Else a function of ``{band: values}`` giving one variable."""
+    values: str
+
+
+def _variables(collection, bands, index, values) -> _Variables:
+    if isinstance(bands, str):
+        bands = [bands]
+    if index is None:
+        if not bands:
+            raise InvalidReadArgumentError("name the bands= to summarise, or an index= such as 'ndvi'")
+        values = values or "float"
+        if values not in ("float", "native", "reflectance"):
+            raise InvalidReadArgumentError(f"values must be 'float', 'native' or 'reflectance', got {values!r}")
+        bands = list(bands)
+        return _Variables(bands, {b: collection.resolve_band(b) for b in bands}, [_column_name(b) for b in bands],
+                          None, values)
+    if isinstance(index, str):
+        if index.lower() != "ndvi":
+            raise InvalidReadArgumentError(f"unknown index {index!r}: use 'ndvi' or a function of the bands")
+        if values not in (None, "reflectance"):
+            raise ReflectanceRequiredError(
+                f"index='ndvi' is computed on surface reflectance, not values={values!r}: "
+                "an offset (Sentinel-2 L2A -0.1, Landsat C2 L2 -0.2) changes the ratio"
+            )
+        red, nir = collection.source.ndvi_bands
+        from rasteret_pipelines.reading.indices import ndvi_values
+
+        return _Variables(["red", "nir"], {"red": red, "nir": nir}, ["ndvi"],
+                          lambda v: ndvi_values(v["red"], v["nir"]), "reflectance")
+    if callable(index):
+        if not bands:
+            raise InvalidReadArgumentError("a function index= needs the bands= it is computed from")
+        bands = list(bands)
+        name = _column_name(getattr(index, "__name__", "index"))
+        return _Variables(bands, {b: collection.resolve_band(b) for b in bands}, [name],
+                          lambda v: np.asarray(index(**v), dtype=np.float64), values or "reflectance")
+    raise InvalidReadArgumentError(f"index must be 'ndvi' or a function of the bands, got {type(index).__name__}")
+
+
+def _column_name(name: str) -> str:
+    text = re.sub(r"[^0-9A-Za-z_]+", "_", str(name)).strip("_").lower()
+    return text or "index"
+
+
+# -- fields --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fields:
+    """Fields as arrays: ids (text), EPSG:4326 polygons, and the columns to carry along."""
+
+    ids: np.ndarray
+    geometries: np.ndarray
+    kept: pa.Table | None = None
+
+
+def load_fields(fields, id_column: str = "id", keep: Sequence[str] = ()) -> Fields:
+    """Fields from a GeoDataFrame, a GeoSeries, a GeoParquet/GeoJSON path (local or ``s3://``)
+    or shapely geometries, checked all at once.
+
+    Ids come from ``id_column`` when the input has that column, else from the index (or 1..n
+    for plain geometries), as text.
+
+    Raises:
+        InvalidGeometryError: no fields, duplicate ids, or geometries that are empty, invalid,
+            not polygons, without a CRS or outside longitude/latitude (the first few named).
+    """
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    if isinstance(fields, (str, os.PathLike)):
+        fields = _read_fields_file(os.fspath(fields))
+    import sys
+
+    if "geopandas" in sys.modules:
+        import geopandas as gpd
+
+        if isinstance(fields, gpd.GeoSeries):
+            fields = gpd.GeoDataFrame(geometry=fields)
+        if isinstance(fields, gpd.GeoDataFrame):
+            return _from_frame(fields, id_column, keep)
+    if keep:
+        raise InvalidReadArgumentError(f"keep={keep} needs a GeoDataFrame (plain geometries have no columns)")
+    if isinstance(fields, shapely.Geometry):
+        fields = [fields]
+    geoms = np.asarray(list(fields), dtype=object)
+    if not all(isinstance(g, shapely.Geometry) for g in geoms):
+        raise InvalidGeometryError("fields must be a GeoDataFrame, a GeoParquet path or shapely geometries")
+    ids = np.array([str(i) for i in range(1, len(geoms) + 1)], dtype=object)
+    _check_geometries(ids, geoms)
+    return Fields(ids, geoms)
+
+
+def _read_fields_file(path: str):
+    import io
+
+    import geopandas as gpd
+
+    from rasteret_pipelines.aois import read_uri_bytes
+
+    try:
+        data = read_uri_bytes(path)
+    except FileNotFoundError as exc:
+        raise InvalidGeometryError(f"fields file {path}: {exc}") from exc
+    try:
+        if data[:4] == b"PAR1":
+            return gpd.read_parquet(io.BytesIO(data))
+        return gpd.read_file(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file, said by name
+        raise InvalidGeometryError(f"fields file {path} is not GeoParquet or GeoJSON: {exc}") from exc
+
+
+def _from_frame(frame, id_column: str, keep: list[str]) -> Fields:
+    if frame.crs is None:
+        raise InvalidGeometryError("the fields have no CRS: set one (e.g. gdf.set_crs('EPSG:4326'))")
+    missing = [c for c in keep if c not in frame.columns]
+    if missing:
+        raise InvalidReadArgumentError(f"keep names columns the fields do not have: {missing}")
+    raw_ids = frame[id_column] if id_column in frame.columns else frame.index.to_series()
+    ids = np.array([str(v.item() if hasattr(v, "item") else v) for v in raw_ids], dtype=object)
+    geoms = np.asarray(frame.geometry.values, dtype=object)
+    _check_geometries(ids, geoms, check_degrees=False)
+    if not frame.crs.equals("EPSG:4326"):
+        geoms = np.asarray(frame.geometry.to_crs("EPSG:4326").values, dtype=object)
+    _check_degrees(ids, geoms)
+    kept = pa.Table.from_pandas(frame[keep].reset_index(drop=True), preserve_index=False) if keep else None
+    return Fields(ids, geoms, kept)
+
+
+def _named(ids: np.ndarray, bad: np.ndarray, limit: int = 5) -> str:
+    names = [str(i) for i in ids[bad][:limit]]
+    more = int(bad.sum()) - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
+def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = True) -> None:
+    if len(geoms) == 0:
+        raise InvalidGeometryError("no fields given")
+    unique, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        raise InvalidGeometryError(f"field ids are not unique: {', '.join(unique[counts > 1][:5])}")
+    missing = np.array([g is None for g in geoms])
+    if missing.any():
+        raise InvalidGeometryError(f"fields without a geometry: {_named(ids, missing)}")
+    empty = shapely.is_empty(geoms)
+    if empty.any():
+        raise InvalidGeometryError(f"fields with an empty geometry: {_named(ids, empty)}")
+    kind = shapely.get_type_id(geoms)
+    not_area = ~np.isin(kind, (3, 6))  # Polygon, MultiPolygon
+    if not_area.any():
+        raise InvalidGeometryError(f"fields that are not polygons: {_named(ids, not_area)}")
+    xy, which = shapely.get_coordinates(geoms, return_index=True)
+    bad = np.zeros(len(geoms), bool)
+    bad[which[~np.isfinite(xy).all(axis=1)]] = True
+    if bad.any():
+        raise InvalidGeometryError(f"fields with NaN or infinite coordinates: {_named(ids, bad)}")
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        first = geoms[invalid][0]
+        raise InvalidGeometryError(
+            f"fields with invalid geometries: {_named(ids, invalid)} "
+            f"(the first: {shapely.is_valid_reason(first)})"
+        )
+    if check_degrees:
+        _check_degrees(ids, geoms)
+
+
+def _check_degrees(ids: np.ndarray, geoms: np.ndarray) -> None:
+    b = shapely.bounds(geoms)
+    bad = ~((b[:, 0] >= -180) & (b[:, 2] <= 180) & (b[:, 1] >= -90) & (b[:, 3] <= 90))
+    if bad.any():
+        raise InvalidGeometryError(
+            f"fields outside longitude/latitude (is their CRS right?): {_named(ids, bad)}"
+        )
+
+
+# -- grids, pixels and tiles ----------------------------------------------------------------------
+
+
+@dataclass
+class _Grid:
+    """The fields sharing one reference grid, and their pixels on it."""
+
+    crs_key: str
+    transform: tuple[float, ...]
+    fields: np.ndarray
+    """Indices (into all fields) of this grid's fields, ascending."""
+    member_field: np.ndarray = None
+    """For every (field, pixel) pair: the field's index into all fields (ascending)."""
+    rows: np.ndarray = None
+    cols: np.ndarray = None
+    position: np.ndarray = None
+    """For every pair: its field's slot in :attr:`fields`."""
+    layouts: dict = field(default_factory=dict)
+    """(band CRS, transform, image size, tile size) -> :class:`_Layout` of the pairs."""
+
+
+@dataclass
+class _Layout:
+    """The grid's pairs on one band's pixels, sorted by the tile that holds them."""
+
+    srow: np.ndarray
+    scol: np.ndarray
+    order: np.ndarray
+    """Pair indices sorted by tile (pairs outside the image left out)."""
+    tiles: np.ndarray
+    """Distinct tile indices, ascending, and where their pairs start in :attr:`order`."""
+    starts: np.ndarray
+
+
+def _layout(grid: _Grid, header) -> _Layout:
+    level = header.levels[0]
+    key = (header.crs, tuple(header.transform), level.width, level.height, level.tile_width, level.tile_height)
+    found = grid.layouts.get(key)
+    if found is not None:
+        return found
+    ga, _, gc, _, ge, gf = grid.transform[:6]
+    x = gc + (grid.cols + 0.5) * ga
+    y = gf + (grid.rows + 0.5) * ge
+    if not same_crs(grid.crs_key, header.crs):
+        from pyproj import Transformer
+
+        x, y = Transformer.from_crs(crs_of(grid.crs_key), crs_of(header.crs), always_xy=True).transform(x, y)
+    a, b, c, d, e, f = header.transform[:6]
+    if b or d:
+        from affine import Affine
+
+        inv = ~Affine(a, b, c, d, e, f)
+        fc, fr = x * inv.a + y * inv.b + inv.c, x * inv.d + y * inv.e + inv.f
+    else:
+        fc, fr = (x - c) / a, (y - f) / e
+    scol = np.floor(fc).astype(np.int64)
+    srow = np.floor(fr).astype(np.int64)
+    inside = (scol >= 0) & (scol < level.width) & (srow >= 0) & (srow < level.height)
+    tile = np.full(scol.shape, -1, np.int64)
+    tile[inside] = (srow[inside] // level.tile_height) * level.tiles_across + scol[inside] // level.tile_width
+    order = np.argsort(tile, kind="stable")
+    order = order[np.count_nonzero(~inside):]
+    sorted_tiles = tile[order]
+    tiles, starts = np.unique(sorted_tiles, return_index=True)
+    out = grid.layouts[key] = _Layout(srow, scol, order, tiles, np.append(starts, sorted_tiles.size))
+    return out
+
+
+def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_keys, all_touched) -> list[_Grid]:
+    """Each covered field on its reference grid (its first covering scene's finest data band)."""
+    ref = np.full(len(fields.ids), -1, np.int64)
+    for si, covered in enumerate(covers):
+        fresh = covered[ref[covered] < 0]
+        ref[fresh] = si
+    by_grid: dict[tuple, list[int]] = {}
+    for si in np.unique(ref[ref >= 0]).tolist():
+        header = min((scenes[si].headers[k] for k in data_keys), key=lambda h: abs(h.transform[0] * h.transform[4]))
+        by_grid.setdefault((header.crs, tuple(header.transform[:6])), []).append(si)
+    grids = []
+    for (crs_key, transform), scene_indices in by_grid.items():
+        members = np.flatnonzero(np.isin(ref, scene_indices))
+        grid = _Grid(crs_key, transform, members)
+        local = reproject_geometry(fields.geometries[members], "EPSG:4326", crs_key)
+        which, rows, cols = pixels_inside(local, transform, all_touched=all_touched)
+        grid.member_field = members[which]
+        grid.rows, grid.cols, grid.position = rows, cols, which
+        grids.append(grid)
+    return grids
+
+
+# -- one day -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Samples:
+    """One (scene, grid, band): the band's stored value at each of the grid's pairs."""
+
+    values: np.ndarray
+    present: np.ndarray
+    """False for pairs outside the image (or not fetched: their field is not covered)."""
+
+
+def _day_requests(day_scenes, grids, covered_by_scene, keys):
+    """The tile windows of one day and, per request, where its values go.
+
+    Returns ``(requests, sinks, samples)``: ``requests`` for the engine's ``fetch_windows``,
+    ``sinks[i] = (samples, pair indices, rows, cols, window)`` and
+    ``samples[(rank, grid index, key)]``.
+    """
+    requests, sinks, samples = [], [], {}
+    for rank, (si, scene) in enumerate(day_scenes):
+        covered = covered_by_scene[si]
+        for g, grid in enumerate(grids):
+            wanted = covered[grid.member_field]
+            if not wanted.any():
+                continue
+            for key in keys:
+                header = scene.headers[key]
+                level = header.levels[0]
+                layout = _layout(grid, header)
+                dtype = np.dtype(header.dtype)
+                s = samples[rank, g, key] = _Samples(np.zeros(grid.rows.size, dtype), np.zeros(grid.rows.size, bool))
+                for t in range(len(layout.tiles)):
+                    pairs = layout.order[layout.starts[t]: layout.starts[t + 1]]
+                    pairs = pairs[wanted[pairs]]
+                    if not pairs.size:
+                        continue
+                    tile = int(layout.tiles[t])
+                    tr, tc = divmod(tile, level.tiles_across)
+                    x0, y0 = tc * level.tile_width, tr * level.tile_height
+                    window = (x0, y0, min(level.tile_width, level.width - x0), min(level.tile_height, level.height - y0))
+                    requests.append((header, window))
+                    sinks.append((s, pairs, layout.srow[pairs] - y0, layout.scol[pairs] - x0))
+    return requests, sinks, samples
+
+
+def _gather(sinks):
+    def on_window(i: int, array: np.ndarray) -> None:
+        s, pairs, rows, cols = sinks[i]
+        s.values[pairs] = array[0][rows, cols]
+        s.present[pairs] = True
+        sinks[i] = None  # the window and the indices can go
+
+    return on_window
+
+
+@dataclass
+class _Reduction:
+    """Everything a day's rows need from one grid."""
+
+    fields: np.ndarray
+    """Field indices (into all fields) with a row this day, ascending."""
+    stats: dict[str, np.ndarray]
+    scene_ids: np.ndarray
+
+
+def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, quality, stats, mosaic):
+    """Mosaic, mask and reduce one grid's pairs for one day."""
+    ranks = [r for r in range(len(day_scenes)) if (r, grid_index, spec.keys[spec.bands[0]]) in samples]
+    if not ranks:
+        return None
+    n_pairs = grid.rows.size
+    field_of = grid.member_field
+    mosaicked: dict[str, np.ndarray] = {}
+    winners: dict[str, np.ndarray] = {}
+    clear_by_rank = {}
+    for r in ranks:
+        si, scene = day_scenes[r]
+        ok = covered_by_scene[si][field_of]
+        if quality is not None:
+            q = samples[r, grid_index, quality.band]
+            ok = ok & q.present & nodata_valid(q.values, scene.headers[quality.band].nodata) & quality.clear(q.values)
+        clear_by_rank[r] = ok
+    for band in spec.bands:
+        key = spec.keys[band]
+        if mosaic in (FirstValid, LastValid):
+            out = np.full(n_pairs, np.nan, np.float32)
+            won = np.full(n_pairs, -1, np.int64)
+            for r in (ranks if mosaic is FirstValid else ranks[::-1]):
+                s = samples[r, grid_index, key]
+                scene = day_scenes[r][1]
+                valid = clear_by_rank[r] & s.present & nodata_valid(s.values, scene.headers[key].nodata)
+                take = valid & (won < 0)
+                out[take] = _convert(s.values[take], spec.values, scene.reflectance)
+                won[take] = r
+        else:
+            out = np.empty(n_pairs, np.float32)
+            method = mosaic(out, len(ranks), np.nan)
+            won = np.full(n_pairs, -1, np.int64)
+            for i, r in enumerate(ranks):
+                s = samples[r, grid_index, key]
+                scene = day_scenes[r][1]
+                valid = clear_by_rank[r] & s.present & nodata_valid(s.values, scene.headers[key].nodata)
+                method.feed(_convert(s.values, spec.values, scene.reflectance), valid, i)
+                won[valid & (won < 0)] = r
+            method.finish()
+        mosaicked[band], winners[band] = out, won
+    if spec.index is None:
+        variables = {_column_name(b): mosaicked[b] for b in spec.bands}
+    else:
+        variables = {spec.names[0]: spec.index(mosaicked)}
+    fields_today = np.zeros(len(covered_by_scene[day_scenes[0][0]]), bool)
+    for r in ranks:
+        fields_today |= covered_by_scene[day_scenes[r][0]]
+    keep = fields_today[grid.fields]
+    position = grid.position
+    n = grid.fields.size
+    pixels = np.bincount(position, minlength=n)
+    out_stats: dict[str, np.ndarray] = {}
+    for name, v in variables.items():
+        v = np.asarray(v, dtype=np.float64)
+        good = ~np.isnan(v)
+        for stat, arr in _group_stats(position[good], v[good], n, stats).items():
+            out_stats[f"{name}_{stat}"] = arr
+        count = np.bincount(position[good], minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out_stats[f"{name}_valid_fraction"] = np.where(pixels > 0, count / np.maximum(pixels, 1), np.nan)
+    used = np.zeros(n, np.int64)
+    for won in winners.values():
+        for r in ranks:
+            hit = np.bincount(position[won == r], minlength=n) > 0
+            used |= hit.astype(np.int64) << r
+    names = [day_scenes[r][1].id for r in range(len(day_scenes))]
+    masks, inverse = np.unique(used[keep], return_inverse=True)
+    texts = np.array([",".join(names[r] for r in range(len(names)) if int(m) >> r & 1) for m in masks], dtype=object)
+    return _Reduction(grid.fields[keep], {k: a[keep] for k, a in out_stats.items()}, texts[inverse])
+
+
+def _convert(raw: np.ndarray, mode: str, reflectance) -> np.ndarray:
+    if mode == "reflectance":
+        scale, offset = reflectance
+        return (raw.astype(np.float64) * scale + offset).astype(np.float32)
+    return raw.astype(np.float32)
+
+
+def _group_stats(group: np.ndarray, v: np.ndarray, n: int, stats: list[str]) -> dict[str, np.ndarray]:
+    """Statistics of ``v`` per group (``group`` ascending, values without NaN), numpy's formulas."""
+    count = np.bincount(group, minlength=n)
+    empty = count == 0
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = np.bincount(group, weights=v, minlength=n)
+        mean = total / count
+        if "count" in stats:
+            out["count"] = count
+        if "sum" in stats:
+            out["sum"] = np.where(empty, np.nan, total)
+        if "mean" in stats:
+            out["mean"] = mean
+        if "std" in stats:
+            dev = v - mean[group]
+            out["std"] = np.sqrt(np.bincount(group, weights=dev * dev, minlength=n) / count)
+        starts = np.searchsorted(group, np.arange(n))
+        if "min" in stats or "max" in stats:
+            nonempty = np.flatnonzero(~empty)
+            for name, ufunc in (("min", np.minimum), ("max", np.maximum)):
+                if name in stats:
+                    arr = np.full(n, np.nan)
+                    if nonempty.size:
+                        arr[nonempty] = ufunc.reduceat(v, starts[nonempty])
+                    out[name] = arr
+        quantiles = [s for s in stats if s == "median" or s.startswith("p")]
+        if quantiles:
+            ordered = v[np.lexsort((v, group))]
+            last = np.maximum(count - 1, 0)
+            for name in quantiles:
+                arr = np.full(n, np.nan)
+                ok = ~empty
+                if name == "median":
+                    lo = starts + last // 2
+                    hi = starts + (count // 2)
+                    odd = count % 2 == 1
+                    a, b = ordered[np.minimum(lo, v.size - 1)], ordered[np.minimum(hi, v.size - 1)]
+                    arr[ok] = np.where(odd, a, (a + b) / 2)[ok]
+                else:
+                    q = float(name[1:]) / 100.0
+                    h = last * q
+                    below = np.floor(h).astype(np.int64)
+                    t = h - below
+                    above = np.minimum(below + 1, last)
+                    a = ordered[np.minimum(starts + below, v.size - 1)]
+                    b = ordered[np.minimum(starts + above, v.size - 1)]
+                    diff = b - a
+                    lerp = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's _lerp
+                    arr[ok] = lerp[ok]
+                out[name] = arr
+    return out
+
+
+# -- the whole read -------------------------------------------------------------------------------
+
+
+def zonal_stats(
+    collection,
+    fields,
+    *,
+    bands: Sequence[str] | None = None,
+    index=None,
+    stats: Sequence[str] = DEFAULT_STATS,
+    id_column: str = "id",
+    keep: Sequence[str] = (),
+    date_range=None,
+    cloud_cover_lt: float | None = None,
+    values: str | None = None,
+    cloud_mask: bool = False,
+    all_touched: bool = False,
+    mosaic="first",
+    filters: dict | None = None,
+    fetch_config: FetchConfig | None = None,
+    reader=None,
+    output: str | os.PathLike | None = None,
+):
+    """Statistics of bands or an index over each field, for every date (see module docs).
+
+    Args:
+        collection: An opened :class:`~rasteret_pipelines.collections.Collection`.
+        fields: A GeoDataFrame (any CRS), a GeoSeries, a GeoParquet or GeoJSON path (local or
+            ``s3://``), or shapely polygons in EPSG:4326.
+        bands: Bands to summarise (``["red", "nir"]``), or the bands a function ``index``
+            takes.
+        index: ``"ndvi"`` (the source's red and NIR on surface reflectance), or a function
+            called with the bands as keyword arguments, returning the per-pixel index.
+        stats: Any of mean, median, std (population, as numpy's), min, max, count, sum, and
+            percentiles ``pNN`` (numpy's linear method).
+        id_column: Column holding the field ids (default ``"id"``); without it, the index.
+        keep: Columns of a GeoDataFrame copied into every row of their field.
+        date_range: ``(start, end)`` dates, inclusive.
+        cloud_cover_lt: Scene-level cloud cover filter.
+        values: ``"float"`` (stored values, the default for bands), ``"native"`` (the same
+            numbers) or ``"reflectance"`` (the default, and the only choice, for an index).
+        cloud_mask: Leave out pixels the source's quality band calls cloudy.
+        all_touched: Every pixel a field touches, not only those whose centre is inside.
+        mosaic: How same-date scenes combine: ``"first"`` (default), ``"last"`` or a
+            :class:`~rasteret_pipelines.reading.mosaic.MosaicMethod` subclass.
+        filters: Extra ``{column: value}`` collection filters.
+        fetch_config: Transport settings.
+        reader: Any :class:`~rasteret_pipelines.cog.ByteReader` (None: the default reader).
+        output: A local path or ``s3://`` URI: the rows are written there as GeoParquet (with
+            each field's polygon as ``geometry``), day by day, instead of kept in memory.
+
+    Returns:
+        A ``pyarrow.Table`` with one row per (field, date) where a scene covers the field,
+        ordered by date, then by the fields' input order: ``id``, ``date``, then
+        ``<variable>_<stat>`` for every variable and statistic, ``<variable>_valid_fraction``
+        (valid pixels over the field's pixels), ``scene_ids`` (the scenes whose pixels were
+        used, comma-separated) and the ``keep`` columns. Its schema metadata holds
+        ``requests``, ``header_requests`` and ``bytes_read``. With ``output``, the location
+        written instead.
+
+    Raises:
+        UnknownBandError, DateRangeError, InvalidGeometryError, InvalidReadArgumentError,
+        ReflectanceRequiredError, NoScenesError, UnsafeHrefError (before any request).
+    """
+    spec = _variables(collection, bands, index, values)
+    stat_names = parse_stats(stats)
+    method = mosaic_method(mosaic)
+    rule = collection.source.cloud_mask if cloud_mask else None
+    if rule is not None and rule.band not in collection.bands:
+        raise UnknownBandError(
+            f"cloud_mask needs the {rule.band!r} band, which collection {collection.name!r} does not hold"
+        )
+    check_date_range(collection, date_range)
+    data = load_fields(fields, id_column, keep)
+    data_keys = sorted({spec.keys[b] for b in spec.bands})
+    read_keys = data_keys + ([rule.band] if rule is not None and rule.band not in data_keys else [])
+    hull = shapely.convex_hull(shapely.multipoints(shapely.get_coordinates(data.geometries)))
+    hull = hull if hull.geom_type == "Polygon" else hull.buffer(1e-9)
+    scenes = select_scenes(collection, [(None, hull)], date_range, cloud_cover_lt, filters, read_keys)
+    tree = shapely.STRtree(data.geometries)
+    covers = [np.sort(tree.query(s.footprint, predicate="intersects")) for s in scenes]
+    grids = _grids(data, scenes, covers, data_keys, all_touched)
+    if not grids:
+        raise NoScenesError(
+            f"no scene of collection {collection.name!r} covers the fields"
+            + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
+            + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
+        )
+    covered_any = np.zeros(len(data.ids), bool)
+    for c in covers:
+        covered_any[c] = True
+    if not covered_any.all():
+        log.warning("%d fields are covered by no scene and have no rows: %s", int((~covered_any).sum()),
+                    _named(data.ids, ~covered_any))
+    from rasteret_pipelines.hrefs import check_href
+
+    for href in sorted({s.headers[k].href for s, c in zip(scenes, covers) if c.size for k in read_keys}):
+        check_href(href, allow_local=collection.allow_local_hrefs)
+    covered_by_scene = []
+    for c in covers:
+        mask = np.zeros(len(data.ids), bool)
+        mask[c] = True
+        covered_by_scene.append(mask)
+    days: dict[np.datetime64, list[tuple[int, Scene]]] = {}
+    for si, scene in enumerate(scenes):
+        if covers[si].size:
+            days.setdefault(scene.day, []).append((si, scene))
+    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
+                     local_files=collection.allow_local_hrefs)
+    sink = _Sink(data, spec, stat_names, output)
+    try:
+        stats_out = _run_sync_with(reader, _run_days(days, grids, covered_by_scene, read_keys, spec, rule,
+                                                     stat_names, method, config, reader, sink))
+        return sink.close({"requests": stats_out.requests, "header_requests": stats_out.header_requests,
+                           "bytes_read": stats_out.bytes, "collection": collection.name})
+    finally:
+        sink.abort()
+
+
+async def _run_days(days, grids, covered_by_scene, keys, spec, rule, stats, method, config, reader, sink):
+    from rasteret_pipelines.cog import RangeFetcher
+    from rasteret_pipelines.cog.read import fetch_windows
+
+    loop = asyncio.get_running_loop()
+
+    async def one_day(day, day_scenes):
+        requests, sinks, samples = _day_requests(day_scenes, grids, covered_by_scene, keys)
+        await fetch_windows(fetcher, requests, on_window=_gather(sinks))
+        del requests, sinks
+
+        def reduce():
+            return [
+                r for g, grid in enumerate(grids)
+                if (r := _reduce_day(day_scenes, g, grid, samples, covered_by_scene, spec, rule, stats, method))
+            ]
+
+        return day, await loop.run_in_executor(None, reduce)
+
+    async with RangeFetcher(config, reader=reader) as fetcher:
+        pending: deque = deque()
+        try:
+            for day in sorted(days):
+                pending.append(asyncio.ensure_future(one_day(day, days[day])))
+                if len(pending) >= DAYS_IN_FLIGHT:
+                    sink.add(*await pending.popleft())
+            while pending:
+                sink.add(*await pending.popleft())
+        finally:
+            for task in pending:
+                task.cancel()
+    return fetcher.stats
+
+
+class _Sink:
+    """The rows, day by day: kept as Arrow batches, or written to a GeoParquet file."""
+
+    def __init__(self, fields: Fields, spec: _Variables, stats: list[str], output):
+        self.fields = fields
+        self.batches: list[pa.RecordBatch] = []
+        columns = [pa.field("id", pa.string()), pa.field("date", pa.date32())]
+        for name in spec.names:
+            for stat in stats:
+                columns.append(pa.field(f"{name}_{stat}", pa.int64() if stat == "count" else pa.float64()))
+            columns.append(pa.field(f"{name}_valid_fraction", pa.float64()))
+        columns.append(pa.field("scene_ids", pa.string()))
+        if fields.kept is not None:
+            columns += list(fields.kept.schema)
+        self.schema = pa.schema(columns)
+        self.output = None if output is None else os.fspath(output)
+        self.writer = None
+        self.local_path = None
+        if self.output is not None:
+            self._open()
+
+    def _open(self) -> None:
+        import tempfile
+
+        import pyarrow.parquet as pq
+
+        from rasteret_pipelines.storage import temp_path
+
+        if self.output.startswith("s3://"):
+            handle, self.local_path = tempfile.mkstemp(suffix=".parquet")
+            os.close(handle)
+        else:
+            folder = os.path.dirname(os.path.abspath(self.output))
+            os.makedirs(folder, exist_ok=True)
+            self.local_path = temp_path(os.path.abspath(self.output))
+        schema = self.schema.append(pa.field("geometry", pa.binary()))
+        schema = schema.with_metadata({b"geo": _geo_metadata()})
+        self.writer = pq.ParquetWriter(self.local_path, schema, compression="zstd")
+
+    def add(self, day, reductions: list[_Reduction]) -> None:
+        date = np.datetime64(day, "D")
+        if len(reductions) > 1:  # several grids: one batch in the fields' input order
+            where = np.concatenate([r.fields for r in reductions])
+            order = np.argsort(where, kind="stable")
+            reductions = [_Reduction(
+                where[order],
+                {k: np.concatenate([r.stats[k] for r in reductions])[order] for k in reductions[0].stats},
+                np.concatenate([r.scene_ids for r in reductions])[order],
+            )]
+        for red in reductions:
+            n = red.fields.size
+            arrays = [pa.array(self.fields.ids[red.fields].astype(str), pa.string()),
+                      pa.array(np.full(n, date), pa.date32())]
+            for f in self.schema:
+                if f.name in ("id", "date", "scene_ids") or (self.fields.kept is not None and f.name in self.fields.kept.column_names):
+                    continue
+                arrays.append(pa.array(red.stats[f.name], f.type, from_pandas=True))
+            arrays.append(pa.array(red.scene_ids.astype(str), pa.string()))
+            if self.fields.kept is not None:
+                taken = self.fields.kept.take(pa.array(red.fields))
+                arrays += [taken.column(i).combine_chunks() for i in range(taken.num_columns)]
+            if self.writer is not None:
+                arrays.append(pa.array(shapely.to_wkb(self.fields.geometries[red.fields]), pa.binary()))
+                self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.writer.schema))
+            else:
+                self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+
+    def close(self, meta: dict):
+        metadata = {k.encode(): str(v).encode() for k, v in meta.items()}
+        if self.writer is None:
+            table = pa.Table.from_batches(self.batches, schema=self.schema)
+            self.batches = []
+            return table.replace_schema_metadata(metadata)
+        self.writer.add_key_value_metadata(metadata)
+        self.writer.close()
+        self.writer = None
+        if self.output.startswith("s3://"):
+            import posixpath
+
+            from rasteret_pipelines.storage import Storage
+
+            parent, name = posixpath.split(self.output)
+            Storage.from_uri(parent).upload_file(self.local_path, name)
+            os.unlink(self.local_path)
+        else:
+            os.replace(self.local_path, os.path.abspath(self.output))
+        self.local_path = None
+        return self.output
+
+    def abort(self) -> None:
+        """After a failure: no half-written file is left behind."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            finally:
+                self.writer = None
+        if self.local_path is not None and os.path.exists(self.local_path):
+            os.unlink(self.local_path)
+
+
+def _geo_metadata() -> bytes:
+    import json
+
+    return json.dumps({
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        # No "crs": GeoParquet's default, OGC:CRS84 (longitude, latitude), is what is stored.
+        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"]}},
+    }).encode()
