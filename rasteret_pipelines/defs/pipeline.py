@@ -316,15 +316,17 @@ def group_geotiffs(
     bytes (:func:`chunk_aois`), each batch in one read.
 
     Returns:
-        ``{group: [path, ...]}`` (for ``fields`` the group's fields' paths together).
+        ``({group: [path, ...]}, reads)``: the paths (for ``fields`` the group's fields' paths
+        together) and the reads' ``requests``, ``header_requests`` and ``bytes_read``, summed.
     """
     import geopandas as gpd
 
     from rasteret_pipelines.products import ndvi_dataset, save_per_geometry
     from rasteret_pipelines.reading import read_geometries
 
+    reads = {"requests": 0, "header_requests": 0, "bytes_read": 0}
     if mode == "none" or len(fields) == 0:
-        return {}
+        return {}, reads
     source = get_source(source_id)
     red, nir = source.ndvi_bands
     first, last = month_bounds(month)
@@ -351,12 +353,14 @@ def group_geotiffs(
                                      fetch_config=fetch_config)
             except NoScenesError:
                 continue
+            for k in reads:
+                reads[k] += int(ds.attrs.get(k, 0))
             paths = save_per_geometry(ndvi_dataset(ds, red, nir), where, file_prefix="ndvi", data_var="NDVI")
             del ds
             for key, files in paths.items():
                 group = group_of[str(key)] if group_of else str(key)
                 out.setdefault(group, []).extend(files)
-    return out
+    return out, reads
 
 
 def updated_items(

@@ -149,11 +149,14 @@ def field_changes(current, digests: dict[str, str], before: dict[str, str],
     return FieldChanges(changed=changed, new_groups=new_groups, added=added, removed=removed)
 
 
-MAX_GROUP_RANGES = 4
-"""At most this many runs of consecutive groups per request. A backfill runs each run of
-consecutive partitions (in the partitions' order) as its own run, so changed groups scattered
-among unchanged ones would cost a run each: past this many runs, the smallest gaps between them
-are filled with their unchanged groups (recomputed, at the cost of a few more fields read)."""
+MAX_GROUP_RANGES = 2
+"""At most this many runs of consecutive groups per request. A backfill runs each range of
+partitions as its own run, and Dagster cuts a month x group subset into ranges of consecutive
+groups (in the partitions' order) within a month, or of consecutive months within a group:
+changed groups scattered among unchanged ones would cost a run each. Past this many runs of
+consecutive groups, the smallest gaps between them are filled with their unchanged groups
+(recomputed, at the cost of some more fields read), so a request is at most this many runs per
+month (and never more runs than groups)."""
 
 
 def bounded_ranges(order: list[str], changed, max_ranges: int = MAX_GROUP_RANGES) -> list[str]:

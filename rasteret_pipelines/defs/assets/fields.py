@@ -211,7 +211,7 @@ def field_stats_asset(
             context.log.info(f"{what} {month}: {len(read)} fields of {len(todo)} groups in one read")
             try:
                 table = field_stats_month(source_id, collection, month, read, fetch_config=http.fetch_config())
-                tifs = group_geotiffs(source_id, collection, month, read, output_uri=ndvi_uri,
+                tifs, cog_reads = group_geotiffs(source_id, collection, month, read, output_uri=ndvi_uri,
                                       mode=batching.geotiffs, max_bytes=batching.max_bytes,
                                       max_areas=batching.max_aois, fetch_config=http.fetch_config())
             except (RasteretError, *TRANSIENT_ERRORS) as exc:
@@ -231,8 +231,12 @@ def field_stats_asset(
                 files = sorted(tifs.get(group, []))
                 metadata = stats_metadata(out, where, files, reads, seconds, fields=int(sizes.get(group, 0)),
                                           not_indexed=int(outside_of.get(group, 0)), read_fields=len(read))
+                metadata["geotiff_get_requests"] = cog_reads["requests"]
                 if not sizes.get(group):
                     metadata["note"] = f"no field of group {group} is in {fieldset.uri} any more"
+                elif out.num_rows == 0:
+                    metadata["note"] = (f"no scene of collection {collection.name!r} covers a field of group "
+                                        f"{group} in {month}")
                 yield dg.AssetMaterialization(asset_key=key, partition=k, metadata=metadata)
                 for name, check in field_stats_check_results(out, group, files, read).items():
                     yield dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=check.passed,
