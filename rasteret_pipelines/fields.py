@@ -229,10 +229,10 @@ def parse_fields(data: bytes, uri: str = "<bytes>", *, cell_deg: float = DEFAULT
         on_globe = (np.isfinite(b.to_numpy()).all(axis=1) & (b["minx"] >= -180) & (b["maxx"] <= 180)
                     & (b["miny"] >= -90) & (b["maxy"] <= 90)).to_numpy()
         kept_rows = np.flatnonzero(keep)
-        for i, ok in zip(kept_rows, on_globe):
-            if not ok:
-                reason[i] = (f"coordinates {tuple(round(v, 3) for v in b.iloc[list(kept_rows).index(i)])} are not "
-                             f"longitude/latitude in EPSG:4326: is the CRS ({crs}) right?")
+        bounds = b.to_numpy()
+        for j in np.flatnonzero(~on_globe):
+            reason[kept_rows[j]] = (f"coordinates {tuple(round(float(v), 3) for v in bounds[j])} are not "
+                                    f"longitude/latitude in EPSG:4326: is the CRS ({crs}) right?")
         frame = frame[on_globe]
     for i in np.flatnonzero(~pd.isna(reason)):
         label = f"row {rows[i]}" + (f" (id {ids[i]!r})" if ids[i] is not None else "")
