@@ -63,14 +63,25 @@ from rasteret_pipelines.reading.plan import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_STATS", "zonal_stats"]
+__all__ = ["DEFAULT_STATS", "FieldsPlan", "plan_fields_read", "sample_points", "zonal_stats"]
 
 DEFAULT_STATS = ("mean", "median", "std", "min", "max", "count")
 """The statistics computed when none are named."""
 _STATS = ("mean", "median", "std", "min", "max", "count", "sum")
 _PERCENTILE = re.compile(r"^p(100|[0-9]{1,2}(\.[0-9]+)?)$")
-DAYS_IN_FLIGHT = 4
-"""Dates fetched and reduced at once: enough to hide request latency, few enough to bound memory."""
+DAYS_IN_FLIGHT = 8
+"""At most this many dates are fetched and reduced at once (to hide request latency)..."""
+DAY_MEMORY_BUDGET = 384 << 20
+"""... and fewer when their per-pair working arrays would need more than this (many fields)."""
+PAIR_BYTES_PER_BAND = 24
+"""Working bytes per (field, pixel) pair and band of one date in flight: the stored value, its
+presence and validity flags, and float64 scratch of the mosaic and the reductions."""
+
+
+def days_in_flight(pairs: int, bands: int) -> int:
+    """Dates in flight for a read of ``pairs`` pairs over ``bands`` bands (at least 1)."""
+    per_day = max(pairs * bands * PAIR_BYTES_PER_BAND, 1)
+    return max(1, min(DAYS_IN_FLIGHT, max(2, DAY_MEMORY_BUDGET // per_day)))
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -95,31 +106,42 @@ def parse_stats(stats) -> list[str]:
 
 @dataclass
 class _Variables:
-    """What to compute per pixel: raw bands, or one index over the bands."""
+    """What to compute per pixel: raw bands and/or one index over bands."""
 
     bands: list[str]
-    """Band names as the user called them, in input order."""
+    """Bands to read (names as the user called them, or an index's inputs)."""
     keys: dict[str, str]
     """Band name -> asset key."""
-    names: list[str]
-    """Output variable names (column prefixes)."""
+    outputs: list[str]
+    """Bands output as variables of their own."""
+    index_name: str | None
     index: Callable | None
-    """None: one variable per band. Else a function of ``{band: values}`` giving one variable."""
+    """A function of ``{band: values}`` giving the index variable, or None."""
     values: str
+
+    @property
+    def names(self) -> list[str]:
+        """Output variable names (column prefixes), bands first."""
+        return [_column_name(b) for b in self.outputs] + ([self.index_name] if self.index_name else [])
+
+    def compute(self, mosaicked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {_column_name(b): mosaicked[b] for b in self.outputs}
+        if self.index is not None:
+            out[self.index_name] = self.index(mosaicked)
+        return out
 
 
 def _variables(collection, bands, index, values) -> _Variables:
-    if isinstance(bands, str):
-        bands = [bands]
+    """The variables of a read: ``bands`` as they are, plus ``index`` ("ndvi" or a function)."""
+    bands = [bands] if isinstance(bands, str) else list(bands or [])
     if index is None:
         if not bands:
-            raise InvalidReadArgumentError("name the bands= to summarise, or an index= such as 'ndvi'")
+            raise InvalidReadArgumentError("name the bands= to read, or an index= such as 'ndvi'")
         values = values or "float"
         if values not in ("float", "native", "reflectance"):
             raise InvalidReadArgumentError(f"values must be 'float', 'native' or 'reflectance', got {values!r}")
-        bands = list(bands)
-        return _Variables(bands, {b: collection.resolve_band(b) for b in bands}, [_column_name(b) for b in bands],
-                          None, values)
+        return _Variables(bands, {b: collection.resolve_band(b) for b in bands}, bands, None, None, values)
+    keys = {b: collection.resolve_band(b) for b in bands}
     if isinstance(index, str):
         if index.lower() != "ndvi":
             raise InvalidReadArgumentError(f"unknown index {index!r}: use 'ndvi' or a function of the bands")
@@ -128,18 +150,19 @@ def _variables(collection, bands, index, values) -> _Variables:
                 f"index='ndvi' is computed on surface reflectance, not values={values!r}: "
                 "an offset (Sentinel-2 L2A -0.1, Landsat C2 L2 -0.2) changes the ratio"
             )
-        red, nir = collection.source.ndvi_bands
         from rasteret_pipelines.reading.indices import ndvi_values
 
-        return _Variables(["red", "nir"], {"red": red, "nir": nir}, ["ndvi"],
-                          lambda v: ndvi_values(v["red"], v["nir"]), "reflectance")
+        red, nir = collection.source.ndvi_bands
+        inputs = {"\0red": red, "\0nir": nir}  # names no user band can have
+        return _Variables(bands + list(inputs), {**keys, **inputs}, bands, "ndvi",
+                          lambda v: ndvi_values(v["\0red"], v["\0nir"]), "reflectance")
     if callable(index):
         if not bands:
             raise InvalidReadArgumentError("a function index= needs the bands= it is computed from")
-        bands = list(bands)
         name = _column_name(getattr(index, "__name__", "index"))
-        return _Variables(bands, {b: collection.resolve_band(b) for b in bands}, [name],
-                          lambda v: np.asarray(index(**v), dtype=np.float64), values or "reflectance")
+        return _Variables(bands, keys, [], name,
+                          lambda v: np.asarray(index(**{b: v[b] for b in bands}), dtype=np.float64),
+                          values or "reflectance")
     raise InvalidReadArgumentError(f"index must be 'ndvi' or a function of the bands, got {type(index).__name__}")
 
 
@@ -160,7 +183,7 @@ class Fields:
     kept: pa.Table | None = None
 
 
-def load_fields(fields, id_column: str = "id", keep: Sequence[str] = ()) -> Fields:
+def load_fields(fields, id_column: str = "id", keep: Sequence[str] = (), points: bool = False) -> Fields:
     """Fields from a GeoDataFrame, a GeoSeries, a GeoParquet/GeoJSON path (local or ``s3://``)
     or shapely geometries, checked all at once.
 
@@ -182,7 +205,7 @@ def load_fields(fields, id_column: str = "id", keep: Sequence[str] = ()) -> Fiel
         if isinstance(fields, gpd.GeoSeries):
             fields = gpd.GeoDataFrame(geometry=fields)
         if isinstance(fields, gpd.GeoDataFrame):
-            return _from_frame(fields, id_column, keep)
+            return _from_frame(fields, id_column, keep, points)
     if keep:
         raise InvalidReadArgumentError(f"keep={keep} needs a GeoDataFrame (plain geometries have no columns)")
     if isinstance(fields, shapely.Geometry):
@@ -191,7 +214,7 @@ def load_fields(fields, id_column: str = "id", keep: Sequence[str] = ()) -> Fiel
     if not all(isinstance(g, shapely.Geometry) for g in geoms):
         raise InvalidGeometryError("fields must be a GeoDataFrame, a GeoParquet path or shapely geometries")
     ids = np.array([str(i) for i in range(1, len(geoms) + 1)], dtype=object)
-    _check_geometries(ids, geoms)
+    _check_geometries(ids, geoms, points=points)
     return Fields(ids, geoms)
 
 
@@ -214,16 +237,16 @@ def _read_fields_file(path: str):
         raise InvalidGeometryError(f"fields file {path} is not GeoParquet or GeoJSON: {exc}") from exc
 
 
-def _from_frame(frame, id_column: str, keep: list[str]) -> Fields:
+def _from_frame(frame, id_column: str, keep: list[str], points: bool) -> Fields:
     if frame.crs is None:
         raise InvalidGeometryError("the fields have no CRS: set one (e.g. gdf.set_crs('EPSG:4326'))")
     missing = [c for c in keep if c not in frame.columns]
     if missing:
         raise InvalidReadArgumentError(f"keep names columns the fields do not have: {missing}")
     raw_ids = frame[id_column] if id_column in frame.columns else frame.index.to_series()
-    ids = np.array([str(v.item() if hasattr(v, "item") else v) for v in raw_ids], dtype=object)
+    ids = raw_ids.astype(str).to_numpy(dtype=object)
     geoms = np.asarray(frame.geometry.values, dtype=object)
-    _check_geometries(ids, geoms, check_degrees=False)
+    _check_geometries(ids, geoms, check_degrees=False, points=points)
     if not frame.crs.equals("EPSG:4326"):
         geoms = np.asarray(frame.geometry.to_crs("EPSG:4326").values, dtype=object)
     _check_degrees(ids, geoms)
@@ -237,7 +260,7 @@ def _named(ids: np.ndarray, bad: np.ndarray, limit: int = 5) -> str:
     return ", ".join(names) + (f" and {more} more" if more > 0 else "")
 
 
-def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = True) -> None:
+def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = True, points: bool = False) -> None:
     if len(geoms) == 0:
         raise InvalidGeometryError("no fields given")
     unique, counts = np.unique(ids.astype(str), return_counts=True)
@@ -250,9 +273,10 @@ def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = 
     if empty.any():
         raise InvalidGeometryError(f"fields with an empty geometry: {_named(ids, empty)}")
     kind = shapely.get_type_id(geoms)
-    not_area = ~np.isin(kind, (3, 6))  # Polygon, MultiPolygon
-    if not_area.any():
-        raise InvalidGeometryError(f"fields that are not polygons: {_named(ids, not_area)}")
+    wrong = kind != 0 if points else ~np.isin(kind, (3, 6))  # Point; Polygon, MultiPolygon
+    if wrong.any():
+        what = "points" if points else "polygons"
+        raise InvalidGeometryError(f"{'points' if points else 'fields'} that are not {what}: {_named(ids, wrong)}")
     xy, which = shapely.get_coordinates(geoms, return_index=True)
     bad = np.zeros(len(geoms), bool)
     bad[which[~np.isfinite(xy).all(axis=1)]] = True
@@ -295,21 +319,33 @@ class _Grid:
     cols: np.ndarray = None
     position: np.ndarray = None
     """For every pair: its field's slot in :attr:`fields`."""
+    xy: tuple[np.ndarray, np.ndarray] | None = None
+    """Where each pair is sampled in the grid's CRS: None for pixel centres; the points
+    themselves when sampling points (as ``rasterio``'s ``sample`` does, in every band)."""
     layouts: dict = field(default_factory=dict)
     """(band CRS, transform, image size, tile size) -> :class:`_Layout` of the pairs."""
 
 
 @dataclass
 class _Layout:
-    """The grid's pairs on one band's pixels, sorted by the tile that holds them."""
+    """The grid's pairs on one band's pixels, sorted by the tile that holds them.
 
-    srow: np.ndarray
-    scol: np.ndarray
+    Pairs outside the image are left out. Each tile's pairs are one slice of the sorted order,
+    so a decoded tile fills a contiguous run of values with one ``take``.
+    """
+
     order: np.ndarray
-    """Pair indices sorted by tile (pairs outside the image left out)."""
+    """Pair indices sorted by tile."""
+    field_sorted: np.ndarray
+    """Field index (into all fields) of each sorted pair."""
+    flat: np.ndarray
+    """Offset of each sorted pair's pixel in its tile window, row-major."""
     tiles: np.ndarray
-    """Distinct tile indices, ascending, and where their pairs start in :attr:`order`."""
+    """Distinct tile indices, ascending."""
     starts: np.ndarray
+    """Where each tile's pairs start in :attr:`order` (and, last, its length)."""
+    windows: list[tuple[int, int, int, int]]
+    """Each tile's window ``(col, row, width, height)``, clipped to the image."""
 
 
 def _layout(grid: _Grid, header) -> _Layout:
@@ -319,8 +355,11 @@ def _layout(grid: _Grid, header) -> _Layout:
     if found is not None:
         return found
     ga, _, gc, _, ge, gf = grid.transform[:6]
-    x = gc + (grid.cols + 0.5) * ga
-    y = gf + (grid.rows + 0.5) * ge
+    if grid.xy is not None:
+        x, y = grid.xy
+    else:
+        x = gc + (grid.cols + 0.5) * ga
+        y = gf + (grid.rows + 0.5) * ge
     if not same_crs(grid.crs_key, header.crs):
         from pyproj import Transformer
 
@@ -333,21 +372,34 @@ def _layout(grid: _Grid, header) -> _Layout:
         fc, fr = x * inv.a + y * inv.b + inv.c, x * inv.d + y * inv.e + inv.f
     else:
         fc, fr = (x - c) / a, (y - f) / e
+    del x, y
     scol = np.floor(fc).astype(np.int64)
     srow = np.floor(fr).astype(np.int64)
-    inside = (scol >= 0) & (scol < level.width) & (srow >= 0) & (srow < level.height)
-    tile = np.full(scol.shape, -1, np.int64)
-    tile[inside] = (srow[inside] // level.tile_height) * level.tiles_across + scol[inside] // level.tile_width
-    order = np.argsort(tile, kind="stable")
-    order = order[np.count_nonzero(~inside):]
-    sorted_tiles = tile[order]
-    tiles, starts = np.unique(sorted_tiles, return_index=True)
-    out = grid.layouts[key] = _Layout(srow, scol, order, tiles, np.append(starts, sorted_tiles.size))
+    inside = np.flatnonzero((scol >= 0) & (scol < level.width) & (srow >= 0) & (srow < level.height))
+    scol, srow = scol[inside], srow[inside]
+    tw, th = level.tile_width, level.tile_height
+    tile_row, tile_col = srow // th, scol // tw
+    tile = tile_row * level.tiles_across + tile_col
+    by_tile = np.argsort(tile, kind="stable")
+    order = inside[by_tile]
+    tile, tile_row, tile_col = tile[by_tile], tile_row[by_tile], tile_col[by_tile]
+    width = np.minimum(tw, level.width - tile_col * tw)
+    flat = (srow[by_tile] - tile_row * th) * width + (scol[by_tile] - tile_col * tw)
+    tiles, starts = np.unique(tile, return_index=True)
+    windows = []
+    for t in tiles.tolist():
+        r, cc = divmod(t, level.tiles_across)
+        x0, y0 = cc * tw, r * th
+        windows.append((x0, y0, min(tw, level.width - x0), min(th, level.height - y0)))
+    out = grid.layouts[key] = _Layout(order, grid.member_field[order], flat, tiles,
+                                      np.append(starts, tile.size), windows)
     return out
 
 
-def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_keys, all_touched) -> list[_Grid]:
-    """Each covered field on its reference grid (its first covering scene's finest data band)."""
+def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_keys, all_touched,
+           points: bool = False) -> list[_Grid]:
+    """Each covered field on its reference grid (its first covering scene's finest data band):
+    its pixels by rasterio's rule, or for ``points`` the one pixel holding each point."""
     ref = np.full(len(fields.ids), -1, np.int64)
     for si, covered in enumerate(covers):
         fresh = covered[ref[covered] < 0]
@@ -361,11 +413,34 @@ def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_k
         members = np.flatnonzero(np.isin(ref, scene_indices))
         grid = _Grid(crs_key, transform, members)
         local = reproject_geometry(fields.geometries[members], "EPSG:4326", crs_key)
-        which, rows, cols = pixels_inside(local, transform, all_touched=all_touched)
+        if points:
+            x, y = shapely.get_x(local), shapely.get_y(local)
+            a, b, c, d, e, f = transform[:6]
+            if b or d:
+                raise InvalidReadArgumentError("sampling points needs north-up scenes")
+            which = np.arange(members.size)
+            rows, cols = np.floor((y - f) / e).astype(np.int64), np.floor((x - c) / a).astype(np.int64)
+            grid.xy = (x, y)
+        else:
+            which, rows, cols = pixels_inside(local, transform, all_touched=all_touched)
         grid.member_field = members[which]
         grid.rows, grid.cols, grid.position = rows, cols, which
         grids.append(grid)
     return grids
+
+
+def _covers(geometries: np.ndarray, footprints: list) -> list[np.ndarray]:
+    """For each footprint, the indices (ascending) of the geometries it intersects; a
+    footprint repeated across scenes (the same tile and orbit) is queried once."""
+    tree = shapely.STRtree(geometries)
+    found: dict[bytes, np.ndarray] = {}
+    out = []
+    for footprint in footprints:
+        key = shapely.to_wkb(footprint)
+        if key not in found:
+            found[key] = np.sort(tree.query(footprint, predicate="intersects"))
+        out.append(found[key])
+    return out
 
 
 # -- one day -------------------------------------------------------------------------------------
@@ -373,53 +448,53 @@ def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_k
 
 @dataclass
 class _Samples:
-    """One (scene, grid, band): the band's stored value at each of the grid's pairs."""
+    """One (scene, grid, band): the band's stored values at the grid's pairs, in tile order."""
 
-    values: np.ndarray
-    present: np.ndarray
-    """False for pairs outside the image (or not fetched: their field is not covered)."""
+    layout: _Layout
+    sorted_values: np.ndarray
+    fetched: np.ndarray
+    """Per tile of the layout: whether it was read (some pair in it belongs to a covered field)."""
+
+    def values(self, n_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values, present) for every pair of the grid; present is False outside the image
+        and in tiles not read."""
+        values = np.zeros(n_pairs, self.sorted_values.dtype)
+        values[self.layout.order] = self.sorted_values
+        present = np.zeros(n_pairs, bool)
+        present[self.layout.order] = np.repeat(self.fetched, np.diff(self.layout.starts))
+        return values, present
 
 
 def _day_requests(day_scenes, grids, covered_by_scene, keys):
     """The tile windows of one day and, per request, where its values go.
 
     Returns ``(requests, sinks, samples)``: ``requests`` for the engine's ``fetch_windows``,
-    ``sinks[i] = (samples, pair indices, rows, cols, window)`` and
-    ``samples[(rank, grid index, key)]``.
+    ``sinks[i] = (samples, tile position)`` and ``samples[(rank, grid index, key)]``.
     """
     requests, sinks, samples = [], [], {}
     for rank, (si, scene) in enumerate(day_scenes):
         covered = covered_by_scene[si]
         for g, grid in enumerate(grids):
-            wanted = covered[grid.member_field]
-            if not wanted.any():
+            if not covered[grid.fields].any():
                 continue
             for key in keys:
                 header = scene.headers[key]
-                level = header.levels[0]
                 layout = _layout(grid, header)
-                dtype = np.dtype(header.dtype)
-                s = samples[rank, g, key] = _Samples(np.zeros(grid.rows.size, dtype), np.zeros(grid.rows.size, bool))
-                for t in range(len(layout.tiles)):
-                    pairs = layout.order[layout.starts[t]: layout.starts[t + 1]]
-                    pairs = pairs[wanted[pairs]]
-                    if not pairs.size:
-                        continue
-                    tile = int(layout.tiles[t])
-                    tr, tc = divmod(tile, level.tiles_across)
-                    x0, y0 = tc * level.tile_width, tr * level.tile_height
-                    window = (x0, y0, min(level.tile_width, level.width - x0), min(level.tile_height, level.height - y0))
-                    requests.append((header, window))
-                    sinks.append((s, pairs, layout.srow[pairs] - y0, layout.scol[pairs] - x0))
+                wanted = np.add.reduceat(covered[layout.field_sorted], layout.starts[:-1]) > 0 \
+                    if layout.tiles.size else np.zeros(0, bool)
+                s = samples[rank, g, key] = _Samples(layout, np.empty(layout.order.size, np.dtype(header.dtype)), wanted)
+                for t in np.flatnonzero(wanted).tolist():
+                    requests.append((header, layout.windows[t]))
+                    sinks.append((s, t))
     return requests, sinks, samples
 
 
 def _gather(sinks):
     def on_window(i: int, array: np.ndarray) -> None:
-        s, pairs, rows, cols = sinks[i]
-        s.values[pairs] = array[0][rows, cols]
-        s.present[pairs] = True
-        sinks[i] = None  # the window and the indices can go
+        s, t = sinks[i]
+        start, stop = s.layout.starts[t], s.layout.starts[t + 1]
+        np.take(array[0].reshape(-1), s.layout.flat[start:stop], out=s.sorted_values[start:stop])
+        sinks[i] = None  # the window can go
 
     return on_window
 
@@ -431,7 +506,8 @@ class _Reduction:
     fields: np.ndarray
     """Field indices (into all fields) with a row this day, ascending."""
     stats: dict[str, np.ndarray]
-    scene_ids: np.ndarray
+    scene_ids: tuple[np.ndarray, np.ndarray]
+    """(distinct texts, each row's index into them)."""
 
 
 def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, quality, stats, mosaic):
@@ -448,8 +524,8 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
         si, scene = day_scenes[r]
         ok = covered_by_scene[si][field_of]
         if quality is not None:
-            q = samples[r, grid_index, quality.band]
-            ok = ok & q.present & nodata_valid(q.values, scene.headers[quality.band].nodata) & quality.clear(q.values)
+            q, q_present = samples[r, grid_index, quality.band].values(n_pairs)
+            ok = ok & q_present & nodata_valid(q, scene.headers[quality.band].nodata) & quality.clear(q)
         clear_by_rank[r] = ok
     for band in spec.bands:
         key = spec.keys[band]
@@ -457,37 +533,37 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
             out = np.full(n_pairs, np.nan, np.float32)
             won = np.full(n_pairs, -1, np.int64)
             for r in (ranks if mosaic is FirstValid else ranks[::-1]):
-                s = samples[r, grid_index, key]
+                raw, present = samples[r, grid_index, key].values(n_pairs)
                 scene = day_scenes[r][1]
-                valid = clear_by_rank[r] & s.present & nodata_valid(s.values, scene.headers[key].nodata)
-                take = valid & (won < 0)
-                out[take] = _convert(s.values[take], spec.values, scene.reflectance)
+                valid = clear_by_rank[r] & present & nodata_valid(raw, scene.headers[key].nodata)
+                take = valid & (won < 0) if len(ranks) > 1 else valid
+                out[take] = _convert(raw[take], spec.values, scene.reflectance)
                 won[take] = r
         else:
             out = np.empty(n_pairs, np.float32)
             method = mosaic(out, len(ranks), np.nan)
             won = np.full(n_pairs, -1, np.int64)
             for i, r in enumerate(ranks):
-                s = samples[r, grid_index, key]
+                raw, present = samples[r, grid_index, key].values(n_pairs)
                 scene = day_scenes[r][1]
-                valid = clear_by_rank[r] & s.present & nodata_valid(s.values, scene.headers[key].nodata)
-                method.feed(_convert(s.values, spec.values, scene.reflectance), valid, i)
+                valid = clear_by_rank[r] & present & nodata_valid(raw, scene.headers[key].nodata)
+                method.feed(_convert(raw, spec.values, scene.reflectance), valid, i)
                 won[valid & (won < 0)] = r
             method.finish()
         mosaicked[band], winners[band] = out, won
-    if spec.index is None:
-        variables = {_column_name(b): mosaicked[b] for b in spec.bands}
-    else:
-        variables = {spec.names[0]: spec.index(mosaicked)}
+    variables = spec.compute(mosaicked)
     fields_today = np.zeros(len(covered_by_scene[day_scenes[0][0]]), bool)
     for r in ranks:
         fields_today |= covered_by_scene[day_scenes[r][0]]
     keep = fields_today[grid.fields]
     position = grid.position
     n = grid.fields.size
-    pixels = np.bincount(position, minlength=n)
     out_stats: dict[str, np.ndarray] = {}
-    for name, v in variables.items():
+    if stats is None:  # points: one pair each, its value
+        for name, v in variables.items():
+            out_stats[name] = np.asarray(v, dtype=np.float64)
+    pixels = np.bincount(position, minlength=n)
+    for name, v in variables.items() if stats is not None else ():
         v = np.asarray(v, dtype=np.float64)
         good = ~np.isnan(v)
         for stat, arr in _group_stats(position[good], v[good], n, stats).items():
@@ -503,7 +579,7 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
     names = [day_scenes[r][1].id for r in range(len(day_scenes))]
     masks, inverse = np.unique(used[keep], return_inverse=True)
     texts = np.array([",".join(names[r] for r in range(len(names)) if int(m) >> r & 1) for m in masks], dtype=object)
-    return _Reduction(grid.fields[keep], {k: a[keep] for k, a in out_stats.items()}, texts[inverse])
+    return _Reduction(grid.fields[keep], {k: a[keep] for k, a in out_stats.items()}, (texts, inverse))
 
 
 def _convert(raw: np.ndarray, mode: str, reflectance) -> np.ndarray:
@@ -633,6 +709,88 @@ def zonal_stats(
     """
     spec = _variables(collection, bands, index, values)
     stat_names = parse_stats(stats)
+    data = load_fields(fields, id_column, keep)
+    return _read(collection, data, spec, stat_names, date_range=date_range, cloud_cover_lt=cloud_cover_lt,
+                 cloud_mask=cloud_mask, all_touched=all_touched, mosaic=mosaic, filters=filters,
+                 fetch_config=fetch_config, reader=reader, output=output)
+
+
+def sample_points(
+    collection,
+    points,
+    *,
+    bands: Sequence[str] | None = None,
+    index=None,
+    id_column: str = "id",
+    keep: Sequence[str] = (),
+    date_range=None,
+    cloud_cover_lt: float | None = None,
+    values: str | None = None,
+    cloud_mask: bool = False,
+    mosaic="first",
+    filters: dict | None = None,
+    fetch_config: FetchConfig | None = None,
+    reader=None,
+    output: str | os.PathLike | None = None,
+):
+    """The value of bands (and an index) at each point, for every date: a time series per point.
+
+    Each point takes the value of the pixel that holds it, in every band and scene (what
+    ``rasterio``'s ``sample`` returns); same-date scenes are mosaicked as in a read. Work is
+    that of :func:`zonal_stats`: every needed tile fetched once for all points on it, no
+    Python step per point.
+
+    Args:
+        collection: An opened :class:`~rasteret_pipelines.collections.Collection`.
+        points: A GeoDataFrame of points (any CRS), a GeoParquet/GeoJSON path, or shapely
+            points in EPSG:4326.
+        bands: Bands to sample (``["red", "nir"]``).
+        index: ``"ndvi"`` or a function of the bands (see :func:`zonal_stats`).
+        id_column, keep, date_range, cloud_cover_lt, values, cloud_mask, mosaic, filters,
+        fetch_config, reader, output: as in :func:`zonal_stats`.
+
+    Returns:
+        A ``pyarrow.Table`` with a row per (point, date) where a scene covers the point:
+        ``id``, ``date``, one float64 column per band and for the index, ``scene_ids`` and
+        the ``keep`` columns. A masked pixel (nodata, cloud, outside the image) is null; a
+        point outside every scene has no rows. With ``output``, the location written.
+    """
+    spec = _variables(collection, bands, index, values)
+    data = load_fields(points, id_column, keep, points=True)
+    return _read(collection, data, spec, None, date_range=date_range, cloud_cover_lt=cloud_cover_lt,
+                 cloud_mask=cloud_mask, all_touched=False, mosaic=mosaic, filters=filters,
+                 fetch_config=fetch_config, reader=reader, output=output)
+
+
+@dataclass
+class FieldsPlan:
+    """A fields or points read planned from the cached headers alone: grids, pairs and days."""
+
+    data: Fields
+    spec: _Variables
+    rule: object
+    read_keys: list[str]
+    grids: list[_Grid]
+    covered_by_scene: list[np.ndarray]
+    days: dict
+    """Date -> ``[(scene index, scene)]`` of the scenes covering some field that date."""
+    config: FetchConfig
+    mosaic: type
+
+    def day_requests(self):
+        """``(date, scenes, requests)`` per date, ``requests`` as the fetch of that date gets them."""
+        for day in sorted(self.days):
+            requests, _, _ = _day_requests(self.days[day], self.grids, self.covered_by_scene, self.read_keys)
+            yield day, self.days[day], requests
+
+
+def plan_fields_read(collection, data: Fields, spec: _Variables, *, points: bool, date_range=None,
+                     cloud_cover_lt=None, cloud_mask=False, all_touched=False, mosaic="first", filters=None,
+                     fetch_config=None) -> FieldsPlan:
+    """Check and plan :func:`zonal_stats` or :func:`sample_points` (``points``) without a request.
+
+    Shared by the reads and their dry run (:mod:`~rasteret_pipelines.reading.explain`).
+    """
     method = mosaic_method(mosaic)
     rule = collection.source.cloud_mask if cloud_mask else None
     if rule is not None and rule.band not in collection.bands:
@@ -640,18 +798,17 @@ def zonal_stats(
             f"cloud_mask needs the {rule.band!r} band, which collection {collection.name!r} does not hold"
         )
     check_date_range(collection, date_range)
-    data = load_fields(fields, id_column, keep)
+    what = "points" if points else "fields"
     data_keys = sorted({spec.keys[b] for b in spec.bands})
     read_keys = data_keys + ([rule.band] if rule is not None and rule.band not in data_keys else [])
-    hull = shapely.convex_hull(shapely.multipoints(shapely.get_coordinates(data.geometries)))
-    hull = hull if hull.geom_type == "Polygon" else hull.buffer(1e-9)
-    scenes = select_scenes(collection, [(None, hull)], date_range, cloud_cover_lt, filters, read_keys)
-    tree = shapely.STRtree(data.geometries)
-    covers = [np.sort(tree.query(s.footprint, predicate="intersects")) for s in scenes]
-    grids = _grids(data, scenes, covers, data_keys, all_touched)
+    # Scenes meeting the fields' bounding box; which fields each covers is exact below.
+    area = shapely.box(*shapely.total_bounds(data.geometries))
+    scenes = select_scenes(collection, [(None, area)], date_range, cloud_cover_lt, filters, read_keys)
+    covers = _covers(data.geometries, [s.footprint for s in scenes])
+    grids = _grids(data, scenes, covers, data_keys, all_touched, points=points)
     if not grids:
         raise NoScenesError(
-            f"no scene of collection {collection.name!r} covers the fields"
+            f"no scene of collection {collection.name!r} covers the {what}"
             + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
             + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
         )
@@ -659,7 +816,7 @@ def zonal_stats(
     for c in covers:
         covered_any[c] = True
     if not covered_any.all():
-        log.warning("%d fields are covered by no scene and have no rows: %s", int((~covered_any).sum()),
+        log.warning("%d %s are covered by no scene and have no rows: %s", int((~covered_any).sum()), what,
                     _named(data.ids, ~covered_any))
     from rasteret_pipelines.hrefs import check_href
 
@@ -676,21 +833,28 @@ def zonal_stats(
             days.setdefault(scene.day, []).append((si, scene))
     config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
                      local_files=collection.allow_local_hrefs)
+    return FieldsPlan(data, spec, rule, read_keys, grids, covered_by_scene, days, config, method)
+
+
+def _read(collection, data: Fields, spec: _Variables, stat_names, *, reader, output, **options):
+    """The shared read of :func:`zonal_stats` (``stat_names``) and :func:`sample_points` (None)."""
+    plan = plan_fields_read(collection, data, spec, points=stat_names is None, **options)
     sink = _Sink(data, spec, stat_names, output)
     try:
-        stats_out = _run_sync_with(reader, _run_days(days, grids, covered_by_scene, read_keys, spec, rule,
-                                                     stat_names, method, config, reader, sink))
+        stats_out = _run_sync_with(reader, _run_days(plan, stat_names, reader, sink))
         return sink.close({"requests": stats_out.requests, "header_requests": stats_out.header_requests,
                            "bytes_read": stats_out.bytes, "collection": collection.name})
     finally:
         sink.abort()
 
 
-async def _run_days(days, grids, covered_by_scene, keys, spec, rule, stats, method, config, reader, sink):
+async def _run_days(plan: FieldsPlan, stats, reader, sink):
     from rasteret_pipelines.cog import RangeFetcher
     from rasteret_pipelines.cog.read import fetch_windows
 
     loop = asyncio.get_running_loop()
+    days, grids, covered_by_scene, keys = plan.days, plan.grids, plan.covered_by_scene, plan.read_keys
+    spec, rule, method, config = plan.spec, plan.rule, plan.mosaic, plan.config
 
     async def one_day(day, day_scenes):
         requests, sinks, samples = _day_requests(day_scenes, grids, covered_by_scene, keys)
@@ -705,12 +869,13 @@ async def _run_days(days, grids, covered_by_scene, keys, spec, rule, stats, meth
 
         return day, await loop.run_in_executor(None, reduce)
 
+    in_flight = days_in_flight(sum(g.rows.size for g in grids), len(keys))
     async with RangeFetcher(config, reader=reader) as fetcher:
         pending: deque = deque()
         try:
             for day in sorted(days):
                 pending.append(asyncio.ensure_future(one_day(day, days[day])))
-                if len(pending) >= DAYS_IN_FLIGHT:
+                if len(pending) >= in_flight:
                     sink.add(*await pending.popleft())
             while pending:
                 sink.add(*await pending.popleft())
@@ -725,9 +890,14 @@ class _Sink:
 
     def __init__(self, fields: Fields, spec: _Variables, stats: list[str], output):
         self.fields = fields
+        self.points = stats is None
+        self.ids = pa.array(fields.ids.astype(str), pa.string())
         self.batches: list[pa.RecordBatch] = []
         columns = [pa.field("id", pa.string()), pa.field("date", pa.date32())]
         for name in spec.names:
+            if stats is None:  # points: the values
+                columns.append(pa.field(name, pa.float64()))
+                continue
             for stat in stats:
                 columns.append(pa.field(f"{name}_{stat}", pa.int64() if stat == "count" else pa.float64()))
             columns.append(pa.field(f"{name}_valid_fraction", pa.float64()))
@@ -756,7 +926,8 @@ class _Sink:
             os.makedirs(folder, exist_ok=True)
             self.local_path = temp_path(os.path.abspath(self.output))
         schema = self.schema.append(pa.field("geometry", pa.binary()))
-        schema = schema.with_metadata({b"geo": _geo_metadata()})
+        kinds = ["Point"] if self.points else ["Polygon", "MultiPolygon"]
+        schema = schema.with_metadata({b"geo": _geo_metadata(kinds)})
         self.writer = pq.ParquetWriter(self.local_path, schema, compression="zstd")
 
     def add(self, day, reductions: list[_Reduction]) -> None:
@@ -767,19 +938,20 @@ class _Sink:
             reductions = [_Reduction(
                 where[order],
                 {k: np.concatenate([r.stats[k] for r in reductions])[order] for k in reductions[0].stats},
-                np.concatenate([r.scene_ids for r in reductions])[order],
+                _merge_texts([r.scene_ids for r in reductions], order),
             )]
         for red in reductions:
             n = red.fields.size
-            arrays = [pa.array(self.fields.ids[red.fields].astype(str), pa.string()),
-                      pa.array(np.full(n, date), pa.date32())]
+            take = pa.array(red.fields)
+            arrays = [self.ids.take(take), pa.array(np.full(n, date), pa.date32())]
             for f in self.schema:
                 if f.name in ("id", "date", "scene_ids") or (self.fields.kept is not None and f.name in self.fields.kept.column_names):
                     continue
                 arrays.append(pa.array(red.stats[f.name], f.type, from_pandas=True))
-            arrays.append(pa.array(red.scene_ids.astype(str), pa.string()))
+            texts, which = red.scene_ids
+            arrays.append(pa.array(texts, pa.string()).take(pa.array(which)))
             if self.fields.kept is not None:
-                taken = self.fields.kept.take(pa.array(red.fields))
+                taken = self.fields.kept.take(take)
                 arrays += [taken.column(i).combine_chunks() for i in range(taken.num_columns)]
             if self.writer is not None:
                 arrays.append(pa.array(shapely.to_wkb(self.fields.geometries[red.fields]), pa.binary()))
@@ -820,12 +992,22 @@ class _Sink:
             os.unlink(self.local_path)
 
 
-def _geo_metadata() -> bytes:
+def _merge_texts(parts, order) -> tuple[np.ndarray, np.ndarray]:
+    """(texts, index) pairs of several reductions as one, rows reordered by ``order``."""
+    texts, index, offset = [], [], 0
+    for t, i in parts:
+        texts.append(t)
+        index.append(i + offset)
+        offset += len(t)
+    return np.concatenate(texts), np.concatenate(index)[order]
+
+
+def _geo_metadata(kinds: list[str]) -> bytes:
     import json
 
     return json.dumps({
         "version": "1.1.0",
         "primary_column": "geometry",
         # No "crs": GeoParquet's default, OGC:CRS84 (longitude, latitude), is what is stored.
-        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"]}},
+        "columns": {"geometry": {"encoding": "WKB", "geometry_types": kinds}},
     }).encode()

@@ -360,3 +360,51 @@ def test_bad_input_is_refused_by_name(world):
         zonal_stats(world.collection(), fields, index="ndvi", values="float")
     with pytest.raises(InvalidReadArgumentError, match="keep names columns"):
         zonal_stats(world.collection(), fields, index="ndvi", keep=["yield"])
+
+
+# -- points ------------------------------------------------------------------------------------
+
+
+def test_sample_points_equals_rasterio_sample(world):
+    """Each point's value in every band and date is rasterio's ``sample()`` of that scene's file;
+    nodata is null; a point outside every scene has no row; the mosaic day takes the first valid."""
+    rng = np.random.default_rng(11)
+    aoi = _to_crs(demo_data.QUICKSTART_AOIS[1])
+    minx, miny, maxx, maxy = aoi.bounds
+    xs, ys = rng.uniform(minx, maxx, 400), rng.uniform(miny, maxy, 400)
+    xs[:5] = EAST_EDGE_X + np.array([-25.0, -5.0, 5.0, 15.0, 400.0])  # across the base scenes' east edge
+    points = gpd.GeoDataFrame({"id": [f"p{i}" for i in range(400)], "plot": np.arange(400)},
+                              geometry=gpd.points_from_xy(xs, ys), crs=UTM43)
+    far = gpd.GeoDataFrame({"id": ["paris"], "plot": [-1]}, geometry=gpd.points_from_xy([2.35], [48.86]), crs="EPSG:4326")
+    points = gpd.GeoDataFrame(pd.concat([points.to_crs("EPSG:4326"), far], ignore_index=True), crs="EPSG:4326")
+    table = zonal_module.sample_points(world.collection(), points, bands=["red", "nir"], keep=["plot"],
+                                       date_range=(BASE_RANGE[0], str(MOSAIC_DAY)))
+    assert table.column_names == ["id", "date", "red", "nir", "scene_ids", "plot"]
+    rows = rows_by_key(table)
+    assert not [k for k in rows if k[0] == "paris"]
+    order = sorted(MOSAIC_IDS, key=lambda s: (world.datetime(s), s))
+    checked = nulls = 0
+    for scene_ids in [[s] for s in BASE_IDS] + [order]:
+        date = str(world.datetime(scene_ids[0]).astype("datetime64[D]"))
+        for band in ("red", "nir"):
+            expected = np.full(400, np.nan)
+            for scene_id in scene_ids:
+                with rasterio.open(world.path(scene_id, band)) as src:
+                    utm = points.iloc[:400].to_crs(src.crs)
+                    inside = ((utm.geometry.x > src.bounds.left) & (utm.geometry.x < src.bounds.right)
+                              & (utm.geometry.y > src.bounds.bottom) & (utm.geometry.y < src.bounds.top)).to_numpy()
+                    got = np.array([v[0] for v in src.sample(zip(utm.geometry.x, utm.geometry.y), masked=False)], float)
+                    take = inside & np.isnan(expected) & (got != 0)
+                    expected[take] = got[take]
+            for i in range(400):
+                row = rows.get((f"p{i}", date))
+                if row is None:
+                    continue
+                value = row[band]
+                if np.isnan(expected[i]):
+                    assert value is None, (i, date, band)
+                    nulls += 1
+                else:
+                    assert value == expected[i], (i, date, band)
+                    checked += 1
+    assert checked > 2000 and nulls >= 4
