@@ -84,7 +84,11 @@ class StorageResource(dg.ConfigurableResource):
         """Fail early, with a message naming the fault, when the location cannot be used."""
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self.check()
+        # runs check (and create) the location; a sensor tick does not (the field sensor writes
+        # its snapshot there only once the field file is usable, and starting `dagster dev`
+        # must leave no folder behind)
+        if getattr(context, "run", None) is not None:
+            self.check()
 
 
 class LocalStorageResource(StorageResource):

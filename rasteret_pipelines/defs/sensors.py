@@ -209,11 +209,20 @@ def build_field_sensor(sources, collections_job) -> dg.SensorDefinition:
                                 + "; ".join(f"{k}: {v}" for k, v in list(current.skipped.items())[:50]))
         store = storage.storage()
         digests = current.group_digests()
-        previous = read_snapshot(store, cursor.get("snapshot"))
+        try:
+            previous = read_snapshot(store, cursor.get("snapshot"))
+        except OSError as exc:  # storage unreachable: compare with what the instance recorded
+            context.log.warning(f"the field file's last snapshot cannot be read ({exc}); comparing with the "
+                                "digests recorded in the fields materialisations")
+            previous = None
         before, before_ids = previous if previous is not None else (recorded_digests(context.instance), None)
         known = set(context.instance.get_dynamic_partitions(group_partitions.name))
         changes = field_changes(current, digests, before, before_ids, known)
-        new_cursor = json.dumps({"fingerprint": current.fingerprint, "snapshot": write_snapshot(store, current, digests)})
+        try:
+            snapshot = write_snapshot(store, current, digests)
+        except OSError as exc:
+            return dg.SkipReason(f"the field file changed but its snapshot cannot be written to {store.uri}: {exc}")
+        new_cursor = json.dumps({"fingerprint": current.fingerprint, "snapshot": snapshot})
         for group, gone in changes.removed.items():
             context.log.warning(f"fields removed from {current.uri} (group {group}): {', '.join(gone[:50])}"
                                 + (f" and {len(gone) - 50} more" if len(gone) > 50 else ""))
