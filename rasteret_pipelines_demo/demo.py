@@ -7,10 +7,11 @@
    ``RASTERET_DEMO_DIR`` (default ``./.rasteret_data/demo_world``) and reuses it afterwards,
 2. serves it on 127.0.0.1: a STAC API on ``RASTERET_DEMO_PORT`` (default 47610) and a
    range-capable COG server on the next port, in background threads,
-3. writes the quick start's two AOIs to the AOI file (unless one exists) and registers them as
-   ``aoi`` partitions,
-4. materialises the collection of every month, the NDVI of every (month, AOI) (one run per
-   month over all its AOIs, read together) and the NDVI time series of every AOI (one run)
+3. writes the quick start's two AOIs to the field file as two fields (unless one exists),
+   registers their groups as ``field_group`` partitions and records a materialisation of the
+   ``fields`` asset for each group (as the field sensor does),
+4. materialises the collection of every month (one run each), the NDVI statistics and COGs of
+   every (month, group) (ONE run over all of them) and the time series of every group (one run)
    through the project's Dagster definitions, recording the runs in a
    persistent ``DAGSTER_HOME`` (default ``./.dagster_home``, seeded with the repository's
    ``dagster.yaml``), so that ``rasteret-pipelines ui`` (``dagster dev`` on that folder) shows them,
@@ -123,7 +124,7 @@ def run_demo(
     from rasteret_pipelines.defs import build_definitions
     from rasteret_pipelines.defs.instance_home import prepare_dagster_home
     from rasteret_pipelines.aois import write_aois_geojson
-    from rasteret_pipelines.defs.partitions import aoi_partitions, month_partition_key
+    from rasteret_pipelines.defs.partitions import group_partitions, month_partition_key
     from rasteret_pipelines.defs.settings import DEMO, Settings
     from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
 
@@ -161,17 +162,24 @@ def run_demo(
         defs = build_definitions(settings)
         # the resources hold EnvVars when the variables are set (resolved only inside runs): the
         # demo's own reads use the settings' plain values
-        from rasteret_pipelines.aois import load_aois
+        from rasteret_pipelines.defs.assets import FIELDS_KEY
         from rasteret_pipelines.defs.resources import storage_resource
+        from rasteret_pipelines.fields import load_fields
 
         storage = storage_resource(settings.storage)
-        aois = load_aois(settings.aoi_file)
+        fields = load_fields(settings.aoi_file, cell_deg=settings.group_cell_deg)
         instance = dg.DagsterInstance.get()
-        known = set(instance.get_dynamic_partitions(aoi_partitions.name))
-        new = [a for a in aois.ids if a not in known]
+        known = set(instance.get_dynamic_partitions(group_partitions.name))
+        new = [g for g in fields.groups if g not in known]
         if new:
-            instance.add_dynamic_partitions(aoi_partitions.name, new)
-        log(f"AOIs: {', '.join(aois.ids)} (from {aoi_file}); Dagster instance {home}")
+            instance.add_dynamic_partitions(group_partitions.name, new)
+        sizes = fields.frame.groupby("group").size().to_dict()
+        for group, digest in fields.group_digests().items():  # what the field sensor records
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                asset_key=FIELDS_KEY, partition=group,
+                metadata={"fields": int(sizes[group]), "digest": digest, "file": fields.uri}))
+        log(f"fields: {', '.join(fields.ids)} in groups {', '.join(fields.groups)} (from {aoi_file}); "
+            f"Dagster instance {home}")
 
         def run(job_name: str, first: str, last: str | None = None) -> dg.ExecuteInProcessResult:
             """One run of ``job_name`` over the partition ``first`` or the range ``first..last``."""
@@ -193,22 +201,20 @@ def run_demo(
                 raise RuntimeError(f"{job_name} [{label}] failed (run {result.run_id})")
             return result
 
-        # the file's AOIs as runs of consecutive aoi partitions (usually one): one run covers them
-        from rasteret_pipelines.defs.sensors import consecutive_runs
-
-        spans = consecutive_runs(instance.get_dynamic_partitions(aoi_partitions.name), set(aois.ids))
+        # the file's groups as a range of group partitions: one run covers every month x group
+        order = instance.get_dynamic_partitions(group_partitions.name)
+        mine = [g for g in order if g in set(fields.groups)]
+        first_group, last_group = mine[0], mine[-1]
 
         summary: dict = {"dagster_home": str(home), "storage": storage.uri(), "runs": []}
-        log(f"materialising {len(months)} months x {len(aois.ids)} AOIs for {', '.join(settings.sources)} "
-            "(one NDVI run per month, reading its AOIs together):")
-        for month in months:
-            key = month_partition_key(month)
+        log(f"materialising {len(months)} months x {len(fields.groups)} groups of {len(fields.ids)} fields for "
+            f"{', '.join(settings.sources)} (one statistics run over all of them):")
+        keys = [month_partition_key(m) for m in months]
+        for key in keys:
             summary["runs"].append(run("collections_job", key).run_id)
-            for span in spans:
-                summary["runs"].append(run("ndvi_job", f"{span[0]}|{key}", f"{span[-1]}|{key}").run_id)
-        for span in spans:
-            summary["runs"].append(run("ndvi_timeseries_job", span[0], span[-1]).run_id)
-        summary.update(_report(storage, settings, aois.ids, log))
+        summary["runs"].append(run("field_stats_job", f"{first_group}|{min(keys)}", f"{last_group}|{max(keys)}").run_id)
+        summary["runs"].append(run("field_timeseries_job", first_group, last_group).run_id)
+        summary.update(_report(storage, settings, fields, log))
         log(f"done in {time.perf_counter() - t_start:.1f} s. See the runs in the UI (from this folder):")
         log(f"  {dagster_dev_command(home, settings)}")
         if keep_serving and mirror is not None:
@@ -249,40 +255,41 @@ def _exists(uri: str) -> bool:
     return os.path.exists(uri)
 
 
-def _report(storage_resource, settings, aoi_ids, log) -> dict:
+def _report(storage_resource, settings, fields, log) -> dict:
     import io
 
     import pyarrow.parquet as pq
 
-    from rasteret_pipelines.defs.assets import ndvi_key, timeseries_key
+    from rasteret_pipelines.defs.assets import field_stats_prefix, field_timeseries_prefix
     from rasteret_pipelines.defs.settings import source_slug
 
     store = storage_resource.storage()
-    out: dict = {"geotiffs": {}, "tables": {}, "collections": {}}
+    out: dict = {"geotiffs": {}, "tables": {}, "series": {}, "collections": {}}
     for source in settings.sources:
         slug = source_slug(source)
-        ndvi, series = ndvi_key(source).path, timeseries_key(source).path
-        tifs = store.list_files(*ndvi, suffix=".tif")
-        tables = store.list_files(*series, suffix=".parquet")
+        stats, series = field_stats_prefix(source).split("/"), field_timeseries_prefix(source).split("/")
+        tifs = store.list_files("field_ndvi", slug, suffix=".tif")
+        tables = store.list_files(*stats, suffix=".parquet")
+        series_files = store.list_files(*series, suffix=".parquet")
         months = store.list_files("collections", slug, suffix="items.parquet")
         uri = (lambda p: p) if store.is_local else (lambda p: f"s3://{p}")
         out["geotiffs"][source] = [uri(p) for p in tifs]
         out["tables"][source] = [uri(p) for p in tables]
+        out["series"][source] = [uri(p) for p in series_files]
         out["collections"][source] = [uri(p) for p in months]
         log(f"{source}:")
         log(f"  collection months ({len(months)} files): {store.uri_of('collections', slug)}/month=YYYY-MM/items.parquet")
-        log(f"  NDVI GeoTIFFs ({len(tifs)} files):     {store.uri_of(*ndvi, 'tif')}/geometry_<aoi>/ndvi_YYYYMMDD.tif")
-        log(f"  NDVI manifests:                 {store.uri_of(*ndvi)}/aoi=<aoi>/month=YYYY-MM.json")
-        log(f"  NDVI time series ({len(tables)} tables):  {store.uri_of(*series)}/aoi=<aoi>.parquet and .svg")
-        for aoi in aoi_ids:
-            if not store.exists(*series, f"aoi={aoi}.parquet"):
+        log(f"  field statistics ({len(tables)} tables): {store.uri_of(*stats)}/month=YYYY-MM/group=<group>.parquet")
+        log(f"  NDVI COGs ({len(tifs)} files):          {store.uri_of('field_ndvi', slug)}/geometry_<group>/ndvi_YYYYMMDD.tif")
+        log(f"  time series ({len(series_files)} tables):     {store.uri_of(*series)}/group=<group>.parquet and .svg")
+        for group in fields.groups:
+            if not store.exists(*series, f"group={group}.parquet"):
                 continue
-            rows = pq.read_table(io.BytesIO(store.read_bytes(*series, f"aoi={aoi}.parquet"))).to_pylist()
-            cells = [
-                f"{r['date']:%m-%d} {r['mean_ndvi']:.2f} ({r['valid_fraction']:.0%})"
-                for r in rows if r["mean_ndvi"] is not None
-            ]
-            log(f"  AOI {aoi} mean NDVI (valid pixels): " + ", ".join(cells))
+            rows = pq.read_table(io.BytesIO(store.read_bytes(*series, f"group={group}.parquet"))).to_pylist()
+            for fid in sorted({r["id"] for r in rows}):
+                cells = [f"{r['date']:%m-%d} {r['ndvi_mean']:.2f} ({r['ndvi_valid_fraction']:.0%})"
+                         for r in rows if r["id"] == fid and r["ndvi_mean"] is not None]
+                log(f"  field {fid} (group {group}) mean NDVI (valid pixels): " + ", ".join(cells))
     return out
 
 

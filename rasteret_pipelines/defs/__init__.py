@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from rasteret_pipelines.defs.assets import collection_asset, ndvi_asset, timeseries_asset
-from rasteret_pipelines.defs.checks import collection_checks, ndvi_checks
+from rasteret_pipelines.defs.assets import collection_asset, field_stats_asset, field_timeseries_asset, fields_asset
+from rasteret_pipelines.defs.checks import collection_checks
 from rasteret_pipelines.defs.jobs import build_jobs
 from rasteret_pipelines.defs.partitions import build_partitions
 from rasteret_pipelines.defs.resources import resources_from_settings
 from rasteret_pipelines.defs.schedules import build_monthly_schedule
-from rasteret_pipelines.defs.sensors import build_aoi_sensor, build_automation_sensor, build_stac_sensor
+from rasteret_pipelines.defs.sensors import build_automation_sensor, build_field_sensor, build_stac_sensor
 from rasteret_pipelines.defs.settings import Settings
 
 
@@ -29,14 +29,14 @@ def build_definitions(settings: Settings | None = None, resources: dict | None =
     partitions = build_partitions(settings.start_month, settings.end_month)
     policy = settings.backfill_policy()
     retry_policy = settings.retry_policy()
-    assets, checks = [], []
+    assets, checks = [fields_asset(partitions)], []
     for source in settings.sources:
         assets += [
             collection_asset(source, partitions, retry_policy, settings.stac_url_label(source)),
-            ndvi_asset(source, partitions, policy, retry_policy),
-            timeseries_asset(source, partitions, policy),
+            field_stats_asset(source, partitions, policy, retry_policy),
+            field_timeseries_asset(source, partitions, policy),
         ]
-        checks += collection_checks(source, partitions) + ndvi_checks(source, partitions)
+        checks += collection_checks(source, partitions)
     jobs = build_jobs(settings.sources)
     return dg.Definitions(
         assets=assets,
@@ -44,7 +44,7 @@ def build_definitions(settings: Settings | None = None, resources: dict | None =
         jobs=jobs,
         schedules=[build_monthly_schedule(settings.sources, settings.start_month, jobs[0], settings.end_month)],
         sensors=[
-            build_aoi_sensor(settings.sources, jobs[0], jobs[1]),
+            build_field_sensor(settings.sources, jobs[0]),
             build_stac_sensor(settings.sources, jobs[0]),
             build_automation_sensor(),
         ],

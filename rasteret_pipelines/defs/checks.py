@@ -1,4 +1,6 @@
-"""Asset checks: complete header caches, NDVI in range, GeoTIFFs that reopen as expected."""
+"""Asset checks: complete header caches (``@asset_check``, its own step after the collection),
+field statistics in range and COGs that reopen (``check_specs`` of the field-statistics asset,
+evaluated inside it per (month, group)). Each check is declared exactly once."""
 
 
 import math
@@ -12,7 +14,7 @@ import pyarrow as pa
 
 from rasteret_pipelines.collections import schema
 from rasteret_pipelines.aois import read_uri_bytes
-from rasteret_pipelines.defs.assets import collection_key, ndvi_key
+from rasteret_pipelines.defs.assets import collection_key
 from rasteret_pipelines.defs.io_managers import CollectionSlice
 from rasteret_pipelines.defs.partitions import Partitions
 from rasteret_pipelines.defs.pipeline import collection_bands
@@ -111,93 +113,77 @@ def _open(path: str):
     return rasterio.MemoryFile(read_uri_bytes(path))
 
 
-NDVI_CHECKS = ("ndvi_within_range", "geotiffs_reopen")
-"""Checks of the NDVI asset, evaluated by the asset itself for every partition it materialises
-(:func:`ndvi_check_results`) and runnable on their own for a partition from the UI."""
+FIELD_STATS_CHECKS = ("stats_in_range", "geotiffs_reopen")
+"""Checks of the field-statistics asset: declared once, as ``check_specs`` of the asset, and
+evaluated by the asset for every (month, group) it materialises (a run covers many)."""
 
 
-def ndvi_check_results(manifest: dict) -> dict[str, dg.AssetCheckResult]:
-    """``{check name: result}`` of every NDVI check on one partition's manifest."""
-    return {"ndvi_within_range": ndvi_range_result(manifest), "geotiffs_reopen": geotiffs_reopen_result(manifest)}
+def field_stats_check_results(table: pa.Table, group: str, files, fields=None) -> dict[str, dg.AssetCheckResult]:
+    """``{check name: result}`` of every check on one (month, group) partition's table and COGs."""
+    return {"stats_in_range": stats_range_result(table, group, fields),
+            "geotiffs_reopen": geotiffs_reopen_result(files)}
 
 
-def ndvi_range_result(manifest: dict) -> dg.AssetCheckResult:
-    """Every NDVI GeoTIFF of the manifest holds values in [-1, 1] (NaN = no data)."""
-    lo, hi, bad = math.inf, -math.inf, []
-    for path in manifest.get("files", []):
-        with _open(path) as mem, mem.open() as src:
-            data = src.read(1, masked=False)
+def stats_range_result(table: pa.Table, group: str, fields=None) -> dg.AssetCheckResult:
+    """NDVI statistics in [-1, 1], min <= mean, median <= max, valid fractions in [0, 1], counts
+    not negative, and every row a field of ``group`` (when ``fields``, a frame with ``group``, is given)."""
+    problems = []
+    if table.num_rows:
+        cols = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype="float64")
+                for c in ("ndvi_mean", "ndvi_median", "ndvi_std", "ndvi_min", "ndvi_max", "ndvi_count",
+                          "ndvi_valid_fraction")}
+        with np.errstate(invalid="ignore"):
+            for c in ("ndvi_mean", "ndvi_median", "ndvi_min", "ndvi_max"):
+                bad = int(np.sum((cols[c] < -1) | (cols[c] > 1)))
+                if bad:
+                    problems.append(f"{bad} rows with {c} outside [-1, 1]")
+            tol = 1e-9
+            order = (cols["ndvi_min"] - tol > cols["ndvi_mean"]) | (cols["ndvi_mean"] > cols["ndvi_max"] + tol) |                 (cols["ndvi_min"] - tol > cols["ndvi_median"]) | (cols["ndvi_median"] > cols["ndvi_max"] + tol)
+            if int(np.sum(order)):
+                problems.append(f"{int(np.sum(order))} rows where mean or median is not between min and max")
+            fraction = cols["ndvi_valid_fraction"]
+            if int(np.sum((fraction < 0) | (fraction > 1))):
+                problems.append("valid fractions outside [0, 1]")
+            if int(np.sum(cols["ndvi_count"] < 0)) or int(np.sum(cols["ndvi_std"] < 0)):
+                problems.append("negative counts or standard deviations")
+        if fields is not None:
+            ids = set(table.column("id").to_pylist())
+            known = fields.loc[fields.index.isin(ids), "group"]
+            strangers = sorted(ids - set(known.index[known == group]))
+            if strangers:
+                problems.append(f"rows of fields not in group {group}: {', '.join(strangers[:10])}")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"rows": table.num_rows, "problems": dg.MetadataValue.json(problems)},
+    )
+
+
+def geotiffs_reopen_result(files) -> dg.AssetCheckResult:
+    """Every NDVI COG reopens as one float32 band with a CRS and values in [-1, 1] (NaN = no data)."""
+    problems = []
+    lo, hi = math.inf, -math.inf
+    for path in files:
+        try:
+            with _open(path) as mem, mem.open() as src:
+                if src.count != 1 or src.dtypes[0] != "float32":
+                    problems.append(f"{path}: {src.count} bands of {src.dtypes[0]}, expected 1 float32")
+                if src.crs is None:
+                    problems.append(f"{path}: no CRS")
+                data = src.read(1, masked=False)
+        except Exception as exc:  # any failure to open is the finding
+            problems.append(f"{path}: cannot be opened: {exc}")
+            continue
         finite = data[np.isfinite(data)]
         if finite.size:
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
             if finite.min() < -1 or finite.max() > 1:
-                bad.append(path)
-    return dg.AssetCheckResult(
-        passed=not bad,
-        metadata={
-            "files": len(manifest.get("files", [])),
-            "min": dg.MetadataValue.float(lo if bad or lo != math.inf else float("nan")),
-            "max": dg.MetadataValue.float(hi if hi != -math.inf else float("nan")),
-            "out_of_range_files": dg.MetadataValue.json(bad),
-        },
-    )
-
-
-def geotiffs_reopen_result(manifest: dict) -> dg.AssetCheckResult:
-    """Every NDVI GeoTIFF reopens as one float32 band with the manifest's CRS, shape and transform."""
-    from rasterio.crs import CRS
-
-    problems = []
-    files = manifest.get("files", [])
-    expected_crs = CRS.from_user_input(manifest["crs"]) if files else None
-    for path in files:
-        try:
-            with _open(path) as mem, mem.open() as src:
-                if src.crs != expected_crs:
-                    problems.append(f"{path}: CRS {src.crs} != {manifest['crs']}")
-                if [src.height, src.width] != list(manifest["shape"]):
-                    problems.append(f"{path}: shape {[src.height, src.width]} != {manifest['shape']}")
-                if src.count != 1 or src.dtypes[0] != "float32":
-                    problems.append(f"{path}: {src.count} bands of {src.dtypes[0]}, expected 1 float32")
-                if not np.allclose(tuple(src.transform)[:6], manifest["transform"][:6], atol=1e-6):
-                    problems.append(f"{path}: transform {tuple(src.transform)[:6]} != {manifest['transform']}")
-        except Exception as exc:  # any failure to open is the finding
-            problems.append(f"{path}: cannot be opened: {exc}")
+                problems.append(f"{path}: values outside [-1, 1]")
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
             "files": len(files),
-            "crs": manifest.get("crs", ""),
-            "shape": dg.MetadataValue.json(manifest.get("shape")),
+            "min": dg.MetadataValue.float(lo if lo != math.inf else float("nan")),
+            "max": dg.MetadataValue.float(hi if hi != -math.inf else float("nan")),
             "problems": dg.MetadataValue.json(problems[:50]),
         },
     )
-
-
-def ndvi_checks(source_id: str, partitions: Partitions) -> list[dg.AssetChecksDefinition]:
-    """The NDVI checks as check definitions (for running them on a partition from the UI).
-
-    In NDVI runs they are evaluated by the asset itself, partition by partition (their steps
-    are skipped there), since one run covers many partitions.
-    """
-
-    with preview_partitioned_checks():
-        @dg.asset_check(
-            asset=ndvi_key(source_id),
-            partitions_def=partitions.month_aoi,
-            name="ndvi_within_range",
-            description="Every NDVI GeoTIFF of the partition holds values in [-1, 1] (NaN = no data).",
-        )
-        def ndvi_within_range(manifest: dict) -> dg.AssetCheckResult:
-            return ndvi_range_result(manifest)
-
-        @dg.asset_check(
-            asset=ndvi_key(source_id),
-            partitions_def=partitions.month_aoi,
-            name="geotiffs_reopen",
-            description="Every NDVI GeoTIFF reopens as one float32 band with the AOI window's CRS, shape and transform.",
-        )
-        def geotiffs_reopen(manifest: dict) -> dg.AssetCheckResult:
-            return geotiffs_reopen_result(manifest)
-
-    return [ndvi_within_range, geotiffs_reopen]

@@ -10,8 +10,13 @@ Layout below the base path (``<key>`` is the asset key joined with ``/``)::
     collections/<source>/month=YYYY-MM/items.parquet   collection months (GeoParquet, written by
     collections/<source>/month=YYYY-MM/_search.json    the library) + the area each was searched for
     collections/<source>/_manifest.json
-    <key>/aoi=<id>/month=YYYY-MM.json                   JSON values (NDVI manifests)
-    <key>/aoi=<id>.parquet                              tables (NDVI time series)
+    field_stats/<source>/month=YYYY-MM/group=<g>.parquet  field statistics (GeoParquet, one per
+                                                          month x group partition)
+    field_timeseries/<source>/group=<g>.parquet          tables (time series of a group's fields)
+
+An asset's values live below its key (``<key>/<partition>``) unless its ``rasteret/path``
+metadata names another prefix (``field_stats/<source>``); a month x group partition is
+``month=YYYY-MM/group=<g>`` (the month first, so a month's groups share a folder).
 
 Loading a collection does not read it: downstream assets get a :class:`CollectionSlice`, a
 :class:`~rasteret_pipelines.collections.Collection` restricted to the months of the input
@@ -44,6 +49,8 @@ from rasteret_pipelines.storage import Storage
 
 KIND = "rasteret/io"
 """Asset metadata key telling the IO manager what an asset's values are."""
+PATH = "rasteret/path"
+"""Asset metadata key: the storage prefix of the asset's values (default: its key's path)."""
 COLLECTION, JSON, TABLE = "collection", "json", "table"
 SEARCH_FILE = "_search.json"
 COLLECTIONS = "collections"
@@ -83,7 +90,8 @@ class CollectionSlice(Collection):
 
 
 def partition_parts(partitions_def, key) -> list[str]:
-    """``["aoi=1", "month=2024-03"]`` for a month x AOI key, ``["month=2024-03"]``, ``["aoi=1"]``.
+    """``["month=2024-03", "group=g_13.0_77.5"]`` for a month x group key (time dimension first),
+    ``["month=2024-03"]``, ``["field_group=g_13.0_77.5"]``.
 
     Raises:
         UnsafePartitionKeyError: a key is not a safe name (e.g. ``../x``) or not a month.
@@ -95,19 +103,20 @@ def partition_parts(partitions_def, key) -> list[str]:
             else partitions_def.get_partition_key_from_str(str(key)).keys_by_dimension
         )
         kinds = {d.name: d.partitions_def for d in partitions_def.partitions_defs}
+        timed = lambda dim: isinstance(kinds[dim], dg.TimeWindowPartitionsDefinition)  # noqa: E731
         return [
-            f"{dim}={month_key(check_month_key(v))}"
-            if isinstance(kinds[dim], dg.TimeWindowPartitionsDefinition)
-            else f"{dim}={check_aoi_id(v, 'partition key')}"
-            for dim, v in sorted(by_dim.items())
+            f"{dim}={month_key(check_month_key(v))}" if timed(dim) else f"{dim}={check_aoi_id(v, 'partition key')}"
+            for dim, v in sorted(by_dim.items(), key=lambda kv: (not timed(kv[0]), kv[0]))
         ]
     if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
         return [f"month={month_key(check_month_key(key))}"]
     name = getattr(partitions_def, "name", None) or "partition"
+    name = "group" if name == "field_group" else name
     return [f"{name}={check_aoi_id(key, 'partition key')}"]
 
 
-def value_parts(store: Storage, asset_key: dg.AssetKey, partitions_def, key, ext: str) -> list[str]:
+def value_parts(store: Storage, asset_key: dg.AssetKey, partitions_def, key, ext: str,
+                prefix=None) -> list[str]:
     """Path parts of an asset value below the storage base; every key checked, the path kept
     under the base (symbolic links resolved on local disk).
 
@@ -115,7 +124,7 @@ def value_parts(store: Storage, asset_key: dg.AssetKey, partitions_def, key, ext
         UnsafePartitionKeyError: a partition key is not a safe name (``../x``) or the path
             would resolve outside the storage folder.
     """
-    parts = list(asset_key.path)
+    parts = list(prefix.split("/") if isinstance(prefix, str) else prefix or asset_key.path)
     if partitions_def is None or key is None:
         out = parts[:-1] + [parts[-1] + ext]
     else:
@@ -126,12 +135,20 @@ def value_parts(store: Storage, asset_key: dg.AssetKey, partitions_def, key, ext
     return out
 
 
-def write_value(store: Storage, asset_key: dg.AssetKey, partitions_def, key, obj) -> str:
+def write_value(store: Storage, asset_key: dg.AssetKey, partitions_def, key, obj, prefix=None) -> str:
     """Write a JSON value or a table where the IO manager keeps it; returns its location."""
     if isinstance(obj, pa.Table):
-        return store.write_parquet(obj, *value_parts(store, asset_key, partitions_def, key, ".parquet"))
+        return store.write_parquet(obj, *value_parts(store, asset_key, partitions_def, key, ".parquet", prefix))
     data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
-    return store.write_bytes(data, *value_parts(store, asset_key, partitions_def, key, ".json"))
+    return store.write_bytes(data, *value_parts(store, asset_key, partitions_def, key, ".json", prefix))
+
+
+def read_table(store: Storage, asset_key: dg.AssetKey, partitions_def, key, prefix=None) -> pa.Table | None:
+    """The table the IO manager keeps for ``key``, or None when it was never written."""
+    parts = value_parts(store, asset_key, partitions_def, key, ".parquet", prefix)
+    if not store.exists(*parts):
+        return None
+    return pq.read_table(io.BytesIO(store.read_bytes(*parts)))
 
 
 class RasteretIOManager(dg.ConfigurableIOManager):
@@ -146,8 +163,13 @@ class RasteretIOManager(dg.ConfigurableIOManager):
         value = (metadata or {}).get(KIND)
         return getattr(value, "value", value) or JSON
 
-    def _parts(self, asset_key: dg.AssetKey, partitions_def, key, ext: str) -> list[str]:
-        return value_parts(self.storage.storage(), asset_key, partitions_def, key, ext)
+    @staticmethod
+    def _prefix(metadata):
+        value = (metadata or {}).get(PATH)
+        return getattr(value, "value", value)
+
+    def _parts(self, asset_key: dg.AssetKey, partitions_def, key, ext: str, prefix=None) -> list[str]:
+        return value_parts(self.storage.storage(), asset_key, partitions_def, key, ext, prefix)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -165,7 +187,8 @@ class RasteretIOManager(dg.ConfigurableIOManager):
             where = store.write_json(obj.search, COLLECTIONS, obj.name, f"month={obj.month}", SEARCH_FILE)
             context.add_output_metadata({"path": dg.MetadataValue.path(obj.path), "search_file": where})
         elif isinstance(obj, pa.Table):
-            where = write_value(store, context.asset_key, partitions_def, key, obj)
+            where = write_value(store, context.asset_key, partitions_def, key, obj,
+                                self._prefix(context.definition_metadata))
             context.add_output_metadata({"path": dg.MetadataValue.path(where), "rows": obj.num_rows})
         else:
             where = write_value(store, context.asset_key, partitions_def, key, obj)
@@ -185,6 +208,7 @@ class RasteretIOManager(dg.ConfigurableIOManager):
     def _load_input(self, context: dg.InputContext):
         upstream = context.upstream_output
         kind = self._kind(upstream.definition_metadata if upstream is not None else None)
+        prefix = self._prefix(upstream.definition_metadata if upstream is not None else None)
         asset_key = context.asset_key
         keys = list(context.asset_partition_keys) if context.has_asset_partitions else [None]
         partitions_def = context.asset_partitions_def if context.has_asset_partitions else None
@@ -198,7 +222,7 @@ class RasteretIOManager(dg.ConfigurableIOManager):
         values = {}
         skipped = []
         for key in keys:
-            parts = self._parts(asset_key, partitions_def, key, ext)
+            parts = self._parts(asset_key, partitions_def, key, ext, prefix)
             if not store.exists(*parts):
                 if identity:
                     raise MissingPartitionError(

@@ -1,8 +1,11 @@
-"""Partitions: calendar months (collections), AOIs (dynamic), and months x AOIs (NDVI).
+"""Partitions: calendar months (collections), groups of fields (dynamic), months x groups (field
+statistics).
 
-Keys: a month is ``"2024-03-01"`` (Dagster's monthly key; ``month_key`` gives ``"2024-03"``),
-an AOI is its id (``"1"``), a month x AOI key is ``"1|2024-03-01"`` (dimensions sorted by name:
-``aoi`` then ``month``). Only complete months are partitions: the current month appears once it
+Keys: a month is ``"2024-03-01"`` (Dagster's monthly key; ``month_key`` gives ``"2024-03"``), a
+group is its name (``"g_13.0_77.5"``, see :mod:`rasteret_pipelines.fields`), a month x group key
+is ``"g_13.0_77.5|2024-03-01"`` (dimensions sorted by name: ``group`` then ``month``). A field is
+never a partition: 100,000 fields in 300 groups over 12 months are 3,600 month x group
+partitions. Only complete months are partitions: the current month appears once it
 has ended. With an end month (the offline demo's last month) the partitions stop there.
 """
 
@@ -19,7 +22,7 @@ import dagster as dg
 from rasteret_pipelines.errors import UnsafePartitionKeyError
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""What an AOI id (a dynamic partition key) may look like: it becomes a folder and file name."""
+"""What a field id or group (a dynamic partition key) may look like: it becomes a folder and file name."""
 _MONTH_KEY = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-01$")
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]{0,127}$")
 
@@ -80,11 +83,12 @@ def check_under_root(root: str, path: str) -> str:
     return path
 
 
-AOI_DIMENSION = "aoi"
+GROUP_DIMENSION = "group"
 MONTH_DIMENSION = "month"
 
-aoi_partitions = dg.DynamicPartitionsDefinition(name="aoi")
-"""One partition per AOI id; the AOI sensor (and the demo) add them from the AOI file."""
+group_partitions = dg.DynamicPartitionsDefinition(name="field_group")
+"""One partition per group of fields (:mod:`rasteret_pipelines.fields`); the field sensor (and
+the demo) add them from the field file."""
 
 
 def month_partitions(start_month: str, end_month: str | None = None) -> dg.MonthlyPartitionsDefinition:
@@ -98,8 +102,8 @@ def month_partitions(start_month: str, end_month: str | None = None) -> dg.Month
                                           end_offset=0)
 
 
-def month_aoi_partitions(months: dg.MonthlyPartitionsDefinition) -> dg.MultiPartitionsDefinition:
-    return dg.MultiPartitionsDefinition({MONTH_DIMENSION: months, AOI_DIMENSION: aoi_partitions})
+def month_group_partitions(months: dg.MonthlyPartitionsDefinition) -> dg.MultiPartitionsDefinition:
+    return dg.MultiPartitionsDefinition({MONTH_DIMENSION: months, GROUP_DIMENSION: group_partitions})
 
 
 @dataclass(frozen=True)
@@ -107,13 +111,13 @@ class Partitions:
     """The partitions definitions of one set of definitions."""
 
     months: dg.MonthlyPartitionsDefinition
-    month_aoi: dg.MultiPartitionsDefinition
-    aoi: dg.DynamicPartitionsDefinition = aoi_partitions
+    month_group: dg.MultiPartitionsDefinition
+    group: dg.DynamicPartitionsDefinition = group_partitions
 
 
 def build_partitions(start_month: str, end_month: str | None = None) -> Partitions:
     months = month_partitions(start_month, end_month)
-    return Partitions(months=months, month_aoi=month_aoi_partitions(months))
+    return Partitions(months=months, month_group=month_group_partitions(months))
 
 
 def month_key(partition_key: str) -> str:
@@ -132,22 +136,22 @@ def month_bounds(month: str) -> tuple[dt.date, dt.date]:
     return dt.date(year, mon, 1), dt.date(year, mon, calendar.monthrange(year, mon)[1])
 
 
-def split_month_aoi(key) -> tuple[str, str]:
-    """(monthly partition key, AOI id) of a month x AOI partition key, both checked.
+def split_month_group(key) -> tuple[str, str]:
+    """(monthly partition key, group) of a month x group partition key, both checked.
 
     Raises:
-        UnsafePartitionKeyError: the key is malformed or its AOI id is not a safe name.
+        UnsafePartitionKeyError: the key is malformed or its group is not a safe name.
     """
     if isinstance(key, dg.MultiPartitionKey):
         dims = key.keys_by_dimension
     else:
-        aoi, sep, month = str(key).partition("|")
+        group, sep, month = str(key).partition("|")
         if not sep:
-            raise UnsafePartitionKeyError(f"partition key {str(key)!r} is not of the form <aoi>|YYYY-MM-01")
-        dims = {AOI_DIMENSION: aoi, MONTH_DIMENSION: month}
-    return check_month_key(dims[MONTH_DIMENSION]), check_aoi_id(dims[AOI_DIMENSION])
+            raise UnsafePartitionKeyError(f"partition key {str(key)!r} is not of the form <group>|YYYY-MM-01")
+        dims = {GROUP_DIMENSION: group, MONTH_DIMENSION: month}
+    return check_month_key(dims[MONTH_DIMENSION]), check_aoi_id(dims[GROUP_DIMENSION], "group")
 
 
-def month_aoi_key(month_partition: str, aoi_id: str) -> str:
-    """``"1|2024-03-01"``: the string form of a month x AOI key."""
-    return f"{aoi_id}|{month_partition}"
+def month_group_key(month_partition: str, group: str) -> str:
+    """``"g_13.0_77.5|2024-03-01"``: the string form of a month x group key (dimensions sorted by name)."""
+    return f"{group}|{month_partition}"

@@ -3,20 +3,18 @@
 * :func:`build_month`: one month of a source's collection (STAC search over the AOIs' bounds,
   every band header cached), incrementally through
   :func:`~rasteret_pipelines.collections.build_collection`.
-* :func:`ndvi_batch`: several AOIs in one month with ONE read (tiles shared by neighbours
-  fetched once), in batches bounded by :func:`chunk_aois`; :func:`ndvi_month` is one AOI:
-  read through the cached headers
-  (:func:`~rasteret_pipelines.reading.read_geometries`, surface reflectance, cloud-masked),
-  NDVI, one GeoTIFF per date (:func:`~rasteret_pipelines.products.save_per_geometry`) and a
-  manifest with per-date statistics.
-* :func:`timeseries_table`: the manifests of one AOI as a table of dates.
+* :func:`field_stats_month`: the NDVI statistics of every field of a run's groups in one month,
+  with ONE :func:`~rasteret_pipelines.reading.zonal_stats` call (every tile fetched once);
+  :func:`split_by_group` and :func:`group_table` turn it into one GeoParquet table per group.
+* :func:`group_geotiffs`: NDVI COGs, one per (group, date) masked to the group's fields (or one
+  per (field, date) for small groups), read in batches bounded by :func:`chunk_aois`.
+* :func:`fields_outside`: fields outside the area a collection month was indexed for.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +93,8 @@ def build_month(
     effective = get_source(source_id).effective_stac_url(stac_url)
     search = {
         "bbox": [round(v, 7) for v in aois.bbox],
-        "aoi_ids": aois.ids,
+        "fields": len(aois.ids),
+        "groups": list(getattr(aois, "groups", [])),
         "stac_url": effective,
         "cloud_cover_lt": cloud_cover_lt,
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -130,6 +129,19 @@ def check_aoi_indexed(collection: CollectionSlice, month: str, aoi_id: str, geom
             f"(AOIs {', '.join(search.get('aoi_ids', []))}), which does not contain AOI {aoi_id}: "
             f"materialise that collection month again (the AOI sensor requests it)"
         )
+
+
+def fields_outside(collection: CollectionSlice, month: str, fields) -> list[str]:
+    """Ids of ``fields`` (a GeoDataFrame indexed by id) not inside the bbox the collection's
+    ``month`` was searched over (none when the month records no search)."""
+    bbox = (collection.searches.get(month) or {}).get("bbox")
+    if not bbox or len(fields) == 0:
+        return []
+    b = fields.geometry.bounds
+    eps = 1e-6
+    inside = ((b["minx"] >= bbox[0] - eps) & (b["miny"] >= bbox[1] - eps)
+              & (b["maxx"] <= bbox[2] + eps) & (b["maxy"] <= bbox[3] + eps))
+    return [str(i) for i in fields.index[~inside.to_numpy()]]
 
 
 def window_bytes(geometry, n_dates: int, pixel_size: float = 10.0) -> tuple[int, int, int]:
@@ -183,183 +195,172 @@ def chunk_aois(
     return batches
 
 
-def _manifest_base(source_id: str, collection: CollectionSlice, month: str, aoi_id: str, aois: AoiSet) -> dict:
+FIELD_STATS = ("mean", "median", "std", "min", "max", "count")
+"""The NDVI statistics of every (field, date) row (``valid_fraction`` comes with them)."""
+GEOTIFF_MODES = ("group", "fields", "none")
+"""``RASTERET_FIELD_GEOTIFFS``: one COG per (group, date), per (field, date) for small groups, or none."""
+FIELD_GEOTIFF_MAX_FIELDS = 200
+"""Groups with more fields than this get group COGs even when per-field COGs are asked for."""
+
+
+def stats_schema() -> pa.Schema:
+    """The columns of a field-statistics table, without the kept ones (``group``, ``name``, ``geometry``)."""
+    floats = [(f"ndvi_{s}", pa.float64()) for s in ("mean", "median", "std", "min", "max")]
+    return pa.schema([("id", pa.string()), ("date", pa.date32()), *floats, ("ndvi_count", pa.int64()),
+                      ("ndvi_valid_fraction", pa.float64()), ("scene_ids", pa.string())])
+
+
+def field_stats_month(source_id: str, collection: CollectionSlice, month: str, fields, *,
+                      fetch_config=None) -> pa.Table:
+    """NDVI statistics of every field in ``fields`` for every date of ``month``: ONE
+    :func:`~rasteret_pipelines.reading.zonal_stats` call over all of them (every tile fetched
+    once, whatever the number of fields and groups).
+
+    Args:
+        fields: GeoDataFrame indexed by field id with ``group`` and ``name`` (a
+            :class:`~rasteret_pipelines.fields.FieldSet`'s frame or a part of it).
+
+    Returns:
+        One row per (field, date) some scene covers: the library's columns, then ``group`` and
+        ``name``; schema metadata ``requests``, ``header_requests``, ``bytes_read``. A month
+        without scenes gives an empty table.
+    """
+    from rasteret_pipelines.reading import zonal_stats
+
     source = get_source(source_id)
-    return {
-        "source": source_id,
-        "collection": collection.name,
-        "aoi": aoi_id,
-        "aoi_name": aois.frame.loc[aoi_id, "name"],
-        "month": month,
-        "bands": {**source.ndvi_bands._asdict(),
-                  "cloud_mask": source.quality_band if source.quality_band in collection.bands else None},
-        "dates": [],
-        "files": [],
-    }
+    first, last = month_bounds(month)
+    frame = fields.reset_index()
+    try:
+        return zonal_stats(
+            collection, frame, index="ndvi", stats=FIELD_STATS, id_column="id", keep=("group", "name"),
+            date_range=(first, last), cloud_mask=source.quality_band in collection.bands, fetch_config=fetch_config,
+        )
+    except NoScenesError:
+        schema = stats_schema().append(pa.field("group", pa.string())).append(pa.field("name", pa.string()))
+        return schema.empty_table().replace_schema_metadata(
+            {b"requests": b"0", b"header_requests": b"0", b"bytes_read": b"0"})
 
 
-def ndvi_batch(
+def split_by_group(table: pa.Table) -> dict[str, pa.Table]:
+    """``{group: its rows}`` of a statistics table, in one sort (no pass per group)."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return {}
+    order = pc.sort_indices(table, sort_keys=[("group", "ascending"), ("id", "ascending"), ("date", "ascending")])
+    table = table.take(order)
+    groups = np.asarray(table.column("group").to_numpy(zero_copy_only=False), dtype=object)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    ends = np.r_[starts[1:], len(groups)]
+    return {str(groups[a]): table.slice(a, b - a) for a, b in zip(starts, ends)}
+
+
+def group_table(rows: pa.Table, fields, month: str) -> pa.Table:
+    """One partition's GeoParquet table: the statistics rows of a group (``group`` dropped),
+    ``month`` added, each field's geometry (WKB, lon/lat) attached, ``geo`` metadata set."""
+    import json
+
+    import shapely
+
+    ids = rows.column("id").to_pylist()
+    geoms = fields.geometry.reindex(ids).to_numpy() if ids else np.array([], dtype=object)
+    out = rows.drop_columns([c for c in ("group",) if c in rows.column_names])
+    out = out.append_column("month", pa.array([month] * rows.num_rows, pa.string()))
+    out = out.append_column("geometry", pa.array(shapely.to_wkb(geoms).tolist() if ids else [], pa.binary()))
+    geo = {"version": "1.1.0", "primary_column": "geometry",
+           "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["MultiPolygon", "Polygon"]}}}
+    return out.replace_schema_metadata({**(rows.schema.metadata or {}), b"geo": json.dumps(geo).encode()})
+
+
+def empty_group_table(month: str) -> pa.Table:
+    """The table of a group no scene covers in ``month``: the columns, no row."""
+    schema = stats_schema().append(pa.field("name", pa.string()))
+    return group_table(schema.empty_table().append_column("group", pa.array([], pa.string())), None, month)
+
+
+def reads_of(table: pa.Table) -> dict[str, int]:
+    """``requests``, ``header_requests``, ``bytes_read`` of a statistics table (its schema metadata)."""
+    meta = table.schema.metadata or {}
+    return {k: int(meta.get(k.encode(), b"0") or 0) for k in ("requests", "header_requests", "bytes_read")}
+
+
+class _Shapes:
+    """What :func:`chunk_aois` needs of a set of areas: their geometries by id."""
+
+    def __init__(self, frame):
+        self.frame = frame
+
+    def geometry(self, key):
+        return self.frame.geometry.loc[key]
+
+
+def group_geotiffs(
     source_id: str,
     collection: CollectionSlice,
     month: str,
-    aoi_ids,
-    aois: AoiSet,
+    fields,
     *,
     output_uri: str,
+    mode: str = "group",
+    max_bytes: int = 512_000_000,
+    max_areas: int = 64,
     fetch_config=None,
-) -> dict[str, dict]:
-    """NDVI GeoTIFFs and manifests of several AOIs in one month, from ONE read.
+) -> dict[str, list[str]]:
+    """NDVI COGs of the groups of ``fields`` for every date of ``month``.
 
-    All AOIs go to :func:`~rasteret_pipelines.reading.read_geometries` together, so a tile
-    shared by neighbouring AOIs is fetched and decoded once. The caller checks that each AOI
-    lies inside the indexed area (:func:`check_aoi_indexed`) and bounds the batch's memory
-    (:func:`chunk_aois`).
+    ``mode="group"``: one COG per (group, date) over the group's extent, NaN outside its fields
+    (the read's mask is the union of the group's fields): ``<output_uri>/geometry_<group>/
+    ndvi_YYYYMMDD.tif``. ``mode="fields"``: one COG per (field, date) for groups of at most
+    :data:`FIELD_GEOTIFF_MAX_FIELDS` fields, at ``<output_uri>/fields/geometry_<id>/...``
+    (larger groups get group COGs). Areas are read in batches bounded by count and estimated
+    bytes (:func:`chunk_aois`), each batch in one read.
 
     Returns:
-        ``{aoi id: manifest}`` for every AOI (see :func:`ndvi_month`); each manifest's
-        ``reads`` are the batch's requests, shared by ``reads["batch_aois"]`` AOIs.
-
-    Raises:
-        RasteretError: the read or a GeoTIFF write failed for the batch as a whole.
+        ``({group: [path, ...]}, reads)``: the paths (for ``fields`` the group's fields' paths
+        together) and the reads' ``requests``, ``header_requests`` and ``bytes_read``, summed.
     """
-    from rasteret_pipelines.products import ndvi_dataset, save_per_geometry
-    from rasteret_pipelines.reading import geometry_dataset, read_geometries
+    import geopandas as gpd
 
-    ids = [str(a) for a in aoi_ids]
-    manifests = {a: _manifest_base(source_id, collection, month, a, aois) for a in ids}
+    from rasteret_pipelines.products import ndvi_dataset, save_per_geometry
+    from rasteret_pipelines.reading import read_geometries
+
+    reads = {"requests": 0, "header_requests": 0, "bytes_read": 0}
+    if mode == "none" or len(fields) == 0:
+        return {}, reads
     source = get_source(source_id)
     red, nir = source.ndvi_bands
     first, last = month_bounds(month)
-    try:
-        ds = read_geometries(
-            collection,
-            aois.subset(ids),
-            [red, nir],
-            date_range=(first, last),
-            values="reflectance",
-            cloud_mask=source.quality_band in collection.bands,
-            fetch_config=fetch_config,
-        )
-    except NoScenesError as exc:
-        for manifest in manifests.values():
-            manifest["note"] = str(exc).replace("the geometries", f"AOI {manifest['aoi']}")
-        return manifests
-    reads = {k: int(ds.attrs[k]) for k in ("requests", "header_requests", "bytes_read")}
-    reads["batch_aois"] = len(ids)
-    uncovered = {str(g) for g in ds.attrs.get("geometries_without_scenes", [])}
-    ndvi = ndvi_dataset(ds, red, nir)
-    del ds
-    paths = {str(k): v for k, v in save_per_geometry(ndvi, output_uri, file_prefix="ndvi", data_var="NDVI").items()}
-    gids = {str(g): g for g in ndvi["geometry"].values}
-    for aoi_id, manifest in manifests.items():
-        manifest["reads"] = dict(reads)
-        if aoi_id in uncovered or aoi_id not in gids:
-            manifest["note"] = f"no scene of collection {collection.name!r} covers AOI {aoi_id} between {first} and {last}"
-            continue
-        one = geometry_dataset(ndvi, gids[aoi_id])
-        manifest["crs"] = one.attrs["crs"]
-        manifest["shape"] = [int(one.sizes["y"]), int(one.sizes["x"])]
-        manifest["transform"] = [float(v) for v in one.attrs["transform"]]
-        by_stem = {os.path.basename(p)[5:13]: p for p in paths.get(aoi_id, [])}
-        for entry in layer_stats(one, aois.geometry(aoi_id)):
-            entry["path"] = by_stem.get(entry["date"].replace("-", ""))
-            manifest["dates"].append(entry)
-        manifest["files"] = [e["path"] for e in manifest["dates"] if e["path"]]
-        if manifest["dates"] and not manifest["files"]:
-            manifest["note"] = (f"no valid (cloud-free, in-footprint) pixel of AOI {aoi_id} on any of its "
-                                f"{len(manifest['dates'])} dates")
-    return manifests
-
-
-def ndvi_month(
-    source_id: str,
-    collection: CollectionSlice,
-    month: str,
-    aoi_id: str,
-    aois: AoiSet,
-    *,
-    output_uri: str,
-    fetch_config=None,
-) -> dict:
-    """NDVI GeoTIFFs of one AOI for every date of one month, and their manifest.
-
-    Returns:
-        The manifest: ``source``, ``collection``, ``aoi``, ``month``, ``crs``, ``shape``,
-        ``dates`` (``date``, ``path`` or None when no valid pixel, ``valid_fraction``,
-        ``mean_ndvi``, ``median_ndvi``, ``scenes``), ``files`` and ``reads`` (GETs and bytes),
-        or ``note`` instead of ``crs``/``shape``/``reads`` when no scene covers it.
-
-    Raises:
-        AoiNotIndexedError: the month was indexed for an area not containing the AOI.
-    """
-    check_aoi_indexed(collection, month, aoi_id, aois.geometry(aoi_id))
-    return ndvi_batch(source_id, collection, month, [aoi_id], aois, output_uri=output_uri,
-                      fetch_config=fetch_config)[str(aoi_id)]
-
-
-def layer_stats(one, geometry_4326) -> list[dict]:
-    """Per date of a one-geometry NDVI Dataset: valid fraction inside the AOI, mean, median."""
-    import rasterio.features
-    from affine import Affine
-
-    from rasteret_pipelines.reading.read import reproject_geometry
-
-    local = reproject_geometry(geometry_4326, "EPSG:4326", one.attrs["crs"])
-    height, width = int(one.sizes["y"]), int(one.sizes["x"])
-    inside = rasterio.features.geometry_mask(
-        [local], out_shape=(height, width), transform=Affine(*one.attrs["transform"][:6]), invert=True
-    )
-    n_inside = int(inside.sum())
-    out = []
-    for ti, t in enumerate(one["time"].values):
-        layer = one["NDVI"].values[ti]
-        values = layer[inside & ~np.isnan(layer)]
-        out.append(
-            {
-                "date": str(np.datetime64(t, "D")),
-                "valid_fraction": round(float(values.size / n_inside), 6) if n_inside else 0.0,
-                "mean_ndvi": round(float(values.mean()), 6) if values.size else None,
-                "median_ndvi": round(float(np.median(values)), 6) if values.size else None,
-                "valid_pixels": int(values.size),
-                "scenes": str(one["scene_id"].values[ti] or ""),
-            }
-        )
-    return out
-
-
-TIMESERIES_SCHEMA = pa.schema(
-    [
-        ("date", pa.date32()),
-        ("month", pa.string()),
-        ("mean_ndvi", pa.float64()),
-        ("median_ndvi", pa.float64()),
-        ("valid_fraction", pa.float64()),
-        ("valid_pixels", pa.int64()),
-        ("scenes", pa.string()),
-        ("path", pa.string()),
-    ]
-)
-
-
-def timeseries_table(manifests: dict) -> pa.Table:
-    """One row per date of every manifest (``{partition key: manifest}``), sorted by date."""
-    rows = []
-    for manifest in manifests.values():
-        for e in manifest.get("dates", []):
-            rows.append(
-                {
-                    "date": dt.date.fromisoformat(e["date"]),
-                    "month": manifest["month"],
-                    "mean_ndvi": e.get("mean_ndvi"),
-                    "median_ndvi": e.get("median_ndvi"),
-                    "valid_fraction": e.get("valid_fraction"),
-                    "valid_pixels": e.get("valid_pixels"),
-                    "scenes": e.get("scenes"),
-                    "path": e.get("path"),
-                }
-            )
-    rows.sort(key=lambda r: r["date"])
-    return pa.Table.from_pylist(rows, schema=TIMESERIES_SCHEMA)
+    sizes = fields.groupby("group").size()
+    per_field = set(sizes[sizes <= FIELD_GEOTIFF_MAX_FIELDS].index) if mode == "fields" else set()
+    grouped = fields[~fields["group"].isin(per_field)]
+    areas = []
+    if len(grouped):
+        dissolved = grouped[["group", "geometry"]].dissolve(by="group")
+        areas.append((gpd.GeoDataFrame(geometry=dissolved.geometry.values, index=[str(g) for g in dissolved.index],
+                                       crs="EPSG:4326"), output_uri, None))
+    if per_field:
+        one = fields[fields["group"].isin(per_field)]
+        areas.append((gpd.GeoDataFrame(geometry=one.geometry.values, index=[str(i) for i in one.index],
+                                       crs="EPSG:4326"), output_uri.rstrip("/") + "/fields", dict(zip(one.index, one["group"]))))
+    n_dates = max(collection.to_table(date_range=(first, last), columns=["id"]).num_rows, 1)
+    out: dict[str, list[str]] = {}
+    for frame, where, group_of in areas:
+        for batch in chunk_aois(_Shapes(frame), list(frame.index), max_aois=max_areas, max_bytes=max_bytes,
+                                n_dates=n_dates, pixel_size=source.pixel_size):
+            try:
+                ds = read_geometries(collection, frame.loc[batch], [red, nir], date_range=(first, last),
+                                     values="reflectance", cloud_mask=source.quality_band in collection.bands,
+                                     fetch_config=fetch_config)
+            except NoScenesError:
+                continue
+            for k in reads:
+                reads[k] += int(ds.attrs.get(k, 0))
+            paths = save_per_geometry(ndvi_dataset(ds, red, nir), where, file_prefix="ndvi", data_var="NDVI")
+            del ds
+            for key, files in paths.items():
+                group = group_of[str(key)] if group_of else str(key)
+                out.setdefault(group, []).extend(files)
+    return out, reads
 
 
 def updated_items(

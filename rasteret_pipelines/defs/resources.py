@@ -13,7 +13,7 @@ from pydantic import Field
 
 from rasteret_pipelines.cog import FetchConfig
 from rasteret_pipelines.collections import get_source, stac_url_env_var
-from rasteret_pipelines.aois import AoiSet, load_aois
+from rasteret_pipelines.fields import DEFAULT_CELL_DEG, FieldSet, load_fields
 from rasteret_pipelines.defs.settings import (
     DEFAULT_DEMO_DIR,
     DEFAULT_DEMO_MONTHS,
@@ -84,7 +84,11 @@ class StorageResource(dg.ConfigurableResource):
         """Fail early, with a message naming the fault, when the location cannot be used."""
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self.check()
+        # runs check (and create) the location; a sensor tick does not (the field sensor writes
+        # its snapshot there only once the field file is usable, and starting `dagster dev`
+        # must leave no folder behind)
+        if getattr(context, "run", None) is not None:
+            self.check()
 
 
 class LocalStorageResource(StorageResource):
@@ -281,11 +285,14 @@ class HttpClientResource(dg.ConfigurableResource):
 
 
 class BatchResource(dg.ConfigurableResource):
-    """How a run over many AOIs reads them: one read per month, in batches bounded by count and
-    by the estimated bytes of their windows (see :func:`rasteret_pipelines.defs.pipeline.chunk_aois`)."""
+    """How a run writes NDVI COGs: which (``geotiffs``: ``group``, ``fields`` or ``none``), and
+    in reads bounded by count and by the estimated bytes of their windows (see
+    :func:`rasteret_pipelines.defs.pipeline.chunk_aois`). The statistics are one read per month."""
 
-    max_aois: int = Field(default=DEFAULT_NDVI_BATCH_AOIS, description="At most this many AOIs per read")
-    max_mb: float = Field(default=DEFAULT_NDVI_BATCH_MB, description="At most this many estimated MB per read")
+    max_aois: int = Field(default=DEFAULT_NDVI_BATCH_AOIS, description="At most this many areas (groups) per COG read")
+    max_mb: float = Field(default=DEFAULT_NDVI_BATCH_MB, description="At most this many estimated MB per COG read")
+    geotiffs: str = Field(default="group", description="NDVI COGs per (group, date), per (field, date) for "
+                                                      "small groups, or none: group | fields | none")
 
     @property
     def max_bytes(self) -> int:
@@ -296,14 +303,22 @@ class BatchResource(dg.ConfigurableResource):
 
 
 class AoiFileResource(dg.ConfigurableResource):
-    """The AOI file (GeoJSON or GeoParquet, local or ``s3://``): see :mod:`rasteret_pipelines.aois`."""
+    """The field file (GeoJSON or GeoParquet, local or ``s3://``): see :mod:`rasteret_pipelines.fields`."""
 
-    path: str = Field(description="Local path or s3:// URI of the AOI file")
+    path: str = Field(description="Local path or s3:// URI of the field file")
+    cell_deg: float = Field(default=DEFAULT_CELL_DEG, description="Grid cell (degrees) grouping fields without a group")
 
-    def load(self, *, lenient: bool = False) -> AoiSet:
-        """The checked AOIs; :class:`~rasteret_pipelines.errors.AoiFileError` names any fault
-        (lenient: features with an unusable geometry are listed in ``invalid`` instead)."""
-        return load_aois(self.path, lenient=lenient)
+    def fields(self) -> FieldSet:
+        """The usable fields, each in a group; bad rows are skipped and named in ``skipped``.
+
+        Raises:
+            AoiFileError: the file is missing or unreadable, or holds no usable field.
+        """
+        return load_fields(self.path, cell_deg=float(self.cell_deg))
+
+    def load(self, *, lenient: bool = True) -> FieldSet:
+        """:meth:`fields` (the former AOI interface: ``ids``, ``bbox``, ``invalid``, ``geometry``)."""
+        return self.fields()
 
 
 # --- from the environment -------------------------------------------------------------------------
@@ -348,9 +363,11 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
             timeout_retries=_env(settings, "RASTERET_HTTP_TIMEOUT_RETRIES", _FETCH.timeout_retries, int),
             max_redirects=_env(settings, "RASTERET_HTTP_MAX_REDIRECTS", _FETCH.max_redirects, int),
         ),
-        "aois": AoiFileResource(path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file)),
+        "aois": AoiFileResource(path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file),
+                                cell_deg=settings.group_cell_deg),
         "batching": BatchResource(
             max_aois=_env(settings, "RASTERET_NDVI_BATCH_AOIS", DEFAULT_NDVI_BATCH_AOIS, int),
             max_mb=_env(settings, "RASTERET_NDVI_BATCH_MB", float(DEFAULT_NDVI_BATCH_MB), float),
+            geotiffs=settings.field_geotiffs,
         ),
     }

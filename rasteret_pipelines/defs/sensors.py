@@ -1,40 +1,39 @@
-"""Sensors: the AOI file, STAC items added or updated after a month was built, and automation.
+"""Sensors: the field file, STAC items added or updated after a month was built, and automation.
 
-* ``aoi_file_sensor`` (running by default, every 60 s): when the AOI file's bytes change, new
-  ids become ``aoi`` partitions, and for every month already materialised it requests ONE NDVI
-  run over all the new AOIs of that month (a partition range; the run reads them together),
-  so N new AOIs cost at most one request per month and source (one in all when they lie inside
-  every month and the months have no gap); when new AOIs lie outside the
-  area a month was indexed for, it requests that collection month again instead (their NDVI
-  then follows through the automation sensor, as a backfill). Removed AOIs are reported
-  (their partitions and files are kept). A
-  malformed file is skipped with the reason, the cursor unchanged, so the fixed file is picked
-  up. The cursor (the file's SHA-256 and ids) and run keys make it idempotent.
+* ``field_file_sensor`` (running by default, every 60 s): when the field file's bytes change,
+  it compares each group's digest (its fields' ids, geometries and names) with the last version
+  it handled, and for every changed group (new, removed or edited fields, or a new group)
+  records a materialisation of the external asset ``fields`` for that group (new groups become
+  ``field_group`` partitions first). The automation sensor then requests the statistics of
+  every (materialised month, changed group) as ONE backfill, which the field-statistics
+  asset's backfill policy runs in one run (or a few): no run per field or per group. A
+  collection month whose indexed area does not contain a changed group is requested again (its
+  statistics follow through automation). Removed fields are reported (log and the group's
+  materialisation metadata); bad rows (invalid geometry, duplicate or unsafe id) are skipped with
+  their reason and the rest go on; an unreadable file is a skipped tick with the reason, the
+  cursor unchanged. The cursor (the file's SHA-256 and the name of a snapshot of its (id,
+  group) pairs in storage) stays small whatever the number of fields.
 * ``stac_updates_sensor`` (stopped by default, every 10 minutes): asks each source's STAC API
   for items of materialised months updated (reprocessed) or added (late) after the month was
-  built or after its cursor, and requests those collection months again; NDVI and time series
-  follow through the automation sensor.
-* ``rasteret_automation`` (running by default, every 30 s): Dagster's declarative automation:
-  NDVI partitions after their collection month is updated, time series after any NDVI month.
+  built or after its cursor, and requests those collection months again; the statistics and
+  time series follow through the automation sensor.
+* ``rasteret_automation`` (running by default, every 30 s): Dagster's declarative automation,
+  emitting backfills: field statistics after their collection month or their group of fields is
+  updated, time series after any month of their group.
 """
 
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 
 import dagster as dg
 
 from rasteret_pipelines.errors import AoiFileError
-from rasteret_pipelines.defs.assets import collection_key, ndvi_key
-from rasteret_pipelines.defs.partitions import (
-    UnsafePartitionKeyError,
-    aoi_partitions,
-    check_aoi_id,
-    month_key,
-    month_partition_key,
-)
+from rasteret_pipelines.defs.assets import FIELDS_KEY, collection_key
+from rasteret_pipelines.defs.partitions import group_partitions, month_key, month_partition_key
 from rasteret_pipelines.defs.pipeline import updated_items
-from rasteret_pipelines.defs.resources import AoiFileResource, DataSourceResource
+from rasteret_pipelines.defs.resources import AoiFileResource, DataSourceResource, StorageResource
 from rasteret_pipelines.defs.schedules import SOURCE_TAG
 from rasteret_pipelines.errors import RasteretError
 
@@ -54,162 +53,226 @@ def _search_bbox(record) -> list[float] | None:
     return list(value) if value else None
 
 
-def _inside(bbox, geometry) -> bool:
+def _inside_bounds(bbox, bounds) -> bool:
     if not bbox:
         return False
-    minx, miny, maxx, maxy = geometry.bounds
     eps = 1e-6
-    return bbox[0] - eps <= minx and bbox[1] - eps <= miny and maxx <= bbox[2] + eps and maxy <= bbox[3] + eps
+    return (bbox[0] - eps <= bounds[0] and bbox[1] - eps <= bounds[1]
+            and bounds[2] <= bbox[2] + eps and bounds[3] <= bbox[3] + eps)
 
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
-"""Run tags of a run over a range of partitions (what a backfill's multi-partition run carries)."""
+SNAPSHOTS = ("fields", "snapshots")
+"""Below the storage: ``fields/snapshots/<fingerprint>.parquet``, the (id, group) of every
+usable field of a version of the field file, and each group's digest in its metadata. The
+sensor's cursor names the last one, so it stays small whatever the number of fields."""
 
 
-def consecutive_runs(order: list[str], wanted: set[str]) -> list[list[str]]:
-    """Maximal runs of consecutive ids of ``order`` that are all in ``wanted``."""
-    out, current = [], []
-    for aoi in order:
-        if aoi in wanted:
-            current.append(aoi)
-        elif current:
-            out.append(current)
-            current = []
-    if current:
-        out.append(current)
+def write_snapshot(store, current, digests: dict[str, str]) -> str:
+    """Record ``current``'s fields and group digests; returns the snapshot's name."""
+    import pyarrow as pa
+
+    name = f"{current.fingerprint[:24]}.parquet"
+    if not store.exists(*SNAPSHOTS, name):
+        table = pa.table({"id": pa.array(current.ids, pa.string()),
+                          "group": pa.array([str(g) for g in current.frame["group"]], pa.string())})
+        table = table.replace_schema_metadata({b"digests": json.dumps(digests, sort_keys=True).encode()})
+        store.write_parquet(table, *SNAPSHOTS, name)
+    return name
+
+
+def read_snapshot(store, name: str | None) -> tuple[dict[str, str], dict[str, set[str]]] | None:
+    """``({group: digest}, {group: {ids}})`` of a snapshot, or None when there is none."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    if not name or not store.exists(*SNAPSHOTS, name):
+        return None
+    table = pq.read_table(io.BytesIO(store.read_bytes(*SNAPSHOTS, name)))
+    digests = json.loads((table.schema.metadata or {}).get(b"digests", b"{}"))
+    ids: dict[str, set[str]] = {}
+    for fid, group in zip(table.column("id").to_pylist(), table.column("group").to_pylist()):
+        ids.setdefault(group, set()).add(fid)
+    return digests, ids
+
+
+def recorded_digests(instance: dg.DagsterInstance) -> dict[str, str]:
+    """``{group: digest}`` from the latest recorded materialisation of each ``fields`` partition
+    (what the sensor or the demo reported), for a sensor without a cursor."""
+    out: dict[str, str] = {}
+    cursor = None
+    for _ in range(1000):
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=FIELDS_KEY), limit=1000, cursor=cursor, ascending=False)
+        for record in result.records:
+            mat = record.asset_materialization
+            if mat is None or mat.partition is None or mat.partition in out:
+                continue
+            entry = mat.metadata.get("digest")
+            out[mat.partition] = str(getattr(entry, "value", entry) or "")
+        if not result.has_more:
+            break
+        cursor = result.cursor
     return out
 
 
-def _consecutive(partitions: list[str]) -> bool:
-    """True when the monthly partition keys (sorted) follow each other without a gap."""
-    index = [int(p[:4]) * 12 + int(p[5:7]) for p in partitions]
-    return all(b - a == 1 for a, b in zip(index, index[1:]))
+@dataclass
+class FieldChanges:
+    """What changed in the field file since the last version the sensor handled."""
+
+    changed: list[str]
+    """Groups with new, removed or edited fields (or new groups), sorted."""
+    new_groups: list[str]
+    """Of those, the groups that are not partitions yet."""
+    added: dict[str, int]
+    removed: dict[str, list[str]]
+    """``{group: [removed field ids]}`` (known when the last version's snapshot exists)."""
 
 
-def aoi_requests(
-    instance: dg.DagsterInstance, sources, aois, new_ids, tag: str
-) -> tuple[list[dg.RunRequest], list[str]]:
-    """Run requests bringing the new AOIs into every materialised month of every source.
-
-    Per source and month: one NDVI run over all the new AOIs inside the area the month was
-    indexed for (a range of the ``aoi`` dimension: the new ids are added as partitions in the
-    returned order, those inside every month first, so they are consecutive), and one
-    collection run when some lie outside it (their NDVI follows through the automation). When
-    every new AOI lies inside every month and the months have no gap, the months share one run
-    (a range over both dimensions), which saves the start-up of a run per month.
-
-    Returns:
-        The requests, and the order in which to add the new ids as ``aoi`` partitions.
-    """
-    new_ids = [check_aoi_id(a) for a in new_ids]
-    months = []
-    for source in sources:
-        ckey = collection_key(source)
-        for partition in sorted(instance.get_materialized_partitions(ckey)):
-            bbox = _search_bbox(_latest_materialization(instance, ckey, partition))
-            outside = [a for a in new_ids if not _inside(bbox, aois.geometry(a))]
-            months.append((source, partition, outside))
-    misses = {a: sum(a in outside for _, _, outside in months) for a in new_ids}
-    order = sorted(new_ids, key=lambda a: (misses[a], new_ids.index(a)))
-    requests = []
-    for source in sources:
-        mine = [(p, o) for s, p, o in months if s == source]
-        if len(mine) > 1 and not any(o for _, o in mine) and _consecutive([p for p, _ in mine]):
-            # every new AOI inside every month, months without gaps: one run over all of them
-            first, last = f"{order[0]}|{mine[0][0]}", f"{order[-1]}|{mine[-1][0]}"
-            requests.append(
-                dg.RunRequest(
-                    job_name="ndvi_job",
-                    run_key=f"aoi-added:{source}:{month_key(mine[0][0])}..{month_key(mine[-1][0])}:"
-                            f"{order[0]}..{order[-1]}:{tag}",
-                    asset_selection=[ndvi_key(source)],
-                    tags={SOURCE_TAG: source, "rasteret/trigger": "aoi-file", "rasteret/aois": str(len(order)),
-                          RANGE_START: first, RANGE_END: last},
-                )
-            )
-            months = [m for m in months if m[0] != source]
-    for source, partition, outside in months:
-        month = month_key(partition)
-        ckey = collection_key(source)
-        tags = {SOURCE_TAG: source, "rasteret/trigger": "aoi-file"}
-        if outside:
-            requests.append(
-                dg.RunRequest(
-                    job_name="collections_job",
-                    run_key=f"aoi-area:{source}:{month}:{tag}",
-                    partition_key=partition,
-                    asset_selection=[ckey],
-                    tags={**tags, "rasteret/new_aois": ",".join(outside)[:200]},
-                )
-            )
-        # the AOIs outside follow the collection rebuild through the automation sensor
-        for run in consecutive_runs(order, set(new_ids) - set(outside)):
-            first, last = f"{run[0]}|{partition}", f"{run[-1]}|{partition}"
-            requests.append(
-                dg.RunRequest(
-                    job_name="ndvi_job",
-                    run_key=f"aoi-added:{source}:{month}:{run[0]}..{run[-1]}:{tag}",
-                    asset_selection=[ndvi_key(source)],
-                    **({"partition_key": first} if len(run) == 1 else {}),
-                    tags={**tags, "rasteret/aois": str(len(run)),
-                          **({} if len(run) == 1 else {RANGE_START: first, RANGE_END: last})},
-                )
-            )
-    return requests, order
+def field_changes(current, digests: dict[str, str], before: dict[str, str],
+                  before_ids: dict[str, set[str]] | None, known_groups: set[str]) -> FieldChanges:
+    """Compare a version of the field file with the last one handled, group by group."""
+    changed = sorted(g for g in set(digests) | set(before) if digests.get(g) != before.get(g))
+    now_ids = current.group_ids()
+    added, removed = {}, {}
+    for group in changed:
+        mine = set(now_ids.get(group, []))
+        if before_ids is not None:
+            old = before_ids.get(group, set())
+            added[group] = len(mine - old)
+            gone = sorted(old - mine)
+            if gone:
+                removed[group] = gone
+        else:
+            added[group] = len(mine)
+    new_groups = [g for g in changed if g in digests and g not in known_groups]
+    return FieldChanges(changed=changed, new_groups=new_groups, added=added, removed=removed)
 
 
-def build_aoi_sensor(sources, collections_job, ndvi_job) -> dg.SensorDefinition:
+MAX_GROUP_RANGES = 2
+"""At most this many runs of consecutive groups per request. A backfill runs each range of
+partitions as its own run, and Dagster cuts a month x group subset into ranges of consecutive
+groups (in the partitions' order) within a month, or of consecutive months within a group:
+changed groups scattered among unchanged ones would cost a run each. Past this many runs of
+consecutive groups, the smallest gaps between them are filled with their unchanged groups
+(recomputed, at the cost of some more fields read), so a request is at most this many runs per
+month (and never more runs than groups)."""
+
+
+def bounded_ranges(order: list[str], changed, max_ranges: int = MAX_GROUP_RANGES) -> list[str]:
+    """The groups to request for ``changed``: ``changed`` itself when it forms at most
+    ``max_ranges`` runs of consecutive groups of ``order`` (the partitions' order), else
+    ``changed`` plus the unchanged groups of the smallest gaps, so that it forms ``max_ranges``."""
+    position = {g: i for i, g in enumerate(order)}
+    index = sorted(position[g] for g in changed if g in position)
+    if not index:
+        return sorted(changed)
+    ranges = [[index[0], index[0]]]
+    for i in index[1:]:
+        if i == ranges[-1][1] + 1:
+            ranges[-1][1] = i
+        else:
+            ranges.append([i, i])
+    while len(ranges) > max_ranges:
+        gaps = [ranges[k + 1][0] - ranges[k][1] for k in range(len(ranges) - 1)]
+        k = gaps.index(min(gaps))
+        ranges[k:k + 2] = [[ranges[k][0], ranges[k + 1][1]]]
+    wanted = {order[i] for a, b in ranges for i in range(a, b + 1)}
+    return sorted(wanted | {g for g in changed if g not in position})
+
+
+def build_field_sensor(sources, collections_job) -> dg.SensorDefinition:
 
     @dg.sensor(
-        name="aoi_file_sensor",
+        name="field_file_sensor",
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        jobs=[collections_job, ndvi_job],
+        job=collections_job,
         description=(
-            "Watches the AOI file: new ids become aoi partitions and every materialised month is "
-            "requested for them (NDVI, or the collection month when the AOI lies outside the area it "
-            "was indexed for); removed AOIs are reported; a malformed file is skipped with the reason."
+            "Watches the field file: every group whose fields changed (new, removed or edited fields) gets a "
+            "recorded materialisation of `fields`, new groups become partitions, and the groups' statistics "
+            "follow through automation in a few runs; a collection month whose indexed area misses a changed "
+            "group is requested again. Bad rows are skipped with their reason; removed fields are reported."
         ),
     )
-    def aoi_file_sensor(context: dg.SensorEvaluationContext, aois: AoiFileResource):
+    def field_file_sensor(context: dg.SensorEvaluationContext, aois: AoiFileResource, storage: StorageResource):
         try:
-            current = aois.load(lenient=True)
+            current = aois.fields()
         except AoiFileError as exc:
-            return dg.SkipReason(f"AOI file not usable, nothing changed: {exc}")
-        if current.invalid:  # left out until fixed (the fixed file is new bytes: picked up then)
-            context.log.warning("AOIs with an unusable geometry, not added: "
-                                + "; ".join(current.invalid.values())[:2000])
+            return dg.SkipReason(f"field file not usable, nothing changed: {exc}")
         cursor = json.loads(context.cursor) if context.cursor else {}
+        summary = f"{len(current.ids)} fields in {len(current.groups)} groups"
         if cursor.get("fingerprint") == current.fingerprint:
-            return dg.SkipReason(f"AOI file unchanged ({len(current.ids)} AOIs)")
-        known = set(context.instance.get_dynamic_partitions(aoi_partitions.name))
-        new = [a for a in current.ids if a not in known]
-        removed = sorted(known - set(current.ids))
-        new_cursor = json.dumps({"fingerprint": current.fingerprint, "ids": current.ids})
-        if removed:
-            context.log.warning(
-                f"AOIs removed from {current.uri}: {', '.join(removed)}; their partitions and files "
-                "are kept (delete the partitions in the UI to stop processing them)"
-            )
-        if not new:
-            reason = "AOI file changed, no new AOI"
-            if removed:
-                reason += f"; removed from the file: {', '.join(removed)} (partitions and outputs kept)"
-            return dg.SensorResult(skip_reason=dg.SkipReason(reason), cursor=new_cursor)
+            return dg.SkipReason(f"field file unchanged ({summary})")
+        if current.skipped:
+            context.log.warning(f"{len(current.skipped)} rows of {current.uri} skipped: "
+                                + "; ".join(f"{k}: {v}" for k, v in list(current.skipped.items())[:50]))
+        store = storage.storage()
+        digests = current.group_digests()
         try:
-            requests, order = aoi_requests(context.instance, sources, current, new, current.fingerprint[:12])
-        except UnsafePartitionKeyError as exc:  # the AOI file checks ids; partitions added by hand may not be
-            return dg.SkipReason(f"not adding the new AOIs: {exc}")
-        context.log.info(f"{len(new)} new AOIs ({', '.join(new[:20])}{' ...' if len(new) > 20 else ''}): "
-                         f"{len(requests)} run requests")
+            previous = read_snapshot(store, cursor.get("snapshot"))
+        except OSError as exc:  # storage unreachable: compare with what the instance recorded
+            context.log.warning(f"the field file's last snapshot cannot be read ({exc}); comparing with the "
+                                "digests recorded in the fields materialisations")
+            previous = None
+        before, before_ids = previous if previous is not None else (recorded_digests(context.instance), None)
+        known = set(context.instance.get_dynamic_partitions(group_partitions.name))
+        changes = field_changes(current, digests, before, before_ids, known)
+        try:
+            snapshot = write_snapshot(store, current, digests)
+        except OSError as exc:
+            return dg.SkipReason(f"the field file changed but its snapshot cannot be written to {store.uri}: {exc}")
+        new_cursor = json.dumps({"fingerprint": current.fingerprint, "snapshot": snapshot})
+        for group, gone in changes.removed.items():
+            context.log.warning(f"fields removed from {current.uri} (group {group}): {', '.join(gone[:50])}"
+                                + (f" and {len(gone) - 50} more" if len(gone) > 50 else ""))
+        if not changes.changed:
+            return dg.SensorResult(skip_reason=dg.SkipReason(f"field file changed, no group changed ({summary})"),
+                                   cursor=new_cursor)
+        bounds = current.group_bounds()
+        inside_now = [g for g in changes.changed if g in bounds]
+        requests = []
+        tag = current.fingerprint[:12]
+        for source in sources:
+            ckey = collection_key(source)
+            for partition in sorted(context.instance.get_materialized_partitions(ckey)):
+                bbox = _search_bbox(_latest_materialization(context.instance, ckey, partition))
+                outside = [g for g in inside_now if not _inside_bounds(bbox, bounds[g])]
+                if outside:
+                    requests.append(dg.RunRequest(
+                        run_key=f"fields-area:{source}:{month_key(partition)}:{tag}",
+                        partition_key=partition,
+                        asset_selection=[ckey],
+                        tags={SOURCE_TAG: source, "rasteret/trigger": "field-file",
+                              "rasteret/groups": ",".join(outside)[:200]},
+                    ))
+        sizes = current.frame.groupby("group").size().to_dict()
+        order = context.instance.get_dynamic_partitions(group_partitions.name)
+        order += [g for g in sorted(changes.new_groups) if g not in set(order)]  # added in this order below
+        wanted = bounded_ranges(order, changes.changed)
+        events = []
+        for group in wanted:
+            gone = changes.removed.get(group, [])
+            metadata = {"fields": int(sizes.get(group, 0)), "digest": digests.get(group, ""),
+                        "added_fields": changes.added.get(group, 0), "removed_fields": len(gone),
+                        "changed": group in set(changes.changed), "file": current.uri}
+            if gone:
+                metadata["removed"] = ", ".join(gone[:200])
+            events.append(dg.AssetMaterialization(asset_key=FIELDS_KEY, partition=group, metadata=metadata))
+        context.log.info(f"{summary}: {len(changes.changed)} groups changed ({len(changes.new_groups)} new; "
+                         f"{len(wanted) - len(changes.changed)} unchanged ones between them recorded too, "
+                         f"to keep the statistics to at most {MAX_GROUP_RANGES} runs), "
+                         f"{sum(len(v) for v in changes.removed.values())} fields removed, "
+                         f"{len(current.skipped)} rows skipped; {len(requests)} collection months to rebuild")
         return dg.SensorResult(
             run_requests=requests,
-            dynamic_partitions_requests=[aoi_partitions.build_add_request(order)],
+            asset_events=events,
+            dynamic_partitions_requests=[group_partitions.build_add_request(sorted(changes.new_groups))]
+            if changes.new_groups else [],
             cursor=new_cursor,
         )
 
-    return aoi_file_sensor
+    return field_file_sensor
 
 
 def _iso(timestamp: float) -> str:
@@ -288,8 +351,8 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
         minimum_interval_seconds=30,
         emit_backfills=True,
         description=(
-            "NDVI after its collection month is updated; time series after any NDVI month. Requests "
-            "of many partitions are launched as backfills, so the assets' backfill policy puts a "
-            "month's AOIs in one run."
+            "Field statistics after their collection month or their group of fields is updated; time "
+            "series after any month of their group. Requests of many partitions are launched as "
+            "backfills, so the assets' backfill policy puts many (month, group) partitions in one run."
         ),
     )

@@ -36,11 +36,17 @@ Variable                               Meaning (default)
                                        them again, so a new value applies to the next run).
 ``RASTERET_TRANSIENT_RETRY_SECONDS``   Base delay of such a retry (30), doubled per retry
                                        (exponential backoff) with +/- that delay of jitter.
-``RASTERET_PARTITIONS_PER_RUN``        Backfill policy of the NDVI and time-series assets: at most
+``RASTERET_PARTITIONS_PER_RUN``        Backfill policy of the field-statistics and time-series assets: at most
                                        this many partitions per run (500); ``single`` puts a whole
                                        backfill in one run, ``1`` gives one run per partition.
-``RASTERET_NDVI_BATCH_AOIS``           At most this many AOIs per read inside a run (64).
-``RASTERET_NDVI_BATCH_MB``             At most this many estimated MB of windows per read (512).
+``RASTERET_NDVI_BATCH_AOIS``           At most this many groups per COG read inside a run (64).
+``RASTERET_NDVI_BATCH_MB``             At most this many estimated MB of windows per COG read (512).
+``RASTERET_FIELD_GEOTIFFS``            NDVI COGs of the field statistics: ``group`` (one per group
+                                       and date, NaN outside the fields), ``fields`` (one per field
+                                       and date, for groups of at most 200 fields) or ``none``
+                                       (``group``).
+``RASTERET_GROUP_CELL_DEG``            Grid cell, in degrees, grouping fields that have no
+                                       ``group`` (0.1); read when the definitions load.
 ``RASTERET_DEMO_DIR``                  Where the demo world is written (``./.rasteret_data/demo_world``).
 ``RASTERET_DEMO_PORT``                 Port of the demo STAC API; its COG server uses the next one
                                        (47610).
@@ -95,6 +101,8 @@ ENV_VARS: tuple[str, ...] = (
     "RASTERET_PARTITIONS_PER_RUN",
     "RASTERET_NDVI_BATCH_AOIS",
     "RASTERET_NDVI_BATCH_MB",
+    "RASTERET_FIELD_GEOTIFFS",
+    "RASTERET_GROUP_CELL_DEG",
     "RASTERET_DEMO_DIR",
     "RASTERET_DEMO_PORT",
     "RASTERET_DEMO_MONTHS",
@@ -255,6 +263,22 @@ class Settings:
             raise SettingsError(f"RASTERET_PARTITIONS_PER_RUN={text!r}: use a positive number or 'single'") from exc
         if value < 1:
             raise SettingsError(f"RASTERET_PARTITIONS_PER_RUN={value}: use a positive number or 'single'")
+        return value
+
+    @property
+    def field_geotiffs(self) -> str:
+        """``RASTERET_FIELD_GEOTIFFS``: ``group`` (default), ``fields`` or ``none``."""
+        text = (self.get("RASTERET_FIELD_GEOTIFFS") or "group").strip().lower()
+        if text not in ("group", "fields", "none"):
+            raise SettingsError(f"RASTERET_FIELD_GEOTIFFS={text!r}: use group, fields or none")
+        return text
+
+    @property
+    def group_cell_deg(self) -> float:
+        """``RASTERET_GROUP_CELL_DEG``: the side of the grid cells grouping fields (0.1 degrees)."""
+        value = self.typed("RASTERET_GROUP_CELL_DEG", 0.1, float)
+        if not 0 < value <= 90:
+            raise SettingsError(f"RASTERET_GROUP_CELL_DEG={value}: use a number of degrees in (0, 90]")
         return value
 
     def backfill_policy(self):

@@ -14,7 +14,8 @@ import dagster as dg
 import pytest
 
 from rasteret_pipelines.defs import build_definitions
-from rasteret_pipelines.aois import load_aois, write_aois_geojson
+from rasteret_pipelines.aois import write_aois_geojson
+from rasteret_pipelines.fields import load_fields
 from rasteret_pipelines.defs.settings import Settings
 from rasteret_pipelines_demo.demo_mirror import DemoMirror, prepare_world
 from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
@@ -24,6 +25,8 @@ REPO_DAGSTER_YAML = REPO / "dagster.yaml"
 """The repository's instance configuration."""
 MONTHS = ("2024-01", "2024-02")
 AOIS = {str(k): v for k, v in QUICKSTART_AOIS.items()}
+GROUP = "g_13.0_77.5"
+"""The group of the quick start's two AOIs (two fields in one 0.1-degree cell)."""
 
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory) -> Path:
@@ -93,12 +96,23 @@ class Project:
             tags={"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)},
         )
 
-    def register_aois(self, ids=None) -> None:
-        ids = list(ids or load_aois(self.aoi_file).ids)
-        known = set(self.instance.get_dynamic_partitions("aoi"))
-        new = [i for i in ids if i not in known]
+    def register_fields(self, groups=None, report: bool = True) -> list[str]:
+        """Add the field file's groups (or ``groups``) as partitions and, as the field sensor does,
+        record a ``fields`` materialisation of each; returns the groups."""
+        fields = load_fields(self.aoi_file, cell_deg=self.settings.group_cell_deg)
+        groups = list(groups or fields.groups)
+        known = set(self.instance.get_dynamic_partitions("field_group"))
+        new = [g for g in groups if g not in known]
         if new:
-            self.instance.add_dynamic_partitions("aoi", new)
+            self.instance.add_dynamic_partitions("field_group", new)
+        if report:
+            digests = fields.group_digests()
+            for group in groups:
+                self.instance.report_runless_asset_event(dg.AssetMaterialization(
+                    asset_key=dg.AssetKey(["fields"]), partition=group, metadata={"digest": digests.get(group, "")}))
+        return groups
+
+    register_aois = register_fields
 
 
 def make_project(
@@ -143,7 +157,7 @@ def local_instance(home: Path) -> dg.DagsterInstance:
 
 @pytest.fixture
 def project(tmp_path, clean_mirror) -> Project:
-    """Local storage under ``tmp_path``, the quick start's AOIs registered, a SQLite instance
+    """Local storage under ``tmp_path``, the quick start's AOIs registered as fields, a SQLite instance
     (sensors resolving dynamic partitions need an instance reference, as in the daemon)."""
     p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
                      instance=local_instance(tmp_path / "dagster_home"))

@@ -7,8 +7,8 @@ import dagster as dg
 import shapely.geometry
 
 from rasteret_pipelines.aois import write_aois_geojson
-from rasteret_pipelines.defs.assets import collection_key, ndvi_key, timeseries_key
-from rasteret_pipelines_tests.defs.conftest import AOIS, MONTHS
+from rasteret_pipelines.defs.assets import collection_key, field_stats_key, field_timeseries_key
+from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, MONTHS
 
 S2 = "sentinel-2-l2a"
 MONTH_KEYS = [f"{m}-01" for m in MONTHS]
@@ -33,46 +33,51 @@ def requested(data) -> list[tuple[str, str, str]]:
     )
 
 
-def test_aoi_sensor(project):
+def test_field_sensor(project):
+    """The former AOI-sensor test in the new model: a changed group, not a new partition per field."""
+    from rasteret_pipelines.defs.assets import FIELDS_KEY
+
     for key in MONTH_KEYS:
         project.run("collections_job", key)
-    first = tick(project, "aoi_file_sensor")
-    assert not first.run_requests and "no new AOI" in first.skip_message
-    again = tick(project, "aoi_file_sensor", first.cursor)
-    assert not again.run_requests and again.skip_message.startswith("AOI file unchanged")
+    first = tick(project, "field_file_sensor")
+    assert not first.run_requests and not first.asset_events and "no group changed" in first.skip_message
+    again = tick(project, "field_file_sensor", first.cursor)
+    assert not again.asset_events and again.skip_message.startswith("field file unchanged (2 fields in 1 groups)")
 
     write_aois_geojson({**AOIS, "3": INSIDE, "4": OUTSIDE}, project.aoi_file)
-    added = tick(project, "aoi_file_sensor", again.cursor)
+    added = tick(project, "field_file_sensor", again.cursor)
     (request,) = added.dynamic_partitions_requests
-    assert request.partitions_def_name == "aoi" and list(request.partition_keys) == ["3", "4"]
-    assert requested(added) == sorted(
-        # AOI 3 lies inside the area every month was indexed for: its NDVI, month by month
-        [("ndvi_job", "ndvi/sentinel_2_l2a_ndvi", f"3|{k}") for k in MONTH_KEYS]
-        # AOI 4 does not: the months are indexed again; its NDVI follows through automation
-        + [("collections_job", "collections/sentinel_2_l2a", k) for k in MONTH_KEYS]
-    )
+    # field 3 joins the quick start's group; field 4 starts a group of its own
+    assert request.partitions_def_name == "field_group" and list(request.partition_keys) == ["g_13.2_77.7"]
+    assert sorted((e.asset_key, e.partition) for e in added.asset_events) == [
+        (FIELDS_KEY, GROUP), (FIELDS_KEY, "g_13.2_77.7")]
+    # field 4 lies outside the area every month was indexed for: the months are indexed again
+    assert requested(added) == [("collections_job", "collections/sentinel_2_l2a", k) for k in MONTH_KEYS]
     assert all(r.tags["rasteret/source"] == S2 for r in added.run_requests)
     assert len({r.run_key for r in added.run_requests}) == len(added.run_requests)
     # the cursor makes it idempotent
-    project.instance.add_dynamic_partitions("aoi", ["3", "4"])
-    same = tick(project, "aoi_file_sensor", added.cursor)
-    assert not same.run_requests and same.skip_message.startswith("AOI file unchanged")
+    project.instance.add_dynamic_partitions("field_group", ["g_13.2_77.7"])
+    same = tick(project, "field_file_sensor", added.cursor)
+    assert not same.asset_events and same.skip_message.startswith("field file unchanged")
 
     write_aois_geojson({"1": AOIS["1"], "3": INSIDE, "4": OUTSIDE}, project.aoi_file)
-    removed = tick(project, "aoi_file_sensor", same.cursor)
-    assert not removed.run_requests and "removed from the file: 2" in removed.skip_message
+    removed = tick(project, "field_file_sensor", same.cursor)
+    (event,) = removed.asset_events
+    assert event.partition == GROUP and event.metadata["removed"].value == "2"
+    assert event.metadata["removed_fields"].value == 1 and not removed.run_requests
 
     with open(project.aoi_file, "w") as fh:
         fh.write('{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": null}]}')
-    broken = tick(project, "aoi_file_sensor", removed.cursor)
-    assert not broken.run_requests and "feature 1 has no id" in broken.skip_message
-    assert broken.cursor == removed.cursor, "a broken file leaves the cursor, so the fix is picked up"
+    broken = tick(project, "field_file_sensor", removed.cursor)
+    assert not broken.asset_events and "no usable field" in broken.skip_message and "row 1: no id" in broken.skip_message
+    assert broken.cursor in (None, removed.cursor), "a broken file leaves the cursor, so the fix is picked up"
 
 
-def test_aoi_sensor_before_any_month(project):
-    write_aois_geojson({**AOIS, "3": INSIDE}, project.aoi_file)
-    data = tick(project, "aoi_file_sensor")
-    assert list(data.dynamic_partitions_requests[0].partition_keys) == ["3"] and not data.run_requests
+def test_field_sensor_before_any_month(project):
+    write_aois_geojson({**AOIS, "3": OUTSIDE}, project.aoi_file)
+    data = tick(project, "field_file_sensor")
+    assert list(data.dynamic_partitions_requests[0].partition_keys) == ["g_13.2_77.7"] and not data.run_requests
+    assert [e.partition for e in data.asset_events] == ["g_13.2_77.7"]
 
 
 def test_stac_sensor_requests_updated_and_late_months(project, clean_mirror):
@@ -137,27 +142,28 @@ def test_monthly_schedule(project):
 
 
 def test_downstream_follows_collection_updates(project):
-    """What the schedule and the STAC sensor rely on: NDVI and time series follow a collection month."""
+    """What the schedule and the STAC sensor rely on: the statistics of every group of a month, and
+    then the groups' time series, follow a collection month."""
     result = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance)
     assert result.total_requested == 0
     project.run("collections_job", MONTH_KEYS[1])
     result = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance, cursor=result.cursor)
-    assert result.get_requested_partitions(ndvi_key(S2)) == {f"1|{MONTH_KEYS[1]}", f"2|{MONTH_KEYS[1]}"}
-    assert result.total_requested == 2
-    for aoi in ("1", "2"):
-        project.run("ndvi_job", dg.MultiPartitionKey({"month": MONTH_KEYS[1], "aoi": aoi}))
+    assert result.get_requested_partitions(field_stats_key(S2)) == {f"{GROUP}|{MONTH_KEYS[1]}"}
+    assert result.total_requested == 1
+    project.run("field_stats_job", dg.MultiPartitionKey({"month": MONTH_KEYS[1], "group": GROUP}))
     result = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance, cursor=result.cursor)
-    assert result.get_requested_partitions(timeseries_key(S2)) == {"1", "2"}
-    assert result.get_num_requested(ndvi_key(S2)) == 0
+    assert result.get_requested_partitions(field_timeseries_key(S2)) == {GROUP}
+    assert result.get_num_requested(field_stats_key(S2)) == 0
 
 
 def test_automation_launches_many_partitions_as_backfills(project):
-    """Automation sensors cannot be ticked outside the daemon; what makes a rebuilt month's NDVI
-    one run is configuration: the sensor emits backfills (the requested subset, checked in
-    test_downstream_follows_collection_updates) and the assets' backfill policy groups them."""
+    """Automation sensors cannot be ticked outside the daemon; what makes a rebuilt month's
+    statistics one run is configuration: the sensor emits backfills (the requested subset, checked
+    in test_downstream_follows_collection_updates) and the assets' backfill policy groups them
+    (the runs it makes: test_fields.py)."""
     sensor = project.defs.resolve_sensor_def("rasteret_automation")
     assert sensor.emit_backfills
-    for key in (ndvi_key(S2), timeseries_key(S2)):
+    for key in (field_stats_key(S2), field_timeseries_key(S2)):
         policy = project.defs.resolve_assets_def(key).backfill_policy
         assert policy is not None and policy.max_partitions_per_run == 500
 

@@ -7,16 +7,16 @@ import pytest
 import shapely.geometry
 
 from rasteret_pipelines_tests.conftest import free_port
-from rasteret_pipelines_tests.defs.conftest import AOIS, failure_messages, file_digests, make_project
+from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, failure_messages, file_digests, make_project
 
 MONTH = "2024-01-01"
 
 
 @pytest.fixture
 def built(project):
-    """One month and both AOIs' NDVI already materialised."""
+    """One month and its group's statistics already materialised."""
     project.run("collections_job", MONTH)
-    project.run_range("ndvi_job", f"1|{MONTH}", f"2|{MONTH}")
+    project.run("field_stats_job", f"{GROUP}|{MONTH}")
     return project
 
 
@@ -28,23 +28,29 @@ def feature(props, geom):
     return {"type": "Feature", "properties": props, "geometry": shapely.geometry.mapping(geom)}
 
 
-BAD_AOI_FILES = {
-    "invalid geometry": ([feature({"id": "1"}, bowtie())], "geometry 1 is invalid: Self-intersection"),
-    "missing id": ([feature({"name": "no id"}, AOIS["1"])], "feature 1 has no id"),
+BAD_FIELD_FILES = {
+    # a bad row is skipped with its reason (test_fields.py); a file of nothing but bad rows has no
+    # usable field, and the run fails naming the first
+    "invalid geometry": ([feature({"id": "1"}, bowtie())], "row 1 (id '1'): invalid geometry: Self-intersection"),
+    "missing id": ([feature({"name": "no id"}, AOIS["1"])], "row 1: no id"),
     "duplicate ids": ([feature({"id": "1"}, AOIS["1"]), feature({"id": "1"}, AOIS["2"])],
-                      "duplicate id '1' (features 1 and 2)"),
+                      "duplicate id '1' (rows 1, 2)"),
     "wrong CRS": ([feature({"id": "1"}, shapely.geometry.box(776510, 1439620, 779860, 1447410))],
-                  "geometry 1 has bounds"),
+                  "are not longitude/latitude in EPSG:4326"),
+    "not GeoJSON": ("{not json", "is neither GeoJSON nor GeoParquet"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_AOI_FILES))
-def test_malformed_aoi_file_fails_the_run_and_keeps_outputs(built, case, tmp_path):
-    features, message = BAD_AOI_FILES[case]
+@pytest.mark.parametrize("case", sorted(BAD_FIELD_FILES))
+def test_an_unusable_field_file_fails_the_run_and_keeps_outputs(built, case, tmp_path):
+    features, message = BAD_FIELD_FILES[case]
     before = file_digests(built.storage)
     with open(built.aoi_file, "w") as fh:
-        json.dump({"type": "FeatureCollection", "features": features}, fh)
-    for job, key in (("collections_job", MONTH), ("ndvi_job", dg.MultiPartitionKey({"month": MONTH, "aoi": "1"}))):
+        if isinstance(features, str):
+            fh.write(features)
+        else:
+            json.dump({"type": "FeatureCollection", "features": features}, fh)
+    for job, key in (("collections_job", MONTH), ("field_stats_job", dg.MultiPartitionKey({"month": MONTH, "group": GROUP}))):
         result = built.run(job, key, raise_on_error=False)
         assert not result.success
         text = failure_messages(result)
@@ -105,23 +111,26 @@ def test_month_before_the_source_starts(tmp_path, clean_mirror):
     assert clean_mirror.stac.count("/search") == 0
 
 
-def test_ndvi_of_a_month_never_built(project):
-    result = project.run("ndvi_job", dg.MultiPartitionKey({"month": "2024-02-01", "aoi": "1"}), raise_on_error=False)
+def test_statistics_of_a_month_never_built(project):
+    result = project.run("field_stats_job", dg.MultiPartitionKey({"month": "2024-02-01", "group": GROUP}),
+                         raise_on_error=False)
     assert not result.success
     text = failure_messages(result)
     assert "materialise collections/sentinel_2_l2a first" in text or "has no month 2024-02" in text, text
 
 
-def test_ndvi_of_an_aoi_outside_the_indexed_area(built):
-    far = shapely.geometry.box(77.70, 13.20, 77.72, 13.22)  # same tile, outside the months' search bbox
+def test_a_field_outside_the_indexed_area_is_left_out_and_named(built):
+    far = shapely.geometry.box(77.595, 13.02, 77.597, 13.022)  # the same group, outside the months' search bbox
     from rasteret_pipelines.aois import write_aois_geojson
 
     write_aois_geojson({**AOIS, "3": far}, built.aoi_file)
-    built.register_aois(["3"])
-    result = built.run("ndvi_job", dg.MultiPartitionKey({"month": MONTH, "aoi": "3"}), raise_on_error=False)
-    assert not result.success
-    text = failure_messages(result)
-    assert "does not contain AOI 3" in text and "materialise that collection month again" in text, text
-    # rebuilding the month over the new AOI set fixes it
+    result = built.run("field_stats_job", dg.MultiPartitionKey({"month": MONTH, "group": GROUP}))
+    (event,) = result.get_asset_materialization_events()
+    assert event.materialization.metadata["fields_not_indexed"].value == 1
+    logs = "\n".join(e.message for e in built.instance.all_logs(result.run_id) if e.message)
+    assert "1 fields lie outside the area the collection month was indexed for" in logs and ": 3" in logs, logs
+    # rebuilding the month over the new field set takes it in
     built.run("collections_job", MONTH)
-    built.run("ndvi_job", dg.MultiPartitionKey({"month": MONTH, "aoi": "3"}))
+    result = built.run("field_stats_job", dg.MultiPartitionKey({"month": MONTH, "group": GROUP}))
+    (event,) = result.get_asset_materialization_events()
+    assert event.materialization.metadata["fields_not_indexed"].value == 0

@@ -1,6 +1,6 @@
 """``dagster dev -w workspace.yaml`` headless on 127.0.0.1 on a PostgreSQL-backed instance (the
 dagster.yaml block of the README's scale-out section, against a server the test starts): a
-partition run, a collection backfill and a months x AOIs NDVI backfill launched through GraphQL,
+partition run, a collection backfill and a months x groups statistics backfill launched through GraphQL,
 queued, run under the pools of dagster.yaml, every partition materialised.
 
 The webserver, daemon and code server run as one process group that is always killed at the end.
@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from rasteret_pipelines_tests.conftest import free_port
-from rasteret_pipelines_tests.defs.conftest import AOIS, REPO, postgres_dagster_yaml
+from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, REPO, postgres_dagster_yaml
 
 from rasteret_pipelines.aois import write_aois_geojson
 
@@ -27,7 +27,7 @@ STARTUP_TIMEOUT = 120
 RUN_TIMEOUT = 180
 LOCATION = "rasteret_pipelines"
 COLLECTION = ["collections", "sentinel_2_l2a"]
-NDVI = ["ndvi", "sentinel_2_l2a_ndvi"]
+STATS = ["field_stats", "sentinel_2_l2a_field_stats"]
 
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
@@ -49,7 +49,7 @@ def dagster_dev(tmp_path, mirror, postgres_server, monkeypatch):
     write_aois_geojson(AOIS, aoi_file)
     instance = dg.DagsterInstance.from_config(str(home))
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-    instance.add_dynamic_partitions("aoi", list(AOIS))
+    instance.add_dynamic_partitions("field_group", [GROUP])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RASTERET_", "DAGSTER_"))}
     env.update(
         **postgres_server.env(),
@@ -146,17 +146,18 @@ def max_overlap(intervals) -> int:
 
 
 @pytest.mark.timeout(600)
-def test_backfill_of_months_and_aois_through_the_queue_on_postgres(dagster_dev):
-    """One backfill (launched as from the UI): two collection months, then the NDVI of both AOIs in
-    both months in at most one run per month, every run queued, the source's pool respected."""
+def test_backfill_of_months_and_groups_through_the_queue_on_postgres(dagster_dev):
+    """One backfill (launched as from the UI): two collection months, then the statistics of the
+    quick start's group in both months in at most one run per month, every run queued, the
+    source's pool respected."""
     url, tmp_path, instance = dagster_dev
     log_path = tmp_path / "dagster_dev.log"
     months = ("2024-01-01", "2024-02-01")
-    ndvi_keys = [f"{a}|{m}" for m in months for a in AOIS]
+    stats_keys = [f"{GROUP}|{m}" for m in months]
     backfill_id = launch_backfill(url, {
         "partitionsByAssets": [
             {"assetKey": {"path": COLLECTION}, "partitions": {"range": {"start": months[0], "end": months[-1]}}},
-            {"assetKey": {"path": NDVI}, "partitions": {"range": {"start": f"1|{months[0]}", "end": f"2|{months[-1]}"}}},
+            {"assetKey": {"path": STATS}, "partitions": {"range": {"start": stats_keys[0], "end": stats_keys[-1]}}},
         ],
     })
     wait_for_backfill(url, backfill_id, log_path)
@@ -168,20 +169,20 @@ def test_backfill_of_months_and_aois_through_the_queue_on_postgres(dagster_dev):
         (asset,) = {k.to_user_string() for k in record.asset_selection}
         by_asset.setdefault(asset, []).append(record)
     assert len(by_asset["collections/sentinel_2_l2a"]) == 2
-    assert 1 <= len(by_asset["ndvi/sentinel_2_l2a_ndvi"]) <= len(months), "at most one NDVI run per month"
+    assert 1 <= len(by_asset["field_stats/sentinel_2_l2a_field_stats"]) <= len(months), "at most one run per month"
 
     for month in months:
         path = tmp_path / "data" / "collections" / "sentinel_2_l2a" / f"month={month[:7]}" / "_search.json"
-        assert json.loads(path.read_text())["aoi_ids"] == ["1", "2"]
-    ndvi_key = dg.AssetKey(NDVI)
-    assert instance.get_materialized_partitions(ndvi_key) == set(ndvi_keys)
-    for key in ndvi_keys:  # each partition its own materialization, with its files and reads
+        assert json.loads(path.read_text())["groups"] == [GROUP]
+    stats_key = dg.AssetKey(STATS)
+    assert instance.get_materialized_partitions(stats_key) == set(stats_keys)
+    for key in stats_keys:  # each partition its own materialization, with its fields, files and reads
         (record,) = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=ndvi_key, asset_partitions=[key]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=stats_key, asset_partitions=[key]), limit=1).records
         meta = record.asset_materialization.metadata
-        assert meta["files"].value >= 1 and meta["read_batch_aois"].value == len(AOIS)
-        aoi, month = key.split("|")
-        assert (tmp_path / "data" / "ndvi" / "sentinel_2_l2a_ndvi" / f"aoi={aoi}" / f"month={month[:7]}.json").exists()
+        assert meta["fields"].value == len(AOIS) and meta["geotiffs"].value >= 1 and meta["tile_get_requests"].value > 0
+        group, month = key.split("|")
+        assert (tmp_path / "data" / "field_stats" / "sentinel_2_l2a" / f"month={month[:7]}" / f"group={group}.parquet").exists()
 
     # every run went through the queue, and no more steps than the pool's limit held it at once
     pool = "rasteret-sentinel-2-l2a"
@@ -189,8 +190,10 @@ def test_backfill_of_months_and_aois_through_the_queue_on_postgres(dagster_dev):
     for run in instance.get_runs():  # the backfill's, and any the automation sensor launched
         assert run.status == dg.DagsterRunStatus.SUCCESS, run.run_id
         assert instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED).records, run.run_id
+        # issue 19 item 8: no step of any run is skipped (checks are declared once, in their asset)
+        assert not instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_SKIPPED).records
         for stat in instance.get_run_step_stats(run.run_id):
-            if stat.step_key in ("collections__sentinel_2_l2a", "ndvi__sentinel_2_l2a_ndvi"):
+            if stat.step_key in ("collections__sentinel_2_l2a", "sentinel_2_l2a_field_stats"):
                 intervals.append((stat.start_time, stat.end_time))
     assert len(intervals) >= len(runs)
     limit = instance.event_log_storage.get_concurrency_info(pool).slot_count

@@ -17,13 +17,16 @@ def test_definitions_module_loads_offline(monkeypatch):
     module = importlib.reload(importlib.import_module("rasteret_pipelines.definitions"))
     defs = module.defs
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"collections/sentinel_2_l2a", "ndvi/sentinel_2_l2a_ndvi", "ndvi_timeseries/sentinel_2_l2a_ndvi_timeseries"}
+    assert keys == {"fields", "collections/sentinel_2_l2a", "field_stats/sentinel_2_l2a_field_stats",
+                    "field_timeseries/sentinel_2_l2a_field_timeseries"}
     checks = {k.name for c in defs.asset_checks for k in c.check_keys}
-    assert checks == {"every_band_header_present", "ndvi_within_range", "geotiffs_reopen"}
-    assert {j for j in ("collections_job", "ndvi_job", "ndvi_timeseries_job") if defs.resolve_job_def(j)}
+    assert checks == {"every_band_header_present"}  # the statistics' checks are check_specs of their asset
+    stats = defs.resolve_assets_def(dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"]))
+    assert {k.name for k in stats.check_keys} == {"stats_in_range", "geotiffs_reopen"}
+    assert {j for j in ("collections_job", "field_stats_job", "field_timeseries_job") if defs.resolve_job_def(j)}
     assert defs.resolve_schedule_def("monthly_collections").default_status == dg.DefaultScheduleStatus.RUNNING
-    sensors = {s: defs.resolve_sensor_def(s).default_status for s in ("aoi_file_sensor", "stac_updates_sensor", "rasteret_automation")}
-    assert sensors["aoi_file_sensor"] == dg.DefaultSensorStatus.RUNNING
+    sensors = {s: defs.resolve_sensor_def(s).default_status for s in ("field_file_sensor", "stac_updates_sensor", "rasteret_automation")}
+    assert sensors["field_file_sensor"] == dg.DefaultSensorStatus.RUNNING
     assert sensors["stac_updates_sensor"] == dg.DefaultSensorStatus.STOPPED
     resources = defs.resources
     assert isinstance(resources["storage"], LocalStorageResource) and resources["storage"].base_path == "./.rasteret_data"
@@ -41,7 +44,7 @@ def test_environment_selects_sources_storage_and_env_vars(monkeypatch):
     monkeypatch.setenv("RASTERET_HTTP_MAX_CONCURRENCY", "8")
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert "collections/landsat_c2l2_sr" in keys and "ndvi/landsat_c2l2_sr_ndvi" in keys
+    assert "collections/landsat_c2l2_sr" in keys and "field_stats/landsat_c2l2_sr_field_stats" in keys
     resources = defs.resources
     assert isinstance(resources["storage"], S3StorageResource)
     # values set in the environment stay EnvVars: the UI shows where they came from
@@ -88,6 +91,18 @@ def test_instance_configuration(tmp_path):
     assert not instance.run_retries_retry_on_asset_or_op_failure
 
 
+def test_field_settings_from_the_environment():
+    assert (Settings.from_env({}).field_geotiffs, Settings.from_env({}).group_cell_deg) == ("group", 0.1)
+    settings = Settings.from_env({"RASTERET_FIELD_GEOTIFFS": "Fields", "RASTERET_GROUP_CELL_DEG": "0.05"})
+    assert (settings.field_geotiffs, settings.group_cell_deg) == ("fields", 0.05)
+    resources = build_definitions(settings).resources
+    assert resources["aois"].cell_deg == 0.05 and resources["batching"].geotiffs == "fields"
+    with pytest.raises(SettingsError, match="RASTERET_FIELD_GEOTIFFS='tiles': use group, fields or none"):
+        Settings.from_env({"RASTERET_FIELD_GEOTIFFS": "tiles"}).field_geotiffs  # noqa: B018
+    with pytest.raises(SettingsError, match="RASTERET_GROUP_CELL_DEG=0.0"):
+        Settings.from_env({"RASTERET_GROUP_CELL_DEG": "0"}).group_cell_deg  # noqa: B018
+
+
 def test_backfill_policy_from_the_environment():
     assert Settings.from_env({}).backfill_policy().max_partitions_per_run == 500
     assert Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": "20"}).backfill_policy().max_partitions_per_run == 20
@@ -96,7 +111,8 @@ def test_backfill_policy_from_the_environment():
         with pytest.raises(SettingsError, match="RASTERET_PARTITIONS_PER_RUN=.*use a positive number or 'single'"):
             Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": bad}).backfill_policy()
     defs = build_definitions(Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": "single"}))
-    assert defs.resolve_assets_def(dg.AssetKey(["ndvi", "sentinel_2_l2a_ndvi"])).backfill_policy == dg.BackfillPolicy.single_run()
+    for key in (["field_stats", "sentinel_2_l2a_field_stats"], ["field_timeseries", "sentinel_2_l2a_field_timeseries"]):
+        assert defs.resolve_assets_def(dg.AssetKey(key)).backfill_policy == dg.BackfillPolicy.single_run()
     assert defs.resolve_assets_def(dg.AssetKey(["collections", "sentinel_2_l2a"])).backfill_policy is None
 
 
@@ -108,7 +124,7 @@ DEFS_DIR = importlib.import_module("rasteret_pipelines.defs").__path__[0]
 def test_request_sending_steps_have_a_retry_policy_with_backoff_and_jitter():
     settings = Settings.from_env({"RASTERET_TRANSIENT_RETRIES": "3", "RASTERET_TRANSIENT_RETRY_SECONDS": "5"})
     defs = build_definitions(settings)
-    for key in (dg.AssetKey(["collections", "sentinel_2_l2a"]), dg.AssetKey(["ndvi", "sentinel_2_l2a_ndvi"])):
+    for key in (dg.AssetKey(["collections", "sentinel_2_l2a"]), dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"])):
         policy = defs.resolve_assets_def(key).op.retry_policy
         assert policy == dg.RetryPolicy(max_retries=3, delay=5.0, backoff=dg.Backoff.EXPONENTIAL,
                                         jitter=dg.Jitter.PLUS_MINUS), key
@@ -137,7 +153,7 @@ def test_building_the_definitions_warns_nothing():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         defs = build_definitions(Settings.from_env({}))
-        for job in ("collections_job", "ndvi_job", "ndvi_timeseries_job"):
+        for job in ("collections_job", "field_stats_job", "field_timeseries_job"):
             defs.resolve_job_def(job)
     dagster_warnings = [str(w.message) for w in caught if issubclass(w.category, (dg.BetaWarning, dg.PreviewWarning))]
     assert dagster_warnings == []
@@ -147,11 +163,11 @@ def test_asset_nodes_have_distinct_labels():
     """The UI titles an asset node with its key's last part."""
     defs = build_definitions(Settings.from_env({"RASTERET_SOURCES": "sentinel-2-l2a,landsat"}))
     labels = [k.path[-1] for k in defs.resolve_all_asset_keys()]
-    assert len(labels) == 6 and len(set(labels)) == len(labels), sorted(labels)
+    assert len(labels) == 7 and len(set(labels)) == len(labels), sorted(labels)
 
 
-def test_descriptions_show_aoi_placeholders_as_code():
-    """Markdown would swallow a bare ``<aoi>`` as an HTML tag: every one is inside backticks."""
+def test_descriptions_show_placeholders_as_code():
+    """Markdown would swallow a bare ``<group>`` as an HTML tag: every one is inside backticks."""
     import re
 
     defs = build_definitions(Settings.from_env({}))
@@ -159,8 +175,10 @@ def test_descriptions_show_aoi_placeholders_as_code():
         text = defs.resolve_assets_def(key).descriptions_by_key[key]
         outside_code = re.sub(r"`[^`]*`", "", text)
         assert "<" not in outside_code, (key, text)
-    ndvi = defs.resolve_assets_def(dg.AssetKey(["ndvi", "sentinel_2_l2a_ndvi"]))
-    assert "`ndvi/sentinel_2_l2a_ndvi/tif/geometry_<aoi>/ndvi_YYYYMMDD.tif`" in ndvi.descriptions_by_key[ndvi.key]
+    key = dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"])
+    text = defs.resolve_assets_def(key).descriptions_by_key[key]
+    assert "`field_stats/sentinel_2_l2a/month=YYYY-MM/group=<group>.parquet`" in text
+    assert "`field_ndvi/sentinel_2_l2a/geometry_<group>/ndvi_YYYYMMDD.tif`" in text
 
 
 def test_collection_description_names_the_stac_api_searched(monkeypatch):

@@ -13,7 +13,7 @@ from rasteret_pipelines_demo.demo import run_demo
 from rasteret_pipelines_demo.demo_mirror import demo_stac_url, free_port_pair, probe_demo_mirror, spawn_demo_mirror
 from rasteret_pipelines.errors import StacApiError
 from rasteret_pipelines_tests.conftest import free_port
-from rasteret_pipelines_tests.defs.conftest import MONTHS
+from rasteret_pipelines_tests.defs.conftest import GROUP, MONTHS
 
 
 def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, monkeypatch):
@@ -35,9 +35,12 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
     assert (tmp_path / ".dagster_home" / "dagster.yaml").exists()
     assert (tmp_path / ".rasteret_data" / ".gitignore").read_text().strip().endswith("*")
     assert (tmp_path / ".rasteret_data" / "aois.geojson").exists()
-    assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 8  # 2 months x 2 dates x 2 AOIs
-    assert len(summary["tables"]["sentinel-2-l2a"]) == 2
-    assert "NDVI GeoTIFFs (8 files)" in text and "rasteret-pipelines ui" in text
+    # the quick start's two AOIs are two fields of one group: one COG per (group, date)
+    assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 4  # 2 months x 2 dates x 1 group
+    assert len(summary["tables"]["sentinel-2-l2a"]) == 2  # 2 months x 1 group
+    assert len(summary["series"]["sentinel-2-l2a"]) == 1
+    assert "NDVI COGs (4 files)" in text and "rasteret-pipelines ui" in text
+    assert "field 1 (group g_13.0_77.5) mean NDVI" in text and "field 2 (group g_13.0_77.5)" in text
     hint = _dagster_dev_hint(text)
     assert hint["env"]["DAGSTER_HOME"] == str(tmp_path / ".dagster_home")
     assert hint["env"]["RASTERET_DEMO_PORT"] == str(port) and hint["env"]["RASTERET_DEMO_MONTHS"] == ",".join(MONTHS)
@@ -46,15 +49,15 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
 
     instance = dg.DagsterInstance.get()
     runs = instance.get_runs()
-    assert len(runs) == len(summary["runs"]) == 2 + 2 + 1  # per month: collection, NDVI of both AOIs; series
-    assert {r.job_name for r in runs} == {"collections_job", "ndvi_job", "ndvi_timeseries_job"}
+    assert len(runs) == len(summary["runs"]) == 2 + 1 + 1  # a collection per month; statistics; series
+    assert {r.job_name for r in runs} == {"collections_job", "field_stats_job", "field_timeseries_job"}
     assert all(r.is_success for r in runs)
-    assert sorted(instance.get_dynamic_partitions("aoi")) == ["1", "2"]
+    assert instance.get_dynamic_partitions("field_group") == ["g_13.0_77.5"]
 
     # a second run reuses the world, the AOI file and the cached headers
     again = run_demo(log=lines.append)
     assert again["geotiffs"] == summary["geotiffs"]
-    assert len(instance.get_runs()) == 10
+    assert len(instance.get_runs()) == 8
 
 
 def test_detached_mirror_is_found_and_reused(demo_world):
@@ -134,7 +137,7 @@ def test_runs_after_the_demo_exited(demo_world, tmp_path):
     # a STAC URL given explicitly: nothing may start the server, so fail at once with the way out
     explicit = make_project(demo.storage, url, demo.aoi_file, instance=demo.instance, aois=False, extra=demo_env)
     t0 = time.monotonic()
-    result = explicit.run_range("ndvi_job", "1|2024-01-01", "2|2024-01-01", raise_on_error=False)
+    result = explicit.run("field_stats_job", f"{GROUP}|2024-01-01", raise_on_error=False)
     assert not result.success and time.monotonic() - t0 < 30
     text = failure_messages(result)
     assert f"nothing listens at http://127.0.0.1:{port + 1}" in text and "rasteret-pipelines demo --serve" in text, text
@@ -142,9 +145,10 @@ def test_runs_after_the_demo_exited(demo_world, tmp_path):
 
     # the demo selected (the default): the run starts the mirror and succeeds
     try:
-        result = demo.run_range("ndvi_job", "1|2024-01-01", "2|2024-01-01")
+        result = demo.run("field_stats_job", f"{GROUP}|2024-01-01")
         assert result.success
-        assert len(demo.instance.get_materialized_partitions(dg.AssetKey(["ndvi", "sentinel_2_l2a_ndvi"]))) == 2
+        assert demo.instance.get_materialized_partitions(dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"])) \
+            == {f"{GROUP}|2024-01-01"}
         assert probe_demo_mirror(url), "the mirror started by the run keeps serving later runs"
     finally:
         _kill_detached_mirror(demo_world, port)

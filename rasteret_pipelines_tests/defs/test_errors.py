@@ -41,7 +41,6 @@ def test_every_rasteret_error_is_defined_in_errors_module():
         ("rasteret_pipelines.defs.partitions", "UnsafePartitionKeyError"),
         ("rasteret_pipelines.defs.io_managers", "MissingPartitionError"),
         ("rasteret_pipelines.defs.aois", "AoiFileError"),
-        ("rasteret_pipelines.defs.assets.ndvi", "AoiNotInFileError"),
         ("rasteret_pipelines.defs.pipeline", "AoiNotIndexedError"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Partition keys and AOI ids become paths only when they are safe names, and stay under storage."""
+"""Partition keys and group names become paths only when they are safe names, and stay under storage."""
 
 import os
 from pathlib import Path
@@ -6,16 +6,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from rasteret_pipelines.defs.assets import ndvi_key, timeseries_key
+from rasteret_pipelines.defs.assets import field_stats_key, field_timeseries_key
 from rasteret_pipelines.defs.io_managers import value_parts
-from rasteret_pipelines.defs.partitions import UnsafePartitionKeyError, check_aoi_id, split_month_aoi
+from rasteret_pipelines.defs.partitions import UnsafePartitionKeyError, check_aoi_id, split_month_group
 from rasteret_pipelines.errors import RasteretError
 from rasteret_pipelines.storage import Storage
 from rasteret_pipelines_tests.defs.conftest import failure_messages
 
 JAN = "2024-01-01"
 EVIL = "../../../../../escaped"
-"""As a path part (``aoi=../../../../../escaped.parquet``) it would leave the storage folder."""
+"""As a path part (``group=../../../../../escaped.parquet``) it would leave the storage folder."""
 
 
 def tree(root: Path) -> set[str]:
@@ -25,10 +25,10 @@ def tree(root: Path) -> set[str]:
 
 def test_a_dynamic_key_with_dotdot_is_refused_and_writes_nothing_outside(project, tmp_path):
     project.run("collections_job", JAN)
-    project.instance.add_dynamic_partitions("aoi", [EVIL])
+    project.instance.add_dynamic_partitions("field_group", [EVIL])
     storage = Path(project.storage)
     outside_before = tree(tmp_path) - {f"data/{p}" for p in tree(storage)} - {"data"}
-    for job, key in (("ndvi_job", f"{EVIL}|{JAN}"), ("ndvi_timeseries_job", EVIL)):
+    for job, key in (("field_stats_job", f"{EVIL}|{JAN}"), ("field_timeseries_job", EVIL)):
         result = project.run(job, key, raise_on_error=False)
         assert not result.success
         text = failure_messages(result)
@@ -37,8 +37,8 @@ def test_a_dynamic_key_with_dotdot_is_refused_and_writes_nothing_outside(project
     outside_after = tree(tmp_path) - {f"data/{p}" for p in tree(storage)} - {"data"}
     assert outside_after == outside_before
     assert not any("escaped" in p for p in tree(tmp_path))
-    assert not project.instance.get_materialized_partitions(ndvi_key("sentinel-2-l2a"))
-    assert not project.instance.get_materialized_partitions(timeseries_key("sentinel-2-l2a"))
+    assert not project.instance.get_materialized_partitions(field_stats_key("sentinel-2-l2a"))
+    assert not project.instance.get_materialized_partitions(field_timeseries_key("sentinel-2-l2a"))
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "..", "", "x" * 65, "a\\b", "a b", ".hidden"])
@@ -47,15 +47,17 @@ def test_unsafe_ids_raise_a_typed_error(bad):
         check_aoi_id(bad)
     assert isinstance(info.value, RasteretError) and isinstance(info.value, ValueError)
     with pytest.raises(UnsafePartitionKeyError):
-        split_month_aoi(f"{bad}|{JAN}")
+        split_month_group(f"{bad}|{JAN}")
 
 
 def test_paths_stay_under_the_storage_root(tmp_path):
     months = dg.MonthlyPartitionsDefinition(start_date="2024-01-01")
-    multi = dg.MultiPartitionsDefinition({"month": months, "aoi": dg.DynamicPartitionsDefinition(name="aoi")})
+    multi = dg.MultiPartitionsDefinition({"month": months, "group": dg.DynamicPartitionsDefinition(name="field_group")})
     store = Storage.from_uri(tmp_path / "data")
     key = dg.AssetKey(["ndvi", "s2"])
-    assert value_parts(store, key, multi, f"7|{JAN}", ".json") == ["ndvi", "s2", "aoi=7", "month=2024-01.json"]
+    assert value_parts(store, key, multi, f"7|{JAN}", ".json") == ["ndvi", "s2", "month=2024-01", "group=7.json"]
+    assert value_parts(store, key, multi, f"7|{JAN}", ".parquet", "field_stats/s2") == \
+        ["field_stats", "s2", "month=2024-01", "group=7.parquet"]
     with pytest.raises(UnsafePartitionKeyError):
         value_parts(store, key, multi, f"{EVIL}|{JAN}", ".json")
     with pytest.raises(UnsafePartitionKeyError):

@@ -16,11 +16,11 @@ pytestmark = [
 def test_quick_start_month_on_earth_search(tmp_path):
     p = make_project(str(tmp_path / "data"), "public", str(tmp_path / "aois.geojson"),
                      instance=local_instance(tmp_path / "home"))
-    p.register_aois()
+    p.register_fields()
     result = p.run("collections_job", "2024-01-01")
     (event,) = result.get_asset_materialization_events()
     meta = {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
     assert meta["stac_url"] == "https://earth-search.aws.element84.com/v1"
     assert meta["items"] >= 4 and meta["failed_assets"] == 0
-    result = p.run("ndvi_job", dg.MultiPartitionKey({"month": "2024-01-01", "aoi": "1"}))
+    result = p.run("field_stats_job", dg.MultiPartitionKey({"month": "2024-01-01", "group": "g_13.0_77.5"}))
     assert all(e.passed for e in result.get_asset_check_evaluations())

@@ -1,24 +1,20 @@
 """Step retries under the assets' RetryPolicy, the blocking header check (issue 11, item 7).
 
 Transient faults (the STAC API or the COG server failing) are retried by Dagster and then
-succeed; bad input fails in one attempt; a failing header check holds the month's NDVI back.
+succeed; bad input fails in one attempt; a failing header check holds the month's statistics back.
 """
 
 import json
 
 import dagster as dg
 
-from rasteret_pipelines.aois import write_aois_geojson
-from rasteret_pipelines.defs.assets import collection_key, ndvi_key
+from rasteret_pipelines.defs.assets import collection_key, field_stats_key
 from rasteret_pipelines_demo.range_server import FaultPlan
-from rasteret_pipelines_tests.defs.conftest import AOIS, failure_messages, make_project
+from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, failure_messages, make_project
 
 S2 = "sentinel-2-l2a"
 JAN = "2024-01-01"
 FEB = "2024-02-01"
-OUTSIDE = {"far": {"type": "Polygon", "coordinates": [[[77.70, 13.20], [77.72, 13.20], [77.72, 13.22],
-                                                        [77.70, 13.22], [77.70, 13.20]]]}}
-
 
 def retries(result: dg.ExecuteInProcessResult) -> int:
     return sum(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
@@ -85,36 +81,32 @@ def test_bad_input_fails_in_one_attempt_despite_the_retry_policy(tmp_path, clean
                                                               "geometry": AOIS["1"].__geo_interface__}]}, fh)
     bad_file = p.run("collections_job", JAN, raise_on_error=False)
     assert not bad_file.success and retries(bad_file) == 0
-    assert "feature 1 has no id" in failure_messages(bad_file)
+    assert "row 1: no id" in failure_messages(bad_file)
 
 
-def test_ndvi_retry_after_a_transient_fault_redoes_only_the_failed_aoi(tmp_path, clean_mirror):
-    p = retrying_project(tmp_path, clean_mirror, RASTERET_NDVI_BATCH_AOIS="1")  # one read per AOI
-    p.register_aois()
+def test_a_retry_after_a_transient_fault_redoes_only_the_failed_month(tmp_path, clean_mirror):
+    p = retrying_project(tmp_path, clean_mirror, RASTERET_FIELD_GEOTIFFS="none")
+    p.register_fields()
     p.run("collections_job", JAN)
+    p.run("collections_job", FEB)
     clean_mirror.cogs.faults = FaultPlan(rate=1.0, kinds=["503"], max_faults=1, paths="*/B08.tif")
-    result = p.run_range("ndvi_job", f"1|{JAN}", f"2|{JAN}")
+    result = p.run_range("field_stats_job", f"{GROUP}|{JAN}", f"{GROUP}|{FEB}")
     assert result.success and retries(result) == 1
     done = [e.materialization.partition for e in result.get_asset_materialization_events()]
-    assert sorted(done) == [f"1|{JAN}", f"2|{JAN}"], "each partition materialised once: the retry redid one"
+    assert sorted(done) == [f"{GROUP}|{JAN}", f"{GROUP}|{FEB}"], "each partition materialised once: the retry redid one"
 
 
-def test_a_bad_aoi_fails_its_partition_once_and_is_not_retried(tmp_path, clean_mirror):
+def test_a_partition_that_cannot_succeed_fails_once_and_is_not_retried(tmp_path, clean_mirror):
     p = retrying_project(tmp_path, clean_mirror, 2)
-    p.register_aois()
-    p.run("collections_job", JAN)  # indexed over AOIs 1 and 2
-    import shapely.geometry
-
-    write_aois_geojson({**AOIS, "far": shapely.geometry.shape(OUTSIDE["far"])}, p.aoi_file)
-    p.register_aois(["far"])
-    result = p.run_range("ndvi_job", f"1|{JAN}", f"far|{JAN}", raise_on_error=False)
+    p.register_fields()
+    p.run("collections_job", JAN)  # February is never built
+    result = p.run_range("field_stats_job", f"{GROUP}|{JAN}", f"{GROUP}|{FEB}", raise_on_error=False)
     assert not result.success and retries(result) == 0 and step_failures(result) == 1
-    assert sorted(e.materialization.partition for e in result.get_asset_materialization_events()) == \
-        [f"1|{JAN}", f"2|{JAN}"]
-    assert "does not contain AOI far" in failure_messages(result)
+    assert [e.materialization.partition for e in result.get_asset_materialization_events()] == [f"{GROUP}|{JAN}"]
+    assert "has no month 2024-02" in failure_messages(result)
 
 
-def test_the_blocking_header_check_holds_the_month_s_ndvi_back(project, clean_mirror):
+def test_the_blocking_header_check_holds_the_month_s_statistics_back(project, clean_mirror):
     specs = {s.name: s.blocking for c in project.defs.asset_checks for s in c.check_specs
              if s.asset_key == collection_key(S2)}
     assert specs == {"every_band_header_present": True}
@@ -126,12 +118,12 @@ def test_the_blocking_header_check_holds_the_month_s_ndvi_back(project, clean_mi
     (check,) = built.get_asset_check_evaluations()
     assert not check.passed and check.metadata["missing_headers"].value == 2
     result = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance, cursor=cursor)
-    assert result.get_num_requested(ndvi_key(S2)) == 0, "no NDVI from a month with missing headers"
-    # the month rebuilt with the server healthy: the check passes and the NDVI follows
+    assert result.get_num_requested(field_stats_key(S2)) == 0, "no statistics from a month with missing headers"
+    # the month rebuilt with the server healthy: the check passes and the statistics follow
     clean_mirror.cogs.faults = None
     project.run("collections_job", FEB)
     result = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance, cursor=result.cursor)
-    assert result.get_requested_partitions(ndvi_key(S2)) == {f"1|{FEB}", f"2|{FEB}"}
+    assert result.get_requested_partitions(field_stats_key(S2)) == {f"{GROUP}|{FEB}"}
 
 
 def test_a_band_an_item_lacks_is_counted_not_an_error(project, clean_mirror):

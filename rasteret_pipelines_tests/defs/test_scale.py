@@ -1,4 +1,4 @@
-"""The main job at scale: many partitions per run, one read per month, isolation, few requests."""
+"""The main job at scale: many (month, group) partitions per run, one read per month, isolation, few requests."""
 
 import json
 from pathlib import Path
@@ -13,12 +13,18 @@ import shapely.geometry
 from pyproj import Transformer
 
 from rasteret_pipelines.aois import write_aois_geojson
-from rasteret_pipelines.defs.assets import ndvi_key
+import pyarrow.parquet as pq
+
+from rasteret_pipelines.defs.assets import field_stats_key
 from rasteret_pipelines.defs.pipeline import BYTES_PER_PIXEL_DATE, chunk_aois, window_bytes
-from rasteret_pipelines_tests.defs.conftest import AOIS, make_project
+from rasteret_pipelines.fields import group_names
+from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, make_project
 
 S2 = "sentinel-2-l2a"
-JAN = "2024-01-01"
+STATS = field_stats_key(S2)
+JAN, FEB = "2024-01-01", "2024-02-01"
+ONE_PER_CELL = {"RASTERET_GROUP_CELL_DEG": "0.001"}
+"""0.001-degree cells: each of the NEIGHBOURS is a group of its own."""
 # four small fields next to each other, inside the area the months are indexed for (the
 # quick start AOIs' bounds): they share the demo COGs' 1024 x 1024 tiles
 NEIGHBOURS = {
@@ -64,98 +70,115 @@ def oracle_tiles(demo_world: Path, month: str, geometries) -> tuple[set, int]:
     return distinct, total
 
 
-def test_month_batch_shares_tiles_and_equals_single_partition_runs(project, clean_mirror, demo_world, tmp_path):
-    write_aois_geojson({**AOIS, **NEIGHBOURS}, project.aoi_file)
-    project.register_aois()
-    project.run("collections_job", JAN)
+def test_a_month_s_groups_share_one_read(project, clean_mirror, demo_world):
+    """Four neighbouring fields, each its own group: one run over the four (month, group)
+    partitions reads their shared tiles once (one zonal_stats call for the month)."""
+    p = make_project(project.storage, clean_mirror.stac_url, project.aoi_file, instance=project.instance,
+                     aois={**AOIS, **NEIGHBOURS}, extra=ONE_PER_CELL)
+    groups = p.register_fields()
+    mine = sorted(group_names([g.centroid.x for g in NEIGHBOURS.values()], [g.centroid.y for g in NEIGHBOURS.values()], 0.001))
+    assert len(set(mine)) == 4
+    p.run("collections_job", JAN)
+    order = [g for g in p.instance.get_dynamic_partitions("field_group") if g in mine]
+    quiet = make_project(p.storage, clean_mirror.stac_url, p.aoi_file, instance=p.instance, aois=False,
+                         extra={**ONE_PER_CELL, "RASTERET_FIELD_GEOTIFFS": "none"})
     clean_mirror.cogs.reset_log()
-    result = project.run_range("ndvi_job", f"a|{JAN}", f"d|{JAN}")
-    meta = materialised(result, ndvi_key(S2))
-    assert sorted(meta) == [f"{a}|{JAN}" for a in "abcd"], "one materialization per (month, AOI)"
-    assert all(m["read_batch_aois"] == 4 and m["dates"] == 2 and m["files"] >= 1 for m in meta.values()), \
-        {k: (m.get("read_batch_aois"), m["dates"], m["files"], m.get("note")) for k, m in meta.items()}
+    first, last = min(order, key=groups.index), max(order, key=groups.index)
+    result = quiet.run_range("field_stats_job", f"{first}|{JAN}", f"{last}|{JAN}")
+    meta = materialised(result, STATS)
+    ours = {k: m for k, m in meta.items() if k.split("|")[0] in mine}
+    assert sorted(ours) == sorted(f"{g}|{JAN}" for g in mine), "one materialization per (month, group)"
+    assert all(m["fields"] == 1 and len(m["dates"]) == 2 and m["read_fields"] == len(meta) for m in ours.values())
     checks = [(e.partition, e.check_name, e.passed) for e in result.get_asset_check_evaluations()]
-    assert sorted(checks) == sorted((f"{a}|{JAN}", c, True) for a in "abcd" for c in ("ndvi_within_range", "geotiffs_reopen"))
+    assert sorted(c for c in checks if c[0] in ours) == sorted(
+        (k, c, True) for k in ours for c in ("stats_in_range", "geotiffs_reopen"))
 
     gets = [r for r in clean_mirror.cogs.requests if r.method == "GET"]
     distinct, per_geometry_sum = oracle_tiles(demo_world, "2024-01", NEIGHBOURS.values())
     assert per_geometry_sum > len(distinct), "the fields do share tiles (else this test proves nothing)"
-    assert len(gets) <= len(distinct), (len(gets), len(distinct))
+    # the run's range also holds the quick start fields' group: their tiles come on top
+    others = [g for g in AOIS.values()]
+    distinct_all, _ = oracle_tiles(demo_world, "2024-01", [*NEIGHBOURS.values(), *others]) if len(meta) > 4 else (distinct, 0)
+    assert len(gets) <= len(distinct_all), (len(gets), len(distinct_all))
     assert len({(r.path, r.range) for r in gets}) == len(gets), "no byte range fetched twice"
-    assert {m["tile_get_requests"] for m in meta.values()} == {len(gets)}  # the batch's GETs, as reported
+    assert {m["tile_get_requests"] for m in meta.values()} == {len(gets)}  # the month's one read, as reported
 
-    # the same partitions one run each, into another storage: pixel-equal GeoTIFFs
-    single = make_project(str(tmp_path / "single"), clean_mirror.stac_url, str(tmp_path / "single.geojson"),
-                          instance=project.instance, aois={**AOIS, **NEIGHBOURS})
-    single.run("collections_job", JAN)
-    for aoi in "abcd":
-        one = materialised(single.run("ndvi_job", f"{aoi}|{JAN}"), ndvi_key(S2))
-        assert one[f"{aoi}|{JAN}"]["read_batch_aois"] == 1
-    batch_dir = Path(project.storage) / "ndvi/sentinel_2_l2a_ndvi/tif"
-    single_dir = tmp_path / "single/ndvi/sentinel_2_l2a_ndvi/tif"
-    names = sorted(str(p.relative_to(batch_dir)) for p in batch_dir.rglob("*.tif"))
-    assert names == sorted(str(p.relative_to(single_dir)) for p in single_dir.rglob("*.tif"))
-    assert len(names) == sum(m["files"] for m in meta.values())
-    for name in names:
-        with rasterio.open(batch_dir / name) as a, rasterio.open(single_dir / name) as b:
-            assert (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape)
-            assert np.array_equal(a.read(1), b.read(1), equal_nan=True), name
-    for aoi in "abcd":
-        batch = json.loads((Path(project.storage) / f"ndvi/sentinel_2_l2a_ndvi/aoi={aoi}/month=2024-01.json").read_text())
-        alone = json.loads((tmp_path / f"single/ndvi/sentinel_2_l2a_ndvi/aoi={aoi}/month=2024-01.json").read_text())
-        assert [{k: d[k] for k in ("date", "mean_ndvi", "valid_fraction")} for d in batch["dates"]] == \
-               [{k: d[k] for k in ("date", "mean_ndvi", "valid_fraction")} for d in alone["dates"]]
+    # every field of a group of one: its table holds only it, each of its dates once (the joint
+    # read's rows split by group; their values against the library and rasterio: test_fields.py)
+    for group in mine:
+        table = pq.read_table(Path(p.storage) / f"field_stats/sentinel_2_l2a/month=2024-01/group={group}.parquet")
+        assert len(set(table.column("id").to_pylist())) == 1 and table.num_rows == 2
 
 
-def ndvi_job_from_env():
-    """The NDVI job of the definitions configured by the environment (reconstructable, for re-execution)."""
+def test_a_field_clouded_on_every_pixel_of_a_date(project, clean_mirror):
+    """A run whose only field has no clear pixel on one of its dates: the row of that date has
+    count 0 and NaN statistics (or no row), the others are kept."""
+    p = make_project(project.storage, clean_mirror.stac_url, project.aoi_file, instance=project.instance,
+                     aois={**AOIS, **NEIGHBOURS}, extra=ONE_PER_CELL)
+    p.register_fields()
+    p.run("collections_job", JAN)
+    order = [g for g in p.instance.get_dynamic_partitions("field_group") if g.startswith("g_13.04")]
+    assert len(order) == 4
+    for group in order:
+        assert p.run("field_stats_job", f"{group}|{JAN}", raise_on_error=False).success, group
+
+
+def field_stats_job_from_env():
+    """The statistics job of the definitions configured by the environment (reconstructable, for re-execution)."""
     from rasteret_pipelines.defs import build_definitions
 
-    return build_definitions().resolve_job_def("ndvi_job")
+    return build_definitions().resolve_job_def("field_stats_job")
 
 
-def test_one_bad_aoi_fails_alone_and_a_reexecution_redoes_only_it(project, clean_mirror, monkeypatch):
-    project.run("collections_job", JAN)  # indexed for AOIs 1 and 2 only
-    write_aois_geojson({**AOIS, "far": OUTSIDE}, project.aoi_file)
-    project.register_aois(["far"])
-    result = project.run_range("ndvi_job", f"1|{JAN}", f"far|{JAN}", raise_on_error=False)
+def test_a_failed_partition_fails_alone_and_a_reexecution_redoes_only_it(project, clean_mirror, monkeypatch):
+    project.run("collections_job", JAN)  # February not built yet: its partition fails, January's is kept
+    result = project.run_range("field_stats_job", f"{GROUP}|{JAN}", f"{GROUP}|{FEB}", raise_on_error=False)
     assert not result.success
-    assert sorted(materialised(result, ndvi_key(S2))) == [f"1|{JAN}", f"2|{JAN}"]
+    assert sorted(materialised(result, STATS)) == [f"{GROUP}|{JAN}"]
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     message = failure.step_failure_data.error.message
-    assert f"1 of 3 partitions failed (2 materialised" in message and "does not contain AOI far" in message, message
-    assert project.instance.get_materialized_partitions(ndvi_key(S2)) == {f"1|{JAN}", f"2|{JAN}"}
+    assert "1 of 2 partitions failed (1 materialised" in message and "has no month 2024-02" in message, message
     assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
 
-    # fix the cause (index the month over the new AOI set), then re-execute the failed run
-    project.run("collections_job", JAN)
+    # fix the cause, then re-execute the failed run: only February is redone
+    project.run("collections_job", FEB)
     for name, value in project.settings.env.items():
         monkeypatch.setenv(name, value)
-    clean_mirror.cogs.reset_log()
     parent = project.instance.get_run_by_id(result.run_id)
     with dg.execute_job(
-        dg.reconstructable(ndvi_job_from_env), instance=project.instance,
+        dg.reconstructable(field_stats_job_from_env), instance=project.instance,
         tags={k: v for k, v in parent.tags.items() if k.startswith("dagster/asset_partition_range")},
         reexecution_options=dg.ReexecutionOptions.from_failure(result.run_id, project.instance),
         run_config={"execution": {"config": {"in_process": {}}}},
     ) as retry:
         assert retry.success
         redone = [e.materialization.partition for e in retry.get_asset_materialization_events()]
-    assert redone == [f"far|{JAN}"], "only the failed partition is redone"
-    assert project.instance.get_materialized_partitions(ndvi_key(S2)) == {f"{a}|{JAN}" for a in ("1", "2", "far")}
+    assert redone == [f"{GROUP}|{FEB}"], "only the failed partition is redone"
+    assert project.instance.get_materialized_partitions(STATS) == {f"{GROUP}|{JAN}", f"{GROUP}|{FEB}"}
 
 
-def test_an_aoi_with_an_invalid_geometry_fails_alone(project):
+def test_a_field_with_an_invalid_geometry_is_skipped_and_the_rest_go_on(project):
     bowtie = shapely.geometry.Polygon([(77.56, 13.03), (77.57, 13.04), (77.57, 13.03), (77.56, 13.04)])
     write_aois_geojson({**AOIS, "bow": bowtie}, project.aoi_file)
-    project.register_aois(["bow"])
-    project.run("collections_job", JAN)  # the collection is indexed over the usable AOIs
-    result = project.run_range("ndvi_job", f"1|{JAN}", f"bow|{JAN}", raise_on_error=False)
-    assert not result.success
-    assert sorted(materialised(result, ndvi_key(S2))) == [f"1|{JAN}", f"2|{JAN}"]
-    text = [e for e in result.all_events if e.is_step_failure][0].step_failure_data.error.message
-    assert "1 of 3 partitions failed" in text and f"bow|{JAN}: AoiFileError" in text, text
-    assert "geometry bow is invalid: Self-intersection" in text and project.aoi_file in text, text
+    project.run("collections_job", JAN)  # the collection is indexed over the usable fields
+    result = project.run("field_stats_job", f"{GROUP}|{JAN}")
+    assert materialised(result, STATS)[f"{GROUP}|{JAN}"]["fields"] == 2
+    table = pq.read_table(Path(project.storage) / f"field_stats/sentinel_2_l2a/month=2024-01/group={GROUP}.parquet")
+    assert sorted(set(table.column("id").to_pylist())) == ["1", "2"]
+    logs = "\n".join(e.message for e in project.instance.all_logs(result.run_id) if e.message)
+    assert "row 3 (id 'bow'): invalid geometry: Self-intersection" in logs
+
+
+def test_a_field_outside_the_indexed_area_is_left_out_until_the_month_is_rebuilt(project):
+    project.run("collections_job", JAN)  # indexed for fields 1 and 2
+    near = shapely.geometry.box(77.595, 13.02, 77.597, 13.022)  # same group, outside the indexed bbox
+    write_aois_geojson({**AOIS, "near": near}, project.aoi_file)
+    result = project.run("field_stats_job", f"{GROUP}|{JAN}")
+    meta = materialised(result, STATS)[f"{GROUP}|{JAN}"]
+    assert (meta["fields"], meta["fields_not_indexed"], meta["fields_with_data"]) == (3, 1, 2)
+    project.run("collections_job", JAN)  # what the field sensor requests
+    meta = materialised(project.run("field_stats_job", f"{GROUP}|{JAN}"), STATS)[f"{GROUP}|{JAN}"]
+    assert (meta["fields"], meta["fields_not_indexed"], meta["fields_with_data"]) == (3, 0, 3)
 
 
 def test_batches_are_bounded_by_count_and_estimated_bytes(project, clean_mirror):
@@ -176,48 +199,49 @@ def test_batches_are_bounded_by_count_and_estimated_bytes(project, clean_mirror)
         assert len(batch) <= 64 and len(batch) * r * c * 2 * BYTES_PER_PIXEL_DATE <= 200_000
     assert len(batches) >= 1000 * one // 200_000
 
-    # in a run over two months (a range over both dimensions, as the AOI sensor asks for):
-    # each month read on its own, two AOIs per read, as configured
+    # in a run over two months x four groups: each month read on its own, each table its month's dates
     p = make_project(project.storage, clean_mirror.stac_url, project.aoi_file, instance=project.instance,
-                     aois={**AOIS, **NEIGHBOURS}, extra={"RASTERET_NDVI_BATCH_AOIS": "2"})
-    p.register_aois()
-    for month in (JAN, "2024-02-01"):
+                     aois={**AOIS, **NEIGHBOURS}, extra={**ONE_PER_CELL, "RASTERET_NDVI_BATCH_AOIS": "2"})
+    groups = p.register_fields()
+    for month in (JAN, FEB):
         p.run("collections_job", month)
-    result = p.run_range("ndvi_job", f"a|{JAN}", "d|2024-02-01")
-    meta = materialised(result, ndvi_key(S2))
-    assert sorted(meta) == sorted(f"{a}|{m}" for a in "abcd" for m in (JAN, "2024-02-01"))
-    assert {m["read_batch_aois"] for m in meta.values()} == {2}
-    manifests = [json.loads(Path(m["path"]).read_text()) for m in meta.values()]
-    assert {(x["aoi"], x["month"]) for x in manifests} == {(a, m) for a in "abcd" for m in ("2024-01", "2024-02")}
-    assert all(d["date"].startswith(x["month"]) for x in manifests for d in x["dates"])
+    result = p.run_range("field_stats_job", f"{groups[0]}|{JAN}", f"{groups[-1]}|{FEB}")
+    meta = materialised(result, STATS)
+    assert sorted(meta) == sorted(f"{g}|{m}" for g in groups for m in (JAN, FEB))
+    for key, m in meta.items():
+        assert all(d.startswith(key.split("|")[1][:7]) for d in m["dates"])
+    cogs = sorted((Path(p.storage) / "field_ndvi/sentinel_2_l2a").rglob("*.tif"))
+    assert len(cogs) == sum(m["geotiffs"] for m in meta.values()) > 0
 
 
-@pytest.mark.parametrize("n_new", [50])
-def test_aoi_sensor_requests_one_ndvi_run_per_month(project, n_new):
-    from rasteret_pipelines_tests.defs.test_automation import tick
+def test_the_field_sensor_s_50_new_fields_over_3_months_are_a_few_statistics_runs(tmp_path, clean_mirror):
+    """The former "one NDVI run per month" test, in the new model: 50 new fields over 3 months are
+    one request of (month, changed group) partitions that the backfill runs as at most
+    MAX_GROUP_RANGES runs a month."""
+    from rasteret_pipelines_tests.defs.test_fields import runs_for, tick
+    from rasteret_pipelines_tests.defs.conftest import local_instance
 
+    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
+                     instance=local_instance(tmp_path / "home"), extra={"RASTERET_GROUP_CELL_DEG": "0.01"})
+    p.register_fields()
     months = ["2024-01-01", "2024-02-01", "2024-03-01"]
     for month in months:
-        project.run("collections_job", month)
-    first = tick(project, "aoi_file_sensor")
+        p.run("collections_job", month)
+    first = tick(p)
     new = {f"n{i:02d}": shapely.geometry.box(77.551 + (i % 10) * 0.003, 13.011 + (i // 10) * 0.01,
                                             77.553 + (i % 10) * 0.003, 13.013 + (i // 10) * 0.01)
-           for i in range(n_new)}
-    write_aois_geojson({**AOIS, **new}, project.aoi_file)
-    data = tick(project, "aoi_file_sensor", first.cursor)
-    ndvi = [r for r in data.run_requests if r.job_name == "ndvi_job"]
-    assert 1 <= len(ndvi) <= len(months) and len(data.run_requests) == len(ndvi)
-    assert len({r.run_key for r in data.run_requests}) == len(ndvi)
-    (add,) = data.dynamic_partitions_requests
-    project.instance.add_dynamic_partitions("aoi", list(add.partition_keys))
-    months_def = project.defs.resolve_assets_def(ndvi_key(S2)).partitions_def
-    covered = []
-    for request in ndvi:
-        covered += months_def.get_partition_keys_in_range(
-            dg.PartitionKeyRange(request.tags["dagster/asset_partition_range_start"],
-                                 request.tags["dagster/asset_partition_range_end"]),
-            dynamic_partitions_store=project.instance,
-        )
-    assert sorted(covered) == sorted(f"{a}|{m}" for a in new for m in months), "exactly the new AOIs x months"
-    again = tick(project, "aoi_file_sensor", data.cursor)
-    assert not again.run_requests
+           for i in range(50)}
+    write_aois_geojson({**AOIS, **new}, p.aoi_file)
+    cursor = dg.evaluate_automation_conditions(defs=p.defs, instance=p.instance).cursor
+    data = tick(p, cursor=first.cursor)
+    assert not data.run_requests
+    for event in data.asset_events:
+        p.instance.report_runless_asset_event(event)
+    for request in data.dynamic_partitions_requests:
+        p.instance.add_dynamic_partitions("field_group", list(request.partition_keys))
+    changed = {e.partition for e in data.asset_events}
+    evaluated = dg.evaluate_automation_conditions(defs=p.defs, instance=p.instance, cursor=cursor)
+    assert evaluated.get_requested_partitions(STATS) == {f"{g}|{m}" for g in changed for m in months}
+    from rasteret_pipelines.defs.sensors import MAX_GROUP_RANGES
+
+    assert runs_for(p, {STATS: evaluated.get_requested_partitions(STATS)}) <= MAX_GROUP_RANGES * len(months)

@@ -22,7 +22,6 @@ import rasterio.mask
 import rasterio.warp
 from rasterio.enums import Resampling
 
-from rasteret_pipelines.aois import AoiSet
 from rasteret_pipelines.collections import (
     MaskedClasses,
     build_collection,
@@ -144,33 +143,39 @@ def test_a_source_registered_in_a_test_reads_reflectance_cloud_masked_and_ndvi(w
 
 
 def test_the_dagster_layer_reads_a_registered_source_through_its_declared_bands(world, renamed_source, renamed_collection, tmp_path):
-    """``collection_bands`` and ``ndvi_batch`` (the NDVI asset's work) take the red, NIR and
-    cloud-mask bands from the registered source; the GeoTIFFs hold the oracle's NDVI."""
+    """``collection_bands``, ``field_stats_month`` and ``group_geotiffs`` (the field-statistics
+    asset's work) take the red, NIR and cloud-mask bands from the registered source; the COGs
+    hold the oracle's NDVI."""
+    from pathlib import Path
+
     import geopandas as gpd
 
     from rasteret_pipelines.defs.io_managers import CollectionSlice
-    from rasteret_pipelines.defs.pipeline import collection_bands, ndvi_batch
+    from rasteret_pipelines.defs.pipeline import collection_bands, field_stats_month, group_geotiffs
 
     assert collection_bands(renamed_source.id) == ["rouge", "pir", "classes"]
     full = renamed_collection
     month = "2024-01"
     collection = CollectionSlice(name=full.name, storage=full.storage, manifest=full.manifest, month_keys=(month,))
-    frame = gpd.GeoDataFrame({"name": [f"aoi {g}" for g in AOIS]}, geometry=list(AOIS.values()),
-                             index=[str(g) for g in AOIS], crs="EPSG:4326")
-    aois = AoiSet(uri="<test>", fingerprint="0", frame=frame)
-    manifests = ndvi_batch(renamed_source.id, collection, month, aois.ids, aois, output_uri=str(tmp_path / "out"))
+    # each field a group of its own: a group's COG is then its field's
+    frame = gpd.GeoDataFrame({"name": [f"aoi {g}" for g in AOIS], "group": [f"g{g}" for g in AOIS]},
+                             geometry=list(AOIS.values()), index=[str(g) for g in AOIS], crs="EPSG:4326")
+    frame.index.name = "id"
     january = [s for s in SCENES if world.items[s]["properties"]["datetime"].startswith(month)]
+    table = field_stats_month(renamed_source.id, collection, month, frame)
+    assert set(table.column("scene_ids").to_pylist()) <= set(january) and table.num_rows > 0
+    assert set(table.column("group").to_pylist()) <= {f"g{g}" for g in AOIS}
+    paths, _ = group_geotiffs(renamed_source.id, collection, month, frame, output_uri=str(tmp_path / "out"))
     for gid, geom in AOIS.items():
-        manifest = manifests[str(gid)]
-        assert manifest["bands"] == {"red": "rouge", "nir": "pir", "cloud_mask": "classes"}
-        assert [d["scenes"] for d in manifest["dates"]] == january
-        for entry, scene_id in zip(manifest["dates"], january):
+        by_date = {Path(p).stem[-8:]: p for p in paths.get(f"g{gid}", [])}
+        for scene_id in january:
             red, nir, _, transform = oracle(world, scene_id, to_crs(geom))
             expected = oracle_ndvi(red, nir)
-            if entry["path"] is None:  # no valid pixel that date
+            date = world.items[scene_id]["properties"]["datetime"][:10].replace("-", "")
+            if date not in by_date:  # no valid pixel that date
                 assert np.isnan(expected).all()
                 continue
-            with rasterio.open(entry["path"]) as tif:
+            with rasterio.open(by_date[date]) as tif:
                 got = tif.read(1, masked=True).filled(np.nan)
                 assert tuple(tif.transform)[:6] == pytest.approx(tuple(transform)[:6], abs=1e-6)
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -58,7 +58,7 @@ def collection_asset(
                   "bands": ", ".join(bands)},
         description=(
             f"{what_items}, searched through {stac_label}: the month's STAC items over the "
-            f"AOIs' bounds, every header of {', '.join(bands)} cached, as GeoParquet at "
+            f"fields' bounds, every header of {', '.join(bands)} cached, as GeoParquet at "
             f"`collections/{source_slug(source.id)}/month=YYYY-MM/items.parquet`. Rebuilding a month "
             "re-reads only new or changed headers."
         ),
@@ -74,9 +74,10 @@ def collection_asset(
         what = f"{source.id} collection month {month}"
         t0 = time.perf_counter()
         with step_errors(context, what, retry_policy):
-            areas = aois.load(lenient=True)  # an AOI with an unusable geometry fails its own NDVI only
+            areas = aois.fields()  # bad rows are skipped (and named), the others searched for
             if areas.invalid:
-                context.log.warning(f"{what}: left out of the search area: " + "; ".join(areas.invalid.values())[:2000])
+                context.log.warning(f"{what}: {len(areas.invalid)} rows of the field file left out of the search area: "
+                                    + "; ".join(f"{k}: {v}" for k, v in areas.invalid.items())[:2000])
             stac_url = data_source.stac_url_for(source.id)
             built = build_month(
                 source.id,
@@ -111,10 +112,11 @@ def collection_asset(
             "duration_s": dg.MetadataValue.float(round(time.perf_counter() - t0, 3)),
             "stac_url": redact(built.stac_url),  # a signed or tokened URL never reaches the UI
             "search_bbox": dg.MetadataValue.json(built.output.search["bbox"]),
-            "aoi_ids": ", ".join(areas.ids),
+            "fields": len(areas.ids),
+            "field_groups": len(areas.groups),
         }
         if areas.invalid:
-            metadata["unusable_aois"] = dg.MetadataValue.json(areas.invalid)
+            metadata["skipped_fields"] = dg.MetadataValue.json(dict(list(areas.invalid.items())[:200]))
         if report.failed:
             lines = ["| item | band | error |", "| --- | --- | --- |"]
             lines += [f"| {f.item_id} | {f.band} | {f.error[:160]} |" for f in report.failed[:50]]
