@@ -53,7 +53,13 @@ from rasteret_pipelines.collections.search import (
     search_items,
 )
 from rasteret_pipelines.collections.sources import DataSource, get_source
-from rasteret_pipelines.errors import CollectionError, EmptySearchError, RasteretError, UnsafeHrefError
+from rasteret_pipelines.errors import (
+    CollectionError,
+    EmptySearchError,
+    InconsistentCollectionError,
+    RasteretError,
+    UnsafeHrefError,
+)
 from rasteret_pipelines.hrefs import check_href
 from rasteret_pipelines.storage import Storage
 
@@ -207,7 +213,7 @@ def build_collection(
     store = Storage.from_uri(workspace)
     manifest = store.read_json(name, MANIFEST) if store.exists(name, MANIFEST) else {}
     if manifest and manifest.get("data_source") != src.id:
-        raise CollectionError(
+        raise InconsistentCollectionError(
             f"collection {name!r} in {store.uri} holds {manifest.get('data_source')} items, "
             f"not {src.id}"
         )
@@ -407,7 +413,7 @@ def _stac_table(src: DataSource, items: list[dict], month: Month, name: str,
             else:
                 keep.append(item)
         if len(keep) == len(items):
-            raise CollectionError(
+            raise InconsistentCollectionError(
                 f"the {month.key} items of collection {name!r} cannot be stored in one "
                 f"STAC-GeoParquet table (do their properties disagree in type?): {whole}"
             ) from whole

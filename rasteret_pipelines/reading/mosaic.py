@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from rasteret_pipelines.errors import InvalidReadArgumentError
+
 
 class MosaicMethod(ABC):
     """One layer of one band, filled in place from the scenes of its date.
@@ -126,7 +128,7 @@ def mosaic_method(spec) -> type[MosaicMethod]:
         try:
             return MOSAIC_METHODS[spec]
         except KeyError:
-            raise ValueError(f"mosaic must be one of {sorted(MOSAIC_METHODS)} or a MosaicMethod subclass, got {spec!r}") from None
+            raise InvalidReadArgumentError(f"mosaic must be one of {sorted(MOSAIC_METHODS)} or a MosaicMethod subclass, got {spec!r}") from None
     if isinstance(spec, type) and issubclass(spec, MosaicMethod):
         return spec
-    raise ValueError(f"mosaic must be one of {sorted(MOSAIC_METHODS)} or a MosaicMethod subclass, got {spec!r}")
+    raise InvalidReadArgumentError(f"mosaic must be one of {sorted(MOSAIC_METHODS)} or a MosaicMethod subclass, got {spec!r}")

@@ -25,7 +25,7 @@ from affine import Affine
 from pyproj import CRS, Transformer  # every read puts geometries on a scene's grid
 
 from rasteret_pipelines.cog.header import CogHeader
-from rasteret_pipelines.errors import DateRangeError, GeoreferenceError
+from rasteret_pipelines.errors import DateRangeError, GeoreferenceError, InvalidReadArgumentError
 from rasteret_pipelines.reading.mask import geometry_mask
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def target_grid(ref: CogHeader, target_key: str, resolution, geom_4326) -> tuple
     if resolution is None:
         source = crs_of(ref.crs)
         if source.axis_info[0].unit_name != target.axis_info[0].unit_name:
-            raise ValueError(
+            raise InvalidReadArgumentError(
                 f"resolution is needed for crs={target.to_string()}: its units "
                 f"({target.axis_info[0].unit_name}) differ from the scenes' ({source.axis_info[0].unit_name})"
             )

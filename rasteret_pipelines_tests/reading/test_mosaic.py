@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from rasteret_pipelines.errors import InvalidReadArgumentError
 from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, MosaicMethod, mosaic_method
 
 
@@ -84,5 +85,5 @@ def test_methods_by_name_or_class():
 
     assert mosaic_method(Custom) is Custom
     for bad in ("median", MosaicMethod.__init__, 3):
-        with pytest.raises(ValueError, match="mosaic must be one of"):
+        with pytest.raises(InvalidReadArgumentError, match="mosaic must be one of"):
             mosaic_method(bad)
