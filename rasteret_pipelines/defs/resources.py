@@ -312,7 +312,7 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
     cloud = _env(settings, "RASTERET_CLOUD_COVER_LT", None, float)
     return {
         "storage": storage,
-        "rasteret_io": RasteretIOManager(storage=storage),
+        "rasteret_io": RasteretIOManager(base_path=_env(settings, "RASTERET_STORAGE", DEFAULT_STORAGE)),
         "data_source": DataSourceResource(
             stac_url=_env(settings, "RASTERET_STAC_URL", DEMO),
             cloud_cover_lt=cloud,
