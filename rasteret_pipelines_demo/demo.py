@@ -16,9 +16,13 @@
    ``dagster.yaml``), so that ``rasteret-pipelines ui`` (``dagster dev`` on that folder) shows them,
 5. prints where the GeoTIFFs and tables are.
 
-The ports are fixed because the collections store the COG URLs: a mirror restarted on the same
-ports keeps every cached header valid. When ``dagster dev`` later runs a partition with the demo
-selected and no mirror is listening, :func:`demo_stac_url` starts one in a detached process
+The ports stay put because the collections store the COG URLs: a mirror restarted on the same
+ports keeps every cached header valid. A mirror says which demo folder it serves (a hash of the
+folder's path and of its world's token, on its landing page), and only this folder's mirror is
+reused: when another checkout's mirror (or another program) holds the port, this folder's mirror
+starts on a free pair, recorded in ``<demo dir>/mirror.json``, and the demo says so. When
+``dagster dev`` later runs a partition with the demo selected and this folder's mirror is not
+listening, :func:`demo_stac_url` starts one (on the recorded port) in a detached process
 (``python -m rasteret_pipelines_demo.demo_mirror serve``) that exits after an hour without requests.
 
 With ``RASTERET_STAC_URL`` (e.g. ``public`` for Earth Search) and ``RASTERET_STORAGE`` (e.g.
@@ -46,6 +50,7 @@ from rasteret_pipelines_demo.demo_mirror import (  # noqa: F401 - the demo's mir
     demo_stac_url,
     ensure_ignored_dir,
     main,
+    open_mirror,
     prepare_world,
     probe_demo_mirror,
     serve,
@@ -68,19 +73,18 @@ def serve_for_quickstart(months: Sequence[str] | None = None, *, log=print, stop
 
     Writes the world if needed, serves it on ``RASTERET_DEMO_PORT`` (and the next port), prints
     the ``export`` lines that point the library at it, and serves until Ctrl-C (or ``stop``).
-    A mirror already listening there is reused: the lines are printed and nothing else is done.
+    This folder's mirror already running is reused: the lines are printed and nothing else is
+    done. Another folder's mirror on that port is not: this one starts on free ports (recorded,
+    see :func:`~rasteret_pipelines_demo.demo_mirror.open_mirror`).
     """
-    from rasteret_pipelines.defs.settings import Settings
+    from rasteret_pipelines.defs.settings import DEFAULT_DEMO_PORT, Settings
 
     settings = Settings.from_env()
     months = tuple(months or settings.demo_months)
     prepare_world(settings.demo_dir, months, log=log)
-    url = f"http://127.0.0.1:{settings.demo_port}"
-    running = probe_demo_mirror(url)
-    mirror = None if running else DemoMirror(settings.demo_dir, settings.demo_port).start()
+    mirror, url = open_mirror(settings.demo_dir, settings.demo_port, default=DEFAULT_DEMO_PORT, log=log)
     try:
-        where = "already running" if running else f"COGs on {mirror.cog_url}"
-        log(f"demo mirror (Sentinel-2 L2A, MGRS 43PGQ, {', '.join(months)}): STAC API {url}, {where}")
+        log(f"demo mirror (Sentinel-2 L2A, MGRS 43PGQ, {', '.join(months)}): STAC API {url}")
         log("point the library at it (in the shell or notebook that runs the quick start):")
         for name, value in quickstart_environment(url).items():
             log(f"  export {name}={value}")
@@ -124,7 +128,7 @@ def run_demo(
     from rasteret_pipelines.defs.instance_home import prepare_dagster_home
     from rasteret_pipelines.aois import write_aois_geojson
     from rasteret_pipelines.defs.partitions import aoi_partitions, month_partition_key
-    from rasteret_pipelines.defs.settings import DEMO, Settings
+    from rasteret_pipelines.defs.settings import DEFAULT_DEMO_PORT, DEMO, Settings
     from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
 
     t_start = time.perf_counter()
@@ -146,12 +150,7 @@ def run_demo(
     mirror = None
     if uses_mirror:
         prepare_world(settings.demo_dir, months, log=log)
-        url = f"http://127.0.0.1:{settings.demo_port}"
-        if probe_demo_mirror(url):
-            log(f"using the demo mirror already running at {url}")
-        else:
-            mirror = DemoMirror(settings.demo_dir, settings.demo_port).start()
-            log(f"demo mirror: STAC API {mirror.stac_url}, COGs {mirror.cog_url}")
+        mirror, _url = open_mirror(settings.demo_dir, settings.demo_port, default=DEFAULT_DEMO_PORT, log=log)
     try:
         aoi_file = settings.aoi_file
         if not _exists(aoi_file):
