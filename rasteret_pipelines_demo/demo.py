@@ -124,7 +124,6 @@ def run_demo(
     """
     import dagster as dg
 
-    from rasteret_pipelines.defs import build_definitions
     from rasteret_pipelines.defs.instance_home import prepare_dagster_home
     from rasteret_pipelines.aois import write_aois_geojson
     from rasteret_pipelines.defs.partitions import aoi_partitions, month_partition_key
@@ -148,6 +147,7 @@ def run_demo(
         ensure_ignored_dir(settings.storage)
 
     mirror = None
+    stack = contextlib.ExitStack()
     if uses_mirror:
         prepare_world(settings.demo_dir, months, log=log)
         mirror, _url = open_mirror(settings.demo_dir, settings.demo_port, default=DEFAULT_DEMO_PORT, log=log)
@@ -157,7 +157,6 @@ def run_demo(
             write_aois_geojson({str(k): v for k, v in QUICKSTART_AOIS.items()}, aoi_file,
                                names={"1": "quick start AOI 1", "2": "quick start AOI 2"})
             log(f"wrote the quick start's two AOIs to {aoi_file}")
-        defs = build_definitions(settings)
         # the resources hold EnvVars when the variables are set (resolved only inside runs): the
         # demo's own reads use the settings' plain values
         from rasteret_pipelines.aois import load_aois
@@ -172,9 +171,14 @@ def run_demo(
             instance.add_dynamic_partitions(aoi_partitions.name, new)
         log(f"AOIs: {', '.join(aois.ids)} (from {aoi_file}); Dagster instance {home}")
 
-        def run(job_name: str, first: str, last: str | None = None) -> dg.ExecuteInProcessResult:
+        # the runs go through the instance and the code location (with a repository origin), so the
+        # UI's Overview timeline, job pages and asset pages count them; they execute in this process
+        from rasteret_pipelines.defs.location_runs import LocationRunner
+
+        runner = stack.enter_context(LocationRunner(instance))
+
+        def run(job_name: str, first: str, last: str | None = None):
             """One run of ``job_name`` over the partition ``first`` or the range ``first..last``."""
-            job = defs.resolve_job_def(job_name)
             t0 = time.perf_counter()
             if last is None or last == first:
                 label, extra = first, {"partition_key": first}
@@ -182,7 +186,7 @@ def run_demo(
                 label = f"{first}..{last}"
                 extra = {"tags": {"dagster/asset_partition_range_start": first,
                                   "dagster/asset_partition_range_end": last}}
-            result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, **extra)
+            result = runner.run(job_name, run_config=QUIET, **extra)
             status = "ok" if result.success else "FAILED"
             log(f"  {job_name} [{label}]: {status} in {time.perf_counter() - t0:.1f} s (run {result.run_id[:8]})")
             if not result.success:
@@ -217,6 +221,7 @@ def run_demo(
                     time.sleep(3600)
         return summary
     finally:
+        stack.close()
         if mirror is not None:
             mirror.stop()
 
