@@ -81,14 +81,19 @@ def test_collections_ndvi_and_timeseries_over_partitions(project, clean_mirror):
     assert [str(d) for d in table.column("date").to_pylist()] == ["2024-01-05", "2024-01-10", "2024-02-05", "2024-02-10"]
     assert (data / "ndvi_timeseries/sentinel_2_l2a_ndvi_timeseries/aoi=1.svg").read_text().startswith("<svg")
     # the UI shows Markdown metadata in place only below 1000 characters: the plot is, with one
-    # point per date at the table's mean NDVI (axis -0.2..1 over 60 px)
+    # dot per date at the table's mean NDVI and one bar per date at its valid fraction
     assert len(meta["plot"]) < 1000
     import base64
     import re
 
+    from rasteret_pipelines.defs.plot import spark_y
+
     svg = base64.b64decode(re.search(r"base64,([^)]+)\)", meta["plot"]).group(1)).decode()
-    ys = [int(y) for y in re.findall(r'<circle cx="\d+" cy="(\d+)"', svg)]
-    assert ys == [round((1.0 - v) / 1.2 * 60) for v in table.column("mean_ndvi").to_pylist()]
+    ys = [int(y) for y in re.findall(r"M\d+ (\d+)h0", svg)]
+    assert ys == [spark_y(v) for v in table.column("mean_ndvi").to_pylist()]
+    bars = [int(y) for y in re.findall(r"M\d+ \d+V(\d+)", re.search(r'd="([^"]+)" stroke="#ccc"', svg).group(1))]
+    assert bars == [spark_y(f) for f in table.column("valid_fraction").to_pylist()]
+    assert ">2024-01-05</text>" in svg and ">2024-02-10</text>" in svg
 
     # rebuilding a month is incremental: every header reused, no header GET
     result = project.run("collections_job", MONTH_KEYS[0])

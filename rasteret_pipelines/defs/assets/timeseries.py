@@ -87,7 +87,8 @@ def timeseries_asset(
             ),
             # short enough for the UI to show in place; the full chart is plot_file
             "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(
-                [r["date"] for r in rows], [r["mean_ndvi"] for r in rows], f"NDVI of AOI {aoi_id}")),
+                [r["date"] for r in rows], [r["mean_ndvi"] for r in rows], f"NDVI of AOI {aoi_id}",
+                [r["valid_fraction"] for r in rows])),
             "_svg": svg,
             "table": dg.MetadataValue.table(
                 records=[
