@@ -363,7 +363,7 @@ def reference_grid(crs, transform, geom_4326) -> tuple[Grid, shapely.Geometry]:
     col0, col1 = math.floor(cols.min()), math.ceil(cols.max())
     row0, row1 = math.floor(rows.min()), math.ceil(rows.max())
     width, height = max(col1 - col0, 1), max(row1 - row0, 1)
-    window_transform = transform * Affine.translation(col0, row0)
+    window_transform = transform @ Affine.translation(col0, row0)
     return Grid(key, window_transform, width, height), local
 
 
@@ -377,11 +377,11 @@ def window_read(header: CogHeader, grid: Grid) -> WindowRead:
         if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
             return WindowRead(header, (round(col), round(row), grid.width, grid.height), direct=True)
     # Otherwise read the part of this band's grid covering the reference window, plus a margin.
-    left, top = grid.transform * (0, 0)
-    right, bottom = grid.transform * (grid.width, grid.height)
+    left, top = grid.transform @ (0, 0)
+    right, bottom = grid.transform @ (grid.width, grid.height)
     xs, ys = _transformer(grid.crs_key, header.crs).transform([left, right, left, right], [top, top, bottom, bottom])
     inv = ~Affine(a, b, c, d, e, f)
-    pcols, prows = zip(*(inv * (x, y) for x, y in zip(xs, ys)))
+    pcols, prows = zip(*(inv @ (x, y) for x, y in zip(xs, ys)))
     col0, col1 = math.floor(min(pcols)) - 1, math.ceil(max(pcols)) + 1
     row0, row1 = math.floor(min(prows)) - 1, math.ceil(max(prows)) + 1
     return WindowRead(header, (col0, row0, col1 - col0, row1 - row0), direct=False)

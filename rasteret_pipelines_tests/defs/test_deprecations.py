@@ -33,5 +33,5 @@ def test_definitions_resources_and_runs_raise_no_deprecation_warning(project):
             instance=project.instance, repository_def=defs.get_repository_def(),
             scheduled_execution_time=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc)))
     deprecations = [f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}" for w in caught
-                    if issubclass(w.category, DeprecationWarning) and _ours_or_dagsters(w)]
+                    if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)) and _ours_or_dagsters(w)]
     assert not deprecations, "\n".join(deprecations)
