@@ -6,12 +6,14 @@
    around the original quick start's Bangalore AOIs, sparse elsewhere; two scenes a month) under
    ``RASTERET_DEMO_DIR`` (default ``./.rasteret_data/demo_world``) and reuses it afterwards,
 2. serves it on 127.0.0.1: a STAC API on ``RASTERET_DEMO_PORT`` (default 47610) and a
-   range-capable COG server on the next port, in background threads,
+   range-capable COG server on the next port, in background threads (this folder's mirror
+   already running is reused; another folder's mirror on that port is not: see below),
 3. writes the quick start's two AOIs to the AOI file (unless one exists) and registers them as
    ``aoi`` partitions,
 4. materialises the collection of every month, the NDVI of every (month, AOI) (one run per
    month over all its AOIs, read together) and the NDVI time series of every AOI (one run)
-   through the project's Dagster definitions, recording the runs in a
+   through the project's code location (runs with its repository origin, executed in this
+   process: :mod:`rasteret_pipelines.defs.location_runs`), recording the runs in a
    persistent ``DAGSTER_HOME`` (default ``./.dagster_home``, seeded with the repository's
    ``dagster.yaml``), so that ``rasteret-pipelines ui`` (``dagster dev`` on that folder) shows them,
 5. prints where the GeoTIFFs and tables are.
