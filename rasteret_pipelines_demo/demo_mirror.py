@@ -307,7 +307,15 @@ class PortState:
     """``"ours"`` (this folder's mirror), ``"free"``, ``"other-mirror"`` (another folder's
     mirror) or ``"other-program"``."""
     detail: str = ""
-    """Who else is there: the other mirror's folder, or what answered."""
+    """Who else is there: the other mirror's folder (empty for a mirror of an older
+    rasteret-pipelines, which does not say), or what answered."""
+
+    def holder(self) -> str:
+        """Who holds the port, in words."""
+        if self.kind == "other-mirror":
+            return (f"the demo mirror of another folder ({self.detail})" if self.detail else
+                    "the demo mirror of an older rasteret-pipelines, which does not say which folder it serves")
+        return self.detail
 
     @property
     def url(self) -> str:
@@ -341,8 +349,7 @@ def port_state(demo_dir: str | os.PathLike, port: int, timeout: float = 2.0) -> 
         return PortState(port, "other-program", f"port {port} or {port + 1} is in use by another program")
     if info.get("id") == mirror_identity(demo_dir):
         return PortState(port, "ours")
-    return PortState(port, "other-mirror", info.get("demo_dir") or
-                     "a folder it does not name (a mirror of an older rasteret-pipelines)")
+    return PortState(port, "other-mirror", info.get("demo_dir") or "")
 
 
 def recorded_port(demo_dir: str | os.PathLike) -> int | None:
@@ -381,11 +388,7 @@ def choose_mirror_port(demo_dir: str | os.PathLike, preferred: int, *, default: 
         if state.kind == "ours":
             return state, None
     busy = [s for s in states if s.kind != "free"]
-    reason = "; ".join(
-        f"port {s.port} is held by " + (f"the demo mirror of another folder ({s.detail})"
-                                        if s.kind == "other-mirror" else s.detail)
-        for s in busy
-    )
+    reason = "; ".join(f"port {s.port} is held by {s.holder()}" for s in busy)
     for state in states:
         if state.kind == "free":
             note = None if state.port == preferred else (

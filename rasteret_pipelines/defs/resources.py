@@ -248,8 +248,8 @@ class DataSourceResource(dg.ConfigurableResource):
             return "ours"
         if state.kind == "other-mirror":
             raise LocalServerDownError(
-                f"{what} has its COGs at http://{host}:{port}, which the demo mirror of another folder "
-                f"({state.detail}) serves, not this demo folder's ({os.path.abspath(self.demo_dir)}): "
+                f"{what} has its COGs at http://{host}:{port}, which {state.holder()} serves, not this "
+                f"demo folder's mirror ({os.path.abspath(self.demo_dir)}): "
                 "rematerialise the collection's months so that they index this folder's mirror"
             )
         if state.kind == "free" and port - 1 in (recorded_port(self.demo_dir), int(self.demo_port)):

@@ -78,7 +78,9 @@ def test_a_mirror_of_an_older_version_counts_as_another_folders(demo_world):
     port = free_port_pair()
     with StacServer([], title=DEMO_TITLE, port=port):  # no identity on its landing page
         state = port_state(demo_world, port)
-        assert state.kind == "other-mirror" and "does not name" in state.detail
+        assert state.kind == "other-mirror" and state.detail == ""
+        assert state.holder() == ("the demo mirror of an older rasteret-pipelines, which does not say "
+                                  "which folder it serves")
         with pytest.raises(StacApiError, match="not running"):
             demo_stac_url(demo_world, port, months=MONTHS, start=False, default_port=port)
 
