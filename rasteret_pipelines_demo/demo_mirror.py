@@ -375,13 +375,14 @@ def choose_mirror_port(demo_dir: str | os.PathLike, preferred: int, *, default: 
 
     A mirror of this folder already running on the recorded or the preferred port is reused
     (``state.kind == "ours"``). Otherwise the first free pair of these two is taken: the
-    preferred port first when it was chosen (``preferred != default``), else the recorded one
-    (the collections built by its mirror point there). When both are held by another folder's
+    preferred port first when it was chosen (``preferred != default``; a ``default`` of None
+    means it always was), else the recorded one (the collections built by its mirror point
+    there). When both are held by another folder's
     mirror or another program, a free pair is drawn (:func:`free_port_pair`). ``note`` says
     why the mirror is not on ``preferred``, or is None. The caller records the port it starts on.
     """
     recorded = recorded_port(demo_dir)
-    order = [preferred, recorded] if (default is not None and preferred != default) else [recorded, preferred]
+    order = [preferred, recorded] if preferred != default else [recorded, preferred]
     candidates = list(dict.fromkeys(p for p in order if p))
     states = [port_state(demo_dir, p) for p in candidates]
     for state in states:
@@ -420,8 +421,8 @@ def demo_stac_url(
 
     Args:
         port: The preferred port (``RASTERET_DEMO_PORT``).
-        default_port: The default of that setting: a ``port`` other than it wins over the
-            recorded port.
+        default_port: The default of that setting: a ``port`` other than it (or any ``port``
+            when None) wins over the recorded port.
         say: Where a line saying which mirror is used goes (default: this module's logger).
 
     Raises:

@@ -255,7 +255,7 @@ class DataSourceResource(dg.ConfigurableResource):
         if state.kind == "free" and port - 1 in (recorded_port(self.demo_dir), int(self.demo_port)):
             months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
             try:
-                demo_stac_url(self.demo_dir, port - 1, months=months, start=True, default_port=port - 1)
+                demo_stac_url(self.demo_dir, port - 1, months=months, start=True, default_port=None)
             except RasteretError as exc:
                 raise LocalServerDownError(f"the demo COG server at http://{host}:{port} that {what} "
                                            f"points to is down and could not be started: {exc}") from exc

@@ -20,6 +20,7 @@ from rasteret_pipelines_demo.demo_mirror import (
     open_mirror,
     port_state,
     probe_demo_mirror,
+    record_port,
     recorded_port,
 )
 from rasteret_pipelines_demo.stac_server import StacServer
@@ -143,3 +144,27 @@ def test_the_demo_next_to_another_clones_live_mirror_reads_its_own_world(demo_wo
     assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 4  # 1 month x 2 dates x 2 AOIs
 
 
+
+
+@pytest.mark.timeout(180)
+def test_cog_hrefs_on_this_folders_port_start_its_mirror_there(other_clone):
+    """A collection's COGs point at this folder's preferred port while another (free) port is
+    recorded: the run starts this folder's mirror where the hrefs point, not at the recorded port."""
+    import re
+    import signal
+
+    recorded, preferred = free_port_pair(), free_port_pair()
+    record_port(other_clone, recorded)
+    resource = DataSourceResource(demo_dir=str(other_clone), demo_port=preferred, demo_months=",".join(MONTHS))
+    try:
+        started = resource.ensure_cog_servers([f"http://127.0.0.1:{preferred + 1}/cogs/x.tif"])
+        assert started == [f"127.0.0.1:{preferred + 1}"]
+        assert probe_demo_mirror(f"http://127.0.0.1:{preferred}", demo_dir=other_clone)
+        assert port_state(other_clone, recorded).kind == "free"
+    finally:
+        log = (other_clone / "mirror.log").read_text() if (other_clone / "mirror.log").exists() else ""
+        for pid in re.findall(r"\(pid (\d+)\)", log):
+            try:
+                os.killpg(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
