@@ -167,7 +167,49 @@ class Rasteret:
         from rasteret_pipelines.reading.geometries import normalize_geometries
 
         ds = self.get_xarray(geometries, bands, cloud_cover_lt=cloud_cover_lt, date_range=date_range, **kwargs)
-        return dataset_to_gdf(ds, dict(normalize_geometries(geometries)))
+        return dataset_to_gdf(ds, dict(normalize_geometries(geometries, id_column=kwargs.get("id_column", "id"))))
+
+    def zonal_stats(self, fields, *, index=None, bands=None, stats=None, cloud_cover_lt: float | None = None,
+                    date_range=None, **kwargs):
+        """Statistics per field and date as a ``pyarrow.Table``; see
+        :func:`rasteret_pipelines.reading.zonal_stats` (``reader=`` here overrides the one this
+        Rasteret was made with)::
+
+            table = processor.zonal_stats(fields, index="ndvi", stats=["mean", "median", "std", "count"],
+                                          cloud_cover_lt=20, date_range=("2024-01-01", "2024-03-31"))
+        """
+        from rasteret_pipelines.reading.zonal import DEFAULT_STATS, zonal_stats
+
+        kwargs.setdefault("fetch_config", self.fetch_config)
+        kwargs.setdefault("reader", self.reader)
+        return zonal_stats(
+            self.collection, fields, index=index, bands=bands, stats=stats or DEFAULT_STATS,
+            cloud_cover_lt=cloud_cover_lt, date_range=date_range, **kwargs,
+        )
+
+    def sample_points(self, points, bands=None, *, index=None, cloud_cover_lt: float | None = None,
+                      date_range=None, **kwargs):
+        """The value of ``bands`` (and ``index``) at each point for every date, as a
+        ``pyarrow.Table``; see :func:`rasteret_pipelines.reading.sample_points`."""
+        from rasteret_pipelines.reading.zonal import sample_points
+
+        kwargs.setdefault("fetch_config", self.fetch_config)
+        kwargs.setdefault("reader", self.reader)
+        return sample_points(self.collection, points, bands=bands, index=index, cloud_cover_lt=cloud_cover_lt,
+                             date_range=date_range, **kwargs)
+
+    def explain(self, read: str, *args, **kwargs):
+        """An exact dry run of a read with the same arguments: its scenes, windows, tiles,
+        GETs, bytes and memory, from the cached headers alone (no request); see
+        :mod:`rasteret_pipelines.reading.explain`::
+
+            plan = processor.explain("get_xarray", geometries=aois, bands=["B04", "B08"])
+            plan.gets, plan.bytes, plan.to_pandas()
+        """
+        from rasteret_pipelines.reading.explain import explain
+
+        kwargs.setdefault("fetch_config", self.fetch_config)
+        return explain(read, self.collection, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"Rasteret(workspace_dir={str(self.workspace_dir)!r}, data_source={self.data_source!r}, date_range={self.date_range!r})"

@@ -105,9 +105,9 @@ class WindowError(RasteretError, ValueError):
 class GeoreferenceWarning(UserWarning):
     """A file's georeferencing is not reproduced exactly as GDAL reports it; the message says why.
 
-    Emitted instead of a silently different CRS: a local or geocentric CRS, a projection method
-    GeoTIFF has no code for, ground control points (CRS left unset), GeoKeys of the wrong type
-    (ignored, as GDAL ignores them).
+    Emitted instead of a silently different CRS: a geocentric CRS, ground control points (CRS
+    left unset), GeoKeys of the wrong type (ignored, as GDAL ignores them). Also emitted with
+    GDAL's local (engineering) CRS, which places nothing on the Earth.
     """
 
 

@@ -40,3 +40,35 @@ def redact(text: str) -> str:
     if ":" in text:
         text = _HEADER.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     return text
+
+
+class RedactedCause(Exception):
+    """Stands in for an exception from another library in a chain of causes, its message
+    redacted (:func:`redact`): such messages quote URLs, query strings included."""
+
+    def __init__(self, original: BaseException):
+        self.original_type = f"{type(original).__module__}.{type(original).__qualname__}"
+        super().__init__(f"{self.original_type}: {redact(str(original))}")
+
+
+def redacted_cause(exc: BaseException, _depth: int = 0) -> BaseException:
+    """``exc`` and the causes chained to it, with every message redacted, for ``raise ... from``.
+
+    Exceptions of this project are already redacted and kept as they are; any other one is
+    replaced by a :class:`RedactedCause` carrying its type name, redacted message and traceback.
+    A traceback of the new error then prints no credential from a library's message.
+    """
+    from rasteret_pipelines.errors import RasteretError
+
+    if isinstance(exc, RasteretError) and exc.__cause__ is None and exc.__context__ is None:
+        return exc
+    out = exc if isinstance(exc, RasteretError) else RedactedCause(exc).with_traceback(exc.__traceback__)
+    inner = exc.__cause__ if exc.__cause__ is not None else (
+        None if exc.__suppress_context__ else exc.__context__
+    )
+    if inner is not None and _depth < 16:
+        out.__cause__ = redacted_cause(inner, _depth + 1)
+    else:
+        out.__cause__ = None
+    out.__suppress_context__ = True
+    return out

@@ -12,6 +12,8 @@ shape raises :class:`~rasteret_pipelines.errors.BlockDecodeError` naming the hre
 that would decode beyond a block raises :class:`~rasteret_pipelines.errors.DecodedSizeError`
 without that memory ever being allocated. FillOrder=2 bytes are bit-reversed first (as libtiff
 does, except for JPEG) and 8-bit CMYK is converted to RGBA as libtiff's RGBA interface does.
+A JPEG block whose marker structure is damaged (libjpeg only warns, and each build recovers its
+own way) is a :class:`~rasteret_pipelines.errors.BlockDecodeError` too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import imagecodecs
 import numpy as np
@@ -302,19 +304,7 @@ _SHAPE_IN_MESSAGE = re.compile(r"\bshape=\(([\d, ]+)\)\s*$")
 def _decode_image_into(level: ImageLevel, data: bytes, out: np.ndarray) -> np.ndarray:
     code = level.compression
     if code == 7:
-        colorspace = outcolorspace = None
-        if level.photometric == PHOTOMETRIC_YCBCR:
-            colorspace, outcolorspace = "YCBCR", "RGB"
-        elif level.samples_per_pixel == 3 and level.planar == 1:
-            colorspace = outcolorspace = "RGB"
-        elif level.samples_per_pixel == 4 and level.planar == 1:
-            # libtiff writes 4 components (RGBA) untransformed, which libjpeg reads as CMYK:
-            # keep the four channels as stored.
-            colorspace = outcolorspace = "CMYK"
-        return imagecodecs.jpeg8_decode(
-            data, tables=level.jpeg_tables, colorspace=colorspace, outcolorspace=outcolorspace,
-            out=out,
-        )
+        return _decode_jpeg_into(level, data, out)
     if code == 50001:
         return imagecodecs.webp_decode(data, hasalpha=out.ndim == 3 and out.shape[2] == 4, out=out)
     if code == 34887:
@@ -336,6 +326,189 @@ def _decode_image_into(level: ImageLevel, data: bytes, out: np.ndarray) -> np.nd
         _check_j2k_size(data, out)
         return imagecodecs.jpeg2k_decode(data, out=out)
     raise ValueError(f"compression {code} is not an image codec")
+
+
+class _DamagedJpeg(Exception):
+    """A JPEG stream whose marker structure is broken: decoders recover from it differently."""
+
+
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_SEQUENTIAL_SOF = frozenset({0xC0, 0xC1})
+"""Baseline and extended sequential Huffman frames: one scan per component set, then EOI."""
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+class _JpegFrame(NamedTuple):
+    sof_at: int
+    """Offset of the SOF marker (0xFF) in the block's bytes."""
+    height: int
+    width: int
+    max_v: int
+    """Largest vertical sampling factor: an MCU is ``8 * max_v`` rows high."""
+
+
+def _jpeg_tables_defined(tables: bytes | None) -> set[tuple[int, int]]:
+    """(class, id) of the Huffman tables the JPEGTables stream defines (none when unreadable)."""
+    defined: set[tuple[int, int]] = set()
+    if not tables or tables[:2] != b"\xff\xd8":
+        return defined
+    at, end = 2, len(tables)
+    while at + 4 <= end and tables[at] == 0xFF:
+        marker = tables[at + 1]
+        if marker == 0xD9:
+            break
+        (length,) = struct.unpack(">H", tables[at + 2 : at + 4])
+        if marker == 0xC4:
+            _huffman_ids(tables[at + 4 : at + 2 + length], defined)
+        at += 2 + length
+    return defined
+
+
+def _huffman_ids(body: bytes, into: set[tuple[int, int]]) -> None:
+    at = 0
+    while at + 17 <= len(body):
+        into.add((body[at] >> 4, body[at] & 0x0F))
+        at += 17 + sum(body[at + 1 : at + 17])
+
+
+def check_jpeg(data: bytes, tables: bytes | None = None) -> _JpegFrame:
+    """Walk a JPEG block's markers and refuse a damaged stream (:class:`_DamagedJpeg`).
+
+    libjpeg only warns about a broken marker structure ("N extraneous bytes before marker",
+    a premature end of the file, restart markers out of order, a marker inside a sequential
+    scan, a Huffman table the scan names but nothing defines) and then recovers from it, each
+    libjpeg build its own way: GDAL's pixels for such a block cannot be reproduced, so it is
+    refused. Stuffed bytes, fill bytes and data after EOI are valid and accepted.
+    """
+    data = bytes(data)
+    end = len(data)
+    if data[:2] != b"\xff\xd8":
+        raise _DamagedJpeg("no SOI marker at its start")
+    defined = _jpeg_tables_defined(tables)
+    frame: _JpegFrame | None = None
+    sequential = False
+    at = 2
+    while True:
+        if at >= end:
+            raise _DamagedJpeg("the stream ends before its EOI marker")
+        if data[at] != 0xFF:
+            nxt = data.find(b"\xff", at)
+            skipped = (nxt if nxt >= 0 else end) - at
+            raise _DamagedJpeg(f"{skipped} extraneous bytes at byte {at} where a marker belongs")
+        while at < end and data[at] == 0xFF:
+            at += 1  # fill bytes before a marker
+        if at >= end:
+            raise _DamagedJpeg("the stream ends before its EOI marker")
+        marker = data[at]
+        at += 1
+        if marker == 0xD9:
+            break
+        if marker in _STANDALONE or marker in (0x00, 0xD8):
+            raise _DamagedJpeg(f"marker 0xFF{marker:02X} at byte {at - 2} out of place")
+        if at + 2 > end:
+            raise _DamagedJpeg("the stream ends inside a marker segment")
+        (length,) = struct.unpack(">H", data[at : at + 2])
+        if length < 2 or at + length > end:
+            raise _DamagedJpeg(f"marker 0xFF{marker:02X} at byte {at - 2} claims {length} bytes")
+        body = data[at + 2 : at + length]
+        seg_start = at - 2
+        at += length
+        if marker in _SOF_MARKERS:
+            if frame is not None or len(body) < 6:
+                raise _DamagedJpeg(f"a second or short frame header at byte {seg_start}")
+            height, width = struct.unpack(">HH", body[1:5])
+            count = body[5]
+            if len(body) < 6 + 3 * count:
+                raise _DamagedJpeg(f"frame header at byte {seg_start} is short")
+            max_v = max((body[6 + 3 * i + 1] & 0x0F for i in range(count)), default=1) or 1
+            frame = _JpegFrame(seg_start, height, width, max_v)
+            sequential = marker in _SEQUENTIAL_SOF
+        elif marker == 0xC4:
+            _huffman_ids(body, defined)
+        elif marker == 0xDA:
+            if frame is None:
+                raise _DamagedJpeg(f"scan at byte {seg_start} before any frame header")
+            if sequential:
+                count = body[0] if body else 0
+                if len(body) < 4 + 2 * count:
+                    raise _DamagedJpeg(f"scan header at byte {seg_start} is short")
+                for i in range(count):
+                    selectors = body[2 + 2 * i]
+                    for table in ((0, selectors >> 4), (1, selectors & 0x0F)):
+                        if table not in defined:
+                            raise _DamagedJpeg(
+                                f"the scan uses Huffman table {table} that nothing defines"
+                            )
+            at = _skip_entropy_data(data, at)
+            if sequential and at < end:
+                nxt = data[at + 1] if at + 1 < end else None
+                if nxt not in (0xD9, 0xDA, 0xC4, 0xDD, 0xFE, 0xDB, *range(0xE0, 0xF0)):
+                    raise _DamagedJpeg(f"marker 0xFF{nxt or 0:02X} at byte {at} inside the scan")
+    if frame is None:
+        raise _DamagedJpeg("no frame header (SOF marker)")
+    return frame
+
+
+def _skip_entropy_data(data: bytes, at: int) -> int:
+    """Offset of the first marker after a scan's entropy-coded data (restarts checked)."""
+    end = len(data)
+    expected_rst = 0
+    while True:
+        at = data.find(b"\xff", at)
+        if at < 0 or at + 1 >= end:
+            raise _DamagedJpeg("the stream ends inside its entropy-coded data (no EOI)")
+        nxt = data[at + 1]
+        if nxt == 0x00:
+            at += 2
+        elif 0xD0 <= nxt <= 0xD7:
+            if nxt - 0xD0 != expected_rst:
+                raise _DamagedJpeg(
+                    f"restart marker RST{nxt - 0xD0} at byte {at} where RST{expected_rst} belongs"
+                )
+            expected_rst = (expected_rst + 1) % 8
+            at += 2
+        elif nxt == 0xFF:
+            at += 1  # fill byte: the marker follows
+        else:
+            return at
+
+
+def _decode_jpeg_into(level: ImageLevel, data: bytes, out: np.ndarray) -> np.ndarray:
+    """Decode one JPEG block into ``out``, as libtiff decodes it.
+
+    Vertically subsampled chroma (YCbCr 4:2:0) in a stripped file's last strip, stored shorter
+    than RowsPerStrip and not a whole number of MCUs high, is decoded as libtiff decodes it:
+    as if the frame were as high as the strip could be (RowsPerStrip, at most whole MCUs), so
+    the MCU's stored chroma rows, not the last row repeated, feed the upsampling of its bottom
+    rows; then cropped. Every other block decodes at its own frame height.
+    """
+    frame = check_jpeg(data, level.jpeg_tables)
+    colorspace = outcolorspace = None
+    if level.photometric == PHOTOMETRIC_YCBCR:
+        colorspace, outcolorspace = "YCBCR", "RGB"
+    elif level.samples_per_pixel == 3 and level.planar == 1:
+        colorspace = outcolorspace = "RGB"
+    elif level.samples_per_pixel == 4 and level.planar == 1:
+        # libtiff writes 4 components (RGBA) untransformed, which libjpeg reads as CMYK:
+        # keep the four channels as stored.
+        colorspace = outcolorspace = "CMYK"
+    mcu = 8 * frame.max_v
+    rows = out.shape[0]
+    if frame.max_v > 1 and frame.height == rows < level.tile_height and rows % mcu:
+        padded_rows = min(level.tile_height, -(-rows // mcu) * mcu)
+        patched = bytearray(data)
+        patched[frame.sof_at + 5 : frame.sof_at + 7] = struct.pack(">H", padded_rows)
+        padded = np.empty((padded_rows, *out.shape[1:]), dtype=out.dtype)
+        imagecodecs.jpeg8_decode(
+            bytes(patched), tables=level.jpeg_tables, colorspace=colorspace,
+            outcolorspace=outcolorspace, out=padded,
+        )
+        out[...] = padded[:rows]
+        return out
+    return imagecodecs.jpeg8_decode(
+        data, tables=level.jpeg_tables, colorspace=colorspace, outcolorspace=outcolorspace,
+        out=out,
+    )
 
 
 def _check_j2k_size(data: bytes, out: np.ndarray) -> None:

@@ -32,6 +32,8 @@ class Georeference:
     """Affine coefficients (a, b, c, d, e, f) of the full-resolution grid, GDAL's convention."""
     pixel_is_point: bool
     """True when GTRasterTypeGeoKey says PixelIsPoint (the transform is already shifted)."""
+    warnings: tuple[str, ...] = ()
+    """The text of every :class:`~rasteret_pipelines.errors.GeoreferenceWarning` emitted."""
 
 
 def parse_geokeys(directory, doubles, ascii_params) -> dict[int, object]:
@@ -98,22 +100,24 @@ def georeference(
     pixel_is_point = geokeys.get(GT_RASTER_TYPE) == RASTER_PIXEL_IS_POINT
     transform, shifts = _transform(pixel_scale, tiepoint, model_transformation)
     if transform is None and tiepoint is not None and len(tiepoint) >= 6:
-        warnings.warn(
-            GeoreferenceWarning(
-                f"{_shown(href)}: georeferenced by {len(tiepoint) // 6} ground control "
-                "point(s) (tiepoints without a pixel scale), which this engine does not use: "
-                "no transform and no CRS, as GDAL reports for the dataset"
-            ),
-            stacklevel=3,
+        message = (
+            f"{_shown(href)}: georeferenced by {len(tiepoint) // 6} ground control "
+            "point(s) (tiepoints without a pixel scale), which this engine does not use: "
+            "no transform and no CRS, as GDAL reports for the dataset"
         )
-        return Georeference(crs=None, transform=IDENTITY, pixel_is_point=pixel_is_point)
+        warnings.warn(GeoreferenceWarning(message), stacklevel=3)
+        return Georeference(
+            crs=None, transform=IDENTITY, pixel_is_point=pixel_is_point, warnings=(message,)
+        )
     if transform is not None and pixel_is_point and shifts:
         a, b, c, d, e, f = transform
         transform = (a, b, c - 0.5 * a - 0.5 * b, d, e, f - 0.5 * d - 0.5 * e)
+    crs, problem = _crs(geokeys, href)
     return Georeference(
-        crs=_crs(geokeys, href),
+        crs=crs,
         transform=transform if transform is not None else IDENTITY,
         pixel_is_point=pixel_is_point,
+        warnings=(problem,) if problem else (),
     )
 
 
@@ -139,12 +143,13 @@ def _transform(pixel_scale, tiepoint, model_transformation):
     return None, False
 
 
-def _crs(geokeys: dict[int, object], href: str | None) -> str | None:
-    """The CRS GDAL reports for these GeoKeys; a :class:`GeoreferenceWarning` when unsupported."""
+def _crs(geokeys: dict[int, object], href: str | None) -> tuple[str | None, str | None]:
+    """The CRS GDAL reports for these GeoKeys, and the text of the
+    :class:`GeoreferenceWarning` emitted when it is not reproduced exactly (else None)."""
     result = crs_from_geokeys(geokeys)
-    if result.problem is not None:
-        what = "CRS left unset: " if result.crs is None else ""
-        warnings.warn(
-            GeoreferenceWarning(f"{_shown(href)}: {what}{result.problem}"), stacklevel=4
-        )
-    return result.crs
+    if result.problem is None:
+        return result.crs, None
+    what = "CRS left unset: " if result.crs is None else ""
+    message = f"{_shown(href)}: {what}{result.problem}"
+    warnings.warn(GeoreferenceWarning(message), stacklevel=4)
+    return result.crs, message

@@ -23,9 +23,12 @@ no registry vertical CRS (1.0 ones are dropped, as GDAL's driver does);
 ESRI names are renamed to their EPSG names (so an ArcGIS "Web Mercator Auxiliary Sphere" reads
 as the Pseudo-Mercator); keys of the wrong type are ignored.
 
-Where GDAL's answer is not reproduced (a local/engineering or geocentric CRS, a projection
-method GeoTIFF has no code for), :func:`crs_from_geokeys` says why in ``problem``, and the caller
-warns: never a silently different CRS. Keys of the wrong type are reported the same way, with
+Keys that place nothing on the Earth (a model type that is neither projected, geographic nor
+geocentric, or a projected CRS without a projection method GeoTIFF defines) give GDAL's local
+(engineering) CRS, ``LOCAL_CS`` in the keys' linear unit, with a note in ``problem`` (the
+caller warns: no geometry can be located in such a CRS). Where GDAL's answer is not reproduced
+(a geocentric CRS), :func:`crs_from_geokeys` says why in ``problem``, and the caller warns: never
+a silently different CRS. Keys of the wrong type are reported the same way, with
 the CRS GDAL builds without them.
 """
 
@@ -315,6 +318,11 @@ class _Defn:
 
 class GeoKeyCrsProblem(Exception):
     """Internal: the CRS GDAL would build cannot be reproduced; the message says why."""
+
+
+class _NoProjection(GeoKeyCrsProblem):
+    """Internal: a projected CRS whose projection method GeoTIFF does not define; GDAL then
+    reports a local CRS (``LOCAL_CS``) in the linear unit of the keys."""
 
 
 # --- registry look-ups (PROJ database through pyproj) -----------------------------------------
@@ -787,10 +795,7 @@ def _assemble(keys: dict):
         citation = keys.get(PCS_CITATION)
         if isinstance(citation, str) and citation.startswith("ESRI PE String = "):
             return _from_esri_pe(citation), None
-        raise GeoKeyCrsProblem(
-            f"GTModelTypeGeoKey is {keys.get(GT_MODEL_TYPE)!r}: GDAL reports a local "
-            "(engineering) CRS, which cannot be used for georeferencing"
-        )
+        return _local_cs(keys, d), _join(ignored, LOCAL_CS_NOTE)
     if d.model == MODEL_GEOCENTRIC:
         raise GeoKeyCrsProblem("geocentric CRS (GTModelTypeGeoKey 3) is not supported")
 
@@ -833,7 +838,10 @@ def _assemble(keys: dict):
             j["name"] = _GOOGLE_MERCATOR_NAME
             return CRS.from_json_dict(j), warning
         geogcs = _geogcs_wkt(keys, d)
-        wkt = geogcs if d.model == MODEL_GEOGRAPHIC else _projcs_wkt(keys, d, geogcs)
+        try:
+            wkt = geogcs if d.model == MODEL_GEOGRAPHIC else _projcs_wkt(keys, d, geogcs)
+        except _NoProjection:
+            return _local_cs(keys, d, projected=True), _join(warning, LOCAL_CS_NOTE)
         try:
             crs = CRS.from_wkt(wkt)
         except Exception as exc:
@@ -1160,23 +1168,71 @@ def _official_projected_name(name: str) -> str | None:
     return crs.name
 
 
+LOCAL_CS_NOTE = (
+    "a local (engineering) CRS, as GDAL reports (LOCAL_CS): it places nothing on the Earth, "
+    "so no geometry can be located in it"
+)
+"""The warning that goes with a local CRS: the CRS is GDAL's, but unusable for placing."""
+
+
+def _join(*notes: str | None) -> str | None:
+    kept = [n for n in notes if n]
+    return "; ".join(kept) if kept else None
+
+
+def _linear_unit_wkt(d: _Defn) -> str:
+    """WKT1 UNIT of the normalised linear unit: its registry name and code, else "unknown"."""
+    if d.uom_length != USER_DEFINED and _length_unit(d.uom_length) is not None:
+        unit_name = _length_unit(d.uom_length)[0]
+        return f'UNIT[{_q(unit_name)},{_num(d.uom_length_m)},AUTHORITY["EPSG","{d.uom_length}"]]'
+    return f'UNIT["unknown",{_num(d.uom_length_m)}]'
+
+
+def _local_cs(keys: dict, d: _Defn, *, projected: bool = False):
+    """The local (engineering) CRS GDAL reports for keys that place nothing on the Earth.
+
+    GDAL (``GTIFGetOGISDefnAsOSR``) makes a ``LOCAL_CS`` with Easting/Northing axes when
+
+    * the model type is neither projected, geographic nor geocentric: named by
+      GTCitationGeoKey, else GeogCitationGeoKey, else "unnamed", in the keys' linear unit
+      (``UNIT["unknown",1]`` when they give none);
+    * a projected CRS has no projection method GeoTIFF defines (``projected``): named as its
+      PROJCS would be, always in metres.
+    """
+    from pyproj import CRS
+
+    if projected:
+        name, unit = _projcs_name(keys, d), 'UNIT["metre",1,AUTHORITY["EPSG","9001"]]'
+    else:
+        name, unit = "unnamed", _linear_unit_wkt(d)
+        for key in (GT_CITATION, GEOG_CITATION):
+            value = keys.get(key)
+            if isinstance(value, str):
+                name = value
+                break
+    wkt = (
+        f"LOCAL_CS[{_q(name)},{unit},"
+        'AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+    )
+    try:
+        return CRS.from_wkt(wkt)
+    except Exception as exc:
+        raise GeoKeyCrsProblem(f"PROJ cannot build the local CRS from the GeoKeys: {exc}") from None
+
+
 def _projcs_wkt(keys: dict, d: _Defn, geogcs: str) -> str:
     name = _projcs_name(keys, d)
     if "_" in name:
         name = _official_projected_name(name) or name
 
-    if d.uom_length != USER_DEFINED and _length_unit(d.uom_length) is not None:
-        unit_name = _length_unit(d.uom_length)[0]
-        unit = f'UNIT[{_q(unit_name)},{_num(d.uom_length_m)},AUTHORITY["EPSG","{d.uom_length}"]]'
-    else:
-        unit = f'UNIT["unknown",{_num(d.uom_length_m)}]'
+    unit = _linear_unit_wkt(d)
 
     if d.ct == CT_MERCATOR:
         spec = _MERCATOR_2SP if d.param_set[2] else _MERCATOR_1SP
     elif d.ct in _WKT1:
         spec = _WKT1[d.ct]
     else:
-        raise GeoKeyCrsProblem(
+        raise _NoProjection(
             f"projection method (ProjCoordTransGeoKey / conversion) {d.ct} is not one GeoTIFF "
             "defines: GDAL reports a local CRS"
         )

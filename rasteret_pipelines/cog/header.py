@@ -29,11 +29,13 @@ from rasteret_pipelines.errors import (
 
 log = logging.getLogger(__name__)
 
-HEADER_FORMAT_VERSION = 2
+HEADER_FORMAT_VERSION = 3
 """Version of the ``to_dict`` layout; bumped whenever the stored form or its meaning changes.
 
 2: the CRS built from GeoKeys as GDAL builds it (datum, prime meridian, units, TOWGS84, every
-GeoTIFF projection method) and ``fill_order`` per level. A rebuild re-fetches version 1 headers.
+GeoTIFF projection method) and ``fill_order`` per level.
+3: every level's IFD provenance (``ifd_index``, ``subifd``), the header's georeference
+warnings, local CRSs as GDAL's ``LOCAL_CS`` and 8-bit signed CMYK as unsigned. A rebuild re-fetches the headers of older versions.
 """
 
 MAX_DIMENSION = 1 << 24
@@ -92,12 +94,25 @@ class ImageLevel:
     """ExtraSamples (alpha) codes."""
     fill_order: int = 1
     """TIFF FillOrder: 2 means the bits of every stored byte are reversed (LSB first)."""
+    ifd_index: int = 0
+    """Where the level's IFD is in the file: its position in the main IFD chain (0 is the
+    first image), or with :attr:`subifd` in the first image's SubIFDs (in the order they are
+    listed and chained). GDAL numbers overviews in this file order; :class:`CogHeader` sorts
+    them by size."""
+    subifd: bool = False
+    """The IFD hangs off the first image's SubIFDs tag rather than the main chain."""
 
     @property
     def dtype(self) -> str:
-        """numpy dtype name of one sample (``"bool"`` for 1-bit masks)."""
+        """numpy dtype name of one sample (``"bool"`` for 1-bit masks).
+
+        8-bit CMYK that GDAL converts to RGBA is ``"uint8"`` whatever its SampleFormat says:
+        libtiff's RGBA interface reads the samples unsigned, and so does this engine.
+        """
         if self.bits_per_sample == 1:
             return "bool"
+        if converts_cmyk(self):
+            return "uint8"
         kind = _SAMPLE_FORMATS.get(self.sample_format, "uint")
         return _DTYPES[(kind, self.bits_per_sample)]
 
@@ -141,6 +156,8 @@ class ImageLevel:
             "lerc_parameters": list(self.lerc_parameters) if self.lerc_parameters else None,
             "extra_samples": list(self.extra_samples),
             "fill_order": self.fill_order,
+            "ifd_index": self.ifd_index,
+            "subifd": self.subifd,
         }
 
     @classmethod
@@ -166,7 +183,9 @@ class ImageLevel:
             if d.get("lerc_parameters")
             else None,
             extra_samples=tuple(int(v) for v in d.get("extra_samples") or ()),
-            fill_order=int(d.get("fill_order") or 1),  # absent from headers cached before it
+            fill_order=int(d["fill_order"]),
+            ifd_index=int(d["ifd_index"]),
+            subifd=bool(d["subifd"]),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -191,7 +210,11 @@ class CogHeader:
     href: str
     """Where the object lives: ``http(s)://``, ``s3://`` or a local path."""
     levels: tuple[ImageLevel, ...]
-    """``levels[0]`` is full resolution, ``levels[k]`` the k-th overview (largest first)."""
+    """``levels[0]`` is full resolution, ``levels[k]`` the k-th overview, sorted by size
+    (largest first) whatever their order in the file; each level's ``ifd_index`` and
+    ``subifd`` say where it is stored. (GDAL numbers overviews in file order: for a file that
+    stores them out of size order, ``overview_level`` in rasterio follows
+    :meth:`gdal_overview_order`.)"""
     masks: tuple[ImageLevel, ...] = ()
     """Internal transparency masks (GDAL ``.msk`` inside the file), full resolution first."""
     crs: str | None = None
@@ -220,6 +243,9 @@ class CogHeader:
     """Bytes from the start of the file that hold every IFD and tag array."""
     metadata: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     """Dataset-level GDAL metadata items as (name, value) pairs."""
+    georeference_warnings: tuple[str, ...] = ()
+    """The text of every :class:`~rasteret_pipelines.errors.GeoreferenceWarning` reading the
+    header emitted (kept with the cached header, so a collection records them per band)."""
 
     # -- convenience -------------------------------------------------------------------------
 
@@ -273,6 +299,17 @@ class CogHeader:
             )
         return self.levels[overview]
 
+    def gdal_overview_order(self) -> list[int]:
+        """The engine's overview numbers (1, 2, ...) in GDAL's order, which is file order: the
+        first image's SubIFDs (read with the first image), then the main chain.
+
+        ``gdal_overview_order()[i]`` is the level rasterio opens with ``overview_level=i``.
+        """
+        return sorted(
+            range(1, len(self.levels)),
+            key=lambda k: (not self.levels[k].subifd, self.levels[k].ifd_index),
+        )
+
     def level_transform(self, overview: int) -> tuple[float, float, float, float, float, float]:
         """Affine of the ``overview`` grid: the full-resolution one scaled by the size ratio."""
         lvl = self.level(overview)
@@ -303,6 +340,7 @@ class CogHeader:
             "last_modified": self.last_modified,
             "header_bytes": self.header_bytes,
             "metadata": [[k, v] for k, v in self.metadata],
+            "georeference_warnings": list(self.georeference_warnings),
         }
 
     @classmethod
@@ -342,6 +380,7 @@ class CogHeader:
             last_modified=d.get("last_modified"),
             header_bytes=int(d.get("header_bytes") or 0),
             metadata=tuple((str(k), str(v)) for k, v in d.get("metadata") or ()),
+            georeference_warnings=tuple(str(w) for w in d["georeference_warnings"] or ()),
         )
 
 
@@ -367,7 +406,7 @@ def build_header(
     if not parsed.ifds:
         raise TiffFormatError(href, "no image file directory")
     main_ifd = parsed.ifds[0]
-    main = _level(href, main_ifd, mask=False)
+    main = _level(href, main_ifd, mask=False, where=(0, False))
     levels = [main]
     masks: list[ImageLevel] = []
     if parsed.loop_at is not None:
@@ -376,23 +415,32 @@ def build_header(
             href, parsed.loop_at, len(parsed.ifds) + len(parsed.subifds),
         )
     # Overviews and masks follow the first image in the chain, or (some writers) hang off its
-    # SubIFDs tag; either way they are ordered largest first, as GDAL lists them.
-    for ifd in parsed.ifds[1:] + parsed.subifds:
+    # SubIFDs tag; either way they are sorted largest first, each keeping where it is stored.
+    located = [(ifd, (i, False)) for i, ifd in enumerate(parsed.ifds)][1:] + [
+        (ifd, (i, True)) for i, ifd in enumerate(parsed.subifds)
+    ]
+    for ifd, where in located:
         subfile = ifd.first(tiff.NEW_SUBFILE_TYPE, 0)
         subfile = _int_value(href, ifd, tiff.NEW_SUBFILE_TYPE, "NewSubfileType", subfile)
-        is_mask = bool(subfile & SUBFILE_MASK) or ifd.first(tiff.PHOTOMETRIC) == 4
-        if is_mask:
-            masks.append(_level(href, ifd, mask=True))
+        if subfile & SUBFILE_MASK:  # GDAL goes by NewSubfileType alone, not Photometric 4
+            masks.append(_level(href, ifd, mask=True, where=where))
         elif subfile & SUBFILE_REDUCED:
-            lvl = _level(href, ifd, mask=False)
+            lvl = _level(href, ifd, mask=False, where=where)
             if (
                 lvl.samples_per_pixel == main.samples_per_pixel
-                and lvl.dtype == main.dtype
                 and lvl.width <= main.width
                 and lvl.height <= main.height  # GDAL ignores "overviews" larger than the image
             ):
+                if lvl.dtype != main.dtype:
+                    raise UnsupportedTiffError(
+                        href,
+                        f"the overview in the IFD at {ifd.offset} holds {lvl.dtype} samples, "
+                        f"the image {main.dtype}: GDAL lists it as an overview of another data "
+                        "type, which this engine does not read",
+                    )
                 levels.append(lvl)
         # Other pages of a multi-page TIFF are not part of this raster (GDAL: subdatasets).
+    # Sorted by size, ties in file order (the sort is stable).
     levels[1:] = sorted(levels[1:], key=lambda lvl: (-lvl.width, -lvl.height))
     masks.sort(key=lambda lvl: (-lvl.width, -lvl.height))
 
@@ -427,6 +475,7 @@ def build_header(
         last_modified=last_modified,
         header_bytes=parsed.header_end,
         metadata=metadata,
+        georeference_warnings=georef.warnings,
     )
 
 
@@ -477,7 +526,9 @@ def _block_array(href: str, ifd: tiff.RawIfd, tag: int, name: str) -> np.ndarray
     return np.asarray(values, dtype=np.uint64)
 
 
-def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
+def _level(
+    href: str, ifd: tiff.RawIfd, *, mask: bool, where: tuple[int, bool] = (0, False)
+) -> ImageLevel:
     def num(tag: int, name: str, default: int | None = None) -> int:
         value = ifd.get(tag)
         if isinstance(value, (tuple, list, np.ndarray)) and len(value) != 1:
@@ -566,6 +617,8 @@ def _level(href: str, ifd: tiff.RawIfd, *, mask: bool) -> ImageLevel:
         lerc_parameters=_int_tuple(href, ifd, tiff.LERC_PARAMETERS, "LercParameters", ()) or None,
         extra_samples=_int_tuple(href, ifd, tiff.EXTRA_SAMPLES, "ExtraSamples", ()),
         fill_order=fill_order,
+        ifd_index=where[0],
+        subifd=where[1],
     )
     if not mask:
         kind = _SAMPLE_FORMATS.get(sample_format)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from rasteret_pipelines.collections.build import (
         BuildReport,
         FailedAsset,
+        GeoreferenceNote,
         MonthReport,
         build_collection,
         collection_name,
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "build": ["BuildReport", "FailedAsset", "MonthReport", "build_collection", "collection_name"],
+        "build": ["BuildReport", "FailedAsset", "GeoreferenceNote", "MonthReport", "build_collection",
+                  "collection_name"],
         "query": ["Collection", "list_collections", "load_collection"],
         "cloudmask": ["CloudMask", "MaskedBits", "MaskedClasses"],
         "sources": ["DataSource", "DataSources", "NdviBands", "SOURCES", "get_source", "register_source",

@@ -12,7 +12,9 @@ header of every (item, band) whose href and ``updated`` time are unchanged (also
 file of the layout before STAC-GeoParquet, which the rebuild replaces), and fetches only what is
 new, changed or failed before. A header that cannot be read is recorded in ``<band>_error`` and
 in the report's ``failed``; the next build retries it. A band the item has no asset for is
-reported in ``missing`` instead: no retry can fix that.
+reported in ``missing`` instead: no retry can fix that. A header read with a
+:class:`~rasteret_pipelines.errors.GeoreferenceWarning` keeps the warning's text; the report's
+``georeference_warnings`` and the manifest's month entry list each one under its band and item.
 
 Asset hrefs pass :func:`~rasteret_pipelines.hrefs.check_href`: from a remote STAC API only
 ``http(s)://`` and ``s3://`` are read; local paths and ``file://`` only with
@@ -83,6 +85,17 @@ class FailedAsset:
 
 
 @dataclass(frozen=True)
+class GeoreferenceNote:
+    """A band asset whose header was read with a
+    :class:`~rasteret_pipelines.errors.GeoreferenceWarning` (its georeferencing is not GDAL's
+    exactly: ground control points, a geocentric CRS, GeoKeys of the wrong type)."""
+
+    item_id: str
+    band: str
+    warning: str
+
+
+@dataclass(frozen=True)
 class MissingAsset:
     """A requested band the STAC item has no asset for (nothing to fetch, nothing to retry)."""
 
@@ -105,6 +118,8 @@ class MonthReport:
     """Headers that could not be read: the next build retries them."""
     missing: list[MissingAsset] = field(default_factory=list)
     """Requested bands the items have no asset for."""
+    georeference_warnings: list[GeoreferenceNote] = field(default_factory=list)
+    """Every georeference warning of the month's headers (fetched or reused), per asset."""
     headers_without_version: int = 0
     """Headers whose object gave neither an ETag nor a Last-Modified time (see the README,
     "What stale-object detection can see"): only a size change is detected for them."""
@@ -133,6 +148,10 @@ class BuildReport:
     @property
     def missing(self) -> list[MissingAsset]:
         return [a for m in self.months for a in m.missing]
+
+    @property
+    def georeference_warnings(self) -> list[GeoreferenceNote]:
+        return [w for m in self.months for w in m.georeference_warnings]
 
     @property
     def header_requests(self) -> int:
@@ -356,6 +375,8 @@ async def _build_month(
             if old is not None and old[0] == href and old[1] == stamp:
                 row[header_col] = old[2]
                 result.headers_reused += 1
+                for text in old[2].get("georeference_warnings") or ():
+                    result.georeference_warnings.append(GeoreferenceNote(row["id"], band, text))
                 if not (old[2].get("etag") or old[2].get("last_modified")):
                     result.headers_without_version += 1
             else:
@@ -371,6 +392,8 @@ async def _build_month(
                 header = await fetch_header(fetcher, href)
                 row[header_col] = header.to_dict()
                 result.headers_fetched += 1
+                for text in header.georeference_warnings:
+                    result.georeference_warnings.append(GeoreferenceNote(row["id"], band, text))
                 if not (header.etag or header.last_modified):
                     result.headers_without_version += 1
             except Exception as exc:  # noqa: BLE001 - one bad asset never aborts the month
@@ -515,6 +538,14 @@ def _previous_headers(
     return out
 
 
+def _warnings_by_band(notes: Sequence[GeoreferenceNote]) -> dict[str, list[dict[str, str]]]:
+    """``{band: [{"item": id, "warning": text}, ...]}``, bands and items sorted."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for note in sorted(notes, key=lambda n: (n.band, n.item_id, n.warning)):
+        out.setdefault(note.band, []).append({"item": note.item_id, "warning": note.warning})
+    return out
+
+
 def _write_manifest(store, name, manifest, src, keys, date_range, bbox, geom, cloud_cover_lt,
                     platform, query, stac_url, report: BuildReport) -> None:
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -528,6 +559,7 @@ def _write_manifest(store, name, manifest, src, keys, date_range, bbox, geom, cl
             "missing_assets": len(m.missing),
             "skipped_items": len(m.skipped_items),
             "headers_without_version": m.headers_without_version,
+            "georeference_warnings": _warnings_by_band(m.georeference_warnings),
             "built_at": now,
         }
     old_range = manifest.get("date_range") or [date_range[0].isoformat(), date_range[1].isoformat()]

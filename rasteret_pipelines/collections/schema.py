@@ -52,6 +52,8 @@ LEVEL_TYPE = pa.struct(
         ("lerc_parameters", pa.list_(pa.int64())),
         ("extra_samples", pa.list_(pa.int64())),
         ("fill_order", pa.int32()),
+        ("ifd_index", pa.int32()),
+        ("subifd", pa.bool_()),
     ]
 )
 """One :class:`~rasteret_pipelines.cog.ImageLevel` as stored."""
@@ -75,6 +77,7 @@ HEADER_TYPE = pa.struct(
         ("last_modified", pa.string()),
         ("header_bytes", pa.int64()),
         ("metadata", pa.list_(pa.list_(pa.string()))),
+        ("georeference_warnings", pa.list_(pa.string())),
     ]
 )
 """A cached :class:`~rasteret_pipelines.cog.CogHeader` (its ``to_dict`` form) as stored."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rasteret_pipelines.collections.sources import DataSource
 from rasteret_pipelines.errors import InvalidSearchError, StacApiError
+from rasteret_pipelines.redaction import redacted_cause
 
 log = logging.getLogger(__name__)
 
@@ -225,16 +226,23 @@ def search_items(
     except APIError as exc:
         status = getattr(exc, "status_code", None)
         if status is None and isinstance(exc.__cause__ or exc.__context__, requests.RequestException):
-            raise StacApiError(
+            error = StacApiError(
                 f"STAC API {url} unreachable searching {source.collection} for {month.key}: "
                 f"{type(exc.__cause__ or exc.__context__).__name__}"
-            ) from exc
-        raise StacApiError(
-            f"STAC API {url} answered {status or 'an error'} searching {source.collection} "
-            f"for {month.key}: {str(exc)[:300]}"
-        ) from exc
+            )
+        else:
+            error = StacApiError(
+                f"STAC API {url} answered {status or 'an error'} searching {source.collection} "
+                f"for {month.key}: {str(exc)[:300]}"
+            )
+        cause = redacted_cause(exc)
     except requests.RequestException as exc:
-        raise StacApiError(
+        error = StacApiError(
             f"STAC API {url} unreachable searching {source.collection} for {month.key}: "
             f"{type(exc).__name__}"
-        ) from exc
+        )
+        cause = redacted_cause(exc)
+    # Raised outside the except blocks, so the library's own exception (whose message may
+    # quote the URL with its query string) is neither the cause nor the context: only its
+    # redacted stand-in is chained.
+    raise error from cause

@@ -267,14 +267,30 @@ class DataSourceResource(dg.ConfigurableResource):
 # --- HTTP client ---------------------------------------------------------------------------------
 
 
-class HttpClientResource(dg.ConfigurableResource):
-    """Transport settings of COG header and tile reads (step retries after transient faults are
-    the assets' RetryPolicy: :meth:`~rasteret_pipelines.defs.settings.Settings.retry_policy`)."""
+_FETCH = FetchConfig()
+"""The engine's transport defaults: the resource's defaults are these, never a second copy."""
 
-    max_concurrency: int = Field(default=64, description="Range requests in flight per step")
-    max_retries: int = Field(default=5, description="Retries of one range request")
-    connect_timeout: float = Field(default=10.0, description="Seconds to connect")
-    read_timeout: float = Field(default=60.0, description="Seconds per request, body included")
+
+class HttpClientResource(dg.ConfigurableResource):
+    """Every transport setting of COG header and tile reads, in one place (step retries after
+    transient faults are the assets' RetryPolicy:
+    :meth:`~rasteret_pipelines.defs.settings.Settings.retry_policy`). Defaults are
+    :class:`~rasteret_pipelines.cog.FetchConfig`'s."""
+
+    max_concurrency: int = Field(default=_FETCH.max_concurrency, description="Range requests in flight per step")
+    max_retries: int = Field(default=_FETCH.max_retries, description="Retries of one range request after a transient fault")
+    connect_timeout: float = Field(default=_FETCH.connect_timeout, description="Seconds to connect")
+    read_timeout: float = Field(
+        default=_FETCH.read_timeout, description="Deadline in seconds of one request attempt, body included"
+    )
+    idle_timeout: float = Field(
+        default=_FETCH.idle_timeout,
+        description="Seconds without a byte (status line or body) before an attempt is abandoned",
+    )
+    timeout_retries: int = Field(
+        default=_FETCH.timeout_retries, description="Retries of a range after timed-out attempts"
+    )
+    max_redirects: int = Field(default=_FETCH.max_redirects, description="HTTP redirects followed per attempt")
 
     def fetch_config(self) -> FetchConfig:
         return FetchConfig(
@@ -282,6 +298,9 @@ class HttpClientResource(dg.ConfigurableResource):
             max_retries=self.max_retries,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
+            idle_timeout=self.idle_timeout,
+            timeout_retries=self.timeout_retries,
+            max_redirects=self.max_redirects,
         )
 
 
@@ -348,10 +367,13 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
             demo_months=_env(settings, "RASTERET_DEMO_MONTHS", ",".join(DEFAULT_DEMO_MONTHS)),
         ),
         "http": HttpClientResource(
-            max_concurrency=_env(settings, "RASTERET_HTTP_MAX_CONCURRENCY", 64, int),
-            max_retries=_env(settings, "RASTERET_HTTP_MAX_RETRIES", 5, int),
-            connect_timeout=_env(settings, "RASTERET_HTTP_CONNECT_TIMEOUT", 10.0, float),
-            read_timeout=_env(settings, "RASTERET_HTTP_READ_TIMEOUT", 60.0, float),
+            max_concurrency=_env(settings, "RASTERET_HTTP_MAX_CONCURRENCY", _FETCH.max_concurrency, int),
+            max_retries=_env(settings, "RASTERET_HTTP_MAX_RETRIES", _FETCH.max_retries, int),
+            connect_timeout=_env(settings, "RASTERET_HTTP_CONNECT_TIMEOUT", _FETCH.connect_timeout, float),
+            read_timeout=_env(settings, "RASTERET_HTTP_READ_TIMEOUT", _FETCH.read_timeout, float),
+            idle_timeout=_env(settings, "RASTERET_HTTP_IDLE_TIMEOUT", _FETCH.idle_timeout, float),
+            timeout_retries=_env(settings, "RASTERET_HTTP_TIMEOUT_RETRIES", _FETCH.timeout_retries, int),
+            max_redirects=_env(settings, "RASTERET_HTTP_MAX_REDIRECTS", _FETCH.max_redirects, int),
         ),
         "aois": AoiFileResource(path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file)),
         "batching": BatchResource(

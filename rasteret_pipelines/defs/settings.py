@@ -26,7 +26,10 @@ Variable                               Meaning (default)
 ``RASTERET_HTTP_MAX_CONCURRENCY``      Range requests in flight per step (64).
 ``RASTERET_HTTP_MAX_RETRIES``          Retries of one range request (5).
 ``RASTERET_HTTP_CONNECT_TIMEOUT``      Seconds to connect (10).
-``RASTERET_HTTP_READ_TIMEOUT``         Seconds per request (60).
+``RASTERET_HTTP_READ_TIMEOUT``         Deadline in seconds of one request attempt (30).
+``RASTERET_HTTP_IDLE_TIMEOUT``         Seconds without a byte before an attempt is abandoned (5).
+``RASTERET_HTTP_TIMEOUT_RETRIES``      Retries of a range after timed-out attempts (1).
+``RASTERET_HTTP_MAX_REDIRECTS``        HTTP redirects followed per attempt (5).
 ``RASTERET_TRANSIENT_RETRIES``         Dagster retries of a step after a transient fault (2):
                                        the ``RetryPolicy`` of the collection and NDVI assets,
                                        read when the definitions load (every run process loads
@@ -84,6 +87,9 @@ ENV_VARS: tuple[str, ...] = (
     "RASTERET_HTTP_MAX_RETRIES",
     "RASTERET_HTTP_CONNECT_TIMEOUT",
     "RASTERET_HTTP_READ_TIMEOUT",
+    "RASTERET_HTTP_IDLE_TIMEOUT",
+    "RASTERET_HTTP_TIMEOUT_RETRIES",
+    "RASTERET_HTTP_MAX_REDIRECTS",
     "RASTERET_TRANSIENT_RETRIES",
     "RASTERET_TRANSIENT_RETRY_SECONDS",
     "RASTERET_PARTITIONS_PER_RUN",

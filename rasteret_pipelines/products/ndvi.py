@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from rasteret_pipelines.errors import ProductInputError, ReflectanceRequiredError
+from rasteret_pipelines.reading.indices import ndvi_values
 
 NDVI_NAME = "NDVI"
 OutOfRange = Literal["nan", "clip", "keep"]
@@ -49,37 +50,6 @@ def _check_inputs(ds: xr.Dataset, red: str, nir: str) -> None:
         raise ProductInputError(
             f"band(s) {missing} not in the Dataset; its variables are {sorted(map(str, ds.data_vars))}"
         )
-
-
-_CHUNK = 1 << 18
-"""Pixels per step of :func:`_ndvi_block`: float64 temporaries of 2 MB stay in cache instead of
-allocating (and page-faulting) several full-size float64 arrays."""
-
-
-def _ndvi_block(red: np.ndarray, nir: np.ndarray, out_of_range: str) -> np.ndarray:
-    red, nir = np.broadcast_arrays(np.asarray(red), np.asarray(nir))
-    out = np.empty(red.shape, dtype=np.float32)
-    r_flat, n_flat, o_flat = red.reshape(-1), nir.reshape(-1), out.reshape(-1)
-    num = np.empty(min(_CHUNK, r_flat.size), dtype=np.float64)
-    den = np.empty_like(num)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for start in range(0, r_flat.size, _CHUNK):
-            stop = min(start + _CHUNK, r_flat.size)
-            k = stop - start
-            r = r_flat[start:stop].astype(np.float64, copy=False)
-            n = n_flat[start:stop].astype(np.float64, copy=False)
-            np.subtract(n, r, out=num[:k])
-            np.add(n, r, out=den[:k])
-            ratio = num[:k]
-            zero = den[:k] == 0
-            np.divide(ratio, den[:k], out=ratio)
-            ratio[zero] = np.nan
-            if out_of_range == "nan":
-                ratio[np.abs(ratio) > 1.0] = np.nan
-            elif out_of_range == "clip":
-                np.clip(ratio, -1.0, 1.0, out=ratio)
-            o_flat[start:stop] = ratio  # rounded once, float64 -> float32
-    return out
 
 
 def compute_ndvi(ds: xr.Dataset, red: str, nir: str, *, out_of_range: OutOfRange = "nan") -> xr.DataArray:
@@ -107,7 +77,7 @@ def compute_ndvi(ds: xr.Dataset, red: str, nir: str, *, out_of_range: OutOfRange
     if out_of_range not in ("nan", "clip", "keep"):
         raise ProductInputError(f"out_of_range must be 'nan', 'clip' or 'keep', not {out_of_range!r}")
     ndvi = xr.apply_ufunc(
-        _ndvi_block,
+        ndvi_values,
         ds[red],
         ds[nir],
         kwargs={"out_of_range": out_of_range},

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rasteret_pipelines.reading.model import geometry_dataset, stack_geometries
     from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, MosaicMethod
     from rasteret_pipelines.reading.read import VALUE_MODES, read_geometries
+    from rasteret_pipelines.reading.zonal import sample_points, zonal_stats
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
@@ -31,5 +32,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "model": ["geometry_dataset", "stack_geometries"],
         "mask": ["geometry_mask"],
         "geometries": ["normalize_geometries"],
+        "zonal": ["sample_points", "zonal_stats"],
     },
 )

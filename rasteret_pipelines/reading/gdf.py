@@ -7,10 +7,11 @@ import numpy as np
 from rasteret_pipelines.reading.model import parse_transform
 
 COLUMNS = ["geometry_id", "date", "band", "array", "transform", "crs", "scene_id", "geometry"]
+_MODEL_COORDS = {"geometry", "crs", "transform", "height", "width"}
 
 
 def dataset_to_gdf(ds, geometries: dict):
-    """Rows of (geometry_id, date, band, array, transform, crs, scene_id, geometry).
+    """Rows of (geometry_id, kept columns, date, band, array, transform, crs, scene_id, geometry).
 
     Args:
         ds: A read in the :mod:`rasteret_pipelines.reading.model` layout.
@@ -24,6 +25,10 @@ def dataset_to_gdf(ds, geometries: dict):
     import geopandas as gpd
 
     columns: dict[str, list] = {c: [] for c in COLUMNS}
+    # Columns the caller kept (``keep=``): every other coordinate on the geometry dimension.
+    extra = [str(c) for c, v in ds.coords.items() if v.dims == ("geometry",) and c not in _MODEL_COORDS]
+    kept = {c: ds[c].values.tolist() for c in extra}
+    columns.update({c: [] for c in extra})
     ids = ds["geometry"].values.tolist()
     heights, widths = ds["height"].values, ds["width"].values
     transforms, crss = ds["transform"].values, ds["crs"].values
@@ -46,4 +51,7 @@ def dataset_to_gdf(ds, geometries: dict):
                 columns["crs"].append(crs)
                 columns["scene_id"].append(scene)
                 columns["geometry"].append(geometries[gid])
-    return gpd.GeoDataFrame(columns, columns=COLUMNS, geometry="geometry", crs="EPSG:4326")
+                for c in extra:
+                    columns[c].append(kept[c][gi])
+    order = COLUMNS[:1] + extra + COLUMNS[1:]
+    return gpd.GeoDataFrame(columns, columns=order, geometry="geometry", crs="EPSG:4326")

@@ -11,20 +11,23 @@ import shapely
 from rasteret_pipelines.errors import InvalidGeometryError
 
 
-def normalize_geometries(geometries, crs=None) -> list[tuple[object, shapely.Geometry]]:
+def normalize_geometries(geometries, crs=None, id_column: str = "id") -> list[tuple[object, shapely.Geometry]]:
     """``[(id, geometry in EPSG:4326)]`` from any accepted input.
 
     Args:
         geometries: A shapely geometry, a sequence of them, a GeoSeries or a GeoDataFrame.
-            Ids come from the GeoSeries/GeoDataFrame index, otherwise 1..n.
+            Ids come from a GeoDataFrame's ``id_column`` when it has one, else from the
+            GeoSeries/GeoDataFrame index, otherwise 1..n: an AOI file read with GeoPandas
+            keeps the ids the pipeline gives its fields.
         crs: CRS of plain shapely input (default EPSG:4326); GeoPandas input uses its own.
+        id_column: The GeoDataFrame column holding the ids (default ``"id"``).
 
     Raises:
         InvalidGeometryError: empty input, an empty or invalid geometry (named by id), a
             GeoPandas object without a CRS, or coordinates that are not degrees.
     """
     if _is_geopandas(geometries):
-        return _from_geopandas(geometries)
+        return _from_geopandas(geometries, id_column)
     if isinstance(geometries, shapely.Geometry):
         geometries = [geometries]
     elif not isinstance(geometries, Iterable) or isinstance(geometries, (str, bytes)):
@@ -56,10 +59,12 @@ def _is_geopandas(obj) -> bool:
     return isinstance(obj, (gpd.GeoDataFrame, gpd.GeoSeries))
 
 
-def _from_geopandas(geometries) -> list[tuple[object, shapely.Geometry]]:
+def _from_geopandas(geometries, id_column: str = "id") -> list[tuple[object, shapely.Geometry]]:
     import geopandas as gpd
 
     series = geometries.geometry if isinstance(geometries, gpd.GeoDataFrame) else geometries
+    if isinstance(geometries, gpd.GeoDataFrame) and id_column in geometries.columns and id_column != series.name:
+        series = series.set_axis(geometries[id_column].to_numpy())
     if len(series) == 0:
         raise InvalidGeometryError("no geometries given")
     if series.crs is None:

@@ -165,3 +165,155 @@ def _fill_scanlines(out: np.ndarray, starts: np.ndarray, ends: np.ndarray, rows:
     # per span is cheaper than a pass over every pixel of the window.
     for row, start, stop in zip(spans_rows[keep].tolist(), x0[keep].tolist(), x1[keep].tolist()):
         out[row, start:stop] = True
+
+
+# -- many geometries at once -------------------------------------------------------------------------
+
+
+def pixels_inside(
+    geometries, transform: Transform, *, all_touched: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels of a grid inside each of many geometries, by rasterio's rule, in one pass.
+
+    For every geometry this is what a single read does: its window on the grid as
+    ``rasterio.features.geometry_window`` computes it (:func:`geometry_windows`), then
+    :func:`geometry_mask` on that window. The scanline fill runs over the edges of all
+    geometries together (numpy, no Python loop per geometry), so a hundred thousand fields
+    cost about what one large polygon does. Geometries may overlap: a pixel inside two of them
+    is listed for both.
+
+    Args:
+        geometries: Polygons or MultiPolygons, in the grid's CRS (a sequence or an array).
+        transform: The grid's affine ``(a, b, c, d, e, f)``.
+        all_touched: Every pixel a geometry touches (rasterio decides, one geometry at a time).
+
+    Returns:
+        ``(index, rows, cols)``: int64 arrays, one entry per (geometry, pixel), sorted by
+        geometry index; rows and columns are the grid's (they may be negative or beyond any
+        image: the grid is unbounded).
+    """
+    geoms = np.asarray(geometries, dtype=object)
+    n = len(geoms)
+    empty = (np.zeros(0, np.int64),) * 3
+    if n == 0:
+        return empty
+    col0, row0, width, height = geometry_windows(geoms, transform)
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
+    # Each window's transform, with Affine's arithmetic: grid * translation(col0, row0).
+    wc = a * col0 + b * row0 + c
+    wf = d * col0 + e * row0 + f
+    north_up = b == 0.0 and d == 0.0 and a != 0.0 and e != 0.0
+    if all_touched or not north_up:
+        one_by_one = np.arange(n)
+        index, rows, cols = empty
+    else:
+        index, rows, cols, one_by_one = _scanline_all(geoms, a, e, wc, wf, width, height)
+    if len(one_by_one):
+        parts = [(index, rows, cols)]
+        for i in one_by_one.tolist():
+            window = (a, b, float(wc[i]), d, e, float(wf[i]))
+            inside = geometry_mask(geoms[i], window, int(height[i]), int(width[i]), all_touched=all_touched)
+            r, cc = np.nonzero(inside)
+            parts.append((np.full(r.size, i, np.int64), r.astype(np.int64), cc.astype(np.int64)))
+        index, rows, cols = (np.concatenate(p) for p in zip(*parts))
+        order = np.argsort(index, kind="stable")
+        index, rows, cols = index[order], rows[order], cols[order]
+    return index, rows + row0[index], cols + col0[index]
+
+
+def geometry_windows(geometries, transform: Transform) -> tuple[np.ndarray, ...]:
+    """``(col0, row0, width, height)`` int64 arrays: each geometry's window on the grid.
+
+    ``rasterio.features.geometry_window``'s rule, as :func:`~rasteret_pipelines.reading.plan.
+    reference_grid` applies it to one geometry: the coordinates through the inverse affine,
+    floor and ceil of their bounds, at least one pixel each way.
+    """
+    from affine import Affine
+
+    inv = ~Affine(*transform[:6])
+    xy, which = shapely.get_coordinates(geometries, return_index=True)
+    cols = xy[:, 0] * inv.a + xy[:, 1] * inv.b + inv.c
+    rows = xy[:, 0] * inv.d + xy[:, 1] * inv.e + inv.f
+    starts = np.searchsorted(which, np.arange(len(geometries)))
+    col0 = np.floor(np.minimum.reduceat(cols, starts)).astype(np.int64)
+    col1 = np.ceil(np.maximum.reduceat(cols, starts)).astype(np.int64)
+    row0 = np.floor(np.minimum.reduceat(rows, starts)).astype(np.int64)
+    row1 = np.ceil(np.maximum.reduceat(rows, starts)).astype(np.int64)
+    return col0, row0, np.maximum(col1 - col0, 1), np.maximum(row1 - row0, 1)
+
+
+def _scanline_all(geoms, a, e, wc, wf, width, height):
+    """:func:`_fill_scanlines` over every edge of every geometry (north-up windows).
+
+    Returns the (index, row, col) pixels in window coordinates and the geometries left to
+    :func:`geometry_mask` one by one (a horizontal edge exactly on a row's centre line).
+    """
+    parts, part_of = shapely.get_parts(geoms, return_index=True)
+    rings, ring_of = shapely.get_rings(parts, return_index=True)
+    xy, coord_ring = shapely.get_coordinates(rings, return_index=True)
+    geom_of_coord = part_of[ring_of][coord_ring]
+    # GDAL's inverse geotransform of each window (north-up shortcut), applied as GDAL does.
+    inv0, inv1 = -wc / a, 1.0 / a
+    inv3, inv5 = -wf / e, 1.0 / e
+    px = inv0[geom_of_coord] + xy[:, 0] * inv1 + xy[:, 1] * 0.0
+    py = inv3[geom_of_coord] + xy[:, 0] * 0.0 + xy[:, 1] * inv5
+    same_ring = coord_ring[:-1] == coord_ring[1:]
+    g = geom_of_coord[:-1][same_ring]
+    xa, ya = px[:-1][same_ring], py[:-1][same_ring]
+    xb, yb = px[1:][same_ring], py[1:][same_ring]
+    tie = (ya == yb) & (xa != xb) & (np.modf(ya)[0] == 0.5)
+    one_by_one = np.unique(g[tie])
+    n = len(geoms)
+    # Rows GDAL visits per geometry: int(min y) .. int(max y), clipped to the window.
+    ymin = np.full(n, np.inf)
+    ymax = np.full(n, -np.inf)
+    np.minimum.at(ymin, geom_of_coord, py)
+    np.maximum.at(ymax, geom_of_coord, py)
+    low = np.maximum(np.trunc(ymin), 0)
+    high = np.minimum(np.trunc(ymax), height - 1)
+    sloped = (ya != yb) & ~np.isin(g, one_by_one)
+    g, xa, ya, xb, yb = g[sloped], xa[sloped], ya[sloped], xb[sloped], yb[sloped]
+    up = ya < yb
+    dy1, dy2 = np.where(up, ya, yb), np.where(up, yb, ya)
+    dx1, dx2 = np.where(up, xa, xb), np.where(up, xb, xa)
+    # Candidate rows of each edge (a row's centre r + 0.5 in [dy1, dy2)), widened by one and
+    # filtered exactly below, as GDAL compares them.
+    r_lo = np.maximum(np.floor(dy1 - 0.5), low[g]).astype(np.int64)
+    r_hi = np.minimum(np.ceil(dy2 - 0.5), high[g]).astype(np.int64)
+    count = np.maximum(r_hi - r_lo + 1, 0)
+    edge = np.repeat(np.arange(len(g)), count)
+    row = r_lo[edge] + (np.arange(edge.size) - np.repeat(np.cumsum(count) - count, count))
+    dy = row + 0.5
+    hit = (dy >= dy1[edge]) & (dy < dy2[edge])
+    edge, row, dy = edge[hit], row[hit], dy[hit]
+    e1, e2 = dy1[edge], dy2[edge]
+    x = (dy - e1) * (dx2[edge] - dx1[edge]) / (e2 - e1) + dx1[edge]
+    gi = g[edge]
+    w = width[gi]
+    xi = np.clip(np.floor(x + 0.5), -1.0, w + 1.0).astype(np.int64)
+    # Sort crossings by (geometry, row, x) and pair them (0, 1), (2, 3), ... within each row.
+    span = int(width.max()) + 3
+    rows_max = int(height.max()) + 1
+    key = (gi * rows_max + row) * span + (xi + 1)
+    key.sort()
+    xi = key % span - 1
+    gr = key // span
+    start = np.ones(key.size, bool)
+    start[1:] = gr[1:] != gr[:-1]
+    first_of_run = np.maximum.accumulate(np.where(start, np.arange(key.size), 0))
+    pos = np.arange(key.size) - first_of_run
+    pair = (pos % 2 == 0)
+    pair[-1:] = False
+    pair[:-1] &= gr[1:] == gr[:-1]
+    k = np.flatnonzero(pair)
+    gk = gr[k] // rows_max
+    rk = gr[k] % rows_max
+    x0 = np.clip(xi[k], 0, width[gk])
+    x1 = np.clip(xi[k + 1], 0, width[gk])
+    keep = x1 > x0
+    gk, rk, x0, x1 = gk[keep], rk[keep], x0[keep], x1[keep]
+    length = x1 - x0
+    index = np.repeat(gk, length)
+    rows = np.repeat(rk, length)
+    cols = np.repeat(x0, length) + (np.arange(index.size) - np.repeat(np.cumsum(length) - length, length))
+    return index, rows, cols, one_by_one

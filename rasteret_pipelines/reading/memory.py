@@ -118,9 +118,8 @@ def check_memory(estimate: ReadEstimate, limit: int, what: str = "the read") -> 
         )
 
 
-def check_plans(plans, bands: Sequence[str], values: str, config) -> ReadEstimate:
-    """The reader's hook: estimate the planned read (see :mod:`~rasteret_pipelines.reading.read`)
-    and refuse it above the configured limit, before any request is made."""
+def estimate_plans(plans, bands: Sequence[str], values: str) -> ReadEstimate:
+    """The estimate of a planned read (see :mod:`~rasteret_pipelines.reading.read`), no request made."""
     from rasteret_pipelines.reading.plan import planned_reads
 
     reads = [r for _, _, _, r in planned_reads(plans)]
@@ -133,13 +132,20 @@ def check_plans(plans, bands: Sequence[str], values: str, config) -> ReadEstimat
     else:
         out_itemsize = 4  # float32
     times = {day for p in plans for day in p.layers}
-    estimate = estimate_read(
+    return estimate_read(
         [(p.grid.height, p.grid.width) for p in plans],
         len(times),
         len(bands),
         out_itemsize,
         ((r.window[3], r.window[2], itemsizes[r.header.href]) for r in reads),
     )
+
+
+def check_plans(plans, bands: Sequence[str], values: str, config) -> ReadEstimate:
+    """The reader's hook: estimate the planned read and refuse it above the configured limit,
+    before any request is made."""
+    estimate = estimate_plans(plans, bands, values)
+    times = {day for p in plans for day in p.layers}
     check_memory(estimate, memory_limit(getattr(config, "max_read_memory", None)),
                  f"reading {len(plans)} geometries x {len(times)} dates x {len(bands)} bands")
     return estimate

@@ -193,9 +193,10 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
                 (absent if i in no_asset[key] else missing).append(key)
             else:
                 header = headers[key] = CogHeader.from_dict(d)
-                if header.crs is None:
+                if header.crs is None or crs_of(header.crs).is_engineering:
+                    what = "no CRS" if header.crs is None else "only a local (engineering) CRS"
                     raise GeoreferenceError(
-                        f"scene {data['id'][i]}, band {key}: {header.href} has no CRS the engine "
+                        f"scene {data['id'][i]}, band {key}: {header.href} has {what} the engine "
                         "could build from its GeoKeys (see the GeoreferenceWarning of the build); "
                         "its pixels cannot be placed on a map"
                     )

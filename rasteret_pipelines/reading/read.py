@@ -36,7 +36,7 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 # _run_sync_with: the engine's synchronous runner, which releases a network reader's
 # connections when the call's event loop ends.
@@ -79,13 +79,15 @@ def read_geometries(
     filters: dict | None = None,
     mosaic="first",
     reader=None,
+    id_column: str = "id",
+    keep: Sequence[str] = (),
 ):
     """Read ``bands`` for every geometry from the collection's scenes (see module docs).
 
     Args:
         collection: An opened :class:`~rasteret_pipelines.collections.Collection`.
         geometries: Shapely geometries, a GeoSeries or a GeoDataFrame (EPSG:4326 unless it
-            says otherwise); ids from the index or 1..n.
+            says otherwise); ids from the GeoDataFrame's ``id_column``, else the index, else 1..n.
         bands: Band names as the user calls them (``B04``, ``red``); variables keep them.
         date_range: ``(start, end)`` dates, inclusive; must overlap the collection's.
         cloud_cover_lt: Scene-level cloud cover filter.
@@ -113,6 +115,9 @@ def read_geometries(
             paths and ``file://`` only when the collection allows local hrefs), before any
             request. A reader passed in is not closed (its owner closes it), except that a
             network reader releases the connections of this call's event loop.
+        id_column: The GeoDataFrame column holding the geometry ids (default ``"id"``, when
+            the frame has it); the ids become the ``geometry`` coordinate.
+        keep: GeoDataFrame columns carried into the Dataset as coordinates on ``geometry``.
 
     Returns:
         The Dataset described in :mod:`rasteret_pipelines.reading.model`.
@@ -122,39 +127,16 @@ def read_geometries(
         InvalidGeometryError, NoScenesError (with the collection's extent and the geometries' bounds),
         UnsafeHrefError (an href the collection's policy refuses; nothing was requested).
     """
-    if values not in VALUE_MODES:
-        raise InvalidReadArgumentError(f"values must be one of {VALUE_MODES}, got {values!r}")
-    method = mosaic_method(mosaic)
-    if isinstance(bands, str):
-        bands = [bands]
-    if not bands:
-        raise UnknownBandError("no bands asked for")
-    keys = {name: collection.resolve_band(name) for name in bands}
-    rule = collection.source.cloud_mask if cloud_mask else None
-    quality = rule.band if rule is not None else None
-    if quality is not None and quality not in collection.bands:
-        raise UnknownBandError(
-            f"cloud_mask needs the {quality!r} band, which collection {collection.name!r} does not hold"
-        )
-    check_date_range(collection, date_range)
-    geoms = normalize_geometries(geometries)
-    data_keys = sorted(set(keys.values()))
-    read_keys = data_keys + ([quality] if quality and quality not in data_keys else [])
-    scenes = select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, sorted(set(read_keys)),
-                           {key: name for name, key in keys.items()})
-    target = None if crs is None else (crs if isinstance(crs, str) else _parse_crs(crs).to_wkt())
-    if target is not None:
-        crs_of(target)  # a bad CRS fails here, before any planning
-    plans, uncovered = plan_geometries(geoms, scenes, data_keys, read_keys, all_touched, target, resolution)
-    if not plans:
-        from rasteret_pipelines.reading.coverage import no_scenes_error
-
-        raise no_scenes_error(collection, geoms, date_range, cloud_cover_lt, filters)
-    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
-                     local_files=collection.allow_local_hrefs)
+    planned = plan_read(
+        collection, geometries, bands, date_range=date_range, cloud_cover_lt=cloud_cover_lt, values=values,
+        cloud_mask=cloud_mask, all_touched=all_touched, crs=crs, resolution=resolution,
+        fetch_config=fetch_config, filters=filters, mosaic=mosaic, id_column=id_column, keep=keep,
+    )
+    plans, uncovered, keys, bands, rule, config, kept = (
+        planned.plans, planned.uncovered, planned.keys, planned.bands, planned.rule, planned.config, planned.kept)
     check_plans(plans, bands, values, config)  # MemoryLimitError before any request
     check_plan_hrefs(plans, collection.allow_local_hrefs)  # UnsafeHrefError before any request
-    out = Assembly(plans, keys, bands, rule, values, resampling, method)
+    out = Assembly(plans, keys, bands, rule, values, resampling, planned.mosaic)
     # xarray (and pandas under it) is only needed to wrap the result: import it in the
     # background while the tiles are in flight. Not earlier: the import holds the GIL most of
     # its time and would delay the collection read and the planning, so the first request.
@@ -178,7 +160,87 @@ def read_geometries(
     if uncovered:
         attrs["geometries_without_scenes"] = [str(g) for g in uncovered]
         log.warning("geometries %s are covered by no scene; they are left out", uncovered)
-    return out.dataset(attrs)
+    ds = out.dataset(attrs)
+    if kept:
+        ds = ds.assign_coords({c: ("geometry", [v[p.gid] for p in plans]) for c, v in kept.items()})
+    return ds
+
+
+def kept_columns(geometries, geoms, keep: Sequence[str]) -> dict[str, dict]:
+    """``{column: {geometry id: value}}`` of the ``keep`` columns of a GeoDataFrame input.
+
+    Raises:
+        InvalidReadArgumentError: ``keep`` without a GeoDataFrame, or naming a missing column.
+    """
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    if not keep:
+        return {}
+    columns = getattr(geometries, "columns", None)
+    if columns is None:
+        raise InvalidReadArgumentError(f"keep={keep} needs a GeoDataFrame (plain geometries have no columns)")
+    missing = [c for c in keep if c not in columns]
+    if missing:
+        raise InvalidReadArgumentError(f"keep names columns the geometries do not have: {missing}")
+    ids = [gid for gid, _ in geoms]
+    return {c: dict(zip(ids, geometries[c].tolist())) for c in keep}
+
+
+@dataclass
+class PlannedRead:
+    """A read planned from the cached headers alone (no request): what it will fetch."""
+
+    plans: list
+    """One :class:`~rasteret_pipelines.reading.plan.GeometryPlan` per covered geometry."""
+    uncovered: list
+    keys: dict[str, str]
+    bands: list[str]
+    rule: object
+    config: FetchConfig
+    kept: dict
+    mosaic: type
+
+
+def plan_read(collection, geometries, bands, *, date_range=None, cloud_cover_lt=None, values="float",
+              cloud_mask=False, all_touched=False, crs=None, resolution=None, fetch_config=None,
+              filters=None, mosaic="first", id_column="id", keep=()) -> PlannedRead:
+    """Check the arguments of :func:`read_geometries` and plan it: scenes, grids, windows.
+
+    Shared by the read and by its dry run (:mod:`~rasteret_pipelines.reading.explain`), so both
+    see the same windows. Raises what :func:`read_geometries` raises before any request.
+    """
+    if values not in VALUE_MODES:
+        raise InvalidReadArgumentError(f"values must be one of {VALUE_MODES}, got {values!r}")
+    method = mosaic_method(mosaic)
+    if isinstance(bands, str):
+        bands = [bands]
+    if not bands:
+        raise UnknownBandError("no bands asked for")
+    bands = list(bands)
+    keys = {name: collection.resolve_band(name) for name in bands}
+    rule = collection.source.cloud_mask if cloud_mask else None
+    quality = rule.band if rule is not None else None
+    if quality is not None and quality not in collection.bands:
+        raise UnknownBandError(
+            f"cloud_mask needs the {quality!r} band, which collection {collection.name!r} does not hold"
+        )
+    check_date_range(collection, date_range)
+    geoms = normalize_geometries(geometries, id_column=id_column)
+    kept = kept_columns(geometries, geoms, keep)
+    data_keys = sorted(set(keys.values()))
+    read_keys = data_keys + ([quality] if quality and quality not in data_keys else [])
+    scenes = select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, sorted(set(read_keys)),
+                           {key: name for name, key in keys.items()})
+    target = None if crs is None else (crs if isinstance(crs, str) else _parse_crs(crs).to_wkt())
+    if target is not None:
+        crs_of(target)  # a bad CRS fails here, before any planning
+    plans, uncovered = plan_geometries(geoms, scenes, data_keys, read_keys, all_touched, target, resolution)
+    if not plans:
+        from rasteret_pipelines.reading.coverage import no_scenes_error
+
+        raise no_scenes_error(collection, geoms, date_range, cloud_cover_lt, filters)
+    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
+                     local_files=collection.allow_local_hrefs)
+    return PlannedRead(plans, uncovered, keys, bands, rule, config, kept, method)
 
 
 def _parse_crs(crs):

@@ -3,12 +3,15 @@
 A few small COGs are written with GDAL (Deflate, LZW, ZSTD, JPEG, BigTIFF, big-endian, an
 internal mask; all with overviews) and mutated deterministically from a seed: byte flips,
 truncation, IFD entry counts, types, offsets and values, huge sizes, IFD loops, block byte
-counts. Each mutant is read (header, then a window of every level, twice) and classified:
+counts, IFD chains relinked in another order, SampleFormat and PhotometricInterpretation
+changed together. Each mutant is read (header, then a window of every level, twice) and classified:
 
 * ``ok`` - read, and the repeated reads are identical;
 * ``typed`` - refused with a :class:`~rasteret_pipelines.errors.RasteretError`;
 * ``untyped`` - any other exception (a bug);
-* ``differs`` - two reads of the same window differ (a bug);
+* ``differs`` - two reads of the same window differ, or (for the mutants that keep a valid
+  TIFF: IFDs relinked in another order, SampleFormat and PhotometricInterpretation changed
+  together) a read differs from rasterio's of the same level and window (a bug);
 * ``hang`` - a case ran longer than the time limit (a bug).
 
 Used by ``test_fuzz.py`` (a few hundred cases in CI) and ``benchmarks/fuzz_cog.py``
@@ -124,7 +127,8 @@ def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         return bytes(out), "too short to mutate"
     kind = rng.choice(
         ["flip-header", "flip-header", "flip-any", "truncate", "count", "type", "value", "value",
-         "huge-size", "loop", "block-count", "block-offset", "two"]
+         "huge-size", "loop", "block-count", "block-offset", "two", "reorder-ifds",
+         "format-photometric"]
     )
     if kind == "two":
         first, what1 = mutate(data, rng)
@@ -141,6 +145,10 @@ def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         return bytes(out[:cut]), f"truncate at {cut}"
     if not lay.entries:
         return bytes(out), "no entries"
+    if kind == "reorder-ifds":
+        return _reorder_ifds(out, lay, rng)
+    if kind == "format-photometric":
+        return _format_photometric(out, lay, rng)
     entry = rng.choice(lay.entries)
     (tag,) = struct.unpack(bo + "H", data[entry : entry + 2])
     if kind == "count":
@@ -189,6 +197,80 @@ def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return bytes(out), f"{kind} {index} = {value}"
 
 
+STRUCTURAL = ("reorder-ifds", "format-photometric")
+"""Mutations that keep a valid TIFF: their reads are also compared with rasterio's."""
+NO_GDAL_ORACLE = frozenset({"jpeg-rgb"})
+"""Seeds whose pixels GDAL decodes differently by design (YCbCr JPEG: libjpeg 9's chroma)."""
+
+SAMPLE_FORMAT_TAG, PHOTOMETRIC_TAG = 339, 262
+PHOTOMETRICS = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 32844]
+
+
+def _reorder_ifds(out: bytearray, lay: Layout, rng: random.Random) -> tuple[bytes, str]:
+    """Relink the IFD chain in another order (the first image may become an overview)."""
+    if len(lay.ifds) < 2 or len(lay.next_pointers) < len(lay.ifds):
+        return bytes(out), "reorder-ifds: one IFD"
+    order = list(range(len(lay.ifds)))
+    if rng.random() < 0.7:
+        rest = order[1:]
+        rng.shuffle(rest)
+        order = [0] + rest  # overviews (and masks) out of size order
+    else:
+        rng.shuffle(order)
+    fmt = lay.byte_order + ("Q" if lay.big else "I")
+    _put(out, lay.first_pointer, fmt, lay.ifds[order[0]])
+    for this, nxt in zip(order, order[1:] + [None]):
+        _put(out, lay.next_pointers[this], fmt, 0 if nxt is None else lay.ifds[nxt])
+    return bytes(out), f"reorder-ifds {order}"
+
+
+def _ifd_entries(data: bytes, lay: Layout, ifd: int) -> list[int]:
+    """Offsets of the entries of the IFD at offset ``ifd``."""
+    count_size, entry_size = (8, 20) if lay.big else (2, 12)
+    raw = data[ifd : ifd + count_size]
+    if len(raw) < count_size:
+        return []
+    (n,) = struct.unpack(lay.byte_order + ("Q" if lay.big else "H"), raw)
+    if n > 4096 or ifd + count_size + n * entry_size > len(data):
+        return []  # an IFD an earlier mutation broke: nothing to change
+    return [ifd + count_size + i * entry_size for i in range(n)]
+
+
+def _set_short_values(out: bytearray, lay: Layout, entry: int, value: int) -> None:
+    """Every value of a SHORT entry (inline or out of line) set to ``value``."""
+    bo = lay.byte_order
+    type_at, _, count_at, count_fmt, value_at = _entry_fields(lay)
+    (ftype,) = struct.unpack(bo + "H", out[entry + type_at : entry + type_at + 2])
+    (count,) = struct.unpack(bo + count_fmt, out[entry + count_at : entry + count_at + struct.calcsize(count_fmt)])
+    if ftype != 3 or count > 64:
+        return  # SampleFormat and Photometric hold one value per sample at most
+    inline = (8 if lay.big else 4) >= 2 * count
+    if inline:
+        base = entry + value_at
+    else:
+        width = 8 if lay.big else 4
+        (base,) = struct.unpack(bo + ("Q" if lay.big else "I"), out[entry + value_at : entry + value_at + width])
+    for i in range(count):
+        _put(out, base + 2 * i, bo + "H", value)
+
+
+def _format_photometric(out: bytearray, lay: Layout, rng: random.Random) -> tuple[bytes, str]:
+    """SampleFormat and PhotometricInterpretation changed together, in one IFD or in all."""
+    fmt = rng.choice([1, 2, 3])
+    photometric = rng.choice(PHOTOMETRICS)
+    targets = lay.ifds if rng.random() < 0.7 else [rng.choice(lay.ifds)]
+    data = bytes(out)
+    for ifd in targets:
+        for entry in _ifd_entries(data, lay, ifd):
+            (tag,) = struct.unpack(lay.byte_order + "H", data[entry : entry + 2])
+            if tag == SAMPLE_FORMAT_TAG:
+                _set_short_values(out, lay, entry, fmt)
+            elif tag == PHOTOMETRIC_TAG:
+                _set_short_values(out, lay, entry, photometric)
+    where = "all IFDs" if targets is lay.ifds else f"IFD at {targets[0]}"
+    return bytes(out), f"format-photometric SampleFormat={fmt} Photometric={photometric} in {where}"
+
+
 def layout_ok(data: bytes) -> bool:
     try:
         layout(data)
@@ -234,6 +316,8 @@ class FuzzReport:
     bugs: list[str] = field(default_factory=list)
     slowest: float = 0.0
     seconds: float = 0.0
+    compared: int = 0
+    """Mutants read (outcome ``ok``) whose every window also equalled rasterio's."""
 
 
 def _window_for(header, level) -> tuple[int, int, int, int]:
@@ -242,7 +326,7 @@ def _window_for(header, level) -> tuple[int, int, int, int]:
     return (0, 0, min(level.width, side), min(level.height, side))
 
 
-async def _read_all(fetcher: RangeFetcher, href: str) -> list[np.ndarray]:
+async def _read_all(fetcher: RangeFetcher, href: str, oracle: bool = False) -> list[np.ndarray]:
     header = await fetch_header(fetcher, href)
     results = []
     for k, level in enumerate(header.levels[:3]):
@@ -252,7 +336,41 @@ async def _read_all(fetcher: RangeFetcher, href: str) -> list[np.ndarray]:
         if not np.array_equal(first, second, equal_nan=first.dtype.kind == "f"):
             raise AssertionError(f"two reads of level {k} window {window} differ")
         results.append(first)
+        if oracle:
+            differs = _differs_from_gdal(href, header, k, window, first)
+            if differs:
+                raise AssertionError(f"level {k} window {window} differs from GDAL: {differs}")
     return results
+
+
+def _differs_from_gdal(href: str, header, k: int, window, ours: np.ndarray) -> str | None:
+    """How the engine's read differs from rasterio's of the same level and window, or None.
+
+    GDAL numbers overviews in file order (:meth:`CogHeader.gdal_overview_order`). A file GDAL
+    cannot open or read is not compared (the engine may read what GDAL refuses).
+    """
+    import warnings
+
+    import rasterio
+    from rasterio.windows import Window
+
+    kwargs = {"overview_level": header.gdal_overview_order().index(k)} if k else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(href, **kwargs) as src:
+                if (src.width, src.height) != (header.levels[k].width, header.levels[k].height):
+                    return f"GDAL's level is {src.width}x{src.height}"
+                expected = src.read(window=Window(*window))
+    except Exception:  # noqa: BLE001 - GDAL refuses the file: nothing to compare
+        return None
+    if expected.dtype == np.float32 and ours.dtype == np.float16:
+        ours = ours.astype(np.float32)  # GDAL < 3.11 exposes half floats as float32
+    if expected.shape != ours.shape or expected.dtype != ours.dtype:
+        return f"GDAL gives {expected.dtype} {expected.shape}, the engine {ours.dtype} {ours.shape}"
+    if not np.array_equal(expected, ours, equal_nan=ours.dtype.kind == "f"):
+        return f"pixels differ by up to {np.abs(expected.astype(float) - ours).max()}"
+    return None
 
 
 def run_cases(
@@ -283,11 +401,18 @@ def run_cases(
                 name = names[i % len(names)]
                 mutant, what = mutate(seeds[name], rng)
                 path.write_bytes(mutant)
+                # Structure-keeping mutants are valid TIFFs: their reads must equal GDAL's (the
+                # YCbCr JPEG seed aside: libjpeg 9 upsamples chroma its own way).
+                oracle = (
+                    what.split(" ")[0] in STRUCTURAL and " + " not in what
+                    and name not in NO_GDAL_ORACLE
+                )
                 t0 = time.perf_counter()
                 signal.setitimer(signal.ITIMER_REAL, time_limit)
                 try:
-                    await _read_all(fetcher, str(path))
+                    await _read_all(fetcher, str(path), oracle)
                     outcome = "ok"
+                    report.compared += oracle
                 except RasteretError as exc:
                     outcome = "typed"
                     report.errors[type(exc).__name__] += 1

@@ -376,16 +376,43 @@ def test_key_of_the_wrong_type_is_ignored_like_gdal_with_a_warning(tmp_path):
 
 
 HAND_REFUSED = {
-    "unmapped_method_alaska": ({1024: 1, 3072: 32767, 3074: 32767, 3075: 2, 2048: 4326, **TM},
-                               "projection method"),
-    "unknown_method_code": ({1024: 1, 3072: 32767, 3074: 32767, 3075: 99, 2048: 4326, **TM},
-                            "projection method"),
-    "projected_without_method": ({1024: 1, 3072: 32767, 2048: 4326}, "projection method"),
-    "unknown_pcs_code": ({1024: 1, 3072: 12345}, "projection method"),
-    "no_model_type": ({2048: 4326}, "local"),
-    "model_type_99": ({1024: 99, 2048: 4326}, "local"),
     "geocentric": ({1024: 3, 2048: 4326}, "geocentric"),
 }
+
+LOCAL = {
+    # Model types that place nothing on the Earth: GDAL's LOCAL_CS in the keys' linear unit.
+    "cartesian_metre": {1024: 32767, 1026: "Cartesian (Meter)", 3076: 9001},
+    "user_defined_model_foot": {1024: 32767, 3076: 9002},
+    "model_type_0_us_foot": {1024: 0, 3076: 9003},
+    "model_type_99": {1024: 99, 2048: 4326},
+    "no_model_type": {2048: 4326},
+    "geog_citation_named": {1024: 32767, 2049: "Site grid", 3076: 9001},
+    "geog_linear_units": {1024: 32767, 2052: 9002},
+    "user_defined_unit": {1024: 32767, 3076: 32767, 3077: 2.5},
+    # Projected CRSs without a projection method GeoTIFF defines: LOCAL_CS, in metres.
+    "unmapped_method_alaska": {1024: 1, 3072: 32767, 3074: 32767, 3075: 2, 2048: 4326, **TM},
+    "unknown_method_code": {1024: 1, 3072: 32767, 3074: 32767, 3075: 99, 2048: 4326, **TM},
+    "projected_without_method": {1024: 1, 3072: 32767, 2048: 4326},
+    "unknown_pcs_code_in_feet": {1024: 1, 3072: 12345, 3076: 9002},
+    "projected_gt_citation": {1024: 1, 3072: 32767, 2048: 4326, 1026: "Plant grid"},
+    "projected_pcs_citation": {1024: 1, 3072: 32767, 3074: 32767, 3075: 2, 2048: 4326,
+                               3073: "Mine grid"},
+    "model_type_only": {1024: 1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL))
+def test_local_engineering_crs_equals_gdal_local_cs(tmp_path, name):
+    """Before: None where GDAL reports LOCAL_CS[...]. The CRS is GDAL's; a warning still says
+    that it places nothing on the Earth (geometry reads cannot use it)."""
+    header, ours, gdal_crs, _ = _read(write_geotiff(tmp_path / f"{name}.tif", LOCAL[name]))
+    assert len(ours) == 1 and "local (engineering) CRS" in str(ours[0]), ours
+    assert "CRS left unset" not in str(ours[0]) and f"{name}.tif" in str(ours[0])
+    assert header.georeference_warnings == (str(ours[0]),)
+    assert gdal_crs is not None and gdal_crs.to_wkt().startswith("LOCAL_CS[")
+    # name, unit (name, size, code) and axes: GDAL's WKT1 text exactly
+    assert CRS.from_user_input(header.crs).to_wkt(version="WKT1_GDAL") == gdal_crs.to_wkt()
+    assert_same_crs(header.crs, gdal_crs)
 
 
 @pytest.mark.parametrize("name", sorted(HAND_REFUSED))

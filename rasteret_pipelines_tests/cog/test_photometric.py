@@ -59,6 +59,29 @@ def test_8bit_cmyk_is_converted_to_rgba_like_gdal(tmp_path, compression):
     np.testing.assert_array_equal(read_window(header, (150, 250, 100, 100)), boundless)
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_8bit_cmyk_with_signed_sample_format_is_read_unsigned_and_converted_like_gdal(
+    tmp_path, compression
+):
+    """SampleFormat=2 on 8-bit CMYK: GDAL reads the samples as uint8 and converts them to
+    RGBA as any 8-bit CMYK. Before: int8 values."""
+    cmyk = RNG.integers(-128, 128, (90, 70, 4), dtype=np.int8)
+    path = tmp_path / "cmyk_int8.tif"
+    tifffile.imwrite(path, cmyk, photometric="separated", tile=(32, 32), compression=compression)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].sampleformat == 2  # the file does say signed
+    with rasterio.open(path) as src:
+        assert src.dtypes == ("uint8",) * 4
+    expected = rio_read(path)
+    assert not np.array_equal(expected, cmyk.view(np.uint8).transpose(2, 0, 1))  # converted
+    header = read_header(str(path))
+    assert header.dtype == "uint8"
+    np.testing.assert_array_equal(ours(path), expected)
+    with rasterio.open(path) as src:
+        boundless = src.read(window=rasterio.windows.Window(50, 60, 40, 40), boundless=True)
+    np.testing.assert_array_equal(read_window(header, (50, 60, 40, 40)), boundless)
+
+
 def test_16bit_cmyk_is_returned_as_stored_like_gdal(tmp_path):
     cmyk = RNG.integers(0, 60000, (120, 90, 4), dtype=np.uint16)
     path = tmp_path / "cmyk16.tif"

@@ -155,8 +155,14 @@ def test_rebuild_refetches_headers_cached_by_an_older_header_layout(tmp_path, mi
     assert all(CogHeader.from_dict(h).href for h in rebuilt)
 
 
-def test_a_cached_header_without_crs_is_a_typed_error_naming_the_href(tmp_path, mirror, stac_for, july):
-    """A COG whose GeoKeys define no CRS is indexed (with a warning) but never read as if placed."""
+LOCAL_CS = ('LOCAL_CS["Cartesian (Meter)",LOCAL_DATUM["Unknown",32767],UNIT["metre",1],'
+            'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+
+
+@pytest.mark.parametrize(("crs", "said"), [(None, "no CRS"), (LOCAL_CS, "only a local")], ids=["none", "local"])
+def test_a_cached_header_without_crs_is_a_typed_error_naming_the_href(tmp_path, mirror, stac_for, july, crs, said):
+    """A COG whose GeoKeys define no CRS, or only GDAL's LOCAL_CS (nothing on the Earth), is
+    indexed (with a warning) but never read as if placed."""
     import pyarrow as pa
     import shapely
 
@@ -168,12 +174,12 @@ def test_a_cached_header_without_crs_is_a_typed_error_naming_the_href(tmp_path, 
     path = Path(first.months[0].path)
     table = pq.read_table(path)
     i = table.schema.get_field_index("red_header")
-    cleared = [dict(h, crs=None) for h in table.column(i).to_pylist()]
+    cleared = [dict(h, crs=crs) for h in table.column(i).to_pylist()]
     table = table.set_column(i, table.schema.field(i), pa.array(cleared, HEADER_TYPE))
     pq.write_table(table, path)
     area = shapely.geometry.shape(july[0]["geometry"]).centroid.buffer(0.01)
     mirror.cogs.reset_log()
-    with pytest.raises(GeoreferenceError, match=r"band red: .*red\.tif has no CRS"):
+    with pytest.raises(GeoreferenceError, match=rf"band red: .*red\.tif has {said}"):
         read_geometries(load_collection("brazil", tmp_path), [area], ["red", "nir"])
     assert mirror.cogs.count(None) == 0
 
@@ -395,3 +401,67 @@ def test_search_by_geometry_and_bbox_keeps_only_intersecting_items(tmp_path, sta
     assert sorted(ids) == ["S2B_24MVV_20250731_0_L2A", "S2B_24MWV_20250731_0_L2A"]
     manifest = json.loads((tmp_path / "by-geometry" / "_manifest.json").read_text())
     assert manifest["geometry"]["type"] == "Polygon"
+
+
+def test_georeference_warnings_are_recorded_per_band_in_the_manifest(tmp_path, mirror, stac_for, july):
+    """A red COG georeferenced by ground control points only (GDAL: GCPs, no geotransform, no
+    dataset CRS) is indexed with a GeoreferenceWarning: the report and the manifest record it
+    under its band and item, on the first build and when a rebuild reuses the header."""
+    import rasterio.control
+    import rasterio.shutil
+
+    from rasteret_pipelines.errors import GeoreferenceWarning
+
+    target = mirror.path_of(july[2]["assets"]["red"]["href"])
+    gcps = [rasterio.control.GroundControlPoint(0, 0, 699960.0, 1500000.0)]
+    gcp_file = tmp_path / "gcp.tif"
+    with rasterio.open(target) as src:
+        profile = dict(src.profile, driver="GTiff", tiled=True, blockxsize=256, blockysize=256)
+        profile.pop("transform")
+        data = src.read()
+    with rasterio.open(gcp_file, "w", **profile, gcps=gcps) as dst:
+        dst.write(data)
+    with rasterio.open(gcp_file) as src:  # the oracle: GCPs, no geotransform, no dataset CRS
+        assert src.gcps[0] and src.crs is None
+    target.write_bytes(gcp_file.read_bytes())
+    stac = stac_for(july)
+    with pytest.warns(GeoreferenceWarning, match="ground control point"):
+        report = build_s2(tmp_path, stac)
+    notes = report.georeference_warnings
+    assert [(n.item_id, n.band) for n in notes] == [(july[2]["id"], "red")]
+    assert "ground control point" in notes[0].warning and "red.tif" in notes[0].warning
+    manifest = json.loads((tmp_path / "brazil" / "_manifest.json").read_text())
+    recorded_warnings = manifest["months"]["2025-07"]["georeference_warnings"]
+    assert recorded_warnings == {"red": [{"item": july[2]["id"], "warning": notes[0].warning}]}
+    again = build_s2(tmp_path, stac)  # the header is reused, its warning still recorded
+    assert again.months[0].headers_fetched == 0
+    assert again.georeference_warnings == notes
+    manifest = json.loads((tmp_path / "brazil" / "_manifest.json").read_text())
+    assert manifest["months"]["2025-07"]["georeference_warnings"] == recorded_warnings
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "503"])
+def test_a_stac_api_errors_printed_traceback_shows_no_token(tmp_path, stac_for, july, failure):
+    """The chained causes (requests' and pystac-client's exceptions quote the URL with its
+    query string) are redacted too: a printed traceback never carries the token."""
+    import traceback
+
+    secret = "s3cr3t-t0ken-22"
+    if failure == "unreachable":
+        url = f"http://127.0.0.1:9/v1?token={secret}"
+    else:
+        stac = stac_for(july)
+        stac.faults = FaultPlan(rate=1.0, kinds=["503"])
+        url = f"{stac.url}?token={secret}"
+    with pytest.raises(StacApiError) as info:
+        build_collection("sentinel-2-l2a", "x", tmp_path, date_range=JULY, stac_url=url,
+                         progress=False)
+    printed = "".join(traceback.format_exception(info.value))
+    assert "token=REDACTED" in printed  # the URL is named, its token is not
+    assert secret not in printed
+    assert info.value.__cause__ is not None  # the cause is kept, redacted
+    cause, seen = info.value, 0
+    while cause is not None:
+        assert secret not in str(cause)
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    assert seen >= 2

@@ -8,7 +8,7 @@ import pytest
 from rasteret_pipelines.defs import build_definitions
 from rasteret_pipelines.defs.io_managers import RasteretIOManager
 from rasteret_pipelines.defs.resources import LocalStorageResource, S3StorageResource
-from rasteret_pipelines.defs.settings import Settings, SettingsError
+from rasteret_pipelines.defs.settings import ENV_VARS, Settings, SettingsError
 
 
 def test_definitions_module_loads_offline(monkeypatch):
@@ -201,3 +201,27 @@ def test_the_instance_file_is_the_repository_root_s_dagster_yaml():
 
     assert REPO_DAGSTER_YAML == REPO / "dagster.yaml" == SEEDED
     assert REPO_DAGSTER_YAML.exists()
+
+
+def test_the_http_resource_holds_every_transport_setting_with_the_engines_defaults():
+    """Before: read_timeout 60 s (the engine's is 30 s) and no idle_timeout, timeout_retries
+    or max_redirects: a silent server held a step for minutes."""
+    import dataclasses
+
+    from rasteret_pipelines.cog import FetchConfig
+    from rasteret_pipelines.defs.resources import resources_from_settings
+
+    http = resources_from_settings(Settings.from_env({}))["http"]
+    assert http.fetch_config() == FetchConfig()
+    env = {
+        "RASTERET_HTTP_MAX_CONCURRENCY": "8", "RASTERET_HTTP_MAX_RETRIES": "2",
+        "RASTERET_HTTP_CONNECT_TIMEOUT": "3.5", "RASTERET_HTTP_READ_TIMEOUT": "12",
+        "RASTERET_HTTP_IDLE_TIMEOUT": "2.5", "RASTERET_HTTP_TIMEOUT_RETRIES": "0",
+        "RASTERET_HTTP_MAX_REDIRECTS": "1",
+    }
+    assert set(env) <= set(ENV_VARS)
+    config = resources_from_settings(Settings.from_env(env))["http"].fetch_config()
+    assert config == dataclasses.replace(
+        FetchConfig(), max_concurrency=8, max_retries=2, connect_timeout=3.5, read_timeout=12.0,
+        idle_timeout=2.5, timeout_retries=0, max_redirects=1,
+    )
