@@ -2,6 +2,12 @@
 
 Each class is named for what failed. Messages name the object at fault (href, band, date,
 geometry, source) and never carry credentials.
+
+One rule for the second base (docs/errors.md): an error the caller can cause with an argument or
+an input (a value, a file, a collection, a STAC item, the bytes of a COG) is also a
+:class:`ValueError`; an I/O failure (network, storage, a server that is down) is also an
+:class:`OSError`. The family classes (``CogError``, ``CollectionError``, ``ReadError``,
+``ProductError``) are never raised themselves.
 """
 
 from __future__ import annotations
@@ -31,11 +37,11 @@ class CogError(RasteretError):
         super().__init__(f"{href}: {message}")
 
 
-class NotATiffError(CogError):
+class NotATiffError(CogError, ValueError):
     """The object does not start with a TIFF or BigTIFF signature."""
 
 
-class TiffFormatError(CogError):
+class TiffFormatError(CogError, ValueError):
     """The TIFF structure is broken: truncated header, bad offsets, absurd tag counts."""
 
 
@@ -58,7 +64,7 @@ class DecodedSizeError(BlockDecodeError):
     without allocating the oversized output."""
 
 
-class UnsupportedTiffError(CogError):
+class UnsupportedTiffError(CogError, ValueError):
     """A valid TIFF uses a feature this engine does not read (codec, layout, bit depth)."""
 
 
@@ -71,20 +77,20 @@ class CogNotFoundError(CogError, FileNotFoundError):
     """The object does not exist (HTTP 404, missing S3 key, missing local file)."""
 
 
-class FetchError(CogError):
+class FetchError(CogError, OSError):
     """A byte range could not be fetched, after the configured retries."""
 
 
-class StaleHeaderError(CogError):
+class StaleHeaderError(CogError, OSError):
     """The object changed (size or ETag) since its header was cached: re-index it."""
 
 
-class UnsafeHrefError(CogError):
+class UnsafeHrefError(CogError, ValueError):
     """An href the href policy refuses: a local path or ``file://`` where only ``http(s)://``
     and ``s3://`` are allowed (hrefs from a remote STAC API), or another URL scheme."""
 
 
-class ReaderArgumentError(RasteretError, TypeError):
+class ReaderArgumentError(RasteretError, TypeError, ValueError):
     """Transport arguments that contradict each other (``fetcher=`` with another ``reader=``)."""
 
 
@@ -126,11 +132,32 @@ class UnknownBandError(CollectionError, ValueError):
     """A band name is not known for the source (or not in the collection)."""
 
 
+class MissingAssetError(UnknownBandError):
+    """The collection's items have no asset for a requested band (the source defines it, the
+    provider's items lack it): nothing to fetch and nothing a rebuild would retry.
+
+    ``band`` is the name asked for, ``asset_key`` its asset key, ``collection`` the collection's
+    name and ``available`` the bands whose items do have the asset.
+    """
+
+    def __init__(self, message: str, *, band: str = "", asset_key: str = "", collection: str = "", available=()):
+        self.band = band
+        self.asset_key = asset_key
+        self.collection = collection
+        self.available = list(available)
+        super().__init__(message)
+
+
+class InconsistentCollectionError(CollectionError, ValueError):
+    """A collection's content contradicts itself or the request: month files that disagree on a
+    column type, items that cannot be stored together, a collection of another source."""
+
+
 class InvalidSearchError(CollectionError, ValueError):
     """A date range, bbox or geometry given for a search is not valid."""
 
 
-class StacApiError(CollectionError):
+class StacApiError(CollectionError, OSError):
     """The STAC API could not be reached or answered with an error, after retries."""
 
 
@@ -142,7 +169,7 @@ class EmptySearchError(CollectionError, ValueError):
     """A new collection's STAC search found no item: nothing was created."""
 
 
-class OutdatedCollectionError(CollectionError):
+class OutdatedCollectionError(CollectionError, ValueError):
     """Month files written in a layout this version does not read; the message says how to rebuild."""
 
 
@@ -158,7 +185,7 @@ class ReadError(RasteretError):
     """Geometries could not be read from a collection."""
 
 
-class GeoreferenceError(ReadError):
+class GeoreferenceError(ReadError, ValueError):
     """A scene to be read has no CRS (its GeoKeys define none the engine can build)."""
 
 
@@ -166,8 +193,9 @@ class InvalidGeometryError(ReadError, ValueError):
     """A geometry is empty, invalid or in an unknown CRS; the message names its id."""
 
 
-class NoScenesError(ReadError):
-    """No scene of the collection covers the geometries in the date range and filters."""
+class NoScenesError(ReadError, ValueError):
+    """No scene of the collection covers the geometries in the date range and filters; the
+    message gives the collection's extent (bbox, months) and the geometries' bounds."""
 
 
 class DateRangeError(ReadError, ValueError):
@@ -178,7 +206,7 @@ class InvalidReadArgumentError(ReadError, ValueError):
     """A read argument (``values`` mode, resolution, ...) is not one of its accepted values."""
 
 
-class MemoryLimitError(ReadError, MemoryError):
+class MemoryLimitError(ReadError, MemoryError, ValueError):
     """A read would need more memory than its limit; the message names the estimate and limit."""
 
     def __init__(self, message: str, estimate: int, limit: int):
@@ -198,6 +226,10 @@ class ProductInputError(ProductError, ValueError):
     """The input of a product is not usable: missing variable, wrong shape, bad ids or times."""
 
 
+class ProductWriteError(ProductError, OSError):
+    """A product's output could not be written (the storage refused or failed the write)."""
+
+
 class ReflectanceRequiredError(ProductInputError):
     """The index needs physical reflectance, but the Dataset holds raw or native values."""
 
@@ -209,11 +241,11 @@ class SettingsError(RasteretError, ValueError):
     """An environment variable of the Dagster project has an unusable value."""
 
 
-class StorageConfigError(RasteretError):
+class StorageConfigError(RasteretError, OSError):
     """The storage location is unusable: wrong kind of path, no credentials, no bucket access."""
 
 
-class LocalServerDownError(RasteretError):
+class LocalServerDownError(RasteretError, ConnectionError):
     """COG hrefs point at a server on this machine (127.0.0.1) that is not running; not retried."""
 
 
@@ -221,7 +253,7 @@ class UnsafePartitionKeyError(RasteretError, ValueError):
     """A partition key (AOI id, month) or a path built from it could leave the storage folder."""
 
 
-class MissingPartitionError(RasteretError):
+class MissingPartitionError(RasteretError, FileNotFoundError):
     """An input partition was never materialised (its file is not in the storage)."""
 
 
@@ -229,9 +261,9 @@ class AoiFileError(RasteretError, ValueError):
     """The AOI file cannot be read or one of its features is not a usable area of interest."""
 
 
-class AoiNotInFileError(RasteretError):
+class AoiNotInFileError(RasteretError, ValueError):
     """A partition's AOI id is no longer in the AOI file."""
 
 
-class AoiNotIndexedError(RasteretError):
+class AoiNotIndexedError(RasteretError, ValueError):
     """The collection month was built for an area that does not contain the AOI."""

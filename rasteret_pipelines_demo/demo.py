@@ -6,20 +6,26 @@
    around the original quick start's Bangalore AOIs, sparse elsewhere; two scenes a month) under
    ``RASTERET_DEMO_DIR`` (default ``./.rasteret_data/demo_world``) and reuses it afterwards,
 2. serves it on 127.0.0.1: a STAC API on ``RASTERET_DEMO_PORT`` (default 47610) and a
-   range-capable COG server on the next port, in background threads,
+   range-capable COG server on the next port, in background threads (this folder's mirror
+   already running is reused; another folder's mirror on that port is not: see below),
 3. writes the quick start's two AOIs to the field file as two fields (unless one exists),
    registers their groups as ``field_group`` partitions and records a materialisation of the
    ``fields`` asset for each group (as the field sensor does),
 4. materialises the collection of every month (one run each), the NDVI statistics and COGs of
    every (month, group) (ONE run over all of them) and the time series of every group (one run)
-   through the project's Dagster definitions, recording the runs in a
+   through the project's code location (runs with its repository origin, executed in this
+   process: :mod:`rasteret_pipelines.defs.location_runs`), recording the runs in a
    persistent ``DAGSTER_HOME`` (default ``./.dagster_home``, seeded with the repository's
    ``dagster.yaml``), so that ``rasteret-pipelines ui`` (``dagster dev`` on that folder) shows them,
 5. prints where the GeoTIFFs and tables are.
 
-The ports are fixed because the collections store the COG URLs: a mirror restarted on the same
-ports keeps every cached header valid. When ``dagster dev`` later runs a partition with the demo
-selected and no mirror is listening, :func:`demo_stac_url` starts one in a detached process
+The ports stay put because the collections store the COG URLs: a mirror restarted on the same
+ports keeps every cached header valid. A mirror says which demo folder it serves (a hash of the
+folder's path and of its world's token, on its landing page), and only this folder's mirror is
+reused: when another checkout's mirror (or another program) holds the port, this folder's mirror
+starts on a free pair, recorded in ``<demo dir>/mirror.json``, and the demo says so. When
+``dagster dev`` later runs a partition with the demo selected and this folder's mirror is not
+listening, :func:`demo_stac_url` starts one (on the recorded port) in a detached process
 (``python -m rasteret_pipelines_demo.demo_mirror serve``) that exits after an hour without requests.
 
 With ``RASTERET_STAC_URL`` (e.g. ``public`` for Earth Search) and ``RASTERET_STORAGE`` (e.g.
@@ -47,6 +53,7 @@ from rasteret_pipelines_demo.demo_mirror import (  # noqa: F401 - the demo's mir
     demo_stac_url,
     ensure_ignored_dir,
     main,
+    open_mirror,
     prepare_world,
     probe_demo_mirror,
     serve,
@@ -69,19 +76,18 @@ def serve_for_quickstart(months: Sequence[str] | None = None, *, log=print, stop
 
     Writes the world if needed, serves it on ``RASTERET_DEMO_PORT`` (and the next port), prints
     the ``export`` lines that point the library at it, and serves until Ctrl-C (or ``stop``).
-    A mirror already listening there is reused: the lines are printed and nothing else is done.
+    This folder's mirror already running is reused: the lines are printed and nothing else is
+    done. Another folder's mirror on that port is not: this one starts on free ports (recorded,
+    see :func:`~rasteret_pipelines_demo.demo_mirror.open_mirror`).
     """
-    from rasteret_pipelines.defs.settings import Settings
+    from rasteret_pipelines.defs.settings import DEFAULT_DEMO_PORT, Settings
 
     settings = Settings.from_env()
     months = tuple(months or settings.demo_months)
     prepare_world(settings.demo_dir, months, log=log)
-    url = f"http://127.0.0.1:{settings.demo_port}"
-    running = probe_demo_mirror(url)
-    mirror = None if running else DemoMirror(settings.demo_dir, settings.demo_port).start()
+    mirror, url = open_mirror(settings.demo_dir, settings.demo_port, default=DEFAULT_DEMO_PORT, log=log)
     try:
-        where = "already running" if running else f"COGs on {mirror.cog_url}"
-        log(f"demo mirror (Sentinel-2 L2A, MGRS 43PGQ, {', '.join(months)}): STAC API {url}, {where}")
+        log(f"demo mirror (Sentinel-2 L2A, MGRS 43PGQ, {', '.join(months)}): STAC API {url}")
         log("point the library at it (in the shell or notebook that runs the quick start):")
         for name, value in quickstart_environment(url).items():
             log(f"  export {name}={value}")
@@ -121,11 +127,10 @@ def run_demo(
     """
     import dagster as dg
 
-    from rasteret_pipelines.defs import build_definitions
     from rasteret_pipelines.defs.instance_home import prepare_dagster_home
     from rasteret_pipelines.aois import write_aois_geojson
     from rasteret_pipelines.defs.partitions import group_partitions, month_partition_key
-    from rasteret_pipelines.defs.settings import DEMO, Settings
+    from rasteret_pipelines.defs.settings import DEFAULT_DEMO_PORT, DEMO, Settings
     from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
 
     t_start = time.perf_counter()
@@ -145,21 +150,16 @@ def run_demo(
         ensure_ignored_dir(settings.storage)
 
     mirror = None
+    stack = contextlib.ExitStack()
     if uses_mirror:
         prepare_world(settings.demo_dir, months, log=log)
-        url = f"http://127.0.0.1:{settings.demo_port}"
-        if probe_demo_mirror(url):
-            log(f"using the demo mirror already running at {url}")
-        else:
-            mirror = DemoMirror(settings.demo_dir, settings.demo_port).start()
-            log(f"demo mirror: STAC API {mirror.stac_url}, COGs {mirror.cog_url}")
+        mirror, _url = open_mirror(settings.demo_dir, settings.demo_port, default=DEFAULT_DEMO_PORT, log=log)
     try:
         aoi_file = settings.aoi_file
         if not _exists(aoi_file):
             write_aois_geojson({str(k): v for k, v in QUICKSTART_AOIS.items()}, aoi_file,
                                names={"1": "quick start AOI 1", "2": "quick start AOI 2"})
             log(f"wrote the quick start's two AOIs to {aoi_file}")
-        defs = build_definitions(settings)
         # the resources hold EnvVars when the variables are set (resolved only inside runs): the
         # demo's own reads use the settings' plain values
         from rasteret_pipelines.defs.assets import FIELDS_KEY
@@ -181,9 +181,14 @@ def run_demo(
         log(f"fields: {', '.join(fields.ids)} in groups {', '.join(fields.groups)} (from {aoi_file}); "
             f"Dagster instance {home}")
 
-        def run(job_name: str, first: str, last: str | None = None) -> dg.ExecuteInProcessResult:
+        # the runs go through the instance and the code location (with a repository origin), so the
+        # UI's Overview timeline, job pages and asset pages count them; they execute in this process
+        from rasteret_pipelines.defs.location_runs import LocationRunner
+
+        runner = stack.enter_context(LocationRunner(instance))
+
+        def run(job_name: str, first: str, last: str | None = None):
             """One run of ``job_name`` over the partition ``first`` or the range ``first..last``."""
-            job = defs.resolve_job_def(job_name)
             t0 = time.perf_counter()
             if last is None or last == first:
                 label, extra = first, {"partition_key": first}
@@ -191,7 +196,7 @@ def run_demo(
                 label = f"{first}..{last}"
                 extra = {"tags": {"dagster/asset_partition_range_start": first,
                                   "dagster/asset_partition_range_end": last}}
-            result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, **extra)
+            result = runner.run(job_name, run_config=QUIET, **extra)
             status = "ok" if result.success else "FAILED"
             log(f"  {job_name} [{label}]: {status} in {time.perf_counter() - t0:.1f} s (run {result.run_id[:8]})")
             if not result.success:
@@ -224,6 +229,7 @@ def run_demo(
                     time.sleep(3600)
         return summary
     finally:
+        stack.close()
         if mirror is not None:
             mirror.stop()
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rasteret_pipelines.errors import StacApiError
@@ -37,6 +41,12 @@ DEMO_TITLE = "rasteret-pipelines demo mirror (Sentinel-2 L2A, MGRS 43PGQ)"
 WORLD_FILE = "world.json"
 WORLD_VERSION = 1
 IDLE_TIMEOUT = 3600.0
+MIRROR_KEY = "rasteret:demo_mirror"
+"""Landing-page field naming what a mirror serves: ``{"id": mirror_identity, "demo_dir": path}``."""
+PORT_FILE = "mirror.json"
+"""In the demo folder: the port its mirror last used (``{"port": P}``), for later runs to find it."""
+
+log = logging.getLogger(__name__)
 
 
 # --- the demo world ---------------------------------------------------------------------------
@@ -57,8 +67,10 @@ def ensure_ignored_dir(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    with open(folder / ".lock", "w") as fh:
+def _locked(folder: Path, name: str = ".lock") -> Iterator[None]:
+    """An exclusive lock on ``folder/name`` across processes (``.lock``: writing the world;
+    ``.mirror.lock``: choosing a port and starting a mirror)."""
+    with open(folder / name, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -95,6 +107,9 @@ def prepare_world(
         if world_path.exists():
             world = json.loads(world_path.read_text())
             if {k: world.get(k) for k in wanted} == wanted:
+                if not world.get("token"):  # a world written before mirrors had an identity
+                    world["token"] = secrets.token_hex(8)
+                    _write_json(world_path, world)
                 return world
         t0 = time.perf_counter()
         scenes = demo_data.default_scenes(tuple(months))
@@ -104,13 +119,18 @@ def prepare_world(
         cogs = folder / "cogs"
         cogs.mkdir(exist_ok=True)
         items = demo_data.write_world(cogs, lambda rel: f"cogs/{rel}", scenes, size_10m=size)
-        world = {**wanted, "items": items}
-        tmp = world_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(world))
-        os.replace(tmp, world_path)
+        world = {**wanted, "token": secrets.token_hex(8), "items": items}
+        _write_json(world_path, world)
         if log:
             log(f"  done in {time.perf_counter() - t0:.1f} s ({_du(cogs) / 1e6:.0f} MB on disk)")
         return world
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    """Write ``doc`` to ``path`` through a temporary file and a rename (readers never see half)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
 
 
 def _du(folder: Path) -> int:
@@ -202,7 +222,9 @@ class DemoMirror:
                 rewrite_hrefs(item, lambda _key, href: self.cogs.url_for(href) if href.startswith("cogs/") else None)
                 for item in world["items"]
             ]
-            self.stac = StacServer(items, title=DEMO_TITLE, port=self.port).start()
+            identity = {"id": mirror_identity(self.demo_dir), "demo_dir": str(self.demo_dir.resolve())}
+            self.stac = StacServer(items, title=DEMO_TITLE, port=self.port,
+                                   landing_extra={MIRROR_KEY: identity}).start()
         except BaseException:
             self.cogs.stop()
             raise
@@ -228,8 +250,21 @@ class DemoMirror:
         return self.cogs.url
 
 
-def probe_demo_mirror(url: str, timeout: float = 2.0) -> bool:
-    """True when the demo mirror answers at ``url``; False when nothing listens there.
+def mirror_identity(demo_dir: str | os.PathLike) -> str:
+    """What a mirror of ``demo_dir`` calls itself: a hash of the folder's resolved path and of the
+    token its world was written with, so another checkout's folder, or this folder's world
+    rewritten since, never matches."""
+    folder = Path(demo_dir).expanduser().resolve()
+    try:
+        token = json.loads((folder / WORLD_FILE).read_text()).get("token", "")
+    except (OSError, ValueError):
+        token = ""
+    return hashlib.sha256(f"{folder}\0{token}".encode()).hexdigest()[:16]
+
+
+def mirror_at(url: str, timeout: float = 2.0) -> dict | None:
+    """The identity a demo mirror at ``url`` reports (``{"id", "demo_dir"}``; empty for a mirror
+    of a version that did not report one), or None when nothing listens there.
 
     Raises:
         StacApiError: something else answers on that port.
@@ -241,12 +276,129 @@ def probe_demo_mirror(url: str, timeout: float = 2.0) -> bool:
         raise StacApiError(f"{url} answers HTTP {exc.code}: the demo port is used by another program "
                            "(set RASTERET_DEMO_PORT to a free port)") from exc
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
+        return None
     except ValueError as exc:
         raise StacApiError(f"{url} is not the demo mirror (set RASTERET_DEMO_PORT to a free port)") from exc
     if not isinstance(doc, dict) or doc.get("title") != DEMO_TITLE:
         raise StacApiError(f"{url} is not the demo mirror (set RASTERET_DEMO_PORT to a free port)")
+    info = doc.get(MIRROR_KEY)
+    return dict(info) if isinstance(info, dict) else {}
+
+
+def probe_demo_mirror(url: str, timeout: float = 2.0, demo_dir: str | os.PathLike | None = None) -> bool:
+    """True when a demo mirror answers at ``url`` (with ``demo_dir``: the mirror of that folder);
+    False when nothing listens there (or another folder's mirror does).
+
+    Raises:
+        StacApiError: something else than a demo mirror answers on that port.
+    """
+    info = mirror_at(url, timeout)
+    if info is None:
+        return False
+    return demo_dir is None or info.get("id") == mirror_identity(demo_dir)
+
+
+@dataclass(frozen=True)
+class PortState:
+    """What occupies a demo port pair (``port`` and ``port + 1``), seen from one demo folder."""
+
+    port: int
+    kind: str
+    """``"ours"`` (this folder's mirror), ``"free"``, ``"other-mirror"`` (another folder's
+    mirror) or ``"other-program"``."""
+    detail: str = ""
+    """Who else is there: the other mirror's folder (empty for a mirror of an older
+    rasteret-pipelines, which does not say), or what answered."""
+
+    def holder(self) -> str:
+        """Who holds the port, in words."""
+        if self.kind == "other-mirror":
+            return (f"the demo mirror of another folder ({self.detail})" if self.detail else
+                    "the demo mirror of an older rasteret-pipelines, which does not say which folder it serves")
+        return self.detail
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _pair_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether both ports could be listened on now. SO_REUSEADDR, as the servers set it: a port
+    whose last connections linger in TIME_WAIT is free for them (Linux still refuses a port
+    something listens on)."""
+    with contextlib.ExitStack() as stack:
+        for p in (port, port + 1):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, p))
+            except OSError:
+                return False
     return True
+
+
+def port_state(demo_dir: str | os.PathLike, port: int, timeout: float = 2.0) -> PortState:
+    """Who holds the demo port pair ``port`` / ``port + 1``, from ``demo_dir``'s point of view."""
+    try:
+        info = mirror_at(f"http://127.0.0.1:{port}", timeout)
+    except StacApiError as exc:
+        return PortState(port, "other-program", str(exc))
+    if info is None:
+        if _pair_free(port):
+            return PortState(port, "free")
+        return PortState(port, "other-program", f"port {port} or {port + 1} is in use by another program")
+    if info.get("id") == mirror_identity(demo_dir):
+        return PortState(port, "ours")
+    return PortState(port, "other-mirror", info.get("demo_dir") or "")
+
+
+def recorded_port(demo_dir: str | os.PathLike) -> int | None:
+    """The port ``demo_dir``'s mirror last used (its :data:`PORT_FILE`), or None."""
+    try:
+        port = json.loads((Path(demo_dir).expanduser() / PORT_FILE).read_text()).get("port")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return port if isinstance(port, int) and 1024 <= port < 65535 else None
+
+
+def record_port(demo_dir: str | os.PathLike, port: int) -> Path:
+    """Record ``port`` as ``demo_dir``'s mirror port (atomically); returns the file."""
+    path = Path(demo_dir).expanduser() / PORT_FILE
+    if recorded_port(demo_dir) != port:
+        _write_json(path, {"port": int(port)})
+    return path
+
+
+def choose_mirror_port(demo_dir: str | os.PathLike, preferred: int, *, default: int | None = None
+                       ) -> tuple[PortState, str | None]:
+    """Where ``demo_dir``'s mirror runs or should start: ``(state, note)``.
+
+    A mirror of this folder already running on the recorded or the preferred port is reused
+    (``state.kind == "ours"``). Otherwise the first free pair of these two is taken: the
+    preferred port first when it was chosen (``preferred != default``; a ``default`` of None
+    means it always was), else the recorded one (the collections built by its mirror point
+    there). When both are held by another folder's
+    mirror or another program, a free pair is drawn (:func:`free_port_pair`). ``note`` says
+    why the mirror is not on ``preferred``, or is None. The caller records the port it starts on.
+    """
+    recorded = recorded_port(demo_dir)
+    order = [preferred, recorded] if preferred != default else [recorded, preferred]
+    candidates = list(dict.fromkeys(p for p in order if p))
+    states = [port_state(demo_dir, p) for p in candidates]
+    for state in states:
+        if state.kind == "ours":
+            return state, None
+    busy = [s for s in states if s.kind != "free"]
+    reason = "; ".join(f"port {s.port} is held by {s.holder()}" for s in busy)
+    for state in states:
+        if state.kind == "free":
+            note = None if state.port == preferred else (
+                f"this folder's demo mirror uses its recorded port {state.port} ({Path(demo_dir) / PORT_FILE})"
+                + (f"; {reason}" if reason else ""))
+            return state, note
+    port = free_port_pair()
+    return PortState(port, "free"), (f"{reason}: this folder's demo mirror uses port {port} instead "
+                                     f"(recorded in {Path(demo_dir) / PORT_FILE})")
 
 
 def demo_stac_url(
@@ -256,37 +408,79 @@ def demo_stac_url(
     months: Sequence[str] = ("2024-01", "2024-02", "2024-03"),
     start: bool = True,
     wait: float = 60.0,
+    default_port: int | None = None,
+    say=None,
 ) -> str:
-    """URL of the demo STAC API on ``port``, starting a detached mirror if none is running.
+    """URL of ``demo_dir``'s demo STAC API, starting a detached mirror if none is running.
 
-    The detached mirror (``python -m rasteret_pipelines_demo.demo_mirror serve``) writes its log to
+    Only a mirror that serves this folder is reused (:func:`choose_mirror_port`): another
+    checkout's mirror on ``port`` is left alone and this folder's mirror starts on a free pair,
+    recorded in the folder's :data:`PORT_FILE`. The detached mirror
+    (``python -m rasteret_pipelines_demo.demo_mirror serve``) writes its log to
     ``<demo_dir>/mirror.log`` and exits after an hour without requests.
 
+    Args:
+        port: The preferred port (``RASTERET_DEMO_PORT``).
+        default_port: The default of that setting: a ``port`` other than it (or any ``port``
+            when None) wins over the recorded port.
+        say: Where a line saying which mirror is used goes (default: this module's logger).
+
     Raises:
-        StacApiError: the mirror is not running and ``start`` is False, the port is used by
-            another program, or the mirror did not come up within ``wait`` seconds.
+        StacApiError: the mirror is not running and ``start`` is False, or it did not come up
+            within ``wait`` seconds.
     """
-    url = f"http://127.0.0.1:{port}"
-    if probe_demo_mirror(url):
-        return url
-    if not start:
-        raise StacApiError(
-            f"the offline demo STAC API is not running at {url}; run a partition (it starts the "
-            "mirror) or `rasteret-pipelines demo --serve`"
-        )
-    proc = spawn_demo_mirror(demo_dir, port, months)
-    folder = Path(demo_dir).absolute()
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if probe_demo_mirror(url):
-            return url
-        if proc.poll() is not None:
-            time.sleep(0.5)  # another process may have taken the port first; give it a moment
-            if probe_demo_mirror(url):
-                return url
-            raise StacApiError(f"the demo mirror could not start on {url}; see {folder / 'mirror.log'}")
-        time.sleep(0.2)
-    raise StacApiError(f"the demo mirror did not answer at {url} within {wait:.0f} s; see {folder / 'mirror.log'}")
+    say = say or log.warning
+    folder = Path(demo_dir).expanduser().absolute()
+    if start:
+        prepare_world(demo_dir, months, log=None)  # its token is part of the mirror's identity
+    with _locked(folder, ".mirror.lock") if folder.exists() else contextlib.nullcontext():
+        state, note = choose_mirror_port(demo_dir, port, default=default_port)
+        if state.kind == "ours":
+            return state.url
+        if not start:
+            raise StacApiError(
+                f"the offline demo STAC API of {folder} is not running (its port would be {state.port}); run a "
+                "partition (it starts the mirror) or `rasteret-pipelines demo --serve`"
+                + (f". {note}" if note else "")
+            )
+        proc = spawn_demo_mirror(demo_dir, state.port, months)
+        record_port(demo_dir, state.port)
+        url = state.url
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if probe_demo_mirror(url, demo_dir=demo_dir):
+                break
+            if proc.poll() is not None:
+                raise StacApiError(f"the demo mirror could not start on {url}; see {folder / 'mirror.log'}")
+            time.sleep(0.2)
+        else:
+            raise StacApiError(f"the demo mirror did not answer at {url} within {wait:.0f} s; "
+                               f"see {folder / 'mirror.log'}")
+    say(f"started the demo mirror of {folder} at {url}" + (f" ({note})" if note else ""))
+    return url
+
+
+def open_mirror(demo_dir: str | os.PathLike, preferred: int, *, default: int | None = None, log=print
+                ) -> tuple[DemoMirror | None, str]:
+    """``demo_dir``'s mirror for this process: ``(mirror started here or None, STAC API URL)``.
+
+    This folder's mirror already running (on its recorded or the preferred port) is reused;
+    otherwise one is started in this process (background threads) on the port
+    :func:`choose_mirror_port` picks, and the port is recorded. ``log`` gets one line saying
+    which mirror is used, and why it is not on ``preferred`` when it is not.
+    """
+    folder = Path(demo_dir).expanduser().absolute()
+    with _locked(folder, ".mirror.lock"):
+        state, note = choose_mirror_port(demo_dir, preferred, default=default)
+        if state.kind == "ours":
+            log(f"using this folder's demo mirror, already running at {state.url} (serving {folder})")
+            return None, state.url
+        mirror = DemoMirror(demo_dir, state.port).start()
+        record_port(demo_dir, state.port)
+    if note:
+        log(note)
+    log(f"demo mirror of {folder}: STAC API {mirror.stac_url}, COGs {mirror.cog_url}")
+    return mirror, mirror.stac_url
 
 
 def spawn_demo_mirror(

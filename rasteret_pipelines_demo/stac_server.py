@@ -818,6 +818,7 @@ class StacServer(BackgroundServer[StacRequestRecord]):
             ``paths=None`` it applies to ``/search`` only.
         latency: Seconds to wait before every response; also settable through ``latency``.
         title: Title of the landing page.
+        landing_extra: Further fields of the landing page (the demo mirror's identity).
         rewrite_links: Point each served item's ``self``, ``parent``, ``collection`` and
             ``root`` links at this server (default). ``False`` serves the items byte-for-byte
             as given, links included (then ``Item.get_collection()`` and friends follow the
@@ -842,6 +843,7 @@ class StacServer(BackgroundServer[StacRequestRecord]):
         title: str = "Local STAC API (rasteret_pipelines_demo.stac_server)",
         rewrite_links: bool = True,
         port: int = 0,
+        landing_extra: Mapping[str, Any] | None = None,
     ):
         if page_limit_max < 1 or default_limit < 1:
             raise ValueError("page_limit_max and default_limit must be >= 1")
@@ -849,6 +851,7 @@ class StacServer(BackgroundServer[StacRequestRecord]):
         self.page_limit_max = page_limit_max
         self.default_limit = default_limit
         self.title = title
+        self.landing_extra = dict(landing_extra or {})
         self.rewrite_links = rewrite_links
         self._lock = threading.RLock()
         self._entries: dict[tuple[str, str], _Entry] = {}
@@ -1196,6 +1199,7 @@ class StacServer(BackgroundServer[StacRequestRecord]):
             "description": "A local STAC API serving recorded and synthetic items for tests.",
             "conformsTo": list(CONFORMS_TO),
             "links": links,
+            **self.landing_extra,
         }
 
     def _served_item(self, entry: _Entry) -> dict:

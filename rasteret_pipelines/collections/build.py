@@ -55,7 +55,13 @@ from rasteret_pipelines.collections.search import (
     search_items,
 )
 from rasteret_pipelines.collections.sources import DataSource, get_source
-from rasteret_pipelines.errors import CollectionError, EmptySearchError, RasteretError, UnsafeHrefError
+from rasteret_pipelines.errors import (
+    CollectionError,
+    EmptySearchError,
+    InconsistentCollectionError,
+    RasteretError,
+    UnsafeHrefError,
+)
 from rasteret_pipelines.hrefs import check_href
 from rasteret_pipelines.storage import Storage
 
@@ -226,7 +232,7 @@ def build_collection(
     store = Storage.from_uri(workspace)
     manifest = store.read_json(name, MANIFEST) if store.exists(name, MANIFEST) else {}
     if manifest and manifest.get("data_source") != src.id:
-        raise CollectionError(
+        raise InconsistentCollectionError(
             f"collection {name!r} in {store.uri} holds {manifest.get('data_source')} items, "
             f"not {src.id}"
         )
@@ -249,26 +255,33 @@ def build_collection(
                 + (f" with {search_query}" if search_query else "")
                 + f"; collection {name!r} was not created"
             )
+        empty = [m.month for m in report.months if m.items == 0]
+        if empty:  # said once the outcome is known: an empty search of a new collection raised above
+            log.warning("%s: no %s items for %s; wrote %s", name, src.id, ", ".join(empty),
+                        "an empty month" if len(empty) == 1 else "empty months")
         manifest = {**manifest, "allow_local_hrefs": bool(allow_local_hrefs)}
         _write_manifest(store, name, manifest, src, keys, (start, end), bbox, geom, cloud_cover_lt,
                         platform, query, stac_url, report)
-    except BaseException:
+    except BaseException as exc:
         if new:
-            _remove_new_months(store, name, [m.month for m in report.months])
+            _remove_new_months(store, name, [m.month for m in report.months],
+                               quiet=isinstance(exc, EmptySearchError))
         raise
     return report
 
 
-def _remove_new_months(store: Storage, name: str, months: Sequence[str]) -> None:
+def _remove_new_months(store: Storage, name: str, months: Sequence[str], *, quiet: bool = False) -> None:
     """Undo a failed build of a new collection: its month files, then the folder if empty.
 
     Only what this build wrote is removed (another process may be building other months).
+    ``quiet``: the caller's error already says that nothing was created (an empty search).
     """
     for month in months:
         store.delete(name, f"month={month}")
     if not store.list_files(name):
         store.delete(name)
-    log.info("removed the months of the failed new collection %s", store.uri_of(name))
+    if not quiet:
+        log.info("removed the months of the failed new collection %s", store.uri_of(name))
 
 
 def _build_and_write_month(src, keys, store, name, month: Month, stac_url, bbox, geom,
@@ -279,8 +292,6 @@ def _build_and_write_month(src, keys, store, name, month: Month, stac_url, bbox,
     month_report, table = run_sync(
         _build_month(src, keys, items, previous, config, month, name, progress, reader)
     )
-    if table.num_rows == 0:
-        log.warning("%s: no %s items for %s; writing an empty month", name, src.id, month.key)
     month_report.path = write_month(store, table, name, month.key)
     month_report.seconds = time.perf_counter() - t0
     if month_report.headers_without_version:
@@ -351,7 +362,7 @@ async def _build_month(
             row[header_col] = None
             row[error_col] = None
             if href is None:
-                row[error_col] = f"item has no {band!r} asset"
+                row[error_col] = schema.missing_asset_error(band)
                 result.missing.append(MissingAsset(row["id"], band))
                 continue
             try:
@@ -430,7 +441,7 @@ def _stac_table(src: DataSource, items: list[dict], month: Month, name: str,
             else:
                 keep.append(item)
         if len(keep) == len(items):
-            raise CollectionError(
+            raise InconsistentCollectionError(
                 f"the {month.key} items of collection {name!r} cannot be stored in one "
                 f"STAC-GeoParquet table (do their properties disagree in type?): {whole}"
             ) from whole

@@ -34,6 +34,7 @@ from rasteret_pipelines.collections.sources import DataSource, get_source
 from rasteret_pipelines.errors import (
     CollectionError,
     CollectionNotFoundError,
+    InconsistentCollectionError,
     InvalidSearchError,
     OutdatedCollectionError,
     UnknownBandError,
@@ -116,7 +117,7 @@ class Collection:
         a column.
 
         Raises:
-            OutdatedCollectionError, CollectionError: month files that cannot be read together.
+            OutdatedCollectionError, InconsistentCollectionError: month files that cannot be read together.
         """
         months = self._months
         if not months:
@@ -125,7 +126,7 @@ class Collection:
         try:
             unified = pa.unify_schemas(schemas, promote_options="permissive")
         except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
-            raise CollectionError(
+            raise InconsistentCollectionError(
                 f"the month files of collection {self.name!r} in {self.storage.uri} disagree on a "
                 f"column type and cannot be read together: {exc}"
             ) from exc

@@ -139,6 +139,16 @@ def band_columns(band: str) -> tuple[str, str, str]:
     return f"{band}_href", f"{band}_header", f"{band}_error"
 
 
+def missing_asset_error(band: str) -> str:
+    """The ``<band>_error`` text of an item that has no asset for ``band`` (nothing to retry)."""
+    return f"item has no {band!r} asset"
+
+
+def is_missing_asset(error: str | None, band: str) -> bool:
+    """Whether a ``<band>_error`` value records a missing asset rather than a failed header read."""
+    return error == missing_asset_error(band)
+
+
 def header_bands(arrow_schema: pa.Schema) -> list[str]:
     """Bands with a cached-header column in ``arrow_schema`` (recognised by its type)."""
     out = []

@@ -53,14 +53,16 @@ def dagster_ui_command(home: Path, environ: Mapping[str, str], extra_args: list[
     """``(argv, environment, working directory)`` of ``dagster dev`` on the instance in ``home``.
 
     The settings in ``environ`` are kept; the local paths among ``RASTERET_STORAGE`` (default
-    ``./.rasteret_data``), ``RASTERET_AOI_FILE`` and ``RASTERET_DEMO_DIR`` are made absolute
+    ``./.rasteret_data``), ``RASTERET_AOI_FILE`` and ``RASTERET_DEMO_DIR`` (default
+    ``./.rasteret_data/demo_world``) are made absolute
     against the current folder, because ``dagster dev`` (and the runs it starts) work in ``home``.
     """
-    from rasteret_pipelines.defs.settings import DEFAULT_STORAGE
+    from rasteret_pipelines.defs.settings import DEFAULT_DEMO_DIR, DEFAULT_STORAGE
 
     env = dict(environ)
     env["DAGSTER_HOME"] = str(Path(home).absolute())
     env.setdefault("RASTERET_STORAGE", DEFAULT_STORAGE)
+    env.setdefault("RASTERET_DEMO_DIR", DEFAULT_DEMO_DIR)  # the demo's folder, not one under ``home``
     for name in _LOCAL_PATH_VARS:
         value = env.get(name)
         if value and "://" not in value:

@@ -43,7 +43,7 @@ from rasteret_pipelines.defs.partitions import (
     check_under_root,
     month_key,
 )
-from rasteret_pipelines.defs.resources import StorageResource
+from rasteret_pipelines.defs.resources import StorageResource, storage_resource
 from rasteret_pipelines.errors import CollectionNotFoundError, MissingPartitionError, UnsafePartitionKeyError
 from rasteret_pipelines.storage import Storage
 
@@ -154,7 +154,17 @@ def read_table(store: Storage, asset_key: dg.AssetKey, partitions_def, key, pref
 class RasteretIOManager(dg.ConfigurableIOManager):
     """Stores collection months, JSON values and tables below the storage location."""
 
-    storage: StorageResource
+    base_path: str
+    """The storage location (folder or ``s3://bucket/prefix``). A plain field, not a nested
+    :class:`StorageResource`: Dagster initialises nested resources through a deprecated
+    ``InitResourceContext`` property, which warns on every run."""
+
+    @property
+    def storage(self) -> StorageResource:
+        return storage_resource(self.base_path)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.storage.check()
 
     # --- paths -------------------------------------------------------------------------------
 

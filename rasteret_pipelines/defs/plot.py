@@ -2,9 +2,10 @@
 
 The Dagster UI shows a Markdown metadata value in place only when it is shorter than 1000
 characters (longer ones hide behind ``[Show Markdown]``). So the asset's ``plot`` entry is a
-compact chart (:func:`ndvi_sparkline_markdown`, mean NDVI on a fixed [-0.2, 1] axis) that fits,
-and the full chart (:func:`ndvi_timeseries_svg`: axes, dates, median, valid fraction) is
-stored beside the table and linked as ``plot_file``.
+compact chart that fits (:func:`ndvi_sparkline_markdown`: mean NDVI on a labelled fixed
+[-0.2, 1] axis, the valid-pixel fraction as bars, the first and last dates, a caption with the
+range), and the full chart (:func:`ndvi_timeseries_svg`: axes, every date, median, valid
+fraction) is stored beside the table and linked as ``plot_file``.
 """
 
 from __future__ import annotations
@@ -128,18 +129,23 @@ INLINE_MARKDOWN_LIMIT = 1000
 """Markdown metadata shorter than this is rendered in place by the Dagster UI."""
 
 
-def ndvi_sparkline_markdown(dates: Sequence[dt.date], values: Sequence[float | None], alt: str = "NDVI") -> str:
-    """Markdown of a compact mean-NDVI chart, always shorter than :data:`INLINE_MARKDOWN_LIMIT`.
+def ndvi_sparkline_markdown(dates: Sequence[dt.date], values: Sequence[float | None], alt: str = "NDVI",
+                            valid_fraction: Sequence[float | None] | None = None) -> str:
+    """Markdown of a compact chart readable at a glance, always shorter than
+    :data:`INLINE_MARKDOWN_LIMIT`.
 
-    The line runs over the dates on a fixed [-0.2, 1] axis with a grey zero line; when the
-    series has more points than fit, consecutive dates are averaged (the caption says so).
+    Mean NDVI is a green line (with dots) on a fixed [-0.2, 1] axis labelled 1 and 0, with a
+    grey zero line; the valid-pixel fraction of each date is a grey bar from 0 on the same
+    axis; the first and last dates label the time axis. When the series has more points than
+    fit, consecutive dates are averaged (the caption says so).
     """
-    points = [(d, v) for d, v in zip(dates, values) if v is not None and v == v]
-    caption = _sparkline_caption(points, 1)
+    fractions = list(valid_fraction) if valid_fraction is not None else [None] * len(dates)
+    points = [(d, v, f) for d, v, f in zip(dates, values, fractions) if v is not None and v == v]
     merge = 1
     while True:
         binned = _bin(points, merge)
-        text = f"{svg_markdown(_sparkline_svg(binned), alt)}\n\n{_sparkline_caption(points, merge) or caption}"
+        text = (f"{svg_markdown(_sparkline_svg(binned, points), alt)}\n\n"
+                f"{_sparkline_caption(points, merge, valid_fraction is not None)}")
         if len(text) < INLINE_MARKDOWN_LIMIT or len(binned) <= 2:
             return text
         merge *= 2
@@ -151,33 +157,58 @@ def _bin(points, merge: int):
     out = []
     for i in range(0, len(points), merge):
         chunk = points[i:i + merge]
-        out.append((chunk[len(chunk) // 2][0], sum(v for _, v in chunk) / len(chunk)))
+        fractions = [f for _, _, f in chunk if f is not None]
+        out.append((chunk[len(chunk) // 2][0], sum(v for _, v, _ in chunk) / len(chunk),
+                    sum(fractions) / len(fractions) if fractions else None))
     return out
 
 
-def _sparkline_svg(points) -> str:
-    w, h, lo, hi = 240, 60, -0.2, 1.0
+SPARK_W, SPARK_LEFT, SPARK_TOP, SPARK_H = 300, 28, 6, 72
+"""Compact chart geometry: the NDVI axis runs from 1 (``SPARK_TOP``) down to -0.2 over
+``SPARK_H`` pixels (60 px per NDVI unit); dates run from ``SPARK_LEFT`` to ``SPARK_W - 6``."""
 
-    def y(v: float) -> int:
-        return round((hi - min(max(v, lo), hi)) / (hi - lo) * h)
 
+def spark_y(v: float) -> int:
+    """Pixel row of NDVI (or fraction) ``v`` on the compact chart (clipped to [-0.2, 1])."""
+    return round(SPARK_TOP + (1.0 - min(max(v, -0.2), 1.0)) / 1.2 * SPARK_H)
+
+
+def _sparkline_svg(points, unbinned=None) -> str:
+    """The compact chart of ``points`` ((date, NDVI, fraction), maybe binned); the time axis is
+    labelled with the first and last dates of ``unbinned`` (default ``points``)."""
+    x0, x1, base = SPARK_LEFT + 6, SPARK_W - 6, spark_y(0.0)
+    bottom = SPARK_TOP + SPARK_H
     if points:
         t0 = points[0][0].toordinal()
         span = max(points[-1][0].toordinal() - t0, 1)
-        xs = [round((d.toordinal() - t0) / span * w) if len(points) > 1 else w // 2 for d, _ in points]
-        path = "M" + "L".join(f"{x} {y(v)}" for x, (_, v) in zip(xs, points))
-        dots = "".join(f'<circle cx="{x}" cy="{y(v)}" r="2"/>' for x, (_, v) in zip(xs, points)) if len(points) <= 12 else ""
+        xs = [round(x0 + (d.toordinal() - t0) / span * (x1 - x0)) if len(points) > 1 else (x0 + x1) // 2
+              for d, _, _ in points]
+        line = "M" + "L".join(f"{x} {spark_y(v)}" for x, (_, v, _) in zip(xs, points))
+        dots = "".join(f"M{x} {spark_y(v)}h0" for x, (_, v, _) in zip(xs, points)) if len(points) <= 24 else ""
+        bars = "".join(f"M{x} {base}V{spark_y(f)}" for x, (_, _, f) in zip(xs, points) if f is not None and f > 0)
+        ends = unbinned or points
+        first, last = ends[0][0].isoformat(), ends[-1][0].isoformat()
+        dates = (f'<text x="{x0}" y="{bottom + 11}">{first}</text>'
+                 + (f'<text x="{x1}" y="{bottom + 11}" text-anchor="end">{last}</text>' if last != first else ""))
     else:
-        path, dots = "", ""
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="-3 -3 {w + 6} {h + 6}" width="{w + 6}" '
-            f'height="{h + 6}"><path d="M0 {y(0)}H{w}" stroke="#bbb"/><g fill="#1b7837">'
-            f'<path d="{path}" fill="none" stroke="#1b7837" stroke-width="2"/>{dots}</g></svg>')
+        line = dots = bars = dates = ""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {SPARK_W} {bottom + 14}" width="{SPARK_W}" font-size="9">'
+        f'<path d="M{SPARK_LEFT} {SPARK_TOP}V{bottom}M{SPARK_LEFT} {base}H{x1}" stroke="#aaa"/>'
+        + (f'<path d="{bars}" stroke="#ccc" stroke-width="6"/>' if bars else "")
+        + (f'<path d="{line}{dots}" fill="none" stroke="green" stroke-width="2" stroke-linecap="round"/>'
+           if line else "")
+        + f'<g text-anchor="end"><text x="{SPARK_LEFT - 3}" y="{SPARK_TOP + 3}">1</text>'
+        f'<text x="{SPARK_LEFT - 3}" y="{base + 3}">0</text></g>'
+        f'<text x="{x0}" y="{SPARK_TOP + 8}" fill="green">NDVI</text>'
+        + dates + "</svg>"
+    )
 
 
-def _sparkline_caption(points, merge: int) -> str:
+def _sparkline_caption(points, merge: int, with_fraction: bool) -> str:
     if not points:
         return "no valid NDVI"
-    lo, hi = min(v for _, v in points), max(v for _, v in points)
+    lo, hi = min(v for _, v, _ in points), max(v for _, v, _ in points)
     binned = f", {merge} dates averaged per point" if merge > 1 else ""
-    return (f"mean NDVI {points[0][0].isoformat()} to {points[-1][0].isoformat()}: {lo:.2f} to {hi:.2f} "
-            f"({len(points)} dates{binned}; axis -0.2 to 1, grey line at 0)")
+    bars = "; grey bars: valid pixels (0 to 1)" if with_fraction else ""
+    return f"Mean NDVI {lo:.2f} to {hi:.2f}, {len(points)} dates{binned}{bars}"

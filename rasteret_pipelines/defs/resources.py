@@ -191,7 +191,8 @@ class DataSourceResource(dg.ConfigurableResource):
             from rasteret_pipelines_demo.demo_mirror import demo_stac_url
 
             months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
-            return demo_stac_url(self.demo_dir, self.demo_port, months=months, start=start_demo)
+            return demo_stac_url(self.demo_dir, int(self.demo_port), months=months, start=start_demo,
+                                 default_port=DEFAULT_DEMO_PORT)
         if choice.lower() == PUBLIC:
             return source.stac_url
         return choice
@@ -212,21 +213,15 @@ class DataSourceResource(dg.ConfigurableResource):
         """
         started = []
         for host, port in sorted(loopback_servers(hrefs)):
+            demo = self.stac_url.strip().lower() == DEMO
+            if demo:
+                verdict = self._demo_cog_server(host, port, what)
+                if verdict == "started":
+                    started.append(f"{host}:{port}")
+                if verdict in ("ours", "started"):
+                    continue
             if port_open(host, port):
                 continue
-            demo = self.stac_url.strip().lower() == DEMO
-            if demo and port == int(self.demo_port) + 1:
-                from rasteret_pipelines_demo.demo_mirror import demo_stac_url
-
-                months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
-                try:
-                    demo_stac_url(self.demo_dir, int(self.demo_port), months=months, start=True)
-                except RasteretError as exc:
-                    raise LocalServerDownError(f"the demo COG server at http://{host}:{port} that {what} "
-                                               f"points to is down and could not be started: {exc}") from exc
-                if port_open(host, port):
-                    started.append(f"{host}:{port}")
-                    continue
             hint = (
                 f"it is the offline demo's COG server: start the demo mirror with `rasteret-pipelines demo "
                 f"--serve` (or `python -m rasteret_pipelines_demo.demo_mirror serve --demo-dir {self.demo_dir} --port "
@@ -239,6 +234,38 @@ class DataSourceResource(dg.ConfigurableResource):
                 f"nothing listens at http://{host}:{port}, where {what} has its COGs; {hint}"
             )
         return started
+
+
+    def _demo_cog_server(self, host: str, port: int, what: str) -> str | None:
+        """Whether ``host:port`` is this demo folder's COG server (the mirror's STAC API is on
+        ``port - 1``): ``"ours"``, ``"started"`` (it was down, on this folder's port pair, and is
+        now up), or None (not a demo mirror port: the caller's plain checks apply).
+
+        Raises:
+            LocalServerDownError: another folder's demo mirror serves it (its files, not this
+                folder's), or this folder's mirror could not be started there.
+        """
+        from rasteret_pipelines_demo.demo_mirror import demo_stac_url, port_state, recorded_port
+
+        state = port_state(self.demo_dir, port - 1)
+        if state.kind == "ours":
+            return "ours"
+        if state.kind == "other-mirror":
+            raise LocalServerDownError(
+                f"{what} has its COGs at http://{host}:{port}, which {state.holder()} serves, not this "
+                f"demo folder's mirror ({os.path.abspath(self.demo_dir)}): "
+                "rematerialise the collection's months so that they index this folder's mirror"
+            )
+        if state.kind == "free" and port - 1 in (recorded_port(self.demo_dir), int(self.demo_port)):
+            months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
+            try:
+                demo_stac_url(self.demo_dir, port - 1, months=months, start=True, default_port=None)
+            except RasteretError as exc:
+                raise LocalServerDownError(f"the demo COG server at http://{host}:{port} that {what} "
+                                           f"points to is down and could not be started: {exc}") from exc
+            if port_state(self.demo_dir, port - 1).kind == "ours":
+                return "started"
+        return None
 
 
 # --- HTTP client ---------------------------------------------------------------------------------
@@ -346,7 +373,7 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
     cloud = _env(settings, "RASTERET_CLOUD_COVER_LT", None, float)
     return {
         "storage": storage,
-        "rasteret_io": RasteretIOManager(storage=storage),
+        "rasteret_io": RasteretIOManager(base_path=_env(settings, "RASTERET_STORAGE", DEFAULT_STORAGE)),
         "data_source": DataSourceResource(
             stac_url=_env(settings, "RASTERET_STAC_URL", DEMO),
             cloud_cover_lt=cloud,

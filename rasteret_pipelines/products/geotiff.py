@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from affine import Affine
 
-from rasteret_pipelines.errors import ProductError, ProductInputError
+from rasteret_pipelines.errors import ProductError, ProductInputError, ProductWriteError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -294,7 +294,7 @@ def save_per_geometry(
                     raise
                 except Exception as exc:
                     target = storage.uri_of(folder, name)
-                    raise ProductError(f"could not write {target} (geometry {gid!r}, {str(date)[:10]}): {exc}") from exc
+                    raise ProductWriteError(f"could not write {target} (geometry {gid!r}, {str(date)[:10]}): {exc}") from exc
             result[gid] = written
     return result
 

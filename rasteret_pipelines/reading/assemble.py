@@ -201,7 +201,7 @@ def on_grid(read: WindowRead, data: np.ndarray, grid: Grid, resampling, nodata) 
     elif isinstance(resampling, str):
         resampling = Resampling[resampling]
     col0, row0, _, _ = read.window
-    src_transform = Affine(*header.transform) * Affine.translation(col0, row0)
+    src_transform = Affine(*header.transform) @ Affine.translation(col0, row0)
     src_crs = crs_of(header.crs)
     out = np.zeros((grid.height, grid.width), dtype=data.dtype)
     rasterio.warp.reproject(

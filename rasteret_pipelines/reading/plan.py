@@ -25,7 +25,12 @@ from affine import Affine
 from pyproj import CRS, Transformer  # every read puts geometries on a scene's grid
 
 from rasteret_pipelines.cog.header import CogHeader
-from rasteret_pipelines.errors import DateRangeError, GeoreferenceError
+from rasteret_pipelines.errors import (
+    DateRangeError,
+    GeoreferenceError,
+    InvalidReadArgumentError,
+    MissingAssetError,
+)
 from rasteret_pipelines.reading.mask import geometry_mask
 
 log = logging.getLogger(__name__)
@@ -135,19 +140,30 @@ def check_date_range(collection, date_range) -> None:
         )
 
 
-def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: Sequence[str]) -> list[Scene]:
+def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: Sequence[str],
+                  names: dict[str, str] | None = None) -> list[Scene]:
     """The collection's scenes intersecting any geometry, sorted by (datetime, id).
 
-    Only the needed columns are read; a scene without a cached header for one of ``keys``
-    (its header failed at build time) is skipped with a warning.
+    Only the needed columns are read. A scene without a cached header for one of ``keys`` is
+    skipped with a warning that says why: its item has no such asset (nothing to retry), or its
+    header failed at build time (a rebuild retries it).
+
+    Args:
+        names: Asset key -> the band name the caller asked for (for messages).
+
+    Raises:
+        MissingAssetError: no selected scene has an asset for one of ``keys``: the collection's
+            items lack it (raised before any request).
     """
-    from rasteret_pipelines.collections.schema import band_columns
+    from rasteret_pipelines.collections.schema import band_columns, is_missing_asset
 
     union = shapely.union_all([g for _, g in geoms])
     header_cols = {key: band_columns(key)[1] for key in keys}
     available = set(collection.schema.names)
+    error_cols = {key: band_columns(key)[2] for key in keys if band_columns(key)[2] in available}
     scene_columns = _SCENE_COLUMNS + list(collection.source.reflectance_properties)
-    columns = [c for c in scene_columns if c in available] + list(header_cols.values())
+    columns = ([c for c in scene_columns if c in available] + list(header_cols.values())
+               + list(error_cols.values()))
     table = collection.to_table(
         date_range=date_range, cloud_cover_lt=cloud_cover_lt, geometry=union, properties=filters,
         columns=columns, sort=False,  # the scenes are sorted below
@@ -162,13 +178,19 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
     unit = table.schema.field("datetime").type.unit
     counts = [v for chunk in table.column("datetime").chunks for v in chunk.view(pa.int64()).to_pylist()]
     footprints = shapely.from_wkb(data["geometry"])
+    no_asset = {key: {i for i in range(table.num_rows)
+                      if data[header_cols[key]][i] is None and key in error_cols
+                      and is_missing_asset(data[error_cols[key]][i], key)} for key in keys}
+    lacking = [key for key, rows in no_asset.items() if len(rows) == table.num_rows]
+    if lacking:
+        raise missing_asset_error(collection, lacking[0], (names or {}).get(lacking[0], lacking[0]))
     scenes = []
     for i in range(table.num_rows):
-        headers, missing = {}, []
+        headers, missing, absent = {}, [], []
         for key, column in header_cols.items():
             d = data[column][i]
             if d is None:
-                missing.append(key)
+                (absent if i in no_asset[key] else missing).append(key)
             else:
                 header = headers[key] = CogHeader.from_dict(d)
                 if header.crs is None or crs_of(header.crs).is_engineering:
@@ -178,13 +200,18 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
                         "could build from its GeoKeys (see the GeoreferenceWarning of the build); "
                         "its pixels cannot be placed on a map"
                     )
+        if absent:
+            log.warning("scene %s has no %s asset (its STAC item lacks it); it is skipped",
+                        data["id"][i], ", ".join(absent))
         if missing:
             log.warning(
                 "scene %s has no cached header for %s (failed at build time); it is skipped. "
                 "Rebuild the collection month to retry.", data["id"][i], ", ".join(missing),
             )
+        if absent or missing:
             continue
-        row = {name: data[name][i] for name in data if name not in header_cols.values()}
+        row = {name: data[name][i] for name in data
+               if name not in header_cols.values() and name not in error_cols.values()}
         when = np.datetime64(counts[i], unit).astype("datetime64[ns]")
         scenes.append(Scene(
             id=row["id"], datetime=when, footprint=footprints[i],
@@ -192,6 +219,30 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
         ))
     scenes.sort(key=lambda s: (s.datetime, s.id))
     return scenes
+
+
+def missing_asset_error(collection, key: str, name: str) -> MissingAssetError:
+    """:class:`MissingAssetError` for band ``name`` (asset ``key``), listing the bands of
+    ``collection`` whose items do have an asset (read from the error columns, no request)."""
+    from rasteret_pipelines.collections.schema import band_columns, is_missing_asset
+
+    names = set(collection.schema.names)
+    columns = [band_columns(b)[2] for b in collection.bands if band_columns(b)[2] in names]
+    table = collection.to_table(columns=columns, sort=False) if columns else None
+    has = []
+    for band in collection.bands:
+        column = band_columns(band)[2]
+        if table is None or column not in table.column_names:
+            has.append(band)
+        elif any(not is_missing_asset(e, band) for e in table.column(column).to_pylist()):
+            has.append(band)
+    label = f"band {name!r} (asset {key!r})" if name != key else f"band {key!r}"
+    return MissingAssetError(
+        f"{label}: the items of collection {collection.name!r} have no {key!r} asset, so there is "
+        f"nothing to read (and nothing a rebuild would retry); bands with assets: "
+        f"{', '.join(has) or 'none'}",
+        band=name, asset_key=key, collection=collection.name, available=has,
+    )
 
 
 # -- CRSs ----------------------------------------------------------------------------------------
@@ -285,7 +336,7 @@ def target_grid(ref: CogHeader, target_key: str, resolution, geom_4326) -> tuple
     if resolution is None:
         source = crs_of(ref.crs)
         if source.axis_info[0].unit_name != target.axis_info[0].unit_name:
-            raise ValueError(
+            raise InvalidReadArgumentError(
                 f"resolution is needed for crs={target.to_string()}: its units "
                 f"({target.axis_info[0].unit_name}) differ from the scenes' ({source.axis_info[0].unit_name})"
             )
@@ -313,7 +364,7 @@ def reference_grid(crs, transform, geom_4326) -> tuple[Grid, shapely.Geometry]:
     col0, col1 = math.floor(cols.min()), math.ceil(cols.max())
     row0, row1 = math.floor(rows.min()), math.ceil(rows.max())
     width, height = max(col1 - col0, 1), max(row1 - row0, 1)
-    window_transform = transform * Affine.translation(col0, row0)
+    window_transform = transform @ Affine.translation(col0, row0)
     return Grid(key, window_transform, width, height), local
 
 
@@ -327,11 +378,11 @@ def window_read(header: CogHeader, grid: Grid) -> WindowRead:
         if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
             return WindowRead(header, (round(col), round(row), grid.width, grid.height), direct=True)
     # Otherwise read the part of this band's grid covering the reference window, plus a margin.
-    left, top = grid.transform * (0, 0)
-    right, bottom = grid.transform * (grid.width, grid.height)
+    left, top = grid.transform @ (0, 0)
+    right, bottom = grid.transform @ (grid.width, grid.height)
     xs, ys = _transformer(grid.crs_key, header.crs).transform([left, right, left, right], [top, top, bottom, bottom])
     inv = ~Affine(a, b, c, d, e, f)
-    pcols, prows = zip(*(inv * (x, y) for x, y in zip(xs, ys)))
+    pcols, prows = zip(*(inv @ (x, y) for x, y in zip(xs, ys)))
     col0, col1 = math.floor(min(pcols)) - 1, math.ceil(max(pcols)) + 1
     row0, row1 = math.floor(min(prows)) - 1, math.ceil(max(prows)) + 1
     return WindowRead(header, (col0, row0, col1 - col0, row1 - row0), direct=False)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 # _run_sync_with: the engine's synchronous runner, which releases a network reader's
 # connections when the call's event loop ends.
 from rasteret_pipelines.cog import FetchConfig, _run_sync_with
-from rasteret_pipelines.errors import InvalidReadArgumentError, NoScenesError, UnknownBandError
+from rasteret_pipelines.errors import InvalidReadArgumentError, UnknownBandError
 from rasteret_pipelines.reading.assemble import Assembly
 from rasteret_pipelines.reading.fetch import check_plan_hrefs, fetch_plans
 from rasteret_pipelines.reading.geometries import normalize_geometries
@@ -123,7 +123,8 @@ def read_geometries(
         The Dataset described in :mod:`rasteret_pipelines.reading.model`.
 
     Raises:
-        UnknownBandError, DateRangeError, InvalidGeometryError, NoScenesError,
+        UnknownBandError, MissingAssetError (the items have no asset for a band), DateRangeError,
+        InvalidGeometryError, NoScenesError (with the collection's extent and the geometries' bounds),
         UnsafeHrefError (an href the collection's policy refuses; nothing was requested).
     """
     planned = plan_read(
@@ -227,17 +228,16 @@ def plan_read(collection, geometries, bands, *, date_range=None, cloud_cover_lt=
     kept = kept_columns(geometries, geoms, keep)
     data_keys = sorted(set(keys.values()))
     read_keys = data_keys + ([quality] if quality and quality not in data_keys else [])
-    scenes = select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, sorted(set(read_keys)))
+    scenes = select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, sorted(set(read_keys)),
+                           {key: name for name, key in keys.items()})
     target = None if crs is None else (crs if isinstance(crs, str) else _parse_crs(crs).to_wkt())
     if target is not None:
         crs_of(target)  # a bad CRS fails here, before any planning
     plans, uncovered = plan_geometries(geoms, scenes, data_keys, read_keys, all_touched, target, resolution)
     if not plans:
-        raise NoScenesError(
-            f"no scene of collection {collection.name!r} covers the geometries"
-            + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
-            + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
-        )
+        from rasteret_pipelines.reading.coverage import no_scenes_error
+
+        raise no_scenes_error(collection, geoms, date_range, cloud_cover_lt, filters)
     config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
                      local_files=collection.allow_local_hrefs)
     return PlannedRead(plans, uncovered, keys, bands, rule, config, kept, method)

@@ -271,15 +271,19 @@ def test_an_outdated_collection_says_rebuild_and_a_rebuild_reuses_its_headers(tm
     assert table.schema.field("updated").type == pa.timestamp("us", tz="UTC")
 
 
-def test_create_collection_that_finds_nothing_creates_nothing(tmp_path, stac_for, july):
+def test_create_collection_that_finds_nothing_creates_nothing(tmp_path, stac_for, july, caplog):
     stac = stac_for(july)  # Sentinel-2 items only: a Landsat search finds nothing
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     processor = Rasteret(workspace_dir=workspace, custom_name="bangalore", data_source="LANDSAT",
                          date_range=("2025-07-01", "2025-07-31"), stac_url=stac.url)
-    with pytest.raises(EmptySearchError, match="found no items.*was not created"):
-        processor.create_collection(bbox=(77.55, 13.01, 77.59, 13.09), cloud_cover_lt=20)
+    with caplog.at_level(logging.DEBUG, logger="rasteret_pipelines"):
+        with pytest.raises(EmptySearchError, match="found no items.*was not created"):
+            processor.create_collection(bbox=(77.55, 13.01, 77.59, 13.09), cloud_cover_lt=20)
     assert list(workspace.iterdir()) == [] and list_collections(workspace) == []
+    # one message per outcome: nothing logged says a month was written or a build failed
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [m for m in said if "empty month" in m or "writing" in m or "failed" in m], said
     with pytest.raises(ValueError, match="no collection"):
         Rasteret.load_collection("bangalore_202507-07_landsat", workspace_dir=workspace)
 

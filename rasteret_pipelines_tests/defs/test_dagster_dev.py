@@ -60,6 +60,8 @@ def dagster_dev(tmp_path, mirror, postgres_server, monkeypatch):
         RASTERET_START_MONTH="2024-01",
         RASTERET_TRANSIENT_RETRIES="0",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        # deprecation warnings are printed by every process (Python hides them outside __main__)
+        PYTHONWARNINGS="always::DeprecationWarning",
     )
     port = free_port()
     log = open(tmp_path / "dagster_dev.log", "wb")
@@ -198,3 +200,10 @@ def test_backfill_of_months_and_groups_through_the_queue_on_postgres(dagster_dev
     assert len(intervals) >= len(runs)
     limit = instance.event_log_storage.get_concurrency_info(pool).slot_count
     assert limit == 2 and max_overlap(intervals) <= limit
+
+    # dagster dev's log (webserver, daemon, code server, the runs' processes): no deprecation
+    # raised from our modules, nor Dagster's resource-context deprecation our IO manager caused
+    text = log_path.read_text()
+    ours = [line for line in text.splitlines() if "Warning" in line and
+            ("/rasteret_pipelines/" in line or "InitResourceContext.dagster_run" in line)]
+    assert not ours, "\n".join(ours)

@@ -53,11 +53,57 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
     assert {r.job_name for r in runs} == {"collections_job", "field_stats_job", "field_timeseries_job"}
     assert all(r.is_success for r in runs)
     assert instance.get_dynamic_partitions("field_group") == ["g_13.0_77.5"]
+    _assert_the_ui_counts_the_runs(instance, summary["runs"])
 
     # a second run reuses the world, the AOI file and the cached headers
     again = run_demo(log=lines.append)
     assert again["geotiffs"] == summary["geotiffs"]
     assert len(instance.get_runs()) == 8
+
+
+RUNS_QUERY = """{ runsOrError { ... on Runs { results {
+    runId jobName repositoryOrigin { repositoryLocationName repositoryName } } } } }"""
+JOB_RUNS_QUERY = """query ($sel: PipelineSelector!) { pipelineOrError(params: $sel) {
+    __typename ... on Pipeline { runs { runId } } } }"""
+ASSET_QUERY = """query ($key: AssetKeyInput!) { assetOrError(assetKey: $key) {
+    __typename ... on Asset { assetMaterializations(limit: 100) { runId } } } }"""
+
+
+def _assert_the_ui_counts_the_runs(instance, run_ids) -> None:
+    """Over GraphQL, on the workspace ``dagster dev`` loads (location and repository as named by
+    workspace.yaml): every demo run names its repository (the Overview timeline drops runs that do
+    not), each job page lists its runs, and the asset pages show their materialisations."""
+    import yaml
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    from rasteret_pipelines.defs.location_runs import DEFINITIONS_MODULE, LOCATION_NAME
+    from rasteret_pipelines_tests.defs.conftest import REPO
+
+    (entry,) = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]
+    assert entry["python_module"]["location_name"] == LOCATION_NAME
+    assert entry["python_module"]["module_name"] == DEFINITIONS_MODULE
+    origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name=DEFINITIONS_MODULE),
+                                         location_name=LOCATION_NAME)
+    with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as process:
+        context = process.create_request_context()
+        (repo_name,) = context.get_code_location(LOCATION_NAME).get_repositories()
+        runs = execute_dagster_graphql(context, RUNS_QUERY).data["runsOrError"]["results"]
+        assert sorted(r["runId"] for r in runs) == sorted(run_ids)
+        origins = {(r["repositoryOrigin"] or {}).get("repositoryLocationName") for r in runs}
+        assert origins == {LOCATION_NAME}, runs
+        assert {r["repositoryOrigin"]["repositoryName"] for r in runs} == {repo_name}
+        for job in {r["jobName"] for r in runs}:
+            sel = {"repositoryLocationName": LOCATION_NAME, "repositoryName": repo_name, "pipelineName": job}
+            page = execute_dagster_graphql(context, JOB_RUNS_QUERY, {"sel": sel}).data["pipelineOrError"]
+            assert page["__typename"] == "Pipeline", page
+            assert sorted(r["runId"] for r in page["runs"]) == sorted(r["runId"] for r in runs if r["jobName"] == job)
+        asset = execute_dagster_graphql(context, ASSET_QUERY, {"key": {"path": ["collections", "sentinel_2_l2a"]}})
+        materialized = {m["runId"] for m in asset.data["assetOrError"]["assetMaterializations"]}
+        assert materialized == {r["runId"] for r in runs if r["jobName"] == "collections_job"}
 
 
 def test_detached_mirror_is_found_and_reused(demo_world):

@@ -75,9 +75,8 @@ def test_an_input_that_cannot_exist_fails_the_step_without_retries(tmp_path, key
     """A missing upstream partition or an unsafe key is not transient: dagster.Failure with
     allow_retries=False (the step's RetryPolicy would otherwise retry it), naming the cause."""
     from rasteret_pipelines.defs.io_managers import JSON, KIND, RasteretIOManager
-    from rasteret_pipelines.defs.resources import storage_resource
 
-    manager = RasteretIOManager(storage=storage_resource(str(tmp_path / "data")))
+    manager = RasteretIOManager(base_path=str(tmp_path / "data"))
     asset_key = dg.AssetKey(["ndvi", "s2"])
     context = dg.build_input_context(
         asset_key=asset_key, partition_key=key,

@@ -85,18 +85,25 @@ def test_collections_field_stats_and_timeseries_over_partitions(project, clean_m
         (f, d) for f in "12" for d in ("2024-01-05", "2024-01-10", "2024-02-05", "2024-02-10")]
     assert (data / f"field_timeseries/sentinel_2_l2a/group={GROUP}.svg").read_text().startswith("<svg")
     # the UI shows Markdown metadata in place only below 1000 characters: the plot is, with one
-    # point per date at the fields' median mean NDVI (axis -0.2..1 over 60 px)
+    # dot per date at the fields' median mean NDVI and one bar per date at their mean valid fraction
     assert len(meta["plot"]) < 1000
     import base64
     import re
 
+    from rasteret_pipelines.defs.plot import spark_y
+
     svg = base64.b64decode(re.search(r"base64,([^)]+)\)", meta["plot"]).group(1)).decode()
-    ys = [int(y) for y in re.findall(r'<circle cx="\d+" cy="(\d+)"', svg)]
     by_date: dict = {}
+    fractions: dict = {}
     for r in table.to_pylist():
         by_date.setdefault(r["date"], []).append(r["ndvi_mean"])
+        fractions.setdefault(r["date"], []).append(r["ndvi_valid_fraction"])
     medians = [sorted(v)[len(v) // 2] for _, v in sorted(by_date.items())]
-    assert ys == [round((1.0 - v) / 1.2 * 60) for v in medians]
+    ys = [int(y) for y in re.findall(r"M\d+ (\d+)h0", svg)]
+    assert ys == [spark_y(v) for v in medians]
+    bars = [int(y) for y in re.findall(r"M\d+ \d+V(\d+)", re.search(r'd="([^"]+)" stroke="#ccc"', svg).group(1))]
+    assert bars == [spark_y(sum(f) / len(f)) for _, f in sorted(fractions.items())]
+    assert ">2024-01-05</text>" in svg and ">2024-02-10</text>" in svg
 
     # rebuilding a month is incremental: every header reused, no header GET
     result = project.run("collections_job", MONTH_KEYS[0])

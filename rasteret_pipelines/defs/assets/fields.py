@@ -357,6 +357,11 @@ def field_timeseries_asset(
                 by_date[r["date"]].append(r["ndvi_mean"])
         dates = sorted(by_date)
         median = [sorted(v)[len(v) // 2] if v else None for v in (by_date[d] for d in dates)]
+        fractions: dict = defaultdict(list)
+        for r in rows:
+            if r["ndvi_valid_fraction"] is not None:
+                fractions[r["date"]].append(r["ndvi_valid_fraction"])
+        valid = [sum(fractions[d]) / len(fractions[d]) if fractions[d] else None for d in dates]
         series = {"group median": median}
         for fid in sorted(by_field)[:8]:  # a few fields drawn beside the median
             own = {r["date"]: r["ndvi_mean"] for r in by_field[fid]}
@@ -380,7 +385,8 @@ def field_timeseries_asset(
             "months": dg.MetadataValue.json(months),
             "first_date": str(dates[0]) if dates else "",
             "last_date": str(dates[-1]) if dates else "",
-            "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(dates, median, f"median NDVI of group {group}")),
+            "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(dates, median, f"median NDVI of group {group}",
+                                                                valid)),
             "_svg": svg,
             "fields_table": dg.MetadataValue.table(
                 records=records,
