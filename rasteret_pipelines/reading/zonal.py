@@ -804,16 +804,18 @@ def plan_fields_read(collection, data: Fields, spec: _Variables, *, points: bool
     data_keys = sorted({spec.keys[b] for b in spec.bands})
     read_keys = data_keys + ([rule.band] if rule is not None and rule.band not in data_keys else [])
     # Scenes meeting the fields' bounding box; which fields each covers is exact below.
-    area = shapely.box(*shapely.total_bounds(data.geometries))
+    minx, miny, maxx, maxy = shapely.total_bounds(data.geometries)
+    pad = 1e-9  # one point (or points on a line) still make an area
+    area = shapely.box(minx - pad * (minx == maxx), miny - pad * (miny == maxy),
+                       maxx + pad * (minx == maxx), maxy + pad * (miny == maxy))
     scenes = select_scenes(collection, [(None, area)], date_range, cloud_cover_lt, filters, read_keys)
     covers = _covers(data.geometries, [s.footprint for s in scenes])
     grids = _grids(data, scenes, covers, data_keys, all_touched, points=points)
     if not grids:
-        raise NoScenesError(
-            f"no scene of collection {collection.name!r} covers the {what}"
-            + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
-            + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
-        )
+        from rasteret_pipelines.reading.coverage import no_scenes_error
+
+        # the error names both extents; the fields' bounding box stands for them all
+        raise no_scenes_error(collection, [(what, area)], date_range, cloud_cover_lt, filters)
     covered_any = np.zeros(len(data.ids), bool)
     for c in covers:
         covered_any[c] = True

@@ -30,7 +30,12 @@ from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from rasteret_pipelines.errors import InvalidGeometryError, InvalidReadArgumentError, ReflectanceRequiredError
+from rasteret_pipelines.errors import (
+    InvalidGeometryError,
+    InvalidReadArgumentError,
+    NoScenesError,
+    ReflectanceRequiredError,
+)
 from rasteret_pipelines.reading import zonal_stats
 from rasteret_pipelines.reading import zonal as zonal_module
 from rasteret_pipelines_demo import demo_data
@@ -421,3 +426,12 @@ def test_a_date_with_no_valid_pixel_gives_null_statistics(world, monkeypatch):
     for row in table.to_pylist():
         assert row["ndvi_count"] == 0 and row["ndvi_valid_fraction"] == 0.0
         assert all(row[f"ndvi_{s}"] is None for s in STATS if s != "count"), row
+
+
+def test_fields_no_scene_covers_are_refused_with_both_extents(world):
+    paris = shapely.geometry.box(2.33, 48.85, 2.36, 48.87)
+    with pytest.raises(NoScenesError, match=r"covers the geometries.*collection extent: bbox"):
+        zonal_stats(world.collection(), [paris], index="ndvi")
+    swapped = shapely.geometry.box(13.01, 77.55, 13.08, 77.58)  # the AOI with lat and lon swapped
+    with pytest.raises(NoScenesError, match="swapped"):
+        zonal_module.sample_points(world.collection(), [swapped.centroid], bands=["red"])
