@@ -87,7 +87,7 @@ def test_readme_offline_quickstart_runs_against_demo_serve(tmp_path, served, dem
     monkeypatch.chdir(tmp_path)
 
     namespace: dict = {}
-    exec(compile(readme_block("### Offline quick start"), "README.md", "exec"), namespace)
+    exec(compile(readme_block("## Quick start"), "README.md", "exec"), namespace)
 
     files = namespace["files"]
     processor = namespace["processor"]
@@ -115,6 +115,14 @@ def test_readme_offline_quickstart_runs_against_demo_serve(tmp_path, served, dem
             inside = np.isfinite(ndvi)
             assert inside.sum() > 1000
             np.testing.assert_allclose(ndvi[inside], want[inside], rtol=1e-6, atol=1e-6)
+
+    # the next block, as written: statistics of the same fields and its dry run
+    exec(compile(readme_block("### Many fields"), "README.md", "exec"), namespace)
+    table, plan = namespace["table"], namespace["plan"]
+    assert sorted(set(table.column("id").to_pylist())) == ["1", "2"]
+    assert table.num_rows == 2 * len(items) and plan.gets > 0 and plan.scenes == len(items)
+    assert set(table.column_names) >= {"ndvi_mean", "ndvi_median", "ndvi_std", "ndvi_count", "ndvi_p90",
+                                       "ndvi_valid_fraction", "scene_ids"}
 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
