@@ -127,8 +127,8 @@ def run_demo(
     """
     import dagster as dg
 
-    from rasteret_pipelines.defs.instance_home import prepare_dagster_home
     from rasteret_pipelines.aois import write_aois_geojson
+    from rasteret_pipelines.defs.instance_home import prepare_dagster_home
     from rasteret_pipelines.defs.partitions import group_partitions, month_partition_key
     from rasteret_pipelines.defs.settings import DEFAULT_DEMO_PORT, DEMO, Settings
     from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS

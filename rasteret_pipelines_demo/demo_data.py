@@ -69,8 +69,10 @@ def _to_utm() -> Transformer:
     return Transformer.from_crs("EPSG:4326", CRS, always_xy=True)
 
 
-def dense_window(aois=QUICKSTART_AOIS.values(), pixel: float = 10.0, margin: int = 200) -> Window:
-    """Pixel window (on a grid of ``pixel`` metres) around the AOIs, aligned to 1024-px tiles."""
+def dense_window(aois=None, pixel: float = 10.0, margin: int = 200) -> Window:
+    """Pixel window (on a grid of ``pixel`` metres) around the AOIs (default: the quick start's),
+    aligned to 1024-px tiles."""
+    aois = QUICKSTART_AOIS.values() if aois is None else aois
     fwd = _to_utm()
     xs, ys = [], []
     for geom in aois:

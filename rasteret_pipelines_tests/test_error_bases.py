@@ -42,7 +42,7 @@ def test_docs_list_every_error_with_its_kind():
 
 def test_family_classes_are_never_raised_directly():
     root = Path(errors.__file__).parent
-    pattern = re.compile(r"raise (%s)\(" % "|".join(sorted(FAMILIES)))
+    pattern = re.compile(rf"raise ({'|'.join(sorted(FAMILIES))})\(")
     hits = [f"{p.relative_to(root)}: {m.group(0)}" for p in root.rglob("*.py")
             for m in pattern.finditer(p.read_text())]
     assert not hits, hits

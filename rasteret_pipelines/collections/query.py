@@ -32,7 +32,6 @@ from rasteret_pipelines.collections.search import (
 )
 from rasteret_pipelines.collections.sources import DataSource, get_source
 from rasteret_pipelines.errors import (
-    CollectionError,
     CollectionNotFoundError,
     InconsistentCollectionError,
     InvalidSearchError,

@@ -12,8 +12,8 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from rasteret_pipelines.collections import schema
 from rasteret_pipelines.aois import read_uri_bytes
+from rasteret_pipelines.collections import schema
 from rasteret_pipelines.defs.assets import collection_key
 from rasteret_pipelines.defs.io_managers import CollectionSlice
 from rasteret_pipelines.defs.partitions import Partitions

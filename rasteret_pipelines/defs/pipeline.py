@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from rasteret_pipelines.collections import MonthReport, build_collection, get_source
 from rasteret_pipelines.aois import AoiSet
+from rasteret_pipelines.collections import MonthReport, build_collection, get_source
 from rasteret_pipelines.defs.io_managers import COLLECTIONS, CollectionMonth, CollectionSlice
 from rasteret_pipelines.defs.partitions import month_bounds
 from rasteret_pipelines.errors import AoiNotIndexedError, InvalidSearchError, NoScenesError
+
 
 def collection_bands(source_id: str) -> list[str]:
     """Asset keys a source's collection indexes: red, NIR and the quality band (cloud mask)."""

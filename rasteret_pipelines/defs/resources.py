@@ -13,7 +13,6 @@ from pydantic import Field
 
 from rasteret_pipelines.cog import FetchConfig
 from rasteret_pipelines.collections import get_source, stac_url_env_var
-from rasteret_pipelines.fields import DEFAULT_CELL_DEG, FieldSet, load_fields
 from rasteret_pipelines.defs.settings import (
     DEFAULT_DEMO_DIR,
     DEFAULT_DEMO_MONTHS,
@@ -26,10 +25,8 @@ from rasteret_pipelines.defs.settings import (
     Settings,
 )
 from rasteret_pipelines.errors import LocalServerDownError, RasteretError, StorageConfigError
+from rasteret_pipelines.fields import DEFAULT_CELL_DEG, FieldSet, load_fields
 from rasteret_pipelines.storage import Storage
-
-
-
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 

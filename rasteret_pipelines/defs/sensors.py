@@ -29,13 +29,12 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from rasteret_pipelines.errors import AoiFileError
 from rasteret_pipelines.defs.assets import FIELDS_KEY, collection_key
 from rasteret_pipelines.defs.partitions import group_partitions, month_key, month_partition_key
 from rasteret_pipelines.defs.pipeline import updated_items
 from rasteret_pipelines.defs.resources import AoiFileResource, DataSourceResource, StorageResource
 from rasteret_pipelines.defs.schedules import SOURCE_TAG
-from rasteret_pipelines.errors import RasteretError
+from rasteret_pipelines.errors import AoiFileError, RasteretError
 
 
 def _latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str):

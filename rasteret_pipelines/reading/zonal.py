@@ -45,7 +45,6 @@ from rasteret_pipelines.cog import FetchConfig, _run_sync_with
 from rasteret_pipelines.errors import (
     InvalidGeometryError,
     InvalidReadArgumentError,
-    NoScenesError,
     ReflectanceRequiredError,
     UnknownBandError,
 )

@@ -13,12 +13,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from rasteret_pipelines.defs import build_definitions
 from rasteret_pipelines.aois import write_aois_geojson
-from rasteret_pipelines.fields import load_fields
+from rasteret_pipelines.defs import build_definitions
 from rasteret_pipelines.defs.settings import Settings
-from rasteret_pipelines_demo.demo_mirror import DemoMirror, prepare_world
+from rasteret_pipelines.fields import load_fields
 from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
+from rasteret_pipelines_demo.demo_mirror import DemoMirror, prepare_world
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_DAGSTER_YAML = REPO / "dagster.yaml"

@@ -18,10 +18,9 @@ import dagster as dg
 import pytest
 import requests
 
+from rasteret_pipelines.aois import write_aois_geojson
 from rasteret_pipelines_tests.conftest import free_port
 from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, REPO, postgres_dagster_yaml
-
-from rasteret_pipelines.aois import write_aois_geojson
 
 STARTUP_TIMEOUT = 120
 RUN_TIMEOUT = 180

@@ -9,9 +9,9 @@ import pytest
 
 from rasteret_pipelines.cli import build_parser
 from rasteret_pipelines.defs.resources import DataSourceResource
+from rasteret_pipelines.errors import StacApiError
 from rasteret_pipelines_demo.demo import run_demo
 from rasteret_pipelines_demo.demo_mirror import demo_stac_url, free_port_pair, probe_demo_mirror, spawn_demo_mirror
-from rasteret_pipelines.errors import StacApiError
 from rasteret_pipelines_tests.conftest import free_port
 from rasteret_pipelines_tests.defs.conftest import GROUP, MONTHS
 

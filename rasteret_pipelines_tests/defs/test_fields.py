@@ -377,10 +377,10 @@ def test_time_series_automation_starts_a_bounded_number_of_runs(tmp_path, clean_
 def runs_for(project, requested: dict) -> int:
     """How many runs the assets' backfill policies make of ``{asset key: partitions}`` (what the
     backfill daemon launches for an automation backfill)."""
-    from dagster._core.definitions.events import AssetKeyPartitionKey
     from dagster._core.definitions.automation_tick_evaluation_context import (
         build_run_requests_with_backfill_policies,
     )
+    from dagster._core.definitions.events import AssetKeyPartitionKey
 
     partitions = [AssetKeyPartitionKey(k, p) for k, keys in requested.items() for p in keys]
     with dg.partition_loading_context(dynamic_partitions_store=project.instance):

@@ -99,7 +99,7 @@ def test_readme_offline_quickstart_runs_against_demo_serve(tmp_path, served, dem
     items = {i["properties"]["datetime"][:10].replace("-", ""): i for i in world["items"]
              if "2024-01-01" <= i["properties"]["datetime"][:10] <= "2024-02-29"}
     assert sorted(files) == [1, 2]
-    for gid, paths in files.items():
+    for paths in files.values():
         assert [Path(p).name for p in paths] == [f"ndvi_{d}.tif" for d in sorted(items)]
         for path in paths:
             item = items[Path(path).stem.split("_")[-1]]

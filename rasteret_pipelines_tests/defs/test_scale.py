@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pytest
+import pyarrow.parquet as pq
 import rasterio
 import rasterio.features
 import shapely
@@ -13,8 +13,6 @@ import shapely.geometry
 from pyproj import Transformer
 
 from rasteret_pipelines.aois import write_aois_geojson
-import pyarrow.parquet as pq
-
 from rasteret_pipelines.defs.assets import field_stats_key
 from rasteret_pipelines.defs.pipeline import BYTES_PER_PIXEL_DATE, chunk_aois, window_bytes
 from rasteret_pipelines.fields import group_names
@@ -227,8 +225,8 @@ def test_the_field_sensor_s_50_new_fields_over_3_months_are_a_few_statistics_run
     """The former "one NDVI run per month" test, in the new model: 50 new fields over 3 months are
     one request of (month, changed group) partitions that the backfill runs as at most
     MAX_GROUP_RANGES runs a month."""
-    from rasteret_pipelines_tests.defs.test_fields import runs_for, tick
     from rasteret_pipelines_tests.defs.conftest import local_instance
+    from rasteret_pipelines_tests.defs.test_fields import runs_for, tick
 
     p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
                      instance=local_instance(tmp_path / "home"), extra={"RASTERET_GROUP_CELL_DEG": "0.01"})

@@ -36,8 +36,8 @@ from rasteret_pipelines.errors import (
     NoScenesError,
     ReflectanceRequiredError,
 )
-from rasteret_pipelines.reading import zonal_stats
 from rasteret_pipelines.reading import zonal as zonal_module
+from rasteret_pipelines.reading import zonal_stats
 from rasteret_pipelines_demo import demo_data
 from rasteret_pipelines_tests.reading.conftest import (
     BASE_IDS,
