@@ -1,4 +1,4 @@
-"""Zonal statistics of many fields: every tile fetched and decoded once, per-field work vectorised.
+"""Zonal statistics of many fields, values at many points: every tile fetched and decoded once.
 
 :func:`zonal_stats` answers "for each field and date, what are the mean, median, ... of this
 band or index over the field's pixels" for thousands to millions of fields, as one table with
@@ -21,6 +21,9 @@ plus a per-field reduction would, without a window, an array or a Python step pe
    read does), masked by nodata and, with ``cloud_mask``, by the source's quality band.
 4. **Reductions** run over all pairs of the day at once: ``bincount`` for counts, sums and
    variances, ``reduceat`` for extremes, one ``lexsort`` for medians and percentiles.
+
+:func:`sample_points` is the same read with one pair per point (the pixel holding it, in every
+band, as ``rasterio``'s ``sample`` picks it) and the values instead of the reductions.
 
 A bounded number of days is in flight at a time, so memory holds the fields' pixel pairs
 (which grow with the fields' area, not with dates) and the tiles of those days; with
@@ -48,7 +51,7 @@ from rasteret_pipelines.errors import (
     ReflectanceRequiredError,
     UnknownBandError,
 )
-from rasteret_pipelines.reading.assemble import nodata_valid
+from rasteret_pipelines.reading.assemble import convert, nodata_valid
 from rasteret_pipelines.reading.mask import pixels_inside
 from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, mosaic_method
 from rasteret_pipelines.reading.plan import (
@@ -582,10 +585,8 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
 
 
 def _convert(raw: np.ndarray, mode: str, reflectance) -> np.ndarray:
-    if mode == "reflectance":
-        scale, offset = reflectance
-        return (raw.astype(np.float64) * scale + offset).astype(np.float32)
-    return raw.astype(np.float32)
+    """Stored values as float32 in the read's units (:func:`~rasteret_pipelines.reading.assemble.convert`)."""
+    return convert(raw, mode, reflectance).astype(np.float32, copy=False)
 
 
 def _group_stats(group: np.ndarray, v: np.ndarray, n: int, stats: list[str]) -> dict[str, np.ndarray]:
