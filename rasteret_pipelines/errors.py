@@ -267,3 +267,22 @@ class AoiNotInFileError(RasteretError, ValueError):
 
 class AoiNotIndexedError(RasteretError, ValueError):
     """The collection month was built for an area that does not contain the AOI."""
+
+
+# --- data cubes (rasteret_pipelines.reading.cube) -----------------------------------------------
+
+
+class CubeGridError(InvalidReadArgumentError):
+    """A cube's grid cannot be made: no area, no resolution, or an unusable ``like``, CRS or resolution."""
+
+
+class CubeChunksError(InvalidReadArgumentError):
+    """``chunks`` names an unknown dimension or a size that is not a positive whole number."""
+
+
+class GroupbyError(InvalidReadArgumentError):
+    """``groupby`` is not ``time``, ``solar_day``, ``month`` or a property the collection holds."""
+
+
+class DaskMissingError(ReadError, ImportError):
+    """A lazy read (``chunks=``) needs dask: ``pip install 'rasteret-pipelines[dask]'``."""

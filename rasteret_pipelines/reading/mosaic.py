@@ -119,7 +119,13 @@ class LastValid(_ByRank):
 
 
 MOSAIC_METHODS: dict[str, type[MosaicMethod]] = {"first": FirstValid, "last": LastValid}
-"""Methods by name, for ``read_geometries(..., mosaic="first")``."""
+"""Methods by name, for ``read_geometries(..., mosaic="first")``; the composites of
+:mod:`~rasteret_pipelines.reading.composite` (highest, lowest, mean, median, stdev, count) are
+added below."""
+
+from rasteret_pipelines.reading.composite import COMPOSITE_METHODS  # noqa: E402 (needs MosaicMethod)
+
+MOSAIC_METHODS.update(COMPOSITE_METHODS)
 
 
 def mosaic_method(spec) -> type[MosaicMethod]:

@@ -1,0 +1,786 @@
+"""Data cubes: every scene on one common grid, grouped into time steps, eager or lazy (dask).
+
+``read_cube`` (``Rasteret.get_xarray(bands=..., bbox=... | geopolygon=... | like=..., crs=,
+resolution=)``) returns one Dataset with dimensions ``(time, y, x)``, one variable per band,
+the grid of odc-stac's ``load`` for the same arguments:
+
+* **Grid.** North-up, square ``resolution`` pixels in ``crs``, edges on multiples of the
+  resolution (odc-stac's default anchor), covering ``bbox`` (lon/lat degrees) or
+  ``geopolygon`` (EPSG:4326) after transforming it, densified, into ``crs``; or the grid of
+  ``like`` (a Dataset from this function or any object with ``crs``, ``affine``/``transform``
+  and ``shape``, such as an odc-geo ``GeoBox``). ``geometries``, when given, mask the cube
+  (pixel centres inside, or ``all_touched``) and, without another area, make it.
+* **Pixels.** Each (scene, band) is read from the level of its COG that GDAL's
+  ``GDALBandGetBestOverviewLevel2`` would choose (the coarsest overview at least as fine as
+  the target, with GDAL's oversampling threshold: 1.2 for nearest, 1.0 otherwise, nudged to
+  1.01 as GDAL does), picked from the cached header with no request. When that level's grid
+  is the cube's grid shifted by whole pixels, its tiles are copied; otherwise the decoded
+  source window (plus a margin for the kernel) is warped with ``rasterio.warp.reproject``
+  using ``resampling`` (nearest, bilinear, cubic, average), nodata ignored, as GDAL's warper
+  does. Reading stays GDAL-free: aiohttp, imagecodecs, numpy; rasterio only resamples
+  decoded arrays.
+* **Time steps.** ``groupby``: ``"solar_day"`` (default: scenes of one local solar day,
+  odc-stac's rule: UTC time plus ``int(longitude / 15)`` hours at the cube's centre),
+  ``"time"`` (each acquisition time), ``"month"`` or a STAC property name. A step's time is
+  the earliest datetime of its scenes (odc-stac's label), or the month's first day.
+* **Composites.** ``mosaic`` combines the scenes of a step: ``first`` (default), ``last``,
+  ``highest``, ``lowest``, ``mean``, ``median``, ``stdev``, ``count``
+  (:mod:`~rasteret_pipelines.reading.composite`), or a
+  :class:`~rasteret_pipelines.reading.mosaic.MosaicMethod` subclass. The cloud mask, when
+  asked for, is applied to every scene before it is fed.
+* **Lazy reads.** With ``chunks={"time": t, "y": n, "x": n}`` the variables are dask arrays.
+  A task reads one block (all bands, ``t`` steps, ``n x n`` pixels) through the cached
+  headers: no header request in any worker. The graph holds the plan once (scene ids,
+  datetimes and headers), and each task only names it and its block, so it pickles small.
+  Every tile a block needs is fetched once per block (one batch, like an eager read); a tile
+  is fetched again only by another block that needs it. To keep that to what the chunking
+  forces, the block edges are moved onto the tile lattice of the first scene when the cube's
+  grid is a whole-pixel shift of that scene's level grid and the chunk size is a multiple of
+  the tile size (the first block is shorter): then no tile is shared between blocks at all.
+
+The eager path is the same block reader run once over the whole cube, so both give the same
+pixels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import shapely
+from affine import Affine
+
+from rasteret_pipelines.cog import FetchConfig, FetchStats, RangeFetcher, _run_sync_with
+from rasteret_pipelines.cog.read import fetch_windows
+from rasteret_pipelines.errors import (
+    CubeChunksError,
+    CubeGridError,
+    DaskMissingError,
+    GroupbyError,
+    InvalidReadArgumentError,
+    NoScenesError,
+    UnknownBandError,
+)
+from rasteret_pipelines.hrefs import check_href
+from rasteret_pipelines.reading.assemble import convert, empty_in_small_pages, nodata_valid
+from rasteret_pipelines.reading.mosaic import MosaicMethod, mosaic_method
+from rasteret_pipelines.reading.plan import (
+    Scene,
+    check_date_range,
+    crs_of,
+    crs_text,
+    reproject_geometry,
+    select_scenes,
+)
+
+log = logging.getLogger(__name__)
+
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
+GROUPINGS = ("solar_day", "time", "month")
+CUBE_VALUE_MODES = ("float", "native", "reflectance")
+
+__all__ = ["CubeGrid", "RESAMPLINGS", "GROUPINGS", "read_cube", "overview_for", "cube_grid"]
+
+
+# -- the grid ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CubeGrid:
+    """The cube's pixel grid: north-up, ``width`` x ``height`` pixels of ``transform`` in ``crs``."""
+
+    crs: str
+    """CRS text (``EPSG:<code>`` or WKT)."""
+    transform: tuple[float, float, float, float, float, float]
+    """Affine of the top-left pixel (a, b, c, d, e, f)."""
+    width: int
+    height: int
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform)
+
+    def block(self, r0: int, r1: int, c0: int, c1: int) -> CubeGrid:
+        """The sub-grid of rows ``r0:r1`` and columns ``c0:c1``."""
+        t = self.affine * Affine.translation(c0, r0)
+        return CubeGrid(self.crs, tuple(t)[:6], c1 - c0, r1 - r0)
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        a, _, c, _, e, f = self.transform
+        return c, f + e * self.height, c + a * self.width, f
+
+    def outline(self, n: int = 21) -> np.ndarray:
+        """``(4n, 2)`` points along the grid's edges, in its CRS (for transforming bounds)."""
+        left, bottom, right, top = self.bounds()
+        t = np.linspace(0.0, 1.0, n)
+        xs = np.concatenate([left + t * (right - left), np.full(n, right), right - t * (right - left), np.full(n, left)])
+        ys = np.concatenate([np.full(n, top), top - t * (top - bottom), np.full(n, bottom), bottom + t * (top - bottom)])
+        return np.column_stack([xs, ys])
+
+
+def cube_grid(*, crs, resolution, area_4326: shapely.Geometry | None = None, like=None) -> CubeGrid:
+    """The grid odc-stac's ``load`` makes for ``crs``/``resolution`` and an area, or ``like``'s grid.
+
+    ``area_4326`` is transformed into ``crs`` (densified, so a lon/lat box keeps its curved
+    edges) and its bounds snapped outwards to multiples of ``resolution``.
+    """
+    if like is not None:
+        return _grid_of_like(like)
+    if area_4326 is None or area_4326.is_empty:
+        raise CubeGridError("a cube needs an area: bbox=, geopolygon=, like= or geometries=")
+    if crs is None:
+        raise CubeGridError("a cube needs crs= (for example crs='EPSG:32643') or like=")
+    if resolution is None:
+        raise CubeGridError(f"a cube needs resolution= in the units of {crs}")
+    try:
+        res = float(resolution[0] if isinstance(resolution, (tuple, list)) else resolution)
+    except (TypeError, ValueError, IndexError):
+        raise CubeGridError(f"resolution must be a positive number, got {resolution!r}") from None
+    if not math.isfinite(res) or res <= 0:
+        raise CubeGridError(f"resolution must be a positive number, got {resolution!r}")
+    key = _crs_key(crs)
+    dense = shapely.segmentize(area_4326, 0.005)
+    local = reproject_geometry(dense, "EPSG:4326", key)
+    minx, miny, maxx, maxy = local.bounds
+    if not all(map(math.isfinite, (minx, miny, maxx, maxy))):
+        raise CubeGridError(f"the area does not transform into {crs}")
+    x0, x1 = math.floor(minx / res) * res, math.ceil(maxx / res) * res
+    y0, y1 = math.floor(miny / res) * res, math.ceil(maxy / res) * res
+    width, height = max(round((x1 - x0) / res), 1), max(round((y1 - y0) / res), 1)
+    return CubeGrid(key, (res, 0.0, x0, 0.0, -res, y1), width, height)
+
+
+def _crs_key(crs) -> str:
+    try:
+        key = crs if isinstance(crs, str) else crs.to_wkt()
+        crs_of(key)
+    except Exception as exc:  # pyproj's CRSError, or an object without to_wkt
+        raise CubeGridError(f"crs {crs!r} is not a CRS pyproj understands ({exc})") from None
+    return key
+
+
+def _grid_of_like(like) -> CubeGrid:
+    """The grid of an odc-geo GeoBox-like object or of an xarray object with x/y coordinates."""
+    if hasattr(like, "affine") and hasattr(like, "shape") and hasattr(like, "crs"):  # odc-geo GeoBox
+        h, w = (int(v) for v in tuple(like.shape)[:2])
+        return CubeGrid(_crs_key(str(like.crs)), tuple(like.affine)[:6], w, h)
+    try:
+        xs = np.asarray(like["x"].values, dtype=float)
+        ys = np.asarray(like["y"].values, dtype=float)
+    except (KeyError, TypeError, AttributeError):
+        raise CubeGridError("like= must be a GeoBox or an xarray object with x and y coordinates") from None
+    if xs.ndim != 1 or ys.ndim != 1 or len(xs) < 2 or len(ys) < 2:
+        raise CubeGridError("like= needs 1-D x and y coordinates of at least 2 pixels")
+    crs = None
+    if "spatial_ref" in getattr(like, "coords", {}):
+        crs = like["spatial_ref"].attrs.get("crs_wkt")
+    crs = crs or getattr(like, "attrs", {}).get("crs")
+    if crs is None:
+        raise CubeGridError("like= has no CRS (no spatial_ref coordinate with crs_wkt, no crs attribute)")
+    a, e = float(xs[1] - xs[0]), float(ys[1] - ys[0])
+    return CubeGrid(_crs_key(crs), (a, 0.0, xs[0] - a / 2, 0.0, e, ys[0] - e / 2), len(xs), len(ys))
+
+
+# -- overviews -----------------------------------------------------------------------------------
+
+
+def overview_for(header, desired: float, resampling: str) -> int:
+    """The level GDAL reads for a ``desired`` downsampling factor (``GDALBandGetBestOverviewLevel2``).
+
+    The overview with the largest factor (full width / overview width) that stays below
+    ``desired`` times the oversampling threshold: 1.2 for nearest, 1.0 otherwise (GDAL uses
+    1.01 for a threshold of exactly 1.0, against rounding). 0 is full resolution.
+    """
+    threshold = 1.2 if resampling == "nearest" else 1.01
+    full = header.levels[0]
+    best, best_factor = 0, 1.0
+    for k in range(1, len(header.levels)):
+        level = header.levels[k]
+        factor = min(full.width / level.width, full.height / level.height)
+        if factor >= desired * threshold or factor <= best_factor:
+            continue
+        best, best_factor = k, factor
+    return best
+
+
+def _desired_factor(header, grid: CubeGrid) -> float:
+    """Source pixels per cube pixel at the cube's centre (the smaller of x and y)."""
+    from rasteret_pipelines.reading.plan import _transformer
+
+    a, _, c, _, e, f = grid.transform
+    cx, cy = c + a * grid.width / 2, f + e * grid.height / 2
+    xs, ys = _transformer(grid.crs, header.crs).transform([cx, cx + a, cx], [cy, cy, cy + e])
+    sx, sy = abs(header.transform[0]), abs(header.transform[4])
+    fx = math.hypot(xs[1] - xs[0], ys[1] - ys[0]) / sx
+    fy = math.hypot(xs[2] - xs[0], ys[2] - ys[0]) / sy
+    return min(fx, fy)
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CubeScene:
+    """One scene of a step: what a block read needs, and nothing else (it travels to workers)."""
+
+    id: str
+    datetime: np.datetime64
+    reflectance: tuple[float, float]
+    headers: dict
+    """Asset key -> cached header."""
+    levels: dict
+    """Asset key -> level to read (GDAL's overview choice for the cube's resolution)."""
+
+
+@dataclass
+class Step:
+    """One time step: its label and its scenes in (datetime, id) order."""
+
+    time: np.datetime64
+    scenes: list[CubeScene]
+    key: object = None
+    """The group key (solar day, month, property value)."""
+
+
+@dataclass
+class CubePlan:
+    """Everything a block read needs; made once, shipped once to every worker."""
+
+    grid: CubeGrid
+    bands: list[str]
+    keys: dict[str, str]
+    """Band name -> asset key."""
+    quality: object
+    """The source's cloud-mask rule, or None."""
+    values: str
+    resampling: str
+    mosaic: type[MosaicMethod]
+    dtype: np.dtype
+    fill: object
+    steps: list[Step]
+    area: shapely.Geometry | None
+    """Geometries (in the cube's CRS) outside which pixels are masked; None masks nothing."""
+    all_touched: bool
+    config: FetchConfig
+    reader: object = None
+    attrs: dict = field(default_factory=dict)
+
+
+# -- block reads ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Read:
+    key: str
+    header: object
+    level: int
+    window: tuple[int, int, int, int]
+    direct: bool
+    inside: tuple[int, int, int, int] | None = None
+    """For a direct window partly outside the image: (row0, row1, col0, col1) of the block inside."""
+
+
+def _margin(resampling: str, factor: float) -> int:
+    if resampling == "nearest":
+        return 1
+    return 2 + 2 * math.ceil(max(factor, 1.0))
+
+
+def _plan_read(key: str, header, level: int, block: CubeGrid, resampling: str) -> _Read | None:
+    """The window of ``header``'s ``level`` for ``block``: direct when on the same grid, else the
+    transformed block plus a margin, clipped to the image; None when it misses the image."""
+    from rasteret_pipelines.reading.plan import _transformer, same_crs
+
+    lvl = header.levels[level]
+    a, b, c, d, e, f = header.level_transform(level) if level else header.transform
+    ga, _, gc, _, ge, gf = block.transform
+    if b == d == 0 and math.isclose(a, ga, rel_tol=1e-9) and math.isclose(e, ge, rel_tol=1e-9) and same_crs(header.crs, block.crs):
+        col, row = (gc - c) / a, (gf - f) / e
+        if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
+            col, row = round(col), round(row)
+            c0, r0 = max(col, 0), max(row, 0)
+            c1, r1 = min(col + block.width, lvl.width), min(row + block.height, lvl.height)
+            if c0 >= c1 or r0 >= r1:
+                return None
+            inside = None
+            if (c0, r0, c1, r1) != (col, row, col + block.width, row + block.height):
+                inside = (r0 - row, r1 - row, c0 - col, c1 - col)
+            return _Read(key, header, level, (col, row, block.width, block.height), True, inside)
+    pts = block.outline()
+    xs, ys = _transformer(block.crs, header.crs).transform(pts[:, 0], pts[:, 1])
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    if not ok.any():
+        return None
+    inv = ~Affine(a, b, c, d, e, f)
+    cols = xs[ok] * inv.a + ys[ok] * inv.b + inv.c
+    rows = xs[ok] * inv.d + ys[ok] * inv.e + inv.f
+    factor = max(abs(ga / a), abs(ge / e))
+    m = _margin(resampling, factor)
+    c0, c1 = max(math.floor(cols.min()) - m, 0), min(math.ceil(cols.max()) + m, lvl.width)
+    r0, r1 = max(math.floor(rows.min()) - m, 0), min(math.ceil(rows.max()) + m, lvl.height)
+    if c0 >= c1 or r0 >= r1:
+        return None
+    return _Read(key, header, level, (c0, r0, c1 - c0, r1 - r0), False)
+
+
+def _resampling(name: str):
+    from rasterio.enums import Resampling
+
+    return Resampling[name]
+
+
+def _place(read: _Read, data: np.ndarray, block: CubeGrid, resampling: str, nodata):
+    """(values, valid) of one read on the block's grid."""
+    if read.direct:
+        valid = nodata_valid(data, nodata)
+        if read.inside is not None:
+            r0, r1, c0, c1 = read.inside
+            keep = np.zeros(valid.shape, bool)
+            keep[r0:r1, c0:c1] = True
+            valid &= keep
+        return data, valid
+    import rasterio.warp
+
+    header = read.header
+    t = Affine(*(header.level_transform(read.level) if read.level else header.transform))
+    col0, row0, _, _ = read.window
+    out = np.full((block.height, block.width), np.nan, dtype=np.float32)
+    rasterio.warp.reproject(
+        data, out, src_transform=t * Affine.translation(col0, row0), src_crs=crs_of(header.crs),
+        src_nodata=nodata, dst_transform=block.affine, dst_crs=crs_of(block.crs), dst_nodata=np.nan,
+        resampling=_resampling(resampling),
+    )
+    return out, ~np.isnan(out)
+
+
+async def _read_block_async(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int,
+                            fetcher: RangeFetcher) -> dict[str, np.ndarray]:
+    block = plan.grid.block(r0, r1, c0, c1)
+    nt = t1 - t0
+    out = {b: empty_in_small_pages((nt, block.height, block.width), plan.dtype) for b in plan.bands}
+    inside = None
+    if plan.area is not None:
+        from rasteret_pipelines.reading.mask import geometry_mask
+
+        inside = geometry_mask(plan.area, block.transform, block.height, block.width, all_touched=plan.all_touched)
+    data_keys = [plan.keys[b] for b in plan.bands]
+    qkey = plan.quality.band if plan.quality is not None else None
+    methods: dict[int, dict[str, MosaicMethod]] = {}
+    left: dict[int, int] = {}
+    jobs = []  # (ti, rank, scene, {key: _Read})
+    empty_steps = []
+    for ti in range(t0, t1):
+        fed = []
+        for scene in plan.steps[ti].scenes:
+            reads = {}
+            for key in dict.fromkeys(data_keys + ([qkey] if qkey else [])):
+                res = "nearest" if key == qkey and key not in data_keys else plan.resampling
+                read = _plan_read(key, scene.headers[key], scene.levels[key], block, res)
+                if read is None:
+                    break
+                reads[key] = read
+            else:
+                fed.append((scene, reads))
+        methods[ti] = {b: plan.mosaic(out[b][ti - t0], len(fed), plan.fill) for b in plan.bands}
+        left[ti] = len(fed)
+        if not fed:
+            empty_steps.append(ti)
+        for rank, (scene, reads) in enumerate(fed):
+            jobs.append((ti, rank, scene, reads))
+    nodata: dict[str, object] = {}
+
+    def nodata_of(header):
+        if header.href not in nodata:
+            nodata[header.href] = header.nodata
+        return nodata[header.href]
+
+    def on_scene(ti: int, rank: int, scene: CubeScene, reads: dict, arrays: dict) -> None:
+        clear = inside
+        if qkey is not None:
+            q = reads[qkey]
+            qa, qvalid = _place(q, arrays[qkey], block, "nearest", nodata_of(q.header))
+            qa_clear = qvalid & plan.quality.clear(np.nan_to_num(qa).astype(q.header.dtype) if qa.dtype.kind == "f" else qa)
+            clear = qa_clear if clear is None else clear & qa_clear
+        for band in plan.bands:
+            read = reads[plan.keys[band]]
+            values, valid = _place(read, arrays[read.key], block, plan.resampling, nodata_of(read.header))
+            if clear is not None:
+                valid = valid & clear
+            methods[ti][band].feed(convert(values, plan.values, scene.reflectance), valid, rank)
+        left[ti] -= 1
+        if left[ti] == 0:
+            for m in methods[ti].values():
+                m.finish()
+
+    # One request list per level (fetch_windows reads one level per call), all concurrently.
+    by_level: dict[int, list[tuple[int, str]]] = {}
+    for ji, (_, _, _, reads) in enumerate(jobs):
+        for key, read in reads.items():
+            by_level.setdefault(read.level, []).append((ji, key))
+    pending: dict[int, dict[str, np.ndarray]] = {}
+
+    def landed(ji: int, key: str, array: np.ndarray) -> None:
+        got = pending.setdefault(ji, {})
+        got[key] = array[0]
+        ti, rank, scene, reads = jobs[ji]
+        if len(got) == len(reads):
+            del pending[ji]
+            on_scene(ti, rank, scene, reads, got)
+
+    async def level_batch(level: int, entries: list[tuple[int, str]]) -> None:
+        requests = [(jobs[ji][3][key].header, jobs[ji][3][key].window) for ji, key in entries]
+        await fetch_windows(fetcher, requests, level,
+                            on_window=lambda i, arr: landed(entries[i][0], entries[i][1], arr))
+
+    await asyncio.gather(*(level_batch(level, entries) for level, entries in by_level.items()))
+    for ti in empty_steps:  # no scene of the step covers the block: every pixel is fill
+        for m in methods[ti].values():
+            m.finish()
+    return out
+
+
+def read_block(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int) -> tuple[dict, FetchStats]:
+    """Read one block of the cube: ``{band: (t1 - t0, r1 - r0, c1 - c0) array}`` and the request counts."""
+
+    async def run():
+        async with RangeFetcher(plan.config, reader=plan.reader) as fetcher:
+            arrays = await _read_block_async(plan, t0, t1, r0, r1, c0, c1, fetcher)
+        return arrays, fetcher.stats
+
+    return _run_sync_with(plan.reader, run())
+
+
+def _block_task(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """A dask task: one block as ``(band, time, y, x)``."""
+    arrays, _ = read_block(plan, t0, t1, r0, r1, c0, c1)
+    return np.stack([arrays[b] for b in plan.bands])
+
+
+# -- grouping ------------------------------------------------------------------------------------
+
+
+def group_scenes(scenes: list[Scene], groupby: str, lon: float, properties: dict | None = None):
+    """``[(label, key, scenes)]`` in time order (see module docs for the keys and labels)."""
+    if groupby == "time":
+        key_of = lambda s: s.datetime  # noqa: E731
+    elif groupby == "solar_day":
+        offset = np.timedelta64(int(lon / 15) * 3600, "s")
+        key_of = lambda s: (s.datetime + offset).astype("datetime64[D]")  # noqa: E731
+    elif groupby == "month":
+        key_of = lambda s: s.datetime.astype("datetime64[M]")  # noqa: E731
+    else:
+        key_of = lambda s: properties.get(s.id)  # noqa: E731
+    groups: dict = {}
+    for s in scenes:  # sorted by (datetime, id)
+        groups.setdefault(key_of(s), []).append(s)
+    out = []
+    for key, members in groups.items():
+        label = key.astype("datetime64[ns]") if groupby == "month" else members[0].datetime
+        out.append((label, key, members))
+    out.sort(key=lambda g: (g[0], str(g[1])))
+    return out
+
+
+# -- chunks --------------------------------------------------------------------------------------
+
+
+def _edges(n: int, size: int | None, phase: int = 0) -> list[int]:
+    """Block edges over ``0..n`` of ``size`` (None or -1: one block), the first ``phase`` long."""
+    if size is None or size == -1 or size >= n:
+        return [0, n]
+    edges = [0]
+    pos = phase if 0 < phase < size else size
+    while pos < n:
+        edges.append(pos)
+        pos += size
+    edges.append(n)
+    return edges
+
+
+def _chunk_sizes(chunks, grid: CubeGrid, nt: int) -> dict[str, int | None]:
+    sizes = {"time": 1, "y": None, "x": None}
+    for dim, value in dict(chunks).items():
+        if dim not in sizes:
+            raise CubeChunksError(f"chunks names dimension {dim!r}; a cube has time, y and x")
+        if value in (None, -1, "auto"):
+            sizes[dim] = None if value != "auto" or dim != "time" else 1
+            if value == "auto" and dim != "time":
+                sizes[dim] = 2048
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise CubeChunksError(f"chunks[{dim!r}] must be a positive whole number, -1 or 'auto', got {value!r}")
+        sizes[dim] = int(value)
+    return sizes
+
+
+def _tile_phase(plan: CubePlan, size: int | None, axis: str) -> int:
+    """Where the first block should end so that the others start on the first scene's tile lattice."""
+    if size is None:
+        return 0
+    for step in plan.steps:
+        for scene in step.scenes:
+            key = plan.keys[plan.bands[0]]
+            read = _plan_read(key, scene.headers[key], scene.levels[key], plan.grid, plan.resampling)
+            if read is None or not read.direct:
+                return 0
+            lvl = scene.headers[key].levels[scene.levels[key]]
+            tile = lvl.tile_width if axis == "x" else lvl.tile_height
+            if size % tile:
+                return 0
+            start = read.window[0] if axis == "x" else read.window[1]
+            return (-start) % tile
+    return 0
+
+
+def _dask_cube(plan: CubePlan, chunks) -> dict:
+    try:
+        import dask.array as da
+        from dask.base import tokenize
+        from dask.highlevelgraph import HighLevelGraph
+    except ImportError:
+        raise DaskMissingError("chunks= needs dask: pip install 'rasteret-pipelines[dask]'") from None
+    nt = len(plan.steps)
+    sizes = _chunk_sizes(chunks, plan.grid, nt)
+    t_edges = _edges(nt, sizes["time"])
+    y_edges = _edges(plan.grid.height, sizes["y"], _tile_phase(plan, sizes["y"], "y"))
+    x_edges = _edges(plan.grid.width, sizes["x"], _tile_phase(plan, sizes["x"], "x"))
+    token = tokenize(plan.grid, plan.bands, [(s.time, [x.id for x in s.scenes]) for s in plan.steps],
+                     plan.values, plan.resampling, plan.mosaic.__qualname__, plan.area, t_edges, y_edges, x_edges)
+    name = f"rasteret-cube-{token}"
+    plan_key = f"rasteret-cube-plan-{token}"
+    dsk: dict = {plan_key: plan}
+    for ti, (t0, t1) in enumerate(zip(t_edges, t_edges[1:])):
+        for yi, (r0, r1) in enumerate(zip(y_edges, y_edges[1:])):
+            for xi, (c0, c1) in enumerate(zip(x_edges, x_edges[1:])):
+                dsk[(name, 0, ti, yi, xi)] = (_block_task, plan_key, t0, t1, r0, r1, c0, c1)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    diffs = lambda e: tuple(b - a for a, b in zip(e, e[1:]))  # noqa: E731
+    arr = da.Array(graph, name, ((len(plan.bands),), diffs(t_edges), diffs(y_edges), diffs(x_edges)),
+                   dtype=plan.dtype)
+    return {b: arr[i] for i, b in enumerate(plan.bands)}
+
+
+# -- the read ------------------------------------------------------------------------------------
+
+
+def read_cube(
+    collection,
+    bands: Sequence[str],
+    *,
+    bbox=None,
+    geopolygon=None,
+    like=None,
+    geometries=None,
+    crs=None,
+    resolution=None,
+    resampling: str = "nearest",
+    groupby: str = "solar_day",
+    mosaic="first",
+    chunks=None,
+    date_range=None,
+    cloud_cover_lt: float | None = None,
+    values: str = "float",
+    cloud_mask: bool = False,
+    all_touched: bool = False,
+    fetch_config: FetchConfig | None = None,
+    filters: dict | None = None,
+    reader=None,
+):
+    """Read ``bands`` of the collection's scenes onto one grid, one layer per time step.
+
+    Args:
+        collection: An opened :class:`~rasteret_pipelines.collections.Collection`.
+        bands: Band names as the user calls them; the variables keep them.
+        bbox: ``(minx, miny, maxx, maxy)`` in lon/lat degrees.
+        geopolygon: A shapely geometry (EPSG:4326), or a GeoSeries/GeoDataFrame with a CRS.
+        like: A GeoBox or an xarray object whose grid (CRS, x, y) the cube takes.
+        geometries: Geometries (as :func:`~rasteret_pipelines.reading.read_geometries` takes
+            them): pixels outside them are masked; without another area, their bounds make it.
+        crs: The cube's CRS (``"EPSG:32643"``, WKT or a ``pyproj.CRS``); default the first
+            scene's.
+        resolution: Pixel size in ``crs`` units; default the finest band's when units agree.
+        resampling: ``nearest``, ``bilinear``, ``cubic`` or ``average``.
+        groupby: ``solar_day``, ``time``, ``month`` or a STAC property name.
+        mosaic: ``first``, ``last``, ``highest``, ``lowest``, ``mean``, ``median``,
+            ``stdev``, ``count`` or a :class:`~rasteret_pipelines.reading.mosaic.MosaicMethod`.
+        chunks: ``{"time": t, "y": n, "x": n}`` for a dask-backed Dataset; None reads now.
+        date_range, cloud_cover_lt, values, cloud_mask, all_touched, fetch_config, filters,
+        reader: As in :func:`~rasteret_pipelines.reading.read_geometries`.
+
+    Returns:
+        A Dataset ``(time, y, x)`` with ``x``/``y`` pixel centres, ``spatial_ref`` (rioxarray's
+        convention), ``scene_id(time)`` and, for an eager read, the request counts in attrs.
+
+    Raises:
+        CubeGridError, CubeChunksError, GroupbyError, UnknownBandError, DateRangeError,
+        NoScenesError, UnsafeHrefError, DaskMissingError.
+    """
+    if values not in CUBE_VALUE_MODES:
+        raise InvalidReadArgumentError(f"values must be one of {CUBE_VALUE_MODES}, got {values!r}")
+    if resampling not in RESAMPLINGS:
+        raise InvalidReadArgumentError(f"resampling must be one of {RESAMPLINGS}, got {resampling!r}")
+    method = mosaic_method(mosaic)
+    if isinstance(bands, str):
+        bands = [bands]
+    if not bands:
+        raise UnknownBandError("no bands asked for")
+    keys = {name: collection.resolve_band(name) for name in bands}
+    rule = collection.source.cloud_mask if cloud_mask else None
+    quality = rule.band if rule is not None else None
+    if quality is not None and quality not in collection.bands:
+        raise UnknownBandError(
+            f"cloud_mask needs the {quality!r} band, which collection {collection.name!r} does not hold")
+    if not isinstance(groupby, str) or not groupby:
+        raise GroupbyError(f"groupby must be one of {GROUPINGS} or a property name, got {groupby!r}")
+    check_date_range(collection, date_range)
+    area_4326, mask_4326 = _areas(bbox, geopolygon, geometries)
+    data_keys = sorted(set(keys.values()))
+    read_keys = sorted(set(data_keys + ([quality] if quality else [])))
+    if like is not None:
+        grid = cube_grid(crs=None, resolution=None, like=like)
+        area_4326 = _grid_4326(grid)
+    elif area_4326 is None:
+        raise CubeGridError("a cube needs an area: bbox=, geopolygon=, like= or geometries=")
+    scenes = select_scenes(collection, [(0, area_4326)], date_range, cloud_cover_lt, filters, read_keys)
+    if not scenes:
+        raise NoScenesError(f"no scene of collection {collection.name!r} covers the cube's area"
+                            + (f" between {date_range[0]} and {date_range[1]}" if date_range else ""))
+    if like is None:
+        first = min((scenes[0].headers[k] for k in data_keys), key=lambda h: abs(h.transform[0]))
+        if crs is None:
+            crs = first.crs
+        if resolution is None:
+            src, dst = crs_of(first.crs), crs_of(_crs_key(crs))
+            if src.axis_info[0].unit_name != dst.axis_info[0].unit_name:
+                raise CubeGridError(f"resolution= is needed: the units of {crs} differ from the scenes'")
+            resolution = abs(first.transform[0])
+        grid = cube_grid(crs=crs, resolution=resolution, area_4326=area_4326)
+    properties = None
+    if groupby not in GROUPINGS:
+        properties = _property_of(collection, groupby, [s.id for s in scenes])
+    centre = reproject_geometry(shapely.Point(*grid.affine * (grid.width / 2, grid.height / 2)), grid.crs, "EPSG:4326")
+    steps = []
+    for label, key, members in group_scenes(scenes, groupby, centre.x, properties):
+        cube_scenes = []
+        for s in members:
+            headers = {k: s.headers[k] for k in read_keys}
+            levels = {}
+            for k, h in headers.items():
+                res = "nearest" if k == quality and k not in data_keys else resampling
+                levels[k] = overview_for(h, _desired_factor(h, grid), res)
+            cube_scenes.append(CubeScene(s.id, s.datetime, s.reflectance, headers, levels))
+        steps.append(Step(label, cube_scenes, key))
+    dtype, fill = _output_type(steps[0].scenes[0].headers, [keys[b] for b in bands], values, method)
+    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
+                     local_files=collection.allow_local_hrefs)
+    for step in steps:  # UnsafeHrefError before any request
+        for s in step.scenes:
+            for h in s.headers.values():
+                check_href(h.href, allow_local=collection.allow_local_hrefs)
+    area = None
+    if mask_4326 is not None:
+        area = reproject_geometry(mask_4326, "EPSG:4326", grid.crs)
+    plan = CubePlan(grid, list(bands), keys, rule, values, resampling, method, dtype, fill, steps, area,
+                    all_touched, config, reader)
+    attrs = {
+        "collection": collection.name, "data_source": collection.source.id,
+        "values": "raw" if values == "float" else values, "bands": list(bands),
+        "asset_keys": [keys[b] for b in bands], "cloud_mask": int(bool(cloud_mask)),
+        "crs": crs_text(grid.crs), "transform": list(grid.transform), "resolution": abs(grid.transform[0]),
+        "resampling": resampling, "groupby": groupby,
+        "mosaic": mosaic if isinstance(mosaic, str) else method.__name__,
+    }
+    if chunks is not None:
+        data = _dask_cube(plan, chunks)
+    else:
+        arrays, stats = read_block(plan, 0, len(steps), 0, grid.height, 0, grid.width)
+        data = arrays
+        attrs.update(requests=stats.requests, header_requests=stats.header_requests, bytes_read=stats.bytes)
+    return _dataset(plan, data, attrs)
+
+
+def _areas(bbox, geopolygon, geometries):
+    """(area in EPSG:4326 or None, mask geometry in EPSG:4326 or None)."""
+    from rasteret_pipelines.reading.geometries import normalize_geometries
+
+    given = [x is not None for x in (bbox, geopolygon)]
+    if sum(given) > 1:
+        raise CubeGridError("give one of bbox= and geopolygon=, not both")
+    mask = None
+    if geometries is not None:
+        mask = shapely.union_all([g for _, g in normalize_geometries(geometries)])
+    if bbox is not None:
+        try:
+            minx, miny, maxx, maxy = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise CubeGridError(f"bbox must be (minx, miny, maxx, maxy) in degrees, got {bbox!r}") from None
+        if not (-180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90):
+            raise CubeGridError(f"bbox {bbox!r} is not (minx, miny, maxx, maxy) in lon/lat degrees")
+        return shapely.box(minx, miny, maxx, maxy), mask
+    if geopolygon is not None:
+        if hasattr(geopolygon, "to_crs"):  # GeoSeries / GeoDataFrame
+            if geopolygon.crs is None:
+                raise CubeGridError("geopolygon= has no CRS")
+            geom = shapely.union_all(np.asarray(geopolygon.to_crs("EPSG:4326").geometry.values))
+        elif isinstance(geopolygon, shapely.Geometry):
+            geom = geopolygon
+        else:
+            raise CubeGridError(f"geopolygon= must be a shapely geometry or a GeoSeries, got {type(geopolygon).__name__}")
+        if geom.is_empty or geom.area == 0:
+            raise CubeGridError("geopolygon= is empty")
+        return geom, mask
+    return mask, mask
+
+
+def _grid_4326(grid: CubeGrid) -> shapely.Geometry:
+    pts = grid.outline()
+    return reproject_geometry(shapely.Polygon(pts), grid.crs, "EPSG:4326")
+
+
+def _property_of(collection, name: str, ids: list[str]) -> dict:
+    if name not in collection.schema.names:
+        raise GroupbyError(f"groupby={name!r}: not one of {GROUPINGS} nor a property of collection {collection.name!r}")
+    table = collection.to_table(columns=["id", name], sort=False)
+    wanted = set(ids)
+    return {i: v for i, v in zip(table.column("id").to_pylist(), table.column(name).to_pylist()) if i in wanted}
+
+
+def _output_type(headers: dict, data_keys: list[str], values: str, method):
+    if values != "native":
+        return np.dtype("float32"), np.nan
+    kinds = {(headers[k].dtype, headers[k].nodata_text) for k in data_keys}
+    if len(kinds) > 1:
+        raise InvalidReadArgumentError("values='native' needs bands of one dtype and nodata; use values='float'")
+    h = headers[data_keys[0]]
+    return np.dtype(h.dtype), h.fill_value
+
+
+def _dataset(plan: CubePlan, data: dict, attrs: dict):
+    import xarray as xr
+
+    from rasteret_pipelines.reading.model import crs_wkt
+
+    g = plan.grid
+    a, _, c, _, e, f = g.transform
+    xs = c + a * (np.arange(g.width) + 0.5)
+    ys = f + e * (np.arange(g.height) + 0.5)
+    times = np.array([s.time for s in plan.steps], dtype="datetime64[ns]")
+    coords = {
+        "time": times,
+        "y": ys,
+        "x": xs,
+        "scene_id": ("time", np.array([",".join(x.id for x in s.scenes) for s in plan.steps], dtype=object)),
+        "spatial_ref": ((), 0, {
+            "crs_wkt": crs_wkt(crs_text(g.crs)),
+            "GeoTransform": " ".join(repr(float(v)) for v in (c, a, 0.0, f, 0.0, e)),
+        }),
+    }
+    ds = xr.Dataset({b: (("time", "y", "x"), data[b]) for b in plan.bands}, coords=coords, attrs=attrs)
+    for b in plan.bands:
+        ds[b].attrs["grid_mapping"] = "spatial_ref"
+    return ds
