@@ -144,18 +144,27 @@ class Rasteret:
 
     def get_xarray(
         self,
-        geometries,
-        bands,
+        geometries=None,
+        bands=None,
         cloud_cover_lt: float | None = None,
         date_range=None,
         **kwargs,
     ):
         """Read ``bands`` for ``geometries``; see :func:`rasteret_pipelines.reading.read_geometries`
-        (``reader=`` here overrides the one this Rasteret was made with)."""
+        (``reader=`` here overrides the one this Rasteret was made with).
+
+        With ``bbox=``, ``geopolygon=`` or ``like=`` (or no geometries) it reads a data cube on
+        one grid instead (``crs=``, ``resolution=``, ``groupby=``, ``mosaic=``, ``chunks=``;
+        ``geometries`` then mask it): see :func:`rasteret_pipelines.reading.cube.read_cube`."""
         from rasteret_pipelines.reading.read import read_geometries
 
         kwargs.setdefault("fetch_config", self.fetch_config)
         kwargs.setdefault("reader", self.reader)
+        if geometries is None or any(kwargs.get(k) is not None for k in ("bbox", "geopolygon", "like")):
+            from rasteret_pipelines.reading.cube import read_cube
+
+            return read_cube(self.collection, bands, geometries=geometries, date_range=date_range,
+                             cloud_cover_lt=cloud_cover_lt, **kwargs)
         return read_geometries(
             self.collection, geometries, bands, date_range=date_range,
             cloud_cover_lt=cloud_cover_lt, **kwargs,
