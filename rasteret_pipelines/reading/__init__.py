@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, MosaicMethod
     from rasteret_pipelines.reading.read import VALUE_MODES, read_geometries
     from rasteret_pipelines.reading.zonal import sample_points, zonal_stats
+    from rasteret_pipelines.reading.cube import read_cube
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
@@ -33,5 +34,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "mask": ["geometry_mask"],
         "geometries": ["normalize_geometries"],
         "zonal": ["sample_points", "zonal_stats"],
+        "cube": ["read_cube"],
     },
 )
