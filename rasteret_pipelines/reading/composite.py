@@ -159,13 +159,33 @@ class Median(_Reduction):
     """The median of the valid values (``numpy.nanmedian`` over the scenes, by rank)."""
 
     def _start(self):
-        self._stack = np.full((max(self.scenes, 1), *self.out.shape), np.nan, dtype=np.float32)
+        # Not pre-filled: each fed layer is written whole (NaN where invalid), the others at the end.
+        self._stack = np.empty((max(self.scenes, 1), *self.out.shape), dtype=np.float32)
+        self._fed: set[int] = set()
+
+    def feed(self, values, valid, rank):
+        super().feed(values, valid, rank)
+        if rank not in self._fed:  # a scene with no valid pixel still takes its layer
+            self._fed.add(rank)
+            layer = self._stack[rank]
+            np.copyto(layer, values, casting="unsafe")
+            layer[~valid] = np.nan
 
     def _add(self, values, valid, rank):
-        np.copyto(self._stack[rank], values, where=valid, casting="unsafe")
+        pass  # written by feed, valid or not
 
     def _result(self, count):
-        return np.nanmedian(self._stack, axis=0)
+        for rank in range(len(self._stack)):
+            if rank not in self._fed:
+                self._stack[rank] = np.nan
+        # numpy's nanmedian over a short first axis goes through masked arrays (seconds per
+        # megapixel stack); sorting puts the NaNs last, so the median of the k valid values
+        # sits at ranks (k - 1) // 2 and k // 2.
+        ordered = np.sort(self._stack, axis=0)
+        k = count.astype(np.intp)
+        lo = np.take_along_axis(ordered, np.maximum((k - 1) // 2, 0)[None], axis=0)[0]
+        hi = np.take_along_axis(ordered, (k // 2)[None].clip(max=len(ordered) - 1), axis=0)[0]
+        return (lo.astype(np.float64) + hi) / 2
 
     def _release(self):
         self._stack = None

@@ -48,6 +48,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -55,7 +56,7 @@ import shapely
 from affine import Affine
 
 from rasteret_pipelines.cog import FetchConfig, FetchStats, RangeFetcher, _run_sync_with
-from rasteret_pipelines.cog.read import fetch_windows
+from rasteret_pipelines.cog.read import decode_pool, fetch_windows
 from rasteret_pipelines.errors import (
     CubeChunksError,
     CubeGridError,
@@ -393,6 +394,8 @@ async def _read_block_async(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, 
         for rank, (scene, reads) in enumerate(fed):
             jobs.append((ti, rank, scene, reads))
     nodata: dict[str, object] = {}
+    pool = decode_pool(plan.config.decode_threads)
+    finishing: list = []
 
     def nodata_of(header):
         if header.href not in nodata:
@@ -413,9 +416,8 @@ async def _read_block_async(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, 
                 valid = valid & clear
             methods[ti][band].feed(convert(values, plan.values, scene.reflectance), valid, rank)
         left[ti] -= 1
-        if left[ti] == 0:
-            for m in methods[ti].values():
-                m.finish()
+        if left[ti] == 0:  # the step's reductions (a median sorts) run beside the next scenes
+            finishing.extend(pool.submit(m.finish) for m in methods[ti].values())
 
     # One request list per level (fetch_windows reads one level per call), all concurrently.
     by_level: dict[int, list[tuple[int, str]]] = {}
@@ -424,20 +426,30 @@ async def _read_block_async(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, 
             by_level.setdefault(read.level, []).append((ji, key))
     pending: dict[int, dict[str, np.ndarray]] = {}
 
+    # Scenes are warped, masked and fed on one thread of their own, in landing order: the event
+    # loop keeps fetching and the decode pool keeps decoding while a scene is assembled.
+    assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cube-assemble")
+    assembling: list = []
+
     def landed(ji: int, key: str, array: np.ndarray) -> None:
         got = pending.setdefault(ji, {})
         got[key] = array[0]
         ti, rank, scene, reads = jobs[ji]
         if len(got) == len(reads):
             del pending[ji]
-            on_scene(ti, rank, scene, reads, got)
+            assembling.append(asyncio.wrap_future(assembler.submit(on_scene, ti, rank, scene, reads, got)))
 
     async def level_batch(level: int, entries: list[tuple[int, str]]) -> None:
         requests = [(jobs[ji][3][key].header, jobs[ji][3][key].window) for ji, key in entries]
         await fetch_windows(fetcher, requests, level,
                             on_window=lambda i, arr: landed(entries[i][0], entries[i][1], arr))
 
-    await asyncio.gather(*(level_batch(level, entries) for level, entries in by_level.items()))
+    try:
+        await asyncio.gather(*(level_batch(level, entries) for level, entries in by_level.items()))
+        await asyncio.gather(*assembling)
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in finishing))
+    finally:
+        assembler.shutdown(wait=True, cancel_futures=True)
     for ti in empty_steps:  # no scene of the step covers the block: every pixel is fill
         for m in methods[ti].values():
             m.finish()
