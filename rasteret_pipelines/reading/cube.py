@@ -710,10 +710,30 @@ def read_cube(
     if chunks is not None:
         data = _dask_cube(plan, chunks)
     else:
+        _check_memory(plan)  # MemoryLimitError before any request
         arrays, stats = read_block(plan, 0, len(steps), 0, grid.height, 0, grid.width)
         data = arrays
         attrs.update(requests=stats.requests, header_requests=stats.header_requests, bytes_read=stats.bytes)
     return _dataset(plan, data, attrs)
+
+
+def _check_memory(plan: CubePlan) -> None:
+    """An eager cube's output, its warped scene layers and (for the stacking composites) the
+    largest step's scene stack, against the read memory limit of
+    :mod:`~rasteret_pipelines.reading.memory`; a lazy read holds blocks, not the cube."""
+    from rasteret_pipelines.reading.composite import Median
+    from rasteret_pipelines.reading.memory import ReadEstimate, check_memory, memory_limit
+
+    pixels = plan.grid.width * plan.grid.height
+    n_bands = len(plan.bands)
+    output = len(plan.steps) * pixels * n_bands * plan.dtype.itemsize
+    scenes = sum(len(s.scenes) for s in plan.steps)
+    windows = scenes * pixels * n_bands * 4
+    if issubclass(plan.mosaic, Median):
+        windows = max(windows, max(len(s.scenes) for s in plan.steps) * pixels * n_bands * 4)
+    estimate = ReadEstimate(output, windows, pixels if plan.area is not None else 0)
+    check_memory(estimate, memory_limit(getattr(plan.config, "max_read_memory", None)),
+                 what="the cube (pass chunks= to read it lazily, block by block)")
 
 
 def _areas(bbox, geopolygon, geometries):

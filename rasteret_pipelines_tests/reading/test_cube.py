@@ -341,3 +341,15 @@ def _peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def test_an_eager_cube_above_the_memory_limit_is_refused_before_any_request(world):
+    from rasteret_pipelines.cog import FetchConfig
+    from rasteret_pipelines.errors import MemoryLimitError
+
+    collection = world.collection()
+    world.cogs.reset_log()
+    with pytest.raises(MemoryLimitError, match="chunks="):
+        read_cube(collection, ["red"], bbox=AOI_BOX, crs=UTM43, resolution=10, date_range=BASE_RANGE,
+                  fetch_config=FetchConfig(max_read_memory=1 << 20))
+    assert world.cogs.requests == []

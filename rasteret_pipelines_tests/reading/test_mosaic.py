@@ -84,6 +84,9 @@ def test_methods_by_name_or_class():
         pass
 
     assert mosaic_method(Custom) is Custom
-    for bad in ("median", MosaicMethod.__init__, 3):
+    from rasteret_pipelines.reading.composite import Median
+
+    assert mosaic_method("median") is Median  # the composites are named too
+    for bad in ("mode", MosaicMethod.__init__, 3):
         with pytest.raises(InvalidReadArgumentError, match="mosaic must be one of"):
             mosaic_method(bad)
