@@ -25,6 +25,20 @@ import numpy as np
 from rasteret_pipelines.reading.mosaic import MosaicMethod
 
 
+def _zeros(shape, dtype) -> np.ndarray:
+    """Zeros in ordinary pages (see :func:`~rasteret_pipelines.reading.assemble.empty_in_small_pages`:
+    working arrays of a cube are tens of MB, written once)."""
+    out = _empty(shape, dtype)
+    out.fill(0)
+    return out
+
+
+def _empty(shape, dtype) -> np.ndarray:
+    from rasteret_pipelines.reading.assemble import empty_in_small_pages  # assemble imports mosaic
+
+    return empty_in_small_pages(tuple(shape), dtype)
+
+
 def _write(out: np.ndarray, values: np.ndarray, where: np.ndarray, fill) -> None:
     """``out`` = ``values`` where ``where``, else ``fill`` (rounded for integer outputs)."""
     if out.dtype.kind in "iu" and values.dtype.kind == "f":
@@ -47,7 +61,7 @@ class _Reduction(MosaicMethod):
 
     def feed(self, values: np.ndarray, valid: np.ndarray, rank: int) -> None:
         if self._count is None:
-            self._count = np.zeros(self.out.shape, dtype=np.int32)
+            self._count = _zeros(self.out.shape, np.int32)
             self._start()
         if valid.any():
             self._used.add(rank)
@@ -93,7 +107,7 @@ class _Extreme(_Reduction):
     _better = staticmethod(np.greater)
 
     def _start(self) -> None:
-        self._best = np.zeros(self.out.shape, dtype=np.float64)
+        self._best = _zeros(self.out.shape, np.float64)
 
     def _add(self, values, valid, rank):
         seen = self._count > valid  # valid in an earlier scene
@@ -123,7 +137,7 @@ class Mean(_Reduction):
     """The mean of the valid values (summed in float64)."""
 
     def _start(self):
-        self._sum = np.zeros(self.out.shape, dtype=np.float64)
+        self._sum = _zeros(self.out.shape, np.float64)
 
     def _add(self, values, valid, rank):
         np.add(self._sum, values, out=self._sum, where=valid, casting="unsafe")
@@ -139,8 +153,8 @@ class Stdev(_Reduction):
     """The population standard deviation (``ddof=0``) of the valid values, in float64."""
 
     def _start(self):
-        self._sum = np.zeros(self.out.shape, dtype=np.float64)
-        self._sq = np.zeros(self.out.shape, dtype=np.float64)
+        self._sum = _zeros(self.out.shape, np.float64)
+        self._sq = _zeros(self.out.shape, np.float64)
 
     def _add(self, values, valid, rank):
         v = values.astype(np.float64)
@@ -156,20 +170,29 @@ class Stdev(_Reduction):
 
 
 class Median(_Reduction):
-    """The median of the valid values (``numpy.nanmedian`` over the scenes, by rank)."""
+    """The median of the valid values (numpy's ``nanmedian`` over the scenes)."""
 
     def _start(self):
-        # Not pre-filled: each fed layer is written whole (NaN where invalid), the others at the end.
-        self._stack = np.empty((max(self.scenes, 1), *self.out.shape), dtype=np.float32)
+        self._stack = None
         self._fed: set[int] = set()
 
     def feed(self, values, valid, rank):
         super().feed(values, valid, rank)
+        if self._stack is None:
+            # Integer values (the files' own, for values="float" and "native") stack in their
+            # dtype with its largest value marking "no value": it sorts after every valid
+            # value or ties with it, so the order statistics below are unchanged, and the
+            # sort moves half the bytes of float32. Other values stack as float32 with NaN.
+            kind = values.dtype.kind
+            dtype = values.dtype if kind in "ui" else np.dtype(np.float32)
+            self._none = np.iinfo(dtype).max if kind in "ui" else np.nan
+            # Not pre-filled: each fed layer is written whole, the others at the end.
+            self._stack = _empty((max(self.scenes, 1), *self.out.shape), dtype)
         if rank not in self._fed:  # a scene with no valid pixel still takes its layer
             self._fed.add(rank)
             layer = self._stack[rank]
             np.copyto(layer, values, casting="unsafe")
-            layer[~valid] = np.nan
+            layer[~valid] = self._none
 
     def _add(self, values, valid, rank):
         pass  # written by feed, valid or not
@@ -177,15 +200,18 @@ class Median(_Reduction):
     def _result(self, count):
         for rank in range(len(self._stack)):
             if rank not in self._fed:
-                self._stack[rank] = np.nan
+                self._stack[rank] = self._none
         # numpy's nanmedian over a short first axis goes through masked arrays (seconds per
-        # megapixel stack); sorting puts the NaNs last, so the median of the k valid values
-        # sits at ranks (k - 1) // 2 and k // 2.
-        ordered = np.sort(self._stack, axis=0)
+        # megapixel stack); one sort puts the missing values last, so the median of the k
+        # valid values sits at ranks (k - 1) // 2 and k // 2.
+        ordered = self._stack
+        ordered.sort(axis=0)  # in place: no second stack
         k = count.astype(np.intp)
         lo = np.take_along_axis(ordered, np.maximum((k - 1) // 2, 0)[None], axis=0)[0]
         hi = np.take_along_axis(ordered, (k // 2)[None].clip(max=len(ordered) - 1), axis=0)[0]
-        return (lo.astype(np.float64) + hi) / 2
+        # float32 is exact for 8- and 16-bit values (and is nanmedian's own type for float32)
+        exact = np.float64 if ordered.dtype.itemsize > 2 and ordered.dtype.kind in "ui" else np.float32
+        return (lo.astype(exact) + hi) / exact(2)
 
     def _release(self):
         self._stack = None

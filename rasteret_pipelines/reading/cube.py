@@ -350,7 +350,8 @@ def _place(read: _Read, data: np.ndarray, block: CubeGrid, resampling: str, noda
     header = read.header
     t = Affine(*(header.level_transform(read.level) if read.level else header.transform))
     col0, row0, _, _ = read.window
-    out = np.full((block.height, block.width), np.nan, dtype=np.float32)
+    out = empty_in_small_pages((block.height, block.width), np.float32)
+    out.fill(np.nan)
     rasterio.warp.reproject(
         data, out, src_transform=t * Affine.translation(col0, row0), src_crs=crs_of(header.crs),
         src_nodata=nodata, dst_transform=block.affine, dst_crs=crs_of(block.crs), dst_nodata=np.nan,
@@ -470,7 +471,11 @@ def read_block(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: 
 def _block_task(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
     """A dask task: one block as ``(band, time, y, x)``."""
     arrays, _ = read_block(plan, t0, t1, r0, r1, c0, c1)
-    return np.stack([arrays[b] for b in plan.bands])
+    first = arrays[plan.bands[0]]
+    out = empty_in_small_pages((len(plan.bands), *first.shape), first.dtype)
+    for i, b in enumerate(plan.bands):
+        out[i] = arrays[b]
+    return out
 
 
 # -- grouping ------------------------------------------------------------------------------------

@@ -353,3 +353,13 @@ def test_an_eager_cube_above_the_memory_limit_is_refused_before_any_request(worl
         read_cube(collection, ["red"], bbox=AOI_BOX, crs=UTM43, resolution=10, date_range=BASE_RANGE,
                   fetch_config=FetchConfig(max_read_memory=1 << 20))
     assert world.cogs.requests == []
+
+
+def test_like_takes_another_cubes_grid(world):
+    first = read_cube(world.collection(), ["red"], bbox=AOI_BOX, crs=UTM43, resolution=20,
+                      date_range=(BASE_RANGE[0], BASE_RANGE[0][:8] + "06"))
+    again = read_cube(world.collection(), ["nir"], like=first, resampling="average", date_range=CROSS_RANGE)
+    assert grid_of(again) == grid_of(first)
+    np.testing.assert_array_equal(again["x"].values, first["x"].values)
+    np.testing.assert_array_equal(again["y"].values, first["y"].values)
+    assert again.sizes["time"] == 2 and np.isfinite(again["nir"].values).sum() > 10_000
