@@ -225,7 +225,11 @@ def main(argv=None) -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_lab_arguments(p, seed_help="unused", repeat_default=1, repeat_help="fresh-process runs per mode (median)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ", ".join(WORKLOADS))
     args = p.parse_args(argv)
+    chosen = [w for w in args.workloads.split(",") if w]
+    if not chosen or set(chosen) - set(WORKLOADS):
+        raise SystemExit(f"--workloads takes {', '.join(WORKLOADS)}")
     root, masters_dir, master_of, names, first_offset_by_name, dates = prepare_lab(args)
 
     import shapely
@@ -248,7 +252,8 @@ def main(argv=None) -> int:
                                                         "date_range": [str(dates[0]), str(dates[-1])]}, workdir)
             if build["failed"] or build["items"] != len(dates):
                 raise SystemExit(f"FAILED: build indexed {build['items']} items: {build['failed']}")
-        for workload, params in WORKLOADS.items():
+        for workload in chosen:
+            params = WORKLOADS[workload]
             grid = cube_grid(crs=CRS, resolution=params["resolution"], area_4326=shapely.box(*bbox))
             spec = {"params": params, "bbox": list(bbox), "workspace": str(workspace), "items": items, "hrefs": hrefs,
                     "grid": {"transform": list(grid.transform), "width": grid.width, "height": grid.height}}
@@ -281,7 +286,7 @@ def main(argv=None) -> int:
     print("-" * len(head))
     targets = {}
     rows = []
-    for workload in WORKLOADS:
+    for workload in chosen:
         eng = results[f"{workload}/engine"]
         odc = results[f"{workload}/odc-stac"]
         for mode in MODES:
