@@ -47,6 +47,8 @@ SLOW: dict[str, str] = {
     "reading/test_zonal.py::test_memory_does_not_grow_with_dates_when_written_to_a_file": "traces memory through every date of the world, one date in flight",
     "reading/test_read.py::test_a_read_of_shapely_polygons_in_a_fresh_process_needs_neither_gdal_nor_geopandas": "a fresh interpreter imports the package and reads",
     "reading/test_read_limits.py::test_a_polygon_larger_than_a_scene_is_refused_before_any_request": "plans a polygon larger than a scene over every date of the world",
+    "reading/test_cube.py::test_lazy_cube_on_a_cluster_equals_the_eager_read_without_refetching_tiles": "starts a dask LocalCluster of two worker processes",
+    "reading/test_cube.py::test_a_cube_larger_than_the_workers_memory_is_reduced_in_bounded_memory": "a 2.1 GB cube over whole scenes on a dask LocalCluster of two worker processes",
 }
 """The slow tests: ``{node id below rasteret_pipelines_tests/: reason}`` (reviewed; see above)."""
 

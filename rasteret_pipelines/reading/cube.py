@@ -47,8 +47,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import threading
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace

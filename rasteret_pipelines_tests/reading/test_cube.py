@@ -24,7 +24,6 @@ from rasterio.enums import Resampling
 from rasteret_pipelines.errors import CubeChunksError, CubeGridError, GroupbyError, InvalidReadArgumentError
 from rasteret_pipelines.reading.cube import CubeGrid, cube_grid, read_cube
 from rasteret_pipelines.reading.mosaic import FirstValid, MosaicMethod
-from rasteret_pipelines_tests.reading.test_read import _tile_layout
 from rasteret_pipelines_tests.reading.conftest import (
     AOIS,
     BASE_IDS,
@@ -34,6 +33,7 @@ from rasteret_pipelines_tests.reading.conftest import (
     MOSAIC_DAY,
     MOSAIC_IDS,
 )
+from rasteret_pipelines_tests.reading.test_read import _tile_layout
 
 UTM43 = "EPSG:32643"
 SCL_CLOUDY = (0, 1, 3, 8, 9, 10)
