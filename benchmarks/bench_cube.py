@@ -108,10 +108,22 @@ def _summary(arrays: dict, times) -> dict:
 def worker_build(spec: dict) -> dict:
     from rasteret_pipelines.collections import build_collection
 
-    report = build_collection(SOURCE, COLLECTION, spec["workspace"], date_range=tuple(spec["date_range"]),
-                              bands=list(BANDS), stac_url=spec["stac_url"], progress=False)
-    return {"items": report.items, "failed": [str(f) for f in report.failed], "seconds": 0.0,
-            "cpu_seconds": 0.0, "peak_rss_mb": peak_rss_mb()}
+    report = build_collection(
+        SOURCE,
+        COLLECTION,
+        spec["workspace"],
+        date_range=tuple(spec["date_range"]),
+        bands=list(BANDS),
+        stac_url=spec["stac_url"],
+        progress=False,
+    )
+    return {
+        "items": report.items,
+        "failed": [str(f) for f in report.failed],
+        "seconds": 0.0,
+        "cpu_seconds": 0.0,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def worker_engine(spec: dict) -> dict:
@@ -123,15 +135,27 @@ def worker_engine(spec: dict) -> dict:
     w = spec["params"]
     t0, c0 = time.perf_counter(), _cpu_seconds()
     collection = load_collection(COLLECTION, spec["workspace"])
-    ds = read_cube(collection, list(BANDS), bbox=tuple(spec["bbox"]), crs=CRS, resolution=w["resolution"],
-                   resampling=w["resampling"], groupby=w["groupby"], mosaic=w["mosaic"],
-                   chunks=spec.get("chunks"))
+    ds = read_cube(
+        collection,
+        list(BANDS),
+        bbox=tuple(spec["bbox"]),
+        crs=CRS,
+        resolution=w["resolution"],
+        resampling=w["resampling"],
+        groupby=w["groupby"],
+        mosaic=w["mosaic"],
+        chunks=spec.get("chunks"),
+    )
     if spec.get("chunks"):
         ds = ds.compute()
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
-            "summary": _summary({b: ds[b].values for b in BANDS}, ds["time"].values),
-            "shape": [int(ds.sizes[d]) for d in ("time", "y", "x")]}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_mb": peak_rss_mb(),
+        "summary": _summary({b: ds[b].values for b in BANDS}, ds["time"].values),
+        "shape": [int(ds.sizes[d]) for d in ("time", "y", "x")],
+    }
 
 
 def worker_odc(spec: dict) -> dict:
@@ -145,14 +169,26 @@ def worker_odc(spec: dict) -> dict:
     g = spec["grid"]
     geobox = GeoBox((g["height"], g["width"]), Affine(*g["transform"]), CRS)
     t0, c0 = time.perf_counter(), _cpu_seconds()
-    ds = odc.stac.load(items, bands=list(BANDS), geobox=geobox, groupby="solar_day", resampling=w["resampling"],
-                       dtype="float32", pool=spec.get("pool"))
+    ds = odc.stac.load(
+        items,
+        bands=list(BANDS),
+        geobox=geobox,
+        groupby="solar_day",
+        resampling=w["resampling"],
+        dtype="float32",
+        pool=spec.get("pool"),
+    )
     if w["mosaic"] == "median":
         ds = ds.resample(time="1MS").median()
     arrays = {b: ds[b].values for b in BANDS}
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
-            "summary": _summary(arrays, ds["time"].values), "shape": list(arrays[BANDS[0]].shape)}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_mb": peak_rss_mb(),
+        "summary": _summary(arrays, ds["time"].values),
+        "shape": list(arrays[BANDS[0]].shape),
+    }
 
 
 def worker_rasterio(spec: dict) -> dict:
@@ -170,8 +206,13 @@ def worker_rasterio(spec: dict) -> dict:
     def read(href: str) -> np.ndarray:
         with rasterio.open("/vsicurl/" + href) as src:
             window = from_bounds(*bounds, transform=src.transform)
-            arr = src.read(1, window=window, out_shape=(g["height"], g["width"]),
-                           resampling=Resampling[w["resampling"]], masked=True)
+            arr = src.read(
+                1,
+                window=window,
+                out_shape=(g["height"], g["width"]),
+                resampling=Resampling[w["resampling"]],
+                masked=True,
+            )
         return np.ma.filled(arr.astype(np.float32), np.nan)
 
     hrefs = spec["hrefs"]
@@ -189,19 +230,31 @@ def worker_rasterio(spec: dict) -> dict:
             days = sorted(by_band[band])
             if w["mosaic"] == "median":
                 months = sorted({d[:6] for d in days})
-                arrays[band] = np.stack([np.nanmedian(np.stack([by_band[band][d] for d in days if d[:6] == m]), axis=0)
-                                         for m in months])
+                arrays[band] = np.stack(
+                    [np.nanmedian(np.stack([by_band[band][d] for d in days if d[:6] == m]), axis=0) for m in months]
+                )
                 times = [np.datetime64(f"{m[:4]}-{m[4:]}-01") for m in months]
             else:
                 arrays[band] = np.stack([by_band[band][d] for d in days])
                 times = [np.datetime64(f"{d[:4]}-{d[4:6]}-{d[6:]}") for d in days]
         seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
-            "summary": _summary(arrays, times), "shape": list(arrays[BANDS[0]].shape)}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_mb": peak_rss_mb(),
+        "summary": _summary(arrays, times),
+        "shape": list(arrays[BANDS[0]].shape),
+    }
 
 
-WORKERS = {"build": worker_build, "engine": worker_engine, "engine-dask": worker_engine,
-           "odc-stac": worker_odc, "odc-stac-8t": worker_odc, "rasterio-8t": worker_rasterio}
+WORKERS = {
+    "build": worker_build,
+    "engine": worker_engine,
+    "engine-dask": worker_engine,
+    "odc-stac": worker_odc,
+    "odc-stac-8t": worker_odc,
+    "rasterio-8t": worker_rasterio,
+}
 
 
 def _difference(a: dict, b: dict) -> float:
@@ -248,15 +301,25 @@ def main(argv=None) -> int:
         items = make_items(names, srv.url_for)
         with StacServer(items) as stac:
             print("building the collection (not timed) ...", flush=True)
-            build = run_worker(WORKER_MODULE, "build", {"workspace": str(workspace), "stac_url": stac.url,
-                                                        "date_range": [str(dates[0]), str(dates[-1])]}, workdir)
+            build = run_worker(
+                WORKER_MODULE,
+                "build",
+                {"workspace": str(workspace), "stac_url": stac.url, "date_range": [str(dates[0]), str(dates[-1])]},
+                workdir,
+            )
             if build["failed"] or build["items"] != len(dates):
                 raise SystemExit(f"FAILED: build indexed {build['items']} items: {build['failed']}")
         for workload in chosen:
             params = WORKLOADS[workload]
             grid = cube_grid(crs=CRS, resolution=params["resolution"], area_4326=shapely.box(*bbox))
-            spec = {"params": params, "bbox": list(bbox), "workspace": str(workspace), "items": items, "hrefs": hrefs,
-                    "grid": {"transform": list(grid.transform), "width": grid.width, "height": grid.height}}
+            spec = {
+                "params": params,
+                "bbox": list(bbox),
+                "workspace": str(workspace),
+                "items": items,
+                "hrefs": hrefs,
+                "grid": {"transform": list(grid.transform), "width": grid.width, "height": grid.height},
+            }
             for mode in MODES:
                 if mode == "engine-dask" and workload == "median10":
                     continue
@@ -266,10 +329,14 @@ def main(argv=None) -> int:
                     srv.reset_log()
                     print(f"running {key} ({i + 1}/{args.repeat}) ...", flush=True)
                     env = GDAL_HTTP_ENV if mode.startswith(("odc", "rasterio")) else None
-                    mode_spec = dict(spec, chunks=DASK_CHUNKS if mode == "engine-dask" else None,
-                                     pool=8 if mode == "odc-stac-8t" else None)
-                    run = run_worker(WORKER_MODULE, mode, mode_spec, workdir, tag=f"{workload}-{mode}-{i}",
-                                     what="run", env_extra=env)
+                    mode_spec = dict(
+                        spec,
+                        chunks=DASK_CHUNKS if mode == "engine-dask" else None,
+                        pool=8 if mode == "odc-stac-8t" else None,
+                    )
+                    run = run_worker(
+                        WORKER_MODULE, mode, mode_spec, workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env
+                    )
                     run["traffic"] = account(settle(srv), first_offset_by_name).__dict__
                     runs.append(run)
                 runs.sort(key=lambda r: r["process_wall_seconds"])
@@ -277,11 +344,15 @@ def main(argv=None) -> int:
                 results[key]["grid"] = spec["grid"]
     load_after = os.getloadavg()[0]
 
-    head = (f"{'workload':<9} {'mode':<12} {'process s':>9} {'read s':>7} {'CPU s':>6} {'GETs':>5} {'hdr':>4} "
-            f"{'MB':>7} {'RSS MB':>7} {'vs odc':>7} {'max rel diff':>12}")
+    head = (
+        f"{'workload':<9} {'mode':<12} {'process s':>9} {'read s':>7} {'CPU s':>6} {'GETs':>5} {'hdr':>4} "
+        f"{'MB':>7} {'RSS MB':>7} {'vs odc':>7} {'max rel diff':>12}"
+    )
     print()
-    print(f"{len(dates)} scenes x {len(BANDS)} bands, 20 km x 20 km at 10/20 m, {args.latency * 1000:.0f} ms per "
-          f"request, load average {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} CPUs)")
+    print(
+        f"{len(dates)} scenes x {len(BANDS)} bands, 20 km x 20 km at 10/20 m, {args.latency * 1000:.0f} ms per "
+        f"request, load average {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} CPUs)"
+    )
     print(head)
     print("-" * len(head))
     targets = {}
@@ -296,26 +367,47 @@ def main(argv=None) -> int:
             t = r["traffic"]
             vs = odc["process_wall_seconds"] / r["process_wall_seconds"]
             diff = _difference(eng["summary"], r["summary"])
-            rows.append({"workload": workload, "mode": mode, **{k: r[k] for k in ("process_wall_seconds", "seconds",
-                         "cpu_seconds", "peak_rss_mb", "shape")}, "traffic": t, "vs_odc": vs, "max_rel_diff": diff})
-            print(f"{workload:<9} {mode:<12} {r['process_wall_seconds']:>9.2f} {r['seconds']:>7.2f} "
-                  f"{r['cpu_seconds']:>6.2f} {t['gets']:>5} {t['header_gets']:>4} {t['bytes'] / 1e6:>7.1f} "
-                  f"{r['peak_rss_mb']:>7.0f} {vs:>6.2f}x {diff:>12.2e}")
+            rows.append(
+                {
+                    "workload": workload,
+                    "mode": mode,
+                    **{k: r[k] for k in ("process_wall_seconds", "seconds", "cpu_seconds", "peak_rss_mb", "shape")},
+                    "traffic": t,
+                    "vs_odc": vs,
+                    "max_rel_diff": diff,
+                }
+            )
+            print(
+                f"{workload:<9} {mode:<12} {r['process_wall_seconds']:>9.2f} {r['seconds']:>7.2f} "
+                f"{r['cpu_seconds']:>6.2f} {t['gets']:>5} {t['header_gets']:>4} {t['bytes'] / 1e6:>7.1f} "
+                f"{r['peak_rss_mb']:>7.0f} {vs:>6.2f}x {diff:>12.2e}"
+            )
         targets[f"{workload}: engine >= {TARGET_VS_ODC:g}x faster than odc-stac (whole process)"] = (
-            odc["process_wall_seconds"] / eng["process_wall_seconds"] >= TARGET_VS_ODC)
+            odc["process_wall_seconds"] / eng["process_wall_seconds"] >= TARGET_VS_ODC
+        )
         dask = results.get(f"{workload}/engine-dask")
         if dask is not None:
             targets[f"{workload}: engine-dask within {TARGET_DASK:g}x of engine (whole process)"] = (
-                dask["process_wall_seconds"] <= TARGET_DASK * eng["process_wall_seconds"])
+                dask["process_wall_seconds"] <= TARGET_DASK * eng["process_wall_seconds"]
+            )
     print()
     print("(process s: spawn to exit of the worker; read s: load_collection + read (engine), load (odc-stac),")
     print(" reads + numpy (rasterio), medians included; max rel diff: counts and sums per band and step against")
     print(" the engine's; engine-dask: dask's threaded scheduler, chunks time 1, 2048 x 2048)")
     print_targets(targets)
     if args.json:
-        write_json(args.json, {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                               "latency_seconds": args.latency, "bbox": bbox, "rows": rows, "targets": targets,
-                               "load_average": [load_before, load_after]}, "\n")
+        write_json(
+            args.json,
+            {
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "latency_seconds": args.latency,
+                "bbox": bbox,
+                "rows": rows,
+                "targets": targets,
+                "load_average": [load_before, load_after],
+            },
+            "\n",
+        )
     return exit_status(args.strict, targets)
 
 

@@ -233,6 +233,11 @@ class Count(_Reduction):
 
 
 COMPOSITE_METHODS: dict[str, type[MosaicMethod]] = {
-    "highest": Highest, "lowest": Lowest, "mean": Mean, "median": Median, "stdev": Stdev, "count": Count,
+    "highest": Highest,
+    "lowest": Lowest,
+    "mean": Mean,
+    "median": Median,
+    "stdev": Stdev,
+    "count": Count,
 }
 """The composite methods by name (``mosaic="median"``)."""

@@ -120,8 +120,12 @@ class CubeGrid:
         """``(4n, 2)`` points along the grid's edges, in its CRS (for transforming bounds)."""
         left, bottom, right, top = self.bounds()
         t = np.linspace(0.0, 1.0, n)
-        xs = np.concatenate([left + t * (right - left), np.full(n, right), right - t * (right - left), np.full(n, left)])
-        ys = np.concatenate([np.full(n, top), top - t * (top - bottom), np.full(n, bottom), bottom + t * (top - bottom)])
+        xs = np.concatenate(
+            [left + t * (right - left), np.full(n, right), right - t * (right - left), np.full(n, left)]
+        )
+        ys = np.concatenate(
+            [np.full(n, top), top - t * (top - bottom), np.full(n, bottom), bottom + t * (top - bottom)]
+        )
         return np.column_stack([xs, ys])
 
 
@@ -301,7 +305,12 @@ def _plan_read(key: str, header, level: int, block: CubeGrid, resampling: str) -
     lvl = header.levels[level]
     a, b, c, d, e, f = header.level_transform(level) if level else header.transform
     ga, _, gc, _, ge, gf = block.transform
-    if b == d == 0 and math.isclose(a, ga, rel_tol=1e-9) and math.isclose(e, ge, rel_tol=1e-9) and same_crs(header.crs, block.crs):
+    if (
+        b == d == 0
+        and math.isclose(a, ga, rel_tol=1e-9)
+        and math.isclose(e, ge, rel_tol=1e-9)
+        and same_crs(header.crs, block.crs)
+    ):
         col, row = (gc - c) / a, (gf - f) / e
         if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
             col, row = round(col), round(row)
@@ -355,15 +364,22 @@ def _place(read: _Read, data: np.ndarray, block: CubeGrid, resampling: str, noda
     out = empty_in_small_pages((block.height, block.width), np.float32)
     out.fill(np.nan)
     rasterio.warp.reproject(
-        data, out, src_transform=t * Affine.translation(col0, row0), src_crs=crs_of(header.crs),
-        src_nodata=nodata, dst_transform=block.affine, dst_crs=crs_of(block.crs), dst_nodata=np.nan,
+        data,
+        out,
+        src_transform=t * Affine.translation(col0, row0),
+        src_crs=crs_of(header.crs),
+        src_nodata=nodata,
+        dst_transform=block.affine,
+        dst_crs=crs_of(block.crs),
+        dst_nodata=np.nan,
         resampling=_resampling(resampling),
     )
     return out, ~np.isnan(out)
 
 
-async def _read_block_async(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int,
-                            fetcher: RangeFetcher) -> dict[str, np.ndarray]:
+async def _read_block_async(
+    plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int, fetcher: RangeFetcher
+) -> dict[str, np.ndarray]:
     block = plan.grid.block(r0, r1, c0, c1)
     nt = t1 - t0
     out = {b: empty_in_small_pages((nt, block.height, block.width), plan.dtype) for b in plan.bands}
@@ -410,7 +426,9 @@ async def _read_block_async(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, 
         if qkey is not None:
             q = reads[qkey]
             qa, qvalid = _place(q, arrays[qkey], block, "nearest", nodata_of(q.header))
-            qa_clear = qvalid & plan.quality.clear(np.nan_to_num(qa).astype(q.header.dtype) if qa.dtype.kind == "f" else qa)
+            qa_clear = qvalid & plan.quality.clear(
+                np.nan_to_num(qa).astype(q.header.dtype) if qa.dtype.kind == "f" else qa
+            )
             clear = qa_clear if clear is None else clear & qa_clear
         for band in plan.bands:
             read = reads[plan.keys[band]]
@@ -444,8 +462,9 @@ async def _read_block_async(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, 
 
     async def level_batch(level: int, entries: list[tuple[int, str]]) -> None:
         requests = [(jobs[ji][3][key].header, jobs[ji][3][key].window) for ji, key in entries]
-        await fetch_windows(fetcher, requests, level,
-                            on_window=lambda i, arr: landed(entries[i][0], entries[i][1], arr))
+        await fetch_windows(
+            fetcher, requests, level, on_window=lambda i, arr: landed(entries[i][0], entries[i][1], arr)
+        )
 
     try:
         await asyncio.gather(*(level_batch(level, entries) for level, entries in by_level.items()))
@@ -623,8 +642,18 @@ def _dask_cube(plan: CubePlan, chunks) -> dict:
     t_edges = _edges(nt, sizes["time"])
     y_edges = _edges(plan.grid.height, sizes["y"], _tile_phase(plan, sizes["y"], "y"))
     x_edges = _edges(plan.grid.width, sizes["x"], _tile_phase(plan, sizes["x"], "x"))
-    token = tokenize(plan.grid, plan.bands, [(s.time, [x.id for x in s.scenes]) for s in plan.steps],
-                     plan.values, plan.resampling, plan.mosaic.__qualname__, plan.area, t_edges, y_edges, x_edges)
+    token = tokenize(
+        plan.grid,
+        plan.bands,
+        [(s.time, [x.id for x in s.scenes]) for s in plan.steps],
+        plan.values,
+        plan.resampling,
+        plan.mosaic.__qualname__,
+        plan.area,
+        t_edges,
+        y_edges,
+        x_edges,
+    )
     name = f"rasteret-cube-{token}"
     plan_key = f"rasteret-cube-plan-{token}"
     dsk: dict = {plan_key: plan}
@@ -634,8 +663,7 @@ def _dask_cube(plan: CubePlan, chunks) -> dict:
                 dsk[(name, 0, ti, yi, xi)] = (_block_task, plan_key, t0, t1, r0, r1, c0, c1)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     diffs = lambda e: tuple(b - a for a, b in zip(e, e[1:]))  # noqa: E731
-    arr = da.Array(graph, name, ((len(plan.bands),), diffs(t_edges), diffs(y_edges), diffs(x_edges)),
-                   dtype=plan.dtype)
+    arr = da.Array(graph, name, ((len(plan.bands),), diffs(t_edges), diffs(y_edges), diffs(x_edges)), dtype=plan.dtype)
     return {b: arr[i] for i, b in enumerate(plan.bands)}
 
 
@@ -708,7 +736,8 @@ def read_cube(
     quality = rule.band if rule is not None else None
     if quality is not None and quality not in collection.bands:
         raise UnknownBandError(
-            f"cloud_mask needs the {quality!r} band, which collection {collection.name!r} does not hold")
+            f"cloud_mask needs the {quality!r} band, which collection {collection.name!r} does not hold"
+        )
     if not isinstance(groupby, str) or not groupby:
         raise GroupbyError(f"groupby must be one of {GROUPINGS} or a property name, got {groupby!r}")
     check_date_range(collection, date_range)
@@ -722,8 +751,10 @@ def read_cube(
         raise CubeGridError("a cube needs an area: bbox=, geopolygon=, like= or geometries=")
     scenes = select_scenes(collection, [(0, area_4326)], date_range, cloud_cover_lt, filters, read_keys)
     if not scenes:
-        raise NoScenesError(f"no scene of collection {collection.name!r} covers the cube's area"
-                            + (f" between {date_range[0]} and {date_range[1]}" if date_range else ""))
+        raise NoScenesError(
+            f"no scene of collection {collection.name!r} covers the cube's area"
+            + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
+        )
     if like is None:
         first = min((scenes[0].headers[k] for k in data_keys), key=lambda h: abs(h.transform[0]))
         if crs is None:
@@ -750,8 +781,11 @@ def read_cube(
             cube_scenes.append(CubeScene(s.id, s.datetime, s.reflectance, headers, levels))
         steps.append(Step(label, cube_scenes, key))
     dtype, fill = _output_type(steps[0].scenes[0].headers, [keys[b] for b in bands], values, method)
-    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
-                     local_files=collection.allow_local_hrefs)
+    config = replace(
+        fetch_config or FetchConfig(),
+        requester_pays=collection.source.requester_pays,
+        local_files=collection.allow_local_hrefs,
+    )
     for step in steps:  # UnsafeHrefError before any request
         for s in step.scenes:
             for h in s.headers.values():
@@ -759,14 +793,21 @@ def read_cube(
     area = None
     if mask_4326 is not None:
         area = reproject_geometry(mask_4326, "EPSG:4326", grid.crs)
-    plan = CubePlan(grid, list(bands), keys, rule, values, resampling, method, dtype, fill, steps, area,
-                    all_touched, config, reader)
+    plan = CubePlan(
+        grid, list(bands), keys, rule, values, resampling, method, dtype, fill, steps, area, all_touched, config, reader
+    )
     attrs = {
-        "collection": collection.name, "data_source": collection.source.id,
-        "values": "raw" if values == "float" else values, "bands": list(bands),
-        "asset_keys": [keys[b] for b in bands], "cloud_mask": int(bool(cloud_mask)),
-        "crs": crs_text(grid.crs), "transform": list(grid.transform), "resolution": abs(grid.transform[0]),
-        "resampling": resampling, "groupby": groupby,
+        "collection": collection.name,
+        "data_source": collection.source.id,
+        "values": "raw" if values == "float" else values,
+        "bands": list(bands),
+        "asset_keys": [keys[b] for b in bands],
+        "cloud_mask": int(bool(cloud_mask)),
+        "crs": crs_text(grid.crs),
+        "transform": list(grid.transform),
+        "resolution": abs(grid.transform[0]),
+        "resampling": resampling,
+        "groupby": groupby,
         "mosaic": mosaic if isinstance(mosaic, str) else method.__name__,
     }
     if chunks is not None:
@@ -794,8 +835,11 @@ def _check_memory(plan: CubePlan) -> None:
     if issubclass(plan.mosaic, Median):
         windows = max(windows, max(len(s.scenes) for s in plan.steps) * pixels * n_bands * 4)
     estimate = ReadEstimate(output, windows, pixels if plan.area is not None else 0)
-    check_memory(estimate, memory_limit(getattr(plan.config, "max_read_memory", None)),
-                 what="the cube (pass chunks= to read it lazily, block by block)")
+    check_memory(
+        estimate,
+        memory_limit(getattr(plan.config, "max_read_memory", None)),
+        what="the cube (pass chunks= to read it lazily, block by block)",
+    )
 
 
 def _areas(bbox, geopolygon, geometries):
@@ -824,7 +868,9 @@ def _areas(bbox, geopolygon, geometries):
         elif isinstance(geopolygon, shapely.Geometry):
             geom = geopolygon
         else:
-            raise CubeGridError(f"geopolygon= must be a shapely geometry or a GeoSeries, got {type(geopolygon).__name__}")
+            raise CubeGridError(
+                f"geopolygon= must be a shapely geometry or a GeoSeries, got {type(geopolygon).__name__}"
+            )
         if geom.is_empty or geom.area == 0:
             raise CubeGridError("geopolygon= is empty")
         return geom, mask
@@ -869,10 +915,14 @@ def _dataset(plan: CubePlan, data: dict, attrs: dict):
         "y": ys,
         "x": xs,
         "scene_id": ("time", np.array([",".join(x.id for x in s.scenes) for s in plan.steps], dtype=object)),
-        "spatial_ref": ((), 0, {
-            "crs_wkt": crs_wkt(crs_text(g.crs)),
-            "GeoTransform": " ".join(repr(float(v)) for v in (c, a, 0.0, f, 0.0, e)),
-        }),
+        "spatial_ref": (
+            (),
+            0,
+            {
+                "crs_wkt": crs_wkt(crs_text(g.crs)),
+                "GeoTransform": " ".join(repr(float(v)) for v in (c, a, 0.0, f, 0.0, e)),
+            },
+        ),
     }
     ds = xr.Dataset({b: (("time", "y", "x"), data[b]) for b in plan.bands}, coords=coords, attrs=attrs)
     for b in plan.bands:

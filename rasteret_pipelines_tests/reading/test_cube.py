@@ -52,8 +52,14 @@ def warped(path, grid: CubeGrid, resampling: str, overview_level: int | None = N
         data = src.read(1)
         out = np.full((grid.height, grid.width), np.nan, np.float32)
         rasterio.warp.reproject(
-            data, out, src_transform=src.transform, src_crs=src.crs, src_nodata=src.nodata,
-            dst_transform=Affine(*grid.transform), dst_crs=grid.crs, dst_nodata=np.nan,
+            data,
+            out,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            src_nodata=src.nodata,
+            dst_transform=Affine(*grid.transform),
+            dst_crs=grid.crs,
+            dst_nodata=np.nan,
             resampling=Resampling[resampling],
         )
     return out
@@ -80,11 +86,14 @@ def test_grid_edges_sit_on_multiples_of_the_resolution_around_the_area():
     assert bottom <= miny < bottom + 20 and top - 20 < maxy <= top
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"crs": UTM43, "resolution": None}, "resolution"),
-    ({"crs": UTM43, "resolution": -10}, "positive"),
-    ({"crs": "EPSG:nope", "resolution": 10}, "not a CRS"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"crs": UTM43, "resolution": None}, "resolution"),
+        ({"crs": UTM43, "resolution": -10}, "positive"),
+        ({"crs": "EPSG:nope", "resolution": 10}, "not a CRS"),
+    ],
+)
 def test_bad_grids_are_named(kwargs, message):
     with pytest.raises(CubeGridError, match=message):
         cube_grid(area_4326=shapely.box(*AOI_BOX), **kwargs)
@@ -97,8 +106,16 @@ def test_bad_grids_are_named(kwargs, message):
 def test_two_utm_zones_on_one_grid_equal_rasterio_warp(world, resampling):
     """The 2024-02-10 scene (EPSG:32643, the cube's own grid) and the EPSG:32644 scene, both on
     a 10 m EPSG:32643 grid: each step equals rasterio's warp of the file with the same resampling."""
-    ds = read_cube(world.collection(), ["red", "nir"], bbox=AOI_BOX, crs=UTM43, resolution=10,
-                   resampling=resampling, groupby="time", date_range=CROSS_RANGE)
+    ds = read_cube(
+        world.collection(),
+        ["red", "nir"],
+        bbox=AOI_BOX,
+        crs=UTM43,
+        resolution=10,
+        resampling=resampling,
+        groupby="time",
+        date_range=CROSS_RANGE,
+    )
     assert ds["red"].dims == ("time", "y", "x") and ds.attrs["header_requests"] == 0
     grid = grid_of(ds)
     assert list(ds["scene_id"].values) == [next(s for s in BASE_IDS if "20240210" in s), CROSS_ID]
@@ -117,12 +134,21 @@ def test_two_utm_zones_on_one_grid_equal_rasterio_warp(world, resampling):
 
 @pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
 def test_a_20m_band_onto_a_10m_grid(world, resampling):
-    ds = read_cube(world.collection(), ["scl"], bbox=AOI_BOX, crs=UTM43, resolution=10,
-                   resampling=resampling, groupby="time", date_range=BASE_RANGE)
+    ds = read_cube(
+        world.collection(),
+        ["scl"],
+        bbox=AOI_BOX,
+        crs=UTM43,
+        resolution=10,
+        resampling=resampling,
+        groupby="time",
+        date_range=BASE_RANGE,
+    )
     grid = grid_of(ds)
     for ti, scene_id in enumerate(ds["scene_id"].values):
-        np.testing.assert_allclose(ds["scl"].values[ti], warped(world.path(scene_id, "scl"), grid, resampling),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            ds["scl"].values[ti], warped(world.path(scene_id, "scl"), grid, resampling), rtol=1e-6
+        )
 
 
 def _gdal_best_overview(factors: list[int], desired: float, threshold: float) -> int | None:
@@ -148,17 +174,29 @@ def test_a_coarser_grid_reads_the_overview_gdal_picks(world, resolution, resampl
     level = _gdal_best_overview(factors, resolution / 10, 1.2 if resampling == "nearest" else 1.01)
     assert level is not None and factors[level] == {60: 4, 20: 2, 80: 8}[resolution]
     with rasterio.open(path, overview_level=level) as ovr:
-        offsets = [int(ovr.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=1) or 0)
-                   for r in range(math.ceil(ovr.height / ovr.block_shapes[0][0]))
-                   for c in range(math.ceil(ovr.width / ovr.block_shapes[0][1]))]
-        sizes = [int(ovr.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=1) or 0)
-                 for r in range(math.ceil(ovr.height / ovr.block_shapes[0][0]))
-                 for c in range(math.ceil(ovr.width / ovr.block_shapes[0][1]))]
+        offsets = [
+            int(ovr.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=1) or 0)
+            for r in range(math.ceil(ovr.height / ovr.block_shapes[0][0]))
+            for c in range(math.ceil(ovr.width / ovr.block_shapes[0][1]))
+        ]
+        sizes = [
+            int(ovr.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=1) or 0)
+            for r in range(math.ceil(ovr.height / ovr.block_shapes[0][0]))
+            for c in range(math.ceil(ovr.width / ovr.block_shapes[0][1]))
+        ]
     tiles = [(o, o + s - 1) for o, s in zip(offsets, sizes) if o and s]
     collection = world.collection()
     world.cogs.reset_log()
-    ds = read_cube(collection, ["red"], bbox=AOI_BOX, crs=UTM43, resolution=resolution, resampling=resampling,
-                   groupby="time", date_range=(BASE_RANGE[0], BASE_RANGE[0][:8] + "06"))
+    ds = read_cube(
+        collection,
+        ["red"],
+        bbox=AOI_BOX,
+        crs=UTM43,
+        resolution=resolution,
+        resampling=resampling,
+        groupby="time",
+        date_range=(BASE_RANGE[0], BASE_RANGE[0][:8] + "06"),
+    )
     assert list(ds["scene_id"].values) == [scene_id]
     expected = warped(path, grid_of(ds), resampling, overview_level=level)
     assert np.isfinite(expected).sum() > 1000
@@ -173,8 +211,14 @@ def test_a_coarser_grid_reads_the_overview_gdal_picks(world, resolution, resampl
 
 
 def test_solar_day_mosaics_the_two_scenes_of_one_day_first_valid(world):
-    ds = read_cube(world.collection(), ["red"], bbox=AOI_BOX, crs=UTM43, resolution=10,
-                   date_range=(str(MOSAIC_DAY), str(MOSAIC_DAY)))
+    ds = read_cube(
+        world.collection(),
+        ["red"],
+        bbox=AOI_BOX,
+        crs=UTM43,
+        resolution=10,
+        date_range=(str(MOSAIC_DAY), str(MOSAIC_DAY)),
+    )
     assert ds.sizes["time"] == 1 and ds.attrs["groupby"] == "solar_day"
     first, second = sorted(MOSAIC_IDS, key=world.datetime)
     assert ds["scene_id"].values[0] == f"{first},{second}"
@@ -187,23 +231,39 @@ def test_solar_day_mosaics_the_two_scenes_of_one_day_first_valid(world):
 
 
 REDUCTIONS = {
-    "first": None, "last": None, "highest": np.nanmax, "lowest": np.nanmin, "mean": np.nanmean,
-    "median": np.nanmedian, "stdev": np.nanstd, "count": None,
+    "first": None,
+    "last": None,
+    "highest": np.nanmax,
+    "lowest": np.nanmin,
+    "mean": np.nanmean,
+    "median": np.nanmedian,
+    "stdev": np.nanstd,
+    "count": None,
 }
 
 
 @pytest.mark.parametrize("method", list(REDUCTIONS))
 def test_monthly_composites_with_the_cloud_mask_equal_numpy(world, method):
     """January and February 2024, two scenes each, clouds masked before the reduction."""
-    ds = read_cube(world.collection(), ["red"], bbox=AOI_BOX, crs=UTM43, resolution=10, groupby="month",
-                   mosaic=method, cloud_mask=True, date_range=BASE_RANGE)
+    ds = read_cube(
+        world.collection(),
+        ["red"],
+        bbox=AOI_BOX,
+        crs=UTM43,
+        resolution=10,
+        groupby="month",
+        mosaic=method,
+        cloud_mask=True,
+        date_range=BASE_RANGE,
+    )
     assert [str(t)[:10] for t in ds["time"].values] == ["2024-01-01", "2024-02-01"]
     grid = grid_of(ds)
     for ti, month in enumerate(("2024-01", "2024-02")):
         ids = sorted((s for s in BASE_IDS if str(world.datetime(s))[:7] == month), key=world.datetime)
         assert len(ids) == 2 and ds["scene_id"].values[ti] == ",".join(ids)
-        stack = np.stack([np.where(clear_of(world, s, grid), warped(world.path(s, "red"), grid, "nearest"), np.nan)
-                          for s in ids])
+        stack = np.stack(
+            [np.where(clear_of(world, s, grid), warped(world.path(s, "red"), grid, "nearest"), np.nan) for s in ids]
+        )
         valid = np.isfinite(stack)
         assert (valid.sum(0) == 1).sum() > 1000 and (valid.sum(0) == 2).sum() > 1000
         if method == "first":
@@ -227,11 +287,20 @@ def test_groupby_a_property_and_a_mosaic_subclass_plugs_in(world):
             fed.append(rank)
             super().feed(values, valid, rank)
 
-    ds = read_cube(world.collection(), ["red"], bbox=AOI_BOX, crs=UTM43, resolution=20, groupby="platform",
-                   mosaic=Recording, date_range=BASE_RANGE)
+    ds = read_cube(
+        world.collection(),
+        ["red"],
+        bbox=AOI_BOX,
+        crs=UTM43,
+        resolution=20,
+        groupby="platform",
+        mosaic=Recording,
+        date_range=BASE_RANGE,
+    )
     platforms = {world.items[s]["properties"]["platform"] for s in BASE_IDS}
     assert ds.sizes["time"] == len(platforms) and sorted(fed) == sorted(
-        r for p in platforms for r in range(sum(world.items[s]["properties"]["platform"] == p for s in BASE_IDS)))
+        r for p in platforms for r in range(sum(world.items[s]["properties"]["platform"] == p for s in BASE_IDS))
+    )
     assert issubclass(Recording, MosaicMethod) and ds.attrs["mosaic"] == "Recording"
 
 
@@ -252,13 +321,22 @@ def test_geometries_mask_the_cube_and_get_xarray_takes_the_grid_form(world):
 
     r = Rasteret.load_collection("world", world.workspace)
     aoi = AOIS[1]
-    ds = r.get_xarray(geometries=[aoi], bands=["red"], bbox=AOI_BOX, crs=UTM43, resolution=10,
-                      date_range=(BASE_RANGE[0], BASE_RANGE[0][:8] + "06"))
+    ds = r.get_xarray(
+        geometries=[aoi],
+        bands=["red"],
+        bbox=AOI_BOX,
+        crs=UTM43,
+        resolution=10,
+        date_range=(BASE_RANGE[0], BASE_RANGE[0][:8] + "06"),
+    )
     grid = grid_of(ds)
     from rasterio.features import geometry_mask
 
-    inside = ~geometry_mask([rasterio.warp.transform_geom("EPSG:4326", UTM43, shapely.geometry.mapping(aoi))],
-                            (grid.height, grid.width), Affine(*grid.transform))
+    inside = ~geometry_mask(
+        [rasterio.warp.transform_geom("EPSG:4326", UTM43, shapely.geometry.mapping(aoi))],
+        (grid.height, grid.width),
+        Affine(*grid.transform),
+    )
     expected = np.where(inside, warped(world.path(BASE_IDS[0], "red"), grid, "nearest"), np.nan)
     np.testing.assert_array_equal(ds["red"].values[0], expected)
     assert 0 < inside.sum() < inside.size
@@ -270,8 +348,12 @@ def test_geometries_mask_the_cube_and_get_xarray_takes_the_grid_form(world):
 @pytest.fixture(scope="module")
 def cluster():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="400MiB",
-                                  dashboard_address=None) as lc, distributed.Client(lc) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, memory_limit="400MiB", dashboard_address=None
+        ) as lc,
+        distributed.Client(lc) as client,
+    ):
         yield client
 
 
@@ -322,8 +404,14 @@ def test_a_cube_larger_than_the_workers_memory_is_reduced_in_bounded_memory(worl
     past its limit."""
     with rasterio.open(world.path(BASE_IDS[0], "red")) as src:
         box = _Box(str(src.crs), src.transform, (src.height, src.width))
-    ds = read_cube(world.collection(), ["red", "nir"], like=box, groupby="time", date_range=BASE_RANGE,
-                   chunks={"time": 1, "y": 2048, "x": 2048})
+    ds = read_cube(
+        world.collection(),
+        ["red", "nir"],
+        like=box,
+        groupby="time",
+        date_range=BASE_RANGE,
+        chunks={"time": 1, "y": 2048, "x": 2048},
+    )
     assert ds["red"].nbytes + ds["nir"].nbytes > 2 * 2 * 400 * 2**20
     counts = ds.count(dim=("y", "x")).compute()
     for ti, scene_id in enumerate(ds["scene_id"].values):
@@ -350,14 +438,27 @@ def test_an_eager_cube_above_the_memory_limit_is_refused_before_any_request(worl
     collection = world.collection()
     world.cogs.reset_log()
     with pytest.raises(MemoryLimitError, match="chunks="):
-        read_cube(collection, ["red"], bbox=AOI_BOX, crs=UTM43, resolution=10, date_range=BASE_RANGE,
-                  fetch_config=FetchConfig(max_read_memory=1 << 20))
+        read_cube(
+            collection,
+            ["red"],
+            bbox=AOI_BOX,
+            crs=UTM43,
+            resolution=10,
+            date_range=BASE_RANGE,
+            fetch_config=FetchConfig(max_read_memory=1 << 20),
+        )
     assert world.cogs.requests == []
 
 
 def test_like_takes_another_cubes_grid(world):
-    first = read_cube(world.collection(), ["red"], bbox=AOI_BOX, crs=UTM43, resolution=20,
-                      date_range=(BASE_RANGE[0], BASE_RANGE[0][:8] + "06"))
+    first = read_cube(
+        world.collection(),
+        ["red"],
+        bbox=AOI_BOX,
+        crs=UTM43,
+        resolution=20,
+        date_range=(BASE_RANGE[0], BASE_RANGE[0][:8] + "06"),
+    )
     again = read_cube(world.collection(), ["nir"], like=first, resampling="average", date_range=CROSS_RANGE)
     assert grid_of(again) == grid_of(first)
     np.testing.assert_array_equal(again["x"].values, first["x"].values)
