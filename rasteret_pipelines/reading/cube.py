@@ -48,6 +48,7 @@ import asyncio
 import atexit
 import logging
 import math
+import operator
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -538,17 +539,13 @@ class _TaskIO:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def _block_task(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    """A dask task: one block as ``(band, time, y, x)``."""
+def _block_task(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int) -> dict:
+    """A dask task: one block, ``{band: (time, y, x) array}`` (each band's chunk takes its item,
+    so no array is copied to stack the bands)."""
     if plan.reader is None:
-        arrays = _TaskIO.get().run(plan, (t0, t1, r0, r1, c0, c1))
-    else:
-        arrays, _ = read_block(plan, t0, t1, r0, r1, c0, c1)
-    first = arrays[plan.bands[0]]
-    out = empty_in_small_pages((len(plan.bands), *first.shape), first.dtype)
-    for i, b in enumerate(plan.bands):
-        out[i] = arrays[b]
-    return out
+        return _TaskIO.get().run(plan, (t0, t1, r0, r1, c0, c1))
+    arrays, _ = read_block(plan, t0, t1, r0, r1, c0, c1)
+    return arrays
 
 
 # -- grouping ------------------------------------------------------------------------------------
@@ -654,17 +651,27 @@ def _dask_cube(plan: CubePlan, chunks) -> dict:
         y_edges,
         x_edges,
     )
-    name = f"rasteret-cube-{token}"
+    blocks = f"rasteret-cube-blocks-{token}"
     plan_key = f"rasteret-cube-plan-{token}"
-    dsk: dict = {plan_key: plan}
+    layers: dict = {blocks: {plan_key: plan}}
+    names = {b: f"rasteret-cube-{b}-{token}" for b in plan.bands}
+    for b in plan.bands:
+        layers[names[b]] = {}
     for ti, (t0, t1) in enumerate(zip(t_edges, t_edges[1:])):
         for yi, (r0, r1) in enumerate(zip(y_edges, y_edges[1:])):
             for xi, (c0, c1) in enumerate(zip(x_edges, x_edges[1:])):
-                dsk[(name, 0, ti, yi, xi)] = (_block_task, plan_key, t0, t1, r0, r1, c0, c1)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    diffs = lambda e: tuple(b - a for a, b in zip(e, e[1:]))  # noqa: E731
-    arr = da.Array(graph, name, ((len(plan.bands),), diffs(t_edges), diffs(y_edges), diffs(x_edges)), dtype=plan.dtype)
-    return {b: arr[i] for i, b in enumerate(plan.bands)}
+                block = (blocks, ti, yi, xi)
+                layers[blocks][block] = (_block_task, plan_key, t0, t1, r0, r1, c0, c1)
+                for b in plan.bands:
+                    layers[names[b]][(names[b], ti, yi, xi)] = (operator.getitem, block, b)
+    chunks = tuple(tuple(e1 - e0 for e0, e1 in zip(e, e[1:])) for e in (t_edges, y_edges, x_edges))
+    out = {}
+    for b in plan.bands:
+        graph = HighLevelGraph(
+            {blocks: layers[blocks], names[b]: layers[names[b]]}, {blocks: set(), names[b]: {blocks}}
+        )
+        out[b] = da.Array(graph, names[b], chunks, dtype=plan.dtype)
+    return out
 
 
 # -- the read ------------------------------------------------------------------------------------
