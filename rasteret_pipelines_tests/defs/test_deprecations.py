@@ -10,7 +10,7 @@ import dagster as dg
 
 import rasteret_pipelines
 from rasteret_pipelines.defs import build_definitions
-from rasteret_pipelines_tests.defs.conftest import MONTHS
+from rasteret_pipelines_tests.defs.conftest import GROUP, MONTHS
 
 PROJECT = Path(rasteret_pipelines.__file__).resolve().parent
 DAGSTER = Path(dg.__file__).resolve().parent.parent  # site-packages: dagster, dagster_shared, ...
@@ -26,8 +26,8 @@ def test_definitions_resources_and_runs_raise_no_deprecation_warning(project):
         warnings.simplefilter("always")
         defs = build_definitions(project.settings)
         assert project.run("collections_job", f"{MONTHS[0]}-01").success
-        assert project.run_range("ndvi_job", f"1|{MONTHS[0]}-01", f"2|{MONTHS[0]}-01").success
-        assert project.run_range("ndvi_timeseries_job", "1", "2").success
+        assert project.run("field_stats_job", f"{GROUP}|{MONTHS[0]}-01").success
+        assert project.run("field_timeseries_job", GROUP).success
         schedule = defs.resolve_schedule_def("monthly_collections")
         schedule.evaluate_tick(dg.build_schedule_context(
             instance=project.instance, repository_def=defs.get_repository_def(),

@@ -141,7 +141,7 @@ def test_the_demo_next_to_another_clones_live_mirror_reads_its_own_world(demo_wo
     (month,) = summary["collections"]["sentinel-2-l2a"]
     hrefs = pq.read_table(month, columns=["red_href"]).column("red_href").to_pylist()
     assert hrefs and all(h.startswith(f"http://127.0.0.1:{mine + 1}/") for h in hrefs), hrefs
-    assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 4  # 1 month x 2 dates x 2 AOIs
+    assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 2  # 1 month x 2 dates x 1 group (both AOIs in one)
 
 
 
