@@ -215,8 +215,16 @@ def write_master(path: Path, data: np.ndarray) -> None:
 
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
         write_cog(
-            data, path, CRS, from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL), dtype="uint16", nodata=0,
-            predictor=2, blocksize=BLOCK, overview_resampling="CUBIC", num_threads="ALL_CPUS",  # GDAL's default
+            data,
+            path,
+            CRS,
+            from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL),
+            dtype="uint16",
+            nodata=0,
+            predictor=2,
+            blocksize=BLOCK,
+            overview_resampling="CUBIC",
+            num_threads="ALL_CPUS",  # GDAL's default
         )
 
 
@@ -474,9 +482,7 @@ def main(argv=None) -> int:
 
     results: dict[str, dict] = {}
     traffic: dict[str, Traffic] = {}
-    with tempfile.TemporaryDirectory(prefix="bench_cog_") as tmp, RangeServer(
-        root, latency=args.latency
-    ) as srv:
+    with tempfile.TemporaryDirectory(prefix="bench_cog_") as tmp, RangeServer(root, latency=args.latency) as srv:
         workdir = Path(tmp)
         names = [n for n, _ in data["files"]]
         hrefs = [srv.url_for(n) for n in names]

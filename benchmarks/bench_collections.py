@@ -64,8 +64,13 @@ from benchmarks._common import (
 
 SOURCE = "sentinel-2-l2a"
 RECORDED_ITEM = (
-    REPO_ROOT / "rasteret_pipelines_tests" / "data" / "stac" / "earth-search-v1"
-    / "sentinel-2-l2a" / "S2B_24MUA_20250731_0_L2A.json"
+    REPO_ROOT
+    / "rasteret_pipelines_tests"
+    / "data"
+    / "stac"
+    / "earth-search-v1"
+    / "sentinel-2-l2a"
+    / "S2B_24MUA_20250731_0_L2A.json"
 )
 DEFAULT_DATA_DIR = REPO_ROOT / "benchmarks" / ".data" / "collections"
 BANDS = {"red": "B04.tif", "nir": "B08.tif"}  # asset key -> file name, as on Earth Search
@@ -100,8 +105,7 @@ FILTERS = {
         # slanted swath edge), so the exact intersection test matters.
         "geometry": {
             "type": "Polygon",
-            "coordinates": [[[-40.33, -3.70], [-40.22, -3.66], [-39.05, -2.75], [-39.20, -2.62],
-                             [-40.33, -3.70]]],
+            "coordinates": [[[-40.33, -3.70], [-40.22, -3.66], [-39.05, -2.75], [-39.20, -2.62], [-40.33, -3.70]]],
         },
     },
     "property": {"properties": {"grid:code": "MGRS-24MVB"}},
@@ -118,9 +122,17 @@ def cog_params() -> dict:
     import rasterio
 
     return {
-        "version": COG_VERSION, "size": SIZE, "block": BLOCK, "crs": CRS, "origin": list(ORIGIN),
-        "pixel": PIXEL, "compress": "DEFLATE", "predictor": 2, "overviews": "AUTO",
-        "sparse": True, "gdal": rasterio.__gdal_version__,
+        "version": COG_VERSION,
+        "size": SIZE,
+        "block": BLOCK,
+        "crs": CRS,
+        "origin": list(ORIGIN),
+        "pixel": PIXEL,
+        "compress": "DEFLATE",
+        "predictor": 2,
+        "overviews": "AUTO",
+        "sparse": True,
+        "gdal": rasterio.__gdal_version__,
     }
 
 
@@ -145,9 +157,20 @@ def ensure_master(data_dir: Path) -> tuple[Path, float]:
     t0 = time.perf_counter()
     src = data_dir / "master_src.tif"
     profile = dict(
-        driver="GTiff", width=SIZE, height=SIZE, count=1, dtype="uint16", crs=CRS,
-        transform=from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL), nodata=0, tiled=True,
-        blockxsize=BLOCK, blockysize=BLOCK, compress="DEFLATE", predictor=2, SPARSE_OK=True,
+        driver="GTiff",
+        width=SIZE,
+        height=SIZE,
+        count=1,
+        dtype="uint16",
+        crs=CRS,
+        transform=from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL),
+        nodata=0,
+        tiled=True,
+        blockxsize=BLOCK,
+        blockysize=BLOCK,
+        compress="DEFLATE",
+        predictor=2,
+        SPARSE_OK=True,
     )
     with rasterio.open(src, "w", **profile) as dst:
         # One real block (a ramp); every other block stays sparse (offset 0, no bytes).
@@ -155,8 +178,15 @@ def ensure_master(data_dir: Path) -> tuple[Path, float]:
         dst.write(ramp, 1, window=Window(0, 0, BLOCK, BLOCK))
     tmp = data_dir / "master_s2_10m.tmp.tif"
     rasterio.shutil.copy(
-        src, tmp, driver="COG", compress="DEFLATE", predictor=2, blocksize=BLOCK,
-        overviews="AUTO", SPARSE_OK=True, num_threads="ALL_CPUS",
+        src,
+        tmp,
+        driver="COG",
+        compress="DEFLATE",
+        predictor=2,
+        blocksize=BLOCK,
+        overviews="AUTO",
+        SPARSE_OK=True,
+        num_threads="ALL_CPUS",
     )
     os.replace(tmp, master)
     src.unlink()
@@ -238,11 +268,10 @@ def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
     base_geoms = [shapely.geometry.shape(i["geometry"]) for i in base_items]
 
     rng = np.random.default_rng(seed)
-    per_month = [rows // len(DERIVED_MONTHS) + (1 if i < rows % len(DERIVED_MONTHS) else 0)
-                 for i in range(len(DERIVED_MONTHS))]
-    report = build_module.BuildReport(
-        name=DERIVED_NAME, source=src.id, location=store.uri_of(DERIVED_NAME)
-    )
+    per_month = [
+        rows // len(DERIVED_MONTHS) + (1 if i < rows % len(DERIVED_MONTHS) else 0) for i in range(len(DERIVED_MONTHS))
+    ]
+    report = build_module.BuildReport(name=DERIVED_NAME, source=src.id, location=store.uri_of(DERIVED_NAME))
     expected: dict[str, list[str]] = {k: [] for k in FILTERS}
     f_geom = shapely.geometry.shape(FILTERS["polygon"]["geometry"])
     f1 = FILTERS["date+cloud+bbox"]
@@ -275,13 +304,23 @@ def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
             minx, miny, maxx, maxy = geom.bounds
             item = dict(base_items[idx[k]])
             props = dict(item["properties"])
-            props.update({
-                "datetime": when.isoformat(timespec="microseconds").replace("+00:00", "Z"),
-                "eo:cloud_cover": float(clouds[k]), "platform": PLATFORMS[plats[k]],
-                "grid:code": code, "mgrs:grid_square": sq,
-            })
-            item.update({"id": item_id, "properties": props, "bbox": [minx, miny, maxx, maxy],
-                         "geometry": shapely.geometry.mapping(geom)})
+            props.update(
+                {
+                    "datetime": when.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+                    "eo:cloud_cover": float(clouds[k]),
+                    "platform": PLATFORMS[plats[k]],
+                    "grid:code": code,
+                    "mgrs:grid_square": sq,
+                }
+            )
+            item.update(
+                {
+                    "id": item_id,
+                    "properties": props,
+                    "bbox": [minx, miny, maxx, maxy],
+                    "geometry": shapely.geometry.mapping(geom),
+                }
+            )
             items.append(item)
             # Expected answers, from the generated values (not from the library).
             in_bbox = minx <= bx1 and maxx >= bx0 and miny <= by1 and maxy >= by0
@@ -300,11 +339,16 @@ def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
         path = build_module.write_month(store, table, DERIVED_NAME, key)
         report.months.append(build_module.MonthReport(month=key, path=path, items=n))
     date_range = (dt.date(2025, 1, 1), dt.date(2025, 10, 31))  # DERIVED_MONTHS
-    build_module._write_manifest(store, DERIVED_NAME, {}, src, keys, date_range, None, None, None,
-                                 None, None, None, report)
-    return {"expected": expected, "polygon_bbox_candidates": bbox_candidates,
-            "bytes": sum(Path(store.path(DERIVED_NAME, f"month={k}", build_module.MONTH_FILE)).stat().st_size
-                         for k in DERIVED_MONTHS)}
+    build_module._write_manifest(
+        store, DERIVED_NAME, {}, src, keys, date_range, None, None, None, None, None, None, report
+    )
+    return {
+        "expected": expected,
+        "polygon_bbox_candidates": bbox_candidates,
+        "bytes": sum(
+            Path(store.path(DERIVED_NAME, f"month={k}", build_module.MONTH_FILE)).stat().st_size for k in DERIVED_MONTHS
+        ),
+    }
 
 
 def ids_digest(ids) -> str:
@@ -323,7 +367,9 @@ def worker_build(spec: dict) -> dict:
 
     phases = {"search": 0.0, "headers": 0.0, "previous": 0.0}
     search_items, build_month, previous = (
-        build_module.search_items, build_module._build_month, build_module._previous_headers
+        build_module.search_items,
+        build_module._build_month,
+        build_module._previous_headers,
     )
 
     def timed_search(*a, **k):
@@ -353,8 +399,13 @@ def worker_build(spec: dict) -> dict:
 
     def run():
         return build_collection(
-            SOURCE, spec["name"], spec["workspace"], date_range=spec["date_range"],
-            bands=list(BANDS), stac_url=spec["stac_url"], progress=False,
+            SOURCE,
+            spec["name"],
+            spec["workspace"],
+            date_range=spec["date_range"],
+            bands=list(BANDS),
+            stac_url=spec["stac_url"],
+            progress=False,
         )
 
     profiler = None
@@ -369,10 +420,17 @@ def worker_build(spec: dict) -> dict:
     if profiler:
         profiler.dump_stats(spec["profile"])
     months = [
-        {"month": m.month, "items": m.items, "headers_fetched": m.headers_fetched,
-         "headers_reused": m.headers_reused, "header_requests": m.header_requests,
-         "bytes": m.bytes, "seconds": m.seconds, "failed": len(m.failed),
-         "skipped": len(m.skipped_items)}
+        {
+            "month": m.month,
+            "items": m.items,
+            "headers_fetched": m.headers_fetched,
+            "headers_reused": m.headers_reused,
+            "header_requests": m.header_requests,
+            "bytes": m.bytes,
+            "seconds": m.seconds,
+            "failed": len(m.failed),
+            "skipped": len(m.skipped_items),
+        }
         for m in report.months
     ]
     return {
@@ -482,7 +540,8 @@ def main(argv=None) -> int:
     n_cogs = args.items * len(BANDS)
     print(
         f"COG: {master.stat().st_size} bytes, {SIZE}x{SIZE} uint16, {BLOCK} px tiles, first tile at "
-        f"byte {first_offset}" + (f" (generated in {gen_s:.1f} s)" if gen_s else " (cached)")
+        f"byte {first_offset}"
+        + (f" (generated in {gen_s:.1f} s)" if gen_s else " (cached)")
         + f"; {n_cogs} hrefs ({made} new links in {link_s:.2f} s)"
     )
 
@@ -491,23 +550,29 @@ def main(argv=None) -> int:
 
     recorded = load_items(RECORDED_ITEM)[0]
     results: dict = {}
-    with tempfile.TemporaryDirectory(prefix="bench_collections_") as tmp, RangeServer(
-        root, latency=args.latency
-    ) as cogs:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench_collections_") as tmp,
+        RangeServer(root, latency=args.latency) as cogs,
+    ):
         workdir = Path(tmp)
         workspace = workdir / "workspace"
         items = make_items(recorded, ids, cogs.url_for)
         with StacServer(items) as stac:
             spec = {
-                "name": BUILD_NAME, "workspace": str(workspace), "stac_url": stac.url,
+                "name": BUILD_NAME,
+                "workspace": str(workspace),
+                "stac_url": stac.url,
                 "date_range": [d.isoformat() for d in BUILD_MONTH],
             }
             # 1. build, 2. rebuild unchanged
             for step in ("build", "rebuild"):
                 cogs.reset_log()
                 stac.reset_log()
-                print(f"running {step} ({args.items} items x {len(BANDS)} bands, "
-                      f"{args.latency * 1000:.0f} ms per COG request) ...", flush=True)
+                print(
+                    f"running {step} ({args.items} items x {len(BANDS)} bands, "
+                    f"{args.latency * 1000:.0f} ms per COG request) ...",
+                    flush=True,
+                )
                 extra = {"profile": str(args.profile)} if (args.profile and step == "build") else {}
                 cpu0 = time.process_time()
                 r = run_worker(WORKER_MODULE, "build", {**spec, **extra}, workdir, tag=step, what="step")
@@ -529,8 +594,13 @@ def main(argv=None) -> int:
             stac.reset_log()
             before = (len(cogs.requests), len(stac.requests))
             print(f"running filter ({args.repeat} repetitions, fresh process) ...", flush=True)
-            f = run_worker(WORKER_MODULE, "filter", {"name": DERIVED_NAME, "workspace": str(workspace),
-                                                     "repeat": args.repeat}, workdir, what="step")
+            f = run_worker(
+                WORKER_MODULE,
+                "filter",
+                {"name": DERIVED_NAME, "workspace": str(workspace), "repeat": args.repeat},
+                workdir,
+                what="step",
+            )
             time.sleep(0.2)
             after = (len(settle(cogs)), len(stac.requests))
             f["server_requests_before"], f["server_requests_after"] = before, after
@@ -545,8 +615,7 @@ def main(argv=None) -> int:
         problems.append(f"build indexed {b['items']} items, expected {args.items}")
     for name, want in derived["expected"].items():
         if f["rows"][name] != len(want) or f["digests"][name] != ids_digest(want):
-            problems.append(f"filter {name}: {f['rows'][name]} rows, expected {len(want)} "
-                            "(or different ids)")
+            problems.append(f"filter {name}: {f['rows'][name]} rows, expected {len(want)} (or different ids)")
     if f["size"] != args.rows:
         problems.append(f"derived collection holds {f['size']} rows, expected {args.rows}")
     if problems:
@@ -563,9 +632,7 @@ def main(argv=None) -> int:
     hps_total = fetched / b["seconds"] if b["seconds"] else 0.0
     concurrency = FetchConfig().max_concurrency
     floor = -(-fetched // concurrency) * args.latency  # ceil(headers / concurrency) x latency
-    no_network = (
-        f["server_requests_before"] == f["server_requests_after"] and f["socket_events"] == 0
-    )
+    no_network = f["server_requests_before"] == f["server_requests_after"] and f["socket_events"] == 0
     med = f["median"]
     rows: list[tuple[str, str, str, bool | None]] = []  # measure, value, target, met (None: info)
 
@@ -577,14 +644,13 @@ def main(argv=None) -> int:
     row("  STAC search, pystac-client (s)", f"{b['search_seconds']:.2f}")
     row("  header phase (s)", f"{b['header_phase_seconds']:.2f}")
     row("  parquet + manifest + rest (s)", f"{b['other_seconds']:.2f}")
-    row("  CPU: build process / both servers (s)",
-        f"{b['cpu_seconds']:.2f} / {b['servers_cpu_seconds']:.2f}")
+    row("  CPU: build process / both servers (s)", f"{b['cpu_seconds']:.2f} / {b['servers_cpu_seconds']:.2f}")
     row("  latency floor of the header phase (s)", f"{floor:.2f}", "(info)")
-    row("headers/s, header phase", f"{hps:.0f}", f">= {TARGET_HEADERS_PER_S:.0f}",
-        hps >= TARGET_HEADERS_PER_S)
+    row("headers/s, header phase", f"{hps:.0f}", f">= {TARGET_HEADERS_PER_S:.0f}", hps >= TARGET_HEADERS_PER_S)
     row("headers/s, whole build", f"{hps_total:.0f}", "(info)")
-    row("header GETs (range server log)", f"{bt.header_gets}", f"<= {int(1.1 * n_cogs)}",
-        bt.header_gets <= 1.1 * n_cogs)
+    row(
+        "header GETs (range server log)", f"{bt.header_gets}", f"<= {int(1.1 * n_cogs)}", bt.header_gets <= 1.1 * n_cogs
+    )
     row("  all COG requests / distinct paths", f"{bt.requests} / {b['distinct_cog_paths']}")
     row("  MonthReport.header_requests", f"{sum(m['header_requests'] for m in b['months'])}")
     row("build peak RSS (MB)", f"{b['peak_rss_mb']:.0f}")
@@ -593,10 +659,13 @@ def main(argv=None) -> int:
     row("rebuild header GETs", f"{rbt.header_gets}", "0", rbt.header_gets == 0 and rbt.requests == 0)
     row("  headers reused", f"{sum(m['headers_reused'] for m in rb['months'])}")
     row("rebuild peak RSS (MB)", f"{rb['peak_rss_mb']:.0f}")
-    row(f"load_collection, {args.rows} rows (s)", f"{med['load_collection']:.4f}", fast,
-        med["load_collection"] < TARGET_FILTER_S)
-    row("  open dataset, 10 months (s)", f"{med['open_dataset']:.4f}", fast,
-        med["open_dataset"] < TARGET_FILTER_S)
+    row(
+        f"load_collection, {args.rows} rows (s)",
+        f"{med['load_collection']:.4f}",
+        fast,
+        med["load_collection"] < TARGET_FILTER_S,
+    )
+    row("  open dataset, 10 months (s)", f"{med['open_dataset']:.4f}", fast, med["open_dataset"] < TARGET_FILTER_S)
     labels = {
         "date+cloud+bbox": "to_table(date_range, cloud_cover_lt, bbox)",
         "polygon": "to_table(geometry=polygon)",
@@ -606,48 +675,76 @@ def main(argv=None) -> int:
         row(f"{labels[name]} (s)", f"{med[name]:.4f}", fast, med[name] < TARGET_FILTER_S)
         row("  rows returned", f"{f['rows'][name]}")
     row("filter peak RSS (MB)", f"{f['peak_rss_mb']:.0f}")
-    moved = (f["server_requests_after"][0] - f["server_requests_before"][0],
-             f["server_requests_after"][1] - f["server_requests_before"][1], f["socket_events"])
-    row("requests while filtering (COG, STAC, sockets)", ", ".join(map(str, moved)), "0, 0, 0",
-        no_network)
+    moved = (
+        f["server_requests_after"][0] - f["server_requests_before"][0],
+        f["server_requests_after"][1] - f["server_requests_before"][1],
+        f["socket_events"],
+    )
+    row("requests while filtering (COG, STAC, sockets)", ", ".join(map(str, moved)), "0, 0, 0", no_network)
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     w2 = max(len(r[2]) for r in rows)
     print()
-    print(f"{args.items} items x {len(BANDS)} bands = {n_cogs} COGs, {args.latency * 1000:.0f} ms per "
-          f"COG request, {os.cpu_count()} CPUs; filters: median of {args.repeat} in a fresh process")
+    print(
+        f"{args.items} items x {len(BANDS)} bands = {n_cogs} COGs, {args.latency * 1000:.0f} ms per "
+        f"COG request, {os.cpu_count()} CPUs; filters: median of {args.repeat} in a fresh process"
+    )
     head = f"{'measure':<{w0}} | {'value':>{w1}} | {'target':<{w2}} | result"
     print(head)
     print("-" * len(head))
     for measure, value, target, ok in rows:
         verdict = "" if ok is None else ("PASS" if ok else "MISS")
         print(f"{measure:<{w0}} | {value:>{w1}} | {target:<{w2}} | {verdict}")
-    print(f"\n(polygon: {derived['polygon_bbox_candidates']} rows meet its bbox, "
-          f"{len(derived['expected']['polygon'])} its shape; derived collection "
-          f"{derived['bytes'] / 1e6:.1f} MB of Parquet, written in {results['derive_seconds']:.1f} s; "
-          f"whole run {time.perf_counter() - t_run:.0f} s)")
+    print(
+        f"\n(polygon: {derived['polygon_bbox_candidates']} rows meet its bbox, "
+        f"{len(derived['expected']['polygon'])} its shape; derived collection "
+        f"{derived['bytes'] / 1e6:.1f} MB of Parquet, written in {results['derive_seconds']:.1f} s; "
+        f"whole run {time.perf_counter() - t_run:.0f} s)"
+    )
     if args.profile:
-        print(f"cProfile of the build: {args.profile} (python -m pstats {args.profile}); "
-              "profiling slows the build, so its timings above are inflated")
+        print(
+            f"cProfile of the build: {args.profile} (python -m pstats {args.profile}); "
+            "profiling slows the build, so its timings above are inflated"
+        )
 
     targets = {r[0].strip(): r[3] for r in rows if r[3] is not None}
     if args.json:
         report = {
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "items": args.items, "cogs": n_cogs, "latency_seconds": args.latency,
-            "rows": args.rows, "repeat": args.repeat, "cpus": os.cpu_count(),
+            "items": args.items,
+            "cogs": n_cogs,
+            "latency_seconds": args.latency,
+            "rows": args.rows,
+            "repeat": args.repeat,
+            "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
-            "cog": {"path": str(master), "bytes": master.stat().st_size, "first_tile_offset": first_offset,
-                    **cog_params()},
-            "build": b, "rebuild": rb, "filter": f,
-            "derived": {"seconds": results["derive_seconds"], "bytes": derived["bytes"],
-                        "polygon_bbox_candidates": derived["polygon_bbox_candidates"],
-                        "expected_rows": {k: len(v) for k, v in derived["expected"].items()}},
+            "cog": {
+                "path": str(master),
+                "bytes": master.stat().st_size,
+                "first_tile_offset": first_offset,
+                **cog_params(),
+            },
+            "build": b,
+            "rebuild": rb,
+            "filter": f,
+            "derived": {
+                "seconds": results["derive_seconds"],
+                "bytes": derived["bytes"],
+                "polygon_bbox_candidates": derived["polygon_bbox_candidates"],
+                "expected_rows": {k: len(v) for k, v in derived["expected"].items()},
+            },
             "headers_per_second_header_phase": hps,
             "headers_per_second_whole_build": hps_total,
             "filters": FILTERS,
-            "table": [{"measure": r[0].strip(), "value": r[1], "target": r[2],
-                       "result": None if r[3] is None else ("PASS" if r[3] else "MISS")} for r in rows],
+            "table": [
+                {
+                    "measure": r[0].strip(),
+                    "value": r[1],
+                    "target": r[2],
+                    "result": None if r[3] is None else ("PASS" if r[3] else "MISS"),
+                }
+                for r in rows
+            ],
             "targets": targets,
         }
         write_json(args.json, report)

@@ -100,8 +100,14 @@ def library_time(storage: Path, aoi_file: Path, ids: list[str]) -> tuple[float, 
     for month in MONTHS:
         first, last = month_bounds(month)
         try:
-            table = zonal_stats(collection, frame, index="ndvi", date_range=(first, last), cloud_mask=True,
-                                stats=("mean", "median", "std", "min", "max", "count"))
+            table = zonal_stats(
+                collection,
+                frame,
+                index="ndvi",
+                date_range=(first, last),
+                cloud_mask=True,
+                stats=("mean", "median", "std", "min", "max", "count"),
+            )
         except Exception as exc:  # a month without scenes: nothing to compute
             print(f"  library: {month}: {exc}")
             continue
@@ -112,10 +118,17 @@ def library_time(storage: Path, aoi_file: Path, ids: list[str]) -> tuple[float, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fields", type=int, default=10_000, help="new fields written to the file (10000)")
-    parser.add_argument("--cell-deg", type=float, default=None,
-                        help="RASTERET_GROUP_CELL_DEG (default: the project's, 0.1: the demo area is one group)")
-    parser.add_argument("--demo-dir", default=str(REPO_ROOT / ".rasteret_data" / "demo_world"),
-                        help="demo world folder (written once, reused)")
+    parser.add_argument(
+        "--cell-deg",
+        type=float,
+        default=None,
+        help="RASTERET_GROUP_CELL_DEG (default: the project's, 0.1: the demo area is one group)",
+    )
+    parser.add_argument(
+        "--demo-dir",
+        default=str(REPO_ROOT / ".rasteret_data" / "demo_world"),
+        help="demo world folder (written once, reused)",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--strict", action="store_true", help="exit 1 on a missed target")
@@ -126,17 +139,28 @@ def main(argv=None) -> int:
     home, storage, aoi_file = work / "dagster_home", work / "data", work / "data" / "aois.geojson"
     port = free_port_pair()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RASTERET_", "DAGSTER_"))}
-    env.update(DAGSTER_HOME=str(home), RASTERET_STORAGE=str(storage), RASTERET_AOI_FILE=str(aoi_file),
-               RASTERET_DEMO_DIR=args.demo_dir, RASTERET_DEMO_PORT=str(port),
-               RASTERET_DEMO_MONTHS=",".join(MONTHS), RASTERET_START_MONTH=MONTHS[0])
+    env.update(
+        DAGSTER_HOME=str(home),
+        RASTERET_STORAGE=str(storage),
+        RASTERET_AOI_FILE=str(aoi_file),
+        RASTERET_DEMO_DIR=args.demo_dir,
+        RASTERET_DEMO_PORT=str(port),
+        RASTERET_DEMO_MONTHS=",".join(MONTHS),
+        RASTERET_START_MONTH=MONTHS[0],
+    )
     if args.cell_deg:
         env["RASTERET_GROUP_CELL_DEG"] = str(args.cell_deg)
     print(f"work folder {work}; demo mirror port {port}; `uptime`: {os.popen('uptime').read().strip()}")
 
     # 1. the demo, in a fresh process (it exits, and its mirror with it)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from rasteret_pipelines_demo.demo import run_demo; run_demo()"],
-                   env=env, cwd=work, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", "from rasteret_pipelines_demo.demo import run_demo; run_demo()"],
+        env=env,
+        cwd=work,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     print(f"demo: {time.perf_counter() - t0:.1f} s")
 
     # 2. dagster dev, as the demo's closing hint starts it (rasteret-pipelines ui)
@@ -144,11 +168,19 @@ def main(argv=None) -> int:
     log = open(work / "dagster_dev.log", "wb")
     dev = subprocess.Popen(
         [str(Path(sys.executable).parent / "rasteret-pipelines"), "ui", "-h", "127.0.0.1", "-p", str(web)],
-        cwd=work, env={**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"},
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        cwd=work,
+        env={**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
-    report: dict = {"fields": args.fields, "months": len(MONTHS), "cell_deg": args.cell_deg or 0.1,
-                    "uptime_before": os.popen("uptime").read().strip()}
+    report: dict = {
+        "fields": args.fields,
+        "months": len(MONTHS),
+        "cell_deg": args.cell_deg or 0.1,
+        "uptime_before": os.popen("uptime").read().strip(),
+    }
     try:
         import urllib.request
 
@@ -158,7 +190,9 @@ def main(argv=None) -> int:
                 with urllib.request.urlopen(f"http://127.0.0.1:{web}/server_info", timeout=2):
                     break
             except OSError:
-                assert dev.poll() is None and time.monotonic() < deadline, (work / "dagster_dev.log").read_text()[-3000:]
+                assert dev.poll() is None and time.monotonic() < deadline, (work / "dagster_dev.log").read_text()[
+                    -3000:
+                ]
                 time.sleep(1)
         time.sleep(5)  # let the daemon start its sensor loop
         os.environ.update({k: v for k, v in env.items() if k.startswith(("DAGSTER_", "RASTERET_"))})
@@ -182,17 +216,21 @@ def main(argv=None) -> int:
         changed = sorted(g for g, d in written.group_digests().items() if old_digests.get(g) != d)
         wanted_stats = {f"{g}|{m}-01" for g in changed for m in MONTHS}
         stats_key, series_key = dg.AssetKey(list(STATS)), dg.AssetKey(list(SERIES))
-        print(f"{args.fields} new fields written in {time.time() - t_write:.1f} s: {len(written.ids)} fields, "
-              f"{len(changed)} changed groups, {len(wanted_stats)} statistics partitions")
+        print(
+            f"{args.fields} new fields written in {time.time() - t_write:.1f} s: {len(written.ids)} fields, "
+            f"{len(changed)} changed groups, {len(wanted_stats)} statistics partitions"
+        )
 
         def done_after(key, partitions) -> dict[str, float]:
             out = {}
             for rec in instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=key, asset_partitions=sorted(partitions)),
-                    limit=len(partitions) * 4 + 10).records:
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=sorted(partitions)),
+                limit=len(partitions) * 4 + 10,
+            ).records:
                 if rec.timestamp >= t_write:
-                    out[rec.asset_materialization.partition] = max(out.get(rec.asset_materialization.partition, 0),
-                                                                   rec.timestamp)
+                    out[rec.asset_materialization.partition] = max(
+                        out.get(rec.asset_materialization.partition, 0), rec.timestamp
+                    )
             return out
 
         hwm: dict[int, int] = {}
@@ -207,25 +245,35 @@ def main(argv=None) -> int:
             if len(stats_done) == len(wanted_stats) and len(series_done) == len(changed) and finished:
                 break
             if failed and finished:
-                print(f"  {len(failed)} failed runs; {len(stats_done)} of {len(wanted_stats)} statistics, "
-                      f"{len(series_done)} of {len(changed)} time series")
+                print(
+                    f"  {len(failed)} failed runs; {len(stats_done)} of {len(wanted_stats)} statistics, "
+                    f"{len(series_done)} of {len(changed)} time series"
+                )
                 break
             assert time.time() - t_write < args.timeout, (
-                f"{len(stats_done)} of {len(wanted_stats)} statistics after {args.timeout} s")
+                f"{len(stats_done)} of {len(wanted_stats)} statistics after {args.timeout} s"
+            )
             time.sleep(0.5)
         t_end = max([*stats_done.values(), *series_done.values()], default=time.time())
         runs = [r for r in instance.get_runs() if r.run_id not in before]
-        first_run = min((instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp() for r in runs),
-                        default=t_end)
+        first_run = min(
+            (instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp() for r in runs), default=t_end
+        )
         stats_runs = [r for r in runs if any(k.path == list(STATS) for k in (r.asset_selection or []))]
         series_runs = [r for r in runs if any(k.path == list(SERIES) for k in (r.asset_selection or []))]
         report.update(
-            runs=len(runs), stats_runs=len(stats_runs), series_runs=len(series_runs),
+            runs=len(runs),
+            stats_runs=len(stats_runs),
+            series_runs=len(series_runs),
             other_runs=len(runs) - len(stats_runs) - len(series_runs),
             failed_runs=sum(r.status == dg.DagsterRunStatus.FAILURE for r in runs),
-            groups=len(changed), partitions=len(stats_done), wanted=len(wanted_stats),
-            series=len(series_done), wall_s=round(t_end - t_write, 1),
-            wall_from_first_run_s=round(t_end - first_run, 1), wait_for_first_run_s=round(first_run - t_write, 1),
+            groups=len(changed),
+            partitions=len(stats_done),
+            wanted=len(wanted_stats),
+            series=len(series_done),
+            wall_s=round(t_end - t_write, 1),
+            wall_from_first_run_s=round(t_end - first_run, 1),
+            wait_for_first_run_s=round(first_run - t_write, 1),
             peak_run_rss_mb=round(max(hwm.values(), default=0) / 1024, 1),
         )
     finally:
@@ -259,12 +307,16 @@ def main(argv=None) -> int:
         ("changed groups (cell degrees)", f"{report['groups']} ({report['cell_deg']})"),
         ("statistics partitions materialised", f"{report['partitions']} of {report['wanted']}"),
         ("time series materialised", f"{report['series']} of {report['groups']}"),
-        ("runs (statistics + time series + other)",
-         f"{report['runs']} ({report['stats_runs']} + {report['series_runs']} + {report['other_runs']})"),
+        (
+            "runs (statistics + time series + other)",
+            f"{report['runs']} ({report['stats_runs']} + {report['series_runs']} + {report['other_runs']})",
+        ),
         ("failed runs", report["failed_runs"]),
         ("wall time from the file write to the last time series", f"{report['wall_s']} s"),
-        ("  of which waiting for the first run (sensor + automation ticks, backfill daemon)",
-         f"{report['wait_for_first_run_s']} s"),
+        (
+            "  of which waiting for the first run (sensor + automation ticks, backfill daemon)",
+            f"{report['wait_for_first_run_s']} s",
+        ),
         ("peak RSS of the largest run or step process", f"{report['peak_run_rss_mb']} MB"),
         ("library only (zonal_stats, one process)", f"{report['library_s']} s ({rows} rows)"),
     ]
@@ -273,7 +325,8 @@ def main(argv=None) -> int:
     print(f"\nload: before {report['uptime_before']}\n      after  {report['uptime_after']}")
     targets = {
         "no failed run, everything materialised": report["failed_runs"] == 0
-        and report["partitions"] == report["wanted"] and report["series"] == report["groups"],
+        and report["partitions"] == report["wanted"]
+        and report["series"] == report["groups"],
         f"at most 10 runs ({report['runs']})": report["runs"] <= 10,
         f"at most 5 minutes from the file write ({report['wall_s']} s)": report["wall_s"] <= 300,
     }

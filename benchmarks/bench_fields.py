@@ -66,8 +66,12 @@ from benchmarks.bench_read import COLLECTION, make_items, prepare_lab, worker_bu
 WORKER_MODULE = "benchmarks.bench_fields"
 SOURCE = "sentinel-2-l2a"
 AREA_M = 20_000.0
-WORKLOADS = {"1k": (1_000, 10_000.0), "10k": (10_000, 10_000.0), "100k": (100_000, 1_500.0),
-             "70k-points": (70_000, 0.0)}
+WORKLOADS = {
+    "1k": (1_000, 10_000.0),
+    "10k": (10_000, 10_000.0),
+    "100k": (100_000, 1_500.0),
+    "70k-points": (70_000, 0.0),
+}
 """name -> (fields, area of each in m²; 0 for points)."""
 MODES = ("engine", "rasterio+exactextract")
 BASELINE = "rasterio+exactextract"
@@ -171,11 +175,20 @@ def worker_engine(spec: dict) -> dict:
 
     ids = sorted({k.split("|")[0] for k in spec["sample_keys"]})
     sample = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids)))
-    means = {f"{i}|{d}": m for i, d, m in zip(sample.column("id").to_pylist(),
-                                                 map(str, sample.column("date").to_pylist()),
-                                                 sample.column("ndvi_mean").to_pylist())}
-    return {"cpu_seconds": cpu, "peak_rss_mb": rss, "rows": table.num_rows,
-            "means": {k: means[k] for k in spec["sample_keys"] if k in means}}
+    means = {
+        f"{i}|{d}": m
+        for i, d, m in zip(
+            sample.column("id").to_pylist(),
+            map(str, sample.column("date").to_pylist()),
+            sample.column("ndvi_mean").to_pylist(),
+        )
+    }
+    return {
+        "cpu_seconds": cpu,
+        "peak_rss_mb": rss,
+        "rows": table.num_rows,
+        "means": {k: means[k] for k in spec["sample_keys"] if k in means},
+    }
 
 
 def worker_rasterio(spec: dict) -> dict:
@@ -196,8 +209,9 @@ def worker_rasterio(spec: dict) -> dict:
         for href in scene["hrefs"]:
             with rasterio.open("/vsicurl/" + href) as src:
                 (c0, c1), (r0, r1) = ((~src.transform) * (minx, maxy)), ((~src.transform) * (maxx, miny))
-                window = Window(math.floor(c0), math.floor(c1), math.ceil(r0) - math.floor(c0),
-                                math.ceil(r1) - math.floor(c1))
+                window = Window(
+                    math.floor(c0), math.floor(c1), math.ceil(r0) - math.floor(c0), math.ceil(r1) - math.floor(c1)
+                )
                 out.append((src.read(1, window=window), src.window_transform(window)))
         (red, transform), (nir, _) = out
         scale, offset = scene["reflectance"]
@@ -213,8 +227,9 @@ def worker_rasterio(spec: dict) -> dict:
     with rasterio.Env(), ThreadPoolExecutor(max_workers=int(spec["threads"])) as pool:
         for date, ndvi, t in pool.map(read_scene, spec["scenes"]):
             h, w = ndvi.shape
-            source = NumPyRasterSource(ndvi, xmin=t.c, ymin=t.f + h * t.e, xmax=t.c + w * t.a, ymax=t.f,
-                                       nodata=np.nan, srs_wkt=wkt)
+            source = NumPyRasterSource(
+                ndvi, xmin=t.c, ymin=t.f + h * t.e, xmax=t.c + w * t.a, ymax=t.f, nodata=np.nan, srs_wkt=wkt
+            )
             result = exact_extract(source, fields, ["mean"], output="pandas")  # rows in feature order
             for fid, m in zip(fields["id"], result["mean"]):
                 key = f"{fid}|{date}"
@@ -251,8 +266,12 @@ def worker_rasterio_sample(spec: dict) -> dict:
     return {"cpu_seconds": cpu, "peak_rss_mb": rss, "means": red}
 
 
-WORKERS = {"build": worker_build, "engine": worker_engine, BASELINE: worker_rasterio,
-           POINT_BASELINE: worker_rasterio_sample}
+WORKERS = {
+    "build": worker_build,
+    "engine": worker_engine,
+    BASELINE: worker_rasterio,
+    POINT_BASELINE: worker_rasterio_sample,
+}
 
 
 # -- agreement -------------------------------------------------------------------------------------
@@ -347,13 +366,22 @@ def main(argv=None) -> int:
         scenes = []
         for item in items:
             hrefs = [item["assets"][b]["href"] for b in ("red", "nir")]
-            scenes.append({"date": item["properties"]["datetime"][:10], "hrefs": hrefs,
-                           "reflectance": list(source.reflectance(item["properties"]))})
+            scenes.append(
+                {
+                    "date": item["properties"]["datetime"][:10],
+                    "hrefs": hrefs,
+                    "reflectance": list(source.reflectance(item["properties"])),
+                }
+            )
         local = {srv.url_for(n): masters_dir / master_of[n] for n in names}
         with StacServer(items) as stac:
             print("indexing the lab (build_collection, not timed here) ...", flush=True)
-            build = run_worker(WORKER_MODULE, "build", {"workspace": str(workspace), "stac_url": stac.url,
-                                                        "date_range": [str(dates[0]), str(dates[-1])]}, workdir)
+            build = run_worker(
+                WORKER_MODULE,
+                "build",
+                {"workspace": str(workspace), "stac_url": stac.url, "date_range": [str(dates[0]), str(dates[-1])]},
+                workdir,
+            )
             if build["failed"] or build["items"] != len(dates):
                 raise SystemExit(f"FAILED: build indexed {build['items']} items, failures {build['failed']}")
         tiles = {}
@@ -369,15 +397,22 @@ def main(argv=None) -> int:
             sample_keys = [f"{i}|{s['date']}" for i in sample_ids for s in scenes]
             oracle_of = rasterio_samples if is_points else rasterio_means
             oracle = oracle_of(fields, sample_ids, scenes, lambda href: local[href])
-            spec = {"workspace": str(workspace), "fields": str(fields_path), "scenes": scenes,
-                    "threads": args.threads, "sample_keys": sample_keys, "points": is_points}
-            for mode in (POINT_MODES if is_points else MODES):
+            spec = {
+                "workspace": str(workspace),
+                "fields": str(fields_path),
+                "scenes": scenes,
+                "threads": args.threads,
+                "sample_keys": sample_keys,
+                "points": is_points,
+            }
+            for mode in POINT_MODES if is_points else MODES:
                 key = f"{workload}/{mode}"
                 srv.reset_log()
                 print(f"running {key} ...", flush=True)
                 env = GDAL_HTTP_ENV if mode != "engine" else None
-                run = run_worker(WORKER_MODULE, mode, spec, workdir, tag=f"{workload}-{mode}", what="run",
-                                 env_extra=env)
+                run = run_worker(
+                    WORKER_MODULE, mode, spec, workdir, tag=f"{workload}-{mode}", what="run", env_extra=env
+                )
                 run["agreement"] = _max_diff(run.pop("means"), oracle)
                 traffic[key] = account(settle(srv), first_offset_by_name)
                 results[key] = run
@@ -393,24 +428,41 @@ def main(argv=None) -> int:
         base = results[f"{workload}/{modes[1]}"]["process_wall_seconds"]
         for mode in modes:
             r, t = results[f"{workload}/{mode}"], traffic[f"{workload}/{mode}"]
-            rows.append({"workload": workload, "fields": WORKLOADS[workload][0], "mode": mode,
-                         "seconds": r["process_wall_seconds"], "cpu_seconds": r["cpu_seconds"], "gets": t.gets,
-                         "header_gets": t.header_gets, "bytes": t.bytes, "peak_rss_mb": r["peak_rss_mb"],
-                         "speedup": base / r["process_wall_seconds"], "max_abs_diff_vs_rasterio_mask": r["agreement"],
-                         "distinct_tiles": tiles[workload]})
+            rows.append(
+                {
+                    "workload": workload,
+                    "fields": WORKLOADS[workload][0],
+                    "mode": mode,
+                    "seconds": r["process_wall_seconds"],
+                    "cpu_seconds": r["cpu_seconds"],
+                    "gets": t.gets,
+                    "header_gets": t.header_gets,
+                    "bytes": t.bytes,
+                    "peak_rss_mb": r["peak_rss_mb"],
+                    "speedup": base / r["process_wall_seconds"],
+                    "max_abs_diff_vs_rasterio_mask": r["agreement"],
+                    "distinct_tiles": tiles[workload],
+                }
+            )
     print()
-    print(f"{len(dates)} scenes x 2 bands = {len(names)} COGs ({SIZE} px, {BLOCK} px tiles), "
-          f"{args.latency * 1000:.0f} ms per request; whole process, spawn to the mean NDVI of every field and date")
-    head = (f"{'fields':>7} {'mode':<22} {'seconds':>8} {'CPU s':>6} {'GETs':>5} {'tiles':>5} {'MB':>7} "
-            f"{'peak RSS MB':>11} {'speed-up':>8} {'mean vs rasterio.mask':>22}")
+    print(
+        f"{len(dates)} scenes x 2 bands = {len(names)} COGs ({SIZE} px, {BLOCK} px tiles), "
+        f"{args.latency * 1000:.0f} ms per request; whole process, spawn to the mean NDVI of every field and date"
+    )
+    head = (
+        f"{'fields':>7} {'mode':<22} {'seconds':>8} {'CPU s':>6} {'GETs':>5} {'tiles':>5} {'MB':>7} "
+        f"{'peak RSS MB':>11} {'speed-up':>8} {'mean vs rasterio.mask':>22}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         diff = r["max_abs_diff_vs_rasterio_mask"]
         diff_text = "n/a" if diff is None else f"{diff:.1e}"
-        print(f"{r['fields']:>7} {r['mode']:<22} {r['seconds']:>8.2f} {r['cpu_seconds']:>6.2f} {r['gets']:>5} "
-              f"{r['distinct_tiles']:>5} {r['bytes'] / 1e6:>7.1f} {r['peak_rss_mb']:>11.0f} {r['speedup']:>7.2f}x "
-              f"{diff_text:>22}")
+        print(
+            f"{r['fields']:>7} {r['mode']:<22} {r['seconds']:>8.2f} {r['cpu_seconds']:>6.2f} {r['gets']:>5} "
+            f"{r['distinct_tiles']:>5} {r['bytes'] / 1e6:>7.1f} {r['peak_rss_mb']:>11.0f} {r['speedup']:>7.2f}x "
+            f"{diff_text:>22}"
+        )
     print()
     print("(mean vs rasterio.mask: the largest |difference| of the mean NDVI over the sampled fields x dates;")
     print(" for points, of the red value against rasterio sample(); engine on points: sample_points of red and nir;")
@@ -426,16 +478,27 @@ def main(argv=None) -> int:
     if "70k-points" in workloads:
         e = by[("70k-points", "engine")]
         targets[f"70k-points: engine >= {TARGET_POINTS_SPEEDUP:g}x faster than {POINT_BASELINE} sample()"] = (
-            e["speedup"] >= TARGET_POINTS_SPEEDUP)
+            e["speedup"] >= TARGET_POINTS_SPEEDUP
+        )
     if "100k" in workloads:
         e = by[("100k", "engine")]
         targets[f"100k: engine <= {TARGET_SECONDS_100K:g} s"] = e["seconds"] <= TARGET_SECONDS_100K
         targets[f"100k: engine >= {TARGET_SPEEDUP:g}x faster than {BASELINE}"] = e["speedup"] >= TARGET_SPEEDUP
     print_targets(targets)
     if args.json:
-        write_json(args.json, {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                               "latency_seconds": args.latency, "scenes": len(dates), "rows": rows,
-                               "targets": targets, "python": sys.version.split()[0], "cpus": os.cpu_count()}, "\n")
+        write_json(
+            args.json,
+            {
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "latency_seconds": args.latency,
+                "scenes": len(dates),
+                "rows": rows,
+                "targets": targets,
+                "python": sys.version.split()[0],
+                "cpus": os.cpu_count(),
+            },
+            "\n",
+        )
     return exit_status(args.strict, targets)
 
 

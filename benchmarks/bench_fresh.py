@@ -125,8 +125,18 @@ def worker_engine(spec: dict) -> dict:
     t_end = time.time()
     cpu = _cpu_seconds()
     count = int(ndvi.count())
-    return {"t_start": t_start, "t_imports": t_imports, "t_load": t_load, "t_read": t_read, "t_end": t_end,
-            "cpu_seconds": cpu, "ndvi_mean": mean, "pixels": count, "peak_rss_mb": _peak_rss_mb(), "modules": len(sys.modules)}
+    return {
+        "t_start": t_start,
+        "t_imports": t_imports,
+        "t_load": t_load,
+        "t_read": t_read,
+        "t_end": t_end,
+        "cpu_seconds": cpu,
+        "ndvi_mean": mean,
+        "pixels": count,
+        "peak_rss_mb": _peak_rss_mb(),
+        "modules": len(sys.modules),
+    }
 
 
 def worker_engine_windows(spec: dict) -> dict:
@@ -138,9 +148,16 @@ def worker_engine_windows(spec: dict) -> dict:
     requests = [(h, w) for h in headers for w in spec["windows"]]
     arrays = read_windows(requests)
     t_end = time.time()
-    return {"t_start": t_start, "t_imports": t_imports, "t_read": t_end, "t_end": t_end, "cpu_seconds": _cpu_seconds(),
-            "pixels": int(sum(a.size for a in arrays)), "peak_rss_mb": _peak_rss_mb(),
-            "modules": len(sys.modules)}
+    return {
+        "t_start": t_start,
+        "t_imports": t_imports,
+        "t_read": t_end,
+        "t_end": t_end,
+        "cpu_seconds": _cpu_seconds(),
+        "pixels": int(sum(a.size for a in arrays)),
+        "peak_rss_mb": _peak_rss_mb(),
+        "modules": len(sys.modules),
+    }
 
 
 def worker_rasterio(spec: dict) -> dict:
@@ -198,8 +215,16 @@ def worker_rasterio(spec: dict) -> dict:
                     count += int(valid.sum())
     mean = total / count if count else float("nan")
     t_end = time.time()
-    return {"t_start": t_start, "t_imports": t_imports, "t_end": t_end, "cpu_seconds": _cpu_seconds(), "ndvi_mean": mean,
-            "pixels": count, "peak_rss_mb": _peak_rss_mb(), "modules": len(sys.modules)}
+    return {
+        "t_start": t_start,
+        "t_imports": t_imports,
+        "t_end": t_end,
+        "cpu_seconds": _cpu_seconds(),
+        "ndvi_mean": mean,
+        "pixels": count,
+        "peak_rss_mb": _peak_rss_mb(),
+        "modules": len(sys.modules),
+    }
 
 
 WORKERS = {
@@ -272,12 +297,21 @@ def parse_args(argv=None):
     from benchmarks._common import add_lab_arguments
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_lab_arguments(p, seed_help="seed of the field polygons (bench_read's); default 7",
-                      repeat_default=5, repeat_help="interleaved rounds, medians reported; default 5")
+    add_lab_arguments(
+        p,
+        seed_help="seed of the field polygons (bench_read's); default 7",
+        repeat_default=5,
+        repeat_help="interleaved rounds, medians reported; default 5",
+    )
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated; default both")
-    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="run every worker under cProfile (main thread only) and write DIR/<mode>-<round>.prof; "
-                        "the profiler slows the workers, so read the profiles, not the timings")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run every worker under cProfile (main thread only) and write DIR/<mode>-<round>.prof; "
+        "the profiler slows the workers, so read the profiles, not the timings",
+    )
     return p.parse_args(argv)
 
 
@@ -377,8 +411,11 @@ def main(argv=None) -> int:
 
     compile_bytecode()
     load = os.getloadavg()
-    print(f"{len(names)} files ({len(dates)} scenes x red, nir), {args.latency * 1000:.0f} ms per request; "
-          f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"{len(names)} files ({len(dates)} scenes x red, nir), {args.latency * 1000:.0f} ms per request; "
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs",
+        flush=True,
+    )
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_fresh_") as tmp, RangeServer(root, latency=args.latency) as srv:
         workdir = Path(tmp)
@@ -391,8 +428,12 @@ def main(argv=None) -> int:
         pairs = [[b["red"], b["nir"]] for _, b in sorted(by_scene.items())]
         with StacServer(make_items(names, srv.url_for)) as stac:
             print("building the collection (not timed) ...", flush=True)
-            build = run_worker(READ_MODULE, "build", {"workspace": str(workspace), "stac_url": stac.url,
-                                                      "date_range": [str(dates[0]), str(dates[-1])]}, workdir)
+            build = run_worker(
+                READ_MODULE,
+                "build",
+                {"workspace": str(workspace), "stac_url": stac.url, "date_range": [str(dates[0]), str(dates[-1])]},
+                workdir,
+            )
             if build["failed"] or build["items"] != len(dates):
                 raise SystemExit(f"FAILED: build indexed {build['items']} items, failures {build['failed']}")
             headers = _load_headers(workspace, hrefs)
@@ -438,16 +479,25 @@ def main(argv=None) -> int:
         for p in problems:
             print("MISMATCH:", p, file=sys.stderr)
         raise SystemExit("FAILED: the engine's NDVI is not rasterio's")
-    print("correctness: " + "; ".join(
-        f"{w}: NDVI mean {runs[f'{w}/engine'][0]['ndvi_mean']:.6f} over {runs[f'{w}/engine'][0]['pixels']:,} pixels "
-        "in both tools" for w in workloads))
+    print(
+        "correctness: "
+        + "; ".join(
+            f"{w}: NDVI mean {runs[f'{w}/engine'][0]['ndvi_mean']:.6f} over {runs[f'{w}/engine'][0]['pixels']:,} pixels "
+            "in both tools"
+            for w in workloads
+        )
+    )
 
     # -- report -----------------------------------------------------------------------------------
     def summary(key: str) -> dict:
         rs = runs[key]
-        out = {"key": key, "runs": len(rs), "seconds": _median([r["seconds"] for r in rs]),
-               "seconds_all": [round(r["seconds"], 3) for r in rs],
-               "load1_all": [round(r["load1"], 2) for r in rs]}
+        out = {
+            "key": key,
+            "runs": len(rs),
+            "seconds": _median([r["seconds"] for r in rs]),
+            "seconds_all": [round(r["seconds"], 3) for r in rs],
+            "load1_all": [round(r["load1"], 2) for r in rs],
+        }
         if "read" in rs[0]:
             out["read"] = _median([r["read"] for r in rs])
         if "after_imports" in rs[0]:
@@ -465,15 +515,23 @@ def main(argv=None) -> int:
 
     rows = {key: summary(key) for key in runs}
     print()
-    print(f"fresh processes, median of {args.repeat} interleaved rounds; {args.latency * 1000:.0f} ms latency; "
-          f"load average {load[0]:.2f} before, {load_after[0]:.2f} after ({os.cpu_count()} CPUs)")
+    print(
+        f"fresh processes, median of {args.repeat} interleaved rounds; {args.latency * 1000:.0f} ms latency; "
+        f"load average {load[0]:.2f} before, {load_after[0]:.2f} after ({os.cpu_count()} CPUs)"
+    )
     print()
     for m in IMPORT_MODES:
         r = rows[m]
-        what = "from rasteret_pipelines import Rasteret, DataSources, save_per_geometry" if m == "import" else "import rasterio"
+        what = (
+            "from rasteret_pipelines import Rasteret, DataSources, save_per_geometry"
+            if m == "import"
+            else "import rasterio"
+        )
         print(f"  {what:<75} {r['import_seconds']:.3f} s  ({r['modules']} modules loaded)")
-    head = (f"{'workload':<11} {'mode':<15} {'whole s':>8} {'imports s':>9} {'after s':>8} {'read s':>7} {'CPU s':>6} "
-            f"{'GETs':>5} {'MB':>6} {'RSS MB':>7} {'whole vs rio':>12} {'after vs rio':>12}")
+    head = (
+        f"{'workload':<11} {'mode':<15} {'whole s':>8} {'imports s':>9} {'after s':>8} {'read s':>7} {'CPU s':>6} "
+        f"{'GETs':>5} {'MB':>6} {'RSS MB':>7} {'whole vs rio':>12} {'after vs rio':>12}"
+    )
     print()
     print(head)
     print("-" * len(head))
@@ -485,9 +543,11 @@ def main(argv=None) -> int:
             vs_after = base["after_imports"] / r["after_imports"]
             r["whole_vs_rasterio"], r["after_vs_rasterio"] = vs_whole, vs_after
             read = f"{r['read']:>7.2f}" if "read" in r else f"{'':>7}"
-            print(f"{w:<11} {mode:<15} {r['seconds']:>8.2f} {r['startup_and_imports']:>9.2f} {r['after_imports']:>8.2f} "
-                  f"{read} {r['cpu_seconds']:>6.2f} {r['gets']:>5.0f} {r['bytes'] / 1e6:>6.1f} {r['peak_rss_mb']:>7.0f} {vs_whole:>11.2f}x "
-                  f"{vs_after:>11.2f}x")
+            print(
+                f"{w:<11} {mode:<15} {r['seconds']:>8.2f} {r['startup_and_imports']:>9.2f} {r['after_imports']:>8.2f} "
+                f"{read} {r['cpu_seconds']:>6.2f} {r['gets']:>5.0f} {r['bytes'] / 1e6:>6.1f} {r['peak_rss_mb']:>7.0f} {vs_whole:>11.2f}x "
+                f"{vs_after:>11.2f}x"
+            )
     print()
     print("(whole s: process spawn to NDVI mean (engine-windows: to the arrays); imports s: spawn to the end of")
     print(" the worker's imports (interpreter start included); after s: the rest; read s: load_collection +")
@@ -500,17 +560,26 @@ def main(argv=None) -> int:
     for w in workloads:
         e, bare = rows[f"{w}/engine"], rows[f"{w}/engine-windows"]
         targets[f"{w}: whole process >= {TARGET_WHOLE[w]:g}x rasterio-8t"] = e["whole_vs_rasterio"] >= TARGET_WHOLE[w]
-        targets[f"{w}: after imports >= {TARGET_AFTER_IMPORTS:g}x rasterio-8t"] = e["after_vs_rasterio"] >= TARGET_AFTER_IMPORTS
+        targets[f"{w}: after imports >= {TARGET_AFTER_IMPORTS:g}x rasterio-8t"] = (
+            e["after_vs_rasterio"] >= TARGET_AFTER_IMPORTS
+        )
         targets[f"{w}: engine read within {TARGET_ENGINE_OVERHEAD}x of engine-windows"] = (
-            e["read"] <= TARGET_ENGINE_OVERHEAD * bare["read"])
+            e["read"] <= TARGET_ENGINE_OVERHEAD * bare["read"]
+        )
         targets[f"{w}: GETs <= {TARGET_GETS[w]}, no header GET"] = e["gets"] <= TARGET_GETS[w] and e["header_gets"] == 0
     print_targets(targets)
     if args.json:
         report = {
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": len(names), "latency_seconds": args.latency, "repeat": args.repeat,
-            "load_before": load, "load_after": load_after, "cpus": os.cpu_count(),
-            "python": sys.version.split()[0], "rows": rows, "targets": targets,
+            "files": len(names),
+            "latency_seconds": args.latency,
+            "repeat": args.repeat,
+            "load_before": load,
+            "load_after": load_after,
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "rows": rows,
+            "targets": targets,
         }
         write_json(args.json, report, "\n")
     return exit_status(args.strict, targets)

@@ -237,8 +237,13 @@ def worker_build(spec: dict) -> dict:
 
     t0, c0 = time.perf_counter(), _cpu_seconds()
     report = build_collection(
-        SOURCE, COLLECTION, spec["workspace"], date_range=tuple(spec["date_range"]),
-        bands=list(BANDS), stac_url=spec["stac_url"], progress=False,
+        SOURCE,
+        COLLECTION,
+        spec["workspace"],
+        date_range=tuple(spec["date_range"]),
+        bands=list(BANDS),
+        stac_url=spec["stac_url"],
+        progress=False,
     )
     return {
         "seconds": time.perf_counter() - t0,
@@ -353,8 +358,12 @@ def prepare_lab(args):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_lab_arguments(p, seed_help="seed of the field polygons; default 7",
-                      repeat_default=1, repeat_help="fresh-process runs per mode, median reported")
+    add_lab_arguments(
+        p,
+        seed_help="seed of the field polygons; default 7",
+        repeat_default=1,
+        repeat_help="fresh-process runs per mode, median reported",
+    )
     return p.parse_args(argv)
 
 
@@ -394,16 +403,25 @@ def main(argv=None) -> int:
         with StacServer(items) as stac:
             srv.reset_log()
             print("running index (build_collection) ...", flush=True)
-            build = run_worker(WORKER_MODULE, "build", {"workspace": str(workspace), "stac_url": stac.url,
-                                                        "date_range": [str(dates[0]), str(dates[-1])]}, workdir)
+            build = run_worker(
+                WORKER_MODULE,
+                "build",
+                {"workspace": str(workspace), "stac_url": stac.url, "date_range": [str(dates[0]), str(dates[-1])]},
+                workdir,
+            )
             if build["failed"] or build["items"] != len(dates):
                 raise SystemExit(f"FAILED: build indexed {build['items']} items, failures {build['failed']}")
             results["index"] = build
             traffic["index"] = account(settle(srv), first_offset_by_name)
 
             for workload in WORKLOADS:
-                spec = {"workload": workload, "geometries": geometries[workload], "workspace": str(workspace),
-                        "hrefs": hrefs, "threads": args.threads}
+                spec = {
+                    "workload": workload,
+                    "geometries": geometries[workload],
+                    "workspace": str(workspace),
+                    "hrefs": hrefs,
+                    "threads": args.threads,
+                }
                 for mode in MODES:
                     key = f"{workload}/{mode}"
                     runs = []
@@ -412,8 +430,9 @@ def main(argv=None) -> int:
                         stac.reset_log()
                         print(f"running {key} ({i + 1}/{args.repeat}) ...", flush=True)
                         env = GDAL_HTTP_ENV if mode.startswith("rasterio") else None
-                        run = run_worker(WORKER_MODULE, mode, spec, workdir, tag=f"{workload}-{mode}-{i}",
-                                         what="run", env_extra=env)
+                        run = run_worker(
+                            WORKER_MODULE, mode, spec, workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env
+                        )
                         run["traffic"] = account(settle(srv), first_offset_by_name)
                         run["stac_requests"] = stac.count()
                         runs.append(run)
@@ -457,34 +476,42 @@ def main(argv=None) -> int:
         r, t = results[key], traffic[key]
         workload, _, mode = key.partition("/")
         base = results.get(f"{workload}/{BASELINE}", {}).get("seconds")
-        rows.append({
-            "workload": workload if mode else "index",
-            "mode": mode or "engine build_collection",
-            "seconds": r["seconds"],
-            "seconds_all": r.get("seconds_all", [r["seconds"]]),
-            "cpu_seconds": r["cpu_seconds"],
-            "gets": t.gets,
-            "header_gets": t.header_gets,
-            "heads": t.heads,
-            "bytes": t.bytes,
-            "peak_rss_mb": r["peak_rss_mb"],
-            "speedup_vs_rasterio_8t": (base / r["seconds"]) if (base and mode) else None,
-            "stac_requests": stac_moves.get(key),
-            "process_wall_seconds": r["process_wall_seconds"],
-            **({"dataset_mb": r["dataset_mb"], "dims": r["dims"]} if "dims" in r else {}),
-            "traffic": t.__dict__,
-        })
-    head = (f"{'workload':<11} {'mode':<24} {'seconds':>8} {'CPU s':>6} {'GETs':>5} {'hdr GETs':>8} {'MB':>7} "
-            f"{'peak RSS MB':>11} {'vs rio-8t':>9}")
+        rows.append(
+            {
+                "workload": workload if mode else "index",
+                "mode": mode or "engine build_collection",
+                "seconds": r["seconds"],
+                "seconds_all": r.get("seconds_all", [r["seconds"]]),
+                "cpu_seconds": r["cpu_seconds"],
+                "gets": t.gets,
+                "header_gets": t.header_gets,
+                "heads": t.heads,
+                "bytes": t.bytes,
+                "peak_rss_mb": r["peak_rss_mb"],
+                "speedup_vs_rasterio_8t": (base / r["seconds"]) if (base and mode) else None,
+                "stac_requests": stac_moves.get(key),
+                "process_wall_seconds": r["process_wall_seconds"],
+                **({"dataset_mb": r["dataset_mb"], "dims": r["dims"]} if "dims" in r else {}),
+                "traffic": t.__dict__,
+            }
+        )
+    head = (
+        f"{'workload':<11} {'mode':<24} {'seconds':>8} {'CPU s':>6} {'GETs':>5} {'hdr GETs':>8} {'MB':>7} "
+        f"{'peak RSS MB':>11} {'vs rio-8t':>9}"
+    )
     print()
-    print(f"{len(dates)} scenes x {len(BANDS)} bands = {len(names)} COGs, {args.latency * 1000:.0f} ms latency per "
-          f"request" + (f", median of {args.repeat} runs" if args.repeat > 1 else ""))
+    print(
+        f"{len(dates)} scenes x {len(BANDS)} bands = {len(names)} COGs, {args.latency * 1000:.0f} ms latency per "
+        f"request" + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
+    )
     print(head)
     print("-" * len(head))
     for row in rows:
         speed = f"{row['speedup_vs_rasterio_8t']:>8.2f}x" if row["speedup_vs_rasterio_8t"] else f"{'':>9}"
-        print(f"{row['workload']:<11} {row['mode']:<24} {row['seconds']:>8.2f} {row['cpu_seconds']:>6.2f} {row['gets']:>5} "
-              f"{row['header_gets']:>8} {row['bytes'] / 1e6:>7.1f} {row['peak_rss_mb']:>11.0f} {speed}")
+        print(
+            f"{row['workload']:<11} {row['mode']:<24} {row['seconds']:>8.2f} {row['cpu_seconds']:>6.2f} {row['gets']:>5} "
+            f"{row['header_gets']:>8} {row['bytes'] / 1e6:>7.1f} {row['peak_rss_mb']:>11.0f} {speed}"
+        )
     print()
     print("(index: once per collection; engine: load_collection + read_geometries, masked, float;")
     print(" rasterio-8t: open + rasterio.mask.mask(crop=True) per file and polygon, 8 threads;")
@@ -494,12 +521,14 @@ def main(argv=None) -> int:
     row = {(r["workload"], r["mode"]): r for r in rows}
     qe, fe = row[("quickstart", "engine")], row[("fields", "engine")]
     targets = {
-        f"quickstart engine >= {TARGET_SPEEDUP:g}x faster than rasterio-8t": qe["speedup_vs_rasterio_8t"] >= TARGET_SPEEDUP,
+        f"quickstart engine >= {TARGET_SPEEDUP:g}x faster than rasterio-8t": qe["speedup_vs_rasterio_8t"]
+        >= TARGET_SPEEDUP,
         f"quickstart engine GETs <= {TARGET_QUICKSTART_GETS}": qe["gets"] + qe["heads"] <= TARGET_QUICKSTART_GETS,
         "quickstart engine header GETs == 0": qe["header_gets"] == 0,
         f"quickstart engine peak RSS < {TARGET_RSS_MB:g} MB": qe["peak_rss_mb"] < TARGET_RSS_MB,
         f"fields engine >= {TARGET_SPEEDUP:g}x faster than rasterio-8t": fe["speedup_vs_rasterio_8t"] >= TARGET_SPEEDUP,
-        f"fields engine GETs <= distinct tiles needed ({distinct['fields']})": fe["gets"] + fe["heads"] <= distinct["fields"],
+        f"fields engine GETs <= distinct tiles needed ({distinct['fields']})": fe["gets"] + fe["heads"]
+        <= distinct["fields"],
         "fields engine header GETs == 0": fe["header_gets"] == 0,
     }
     print_targets(targets)

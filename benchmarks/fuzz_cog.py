@@ -89,12 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     print_targets(targets)
     if args.json:
-        write_json(args.json, {
-            "cases": report.cases, "seed": args.seed, "outcomes": dict(report.outcomes),
-            "errors": dict(report.errors), "compared_with_gdal": report.compared,
-            "bugs": report.bugs, "seconds": report.seconds,
-            "slowest": report.slowest, "peak_rss_mb": peak,
-        })
+        write_json(
+            args.json,
+            {
+                "cases": report.cases,
+                "seed": args.seed,
+                "outcomes": dict(report.outcomes),
+                "errors": dict(report.errors),
+                "compared_with_gdal": report.compared,
+                "bugs": report.bugs,
+                "seconds": report.seconds,
+                "slowest": report.slowest,
+                "peak_rss_mb": peak,
+            },
+        )
     return 0 if all(targets.values()) else 1
 
 

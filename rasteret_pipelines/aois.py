@@ -33,7 +33,6 @@ from rasteret_pipelines.storage import Storage
 AOI_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-
 @dataclass(frozen=True)
 class AoiSet:
     """The checked areas of one version of the AOI file."""
@@ -120,8 +119,7 @@ def parse_aois(data: bytes, uri: str = "<bytes>", *, lenient: bool = False) -> A
     for position, aoi_id in enumerate(ids, start=1):
         if aoi_id in seen:
             raise AoiFileError(
-                f"AOI file {uri}: duplicate id {aoi_id!r} (features {seen[aoi_id]} and {position}); "
-                "ids must be unique"
+                f"AOI file {uri}: duplicate id {aoi_id!r} (features {seen[aoi_id]} and {position}); ids must be unique"
             )
         seen[aoi_id] = position
     frame = gpd.GeoDataFrame({"name": names}, geometry=geoms, index=ids, crs=crs)
@@ -270,5 +268,7 @@ def write_aois_geojson(aois: dict, path: str | os.PathLike, names: dict | None =
     ]
     doc = {"type": "FeatureCollection", "features": features}
     text = os.fspath(path)
-    parent, name = posixpath.split(text.rstrip("/")) if text.startswith("s3://") else os.path.split(os.path.abspath(text))
+    parent, name = (
+        posixpath.split(text.rstrip("/")) if text.startswith("s3://") else os.path.split(os.path.abspath(text))
+    )
     return Storage.from_uri(parent).write_bytes(json.dumps(doc, indent=1).encode(), name)

@@ -111,10 +111,21 @@ class Rasteret:
         from rasteret_pipelines.collections.query import load_collection
 
         self.last_build = build_collection(
-            self.data_source, self.name, self.workspace_dir, date_range=self.date_range, bbox=bbox,
-            geometry=geometry, bands=bands, cloud_cover_lt=cloud_cover_lt, platform=platform,
-            query=query, stac_url=self.stac_url, fetch_config=self.fetch_config, progress=progress,
-            require_items=True, reader=self.reader,
+            self.data_source,
+            self.name,
+            self.workspace_dir,
+            date_range=self.date_range,
+            bbox=bbox,
+            geometry=geometry,
+            bands=bands,
+            cloud_cover_lt=cloud_cover_lt,
+            platform=platform,
+            query=query,
+            stac_url=self.stac_url,
+            fetch_config=self.fetch_config,
+            progress=progress,
+            require_items=True,
+            reader=self.reader,
         )
         self._collection = load_collection(self.name, self.workspace_dir)
         return self
@@ -134,8 +145,10 @@ class Rasteret:
         workspace = workspace_dir or Path.home() / "rasteret_workspace"
         collection = load_collection(collection_name, workspace)
         self = cls(
-            workspace, data_source=collection.manifest["data_source"],
-            date_range=tuple(collection.date_range), **kwargs,
+            workspace,
+            data_source=collection.manifest["data_source"],
+            date_range=tuple(collection.date_range),
+            **kwargs,
         )
         self._collection = collection
         return self
@@ -163,11 +176,21 @@ class Rasteret:
         if geometries is None or any(kwargs.get(k) is not None for k in ("bbox", "geopolygon", "like")):
             from rasteret_pipelines.reading.cube import read_cube
 
-            return read_cube(self.collection, bands, geometries=geometries, date_range=date_range,
-                             cloud_cover_lt=cloud_cover_lt, **kwargs)
+            return read_cube(
+                self.collection,
+                bands,
+                geometries=geometries,
+                date_range=date_range,
+                cloud_cover_lt=cloud_cover_lt,
+                **kwargs,
+            )
         return read_geometries(
-            self.collection, geometries, bands, date_range=date_range,
-            cloud_cover_lt=cloud_cover_lt, **kwargs,
+            self.collection,
+            geometries,
+            bands,
+            date_range=date_range,
+            cloud_cover_lt=cloud_cover_lt,
+            **kwargs,
         )
 
     def get_gdf(self, geometries, bands, cloud_cover_lt: float | None = None, date_range=None, **kwargs):
@@ -178,8 +201,17 @@ class Rasteret:
         ds = self.get_xarray(geometries, bands, cloud_cover_lt=cloud_cover_lt, date_range=date_range, **kwargs)
         return dataset_to_gdf(ds, dict(normalize_geometries(geometries, id_column=kwargs.get("id_column", "id"))))
 
-    def zonal_stats(self, fields, *, index=None, bands=None, stats=None, cloud_cover_lt: float | None = None,
-                    date_range=None, **kwargs):
+    def zonal_stats(
+        self,
+        fields,
+        *,
+        index=None,
+        bands=None,
+        stats=None,
+        cloud_cover_lt: float | None = None,
+        date_range=None,
+        **kwargs,
+    ):
         """Statistics per field and date as a ``pyarrow.Table``; see
         :func:`rasteret_pipelines.reading.zonal_stats` (``reader=`` here overrides the one this
         Rasteret was made with)::
@@ -192,20 +224,34 @@ class Rasteret:
         kwargs.setdefault("fetch_config", self.fetch_config)
         kwargs.setdefault("reader", self.reader)
         return zonal_stats(
-            self.collection, fields, index=index, bands=bands, stats=stats or DEFAULT_STATS,
-            cloud_cover_lt=cloud_cover_lt, date_range=date_range, **kwargs,
+            self.collection,
+            fields,
+            index=index,
+            bands=bands,
+            stats=stats or DEFAULT_STATS,
+            cloud_cover_lt=cloud_cover_lt,
+            date_range=date_range,
+            **kwargs,
         )
 
-    def sample_points(self, points, bands=None, *, index=None, cloud_cover_lt: float | None = None,
-                      date_range=None, **kwargs):
+    def sample_points(
+        self, points, bands=None, *, index=None, cloud_cover_lt: float | None = None, date_range=None, **kwargs
+    ):
         """The value of ``bands`` (and ``index``) at each point for every date, as a
         ``pyarrow.Table``; see :func:`rasteret_pipelines.reading.sample_points`."""
         from rasteret_pipelines.reading.zonal import sample_points
 
         kwargs.setdefault("fetch_config", self.fetch_config)
         kwargs.setdefault("reader", self.reader)
-        return sample_points(self.collection, points, bands=bands, index=index, cloud_cover_lt=cloud_cover_lt,
-                             date_range=date_range, **kwargs)
+        return sample_points(
+            self.collection,
+            points,
+            bands=bands,
+            index=index,
+            cloud_cover_lt=cloud_cover_lt,
+            date_range=date_range,
+            **kwargs,
+        )
 
     def explain(self, read: str, *args, **kwargs):
         """An exact dry run of a read with the same arguments: its scenes, windows, tiles,

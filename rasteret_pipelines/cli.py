@@ -65,12 +65,15 @@ DEMO_DESCRIPTION = (
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo command's arguments, on ``rasteret-pipelines demo`` and ``python -m rasteret_pipelines_demo``."""
-    parser.add_argument("--months", help="comma-separated YYYY-MM months (default RASTERET_DEMO_MONTHS or 2024-01..2024-03)")
+    parser.add_argument(
+        "--months", help="comma-separated YYYY-MM months (default RASTERET_DEMO_MONTHS or 2024-01..2024-03)"
+    )
     parser.add_argument("--dagster-home", help="Dagster instance folder (default $DAGSTER_HOME or ./.dagster_home)")
     parser.add_argument(
-        "--serve", action="store_true",
+        "--serve",
+        action="store_true",
         help="only serve the demo mirror (no Dagster runs) until Ctrl-C, printing the environment "
-             "lines that point the quick start at it",
+        "lines that point the quick start at it",
     )
     parser.set_defaults(func=_demo)
 

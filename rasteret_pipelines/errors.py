@@ -284,5 +284,6 @@ class GroupbyError(InvalidReadArgumentError):
     """``groupby`` is not ``time``, ``solar_day``, ``month`` or a property the collection holds."""
 
 
-class DaskMissingError(ReadError, ImportError):
-    """A lazy read (``chunks=``) needs dask: ``pip install 'rasteret-pipelines[dask]'``."""
+class DaskMissingError(InvalidReadArgumentError, ImportError):
+    """A lazy read (``chunks=``) needs dask: ``pip install 'rasteret-pipelines[dask]'``, or drop
+    ``chunks=`` (an argument error, and an ImportError for code that catches those)."""

@@ -186,14 +186,23 @@ def parse_fields(data: bytes, uri: str = "<bytes>", *, cell_deg: float = DEFAULT
 
     missing = ids.isna().to_numpy()
     skip(missing, "no id")
-    safe = ids.fillna("").str.fullmatch(SAFE_NAME.pattern[1:-1]).to_numpy() & ~ids.fillna("").str.contains(r"\.\.").to_numpy()
-    skip(~missing & ~safe, lambda i: f"id {ids[i]!r} is not a safe name ([A-Za-z0-9][A-Za-z0-9_.-]*, at most 64 characters)")
+    safe = (
+        ids.fillna("").str.fullmatch(SAFE_NAME.pattern[1:-1]).to_numpy()
+        & ~ids.fillna("").str.contains(r"\.\.").to_numpy()
+    )
+    skip(
+        ~missing & ~safe,
+        lambda i: f"id {ids[i]!r} is not a safe name ([A-Za-z0-9][A-Za-z0-9_.-]*, at most 64 characters)",
+    )
     dup = ids.duplicated(keep=False).to_numpy() & ~missing
     if dup.any():
         positions: dict[str, list[int]] = {}
         for i in np.flatnonzero(dup):
             positions.setdefault(ids[i], []).append(int(rows[i]))
-        skip(dup, lambda i: f"duplicate id {ids[i]!r} (rows {', '.join(map(str, positions[ids[i]]))}); ids must be unique")
+        skip(
+            dup,
+            lambda i: f"duplicate id {ids[i]!r} (rows {', '.join(map(str, positions[ids[i]]))}); ids must be unique",
+        )
     geoms = np.asarray(geoms, dtype=object)
     present = ~shapely.is_missing(geoms)
     skip(~present, "no geometry")
@@ -208,11 +217,18 @@ def parse_fields(data: bytes, uri: str = "<bytes>", *, cell_deg: float = DEFAULT
     valid = np.ones(n, dtype=bool)
     valid[check] = shapely.is_valid(geoms[check])
     skip(~valid, lambda i: f"invalid geometry: {shapely.is_valid_reason(geoms[i])}")
-    group_text = pd.Series([None if v is None or (isinstance(v, float) and v != v) or not str(v).strip()
-                            else str(v).strip() for v in groups], dtype="object")
+    group_text = pd.Series(
+        [
+            None if v is None or (isinstance(v, float) and v != v) or not str(v).strip() else str(v).strip()
+            for v in groups
+        ],
+        dtype="object",
+    )
     has_group = group_text.notna().to_numpy()
-    group_safe = group_text.fillna("x").str.fullmatch(SAFE_NAME.pattern[1:-1]).to_numpy() & \
-        ~group_text.fillna("").str.contains(r"\.\.").to_numpy()
+    group_safe = (
+        group_text.fillna("x").str.fullmatch(SAFE_NAME.pattern[1:-1]).to_numpy()
+        & ~group_text.fillna("").str.contains(r"\.\.").to_numpy()
+    )
     skip(has_group & ~group_safe, lambda i: f"group {group_text[i]!r} is not a safe name")
 
     keep = pd.isna(reason)
@@ -226,13 +242,20 @@ def parse_fields(data: bytes, uri: str = "<bytes>", *, cell_deg: float = DEFAULT
             raise AoiFileError(f"AOI file {uri}: its CRS {crs!r} cannot be turned into EPSG:4326: {exc}") from exc
     if len(frame):
         b = frame.geometry.bounds
-        on_globe = (np.isfinite(b.to_numpy()).all(axis=1) & (b["minx"] >= -180) & (b["maxx"] <= 180)
-                    & (b["miny"] >= -90) & (b["maxy"] <= 90)).to_numpy()
+        on_globe = (
+            np.isfinite(b.to_numpy()).all(axis=1)
+            & (b["minx"] >= -180)
+            & (b["maxx"] <= 180)
+            & (b["miny"] >= -90)
+            & (b["maxy"] <= 90)
+        ).to_numpy()
         kept_rows = np.flatnonzero(keep)
         bounds = b.to_numpy()
         for j in np.flatnonzero(~on_globe):
-            reason[kept_rows[j]] = (f"coordinates {tuple(round(float(v), 3) for v in bounds[j])} are not "
-                                    f"longitude/latitude in EPSG:4326: is the CRS ({crs}) right?")
+            reason[kept_rows[j]] = (
+                f"coordinates {tuple(round(float(v), 3) for v in bounds[j])} are not "
+                f"longitude/latitude in EPSG:4326: is the CRS ({crs}) right?"
+            )
         frame = frame[on_globe]
     for i in np.flatnonzero(~pd.isna(reason)):
         label = f"row {rows[i]}" + (f" (id {ids[i]!r})" if ids[i] is not None else "")
@@ -246,8 +269,9 @@ def parse_fields(data: bytes, uri: str = "<bytes>", *, cell_deg: float = DEFAULT
     cells = group_names(shapely.get_x(centroids), shapely.get_y(centroids), cell_deg)
     frame["group"] = [g if isinstance(g, str) else c for g, c in zip(frame["group"], cells)]
     frame["name"] = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame["name"]]
-    return FieldSet(uri=uri, fingerprint=fingerprint, frame=frame[["name", "group", "geometry"]],
-                    skipped=skipped, cell_deg=cell_deg)
+    return FieldSet(
+        uri=uri, fingerprint=fingerprint, frame=frame[["name", "group", "geometry"]], skipped=skipped, cell_deg=cell_deg
+    )
 
 
 def _id_texts(raw_ids) -> list:
@@ -315,8 +339,9 @@ def _from_geojson(data: bytes, uri: str):
             try:
                 geom = shapely.geometry.shape(geometry)
             except Exception as exc:  # shapely raises several types for bad coordinates
-                skipped[f"feature {position}" + (f" (id {raw_id!r})" if raw_id is not None else "")] = \
+                skipped[f"feature {position}" + (f" (id {raw_id!r})" if raw_id is not None else "")] = (
                     f"malformed geometry: {exc}"
+                )
                 continue
         ids.append(raw_id)
         names.append(props.get("name"))

@@ -55,6 +55,4 @@ def check_href(href, *, allow_local: bool = False) -> str:
             "(allow_local_hrefs=True for a local catalog); remote catalogs must use http(s):// "
             "or s3:// hrefs",
         )
-    raise UnsafeHrefError(
-        href, f"unsupported URL scheme {scheme!r} (use http(s)://, s3:// or, when allowed, a path)"
-    )
+    raise UnsafeHrefError(href, f"unsupported URL scheme {scheme!r} (use http(s)://, s3:// or, when allowed, a path)")

@@ -11,10 +11,25 @@ from __future__ import annotations
 import re
 
 SECRET_PARAMS = (
-    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
-    "x-goog-credential", "signature", "sig", "token", "access_token", "id_token",
-    "security-token", "awsaccesskeyid", "api_key", "apikey", "key", "password", "secret",
-    "client_secret", "code",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+    "signature",
+    "sig",
+    "token",
+    "access_token",
+    "id_token",
+    "security-token",
+    "awsaccesskeyid",
+    "api_key",
+    "apikey",
+    "key",
+    "password",
+    "secret",
+    "client_secret",
+    "code",
 )
 """Query parameters whose values are credentials (compared case-insensitively)."""
 
@@ -24,9 +39,7 @@ _PARAM = re.compile(
     r"(?i)([?&;](?:" + "|".join(re.escape(p) for p in SECRET_PARAMS) + r")=)(?:[^&;#:\s'\"<>)\]]|:(?!\s|$))*"
 )
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"<>]+@")
-_HEADER = re.compile(
-    r"(?i)\b(authorization|x-amz-security-token|cookie|set-cookie)(['\"]?\s*:\s*['\"]?)[^'\"\n,}]+"
-)
+_HEADER = re.compile(r"(?i)\b(authorization|x-amz-security-token|cookie|set-cookie)(['\"]?\s*:\s*['\"]?)[^'\"\n,}]+")
 
 
 def redact(text: str) -> str:
@@ -63,9 +76,7 @@ def redacted_cause(exc: BaseException, _depth: int = 0) -> BaseException:
     if isinstance(exc, RasteretError) and exc.__cause__ is None and exc.__context__ is None:
         return exc
     out = exc if isinstance(exc, RasteretError) else RedactedCause(exc).with_traceback(exc.__traceback__)
-    inner = exc.__cause__ if exc.__cause__ is not None else (
-        None if exc.__suppress_context__ else exc.__context__
-    )
+    inner = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
     if inner is not None and _depth < 16:
         out.__cause__ = redacted_cause(inner, _depth + 1)
     else:

@@ -148,9 +148,7 @@ class Storage:
         inside = self.base if self.base.endswith("/") else self.base + "/"
         normal = posixpath.normpath(joined)
         if "\x00" in joined or (normal != self.base and not normal.startswith(inside)):
-            raise StoragePathError(
-                f"{'/'.join(map(str, parts))!r} is not a path inside storage {self.uri}"
-            )
+            raise StoragePathError(f"{'/'.join(map(str, parts))!r} is not a path inside storage {self.uri}")
         return joined
 
     def uri_of(self, *parts: str) -> str:
@@ -176,7 +174,8 @@ class Storage:
         return sorted(
             info.path
             for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and info.path.endswith(suffix)
+            if info.type == pafs.FileType.File
+            and info.path.endswith(suffix)
             and _TEMP.match(posixpath.basename(info.path)) is None
         )
 

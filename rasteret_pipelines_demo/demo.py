@@ -157,8 +157,11 @@ def run_demo(
     try:
         aoi_file = settings.aoi_file
         if not _exists(aoi_file):
-            write_aois_geojson({str(k): v for k, v in QUICKSTART_AOIS.items()}, aoi_file,
-                               names={"1": "quick start AOI 1", "2": "quick start AOI 2"})
+            write_aois_geojson(
+                {str(k): v for k, v in QUICKSTART_AOIS.items()},
+                aoi_file,
+                names={"1": "quick start AOI 1", "2": "quick start AOI 2"},
+            )
             log(f"wrote the quick start's two AOIs to {aoi_file}")
         # the resources hold EnvVars when the variables are set (resolved only inside runs): the
         # demo's own reads use the settings' plain values
@@ -175,11 +178,17 @@ def run_demo(
             instance.add_dynamic_partitions(group_partitions.name, new)
         sizes = fields.frame.groupby("group").size().to_dict()
         for group, digest in fields.group_digests().items():  # what the field sensor records
-            instance.report_runless_asset_event(dg.AssetMaterialization(
-                asset_key=FIELDS_KEY, partition=group,
-                metadata={"fields": int(sizes[group]), "digest": digest, "file": fields.uri}))
-        log(f"fields: {', '.join(fields.ids)} in groups {', '.join(fields.groups)} (from {aoi_file}); "
-            f"Dagster instance {home}")
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    asset_key=FIELDS_KEY,
+                    partition=group,
+                    metadata={"fields": int(sizes[group]), "digest": digest, "file": fields.uri},
+                )
+            )
+        log(
+            f"fields: {', '.join(fields.ids)} in groups {', '.join(fields.groups)} (from {aoi_file}); "
+            f"Dagster instance {home}"
+        )
 
         # the runs go through the instance and the code location (with a repository origin), so the
         # UI's Overview timeline, job pages and asset pages count them; they execute in this process
@@ -194,8 +203,9 @@ def run_demo(
                 label, extra = first, {"partition_key": first}
             else:
                 label = f"{first}..{last}"
-                extra = {"tags": {"dagster/asset_partition_range_start": first,
-                                  "dagster/asset_partition_range_end": last}}
+                extra = {
+                    "tags": {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+                }
             result = runner.run(job_name, run_config=QUIET, **extra)
             status = "ok" if result.success else "FAILED"
             log(f"  {job_name} [{label}]: {status} in {time.perf_counter() - t0:.1f} s (run {result.run_id[:8]})")
@@ -212,8 +222,10 @@ def run_demo(
         first_group, last_group = mine[0], mine[-1]
 
         summary: dict = {"dagster_home": str(home), "storage": storage.uri(), "runs": []}
-        log(f"materialising {len(months)} months x {len(fields.groups)} groups of {len(fields.ids)} fields for "
-            f"{', '.join(settings.sources)} (one statistics run over all of them):")
+        log(
+            f"materialising {len(months)} months x {len(fields.groups)} groups of {len(fields.ids)} fields for "
+            f"{', '.join(settings.sources)} (one statistics run over all of them):"
+        )
         keys = [month_partition_key(m) for m in months]
         for key in keys:
             summary["runs"].append(run("collections_job", key).run_id)
@@ -245,8 +257,10 @@ def dagster_dev_command(home: Path, settings) -> str:
     from rasteret_pipelines.redaction import redact
 
     command = interpreter_command("rasteret-pipelines", "rasteret_pipelines.cli")
-    env = {"DAGSTER_HOME": str(home),
-           **{k: redact(v) for k, v in sorted(settings.env.items()) if k.startswith("RASTERET_")}}
+    env = {
+        "DAGSTER_HOME": str(home),
+        **{k: redact(v) for k, v in sorted(settings.env.items()) if k.startswith("RASTERET_")},
+    }
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, command), "ui"])
 
 
@@ -284,17 +298,24 @@ def _report(storage_resource, settings, fields, log) -> dict:
         out["series"][source] = [uri(p) for p in series_files]
         out["collections"][source] = [uri(p) for p in months]
         log(f"{source}:")
-        log(f"  collection months ({len(months)} files): {store.uri_of('collections', slug)}/month=YYYY-MM/items.parquet")
+        log(
+            f"  collection months ({len(months)} files): {store.uri_of('collections', slug)}/month=YYYY-MM/items.parquet"
+        )
         log(f"  field statistics ({len(tables)} tables): {store.uri_of(*stats)}/month=YYYY-MM/group=<group>.parquet")
-        log(f"  NDVI COGs ({len(tifs)} files):          {store.uri_of('field_ndvi', slug)}/geometry_<group>/ndvi_YYYYMMDD.tif")
+        log(
+            f"  NDVI COGs ({len(tifs)} files):          {store.uri_of('field_ndvi', slug)}/geometry_<group>/ndvi_YYYYMMDD.tif"
+        )
         log(f"  time series ({len(series_files)} tables):     {store.uri_of(*series)}/group=<group>.parquet and .svg")
         for group in fields.groups:
             if not store.exists(*series, f"group={group}.parquet"):
                 continue
             rows = pq.read_table(io.BytesIO(store.read_bytes(*series, f"group={group}.parquet"))).to_pylist()
             for fid in sorted({r["id"] for r in rows}):
-                cells = [f"{r['date']:%m-%d} {r['ndvi_mean']:.2f} ({r['ndvi_valid_fraction']:.0%})"
-                         for r in rows if r["id"] == fid and r["ndvi_mean"] is not None]
+                cells = [
+                    f"{r['date']:%m-%d} {r['ndvi_mean']:.2f} ({r['ndvi_valid_fraction']:.0%})"
+                    for r in rows
+                    if r["id"] == fid and r["ndvi_mean"] is not None
+                ]
                 log(f"  field {fid} (group {group}) mean NDVI (valid pixels): " + ", ".join(cells))
     return out
 

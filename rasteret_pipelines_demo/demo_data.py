@@ -60,8 +60,12 @@ def default_scenes(months: Sequence[str] = ("2024-01", "2024-02", "2024-03")) ->
     scenes = []
     for i, month in enumerate(months):
         year, mon = (int(v) for v in month.split("-"))
-        scenes.append(DemoScene(dt.date(year, mon, 5), cloud_cover=[4.2, 12.5, 31.0, 7.8][i % 4], platform="sentinel-2a"))
-        scenes.append(DemoScene(dt.date(year, mon, 10), cloud_cover=[18.9, 2.1, 9.4, 55.0][i % 4], platform="sentinel-2b"))
+        scenes.append(
+            DemoScene(dt.date(year, mon, 5), cloud_cover=[4.2, 12.5, 31.0, 7.8][i % 4], platform="sentinel-2a")
+        )
+        scenes.append(
+            DemoScene(dt.date(year, mon, 10), cloud_cover=[18.9, 2.1, 9.4, 55.0][i % 4], platform="sentinel-2b")
+        )
     return scenes
 
 
@@ -103,9 +107,7 @@ def _landscape(window: Window, pixel: float, scene: DemoScene, seed: int) -> dic
     red = 0.12 - 0.08 * vigour + 0.05 * town + rng.normal(0, 0.004, x.shape)
     nir = 0.18 + 0.30 * vigour + 0.02 * town + rng.normal(0, 0.006, x.shape)
     # Clouds cover roughly the scene's cloud cover, as blobs; shadows beside them.
-    cloud_field = (
-        np.sin(x / 2300 + seed) * np.cos(y / 1900 - seed) + 0.4 * np.sin((x + y) / 900 + 2 * seed)
-    )
+    cloud_field = np.sin(x / 2300 + seed) * np.cos(y / 1900 - seed) + 0.4 * np.sin((x + y) / 900 + 2 * seed)
     threshold = np.quantile(cloud_field, 1 - scene.cloud_cover / 100.0) if scene.cloud_cover > 0 else np.inf
     cloud = cloud_field > threshold
     shadow = np.roll(cloud, (25, 25), axis=(0, 1)) & ~cloud
@@ -140,16 +142,34 @@ def write_scene(root: Path, scene: DemoScene, *, size_10m: int = SIZE_10M, seed:
         data = _landscape(dense, pixel, scene, seed + scene.date.toordinal())[band]
         src = path.with_suffix(".src.tif")
         profile = dict(
-            driver="GTiff", width=size, height=size, count=1, dtype=dtype, crs=CRS,
-            transform=from_origin(ORIGIN[0], ORIGIN[1], pixel, pixel), nodata=0, tiled=True,
-            blockxsize=BLOCK, blockysize=BLOCK, compress="DEFLATE", predictor=2, SPARSE_OK=True,
+            driver="GTiff",
+            width=size,
+            height=size,
+            count=1,
+            dtype=dtype,
+            crs=CRS,
+            transform=from_origin(ORIGIN[0], ORIGIN[1], pixel, pixel),
+            nodata=0,
+            tiled=True,
+            blockxsize=BLOCK,
+            blockysize=BLOCK,
+            compress="DEFLATE",
+            predictor=2,
+            SPARSE_OK=True,
         )
         with rasterio.open(src, "w", **profile) as dst:
             dst.write(data[np.newaxis], window=dense)
         with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
             rasterio.shutil.copy(
-                src, path, driver="COG", compress="DEFLATE", predictor=2, blocksize=BLOCK,
-                overviews="AUTO", SPARSE_OK=True, resampling="nearest",
+                src,
+                path,
+                driver="COG",
+                compress="DEFLATE",
+                predictor=2,
+                blocksize=BLOCK,
+                overviews="AUTO",
+                SPARSE_OK=True,
+                resampling="nearest",
             )
         src.unlink()
     return paths
@@ -184,10 +204,18 @@ def make_item(scene: DemoScene, hrefs: dict[str, str], *, size_10m: int = SIZE_1
     p = item["properties"]
     p.update(
         {
-            "datetime": stamp, "created": stamp, "updated": stamp, "platform": scene.platform,
-            "eo:cloud_cover": scene.cloud_cover, "proj:epsg": 32643, "mgrs:utm_zone": 43,
-            "mgrs:latitude_band": "P", "mgrs:grid_square": "GQ", "grid:code": f"MGRS-{TILE}",
-            "s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True,
+            "datetime": stamp,
+            "created": stamp,
+            "updated": stamp,
+            "platform": scene.platform,
+            "eo:cloud_cover": scene.cloud_cover,
+            "proj:epsg": 32643,
+            "mgrs:utm_zone": 43,
+            "mgrs:latitude_band": "P",
+            "mgrs:grid_square": "GQ",
+            "grid:code": f"MGRS-{TILE}",
+            "s2:processing_baseline": "05.10",
+            "earthsearch:boa_offset_applied": True,
             "s2:nodata_pixel_percentage": 0.0,
         }
     )
@@ -207,7 +235,9 @@ def make_item(scene: DemoScene, hrefs: dict[str, str], *, size_10m: int = SIZE_1
     return item
 
 
-def write_world(root: Path, url_for, scenes: Sequence[DemoScene] | None = None, *, size_10m: int = SIZE_10M) -> list[dict]:
+def write_world(
+    root: Path, url_for, scenes: Sequence[DemoScene] | None = None, *, size_10m: int = SIZE_10M
+) -> list[dict]:
     """Write every scene's COGs under ``root`` and return their STAC items.
 
     Args:

@@ -114,8 +114,10 @@ def prepare_world(
         t0 = time.perf_counter()
         scenes = demo_data.default_scenes(tuple(months))
         if log:
-            log(f"writing the demo world: {len(scenes)} Sentinel-2 L2A scenes of MGRS {demo_data.TILE} "
-                f"({size} x {size} at 10 m, sparse outside the AOIs) under {folder} ...")
+            log(
+                f"writing the demo world: {len(scenes)} Sentinel-2 L2A scenes of MGRS {demo_data.TILE} "
+                f"({size} x {size} at 10 m, sparse outside the AOIs) under {folder} ..."
+            )
         cogs = folder / "cogs"
         cogs.mkdir(exist_ok=True)
         items = demo_data.write_world(cogs, lambda rel: f"cogs/{rel}", scenes, size_10m=size)
@@ -223,8 +225,9 @@ class DemoMirror:
                 for item in world["items"]
             ]
             identity = {"id": mirror_identity(self.demo_dir), "demo_dir": str(self.demo_dir.resolve())}
-            self.stac = StacServer(items, title=DEMO_TITLE, port=self.port,
-                                   landing_extra={MIRROR_KEY: identity}).start()
+            self.stac = StacServer(
+                items, title=DEMO_TITLE, port=self.port, landing_extra={MIRROR_KEY: identity}
+            ).start()
         except BaseException:
             self.cogs.stop()
             raise
@@ -273,8 +276,10 @@ def mirror_at(url: str, timeout: float = 2.0) -> dict | None:
         with urllib.request.urlopen(url + "/", timeout=timeout) as resp:
             doc = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        raise StacApiError(f"{url} answers HTTP {exc.code}: the demo port is used by another program "
-                           "(set RASTERET_DEMO_PORT to a free port)") from exc
+        raise StacApiError(
+            f"{url} answers HTTP {exc.code}: the demo port is used by another program "
+            "(set RASTERET_DEMO_PORT to a free port)"
+        ) from exc
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return None
     except ValueError as exc:
@@ -313,8 +318,11 @@ class PortState:
     def holder(self) -> str:
         """Who holds the port, in words."""
         if self.kind == "other-mirror":
-            return (f"the demo mirror of another folder ({self.detail})" if self.detail else
-                    "the demo mirror of an older rasteret-pipelines, which does not say which folder it serves")
+            return (
+                f"the demo mirror of another folder ({self.detail})"
+                if self.detail
+                else "the demo mirror of an older rasteret-pipelines, which does not say which folder it serves"
+            )
         return self.detail
 
     @property
@@ -369,8 +377,9 @@ def record_port(demo_dir: str | os.PathLike, port: int) -> Path:
     return path
 
 
-def choose_mirror_port(demo_dir: str | os.PathLike, preferred: int, *, default: int | None = None
-                       ) -> tuple[PortState, str | None]:
+def choose_mirror_port(
+    demo_dir: str | os.PathLike, preferred: int, *, default: int | None = None
+) -> tuple[PortState, str | None]:
     """Where ``demo_dir``'s mirror runs or should start: ``(state, note)``.
 
     A mirror of this folder already running on the recorded or the preferred port is reused
@@ -392,13 +401,19 @@ def choose_mirror_port(demo_dir: str | os.PathLike, preferred: int, *, default: 
     reason = "; ".join(f"port {s.port} is held by {s.holder()}" for s in busy)
     for state in states:
         if state.kind == "free":
-            note = None if state.port == preferred else (
-                f"this folder's demo mirror uses its recorded port {state.port} ({Path(demo_dir) / PORT_FILE})"
-                + (f"; {reason}" if reason else ""))
+            note = (
+                None
+                if state.port == preferred
+                else (
+                    f"this folder's demo mirror uses its recorded port {state.port} ({Path(demo_dir) / PORT_FILE})"
+                    + (f"; {reason}" if reason else "")
+                )
+            )
             return state, note
     port = free_port_pair()
-    return PortState(port, "free"), (f"{reason}: this folder's demo mirror uses port {port} instead "
-                                     f"(recorded in {Path(demo_dir) / PORT_FILE})")
+    return PortState(port, "free"), (
+        f"{reason}: this folder's demo mirror uses port {port} instead (recorded in {Path(demo_dir) / PORT_FILE})"
+    )
 
 
 def demo_stac_url(
@@ -440,8 +455,7 @@ def demo_stac_url(
         if not start:
             raise StacApiError(
                 f"the offline demo STAC API of {folder} is not running (its port would be {state.port}); run a "
-                "partition (it starts the mirror) or `rasteret-pipelines demo --serve`"
-                + (f". {note}" if note else "")
+                "partition (it starts the mirror) or `rasteret-pipelines demo --serve`" + (f". {note}" if note else "")
             )
         proc = spawn_demo_mirror(demo_dir, state.port, months)
         record_port(demo_dir, state.port)
@@ -454,14 +468,16 @@ def demo_stac_url(
                 raise StacApiError(f"the demo mirror could not start on {url}; see {folder / 'mirror.log'}")
             time.sleep(0.2)
         else:
-            raise StacApiError(f"the demo mirror did not answer at {url} within {wait:.0f} s; "
-                               f"see {folder / 'mirror.log'}")
+            raise StacApiError(
+                f"the demo mirror did not answer at {url} within {wait:.0f} s; see {folder / 'mirror.log'}"
+            )
     say(f"started the demo mirror of {folder} at {url}" + (f" ({note})" if note else ""))
     return url
 
 
-def open_mirror(demo_dir: str | os.PathLike, preferred: int, *, default: int | None = None, log=print
-                ) -> tuple[DemoMirror | None, str]:
+def open_mirror(
+    demo_dir: str | os.PathLike, preferred: int, *, default: int | None = None, log=print
+) -> tuple[DemoMirror | None, str]:
     """``demo_dir``'s mirror for this process: ``(mirror started here or None, STAC API URL)``.
 
     This folder's mirror already running (on its recorded or the preferred port) is reused;
@@ -496,11 +512,24 @@ def spawn_demo_mirror(
     """
     prepare_world(demo_dir, months, log=None)
     folder = Path(demo_dir).absolute()
-    cmd = [sys.executable, "-m", "rasteret_pipelines_demo.demo_mirror", "serve", "--demo-dir", str(folder),
-           "--port", str(port), "--months", ",".join(months), "--idle-timeout", str(idle_timeout)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rasteret_pipelines_demo.demo_mirror",
+        "serve",
+        "--demo-dir",
+        str(folder),
+        "--port",
+        str(port),
+        "--months",
+        ",".join(months),
+        "--idle-timeout",
+        str(idle_timeout),
+    ]
     with open(folder / "mirror.log", "ab") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, close_fds=True)
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
+        )
 
 
 def serve(demo_dir: str | os.PathLike, port: int, months: Sequence[str], idle_timeout: float = IDLE_TIMEOUT) -> int:

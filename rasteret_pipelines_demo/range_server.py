@@ -180,9 +180,7 @@ class RangeServer(BackgroundServer[RequestRecord]):
     Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(
-        self, root: Path | str, *, latency: float = 0.0, faults: FaultPlan | None = None, port: int = 0
-    ):
+    def __init__(self, root: Path | str, *, latency: float = 0.0, faults: FaultPlan | None = None, port: int = 0):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise NotADirectoryError(f"not a directory: {self.root}")
@@ -245,9 +243,7 @@ class RangeServer(BackgroundServer[RequestRecord]):
         """
         want = None if path is None else "/" + self._relative(path)
         return sum(
-            1
-            for r in self.requests
-            if (method is None or r.method == method) and (want is None or r.path == want)
+            1 for r in self.requests if (method is None or r.method == method) and (want is None or r.path == want)
         )
 
     # --- request handling --------------------------------------------------------------------
@@ -260,16 +256,12 @@ class RangeServer(BackgroundServer[RequestRecord]):
         headers = dict(request.headers)
 
         def record(status: int | None, rng=None, sent: int = 0, fault: str | None = None):
-            return self._record(
-                RequestRecord(method, path, rng, range_header, status, sent, headers, fault)
-            )
+            return self._record(RequestRecord(method, path, rng, range_header, status, sent, headers, fault))
 
         fault = await self._delay_and_draw_fault(relpath)
         if fault in ("500", "503", "429"):
             record(int(fault), fault=fault)
-            return web.Response(
-                status=int(fault), text=f"injected fault {fault}\n", headers={"Retry-After": "0"}
-            )
+            return web.Response(status=int(fault), text=f"injected fault {fault}\n", headers={"Retry-After": "0"})
         if fault == "reset" or (fault == "truncate" and method == "HEAD"):
             record(None, fault="reset")
             abort_connection(request)
@@ -307,9 +299,7 @@ class RangeServer(BackgroundServer[RequestRecord]):
         span = _parse_range(range_header, size)
         if span == "unsatisfiable":
             record(416)
-            return web.Response(
-                status=416, headers={**common, "Content-Range": f"bytes */{size}"}
-            )
+            return web.Response(status=416, headers={**common, "Content-Range": f"bytes */{size}"})
         if span is None:
             status, start, length = 200, 0, size
             resp_headers = dict(common)

@@ -642,7 +642,6 @@ _GEOJSON_TYPES = {
 }
 
 
-
 def _check_bbox(value: Any, what: str = "bbox") -> list[float]:
     if isinstance(value, str):
         try:
@@ -785,9 +784,7 @@ def _parse_search(params: Mapping[str, Any], server: StacServer) -> _Search:
 
     limit = _parse_limit(get("limit"), server.page_limit_max, server.default_limit)
     sortby = (
-        _normalise_sortby(_parse_sortby(get("sortby")))
-        if get("sortby") not in (None, "", [])
-        else list(_DEFAULT_SORT)
+        _normalise_sortby(_parse_sortby(get("sortby"))) if get("sortby") not in (None, "", []) else list(_DEFAULT_SORT)
     )
     token_value = get("token", get("next"))
     token = _decode_token(token_value, sortby) if token_value not in (None, "") else None
@@ -1049,11 +1046,7 @@ class StacServer(BackgroundServer[StacRequestRecord]):
                     body_error = f"request body is not valid JSON: {exc}"
 
         def record(status: int | None, fault: str | None = None, returned=None, matched=None):
-            return self._record(
-                StacRequestRecord(
-                    method, path, query, body, status, fault, returned, matched, headers
-                )
-            )
+            return self._record(StacRequestRecord(method, path, query, body, status, fault, returned, matched, headers))
 
         relpath = path.strip("/")
         fault = await self._delay_and_draw_fault(relpath)
@@ -1231,9 +1224,7 @@ class StacServer(BackgroundServer[StacRequestRecord]):
 
     # --- search --------------------------------------------------------------------------------
 
-    def _search(
-        self, params: Mapping[str, Any], method: str, href: str, items_of: str | None
-    ) -> dict:
+    def _search(self, params: Mapping[str, Any], method: str, href: str, items_of: str | None) -> dict:
         search = _parse_search(params, self)
         entries, keys = self._sorted(search.sortby)
         matched_idx = [i for i, e in enumerate(entries) if all(p(e) for p in search.preds)]
@@ -1251,9 +1242,7 @@ class StacServer(BackgroundServer[StacRequestRecord]):
             links.append({"rel": "parent", "type": _JSON, "href": self.collection_url(items_of)})
         if method == "GET":
             self_q = {k: v for k, v in params.items() if not (items_of and k == "collections")}
-            links.append(
-                {"rel": "self", "type": _GEOJSON, "href": href + ("?" + urlencode(self_q) if self_q else "")}
-            )
+            links.append({"rel": "self", "type": _GEOJSON, "href": href + ("?" + urlencode(self_q) if self_q else "")})
         if start + search.limit < number_matched and page_idx:
             token = _encode_token(search.sortby, keys[page_idx[-1]])
             if method == "GET":
@@ -1328,9 +1317,7 @@ def _synthesise_collection(cid: str, members: list[_Entry]) -> dict:
     }
 
 
-def _error_response(
-    status: int, code: str, description: str, headers: dict[str, str] | None = None
-) -> web.Response:
+def _error_response(status: int, code: str, description: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,
         body=json.dumps({"code": code, "description": description}).encode(),

@@ -87,9 +87,7 @@ DEFAULT_TRANSFORM = Affine(10.0, 0.0, 399960.0, 0.0, -10.0, 2900040.0)
 """North-up UTM-like geotransform with 10 m pixels (a Sentinel-2 tile corner in zone 43N)."""
 
 
-def make_data(
-    dtype: str, count: int, height: int, width: int, seed: int = 0
-) -> np.ndarray:
+def make_data(dtype: str, count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """Deterministic image-like pixels, shape (count, height, width).
 
     Smooth gradients and waves differ per band, with seeded noise on top; values span most of
@@ -236,9 +234,17 @@ def write_cog(
     try:
         with _gdal_warnings_are_errors(path):
             _write_source(
-                src_path, data, dtype=dtype, nodata=nodata, mask=mask, crs=crs,
-                transform=transform, scales=scales, offsets=offsets,
-                pixel_is_point=pixel_is_point, sparse=sparse,
+                src_path,
+                data,
+                dtype=dtype,
+                nodata=nodata,
+                mask=mask,
+                crs=crs,
+                transform=transform,
+                scales=scales,
+                offsets=offsets,
+                pixel_is_point=pixel_is_point,
+                sparse=sparse,
                 overview_factors=levels if driver == "GTiff" else [],
             )
             options: dict[str, Any] = {"compress": compress, "bigtiff": "YES" if bigtiff else "NO"}
@@ -275,10 +281,23 @@ def write_cog(
         Path(str(src_path) + ".msk").unlink(missing_ok=True)
 
     _verify(
-        path, dtype=dtype, count=count, width=width, height=height, block=(bx, by), tiled=tiled,
-        compress=compress, predictor=predictor, interleave=interleave, bigtiff=bigtiff,
-        endian=endian, overviews=overviews, mask=mask, sparse=sparse,
-        pixel_is_point=pixel_is_point, nodata=nodata,
+        path,
+        dtype=dtype,
+        count=count,
+        width=width,
+        height=height,
+        block=(bx, by),
+        tiled=tiled,
+        compress=compress,
+        predictor=predictor,
+        interleave=interleave,
+        bigtiff=bigtiff,
+        endian=endian,
+        overviews=overviews,
+        mask=mask,
+        sparse=sparse,
+        pixel_is_point=pixel_is_point,
+        nodata=nodata,
     )
     return path
 
@@ -465,11 +484,7 @@ def _verify(
         ):
             problems.append(f"nodata {src.nodata}, wanted {nodata}")
         if sparse:
-            empty = sum(
-                _block_is_empty(src, i, j)
-                for i in range(-(-height // bh))
-                for j in range(-(-width // bw))
-            )
+            empty = sum(_block_is_empty(src, i, j) for i in range(-(-height // bh)) for j in range(-(-width // bw)))
             if empty == 0:
                 problems.append("SPARSE_OK wrote every block")
     if problems:

@@ -22,8 +22,9 @@ def geojson(*features, **extra) -> bytes:
 
 def test_geojson_ids_names_and_lonlat(tmp_path):
     path = tmp_path / "aois.geojson"
-    write_aois_geojson({"1": BOX, "farm-2": shapely.geometry.box(77.56, 13.02, 77.59, 13.09)}, path,
-                       names={"1": "north field"})
+    write_aois_geojson(
+        {"1": BOX, "farm-2": shapely.geometry.box(77.56, 13.02, 77.59, 13.09)}, path, names={"1": "north field"}
+    )
     aois = load_aois(str(path))
     assert aois.ids == ["1", "farm-2"]
     assert aois.frame.loc["1", "name"] == "north field"
@@ -52,13 +53,19 @@ def test_geoparquet_in_utm_is_reprojected(tmp_path):
         (geojson(feature({"name": "x"})), "feature 1 has no id"),
         (geojson(feature({"id": "a"}), feature({"id": "a"})), "duplicate id 'a' (features 1 and 2)"),
         (geojson(feature({"id": "a/b"})), "feature 1 has id 'a/b'"),
-        (geojson(feature({"id": "bow"}, shapely.geometry.Polygon([(77.5, 13), (77.6, 13.1), (77.6, 13), (77.5, 13.1)]))),
-         "geometry bow is invalid: Self-intersection"),
+        (
+            geojson(
+                feature({"id": "bow"}, shapely.geometry.Polygon([(77.5, 13), (77.6, 13.1), (77.6, 13), (77.5, 13.1)]))
+            ),
+            "geometry bow is invalid: Self-intersection",
+        ),
         (geojson(feature({"id": "pt"}, shapely.geometry.Point(77.5, 13))), "geometry pt is a Point"),
         (geojson(feature({"id": "none"}, None)), "AOI none (feature 1) has no geometry"),
         # UTM metres written as if they were GeoJSON longitude/latitude: the wrong CRS
-        (geojson(feature({"id": "utm"}, shapely.geometry.box(776510, 1439620, 779860, 1447410))),
-         "geometry utm has bounds"),
+        (
+            geojson(feature({"id": "utm"}, shapely.geometry.box(776510, 1439620, 779860, 1447410))),
+            "geometry utm has bounds",
+        ),
         (b"not json at all", "is neither GeoJSON nor GeoParquet"),
         (json.dumps({"type": "Topology"}).encode(), "is not a GeoJSON FeatureCollection"),
     ],

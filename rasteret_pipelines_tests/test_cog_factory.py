@@ -24,8 +24,18 @@ def test_data_is_deterministic_and_spans_the_dtype():
 
 def test_written_file_matches_request(tmp_path: Path):
     path = write_cog(
-        tmp_path / "a.tif", dtype="int16", count=3, width=300, height=170, blocksize=128,
-        compress="ZSTD", predictor=2, interleave="band", endian="big", nodata=-1, mask=False,
+        tmp_path / "a.tif",
+        dtype="int16",
+        count=3,
+        width=300,
+        height=170,
+        blocksize=128,
+        compress="ZSTD",
+        predictor=2,
+        interleave="band",
+        endian="big",
+        nodata=-1,
+        mask=False,
     )
     with rasterio.open(path) as src:
         assert (src.count, src.width, src.height, src.dtypes[0]) == (3, 300, 170, "int16")

@@ -14,8 +14,11 @@ FAMILIES = {"RasteretError", "CogError", "CollectionError", "ReadError", "Produc
 
 
 def _classes() -> dict[str, type]:
-    return {name: cls for name, cls in vars(errors).items()
-            if inspect.isclass(cls) and issubclass(cls, errors.RasteretError) and cls.__module__ == errors.__name__}
+    return {
+        name: cls
+        for name, cls in vars(errors).items()
+        if inspect.isclass(cls) and issubclass(cls, errors.RasteretError) and cls.__module__ == errors.__name__
+    }
 
 
 def _documented() -> dict[str, str]:
@@ -35,7 +38,7 @@ def test_every_error_has_exactly_one_kind():
 def test_docs_list_every_error_with_its_kind():
     documented = _documented()
     classes = {n: c for n, c in _classes().items() if n not in FAMILIES}
-    assert set(documented) == set(classes), (set(documented) ^ set(classes))
+    assert set(documented) == set(classes), set(documented) ^ set(classes)
     for name, kind in documented.items():
         assert issubclass(classes[name], {"ValueError": ValueError, "OSError": OSError}[kind]), name
 
@@ -43,8 +46,7 @@ def test_docs_list_every_error_with_its_kind():
 def test_family_classes_are_never_raised_directly():
     root = Path(errors.__file__).parent
     pattern = re.compile(rf"raise ({'|'.join(sorted(FAMILIES))})\(")
-    hits = [f"{p.relative_to(root)}: {m.group(0)}" for p in root.rglob("*.py")
-            for m in pattern.finditer(p.read_text())]
+    hits = [f"{p.relative_to(root)}: {m.group(0)}" for p in root.rglob("*.py") for m in pattern.finditer(p.read_text())]
     assert not hits, hits
 
 

@@ -25,7 +25,9 @@ def test_every_listed_fixture_exists_unchanged():
     assert len(listed) > 100
     missing = sorted(p for p in listed if not (DATA_DIR / p).is_file())
     assert missing == [], f"committed fixtures missing from {DATA_DIR}"
-    changed = sorted(p for p, digest in listed.items() if hashlib.sha256((DATA_DIR / p).read_bytes()).hexdigest() != digest)
+    changed = sorted(
+        p for p, digest in listed.items() if hashlib.sha256((DATA_DIR / p).read_bytes()).hexdigest() != digest
+    )
     assert changed == [], "fixtures differ from the committed bytes"
 
 

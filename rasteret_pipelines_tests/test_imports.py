@@ -13,8 +13,21 @@ import sys
 import pytest
 
 HEAVY = (
-    "geopandas", "rasterio", "botocore", "boto3", "pandas", "pyarrow", "pyarrow.dataset", "tqdm",
-    "dagster", "xarray", "aiohttp", "imagecodecs", "pyproj", "shapely", "pystac_client",
+    "geopandas",
+    "rasterio",
+    "botocore",
+    "boto3",
+    "pandas",
+    "pyarrow",
+    "pyarrow.dataset",
+    "tqdm",
+    "dagster",
+    "xarray",
+    "aiohttp",
+    "imagecodecs",
+    "pyproj",
+    "shapely",
+    "pystac_client",
 )
 
 
@@ -32,8 +45,12 @@ def heavy_in(modules: set[str]) -> list[str]:
 def test_the_quick_start_import_loads_no_heavy_dependency():
     modules = loaded_after("from rasteret_pipelines import Rasteret, DataSources, save_per_geometry")
     assert heavy_in(modules) == []
-    assert not any(m.startswith(("rasteret_pipelines.cog", "rasteret_pipelines.reading.read",
-                                 "rasteret_pipelines.collections.query")) for m in modules)
+    assert not any(
+        m.startswith(
+            ("rasteret_pipelines.cog", "rasteret_pipelines.reading.read", "rasteret_pipelines.collections.query")
+        )
+        for m in modules
+    )
 
 
 def test_constructing_a_rasteret_stays_lean():

@@ -101,7 +101,8 @@ def core_modules() -> list[Path]:
     return [
         p
         for p in PACKAGE.rglob("*.py")
-        if "defs" not in p.relative_to(PACKAGE).parts[:1] and p.relative_to(PACKAGE).as_posix() not in ("definitions.py", "cli.py")
+        if "defs" not in p.relative_to(PACKAGE).parts[:1]
+        and p.relative_to(PACKAGE).as_posix() not in ("definitions.py", "cli.py")
     ]
 
 
@@ -146,7 +147,9 @@ def test_the_scan_sees_lazy_imports(tmp_path):
     (pkg / "m.py").write_text("def f():\n    from rasteret_pipelines_demo.demo import run_demo\n")
     (pkg / "n.py").write_text("import rasteret_pipelines_demo.demonstration\nimport dagsterish\n")
     (pkg / "o.py").write_text("import importlib\n\ndef g():\n    return importlib.import_module('dagster_aws.s3')\n")
-    (pkg / "sub" / "p.py").write_text("class C:\n    def h(self):\n        from .. import defs\n        from ..defs.x import y\n")
+    (pkg / "sub" / "p.py").write_text(
+        "class C:\n    def h(self):\n        from .. import defs\n        from ..defs.x import y\n"
+    )
     files = list(pkg.rglob("*.py"))
     assert offenders(files, DEMO_COMMAND, root=tmp_path) == [
         "pkg/m.py: rasteret_pipelines_demo.demo",
@@ -201,9 +204,7 @@ def layer_violations(paths: list[Path], root: Path = REPO, package: str = "raste
 
 def test_library_layers_import_only_downwards():
     core = core_modules()
-    assert {_layer(".".join(_module_name(p, REPO)), "rasteret_pipelines") for p in core} == {
-        None, "base", *LAYERS
-    }
+    assert {_layer(".".join(_module_name(p, REPO)), "rasteret_pipelines") for p in core} == {None, "base", *LAYERS}
     assert layer_violations(core) == []
 
 
@@ -241,7 +242,8 @@ def test_architecture_lists_every_module():
 def test_architecture_names_only_paths_that_exist():
     text = ARCHITECTURE.read_text()
     paths = [
-        p for p in re.findall(r"`([^`\s]+)`", text)
+        p
+        for p in re.findall(r"`([^`\s]+)`", text)
         if "://" not in p and ("/" in p or p.endswith((".py", ".md", ".yaml", ".toml")))
     ]
     assert len(paths) > 60

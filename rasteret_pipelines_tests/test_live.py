@@ -40,8 +40,14 @@ def test_earth_search_collection_for_the_quick_start(tmp_path):
     from rasteret_pipelines.collections import build_collection, load_collection
 
     report = build_collection(
-        "sentinel-2-l2a", "blr", tmp_path, date_range=("2024-01-01", "2024-01-31"),
-        bbox=(77.55, 13.01, 77.59, 13.09), bands=["red", "nir"], cloud_cover_lt=30, progress=False,
+        "sentinel-2-l2a",
+        "blr",
+        tmp_path,
+        date_range=("2024-01-01", "2024-01-31"),
+        bbox=(77.55, 13.01, 77.59, 13.09),
+        bands=["red", "nir"],
+        cloud_cover_lt=30,
+        progress=False,
     )
     assert report.items > 0 and report.failed == []
     assert report.header_requests <= 1.1 * 2 * report.items

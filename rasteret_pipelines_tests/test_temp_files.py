@@ -25,7 +25,9 @@ TRANSFORM = (10.0, 0.0, 600000.0, 0.0, -10.0, 1500000.0)
 
 def _globbed(folder: Path) -> list[str]:
     """What a user's glob of the output folder returns (pathlib matches hidden files too)."""
-    return sorted(p.name for pattern in ("*.tif", "*.parquet", "**/*.tif", "**/*.parquet") for p in folder.glob(pattern))
+    return sorted(
+        p.name for pattern in ("*.tif", "*.parquet", "**/*.tif", "**/*.parquet") for p in folder.glob(pattern)
+    )
 
 
 def _start_and_kill(folder: Path, code: str, marker_glob: str) -> Path:
@@ -92,8 +94,9 @@ def test_a_killed_parquet_write_is_cleaned_by_the_next_write(tmp_path):
     """
     month = tmp_path / "month=2024-01"
     month.mkdir()
-    leftover = _start_and_kill(month, code.replace('Storage.from_uri(".")', f'Storage.from_uri({str(tmp_path)!r})'),
-                               ".items.parquet.tmp-*")
+    leftover = _start_and_kill(
+        month, code.replace('Storage.from_uri(".")', f"Storage.from_uri({str(tmp_path)!r})"), ".items.parquet.tmp-*"
+    )
     store = Storage.from_uri(tmp_path)
     assert _globbed(tmp_path) == [] and store.list_files() == []
     store.write_parquet(pa.table({"a": [1, 2]}), "month=2024-01", "items.parquet")

@@ -49,6 +49,8 @@ def test_the_hook_marks_the_listed_tests_and_no_other():
 
     module = next(e for e in SLOW if "::" not in e)
     single = next(e for e in SLOW if "::" in e)
-    items = [Item(f"rasteret_pipelines_tests/{n}") for n in (f"{module}::test_a", f"{single}[x]", "test_tiers.py::test_b")]
+    items = [
+        Item(f"rasteret_pipelines_tests/{n}") for n in (f"{module}::test_a", f"{single}[x]", "test_tiers.py::test_b")
+    ]
     pytest_collection_modifyitems(None, items)
     assert [i.marks for i in items] == [["slow"], ["slow"], []]

@@ -68,14 +68,10 @@ __all__ = [
 T = TypeVar("T")
 
 
-async def _with_fetcher(
-    fetcher: RangeFetcher | None, config: FetchConfig | None, reader: ByteReader | None, work
-):
+async def _with_fetcher(fetcher: RangeFetcher | None, config: FetchConfig | None, reader: ByteReader | None, work):
     if fetcher is not None:
         if reader is not None and reader is not fetcher.reader:
-            raise ReaderArgumentError(
-                "pass either fetcher= or reader=, not both (a fetcher already has its reader)"
-            )
+            raise ReaderArgumentError("pass either fetcher= or reader=, not both (a fetcher already has its reader)")
         return await work(fetcher)
     async with RangeFetcher(config, reader=reader) as own:
         return await work(own)
@@ -112,9 +108,7 @@ async def read_windows_async(
     reader: ByteReader | None = None,
 ) -> list[np.ndarray]:
     """Async twin of :func:`read_windows`."""
-    return await _with_fetcher(
-        fetcher, config, reader, lambda f: fetch_windows(f, list(requests), overview)
-    )
+    return await _with_fetcher(fetcher, config, reader, lambda f: fetch_windows(f, list(requests), overview))
 
 
 async def read_window_async(
@@ -127,15 +121,11 @@ async def read_window_async(
     reader: ByteReader | None = None,
 ) -> np.ndarray:
     """Async twin of :func:`read_window`."""
-    result = await read_windows_async(
-        [(header, window)], overview, fetcher=fetcher, config=config, reader=reader
-    )
+    result = await read_windows_async([(header, window)], overview, fetcher=fetcher, config=config, reader=reader)
     return result[0]
 
 
-def read_header(
-    href: str, *, config: FetchConfig | None = None, reader: ByteReader | None = None
-) -> CogHeader:
+def read_header(href: str, *, config: FetchConfig | None = None, reader: ByteReader | None = None) -> CogHeader:
     """Read and parse the header of one COG.
 
     Args:

@@ -110,8 +110,14 @@ IMAGE_CODECS: dict[int, tuple[str, object]] = {
 """Compression code -> (name, imagecodecs codec) for codecs that decode to pixels."""
 
 _KNOWN_UNSUPPORTED = {
-    2: "CCITT RLE", 3: "CCITT Group 3", 4: "CCITT Group 4", 6: "old-style JPEG",
-    32809: "ThunderScan", 34676: "SGI LogLuv", 34933: "PNG", 34927: "JPEG XL (draft)",
+    2: "CCITT RLE",
+    3: "CCITT Group 3",
+    4: "CCITT Group 4",
+    6: "old-style JPEG",
+    32809: "ThunderScan",
+    34676: "SGI LogLuv",
+    34933: "PNG",
+    34927: "JPEG XL (draft)",
     50002: "JPEG XL",
 }
 
@@ -132,19 +138,13 @@ def codec_name(compression: int) -> str:
 def check_codec_supported(href: str, compression: int) -> None:
     """Raise :class:`UnsupportedTiffError` unless blocks of ``compression`` can be decoded."""
     entry = BYTE_CODECS.get(compression) or (
-        (IMAGE_CODECS[compression][0], None, IMAGE_CODECS[compression][1])
-        if compression in IMAGE_CODECS
-        else None
+        (IMAGE_CODECS[compression][0], None, IMAGE_CODECS[compression][1]) if compression in IMAGE_CODECS else None
     )
     if entry is None:
-        raise UnsupportedTiffError(
-            href, f"{codec_name(compression)} (TIFF compression {compression}) is not supported"
-        )
+        raise UnsupportedTiffError(href, f"{codec_name(compression)} (TIFF compression {compression}) is not supported")
     codec = entry[2]
     if codec is not None and not getattr(codec, "available", True):
-        raise UnsupportedTiffError(
-            href, f"{entry[0]} decoding is not available in this imagecodecs build"
-        )
+        raise UnsupportedTiffError(href, f"{entry[0]} decoding is not available in this imagecodecs build")
 
 
 MAX_STORED_RATIO = 8
@@ -222,16 +222,13 @@ def decode_block(
     except _ShapeError as exc:
         raise BlockDecodeError(href, f"{name} {exc}", block=index, overview=overview) from exc
     except Exception as exc:  # imagecodecs raises its own error types per codec
-        raise BlockDecodeError(
-            href, f"cannot decode {name} data: {exc}", block=index, overview=overview
-        ) from exc
+        raise BlockDecodeError(href, f"cannot decode {name} data: {exc}", block=index, overview=overview) from exc
     if arr.ndim == 2:
         arr = arr[:, :, np.newaxis]
     if arr.shape != (rows, level.tile_width, samples):
         raise BlockDecodeError(
             href,
-            f"{name} data decoded to shape {arr.shape}, expected "
-            f"({rows}, {level.tile_width}, {samples})",
+            f"{name} data decoded to shape {arr.shape}, expected ({rows}, {level.tile_width}, {samples})",
             block=index,
             overview=overview,
         )
@@ -436,9 +433,7 @@ def check_jpeg(data: bytes, tables: bytes | None = None) -> _JpegFrame:
                     selectors = body[2 + 2 * i]
                     for table in ((0, selectors >> 4), (1, selectors & 0x0F)):
                         if table not in defined:
-                            raise _DamagedJpeg(
-                                f"the scan uses Huffman table {table} that nothing defines"
-                            )
+                            raise _DamagedJpeg(f"the scan uses Huffman table {table} that nothing defines")
             at = _skip_entropy_data(data, at)
             if sequential and at < end:
                 nxt = data[at + 1] if at + 1 < end else None
@@ -462,9 +457,7 @@ def _skip_entropy_data(data: bytes, at: int) -> int:
             at += 2
         elif 0xD0 <= nxt <= 0xD7:
             if nxt - 0xD0 != expected_rst:
-                raise _DamagedJpeg(
-                    f"restart marker RST{nxt - 0xD0} at byte {at} where RST{expected_rst} belongs"
-                )
+                raise _DamagedJpeg(f"restart marker RST{nxt - 0xD0} at byte {at} where RST{expected_rst} belongs")
             expected_rst = (expected_rst + 1) % 8
             at += 2
         elif nxt == 0xFF:
@@ -500,13 +493,19 @@ def _decode_jpeg_into(level: ImageLevel, data: bytes, out: np.ndarray) -> np.nda
         patched[frame.sof_at + 5 : frame.sof_at + 7] = struct.pack(">H", padded_rows)
         padded = np.empty((padded_rows, *out.shape[1:]), dtype=out.dtype)
         imagecodecs.jpeg8_decode(
-            bytes(patched), tables=level.jpeg_tables, colorspace=colorspace,
-            outcolorspace=outcolorspace, out=padded,
+            bytes(patched),
+            tables=level.jpeg_tables,
+            colorspace=colorspace,
+            outcolorspace=outcolorspace,
+            out=padded,
         )
         out[...] = padded[:rows]
         return out
     return imagecodecs.jpeg8_decode(
-        data, tables=level.jpeg_tables, colorspace=colorspace, outcolorspace=outcolorspace,
+        data,
+        tables=level.jpeg_tables,
+        colorspace=colorspace,
+        outcolorspace=outcolorspace,
         out=out,
     )
 
@@ -527,9 +526,7 @@ def _check_j2k_size(data: bytes, out: np.ndarray) -> None:
         raise ValueError(f"invalid out.shape={out.shape}, shape={shape}")
 
 
-def _decode_bytes(
-    level: ImageLevel, byte_order: str, data: bytes, samples: int, rows: int
-) -> np.ndarray:
+def _decode_bytes(level: ImageLevel, byte_order: str, data: bytes, samples: int, rows: int) -> np.ndarray:
     file_dtype = np.dtype(level.dtype).newbyteorder(byte_order)
     width = level.tile_width
     row_bytes = width * samples * file_dtype.itemsize
@@ -539,8 +536,7 @@ def _decode_bytes(
         raise _TooLong
     if len(raw) < rows * row_bytes:
         raise _ShapeError(
-            f"data decoded to {len(raw)} bytes, short of the {rows * row_bytes} bytes of "
-            f"{rows} rows of {width} pixels"
+            f"data decoded to {len(raw)} bytes, short of the {rows * row_bytes} bytes of {rows} rows of {width} pixels"
         )
     if rows == level.tile_height and len(raw) != full:
         raise _ShapeError(f"data decoded to {len(raw)} bytes, not the {full} bytes of a block")

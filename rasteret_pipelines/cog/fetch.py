@@ -134,9 +134,7 @@ class DefaultReader:
         """Bytes ``[start, end)`` of ``href`` from the reader its scheme selects."""
         return await self._reader_for(href).get_bytes(href, start, end)
 
-    async def get_byte_ranges(
-        self, href: str, ranges: Sequence[tuple[int, int]]
-    ) -> list[RangeResponse]:
+    async def get_byte_ranges(self, href: str, ranges: Sequence[tuple[int, int]]) -> list[RangeResponse]:
         """Several ranges of ``href``, answers in input order."""
         return await self._reader_for(href).get_byte_ranges(href, ranges)
 
@@ -272,9 +270,7 @@ def check_version(href: str, expect: ObjectVersion, got: ObjectVersion) -> None:
         )
     if expect.etag and got.etag:
         if expect.etag != got.etag:
-            raise StaleHeaderError(
-                href, f"ETag changed from {expect.etag} to {got.etag} since the header was cached"
-            )
+            raise StaleHeaderError(href, f"ETag changed from {expect.etag} to {got.etag} since the header was cached")
     elif expect.last_modified and got.last_modified and expect.last_modified != got.last_modified:
         raise StaleHeaderError(
             href,

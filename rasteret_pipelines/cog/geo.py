@@ -106,9 +106,7 @@ def georeference(
             "no transform and no CRS, as GDAL reports for the dataset"
         )
         warnings.warn(GeoreferenceWarning(message), stacklevel=3)
-        return Georeference(
-            crs=None, transform=IDENTITY, pixel_is_point=pixel_is_point, warnings=(message,)
-        )
+        return Georeference(crs=None, transform=IDENTITY, pixel_is_point=pixel_is_point, warnings=(message,))
     if transform is not None and pixel_is_point and shifts:
         a, b, c, d, e, f = transform
         transform = (a, b, c - 0.5 * a - 0.5 * b, d, e, f - 0.5 * d - 0.5 * e)

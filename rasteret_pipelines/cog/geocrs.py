@@ -142,15 +142,24 @@ _PARAM_SLOTS: dict[int, tuple] = {
     CT_TRANSVERSE_MERCATOR: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
     CT_TM_SOUTH_ORIENTED: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
     CT_OBLIQUE_MERCATOR: _slots(
-        (0, _LAT, 0.0), (1, _LONG, 0.0), (2, (PROJ_AZIMUTH_ANGLE,), 0.0),
-        (3, (PROJ_RECTIFIED_GRID_ANGLE,), 90.0), (4, _SCALE_ANY, 1.0),
+        (0, _LAT, 0.0),
+        (1, _LONG, 0.0),
+        (2, (PROJ_AZIMUTH_ANGLE,), 0.0),
+        (3, (PROJ_RECTIFIED_GRID_ANGLE,), 90.0),
+        (4, _SCALE_ANY, 1.0),
     ),
     CT_HOTINE_AZIMUTH_CENTER: _slots(
-        (0, _LAT, 0.0), (1, _LONG, 0.0), (2, (PROJ_AZIMUTH_ANGLE,), 0.0),
-        (3, (PROJ_RECTIFIED_GRID_ANGLE,), 90.0), (4, _SCALE_ANY, 1.0),
+        (0, _LAT, 0.0),
+        (1, _LONG, 0.0),
+        (2, (PROJ_AZIMUTH_ANGLE,), 0.0),
+        (3, (PROJ_RECTIFIED_GRID_ANGLE,), 90.0),
+        (4, _SCALE_ANY, 1.0),
     ),
     CT_OBLIQUE_MERCATOR_LABORDE: _slots(
-        (0, _LAT, 0.0), (1, _LONG, 0.0), (2, (PROJ_AZIMUTH_ANGLE,), 0.0), (4, _SCALE_ANY, 1.0),
+        (0, _LAT, 0.0),
+        (1, _LONG, 0.0),
+        (2, (PROJ_AZIMUTH_ANGLE,), 0.0),
+        (4, _SCALE_ANY, 1.0),
     ),
     CT_CASSINI_SOLDNER: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
     CT_POLYCONIC: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
@@ -161,27 +170,34 @@ _PARAM_SLOTS: dict[int, tuple] = {
     CT_ORTHOGRAPHIC: _slots((0, _LAT, 0.0), (1, _LONG, 0.0)),
     CT_NZMG: _slots((0, _LAT, 0.0), (1, _LONG, 0.0)),
     CT_EQUIRECTANGULAR: _slots(
-        (0, _LAT, 0.0), (1, _LONG, 0.0), (2, (PROJ_STD_PARALLEL1,), 0.0),
+        (0, _LAT, 0.0),
+        (1, _LONG, 0.0),
+        (2, (PROJ_STD_PARALLEL1,), 0.0),
     ),
     CT_ROBINSON: _slots((1, _LONG, 0.0)),
     CT_SINUSOIDAL: _slots((1, _LONG, 0.0)),
     CT_VAN_DER_GRINTEN: _slots((1, _LONG, 0.0)),
     CT_POLAR_STEREOGRAPHIC: _slots(
         (0, _LAT, 0.0),
-        (1, (PROJ_STRAIGHT_VERT_POLE_LONG, PROJ_NAT_ORIGIN_LONG, PROJ_FALSE_ORIGIN_LONG,
-             PROJ_CENTER_LONG), 0.0),
+        (1, (PROJ_STRAIGHT_VERT_POLE_LONG, PROJ_NAT_ORIGIN_LONG, PROJ_FALSE_ORIGIN_LONG, PROJ_CENTER_LONG), 0.0),
         (4, _SCALE_ANY, 1.0),
     ),
     CT_LCC_2SP: _slots(
-        (0, _LAT, 0.0), (1, _LONG, 0.0), (2, (PROJ_STD_PARALLEL1,), 0.0),
+        (0, _LAT, 0.0),
+        (1, _LONG, 0.0),
+        (2, (PROJ_STD_PARALLEL1,), 0.0),
         (3, (PROJ_STD_PARALLEL2,), 0.0),
     ),
     CT_ALBERS: _slots(
-        (0, (PROJ_STD_PARALLEL1,), 0.0), (1, (PROJ_STD_PARALLEL2,), 0.0), (2, _LAT, 0.0),
+        (0, (PROJ_STD_PARALLEL1,), 0.0),
+        (1, (PROJ_STD_PARALLEL2,), 0.0),
+        (2, _LAT, 0.0),
         (3, _LONG, 0.0),
     ),
     CT_EQUIDISTANT_CONIC: _slots(
-        (0, (PROJ_STD_PARALLEL1,), 0.0), (1, (PROJ_STD_PARALLEL2,), 0.0), (2, _LAT, 0.0),
+        (0, (PROJ_STD_PARALLEL1,), 0.0),
+        (1, (PROJ_STD_PARALLEL2,), 0.0),
+        (2, _LAT, 0.0),
         (3, _LONG, 0.0),
     ),
     CT_CYLINDRICAL_EQUAL_AREA: _slots((0, (PROJ_STD_PARALLEL1,), 0.0), (1, _LONG, 0.0)),
@@ -191,61 +207,99 @@ _PARAM_SLOTS: dict[int, tuple] = {
 # slot) pairs, in GDAL's order. Slots 5 and 6 are always false easting / northing.
 _FE_FN = (("false_easting", 5), ("false_northing", 6))
 _WKT1: dict[int, tuple[str, tuple[tuple[str, int], ...]]] = {
-    CT_TRANSVERSE_MERCATOR: ("Transverse_Mercator", (
-        ("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN),
-    CT_TM_SOUTH_ORIENTED: ("Transverse_Mercator_South_Orientated", (
-        ("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN),
-    CT_OBLIQUE_STEREOGRAPHIC: ("Oblique_Stereographic", (
-        ("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN),
-    CT_STEREOGRAPHIC: ("Stereographic", (
-        ("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN),
-    CT_OBLIQUE_MERCATOR: ("Hotine_Oblique_Mercator", (
-        ("latitude_of_center", 0), ("longitude_of_center", 1), ("azimuth", 2),
-        ("rectified_grid_angle", 3), ("scale_factor", 4)) + _FE_FN),
-    CT_HOTINE_AZIMUTH_CENTER: ("Hotine_Oblique_Mercator_Azimuth_Center", (
-        ("latitude_of_center", 0), ("longitude_of_center", 1), ("azimuth", 2),
-        ("rectified_grid_angle", 3), ("scale_factor", 4)) + _FE_FN),
-    CT_OBLIQUE_MERCATOR_LABORDE: ("Laborde_Oblique_Mercator", (
-        ("latitude_of_center", 0), ("longitude_of_center", 1), ("azimuth", 2),
-        ("scale_factor", 4)) + _FE_FN),
-    CT_EQUIDISTANT_CONIC: ("Equidistant_Conic", (
-        ("standard_parallel_1", 0), ("standard_parallel_2", 1), ("latitude_of_center", 2),
-        ("longitude_of_center", 3)) + _FE_FN),
-    CT_CASSINI_SOLDNER: ("Cassini_Soldner", (
-        ("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
+    CT_TRANSVERSE_MERCATOR: (
+        "Transverse_Mercator",
+        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
+    ),
+    CT_TM_SOUTH_ORIENTED: (
+        "Transverse_Mercator_South_Orientated",
+        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
+    ),
+    CT_OBLIQUE_STEREOGRAPHIC: (
+        "Oblique_Stereographic",
+        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
+    ),
+    CT_STEREOGRAPHIC: (
+        "Stereographic",
+        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
+    ),
+    CT_OBLIQUE_MERCATOR: (
+        "Hotine_Oblique_Mercator",
+        (
+            ("latitude_of_center", 0),
+            ("longitude_of_center", 1),
+            ("azimuth", 2),
+            ("rectified_grid_angle", 3),
+            ("scale_factor", 4),
+        )
+        + _FE_FN,
+    ),
+    CT_HOTINE_AZIMUTH_CENTER: (
+        "Hotine_Oblique_Mercator_Azimuth_Center",
+        (
+            ("latitude_of_center", 0),
+            ("longitude_of_center", 1),
+            ("azimuth", 2),
+            ("rectified_grid_angle", 3),
+            ("scale_factor", 4),
+        )
+        + _FE_FN,
+    ),
+    CT_OBLIQUE_MERCATOR_LABORDE: (
+        "Laborde_Oblique_Mercator",
+        (("latitude_of_center", 0), ("longitude_of_center", 1), ("azimuth", 2), ("scale_factor", 4)) + _FE_FN,
+    ),
+    CT_EQUIDISTANT_CONIC: (
+        "Equidistant_Conic",
+        (("standard_parallel_1", 0), ("standard_parallel_2", 1), ("latitude_of_center", 2), ("longitude_of_center", 3))
+        + _FE_FN,
+    ),
+    CT_CASSINI_SOLDNER: ("Cassini_Soldner", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
     CT_POLYCONIC: ("Polyconic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
-    CT_AZIMUTHAL_EQUIDISTANT: ("Azimuthal_Equidistant", (
-        ("latitude_of_center", 0), ("longitude_of_center", 1)) + _FE_FN),
+    CT_AZIMUTHAL_EQUIDISTANT: (
+        "Azimuthal_Equidistant",
+        (("latitude_of_center", 0), ("longitude_of_center", 1)) + _FE_FN,
+    ),
     CT_MILLER: ("Miller_Cylindrical", (("longitude_of_center", 1),) + _FE_FN),
-    CT_EQUIRECTANGULAR: ("Equirectangular", (
-        ("latitude_of_origin", 0), ("central_meridian", 1), ("standard_parallel_1", 2)) + _FE_FN),
+    CT_EQUIRECTANGULAR: (
+        "Equirectangular",
+        (("latitude_of_origin", 0), ("central_meridian", 1), ("standard_parallel_1", 2)) + _FE_FN,
+    ),
     CT_GNOMONIC: ("Gnomonic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
-    CT_LAEA: ("Lambert_Azimuthal_Equal_Area", (
-        ("latitude_of_center", 0), ("longitude_of_center", 1)) + _FE_FN),
-    CT_ORTHOGRAPHIC: ("Orthographic", (
-        ("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
+    CT_LAEA: ("Lambert_Azimuthal_Equal_Area", (("latitude_of_center", 0), ("longitude_of_center", 1)) + _FE_FN),
+    CT_ORTHOGRAPHIC: ("Orthographic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
     CT_ROBINSON: ("Robinson", (("longitude_of_center", 1),) + _FE_FN),
     CT_SINUSOIDAL: ("Sinusoidal", (("longitude_of_center", 1),) + _FE_FN),
     CT_VAN_DER_GRINTEN: ("VanDerGrinten", (("central_meridian", 1),) + _FE_FN),
-    CT_POLAR_STEREOGRAPHIC: ("Polar_Stereographic", (
-        ("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN),
-    CT_LCC_2SP: ("Lambert_Conformal_Conic_2SP", (
-        ("standard_parallel_1", 2), ("standard_parallel_2", 3), ("latitude_of_origin", 0),
-        ("central_meridian", 1)) + _FE_FN),
-    CT_LCC_1SP: ("Lambert_Conformal_Conic_1SP", (
-        ("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN),
-    CT_ALBERS: ("Albers_Conic_Equal_Area", (
-        ("standard_parallel_1", 0), ("standard_parallel_2", 1), ("latitude_of_center", 2),
-        ("longitude_of_center", 3)) + _FE_FN),
-    CT_NZMG: ("New_Zealand_Map_Grid", (
-        ("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
-    CT_CYLINDRICAL_EQUAL_AREA: ("Cylindrical_Equal_Area", (
-        ("standard_parallel_1", 0), ("central_meridian", 1)) + _FE_FN),
+    CT_POLAR_STEREOGRAPHIC: (
+        "Polar_Stereographic",
+        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
+    ),
+    CT_LCC_2SP: (
+        "Lambert_Conformal_Conic_2SP",
+        (("standard_parallel_1", 2), ("standard_parallel_2", 3), ("latitude_of_origin", 0), ("central_meridian", 1))
+        + _FE_FN,
+    ),
+    CT_LCC_1SP: (
+        "Lambert_Conformal_Conic_1SP",
+        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
+    ),
+    CT_ALBERS: (
+        "Albers_Conic_Equal_Area",
+        (("standard_parallel_1", 0), ("standard_parallel_2", 1), ("latitude_of_center", 2), ("longitude_of_center", 3))
+        + _FE_FN,
+    ),
+    CT_NZMG: ("New_Zealand_Map_Grid", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
+    CT_CYLINDRICAL_EQUAL_AREA: (
+        "Cylindrical_Equal_Area",
+        (("standard_parallel_1", 0), ("central_meridian", 1)) + _FE_FN,
+    ),
 }
-_MERCATOR_1SP = ("Mercator_1SP", (
-    ("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN)
-_MERCATOR_2SP = ("Mercator_2SP", (
-    ("standard_parallel_1", 2), ("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN)
+_MERCATOR_1SP = ("Mercator_1SP", (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN)
+_MERCATOR_2SP = (
+    "Mercator_2SP",
+    (("standard_parallel_1", 2), ("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN,
+)
 _GOOGLE_MERCATOR_NAME = "Google Maps Global Mercator"
 _GOOGLE_MERCATOR_PROJ4 = (
     "+proj=merc +a=6378137 +b=6378137 +lat_ts=0.0 +lon_0=0.0 +x_0=0.0 +y_0=0 +k=1.0 "
@@ -255,14 +309,33 @@ _GOOGLE_MERCATOR_PROJ4 = (
 # EPSG conversion method code -> GeoTIFF CT code (libgeotiff EPSGProjMethodToCTProjMethod), and
 # the EPSG parameter codes that fill each slot (libgeotiff SetGTParmIds).
 _EPSG_METHOD_TO_CT: dict[int, int] = {
-    9801: CT_LCC_1SP, 9802: CT_LCC_2SP, 9803: CT_LCC_2SP, 9804: CT_MERCATOR, 9805: -CT_MERCATOR,
-    9841: CT_MERCATOR, 1024: CT_MERCATOR, 9806: CT_CASSINI_SOLDNER, 9807: CT_TRANSVERSE_MERCATOR,
-    9808: CT_TM_SOUTH_ORIENTED, 9809: CT_OBLIQUE_STEREOGRAPHIC, 9810: CT_POLAR_STEREOGRAPHIC,
-    9829: CT_POLAR_STEREOGRAPHIC, 9811: CT_NZMG, 9812: CT_OBLIQUE_MERCATOR,
-    9813: CT_OBLIQUE_MERCATOR_LABORDE, 9815: CT_HOTINE_AZIMUTH_CENTER, 9818: CT_POLYCONIC,
-    9820: CT_LAEA, 1027: CT_LAEA, 9822: CT_ALBERS, 9834: CT_CYLINDRICAL_EQUAL_AREA,
-    9835: CT_CYLINDRICAL_EQUAL_AREA, 1028: CT_EQUIRECTANGULAR, 1029: CT_EQUIRECTANGULAR,
-    9823: CT_EQUIRECTANGULAR, 9840: CT_ORTHOGRAPHIC,
+    9801: CT_LCC_1SP,
+    9802: CT_LCC_2SP,
+    9803: CT_LCC_2SP,
+    9804: CT_MERCATOR,
+    9805: -CT_MERCATOR,
+    9841: CT_MERCATOR,
+    1024: CT_MERCATOR,
+    9806: CT_CASSINI_SOLDNER,
+    9807: CT_TRANSVERSE_MERCATOR,
+    9808: CT_TM_SOUTH_ORIENTED,
+    9809: CT_OBLIQUE_STEREOGRAPHIC,
+    9810: CT_POLAR_STEREOGRAPHIC,
+    9829: CT_POLAR_STEREOGRAPHIC,
+    9811: CT_NZMG,
+    9812: CT_OBLIQUE_MERCATOR,
+    9813: CT_OBLIQUE_MERCATOR_LABORDE,
+    9815: CT_HOTINE_AZIMUTH_CENTER,
+    9818: CT_POLYCONIC,
+    9820: CT_LAEA,
+    1027: CT_LAEA,
+    9822: CT_ALBERS,
+    9834: CT_CYLINDRICAL_EQUAL_AREA,
+    9835: CT_CYLINDRICAL_EQUAL_AREA,
+    1028: CT_EQUIRECTANGULAR,
+    1029: CT_EQUIRECTANGULAR,
+    9823: CT_EQUIRECTANGULAR,
+    9840: CT_ORTHOGRAPHIC,
 }
 _E = (8806, 8816, 8826)  # false easting, easting at projection centre, easting at false origin
 _N = (8807, 8817, 8827)
@@ -368,8 +441,7 @@ def _pcs_info(code: int):
     )
 
 
-_WELL_KNOWN_GCS = {4267: (6267, "NAD27"), 4269: (6269, "NAD83"), 4326: (6326, "WGS 84"),
-                   4322: (6322, "WGS 72")}
+_WELL_KNOWN_GCS = {4267: (6267, "NAD27"), 4269: (6269, "NAD83"), 4326: (6326, "WGS 84"), 4322: (6322, "WGS 72")}
 
 
 @lru_cache(maxsize=256)
@@ -406,8 +478,11 @@ def _datum_info(code: int):
     ell = datum.ellipsoid
     if ell is not None:
         code_ = _id_code(ell)
-        return datum.name, code_ if code_ is not None else USER_DEFINED, (
-            ell.name, ell.semi_major_metre, ell.semi_minor_metre)
+        return (
+            datum.name,
+            code_ if code_ is not None else USER_DEFINED,
+            (ell.name, ell.semi_major_metre, ell.semi_minor_metre),
+        )
     j = datum.to_json_dict().get("ellipsoid")  # datum ensembles
     if not isinstance(j, dict):
         return datum.name, USER_DEFINED, None
@@ -474,10 +549,15 @@ def _length_unit(code: int):
 
 def _angle_unit(code: int):
     """(name, degrees per unit) or None (libgeotiff GTIFGetUOMAngleInfo)."""
-    fixed = {9101: ("radian", 180.0 / math.pi), 9102: ("degree", 1.0),
-             9103: ("arc-minute", 1 / 60.0), 9104: ("arc-second", 1 / 3600.0),
-             9105: ("grad", 180.0 / 200.0), 9106: ("gon", 180.0 / 200.0),
-             9109: ("microradian", 180.0 / (math.pi * 1e6))}
+    fixed = {
+        9101: ("radian", 180.0 / math.pi),
+        9102: ("degree", 1.0),
+        9103: ("arc-minute", 1 / 60.0),
+        9104: ("arc-second", 1 / 3600.0),
+        9105: ("grad", 180.0 / 200.0),
+        9106: ("gon", 180.0 / 200.0),
+        9109: ("microradian", 180.0 / (math.pi * 1e6)),
+    }
     if code in fixed:
         return fixed[code]
     if code in (9107, 9108, 9110, 9122):  # DMS representations of degrees
@@ -675,6 +755,7 @@ def _param_to_normal(p: dict) -> float:
 
 def _projection_from_keys(keys: dict, d: _Defn) -> None:
     """GTIFFetchProjParms: method parameters from the Proj*GeoKeys, normalised."""
+
     def first(candidates):
         for k in candidates:
             v = _double(keys, k)
@@ -782,10 +863,7 @@ def _assemble(keys: dict):
 
     # Keys of the wrong type are ignored, as libgeotiff ignores them (with a warning here).
     wrong = [key for key in _SHORT_KEYS if key in keys and _short(keys, key) is None]
-    ignored = (
-        f"GeoKeys {wrong} have values of the wrong type and are ignored, as GDAL ignores them"
-        if wrong else None
-    )
+    ignored = f"GeoKeys {wrong} have values of the wrong type and are ignored, as GDAL ignores them" if wrong else None
 
     d = _normalise(keys)
     if d.model == USER_DEFINED and d.pcs != USER_DEFINED:
@@ -809,8 +887,9 @@ def _assemble(keys: dict):
     if (
         d.model == MODEL_PROJECTED
         and d.pcs != USER_DEFINED
-        and not any(_has(keys, k) for k in (PROJECTION, PROJ_COORD_TRANS, GEOGRAPHIC_TYPE,
-                                            GEOG_GEODETIC_DATUM, GEOG_ELLIPSOID))
+        and not any(
+            _has(keys, k) for k in (PROJECTION, PROJ_COORD_TRANS, GEOGRAPHIC_TYPE, GEOG_GEODETIC_DATUM, GEOG_ELLIPSOID)
+        )
     ):
         registry = _registry_crs(d.pcs)
         if registry is not None and registry.is_projected:
@@ -880,7 +959,7 @@ def _compound(keys: dict, horizontal, vertical: tuple[int, int, int]):
     if isinstance(citation, str):
         name = citation
         if name.lower().startswith("vcs name = "):
-            name = name[len("VCS Name = "):].split("|", 1)[0]
+            name = name[len("VCS Name = ") :].split("|", 1)[0]
     if 0 < cs_type < USER_DEFINED:
         vertical_crs = _registry_crs(cs_type)
         if vertical_crs is None or not vertical_crs.is_vertical:
@@ -900,17 +979,28 @@ def _compound(keys: dict, horizontal, vertical: tuple[int, int, int]):
         if info is not None:
             unit = f'UNIT[{_q(info[0])},{_num(info[1])},AUTHORITY["EPSG","{units}"]]'
         vertical_crs = CRS.from_wkt(
-            f'VERT_CS[{_q(name)},VERT_DATUM[{_q(datum_name)},2005{datum_id}],{unit},'
-            'AXIS["Up",UP]]'
+            f'VERT_CS[{_q(name)},VERT_DATUM[{_q(datum_name)},2005{datum_id}],{unit},AXIS["Up",UP]]'
         )
-    return CompoundCRS(name=f"{horizontal.name} + {vertical_crs.name or 'unknown'}",
-                       components=[horizontal, vertical_crs])
+    return CompoundCRS(
+        name=f"{horizontal.name} + {vertical_crs.name or 'unknown'}", components=[horizontal, vertical_crs]
+    )
 
 
 _SHORT_KEYS = (
-    GT_MODEL_TYPE, GEOGRAPHIC_TYPE, PROJECTED_CS_TYPE, PROJ_COORD_TRANS, PROJ_LINEAR_UNITS,
-    GEOG_GEODETIC_DATUM, GEOG_ELLIPSOID, GEOG_PRIME_MERIDIAN, GEOG_ANGULAR_UNITS, PROJECTION,
-    GEOG_LINEAR_UNITS, VERTICAL_CS_TYPE, VERTICAL_DATUM, VERTICAL_UNITS,
+    GT_MODEL_TYPE,
+    GEOGRAPHIC_TYPE,
+    PROJECTED_CS_TYPE,
+    PROJ_COORD_TRANS,
+    PROJ_LINEAR_UNITS,
+    GEOG_GEODETIC_DATUM,
+    GEOG_ELLIPSOID,
+    GEOG_PRIME_MERIDIAN,
+    GEOG_ANGULAR_UNITS,
+    PROJECTION,
+    GEOG_LINEAR_UNITS,
+    VERTICAL_CS_TYPE,
+    VERTICAL_DATUM,
+    VERTICAL_UNITS,
 )
 
 
@@ -1046,8 +1136,9 @@ def _citation_names(text: str) -> dict[str, str]:
         label, value = label.strip().lower(), value.strip()
         if not value:
             continue
-        key = {"gcs name": "gcs", "datum": "datum", "ellipsoid": "ellipsoid",
-               "primem": "pm", "aunits": "aunits"}.get(label)
+        key = {"gcs name": "gcs", "datum": "datum", "ellipsoid": "ellipsoid", "primem": "pm", "aunits": "aunits"}.get(
+            label
+        )
         if key:
             names[key] = value
     return names
@@ -1101,8 +1192,7 @@ def _geogcs_wkt(keys: dict, d: _Defn) -> str:
     semi_major = d.semi_major
     if semi_major == 0.0:
         sph_name, semi_major, inv_f = "unretrievable - using WGS84", 6378137.0, 298.257223563
-    elif inv_f == 0.0 and not (0.99999999999999999 <= d.semi_minor / d.semi_major
-                                <= 1.00000000000000001):
+    elif inv_f == 0.0 and not (0.99999999999999999 <= d.semi_minor / d.semi_major <= 1.00000000000000001):
         inv_f = d.semi_major / (d.semi_major - d.semi_minor)
         if abs(semi_major - 6378137.0) < 1e-10 and abs(inv_f - 298.257223563) < 1e-10:
             inv_f = 298.257223563
@@ -1112,10 +1202,12 @@ def _geogcs_wkt(keys: dict, d: _Defn) -> str:
     gcs_valid = d.gcs != USER_DEFINED and _registry_crs(d.gcs) is not None
     datum_parts = [
         _q(datum_name or "unnamed"),
-        "SPHEROID[" + ",".join(
+        "SPHEROID["
+        + ",".join(
             [_q(sph_name or "unnamed"), _num(semi_major), _num(inv_f)]
             + ([f'AUTHORITY["EPSG","{d.ellipsoid}"]'] if d.ellipsoid != USER_DEFINED else [])
-        ) + "]",
+        )
+        + "]",
     ]
     if d.towgs84:
         values = list(d.towgs84) + [0.0] * (7 - len(d.towgs84))
@@ -1145,7 +1237,7 @@ def _projcs_name(keys: dict, d: _Defn) -> str:
         citation = keys.get(key)
         if isinstance(citation, str) and citation and not citation.startswith("LUnits = "):
             name = citation.split("|")[0]
-            return name[len("PCS Name = "):] if name.startswith("PCS Name = ") else name
+            return name[len("PCS Name = ") :] if name.startswith("PCS Name = ") else name
     return "unnamed"
 
 
@@ -1210,10 +1302,7 @@ def _local_cs(keys: dict, d: _Defn, *, projected: bool = False):
             if isinstance(value, str):
                 name = value
                 break
-    wkt = (
-        f"LOCAL_CS[{_q(name)},{unit},"
-        'AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
-    )
+    wkt = f'LOCAL_CS[{_q(name)},{unit},AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
     try:
         return CRS.from_wkt(wkt)
     except Exception as exc:

@@ -43,9 +43,17 @@ MAX_DIMENSION = 1 << 24
 
 _SAMPLE_FORMATS = {1: "uint", 2: "int", 3: "float"}
 _DTYPES = {
-    ("uint", 8): "uint8", ("uint", 16): "uint16", ("uint", 32): "uint32", ("uint", 64): "uint64",
-    ("int", 8): "int8", ("int", 16): "int16", ("int", 32): "int32", ("int", 64): "int64",
-    ("float", 16): "float16", ("float", 32): "float32", ("float", 64): "float64",
+    ("uint", 8): "uint8",
+    ("uint", 16): "uint16",
+    ("uint", 32): "uint32",
+    ("uint", 64): "uint64",
+    ("int", 8): "int8",
+    ("int", 16): "int16",
+    ("int", 32): "int32",
+    ("int", 64): "int64",
+    ("float", 16): "float16",
+    ("float", 32): "float32",
+    ("float", 64): "float64",
 }
 
 SUBFILE_REDUCED = 1
@@ -150,9 +158,7 @@ class ImageLevel:
             "subfile_type": self.subfile_type,
             "tile_offsets": self.tile_offsets.tolist(),
             "tile_byte_counts": self.tile_byte_counts.tolist(),
-            "jpeg_tables": base64.b64encode(self.jpeg_tables).decode("ascii")
-            if self.jpeg_tables is not None
-            else None,
+            "jpeg_tables": base64.b64encode(self.jpeg_tables).decode("ascii") if self.jpeg_tables is not None else None,
             "lerc_parameters": list(self.lerc_parameters) if self.lerc_parameters else None,
             "extra_samples": list(self.extra_samples),
             "fill_order": self.fill_order,
@@ -179,9 +185,7 @@ class ImageLevel:
             tile_offsets=np.asarray(d["tile_offsets"], dtype=np.uint64),
             tile_byte_counts=np.asarray(d["tile_byte_counts"], dtype=np.uint64),
             jpeg_tables=base64.b64decode(d["jpeg_tables"]) if d.get("jpeg_tables") else None,
-            lerc_parameters=tuple(int(v) for v in d["lerc_parameters"])
-            if d.get("lerc_parameters")
-            else None,
+            lerc_parameters=tuple(int(v) for v in d["lerc_parameters"]) if d.get("lerc_parameters") else None,
             extra_samples=tuple(int(v) for v in d.get("extra_samples") or ()),
             fill_order=int(d["fill_order"]),
             ifd_index=int(d["ifd_index"]),
@@ -294,9 +298,7 @@ class CogHeader:
     def level(self, overview: int) -> ImageLevel:
         """The image level for ``overview`` (0 full resolution), or :class:`WindowError`."""
         if not 0 <= overview < len(self.levels):
-            raise WindowError(
-                f"{self.href}: overview {overview} requested, the file has {self.overview_count}"
-            )
+            raise WindowError(f"{self.href}: overview {overview} requested, the file has {self.overview_count}")
         return self.levels[overview]
 
     def gdal_overview_order(self) -> list[int]:
@@ -412,7 +414,9 @@ def build_header(
     if parsed.loop_at is not None:
         log.warning(
             "%s: the IFD chain loops back to offset %d; reading the %d image(s) before it",
-            href, parsed.loop_at, len(parsed.ifds) + len(parsed.subifds),
+            href,
+            parsed.loop_at,
+            len(parsed.ifds) + len(parsed.subifds),
         )
     # Overviews and masks follow the first image in the chain, or (some writers) hang off its
     # SubIFDs tag; either way they are sorted largest first, each keeping where it is stored.
@@ -499,9 +503,7 @@ def _int_value(href: str, ifd: tiff.RawIfd, tag: int, name: str, value) -> int:
         return int(value)
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
         return int(value)  # written with a RATIONAL/FLOAT type: libtiff converts it too
-    raise TiffFormatError(
-        href, f"IFD at {ifd.offset}: {name} (tag {tag}) is {str(value)[:40]!r}, not an integer"
-    )
+    raise TiffFormatError(href, f"IFD at {ifd.offset}: {name} (tag {tag}) is {str(value)[:40]!r}, not an integer")
 
 
 def _int_tuple(href: str, ifd: tiff.RawIfd, tag: int, name: str, default: tuple) -> tuple[int, ...]:
@@ -526,16 +528,12 @@ def _block_array(href: str, ifd: tiff.RawIfd, tag: int, name: str) -> np.ndarray
     return np.asarray(values, dtype=np.uint64)
 
 
-def _level(
-    href: str, ifd: tiff.RawIfd, *, mask: bool, where: tuple[int, bool] = (0, False)
-) -> ImageLevel:
+def _level(href: str, ifd: tiff.RawIfd, *, mask: bool, where: tuple[int, bool] = (0, False)) -> ImageLevel:
     def num(tag: int, name: str, default: int | None = None) -> int:
         value = ifd.get(tag)
         if isinstance(value, (tuple, list, np.ndarray)) and len(value) != 1:
             # libtiff (and so GDAL) refuses a count other than 1 for these tags too
-            raise TiffFormatError(
-                href, f"IFD at {ifd.offset}: {name} (tag {tag}) has {len(value)} values, expected 1"
-            )
+            raise TiffFormatError(href, f"IFD at {ifd.offset}: {name} (tag {tag}) has {len(value)} values, expected 1")
         value = ifd.first(tag)
         if value is None:
             if default is None:
@@ -623,9 +621,7 @@ def _level(
     if not mask:
         kind = _SAMPLE_FORMATS.get(sample_format)
         if kind is None or (kind, bits) not in _DTYPES:
-            raise UnsupportedTiffError(
-                href, f"{bits}-bit samples of SampleFormat {sample_format} are not supported"
-            )
+            raise UnsupportedTiffError(href, f"{bits}-bit samples of SampleFormat {sample_format} are not supported")
         if predictor not in (1, 2, 3):
             raise UnsupportedTiffError(href, f"Predictor {predictor} is not supported")
         _check_photometric(href, ifd, level)
@@ -723,9 +719,7 @@ def validate_window(header: CogHeader, window, overview: int) -> tuple[int, int,
     try:
         col_off, row_off, width, height = (int(v) for v in window)
     except (TypeError, ValueError) as exc:
-        raise WindowError(
-            f"{header.href}: window must be (col_off, row_off, width, height), got {window!r}"
-        ) from exc
+        raise WindowError(f"{header.href}: window must be (col_off, row_off, width, height), got {window!r}") from exc
     if width <= 0 or height <= 0:
         raise WindowError(f"{header.href}: window {window!r} has no pixels")
     if width * height > 1 << 31:

@@ -78,9 +78,7 @@ def _s3_context(config: FetchConfig) -> _S3Context:
             import botocore.session
 
             session = botocore.session.Session()
-            region = (
-                config.aws_region or session.get_config_variable("region") or "us-west-2"
-            )
+            region = config.aws_region or session.get_config_variable("region") or "us-west-2"
             endpoint = None
             try:
                 client = session.create_client("s3", region_name=region)
@@ -159,14 +157,14 @@ class HttpReader:
                 limit=self.config.max_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
             )
             self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=connector, auto_decompress=False,
+                timeout=timeout,
+                connector=connector,
+                auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),  # no cookie is ever stored or sent back
             )
         return self._session
 
-    async def get_byte_ranges(
-        self, href: str, ranges: Sequence[tuple[int, int]]
-    ) -> list[RangeResponse]:
+    async def get_byte_ranges(self, href: str, ranges: Sequence[tuple[int, int]]) -> list[RangeResponse]:
         """Several ranges of ``href``, fetched concurrently (one request each)."""
         return await gather_ranges(self, href, ranges)
 
@@ -235,13 +233,12 @@ class HttpReader:
                 continue
             if status in REDIRECT_STATUSES:
                 raise FetchError(
-                    href, f"more than {self.config.max_redirects} redirects, or one without a "
-                    f"usable http(s) Location (HTTP {status})"
+                    href,
+                    f"more than {self.config.max_redirects} redirects, or one without a "
+                    f"usable http(s) Location (HTTP {status})",
                 )
             raise FetchError(href, f"unexpected HTTP {status} for bytes {start}-{end - 1}")
-        raise FetchError(
-            href, f"bytes {start}-{end - 1} failed after {attempts} attempts (last: {last_error})"
-        )
+        raise FetchError(href, f"bytes {start}-{end - 1} failed after {attempts} attempts (last: {last_error})")
 
     async def _attempt(self, href, url, headers: dict, start: int, end: int, want: int):
         """One attempt, following redirects here: credential headers never cross origins.
@@ -365,8 +362,7 @@ def _origin(url: URL) -> tuple[str, str, int | None]:
 def strip_credentials(headers: dict) -> dict:
     """``headers`` without credentials: auth, cookies and every ``x-amz-*`` header."""
     return {
-        k: v for k, v in headers.items()
-        if k.lower() not in CREDENTIAL_HEADERS and not k.lower().startswith("x-amz-")
+        k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS and not k.lower().startswith("x-amz-")
     }
 
 
@@ -379,4 +375,3 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     text = str(exc).split("\n", 1)[0]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

@@ -19,8 +19,7 @@ _FLT_MAX = float(np.finfo(np.float32).max)
 _INTEGER = re.compile(r"\s*([+-]?\d+)")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _NAN_PREFIXES = ("nan", "1.#qnan", "-1.#qnan", "-1.#ind", "1.#snan", "-1.#snan")
-_INF_PREFIXES = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "1.#inf": math.inf,
-                 "-1.#inf": -math.inf}
+_INF_PREFIXES = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "1.#inf": math.inf, "-1.#inf": -math.inf}
 
 
 def cpl_atof(text: str) -> float:

@@ -36,9 +36,7 @@ def _obstore():
     try:
         import obstore
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "ObstoreReader needs obstore: pip install 'rasteret-pipelines[obstore]'"
-        ) from exc
+        raise ImportError("ObstoreReader needs obstore: pip install 'rasteret-pipelines[obstore]'") from exc
     return obstore
 
 
@@ -75,7 +73,7 @@ class ObstoreReader:
     def _locate(self, href: str) -> tuple[object, str]:
         for prefix, store in self.stores.items():
             if href.startswith(prefix) and len(href) > len(prefix):
-                return store, href[len(prefix):]
+                return store, href[len(prefix) :]
         raise FetchError(href, f"no obstore store is registered for this href (prefixes: {list(self.stores)})")
 
     async def get_bytes(self, href: str, start: int, end: int) -> RangeResponse:

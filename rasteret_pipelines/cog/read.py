@@ -71,8 +71,18 @@ async def fetch_header(fetcher: RangeFetcher, href: str) -> CogHeader:
 
 
 _MALFORMED = (
-    TypeError, ValueError, AttributeError, OverflowError, KeyError, IndexError, ZeroDivisionError,
-    ArithmeticError, LookupError, struct.error, UnicodeError, RecursionError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    OverflowError,
+    KeyError,
+    IndexError,
+    ZeroDivisionError,
+    ArithmeticError,
+    LookupError,
+    struct.error,
+    UnicodeError,
+    RecursionError,
 )
 """What a malformed header can make parsing code raise: always turned into TiffFormatError."""
 
@@ -88,9 +98,7 @@ def _parse_checked(href: str, data: tiff.ByteRanges, size: int | None) -> tiff.P
 
 def _build_checked(href: str, parsed: tiff.ParsedTiff, size: int | None, version) -> CogHeader:
     try:
-        return build_header(
-            href, parsed, size=size, etag=version.etag, last_modified=version.last_modified
-        )
+        return build_header(href, parsed, size=size, etag=version.etag, last_modified=version.last_modified)
     except RasteretError:
         raise
     except _MALFORMED as exc:
@@ -191,8 +199,7 @@ def plan_spans(
             if count > MAX_BLOCK_BYTES or (header.size is not None and offset + count > header.size):
                 raise TiffFormatError(
                     header.href,
-                    f"block {index} at bytes {offset}+{count} lies outside the "
-                    f"{header.size}-byte object",
+                    f"block {index} at bytes {offset}+{count} lies outside the {header.size}-byte object",
                 )
             if count > max_stored_bytes(level):
                 raise DecodedSizeError(
@@ -300,9 +307,7 @@ async def fetch_windows(
                 if remaining[i] == 0:
                     finish(i)
 
-    await asyncio.gather(
-        *(fetch_span(href, span) for href, href_spans in spans.items() for span in href_spans)
-    )
+    await asyncio.gather(*(fetch_span(href, span) for href, href_spans in spans.items() for span in href_spans))
     return results  # type: ignore[return-value]
 
 

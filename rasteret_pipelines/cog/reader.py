@@ -81,16 +81,12 @@ class ByteReader(Protocol):
         """Bytes ``[start, end)`` of ``href`` and the version of the object."""
         ...
 
-    async def get_byte_ranges(
-        self, href: str, ranges: Sequence[tuple[int, int]]
-    ) -> list[RangeResponse]:
+    async def get_byte_ranges(self, href: str, ranges: Sequence[tuple[int, int]]) -> list[RangeResponse]:
         """Several ranges of one object, answers in input order."""
         ...
 
 
-async def gather_ranges(
-    reader: ByteReader, href: str, ranges: Sequence[tuple[int, int]]
-) -> list[RangeResponse]:
+async def gather_ranges(reader: ByteReader, href: str, ranges: Sequence[tuple[int, int]]) -> list[RangeResponse]:
     """``get_byte_ranges`` for readers without a better one: the ranges fetched concurrently."""
     return list(await asyncio.gather(*(reader.get_bytes(href, s, e) for s, e in ranges)))
 
@@ -164,9 +160,7 @@ class MemoryReader:
             raise CogNotFoundError(href, "no such object in the memory reader") from None
         return RangeResponse(data[start:end], ObjectVersion(len(data), etag, None))
 
-    async def get_byte_ranges(
-        self, href: str, ranges: Sequence[tuple[int, int]]
-    ) -> list[RangeResponse]:
+    async def get_byte_ranges(self, href: str, ranges: Sequence[tuple[int, int]]) -> list[RangeResponse]:
         return [await self.get_bytes(href, s, e) for s, e in ranges]
 
     async def close(self) -> None:
@@ -222,9 +216,7 @@ class LocalFileReader:
         async with self._semaphore():
             return await asyncio.to_thread(read)
 
-    async def get_byte_ranges(
-        self, href: str, ranges: Sequence[tuple[int, int]]
-    ) -> list[RangeResponse]:
+    async def get_byte_ranges(self, href: str, ranges: Sequence[tuple[int, int]]) -> list[RangeResponse]:
         return await gather_ranges(self, href, ranges)
 
     async def close(self) -> None:

@@ -57,13 +57,38 @@ LERC_PARAMETERS = 50674
 
 WANTED_TAGS = frozenset(
     {
-        NEW_SUBFILE_TYPE, IMAGE_WIDTH, IMAGE_LENGTH, BITS_PER_SAMPLE, COMPRESSION, PHOTOMETRIC,
-        STRIP_OFFSETS, SAMPLES_PER_PIXEL, ROWS_PER_STRIP, STRIP_BYTE_COUNTS,
-        PLANAR_CONFIGURATION, PREDICTOR, TILE_WIDTH, TILE_LENGTH, TILE_OFFSETS,
-        TILE_BYTE_COUNTS, EXTRA_SAMPLES, SAMPLE_FORMAT, JPEG_TABLES, YCBCR_SUBSAMPLING,
-        MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION, GEO_KEY_DIRECTORY,
-        GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS, GDAL_METADATA, GDAL_NODATA, LERC_PARAMETERS,
-        FILL_ORDER, SUB_IFDS, INK_SET,
+        NEW_SUBFILE_TYPE,
+        IMAGE_WIDTH,
+        IMAGE_LENGTH,
+        BITS_PER_SAMPLE,
+        COMPRESSION,
+        PHOTOMETRIC,
+        STRIP_OFFSETS,
+        SAMPLES_PER_PIXEL,
+        ROWS_PER_STRIP,
+        STRIP_BYTE_COUNTS,
+        PLANAR_CONFIGURATION,
+        PREDICTOR,
+        TILE_WIDTH,
+        TILE_LENGTH,
+        TILE_OFFSETS,
+        TILE_BYTE_COUNTS,
+        EXTRA_SAMPLES,
+        SAMPLE_FORMAT,
+        JPEG_TABLES,
+        YCBCR_SUBSAMPLING,
+        MODEL_PIXEL_SCALE,
+        MODEL_TIEPOINT,
+        MODEL_TRANSFORMATION,
+        GEO_KEY_DIRECTORY,
+        GEO_DOUBLE_PARAMS,
+        GEO_ASCII_PARAMS,
+        GDAL_METADATA,
+        GDAL_NODATA,
+        LERC_PARAMETERS,
+        FILL_ORDER,
+        SUB_IFDS,
+        INK_SET,
     }
 )
 ARRAY_TAGS = frozenset({STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS})
@@ -225,9 +250,7 @@ def parse_ifds(href: str, data: ByteRanges, size: int | None) -> ParsedTiff:
 
     def check_range(start: int, length: int, what: str) -> None:
         if start < 0 or length < 0 or (size is not None and start + length > size):
-            raise TiffFormatError(
-                href, f"{what} at bytes {start}-{start + length} lies outside the {size}-byte object"
-            )
+            raise TiffFormatError(href, f"{what} at bytes {start}-{start + length} lies outside the {size}-byte object")
 
     def parse_one(offset: int) -> tuple[RawIfd | None, int]:
         """One IFD at ``offset`` and the next IFD's offset; None when its bytes are missing."""

@@ -38,11 +38,25 @@ if TYPE_CHECKING:
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "build": ["BuildReport", "FailedAsset", "GeoreferenceNote", "MonthReport", "build_collection",
-                  "collection_name"],
+        "build": [
+            "BuildReport",
+            "FailedAsset",
+            "GeoreferenceNote",
+            "MonthReport",
+            "build_collection",
+            "collection_name",
+        ],
         "query": ["Collection", "list_collections", "load_collection"],
         "cloudmask": ["CloudMask", "MaskedBits", "MaskedClasses"],
-        "sources": ["DataSource", "DataSources", "NdviBands", "SOURCES", "get_source", "register_source",
-                    "stac_url_env_var", "unregister_source"],
+        "sources": [
+            "DataSource",
+            "DataSources",
+            "NdviBands",
+            "SOURCES",
+            "get_source",
+            "register_source",
+            "stac_url_env_var",
+            "unregister_source",
+        ],
     },
 )

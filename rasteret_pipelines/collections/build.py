@@ -225,15 +225,12 @@ def build_collection(
     geom = check_geometry(geometry)
     check_collection_name(name)
     search_query = build_query(cloud_cover_lt, platform, query)
-    config = replace(
-        fetch_config or FetchConfig(), requester_pays=src.requester_pays, local_files=allow_local_hrefs
-    )
+    config = replace(fetch_config or FetchConfig(), requester_pays=src.requester_pays, local_files=allow_local_hrefs)
     store = Storage.from_uri(workspace)
     manifest = store.read_json(name, MANIFEST) if store.exists(name, MANIFEST) else {}
     if manifest and manifest.get("data_source") != src.id:
         raise InconsistentCollectionError(
-            f"collection {name!r} in {store.uri} holds {manifest.get('data_source')} items, "
-            f"not {src.id}"
+            f"collection {name!r} in {store.uri} holds {manifest.get('data_source')} items, not {src.id}"
         )
     new = not store.exists(name, MANIFEST)
     report = BuildReport(name=name, source=src.id, location=store.uri_of(name))
@@ -242,8 +239,9 @@ def build_collection(
             if month.end < dt.date.fromisoformat(src.start_date):
                 continue
             report.months.append(
-                _build_and_write_month(src, keys, store, name, month, stac_url, bbox, geom,
-                                       search_query, config, progress, reader)
+                _build_and_write_month(
+                    src, keys, store, name, month, stac_url, bbox, geom, search_query, config, progress, reader
+                )
             )
         if require_items and new and report.items == 0:
             raise EmptySearchError(
@@ -256,15 +254,32 @@ def build_collection(
             )
         empty = [m.month for m in report.months if m.items == 0]
         if empty:  # said once the outcome is known: an empty search of a new collection raised above
-            log.warning("%s: no %s items for %s; wrote %s", name, src.id, ", ".join(empty),
-                        "an empty month" if len(empty) == 1 else "empty months")
+            log.warning(
+                "%s: no %s items for %s; wrote %s",
+                name,
+                src.id,
+                ", ".join(empty),
+                "an empty month" if len(empty) == 1 else "empty months",
+            )
         manifest = {**manifest, "allow_local_hrefs": bool(allow_local_hrefs)}
-        _write_manifest(store, name, manifest, src, keys, (start, end), bbox, geom, cloud_cover_lt,
-                        platform, query, stac_url, report)
+        _write_manifest(
+            store,
+            name,
+            manifest,
+            src,
+            keys,
+            (start, end),
+            bbox,
+            geom,
+            cloud_cover_lt,
+            platform,
+            query,
+            stac_url,
+            report,
+        )
     except BaseException as exc:
         if new:
-            _remove_new_months(store, name, [m.month for m in report.months],
-                               quiet=isinstance(exc, EmptySearchError))
+            _remove_new_months(store, name, [m.month for m in report.months], quiet=isinstance(exc, EmptySearchError))
         raise
     return report
 
@@ -283,32 +298,38 @@ def _remove_new_months(store: Storage, name: str, months: Sequence[str], *, quie
         log.info("removed the months of the failed new collection %s", store.uri_of(name))
 
 
-def _build_and_write_month(src, keys, store, name, month: Month, stac_url, bbox, geom,
-                           search_query, config, progress, reader=None) -> MonthReport:
+def _build_and_write_month(
+    src, keys, store, name, month: Month, stac_url, bbox, geom, search_query, config, progress, reader=None
+) -> MonthReport:
     t0 = time.perf_counter()
     items = search_items(src, month, stac_url=stac_url, bbox=bbox, geometry=geom, query=search_query)
     previous = _previous_headers(store, name, month.key, keys)
-    month_report, table = run_sync(
-        _build_month(src, keys, items, previous, config, month, name, progress, reader)
-    )
+    month_report, table = run_sync(_build_month(src, keys, items, previous, config, month, name, progress, reader))
     month_report.path = write_month(store, table, name, month.key)
     month_report.seconds = time.perf_counter() - t0
     if month_report.headers_without_version:
         log.warning(
             "%s %s: %d headers come from objects with neither ETag nor Last-Modified; a "
             "same-size rewrite of those objects cannot be detected (docs/trust.md)",
-            name, month.key, month_report.headers_without_version,
+            name,
+            month.key,
+            month_report.headers_without_version,
         )
     if month_report.failed:
         log.warning(
             "%s %s: %d band headers failed (recorded; the next build retries them)",
-            name, month.key, len(month_report.failed),
+            name,
+            month.key,
+            len(month_report.failed),
         )
     if month_report.missing:
         bands = sorted({a.band for a in month_report.missing})
         log.info(
             "%s %s: %d items have no asset for %s (nothing to fetch or retry)",
-            name, month.key, len({a.item_id for a in month_report.missing}), ", ".join(bands),
+            name,
+            month.key,
+            len({a.item_id for a in month_report.missing}),
+            ", ".join(bands),
         )
     return month_report
 
@@ -417,8 +438,9 @@ async def _build_month(
     return result, schema.with_band_columns(table, keys, values)
 
 
-def _stac_table(src: DataSource, items: list[dict], month: Month, name: str,
-                result: MonthReport) -> tuple[pa.Table, list[dict]]:
+def _stac_table(
+    src: DataSource, items: list[dict], month: Month, name: str, result: MonthReport
+) -> tuple[pa.Table, list[dict]]:
     """The month's STAC-GeoParquet table (through stac-geoparquet) and the items it holds.
 
     An item that cannot be stored on its own (say an unparseable timestamp) is moved to
@@ -545,8 +567,21 @@ def _warnings_by_band(notes: Sequence[GeoreferenceNote]) -> dict[str, list[dict[
     return out
 
 
-def _write_manifest(store, name, manifest, src, keys, date_range, bbox, geom, cloud_cover_lt,
-                    platform, query, stac_url, report: BuildReport) -> None:
+def _write_manifest(
+    store,
+    name,
+    manifest,
+    src,
+    keys,
+    date_range,
+    bbox,
+    geom,
+    cloud_cover_lt,
+    platform,
+    query,
+    stac_url,
+    report: BuildReport,
+) -> None:
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = dict(manifest)
     months = dict(manifest.get("months") or {})

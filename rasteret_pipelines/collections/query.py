@@ -155,13 +155,13 @@ class Collection:
         key = self.source.resolve_band(name)
         if key not in self.bands:
             raise UnknownBandError(
-                f"band {name!r} ({key}) is not in collection {self.name!r}; it holds "
-                f"{', '.join(self.bands)}"
+                f"band {name!r} ({key}) is not in collection {self.name!r}; it holds {', '.join(self.bands)}"
             )
         return key
 
-    def _predicates(self, *, date_range=None, cloud_cover_lt=None, bbox=None, geometry=None,
-                    platform=None, properties=None) -> list[tuple[str | tuple[str, str], str, object]]:
+    def _predicates(
+        self, *, date_range=None, cloud_cover_lt=None, bbox=None, geometry=None, platform=None, properties=None
+    ) -> list[tuple[str | tuple[str, str], str, object]]:
         """The filters as ``(column or (struct column, field), operator, value)`` triples."""
         preds: list = []
         if date_range is not None:
@@ -214,8 +214,12 @@ class Collection:
 
         exprs = []
         for column, op, value in self._predicates(
-            date_range=date_range, cloud_cover_lt=cloud_cover_lt, bbox=bbox, geometry=geometry,
-            platform=platform, properties=properties,
+            date_range=date_range,
+            cloud_cover_lt=cloud_cover_lt,
+            bbox=bbox,
+            geometry=geometry,
+            platform=platform,
+            properties=properties,
         ):
             field = pc.field(*column) if isinstance(column, tuple) else pc.field(column)
             if isinstance(value, dt.datetime):
@@ -260,8 +264,14 @@ class Collection:
         """
         wanted = list(columns) if columns is not None else None
         table = self._scan(
-            self._predicates(date_range=date_range, cloud_cover_lt=cloud_cover_lt, bbox=bbox,
-                             geometry=geometry, platform=platform, properties=properties),
+            self._predicates(
+                date_range=date_range,
+                cloud_cover_lt=cloud_cover_lt,
+                bbox=bbox,
+                geometry=geometry,
+                platform=platform,
+                properties=properties,
+            ),
             None if wanted is None else wanted + [c for c in ("datetime", "id") if c not in wanted],
             geometry,
         )
@@ -339,8 +349,11 @@ class Collection:
 
 
 _OPS = {  # for pyarrow.compute.Expression fields
-    "<": lambda a, v: a < v, "<=": lambda a, v: a <= v, ">": lambda a, v: a > v,
-    ">=": lambda a, v: a >= v, "==": lambda a, v: a == v,
+    "<": lambda a, v: a < v,
+    "<=": lambda a, v: a <= v,
+    ">": lambda a, v: a > v,
+    ">=": lambda a, v: a >= v,
+    "==": lambda a, v: a == v,
 }
 
 
@@ -370,8 +383,10 @@ def _row_mask(table: pa.Table, preds) -> np.ndarray:
     mask = np.ones(table.num_rows, dtype=bool)
     for column, op, value in preds:
         if isinstance(column, tuple):
-            values = pa.chunked_array([c.field(column[1]) for c in table.column(column[0]).chunks],
-                                      type=table.schema.field(column[0]).type.field(column[1]).type)
+            values = pa.chunked_array(
+                [c.field(column[1]) for c in table.column(column[0]).chunks],
+                type=table.schema.field(column[0]).type.field(column[1]).type,
+            )
         else:
             values = table.column(column)
         kind = values.type
@@ -393,7 +408,11 @@ def _row_mask(table: pa.Table, preds) -> np.ndarray:
 
 
 _NUMPY_OPS = {  # for pyarrow.compute.Expression fields
-    "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "==": np.equal,
 }
 
 
@@ -415,7 +434,7 @@ def _numeric(values: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
             valids.append(np.ones(n, bool))
         else:
             bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
-            valids.append(bits[off:off + n].astype(bool))
+            valids.append(bits[off : off + n].astype(bool))
     if not datas:
         return np.zeros(0, dtype), np.zeros(0, bool)
     return np.concatenate(datas), np.concatenate(valids)

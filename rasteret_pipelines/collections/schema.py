@@ -83,13 +83,18 @@ HEADER_TYPE = pa.struct(
 """A cached :class:`~rasteret_pipelines.cog.CogHeader` (its ``to_dict`` form) as stored."""
 
 
-BBOX_TYPE = pa.struct(
-    [("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())]
-)
+BBOX_TYPE = pa.struct([("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())])
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 STAC_TOP_LEVEL = (
-    "type", "stac_version", "stac_extensions", "id", "geometry", "bbox", "collection", "links",
+    "type",
+    "stac_version",
+    "stac_extensions",
+    "id",
+    "geometry",
+    "bbox",
+    "collection",
+    "links",
     "assets",
 )
 """Item keys stored as columns of their own; every other column is an item property."""

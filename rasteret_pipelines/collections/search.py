@@ -57,9 +57,7 @@ def check_date_range(date_range, source: DataSource | None = None) -> tuple[dt.d
     if source is not None:
         first = dt.date.fromisoformat(source.start_date)
         if end < first:
-            raise InvalidSearchError(
-                f"date range {start}..{end} ends before {source.id} starts ({first})"
-            )
+            raise InvalidSearchError(f"date range {start}..{end} ends before {source.id} starts ({first})")
     return start, end
 
 
@@ -146,9 +144,7 @@ def check_geometry(geometry):
     return geom
 
 
-def build_query(
-    cloud_cover_lt: float | None, platform, query: Mapping | None
-) -> dict | None:
+def build_query(cloud_cover_lt: float | None, platform, query: Mapping | None) -> dict | None:
     """STAC query-extension object from the convenience filters and a user ``query``."""
     out: dict = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (query or {}).items()}
     cloud_cover_lt = check_cloud_cover(cloud_cover_lt)
@@ -238,8 +234,7 @@ def search_items(
         cause = redacted_cause(exc)
     except requests.RequestException as exc:
         error = StacApiError(
-            f"STAC API {url} unreachable searching {source.collection} for {month.key}: "
-            f"{type(exc).__name__}"
+            f"STAC API {url} unreachable searching {source.collection} for {month.key}: {type(exc).__name__}"
         )
         cause = redacted_cause(exc)
     # Raised outside the except blocks, so the library's own exception (whose message may

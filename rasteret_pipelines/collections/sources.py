@@ -80,8 +80,9 @@ class DataSource:
 
         if not isinstance(self.id, str) or not self.id:
             raise SourceDefinitionError(f"a data source needs a non-empty string id, got {self.id!r}")
-        if not self.bands or not all(isinstance(k, str) and k and isinstance(v, str) and v
-                                     for k, v in self.bands.items()):
+        if not self.bands or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in self.bands.items()
+        ):
             raise refuse(f"bands must map band codes to asset keys (non-empty strings), got {self.bands!r}")
         object.__setattr__(self, "bands", MappingProxyType(dict(self.bands)))
         keys = set(self.bands.values())
@@ -135,9 +136,7 @@ class DataSource:
             if code.lower() == name.lower():
                 return key
         valid = sorted(set(self.bands) | set(self.asset_keys))
-        raise UnknownBandError(
-            f"band {name!r} is not a band of {self.id}; valid names: {', '.join(valid)}"
-        )
+        raise UnknownBandError(f"band {name!r} is not a band of {self.id}; valid names: {', '.join(valid)}")
 
     def resolve_bands(self, names) -> list[str]:
         """Asset keys for ``names`` (None: every band), without duplicates, in order."""
@@ -197,9 +196,19 @@ class EarthSearchSentinel2(DataSource):
 
 
 _S2_BANDS = {
-    "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1",
-    "B06": "rededge2", "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B09": "nir09",
-    "B11": "swir16", "B12": "swir22", "SCL": "scl",
+    "B01": "coastal",
+    "B02": "blue",
+    "B03": "green",
+    "B04": "red",
+    "B05": "rededge1",
+    "B06": "rededge2",
+    "B07": "rededge3",
+    "B08": "nir",
+    "B8A": "nir08",
+    "B09": "nir09",
+    "B11": "swir16",
+    "B12": "swir22",
+    "SCL": "scl",
 }
 _S2_NDVI = NdviBands(red="red", nir="nir")
 _S2_SCL = MaskedClasses(band="scl", classes=(0, 1, 3, 8, 9, 10))
@@ -207,21 +216,34 @@ _S2_SCL = MaskedClasses(band="scl", classes=(0, 1, 3, 8, 9, 10))
 3 cloud shadows, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus; keeps
 2 dark area, 4 vegetation, 5 not vegetated, 6 water, 7 unclassified, 11 snow or ice."""
 _S2_PROPS = {
-    "mgrs:utm_zone": "int64", "mgrs:latitude_band": "string", "mgrs:grid_square": "string",
-    "grid:code": "string", _BASELINE: "string", "s2:product_uri": "string",
+    "mgrs:utm_zone": "int64",
+    "mgrs:latitude_band": "string",
+    "mgrs:grid_square": "string",
+    "grid:code": "string",
+    _BASELINE: "string",
+    "s2:product_uri": "string",
     "s2:nodata_pixel_percentage": "float64",
 }
 _LANDSAT_BANDS = {
-    "B1": "coastal", "B2": "blue", "B3": "green", "B4": "red", "B5": "nir08", "B6": "swir16",
-    "B7": "swir22", "QA_PIXEL": "qa_pixel",
+    "B1": "coastal",
+    "B2": "blue",
+    "B3": "green",
+    "B4": "red",
+    "B5": "nir08",
+    "B6": "swir16",
+    "B7": "swir22",
+    "QA_PIXEL": "qa_pixel",
 }
 _LANDSAT_NDVI = NdviBands(red="red", nir="nir08")
 _LANDSAT_QA = MaskedBits(band="qa_pixel", bits=(0, 1, 2, 3, 4))
 """Landsat Collection 2 QA_PIXEL (USGS LSDS-1619): masks bit 0 fill, 1 dilated cloud, 2 cirrus,
 3 cloud, 4 cloud shadow (each set only at high confidence)."""
 _LANDSAT_PROPS = {
-    "landsat:wrs_path": "string", "landsat:wrs_row": "string", "landsat:scene_id": "string",
-    "landsat:collection_category": "string", "landsat:cloud_cover_land": "float64",
+    "landsat:wrs_path": "string",
+    "landsat:wrs_row": "string",
+    "landsat:scene_id": "string",
+    "landsat:collection_category": "string",
+    "landsat:cloud_cover_land": "float64",
 }
 
 _REGISTRY: dict[str, DataSource] = {}
@@ -261,45 +283,77 @@ def unregister_source(source_id: str) -> DataSource:
         UnknownSourceError: no source of that id is registered.
     """
     if source_id not in _REGISTRY:
-        raise UnknownSourceError(
-            f"unknown data source {source_id!r}; valid sources: {', '.join(sorted(_REGISTRY))}"
-        )
+        raise UnknownSourceError(f"unknown data source {source_id!r}; valid sources: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY.pop(source_id)
 
 
 _EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
 _S2_COMMON = dict(
-    bands=_S2_BANDS, cloud_mask=_S2_SCL, ndvi_bands=_S2_NDVI, pixel_size=10.0,
-    reflectance_scale=0.0001, reflectance_offset=-0.1, start_date="2015-06-27",
+    bands=_S2_BANDS,
+    cloud_mask=_S2_SCL,
+    ndvi_bands=_S2_NDVI,
+    pixel_size=10.0,
+    reflectance_scale=0.0001,
+    reflectance_offset=-0.1,
+    start_date="2015-06-27",
 )
 _LANDSAT_COMMON = dict(
-    bands=_LANDSAT_BANDS, cloud_mask=_LANDSAT_QA, ndvi_bands=_LANDSAT_NDVI, pixel_size=30.0,
-    requester_pays=True, reflectance_scale=0.0000275, reflectance_offset=-0.2, start_date="1982-08-22",
+    bands=_LANDSAT_BANDS,
+    cloud_mask=_LANDSAT_QA,
+    ndvi_bands=_LANDSAT_NDVI,
+    pixel_size=30.0,
+    requester_pays=True,
+    reflectance_scale=0.0000275,
+    reflectance_offset=-0.2,
+    start_date="1982-08-22",
     properties=_LANDSAT_PROPS,
 )
 
-register_source(EarthSearchSentinel2(
-    id="sentinel-2-l2a", stac_url=_EARTH_SEARCH, collection="sentinel-2-l2a", short_name="sentinel",
-    description="Sentinel-2 L2A COGs on Earth Search v1 (public, us-west-2)",
-    properties={**_S2_PROPS, _BOA_FLAG: "bool"}, aliases=("SENTINEL2", "sentinel2", "sentinel-2"),
-    **_S2_COMMON,
-))
-register_source(DataSource(
-    id="landsat-c2l2-sr", stac_url="https://landsatlook.usgs.gov/stac-server", collection="landsat-c2l2-sr",
-    short_name="landsat", href_alternate="s3", aliases=("LANDSAT", "landsat"),
-    description="Landsat Collection 2 Level-2 SR from USGS (s3://usgs-landsat, requester pays)",
-    **_LANDSAT_COMMON,
-))
-register_source(DataSource(
-    id="sentinel-2-c1-l2a", stac_url=_EARTH_SEARCH, collection="sentinel-2-c1-l2a", short_name="sentinel-c1",
-    description="Sentinel-2 Collection 1 L2A on Earth Search v1 (offset kept in the data)",
-    properties=_S2_PROPS, **_S2_COMMON,
-))
-register_source(DataSource(
-    id="landsat-c2-l2", stac_url=_EARTH_SEARCH, collection="landsat-c2-l2", short_name="landsat-es",
-    description="Landsat Collection 2 Level-2 on Earth Search v1 (s3://usgs-landsat, requester pays)",
-    **_LANDSAT_COMMON,
-))
+register_source(
+    EarthSearchSentinel2(
+        id="sentinel-2-l2a",
+        stac_url=_EARTH_SEARCH,
+        collection="sentinel-2-l2a",
+        short_name="sentinel",
+        description="Sentinel-2 L2A COGs on Earth Search v1 (public, us-west-2)",
+        properties={**_S2_PROPS, _BOA_FLAG: "bool"},
+        aliases=("SENTINEL2", "sentinel2", "sentinel-2"),
+        **_S2_COMMON,
+    )
+)
+register_source(
+    DataSource(
+        id="landsat-c2l2-sr",
+        stac_url="https://landsatlook.usgs.gov/stac-server",
+        collection="landsat-c2l2-sr",
+        short_name="landsat",
+        href_alternate="s3",
+        aliases=("LANDSAT", "landsat"),
+        description="Landsat Collection 2 Level-2 SR from USGS (s3://usgs-landsat, requester pays)",
+        **_LANDSAT_COMMON,
+    )
+)
+register_source(
+    DataSource(
+        id="sentinel-2-c1-l2a",
+        stac_url=_EARTH_SEARCH,
+        collection="sentinel-2-c1-l2a",
+        short_name="sentinel-c1",
+        description="Sentinel-2 Collection 1 L2A on Earth Search v1 (offset kept in the data)",
+        properties=_S2_PROPS,
+        **_S2_COMMON,
+    )
+)
+register_source(
+    DataSource(
+        id="landsat-c2-l2",
+        stac_url=_EARTH_SEARCH,
+        collection="landsat-c2-l2",
+        short_name="landsat-es",
+        description="Landsat Collection 2 Level-2 on Earth Search v1 (s3://usgs-landsat, requester pays)",
+        **_LANDSAT_COMMON,
+    )
+)
 
 
 class DataSources:
@@ -327,6 +381,5 @@ def get_source(source: str | DataSource) -> DataSource:
         if name in candidate.aliases:
             return candidate
     raise UnknownSourceError(
-        f"unknown data source {name!r}; valid sources: {', '.join(sorted(SOURCES))} "
-        "(add one with register_source)"
+        f"unknown data source {name!r}; valid sources: {', '.join(sorted(SOURCES))} (add one with register_source)"
     )

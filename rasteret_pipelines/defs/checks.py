@@ -2,7 +2,6 @@
 field statistics in range and COGs that reopen (``check_specs`` of the field-statistics asset,
 evaluated inside it per (month, group)). Each check is declared exactly once."""
 
-
 import math
 import warnings
 from contextlib import contextmanager
@@ -64,6 +63,7 @@ def collection_checks(source_id: str, partitions: Partitions) -> list[dg.AssetCh
     bands = collection_bands(source_id)
 
     with preview_partitioned_checks():
+
         @dg.asset_check(
             asset=collection_key(source_id),
             partitions_def=partitions.months,
@@ -80,8 +80,12 @@ def collection_checks(source_id: str, partitions: Partitions) -> list[dg.AssetCh
             if collection.files:
                 table = collection.to_table(columns=collection_columns(collection.dataset.schema.names, bands))
             gaps = header_gaps(table, bands)
-            metadata = {"items": gaps.items, "bands": ", ".join(bands), "missing_headers": len(gaps.missing),
-                        "lacked_bands": len(gaps.lacked)}
+            metadata = {
+                "items": gaps.items,
+                "bands": ", ".join(bands),
+                "missing_headers": len(gaps.missing),
+                "lacked_bands": len(gaps.lacked),
+            }
             if gaps.missing:
                 lines = ["| item | band | error |", "| --- | --- | --- |"]
                 lines += [f"| {i} | {b} | {str(e)[:160]} |" for i, b, e in gaps.missing[:50]]
@@ -90,8 +94,9 @@ def collection_checks(source_id: str, partitions: Partitions) -> list[dg.AssetCh
                 passed=not gaps.missing,
                 severity=dg.AssetCheckSeverity.ERROR,
                 metadata=metadata,
-                description=(None if not gaps.missing
-                             else f"{len(gaps.missing)} band headers missing: rematerialise the month"),
+                description=(
+                    None if not gaps.missing else f"{len(gaps.missing)} band headers missing: rematerialise the month"
+                ),
             )
 
     return [every_band_header_present]
@@ -102,8 +107,9 @@ def preview_partitioned_checks():
     """Partitioned asset checks (``partitions_def=`` on ``@asset_check``) are a Dagster preview
     feature with no stable equivalent: its PreviewWarning, and only that one, is silenced here."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec",
-                                category=dg.PreviewWarning)
+        warnings.filterwarnings(
+            "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
+        )
         yield
 
 
@@ -120,8 +126,10 @@ evaluated by the asset for every (month, group) it materialises (a run covers ma
 
 def field_stats_check_results(table: pa.Table, group: str, files, fields=None) -> dict[str, dg.AssetCheckResult]:
     """``{check name: result}`` of every check on one (month, group) partition's table and COGs."""
-    return {"stats_in_range": stats_range_result(table, group, fields),
-            "geotiffs_reopen": geotiffs_reopen_result(files)}
+    return {
+        "stats_in_range": stats_range_result(table, group, fields),
+        "geotiffs_reopen": geotiffs_reopen_result(files),
+    }
 
 
 def stats_range_result(table: pa.Table, group: str, fields=None) -> dg.AssetCheckResult:
@@ -129,16 +137,30 @@ def stats_range_result(table: pa.Table, group: str, fields=None) -> dg.AssetChec
     not negative, and every row a field of ``group`` (when ``fields``, a frame with ``group``, is given)."""
     problems = []
     if table.num_rows:
-        cols = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype="float64")
-                for c in ("ndvi_mean", "ndvi_median", "ndvi_std", "ndvi_min", "ndvi_max", "ndvi_count",
-                          "ndvi_valid_fraction")}
+        cols = {
+            c: np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype="float64")
+            for c in (
+                "ndvi_mean",
+                "ndvi_median",
+                "ndvi_std",
+                "ndvi_min",
+                "ndvi_max",
+                "ndvi_count",
+                "ndvi_valid_fraction",
+            )
+        }
         with np.errstate(invalid="ignore"):
             for c in ("ndvi_mean", "ndvi_median", "ndvi_min", "ndvi_max"):
                 bad = int(np.sum((cols[c] < -1) | (cols[c] > 1)))
                 if bad:
                     problems.append(f"{bad} rows with {c} outside [-1, 1]")
             tol = 1e-9
-            order = (cols["ndvi_min"] - tol > cols["ndvi_mean"]) | (cols["ndvi_mean"] > cols["ndvi_max"] + tol) |                 (cols["ndvi_min"] - tol > cols["ndvi_median"]) | (cols["ndvi_median"] > cols["ndvi_max"] + tol)
+            order = (
+                (cols["ndvi_min"] - tol > cols["ndvi_mean"])
+                | (cols["ndvi_mean"] > cols["ndvi_max"] + tol)
+                | (cols["ndvi_min"] - tol > cols["ndvi_median"])
+                | (cols["ndvi_median"] > cols["ndvi_max"] + tol)
+            )
             if int(np.sum(order)):
                 problems.append(f"{int(np.sum(order))} rows where mean or median is not between min and max")
             fraction = cols["ndvi_valid_fraction"]

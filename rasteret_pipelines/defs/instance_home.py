@@ -48,8 +48,9 @@ def interpreter_command(script: str, module: str) -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
 
 
-def dagster_ui_command(home: Path, environ: Mapping[str, str], extra_args: list[str] | tuple[str, ...] = ()
-                       ) -> tuple[list[str], dict[str, str], Path]:
+def dagster_ui_command(
+    home: Path, environ: Mapping[str, str], extra_args: list[str] | tuple[str, ...] = ()
+) -> tuple[list[str], dict[str, str], Path]:
     """``(argv, environment, working directory)`` of ``dagster dev`` on the instance in ``home``.
 
     The settings in ``environ`` are kept; the local paths among ``RASTERET_STORAGE`` (default

@@ -24,7 +24,6 @@ partitions, which reads rows with predicate push-down when asked. Loading severa
 partitions returns ``{partition key: value}`` and skips partitions never materialised.
 """
 
-
 import io
 import json
 from dataclasses import dataclass, field
@@ -54,7 +53,6 @@ PATH = "rasteret/path"
 COLLECTION, JSON, TABLE = "collection", "json", "table"
 SEARCH_FILE = "_search.json"
 COLLECTIONS = "collections"
-
 
 
 @dataclass(frozen=True)
@@ -115,8 +113,7 @@ def partition_parts(partitions_def, key) -> list[str]:
     return [f"{name}={check_aoi_id(key, 'partition key')}"]
 
 
-def value_parts(store: Storage, asset_key: dg.AssetKey, partitions_def, key, ext: str,
-                prefix=None) -> list[str]:
+def value_parts(store: Storage, asset_key: dg.AssetKey, partitions_def, key, ext: str, prefix=None) -> list[str]:
     """Path parts of an asset value below the storage base; every key checked, the path kept
     under the base (symbolic links resolved on local disk).
 
@@ -197,8 +194,9 @@ class RasteretIOManager(dg.ConfigurableIOManager):
             where = store.write_json(obj.search, COLLECTIONS, obj.name, f"month={obj.month}", SEARCH_FILE)
             context.add_output_metadata({"path": dg.MetadataValue.path(obj.path), "search_file": where})
         elif isinstance(obj, pa.Table):
-            where = write_value(store, context.asset_key, partitions_def, key, obj,
-                                self._prefix(context.definition_metadata))
+            where = write_value(
+                store, context.asset_key, partitions_def, key, obj, self._prefix(context.definition_metadata)
+            )
             context.add_output_metadata({"path": dg.MetadataValue.path(where), "rows": obj.num_rows})
         else:
             where = write_value(store, context.asset_key, partitions_def, key, obj)
@@ -259,8 +257,7 @@ class RasteretIOManager(dg.ConfigurableIOManager):
             full = load_collection(name, workspace)
         except CollectionNotFoundError as exc:
             raise MissingPartitionError(
-                f"collection {name} has not been built in {workspace}: materialise "
-                f"{asset_key.to_user_string()} first"
+                f"collection {name} has not been built in {workspace}: materialise {asset_key.to_user_string()} first"
             ) from exc
         months = tuple(sorted(month_key(k) for k in keys if k is not None)) or tuple(full.months)
         missing = [m for m in months if not store.exists(COLLECTIONS, name, f"month={m}", MONTH_FILE)]

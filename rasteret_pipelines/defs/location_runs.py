@@ -37,8 +37,9 @@ class LocationRunner:
     Use as a context manager (the location is released on exit).
     """
 
-    def __init__(self, instance: dg.DagsterInstance, *, location_name: str = LOCATION_NAME,
-                 module: str = DEFINITIONS_MODULE):
+    def __init__(
+        self, instance: dg.DagsterInstance, *, location_name: str = LOCATION_NAME, module: str = DEFINITIONS_MODULE
+    ):
         from dagster._core.remote_origin import InProcessCodeLocationOrigin
         from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
@@ -46,8 +47,7 @@ class LocationRunner:
         if module in sys.modules:  # its definitions were built from the environment of that import
             importlib.reload(sys.modules[module])
         origin = InProcessCodeLocationOrigin(
-            LoadableTargetOrigin(executable_path=sys.executable, module_name=module,
-                                 working_directory=os.getcwd()),
+            LoadableTargetOrigin(executable_path=sys.executable, module_name=module, working_directory=os.getcwd()),
             location_name=location_name,
         )
         self.location = origin.create_location(instance)
@@ -59,8 +59,14 @@ class LocationRunner:
     def __exit__(self, *exc) -> None:
         self.location.cleanup()
 
-    def run(self, job_name: str, *, partition_key: str | None = None, tags: Mapping[str, str] | None = None,
-            run_config: Mapping | None = None):
+    def run(
+        self,
+        job_name: str,
+        *,
+        partition_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        run_config: Mapping | None = None,
+    ):
         """Execute one run of ``job_name`` (a partition, or the partitions named by range tags).
 
         Returns:
@@ -77,15 +83,28 @@ class LocationRunner:
             job_def = recon_job.get_definition()
             run_tags.update(job_def.get_tags_for_partition_key(partition_key, selected_asset_keys=None))
         config = deep_merge_dicts(dict(run_config or {}), IN_PROCESS)
-        plan = self.location.get_execution_plan(remote_job, config, step_keys_to_execute=None,
-                                                known_state=None, instance=self.instance)
+        plan = self.location.get_execution_plan(
+            remote_job, config, step_keys_to_execute=None, known_state=None, instance=self.instance
+        )
         snapshot = plan.execution_plan_snapshot
         run = self.instance.create_run(
-            job_name=job_name, run_id=None, run_config=config, resolved_op_selection=None,
-            step_keys_to_execute=snapshot.step_keys_to_execute, op_selection=None, status=None,
-            root_run_id=None, parent_run_id=None, tags=run_tags, job_snapshot=remote_job.job_snapshot,
-            execution_plan_snapshot=snapshot, parent_job_snapshot=remote_job.parent_job_snapshot,
-            remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin(),
-            asset_selection=None, asset_check_selection=None, asset_graph=self.repository.asset_graph,
+            job_name=job_name,
+            run_id=None,
+            run_config=config,
+            resolved_op_selection=None,
+            step_keys_to_execute=snapshot.step_keys_to_execute,
+            op_selection=None,
+            status=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags=run_tags,
+            job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=snapshot,
+            parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=self.repository.asset_graph,
         )
         return execute_run(recon_job, run, self.instance)

@@ -27,7 +27,6 @@ _MONTH_KEY = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-01$")
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]{0,127}$")
 
 
-
 def check_aoi_id(aoi_id, what: str = "AOI id") -> str:
     """``aoi_id`` as text when it matches :data:`SAFE_KEY`.
 
@@ -98,8 +97,9 @@ def month_partitions(start_month: str, end_month: str | None = None) -> dg.Month
     if end_month is not None:
         _, last_day = month_bounds(end_month)
         end_date = (last_day + dt.timedelta(days=1)).isoformat()  # exclusive: the next month's first day
-    return dg.MonthlyPartitionsDefinition(start_date=f"{start_month}-01", end_date=end_date, fmt="%Y-%m-%d",
-                                          end_offset=0)
+    return dg.MonthlyPartitionsDefinition(
+        start_date=f"{start_month}-01", end_date=end_date, fmt="%Y-%m-%d", end_offset=0
+    )
 
 
 def month_group_partitions(months: dg.MonthlyPartitionsDefinition) -> dg.MultiPartitionsDefinition:

@@ -140,8 +140,12 @@ def fields_outside(collection: CollectionSlice, month: str, fields) -> list[str]
         return []
     b = fields.geometry.bounds
     eps = 1e-6
-    inside = ((b["minx"] >= bbox[0] - eps) & (b["miny"] >= bbox[1] - eps)
-              & (b["maxx"] <= bbox[2] + eps) & (b["maxy"] <= bbox[3] + eps))
+    inside = (
+        (b["minx"] >= bbox[0] - eps)
+        & (b["miny"] >= bbox[1] - eps)
+        & (b["maxx"] <= bbox[2] + eps)
+        & (b["maxy"] <= bbox[3] + eps)
+    )
     return [str(i) for i in fields.index[~inside.to_numpy()]]
 
 
@@ -176,9 +180,7 @@ def chunk_aois(
     share a batch. An AOI larger than the budget on its own is a batch of one.
     """
     max_aois = max(1, int(max_aois))
-    order = sorted(
-        ids, key=lambda a: (math.floor(aois.geometry(a).centroid.y / 0.05), aois.geometry(a).centroid.x, a)
-    )
+    order = sorted(ids, key=lambda a: (math.floor(aois.geometry(a).centroid.y / 0.05), aois.geometry(a).centroid.x, a))
     batches: list[list[str]] = []
     current: list[str] = []
     rows = cols = 0
@@ -207,12 +209,21 @@ FIELD_GEOTIFF_MAX_FIELDS = 200
 def stats_schema() -> pa.Schema:
     """The columns of a field-statistics table, without the kept ones (``group``, ``name``, ``geometry``)."""
     floats = [(f"ndvi_{s}", pa.float64()) for s in ("mean", "median", "std", "min", "max")]
-    return pa.schema([("id", pa.string()), ("date", pa.date32()), *floats, ("ndvi_count", pa.int64()),
-                      ("ndvi_valid_fraction", pa.float64()), ("scene_ids", pa.string())])
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("date", pa.date32()),
+            *floats,
+            ("ndvi_count", pa.int64()),
+            ("ndvi_valid_fraction", pa.float64()),
+            ("scene_ids", pa.string()),
+        ]
+    )
 
 
-def field_stats_month(source_id: str, collection: CollectionSlice, month: str, fields, *,
-                      fetch_config=None) -> pa.Table:
+def field_stats_month(
+    source_id: str, collection: CollectionSlice, month: str, fields, *, fetch_config=None
+) -> pa.Table:
     """NDVI statistics of every field in ``fields`` for every date of ``month``: ONE
     :func:`~rasteret_pipelines.reading.zonal_stats` call over all of them (every tile fetched
     once, whatever the number of fields and groups).
@@ -233,13 +244,21 @@ def field_stats_month(source_id: str, collection: CollectionSlice, month: str, f
     frame = fields.reset_index()
     try:
         return zonal_stats(
-            collection, frame, index="ndvi", stats=FIELD_STATS, id_column="id", keep=("group", "name"),
-            date_range=(first, last), cloud_mask=source.quality_band in collection.bands, fetch_config=fetch_config,
+            collection,
+            frame,
+            index="ndvi",
+            stats=FIELD_STATS,
+            id_column="id",
+            keep=("group", "name"),
+            date_range=(first, last),
+            cloud_mask=source.quality_band in collection.bands,
+            fetch_config=fetch_config,
         )
     except NoScenesError:
         schema = stats_schema().append(pa.field("group", pa.string())).append(pa.field("name", pa.string()))
         return schema.empty_table().replace_schema_metadata(
-            {b"requests": b"0", b"header_requests": b"0", b"bytes_read": b"0"})
+            {b"requests": b"0", b"header_requests": b"0", b"bytes_read": b"0"}
+        )
 
 
 def split_by_group(table: pa.Table) -> dict[str, pa.Table]:
@@ -268,8 +287,11 @@ def group_table(rows: pa.Table, fields, month: str) -> pa.Table:
     out = rows.drop_columns([c for c in ("group",) if c in rows.column_names])
     out = out.append_column("month", pa.array([month] * rows.num_rows, pa.string()))
     out = out.append_column("geometry", pa.array(shapely.to_wkb(geoms).tolist() if ids else [], pa.binary()))
-    geo = {"version": "1.1.0", "primary_column": "geometry",
-           "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["MultiPolygon", "Polygon"]}}}
+    geo = {
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["MultiPolygon", "Polygon"]}},
+    }
     return out.replace_schema_metadata({**(rows.schema.metadata or {}), b"geo": json.dumps(geo).encode()})
 
 
@@ -337,21 +359,45 @@ def group_geotiffs(
     areas = []
     if len(grouped):
         dissolved = grouped[["group", "geometry"]].dissolve(by="group")
-        areas.append((gpd.GeoDataFrame(geometry=dissolved.geometry.values, index=[str(g) for g in dissolved.index],
-                                       crs="EPSG:4326"), output_uri, None))
+        areas.append(
+            (
+                gpd.GeoDataFrame(
+                    geometry=dissolved.geometry.values, index=[str(g) for g in dissolved.index], crs="EPSG:4326"
+                ),
+                output_uri,
+                None,
+            )
+        )
     if per_field:
         one = fields[fields["group"].isin(per_field)]
-        areas.append((gpd.GeoDataFrame(geometry=one.geometry.values, index=[str(i) for i in one.index],
-                                       crs="EPSG:4326"), output_uri.rstrip("/") + "/fields", dict(zip(one.index, one["group"]))))
+        areas.append(
+            (
+                gpd.GeoDataFrame(geometry=one.geometry.values, index=[str(i) for i in one.index], crs="EPSG:4326"),
+                output_uri.rstrip("/") + "/fields",
+                dict(zip(one.index, one["group"])),
+            )
+        )
     n_dates = max(collection.to_table(date_range=(first, last), columns=["id"]).num_rows, 1)
     out: dict[str, list[str]] = {}
     for frame, where, group_of in areas:
-        for batch in chunk_aois(_Shapes(frame), list(frame.index), max_aois=max_areas, max_bytes=max_bytes,
-                                n_dates=n_dates, pixel_size=source.pixel_size):
+        for batch in chunk_aois(
+            _Shapes(frame),
+            list(frame.index),
+            max_aois=max_areas,
+            max_bytes=max_bytes,
+            n_dates=n_dates,
+            pixel_size=source.pixel_size,
+        ):
             try:
-                ds = read_geometries(collection, frame.loc[batch], [red, nir], date_range=(first, last),
-                                     values="reflectance", cloud_mask=source.quality_band in collection.bands,
-                                     fetch_config=fetch_config)
+                ds = read_geometries(
+                    collection,
+                    frame.loc[batch],
+                    [red, nir],
+                    date_range=(first, last),
+                    values="reflectance",
+                    cloud_mask=source.quality_band in collection.bands,
+                    fetch_config=fetch_config,
+                )
             except NoScenesError:
                 continue
             for k in reads:
@@ -384,8 +430,7 @@ def updated_items(
     first, _ = month_bounds(min(months))
     _, last = month_bounds(max(months))
     span = Month(f"{min(months)}..{max(months)}", first, last)
-    items = search_items(get_source(source_id), span, stac_url=stac_url, bbox=bbox,
-                         query={"updated": {"gt": since}})
+    items = search_items(get_source(source_id), span, stac_url=stac_url, bbox=bbox, query={"updated": {"gt": since}})
     wanted = set(months)
     out: dict[str, str] = {}
     for item in items:

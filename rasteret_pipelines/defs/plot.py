@@ -129,8 +129,12 @@ INLINE_MARKDOWN_LIMIT = 1000
 """Markdown metadata shorter than this is rendered in place by the Dagster UI."""
 
 
-def ndvi_sparkline_markdown(dates: Sequence[dt.date], values: Sequence[float | None], alt: str = "NDVI",
-                            valid_fraction: Sequence[float | None] | None = None) -> str:
+def ndvi_sparkline_markdown(
+    dates: Sequence[dt.date],
+    values: Sequence[float | None],
+    alt: str = "NDVI",
+    valid_fraction: Sequence[float | None] | None = None,
+) -> str:
     """Markdown of a compact chart readable at a glance, always shorter than
     :data:`INLINE_MARKDOWN_LIMIT`.
 
@@ -144,8 +148,10 @@ def ndvi_sparkline_markdown(dates: Sequence[dt.date], values: Sequence[float | N
     merge = 1
     while True:
         binned = _bin(points, merge)
-        text = (f"{svg_markdown(_sparkline_svg(binned, points), alt)}\n\n"
-                f"{_sparkline_caption(points, merge, valid_fraction is not None)}")
+        text = (
+            f"{svg_markdown(_sparkline_svg(binned, points), alt)}\n\n"
+            f"{_sparkline_caption(points, merge, valid_fraction is not None)}"
+        )
         if len(text) < INLINE_MARKDOWN_LIMIT or len(binned) <= 2:
             return text
         merge *= 2
@@ -156,10 +162,15 @@ def _bin(points, merge: int):
         return points
     out = []
     for i in range(0, len(points), merge):
-        chunk = points[i:i + merge]
+        chunk = points[i : i + merge]
         fractions = [f for _, _, f in chunk if f is not None]
-        out.append((chunk[len(chunk) // 2][0], sum(v for _, v, _ in chunk) / len(chunk),
-                    sum(fractions) / len(fractions) if fractions else None))
+        out.append(
+            (
+                chunk[len(chunk) // 2][0],
+                sum(v for _, v, _ in chunk) / len(chunk),
+                sum(fractions) / len(fractions) if fractions else None,
+            )
+        )
     return out
 
 
@@ -181,27 +192,32 @@ def _sparkline_svg(points, unbinned=None) -> str:
     if points:
         t0 = points[0][0].toordinal()
         span = max(points[-1][0].toordinal() - t0, 1)
-        xs = [round(x0 + (d.toordinal() - t0) / span * (x1 - x0)) if len(points) > 1 else (x0 + x1) // 2
-              for d, _, _ in points]
+        xs = [
+            round(x0 + (d.toordinal() - t0) / span * (x1 - x0)) if len(points) > 1 else (x0 + x1) // 2
+            for d, _, _ in points
+        ]
         line = "M" + "L".join(f"{x} {spark_y(v)}" for x, (_, v, _) in zip(xs, points))
         dots = "".join(f"M{x} {spark_y(v)}h0" for x, (_, v, _) in zip(xs, points)) if len(points) <= 24 else ""
         bars = "".join(f"M{x} {base}V{spark_y(f)}" for x, (_, _, f) in zip(xs, points) if f is not None and f > 0)
         ends = unbinned or points
         first, last = ends[0][0].isoformat(), ends[-1][0].isoformat()
-        dates = (f'<text x="{x0}" y="{bottom + 11}">{first}</text>'
-                 + (f'<text x="{x1}" y="{bottom + 11}" text-anchor="end">{last}</text>' if last != first else ""))
+        dates = f'<text x="{x0}" y="{bottom + 11}">{first}</text>' + (
+            f'<text x="{x1}" y="{bottom + 11}" text-anchor="end">{last}</text>' if last != first else ""
+        )
     else:
         line = dots = bars = dates = ""
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {SPARK_W} {bottom + 14}" width="{SPARK_W}" font-size="9">'
         f'<path d="M{SPARK_LEFT} {SPARK_TOP}V{bottom}M{SPARK_LEFT} {base}H{x1}" stroke="#aaa"/>'
         + (f'<path d="{bars}" stroke="#ccc" stroke-width="6"/>' if bars else "")
-        + (f'<path d="{line}{dots}" fill="none" stroke="green" stroke-width="2" stroke-linecap="round"/>'
-           if line else "")
+        + (
+            f'<path d="{line}{dots}" fill="none" stroke="green" stroke-width="2" stroke-linecap="round"/>'
+            if line
+            else ""
+        )
         + f'<g text-anchor="end"><text x="{SPARK_LEFT - 3}" y="{SPARK_TOP + 3}">1</text>'
         f'<text x="{SPARK_LEFT - 3}" y="{base + 3}">0</text></g>'
-        f'<text x="{x0}" y="{SPARK_TOP + 8}" fill="green">NDVI</text>'
-        + dates + "</svg>"
+        f'<text x="{x0}" y="{SPARK_TOP + 8}" fill="green">NDVI</text>' + dates + "</svg>"
     )
 
 

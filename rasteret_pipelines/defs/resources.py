@@ -5,7 +5,6 @@ Each is a :class:`dagster.ConfigurableResource` whose fields come from the envir
 offline demo when nothing is set.
 """
 
-
 import os
 
 import dagster as dg
@@ -138,8 +137,7 @@ class S3StorageResource(StorageResource):
         if info.type == pafs.FileType.NotFound:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             raise StorageConfigError(
-                f"bucket {bucket!r} of {self.base_path} does not exist"
-                + (f" at {endpoint}" if endpoint else "")
+                f"bucket {bucket!r} of {self.base_path} does not exist" + (f" at {endpoint}" if endpoint else "")
             )
 
 
@@ -188,8 +186,9 @@ class DataSourceResource(dg.ConfigurableResource):
             from rasteret_pipelines_demo.demo_mirror import demo_stac_url
 
             months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
-            return demo_stac_url(self.demo_dir, int(self.demo_port), months=months, start=start_demo,
-                                 default_port=DEFAULT_DEMO_PORT)
+            return demo_stac_url(
+                self.demo_dir, int(self.demo_port), months=months, start=start_demo, default_port=DEFAULT_DEMO_PORT
+            )
         if choice.lower() == PUBLIC:
             return source.stac_url
         return choice
@@ -227,11 +226,8 @@ class DataSourceResource(dg.ConfigurableResource):
                 if port - 1 >= 1024
                 else "start the server that serves these files, or rebuild the collection from a reachable STAC API"
             )
-            raise LocalServerDownError(
-                f"nothing listens at http://{host}:{port}, where {what} has its COGs; {hint}"
-            )
+            raise LocalServerDownError(f"nothing listens at http://{host}:{port}, where {what} has its COGs; {hint}")
         return started
-
 
     def _demo_cog_server(self, host: str, port: int, what: str) -> str | None:
         """Whether ``host:port`` is this demo folder's COG server (the mirror's STAC API is on
@@ -258,8 +254,10 @@ class DataSourceResource(dg.ConfigurableResource):
             try:
                 demo_stac_url(self.demo_dir, port - 1, months=months, start=True, default_port=None)
             except RasteretError as exc:
-                raise LocalServerDownError(f"the demo COG server at http://{host}:{port} that {what} "
-                                           f"points to is down and could not be started: {exc}") from exc
+                raise LocalServerDownError(
+                    f"the demo COG server at http://{host}:{port} that {what} "
+                    f"points to is down and could not be started: {exc}"
+                ) from exc
             if port_state(self.demo_dir, port - 1).kind == "ours":
                 return "started"
         return None
@@ -279,7 +277,9 @@ class HttpClientResource(dg.ConfigurableResource):
     :class:`~rasteret_pipelines.cog.FetchConfig`'s."""
 
     max_concurrency: int = Field(default=_FETCH.max_concurrency, description="Range requests in flight per step")
-    max_retries: int = Field(default=_FETCH.max_retries, description="Retries of one range request after a transient fault")
+    max_retries: int = Field(
+        default=_FETCH.max_retries, description="Retries of one range request after a transient fault"
+    )
     connect_timeout: float = Field(default=_FETCH.connect_timeout, description="Seconds to connect")
     read_timeout: float = Field(
         default=_FETCH.read_timeout, description="Deadline in seconds of one request attempt, body included"
@@ -315,8 +315,10 @@ class BatchResource(dg.ConfigurableResource):
 
     max_aois: int = Field(default=DEFAULT_NDVI_BATCH_AOIS, description="At most this many areas (groups) per COG read")
     max_mb: float = Field(default=DEFAULT_NDVI_BATCH_MB, description="At most this many estimated MB per COG read")
-    geotiffs: str = Field(default="group", description="NDVI COGs per (group, date), per (field, date) for "
-                                                      "small groups, or none: group | fields | none")
+    geotiffs: str = Field(
+        default="group",
+        description="NDVI COGs per (group, date), per (field, date) for small groups, or none: group | fields | none",
+    )
 
     @property
     def max_bytes(self) -> int:
@@ -387,8 +389,9 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
             timeout_retries=_env(settings, "RASTERET_HTTP_TIMEOUT_RETRIES", _FETCH.timeout_retries, int),
             max_redirects=_env(settings, "RASTERET_HTTP_MAX_REDIRECTS", _FETCH.max_redirects, int),
         ),
-        "aois": AoiFileResource(path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file),
-                                cell_deg=settings.group_cell_deg),
+        "aois": AoiFileResource(
+            path=_env(settings, "RASTERET_AOI_FILE", settings.aoi_file), cell_deg=settings.group_cell_deg
+        ),
         "batching": BatchResource(
             max_aois=_env(settings, "RASTERET_NDVI_BATCH_AOIS", DEFAULT_NDVI_BATCH_AOIS, int),
             max_mb=_env(settings, "RASTERET_NDVI_BATCH_MB", float(DEFAULT_NDVI_BATCH_MB), float),

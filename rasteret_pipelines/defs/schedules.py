@@ -1,6 +1,5 @@
 """The monthly schedule: the last complete month of every source, early each month."""
 
-
 import datetime as dt
 
 import dagster as dg
@@ -17,7 +16,9 @@ def last_complete_month(when: dt.datetime) -> str:
     return (when.date().replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
 
 
-def build_monthly_schedule(sources, start_month: str, collections_job, end_month: str | None = None) -> dg.ScheduleDefinition:
+def build_monthly_schedule(
+    sources, start_month: str, collections_job, end_month: str | None = None
+) -> dg.ScheduleDefinition:
     """The schedule over the months ``start_month`` to ``end_month`` (None: no end; the offline
     demo ends with its last month, and the schedule then has nothing to request)."""
 

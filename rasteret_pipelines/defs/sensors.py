@@ -22,7 +22,6 @@
   updated, time series after any month of their group.
 """
 
-
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -56,8 +55,12 @@ def _inside_bounds(bbox, bounds) -> bool:
     if not bbox:
         return False
     eps = 1e-6
-    return (bbox[0] - eps <= bounds[0] and bbox[1] - eps <= bounds[1]
-            and bounds[2] <= bbox[2] + eps and bounds[3] <= bbox[3] + eps)
+    return (
+        bbox[0] - eps <= bounds[0]
+        and bbox[1] - eps <= bounds[1]
+        and bounds[2] <= bbox[2] + eps
+        and bounds[3] <= bbox[3] + eps
+    )
 
 
 SNAPSHOTS = ("fields", "snapshots")
@@ -72,8 +75,12 @@ def write_snapshot(store, current, digests: dict[str, str]) -> str:
 
     name = f"{current.fingerprint[:24]}.parquet"
     if not store.exists(*SNAPSHOTS, name):
-        table = pa.table({"id": pa.array(current.ids, pa.string()),
-                          "group": pa.array([str(g) for g in current.frame["group"]], pa.string())})
+        table = pa.table(
+            {
+                "id": pa.array(current.ids, pa.string()),
+                "group": pa.array([str(g) for g in current.frame["group"]], pa.string()),
+            }
+        )
         table = table.replace_schema_metadata({b"digests": json.dumps(digests, sort_keys=True).encode()})
         store.write_parquet(table, *SNAPSHOTS, name)
     return name
@@ -102,7 +109,8 @@ def recorded_digests(instance: dg.DagsterInstance) -> dict[str, str]:
     cursor = None
     for _ in range(1000):
         result = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=FIELDS_KEY), limit=1000, cursor=cursor, ascending=False)
+            dg.AssetRecordsFilter(asset_key=FIELDS_KEY), limit=1000, cursor=cursor, ascending=False
+        )
         for record in result.records:
             mat = record.asset_materialization
             if mat is None or mat.partition is None or mat.partition in out:
@@ -128,8 +136,13 @@ class FieldChanges:
     """``{group: [removed field ids]}`` (known when the last version's snapshot exists)."""
 
 
-def field_changes(current, digests: dict[str, str], before: dict[str, str],
-                  before_ids: dict[str, set[str]] | None, known_groups: set[str]) -> FieldChanges:
+def field_changes(
+    current,
+    digests: dict[str, str],
+    before: dict[str, str],
+    before_ids: dict[str, set[str]] | None,
+    known_groups: set[str],
+) -> FieldChanges:
     """Compare a version of the field file with the last one handled, group by group."""
     changed = sorted(g for g in set(digests) | set(before) if digests.get(g) != before.get(g))
     now_ids = current.group_ids()
@@ -175,7 +188,7 @@ def bounded_ranges(order: list[str], changed, max_ranges: int = MAX_GROUP_RANGES
     while len(ranges) > max_ranges:
         gaps = [ranges[k + 1][0] - ranges[k][1] for k in range(len(ranges) - 1)]
         k = gaps.index(min(gaps))
-        ranges[k:k + 2] = [[ranges[k][0], ranges[k + 1][1]]]
+        ranges[k : k + 2] = [[ranges[k][0], ranges[k + 1][1]]]
     wanted = {order[i] for a, b in ranges for i in range(a, b + 1)}
     return sorted(wanted | {g for g in changed if g not in position})
 
@@ -204,15 +217,19 @@ def build_field_sensor(sources, collections_job) -> dg.SensorDefinition:
         if cursor.get("fingerprint") == current.fingerprint:
             return dg.SkipReason(f"field file unchanged ({summary})")
         if current.skipped:
-            context.log.warning(f"{len(current.skipped)} rows of {current.uri} skipped: "
-                                + "; ".join(f"{k}: {v}" for k, v in list(current.skipped.items())[:50]))
+            context.log.warning(
+                f"{len(current.skipped)} rows of {current.uri} skipped: "
+                + "; ".join(f"{k}: {v}" for k, v in list(current.skipped.items())[:50])
+            )
         store = storage.storage()
         digests = current.group_digests()
         try:
             previous = read_snapshot(store, cursor.get("snapshot"))
         except OSError as exc:  # storage unreachable: compare with what the instance recorded
-            context.log.warning(f"the field file's last snapshot cannot be read ({exc}); comparing with the "
-                                "digests recorded in the fields materialisations")
+            context.log.warning(
+                f"the field file's last snapshot cannot be read ({exc}); comparing with the "
+                "digests recorded in the fields materialisations"
+            )
             previous = None
         before, before_ids = previous if previous is not None else (recorded_digests(context.instance), None)
         known = set(context.instance.get_dynamic_partitions(group_partitions.name))
@@ -223,11 +240,14 @@ def build_field_sensor(sources, collections_job) -> dg.SensorDefinition:
             return dg.SkipReason(f"the field file changed but its snapshot cannot be written to {store.uri}: {exc}")
         new_cursor = json.dumps({"fingerprint": current.fingerprint, "snapshot": snapshot})
         for group, gone in changes.removed.items():
-            context.log.warning(f"fields removed from {current.uri} (group {group}): {', '.join(gone[:50])}"
-                                + (f" and {len(gone) - 50} more" if len(gone) > 50 else ""))
+            context.log.warning(
+                f"fields removed from {current.uri} (group {group}): {', '.join(gone[:50])}"
+                + (f" and {len(gone) - 50} more" if len(gone) > 50 else "")
+            )
         if not changes.changed:
-            return dg.SensorResult(skip_reason=dg.SkipReason(f"field file changed, no group changed ({summary})"),
-                                   cursor=new_cursor)
+            return dg.SensorResult(
+                skip_reason=dg.SkipReason(f"field file changed, no group changed ({summary})"), cursor=new_cursor
+            )
         bounds = current.group_bounds()
         inside_now = [g for g in changes.changed if g in bounds]
         requests = []
@@ -238,13 +258,18 @@ def build_field_sensor(sources, collections_job) -> dg.SensorDefinition:
                 bbox = _search_bbox(_latest_materialization(context.instance, ckey, partition))
                 outside = [g for g in inside_now if not _inside_bounds(bbox, bounds[g])]
                 if outside:
-                    requests.append(dg.RunRequest(
-                        run_key=f"fields-area:{source}:{month_key(partition)}:{tag}",
-                        partition_key=partition,
-                        asset_selection=[ckey],
-                        tags={SOURCE_TAG: source, "rasteret/trigger": "field-file",
-                              "rasteret/groups": ",".join(outside)[:200]},
-                    ))
+                    requests.append(
+                        dg.RunRequest(
+                            run_key=f"fields-area:{source}:{month_key(partition)}:{tag}",
+                            partition_key=partition,
+                            asset_selection=[ckey],
+                            tags={
+                                SOURCE_TAG: source,
+                                "rasteret/trigger": "field-file",
+                                "rasteret/groups": ",".join(outside)[:200],
+                            },
+                        )
+                    )
         sizes = current.frame.groupby("group").size().to_dict()
         order = context.instance.get_dynamic_partitions(group_partitions.name)
         order += [g for g in sorted(changes.new_groups) if g not in set(order)]  # added in this order below
@@ -252,22 +277,30 @@ def build_field_sensor(sources, collections_job) -> dg.SensorDefinition:
         events = []
         for group in wanted:
             gone = changes.removed.get(group, [])
-            metadata = {"fields": int(sizes.get(group, 0)), "digest": digests.get(group, ""),
-                        "added_fields": changes.added.get(group, 0), "removed_fields": len(gone),
-                        "changed": group in set(changes.changed), "file": current.uri}
+            metadata = {
+                "fields": int(sizes.get(group, 0)),
+                "digest": digests.get(group, ""),
+                "added_fields": changes.added.get(group, 0),
+                "removed_fields": len(gone),
+                "changed": group in set(changes.changed),
+                "file": current.uri,
+            }
             if gone:
                 metadata["removed"] = ", ".join(gone[:200])
             events.append(dg.AssetMaterialization(asset_key=FIELDS_KEY, partition=group, metadata=metadata))
-        context.log.info(f"{summary}: {len(changes.changed)} groups changed ({len(changes.new_groups)} new; "
-                         f"{len(wanted) - len(changes.changed)} unchanged ones between them recorded too, "
-                         f"to keep the statistics to at most {MAX_GROUP_RANGES} runs), "
-                         f"{sum(len(v) for v in changes.removed.values())} fields removed, "
-                         f"{len(current.skipped)} rows skipped; {len(requests)} collection months to rebuild")
+        context.log.info(
+            f"{summary}: {len(changes.changed)} groups changed ({len(changes.new_groups)} new; "
+            f"{len(wanted) - len(changes.changed)} unchanged ones between them recorded too, "
+            f"to keep the statistics to at most {MAX_GROUP_RANGES} runs), "
+            f"{sum(len(v) for v in changes.removed.values())} fields removed, "
+            f"{len(current.skipped)} rows skipped; {len(requests)} collection months to rebuild"
+        )
         return dg.SensorResult(
             run_requests=requests,
             asset_events=events,
             dynamic_partitions_requests=[group_partitions.build_add_request(sorted(changes.new_groups))]
-            if changes.new_groups else [],
+            if changes.new_groups
+            else [],
             cursor=new_cursor,
         )
 
@@ -275,7 +308,9 @@ def build_field_sensor(sources, collections_job) -> dg.SensorDefinition:
 
 
 def _iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return (
+        dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    )
 
 
 def build_stac_sensor(sources, collections_job) -> dg.SensorDefinition:

@@ -112,7 +112,6 @@ ENV_VARS: tuple[str, ...] = (
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
-
 @dataclass(frozen=True)
 class Settings:
     """The project's configuration (see the module docs for each variable)."""
@@ -170,8 +169,10 @@ class Settings:
             return f"the STAC API at {per_source} ({stac_url_env_var(source_id)})"
         choice = (self.get("RASTERET_STAC_URL") or DEMO).strip()
         if choice.lower() == DEMO:
-            return (f"the offline demo mirror's STAC API at http://127.0.0.1:{self.demo_port} "
-                    f"(months {', '.join(self.demo_months)})")
+            return (
+                f"the offline demo mirror's STAC API at http://127.0.0.1:{self.demo_port} "
+                f"(months {', '.join(self.demo_months)})"
+            )
         if choice.lower() == PUBLIC:
             return f"the public STAC API at {get_source(source_id).stac_url}"
         return f"the STAC API at {choice}"
@@ -182,8 +183,9 @@ class Settings:
 
     @property
     def transient_retry_seconds(self) -> float:
-        return self._not_negative("RASTERET_TRANSIENT_RETRY_SECONDS",
-                                  self.typed("RASTERET_TRANSIENT_RETRY_SECONDS", 30.0, float))
+        return self._not_negative(
+            "RASTERET_TRANSIENT_RETRY_SECONDS", self.typed("RASTERET_TRANSIENT_RETRY_SECONDS", 30.0, float)
+        )
 
     def retry_policy(self):
         """The :class:`dagster.RetryPolicy` of the steps that send requests (collection and NDVI

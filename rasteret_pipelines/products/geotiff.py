@@ -219,7 +219,9 @@ def _as_model_dataset(data: xr.Dataset | xr.DataArray, data_var: str) -> xr.Data
             f"dims {ds[data_var].dims}, missing coords {missing}"
         )
     if "scene_id" not in ds.coords:
-        ds = ds.assign_coords(scene_id=(("geometry", "time"), np.full((ds.sizes["geometry"], ds.sizes["time"]), "", dtype=object)))
+        ds = ds.assign_coords(
+            scene_id=(("geometry", "time"), np.full((ds.sizes["geometry"], ds.sizes["time"]), "", dtype=object))
+        )
     return ds
 
 
@@ -285,16 +287,21 @@ def save_per_geometry(
                     tags["VALUES"] = str(values)
                 try:
                     if storage.is_local:
-                        written.append(write_cog(layer, storage.path(folder, name), crs, transform, tags, description=data_var))
+                        written.append(
+                            write_cog(layer, storage.path(folder, name), crs, transform, tags, description=data_var)
+                        )
                     else:
-                        local = write_cog(layer, os.path.join(staging, folder, name), crs, transform, tags, description=data_var)
+                        local = write_cog(
+                            layer, os.path.join(staging, folder, name), crs, transform, tags, description=data_var
+                        )
                         written.append(storage.upload_file(local, folder, name))
                         os.unlink(local)
                 except ProductError:
                     raise
                 except Exception as exc:
                     target = storage.uri_of(folder, name)
-                    raise ProductWriteError(f"could not write {target} (geometry {gid!r}, {str(date)[:10]}): {exc}") from exc
+                    raise ProductWriteError(
+                        f"could not write {target} (geometry {gid!r}, {str(date)[:10]}): {exc}"
+                    ) from exc
             result[gid] = written
     return result
-

@@ -41,7 +41,7 @@ def _check_inputs(ds: xr.Dataset, red: str, nir: str) -> None:
     if values != "reflectance":
         raise ReflectanceRequiredError(
             f"NDVI needs physical surface reflectance, but this Dataset holds values={values!r}: "
-            "read it again with values=\"reflectance\" (scale and offset applied). "
+            'read it again with values="reflectance" (scale and offset applied). '
             "NDVI on raw or natively scaled numbers is wrong whenever the product has an offset "
             "(Sentinel-2 L2A -0.1, Landsat C2 L2 -0.2)."
         )

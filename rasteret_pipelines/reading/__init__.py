@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import lazy_loader
 
 if TYPE_CHECKING:
+    from rasteret_pipelines.reading.cube import read_cube
     from rasteret_pipelines.reading.geometries import normalize_geometries
     from rasteret_pipelines.reading.mask import geometry_mask
     from rasteret_pipelines.reading.model import geometry_dataset, stack_geometries
     from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, MosaicMethod
     from rasteret_pipelines.reading.read import VALUE_MODES, read_geometries
     from rasteret_pipelines.reading.zonal import sample_points, zonal_stats
-    from rasteret_pipelines.reading.cube import read_cube
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,

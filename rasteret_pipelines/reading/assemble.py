@@ -145,8 +145,8 @@ class Assembly:
         grid = self.plans[gi].grid
         for b in self.bands:  # padding beyond this geometry's window
             layer_array = self.data[b][gi, ti]
-            layer_array[grid.height:, :] = self.fill
-            layer_array[: grid.height, grid.width:] = self.fill
+            layer_array[grid.height :, :] = self.fill
+            layer_array[: grid.height, grid.width :] = self.fill
         layer = self.plans[gi].layers[self.times[ti]]
         self.scene_ids[gi, ti] = ",".join(sr.scene.id for sr in layer if sr.rank in used)
 
@@ -205,14 +205,26 @@ def on_grid(read: WindowRead, data: np.ndarray, grid: Grid, resampling, nodata) 
     src_crs = crs_of(header.crs)
     out = np.zeros((grid.height, grid.width), dtype=data.dtype)
     rasterio.warp.reproject(
-        data, out, src_transform=src_transform, src_crs=src_crs, dst_transform=grid.transform,
-        dst_crs=grid.crs, resampling=resampling,
+        data,
+        out,
+        src_transform=src_transform,
+        src_crs=src_crs,
+        dst_transform=grid.transform,
+        dst_crs=grid.crs,
+        resampling=resampling,
     )
     out_valid = np.zeros((grid.height, grid.width), dtype=np.uint8)
     rasterio.warp.reproject(
-        valid.astype(np.uint8), out_valid, src_transform=src_transform, src_crs=src_crs,
-        dst_transform=grid.transform, dst_crs=grid.crs, resampling=Resampling.nearest,
-        src_nodata=None, dst_nodata=0, init_dest_nodata=True,
+        valid.astype(np.uint8),
+        out_valid,
+        src_transform=src_transform,
+        src_crs=src_crs,
+        dst_transform=grid.transform,
+        dst_crs=grid.crs,
+        resampling=Resampling.nearest,
+        src_nodata=None,
+        dst_nodata=0,
+        init_dest_nodata=True,
     )
     return out, out_valid.astype(bool)
 

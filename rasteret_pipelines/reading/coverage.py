@@ -30,8 +30,12 @@ def collection_extent(collection) -> tuple[float, float, float, float] | None:
     boxes = [b for b in table.column("bbox").to_pylist() if b]
     if not boxes:
         return None
-    return (min(b["xmin"] for b in boxes), min(b["ymin"] for b in boxes),
-            max(b["xmax"] for b in boxes), max(b["ymax"] for b in boxes))
+    return (
+        min(b["xmin"] for b in boxes),
+        min(b["ymin"] for b in boxes),
+        max(b["xmax"] for b in boxes),
+        max(b["ymax"] for b in boxes),
+    )
 
 
 def scene_crs_names(collection) -> list[str]:
@@ -64,10 +68,12 @@ def no_scenes_error(collection, geoms, date_range=None, cloud_cover_lt=None, fil
         geoms: ``(id, EPSG:4326 geometry)`` pairs, as the read normalised them.
         date_range, cloud_cover_lt, filters: The read's selection.
     """
-    what = (f"no scene of collection {collection.name!r} covers the geometries"
-            + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
-            + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
-            + (f" with {dict(filters)}" if filters else ""))
+    what = (
+        f"no scene of collection {collection.name!r} covers the geometries"
+        + (f" between {date_range[0]} and {date_range[1]}" if date_range else "")
+        + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
+        + (f" with {dict(filters)}" if filters else "")
+    )
     bounds = tuple(float(v) for v in shapely.union_all([g for _, g in geoms]).bounds)
     extent = collection_extent(collection)
     crs = scene_crs_names(collection)
@@ -85,12 +91,18 @@ def no_scenes_error(collection, geoms, date_range=None, cloud_cover_lt=None, fil
     if not _overlaps(bounds, extent):
         swapped = (bounds[1], bounds[0], bounds[3], bounds[2])
         if _overlaps(swapped, extent) and all(np.isfinite(swapped)):
-            parts.append("with x and y swapped the geometries would fall inside the collection: were "
-                         "latitude and longitude given in the wrong order? Geometries take (lon, lat)")
+            parts.append(
+                "with x and y swapped the geometries would fall inside the collection: were "
+                "latitude and longitude given in the wrong order? Geometries take (lon, lat)"
+            )
         else:
-            parts.append("the geometries lie outside the collection's extent: build a collection over "
-                         "their area, or check their CRS")
+            parts.append(
+                "the geometries lie outside the collection's extent: build a collection over "
+                "their area, or check their CRS"
+            )
     else:
-        parts.append("the geometries overlap the collection's extent, so the date range or the "
-                     "filters (or a gap between its footprints) leave no scene")
+        parts.append(
+            "the geometries overlap the collection's extent, so the date range or the "
+            "filters (or a gap between its footprints) leave no scene"
+        )
     return NoScenesError(f"{what}. {'; '.join(parts)}")

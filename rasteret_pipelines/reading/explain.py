@@ -74,24 +74,44 @@ class ReadPlan:
         return pd.DataFrame(self.rows, columns=_COLUMNS)
 
     def summary(self) -> dict:
-        return {"read": self.read, "scenes": self.scenes, "windows": self.windows, "tiles": self.tiles,
-                "gets": self.gets, "bytes": self.bytes, "decoded_bytes": self.decoded_bytes,
-                "peak_bytes": self.peak_bytes}
+        return {
+            "read": self.read,
+            "scenes": self.scenes,
+            "windows": self.windows,
+            "tiles": self.tiles,
+            "gets": self.gets,
+            "bytes": self.bytes,
+            "decoded_bytes": self.decoded_bytes,
+            "peak_bytes": self.peak_bytes,
+        }
 
     def __repr__(self) -> str:
         s = self.summary()
-        return (f"ReadPlan({s['read']}: {s['scenes']} scenes, {s['windows']} windows, {s['tiles']} tiles, "
-                f"{s['gets']} GETs, {_mb(s['bytes'])} to fetch, {_mb(s['decoded_bytes'])} decoded, "
-                f"peak about {_mb(s['peak_bytes'])})")
+        return (
+            f"ReadPlan({s['read']}: {s['scenes']} scenes, {s['windows']} windows, {s['tiles']} tiles, "
+            f"{s['gets']} GETs, {_mb(s['bytes'])} to fetch, {_mb(s['decoded_bytes'])} decoded, "
+            f"peak about {_mb(s['peak_bytes'])})"
+        )
 
     def _repr_html_(self) -> str:
         s = self.summary()
         head = "".join(f"<th>{k}</th>" for k in ("scenes", "windows", "tiles", "GETs", "to fetch", "decoded", "peak"))
-        cells = "".join(f"<td>{v}</td>" for v in (s["scenes"], s["windows"], s["tiles"], s["gets"], _mb(s["bytes"]),
-                                                  _mb(s["decoded_bytes"]), _mb(s["peak_bytes"])))
-        return (f"<p><b>{s['read']}</b>: a dry run from the cached headers (no request made)</p>"
-                f"<table><tr>{head}</tr><tr>{cells}</tr></table>"
-                + self.to_pandas().to_html(index=False, max_rows=40))
+        cells = "".join(
+            f"<td>{v}</td>"
+            for v in (
+                s["scenes"],
+                s["windows"],
+                s["tiles"],
+                s["gets"],
+                _mb(s["bytes"]),
+                _mb(s["decoded_bytes"]),
+                _mb(s["peak_bytes"]),
+            )
+        )
+        return (
+            f"<p><b>{s['read']}</b>: a dry run from the cached headers (no request made)</p>"
+            f"<table><tr>{head}</tr><tr>{cells}</tr></table>" + self.to_pandas().to_html(index=False, max_rows=40)
+        )
 
 
 def _mb(n: int) -> str:
@@ -125,13 +145,18 @@ def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
     if read in ("zonal_stats", "sample_points"):
         function = getattr(zonal, read)
         bound = _bind(function, collection, *args, **kwargs)
-        spec = zonal._variables(collection, bound.pop("bands", None), bound.pop("index", None),
-                                bound.pop("values", None))
+        spec = zonal._variables(
+            collection, bound.pop("bands", None), bound.pop("index", None), bound.pop("values", None)
+        )
         points = read == "sample_points"
         if not points:
             zonal.parse_stats(bound.pop("stats", zonal.DEFAULT_STATS))
-        data = zonal.load_fields(bound.pop("points" if points else "fields"), bound.pop("id_column", "id"),
-                                 bound.pop("keep", ()), points=points)
+        data = zonal.load_fields(
+            bound.pop("points" if points else "fields"),
+            bound.pop("id_column", "id"),
+            bound.pop("keep", ()),
+            points=points,
+        )
         for name in ("reader", "output"):
             bound.pop(name, None)
         plan = zonal.plan_fields_read(collection, data, spec, points=points, **bound)
@@ -158,8 +183,12 @@ class _Rows:
     def add(self, href: str, scene: str, date, band: str, **counts) -> None:
         row = self.rows.get(href)
         if row is None:
-            row = self.rows[href] = {"scene": scene, "date": str(np.datetime64(date, "D")), "band": band,
-                                     **{k: 0 for k in _COLUMNS[3:]}}
+            row = self.rows[href] = {
+                "scene": scene,
+                "date": str(np.datetime64(date, "D")),
+                "band": band,
+                **{k: 0 for k in _COLUMNS[3:]},
+            }
         for k, v in counts.items():
             row[k] += v
 
@@ -177,9 +206,14 @@ class _Rows:
             level = headers[href].levels[0]
             itemsize = max(level.bits_per_sample // 8, 1) * level.samples_per_pixel
             tiles = sum(len(span.blocks) for span in href_spans)
-            self.add(href, *names[href], tiles=tiles, gets=len(href_spans),
-                     bytes=sum(span.end - span.start for span in href_spans),
-                     decoded_bytes=tiles * level.tile_width * level.tile_height * itemsize)
+            self.add(
+                href,
+                *names[href],
+                tiles=tiles,
+                gets=len(href_spans),
+                bytes=sum(span.end - span.start for span in href_spans),
+                decoded_bytes=tiles * level.tile_width * level.tile_height * itemsize,
+            )
 
 
 def _geometries_plan(read: str, planned, values: str) -> ReadPlan:
@@ -209,8 +243,9 @@ def _fields_plan(read: str, plan) -> ReadPlan:
         largest_day = max(largest_day, sum(r["decoded_bytes"] for r in rows.rows.values()) - before)
     # The pairs (field, row, col, position, and per file layout order/field/offset), then per
     # date in flight its decoded tiles and per pair and band a value, a flag and float64 scratch.
-    layouts = len({(h.crs, tuple(h.transform)) for _, s in (x for v in plan.days.values() for x in v)
-                   for h in s.headers.values()})
+    layouts = len(
+        {(h.crs, tuple(h.transform)) for _, s in (x for v in plan.days.values() for x in v) for h in s.headers.values()}
+    )
     per_day = largest_day + pairs * len(plan.read_keys) * PAIR_BYTES_PER_BAND
     peak = pairs * 32 + pairs * layouts * 24 + days_in_flight(pairs, len(plan.read_keys)) * per_day
     return ReadPlan(read, list(rows.rows.values()), int(peak))

@@ -31,7 +31,9 @@ def normalize_geometries(geometries, crs=None, id_column: str = "id") -> list[tu
     if isinstance(geometries, shapely.Geometry):
         geometries = [geometries]
     elif not isinstance(geometries, Iterable) or isinstance(geometries, (str, bytes)):
-        raise InvalidGeometryError(f"geometries must be shapely geometries, a GeoSeries or a GeoDataFrame, got {type(geometries).__name__}")
+        raise InvalidGeometryError(
+            f"geometries must be shapely geometries, a GeoSeries or a GeoDataFrame, got {type(geometries).__name__}"
+        )
     geoms = list(geometries)
     for i, g in enumerate(geoms, start=1):
         if not isinstance(g, shapely.Geometry):
@@ -95,8 +97,7 @@ def _check_degrees(pairs) -> None:
         minx, miny, maxx, maxy = geom.bounds
         if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
             raise InvalidGeometryError(
-                f"geometry {gid} has bounds {geom.bounds} outside longitude/latitude; "
-                "is its CRS right?"
+                f"geometry {gid} has bounds {geom.bounds} outside longitude/latitude; is its CRS right?"
             )
 
 

@@ -68,8 +68,11 @@ def _rasterio_mask(geometry, transform, height, width, *, all_touched):
     from affine import Affine
 
     return rasterio.features.geometry_mask(
-        [geometry], out_shape=(height, width), transform=Affine(*transform[:6]),
-        all_touched=all_touched, invert=True,
+        [geometry],
+        out_shape=(height, width),
+        transform=Affine(*transform[:6]),
+        all_touched=all_touched,
+        invert=True,
     )
 
 
@@ -302,7 +305,7 @@ def _scanline_all(geoms, a, e, wc, wf, width, height):
     start[1:] = gr[1:] != gr[:-1]
     first_of_run = np.maximum.accumulate(np.where(start, np.arange(key.size), 0))
     pos = np.arange(key.size) - first_of_run
-    pair = (pos % 2 == 0)
+    pair = pos % 2 == 0
     pair[-1:] = False
     pair[:-1] &= gr[1:] == gr[:-1]
     k = np.flatnonzero(pair)

@@ -146,6 +146,9 @@ def check_plans(plans, bands: Sequence[str], values: str, config) -> ReadEstimat
     before any request is made."""
     estimate = estimate_plans(plans, bands, values)
     times = {day for p in plans for day in p.layers}
-    check_memory(estimate, memory_limit(getattr(config, "max_read_memory", None)),
-                 f"reading {len(plans)} geometries x {len(times)} dates x {len(bands)} bands")
+    check_memory(
+        estimate,
+        memory_limit(getattr(config, "max_read_memory", None)),
+        f"reading {len(plans)} geometries x {len(times)} dates x {len(bands)} bands",
+    )
     return estimate

@@ -181,7 +181,8 @@ def geometry_dataset(ds: xr.Dataset, geometry_id) -> xr.Dataset:
                 {
                     "crs_wkt": crs_wkt(crs),
                     "GeoTransform": " ".join(
-                        repr(v) for v in (transform[2], transform[0], transform[1], transform[5], transform[3], transform[4])
+                        repr(v)
+                        for v in (transform[2], transform[0], transform[1], transform[5], transform[3], transform[4])
                     ),
                 },
             ),

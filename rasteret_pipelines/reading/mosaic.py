@@ -134,7 +134,11 @@ def mosaic_method(spec) -> type[MosaicMethod]:
         try:
             return MOSAIC_METHODS[spec]
         except KeyError:
-            raise InvalidReadArgumentError(f"mosaic must be one of {sorted(MOSAIC_METHODS)} or a MosaicMethod subclass, got {spec!r}") from None
+            raise InvalidReadArgumentError(
+                f"mosaic must be one of {sorted(MOSAIC_METHODS)} or a MosaicMethod subclass, got {spec!r}"
+            ) from None
     if isinstance(spec, type) and issubclass(spec, MosaicMethod):
         return spec
-    raise InvalidReadArgumentError(f"mosaic must be one of {sorted(MOSAIC_METHODS)} or a MosaicMethod subclass, got {spec!r}")
+    raise InvalidReadArgumentError(
+        f"mosaic must be one of {sorted(MOSAIC_METHODS)} or a MosaicMethod subclass, got {spec!r}"
+    )

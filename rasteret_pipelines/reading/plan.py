@@ -135,13 +135,13 @@ def check_date_range(collection, date_range) -> None:
     c_start, c_end = collection.date_range
     if end.isoformat() < c_start or start.isoformat() > c_end:
         raise DateRangeError(
-            f"date range {start}..{end} is outside collection {collection.name!r} "
-            f"({c_start}..{c_end})"
+            f"date range {start}..{end} is outside collection {collection.name!r} ({c_start}..{c_end})"
         )
 
 
-def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: Sequence[str],
-                  names: dict[str, str] | None = None) -> list[Scene]:
+def select_scenes(
+    collection, geoms, date_range, cloud_cover_lt, filters, keys: Sequence[str], names: dict[str, str] | None = None
+) -> list[Scene]:
     """The collection's scenes intersecting any geometry, sorted by (datetime, id).
 
     Only the needed columns are read. A scene without a cached header for one of ``keys`` is
@@ -162,11 +162,14 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
     available = set(collection.schema.names)
     error_cols = {key: band_columns(key)[2] for key in keys if band_columns(key)[2] in available}
     scene_columns = _SCENE_COLUMNS + list(collection.source.reflectance_properties)
-    columns = ([c for c in scene_columns if c in available] + list(header_cols.values())
-               + list(error_cols.values()))
+    columns = [c for c in scene_columns if c in available] + list(header_cols.values()) + list(error_cols.values())
     table = collection.to_table(
-        date_range=date_range, cloud_cover_lt=cloud_cover_lt, geometry=union, properties=filters,
-        columns=columns, sort=False,  # the scenes are sorted below
+        date_range=date_range,
+        cloud_cover_lt=cloud_cover_lt,
+        geometry=union,
+        properties=filters,
+        columns=columns,
+        sort=False,  # the scenes are sorted below
     )
     if not table.num_rows:
         return []
@@ -178,9 +181,16 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
     unit = table.schema.field("datetime").type.unit
     counts = [v for chunk in table.column("datetime").chunks for v in chunk.view(pa.int64()).to_pylist()]
     footprints = shapely.from_wkb(data["geometry"])
-    no_asset = {key: {i for i in range(table.num_rows)
-                      if data[header_cols[key]][i] is None and key in error_cols
-                      and is_missing_asset(data[error_cols[key]][i], key)} for key in keys}
+    no_asset = {
+        key: {
+            i
+            for i in range(table.num_rows)
+            if data[header_cols[key]][i] is None
+            and key in error_cols
+            and is_missing_asset(data[error_cols[key]][i], key)
+        }
+        for key in keys
+    }
     lacking = [key for key, rows in no_asset.items() if len(rows) == table.num_rows]
     if lacking:
         raise missing_asset_error(collection, lacking[0], (names or {}).get(lacking[0], lacking[0]))
@@ -201,22 +211,31 @@ def select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, keys: 
                         "its pixels cannot be placed on a map"
                     )
         if absent:
-            log.warning("scene %s has no %s asset (its STAC item lacks it); it is skipped",
-                        data["id"][i], ", ".join(absent))
+            log.warning(
+                "scene %s has no %s asset (its STAC item lacks it); it is skipped", data["id"][i], ", ".join(absent)
+            )
         if missing:
             log.warning(
                 "scene %s has no cached header for %s (failed at build time); it is skipped. "
-                "Rebuild the collection month to retry.", data["id"][i], ", ".join(missing),
+                "Rebuild the collection month to retry.",
+                data["id"][i],
+                ", ".join(missing),
             )
         if absent or missing:
             continue
-        row = {name: data[name][i] for name in data
-               if name not in header_cols.values() and name not in error_cols.values()}
+        row = {
+            name: data[name][i] for name in data if name not in header_cols.values() and name not in error_cols.values()
+        }
         when = np.datetime64(counts[i], unit).astype("datetime64[ns]")
-        scenes.append(Scene(
-            id=row["id"], datetime=when, footprint=footprints[i],
-            reflectance=collection.source.reflectance(row), headers=headers,
-        ))
+        scenes.append(
+            Scene(
+                id=row["id"],
+                datetime=when,
+                footprint=footprints[i],
+                reflectance=collection.source.reflectance(row),
+                headers=headers,
+            )
+        )
     scenes.sort(key=lambda s: (s.datetime, s.id))
     return scenes
 
@@ -241,7 +260,10 @@ def missing_asset_error(collection, key: str, name: str) -> MissingAssetError:
         f"{label}: the items of collection {collection.name!r} have no {key!r} asset, so there is "
         f"nothing to read (and nothing a rebuild would retry); bands with assets: "
         f"{', '.join(has) or 'none'}",
-        band=name, asset_key=key, collection=collection.name, available=has,
+        band=name,
+        asset_key=key,
+        collection=collection.name,
+        available=has,
     )
 
 
@@ -295,8 +317,15 @@ def reproject_geometry(geom: shapely.Geometry, src_crs, dst_crs) -> shapely.Geom
 # -- planning --------------------------------------------------------------------------------------
 
 
-def plan_geometries(geoms, scenes: list[Scene], data_keys: Sequence[str], read_keys: Sequence[str],
-                    all_touched: bool, target: str | None = None, resolution=None):
+def plan_geometries(
+    geoms,
+    scenes: list[Scene],
+    data_keys: Sequence[str],
+    read_keys: Sequence[str],
+    all_touched: bool,
+    target: str | None = None,
+    resolution=None,
+):
     """(plans, uncovered ids): one :class:`GeometryPlan` per geometry some scene covers.
 
     ``target``: CRS text of a caller-named grid (None: each geometry's first scene's grid).

@@ -128,12 +128,31 @@ def read_geometries(
         UnsafeHrefError (an href the collection's policy refuses; nothing was requested).
     """
     planned = plan_read(
-        collection, geometries, bands, date_range=date_range, cloud_cover_lt=cloud_cover_lt, values=values,
-        cloud_mask=cloud_mask, all_touched=all_touched, crs=crs, resolution=resolution,
-        fetch_config=fetch_config, filters=filters, mosaic=mosaic, id_column=id_column, keep=keep,
+        collection,
+        geometries,
+        bands,
+        date_range=date_range,
+        cloud_cover_lt=cloud_cover_lt,
+        values=values,
+        cloud_mask=cloud_mask,
+        all_touched=all_touched,
+        crs=crs,
+        resolution=resolution,
+        fetch_config=fetch_config,
+        filters=filters,
+        mosaic=mosaic,
+        id_column=id_column,
+        keep=keep,
     )
     plans, uncovered, keys, bands, rule, config, kept = (
-        planned.plans, planned.uncovered, planned.keys, planned.bands, planned.rule, planned.config, planned.kept)
+        planned.plans,
+        planned.uncovered,
+        planned.keys,
+        planned.bands,
+        planned.rule,
+        planned.config,
+        planned.kept,
+    )
     check_plans(plans, bands, values, config)  # MemoryLimitError before any request
     check_plan_hrefs(plans, collection.allow_local_hrefs)  # UnsafeHrefError before any request
     out = Assembly(plans, keys, bands, rule, values, resampling, planned.mosaic)
@@ -200,9 +219,24 @@ class PlannedRead:
     mosaic: type
 
 
-def plan_read(collection, geometries, bands, *, date_range=None, cloud_cover_lt=None, values="float",
-              cloud_mask=False, all_touched=False, crs=None, resolution=None, fetch_config=None,
-              filters=None, mosaic="first", id_column="id", keep=()) -> PlannedRead:
+def plan_read(
+    collection,
+    geometries,
+    bands,
+    *,
+    date_range=None,
+    cloud_cover_lt=None,
+    values="float",
+    cloud_mask=False,
+    all_touched=False,
+    crs=None,
+    resolution=None,
+    fetch_config=None,
+    filters=None,
+    mosaic="first",
+    id_column="id",
+    keep=(),
+) -> PlannedRead:
     """Check the arguments of :func:`read_geometries` and plan it: scenes, grids, windows.
 
     Shared by the read and by its dry run (:mod:`~rasteret_pipelines.reading.explain`), so both
@@ -228,8 +262,15 @@ def plan_read(collection, geometries, bands, *, date_range=None, cloud_cover_lt=
     kept = kept_columns(geometries, geoms, keep)
     data_keys = sorted(set(keys.values()))
     read_keys = data_keys + ([quality] if quality and quality not in data_keys else [])
-    scenes = select_scenes(collection, geoms, date_range, cloud_cover_lt, filters, sorted(set(read_keys)),
-                           {key: name for name, key in keys.items()})
+    scenes = select_scenes(
+        collection,
+        geoms,
+        date_range,
+        cloud_cover_lt,
+        filters,
+        sorted(set(read_keys)),
+        {key: name for name, key in keys.items()},
+    )
     target = None if crs is None else (crs if isinstance(crs, str) else _parse_crs(crs).to_wkt())
     if target is not None:
         crs_of(target)  # a bad CRS fails here, before any planning
@@ -238,8 +279,11 @@ def plan_read(collection, geometries, bands, *, date_range=None, cloud_cover_lt=
         from rasteret_pipelines.reading.coverage import no_scenes_error
 
         raise no_scenes_error(collection, geoms, date_range, cloud_cover_lt, filters)
-    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
-                     local_files=collection.allow_local_hrefs)
+    config = replace(
+        fetch_config or FetchConfig(),
+        requester_pays=collection.source.requester_pays,
+        local_files=collection.allow_local_hrefs,
+    )
     return PlannedRead(plans, uncovered, keys, bands, rule, config, kept, method)
 
 
@@ -257,8 +301,7 @@ class _Preload:
         if name not in sys.modules:
             # Not a daemon: an interpreter exiting (after an error) waits for the import to end
             # instead of tearing modules down under it.
-            self._thread = threading.Thread(target=_quiet_import, args=(name,), daemon=False,
-                                            name=f"preload-{name}")
+            self._thread = threading.Thread(target=_quiet_import, args=(name,), daemon=False, name=f"preload-{name}")
             self._thread.start()
 
     def join(self) -> None:

@@ -156,15 +156,26 @@ def _variables(collection, bands, index, values) -> _Variables:
 
         red, nir = collection.source.ndvi_bands
         inputs = {"\0red": red, "\0nir": nir}  # names no user band can have
-        return _Variables(bands + list(inputs), {**keys, **inputs}, bands, "ndvi",
-                          lambda v: ndvi_values(v["\0red"], v["\0nir"]), "reflectance")
+        return _Variables(
+            bands + list(inputs),
+            {**keys, **inputs},
+            bands,
+            "ndvi",
+            lambda v: ndvi_values(v["\0red"], v["\0nir"]),
+            "reflectance",
+        )
     if callable(index):
         if not bands:
             raise InvalidReadArgumentError("a function index= needs the bands= it is computed from")
         name = _column_name(getattr(index, "__name__", "index"))
-        return _Variables(bands, keys, [], name,
-                          lambda v: np.asarray(index(**{b: v[b] for b in bands}), dtype=np.float64),
-                          values or "reflectance")
+        return _Variables(
+            bands,
+            keys,
+            [],
+            name,
+            lambda v: np.asarray(index(**{b: v[b] for b in bands}), dtype=np.float64),
+            values or "reflectance",
+        )
     raise InvalidReadArgumentError(f"index must be 'ndvi' or a function of the bands, got {type(index).__name__}")
 
 
@@ -288,8 +299,7 @@ def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = 
     if invalid.any():
         first = geoms[invalid][0]
         raise InvalidGeometryError(
-            f"fields with invalid geometries: {_named(ids, invalid)} "
-            f"(the first: {shapely.is_valid_reason(first)})"
+            f"fields with invalid geometries: {_named(ids, invalid)} (the first: {shapely.is_valid_reason(first)})"
         )
     if check_degrees:
         _check_degrees(ids, geoms)
@@ -299,9 +309,7 @@ def _check_degrees(ids: np.ndarray, geoms: np.ndarray) -> None:
     b = shapely.bounds(geoms)
     bad = ~((b[:, 0] >= -180) & (b[:, 2] <= 180) & (b[:, 1] >= -90) & (b[:, 3] <= 90))
     if bad.any():
-        raise InvalidGeometryError(
-            f"fields outside longitude/latitude (is their CRS right?): {_named(ids, bad)}"
-        )
+        raise InvalidGeometryError(f"fields outside longitude/latitude (is their CRS right?): {_named(ids, bad)}")
 
 
 # -- grids, pixels and tiles ----------------------------------------------------------------------
@@ -393,13 +401,15 @@ def _layout(grid: _Grid, header) -> _Layout:
         r, cc = divmod(t, level.tiles_across)
         x0, y0 = cc * tw, r * th
         windows.append((x0, y0, min(tw, level.width - x0), min(th, level.height - y0)))
-    out = grid.layouts[key] = _Layout(order, grid.member_field[order], flat, tiles,
-                                      np.append(starts, tile.size), windows)
+    out = grid.layouts[key] = _Layout(
+        order, grid.member_field[order], flat, tiles, np.append(starts, tile.size), windows
+    )
     return out
 
 
-def _grids(fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_keys, all_touched,
-           points: bool = False) -> list[_Grid]:
+def _grids(
+    fields: Fields, scenes: list[Scene], covers: list[np.ndarray], data_keys, all_touched, points: bool = False
+) -> list[_Grid]:
     """Each covered field on its reference grid (its first covering scene's finest data band):
     its pixels by rasterio's rule, or for ``points`` the one pixel holding each point."""
     ref = np.full(len(fields.ids), -1, np.int64)
@@ -482,9 +492,14 @@ def _day_requests(day_scenes, grids, covered_by_scene, keys):
             for key in keys:
                 header = scene.headers[key]
                 layout = _layout(grid, header)
-                wanted = np.add.reduceat(covered[layout.field_sorted], layout.starts[:-1]) > 0 \
-                    if layout.tiles.size else np.zeros(0, bool)
-                s = samples[rank, g, key] = _Samples(layout, np.empty(layout.order.size, np.dtype(header.dtype)), wanted)
+                wanted = (
+                    np.add.reduceat(covered[layout.field_sorted], layout.starts[:-1]) > 0
+                    if layout.tiles.size
+                    else np.zeros(0, bool)
+                )
+                s = samples[rank, g, key] = _Samples(
+                    layout, np.empty(layout.order.size, np.dtype(header.dtype)), wanted
+                )
                 for t in np.flatnonzero(wanted).tolist():
                     requests.append((header, layout.windows[t]))
                     sinks.append((s, t))
@@ -534,7 +549,7 @@ def _reduce_day(day_scenes, grid_index, grid, samples, covered_by_scene, spec, q
         if mosaic in (FirstValid, LastValid):
             out = np.full(n_pairs, np.nan, np.float32)
             won = np.full(n_pairs, -1, np.int64)
-            for r in (ranks if mosaic is FirstValid else ranks[::-1]):
+            for r in ranks if mosaic is FirstValid else ranks[::-1]:
                 raw, present = samples[r, grid_index, key].values(n_pairs)
                 scene = day_scenes[r][1]
                 valid = clear_by_rank[r] & present & nodata_valid(raw, scene.headers[key].nodata)
@@ -712,9 +727,21 @@ def zonal_stats(
     spec = _variables(collection, bands, index, values)
     stat_names = parse_stats(stats)
     data = load_fields(fields, id_column, keep)
-    return _read(collection, data, spec, stat_names, date_range=date_range, cloud_cover_lt=cloud_cover_lt,
-                 cloud_mask=cloud_mask, all_touched=all_touched, mosaic=mosaic, filters=filters,
-                 fetch_config=fetch_config, reader=reader, output=output)
+    return _read(
+        collection,
+        data,
+        spec,
+        stat_names,
+        date_range=date_range,
+        cloud_cover_lt=cloud_cover_lt,
+        cloud_mask=cloud_mask,
+        all_touched=all_touched,
+        mosaic=mosaic,
+        filters=filters,
+        fetch_config=fetch_config,
+        reader=reader,
+        output=output,
+    )
 
 
 def sample_points(
@@ -759,9 +786,21 @@ def sample_points(
     """
     spec = _variables(collection, bands, index, values)
     data = load_fields(points, id_column, keep, points=True)
-    return _read(collection, data, spec, None, date_range=date_range, cloud_cover_lt=cloud_cover_lt,
-                 cloud_mask=cloud_mask, all_touched=False, mosaic=mosaic, filters=filters,
-                 fetch_config=fetch_config, reader=reader, output=output)
+    return _read(
+        collection,
+        data,
+        spec,
+        None,
+        date_range=date_range,
+        cloud_cover_lt=cloud_cover_lt,
+        cloud_mask=cloud_mask,
+        all_touched=False,
+        mosaic=mosaic,
+        filters=filters,
+        fetch_config=fetch_config,
+        reader=reader,
+        output=output,
+    )
 
 
 @dataclass
@@ -786,9 +825,20 @@ class FieldsPlan:
             yield day, self.days[day], requests
 
 
-def plan_fields_read(collection, data: Fields, spec: _Variables, *, points: bool, date_range=None,
-                     cloud_cover_lt=None, cloud_mask=False, all_touched=False, mosaic="first", filters=None,
-                     fetch_config=None) -> FieldsPlan:
+def plan_fields_read(
+    collection,
+    data: Fields,
+    spec: _Variables,
+    *,
+    points: bool,
+    date_range=None,
+    cloud_cover_lt=None,
+    cloud_mask=False,
+    all_touched=False,
+    mosaic="first",
+    filters=None,
+    fetch_config=None,
+) -> FieldsPlan:
     """Check and plan :func:`zonal_stats` or :func:`sample_points` (``points``) without a request.
 
     Shared by the reads and their dry run (:mod:`~rasteret_pipelines.reading.explain`).
@@ -806,8 +856,12 @@ def plan_fields_read(collection, data: Fields, spec: _Variables, *, points: bool
     # Scenes meeting the fields' bounding box; which fields each covers is exact below.
     minx, miny, maxx, maxy = shapely.total_bounds(data.geometries)
     pad = 1e-9  # one point (or points on a line) still make an area
-    area = shapely.box(minx - pad * (minx == maxx), miny - pad * (miny == maxy),
-                       maxx + pad * (minx == maxx), maxy + pad * (miny == maxy))
+    area = shapely.box(
+        minx - pad * (minx == maxx),
+        miny - pad * (miny == maxy),
+        maxx + pad * (minx == maxx),
+        maxy + pad * (miny == maxy),
+    )
     scenes = select_scenes(collection, [(None, area)], date_range, cloud_cover_lt, filters, read_keys)
     covers = _covers(data.geometries, [s.footprint for s in scenes])
     grids = _grids(data, scenes, covers, data_keys, all_touched, points=points)
@@ -820,8 +874,12 @@ def plan_fields_read(collection, data: Fields, spec: _Variables, *, points: bool
     for c in covers:
         covered_any[c] = True
     if not covered_any.all():
-        log.warning("%d %s are covered by no scene and have no rows: %s", int((~covered_any).sum()), what,
-                    _named(data.ids, ~covered_any))
+        log.warning(
+            "%d %s are covered by no scene and have no rows: %s",
+            int((~covered_any).sum()),
+            what,
+            _named(data.ids, ~covered_any),
+        )
     from rasteret_pipelines.hrefs import check_href
 
     for href in sorted({s.headers[k].href for s, c in zip(scenes, covers) if c.size for k in read_keys}):
@@ -835,8 +893,11 @@ def plan_fields_read(collection, data: Fields, spec: _Variables, *, points: bool
     for si, scene in enumerate(scenes):
         if covers[si].size:
             days.setdefault(scene.day, []).append((si, scene))
-    config = replace(fetch_config or FetchConfig(), requester_pays=collection.source.requester_pays,
-                     local_files=collection.allow_local_hrefs)
+    config = replace(
+        fetch_config or FetchConfig(),
+        requester_pays=collection.source.requester_pays,
+        local_files=collection.allow_local_hrefs,
+    )
     return FieldsPlan(data, spec, rule, read_keys, grids, covered_by_scene, days, config, method)
 
 
@@ -846,8 +907,14 @@ def _read(collection, data: Fields, spec: _Variables, stat_names, *, reader, out
     sink = _Sink(data, spec, stat_names, output)
     try:
         stats_out = _run_sync_with(reader, _run_days(plan, stat_names, reader, sink))
-        return sink.close({"requests": stats_out.requests, "header_requests": stats_out.header_requests,
-                           "bytes_read": stats_out.bytes, "collection": collection.name})
+        return sink.close(
+            {
+                "requests": stats_out.requests,
+                "header_requests": stats_out.header_requests,
+                "bytes_read": stats_out.bytes,
+                "collection": collection.name,
+            }
+        )
     finally:
         sink.abort()
 
@@ -867,7 +934,8 @@ async def _run_days(plan: FieldsPlan, stats, reader, sink):
 
         def reduce():
             return [
-                r for g, grid in enumerate(grids)
+                r
+                for g, grid in enumerate(grids)
                 if (r := _reduce_day(day_scenes, g, grid, samples, covered_by_scene, spec, rule, stats, method))
             ]
 
@@ -939,17 +1007,21 @@ class _Sink:
         if len(reductions) > 1:  # several grids: one batch in the fields' input order
             where = np.concatenate([r.fields for r in reductions])
             order = np.argsort(where, kind="stable")
-            reductions = [_Reduction(
-                where[order],
-                {k: np.concatenate([r.stats[k] for r in reductions])[order] for k in reductions[0].stats},
-                _merge_texts([r.scene_ids for r in reductions], order),
-            )]
+            reductions = [
+                _Reduction(
+                    where[order],
+                    {k: np.concatenate([r.stats[k] for r in reductions])[order] for k in reductions[0].stats},
+                    _merge_texts([r.scene_ids for r in reductions], order),
+                )
+            ]
         for red in reductions:
             n = red.fields.size
             take = pa.array(red.fields)
             arrays = [self.ids.take(take), pa.array(np.full(n, date), pa.date32())]
             for f in self.schema:
-                if f.name in ("id", "date", "scene_ids") or (self.fields.kept is not None and f.name in self.fields.kept.column_names):
+                if f.name in ("id", "date", "scene_ids") or (
+                    self.fields.kept is not None and f.name in self.fields.kept.column_names
+                ):
                     continue
                 arrays.append(pa.array(red.stats[f.name], f.type, from_pandas=True))
             texts, which = red.scene_ids
@@ -1009,9 +1081,11 @@ def _merge_texts(parts, order) -> tuple[np.ndarray, np.ndarray]:
 def _geo_metadata(kinds: list[str]) -> bytes:
     import json
 
-    return json.dumps({
-        "version": "1.1.0",
-        "primary_column": "geometry",
-        # No "crs": GeoParquet's default, OGC:CRS84 (longitude, latitude), is what is stored.
-        "columns": {"geometry": {"encoding": "WKB", "geometry_types": kinds}},
-    }).encode()
+    return json.dumps(
+        {
+            "version": "1.1.0",
+            "primary_column": "geometry",
+            # No "crs": GeoParquet's default, OGC:CRS84 (longitude, latitude), is what is stored.
+            "columns": {"geometry": {"encoding": "WKB", "geometry_types": kinds}},
+        }
+    ).encode()

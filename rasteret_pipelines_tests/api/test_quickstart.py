@@ -34,8 +34,16 @@ TEMPLATE = DATA / "LC09_L2SP_092068_20230607_20230609_02_T1_SR.json"
 ORIGIN = (760000.0, 1460000.0)  # 30 m grid, EPSG:32643, covers the quick start AOIs
 SIZE = 1024
 DATES = ["2024-01-09", "2024-01-25"]
-BANDS = {"coastal": "B1", "blue": "B2", "green": "B3", "red": "B4", "nir08": "B5", "swir16": "B6",
-         "swir22": "B7", "qa_pixel": "QA_PIXEL"}
+BANDS = {
+    "coastal": "B1",
+    "blue": "B2",
+    "green": "B3",
+    "red": "B4",
+    "nir08": "B5",
+    "swir16": "B6",
+    "swir22": "B7",
+    "qa_pixel": "QA_PIXEL",
+}
 
 
 def landsat_world(root: Path) -> list[dict]:
@@ -46,15 +54,25 @@ def landsat_world(root: Path) -> list[dict]:
         [inv.transform(x, y) for x, y in ((ORIGIN[0], ORIGIN[1]), (x1, ORIGIN[1]), (x1, y1), (ORIGIN[0], y1))]
     )
     items = []
-    for k, (date, platform) in enumerate([(DATES[0], "LANDSAT_8"), (DATES[1], "LANDSAT_8"), ("2024-01-17", "LANDSAT_9")]):
+    for k, (date, platform) in enumerate(
+        [(DATES[0], "LANDSAT_8"), (DATES[1], "LANDSAT_8"), ("2024-01-17", "LANDSAT_9")]
+    ):
         item = copy.deepcopy(json.loads(TEMPLATE.read_text()))
         scene = f"LC0{8 if platform == 'LANDSAT_8' else 9}_L2SP_144051_{date.replace('-', '')}_02_T1"
         item["id"] = f"{scene}_SR"
         item["geometry"] = shapely.geometry.mapping(footprint)
         item["bbox"] = list(footprint.bounds)
         p = item["properties"]
-        p.update({"datetime": f"{date}T05:05:10Z", "platform": platform, "eo:cloud_cover": 3.0 + k,
-                  "proj:epsg": 32643, "landsat:wrs_path": "144", "landsat:wrs_row": "051"})
+        p.update(
+            {
+                "datetime": f"{date}T05:05:10Z",
+                "platform": platform,
+                "eo:cloud_cover": 3.0 + k,
+                "proj:epsg": 32643,
+                "landsat:wrs_path": "144",
+                "landsat:wrs_row": "051",
+            }
+        )
         rng = np.random.default_rng(k)
         y, x = np.mgrid[0:SIZE, 0:SIZE]
         reflect = {"red": 0.05 + 0.05 * np.sin(x / 17.0) ** 2, "nir08": 0.25 + 0.15 * np.cos(y / 23.0) ** 2}
@@ -130,7 +148,9 @@ def test_original_quick_start(tmp_path, mirror):
     s3.reset_log()
     stac_requests = stac.count()
     ds = processor.get_xarray(
-        geometries=[aoi1_polygon, aoi2_polygon], bands=["B4", "B5"], cloud_cover_lt=20,
+        geometries=[aoi1_polygon, aoi2_polygon],
+        bands=["B4", "B5"],
+        cloud_cover_lt=20,
         date_range=["2024-01-01", "2024-01-31"],
     )
     ndvi = (ds.B5 - ds.B4) / (ds.B5 + ds.B4)
@@ -140,7 +160,11 @@ def test_original_quick_start(tmp_path, mirror):
 
     # The read: no STAC request, no header request, at most one GET per distinct tile.
     assert stac.count() == stac_requests
-    headers = {h.href: h for band in ("red", "nir08") for h in processor.collection.headers(processor.collection.to_table(), band)}
+    headers = {
+        h.href: h
+        for band in ("red", "nir08")
+        for h in processor.collection.headers(processor.collection.to_table(), band)
+    }
     first_tile = min(int(o) for h in headers.values() for o in h.levels[0].tile_offsets if o)
     assert all(r.range is not None and r.range[0] >= first_tile for r in s3.requests)
     tiles = set()
@@ -167,7 +191,9 @@ def test_original_quick_start(tmp_path, mirror):
             scene = f"LC08_L2SP_144051_{date.replace('-', '')}_02_T1"
             bands = {}
             for code in ("B4", "B5"):
-                with rasterio.open(root / "usgs-landsat/collection02/level-2" / scene / f"{scene}_SR_{code}.TIF") as src:
+                with rasterio.open(
+                    root / "usgs-landsat/collection02/level-2" / scene / f"{scene}_SR_{code}.TIF"
+                ) as src:
                     arr, transform = rasterio.mask.mask(src, [utm], crop=True, filled=False)
                     bands[code] = arr[0].astype("float32").filled(np.nan)
                     bands[code][arr[0].data == 0] = np.nan

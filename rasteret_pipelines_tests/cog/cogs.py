@@ -37,8 +37,16 @@ def s2_cog(
     """A GDAL COG (Deflate, predictor 2, overviews, nodata 0) of :func:`field` on the Sentinel-2
     43PGQ grid, written by the library's :func:`~rasteret_pipelines.products.geotiff.write_cog`.
     (Other layouts, e.g. band interleave: :func:`rasteret_pipelines_tests.cog_factory.write_cog`.)"""
-    write_cog(field(height, width, 1, dtype, seed)[0], path, "EPSG:32643", S2_TRANSFORM, dtype=None, nodata=0,
-              blocksize=blocksize, overview_resampling="CUBIC")  # GDAL's default for such data
+    write_cog(
+        field(height, width, 1, dtype, seed)[0],
+        path,
+        "EPSG:32643",
+        S2_TRANSFORM,
+        dtype=None,
+        nodata=0,
+        blocksize=blocksize,
+        overview_resampling="CUBIC",
+    )  # GDAL's default for such data
     return path
 
 
@@ -46,16 +54,35 @@ def write_sparse_scene(path: Path, *, size: int = 10980, blocksize: int = 1024) 
     """A full-size Sentinel-2 10 m grid COG with overviews, mostly sparse (small on disk)."""
     src = path.with_suffix(".src.tif")
     with rasterio.open(
-        src, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16",
-        crs="EPSG:32643", transform=S2_TRANSFORM, nodata=0, tiled=True, blockxsize=blocksize,
-        blockysize=blocksize, compress="DEFLATE", predictor=2, SPARSE_OK=True,
+        src,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32643",
+        transform=S2_TRANSFORM,
+        nodata=0,
+        tiled=True,
+        blockxsize=blocksize,
+        blockysize=blocksize,
+        compress="DEFLATE",
+        predictor=2,
+        SPARSE_OK=True,
     ) as dst:
         block = field(blocksize, blocksize, 1, "uint16", 3)
         dst.write(block, window=rasterio.windows.Window(2 * blocksize, 3 * blocksize, blocksize, blocksize))
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
         rasterio.shutil.copy(
-            src, path, driver="COG", compress="DEFLATE", predictor=2, blocksize=blocksize,
-            overviews="AUTO", SPARSE_OK=True,
+            src,
+            path,
+            driver="COG",
+            compress="DEFLATE",
+            predictor=2,
+            blocksize=blocksize,
+            overviews="AUTO",
+            SPARSE_OK=True,
         )
     src.unlink()
     return path

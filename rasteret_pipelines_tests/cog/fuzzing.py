@@ -126,9 +126,23 @@ def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     if len(out) < 32:
         return bytes(out), "too short to mutate"
     kind = rng.choice(
-        ["flip-header", "flip-header", "flip-any", "truncate", "count", "type", "value", "value",
-         "huge-size", "loop", "block-count", "block-offset", "two", "reorder-ifds",
-         "format-photometric"]
+        [
+            "flip-header",
+            "flip-header",
+            "flip-any",
+            "truncate",
+            "count",
+            "type",
+            "value",
+            "value",
+            "huge-size",
+            "loop",
+            "block-count",
+            "block-offset",
+            "two",
+            "reorder-ifds",
+            "format-photometric",
+        ]
     )
     if kind == "two":
         first, what1 = mutate(data, rng)
@@ -406,10 +420,7 @@ def run_cases(
                 path.write_bytes(mutant)
                 # Structure-keeping mutants are valid TIFFs: their reads must equal GDAL's (the
                 # YCbCr JPEG seed aside: libjpeg 9 upsamples chroma its own way).
-                oracle = (
-                    what.split(" ")[0] in STRUCTURAL and " + " not in what
-                    and name not in NO_GDAL_ORACLE
-                )
+                oracle = what.split(" ")[0] in STRUCTURAL and " + " not in what and name not in NO_GDAL_ORACLE
                 t0 = time.perf_counter()
                 requests_before = fetcher.stats.requests
                 signal.setitimer(signal.ITIMER_REAL, time_limit)

@@ -11,8 +11,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _TYPES = {
-    1: "B", 2: "s", 3: "H", 4: "I", 5: "I", 6: "b", 7: "B", 8: "h", 9: "i", 10: "i", 11: "f",
-    12: "d", 16: "Q", 17: "q",
+    1: "B",
+    2: "s",
+    3: "H",
+    4: "I",
+    5: "I",
+    6: "b",
+    7: "B",
+    8: "h",
+    9: "i",
+    10: "i",
+    11: "f",
+    12: "d",
+    16: "Q",
+    17: "q",
 }
 
 IMAGE_WIDTH, IMAGE_LENGTH, BITS_PER_SAMPLE, COMPRESSION, PHOTOMETRIC = 256, 257, 258, 259, 262

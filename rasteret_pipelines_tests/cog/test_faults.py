@@ -52,9 +52,7 @@ def test_reads_under_a_20_percent_fault_rate_equal_the_oracle(server, files, see
 
 
 # Small requests so that the batch makes many of them and faults hit pixel reads too.
-FETCH_SMALL = FetchConfig(
-    max_retries=8, backoff_base=0.001, backoff_max=0.01, coalesce_gap=-1, max_request_bytes=1
-)
+FETCH_SMALL = FetchConfig(max_retries=8, backoff_base=0.001, backoff_max=0.01, coalesce_gap=-1, max_request_bytes=1)
 
 
 @pytest.mark.parametrize("kind", ["500", "503", "429", "reset", "truncate"])

@@ -205,9 +205,7 @@ def _assert_clean(text: str) -> None:
         assert part not in text, text
 
 
-@pytest.mark.parametrize(
-    ("code", "error"), [(403, FetchError), (404, CogNotFoundError), (503, FetchError)]
-)
+@pytest.mark.parametrize(("code", "error"), [(403, FetchError), (404, CogNotFoundError), (503, FetchError)])
 def test_presigned_signatures_never_reach_an_error_message(code, error, caplog):
     caplog.set_level(logging.DEBUG)
     with Recorder(status(code)) as srv:

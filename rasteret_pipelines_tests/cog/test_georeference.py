@@ -32,7 +32,14 @@ CRSS = [
 def test_crs_equals_gdal(tmp_path, crs):
     path = tmp_path / "crs.tif"
     with rasterio.open(
-        path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs=crs,
+        path,
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=1,
+        dtype="uint8",
+        crs=crs,
         transform=from_origin(1000, 2000, 10, 10),
     ) as dst:
         dst.write(np.ones((1, 8, 8), "uint8"))
@@ -46,20 +53,45 @@ def test_crs_equals_gdal(tmp_path, crs):
 # --- nodata as GDAL reports it ------------------------------------------------------------------
 
 NODATA_TEXTS = [
-    "0", "-9999", "nan", "NaN", "-nan", "inf", "-inf", "0.1", "1e40", "-1e40", "3.4028235e38",
-    "-3.4028234663852886e+38", "1e-50", " 5 ", "5.5", "-1", "300", "65535", "-32768", "2.5e9",
-    "abc", "5abc", "1,5", "0x10", "+5", ".5", "1e308", "9223372036854775807",
-    "-9223372036854775808", "18446744073709551615", "-129",
+    "0",
+    "-9999",
+    "nan",
+    "NaN",
+    "-nan",
+    "inf",
+    "-inf",
+    "0.1",
+    "1e40",
+    "-1e40",
+    "3.4028235e38",
+    "-3.4028234663852886e+38",
+    "1e-50",
+    " 5 ",
+    "5.5",
+    "-1",
+    "300",
+    "65535",
+    "-32768",
+    "2.5e9",
+    "abc",
+    "5abc",
+    "1,5",
+    "0x10",
+    "+5",
+    ".5",
+    "1e308",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "18446744073709551615",
+    "-129",
 ]
-NODATA_DTYPES = ["uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-                 "float32", "float64"]
+NODATA_DTYPES = ["uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
 
 
 @pytest.mark.parametrize("dtype", NODATA_DTYPES)
 @pytest.mark.parametrize("text", NODATA_TEXTS)
 def test_nodata_equals_gdal(tmp_path, dtype, text):
-    path = write_geotiff(tmp_path / "nodata.tif", {1024: 2, 2048: 4326}, nodata=text,
-                         dtype=dtype)
+    path = write_geotiff(tmp_path / "nodata.tif", {1024: 2, 2048: 4326}, nodata=text, dtype=dtype)
     header = read_header(str(path))
     with rasterio.open(path) as src:
         expected = src.nodata
@@ -79,9 +111,18 @@ def test_nodata_equals_gdal(tmp_path, dtype, text):
 @pytest.mark.parametrize("nodata", [0.1, -3.4028234663852886e38, 1e-3, -9999.0])
 def test_float32_nodata_written_by_gdal(tmp_path, nodata):
     path = tmp_path / "f32.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32",
-                       crs="EPSG:4326", transform=from_origin(0, 1, 0.1, 0.1),
-                       nodata=nodata) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=1,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=from_origin(0, 1, 0.1, 0.1),
+        nodata=nodata,
+    ) as dst:
         dst.write(np.full((1, 8, 8), nodata, "float32"))
     header = read_header(str(path))
     with rasterio.open(path) as src:
@@ -96,9 +137,21 @@ def test_float32_nodata_masks_the_same_pixels_as_rasterio(tmp_path):
     path = tmp_path / "f32_mask.tif"
     data = np.arange(64, dtype="float32").reshape(1, 8, 8) / 10
     data[0, :3] = 0.1
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32",
-                       crs="EPSG:4326", transform=from_origin(0, 1, 0.1, 0.1), nodata=0.1,
-                       tiled=True, blockxsize=16, blockysize=16) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=1,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=from_origin(0, 1, 0.1, 0.1),
+        nodata=0.1,
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+    ) as dst:
         dst.write(data)
     header = read_header(str(path))
     pixels = read_window(header, (0, 0, 8, 8))

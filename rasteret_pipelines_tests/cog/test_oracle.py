@@ -183,7 +183,10 @@ MATRIX: list[Case] = [
     _case("packbits-int16-be", dtype="int16", compress="PACKBITS", endian="big"),
     _case(
         "lerc-float32-be",
-        dtype="float32", compress="LERC", max_z_error=0, endian="big",
+        dtype="float32",
+        compress="LERC",
+        max_z_error=0,
+        endian="big",
         skip="GDAL writes big-endian LERC by LERC-encoding byte-swapped words and does not "
         "round-trip it (GDAL 3.10 reads back 1501 of 371000 pixels as 6.9e-41): no oracle",
     ),
@@ -204,8 +207,16 @@ MATRIX: list[Case] = [
     # sparse (omitted) tiles
     _case("sparse-uint16-nodata0", dtype="uint16", nodata=0, sparse=True, width=1100, height=900),
     _case("sparse-uint8-no-nodata", dtype="uint8", sparse=True, width=1100, height=900),
-    _case("sparse-float32-nodata-neg-band", dtype="float32", count=2, nodata=-9999.0, sparse=True,
-          interleave="band", width=1100, height=900),
+    _case(
+        "sparse-float32-nodata-neg-band",
+        dtype="float32",
+        count=2,
+        nodata=-9999.0,
+        sparse=True,
+        interleave="band",
+        width=1100,
+        height=900,
+    ),
     _case("sparse-float32-nan", dtype="float32", nodata=float("nan"), sparse=True, width=1100, height=900),
     _case("sparse-int16-nodata-be", dtype="int16", nodata=-1, sparse=True, endian="big", width=1100, height=900),
     # georeferencing
@@ -442,8 +453,10 @@ def check_header(h: CogHeader, path: Path, etag: str) -> None:
     check = SoftChecks(path.name)
     georeferenced = has_geotransform(path)
     with open_level(path, 0) as src:
-        check(f"size {(h.width, h.height, h.count)} == rasterio {(src.width, src.height, src.count)}",
-              lambda: (h.width, h.height, h.count) == (src.width, src.height, src.count))
+        check(
+            f"size {(h.width, h.height, h.count)} == rasterio {(src.width, src.height, src.count)}",
+            lambda: (h.width, h.height, h.count) == (src.width, src.height, src.count),
+        )
         if is_half_float(src):
             check(f"dtype {h.dtype!r} in float16/float32 (half-float file)", lambda: h.dtype in ("float16", "float32"))
         else:
@@ -453,28 +466,40 @@ def check_header(h: CogHeader, path: Path, etag: str) -> None:
         check("transform", lambda: assert_transform_close(h.transform, base, "transform"))
         check(f"crs {str(h.crs)[:80]!r} == rasterio {src.crs}", lambda: _crs_matches(h.crs, src.crs))
         check(f"nodata {h.nodata!r} == rasterio {src.nodata!r}", lambda: _nodata_matches(h.nodata, src.nodata))
-        check(f"scales {h.scales} == {src.scales}",
-              lambda: np.testing.assert_allclose(h.scales, src.scales, rtol=1e-12) or len(h.scales) == src.count)
-        check(f"offsets {h.offsets} == {src.offsets}",
-              lambda: np.testing.assert_allclose(h.offsets, src.offsets, rtol=1e-12) or len(h.offsets) == src.count)
+        check(
+            f"scales {h.scales} == {src.scales}",
+            lambda: np.testing.assert_allclose(h.scales, src.scales, rtol=1e-12) or len(h.scales) == src.count,
+        )
+        check(
+            f"offsets {h.offsets} == {src.offsets}",
+            lambda: np.testing.assert_allclose(h.offsets, src.offsets, rtol=1e-12) or len(h.offsets) == src.count,
+        )
         n_overviews = len(src.overviews(1))
         tiled = bool(src.profile.get("tiled"))
-    check(f"overview_count {h.overview_count} == rasterio {n_overviews} == len(levels) - 1 ({len(h.levels) - 1})",
-          lambda: h.overview_count == n_overviews == len(h.levels) - 1)
+    check(
+        f"overview_count {h.overview_count} == rasterio {n_overviews} == len(levels) - 1 ({len(h.levels) - 1})",
+        lambda: h.overview_count == n_overviews == len(h.levels) - 1,
+    )
     for k, level in enumerate(h.levels[: n_overviews + 1]):
         with open_level(path, k) as src:
-            check(f"level {k} size {(level.width, level.height)} == {(src.width, src.height)}",
-                  lambda: (level.width, level.height) == (src.width, src.height))
+            check(
+                f"level {k} size {(level.width, level.height)} == {(src.width, src.height)}",
+                lambda: (level.width, level.height) == (src.width, src.height),
+            )
             if tiled:
                 tile_h, tile_w = src.block_shapes[0]
-                check(f"level {k} tile {(level.tile_width, level.tile_height)} == {(tile_w, tile_h)}",
-                      lambda: (level.tile_width, level.tile_height) == (tile_w, tile_h))
+                check(
+                    f"level {k} tile {(level.tile_width, level.tile_height)} == {(tile_w, tile_h)}",
+                    lambda: (level.tile_width, level.tile_height) == (tile_w, tile_h),
+                )
             if georeferenced:
                 expected = src.transform
             else:  # GDAL's rule for overviews: base transform scaled by the size ratio
                 expected = base * Affine.scale(base_size[0] / src.width, base_size[1] / src.height)
-            check(f"level_transform({k})",
-                  lambda: assert_transform_close(h.level_transform(k), expected, f"level_transform({k})"))
+            check(
+                f"level_transform({k})",
+                lambda: assert_transform_close(h.level_transform(k), expected, f"level_transform({k})"),
+            )
     check(f"size {h.size} == file size", lambda: h.size == path.stat().st_size)
     check(f"etag {h.etag!r} == server's {etag}", lambda: h.etag in (etag, etag.strip('"')))
     check.finish()
@@ -606,9 +631,7 @@ def test_fixture_list_is_complete():
 BATCH_CASES = [c for c in MATRIX if c.skip is None][::7]
 
 
-def test_read_headers_batch_equals_single(
-    matrix: MatrixFiles, range_server: RangeServer, served_tiff_dir: Path
-):
+def test_read_headers_batch_equals_single(matrix: MatrixFiles, range_server: RangeServer, served_tiff_dir: Path):
     """End to end over HTTP: a batch of headers equals single reads, with the server's versions."""
     paths = [matrix.path(c) for c in BATCH_CASES]
     paths += [served_tiff_dir / f for f in FIXTURES if f not in FIXTURE_UNSUPPORTED][::3]
@@ -668,4 +691,3 @@ def test_invalid_overview_is_a_window_error(matrix: MatrixFiles):
         read_window(h, (0, 0, 10, 10), overview=h.overview_count + 1, reader=reader)
     with pytest.raises(WindowError):
         read_window(h, (0, 0, 10, 10), overview=-1, reader=reader)
-

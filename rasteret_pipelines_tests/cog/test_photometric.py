@@ -60,9 +60,7 @@ def test_8bit_cmyk_is_converted_to_rgba_like_gdal(tmp_path, compression):
 
 
 @pytest.mark.parametrize("compression", [None, "zlib"])
-def test_8bit_cmyk_with_signed_sample_format_is_read_unsigned_and_converted_like_gdal(
-    tmp_path, compression
-):
+def test_8bit_cmyk_with_signed_sample_format_is_read_unsigned_and_converted_like_gdal(tmp_path, compression):
     """SampleFormat=2 on 8-bit CMYK: GDAL reads the samples as uint8 and converts them to
     RGBA as any 8-bit CMYK. Before: int8 values."""
     cmyk = RNG.integers(-128, 128, (90, 70, 4), dtype=np.int8)
@@ -116,8 +114,14 @@ def test_other_converted_models_are_refused_by_name(tmp_path, photometric, compr
     raw = bytes(64 * 64 * 3)
     data = zlib.compress(raw) if compression == 8 else raw
     path = block_tiff(
-        tmp_path / "model.tif", [data], width=64, height=64, tile=(64, 64), samples=3,
-        photometric=photometric, compression=compression,
+        tmp_path / "model.tif",
+        [data],
+        width=64,
+        height=64,
+        tile=(64, 64),
+        samples=3,
+        photometric=photometric,
+        compression=compression,
     )
     with pytest.raises(UnsupportedTiffError, match=f"model.tif: {name}"):
         read_header(str(path))
@@ -128,8 +132,14 @@ def test_other_converted_models_are_refused_by_name(tmp_path, photometric, compr
 
 @pytest.mark.parametrize(
     "code,encode",
-    [(1, bytes), (5, imagecodecs.lzw_encode), (8, zlib.compress), (32773, imagecodecs.packbits_encode),
-     (50000, imagecodecs.zstd_encode), (34925, imagecodecs.lzma_encode)],
+    [
+        (1, bytes),
+        (5, imagecodecs.lzw_encode),
+        (8, zlib.compress),
+        (32773, imagecodecs.packbits_encode),
+        (50000, imagecodecs.zstd_encode),
+        (34925, imagecodecs.lzma_encode),
+    ],
     ids=["none", "LZW", "Deflate", "PackBits", "ZSTD", "LZMA"],
 )
 def test_fill_order_2_is_honoured_like_libtiff(tmp_path, code, encode):

@@ -50,8 +50,7 @@ WINDOW = (300, 250, 700, 500)
 
 @pytest.fixture(scope="module")
 def cog(tmp_path_factory):
-    return s2_cog(tmp_path_factory.mktemp("reader") / "B04.tif", width=1100, height=900,
-                     blocksize=256, seed=7)
+    return s2_cog(tmp_path_factory.mktemp("reader") / "B04.tif", width=1100, height=900, blocksize=256, seed=7)
 
 
 def oracle(path, window):
@@ -151,7 +150,11 @@ def test_memory_reader_behaves_like_a_store(cog):
     assert [r.data for r in both] == [data[100:110], data[:4]]
     assert tail.version == ObjectVersion(len(data), reader.etag_for(HREF), None)
     assert [(r.start, r.end) for r in reader.requests] == [
-        (len(data) - 10, len(data) + 100), (len(data) + 5, len(data) + 10), (100, 110), (0, 4)]
+        (len(data) - 10, len(data) + 100),
+        (len(data) + 5, len(data) + 10),
+        (100, 110),
+        (0, 4),
+    ]
     with pytest.raises(CogNotFoundError, match="missing.tif") as info:
         read_header("https://cogs.example.test/missing.tif", reader=reader)
     assert isinstance(info.value, FileNotFoundError)
@@ -283,8 +286,7 @@ def test_a_refused_href_is_not_counted_a_missing_one_is(cog):
         async with RangeFetcher(reader=memory) as fetcher:
             with pytest.raises(CogNotFoundError):
                 await fetcher.get_range("mem://missing.tif", 0, 8, header=True)
-            return refused, (fetcher.stats.requests, fetcher.stats.header_requests, fetcher.stats.bytes,
-                             memory.count())
+            return refused, (fetcher.stats.requests, fetcher.stats.header_requests, fetcher.stats.bytes, memory.count())
 
     refused, missing = run_sync(run())
     assert refused == (0, 0)

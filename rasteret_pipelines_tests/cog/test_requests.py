@@ -43,8 +43,18 @@ def files(tmp_path_factory):
     for size in (256, 512, 1024):
         write_sparse_scene(root / f"scene_{size}.tif", blocksize=size)
     s2_cog(root / "dense.tif", blocksize=512)
-    write_cog(root / "planar.tif", count=3, blocksize=256, interleave="band", width=900, height=700, predictor=2,
-              nodata=0, transform=S2_TRANSFORM, seed=1)
+    write_cog(
+        root / "planar.tif",
+        count=3,
+        blocksize=256,
+        interleave="band",
+        width=900,
+        height=700,
+        predictor=2,
+        nodata=0,
+        transform=S2_TRANSFORM,
+        seed=1,
+    )
     return root
 
 
@@ -108,8 +118,9 @@ def test_full_size_scene_header_is_one_http_get_end_to_end(server, files):
     assert server.count("GET") == 1
     assert server.count(None) == 1  # no HEAD either
     assert header.etag == server.etag_for("scene_512.tif")
-    from_memory = read_header(href("scene_512.tif"), reader=MemoryReader(
-        {href("scene_512.tif"): (files / "scene_512.tif").read_bytes()}))
+    from_memory = read_header(
+        href("scene_512.tif"), reader=MemoryReader({href("scene_512.tif"): (files / "scene_512.tif").read_bytes()})
+    )
     assert from_memory.levels == header.levels and from_memory.size == header.size
 
 
@@ -217,8 +228,14 @@ def test_cached_header_in_a_new_process_makes_zero_header_requests(server, files
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
-    first_tile = int(min(o for o in header.levels[0].tile_offsets.tolist() + [
-        o for lvl in header.levels[1:] for o in lvl.tile_offsets.tolist()] if o))
+    first_tile = int(
+        min(
+            o
+            for o in header.levels[0].tile_offsets.tolist()
+            + [o for lvl in header.levels[1:] for o in lvl.tile_offsets.tolist()]
+            if o
+        )
+    )
     records = server.requests
     assert records, "the read made no request at all"
     assert all(r.range is not None and r.range[0] >= first_tile for r in records)

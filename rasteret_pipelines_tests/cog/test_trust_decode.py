@@ -135,9 +135,7 @@ def test_a_strip_of_the_wrong_length_in_a_stripped_file(tmp_path):
     with pytest.raises(BlockDecodeError, match="bad.tif: block 1"):
         read_window(read_header(str(bad)), (0, 0, 256, 256))
     # Rows of the intact strips alone are still readable.
-    np.testing.assert_array_equal(
-        read_window(read_header(str(bad)), (0, 0, 256, 100)), expected[:, :100]
-    )
+    np.testing.assert_array_equal(read_window(read_header(str(bad)), (0, 0, 256, 100)), expected[:, :100])
 
 
 def test_a_jpeg_strip_of_fewer_rows_is_an_error_and_the_last_strip_may_be_short(tmp_path):
@@ -200,13 +198,24 @@ def _bomb(codec: str) -> tuple[int, bytes, dict]:
     if codec == "LZMA":
         return 34925, imagecodecs.lzma_encode(bytes(32 << 20)), tile16
     if codec == "LERC":  # an 8192^2 float32 image (256 MiB) in 100 bytes
-        return 34887, imagecodecs.lerc_encode(np.zeros((8192, 8192), np.float32)), {
-            "bits": 32, "sample_format": 3,
-        }
+        return (
+            34887,
+            imagecodecs.lerc_encode(np.zeros((8192, 8192), np.float32)),
+            {
+                "bits": 32,
+                "sample_format": 3,
+            },
+        )
     if codec == "LERC+ZSTD":  # the zstd layer around a LERC blob bombs by itself
-        return 34887, imagecodecs.zstd_encode(zeros), {
-            "bits": 32, "sample_format": 3, "extra": [(LERC_PARAMETERS, 4, [4, 2])],
-        }
+        return (
+            34887,
+            imagecodecs.zstd_encode(zeros),
+            {
+                "bits": 32,
+                "sample_format": 3,
+                "extra": [(LERC_PARAMETERS, 4, [4, 2])],
+            },
+        )
     if codec == "WebP":  # 8192^2 RGBA (256 MiB) in a few KB
         data = imagecodecs.webp_encode(np.zeros((8192, 8192, 4), np.uint8), lossless=True)
         return 50001, data, {"samples": 4, "photometric": 2, "extra": [(338, 3, [2])]}
@@ -271,8 +280,17 @@ def test_the_same_window_read_twice_is_identical_and_equal_to_rasterio(tmp_path,
 
 def test_every_untyped_exception_of_a_codec_becomes_a_block_error(tmp_path):
     """Junk in every codec: a typed error naming the block, never the codec's own exception."""
-    for codec, code in [("LZW", 5), ("Deflate", 8), ("ZSTD", 50000), ("LZMA", 34925), ("LERC", 34887),
-                        ("WebP", 50001), ("JPEG", 7), ("JPEG 2000", 34712), ("PackBits", 32773)]:
+    for codec, code in [
+        ("LZW", 5),
+        ("Deflate", 8),
+        ("ZSTD", 50000),
+        ("LZMA", 34925),
+        ("LERC", 34887),
+        ("WebP", 50001),
+        ("JPEG", 7),
+        ("JPEG 2000", 34712),
+        ("PackBits", 32773),
+    ]:
         path = block_tiff(tmp_path / f"junk{code}.tif", [bytes(range(256)) * 40], compression=code)
         with pytest.raises(RasteretError) as info:
             read_window(read_header(str(path)), (0, 0, 256, 256))

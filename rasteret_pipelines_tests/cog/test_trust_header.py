@@ -19,8 +19,7 @@ PIXELS = (np.arange(64 * 48, dtype=np.uint32) % 241).astype(np.uint8).reshape(48
 GEO = [
     (tifftags.MODEL_PIXEL_SCALE, 12, [10.0, 10.0, 0.0]),
     (tifftags.MODEL_TIEPOINT, 12, [0.0, 0.0, 0.0, 699960.0, 1500000.0, 0.0]),
-    (tifftags.GEO_KEY_DIRECTORY, 3, [1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32643,
-                                      3073, 34737, 6, 0]),
+    (tifftags.GEO_KEY_DIRECTORY, 3, [1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32643, 3073, 34737, 6, 0]),
     (tifftags.GEO_ASCII_PARAMS, 2, "UTM|"),
     (tifftags.GDAL_NODATA, 2, "0"),
     (tifftags.GDAL_METADATA, 2, '<GDALMetadata><Item name="SCALE" sample="0" role="scale">2</Item></GDALMetadata>'),

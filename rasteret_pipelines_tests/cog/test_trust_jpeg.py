@@ -56,8 +56,17 @@ def rio_read(path, **kwargs) -> np.ndarray:
 
 def gdal_ycbcr_strips(path, height: int, rows_per_strip: int):
     with rasterio.open(
-        path, "w", driver="GTiff", width=77, height=height, count=3, dtype="uint8",
-        compress="JPEG", photometric="YCBCR", tiled=False, blockysize=rows_per_strip,
+        path,
+        "w",
+        driver="GTiff",
+        width=77,
+        height=height,
+        count=3,
+        dtype="uint8",
+        compress="JPEG",
+        photometric="YCBCR",
+        tiled=False,
+        blockysize=rows_per_strip,
     ) as dst:
         dst.write(colour_field(height, 77))
     return path
@@ -65,8 +74,12 @@ def gdal_ycbcr_strips(path, height: int, rows_per_strip: int):
 
 def tifffile_ycbcr_strips(path, height: int, rows_per_strip: int):
     tifffile.imwrite(
-        path, colour_field(height, 77).transpose(1, 2, 0), photometric="ycbcr",
-        compression="jpeg", rowsperstrip=rows_per_strip, subsampling=(2, 2),
+        path,
+        colour_field(height, 77).transpose(1, 2, 0),
+        photometric="ycbcr",
+        compression="jpeg",
+        rowsperstrip=rows_per_strip,
+        subsampling=(2, 2),
     )
     return path
 
@@ -77,14 +90,24 @@ def handmade_ycbcr_strips(path, height: int, rows_per_strip: int):
     image = colour_field(height, 77).transpose(1, 2, 0)
     strips = [
         imagecodecs.jpeg8_encode(
-            np.ascontiguousarray(image[r : r + rows_per_strip]), level=90, colorspace="RGB",
-            outcolorspace="YCBCR", subsampling="420",
+            np.ascontiguousarray(image[r : r + rows_per_strip]),
+            level=90,
+            colorspace="RGB",
+            outcolorspace="YCBCR",
+            subsampling="420",
         )
         for r in range(0, height, rows_per_strip)
     ]
     return block_tiff(
-        path, strips, width=77, height=height, tile=None, rows_per_strip=rows_per_strip,
-        samples=3, compression=7, photometric=6,
+        path,
+        strips,
+        width=77,
+        height=height,
+        tile=None,
+        rows_per_strip=rows_per_strip,
+        samples=3,
+        compression=7,
+        photometric=6,
         extra=[(530, 3, [2, 2]), (258, 3, [8, 8, 8]), (284, 3, [1])],
     )
 
@@ -127,9 +150,7 @@ def test_ycbcr_jpeg_strips_equal_libtiffs_decode(tmp_path, case):
     last = (height - 1) // rps * rps
     for window in [(5, last - 3, 40, height - last + 3), (0, height - 1, 77, 1)]:
         col, row, w, h = window
-        np.testing.assert_array_equal(
-            read_window(header, window), reference[:, row : row + h, col : col + w]
-        )
+        np.testing.assert_array_equal(read_window(header, window), reference[:, row : row + h, col : col + w])
     edge = read_window(header, (60, height - 4, 30, 10))
     expected = np.zeros((3, 10, 30), np.uint8)
     expected[:, :4, :17] = reference[:, height - 4 :, 60:]
@@ -142,8 +163,14 @@ def test_ycbcr_jpeg_strips_equal_libtiffs_decode(tmp_path, case):
 def jpeg_cog(tmp_path, photometric: str | None):
     options = {"photometric": photometric} if photometric else {}
     return write_cog(
-        tmp_path / f"jpeg-{photometric or 'ycbcr'}.tif", compress="JPEG", dtype="uint8", count=3,
-        width=600, height=500, blocksize=128, **options,
+        tmp_path / f"jpeg-{photometric or 'ycbcr'}.tif",
+        compress="JPEG",
+        dtype="uint8",
+        count=3,
+        width=600,
+        height=500,
+        blocksize=128,
+        **options,
     )
 
 
@@ -201,9 +228,7 @@ def test_a_jpeg_tile_with_a_damaged_structure_is_refused_by_name(tmp_path, photo
     assert info.value.block == INDEX and info.value.href == str(path)
     oracle = libtiff_decode(path) if photometric is None else rio_read(path)
     for col, row, w, h in OTHER_WINDOWS:
-        np.testing.assert_array_equal(
-            read_window(header, (col, row, w, h)), oracle[:, row : row + h, col : col + w]
-        )
+        np.testing.assert_array_equal(read_window(header, (col, row, w, h)), oracle[:, row : row + h, col : col + w])
     # The overviews are intact: read like GDAL (RGB) or libtiff (YCbCr), damaged level aside.
     level = header.levels[1]
     with warnings.catch_warnings():
@@ -211,11 +236,11 @@ def test_a_jpeg_tile_with_a_damaged_structure_is_refused_by_name(tmp_path, photo
         with rasterio.open(path, overview_level=0) as src:
             overview = src.read()
     if photometric is None:
-        assert np.abs(overview.astype(np.int16) - read_window(header, (0, 0, level.width, level.height), 1)).mean() <= 10
-    else:
-        np.testing.assert_array_equal(
-            read_window(header, (0, 0, level.width, level.height), 1), overview
+        assert (
+            np.abs(overview.astype(np.int16) - read_window(header, (0, 0, level.width, level.height), 1)).mean() <= 10
         )
+    else:
+        np.testing.assert_array_equal(read_window(header, (0, 0, level.width, level.height), 1), overview)
 
 
 def test_a_jpeg_tile_with_damaged_entropy_data_reads_like_gdal(tmp_path):

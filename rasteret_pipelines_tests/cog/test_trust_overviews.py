@@ -35,19 +35,16 @@ def write_chained(path):
     with tifffile.TiffWriter(path) as tif:
         tif.write(FULL, photometric="rgb", planarconfig="separate", tile=(64, 64))
         for factor in FACTORS:
-            tif.write(_overview(factor), photometric="rgb", planarconfig="separate",
-                      tile=(16, 16), subfiletype=1)
+            tif.write(_overview(factor), photometric="rgb", planarconfig="separate", tile=(16, 16), subfiletype=1)
     return path
 
 
 def write_subifds(path):
     """The same overviews in the first image's SubIFDs, in the same order."""
     with tifffile.TiffWriter(path) as tif:
-        tif.write(FULL, photometric="rgb", planarconfig="separate", tile=(64, 64),
-                  subifds=len(FACTORS))
+        tif.write(FULL, photometric="rgb", planarconfig="separate", tile=(64, 64), subifds=len(FACTORS))
         for factor in FACTORS:
-            tif.write(_overview(factor), photometric="rgb", planarconfig="separate",
-                      tile=(16, 16), subfiletype=1)
+            tif.write(_overview(factor), photometric="rgb", planarconfig="separate", tile=(16, 16), subfiletype=1)
     return path
 
 
@@ -98,7 +95,10 @@ def test_provenance_survives_the_cached_header_exactly(tmp_path):
     header = read_header(str(write_subifds(tmp_path / "sub.tif")))
     plain = header.to_dict()
     assert [(lvl["subifd"], lvl["ifd_index"]) for lvl in plain["levels"]] == [
-        (False, 0), (True, 1), (True, 0), (True, 2)
+        (False, 0),
+        (True, 1),
+        (True, 0),
+        (True, 2),
     ]
     assert CogHeader.from_dict(plain) == header
     stored = pa.array([plain], HEADER_TYPE).to_pylist()[0]
@@ -121,7 +121,9 @@ def test_an_overview_of_another_data_type_is_refused_by_name(tmp_path):
         assert src.overviews(1) == [2, 4]
     with rio(path, overview_level=0) as src:
         assert src.dtypes[0] == "uint16"  # GDAL reads it, in its own data type
-    with pytest.raises(UnsupportedTiffError, match=r"mixed\.tif: the overview in the IFD at \d+ holds uint16 samples, the image uint8"):
+    with pytest.raises(
+        UnsupportedTiffError, match=r"mixed\.tif: the overview in the IFD at \d+ holds uint16 samples, the image uint8"
+    ):
         read_header(str(path))
 
 

@@ -44,8 +44,14 @@ JULY = ("2025-07-01", "2025-07-31")
 
 def build_s2(workspace, stac, name="brazil", date_range=JULY, **kwargs):
     return build_collection(
-        "sentinel-2-l2a", name, workspace, date_range=date_range, bands=["B04", "B08"],
-        stac_url=stac.url, progress=False, **kwargs,
+        "sentinel-2-l2a",
+        name,
+        workspace,
+        date_range=date_range,
+        bands=["B04", "B08"],
+        stac_url=stac.url,
+        progress=False,
+        **kwargs,
     )
 
 
@@ -154,8 +160,10 @@ def test_rebuild_refetches_headers_cached_by_an_older_header_layout(tmp_path, mi
     assert all(CogHeader.from_dict(h).href for h in rebuilt)
 
 
-LOCAL_CS = ('LOCAL_CS["Cartesian (Meter)",LOCAL_DATUM["Unknown",32767],UNIT["metre",1],'
-            'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+LOCAL_CS = (
+    'LOCAL_CS["Cartesian (Meter)",LOCAL_DATUM["Unknown",32767],UNIT["metre",1],'
+    'AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+)
 
 
 @pytest.mark.parametrize(("crs", "said"), [(None, "no CRS"), (LOCAL_CS, "only a local")], ids=["none", "local"])
@@ -203,10 +211,14 @@ def test_months_are_separate_files_and_one_rebuilds_alone(tmp_path, mirror, stac
     report = build_s2(tmp_path, stac, date_range=("2025-05-01", "2025-07-31"))
     assert [m.month for m in report.months] == ["2025-05", "2025-06", "2025-07"]
     assert [m.items for m in report.months] == [3, 3, 3]
-    before = {m: (tmp_path / "brazil" / f"month={m}" / "items.parquet").stat().st_mtime_ns for m in ("2025-05", "2025-07")}
+    before = {
+        m: (tmp_path / "brazil" / f"month={m}" / "items.parquet").stat().st_mtime_ns for m in ("2025-05", "2025-07")
+    }
     report = build_s2(tmp_path, stac, date_range=("2025-06-01", "2025-06-30"))
     assert [m.month for m in report.months] == ["2025-06"]
-    after = {m: (tmp_path / "brazil" / f"month={m}" / "items.parquet").stat().st_mtime_ns for m in ("2025-05", "2025-07")}
+    after = {
+        m: (tmp_path / "brazil" / f"month={m}" / "items.parquet").stat().st_mtime_ns for m in ("2025-05", "2025-07")
+    }
     assert before == after
     collection = load_collection("brazil", tmp_path)
     assert len(collection) == 9 and collection.date_range == ("2025-05-01", "2025-07-31")
@@ -257,8 +269,14 @@ def test_landsat_reads_requester_pays_s3_alternates(tmp_path, mirror, stac_for, 
     items = [mirror.publish(i, bands=LANDSAT_BANDS, alternate="s3") for i in recorded(USGS_DIR)]
     stac = stac_for(items)
     report = build_collection(
-        "LANDSAT", "usgs", tmp_path, date_range=("2020-01-01", "2020-01-31"), bands=["B4", "B5"],
-        platform={"in": ["LANDSAT_8"]}, stac_url=stac.url, progress=False,
+        "LANDSAT",
+        "usgs",
+        tmp_path,
+        date_range=("2020-01-01", "2020-01-31"),
+        bands=["B4", "B5"],
+        platform={"in": ["LANDSAT_8"]},
+        stac_url=stac.url,
+        progress=False,
     )
     assert report.items == 1 and report.failed == []
     requests = mirror.cogs.requests
@@ -297,7 +315,11 @@ def test_malformed_items_are_recorded_not_silently_dropped(tmp_path, mirror, sta
     assert month.failed == []  # a band the item lacks is no failure: no retry could fix it
     assert [(m.item_id, m.band) for m in month.missing] == [(no_asset["id"], "nir")]
     assert "band headers failed" not in caplog.text
-    row = next(r for r in pq.read_table(tmp_path / "brazil" / "month=2025-07" / "items.parquet").to_pylist() if r["id"] == no_asset["id"])
+    row = next(
+        r
+        for r in pq.read_table(tmp_path / "brazil" / "month=2025-07" / "items.parquet").to_pylist()
+        if r["id"] == no_asset["id"]
+    )
     assert row["nir_error"] == "item has no 'nir' asset" and row["red_header"] is not None
     assert "no-geometry" in caplog.text
 
@@ -382,13 +404,17 @@ def test_build_collection_rejects_another_sources_collection(tmp_path, stac_for,
     from rasteret_pipelines.errors import CollectionError
 
     with pytest.raises(CollectionError, match="holds sentinel-2-l2a"):
-        build_collection("sentinel-2-c1-l2a", "brazil", tmp_path, date_range=JULY, bands=["red"],
-                         stac_url=stac.url, progress=False)
+        build_collection(
+            "sentinel-2-c1-l2a", "brazil", tmp_path, date_range=JULY, bands=["red"], stac_url=stac.url, progress=False
+        )
 
 
 def test_search_by_geometry_and_bbox_keeps_only_intersecting_items(tmp_path, stac_for, july):
     stac = stac_for(july)
-    mua_only = {"type": "Polygon", "coordinates": [[[-40.1, -4.1], [-39.9, -4.1], [-39.9, -3.9], [-40.1, -3.9], [-40.1, -4.1]]]}
+    mua_only = {
+        "type": "Polygon",
+        "coordinates": [[[-40.1, -4.1], [-39.9, -4.1], [-39.9, -3.9], [-40.1, -3.9], [-40.1, -4.1]]],
+    }
     report = build_s2(tmp_path, stac, name="by-geometry", geometry=mua_only)
     table = pq.read_table(tmp_path / "by-geometry" / "month=2025-07" / "items.parquet")
     assert table.column("id").to_pylist() == ["S2B_24MUA_20250731_0_L2A"] and report.items == 1
@@ -453,8 +479,7 @@ def test_a_stac_api_errors_printed_traceback_shows_no_token(tmp_path, stac_for, 
         stac.faults = FaultPlan(rate=1.0, kinds=["503"])
         url = f"{stac.url}?token={secret}"
     with pytest.raises(StacApiError) as info:
-        build_collection("sentinel-2-l2a", "x", tmp_path, date_range=JULY, stac_url=url,
-                         progress=False)
+        build_collection("sentinel-2-l2a", "x", tmp_path, date_range=JULY, stac_url=url, progress=False)
     printed = "".join(traceback.format_exception(info.value))
     assert "token=REDACTED" in printed  # the URL is named, its token is not
     assert secret not in printed

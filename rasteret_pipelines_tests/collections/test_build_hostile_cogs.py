@@ -15,8 +15,13 @@ JULY = ("2025-07-01", "2025-07-31")
 
 def _build(workspace, stac):
     return build_collection(
-        "sentinel-2-l2a", "hostile", workspace, date_range=JULY, bands=["B04", "B08"],
-        stac_url=stac.url, progress=False,
+        "sentinel-2-l2a",
+        "hostile",
+        workspace,
+        date_range=JULY,
+        bands=["B04", "B08"],
+        stac_url=stac.url,
+        progress=False,
     )
 
 

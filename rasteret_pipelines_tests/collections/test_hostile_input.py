@@ -35,8 +35,9 @@ UNREACHABLE = "http://127.0.0.1:9/v1"  # nothing listens: an argument error must
 
 def build(workspace, stac_url, name="hostile", **kwargs):
     kwargs.setdefault("bands", ["B04", "B08"])
-    return build_collection("sentinel-2-l2a", name, workspace, date_range=JULY, stac_url=stac_url,
-                            progress=False, **kwargs)
+    return build_collection(
+        "sentinel-2-l2a", name, workspace, date_range=JULY, stac_url=stac_url, progress=False, **kwargs
+    )
 
 
 @pytest.fixture
@@ -112,13 +113,24 @@ def test_check_href_policy():
     ("kwargs", "error", "message"),
     [
         ({"cloud_cover_lt": "abc"}, InvalidSearchError, "cloud_cover_lt must be a number (a percentage), got 'abc'"),
-        ({"cloud_cover_lt": math.nan}, InvalidSearchError, "cloud_cover_lt must be a finite number (a percentage), got nan"),
+        (
+            {"cloud_cover_lt": math.nan},
+            InvalidSearchError,
+            "cloud_cover_lt must be a finite number (a percentage), got nan",
+        ),
         ({"cloud_cover_lt": math.inf}, InvalidSearchError, "cloud_cover_lt must be a finite number"),
         ({"cloud_cover_lt": 120}, InvalidSearchError, "cloud_cover_lt is a percentage between 0 and 100, got 120"),
         ({"bands": [None]}, UnknownBandError, "band names must be non-empty strings, got None"),
-        ({"bbox": (77.5, 13.0, math.nan, 13.1)}, InvalidSearchError, "must be four finite numbers (no NaN or infinity)"),
-        ({"geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, float("nan")], [1, 1], [0, 0]]]}},
-         InvalidSearchError, "geometry has NaN or infinite coordinates"),
+        (
+            {"bbox": (77.5, 13.0, math.nan, 13.1)},
+            InvalidSearchError,
+            "must be four finite numbers (no NaN or infinity)",
+        ),
+        (
+            {"geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, float("nan")], [1, 1], [0, 0]]]}},
+            InvalidSearchError,
+            "geometry has NaN or infinite coordinates",
+        ),
         ({"name": "bad\x00name"}, InvalidCollectionNameError, "contains control characters (NUL)"),
         ({"name": "n" * 300}, InvalidCollectionNameError, "is 300 bytes long; at most 255 are allowed"),
         ({"name": "../escape"}, InvalidCollectionNameError, "contains a path separator"),
@@ -135,12 +147,18 @@ def test_bad_build_arguments_are_typed_value_errors(tmp_path, kwargs, error, mes
 
 
 def test_the_rasteret_api_refuses_bad_names_and_filters(tmp_path):
-    processor = Rasteret(workspace_dir=tmp_path, custom_name="x" * 300, data_source="sentinel-2-l2a",
-                         date_range=JULY, stac_url=UNREACHABLE)
+    processor = Rasteret(
+        workspace_dir=tmp_path,
+        custom_name="x" * 300,
+        data_source="sentinel-2-l2a",
+        date_range=JULY,
+        stac_url=UNREACHABLE,
+    )
     with pytest.raises(InvalidCollectionNameError, match="at most 255"):
         processor.create_collection(bbox=(77.5, 13.0, 77.6, 13.1))
-    processor = Rasteret(workspace_dir=tmp_path, custom_name="ok", data_source="sentinel-2-l2a",
-                         date_range=JULY, stac_url=UNREACHABLE)
+    processor = Rasteret(
+        workspace_dir=tmp_path, custom_name="ok", data_source="sentinel-2-l2a", date_range=JULY, stac_url=UNREACHABLE
+    )
     with pytest.raises(InvalidSearchError, match="finite"):
         processor.create_collection(bbox=(77.5, 13.0, 77.6, 13.1), cloud_cover_lt=float("nan"))
 
@@ -148,8 +166,9 @@ def test_the_rasteret_api_refuses_bad_names_and_filters(tmp_path):
 def test_load_collection_stays_inside_its_workspace(tmp_path):
     outside = tmp_path / "x"
     outside.mkdir()
-    (outside / "_manifest.json").write_text(json.dumps({"name": "x", "data_source": "sentinel-2-l2a",
-                                                         "date_range": ["2025-07-01", "2025-07-31"]}))
+    (outside / "_manifest.json").write_text(
+        json.dumps({"name": "x", "data_source": "sentinel-2-l2a", "date_range": ["2025-07-01", "2025-07-31"]})
+    )
     workspace = tmp_path / "a" / "b"
     workspace.mkdir(parents=True)
     for name in ("../../x", "../x", str(outside), "x/../../../x"):
@@ -241,5 +260,10 @@ def test_a_silent_stac_api_costs_a_bounded_number_of_attempts():
     silent = SilentServer()
     with silent as url:
         with pytest.raises(StacApiError, match="unreachable"):
-            search_items(get_source("sentinel-2-l2a"), Month("2025-07", dt.date(2025, 7, 1), dt.date(2025, 7, 31)), stac_url=url, timeout=0.5)
+            search_items(
+                get_source("sentinel-2-l2a"),
+                Month("2025-07", dt.date(2025, 7, 1), dt.date(2025, 7, 31)),
+                stac_url=url,
+                timeout=0.5,
+            )
     assert 1 <= len(silent.accepted) <= 2  # the landing page: one try and one read-timeout retry

@@ -20,15 +20,22 @@ def built(tmp_path, mirror, stac_for):
     items = [mirror.publish(shifted(i, m)) for i in july_2025_items() for m in (6, 7)]
     stac = stac_for(items)
     build_collection(
-        "sentinel-2-l2a", "brazil", tmp_path, date_range=("2025-06-01", "2025-07-31"),
-        bands=["red", "nir"], stac_url=stac.url, progress=False,
+        "sentinel-2-l2a",
+        "brazil",
+        tmp_path,
+        date_range=("2025-06-01", "2025-07-31"),
+        bands=["red", "nir"],
+        stac_url=stac.url,
+        progress=False,
     )
     mirror.cogs.reset_log()
     return load_collection("brazil", tmp_path), items, mirror, stac
 
 
 def recorded_cloud(items, month):
-    return {i["id"]: i["properties"]["eo:cloud_cover"] for i in items if f"-{month:02d}-" in i["properties"]["datetime"]}
+    return {
+        i["id"]: i["properties"]["eo:cloud_cover"] for i in items if f"-{month:02d}-" in i["properties"]["datetime"]
+    }
 
 
 def test_filters_match_the_recorded_items_without_network(built):
@@ -86,21 +93,29 @@ def test_collections_on_s3(tmp_path, mirror, stac_for, moto_s3):
     items = [mirror.publish(i) for i in july_2025_items()]
     stac = stac_for(items)
     report = build_collection(
-        "sentinel-2-l2a", "brazil", "s3://lake/ws", date_range=("2025-07-01", "2025-07-31"),
-        bands=["red"], stac_url=stac.url, progress=False,
+        "sentinel-2-l2a",
+        "brazil",
+        "s3://lake/ws",
+        date_range=("2025-07-01", "2025-07-31"),
+        bands=["red"],
+        stac_url=stac.url,
+        progress=False,
     )
     assert report.location == "s3://lake/ws/brazil"
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="lake")["Contents"]]
     assert sorted(keys) == ["ws/brazil/_manifest.json", "ws/brazil/month=2025-07/items.parquet"]
     assert list_collections("s3://lake/ws")[0]["size"] == 6
     collection = load_collection("brazil", "s3://lake/ws")
-    assert collection.to_table(cloud_cover_lt=30).num_rows == sum(
-        i["properties"]["eo:cloud_cover"] < 30 for i in items
-    )
+    assert collection.to_table(cloud_cover_lt=30).num_rows == sum(i["properties"]["eo:cloud_cover"] < 30 for i in items)
     mirror.cogs.reset_log()
     build_collection(
-        "sentinel-2-l2a", "brazil", "s3://lake/ws", date_range=("2025-07-01", "2025-07-31"),
-        bands=["red"], stac_url=stac.url, progress=False,
+        "sentinel-2-l2a",
+        "brazil",
+        "s3://lake/ws",
+        date_range=("2025-07-01", "2025-07-31"),
+        bands=["red"],
+        stac_url=stac.url,
+        progress=False,
     )
     assert mirror.cogs.count(None) == 0  # headers reused from the S3 copy
 
@@ -160,7 +175,8 @@ def test_a_filtered_projected_read_loads_neither_pyarrow_dataset_nor_pandas(buil
         "assert s and s[0].headers['red'].href\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", "import json\n" + code], capture_output=True, text=True, check=True, timeout=120
+    )
     modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert {"pyarrow.dataset", "pyarrow._dataset", "pandas", "xarray"} & modules == set()

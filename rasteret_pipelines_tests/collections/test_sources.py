@@ -47,7 +47,8 @@ def _docstring_ids(tree: ast.AST) -> set[int]:
     """Ids of string constants that are statements of their own: docstrings (module, class,
     function and attribute docstrings). Comments are not in the AST at all."""
     return {
-        id(node.value) for node in ast.walk(tree)
+        id(node.value)
+        for node in ast.walk(tree)
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
     }
 
@@ -69,14 +70,17 @@ def literals_naming_sources(text: str, names: dict[str, str]) -> list[tuple[int,
     return [
         (node.lineno, node.value, names[node.value.casefold()])
         for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docs
         and node.value.casefold() in names
     ]
 
 
 def package_modules() -> list[Path]:
-    return [p for p in sorted(PACKAGE.rglob("*.py"))
-            if p != SOURCES_MODULE and "mirror" not in p.relative_to(PACKAGE).parts]
+    return [
+        p for p in sorted(PACKAGE.rglob("*.py")) if p != SOURCES_MODULE and "mirror" not in p.relative_to(PACKAGE).parts
+    ]
 
 
 def test_no_module_but_sources_names_a_band_or_a_source():
@@ -90,8 +94,7 @@ def test_no_module_but_sources_names_a_band_or_a_source():
                 found.append(f"{rel}:{line}: {literal!r} ({what})")
     assert found == [], (
         "a data source's bands (or id) are named outside collections/sources.py; ask the "
-        "DataSource instead (ndvi_bands, cloud_mask, reflectance_properties, properties):\n"
-        + "\n".join(found)
+        "DataSource instead (ndvi_bands, cloud_mask, reflectance_properties, properties):\n" + "\n".join(found)
     )
 
 
@@ -151,8 +154,11 @@ def test_registering_a_source_makes_its_id_and_aliases_resolve():
 
 @pytest.mark.parametrize(
     "changes, taken",
-    [({"id": "sentinel-2-l2a"}, "'sentinel-2-l2a'"), ({"id": "x-new", "aliases": ("landsat",)}, "'landsat'"),
-     ({"id": "SENTINEL2"}, "'SENTINEL2'")],
+    [
+        ({"id": "sentinel-2-l2a"}, "'sentinel-2-l2a'"),
+        ({"id": "x-new", "aliases": ("landsat",)}, "'landsat'"),
+        ({"id": "SENTINEL2"}, "'SENTINEL2'"),
+    ],
 )
 def test_registering_a_taken_name_is_refused(changes, taken):
     with pytest.raises(SourceDefinitionError, match=taken):
@@ -190,12 +196,26 @@ def test_ndvi_bands_and_cloud_mask_are_required():
     for name in ("cloud_mask", "ndvi_bands", "pixel_size"):
         assert fields[name].default is dataclasses.MISSING and fields[name].default_factory is dataclasses.MISSING
     with pytest.raises(TypeError, match="ndvi_bands"):
-        DataSource(id="x", stac_url="http://127.0.0.1:1", collection="x", short_name="x", bands=s2.bands,
-                   cloud_mask=s2.cloud_mask, pixel_size=10.0)
+        DataSource(
+            id="x",
+            stac_url="http://127.0.0.1:1",
+            collection="x",
+            short_name="x",
+            bands=s2.bands,
+            cloud_mask=s2.cloud_mask,
+            pixel_size=10.0,
+        )
 
 
-@pytest.mark.parametrize("rule", [lambda: MaskedClasses(band="scl"), lambda: MaskedClasses(band="", classes=(1,)),
-                                  lambda: MaskedBits(band="qa", bits=(32,)), lambda: MaskedBits(band="qa", bits=(-1,))])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        lambda: MaskedClasses(band="scl"),
+        lambda: MaskedClasses(band="", classes=(1,)),
+        lambda: MaskedBits(band="qa", bits=(32,)),
+        lambda: MaskedBits(band="qa", bits=(-1,)),
+    ],
+)
 def test_bad_cloud_mask_rules_are_refused(rule):
     with pytest.raises(SourceDefinitionError):
         rule()

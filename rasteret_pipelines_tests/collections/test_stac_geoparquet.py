@@ -38,10 +38,13 @@ from rasteret_pipelines_tests.collections.conftest import (
 from rasteret_pipelines_tests.conftest import committed_fixtures
 
 JULY = ("2025-07-01", "2025-07-31")
-TIMESTAMPS = {"datetime", "start_datetime", "end_datetime", "created", "updated", "expires",
-              "published", "unpublished"}
+TIMESTAMPS = {"datetime", "start_datetime", "end_datetime", "created", "updated", "expires", "published", "unpublished"}
 RECORDED_DIRS = sorted(
-    {p.parent for p in committed_fixtures("stac") if len(p.relative_to(STAC_DIR).parts) == 3 and p.parent.name != "collections"}
+    {
+        p.parent
+        for p in committed_fixtures("stac")
+        if len(p.relative_to(STAC_DIR).parts) == 3 and p.parent.name != "collections"
+    }
 )
 
 
@@ -66,9 +69,7 @@ def assert_same_item(got: dict, source: dict, *, links: bool = True) -> None:
     assert got["collection"] == source["collection"]
     assert got["geometry"] == source["geometry"]
     assert got["bbox"] == source["bbox"]
-    assert {k: a["href"] for k, a in got["assets"].items()} == {
-        k: a["href"] for k, a in source["assets"].items()
-    }
+    assert {k: a["href"] for k, a in got["assets"].items()} == {k: a["href"] for k, a in source["assets"].items()}
     for key, asset in source["assets"].items():  # asset fields kept (others come back as None)
         assert _without_nulls(got["assets"][key]) == _without_nulls(asset)
     if links:
@@ -93,8 +94,18 @@ def assert_same_item(got: dict, source: dict, *, links: bool = True) -> None:
 def test_month_file_round_trips_every_recorded_item(tmp_path, folder):
     items = recorded(folder)
     table = schema.items_table(items)
-    for name in ("type", "stac_version", "stac_extensions", "id", "geometry", "bbox", "collection",
-                 "links", "assets", "datetime"):
+    for name in (
+        "type",
+        "stac_version",
+        "stac_extensions",
+        "id",
+        "geometry",
+        "bbox",
+        "collection",
+        "links",
+        "assets",
+        "datetime",
+    ):
         assert name in table.column_names, name
     assert table.schema.field("datetime").type == pa.timestamp("us", tz="UTC")
     store = Storage.from_uri(tmp_path)
@@ -114,8 +125,16 @@ def july(mirror):
 
 
 def build_s2(workspace, stac, name="brazil", date_range=JULY, bands=("B04", "B08"), **kwargs):
-    return build_collection("sentinel-2-l2a", name, workspace, date_range=date_range,
-                            bands=list(bands), stac_url=stac.url, progress=False, **kwargs)
+    return build_collection(
+        "sentinel-2-l2a",
+        name,
+        workspace,
+        date_range=date_range,
+        bands=list(bands),
+        stac_url=stac.url,
+        progress=False,
+        **kwargs,
+    )
 
 
 def test_built_month_reads_back_as_the_served_items(tmp_path, stac_for, july):
@@ -179,7 +198,10 @@ def test_rustac_duckdb_search_reads_a_month_file(tmp_path, stac_for, july):
     )
     everything = client.search(path)
     assert sorted(i["id"] for i in everything) == sorted(i["id"] for i in july)
-    mua = {"type": "Polygon", "coordinates": [[[-40.1, -4.1], [-39.9, -4.1], [-39.9, -3.9], [-40.1, -3.9], [-40.1, -4.1]]]}
+    mua = {
+        "type": "Polygon",
+        "coordinates": [[[-40.1, -4.1], [-39.9, -4.1], [-39.9, -3.9], [-40.1, -3.9], [-40.1, -4.1]]],
+    }
     found = client.search(path, intersects=mua, datetime="2025-07-01T00:00:00Z/2025-07-31T23:59:59Z")
     assert [i["id"] for i in found] == ["S2B_24MUA_20250731_0_L2A"]
     by_id = {i["id"]: i for i in july}
@@ -208,7 +230,8 @@ def test_months_with_different_assets_and_an_empty_month_read_as_one_dataset(tmp
     assert table.schema.field("eo:cloud_cover").type == pa.float64()
     assets = collection.to_table(columns=["id", "assets"]).to_pylist()
     assert {r["id"]: r["assets"]["coastal"] is None for r in assets} == {
-        **{i["id"]: False for i in may}, **{i["id"]: True for i in june}
+        **{i["id"]: False for i in may},
+        **{i["id"]: True for i in june},
     }
     projected = collection.to_table(columns=["red_header"], date_range=("2025-06-01", "2025-06-30"))
     assert projected.column_names == ["red_header"] and projected.num_rows == 2
@@ -237,18 +260,20 @@ def test_a_band_an_item_lacks_is_missing_not_failed(tmp_path, mirror, stac_for, 
 
 def _outdated_month(path, built) -> None:
     """Rewrite ``path`` in the layout before STAC-GeoParquet (item JSON in ``stac_item``)."""
-    old = pa.table({
-        "id": built.column("id"),
-        "collection": built.column("collection"),
-        "datetime": built.column("datetime"),
-        "geometry": pa.array(built.column("geometry").to_pylist(), pa.binary()),
-        "bbox": built.column("bbox"),
-        "eo:cloud_cover": built.column("eo:cloud_cover"),
-        "platform": built.column("platform"),
-        "updated": pa.array([v.isoformat().replace("+00:00", "Z") for v in built.column("updated").to_pylist()]),
-        "stac_item": pa.array([json.dumps(i) for i in stac_table_to_items(schema.stac_view(built))]),
-        **{c: built.column(c) for b in ("red", "nir") for c in schema.band_columns(b)},
-    })
+    old = pa.table(
+        {
+            "id": built.column("id"),
+            "collection": built.column("collection"),
+            "datetime": built.column("datetime"),
+            "geometry": pa.array(built.column("geometry").to_pylist(), pa.binary()),
+            "bbox": built.column("bbox"),
+            "eo:cloud_cover": built.column("eo:cloud_cover"),
+            "platform": built.column("platform"),
+            "updated": pa.array([v.isoformat().replace("+00:00", "Z") for v in built.column("updated").to_pylist()]),
+            "stac_item": pa.array([json.dumps(i) for i in stac_table_to_items(schema.stac_view(built))]),
+            **{c: built.column(c) for b in ("red", "nir") for c in schema.band_columns(b)},
+        }
+    )
     pq.write_table(old, path)
 
 
@@ -262,7 +287,8 @@ def test_an_outdated_collection_says_rebuild_and_a_rebuild_reuses_its_headers(tm
         collection.to_table()
     with pytest.raises(OutdatedCollectionError):
         Rasteret.load_collection("brazil", workspace_dir=tmp_path).get_xarray(
-            [shapely.geometry.box(-40.1, -4.1, -39.9, -3.9)], ["B04"])
+            [shapely.geometry.box(-40.1, -4.1, -39.9, -3.9)], ["B04"]
+        )
     mirror.cogs.reset_log()
     report = build_s2(tmp_path, stac)
     assert mirror.cogs.requests == [] and report.months[0].headers_reused == 12
@@ -275,8 +301,13 @@ def test_create_collection_that_finds_nothing_creates_nothing(tmp_path, stac_for
     stac = stac_for(july)  # Sentinel-2 items only: a Landsat search finds nothing
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    processor = Rasteret(workspace_dir=workspace, custom_name="bangalore", data_source="LANDSAT",
-                         date_range=("2025-07-01", "2025-07-31"), stac_url=stac.url)
+    processor = Rasteret(
+        workspace_dir=workspace,
+        custom_name="bangalore",
+        data_source="LANDSAT",
+        date_range=("2025-07-01", "2025-07-31"),
+        stac_url=stac.url,
+    )
     with caplog.at_level(logging.DEBUG, logger="rasteret_pipelines"):
         with pytest.raises(EmptySearchError, match="found no items.*was not created"):
             processor.create_collection(bbox=(77.55, 13.01, 77.59, 13.09), cloud_cover_lt=20)
@@ -412,8 +443,7 @@ def test_to_table_with_columns_reads_only_those_columns(tmp_path, mirror, stac_f
     collection.dataset  # noqa: B018  (opening reads each month's footer, once)
     footers = handler.bytes_read
     handler.bytes_read = 0
-    table = collection.to_table(columns=["id", "datetime", "geometry", "red_header", "nir_header"],
-                                cloud_cover_lt=50)
+    table = collection.to_table(columns=["id", "datetime", "geometry", "red_header", "nir_header"], cloud_cover_lt=50)
     assert table.num_rows == sum(1 for i in items if i["properties"]["eo:cloud_cover"] < 50)
     projected = handler.bytes_read
     handler.bytes_read = 0

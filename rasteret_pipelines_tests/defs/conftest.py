@@ -28,6 +28,7 @@ AOIS = {str(k): v for k, v in QUICKSTART_AOIS.items()}
 GROUP = "g_13.0_77.5"
 """The group of the quick start's two AOIs (two fields in one 0.1-degree cell)."""
 
+
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory) -> Path:
     """A demo world folder (``world.json`` + COGs) for :data:`MONTHS`."""
@@ -92,7 +93,8 @@ class Project:
     def run_range(self, job_name: str, first: str, last: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
         """One run over the partitions ``first..last`` (what a backfill's multi-partition run does)."""
         return self.job(job_name).execute_in_process(
-            instance=self.instance, raise_on_error=raise_on_error,
+            instance=self.instance,
+            raise_on_error=raise_on_error,
             tags={"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)},
         )
 
@@ -108,8 +110,11 @@ class Project:
         if report:
             digests = fields.group_digests()
             for group in groups:
-                self.instance.report_runless_asset_event(dg.AssetMaterialization(
-                    asset_key=dg.AssetKey(["fields"]), partition=group, metadata={"digest": digests.get(group, "")}))
+                self.instance.report_runless_asset_event(
+                    dg.AssetMaterialization(
+                        asset_key=dg.AssetKey(["fields"]), partition=group, metadata={"digest": digests.get(group, "")}
+                    )
+                )
         return groups
 
     register_aois = register_fields
@@ -159,8 +164,12 @@ def local_instance(home: Path) -> dg.DagsterInstance:
 def project(tmp_path, clean_mirror) -> Project:
     """Local storage under ``tmp_path``, the quick start's AOIs registered as fields, a SQLite instance
     (sensors resolving dynamic partitions need an instance reference, as in the daemon)."""
-    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
-                     instance=local_instance(tmp_path / "dagster_home"))
+    p = make_project(
+        str(tmp_path / "data"),
+        clean_mirror.stac_url,
+        str(tmp_path / "aois.geojson"),
+        instance=local_instance(tmp_path / "dagster_home"),
+    )
     p.register_aois()
     return p
 
@@ -203,8 +212,13 @@ class PostgresServer:
 
     def env(self) -> dict[str, str]:
         """The variables the dagster.yaml PostgreSQL block reads."""
-        return {"DAGSTER_PG_HOST": self.host, "DAGSTER_PG_PORT": str(self.port), "DAGSTER_PG_USERNAME": self.user,
-                "DAGSTER_PG_PASSWORD": "unused-with-trust-auth", "DAGSTER_PG_DB": self.db}
+        return {
+            "DAGSTER_PG_HOST": self.host,
+            "DAGSTER_PG_PORT": str(self.port),
+            "DAGSTER_PG_USERNAME": self.user,
+            "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+            "DAGSTER_PG_DB": self.db,
+        }
 
 
 @pytest.fixture
@@ -240,14 +254,28 @@ def postgres_server() -> Iterator[PostgresServer]:
         assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}\n{done.stderr}"
 
     run(str(bindir / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust", "-E", "UTF8", "--no-sync")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60", "-o",
-        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(folder / "server.log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
+        "start",
+    )
     try:
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster")
         yield PostgresServer("127.0.0.1", port, "dagster", "dagster")
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -255,6 +283,6 @@ def postgres_dagster_yaml() -> str:
     """The repository's dagster.yaml with its PostgreSQL storage block uncommented."""
     text = REPO_DAGSTER_YAML.read_text()
     begin, end = "# --- begin postgres storage ---\n", "# --- end postgres storage ---\n"
-    block = text[text.index(begin) + len(begin): text.index(end)]
+    block = text[text.index(begin) + len(begin) : text.index(end)]
     lines = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in block.splitlines()]
     return text + "\n" + "\n".join(lines) + "\n"

@@ -19,8 +19,11 @@ OUTSIDE = shapely.geometry.box(77.70, 13.20, 77.72, 13.22)  # same tile, outside
 def tick(project, name, cursor=None):
     sensor = project.defs.resolve_sensor_def(name)
     with dg.build_sensor_context(
-        instance=project.instance, instance_ref=project.instance.get_ref(), cursor=cursor,
-        resources=project.resources, definitions=project.defs,
+        instance=project.instance,
+        instance_ref=project.instance.get_ref(),
+        cursor=cursor,
+        resources=project.resources,
+        definitions=project.defs,
     ) as context:
         return sensor.evaluate_tick(context)
 
@@ -50,7 +53,9 @@ def test_field_sensor(project):
     # field 3 joins the quick start's group; field 4 starts a group of its own
     assert request.partitions_def_name == "field_group" and list(request.partition_keys) == ["g_13.2_77.7"]
     assert sorted((e.asset_key, e.partition) for e in added.asset_events) == [
-        (FIELDS_KEY, GROUP), (FIELDS_KEY, "g_13.2_77.7")]
+        (FIELDS_KEY, GROUP),
+        (FIELDS_KEY, "g_13.2_77.7"),
+    ]
     # field 4 lies outside the area every month was indexed for: the months are indexed again
     assert requested(added) == [("collections_job", "collections/sentinel_2_l2a", k) for k in MONTH_KEYS]
     assert all(r.tags["rasteret/source"] == S2 for r in added.run_requests)
@@ -69,7 +74,9 @@ def test_field_sensor(project):
     with open(project.aoi_file, "w") as fh:
         fh.write('{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": null}]}')
     broken = tick(project, "field_file_sensor", removed.cursor)
-    assert not broken.asset_events and "no usable field" in broken.skip_message and "row 1: no id" in broken.skip_message
+    assert (
+        not broken.asset_events and "no usable field" in broken.skip_message and "row 1: no id" in broken.skip_message
+    )
     assert broken.cursor in (None, removed.cursor), "a broken file leaves the cursor, so the fix is picked up"
 
 
@@ -114,8 +121,12 @@ def test_stac_sensor_skips_when_the_api_is_down(tmp_path, clean_mirror):
     from rasteret_pipelines_tests.conftest import free_port
     from rasteret_pipelines_tests.defs.conftest import local_instance, make_project
 
-    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
-                     instance=local_instance(tmp_path / "home"))
+    p = make_project(
+        str(tmp_path / "data"),
+        clean_mirror.stac_url,
+        str(tmp_path / "aois.geojson"),
+        instance=local_instance(tmp_path / "home"),
+    )
     p.run("collections_job", MONTH_KEYS[0])
     down = make_project(p.storage, f"http://127.0.0.1:{free_port()}", p.aoi_file, instance=p.instance)
     data = tick(down, "stac_updates_sensor")
@@ -126,7 +137,8 @@ def test_monthly_schedule(project):
     schedule = project.defs.resolve_schedule_def("monthly_collections")
     assert schedule.cron_schedule == "0 3 2 * *" and schedule.execution_timezone == "UTC"
     context = dg.build_schedule_context(
-        instance=project.instance, scheduled_execution_time=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc),
+        instance=project.instance,
+        scheduled_execution_time=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc),
         repository_def=project.defs.get_repository_def(),
     )
     data = schedule.evaluate_tick(context)
@@ -134,7 +146,8 @@ def test_monthly_schedule(project):
     assert (request.partition_key, request.asset_selection) == ("2024-02-01", [collection_key(S2)])
     assert request.tags["rasteret/source"] == S2 and request.run_key == "monthly:sentinel-2-l2a:2024-02"
     context = dg.build_schedule_context(
-        instance=project.instance, scheduled_execution_time=dt.datetime(2024, 1, 2, 3, tzinfo=dt.timezone.utc),
+        instance=project.instance,
+        scheduled_execution_time=dt.datetime(2024, 1, 2, 3, tzinfo=dt.timezone.utc),
         repository_def=project.defs.get_repository_def(),
     )
     data = schedule.evaluate_tick(context)
@@ -173,13 +186,18 @@ def test_monthly_schedule_of_the_demo_stops_at_its_last_month(tmp_path, demo_wor
     for a month outside the partitions would fail the tick)."""
     from rasteret_pipelines_tests.defs.conftest import make_project
 
-    demo = make_project(str(tmp_path / "data"), "demo", str(tmp_path / "aois.geojson"),
-                        extra={"RASTERET_DEMO_DIR": str(demo_world), "RASTERET_DEMO_MONTHS": ",".join(MONTHS)})
+    demo = make_project(
+        str(tmp_path / "data"),
+        "demo",
+        str(tmp_path / "aois.geojson"),
+        extra={"RASTERET_DEMO_DIR": str(demo_world), "RASTERET_DEMO_MONTHS": ",".join(MONTHS)},
+    )
     schedule = demo.defs.resolve_schedule_def("monthly_collections")
 
     def tick(when):
-        context = dg.build_schedule_context(instance=demo.instance, scheduled_execution_time=when,
-                                            repository_def=demo.defs.get_repository_def())
+        context = dg.build_schedule_context(
+            instance=demo.instance, scheduled_execution_time=when, repository_def=demo.defs.get_repository_def()
+        )
         return schedule.evaluate_tick(context)
 
     last = tick(dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc))

@@ -33,10 +33,14 @@ BAD_FIELD_FILES = {
     # usable field, and the run fails naming the first
     "invalid geometry": ([feature({"id": "1"}, bowtie())], "row 1 (id '1'): invalid geometry: Self-intersection"),
     "missing id": ([feature({"name": "no id"}, AOIS["1"])], "row 1: no id"),
-    "duplicate ids": ([feature({"id": "1"}, AOIS["1"]), feature({"id": "1"}, AOIS["2"])],
-                      "duplicate id '1' (rows 1, 2)"),
-    "wrong CRS": ([feature({"id": "1"}, shapely.geometry.box(776510, 1439620, 779860, 1447410))],
-                  "are not longitude/latitude in EPSG:4326"),
+    "duplicate ids": (
+        [feature({"id": "1"}, AOIS["1"]), feature({"id": "1"}, AOIS["2"])],
+        "duplicate id '1' (rows 1, 2)",
+    ),
+    "wrong CRS": (
+        [feature({"id": "1"}, shapely.geometry.box(776510, 1439620, 779860, 1447410))],
+        "are not longitude/latitude in EPSG:4326",
+    ),
     "not GeoJSON": ("{not json", "is neither GeoJSON nor GeoParquet"),
 }
 
@@ -50,7 +54,10 @@ def test_an_unusable_field_file_fails_the_run_and_keeps_outputs(built, case, tmp
             fh.write(features)
         else:
             json.dump({"type": "FeatureCollection", "features": features}, fh)
-    for job, key in (("collections_job", MONTH), ("field_stats_job", dg.MultiPartitionKey({"month": MONTH, "group": GROUP}))):
+    for job, key in (
+        ("collections_job", MONTH),
+        ("field_stats_job", dg.MultiPartitionKey({"month": MONTH, "group": GROUP})),
+    ):
         result = built.run(job, key, raise_on_error=False)
         assert not result.success
         text = failure_messages(result)
@@ -70,8 +77,9 @@ def test_unreachable_stac_api(tmp_path):
 
 def test_unreachable_stac_api_is_retried_as_transient(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
-    p = make_project(str(tmp_path / "data"), dead, str(tmp_path / "aois.geojson"),
-                     extra={"RASTERET_TRANSIENT_RETRIES": "1"})
+    p = make_project(
+        str(tmp_path / "data"), dead, str(tmp_path / "aois.geojson"), extra={"RASTERET_TRANSIENT_RETRIES": "1"}
+    )
     result = p.run("collections_job", MONTH, raise_on_error=False)
     assert not result.success
     assert any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
@@ -79,9 +87,15 @@ def test_unreachable_stac_api_is_retried_as_transient(tmp_path):
 
 
 def test_missing_s3_credentials(monkeypatch, tmp_path, clean_mirror):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -102,8 +116,9 @@ def test_missing_bucket(moto_s3, clean_mirror, tmp_path):
 
 
 def test_month_before_the_source_starts(tmp_path, clean_mirror):
-    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
-                     start_month="2015-01")
+    p = make_project(
+        str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"), start_month="2015-01"
+    )
     result = p.run("collections_job", "2015-03-01", raise_on_error=False)
     assert not result.success
     text = failure_messages(result)
@@ -112,8 +127,9 @@ def test_month_before_the_source_starts(tmp_path, clean_mirror):
 
 
 def test_statistics_of_a_month_never_built(project):
-    result = project.run("field_stats_job", dg.MultiPartitionKey({"month": "2024-02-01", "group": GROUP}),
-                         raise_on_error=False)
+    result = project.run(
+        "field_stats_job", dg.MultiPartitionKey({"month": "2024-02-01", "group": GROUP}), raise_on_error=False
+    )
     assert not result.success
     text = failure_messages(result)
     assert "materialise collections/sentinel_2_l2a first" in text or "has no month 2024-02" in text, text

@@ -65,8 +65,22 @@ def dagster_dev(tmp_path, mirror, postgres_server, monkeypatch):
     port = free_port()
     log = open(tmp_path / "dagster_dev.log", "wb")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            str(REPO / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=home,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -75,14 +89,23 @@ def dagster_dev(tmp_path, mirror, postgres_server, monkeypatch):
             assert proc.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-4000:]
             try:
                 if requests.get(f"{url}/server_info", timeout=2).ok:
-                    data = graphql(url, "{ workspaceOrError { ... on Workspace { locationEntries { name "
-                                        "locationOrLoadError { __typename } } } } }")
+                    data = graphql(
+                        url,
+                        "{ workspaceOrError { ... on Workspace { locationEntries { name "
+                        "locationOrLoadError { __typename } } } } }",
+                    )
                     entries = data["workspaceOrError"]["locationEntries"]
-                    if entries and entries[0]["locationOrLoadError"] and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation":
+                    if (
+                        entries
+                        and entries[0]["locationOrLoadError"]
+                        and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+                    ):
                         break
             except requests.RequestException:
                 pass
-            assert time.monotonic() < deadline, "dagster dev did not come up: " + (tmp_path / "dagster_dev.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, (
+                "dagster dev did not come up: " + (tmp_path / "dagster_dev.log").read_text()[-4000:]
+            )
             time.sleep(1)
         yield url, tmp_path, instance
     finally:
@@ -127,9 +150,17 @@ def launch_backfill(url: str, params: dict) -> str:
 def wait_for_backfill(url: str, backfill_id: str, log_path: Path) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT
     while True:
-        status = graphql(url, "query($id: String!) { partitionBackfillOrError(backfillId: $id) { "
-                              "... on PartitionBackfill { status } } }", {"id": backfill_id})
-        if status["partitionBackfillOrError"]["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "COMPLETED_FAILED"):
+        status = graphql(
+            url,
+            "query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }",
+            {"id": backfill_id},
+        )
+        if status["partitionBackfillOrError"]["status"] in (
+            "COMPLETED",
+            "COMPLETED_SUCCESS",
+            "FAILED",
+            "COMPLETED_FAILED",
+        ):
             assert status["partitionBackfillOrError"]["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
             return
         assert time.monotonic() < deadline, f"{status}\n" + log_path.read_text()[-4000:]
@@ -155,12 +186,15 @@ def test_backfill_of_months_and_groups_through_the_queue_on_postgres(dagster_dev
     log_path = tmp_path / "dagster_dev.log"
     months = ("2024-01-01", "2024-02-01")
     stats_keys = [f"{GROUP}|{m}" for m in months]
-    backfill_id = launch_backfill(url, {
-        "partitionsByAssets": [
-            {"assetKey": {"path": COLLECTION}, "partitions": {"range": {"start": months[0], "end": months[-1]}}},
-            {"assetKey": {"path": STATS}, "partitions": {"range": {"start": stats_keys[0], "end": stats_keys[-1]}}},
-        ],
-    })
+    backfill_id = launch_backfill(
+        url,
+        {
+            "partitionsByAssets": [
+                {"assetKey": {"path": COLLECTION}, "partitions": {"range": {"start": months[0], "end": months[-1]}}},
+                {"assetKey": {"path": STATS}, "partitions": {"range": {"start": stats_keys[0], "end": stats_keys[-1]}}},
+            ],
+        },
+    )
     wait_for_backfill(url, backfill_id, log_path)
     runs = wait_for_runs(url, {"tags": [{"key": "dagster/backfill", "value": backfill_id}]}, 3, log_path)
     assert all(r["status"] == "SUCCESS" for r in runs), runs
@@ -179,11 +213,14 @@ def test_backfill_of_months_and_groups_through_the_queue_on_postgres(dagster_dev
     assert instance.get_materialized_partitions(stats_key) == set(stats_keys)
     for key in stats_keys:  # each partition its own materialization, with its fields, files and reads
         (record,) = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=stats_key, asset_partitions=[key]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=stats_key, asset_partitions=[key]), limit=1
+        ).records
         meta = record.asset_materialization.metadata
         assert meta["fields"].value == len(AOIS) and meta["geotiffs"].value >= 1 and meta["tile_get_requests"].value > 0
         group, month = key.split("|")
-        assert (tmp_path / "data" / "field_stats" / "sentinel_2_l2a" / f"month={month[:7]}" / f"group={group}.parquet").exists()
+        assert (
+            tmp_path / "data" / "field_stats" / "sentinel_2_l2a" / f"month={month[:7]}" / f"group={group}.parquet"
+        ).exists()
 
     # every run went through the queue, and no more steps than the pool's limit held it at once
     pool = "rasteret-sentinel-2-l2a"
@@ -203,6 +240,9 @@ def test_backfill_of_months_and_groups_through_the_queue_on_postgres(dagster_dev
     # dagster dev's log (webserver, daemon, code server, the runs' processes): no deprecation
     # raised from our modules, nor Dagster's resource-context deprecation our IO manager caused
     text = log_path.read_text()
-    ours = [line for line in text.splitlines() if "Warning" in line and
-            ("/rasteret_pipelines/" in line or "InitResourceContext.dagster_run" in line)]
+    ours = [
+        line
+        for line in text.splitlines()
+        if "Warning" in line and ("/rasteret_pipelines/" in line or "InitResourceContext.dagster_run" in line)
+    ]
     assert not ours, "\n".join(ours)

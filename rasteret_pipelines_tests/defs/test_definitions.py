@@ -17,19 +17,28 @@ def test_definitions_module_loads_offline(monkeypatch):
     module = importlib.reload(importlib.import_module("rasteret_pipelines.definitions"))
     defs = module.defs
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"fields", "collections/sentinel_2_l2a", "field_stats/sentinel_2_l2a_field_stats",
-                    "field_timeseries/sentinel_2_l2a_field_timeseries"}
+    assert keys == {
+        "fields",
+        "collections/sentinel_2_l2a",
+        "field_stats/sentinel_2_l2a_field_stats",
+        "field_timeseries/sentinel_2_l2a_field_timeseries",
+    }
     checks = {k.name for c in defs.asset_checks for k in c.check_keys}
     assert checks == {"every_band_header_present"}  # the statistics' checks are check_specs of their asset
     stats = defs.resolve_assets_def(dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"]))
     assert {k.name for k in stats.check_keys} == {"stats_in_range", "geotiffs_reopen"}
     assert {j for j in ("collections_job", "field_stats_job", "field_timeseries_job") if defs.resolve_job_def(j)}
     assert defs.resolve_schedule_def("monthly_collections").default_status == dg.DefaultScheduleStatus.RUNNING
-    sensors = {s: defs.resolve_sensor_def(s).default_status for s in ("field_file_sensor", "stac_updates_sensor", "rasteret_automation")}
+    sensors = {
+        s: defs.resolve_sensor_def(s).default_status
+        for s in ("field_file_sensor", "stac_updates_sensor", "rasteret_automation")
+    }
     assert sensors["field_file_sensor"] == dg.DefaultSensorStatus.RUNNING
     assert sensors["stac_updates_sensor"] == dg.DefaultSensorStatus.STOPPED
     resources = defs.resources
-    assert isinstance(resources["storage"], LocalStorageResource) and resources["storage"].base_path == "./.rasteret_data"
+    assert (
+        isinstance(resources["storage"], LocalStorageResource) and resources["storage"].base_path == "./.rasteret_data"
+    )
     assert isinstance(resources["rasteret_io"], RasteretIOManager)
     assert resources["data_source"].stac_url == "demo"
     spec = defs.resolve_assets_def(dg.AssetKey(["collections", "sentinel_2_l2a"]))
@@ -71,7 +80,10 @@ def test_public_and_per_source_stac_urls(monkeypatch):
     from rasteret_pipelines.defs.resources import DataSourceResource
 
     monkeypatch.delenv("RASTERET_STAC_URL_SENTINEL_2_L2A", raising=False)
-    assert DataSourceResource(stac_url="public").stac_url_for("sentinel-2-l2a") == "https://earth-search.aws.element84.com/v1"
+    assert (
+        DataSourceResource(stac_url="public").stac_url_for("sentinel-2-l2a")
+        == "https://earth-search.aws.element84.com/v1"
+    )
     assert DataSourceResource(stac_url="http://x").stac_url_for("sentinel-2-l2a") == "http://x"
     monkeypatch.setenv("RASTERET_STAC_URL_SENTINEL_2_L2A", "http://mirror")
     assert DataSourceResource().stac_url_for("sentinel-2-l2a") == "http://mirror"
@@ -106,7 +118,9 @@ def test_field_settings_from_the_environment():
 def test_backfill_policy_from_the_environment():
     assert Settings.from_env({}).backfill_policy().max_partitions_per_run == 500
     assert Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": "20"}).backfill_policy().max_partitions_per_run == 20
-    assert Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": "single"}).backfill_policy() == dg.BackfillPolicy.single_run()
+    assert (
+        Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": "single"}).backfill_policy() == dg.BackfillPolicy.single_run()
+    )
     for bad in ("0", "many"):
         with pytest.raises(SettingsError, match="RASTERET_PARTITIONS_PER_RUN=.*use a positive number or 'single'"):
             Settings.from_env({"RASTERET_PARTITIONS_PER_RUN": bad}).backfill_policy()
@@ -124,10 +138,14 @@ DEFS_DIR = importlib.import_module("rasteret_pipelines.defs").__path__[0]
 def test_request_sending_steps_have_a_retry_policy_with_backoff_and_jitter():
     settings = Settings.from_env({"RASTERET_TRANSIENT_RETRIES": "3", "RASTERET_TRANSIENT_RETRY_SECONDS": "5"})
     defs = build_definitions(settings)
-    for key in (dg.AssetKey(["collections", "sentinel_2_l2a"]), dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"])):
+    for key in (
+        dg.AssetKey(["collections", "sentinel_2_l2a"]),
+        dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"]),
+    ):
         policy = defs.resolve_assets_def(key).op.retry_policy
-        assert policy == dg.RetryPolicy(max_retries=3, delay=5.0, backoff=dg.Backoff.EXPONENTIAL,
-                                        jitter=dg.Jitter.PLUS_MINUS), key
+        assert policy == dg.RetryPolicy(
+            max_retries=3, delay=5.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+        ), key
     # the default: 2 retries, 30 s base delay; 0 retries: no policy at all
     assert Settings.from_env({}).retry_policy().max_retries == 2
     assert Settings.from_env({}).retry_policy().delay == 30.0
@@ -232,14 +250,23 @@ def test_the_http_resource_holds_every_transport_setting_with_the_engines_defaul
     http = resources_from_settings(Settings.from_env({}))["http"]
     assert http.fetch_config() == FetchConfig()
     env = {
-        "RASTERET_HTTP_MAX_CONCURRENCY": "8", "RASTERET_HTTP_MAX_RETRIES": "2",
-        "RASTERET_HTTP_CONNECT_TIMEOUT": "3.5", "RASTERET_HTTP_READ_TIMEOUT": "12",
-        "RASTERET_HTTP_IDLE_TIMEOUT": "2.5", "RASTERET_HTTP_TIMEOUT_RETRIES": "0",
+        "RASTERET_HTTP_MAX_CONCURRENCY": "8",
+        "RASTERET_HTTP_MAX_RETRIES": "2",
+        "RASTERET_HTTP_CONNECT_TIMEOUT": "3.5",
+        "RASTERET_HTTP_READ_TIMEOUT": "12",
+        "RASTERET_HTTP_IDLE_TIMEOUT": "2.5",
+        "RASTERET_HTTP_TIMEOUT_RETRIES": "0",
         "RASTERET_HTTP_MAX_REDIRECTS": "1",
     }
     assert set(env) <= set(ENV_VARS)
     config = resources_from_settings(Settings.from_env(env))["http"].fetch_config()
     assert config == dataclasses.replace(
-        FetchConfig(), max_concurrency=8, max_retries=2, connect_timeout=3.5, read_timeout=12.0,
-        idle_timeout=2.5, timeout_retries=0, max_redirects=1,
+        FetchConfig(),
+        max_concurrency=8,
+        max_retries=2,
+        connect_timeout=3.5,
+        read_timeout=12.0,
+        idle_timeout=2.5,
+        timeout_retries=0,
+        max_redirects=1,
     )

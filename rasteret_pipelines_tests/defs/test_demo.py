@@ -86,8 +86,9 @@ def _assert_the_ui_counts_the_runs(instance, run_ids) -> None:
     (entry,) = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]
     assert entry["python_module"]["location_name"] == LOCATION_NAME
     assert entry["python_module"]["module_name"] == DEFINITIONS_MODULE
-    origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name=DEFINITIONS_MODULE),
-                                         location_name=LOCATION_NAME)
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name=DEFINITIONS_MODULE), location_name=LOCATION_NAME
+    )
     with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as process:
         context = process.create_request_context()
         (repo_name,) = context.get_code_location(LOCATION_NAME).get_repositories()
@@ -170,10 +171,19 @@ def test_runs_after_the_demo_exited(demo_world, tmp_path):
     from rasteret_pipelines_tests.defs.conftest import failure_messages, local_instance, make_project
 
     port = free_port_pair()  # the mirror's pair: port and port + 1
-    demo_env = {"RASTERET_DEMO_DIR": str(demo_world), "RASTERET_DEMO_PORT": str(port),
-                "RASTERET_DEMO_MONTHS": ",".join(MONTHS), "RASTERET_TRANSIENT_RETRIES": "2"}
-    demo = make_project(str(tmp_path / "data"), "demo", str(tmp_path / "aois.geojson"),
-                        instance=local_instance(tmp_path / "home"), extra=demo_env)
+    demo_env = {
+        "RASTERET_DEMO_DIR": str(demo_world),
+        "RASTERET_DEMO_PORT": str(port),
+        "RASTERET_DEMO_MONTHS": ",".join(MONTHS),
+        "RASTERET_TRANSIENT_RETRIES": "2",
+    }
+    demo = make_project(
+        str(tmp_path / "data"),
+        "demo",
+        str(tmp_path / "aois.geojson"),
+        instance=local_instance(tmp_path / "home"),
+        extra=demo_env,
+    )
     demo.register_aois()
     with DemoMirror(demo_world, port):  # what `rasteret-pipelines demo` serves while it runs
         demo.run("collections_job", "2024-01-01")
@@ -193,8 +203,9 @@ def test_runs_after_the_demo_exited(demo_world, tmp_path):
     try:
         result = demo.run("field_stats_job", f"{GROUP}|2024-01-01")
         assert result.success
-        assert demo.instance.get_materialized_partitions(dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"])) \
-            == {f"{GROUP}|2024-01-01"}
+        assert demo.instance.get_materialized_partitions(
+            dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"])
+        ) == {f"{GROUP}|2024-01-01"}
         assert probe_demo_mirror(url), "the mirror started by the run keeps serving later runs"
     finally:
         _kill_detached_mirror(demo_world, port)
@@ -235,8 +246,15 @@ def test_the_demo_s_ui_command_opens_the_kept_instance_without_the_unused_yaml_w
     env.update(hint["env"])
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*hint["argv"], "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [*hint["argv"], "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -18,7 +18,9 @@ DAGSTER = Path(dg.__file__).resolve().parent.parent  # site-packages: dagster, d
 
 def _ours_or_dagsters(w: warnings.WarningMessage) -> bool:
     path = Path(w.filename).resolve()
-    return path.is_relative_to(PROJECT) or (path.is_relative_to(DAGSTER) and "dagster" in path.relative_to(DAGSTER).parts[0])
+    return path.is_relative_to(PROJECT) or (
+        path.is_relative_to(DAGSTER) and "dagster" in path.relative_to(DAGSTER).parts[0]
+    )
 
 
 def test_definitions_resources_and_runs_raise_no_deprecation_warning(project):
@@ -29,9 +31,16 @@ def test_definitions_resources_and_runs_raise_no_deprecation_warning(project):
         assert project.run("field_stats_job", f"{GROUP}|{MONTHS[0]}-01").success
         assert project.run("field_timeseries_job", GROUP).success
         schedule = defs.resolve_schedule_def("monthly_collections")
-        schedule.evaluate_tick(dg.build_schedule_context(
-            instance=project.instance, repository_def=defs.get_repository_def(),
-            scheduled_execution_time=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc)))
-    deprecations = [f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}" for w in caught
-                    if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)) and _ours_or_dagsters(w)]
+        schedule.evaluate_tick(
+            dg.build_schedule_context(
+                instance=project.instance,
+                repository_def=defs.get_repository_def(),
+                scheduled_execution_time=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc),
+            )
+        )
+    deprecations = [
+        f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}"
+        for w in caught
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)) and _ours_or_dagsters(w)
+    ]
     assert not deprecations, "\n".join(deprecations)

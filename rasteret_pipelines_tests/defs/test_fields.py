@@ -30,16 +30,33 @@ S2 = "sentinel-2-l2a"
 JAN, FEB = "2024-01-01", "2024-02-01"
 STATS = field_stats_key(S2)
 SERIES = field_timeseries_key(S2)
-STAT_COLUMNS = ["id", "date", "ndvi_mean", "ndvi_median", "ndvi_std", "ndvi_min", "ndvi_max", "ndvi_count",
-                "ndvi_valid_fraction", "scene_ids"]
+STAT_COLUMNS = [
+    "id",
+    "date",
+    "ndvi_mean",
+    "ndvi_median",
+    "ndvi_std",
+    "ndvi_min",
+    "ndvi_max",
+    "ndvi_count",
+    "ndvi_valid_fraction",
+    "scene_ids",
+]
 
 
-def boxes(n: int, x0: float, y0: float, step: float = 0.0004, size: float = 0.0003, per_row: int = 50,
-          prefix: str = "f") -> dict:
+def boxes(
+    n: int, x0: float, y0: float, step: float = 0.0004, size: float = 0.0003, per_row: int = 50, prefix: str = "f"
+) -> dict:
     """``n`` square fields on a grid from (x0, y0), ``per_row`` per row."""
-    return {f"{prefix}{i:05d}": shapely.geometry.box(x0 + (i % per_row) * step, y0 + (i // per_row) * step,
-                                                      x0 + (i % per_row) * step + size, y0 + (i // per_row) * step + size)
-            for i in range(n)}
+    return {
+        f"{prefix}{i:05d}": shapely.geometry.box(
+            x0 + (i % per_row) * step,
+            y0 + (i // per_row) * step,
+            x0 + (i % per_row) * step + size,
+            y0 + (i // per_row) * step + size,
+        )
+        for i in range(n)
+    }
 
 
 def geoparquet_bytes(fields: dict, extra: dict | None = None) -> bytes:
@@ -66,12 +83,14 @@ def test_grouping_is_deterministic_and_an_explicit_group_wins():
         c = fields[fid].centroid
         lat, lon = np.floor(c.y / 0.1) * 0.1, np.floor(c.x / 0.1) * 0.1
         assert groups[fid] == f"g_{lat:.1f}_{lon:.1f}"
-        assert parse_fields(geoparquet_bytes({fid: fields[fid]})).frame.loc[fid, "group"] == groups[fid], \
+        assert parse_fields(geoparquet_bytes({fid: fields[fid]})).frame.loc[fid, "group"] == groups[fid], (
             "a field's group does not depend on the other fields"
+        )
     assert group_names([-0.05, 179.99], [-45.01, 0.0]) == ["g_-45.1_-0.1", "g_0.0_179.9"]
     assert group_names([77.51], [13.02], 0.05) == ["g_13.00_77.50"]
-    explicit = parse_fields(geoparquet_bytes({"a": fields["f00000"], "b": fields["f00001"]},
-                                             {"group": ["north", None]}))
+    explicit = parse_fields(
+        geoparquet_bytes({"a": fields["f00000"], "b": fields["f00001"]}, {"group": ["north", None]})
+    )
     assert dict(explicit.frame["group"]) == {"a": "north", "b": groups["f00001"]}
 
 
@@ -82,24 +101,31 @@ def test_bad_rows_are_skipped_with_their_reason_and_the_rest_go_on(tmp_path):
     def feature(props, geom):
         return {"type": "Feature", "properties": props, "geometry": geom and shapely.geometry.mapping(geom)}
 
-    doc = {"type": "FeatureCollection", "features": [
-        feature({"id": "good"}, ok),
-        feature({"id": "bow"}, bowtie),
-        feature({"id": "dup"}, ok), feature({"id": "dup"}, AOIS["2"]),
-        feature({"id": "../x"}, ok),
-        feature({"id": "line"}, shapely.geometry.LineString([(77.5, 13), (77.6, 13.1)])),
-        feature({"id": "metres"}, shapely.geometry.box(776510, 1439620, 779860, 1447410)),
-        feature({"id": "nogeom"}, None),
-        feature({"name": "no id"}, ok),
-        feature({"id": "badgroup", "group": "a/b"}, ok),
-        feature({"id": 7.0, "name": "seven"}, AOIS["2"]),
-    ]}
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            feature({"id": "good"}, ok),
+            feature({"id": "bow"}, bowtie),
+            feature({"id": "dup"}, ok),
+            feature({"id": "dup"}, AOIS["2"]),
+            feature({"id": "../x"}, ok),
+            feature({"id": "line"}, shapely.geometry.LineString([(77.5, 13), (77.6, 13.1)])),
+            feature({"id": "metres"}, shapely.geometry.box(776510, 1439620, 779860, 1447410)),
+            feature({"id": "nogeom"}, None),
+            feature({"name": "no id"}, ok),
+            feature({"id": "badgroup", "group": "a/b"}, ok),
+            feature({"id": 7.0, "name": "seven"}, AOIS["2"]),
+        ],
+    }
     fields = parse_fields(json.dumps(doc).encode(), "fields.geojson")
     assert fields.ids == ["good", "7"] and fields.frame.loc["7", "name"] == "seven"
     reasons = fields.skipped
     assert reasons["row 2 (id 'bow')"].startswith("invalid geometry: Self-intersection")
-    assert reasons["row 3 (id 'dup')"] == reasons["row 4 (id 'dup')"] == \
-        "duplicate id 'dup' (rows 3, 4); ids must be unique"
+    assert (
+        reasons["row 3 (id 'dup')"]
+        == reasons["row 4 (id 'dup')"]
+        == "duplicate id 'dup' (rows 3, 4); ids must be unique"
+    )
     assert "not a safe name" in reasons["row 5 (id '../x')"]
     assert reasons["row 6 (id 'line')"] == "geometry is a LineString, not a Polygon or MultiPolygon"
     assert "not longitude/latitude in EPSG:4326" in reasons["row 7 (id 'metres')"]
@@ -132,8 +158,12 @@ def test_a_100000_row_geoparquet_file_and_the_partition_counts_of_12_months():
             "field_stats": partitions.month_group.get_num_partitions(),
             "field_timeseries": partitions.group.get_num_partitions(),
         }
-    assert per_asset == {"collections": 12, "fields": len(groups), "field_stats": 12 * len(groups),
-                         "field_timeseries": len(groups)}
+    assert per_asset == {
+        "collections": 12,
+        "fields": len(groups),
+        "field_stats": 12 * len(groups),
+        "field_timeseries": len(groups),
+    }
     assert max(per_asset.values()) <= 5_000, "a few thousand partitions per asset at most"
 
 
@@ -143,17 +173,24 @@ def test_a_100000_row_geoparquet_file_and_the_partition_counts_of_12_months():
 def tick(project, name="field_file_sensor", cursor=None):
     sensor = project.defs.resolve_sensor_def(name)
     with dg.build_sensor_context(
-        instance=project.instance, instance_ref=project.instance.get_ref(), cursor=cursor,
-        resources=project.resources, definitions=project.defs,
+        instance=project.instance,
+        instance_ref=project.instance.get_ref(),
+        cursor=cursor,
+        resources=project.resources,
+        definitions=project.defs,
     ) as context:
         return sensor.evaluate_tick(context)
 
 
 def small_cell_project(tmp_path, mirror, **extra):
     """The quick start's fields, grouped in 0.01-degree cells (many groups inside the indexed area)."""
-    p = make_project(str(tmp_path / "data"), mirror.stac_url, str(tmp_path / "aois.geojson"),
-                     instance=local_instance(tmp_path / "home"),
-                     extra={"RASTERET_GROUP_CELL_DEG": "0.01", **extra})
+    p = make_project(
+        str(tmp_path / "data"),
+        mirror.stac_url,
+        str(tmp_path / "aois.geojson"),
+        instance=local_instance(tmp_path / "home"),
+        extra={"RASTERET_GROUP_CELL_DEG": "0.01", **extra},
+    )
     p.register_fields()
     return p
 
@@ -170,7 +207,9 @@ def test_5000_new_fields_become_requests_for_the_changed_groups_only(tmp_path, c
     new = boxes(5000, 77.5505, 13.0105, step=0.0003, size=0.0002, per_row=100, prefix="n")
     write_aois_geojson({**AOIS, **new}, p.aoi_file)
     data = tick(p, cursor=first.cursor)
-    expected = sorted(set(group_names([g.centroid.x for g in new.values()], [g.centroid.y for g in new.values()], 0.01)))
+    expected = sorted(
+        set(group_names([g.centroid.x for g in new.values()], [g.centroid.y for g in new.values()], 0.01))
+    )
     assert len(expected) >= 4, "the new fields span several groups"
     requested = sorted(e.partition for e in data.asset_events)
     assert all(e.asset_key == FIELDS_KEY for e in data.asset_events)
@@ -202,10 +241,20 @@ def test_5000_new_fields_become_requests_for_the_changed_groups_only(tmp_path, c
     bowtie = shapely.geometry.Polygon([(77.56, 13.03), (77.57, 13.04), (77.57, 13.03), (77.56, 13.04)])
     write_aois_geojson({**AOIS, **kept, "bow": bowtie}, p.aoi_file)
     removed = tick(p, cursor=same.cursor)
-    gone = {g for fid, g in zip(new, group_names([g.centroid.x for g in new.values()],
-                                                  [g.centroid.y for g in new.values()], 0.01)) if fid not in kept}
+    gone = {
+        g
+        for fid, g in zip(
+            new, group_names([g.centroid.x for g in new.values()], [g.centroid.y for g in new.values()], 0.01)
+        )
+        if fid not in kept
+    }
     assert sorted(e.partition for e in removed.asset_events) == sorted(gone)
-    names = sorted(n for e in removed.asset_events for n in e.metadata.get("removed", dg.MetadataValue.text("")).value.split(", ") if n)
+    names = sorted(
+        n
+        for e in removed.asset_events
+        for n in e.metadata.get("removed", dg.MetadataValue.text("")).value.split(", ")
+        if n
+    )
     assert names == sorted(set(new) - set(kept))
 
 
@@ -228,8 +277,9 @@ def test_a_changed_group_outside_the_indexed_area_rebuilds_those_months(tmp_path
     write_aois_geojson({**AOIS, "far": far}, p.aoi_file)
     data = tick(p, cursor=first.cursor)
     assert [e.partition for e in data.asset_events] == ["g_13.20_77.70"]
-    assert sorted((r.partition_key, tuple(k.to_user_string() for k in r.asset_selection)) for r in data.run_requests) \
-        == [(m, ("collections/sentinel_2_l2a",)) for m in (JAN, FEB)]
+    assert sorted(
+        (r.partition_key, tuple(k.to_user_string() for k in r.asset_selection)) for r in data.run_requests
+    ) == [(m, ("collections/sentinel_2_l2a",)) for m in (JAN, FEB)]
 
 
 def test_an_unreadable_field_file_is_a_skipped_tick_and_keeps_the_cursor(project):
@@ -245,8 +295,11 @@ def test_an_unreadable_field_file_is_a_skipped_tick_and_keeps_the_cursor(project
 
 
 def metadata_of(result, key) -> dict[str, dict]:
-    return {e.materialization.partition: {k: getattr(v, "value", v) for k, v in e.materialization.metadata.items()}
-            for e in result.get_asset_materialization_events() if e.materialization.asset_key == key}
+    return {
+        e.materialization.partition: {k: getattr(v, "value", v) for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key == key
+    }
 
 
 def test_the_statistics_table_of_a_run_equals_the_library_s_and_rasterio_s(project, clean_mirror, demo_world):
@@ -266,8 +319,14 @@ def test_the_statistics_table_of_a_run_equals_the_library_s_and_rasterio_s(proje
     # the library on the same fields, directly
     fields = load_fields(project.aoi_file).frame.reset_index()
     collection = load_collection("sentinel_2_l2a", Path(project.storage) / "collections")
-    direct = zonal_stats(collection, fields, index="ndvi", stats=("mean", "median", "std", "min", "max", "count"),
-                         date_range=("2024-01-01", "2024-01-31"), cloud_mask=True)
+    direct = zonal_stats(
+        collection,
+        fields,
+        index="ndvi",
+        stats=("mean", "median", "std", "min", "max", "count"),
+        date_range=("2024-01-01", "2024-01-31"),
+        cloud_mask=True,
+    )
     ours = table.select(STAT_COLUMNS).sort_by([("id", "ascending"), ("date", "ascending")])
     theirs = direct.select(STAT_COLUMNS).sort_by([("id", "ascending"), ("date", "ascending")])
     assert ours.num_rows == 4  # 2 fields x 2 dates
@@ -285,8 +344,7 @@ def test_the_statistics_table_of_a_run_equals_the_library_s_and_rasterio_s(proje
         for key in ("red", "nir"):
             with rasterio.open(demo_world / item["assets"][key]["href"]) as src:
                 to = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True)
-                local = shapely.transform(AOIS[row["id"]],
-                                          lambda xy: np.column_stack(to.transform(xy[:, 0], xy[:, 1])))
+                local = shapely.transform(AOIS[row["id"]], lambda xy: np.column_stack(to.transform(xy[:, 0], xy[:, 1])))
                 data, transform = rasterio.mask.mask(src, [local], crop=True, filled=False)
                 bands[key] = data[0].astype("float64")
         rows, cols = np.indices(bands["red"].shape)
@@ -305,20 +363,24 @@ def test_checks_are_declared_once_and_no_check_step_is_skipped(project):
     """Issue 19 item 8: every run's steps succeed or fail, none is skipped, and every (month, group)
     gets both check results from the asset's own step."""
     specs = [(s.asset_key, s.name) for c in project.defs.asset_checks for s in c.check_specs]
-    specs += [(s.asset_key, s.name) for a in project.defs.assets if isinstance(a, dg.AssetsDefinition)
-              for s in a.check_specs]
+    specs += [
+        (s.asset_key, s.name) for a in project.defs.assets if isinstance(a, dg.AssetsDefinition) for s in a.check_specs
+    ]
     assert len(specs) == len(set(specs)), "no check declared twice"
     for month in (JAN, FEB):
         result = project.run("collections_job", month)
         assert not [e for e in result.all_events if e.event_type_value == "STEP_SKIPPED"]
-    runs = [project.run_range("field_stats_job", f"{GROUP}|{JAN}", f"{GROUP}|{FEB}"),
-            project.run("field_timeseries_job", GROUP)]
+    runs = [
+        project.run_range("field_stats_job", f"{GROUP}|{JAN}", f"{GROUP}|{FEB}"),
+        project.run("field_timeseries_job", GROUP),
+    ]
     for result in runs:
         kinds = [e.event_type_value for e in result.all_events]
         assert "STEP_SKIPPED" not in kinds and "STEP_SUCCESS" in kinds, kinds
     evaluations = sorted((e.partition, e.check_name, e.passed) for e in runs[0].get_asset_check_evaluations())
-    assert evaluations == sorted((f"{GROUP}|{m}", c, True) for m in (JAN, FEB)
-                                 for c in ("stats_in_range", "geotiffs_reopen"))
+    assert evaluations == sorted(
+        (f"{GROUP}|{m}", c, True) for m in (JAN, FEB) for c in ("stats_in_range", "geotiffs_reopen")
+    )
     meta = metadata_of(runs[0], STATS)
     assert sorted(meta) == [f"{GROUP}|{m}" for m in (JAN, FEB)], "one materialisation per (month, group)"
     for m in meta.values():
@@ -330,7 +392,9 @@ def test_checks_are_declared_once_and_no_check_step_is_skipped(project):
     assert [r.data["field"] for r in series["fields_table"].records] == ["1", "2"]
     table = pq.read_table(Path(project.storage) / f"field_timeseries/sentinel_2_l2a/group={GROUP}.parquet")
     assert table.num_rows == 8 and table.column_names[:3] == ["id", "date", "ndvi_mean"]
-    cogs = sorted(p.name for p in (Path(project.storage) / "field_ndvi/sentinel_2_l2a" / f"geometry_{GROUP}").glob("*.tif"))
+    cogs = sorted(
+        p.name for p in (Path(project.storage) / "field_ndvi/sentinel_2_l2a" / f"geometry_{GROUP}").glob("*.tif")
+    )
     assert cogs == ["ndvi_20240105.tif", "ndvi_20240110.tif", "ndvi_20240205.tif", "ndvi_20240210.tif"]
     with rasterio.open(Path(project.storage) / "field_ndvi/sentinel_2_l2a" / f"geometry_{GROUP}" / cogs[0]) as src:
         data = src.read(1)
@@ -339,15 +403,20 @@ def test_checks_are_declared_once_and_no_check_step_is_skipped(project):
 
 
 def test_per_field_cogs_through_the_setting(tmp_path, clean_mirror):
-    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
-                     extra={"RASTERET_FIELD_GEOTIFFS": "fields"})
+    p = make_project(
+        str(tmp_path / "data"),
+        clean_mirror.stac_url,
+        str(tmp_path / "aois.geojson"),
+        extra={"RASTERET_FIELD_GEOTIFFS": "fields"},
+    )
     p.register_fields()
     p.run("collections_job", JAN)
     result = p.run("field_stats_job", f"{GROUP}|{JAN}")
     assert metadata_of(result, STATS)[f"{GROUP}|{JAN}"]["geotiffs"] == 4
     base = tmp_path / "data/field_ndvi/sentinel_2_l2a/fields"
     assert sorted(str(f.relative_to(base)) for f in base.rglob("*.tif")) == [
-        f"geometry_{a}/ndvi_{d}.tif" for a in "12" for d in ("20240105", "20240110")]
+        f"geometry_{a}/ndvi_{d}.tif" for a in "12" for d in ("20240105", "20240110")
+    ]
 
 
 # --- automation and executors -----------------------------------------------------------------------
@@ -369,8 +438,14 @@ def test_time_series_automation_starts_a_bounded_number_of_runs(tmp_path, clean_
     assert evaluated.get_requested_partitions(SERIES) == set(order)
     assert runs_for(p, {SERIES: set(order)}) == 1
     # with at most 4 partitions per run, the same request is ceil(groups / 4) runs, never one per group
-    small = make_project(p.storage, clean_mirror.stac_url, p.aoi_file, instance=p.instance, aois=False,
-                         extra={"RASTERET_GROUP_CELL_DEG": "0.01", "RASTERET_PARTITIONS_PER_RUN": "4"})
+    small = make_project(
+        p.storage,
+        clean_mirror.stac_url,
+        p.aoi_file,
+        instance=p.instance,
+        aois=False,
+        extra={"RASTERET_GROUP_CELL_DEG": "0.01", "RASTERET_PARTITIONS_PER_RUN": "4"},
+    )
     assert runs_for(small, {SERIES: set(order)}) == -(-len(order) // 4)
 
 
@@ -384,8 +459,9 @@ def runs_for(project, requested: dict) -> int:
 
     partitions = [AssetKeyPartitionKey(k, p) for k, keys in requested.items() for p in keys]
     with dg.partition_loading_context(dynamic_partitions_store=project.instance):
-        return len(build_run_requests_with_backfill_policies(partitions, project.defs.resolve_asset_graph(),
-                                                             project.instance))
+        return len(
+            build_run_requests_with_backfill_policies(partitions, project.defs.resolve_asset_graph(), project.instance)
+        )
 
 
 def field_stats_job_from_env():
@@ -399,10 +475,14 @@ def field_stats_job_from_env():
 def test_the_same_assets_run_with_the_multiprocess_executor(tmp_path, clean_mirror, monkeypatch):
     """Groups are independent units: a run over two months x two groups in its own processes
     (the default multiprocess executor, as `dagster dev` and a run launcher run it)."""
-    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
-                     instance=local_instance(tmp_path / "home"),
-                     aois={**AOIS, "s": shapely.geometry.box(77.551, 13.011, 77.553, 13.013)},
-                     extra={"RASTERET_GROUP_CELL_DEG": "0.02"})
+    p = make_project(
+        str(tmp_path / "data"),
+        clean_mirror.stac_url,
+        str(tmp_path / "aois.geojson"),
+        instance=local_instance(tmp_path / "home"),
+        aois={**AOIS, "s": shapely.geometry.box(77.551, 13.011, 77.553, 13.013)},
+        extra={"RASTERET_GROUP_CELL_DEG": "0.02"},
+    )
     groups = p.register_fields()
     assert len(groups) == 2
     for month in (JAN, FEB):
@@ -411,9 +491,12 @@ def test_the_same_assets_run_with_the_multiprocess_executor(tmp_path, clean_mirr
         monkeypatch.setenv(name, value)
     order = p.instance.get_dynamic_partitions("field_group")
     with dg.execute_job(
-        dg.reconstructable(field_stats_job_from_env), instance=p.instance,
-        tags={"dagster/asset_partition_range_start": f"{order[0]}|{JAN}",
-              "dagster/asset_partition_range_end": f"{order[-1]}|{FEB}"},
+        dg.reconstructable(field_stats_job_from_env),
+        instance=p.instance,
+        tags={
+            "dagster/asset_partition_range_start": f"{order[0]}|{JAN}",
+            "dagster/asset_partition_range_end": f"{order[-1]}|{FEB}",
+        },
     ) as result:
         assert result.success
         kinds = {e.event_type_value for e in result.all_events}

@@ -56,8 +56,12 @@ def test_paths_stay_under_the_storage_root(tmp_path):
     store = Storage.from_uri(tmp_path / "data")
     key = dg.AssetKey(["ndvi", "s2"])
     assert value_parts(store, key, multi, f"7|{JAN}", ".json") == ["ndvi", "s2", "month=2024-01", "group=7.json"]
-    assert value_parts(store, key, multi, f"7|{JAN}", ".parquet", "field_stats/s2") == \
-        ["field_stats", "s2", "month=2024-01", "group=7.parquet"]
+    assert value_parts(store, key, multi, f"7|{JAN}", ".parquet", "field_stats/s2") == [
+        "field_stats",
+        "s2",
+        "month=2024-01",
+        "group=7.parquet",
+    ]
     with pytest.raises(UnsafePartitionKeyError):
         value_parts(store, key, multi, f"{EVIL}|{JAN}", ".json")
     with pytest.raises(UnsafePartitionKeyError):
@@ -79,7 +83,8 @@ def test_an_input_that_cannot_exist_fails_the_step_without_retries(tmp_path, key
     manager = RasteretIOManager(base_path=str(tmp_path / "data"))
     asset_key = dg.AssetKey(["ndvi", "s2"])
     context = dg.build_input_context(
-        asset_key=asset_key, partition_key=key,
+        asset_key=asset_key,
+        partition_key=key,
         asset_partitions_def=dg.StaticPartitionsDefinition(["2024-01", "2024-02", ".."]),
         upstream_output=dg.build_output_context(asset_key=asset_key, definition_metadata={KIND: JSON}),
     )
@@ -87,4 +92,8 @@ def test_an_input_that_cannot_exist_fails_the_step_without_retries(tmp_path, key
         manager.load_input(context)
     assert info.value.allow_retries is False
     assert info.value.description.startswith(error), info.value.description
-    assert repr(key) in info.value.description if error == "UnsafePartitionKeyError" else "ndvi/s2" in info.value.description
+    assert (
+        repr(key) in info.value.description
+        if error == "UnsafePartitionKeyError"
+        else "ndvi/s2" in info.value.description
+    )

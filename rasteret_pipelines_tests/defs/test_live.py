@@ -14,8 +14,9 @@ pytestmark = [
 
 
 def test_quick_start_month_on_earth_search(tmp_path):
-    p = make_project(str(tmp_path / "data"), "public", str(tmp_path / "aois.geojson"),
-                     instance=local_instance(tmp_path / "home"))
+    p = make_project(
+        str(tmp_path / "data"), "public", str(tmp_path / "aois.geojson"), instance=local_instance(tmp_path / "home")
+    )
     p.register_fields()
     result = p.run("collections_job", "2024-01-01")
     (event,) = result.get_asset_materialization_events()

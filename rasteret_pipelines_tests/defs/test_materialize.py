@@ -47,14 +47,23 @@ def test_collections_field_stats_and_timeseries_over_partitions(project, clean_m
     # ONE run over both months of the group (the two fields read together, month by month)
     result = project.run_range("field_stats_job", f"{GROUP}|{MONTH_KEYS[0]}", f"{GROUP}|{MONTH_KEYS[-1]}")
     evaluations = [(e.partition, e.check_name, e.passed) for e in result.get_asset_check_evaluations()]
-    assert sorted(evaluations) == sorted((f"{GROUP}|{k}", c, True) for k in MONTH_KEYS
-                                         for c in ("stats_in_range", "geotiffs_reopen"))
-    by_partition = {e.materialization.partition: {k: getattr(v, "value", v) for k, v in e.materialization.metadata.items()}
-                    for e in result.get_asset_materialization_events()}
+    assert sorted(evaluations) == sorted(
+        (f"{GROUP}|{k}", c, True) for k in MONTH_KEYS for c in ("stats_in_range", "geotiffs_reopen")
+    )
+    by_partition = {
+        e.materialization.partition: {k: getattr(v, "value", v) for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+    }
     assert sorted(by_partition) == [f"{GROUP}|{k}" for k in MONTH_KEYS]
     reported_gets = 0
     for meta in by_partition.values():
-        assert (meta["fields"], meta["fields_with_data"], meta["rows"], len(meta["dates"]), meta["geotiffs"]) == (2, 2, 4, 2, 2)
+        assert (meta["fields"], meta["fields_with_data"], meta["rows"], len(meta["dates"]), meta["geotiffs"]) == (
+            2,
+            2,
+            4,
+            2,
+            2,
+        )
         assert -1 <= meta["mean_ndvi"] <= 1 and 0 < meta["mean_valid_fraction"] <= 1
         assert meta["header_get_requests"] == 0 and meta["tile_get_requests"] > 0 and meta["read_fields"] == 2
         reported_gets += meta["tile_get_requests"] + meta["geotiff_get_requests"]
@@ -71,7 +80,9 @@ def test_collections_field_stats_and_timeseries_over_partitions(project, clean_m
     ]
     table = pq.read_table(data / f"field_stats/sentinel_2_l2a/month=2024-02/group={GROUP}.parquet")
     assert sorted({str(d) for d in table.column("date").to_pylist()}) == ["2024-02-05", "2024-02-10"]
-    assert sorted(set(table.column("id").to_pylist())) == ["1", "2"] and set(table.column("month").to_pylist()) == {"2024-02"}
+    assert sorted(set(table.column("id").to_pylist())) == ["1", "2"] and set(table.column("month").to_pylist()) == {
+        "2024-02"
+    }
     rows = table.to_pylist()
     assert all(0 < r["ndvi_valid_fraction"] <= 1 and -1 <= r["ndvi_mean"] <= 1 and r["scene_ids"] for r in rows)
 
@@ -82,7 +93,8 @@ def test_collections_field_stats_and_timeseries_over_partitions(project, clean_m
     table = pq.read_table(data / f"field_timeseries/sentinel_2_l2a/group={GROUP}.parquet")
     assert table.column_names[:3] == ["id", "date", "ndvi_mean"] and "ndvi_valid_fraction" in table.column_names
     assert [(r["id"], str(r["date"])) for r in table.to_pylist()] == [
-        (f, d) for f in "12" for d in ("2024-01-05", "2024-01-10", "2024-02-05", "2024-02-10")]
+        (f, d) for f in "12" for d in ("2024-01-05", "2024-01-10", "2024-02-05", "2024-02-10")
+    ]
     assert (data / f"field_timeseries/sentinel_2_l2a/group={GROUP}.svg").read_text().startswith("<svg")
     # the UI shows Markdown metadata in place only below 1000 characters: the plot is, with one
     # dot per date at the fields' median mean NDVI and one bar per date at their mean valid fraction

@@ -80,8 +80,9 @@ def test_a_mirror_of_an_older_version_counts_as_another_folders(demo_world):
     with StacServer([], title=DEMO_TITLE, port=port):  # no identity on its landing page
         state = port_state(demo_world, port)
         assert state.kind == "other-mirror" and state.detail == ""
-        assert state.holder() == ("the demo mirror of an older rasteret-pipelines, which does not say "
-                                  "which folder it serves")
+        assert state.holder() == (
+            "the demo mirror of an older rasteret-pipelines, which does not say which folder it serves"
+        )
         with pytest.raises(StacApiError, match="not running"):
             demo_stac_url(demo_world, port, months=MONTHS, start=False, default_port=port)
 
@@ -113,8 +114,9 @@ def test_serve_for_quickstart_next_to_another_folders_mirror(demo_world, other_c
 
 
 @pytest.mark.timeout(300)
-def test_the_demo_next_to_another_clones_live_mirror_reads_its_own_world(demo_world, other_clone, tmp_path,
-                                                                         monkeypatch):
+def test_the_demo_next_to_another_clones_live_mirror_reads_its_own_world(
+    demo_world, other_clone, tmp_path, monkeypatch
+):
     """The acceptance case: a fresh clone's demo while an older clone's mirror serves the port."""
     from rasteret_pipelines_demo.demo import run_demo
 
@@ -142,8 +144,6 @@ def test_the_demo_next_to_another_clones_live_mirror_reads_its_own_world(demo_wo
     hrefs = pq.read_table(month, columns=["red_href"]).column("red_href").to_pylist()
     assert hrefs and all(h.startswith(f"http://127.0.0.1:{mine + 1}/") for h in hrefs), hrefs
     assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 2  # 1 month x 2 dates x 1 group (both AOIs in one)
-
-
 
 
 @pytest.mark.timeout(180)

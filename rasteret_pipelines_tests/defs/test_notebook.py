@@ -23,8 +23,13 @@ DATES = ("2024-01-01", "2024-02-29")
 
 
 def _quickstart(workspace: Path, stac_url: str):
-    processor = Rasteret(workspace_dir=workspace, custom_name="loop", data_source=DataSources.SENTINEL2,
-                         date_range=DATES, stac_url=stac_url)
+    processor = Rasteret(
+        workspace_dir=workspace,
+        custom_name="loop",
+        data_source=DataSources.SENTINEL2,
+        date_range=DATES,
+        stac_url=stac_url,
+    )
     processor.create_collection(bbox=QUICKSTART_AOIS[1].union(QUICKSTART_AOIS[2]).bounds, bands=["B04", "B08"])
     return processor.get_xarray(geometries=[QUICKSTART_AOIS[1], QUICKSTART_AOIS[2]], bands=["B04", "B08"])
 
@@ -47,13 +52,10 @@ def test_quickstart_notebook_runs_in_a_jupyter_kernel(tmp_path, mirror, monkeypa
     monkeypatch.setenv(stac_url_env_var("sentinel-2-l2a"), mirror.stac_url)  # the kernel inherits it
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit it without outputs"
-    client = NotebookClient(nb, kernel_name="python3", timeout=600,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, with the cell's traceback, if a cell fails
 
-    text = "\n".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-    )
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     items = [i for i in mirror.stac.items if DATES[0] <= i["properties"]["datetime"][:10] <= DATES[1]]
     assert len(items) == 4
     assert f"{len(items)} items," in text and "0 failed" in text
@@ -69,7 +71,9 @@ def test_quickstart_notebook_runs_in_a_jupyter_kernel(tmp_path, mirror, monkeypa
             data = src.read(1)
         finite = data[np.isfinite(data)]
         assert finite.size and finite.min() >= -1 and finite.max() <= 1
-    manifest = json.loads((tmp_path / "rasteret_workspace" / "bangalore_202401-02_sentinel" / "_manifest.json").read_text())
+    manifest = json.loads(
+        (tmp_path / "rasteret_workspace" / "bangalore_202401-02_sentinel" / "_manifest.json").read_text()
+    )
     assert manifest["size"] == len(items) and manifest["format"] == "stac-geoparquet-1.0"
 
 

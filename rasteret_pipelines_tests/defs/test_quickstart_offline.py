@@ -32,7 +32,7 @@ README = REPO / "README.md"
 
 def readme_block(heading: str, lang: str = "python") -> str:
     text = README.read_text()
-    section = text[text.index(heading):]
+    section = text[text.index(heading) :]
     match = re.search(rf"```{lang}\n(.*?)```", section, re.S)
     assert match, f"no {lang} block after {heading!r}"
     return match.group(1)
@@ -47,11 +47,22 @@ def cli() -> list[str]:
 def served(demo_world):
     """`rasteret-pipelines demo --serve` on free ports; yields (process, printed lines)."""
     port = free_port_pair()
-    env = {**os.environ, "RASTERET_DEMO_DIR": str(demo_world), "RASTERET_DEMO_PORT": str(port),
-           "RASTERET_DEMO_MONTHS": "2024-01,2024-02", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "RASTERET_DEMO_DIR": str(demo_world),
+        "RASTERET_DEMO_PORT": str(port),
+        "RASTERET_DEMO_MONTHS": "2024-01,2024-02",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop(stac_url_env_var("sentinel-2-l2a"), None)
-    proc = subprocess.Popen(cli() + ["demo", "--serve"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli() + ["demo", "--serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     lines: list[str] = []
 
     def pump() -> None:
@@ -96,8 +107,11 @@ def test_readme_offline_quickstart_runs_against_demo_serve(tmp_path, served, dem
         k for k in processor.collection.source.asset_keys if k not in ("red", "nir", "scl")
     }
     world = json.loads((demo_world / "world.json").read_text())
-    items = {i["properties"]["datetime"][:10].replace("-", ""): i for i in world["items"]
-             if "2024-01-01" <= i["properties"]["datetime"][:10] <= "2024-02-29"}
+    items = {
+        i["properties"]["datetime"][:10].replace("-", ""): i
+        for i in world["items"]
+        if "2024-01-01" <= i["properties"]["datetime"][:10] <= "2024-02-29"
+    }
     assert sorted(files) == [1, 2]
     for paths in files.values():
         assert [Path(p).name for p in paths] == [f"ndvi_{d}.tif" for d in sorted(items)]
@@ -109,7 +123,9 @@ def test_readme_offline_quickstart_runs_against_demo_serve(tmp_path, served, dem
             bands = {}
             for key in ("red", "nir"):  # the oracle: rasterio on the demo COG, same grid window
                 with rasterio.open(demo_world / item["assets"][key]["href"]) as src:
-                    window = rasterio.windows.from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
+                    window = (
+                        rasterio.windows.from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
+                    )
                     bands[key] = src.read(1, window=window).astype("float64")
             want = (bands["nir"] - bands["red"]) / (bands["nir"] + bands["red"])
             inside = np.isfinite(ndvi)
@@ -121,8 +137,15 @@ def test_readme_offline_quickstart_runs_against_demo_serve(tmp_path, served, dem
     table, plan = namespace["table"], namespace["plan"]
     assert sorted(set(table.column("id").to_pylist())) == ["1", "2"]
     assert table.num_rows == 2 * len(items) and plan.gets > 0 and plan.scenes == len(items)
-    assert set(table.column_names) >= {"ndvi_mean", "ndvi_median", "ndvi_std", "ndvi_count", "ndvi_p90",
-                                       "ndvi_valid_fraction", "scene_ids"}
+    assert set(table.column_names) >= {
+        "ndvi_mean",
+        "ndvi_median",
+        "ndvi_std",
+        "ndvi_count",
+        "ndvi_p90",
+        "ndvi_valid_fraction",
+        "scene_ids",
+    }
 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
@@ -132,8 +155,12 @@ def test_readme_offline_quickstart_runs_against_demo_serve(tmp_path, served, dem
 
 def test_demo_serve_reuses_a_running_mirror(served, demo_world):
     _, _, port = served
-    env = {**os.environ, "RASTERET_DEMO_DIR": str(demo_world), "RASTERET_DEMO_PORT": str(port),
-           "RASTERET_DEMO_MONTHS": "2024-01,2024-02"}
+    env = {
+        **os.environ,
+        "RASTERET_DEMO_DIR": str(demo_world),
+        "RASTERET_DEMO_PORT": str(port),
+        "RASTERET_DEMO_MONTHS": "2024-01,2024-02",
+    }
     done = subprocess.run(cli() + ["demo", "--serve"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "already running" in done.stdout

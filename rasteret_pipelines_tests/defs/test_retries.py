@@ -16,6 +16,7 @@ S2 = "sentinel-2-l2a"
 JAN = "2024-01-01"
 FEB = "2024-02-01"
 
+
 def retries(result: dg.ExecuteInProcessResult) -> int:
     return sum(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
 
@@ -26,10 +27,13 @@ def step_failures(result: dg.ExecuteInProcessResult) -> int:
 
 def retrying_project(tmp_path, mirror, retries_: int = 1, **extra):
     """A project whose request-sending steps are retried ``retries_`` times (0.1 s base delay)."""
-    return make_project(str(tmp_path / "data"), mirror.stac_url, str(tmp_path / "aois.geojson"),
-                        instance=dg.DagsterInstance.ephemeral(),
-                        extra={"RASTERET_TRANSIENT_RETRIES": str(retries_), "RASTERET_HTTP_MAX_RETRIES": "0",
-                               **extra})
+    return make_project(
+        str(tmp_path / "data"),
+        mirror.stac_url,
+        str(tmp_path / "aois.geojson"),
+        instance=dg.DagsterInstance.ephemeral(),
+        extra={"RASTERET_TRANSIENT_RETRIES": str(retries_), "RASTERET_HTTP_MAX_RETRIES": "0", **extra},
+    )
 
 
 def test_a_transient_stac_fault_is_retried_then_the_month_is_built(tmp_path, clean_mirror):
@@ -77,8 +81,13 @@ def test_bad_input_fails_in_one_attempt_despite_the_retry_policy(tmp_path, clean
     assert "before sentinel-2-l2a starts" in failure_messages(before_source)
 
     with open(p.aoi_file, "w") as fh:
-        json.dump({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
-                                                              "geometry": AOIS["1"].__geo_interface__}]}, fh)
+        json.dump(
+            {
+                "type": "FeatureCollection",
+                "features": [{"type": "Feature", "properties": {}, "geometry": AOIS["1"].__geo_interface__}],
+            },
+            fh,
+        )
     bad_file = p.run("collections_job", JAN, raise_on_error=False)
     assert not bad_file.success and retries(bad_file) == 0
     assert "row 1: no id" in failure_messages(bad_file)
@@ -107,8 +116,12 @@ def test_a_partition_that_cannot_succeed_fails_once_and_is_not_retried(tmp_path,
 
 
 def test_the_blocking_header_check_holds_the_month_s_statistics_back(project, clean_mirror):
-    specs = {s.name: s.blocking for c in project.defs.asset_checks for s in c.check_specs
-             if s.asset_key == collection_key(S2)}
+    specs = {
+        s.name: s.blocking
+        for c in project.defs.asset_checks
+        for s in c.check_specs
+        if s.asset_key == collection_key(S2)
+    }
     assert specs == {"every_band_header_present": True}
     cursor = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance).cursor
     # every nir header of February fails (no step retry in this project): the month is written,
@@ -129,8 +142,9 @@ def test_the_blocking_header_check_holds_the_month_s_statistics_back(project, cl
 def test_a_band_an_item_lacks_is_counted_not_an_error(project, clean_mirror):
     import copy
 
-    jan = sorted((i for i in clean_mirror.stac.items if i["properties"]["datetime"].startswith("2024-01")),
-                 key=lambda i: i["id"])
+    jan = sorted(
+        (i for i in clean_mirror.stac.items if i["properties"]["datetime"].startswith("2024-01")), key=lambda i: i["id"]
+    )
     lacking = copy.deepcopy(jan[0])
     del lacking["assets"]["nir"]
     clean_mirror.stac.replace_item(lacking)

@@ -48,9 +48,13 @@ def oracle_tiles(demo_world: Path, month: str, geometries) -> tuple[set, int]:
     """(distinct tiles, sum of per-geometry tiles) the month's files need for ``geometries``,
     from rasterio's view of the files: every block a geometry's window touches, per file."""
     world = json.loads((demo_world / "world.json").read_text())
-    files = [demo_world / a["href"] for item in world["items"]
-             if item["properties"]["datetime"].startswith(month)
-             for key, a in item["assets"].items() if key in ("red", "nir", "scl")]
+    files = [
+        demo_world / a["href"]
+        for item in world["items"]
+        if item["properties"]["datetime"].startswith(month)
+        for key, a in item["assets"].items()
+        if key in ("red", "nir", "scl")
+    ]
     assert files, "the month has scenes"
     distinct, total = set(), 0
     for path in files:
@@ -60,9 +64,11 @@ def oracle_tiles(demo_world: Path, month: str, geometries) -> tuple[set, int]:
             for geom in geometries:
                 local = shapely.transform(geom, lambda xy: np.column_stack(to_crs.transform(xy[:, 0], xy[:, 1])))
                 win = rasterio.features.geometry_window(src, [local], pad_x=1, pad_y=1)
-                tiles = {(str(path), r, c)
-                         for r in range(int(win.row_off) // bh, (int(win.row_off + win.height) - 1) // bh + 1)
-                         for c in range(int(win.col_off) // bw, (int(win.col_off + win.width) - 1) // bw + 1)}
+                tiles = {
+                    (str(path), r, c)
+                    for r in range(int(win.row_off) // bh, (int(win.row_off + win.height) - 1) // bh + 1)
+                    for c in range(int(win.col_off) // bw, (int(win.col_off + win.width) - 1) // bw + 1)
+                }
                 total += len(tiles)
                 distinct |= tiles
     return distinct, total
@@ -71,15 +77,29 @@ def oracle_tiles(demo_world: Path, month: str, geometries) -> tuple[set, int]:
 def test_a_month_s_groups_share_one_read(project, clean_mirror, demo_world):
     """Four neighbouring fields, each its own group: one run over the four (month, group)
     partitions reads their shared tiles once (one zonal_stats call for the month)."""
-    p = make_project(project.storage, clean_mirror.stac_url, project.aoi_file, instance=project.instance,
-                     aois={**AOIS, **NEIGHBOURS}, extra=ONE_PER_CELL)
+    p = make_project(
+        project.storage,
+        clean_mirror.stac_url,
+        project.aoi_file,
+        instance=project.instance,
+        aois={**AOIS, **NEIGHBOURS},
+        extra=ONE_PER_CELL,
+    )
     groups = p.register_fields()
-    mine = sorted(group_names([g.centroid.x for g in NEIGHBOURS.values()], [g.centroid.y for g in NEIGHBOURS.values()], 0.001))
+    mine = sorted(
+        group_names([g.centroid.x for g in NEIGHBOURS.values()], [g.centroid.y for g in NEIGHBOURS.values()], 0.001)
+    )
     assert len(set(mine)) == 4
     p.run("collections_job", JAN)
     order = [g for g in p.instance.get_dynamic_partitions("field_group") if g in mine]
-    quiet = make_project(p.storage, clean_mirror.stac_url, p.aoi_file, instance=p.instance, aois=False,
-                         extra={**ONE_PER_CELL, "RASTERET_FIELD_GEOTIFFS": "none"})
+    quiet = make_project(
+        p.storage,
+        clean_mirror.stac_url,
+        p.aoi_file,
+        instance=p.instance,
+        aois=False,
+        extra={**ONE_PER_CELL, "RASTERET_FIELD_GEOTIFFS": "none"},
+    )
     clean_mirror.cogs.reset_log()
     first, last = min(order, key=groups.index), max(order, key=groups.index)
     result = quiet.run_range("field_stats_job", f"{first}|{JAN}", f"{last}|{JAN}")
@@ -89,14 +109,17 @@ def test_a_month_s_groups_share_one_read(project, clean_mirror, demo_world):
     assert all(m["fields"] == 1 and len(m["dates"]) == 2 and m["read_fields"] == len(meta) for m in ours.values())
     checks = [(e.partition, e.check_name, e.passed) for e in result.get_asset_check_evaluations()]
     assert sorted(c for c in checks if c[0] in ours) == sorted(
-        (k, c, True) for k in ours for c in ("stats_in_range", "geotiffs_reopen"))
+        (k, c, True) for k in ours for c in ("stats_in_range", "geotiffs_reopen")
+    )
 
     gets = [r for r in clean_mirror.cogs.requests if r.method == "GET"]
     distinct, per_geometry_sum = oracle_tiles(demo_world, "2024-01", NEIGHBOURS.values())
     assert per_geometry_sum > len(distinct), "the fields do share tiles (else this test proves nothing)"
     # the run's range also holds the quick start fields' group: their tiles come on top
     others = [g for g in AOIS.values()]
-    distinct_all, _ = oracle_tiles(demo_world, "2024-01", [*NEIGHBOURS.values(), *others]) if len(meta) > 4 else (distinct, 0)
+    distinct_all, _ = (
+        oracle_tiles(demo_world, "2024-01", [*NEIGHBOURS.values(), *others]) if len(meta) > 4 else (distinct, 0)
+    )
     assert len(gets) <= len(distinct_all), (len(gets), len(distinct_all))
     assert len({(r.path, r.range) for r in gets}) == len(gets), "no byte range fetched twice"
     assert {m["tile_get_requests"] for m in meta.values()} == {len(gets)}  # the month's one read, as reported
@@ -112,8 +135,14 @@ def test_groups_of_one_small_field_each_run_alone(project, clean_mirror):
     """Four neighbouring small fields, a group each (0.001-degree cells): every group's run
     succeeds on its own, and a date without a clear pixel keeps its row with null statistics
     (the library's case of a date masked everywhere: reading/test_zonal.py)."""
-    p = make_project(project.storage, clean_mirror.stac_url, project.aoi_file, instance=project.instance,
-                     aois={**AOIS, **NEIGHBOURS}, extra=ONE_PER_CELL)
+    p = make_project(
+        project.storage,
+        clean_mirror.stac_url,
+        project.aoi_file,
+        instance=project.instance,
+        aois={**AOIS, **NEIGHBOURS},
+        extra=ONE_PER_CELL,
+    )
     p.register_fields()
     p.run("collections_job", JAN)
     from rasteret_pipelines.fields import group_names
@@ -153,7 +182,8 @@ def test_a_failed_partition_fails_alone_and_a_reexecution_redoes_only_it(project
         monkeypatch.setenv(name, value)
     parent = project.instance.get_run_by_id(result.run_id)
     with dg.execute_job(
-        dg.reconstructable(field_stats_job_from_env), instance=project.instance,
+        dg.reconstructable(field_stats_job_from_env),
+        instance=project.instance,
         tags={k: v for k, v in parent.tags.items() if k.startswith("dagster/asset_partition_range")},
         reexecution_options=dg.ReexecutionOptions.from_failure(result.run_id, project.instance),
         run_config={"execution": {"config": {"in_process": {}}}},
@@ -191,9 +221,12 @@ def test_a_field_outside_the_indexed_area_is_left_out_until_the_month_is_rebuilt
 def test_batches_are_bounded_by_count_and_estimated_bytes(project, clean_mirror):
     from rasteret_pipelines.aois import load_aois
 
-    fields = {f"f{i:04d}": shapely.geometry.box(77.55 + (i % 40) * 0.001, 13.01 + (i // 40) * 0.001,
-                                                77.5508 + (i % 40) * 0.001, 13.0108 + (i // 40) * 0.001)
-              for i in range(1000)}
+    fields = {
+        f"f{i:04d}": shapely.geometry.box(
+            77.55 + (i % 40) * 0.001, 13.01 + (i // 40) * 0.001, 77.5508 + (i % 40) * 0.001, 13.0108 + (i // 40) * 0.001
+        )
+        for i in range(1000)
+    }
     write_aois_geojson(fields, project.aoi_file)
     areas = load_aois(project.aoi_file)
     rows, cols, one = window_bytes(fields["f0000"], n_dates=2)
@@ -207,8 +240,14 @@ def test_batches_are_bounded_by_count_and_estimated_bytes(project, clean_mirror)
     assert len(batches) >= 1000 * one // 200_000
 
     # in a run over two months x four groups: each month read on its own, each table its month's dates
-    p = make_project(project.storage, clean_mirror.stac_url, project.aoi_file, instance=project.instance,
-                     aois={**AOIS, **NEIGHBOURS}, extra={**ONE_PER_CELL, "RASTERET_NDVI_BATCH_AOIS": "2"})
+    p = make_project(
+        project.storage,
+        clean_mirror.stac_url,
+        project.aoi_file,
+        instance=project.instance,
+        aois={**AOIS, **NEIGHBOURS},
+        extra={**ONE_PER_CELL, "RASTERET_NDVI_BATCH_AOIS": "2"},
+    )
     groups = p.register_fields()
     for month in (JAN, FEB):
         p.run("collections_job", month)
@@ -228,16 +267,24 @@ def test_the_field_sensor_s_50_new_fields_over_3_months_are_a_few_statistics_run
     from rasteret_pipelines_tests.defs.conftest import local_instance
     from rasteret_pipelines_tests.defs.test_fields import runs_for, tick
 
-    p = make_project(str(tmp_path / "data"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"),
-                     instance=local_instance(tmp_path / "home"), extra={"RASTERET_GROUP_CELL_DEG": "0.01"})
+    p = make_project(
+        str(tmp_path / "data"),
+        clean_mirror.stac_url,
+        str(tmp_path / "aois.geojson"),
+        instance=local_instance(tmp_path / "home"),
+        extra={"RASTERET_GROUP_CELL_DEG": "0.01"},
+    )
     p.register_fields()
     months = ["2024-01-01", "2024-02-01", "2024-03-01"]
     for month in months:
         p.run("collections_job", month)
     first = tick(p)
-    new = {f"n{i:02d}": shapely.geometry.box(77.551 + (i % 10) * 0.003, 13.011 + (i // 10) * 0.01,
-                                            77.553 + (i % 10) * 0.003, 13.013 + (i // 10) * 0.01)
-           for i in range(50)}
+    new = {
+        f"n{i:02d}": shapely.geometry.box(
+            77.551 + (i % 10) * 0.003, 13.011 + (i // 10) * 0.01, 77.553 + (i % 10) * 0.003, 13.013 + (i // 10) * 0.01
+        )
+        for i in range(50)
+    }
     write_aois_geojson({**AOIS, **new}, p.aoi_file)
     cursor = dg.evaluate_automation_conditions(defs=p.defs, instance=p.instance).cursor
     data = tick(p, cursor=first.cursor)

@@ -69,9 +69,7 @@ def make_many(recorded: list[dict], n: int) -> list[dict]:
     for i in range(n):
         item = json.loads(json.dumps(recorded[i % len(recorded)]))
         item["id"] = f"dup-{i:04d}-{item['id']}"
-        item["properties"]["datetime"] = (base + timedelta(hours=i // 2)).isoformat().replace(
-            "+00:00", "Z"
-        )
+        item["properties"]["datetime"] = (base + timedelta(hours=i // 2)).isoformat().replace("+00:00", "Z")
         item["properties"]["eo:cloud_cover"] = (i * 37) % 100
         out.append(item)
     return out
@@ -260,8 +258,7 @@ def test_paging_keeps_the_search_parameters(big, many, method):
     want = [
         i
         for i in many
-        if i["collection"] in ("sentinel-2-l2a", "sentinel-2-l1c")
-        and i["properties"]["eo:cloud_cover"] < 60
+        if i["collection"] in ("sentinel-2-l2a", "sentinel-2-l1c") and i["properties"]["eo:cloud_cover"] < 60
     ]
     # -datetime, then the implicit id ascending tie-breaker
     want.sort(key=lambda i: i["id"])
@@ -357,9 +354,7 @@ def test_datetime(client, recorded, dt):
         hi = None if hi_s == ".." else parse_dt(hi_s)
     else:
         lo = hi = parse_dt(dt)
-    want = ids_where(
-        recorded, lambda i: (lo is None or item_dt(i) >= lo) and (hi is None or item_dt(i) <= hi)
-    )
+    want = ids_where(recorded, lambda i: (lo is None or item_dt(i) >= lo) and (hi is None or item_dt(i) <= hi))
     assert want
     for method in ("GET", "POST"):
         assert set(search_ids(client, method, datetime=dt)) == want
@@ -383,11 +378,16 @@ def test_query_extension(client, recorded):
         ({"eo:cloud_cover": {"lt": 20}}, lambda p: p.get("eo:cloud_cover", 1e9) < 20),
         ({"eo:cloud_cover": {"gte": 25, "lte": 45}}, lambda p: 25 <= p.get("eo:cloud_cover", -1) <= 45),
         ({"platform": {"in": ["LANDSAT_8", "LANDSAT_9"]}}, lambda p: p.get("platform") in ("LANDSAT_8", "LANDSAT_9")),
-        ({"platform": {"eq": "sentinel-2b"}, "eo:cloud_cover": {"lt": 30}},
-         lambda p: p.get("platform") == "sentinel-2b" and p.get("eo:cloud_cover", 1e9) < 30),
+        (
+            {"platform": {"eq": "sentinel-2b"}, "eo:cloud_cover": {"lt": 30}},
+            lambda p: p.get("platform") == "sentinel-2b" and p.get("eo:cloud_cover", 1e9) < 30,
+        ),
         ({"platform": {"neq": "sentinel-2b"}}, lambda p: "platform" in p and p["platform"] != "sentinel-2b"),
         ({"platform": {"startsWith": "LANDSAT"}}, lambda p: str(p.get("platform", "")).startswith("LANDSAT")),
-        ({"datetime": {"gt": "2023-10-08T18:00:00Z"}}, lambda p: parse_dt(p["datetime"]) > parse_dt("2023-10-08T18:00:00Z")),
+        (
+            {"datetime": {"gt": "2023-10-08T18:00:00Z"}},
+            lambda p: parse_dt(p["datetime"]) > parse_dt("2023-10-08T18:00:00Z"),
+        ),
     ]
     for query, pred in cases:
         want = ids_where(recorded, lambda i: pred(i["properties"]))
@@ -472,8 +472,9 @@ def test_filter_is_refused_not_ignored(stac, method, flt):
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_filter_through_pystac_client_is_an_error(client, method):
     with pytest.warns(UserWarning, match="FILTER"), pytest.raises(APIError, match="not supported") as err:
-        search = client.search(method=method, collections=["sentinel-2-l2a"],
-                               filter="platform = 'sentinel-2b'", filter_lang="cql2-text")
+        search = client.search(
+            method=method, collections=["sentinel-2-l2a"], filter="platform = 'sentinel-2b'", filter_lang="cql2-text"
+        )
         list(search.items())
     assert err.value.status_code == 400
 
@@ -490,7 +491,12 @@ def test_bad_post_bodies_are_400(stac, client):
     page = raw(stac, "/search", body={"limit": 2}).json()
     token = next(l for l in page["links"] if l["rel"] == "next")["body"]["token"]
     assert raw(stac, "/search", body={"limit": 2, "token": token}).status_code == 200
-    assert raw(stac, "/search", body={"limit": 2, "token": token, "sortby": [{"field": "id", "direction": "desc"}]}).status_code == 400
+    assert (
+        raw(
+            stac, "/search", body={"limit": 2, "token": token, "sortby": [{"field": "id", "direction": "desc"}]}
+        ).status_code
+        == 400
+    )
 
 
 # --- changing items while serving ----------------------------------------------------------------------
@@ -553,9 +559,7 @@ def test_faults_503_post_fails_and_is_logged(stac, client):
         with pytest.raises(APIError) as err:
             list(client.search(method="POST", limit=5).items())
         assert err.value.status_code == 503
-        assert [(r.method, r.path, r.status, r.fault) for r in stac.requests] == [
-            ("POST", "/search", 503, "503")
-        ]
+        assert [(r.method, r.path, r.status, r.fault) for r in stac.requests] == [("POST", "/search", 503, "503")]
         # the plan is spent: the same search now works
         assert len(search_ids(client, "POST", limit=5)) == len(load_items(STAC_DIR))
         assert stac.count("/search", "POST") == 1 + 5
@@ -631,7 +635,10 @@ def test_load_items_and_collections():
         load_items(STAC_DIR / "nope")
     assert len(load_collections(EARTH_SEARCH / "collections.json")) == 9
     assert {c["id"] for c in load_collections(STAC_DIR)} == {
-        "landsat-c2-l2", "sentinel-2-c1-l2a", "sentinel-2-l1c", "sentinel-2-l2a"
+        "landsat-c2-l2",
+        "sentinel-2-c1-l2a",
+        "sentinel-2-l1c",
+        "sentinel-2-l2a",
     }
 
 
@@ -650,9 +657,11 @@ def test_rewrite_hrefs(recorded):
     assert json.dumps(usgs, sort_keys=True) == before  # input untouched
     blue = out["assets"]["blue"]
     assert blue["href"].startswith("http://127.0.0.1:9/landsatlook.usgs.gov/")
-    assert blue["alternate"]["s3"]["href"] == "http://127.0.0.1:9/usgs-landsat/" + usgs["assets"]["blue"][
-        "alternate"
-    ]["s3"]["href"].split("s3://usgs-landsat/", 1)[1]
+    assert (
+        blue["alternate"]["s3"]["href"]
+        == "http://127.0.0.1:9/usgs-landsat/"
+        + usgs["assets"]["blue"]["alternate"]["s3"]["href"].split("s3://usgs-landsat/", 1)[1]
+    )
     assert out["assets"]["thumbnail"]["href"] == usgs["assets"]["thumbnail"]["href"]
     assert out["links"] == usgs["links"]
     n_alternates = sum(len(a.get("alternate", {})) for a in usgs["assets"].values())

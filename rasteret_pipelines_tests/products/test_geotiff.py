@@ -35,8 +35,16 @@ def known_values(seed, shape):
 def layers():
     a_vals = known_values(1, (2, 300, 517))
     b_vals = known_values(2, (1, 23, 37))
-    a = GeometryLayers(3, "EPSG:32643", A_TRANSFORM, 300, 517, [D1, D2], {"NDVI": a_vals},
-                       ["S2A_43RGQ_20240301", "S2B_43RGQ_20240311,S2B_43RGP_20240311"])
+    a = GeometryLayers(
+        3,
+        "EPSG:32643",
+        A_TRANSFORM,
+        300,
+        517,
+        [D1, D2],
+        {"NDVI": a_vals},
+        ["S2A_43RGQ_20240301", "S2B_43RGQ_20240311,S2B_43RGP_20240311"],
+    )
     b = GeometryLayers(17, "EPSG:32644", B_TRANSFORM, 23, 37, [D2], {"NDVI": b_vals}, ["LC09_145040_20240311"])
     return a, b
 
@@ -60,8 +68,11 @@ def test_one_cog_per_geometry_and_date(tmp_path, ds, layers, caplog):
     }
     assert "17" in caplog.text and "2024-03-01" in caplog.text
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
-        "geometry_17", "geometry_17/ndvi_20240311.tif",
-        "geometry_3", "geometry_3/ndvi_20240301.tif", "geometry_3/ndvi_20240311.tif",
+        "geometry_17",
+        "geometry_17/ndvi_20240311.tif",
+        "geometry_3",
+        "geometry_3/ndvi_20240301.tif",
+        "geometry_3/ndvi_20240311.tif",
     ]  # no temporary or .aux.xml files left
 
     for gi, layer in enumerate(layers):
@@ -84,8 +95,12 @@ def test_one_cog_per_geometry_and_date(tmp_path, ds, layers, caplog):
                 assert src.profile["tiled"] and src.block_shapes == [(256, 256)]
                 overviews = src.overviews(1)
                 if max(layer.height, layer.width) > 256:  # halvings down to one tile
-                    assert overviews == [2 ** k for k in range(1, len(overviews) + 1)]
-                    assert max(layer.height, layer.width) / overviews[-1] <= 256 < max(layer.height, layer.width) / overviews[-1] * 2
+                    assert overviews == [2**k for k in range(1, len(overviews) + 1)]
+                    assert (
+                        max(layer.height, layer.width) / overviews[-1]
+                        <= 256
+                        < max(layer.height, layer.width) / overviews[-1] * 2
+                    )
                 else:
                     assert overviews == []
 
@@ -137,7 +152,9 @@ def test_dataarray_input_and_other_variable(tmp_path, ds, layers):
 
 
 def test_all_nan_geometry_maps_to_no_files(tmp_path):
-    field = GeometryLayers("field-a", "EPSG:32643", A_TRANSFORM, 4, 5, [D1, D2], {"NDVI": known_values(4, (2, 4, 5))}, ["s1", "s2"])
+    field = GeometryLayers(
+        "field-a", "EPSG:32643", A_TRANSFORM, 4, 5, [D1, D2], {"NDVI": known_values(4, (2, 4, 5))}, ["s1", "s2"]
+    )
     empty = GeometryLayers("empty", "EPSG:32644", B_TRANSFORM, 4, 4, [D1], {"NDVI": np.full((1, 4, 4), np.nan)}, [""])
     ds = stack_geometries([field, empty], ["NDVI"], np.float32, np.nan, {})
     paths = save_per_geometry(ds, tmp_path)
@@ -150,7 +167,9 @@ def test_all_nan_geometry_maps_to_no_files(tmp_path):
 
 def test_several_times_on_one_day_get_a_time_suffix(tmp_path):
     t1, t2 = np.datetime64("2024-03-01T05:10:02"), np.datetime64("2024-03-01T05:10:31")
-    layer = GeometryLayers(1, "EPSG:32643", A_TRANSFORM, 3, 3, [t1, t2, D2], {"NDVI": np.ones((3, 3, 3))}, ["a", "b", "c"])
+    layer = GeometryLayers(
+        1, "EPSG:32643", A_TRANSFORM, 3, 3, [t1, t2, D2], {"NDVI": np.ones((3, 3, 3))}, ["a", "b", "c"]
+    )
     ds = stack_geometries([layer], ["NDVI"], np.float32, np.nan, {})
     names = [os.path.basename(p) for p in save_per_geometry(ds, tmp_path)[1]]
     assert names == ["ndvi_20240301_051002.tif", "ndvi_20240301_051031.tif", "ndvi_20240311.tif"]
@@ -205,8 +224,9 @@ def test_write_cog_checks_its_input(tmp_path):
         write_cog(np.zeros((2, 3, 4)), tmp_path / "x.tif", "EPSG:32643", A_TRANSFORM)
     with pytest.raises(ProductInputError):
         write_cog(np.zeros((3, 4)), tmp_path / "x.tif", "EPSG:32643", (1.0, 2.0))
-    path = write_cog(np.arange(12).reshape(3, 4), tmp_path / "d" / "x.tif", "EPSG:32643",
-                     rasterio.Affine(*A_TRANSFORM), {"K": 1})
+    path = write_cog(
+        np.arange(12).reshape(3, 4), tmp_path / "d" / "x.tif", "EPSG:32643", rasterio.Affine(*A_TRANSFORM), {"K": 1}
+    )
     with rasterio.open(path) as src:
         assert src.read(1).tolist() == np.arange(12, dtype=np.float32).reshape(3, 4).tolist()
         assert src.tags()["K"] == "1" and tuple(src.transform)[:6] == A_TRANSFORM
@@ -241,8 +261,10 @@ def test_save_to_s3(tmp_path, ds, layers, moto_s3):
 
     paths = save_per_geometry(ds, "s3://lake/products/ndvi/")
     assert paths == {
-        3: ["s3://lake/products/ndvi/geometry_3/ndvi_20240301.tif",
-            "s3://lake/products/ndvi/geometry_3/ndvi_20240311.tif"],
+        3: [
+            "s3://lake/products/ndvi/geometry_3/ndvi_20240301.tif",
+            "s3://lake/products/ndvi/geometry_3/ndvi_20240311.tif",
+        ],
         17: ["s3://lake/products/ndvi/geometry_17/ndvi_20240311.tif"],
     }
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"])

@@ -35,8 +35,14 @@ def read_of(red, nir, values="reflectance", dtype=np.float32):
     red, nir = np.asarray(red, dtype=np.float64), np.asarray(nir, dtype=np.float64)
     h, w = red.shape
     layer = GeometryLayers(
-        geometry_id=7, crs="EPSG:32643", transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 3500040.0),
-        height=h, width=w, dates=DATES[:1], bands={"red": red[None], "nir": nir[None]}, scene_ids=["S2A_X"],
+        geometry_id=7,
+        crs="EPSG:32643",
+        transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 3500040.0),
+        height=h,
+        width=w,
+        dates=DATES[:1],
+        bands={"red": red[None], "nir": nir[None]},
+        scene_ids=["S2A_X"],
     )
     return stack_geometries([layer], ["red", "nir"], dtype, np.nan, {"values": values})
 
@@ -111,7 +117,9 @@ def test_out_of_range_from_negative_reflectance():
     ds = read_of(red, nir, dtype=np.float64)
     assert np.isnan(ndvi_value(ds))
     assert float(compute_ndvi(ds, "red", "nir", out_of_range="clip").values.ravel()[0]) == 1.0
-    assert float(compute_ndvi(ds, "red", "nir", out_of_range="keep").values.ravel()[0]) == pytest.approx(raw[0, 0], rel=1e-6)
+    assert float(compute_ndvi(ds, "red", "nir", out_of_range="keep").values.ravel()[0]) == pytest.approx(
+        raw[0, 0], rel=1e-6
+    )
     with pytest.raises(ProductInputError):
         compute_ndvi(ds, "red", "nir", out_of_range="wrap")
 

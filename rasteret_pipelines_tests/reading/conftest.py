@@ -88,7 +88,11 @@ FLAG_COPIES = {
 FLAG_SOURCE_ID = BASE_IDS[0]
 LANDSAT_ID = "LC09_L2SP_144051_20240105_20240106_02_T1_SR"
 LANDSAT_TEMPLATE = (
-    Path(__file__).parents[1] / "data" / "stac" / "usgs-landsatlook" / "landsat-c2l2-sr"
+    Path(__file__).parents[1]
+    / "data"
+    / "stac"
+    / "usgs-landsatlook"
+    / "landsat-c2l2-sr"
     / "LC09_L2SP_092068_20230607_20230609_02_T1_SR.json"
 )
 
@@ -113,8 +117,9 @@ def _noise(seed: int, shape, lo=300, hi=6000) -> np.ndarray:
     return np.random.default_rng(seed).integers(lo, hi, size=shape, dtype=np.uint16)
 
 
-def write_crafted_scene(root: Path, item_id: str, crs: str, origin_xy, size_10m, seed: int,
-                        nodata_where=None) -> dict[str, Path]:
+def write_crafted_scene(
+    root: Path, item_id: str, crs: str, origin_xy, size_10m, seed: int, nodata_where=None
+) -> dict[str, Path]:
     """red, nir (10 m, ``size_10m`` px) and scl (20 m) COGs with random DNs on one grid.
 
     ``nodata_where(cols, rows)`` (10 m pixel-centre indices of this grid) marks nodata pixels.
@@ -152,7 +157,10 @@ def footprint_of(path: Path, n: int = 11) -> shapely.Geometry:
 
 def _set_footprint(item: dict, footprint: shapely.Geometry) -> None:
     geometry = shapely.geometry.mapping(footprint)
-    item["geometry"] = {"type": geometry["type"], "coordinates": [[list(c) for c in ring] for ring in geometry["coordinates"]]}
+    item["geometry"] = {
+        "type": geometry["type"],
+        "coordinates": [[list(c) for c in ring] for ring in geometry["coordinates"]],
+    }
     item["bbox"] = list(footprint.bounds)
 
 
@@ -167,8 +175,15 @@ def _set_projection(item: dict, paths: dict[str, Path]) -> None:
     item["properties"]["proj:epsg"] = epsg
 
 
-def crafted_item(item_id: str, stamp: str, paths: dict[str, Path], hrefs: dict[str, str],
-                 *, cloud_cover: float = 1.0, platform: str = "sentinel-2a") -> dict:
+def crafted_item(
+    item_id: str,
+    stamp: str,
+    paths: dict[str, Path],
+    hrefs: dict[str, str],
+    *,
+    cloud_cover: float = 1.0,
+    platform: str = "sentinel-2a",
+) -> dict:
     """An Earth Search item (from the demo template) describing crafted COGs truthfully."""
     when = dt.date.fromisoformat(stamp[:10])
     item = demo_data.make_item(demo_data.DemoScene(when, cloud_cover, platform), hrefs)
@@ -178,8 +193,14 @@ def crafted_item(item_id: str, stamp: str, paths: dict[str, Path], hrefs: dict[s
     p = item["properties"]
     p.update({"datetime": stamp, "created": stamp, "updated": stamp})
     zone, band, square = re.search(r"_(\d\d)([C-X])([A-Z]{2})_", item_id).groups()
-    p.update({"mgrs:utm_zone": int(zone), "mgrs:latitude_band": band, "mgrs:grid_square": square,
-              "grid:code": f"MGRS-{zone}{band}{square}"})
+    p.update(
+        {
+            "mgrs:utm_zone": int(zone),
+            "mgrs:latitude_band": band,
+            "mgrs:grid_square": square,
+            "grid:code": f"MGRS-{zone}{band}{square}",
+        }
+    )
     p["earthsearch:s3_path"] = f"s3://sentinel-cogs/sentinel-s2-l2a-cogs/{zone}/{band}/{square}/{when:%Y/%-m}/{item_id}"
     return item
 
@@ -196,8 +217,13 @@ def landsat_item(paths: dict[str, Path], hrefs: dict[str, str]) -> dict:
         asset["href"] = hrefs[band]
         asset.pop("alternate", None)  # read the https href (no S3 endpoint here)
     with rasterio.open(paths["red"]) as src:
-        item["properties"].update({"proj:epsg": src.crs.to_epsg(), "proj:shape": [src.height, src.width],
-                                   "proj:transform": list(src.transform)[:6]})
+        item["properties"].update(
+            {
+                "proj:epsg": src.crs.to_epsg(),
+                "proj:shape": [src.height, src.width],
+                "proj:transform": list(src.transform)[:6],
+            }
+        )
     return item
 
 
@@ -288,17 +314,31 @@ def world(tmp_path_factory) -> Iterator[World]:
         for i, (origin_px, seed) in enumerate(zip(MOSAIC_ORIGINS_PX, (11, 12))):
             origin = (x0 + origin_px[0] * PIXEL, y0 - origin_px[1] * PIXEL)
             futures[MOSAIC_IDS[i]] = pool.submit(
-                write_crafted_scene, root, MOSAIC_IDS[i], demo_data.CRS, origin, MOSAIC_SIZE, seed,
+                write_crafted_scene,
+                root,
+                MOSAIC_IDS[i],
+                demo_data.CRS,
+                origin,
+                MOSAIC_SIZE,
+                seed,
                 _mosaic_nodata(origin_px, i),
             )
         cross_origin, cross_size = _cross_grid()
         futures[CROSS_ID] = pool.submit(
-            write_crafted_scene, root, CROSS_ID, CROSS_CRS, cross_origin, cross_size, 13, _cross_nodata(cross_origin),
+            write_crafted_scene,
+            root,
+            CROSS_ID,
+            CROSS_CRS,
+            cross_origin,
+            cross_size,
+            13,
+            _cross_nodata(cross_origin),
         )
         for scene_id, future in futures.items():
             paths[scene_id] = future.result()
 
     with RangeServer(root) as cogs:
+
         def hrefs_of(scene_id):
             return {b: cogs.url_for(p.relative_to(root).as_posix()) for b, p in paths[scene_id].items()}
 
@@ -311,24 +351,41 @@ def world(tmp_path_factory) -> Iterator[World]:
         for scene_id, (stamp, baseline) in FLAG_COPIES.items():
             item = copy.deepcopy(items[FLAG_SOURCE_ID])
             item["id"] = scene_id
-            item["properties"].update({"datetime": stamp, "created": stamp, "updated": stamp,
-                                       "s2:processing_baseline": baseline,
-                                       "earthsearch:boa_offset_applied": False})
+            item["properties"].update(
+                {
+                    "datetime": stamp,
+                    "created": stamp,
+                    "updated": stamp,
+                    "s2:processing_baseline": baseline,
+                    "earthsearch:boa_offset_applied": False,
+                }
+            )
             items[scene_id] = item
             paths[scene_id] = paths[FLAG_SOURCE_ID]
         landsat = landsat_item(paths[FLAG_SOURCE_ID], hrefs_of(FLAG_SOURCE_ID))
         paths[LANDSAT_ID] = paths[FLAG_SOURCE_ID]
 
         with StacServer(list(items.values()) + [landsat]) as stac:
-            w = World(root=root, cogs=cogs, stac=stac, workspace=workspace,
-                      items={**items, LANDSAT_ID: landsat}, paths=paths)
+            w = World(
+                root=root, cogs=cogs, stac=stac, workspace=workspace, items={**items, LANDSAT_ID: landsat}, paths=paths
+            )
             w.build_reports["world"] = build_collection(
-                "sentinel-2-l2a", "world", workspace, date_range=("2024-01-01", "2024-05-31"),
-                bands=["red", "nir", "scl"], stac_url=stac.url, progress=False,
+                "sentinel-2-l2a",
+                "world",
+                workspace,
+                date_range=("2024-01-01", "2024-05-31"),
+                bands=["red", "nir", "scl"],
+                stac_url=stac.url,
+                progress=False,
             )
             w.build_reports["landsat"] = build_collection(
-                "landsat-c2l2-sr", "landsat", workspace, date_range=("2024-01-01", "2024-01-31"),
-                bands=["red", "nir08"], stac_url=stac.url, progress=False,
+                "landsat-c2l2-sr",
+                "landsat",
+                workspace,
+                date_range=("2024-01-01", "2024-01-31"),
+                bands=["red", "nir08"],
+                stac_url=stac.url,
+                progress=False,
             )
             for name, report in w.build_reports.items():
                 assert report.failed == [], (name, report.failed)

@@ -59,8 +59,11 @@ def test_zonal_stats_and_sample_points_make_exactly_the_planned_gets_and_bytes(w
     assert int(table.schema.metadata[b"requests"]) == plan.gets
     assert int(table.schema.metadata[b"bytes_read"]) == plan.bytes
 
-    points = gpd.GeoDataFrame({"id": ["a", "b", "c"]}, crs="EPSG:4326",
-                              geometry=[shapely.Point(77.555, 13.02), shapely.Point(77.57, 13.05), shapely.Point(2.35, 48.8)])
+    points = gpd.GeoDataFrame(
+        {"id": ["a", "b", "c"]},
+        crs="EPSG:4326",
+        geometry=[shapely.Point(77.555, 13.02), shapely.Point(77.57, 13.05), shapely.Point(2.35, 48.8)],
+    )
     plan = _dry_run(world, processor, "sample_points", points=points, bands=["red"], date_range=BASE_RANGE)
     assert plan.to_pandas()["band"].tolist() == ["red"] * len(BASE_IDS)
     table = processor.sample_points(points, ["red"], date_range=BASE_RANGE)

@@ -24,8 +24,9 @@ FIRST_DAY = (BASE_RANGE[0], BASE_RANGE[0][:8] + "07")
 
 def frame(ids, index=None):
     geoms = list(demo_data.QUICKSTART_AOIS.values())
-    return gpd.GeoDataFrame({"id": ids, "crop": ["rice", "millet"], "area_ha": [12.5, 7.0]},
-                            geometry=geoms, crs="EPSG:4326", index=index)
+    return gpd.GeoDataFrame(
+        {"id": ids, "crop": ["rice", "millet"], "area_ha": [12.5, 7.0]}, geometry=geoms, crs="EPSG:4326", index=index
+    )
 
 
 def test_the_id_column_names_the_geometries_not_the_index(world):
@@ -64,8 +65,9 @@ def test_get_gdf_rows_carry_the_ids_and_kept_columns(world):
 def test_the_pipelines_aoi_file_gives_the_pipelines_folder_names(world, tmp_path):
     """The demo's aois.geojson, read with GeoPandas as a user would, writes geometry_<AOI id>/:
     the same folders the pipeline writes for the same fields (ids from load_aois)."""
-    path = write_aois_geojson({"7": demo_data.QUICKSTART_AOIS[1], "42": demo_data.QUICKSTART_AOIS[2]},
-                              tmp_path / "aois.geojson")
+    path = write_aois_geojson(
+        {"7": demo_data.QUICKSTART_AOIS[1], "42": demo_data.QUICKSTART_AOIS[2]}, tmp_path / "aois.geojson"
+    )
     pipeline_ids = load_aois(str(path)).ids
     assert pipeline_ids == ["7", "42"]
     user = gpd.read_file(path)

@@ -93,7 +93,13 @@ def test_a_field_the_window_does_not_hold_and_degenerate_windows():
 def test_inverse_geotransform_is_gdals():
     # North-up: GDAL's shortcut (-c / a, 1 / a, 0, -f / e, 0, 1 / e), in GDAL's order.
     assert inverse_geotransform((10.0, 0.0, 699960.0, 0.0, -10.0, 1500000.0)) == (
-        -699960.0 / 10.0, 0.1, 0.0, -1500000.0 / -10.0, 0.0, 1 / -10.0)
+        -699960.0 / 10.0,
+        0.1,
+        0.0,
+        -1500000.0 / -10.0,
+        0.0,
+        1 / -10.0,
+    )
     # Rotated: inverse of the general affine (checked through affine's own inverse).
     t = (10.0, 2.0, 500.0, 1.5, -10.0, 800.0)
     inv = inverse_geotransform(t)

@@ -22,7 +22,7 @@ def sequential(stack, *, first: bool):
     out = np.full(values0.shape, np.nan, np.float32)
     filled = np.zeros(values0.shape, bool)
     used = set()
-    for values, valid, rank in (stack if first else stack[::-1]):
+    for values, valid, rank in stack if first else stack[::-1]:
         take = valid & ~filled
         out[take] = values[take]
         filled |= take

@@ -41,8 +41,7 @@ def test_a_read_through_obstores_http_store_equals_rasterio_with_the_same_reques
     expected_ranges = sorted((r.path, r.range) for r in world.cogs.requests if r.method == "GET")
     reader = ObstoreReader.from_url(world.cogs.url, client_options={"allow_http": True})
     world.cogs.reset_log()
-    ds = read_geometries(world.collection(), list(AOIS.values()), list(BANDS), date_range=BASE_RANGE,
-                         reader=reader)
+    ds = read_geometries(world.collection(), list(AOIS.values()), list(BANDS), date_range=BASE_RANGE, reader=reader)
     got_ranges = sorted((r.path, r.range) for r in world.cogs.requests if r.method == "GET")
     assert got_ranges == expected_ranges  # one GET per planned range, none for headers
     assert ds.attrs["requests"] == len(got_ranges) > 0 and ds.attrs["header_requests"] == 0
@@ -54,8 +53,14 @@ def test_a_read_through_obstores_http_store_equals_rasterio_with_the_same_reques
 def test_a_local_store_mirroring_the_server_builds_and_reads_without_the_server(world, tmp_path):
     reader = ObstoreReader({world.cogs.url + "/": LocalStore(prefix=world.root)})
     world.cogs.reset_log()
-    processor = Rasteret(tmp_path / "ws", custom_name="mirror", data_source="sentinel-2-l2a",
-                         date_range=BASE_RANGE, stac_url=world.stac.url, reader=reader)
+    processor = Rasteret(
+        tmp_path / "ws",
+        custom_name="mirror",
+        data_source="sentinel-2-l2a",
+        date_range=BASE_RANGE,
+        stac_url=world.stac.url,
+        reader=reader,
+    )
     processor.create_collection(bands=list(BANDS))
     assert processor.last_build.failed == [] and processor.last_build.items == len(BASE_IDS)
     ds = processor.get_xarray(list(AOIS.values()), list(BANDS))

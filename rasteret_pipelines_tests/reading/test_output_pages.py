@@ -56,11 +56,19 @@ def test_small_arrays_are_plain_numpy_and_large_ones_are_writable_private_memory
     assert big.dtype == np.uint16 and int(big[1, 1023, 1023]) == 7 and big.sum() == 7 * big.size
 
 
-@pytest.mark.skipif(not THP_MODE.exists() or "[madvise]" not in THP_MODE.read_text(),
-                    reason="transparent huge pages are not in madvise mode here")
+@pytest.mark.skipif(
+    not THP_MODE.exists() or "[madvise]" not in THP_MODE.read_text(),
+    reason="transparent huge pages are not in madvise mode here",
+)
 def test_the_output_gets_no_huge_page_where_numpy_s_own_array_does():
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=120,
-                         env={"NUMPY_MADVISE_HUGEPAGE": "1", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={"NUMPY_MADVISE_HUGEPAGE": "1", "PATH": "/usr/bin:/bin"},
+    )
     found = json.loads(out.stdout)
     assert found["sum"] == 16 * 1024 * 1024
     if found["numpy"] == 0:

@@ -118,9 +118,7 @@ def test_masked_reads_equal_rasterio_mask(world, all_touched):
     assert list(ds.data_vars) == ["B04", "nir"]
     assert ds["B04"].dims == ("geometry", "time", "row", "col") and ds["B04"].dtype == np.float32
     assert ds["geometry"].values.tolist() == [1, 2]
-    assert [np.datetime64(t, "D") for t in ds["time"].values] == [
-        np.datetime64(day(s, world), "D") for s in BASE_IDS
-    ]
+    assert [np.datetime64(t, "D") for t in ds["time"].values] == [np.datetime64(day(s, world), "D") for s in BASE_IDS]
     assert ds.attrs["all_touched"] == int(all_touched) and ds.attrs["values"] == "raw"
     for gi, (gid, geom) in enumerate(AOIS.items()):
         g = to_crs(geom)
@@ -286,7 +284,8 @@ def test_other_crs_is_warped_onto_the_first_scenes_grid(world):
     base_id = BASE_IDS[-1]
     ds = read_world(world, list(AOIS.values()), ["red", "nir"], date_range=CROSS_RANGE)
     assert [np.datetime64(t, "D") for t in ds["time"].values] == [
-        np.datetime64(day(base_id, world), "D"), np.datetime64(day(CROSS_ID, world), "D")
+        np.datetime64(day(base_id, world), "D"),
+        np.datetime64(day(CROSS_ID, world), "D"),
     ]
     for gid, geom in AOIS.items():
         g = to_crs(geom)
@@ -305,8 +304,15 @@ def test_other_crs_is_warped_onto_the_first_scenes_grid(world):
                 source = src.read(1)
                 warped = np.zeros((h, w), np.uint16)
                 rasterio.warp.reproject(
-                    source, warped, src_transform=src.transform, src_crs=src.crs, src_nodata=0,
-                    dst_transform=ref_transform, dst_crs=UTM43, dst_nodata=0, resampling=Resampling.nearest,
+                    source,
+                    warped,
+                    src_transform=src.transform,
+                    src_crs=src.crs,
+                    src_nodata=0,
+                    dst_transform=ref_transform,
+                    dst_crs=UTM43,
+                    dst_nodata=0,
+                    resampling=Resampling.nearest,
                 )
             expected = np.where(inside & (warped != 0), warped.astype(np.float32), np.float32(np.nan))
             got, _ = layer(ds, band, gid, day(CROSS_ID, world))
@@ -366,8 +372,13 @@ def test_cloud_mask_uses_the_nearest_20m_scl_pixel(world):
                 # The same with GDAL's nearest-neighbour resampling: two oracles agree.
                 warped = np.zeros((h, w), np.uint8)
                 rasterio.warp.reproject(
-                    scl_src.read(1), warped, src_transform=scl_src.transform, src_crs=scl_src.crs,
-                    dst_transform=transform, dst_crs=UTM43, resampling=Resampling.nearest,
+                    scl_src.read(1),
+                    warped,
+                    src_transform=scl_src.transform,
+                    src_crs=scl_src.crs,
+                    dst_transform=transform,
+                    dst_crs=UTM43,
+                    resampling=Resampling.nearest,
                 )
                 np.testing.assert_array_equal(scl_10m, warped)
             cloudy = np.isin(scl_10m, SCL_CLOUDY)
@@ -423,9 +434,7 @@ def test_one_get_per_distinct_tile_no_header_gets_no_stac(world):
     grid, plus one pixel for nearest neighbour. Files shared by several items count once.
     """
     geoms = [to_crs(g) for g in AOIS.values()]
-    scene_ids = sorted(
-        (s for s in world.items if s != LANDSAT_ID), key=lambda s: (world.datetime(s), s)
-    )
+    scene_ids = sorted((s for s in world.items if s != LANDSAT_ID), key=lambda s: (world.datetime(s), s))
     needed: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
     header_size: dict[str, int] = {}
     with rasterio.open(world.path(scene_ids[0], "red")) as first:
@@ -445,8 +454,12 @@ def test_one_get_per_distinct_tile_no_header_gets_no_stac(world):
                         bounds = rasterio.windows.bounds(ref_window, first_transform)
                         local = rasterio.warp.transform_bounds(UTM43, src.crs, *bounds, densify_pts=21)
                         w = rasterio.windows.from_bounds(*local, transform=src.transform)
-                        window = Window(math.floor(w.col_off) - 1, math.floor(w.row_off) - 1,
-                                        math.ceil(w.width) + 3, math.ceil(w.height) + 3)
+                        window = Window(
+                            math.floor(w.col_off) - 1,
+                            math.floor(w.row_off) - 1,
+                            math.ceil(w.width) + 3,
+                            math.ceil(w.height) + 3,
+                        )
                     tiles.update(_tiles_of(window, block_shape, layout))
     distinct = sum(len(t) for t in needed.values())
     assert distinct > len(needed) >= 2 * (len(BASE_IDS) + 3)  # some files need several tiles
@@ -534,8 +547,13 @@ def test_scene_whose_header_failed_at_build_is_skipped(world, tmp_path, caplog):
     world.cogs.faults = FaultPlan(rate=1.0, kinds=["503"], paths=broken)
     try:
         report = build_collection(
-            "sentinel-2-l2a", "half_broken", tmp_path, date_range=BASE_RANGE, bands=["red", "nir", "scl"],
-            stac_url=world.stac.url, progress=False,
+            "sentinel-2-l2a",
+            "half_broken",
+            tmp_path,
+            date_range=BASE_RANGE,
+            bands=["red", "nir", "scl"],
+            stac_url=world.stac.url,
+            progress=False,
             fetch_config=FetchConfig(max_retries=1, backoff_base=0.001, backoff_max=0.01),
         )
     finally:
@@ -626,8 +644,15 @@ def test_a_caller_named_crs_puts_every_geometry_on_that_grid(world):
         with rasterio.open(world.path(scene, "red")) as src:
             warped = np.zeros((h, w), np.uint16)
             rasterio.warp.reproject(
-                src.read(1), warped, src_transform=src.transform, src_crs=src.crs, src_nodata=0,
-                dst_transform=transform, dst_crs="EPSG:32644", dst_nodata=0, resampling=Resampling.nearest,
+                src.read(1),
+                warped,
+                src_transform=src.transform,
+                src_crs=src.crs,
+                src_nodata=0,
+                dst_transform=transform,
+                dst_crs="EPSG:32644",
+                dst_nodata=0,
+                resampling=Resampling.nearest,
             )
         expected = np.where(inside & (warped != 0), warped.astype(np.float32), np.float32(np.nan))
         got, _ = layer(ds, "red", gid, day(scene, world))
@@ -649,8 +674,7 @@ def test_mosaic_last_takes_the_last_valid_pixel(world):
     files at the reference window, combined in reverse (datetime, id) order with numpy."""
     order = sorted(MOSAIC_IDS, key=lambda s: (world.datetime(s), s))
     when = np.datetime64(MOSAIC_DAY, "ns")
-    ds = read_world(world, list(AOIS.values()), ["red"], date_range=(str(MOSAIC_DAY), str(MOSAIC_DAY)),
-                    mosaic="last")
+    ds = read_world(world, list(AOIS.values()), ["red"], date_range=(str(MOSAIC_DAY), str(MOSAIC_DAY)), mosaic="last")
     for gid, geom in AOIS.items():
         with rasterio.open(world.path(order[0], "red")) as first:
             outside, ref_transform, _ = rasterio.mask.raster_geometry_mask(first, [to_crs(geom)], crop=True)

@@ -48,8 +48,13 @@ def test_the_limit_comes_from_the_environment(world, monkeypatch):
     with pytest.raises(MemoryLimitError, match=r"above the limit of 1\.0 MiB \(1048576 bytes\)"):
         read_geometries(world.collection(), list(AOIS.values()), ["red"], date_range=BASE_RANGE)
     # A configured limit wins over the environment.
-    ds = read_geometries(world.collection(), list(AOIS.values()), ["red"], date_range=BASE_RANGE,
-                         fetch_config=FetchConfig(max_read_memory=1 << 30))
+    ds = read_geometries(
+        world.collection(),
+        list(AOIS.values()),
+        ["red"],
+        date_range=BASE_RANGE,
+        fetch_config=FetchConfig(max_read_memory=1 << 30),
+    )
     assert ds["red"].size > 0
 
 
@@ -85,7 +90,9 @@ def test_default_limit_is_a_fraction_of_physical_memory(monkeypatch):
 
 
 def test_values_mode_is_a_typed_error(world):
-    with pytest.raises(InvalidReadArgumentError, match=r"values must be one of \('float', 'native', 'reflectance'\), got 'bogus'"):
+    with pytest.raises(
+        InvalidReadArgumentError, match=r"values must be one of \('float', 'native', 'reflectance'\), got 'bogus'"
+    ):
         read_geometries(world.collection(), list(AOIS.values()), ["red"], values="bogus")
 
 
@@ -100,9 +107,12 @@ def test_a_band_that_is_not_a_name_is_a_typed_error(world, bands):
     [
         shapely.geometry.Polygon([(77.55, 13.01), (77.58, math.nan), (77.58, 13.08), (77.55, 13.08)]),
         shapely.geometry.box(77.55, 13.01, math.inf, 13.08),
-        shapely.geometry.MultiPolygon([
-            AOIS[1], shapely.geometry.Polygon([(77.6, 13.1), (math.nan, 13.1), (77.7, 13.2)]),
-        ]),
+        shapely.geometry.MultiPolygon(
+            [
+                AOIS[1],
+                shapely.geometry.Polygon([(77.6, 13.1), (math.nan, 13.1), (77.7, 13.2)]),
+            ]
+        ),
     ],
 )
 def test_nan_coordinates_are_a_typed_error(world, geom):
@@ -129,8 +139,9 @@ def test_cloud_cover_is_a_typed_error_when_reading(world, value, message):
 
 
 def test_numpy_cloud_cover_is_accepted(world):
-    ds = read_geometries(world.collection(), list(AOIS.values()), ["red"], date_range=BASE_RANGE,
-                         cloud_cover_lt=np.float32(100))
+    ds = read_geometries(
+        world.collection(), list(AOIS.values()), ["red"], date_range=BASE_RANGE, cloud_cover_lt=np.float32(100)
+    )
     assert ds["red"].size > 0
 
 
@@ -140,8 +151,11 @@ def test_numpy_cloud_cover_is_accepted(world):
 def _with_local_hrefs(world, workspace, allow: bool):
     """A copy of the world collection whose cached headers point at the local COG files (as an
     edited parquet file, or a local catalog, would)."""
-    by_url = {world.cogs.url_for(p.relative_to(world.root).as_posix()): str(p)
-              for bands in world.paths.values() for p in bands.values()}
+    by_url = {
+        world.cogs.url_for(p.relative_to(world.root).as_posix()): str(p)
+        for bands in world.paths.values()
+        for p in bands.values()
+    }
     return with_edited_hrefs(world, workspace, by_url.__getitem__, allow)
 
 

@@ -20,8 +20,15 @@ PARIS = shapely.geometry.box(2.33, 48.85, 2.36, 48.87)
 def with_blue(world, tmp_path_factory):
     """A collection that indexed ``blue``, which the world's items have no asset for."""
     workspace = tmp_path_factory.mktemp("with_blue")
-    report = build_collection("sentinel-2-l2a", "with_blue", workspace, date_range=BASE_RANGE,
-                              bands=["red", "nir", "blue"], stac_url=world.stac.url, progress=False)
+    report = build_collection(
+        "sentinel-2-l2a",
+        "with_blue",
+        workspace,
+        date_range=BASE_RANGE,
+        bands=["red", "nir", "blue"],
+        stac_url=world.stac.url,
+        progress=False,
+    )
     assert report.failed == [] and {m.band for m in report.missing} == {"blue"}
     return load_collection("with_blue", workspace)
 

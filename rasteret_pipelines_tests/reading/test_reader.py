@@ -38,10 +38,13 @@ class CountingReader:
 
 def memory_reader(world) -> MemoryReader:
     """Every world COG's bytes under the href the collection holds for it (no server involved)."""
-    return MemoryReader({
-        world.cogs.url_for(p.relative_to(world.root).as_posix()): p.read_bytes()
-        for scene in BASE_IDS for p in world.paths[scene].values()
-    })
+    return MemoryReader(
+        {
+            world.cogs.url_for(p.relative_to(world.root).as_posix()): p.read_bytes()
+            for scene in BASE_IDS
+            for p in world.paths[scene].values()
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +54,14 @@ def mem(world, tmp_path_factory):
     comes from the range server)."""
     counting = CountingReader(memory_reader(world))
     world.cogs.reset_log()
-    processor = Rasteret(tmp_path_factory.mktemp("mem_ws"), custom_name="mem", data_source="sentinel-2-l2a",
-                         date_range=BASE_RANGE, stac_url=world.stac.url, reader=counting)
+    processor = Rasteret(
+        tmp_path_factory.mktemp("mem_ws"),
+        custom_name="mem",
+        data_source="sentinel-2-l2a",
+        date_range=BASE_RANGE,
+        stac_url=world.stac.url,
+        reader=counting,
+    )
     processor.create_collection(bands=["red", "nir"])
     assert world.cogs.count(method=None) == 0
     assert processor.last_build.items == len(BASE_IDS)
@@ -67,8 +76,7 @@ def mem(world, tmp_path_factory):
 def test_a_read_through_a_memory_reader_equals_rasterio(world, mem):
     reader = memory_reader(world)
     world.cogs.reset_log()
-    ds = read_geometries(mem.collection, list(AOIS.values()), list(BANDS), date_range=BASE_RANGE,
-                         reader=reader)
+    ds = read_geometries(mem.collection, list(AOIS.values()), list(BANDS), date_range=BASE_RANGE, reader=reader)
     assert world.cogs.count(method=None) == 0  # not one request reached the server
     assert ds.attrs["requests"] == reader.count() > 0
     assert ds.attrs["header_requests"] == 0
@@ -91,12 +99,12 @@ def test_a_passed_reader_gets_exactly_the_ranges_the_default_reader_sends(world,
     expected_ds = read_geometries(world.collection(), list(AOIS.values()), list(BANDS), date_range=BASE_RANGE)
     served = sorted(
         (world.cogs.url_for(r.path.lstrip("/")), r.range[0], r.range[1] + 1)
-        for r in world.cogs.requests if r.method == "GET"
+        for r in world.cogs.requests
+        if r.method == "GET"
     )
     assert len(served) == expected_ds.attrs["requests"] > 0
     counting = CountingReader(memory_reader(world))
-    ds = read_geometries(mem.collection, list(AOIS.values()), list(BANDS), date_range=BASE_RANGE,
-                         reader=counting)
+    ds = read_geometries(mem.collection, list(AOIS.values()), list(BANDS), date_range=BASE_RANGE, reader=counting)
     assert sorted(counting.ranges) == served
     assert ds.attrs["requests"] == len(served)
     for band in BANDS:
@@ -130,7 +138,8 @@ def test_a_local_href_is_refused_with_a_passed_reader_unless_the_collection_allo
     assert counting.ranges == []  # refused before any request
     with pytest.raises(UnsafeHrefError):
         Rasteret.load_collection("world", tmp_path / "edited", reader=counting).get_xarray(
-            list(AOIS.values()), ["red"], date_range=BASE_RANGE)
+            list(AOIS.values()), ["red"], date_range=BASE_RANGE
+        )
     assert counting.ranges == []
 
     local = _with_local_hrefs(world, tmp_path / "local", allow=True)
@@ -143,11 +152,8 @@ def test_a_local_href_is_refused_with_a_passed_reader_unless_the_collection_allo
 
 def test_a_scheme_no_policy_accepts_is_refused_before_the_reader_is_asked(world, tmp_path):
     """A MemoryReader would serve ``mem://`` hrefs; the collection's policy still refuses them."""
-    collection = with_edited_hrefs(world, tmp_path / "ws", lambda href: "mem://" + href.split("://", 1)[1],
-                                   allow=False)
+    collection = with_edited_hrefs(world, tmp_path / "ws", lambda href: "mem://" + href.split("://", 1)[1], allow=False)
     counting = CountingReader(MemoryReader())
     with pytest.raises(UnsafeHrefError, match="unsupported URL scheme 'mem'"):
-        read_geometries(collection, list(AOIS.values()), ["red"],
-                        date_range=BASE_RANGE, reader=counting)
+        read_geometries(collection, list(AOIS.values()), ["red"], date_range=BASE_RANGE, reader=counting)
     assert counting.ranges == []
-

@@ -47,16 +47,18 @@ SCENES = (*BASE_IDS, *FLAG_COPIES)
 @pytest.fixture
 def renamed_source():
     s2 = get_source("sentinel-2-l2a")
-    source = register_source(dataclasses.replace(
-        s2,
-        id="test-renamed-s2",
-        collection="test-renamed",
-        short_name="renamed",
-        aliases=("RENAMED",),
-        bands={"R": "rouge", "PIR": "pir", "CLS": "classes"},
-        cloud_mask=MaskedClasses(band="classes", classes=SCL_DOCUMENTED_CLOUDY),
-        ndvi_bands=("rouge", "pir"),
-    ))
+    source = register_source(
+        dataclasses.replace(
+            s2,
+            id="test-renamed-s2",
+            collection="test-renamed",
+            short_name="renamed",
+            aliases=("RENAMED",),
+            bands={"R": "rouge", "PIR": "pir", "CLS": "classes"},
+            cloud_mask=MaskedClasses(band="classes", classes=SCL_DOCUMENTED_CLOUDY),
+            ndvi_bands=("rouge", "pir"),
+        )
+    )
     try:
         yield source
     finally:
@@ -73,8 +75,12 @@ def renamed_collection(world, renamed_source, tmp_path):
         items.append(item)
     with StacServer(items) as stac:
         report = build_collection(
-            "RENAMED", "renamed", tmp_path, date_range=("2024-01-01", "2024-05-31"),
-            stac_url=stac.url, progress=False,
+            "RENAMED",
+            "renamed",
+            tmp_path,
+            date_range=("2024-01-01", "2024-05-31"),
+            stac_url=stac.url,
+            progress=False,
         )
     assert report.failed == [] and report.items == len(SCENES)
     return load_collection("renamed", tmp_path)
@@ -97,8 +103,15 @@ def oracle(world, scene_id, geom_utm):
         out.append(arr[0].astype(np.float64).filled(np.nan) * 0.0001 + offset)
     scl = np.zeros(out[0].shape, np.uint8)
     with rasterio.open(world.path(source_id, "scl")) as src:
-        rasterio.warp.reproject(src.read(1), scl, src_transform=src.transform, src_crs=src.crs,
-                                dst_transform=transform, dst_crs=src.crs, resampling=Resampling.nearest)
+        rasterio.warp.reproject(
+            src.read(1),
+            scl,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs=src.crs,
+            resampling=Resampling.nearest,
+        )
     cloudy = np.isin(scl, SCL_DOCUMENTED_CLOUDY)
     red, nir = (np.where(cloudy, np.nan, a) for a in out)
     return red, nir, int((cloudy & np.isfinite(out[0])).sum()), transform
@@ -111,7 +124,9 @@ def oracle_ndvi(red, nir):
     return ndvi
 
 
-def test_a_source_registered_in_a_test_reads_reflectance_cloud_masked_and_ndvi(world, renamed_source, renamed_collection):
+def test_a_source_registered_in_a_test_reads_reflectance_cloud_masked_and_ndvi(
+    world, renamed_source, renamed_collection
+):
     collection = renamed_collection
     assert collection.source is renamed_source
     assert sorted(collection.bands) == ["classes", "pir", "rouge"]
@@ -142,7 +157,9 @@ def test_a_source_registered_in_a_test_reads_reflectance_cloud_masked_and_ndvi(w
     assert offsets_seen > 0  # ... and the baseline-05.10 copy without the flag got its -0.1
 
 
-def test_the_dagster_layer_reads_a_registered_source_through_its_declared_bands(world, renamed_source, renamed_collection, tmp_path):
+def test_the_dagster_layer_reads_a_registered_source_through_its_declared_bands(
+    world, renamed_source, renamed_collection, tmp_path
+):
     """``collection_bands``, ``field_stats_month`` and ``group_geotiffs`` (the field-statistics
     asset's work) take the red, NIR and cloud-mask bands from the registered source; the COGs
     hold the oracle's NDVI."""
@@ -158,8 +175,12 @@ def test_the_dagster_layer_reads_a_registered_source_through_its_declared_bands(
     month = "2024-01"
     collection = CollectionSlice(name=full.name, storage=full.storage, manifest=full.manifest, month_keys=(month,))
     # each field a group of its own: a group's COG is then its field's
-    frame = gpd.GeoDataFrame({"name": [f"aoi {g}" for g in AOIS], "group": [f"g{g}" for g in AOIS]},
-                             geometry=list(AOIS.values()), index=[str(g) for g in AOIS], crs="EPSG:4326")
+    frame = gpd.GeoDataFrame(
+        {"name": [f"aoi {g}" for g in AOIS], "group": [f"g{g}" for g in AOIS]},
+        geometry=list(AOIS.values()),
+        index=[str(g) for g in AOIS],
+        crs="EPSG:4326",
+    )
     frame.index.name = "id"
     january = [s for s in SCENES if world.items[s]["properties"]["datetime"].startswith(month)]
     table = field_stats_month(renamed_source.id, collection, month, frame)

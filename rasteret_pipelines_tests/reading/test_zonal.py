@@ -93,11 +93,19 @@ def hard_fields(seed=3):
     out["tiny_centre"] = shapely.geometry.box(minx + 1003, miny + 1003, minx + 1007, miny + 1007)  # has a centre
     out["tiny_none"] = shapely.geometry.box(minx + 1501, miny + 1501, minx + 1504, miny + 1504)  # between centres
     out["holed"] = shapely.geometry.box(minx + 2000, miny + 2000, minx + 2300, miny + 2300).difference(
-        shapely.geometry.box(minx + 2100, miny + 2100, minx + 2200, miny + 2200))
-    out["two_parts"] = shapely.MultiPolygon([shapely.geometry.box(minx + 2500, miny + 2500, minx + 2600, miny + 2560),
-                                             _rect(minx + 2800, miny + 2700, 90, 70, 30)])
-    return gpd.GeoDataFrame({"id": list(out), "crop": [f"c{i % 3}" for i in range(len(out))]},
-                            geometry=[_to_lonlat(g) for g in out.values()], crs="EPSG:4326")
+        shapely.geometry.box(minx + 2100, miny + 2100, minx + 2200, miny + 2200)
+    )
+    out["two_parts"] = shapely.MultiPolygon(
+        [
+            shapely.geometry.box(minx + 2500, miny + 2500, minx + 2600, miny + 2560),
+            _rect(minx + 2800, miny + 2700, 90, 70, 30),
+        ]
+    )
+    return gpd.GeoDataFrame(
+        {"id": list(out), "crop": [f"c{i % 3}" for i in range(len(out))]},
+        geometry=[_to_lonlat(g) for g in out.values()],
+        crs="EPSG:4326",
+    )
 
 
 # -- the oracle --------------------------------------------------------------------------------
@@ -135,8 +143,15 @@ def oracle(world, geom_4326, scene_ids, *, all_touched=False, cloud_mask=False):
             if cloud_mask:
                 with rasterio.open(world.path(scene_id, "scl")) as scl_src:
                     scl = np.zeros((h, w), np.uint8)
-                    rasterio.warp.reproject(scl_src.read(1), scl, src_transform=scl_src.transform, src_crs=scl_src.crs,
-                                            dst_transform=window_transform, dst_crs=crs, resampling=Resampling.nearest)
+                    rasterio.warp.reproject(
+                        scl_src.read(1),
+                        scl,
+                        src_transform=scl_src.transform,
+                        src_crs=scl_src.crs,
+                        dst_transform=window_transform,
+                        dst_crs=crs,
+                        resampling=Resampling.nearest,
+                    )
                 valid &= ~np.isin(scl, SCL_CLOUDY)
             take = valid & np.isnan(out[band])
             out[band][take] = (data[take].astype(np.float64) * scale + offset).astype(np.float32)
@@ -161,9 +176,14 @@ def assert_row_equals_oracle(row, values, pixels):
             assert row[f"ndvi_{stat}"] is None, stat
         return
     expected = {
-        "mean": np.mean(values), "median": np.median(values), "std": np.std(values),
-        "min": np.min(values), "max": np.max(values), "sum": np.sum(values),
-        "p10": np.percentile(values, 10), "p90": np.percentile(values, 90),
+        "mean": np.mean(values),
+        "median": np.median(values),
+        "std": np.std(values),
+        "min": np.min(values),
+        "max": np.max(values),
+        "sum": np.sum(values),
+        "p10": np.percentile(values, 10),
+        "p90": np.percentile(values, 90),
     }
     for stat, value in expected.items():
         assert row[f"ndvi_{stat}"] == pytest.approx(value, rel=1e-9, abs=1e-12), stat
@@ -179,8 +199,15 @@ def rows_by_key(table):
 @pytest.mark.parametrize("all_touched", [False, True], ids=["centres", "all_touched"])
 def test_every_statistic_equals_rasterio_on_hard_fields(world, all_touched):
     fields = hard_fields()
-    table = zonal_stats(world.collection(), fields, index="ndvi", stats=STATS, date_range=BASE_RANGE,
-                        all_touched=all_touched, keep=["crop"])
+    table = zonal_stats(
+        world.collection(),
+        fields,
+        index="ndvi",
+        stats=STATS,
+        date_range=BASE_RANGE,
+        all_touched=all_touched,
+        keep=["crop"],
+    )
     assert table.column_names[:2] == ["id", "date"]
     assert {f"ndvi_{s}" for s in STATS} | {"ndvi_valid_fraction", "scene_ids", "crop"} <= set(table.column_names)
     rows = rows_by_key(table)
@@ -211,7 +238,9 @@ def test_same_day_scenes_on_shifted_grids_are_mosaicked_first_valid(world):
     diagonal = [(col, MOSAIC_NODATA_DIAGONAL - col) for col in range(7150, 8300, 140)]  # 43PGQ pixels
     extra = gpd.GeoDataFrame(
         {"id": [f"diag{i}" for i in range(len(diagonal))], "crop": "c0"},
-        geometry=[_to_lonlat(_rect(x0 + c * 10.0, y0 - r * 10.0, 220, 160, 15 * i)) for i, (c, r) in enumerate(diagonal)],
+        geometry=[
+            _to_lonlat(_rect(x0 + c * 10.0, y0 - r * 10.0, 220, 160, 15 * i)) for i, (c, r) in enumerate(diagonal)
+        ],
         crs="EPSG:4326",
     )
     fields = gpd.GeoDataFrame(pd.concat([fields, extra], ignore_index=True), crs="EPSG:4326")
@@ -220,8 +249,7 @@ def test_same_day_scenes_on_shifted_grids_are_mosaicked_first_valid(world):
     rows = rows_by_key(table)
     both = 0
     for fid, geom in zip(fields["id"], fields.geometry):
-        covering = [s for s in order if shapely.intersects(
-            shapely.geometry.shape(world.items[s]["geometry"]), geom)]
+        covering = [s for s in order if shapely.intersects(shapely.geometry.shape(world.items[s]["geometry"]), geom)]
         if not covering:
             assert (fid, day) not in rows
             continue
@@ -307,8 +335,10 @@ def test_memory_does_not_grow_with_dates_when_written_to_a_file(world, tmp_path,
     rng = np.random.default_rng(5)
     aoi = _to_crs(demo_data.QUICKSTART_AOIS[1])
     minx, miny, maxx, maxy = aoi.bounds
-    geoms = [_to_lonlat(_rect(x, y, 60, 60, 10)) for x, y in
-             zip(rng.uniform(minx, maxx, 3000), rng.uniform(miny, maxy, 3000))]
+    geoms = [
+        _to_lonlat(_rect(x, y, 60, 60, 10))
+        for x, y in zip(rng.uniform(minx, maxx, 3000), rng.uniform(miny, maxy, 3000))
+    ]
 
     def peak(date_range, name):
         tracemalloc.start()
@@ -356,7 +386,9 @@ def test_bad_input_is_refused_by_name(world):
     with pytest.raises(InvalidGeometryError, match="not unique: f00"):
         zonal_stats(world.collection(), dup, index="ndvi")
     bow = fields.copy()
-    bow.loc[bow.index[2], "geometry"] = shapely.Polygon([(77.55, 13.01), (77.56, 13.02), (77.56, 13.01), (77.55, 13.02)])
+    bow.loc[bow.index[2], "geometry"] = shapely.Polygon(
+        [(77.55, 13.01), (77.56, 13.02), (77.56, 13.01), (77.55, 13.02)]
+    )
     with pytest.raises(InvalidGeometryError, match="invalid geometries: f01 "):
         zonal_stats(world.collection(), bow, index="ndvi")
     with pytest.raises(InvalidReadArgumentError, match="unknown statistic 'mode'"):
@@ -378,12 +410,16 @@ def test_sample_points_equals_rasterio_sample(world):
     minx, miny, maxx, maxy = aoi.bounds
     xs, ys = rng.uniform(minx, maxx, 400), rng.uniform(miny, maxy, 400)
     xs[:5] = EAST_EDGE_X + np.array([-25.0, -5.0, 5.0, 15.0, 400.0])  # across the base scenes' east edge
-    points = gpd.GeoDataFrame({"id": [f"p{i}" for i in range(400)], "plot": np.arange(400)},
-                              geometry=gpd.points_from_xy(xs, ys), crs=UTM43)
-    far = gpd.GeoDataFrame({"id": ["paris"], "plot": [-1]}, geometry=gpd.points_from_xy([2.35], [48.86]), crs="EPSG:4326")
+    points = gpd.GeoDataFrame(
+        {"id": [f"p{i}" for i in range(400)], "plot": np.arange(400)}, geometry=gpd.points_from_xy(xs, ys), crs=UTM43
+    )
+    far = gpd.GeoDataFrame(
+        {"id": ["paris"], "plot": [-1]}, geometry=gpd.points_from_xy([2.35], [48.86]), crs="EPSG:4326"
+    )
     points = gpd.GeoDataFrame(pd.concat([points.to_crs("EPSG:4326"), far], ignore_index=True), crs="EPSG:4326")
-    table = zonal_module.sample_points(world.collection(), points, bands=["red", "nir"], keep=["plot"],
-                                       date_range=(BASE_RANGE[0], str(MOSAIC_DAY)))
+    table = zonal_module.sample_points(
+        world.collection(), points, bands=["red", "nir"], keep=["plot"], date_range=(BASE_RANGE[0], str(MOSAIC_DAY))
+    )
     assert table.column_names == ["id", "date", "red", "nir", "scene_ids", "plot"]
     rows = rows_by_key(table)
     assert not [k for k in rows if k[0] == "paris"]
@@ -396,8 +432,12 @@ def test_sample_points_equals_rasterio_sample(world):
             for scene_id in scene_ids:
                 with rasterio.open(world.path(scene_id, band)) as src:
                     utm = points.iloc[:400].to_crs(src.crs)
-                    inside = ((utm.geometry.x > src.bounds.left) & (utm.geometry.x < src.bounds.right)
-                              & (utm.geometry.y > src.bounds.bottom) & (utm.geometry.y < src.bounds.top)).to_numpy()
+                    inside = (
+                        (utm.geometry.x > src.bounds.left)
+                        & (utm.geometry.x < src.bounds.right)
+                        & (utm.geometry.y > src.bounds.bottom)
+                        & (utm.geometry.y < src.bounds.top)
+                    ).to_numpy()
                     got = np.array([v[0] for v in src.sample(zip(utm.geometry.x, utm.geometry.y), masked=False)], float)
                     take = inside & np.isnan(expected) & (got != 0)
                     expected[take] = got[take]

@@ -50,8 +50,9 @@ def beta_backfill_policy():
     with no stable equivalent (many partitions per run need it); its BetaWarning, and only that
     one, is silenced while the asset decorator is made."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of function `asset`",
-                                category=dg.BetaWarning)
+        warnings.filterwarnings(
+            "ignore", message="Parameter `backfill_policy` of function `asset`", category=dg.BetaWarning
+        )
         yield
 
 
@@ -89,8 +90,10 @@ def step_errors(context, what: str, retry_policy: dg.RetryPolicy | None):
     except TRANSIENT_ERRORS as exc:
         if not retries_left(context, retry_policy):
             raise fail_at_once(what, exc, context) from exc
-        context.log.warning(f"{what}: {exc} -- transient, the step's retry policy retries it "
-                            f"(retry {context.retry_number + 1} of {retry_policy.max_retries})")
+        context.log.warning(
+            f"{what}: {exc} -- transient, the step's retry policy retries it "
+            f"(retry {context.retry_number + 1} of {retry_policy.max_retries})"
+        )
         raise
     except RasteretError as exc:
         raise fail_at_once(what, exc, context) from exc

@@ -1,6 +1,5 @@
 """One monthly-partitioned collection asset per source."""
 
-
 import time
 
 import dagster as dg
@@ -44,7 +43,9 @@ def collection_asset(
     bands = collection_bands(source.id)
     stac_label = stac_label or f"the public STAC API at {source.stac_url}"
     # the source's own description names its public API: only true when that API is searched
-    what_items = source.description if source.stac_url in stac_label else f"{source.id} (STAC collection {source.collection})"
+    what_items = (
+        source.description if source.stac_url in stac_label else f"{source.id} (STAC collection {source.collection})"
+    )
 
     @dg.asset(
         key=collection_key(source.id),
@@ -54,8 +55,12 @@ def collection_asset(
         pool=source_pool(source.id),
         retry_policy=retry_policy,
         kinds={"stac", "parquet"},
-        metadata={KIND: COLLECTION, "source": source.id, "stac_collection": source.collection,
-                  "bands": ", ".join(bands)},
+        metadata={
+            KIND: COLLECTION,
+            "source": source.id,
+            "stac_collection": source.collection,
+            "bands": ", ".join(bands),
+        },
         description=(
             f"{what_items}, searched through {stac_label}: the month's STAC items over the "
             f"fields' bounds, every header of {', '.join(bands)} cached, as GeoParquet at "
@@ -76,8 +81,10 @@ def collection_asset(
         with step_errors(context, what, retry_policy):
             areas = aois.fields()  # bad rows are skipped (and named), the others searched for
             if areas.invalid:
-                context.log.warning(f"{what}: {len(areas.invalid)} rows of the field file left out of the search area: "
-                                    + "; ".join(f"{k}: {v}" for k, v in areas.invalid.items())[:2000])
+                context.log.warning(
+                    f"{what}: {len(areas.invalid)} rows of the field file left out of the search area: "
+                    + "; ".join(f"{k}: {v}" for k, v in areas.invalid.items())[:2000]
+                )
             stac_url = data_source.stac_url_for(source.id)
             built = build_month(
                 source.id,

@@ -16,7 +16,6 @@
   one table, one row per field and date, plotted in the metadata.
 """
 
-
 import time
 from collections import defaultdict
 
@@ -111,12 +110,20 @@ def field_stats_asset(
     ndvi_where = "/".join(field_ndvi_parts(source_id))
     with preview_partitioned_checks():
         check_specs = [
-            dg.AssetCheckSpec("stats_in_range", asset=key, partitions_def=partitions.month_group,
-                              description="Every NDVI statistic lies in [-1, 1] with min <= mean, median <= max; "
-                                          "valid fractions in [0, 1]; every row is a field of the group."),
-            dg.AssetCheckSpec("geotiffs_reopen", asset=key, partitions_def=partitions.month_group,
-                              description="Every NDVI COG of the partition reopens as one float32 band with values "
-                                          "in [-1, 1] (NaN outside the fields)."),
+            dg.AssetCheckSpec(
+                "stats_in_range",
+                asset=key,
+                partitions_def=partitions.month_group,
+                description="Every NDVI statistic lies in [-1, 1] with min <= mean, median <= max; "
+                "valid fractions in [0, 1]; every row is a field of the group.",
+            ),
+            dg.AssetCheckSpec(
+                "geotiffs_reopen",
+                asset=key,
+                partitions_def=partitions.month_group,
+                description="Every NDVI COG of the partition reopens as one float32 band with values "
+                "in [-1, 1] (NaN outside the fields).",
+            ),
         ]
     spec = dg.AssetSpec(
         key=key,
@@ -174,17 +181,20 @@ def field_stats_asset(
             by_month[month_partition].append((k, group))
         done = already_materialised(context, key, keys)
         if done:
-            context.log.info(f"{what}: {len(done)} of {len(keys)} partitions were materialised by this run "
-                             "(or the failed run it retries) before; only the others are redone")
+            context.log.info(
+                f"{what}: {len(done)} of {len(keys)} partitions were materialised by this run "
+                "(or the failed run it retries) before; only the others are redone"
+            )
         fieldset = None
         with step_errors(context, what, retry_policy):  # an unusable field file, a local server down
             if by_month:
                 fieldset = aois.fields()
-                data_source.ensure_cog_servers(collection_hrefs(collection, source_id),
-                                               f"collection {collection.name}")
+                data_source.ensure_cog_servers(collection_hrefs(collection, source_id), f"collection {collection.name}")
         if fieldset is not None and fieldset.skipped:
-            context.log.warning(f"{what}: {len(fieldset.skipped)} rows of {fieldset.uri} skipped: "
-                                + "; ".join(f"{k}: {v}" for k, v in list(fieldset.skipped.items())[:20]))
+            context.log.warning(
+                f"{what}: {len(fieldset.skipped)} rows of {fieldset.uri} skipped: "
+                + "; ".join(f"{k}: {v}" for k, v in list(fieldset.skipped.items())[:20])
+            )
         store = storage.storage()
         ndvi_uri = storage.uri(*field_ndvi_parts(source_id))
         materialised = 0
@@ -197,7 +207,8 @@ def field_stats_asset(
                 for k, _ in todo:
                     failures[k] = MissingPartitionError(
                         f"collection {collection.name} has no month {month}: materialise partition "
-                        f"{month_partition} of {collection_key(source_id).to_user_string()} first")
+                        f"{month_partition} of {collection_key(source_id).to_user_string()} first"
+                    )
                 continue
             t0 = time.perf_counter()
             frame = fieldset.fields_of([g for _, g in todo])
@@ -206,14 +217,23 @@ def field_stats_asset(
                 context.log.warning(
                     f"{what} {month}: {len(outside)} fields lie outside the area the collection month was indexed "
                     f"for and are left out until it is rebuilt (the field sensor requests that): "
-                    + ", ".join(sorted(outside)[:20]))
+                    + ", ".join(sorted(outside)[:20])
+                )
             read = frame[~frame.index.isin(outside)]
             context.log.info(f"{what} {month}: {len(read)} fields of {len(todo)} groups in one read")
             try:
                 table = field_stats_month(source_id, collection, month, read, fetch_config=http.fetch_config())
-                tifs, cog_reads = group_geotiffs(source_id, collection, month, read, output_uri=ndvi_uri,
-                                      mode=batching.geotiffs, max_bytes=batching.max_bytes,
-                                      max_areas=batching.max_aois, fetch_config=http.fetch_config())
+                tifs, cog_reads = group_geotiffs(
+                    source_id,
+                    collection,
+                    month,
+                    read,
+                    output_uri=ndvi_uri,
+                    mode=batching.geotiffs,
+                    max_bytes=batching.max_bytes,
+                    max_areas=batching.max_aois,
+                    fetch_config=http.fetch_config(),
+                )
             except (RasteretError, *TRANSIENT_ERRORS) as exc:
                 context.log.warning(f"{what} {month}: {type(exc).__name__}: {exc}")
                 for k, _ in todo:
@@ -229,18 +249,33 @@ def field_stats_asset(
                 out = group_table(rows, read, month) if rows is not None else empty_group_table(month)
                 where = write_value(store, key, partitions_def, k, out, prefix)
                 files = sorted(tifs.get(group, []))
-                metadata = stats_metadata(out, where, files, reads, seconds, fields=int(sizes.get(group, 0)),
-                                          not_indexed=int(outside_of.get(group, 0)), read_fields=len(read))
+                metadata = stats_metadata(
+                    out,
+                    where,
+                    files,
+                    reads,
+                    seconds,
+                    fields=int(sizes.get(group, 0)),
+                    not_indexed=int(outside_of.get(group, 0)),
+                    read_fields=len(read),
+                )
                 metadata["geotiff_get_requests"] = cog_reads["requests"]
                 if not sizes.get(group):
                     metadata["note"] = f"no field of group {group} is in {fieldset.uri} any more"
                 elif out.num_rows == 0:
-                    metadata["note"] = (f"no scene of collection {collection.name!r} covers a field of group "
-                                        f"{group} in {month}")
+                    metadata["note"] = (
+                        f"no scene of collection {collection.name!r} covers a field of group {group} in {month}"
+                    )
                 yield dg.AssetMaterialization(asset_key=key, partition=k, metadata=metadata)
                 for name, check in field_stats_check_results(out, group, files, read).items():
-                    yield dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=check.passed,
-                                                  metadata=check.metadata, partition=k, severity=check.severity)
+                    yield dg.AssetCheckEvaluation(
+                        asset_key=key,
+                        check_name=name,
+                        passed=check.passed,
+                        metadata=check.metadata,
+                        partition=k,
+                        severity=check.severity,
+                    )
                 materialised += 1
         context.log.info(
             f"{what}: {materialised} partitions materialised, {len(failures)} failed, {len(done)} kept from "
@@ -252,8 +287,17 @@ def field_stats_asset(
     return field_stats
 
 
-def stats_metadata(table: pa.Table, where: str, files: list[str], reads: dict, seconds: float, *,
-                   fields: int, not_indexed: int, read_fields: int) -> dict:
+def stats_metadata(
+    table: pa.Table,
+    where: str,
+    files: list[str],
+    reads: dict,
+    seconds: float,
+    *,
+    fields: int,
+    not_indexed: int,
+    read_fields: int,
+) -> dict:
     """Materialisation metadata of one (month, group): what the UI shows per partition."""
     import pyarrow.compute as pc
 
@@ -321,9 +365,9 @@ def field_timeseries_asset(
         files = store.list_files(*stats_prefix.split("/"), suffix=".parquet")
         by_group: dict[str, list[str]] = defaultdict(list)
         for path in files:  # .../month=YYYY-MM/group=<g>.parquet
-            rel = path[len(base):].strip("/").split("/")
+            rel = path[len(base) :].strip("/").split("/")
             if len(rel) == 2 and rel[0].startswith("month=") and rel[1].startswith("group="):
-                by_group[rel[1][len("group="):-len(".parquet")]].append(rel[0][len("month="):])
+                by_group[rel[1][len("group=") : -len(".parquet")]].append(rel[0][len("month=") :])
         stats_def = partitions.month_group
         for group in groups:
             tables = []
@@ -342,7 +386,8 @@ def field_timeseries_asset(
             svg = metadata.pop("_svg")
             metadata["path"] = dg.MetadataValue.path(where)
             metadata["plot_file"] = dg.MetadataValue.path(
-                store.write_bytes(svg.encode(), *prefix.split("/"), f"group={group}.svg"))
+                store.write_bytes(svg.encode(), *prefix.split("/"), f"group={group}.svg")
+            )
             yield dg.AssetMaterialization(asset_key=key, partition=group, metadata=metadata)
 
     def group_series_metadata(table: pa.Table, group: str, months: list[str]) -> dict:
@@ -370,14 +415,18 @@ def field_timeseries_asset(
         records = []
         for fid in sorted(by_field)[:200]:
             own = [r for r in by_field[fid] if r["ndvi_mean"] is not None and r["ndvi_mean"] == r["ndvi_mean"]]
-            records.append(dg.TableRecord({
-                "field": fid,
-                "dates": len(by_field[fid]),
-                "mean_ndvi": round(sum(r["ndvi_mean"] for r in own) / len(own), 4) if own else float("nan"),
-                "last_date": str(own[-1]["date"]) if own else "",
-                "last_ndvi": round(own[-1]["ndvi_mean"], 4) if own else float("nan"),
-                "sparkline": " ".join(f"{r['ndvi_mean']:.2f}" for r in own[-12:]),
-            }))
+            records.append(
+                dg.TableRecord(
+                    {
+                        "field": fid,
+                        "dates": len(by_field[fid]),
+                        "mean_ndvi": round(sum(r["ndvi_mean"] for r in own) / len(own), 4) if own else float("nan"),
+                        "last_date": str(own[-1]["date"]) if own else "",
+                        "last_ndvi": round(own[-1]["ndvi_mean"], 4) if own else float("nan"),
+                        "sparkline": " ".join(f"{r['ndvi_mean']:.2f}" for r in own[-12:]),
+                    }
+                )
+            )
         return {
             "fields": len(by_field),
             "rows": table.num_rows,
@@ -385,16 +434,20 @@ def field_timeseries_asset(
             "months": dg.MetadataValue.json(months),
             "first_date": str(dates[0]) if dates else "",
             "last_date": str(dates[-1]) if dates else "",
-            "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(dates, median, f"median NDVI of group {group}",
-                                                                valid)),
+            "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(dates, median, f"median NDVI of group {group}", valid)),
             "_svg": svg,
             "fields_table": dg.MetadataValue.table(
                 records=records,
-                schema=dg.TableSchema(columns=[
-                    dg.TableColumn("field", "string"), dg.TableColumn("dates", "int"),
-                    dg.TableColumn("mean_ndvi", "float"), dg.TableColumn("last_date", "string"),
-                    dg.TableColumn("last_ndvi", "float"), dg.TableColumn("sparkline", "string"),
-                ]),
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("field", "string"),
+                        dg.TableColumn("dates", "int"),
+                        dg.TableColumn("mean_ndvi", "float"),
+                        dg.TableColumn("last_date", "string"),
+                        dg.TableColumn("last_ndvi", "float"),
+                        dg.TableColumn("sparkline", "string"),
+                    ]
+                ),
             ),
         }
 
@@ -444,8 +497,9 @@ def collection_hrefs(collection: CollectionSlice, source_id: str) -> list[str]:
     return sorted({h for h in table.column(column).to_pylist() if h})
 
 
-def raise_for_failures(context, what: str, keys, failures: dict, materialised: int,
-                       retry_policy: dg.RetryPolicy | None):
+def raise_for_failures(
+    context, what: str, keys, failures: dict, materialised: int, retry_policy: dg.RetryPolicy | None
+):
     """Fail the step naming every failed partition; retried by the step's RetryPolicy (which
     redoes only the partitions not materialised yet) when a failure is transient and retries
     are left, else failed at once."""
@@ -465,7 +519,9 @@ def raise_for_failures(context, what: str, keys, failures: dict, materialised: i
             f"run; re-execute or retry the backfill's failed partitions to redo only the failed ones):\n{shown}"
         ),
         metadata={
-            "failed_partitions": dg.MetadataValue.json({k: f"{type(e).__name__}: {e}" for k, e in sorted(failures.items())}),
+            "failed_partitions": dg.MetadataValue.json(
+                {k: f"{type(e).__name__}: {e}" for k, e in sorted(failures.items())}
+            ),
             "materialised": materialised,
             "retries": context.retry_number,
         },
