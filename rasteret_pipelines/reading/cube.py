@@ -67,7 +67,6 @@ from rasteret_pipelines.errors import (
     GroupbyError,
     InvalidReadArgumentError,
     NoScenesError,
-    UnknownBandError,
 )
 from rasteret_pipelines.hrefs import check_href
 from rasteret_pipelines.reading.assemble import convert, empty_in_small_pages, nodata_valid
@@ -75,9 +74,11 @@ from rasteret_pipelines.reading.mosaic import MosaicMethod, mosaic_method
 from rasteret_pipelines.reading.plan import (
     Scene,
     check_date_range,
+    cloud_mask_rule,
     crs_of,
     crs_text,
     reproject_geometry,
+    requested_bands,
     select_scenes,
 )
 
@@ -734,17 +735,9 @@ def read_cube(
     if resampling not in RESAMPLINGS:
         raise InvalidReadArgumentError(f"resampling must be one of {RESAMPLINGS}, got {resampling!r}")
     method = mosaic_method(mosaic)
-    if isinstance(bands, str):
-        bands = [bands]
-    if not bands:
-        raise UnknownBandError("no bands asked for")
-    keys = {name: collection.resolve_band(name) for name in bands}
-    rule = collection.source.cloud_mask if cloud_mask else None
+    bands, keys = requested_bands(collection, bands)
+    rule = cloud_mask_rule(collection, cloud_mask)
     quality = rule.band if rule is not None else None
-    if quality is not None and quality not in collection.bands:
-        raise UnknownBandError(
-            f"cloud_mask needs the {quality!r} band, which collection {collection.name!r} does not hold"
-        )
     if not isinstance(groupby, str) or not groupby:
         raise GroupbyError(f"groupby must be one of {GROUPINGS} or a property name, got {groupby!r}")
     check_date_range(collection, date_range)

@@ -30,6 +30,7 @@ from rasteret_pipelines.errors import (
     GeoreferenceError,
     InvalidReadArgumentError,
     MissingAssetError,
+    UnknownBandError,
 )
 from rasteret_pipelines.reading.mask import geometry_mask
 
@@ -137,6 +138,32 @@ def check_date_range(collection, date_range) -> None:
         raise DateRangeError(
             f"date range {start}..{end} is outside collection {collection.name!r} ({c_start}..{c_end})"
         )
+
+
+def requested_bands(collection, bands) -> tuple[list[str], dict[str, str]]:
+    """``(band names, {name: asset key})`` of a read's ``bands`` (a name or a list).
+
+    Raises:
+        UnknownBandError: no band, or a band the collection's source does not have.
+    """
+    bands = [bands] if isinstance(bands, str) else list(bands or [])
+    if not bands:
+        raise UnknownBandError("no bands asked for")
+    return bands, {name: collection.resolve_band(name) for name in bands}
+
+
+def cloud_mask_rule(collection, cloud_mask: bool):
+    """The source's cloud-mask rule when ``cloud_mask``, else None.
+
+    Raises:
+        UnknownBandError: the collection does not hold the rule's quality band.
+    """
+    rule = collection.source.cloud_mask if cloud_mask else None
+    if rule is not None and rule.band not in collection.bands:
+        raise UnknownBandError(
+            f"cloud_mask needs the {rule.band!r} band, which collection {collection.name!r} does not hold"
+        )
+    return rule
 
 
 def select_scenes(

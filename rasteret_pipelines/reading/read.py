@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 # _run_sync_with: the engine's synchronous runner, which releases a network reader's
 # connections when the call's event loop ends.
 from rasteret_pipelines.cog import FetchConfig, _run_sync_with
-from rasteret_pipelines.errors import InvalidReadArgumentError, UnknownBandError
+from rasteret_pipelines.errors import InvalidReadArgumentError
 from rasteret_pipelines.reading.assemble import Assembly
 from rasteret_pipelines.reading.fetch import check_plan_hrefs, fetch_plans
 from rasteret_pipelines.reading.geometries import normalize_geometries
@@ -49,9 +49,11 @@ from rasteret_pipelines.reading.memory import check_plans
 from rasteret_pipelines.reading.mosaic import mosaic_method
 from rasteret_pipelines.reading.plan import (
     check_date_range,
+    cloud_mask_rule,
     crs_of,
     plan_geometries,
     reproject_geometry,
+    requested_bands,
     select_scenes,
 )
 
@@ -245,18 +247,9 @@ def plan_read(
     if values not in VALUE_MODES:
         raise InvalidReadArgumentError(f"values must be one of {VALUE_MODES}, got {values!r}")
     method = mosaic_method(mosaic)
-    if isinstance(bands, str):
-        bands = [bands]
-    if not bands:
-        raise UnknownBandError("no bands asked for")
-    bands = list(bands)
-    keys = {name: collection.resolve_band(name) for name in bands}
-    rule = collection.source.cloud_mask if cloud_mask else None
+    bands, keys = requested_bands(collection, bands)
+    rule = cloud_mask_rule(collection, cloud_mask)
     quality = rule.band if rule is not None else None
-    if quality is not None and quality not in collection.bands:
-        raise UnknownBandError(
-            f"cloud_mask needs the {quality!r} band, which collection {collection.name!r} does not hold"
-        )
     check_date_range(collection, date_range)
     geoms = normalize_geometries(geometries, id_column=id_column)
     kept = kept_columns(geometries, geoms, keep)

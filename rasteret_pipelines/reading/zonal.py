@@ -49,7 +49,6 @@ from rasteret_pipelines.errors import (
     InvalidGeometryError,
     InvalidReadArgumentError,
     ReflectanceRequiredError,
-    UnknownBandError,
 )
 from rasteret_pipelines.reading.assemble import convert, nodata_valid
 from rasteret_pipelines.reading.mask import pixels_inside
@@ -57,6 +56,7 @@ from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, mosaic_meth
 from rasteret_pipelines.reading.plan import (
     Scene,
     check_date_range,
+    cloud_mask_rule,
     crs_of,
     reproject_geometry,
     same_crs,
@@ -844,11 +844,7 @@ def plan_fields_read(
     Shared by the reads and their dry run (:mod:`~rasteret_pipelines.reading.explain`).
     """
     method = mosaic_method(mosaic)
-    rule = collection.source.cloud_mask if cloud_mask else None
-    if rule is not None and rule.band not in collection.bands:
-        raise UnknownBandError(
-            f"cloud_mask needs the {rule.band!r} band, which collection {collection.name!r} does not hold"
-        )
+    rule = cloud_mask_rule(collection, cloud_mask)
     check_date_range(collection, date_range)
     what = "points" if points else "fields"
     data_keys = sorted({spec.keys[b] for b in spec.bands})
