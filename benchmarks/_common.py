@@ -76,6 +76,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all threads, imports included)."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
 def run_worker(
     module: str,
     mode: str,

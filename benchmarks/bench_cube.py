@@ -47,6 +47,7 @@ import numpy as np
 from benchmarks._common import (
     account,
     add_lab_arguments,
+    cpu_seconds,
     exit_status,
     peak_rss_mb,
     print_targets,
@@ -56,7 +57,7 @@ from benchmarks._common import (
     write_json,
 )
 from benchmarks.bench_cog import AOIS, CRS, GDAL_HTTP_ENV
-from benchmarks.bench_read import make_items, prepare_lab
+from benchmarks.bench_read import make_items, prepare_lab, worker_build
 
 COLLECTION = "bench_cube"
 SOURCE = "sentinel-2-l2a"
@@ -86,13 +87,6 @@ def area_bbox() -> tuple[float, float, float, float]:
     return Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform_bounds(cx - h, cy - h, cx + h, cy + h)
 
 
-def _cpu_seconds() -> float:
-    import resource
-
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
 def _summary(arrays: dict, times) -> dict:
     """Per band: [valid count, sum] per step (float64)."""
     out = {"times": [str(np.datetime64(t, "D")) for t in times]}
@@ -105,27 +99,6 @@ def _summary(arrays: dict, times) -> dict:
 # -- workers -----------------------------------------------------------------------------------
 
 
-def worker_build(spec: dict) -> dict:
-    from rasteret_pipelines.collections import build_collection
-
-    report = build_collection(
-        SOURCE,
-        COLLECTION,
-        spec["workspace"],
-        date_range=tuple(spec["date_range"]),
-        bands=list(BANDS),
-        stac_url=spec["stac_url"],
-        progress=False,
-    )
-    return {
-        "items": report.items,
-        "failed": [str(f) for f in report.failed],
-        "seconds": 0.0,
-        "cpu_seconds": 0.0,
-        "peak_rss_mb": peak_rss_mb(),
-    }
-
-
 def worker_engine(spec: dict) -> dict:
     import xarray  # noqa: F401  (loaded by any cube read)
 
@@ -133,7 +106,7 @@ def worker_engine(spec: dict) -> dict:
     from rasteret_pipelines.reading.cube import read_cube
 
     w = spec["params"]
-    t0, c0 = time.perf_counter(), _cpu_seconds()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     collection = load_collection(COLLECTION, spec["workspace"])
     ds = read_cube(
         collection,
@@ -148,7 +121,7 @@ def worker_engine(spec: dict) -> dict:
     )
     if spec.get("chunks"):
         ds = ds.compute()
-    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     return {
         "seconds": seconds,
         "cpu_seconds": cpu,
@@ -168,7 +141,7 @@ def worker_odc(spec: dict) -> dict:
     items = [pystac.Item.from_dict(d) for d in spec["items"]]
     g = spec["grid"]
     geobox = GeoBox((g["height"], g["width"]), Affine(*g["transform"]), CRS)
-    t0, c0 = time.perf_counter(), _cpu_seconds()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     ds = odc.stac.load(
         items,
         bands=list(BANDS),
@@ -181,7 +154,7 @@ def worker_odc(spec: dict) -> dict:
     if w["mosaic"] == "median":
         ds = ds.resample(time="1MS").median()
     arrays = {b: ds[b].values for b in BANDS}
-    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     return {
         "seconds": seconds,
         "cpu_seconds": cpu,
@@ -217,7 +190,7 @@ def worker_rasterio(spec: dict) -> dict:
 
     hrefs = spec["hrefs"]
     with rasterio.Env():
-        t0, c0 = time.perf_counter(), _cpu_seconds()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         with ThreadPoolExecutor(8) as pool:
             layers = list(pool.map(read, hrefs))
         by_band: dict = {b: {} for b in BANDS}
@@ -237,7 +210,7 @@ def worker_rasterio(spec: dict) -> dict:
             else:
                 arrays[band] = np.stack([by_band[band][d] for d in days])
                 times = [np.datetime64(f"{d[:4]}-{d[4:6]}-{d[6:]}") for d in days]
-        seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     return {
         "seconds": seconds,
         "cpu_seconds": cpu,
@@ -304,7 +277,12 @@ def main(argv=None) -> int:
             build = run_worker(
                 WORKER_MODULE,
                 "build",
-                {"workspace": str(workspace), "stac_url": stac.url, "date_range": [str(dates[0]), str(dates[-1])]},
+                {
+                    "workspace": str(workspace),
+                    "stac_url": stac.url,
+                    "date_range": [str(dates[0]), str(dates[-1])],
+                    "collection": COLLECTION,
+                },
                 workdir,
             )
             if build["failed"] or build["items"] != len(dates):

@@ -43,7 +43,6 @@ import argparse
 import datetime as dt
 import math
 import os
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -52,6 +51,7 @@ import numpy as np
 
 from benchmarks._common import (
     account,
+    cpu_seconds,
     exit_status,
     peak_rss_mb,
     print_targets,
@@ -151,11 +151,6 @@ def distinct_tiles(fields_utm, files: int) -> int:
 # -- workers (each in a fresh process) --------------------------------------------------------------
 
 
-def _cpu_seconds() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
 def worker_engine(spec: dict) -> dict:
     import pyarrow as pa
 
@@ -170,7 +165,7 @@ def worker_engine(spec: dict) -> dict:
         table = table.append_column("ndvi_mean", table.column("red"))  # the value checked: red
     else:
         table = zonal_stats(collection, spec["fields"], index="ndvi", stats=["mean"])
-    cpu, rss = _cpu_seconds(), peak_rss_mb()  # the result exists: the clock stops here
+    cpu, rss = cpu_seconds(), peak_rss_mb()  # the result exists: the clock stops here
     import pyarrow.compute as pc
 
     ids = sorted({k.split("|")[0] for k in spec["sample_keys"]})
@@ -235,7 +230,7 @@ def worker_rasterio(spec: dict) -> dict:
                 key = f"{fid}|{date}"
                 if key in wanted:
                     means[key] = None if m is None or not np.isfinite(m) else float(m)
-    return {"cpu_seconds": _cpu_seconds(), "peak_rss_mb": peak_rss_mb(), "means": means}
+    return {"cpu_seconds": cpu_seconds(), "peak_rss_mb": peak_rss_mb(), "means": means}
 
 
 def worker_rasterio_sample(spec: dict) -> dict:
@@ -255,7 +250,7 @@ def worker_rasterio_sample(spec: dict) -> dict:
     hrefs = [(scene["date"], i, h) for scene in spec["scenes"] for i, h in enumerate(scene["hrefs"])]
     with rasterio.Env(), ThreadPoolExecutor(max_workers=int(spec["threads"])) as pool:
         values = list(pool.map(sample, [h for _, _, h in hrefs]))
-    cpu, rss = _cpu_seconds(), peak_rss_mb()
+    cpu, rss = cpu_seconds(), peak_rss_mb()
     wanted = set(spec["sample_keys"])
     red = {}
     for (date, band, _), v in zip(hrefs, values):

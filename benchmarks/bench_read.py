@@ -48,7 +48,6 @@ import argparse
 import datetime as dt
 import hashlib
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -60,6 +59,7 @@ from benchmarks._common import (
     Traffic,
     account,
     add_lab_arguments,
+    cpu_seconds,
     exit_status,
     first_tile_offsets,
     peak_rss_mb,
@@ -215,11 +215,6 @@ def make_items(files: list[str], url_for) -> list[dict]:
 # -- workers (each mode runs in a fresh process) ---------------------------------------------------
 
 
-def _cpu_seconds() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
 def _digest(arr: np.ndarray, transform) -> str:
     """SHA-256 of a float32 array (NaN as one fixed value) and its window transform (1e-6 m)."""
     a = np.asarray(arr, dtype=np.float32)
@@ -235,10 +230,10 @@ def worker_build(spec: dict) -> dict:
 
     from rasteret_pipelines.collections import build_collection
 
-    t0, c0 = time.perf_counter(), _cpu_seconds()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     report = build_collection(
         SOURCE,
-        COLLECTION,
+        spec.get("collection", COLLECTION),
         spec["workspace"],
         date_range=tuple(spec["date_range"]),
         bands=list(BANDS),
@@ -247,7 +242,7 @@ def worker_build(spec: dict) -> dict:
     )
     return {
         "seconds": time.perf_counter() - t0,
-        "cpu_seconds": _cpu_seconds() - c0,
+        "cpu_seconds": cpu_seconds() - c0,
         "items": report.items,
         "failed": [f.__dict__ for f in report.failed],
         "peak_rss_mb": peak_rss_mb(),
@@ -269,10 +264,10 @@ def worker_engine(spec: dict) -> dict:
         geometries = shapes  # the quick start passes a list of polygons (ids 1..n)
     else:
         geometries = gpd.GeoDataFrame(geometry=shapes, index=ids, crs="EPSG:4326")
-    t0, c0 = time.perf_counter(), _cpu_seconds()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     collection = load_collection(COLLECTION, spec["workspace"])
     ds = read_geometries(collection, geometries, list(BANDS), values="float")
-    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
 
     digests = {}
     for gi, gid in enumerate(ds["geometry"].values.tolist()):
@@ -316,10 +311,10 @@ def worker_rasterio(spec: dict) -> dict:
 
     hrefs = spec["hrefs"]
     with rasterio.Env():  # drivers registered before the clock starts; options from env
-        t0, c0 = time.perf_counter(), _cpu_seconds()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         with ThreadPoolExecutor(max_workers=threads) as pool:
             results = list(pool.map(read_file, hrefs))
-        seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
 
     digests = {}
     for href, per_geom in zip(hrefs, results):

@@ -191,7 +191,13 @@ def _check_id(value, position: int, uri: str) -> str:
     return text
 
 
-def _from_geojson(data: bytes, uri: str):
+def geojson_features(data: bytes, uri: str) -> tuple[list, str]:
+    """``(features, CRS)`` of a GeoJSON Feature or FeatureCollection (the CRS from a legacy
+    ``crs`` member, else EPSG:4326); shared by the AOI and the field file readers.
+
+    Raises:
+        AoiFileError: not JSON, not a Feature(Collection), or ``features`` not a list.
+    """
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -205,9 +211,36 @@ def _from_geojson(data: bytes, uri: str):
     if not isinstance(features, list):
         raise AoiFileError(f"AOI file {uri}: 'features' is not a list")
     crs = "EPSG:4326"
-    legacy = (doc.get("crs") or {}).get("properties", {}).get("name") if isinstance(doc.get("crs"), dict) else None
-    if legacy:
-        crs = legacy
+    legacy = doc.get("crs")
+    if isinstance(legacy, dict) and (legacy.get("properties") or {}).get("name"):
+        crs = legacy["properties"]["name"]
+    return features, crs
+
+
+def geoparquet_frame(data: bytes, uri: str):
+    """``(GeoDataFrame, raw ids)`` of a GeoParquet AOI or field file: ids from its ``id``
+    column, else an index named ``id``; shared by the AOI and the field file readers.
+
+    Raises:
+        AoiFileError: not readable GeoParquet, no CRS, or no ids.
+    """
+    import geopandas as gpd
+
+    try:
+        frame = gpd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # not GeoParquet (no 'geo' metadata), corrupt file
+        raise AoiFileError(f"AOI file {uri} is not a readable GeoParquet file: {exc}") from exc
+    if frame.crs is None:
+        raise AoiFileError(f"AOI file {uri} has no CRS in its GeoParquet metadata")
+    if "id" in frame.columns:
+        return frame, frame["id"].tolist()
+    if frame.index.name == "id":
+        return frame, frame.index.tolist()
+    raise AoiFileError(f"AOI file {uri} has no 'id' column")
+
+
+def _from_geojson(data: bytes, uri: str):
+    features, crs = geojson_features(data, uri)
     ids, names, geoms = [], [], []
     for position, feature in enumerate(features, start=1):
         if not isinstance(feature, dict):
@@ -229,20 +262,7 @@ def _from_geojson(data: bytes, uri: str):
 
 
 def _from_geoparquet(data: bytes, uri: str):
-    import geopandas as gpd
-
-    try:
-        frame = gpd.read_parquet(io.BytesIO(data))
-    except Exception as exc:  # not GeoParquet (no 'geo' metadata), corrupt file
-        raise AoiFileError(f"AOI file {uri} is not a readable GeoParquet file: {exc}") from exc
-    if frame.crs is None:
-        raise AoiFileError(f"AOI file {uri} has no CRS in its GeoParquet metadata")
-    if "id" in frame.columns:
-        raw_ids = list(frame["id"])
-    elif frame.index.name == "id":
-        raw_ids = list(frame.index)
-    else:
-        raise AoiFileError(f"AOI file {uri} has no 'id' column")
+    frame, raw_ids = geoparquet_frame(data, uri)
     ids = [_check_id(v, i, uri) for i, v in enumerate(raw_ids, start=1)]
     names = (
         [None if v is None or v != v else str(v) for v in frame["name"]]

@@ -288,22 +288,9 @@ def _id_texts(raw_ids) -> list:
 
 
 def _from_geoparquet(data: bytes, uri: str):
-    import io
+    from rasteret_pipelines.aois import geoparquet_frame
 
-    import geopandas as gpd
-
-    try:
-        frame = gpd.read_parquet(io.BytesIO(data))
-    except Exception as exc:  # not GeoParquet (no 'geo' metadata), corrupt file
-        raise AoiFileError(f"AOI file {uri} is not a readable GeoParquet file: {exc}") from exc
-    if frame.crs is None:
-        raise AoiFileError(f"AOI file {uri} has no CRS in its GeoParquet metadata")
-    if "id" in frame.columns:
-        ids = frame["id"].tolist()
-    elif frame.index.name == "id":
-        ids = frame.index.tolist()
-    else:
-        raise AoiFileError(f"AOI file {uri} has no 'id' column")
+    frame, ids = geoparquet_frame(data, uri)
     n = len(ids)
     names = frame["name"].tolist() if "name" in frame.columns else [None] * n
     groups = frame["group"].tolist() if "group" in frame.columns else [None] * n
@@ -311,24 +298,9 @@ def _from_geoparquet(data: bytes, uri: str):
 
 
 def _from_geojson(data: bytes, uri: str):
-    import json
+    from rasteret_pipelines.aois import geojson_features
 
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AoiFileError(f"AOI file {uri} is neither GeoJSON nor GeoParquet: {exc}") from exc
-    if isinstance(doc, dict) and doc.get("type") == "Feature":
-        features = [doc]
-    elif isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        features = doc.get("features")
-    else:
-        raise AoiFileError(f"AOI file {uri} is not a GeoJSON FeatureCollection")
-    if not isinstance(features, list):
-        raise AoiFileError(f"AOI file {uri}: 'features' is not a list")
-    crs = "EPSG:4326"
-    legacy = doc.get("crs")
-    if isinstance(legacy, dict) and (legacy.get("properties") or {}).get("name"):
-        crs = legacy["properties"]["name"]
+    features, crs = geojson_features(data, uri)
     ids, names, groups, geoms, skipped = [], [], [], [], {}
     for position, feature in enumerate(features, start=1):
         props = (feature.get("properties") or {}) if isinstance(feature, dict) else {}
