@@ -169,13 +169,12 @@ class Rasteret:
         With ``bbox=``, ``geopolygon=`` or ``like=`` (or no geometries) it reads a data cube on
         one grid instead (``crs=``, ``resolution=``, ``groupby=``, ``mosaic=``, ``chunks=``;
         ``geometries`` then mask it): see :func:`rasteret_pipelines.reading.cube.read_cube`."""
+        from rasteret_pipelines.reading.cube import is_cube_read, read_cube
         from rasteret_pipelines.reading.read import read_geometries
 
         kwargs.setdefault("fetch_config", self.fetch_config)
         kwargs.setdefault("reader", self.reader)
-        if geometries is None or any(kwargs.get(k) is not None for k in ("bbox", "geopolygon", "like")):
-            from rasteret_pipelines.reading.cube import read_cube
-
+        if is_cube_read(geometries, kwargs):
             return read_cube(
                 self.collection,
                 bands,
