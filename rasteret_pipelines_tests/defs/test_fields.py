@@ -359,6 +359,48 @@ def test_the_statistics_table_of_a_run_equals_the_library_s_and_rasterio_s(proje
         assert abs(float(ndvi.max()) - row["ndvi_max"]) < 1e-5, row
 
 
+def test_each_batch_s_read_plan_is_shown_before_its_reads_which_make_exactly_its_gets(project, clean_mirror):
+    """Issue 20 item 6 in Dagster: before a month's reads (statistics, then the group COGs), the
+    plan computed from the cached headers is recorded on every partition of the batch as an
+    observation with a Markdown table; the COG server then counts exactly its GETs and bytes."""
+    for month in (JAN, FEB):
+        project.run("collections_job", month)
+    clean_mirror.cogs.reset_log()
+    result = project.run_range("field_stats_job", f"{GROUP}|{JAN}", f"{GROUP}|{FEB}")
+    gets = [r for r in clean_mirror.cogs.requests if str(r.method).upper() == "GET"]
+    assert len(gets) == len(clean_mirror.cogs.requests) > 0
+    kinds = [
+        (e.event_type_value, e.partition)
+        if e.event_type_value in ("ASSET_OBSERVATION", "ASSET_MATERIALIZATION")
+        else None
+        for e in result.all_events
+    ]
+    observed = {
+        e.asset_observation_data.asset_observation.partition: {
+            k: getattr(v, "value", v) for k, v in e.asset_observation_data.asset_observation.metadata.items()
+        }
+        for e in result.get_asset_observation_events()
+        if e.asset_observation_data.asset_observation.asset_key == STATS
+    }
+    assert sorted(observed) == [f"{GROUP}|{m}" for m in (JAN, FEB)]
+    for k in observed:  # each batch's plan is recorded before its materialisation
+        assert kinds.index(("ASSET_OBSERVATION", k)) < kinds.index(("ASSET_MATERIALIZATION", k))
+    planned = sum(m["planned_get_requests"] for m in observed.values())
+    assert (planned, sum(m["planned_bytes"] for m in observed.values())) == (
+        len(gets),
+        sum(int(r.bytes_sent or 0) for r in gets),
+    )
+    materialised = metadata_of(result, STATS)
+    for k, m in observed.items():
+        table = m["read_plan"]
+        assert "| read | scenes | windows | tiles | GETs | MB to fetch | decoded MB | peak MB |" in table
+        assert "statistics (zonal_stats)" in table and "COGs, batch 1 of 1" in table and "**total**" in table
+        assert m["planned_scenes"] == 2 and m["planned_peak_bytes"] > 0 and m["planned_decoded_bytes"] > 0
+        done = materialised[k]
+        assert done["tile_get_requests"] + done["geotiff_get_requests"] == m["planned_get_requests"]
+        assert done["planned_get_requests"] == m["planned_get_requests"]
+
+
 def test_checks_are_declared_once_and_no_check_step_is_skipped(project):
     """Issue 19 item 8: every run's steps succeed or fail, none is skipped, and every (month, group)
     gets both check results from the asset's own step."""

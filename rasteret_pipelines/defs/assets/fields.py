@@ -41,6 +41,7 @@ from rasteret_pipelines.defs.pipeline import (
     fields_outside,
     group_geotiffs,
     group_table,
+    plan_field_month,
     reads_of,
     split_by_group,
 )
@@ -221,7 +222,16 @@ def field_stats_asset(
                 )
             read = frame[~frame.index.isin(outside)]
             context.log.info(f"{what} {month}: {len(read)} fields of {len(todo)} groups in one read")
+            batch = dict(mode=batching.geotiffs, max_bytes=batching.max_bytes, max_areas=batching.max_aois)
             try:
+                # The batch's reads, planned from the cached headers before any of them (no request),
+                # shown on every partition of the batch before its pixels are fetched.
+                planned = plan_field_month(
+                    source_id, collection, month, read, fetch_config=http.fetch_config(), **batch
+                )
+                plan_metadata = read_plan_metadata(planned, month, [g for _, g in todo])
+                for k, _ in todo:
+                    context.log_event(dg.AssetObservation(asset_key=key, partition=k, metadata=plan_metadata))
                 table = field_stats_month(source_id, collection, month, read, fetch_config=http.fetch_config())
                 tifs, cog_reads = group_geotiffs(
                     source_id,
@@ -229,10 +239,8 @@ def field_stats_asset(
                     month,
                     read,
                     output_uri=ndvi_uri,
-                    mode=batching.geotiffs,
-                    max_bytes=batching.max_bytes,
-                    max_areas=batching.max_aois,
                     fetch_config=http.fetch_config(),
+                    **batch,
                 )
             except (RasteretError, *TRANSIENT_ERRORS) as exc:
                 context.log.warning(f"{what} {month}: {type(exc).__name__}: {exc}")
@@ -260,6 +268,8 @@ def field_stats_asset(
                     read_fields=len(read),
                 )
                 metadata["geotiff_get_requests"] = cog_reads["requests"]
+                metadata["planned_get_requests"] = plan_metadata["planned_get_requests"]
+                metadata["planned_bytes"] = plan_metadata["planned_bytes"]
                 if not sizes.get(group):
                     metadata["note"] = f"no field of group {group} is in {fieldset.uri} any more"
                 elif out.num_rows == 0:
@@ -285,6 +295,31 @@ def field_stats_asset(
             raise_for_failures(context, what, keys, failures, materialised, retry_policy)
 
     return field_stats
+
+
+def read_plan_metadata(plans: list, month: str, groups: list[str]) -> dict:
+    """Metadata of a batch's read plan (:func:`~rasteret_pipelines.defs.pipeline.plan_field_month`):
+    a Markdown table (scenes, windows, tiles, GETs, MB to fetch, decoded MB, peak MB) per read
+    and in total, and the totals as numbers (``planned_get_requests`` is what the batch's reads
+    then send: ``tile_get_requests`` + ``geotiff_get_requests`` of its materialisations)."""
+    from rasteret_pipelines.reading.explain import ReadPlan, plans_markdown
+
+    total = ReadPlan.sequence("total", [p for _, p in plans])
+    shown = ", ".join(groups[:20]) + (f" and {len(groups) - 20} more" if len(groups) > 20 else "")
+    text = (
+        f"Reads of {month} for {len(groups)} groups ({shown}), planned from the collection's cached headers "
+        "before any pixel was fetched:\n\n" + (plans_markdown(plans) if plans else "(no read: no field to read)")
+    )
+    return {
+        "read_plan": dg.MetadataValue.md(text),
+        "planned_scenes": total.scenes,
+        "planned_windows": total.windows,
+        "planned_tiles": total.tiles,
+        "planned_get_requests": total.gets,
+        "planned_bytes": total.bytes,
+        "planned_decoded_bytes": total.decoded_bytes,
+        "planned_peak_bytes": total.peak_bytes,
+    }
 
 
 def stats_metadata(
