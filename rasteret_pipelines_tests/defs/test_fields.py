@@ -545,3 +545,77 @@ def test_the_same_assets_run_with_the_multiprocess_executor(tmp_path, clean_mirr
         assert "STEP_SKIPPED" not in kinds
         assert result.dagster_run.run_config.get("execution", {}).get("config", {}).get("in_process") is None
     assert p.instance.get_materialized_partitions(STATS) == {f"{g}|{m}" for g in order for m in (JAN, FEB)}
+
+
+def _series_table(n_fields: int, seed: int = 7):
+    """A time-series table of ``n_fields`` fields over 5 dates, each field on 2 to 5 of them,
+    with NaN and null means and null valid fractions sprinkled in."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    days = [dt.date(2024, 1, 5) + dt.timedelta(days=5 * i) for i in range(5)]
+    ids, dates, means, fractions = [], [], [], []
+    for i in range(n_fields):
+        for d in sorted(rng.choice(5, size=int(rng.integers(2, 6)), replace=False)):
+            ids.append(f"f{i:06d}")
+            dates.append(days[d])
+            r = rng.random()
+            means.append(None if r < 0.03 else float("nan") if r < 0.08 else round(float(rng.uniform(-0.2, 0.9)), 6))
+            fractions.append(None if rng.random() < 0.05 else float(rng.random()))
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "date": pa.array(dates, pa.date32()),
+            "ndvi_mean": pa.array(means, pa.float64()),
+            "ndvi_valid_fraction": pa.array(fractions, pa.float64()),
+        }
+    )
+
+
+@pytest.mark.parametrize("n_fields", [3, 100_000])
+def test_time_series_metadata_of_100000_fields_equals_pandas(n_fields):
+    """The group's median per date (the upper median of the valid means: pandas' quantile with
+    ``interpolation="higher"``), the mean valid fraction per date, the counts and the listed
+    fields, against pandas on the same rows."""
+    from rasteret_pipelines.defs.assets.fields import SERIES_FIELDS_LISTED, group_series_metadata
+    from rasteret_pipelines.defs.plot import ndvi_sparkline_markdown
+
+    table = _series_table(n_fields)
+    meta = group_series_metadata(table, "g", ["2024-01"], S2)
+    frame = table.to_pandas()
+    valid = frame[frame["ndvi_mean"].notna()]
+    median = valid.groupby("date")["ndvi_mean"].quantile(0.5, interpolation="higher").sort_index()
+    fraction = frame.groupby("date")["ndvi_valid_fraction"].mean().reindex(median.index)
+    assert meta["fields"] == frame["id"].nunique() == n_fields and meta["rows"] == len(frame)
+    assert meta["dates"] == len(median) and meta["first_date"] == str(median.index[0])
+    assert meta["last_date"] == str(median.index[-1])
+    expected_plot = ndvi_sparkline_markdown(
+        list(median.index), median.tolist(), "median NDVI of group g", fraction.tolist()
+    )
+    assert getattr(meta["plot"], "value", meta["plot"]) == expected_plot
+    records = meta["fields_table"].records
+    listed = sorted(frame["id"].unique())[:SERIES_FIELDS_LISTED]
+    assert [r.data["field"] for r in records] == listed
+    for record in records:
+        rows = frame[frame["id"] == record.data["field"]].sort_values("date")
+        own = rows[rows["ndvi_mean"].notna()]
+        assert record.data["dates"] == len(rows)
+        if len(own):
+            # shown to 4 decimals: within half a unit of the 4th of pandas' mean
+            assert abs(record.data["mean_ndvi"] - own["ndvi_mean"].mean()) <= 5e-5 + 1e-12
+            assert record.data["last_date"] == str(own["date"].iloc[-1])
+            assert record.data["last_ndvi"] == round(float(own["ndvi_mean"].iloc[-1]), 4)
+            assert record.data["sparkline"] == " ".join(f"{v:.2f}" for v in own["ndvi_mean"].iloc[-12:])
+        else:
+            assert np.isnan(record.data["mean_ndvi"]) and record.data["last_date"] == ""
+    assert meta["_svg"].startswith("<svg")
+
+
+def test_time_series_metadata_of_an_empty_group():
+    from rasteret_pipelines.defs.assets.fields import group_series_metadata
+
+    meta = group_series_metadata(_series_table(1).slice(0, 0), "g", [], S2)
+    assert (meta["fields"], meta["rows"], meta["dates"], meta["first_date"]) == (0, 0, 0, "")
+    assert meta["fields_table"].records == []

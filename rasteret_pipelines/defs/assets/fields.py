@@ -363,8 +363,6 @@ def field_timeseries_asset(
     source_id: str, partitions: Partitions, backfill_policy: dg.BackfillPolicy | None = None
 ) -> dg.AssetsDefinition:
     """The ``field_timeseries/<source>_field_timeseries`` asset, one partition per group."""
-    from rasteret_pipelines.defs.plot import ndvi_sparkline_markdown, ndvi_timeseries_svg
-
     key = field_timeseries_key(source_id)
     stats_key = field_stats_key(source_id)
     prefix = field_timeseries_prefix(source_id)
@@ -417,7 +415,7 @@ def field_timeseries_asset(
                 table = empty_group_table("").drop_columns(["geometry"]).slice(0, 0)
             table = table.replace_schema_metadata(None)
             where = write_value(store, key, partitions.group, group, table, prefix)
-            metadata = group_series_metadata(table, group, sorted(by_group.get(group, [])))
+            metadata = group_series_metadata(table, group, sorted(by_group.get(group, [])), source_id)
             svg = metadata.pop("_svg")
             metadata["path"] = dg.MetadataValue.path(where)
             metadata["plot_file"] = dg.MetadataValue.path(
@@ -425,68 +423,109 @@ def field_timeseries_asset(
             )
             yield dg.AssetMaterialization(asset_key=key, partition=group, metadata=metadata)
 
-    def group_series_metadata(table: pa.Table, group: str, months: list[str]) -> dict:
-        import datetime as dt
-
-        rows = table.select(["id", "date", "ndvi_mean", "ndvi_valid_fraction"]).to_pylist() if table.num_rows else []
-        by_field: dict[str, list[dict]] = defaultdict(list)
-        by_date: dict[dt.date, list[float]] = defaultdict(list)
-        for r in rows:
-            by_field[r["id"]].append(r)
-            if r["ndvi_mean"] is not None and r["ndvi_mean"] == r["ndvi_mean"]:
-                by_date[r["date"]].append(r["ndvi_mean"])
-        dates = sorted(by_date)
-        median = [sorted(v)[len(v) // 2] if v else None for v in (by_date[d] for d in dates)]
-        fractions: dict = defaultdict(list)
-        for r in rows:
-            if r["ndvi_valid_fraction"] is not None:
-                fractions[r["date"]].append(r["ndvi_valid_fraction"])
-        valid = [sum(fractions[d]) / len(fractions[d]) if fractions[d] else None for d in dates]
-        series = {"group median": median}
-        for fid in sorted(by_field)[:8]:  # a few fields drawn beside the median
-            own = {r["date"]: r["ndvi_mean"] for r in by_field[fid]}
-            series[fid] = [own.get(d) for d in dates]
-        svg = ndvi_timeseries_svg(dates, series, None, title=f"NDVI of the fields of group {group} ({source_id})")
-        records = []
-        for fid in sorted(by_field)[:200]:
-            own = [r for r in by_field[fid] if r["ndvi_mean"] is not None and r["ndvi_mean"] == r["ndvi_mean"]]
-            records.append(
-                dg.TableRecord(
-                    {
-                        "field": fid,
-                        "dates": len(by_field[fid]),
-                        "mean_ndvi": round(sum(r["ndvi_mean"] for r in own) / len(own), 4) if own else float("nan"),
-                        "last_date": str(own[-1]["date"]) if own else "",
-                        "last_ndvi": round(own[-1]["ndvi_mean"], 4) if own else float("nan"),
-                        "sparkline": " ".join(f"{r['ndvi_mean']:.2f}" for r in own[-12:]),
-                    }
-                )
-            )
-        return {
-            "fields": len(by_field),
-            "rows": table.num_rows,
-            "dates": len(dates),
-            "months": dg.MetadataValue.json(months),
-            "first_date": str(dates[0]) if dates else "",
-            "last_date": str(dates[-1]) if dates else "",
-            "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(dates, median, f"median NDVI of group {group}", valid)),
-            "_svg": svg,
-            "fields_table": dg.MetadataValue.table(
-                records=records,
-                schema=dg.TableSchema(
-                    columns=[
-                        dg.TableColumn("field", "string"),
-                        dg.TableColumn("dates", "int"),
-                        dg.TableColumn("mean_ndvi", "float"),
-                        dg.TableColumn("last_date", "string"),
-                        dg.TableColumn("last_ndvi", "float"),
-                        dg.TableColumn("sparkline", "string"),
-                    ]
-                ),
-            ),
-        }
-
     return field_timeseries
+
+
+SERIES_FIELDS_DRAWN = 8
+"""Fields drawn beside the group's median in the time-series chart."""
+SERIES_FIELDS_LISTED = 200
+"""Fields listed in the time-series metadata table (the first, by id)."""
+
+
+def group_series_metadata(table: pa.Table, group: str, months: list[str], source_id: str) -> dict:
+    """Materialisation metadata of a group's time series (``id``, ``date``, ``ndvi_mean``,
+    ``ndvi_valid_fraction`` rows): the field and date counts, the group's median NDVI per date
+    (the upper median of the fields' valid means) with the mean valid fraction, plotted, and a
+    table of the first :data:`SERIES_FIELDS_LISTED` fields; ``_svg`` is the full chart.
+
+    A group can hold 100,000 fields: the per-date figures are one sort and one ``group_by``
+    over the whole table, and Python only touches the fields it shows.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from rasteret_pipelines.defs.plot import ndvi_sparkline_markdown, ndvi_timeseries_svg
+
+    t = table.select(["id", "date", "ndvi_mean", "ndvi_valid_fraction"])
+    mean = t.column("ndvi_mean")
+    usable = pc.fill_null(pc.invert(pc.is_nan(mean)), False)  # neither null nor NaN
+    good = t.filter(usable).sort_by([("date", "ascending"), ("ndvi_mean", "ascending")])
+    days = good.column("date").to_numpy()
+    starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]]) if len(days) else np.array([], int)
+    counts = np.diff(np.r_[starts, len(days)])
+    dates = good.column("date").take(pa.array(starts)).to_pylist()
+    median = good.column("ndvi_mean").to_numpy()[starts + counts // 2].tolist()
+    fraction = t.group_by("date").aggregate([("ndvi_valid_fraction", "mean")])
+    of_date = dict(zip(fraction.column("date").to_pylist(), fraction.column("ndvi_valid_fraction_mean").to_pylist()))
+    valid = [of_date.get(d) for d in dates]
+
+    ids = pc.unique(t.column("id").drop_null())
+    ids = ids.take(pc.array_sort_indices(ids))
+    n_fields = len(ids) + (1 if t.column("id").null_count else 0)
+    shown = ids.slice(0, SERIES_FIELDS_LISTED)
+    rows = t.filter(pc.is_in(t.column("id"), value_set=shown)).sort_by([("id", "ascending"), ("date", "ascending")])
+    per_field = rows.group_by("id", use_threads=False).aggregate([("date", "count", pc.CountOptions(mode="all"))])
+    n_dates = dict(zip(per_field.column("id").to_pylist(), per_field.column("date_count").to_pylist()))
+    own = (
+        rows.filter(pc.fill_null(pc.invert(pc.is_nan(rows.column("ndvi_mean"))), False))
+        .group_by("id", use_threads=False)
+        .aggregate([("ndvi_mean", "mean"), ("ndvi_mean", "list"), ("date", "last")])
+    )
+    own_of = {
+        fid: (m, values, last)
+        for fid, m, values, last in zip(
+            own.column("id").to_pylist(),
+            own.column("ndvi_mean_mean").to_pylist(),
+            own.column("ndvi_mean_list").to_pylist(),
+            own.column("date_last").to_pylist(),
+        )
+    }
+    series = {"group median": median}
+    drawn = rows.filter(pc.is_in(rows.column("id"), value_set=shown.slice(0, SERIES_FIELDS_DRAWN))).to_pydict()
+    lines: dict[str, dict] = {}
+    for fid, day, value in zip(drawn["id"], drawn["date"], drawn["ndvi_mean"]):
+        lines.setdefault(fid, {})[day] = value
+    for fid, line in lines.items():
+        series[fid] = [line.get(d) for d in dates]
+    svg = ndvi_timeseries_svg(dates, series, None, title=f"NDVI of the fields of group {group} ({source_id})")
+    records = []
+    for fid in shown.to_pylist():
+        m, values, last = own_of.get(fid, (None, [], None))
+        records.append(
+            dg.TableRecord(
+                {
+                    "field": fid,
+                    "dates": n_dates[fid],
+                    "mean_ndvi": round(m, 4) if values else float("nan"),
+                    "last_date": str(last) if values else "",
+                    "last_ndvi": round(values[-1], 4) if values else float("nan"),
+                    "sparkline": " ".join(f"{v:.2f}" for v in values[-12:]),
+                }
+            )
+        )
+    return {
+        "fields": n_fields,
+        "rows": table.num_rows,
+        "dates": len(dates),
+        "months": dg.MetadataValue.json(months),
+        "first_date": str(dates[0]) if dates else "",
+        "last_date": str(dates[-1]) if dates else "",
+        "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(dates, median, f"median NDVI of group {group}", valid)),
+        "_svg": svg,
+        "fields_table": dg.MetadataValue.table(
+            records=records,
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("field", "string"),
+                    dg.TableColumn("dates", "int"),
+                    dg.TableColumn("mean_ndvi", "float"),
+                    dg.TableColumn("last_date", "string"),
+                    dg.TableColumn("last_ndvi", "float"),
+                    dg.TableColumn("sparkline", "string"),
+                ]
+            ),
+        ),
+    }
 
 
 # --- run bookkeeping shared with retries ---------------------------------------------------------
