@@ -190,11 +190,14 @@ def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
         args, kwargs: The arguments the read takes after the collection
             (:func:`~rasteret_pipelines.reading.read_geometries`,
             :func:`~rasteret_pipelines.reading.zonal_stats`,
-            :func:`~rasteret_pipelines.reading.sample_points`).
+            :func:`~rasteret_pipelines.reading.sample_points`). For ``"get_xarray"``, an area
+            (``bbox=``, ``geopolygon=``, ``like=``) or no geometries means the data cube, as in
+            ``Rasteret.get_xarray``: :func:`~rasteret_pipelines.reading.cube.read_cube`'s
+            arguments, ``chunks=`` included.
 
     Raises:
         InvalidReadArgumentError: an unknown read; otherwise what the read raises before its
-            first request (bad bands, dates, geometries, no scene).
+            first request (bad bands, dates, geometries, grid, chunks, no scene).
     """
     from rasteret_pipelines.reading import read as read_module
     from rasteret_pipelines.reading import zonal
