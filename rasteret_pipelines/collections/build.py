@@ -302,7 +302,9 @@ def _build_and_write_month(
     src, keys, store, name, month: Month, stac_url, bbox, geom, search_query, config, progress, reader=None
 ) -> MonthReport:
     t0 = time.perf_counter()
-    items = search_items(src, month, stac_url=stac_url, bbox=bbox, geometry=geom, query=search_query)
+    items = search_items(
+        src, month, stac_url=stac_url, bbox=bbox, geometry=geom, query=search_query, retry=config.retry_policy
+    )
     previous = _previous_headers(store, name, month.key, keys)
     month_report, table = run_sync(_build_month(src, keys, items, previous, config, month, name, progress, reader))
     month_report.path = write_month(store, table, name, month.key)

@@ -1,22 +1,27 @@
-"""STAC searches through pystac-client, with checked inputs and bounded retries."""
+"""STAC searches through pystac-client, with checked inputs and bounded retries.
+
+Searches are retried by the library's one :class:`~rasteret_pipelines.cog.config.RetryPolicy`
+(the one COG reads use), translated once into the urllib3 ``Retry`` of pystac-client's requests
+session by :func:`stac_retry`.
+"""
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import logging
 import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from rasteret_pipelines.cog.config import RetryPolicy
 from rasteret_pipelines.collections.sources import DataSource
 from rasteret_pipelines.errors import InvalidSearchError, StacApiError
 from rasteret_pipelines.redaction import redacted_cause
 
 log = logging.getLogger(__name__)
-
-RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -169,17 +174,16 @@ def search_items(
     geometry=None,
     query: Mapping | None = None,
     limit: int = 100,
-    max_retries: int = 4,
     timeout: float = 15.0,
-    timeout_retries: int = 1,
+    retry: RetryPolicy | None = None,
 ) -> list[dict]:
     """Every item of ``source`` in ``month`` matching the filters, paging through all pages.
 
     Args:
-        max_retries: Retries of connection errors and 429/5xx answers (with backoff).
         timeout: Seconds to connect, and seconds without a byte of the answer, per request.
-        timeout_retries: Retries of a request whose answer timed out: a silent API costs
-            ``(timeout_retries + 1) * timeout`` seconds, not ``max_retries`` times that.
+        retry: Which failures are retried, how often and after how long (the defaults of
+            :class:`~rasteret_pipelines.cog.config.RetryPolicy` when None). A silent API costs
+            ``(retry.timeout_retries + 1) * timeout`` seconds, not ``retry.max_retries + 1`` times that.
 
     Raises:
         StacApiError: the API is unreachable or keeps answering with errors.
@@ -188,21 +192,13 @@ def search_items(
     from pystac_client import Client
     from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
-    from urllib3.util.retry import Retry
 
     url = source.effective_stac_url(stac_url)
-    retry = Retry(
-        total=max_retries,
-        read=timeout_retries,
-        backoff_factor=0.2,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=None,  # POST searches are safe to repeat
-        raise_on_status=False,
-    )
+    retries = stac_retry(retry if retry is not None else RetryPolicy())
     try:
         # Client.open hands its own ``timeout`` (default None: wait forever) to the StacApiIO,
         # replacing the one it was built with: pass it to both.
-        client = Client.open(url, stac_io=StacApiIO(max_retries=retry, timeout=timeout), timeout=timeout)
+        client = Client.open(url, stac_io=StacApiIO(max_retries=retries, timeout=timeout), timeout=timeout)
         search = client.search(
             collections=[source.collection],
             bbox=list(bbox) if bbox is not None else None,
@@ -241,3 +237,48 @@ def search_items(
     # quote the URL with its query string) is neither the cause nor the context: only its
     # redacted stand-in is chained.
     raise error from cause
+
+
+def stac_retry(policy: RetryPolicy):
+    """``policy`` as the urllib3 ``Retry`` of a requests session (pystac-client's ``StacApiIO``).
+
+    The counts and statuses map onto urllib3's: ``total`` is :attr:`RetryPolicy.max_retries`,
+    ``read`` (answers that timed out or broke off) is :attr:`RetryPolicy.timeout_retries`, and
+    ``status_forcelist`` is :attr:`RetryPolicy.statuses` (urllib3's own extra rule, retrying 413,
+    429 and 503 whenever a ``Retry-After`` comes with them, is off). Every method is retried (a POST search
+    is safe to repeat), and after the last retry the last answer is returned, not an exception,
+    so pystac-client reports its status. The sleeps come from :meth:`RetryPolicy.delay`, so
+    ``Retry-After`` and the backoff follow the same rule as the COG reader.
+    """
+    return _retry_class()(
+        policy=policy,
+        total=policy.max_retries,
+        read=policy.timeout_retries,
+        status_forcelist=policy.statuses,
+        allowed_methods=None,
+        raise_on_status=False,
+        respect_retry_after_header=False,  # only the policy's statuses are retried; its delay reads Retry-After
+    )
+
+
+@functools.cache
+def _retry_class():
+    """A urllib3 ``Retry`` that sleeps as a :class:`RetryPolicy` says (urllib3 is imported here, lazily)."""
+    import time
+
+    from urllib3.util.retry import Retry
+
+    class PolicyRetry(Retry):
+        def __init__(self, *args, policy: RetryPolicy, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.policy = policy
+
+        def new(self, **kw):
+            kw.setdefault("policy", self.policy)
+            return super().new(**kw)
+
+        def sleep(self, response=None) -> None:
+            retry_after = response.headers.get("Retry-After") if response is not None else None
+            time.sleep(self.policy.delay(len(self.history), retry_after))
+
+    return PolicyRetry
