@@ -15,11 +15,15 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rasteret_pipelines.cog.config import RetryPolicy
 from rasteret_pipelines.collections.sources import DataSource
 from rasteret_pipelines.errors import InvalidSearchError, StacApiError
 from rasteret_pipelines.redaction import redacted_cause
+
+if TYPE_CHECKING:
+    # The COG package's __init__ loads aiohttp; the policy is imported where a search runs.
+    from rasteret_pipelines.cog.config import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +169,114 @@ def build_query(cloud_cover_lt: float | None, platform, query: Mapping | None) -
     return out or None
 
 
+@dataclass(frozen=True)
+class SearchSpec:
+    """What a collection indexes: a source's STAC items in a date range, filtered.
+
+    The search keywords of :func:`~rasteret_pipelines.collections.build.build_collection`, as
+    one value: ``build_collection(SearchSpec("sentinel-2-l2a", ("2024-01-01", "2024-03-31"),
+    bbox=...), name, workspace)`` is ``build_collection("sentinel-2-l2a", name, workspace,
+    date_range=("2024-01-01", "2024-03-31"), bbox=...)``.
+    """
+
+    source: str | DataSource
+    """Source id or alias (see :data:`~rasteret_pipelines.collections.sources.SOURCES`), or a :class:`DataSource`."""
+    date_range: tuple
+    """``(start, end)`` dates, inclusive."""
+    bbox: Sequence[float] | None = None
+    """``(min lon, min lat, max lon, max lat)``."""
+    geometry: object = None
+    """Shapely geometry or GeoJSON (EPSG:4326) the items must intersect."""
+    bands: Sequence[str] | None = None
+    """Band codes or asset keys; None indexes every band of the source."""
+    cloud_cover_lt: float | None = None
+    """Keep items with ``eo:cloud_cover`` below this."""
+    platform: object = None
+    """``"LANDSAT_8"``, a list, or a query object such as ``{"in": [...]}``."""
+    query: Mapping | None = None
+    """Further STAC query-extension filters."""
+    stac_url: str | None = None
+    """STAC API root overriding the source's default and the environment."""
+
+    def checked(self) -> CheckedSearch:
+        """The spec with every input checked and normalised, before any request.
+
+        Raises:
+            UnknownSourceError, UnknownBandError, InvalidSearchError: what is at fault.
+        """
+        from rasteret_pipelines.collections.sources import get_source
+
+        source = get_source(self.source)
+        keys = source.resolve_bands(self.bands)
+        start, end = check_date_range(self.date_range, source)
+        return CheckedSearch(
+            spec=self,
+            source=source,
+            keys=keys,
+            start=start,
+            end=end,
+            bbox=check_bbox(self.bbox),
+            geometry=check_geometry(self.geometry),
+            stac_query=build_query(self.cloud_cover_lt, self.platform, self.query),
+        )
+
+
+@dataclass(frozen=True)
+class CheckedSearch:
+    """A :class:`SearchSpec` whose inputs were checked: what the build searches and indexes."""
+
+    spec: SearchSpec
+    """The spec as given (the manifest records its filters)."""
+    source: DataSource
+    keys: list[str]
+    """Asset keys to index."""
+    start: dt.date
+    end: dt.date
+    bbox: tuple[float, float, float, float] | None
+    geometry: object
+    """A valid shapely geometry, or None."""
+    stac_query: dict | None
+    """The STAC query-extension object of the convenience filters and ``query``."""
+
+    @property
+    def stac_url(self) -> str:
+        """The STAC API root searched."""
+        return self.source.effective_stac_url(self.spec.stac_url)
+
+
+def with_keywords(options, keywords: Mapping, error: type[Exception], what: str):
+    """``options`` (a dataclass) with ``keywords`` set.
+
+    How a function that takes an options dataclass keeps accepting its fields as keywords. A
+    keyword at its default leaves the options' value alone; a keyword the dataclass has no field
+    for, or one the options already set to something else, raises ``error`` naming it.
+    """
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(options)}
+    unknown = sorted(set(keywords) - set(fields))
+    if unknown:
+        raise error(f"{what} got an unexpected keyword argument {unknown[0]!r} (the options are {', '.join(fields)})")
+    updates = {}
+    for name, value in keywords.items():
+        given, default = getattr(options, name), fields[name].default
+        if _same(value, given) or _same(value, default):
+            continue
+        if not _same(given, default):
+            raise error(f"{what}: {name} is given twice, as a keyword ({value!r}) and in the options ({given!r})")
+        updates[name] = value
+    return dataclasses.replace(options, **updates) if updates else options
+
+
+def _same(a, b) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # arrays and frames compare element-wise: not the same value
+        return False
+
+
 def search_items(
     source: DataSource,
     month: Month,
@@ -192,6 +304,8 @@ def search_items(
     from pystac_client import Client
     from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
+
+    from rasteret_pipelines.cog.config import RetryPolicy
 
     url = source.effective_stac_url(stac_url)
     retries = stac_retry(retry if retry is not None else RetryPolicy())
