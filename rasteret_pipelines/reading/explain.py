@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rasteret_pipelines.errors import InvalidReadArgumentError
+from rasteret_pipelines.reading.options import ReadOptions
 
 READS = ("get_xarray", "get_gdf", "zonal_stats", "sample_points")
 _COLUMNS = ["scene", "date", "band", "windows", "tiles", "gets", "bytes", "decoded_bytes"]
@@ -138,6 +139,8 @@ def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
 
     if read in ("get_xarray", "get_gdf"):
         bound = _bind(read_module.read_geometries, collection, *args, **kwargs)
+        options = ReadOptions.resolve(bound.pop("options", None), bound.pop("option_keywords", {}), read)
+        bound.update(options.keywords())
         bound.pop("resampling", None)
         bound.pop("reader", None)
         planned = read_module.plan_read(collection, **bound)
