@@ -45,18 +45,10 @@ malformed, empty, non-polygon or invalid geometry; an unsafe group name; coordin
 not where the file's CRS says (off the globe, or outside the CRS's area of use)."""
 
 
-@dataclass(frozen=True)
-class AoiSet:
-    """The checked areas of one version of the AOI file."""
+class Areas:
+    """What the AOI set and the field set share: a GeoDataFrame ``frame`` indexed by id, in EPSG:4326."""
 
-    uri: str
-    fingerprint: str
-    """SHA-256 of the file's bytes (the AOI sensor's cursor)."""
     frame: object
-    """GeoDataFrame indexed by ``id`` (str), columns ``name`` and ``geometry`` in EPSG:4326."""
-    invalid: dict = field(default_factory=dict)
-    """``{id: reason}`` of features left out of :attr:`frame` (lenient loading only): an
-    invalid, empty or non-polygon geometry, or coordinates outside the CRS."""
 
     @property
     def ids(self) -> list[str]:
@@ -74,6 +66,20 @@ class AoiSet:
         """Bounds of all areas (min lon, min lat, max lon, max lat)."""
         minx, miny, maxx, maxy = self.frame.total_bounds
         return float(minx), float(miny), float(maxx), float(maxy)
+
+
+@dataclass(frozen=True)
+class AoiSet(Areas):
+    """The checked areas of one version of the AOI file."""
+
+    uri: str
+    fingerprint: str
+    """SHA-256 of the file's bytes (the AOI sensor's cursor)."""
+    frame: object
+    """GeoDataFrame indexed by ``id`` (str), columns ``name`` and ``geometry`` in EPSG:4326."""
+    invalid: dict = field(default_factory=dict)
+    """``{id: reason}`` of features left out of :attr:`frame` (lenient loading only): an
+    invalid, empty or non-polygon geometry, or coordinates outside the CRS."""
 
 
 def read_uri_bytes(uri: str) -> bytes:

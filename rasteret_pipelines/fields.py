@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 
-from rasteret_pipelines.aois import AOI_ID, FAULTS, check_rows, read_aoi_bytes, read_rows
+from rasteret_pipelines.aois import AOI_ID, FAULTS, Areas, check_rows, read_aoi_bytes, read_rows
 from rasteret_pipelines.errors import AoiFileError
 
 SAFE_NAME = AOI_ID
@@ -51,7 +51,7 @@ DEFAULT_CELL_DEG = 0.1
 
 
 @dataclass(frozen=True)
-class FieldSet:
+class FieldSet(Areas):
     """The usable fields of one version of the field file, each in a group."""
 
     uri: str
@@ -63,27 +63,10 @@ class FieldSet:
     """``{row label: reason}`` of every row left out (``"row 7 (id 'x')"``)."""
     cell_deg: float = DEFAULT_CELL_DEG
 
-    # AoiSet's interface, so code written for areas of interest takes fields too
+    # AoiSet's interface (the rest comes from Areas), so code written for areas of interest takes fields too
     @property
     def invalid(self) -> dict:
         return self.skipped
-
-    @property
-    def ids(self) -> list[str]:
-        return [str(i) for i in self.frame.index]
-
-    def geometry(self, field_id: str):
-        return self.frame.geometry.loc[field_id]
-
-    def subset(self, ids):
-        """GeoDataFrame of the given ids (in that order)."""
-        return self.frame.loc[list(ids)]
-
-    @property
-    def bbox(self) -> tuple[float, float, float, float]:
-        """Bounds of all fields (min lon, min lat, max lon, max lat)."""
-        minx, miny, maxx, maxy = self.frame.total_bounds
-        return float(minx), float(miny), float(maxx), float(maxy)
 
     # groups
     @property
