@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rasteret_pipelines.errors import DaskMissingError, InvalidReadArgumentError
+from rasteret_pipelines.reading.options import ReadOptions
 
 READS = ("get_xarray", "get_gdf", "zonal_stats", "sample_points")
 _COLUMNS = ["scene", "date", "band", "level", "windows", "tiles", "gets", "bytes", "decoded_bytes"]
@@ -207,6 +208,9 @@ def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
         positional = list(args)
         geometries = positional.pop(0) if positional else kwargs.pop("geometries", None)
         if is_cube_read(geometries, kwargs):
+            if kwargs.get("options") is not None:
+                given = {k: kwargs.pop(k) for k in list(kwargs) if k in ReadOptions.__dataclass_fields__}
+                kwargs.update(ReadOptions.resolve(kwargs.pop("options"), given, read).keywords())
             if "geometries" in kwargs:
                 raise InvalidReadArgumentError("get_xarray: got multiple values for argument 'geometries'")
             bands = positional.pop(0) if positional else kwargs.pop("bands", None)
@@ -214,6 +218,8 @@ def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
         args = (geometries, *positional)
     if read in ("get_xarray", "get_gdf"):
         bound = _bind(read_module.read_geometries, collection, *args, **kwargs)
+        options = ReadOptions.resolve(bound.pop("options", None), bound.pop("option_keywords", {}), read)
+        bound.update(options.keywords())
         bound.pop("resampling", None)
         bound.pop("reader", None)
         planned = read_module.plan_read(collection, **bound)
