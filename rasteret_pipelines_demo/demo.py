@@ -311,12 +311,13 @@ def run_ui(dagster_home: str | None = None, extra_args: Sequence[str] = (), *, l
         )
     try:
         # dg dev in its own session: a signal to this command (Ctrl-C, SIGTERM, a closed terminal)
-        # reaches dg dev once, through this command, which stops the mirror after dg dev has exited
+        # reaches dg dev once, through this command, as the SIGINT on which dg dev shuts its
+        # webserver and daemon down; the mirror stops after dg dev has exited
         proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
         forwarded = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                forwarded[sig] = signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+                forwarded[sig] = signal.signal(sig, lambda *_: proc.send_signal(signal.SIGINT))
         try:
             return proc.wait()
         finally:
