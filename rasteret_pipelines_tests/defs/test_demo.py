@@ -261,6 +261,7 @@ def test_the_ui_command_serves_the_demo_while_dg_dev_runs_and_stops_it_after(dem
             start_new_session=True,
         )
     mirror_url = f"http://127.0.0.1:{mirror_port}"
+    dev = None
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -286,7 +287,10 @@ def test_the_ui_command_serves_the_demo_while_dg_dev_runs_and_stops_it_after(dem
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-    assert _session(dev) == set(), "dg dev or one of its services outlived the command"
+        left = _session(dev) if dev else set()
+        if left:  # never leave a failed test's dg dev running
+            os.killpg(dev, signal.SIGKILL)
+    assert left == set(), "dg dev or one of its services outlived the command"
     assert not probe_demo_mirror(mirror_url), "the mirror outlived the command"
     assert (home / "dagster.yaml").read_bytes() == (REPO / "dagster.yaml").read_bytes()
     assert (home / "history" / "runs.db").exists() or (home / "storage").exists(), sorted(home.iterdir())
