@@ -363,7 +363,7 @@ def test_the_statistics_table_of_a_run_equals_the_library_s_and_rasterio_s(proje
 def test_checks_are_declared_once_and_no_check_step_is_skipped(project):
     """Issue 19 item 8: every run's steps succeed or fail, none is skipped, and every (month, group)
     gets both check results from the asset's own step."""
-    specs = [(s.asset_key, s.name) for c in project.defs.asset_checks for s in c.check_specs]
+    specs = [(s.asset_key, s.name) for c in project.defs.asset_checks or [] for s in c.check_specs]
     specs += [
         (s.asset_key, s.name) for a in project.defs.assets if isinstance(a, dg.AssetsDefinition) for s in a.check_specs
     ]
