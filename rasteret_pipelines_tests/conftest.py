@@ -32,7 +32,7 @@ SLOW: dict[str, str] = {
     "defs/test_automation.py": "sensors, schedules and automation ticks over Dagster runs on the demo world",
     "defs/test_bad_input.py": "Dagster runs that fail on purpose, on the demo world and moto",
     "defs/test_dagster_dev.py": "starts `dagster dev` (webserver and daemons) on PostgreSQL and backfills through the queue",
-    "defs/test_demo.py": "runs the demo command, its detached mirror and `rasteret-pipelines ui` in subprocesses",
+    "defs/test_demo.py": "runs the demo command and `rasteret-pipelines ui` (dg dev and the mirror it serves)",
     "defs/test_keys.py::test_a_dynamic_key_with_dotdot_is_refused_and_writes_nothing_outside": "a Dagster run on the demo world",
     "defs/test_materialize.py": "materialises collections, NDVI and time series over partitions (local and moto S3)",
     "defs/test_notebook.py": "runs the quick-start notebook in a Jupyter kernel",

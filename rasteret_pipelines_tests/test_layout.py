@@ -115,9 +115,9 @@ def test_core_library_imports_neither_dagster_nor_the_demo_package():
 def test_dagster_layer_does_not_import_the_demo_command():
     layer = [*(PACKAGE / "defs").rglob("*.py"), PACKAGE / "definitions.py"]
     assert offenders(layer, DEMO_COMMAND) == []
-    # what it may use: the demo mirror, lazily, for the "demo" STAC setting
+    # what it may use: the demo mirror, lazily, to find it (never to start it) for the "demo" STAC setting
     uses = imported_modules(layer)["rasteret_pipelines/defs/resources.py"]
-    assert "rasteret_pipelines_demo.demo_mirror.demo_stac_url" in uses
+    assert "rasteret_pipelines_demo.demo_mirror.running_mirror_url" in uses
 
 
 def test_demo_package_is_independent_of_dagster_except_the_demo_command():

@@ -21,6 +21,7 @@ from pyproj import Transformer
 
 from rasteret_pipelines.aois import write_aois_geojson
 from rasteret_pipelines.defs.assets import FIELDS_KEY, field_stats_key, field_timeseries_key
+from rasteret_pipelines.defs.location_runs import partition_range_tags
 from rasteret_pipelines.defs.partitions import build_partitions
 from rasteret_pipelines.defs.sensors import MAX_GROUP_RANGES, bounded_ranges
 from rasteret_pipelines.fields import group_names, parse_fields
@@ -404,7 +405,7 @@ def test_each_batch_s_read_plan_is_shown_before_its_reads_which_make_exactly_its
 def test_checks_are_declared_once_and_no_check_step_is_skipped(project):
     """Issue 19 item 8: every run's steps succeed or fail, none is skipped, and every (month, group)
     gets both check results from the asset's own step."""
-    specs = [(s.asset_key, s.name) for c in project.defs.asset_checks for s in c.check_specs]
+    specs = [(s.asset_key, s.name) for c in project.defs.asset_checks or [] for s in c.check_specs]
     specs += [
         (s.asset_key, s.name) for a in project.defs.assets if isinstance(a, dg.AssetsDefinition) for s in a.check_specs
     ]
@@ -535,10 +536,7 @@ def test_the_same_assets_run_with_the_multiprocess_executor(tmp_path, clean_mirr
     with dg.execute_job(
         dg.reconstructable(field_stats_job_from_env),
         instance=p.instance,
-        tags={
-            "dagster/asset_partition_range_start": f"{order[0]}|{JAN}",
-            "dagster/asset_partition_range_end": f"{order[-1]}|{FEB}",
-        },
+        tags=partition_range_tags(f"{order[0]}|{JAN}", f"{order[-1]}|{FEB}"),
     ) as result:
         assert result.success
         kinds = {e.event_type_value for e in result.all_events}

@@ -33,6 +33,7 @@ from rasteret_pipelines.defs.assets._common import (
     step_errors,
 )
 from rasteret_pipelines.defs.assets.collections import collection_key
+from rasteret_pipelines.defs.checks import field_stats_check_evaluations, field_stats_check_specs
 from rasteret_pipelines.defs.io_managers import KIND, PATH, TABLE, CollectionSlice, read_table, write_value
 from rasteret_pipelines.defs.partitions import Partitions, month_key, split_month_group
 from rasteret_pipelines.defs.pipeline import (
@@ -104,28 +105,10 @@ def field_stats_asset(
     retry_policy: dg.RetryPolicy | None = None,
 ) -> dg.AssetsDefinition:
     """The ``field_stats/<source>_field_stats`` asset (see the module docs)."""
-    from rasteret_pipelines.defs.checks import field_stats_check_results, preview_partitioned_checks
-
     key = field_stats_key(source_id)
     prefix = field_stats_prefix(source_id)
     ndvi_where = "/".join(field_ndvi_parts(source_id))
-    with preview_partitioned_checks():
-        check_specs = [
-            dg.AssetCheckSpec(
-                "stats_in_range",
-                asset=key,
-                partitions_def=partitions.month_group,
-                description="Every NDVI statistic lies in [-1, 1] with min <= mean, median <= max; "
-                "valid fractions in [0, 1]; every row is a field of the group.",
-            ),
-            dg.AssetCheckSpec(
-                "geotiffs_reopen",
-                asset=key,
-                partitions_def=partitions.month_group,
-                description="Every NDVI COG of the partition reopens as one float32 band with values "
-                "in [-1, 1] (NaN outside the fields).",
-            ),
-        ]
+    check_specs = field_stats_check_specs(key, partitions.month_group)
     spec = dg.AssetSpec(
         key=key,
         deps=[collection_key(source_id), FIELDS_KEY],  # month -> month x group, group -> month x group: inferred
@@ -277,15 +260,7 @@ def field_stats_asset(
                         f"no scene of collection {collection.name!r} covers a field of group {group} in {month}"
                     )
                 yield dg.AssetMaterialization(asset_key=key, partition=k, metadata=metadata)
-                for name, check in field_stats_check_results(out, group, files, read).items():
-                    yield dg.AssetCheckEvaluation(
-                        asset_key=key,
-                        check_name=name,
-                        passed=check.passed,
-                        metadata=check.metadata,
-                        partition=k,
-                        severity=check.severity,
-                    )
+                yield from field_stats_check_evaluations(key, k, out, group, files, read)
                 materialised += 1
         context.log.info(
             f"{what}: {materialised} partitions materialised, {len(failures)} failed, {len(done)} kept from "
