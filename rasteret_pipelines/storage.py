@@ -24,6 +24,7 @@ the first write into that folder by a later process removes (:func:`sweep_once`,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -111,6 +112,26 @@ def sweep_once(folder: str | os.PathLike) -> None:
         _SWEPT.add(key)
 
 
+def _as_os_error(method):
+    """Connection-level failures of S3 (botocore's ``EndpointConnectionError`` and kin, which s3fs
+    passes on untranslated) as :class:`OSError`, like every other storage fault."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError:
+            raise
+        except Exception as exc:
+            from botocore.exceptions import BotoCoreError
+
+            if isinstance(exc, BotoCoreError):
+                raise OSError(f"storage {self.uri}: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    return wrapper
+
+
 def s3_options() -> dict:
     """The s3fs options of ``s3://`` storage, from the standard AWS configuration.
 
@@ -194,9 +215,11 @@ class Storage:
         p = self.path(*parts)
         return p if self.is_local else f"s3://{p}"
 
+    @_as_os_error
     def exists(self, *parts: str) -> bool:
         return self.fs.exists(self.path(*parts))
 
+    @_as_os_error
     def list_dirs(self, *parts: str) -> list[str]:
         """Names of the folders directly below ``parts`` (empty if it does not exist)."""
         try:
@@ -205,6 +228,7 @@ class Storage:
             return []
         return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
 
+    @_as_os_error
     def list_files(self, *parts: str, suffix: str = "") -> list[str]:
         """Paths (inside :attr:`fs`) of files below ``parts``, recursively, sorted."""
         try:
@@ -213,12 +237,14 @@ class Storage:
             return []
         return sorted(p for p in found if p.endswith(suffix) and _TEMP.match(posixpath.basename(p)) is None)
 
+    @_as_os_error
     def read_bytes(self, *parts: str) -> bytes:
         return self.fs.cat_file(self.path(*parts))
 
     def read_json(self, *parts: str):
         return json.loads(self.read_bytes(*parts))
 
+    @_as_os_error
     def write_bytes(self, data: bytes, *parts: str) -> str:
         """Write ``data`` atomically; returns the user-facing location."""
         target = self.path(*parts)
@@ -228,6 +254,7 @@ class Storage:
     def write_json(self, obj, *parts: str) -> str:
         return self.write_bytes(json.dumps(obj, indent=2, sort_keys=True).encode(), *parts)
 
+    @_as_os_error
     def write_parquet(self, table: pa.Table, *parts: str, **kwargs) -> str:
         """Write ``table`` as Parquet atomically; returns the user-facing location."""
         target = self.path(*parts)
@@ -235,6 +262,7 @@ class Storage:
         self._atomic(target, lambda sink: pq.write_table(table, sink, **kwargs))
         return self.uri_of(*parts)
 
+    @_as_os_error
     def upload_file(self, local_path: str | os.PathLike, *parts: str) -> str:
         """Copy a local file to ``parts`` atomically; returns the user-facing location."""
         target = self.path(*parts)
@@ -252,6 +280,7 @@ class Storage:
             self.fs.put_file(os.fspath(local_path), target)
         return self.uri_of(*parts)
 
+    @_as_os_error
     def delete(self, *parts: str) -> None:
         path = self.path(*parts)
         if self.fs.exists(path):

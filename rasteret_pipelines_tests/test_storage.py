@@ -98,3 +98,13 @@ def test_the_secret_key_never_reaches_a_log(bucket, caplog):
     assert store.read_json("a.json") == {"a": 1}
     assert caplog.records, "the S3 clients logged nothing at DEBUG: the check would prove nothing"
     assert SECRET not in caplog.text
+
+
+def test_an_unreachable_endpoint_is_an_os_error(moto_s3, monkeypatch):
+    """Like every other storage fault (the field sensor and the resource checks catch OSError)."""
+    from rasteret_pipelines_tests.conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    store = Storage.from_uri("s3://lake/ws")
+    with pytest.raises(OSError, match="storage s3://lake/ws: EndpointConnectionError"):
+        store.read_bytes("a.json")

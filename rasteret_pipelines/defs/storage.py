@@ -83,6 +83,7 @@ class S3StorageResource(StorageResource):
             raise StorageConfigError(f"{self.base_path!r} is not an s3://bucket/prefix location")
         bucket = self.base_path[5:].split("/", 1)[0]
         import botocore.session
+        from botocore.exceptions import BotoCoreError
 
         if botocore.session.get_session().get_credentials() is None:
             raise StorageConfigError(
@@ -93,7 +94,7 @@ class S3StorageResource(StorageResource):
         store = self.storage()
         try:
             found = store.fs.exists(bucket)
-        except OSError as exc:
+        except (OSError, BotoCoreError) as exc:
             raise StorageConfigError(f"cannot access bucket {bucket!r} of {self.base_path}: {exc}") from exc
         if not found:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
