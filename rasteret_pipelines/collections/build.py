@@ -517,12 +517,12 @@ def _previous_headers(
     if not store.exists(name, f"month={month}", MONTH_FILE):
         return {}
     path = store.path(name, f"month={month}", MONTH_FILE)
-    available = set(pq.read_schema(path, filesystem=store.fs).names)
+    available = set(pq.read_schema(path, filesystem=store.arrow_fs).names)
     out: dict = {}
     bands = [b for b in keys if schema.band_columns(b)[1] in available]
     stamps = [c for c in ("updated", "created") if c in available]
     columns = ["id"] + stamps + [c for b in bands for c in schema.band_columns(b)[:2]]
-    table = pq.read_table(path, columns=columns, filesystem=store.fs)
+    table = pq.read_table(path, columns=columns, filesystem=store.arrow_fs)
     ids = table.column("id").to_pylist()
     updated = [None] * table.num_rows
     for column in reversed(stamps):  # updated wins over created

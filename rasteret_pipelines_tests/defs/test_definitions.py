@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from rasteret_pipelines.defs import build_definitions
-from rasteret_pipelines.defs.io_managers import RasteretIOManager
+from rasteret_pipelines.defs.io_managers import CollectionIOManager, TableIOManager
 from rasteret_pipelines.defs.resources import LocalStorageResource, S3StorageResource
 from rasteret_pipelines.defs.settings import ENV_VARS, Settings, SettingsError
 
@@ -40,7 +40,8 @@ def test_definitions_module_loads_offline(monkeypatch):
     assert (
         isinstance(resources["storage"], LocalStorageResource) and resources["storage"].base_path == "./.rasteret_data"
     )
-    assert isinstance(resources["rasteret_io"], RasteretIOManager)
+    assert isinstance(resources["collection_io_manager"], CollectionIOManager)
+    assert isinstance(resources["table_io_manager"], TableIOManager)
     assert resources["data_source"].stac_url == "public", "with nothing set, never the demo"
     spec = defs.resolve_assets_def(dg.AssetKey(["collections", "sentinel_2_l2a"]))
     assert spec.partitions_def.get_first_partition_key() == "2024-01-01"

@@ -7,7 +7,7 @@ import dagster as dg
 from rasteret_pipelines.collections import get_source
 from rasteret_pipelines.defs.assets._common import retries_left, source_pool, step_errors
 from rasteret_pipelines.defs.checks import collection_check_specs, collection_columns, header_check_result, header_gaps
-from rasteret_pipelines.defs.io_managers import COLLECTION, COLLECTIONS, KIND, MONTH_FILE
+from rasteret_pipelines.defs.io_managers import COLLECTIONS, MONTH_FILE
 from rasteret_pipelines.defs.partitions import Partitions, month_key
 from rasteret_pipelines.defs.pipeline import build_month, collection_bands
 from rasteret_pipelines.defs.resources import (
@@ -50,13 +50,12 @@ def collection_asset(
         key=collection_key(source.id),
         partitions_def=partitions.months,
         check_specs=collection_check_specs(collection_key(source.id), partitions.months, bands),
-        io_manager_key="rasteret_io",
+        io_manager_key="collection_io_manager",
         group_name="collections",
         pool=source_pool(source.id),
         retry_policy=retry_policy,
         kinds={"stac", "parquet"},
         metadata={
-            KIND: COLLECTION,
             "source": source.id,
             "stac_collection": source.collection,
             "bands": ", ".join(bands),

@@ -34,7 +34,7 @@ from rasteret_pipelines.defs.assets._common import (
 )
 from rasteret_pipelines.defs.assets.collections import collection_key
 from rasteret_pipelines.defs.checks import field_stats_check_evaluations, field_stats_check_specs
-from rasteret_pipelines.defs.io_managers import KIND, PATH, TABLE, CollectionSlice, read_table, write_value
+from rasteret_pipelines.defs.io_managers import PATH, CollectionSlice, read_table, write_table
 from rasteret_pipelines.defs.partitions import Partitions, month_key, split_month_group
 from rasteret_pipelines.defs.pipeline import (
     empty_group_table,
@@ -114,7 +114,7 @@ def field_stats_asset(
         deps=[collection_key(source_id), FIELDS_KEY],  # month -> month x group, group -> month x group: inferred
         group_name="fields",
         kinds={"geoparquet", "geotiff"},
-        metadata={KIND: TABLE, PATH: prefix, "source": source_id},
+        metadata={PATH: prefix, "source": source_id},
         automation_condition=after_upstream_updates(),
         skippable=True,
         description=(
@@ -125,7 +125,7 @@ def field_stats_asset(
             f"`{ndvi_where}/geometry_<group>/ndvi_YYYYMMDD.tif` (NaN outside the fields). A run covers many "
             "partitions and reads each month's fields together."
         ),
-    )
+    ).with_io_manager_key("table_io_manager")  # the tables load back through it (written by write_table)
 
     with beta_backfill_policy():
         define = dg.multi_asset(
@@ -238,7 +238,7 @@ def field_stats_asset(
             for k, group in todo:
                 rows = rows_of.get(group)
                 out = group_table(rows, read, month) if rows is not None else empty_group_table(month)
-                where = write_value(store, key, partitions_def, k, out, prefix)
+                where = write_table(store, key, partitions_def, k, out, prefix)
                 files = sorted(tifs.get(group, []))
                 metadata = stats_metadata(
                     out,
@@ -350,9 +350,10 @@ def field_timeseries_asset(
             backfill_policy=backfill_policy or dg.BackfillPolicy.multi_run(500),
             deps=[stats_key],  # group -> every month of the group, inferred; read below, group by group
             output_required=False,
+            io_manager_key="table_io_manager",  # the tables load back through it (written by write_table)
             group_name="fields",
             kinds={"parquet"},
-            metadata={KIND: TABLE, PATH: prefix, "source": source_id},
+            metadata={PATH: prefix, "source": source_id},
             automation_condition=after_any_upstream_update(),
             description=(
                 "The NDVI of every field of the group over every materialised month: one row per field and "
@@ -389,7 +390,7 @@ def field_timeseries_asset(
             else:
                 table = empty_group_table("").drop_columns(["geometry"]).slice(0, 0)
             table = table.replace_schema_metadata(None)
-            where = write_value(store, key, partitions.group, group, table, prefix)
+            where = write_table(store, key, partitions.group, group, table, prefix)
             metadata = group_series_metadata(table, group, sorted(by_group.get(group, [])), source_id)
             svg = metadata.pop("_svg")
             metadata["path"] = dg.MetadataValue.path(where)
