@@ -13,6 +13,8 @@ Use ``served_url(path)`` (or ``range_server.url_for(path)``) with a path inside
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +96,35 @@ def committed_fixtures(under: str = "") -> list[Path]:
 def fixture_tiffs() -> list[Path]:
     """Every real fixture TIFF, as paths relative to ``data/tiff`` (sorted)."""
     return [p.relative_to(TIFF_DIR) for p in committed_fixtures("tiff") if p.suffix.lower() in (".tif", ".tiff")]
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """``<name>`` in the folder every xdist worker of this run shares (the session's base
+    temporary folder without xdist), for data that :func:`build_once` writes for all of them."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-of-<user>/pytest-<n>/popen-gw<i>: the run's folder is the parent
+    return base / name
+
+
+def build_once(folder: Path, build: Callable[[Path], object]) -> Path:
+    """``build(folder)`` once per test run, for every xdist worker, and ``folder``.
+
+    The first worker builds under an exclusive lock while the others wait, then they reuse what
+    it wrote: a session fixture's data (a world of COGs) is written once instead of once per
+    worker. A folder without its completion marker (a build that failed) is built again from
+    empty. What ``build`` writes is shared: tests must only read it.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        done = folder / ".built"
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
