@@ -16,12 +16,17 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from rasteret_pipelines_demo import RangeServer
+
+T = TypeVar("T")
 
 # --- the slow tier ---------------------------------------------------------------------------
 
@@ -172,6 +177,53 @@ def served_url(range_server: RangeServer) -> Callable[[Path | str], str]:
     """``served_url(path)``: URL of a file given its absolute path inside ``served_root``
     (or its path relative to it)."""
     return range_server.url_for
+
+
+@pytest.fixture
+def server_waits(monkeypatch) -> Iterator[list[float]]:
+    """The injected latencies the demo servers (``RangeServer``, ``StacServer``) await, in order,
+    recorded where they await them (``asyncio.sleep`` in ``rasteret_pipelines_demo._server``), so
+    a test checks that a latency is applied by the waits, never by a clock."""
+    import asyncio
+
+    from rasteret_pipelines_demo import _server
+
+    waits: list[float] = []
+
+    class RecordingAsyncio:
+        def __getattr__(self, name: str):
+            return getattr(asyncio, name)
+
+        @staticmethod
+        async def sleep(delay: float, result=None):
+            waits.append(delay)
+            return await asyncio.sleep(delay, result)
+
+    monkeypatch.setattr(_server, "asyncio", RecordingAsyncio())
+    yield waits
+
+
+def wait_until(
+    ready: Callable[[], T | None],
+    *,
+    process: subprocess.Popen | None = None,
+    log: Callable[[], str] = lambda: "",
+    interval: float = 0.2,
+) -> T:
+    """Poll ``ready()`` until it returns a true value, and return that value.
+
+    Fails as soon as ``process`` (if given) has exited, with ``log()``. There is no deadline on
+    purpose: how fast something comes up never decides a test. A hang is stopped by the test's
+    ``pytest-timeout``, and ``log()`` is printed then too (the test's captured output).
+    """
+    try:
+        while not (value := ready()):
+            assert process is None or process.poll() is None, f"exited with {process.returncode}:\n{log()}"
+            time.sleep(interval)
+        return value
+    except BaseException:
+        print(log())
+        raise
 
 
 def free_port() -> int:
