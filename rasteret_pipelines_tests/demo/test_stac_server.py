@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import warnings
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import requests
@@ -25,8 +24,8 @@ from rasteret_pipelines_demo.stac_server import (
     load_items,
     rewrite_hrefs,
 )
+from rasteret_pipelines_tests.conftest import STAC_DIR, committed_fixtures
 
-STAC_DIR = Path(__file__).resolve().parents[1] / "data" / "stac"
 EARTH_SEARCH = STAC_DIR / "earth-search-v1"
 
 pytestmark = [
@@ -79,8 +78,8 @@ def make_many(recorded: list[dict], n: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def recorded() -> list[dict]:
-    if not STAC_DIR.is_dir():
-        pytest.skip(f"recorded STAC fixtures missing: {STAC_DIR}")
+    missing = [p for p in committed_fixtures("stac") if not p.is_file()]  # named by the manifest
+    assert missing == [], f"committed STAC fixtures missing: {missing}"
     items = load_items(STAC_DIR)
     assert len(items) >= 20
     return items
