@@ -411,11 +411,11 @@ def test_max_faults_and_paths_filter(root: Path):
 
 
 def test_fault_plan_validates_arguments():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"rate must be within \[0, 1\], got 1.5"):
         FaultPlan(1.5, ["500"], seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown fault kinds \['404'\]"):
         FaultPlan(0.5, ["404"], seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="kinds must not be empty"):
         FaultPlan(0.5, [], seed=0)
 
 
@@ -424,11 +424,11 @@ def test_fault_plan_validates_arguments():
 
 def test_start_stop(root: Path):
     srv = RangeServer(root)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="RangeServer is not running"):
         _ = srv.url
     srv.start()
     try:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="already started"):
             srv.start()
         assert get(srv.url_for("data.bin"))[0] == 200
     finally:
