@@ -190,6 +190,19 @@ def project(tmp_path, clean_mirror) -> Project:
     return p
 
 
+def tick(project: Project, name: str, cursor: str | None = None):
+    """One evaluation of the sensor ``name`` of ``project``, from ``cursor``."""
+    sensor = project.defs.resolve_sensor_def(name)
+    with dg.build_sensor_context(
+        instance=project.instance,
+        instance_ref=project.instance.get_ref(),
+        cursor=cursor,
+        resources=project.resources,
+        definitions=project.defs,
+    ) as context:
+        return sensor.evaluate_tick(context)
+
+
 def failure_messages(result: dg.ExecuteInProcessResult) -> str:
     """Every error message of the run's events (step and resource failures), joined: what the UI shows."""
     out = []
