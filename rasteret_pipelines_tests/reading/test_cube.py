@@ -9,6 +9,7 @@ arrays with the cloud mask (SCL, nearest) applied first. The world is ``conftest
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import warnings
@@ -47,6 +48,11 @@ def grid_of(ds) -> CubeGrid:
 
 def warped(path, grid: CubeGrid, resampling: str, overview_level: int | None = None) -> np.ndarray:
     """rasterio's warp of the whole band (or one overview) onto ``grid``, float32, NaN at nodata."""
+    return _warped(path, grid, resampling, overview_level).copy()
+
+
+@functools.cache  # the same warps recur across a test's parameters; each reads a whole band
+def _warped(path, grid: CubeGrid, resampling: str, overview_level: int | None) -> np.ndarray:
     kwargs = {} if overview_level is None else {"overview_level": overview_level}
     with rasterio.open(path, **kwargs) as src:
         data = src.read(1)
