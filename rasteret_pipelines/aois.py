@@ -12,6 +12,11 @@ The file holds one feature (row) per area with
 Every fault is an :class:`AoiFileError` naming the file and the feature (by position or id):
 no features, a missing or malformed id, duplicate ids, an empty, invalid or non-polygon
 geometry, a missing CRS, or coordinates that are not in the declared CRS.
+
+The rows of the AOI file and of the field file (:mod:`rasteret_pipelines.fields`) are read by
+:func:`read_rows` and checked by one checker, :func:`check_rows`, whose mode says which faults
+leave a row out (named with its reason) and which raise: the AOI file is strict, or lenient
+about geometries only; the field file is lenient about every row.
 """
 
 from __future__ import annotations
@@ -22,29 +27,28 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
+import numpy as np
 import shapely
 import shapely.geometry
 
-from rasteret_pipelines.errors import AoiFileError, InvalidGeometryError
+from rasteret_pipelines.errors import AoiFileError
 from rasteret_pipelines.storage import Storage
 
 AOI_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""What an AOI or field id, or a group name, may look like (it becomes a file name or partition key)."""
+FAULTS = ("id", "geometry", "group", "crs")
+"""The kinds of row fault :func:`check_rows` knows: a missing, unsafe or duplicate id; a missing,
+malformed, empty, non-polygon or invalid geometry; an unsafe group name; coordinates that are
+not where the file's CRS says (off the globe, or outside the CRS's area of use)."""
 
 
-@dataclass(frozen=True)
-class AoiSet:
-    """The checked areas of one version of the AOI file."""
+class Areas:
+    """What the AOI set and the field set share: a GeoDataFrame ``frame`` indexed by id, in EPSG:4326."""
 
-    uri: str
-    fingerprint: str
-    """SHA-256 of the file's bytes (the AOI sensor's cursor)."""
     frame: object
-    """GeoDataFrame indexed by ``id`` (str), columns ``name`` and ``geometry`` in EPSG:4326."""
-    invalid: dict = field(default_factory=dict)
-    """``{id: reason}`` of features left out of :attr:`frame` (lenient loading only): an
-    invalid, empty or non-polygon geometry, or coordinates outside the CRS."""
 
     @property
     def ids(self) -> list[str]:
@@ -62,6 +66,20 @@ class AoiSet:
         """Bounds of all areas (min lon, min lat, max lon, max lat)."""
         minx, miny, maxx, maxy = self.frame.total_bounds
         return float(minx), float(miny), float(maxx), float(maxy)
+
+
+@dataclass(frozen=True)
+class AoiSet(Areas):
+    """The checked areas of one version of the AOI file."""
+
+    uri: str
+    fingerprint: str
+    """SHA-256 of the file's bytes (the AOI sensor's cursor)."""
+    frame: object
+    """GeoDataFrame indexed by ``id`` (str), columns ``name`` and ``geometry`` in EPSG:4326."""
+    invalid: dict = field(default_factory=dict)
+    """``{id: reason}`` of features left out of :attr:`frame` (lenient loading only): an
+    invalid, empty or non-polygon geometry, or coordinates outside the CRS."""
 
 
 def read_uri_bytes(uri: str) -> bytes:
@@ -106,60 +124,200 @@ def load_aois(uri: str, *, lenient: bool = False) -> AoiSet:
 
 def parse_aois(data: bytes, uri: str = "<bytes>", *, lenient: bool = False) -> AoiSet:
     """Check AOI file bytes (GeoParquet when they start with ``PAR1``, else GeoJSON)."""
-    import geopandas as gpd
-
     fingerprint = hashlib.sha256(data).hexdigest()
-    if data[:4] == b"PAR1":
-        ids, names, geoms, crs = _from_geoparquet(data, uri)
-    else:
-        ids, names, geoms, crs = _from_geojson(data, uri)
-    if not ids:
+    rows = read_rows(data, uri)
+    if not rows.ids and not rows.malformed:
         raise AoiFileError(f"AOI file {uri} contains no areas of interest")
-    seen: dict[str, int] = {}
-    for position, aoi_id in enumerate(ids, start=1):
-        if aoi_id in seen:
-            raise AoiFileError(
-                f"AOI file {uri}: duplicate id {aoi_id!r} (features {seen[aoi_id]} and {position}); ids must be unique"
-            )
-        seen[aoi_id] = position
-    frame = gpd.GeoDataFrame({"name": names}, geometry=geoms, index=ids, crs=crs)
-    frame.index.name = "id"
-    from rasteret_pipelines.reading import normalize_geometries
-
-    invalid: dict[str, str] = {}
-    try:
-        checked = normalize_geometries(frame)
-    except InvalidGeometryError as exc:
-        if not lenient:
-            raise AoiFileError(f"AOI file {uri}: {exc}") from exc
-        checked = []
-        for position in range(len(ids)):  # find the bad ones, one by one
-            try:
-                checked += normalize_geometries(frame.iloc[[position]])
-            except InvalidGeometryError as one:
-                invalid[ids[position]] = f"AOI file {uri}: {one}"
-    if lenient:
-        for aoi_id, geom in checked:
-            try:
-                _check_area_of_use(crs, [(aoi_id, geom)], uri)
-            except AoiFileError as exc:
-                invalid[str(aoi_id)] = str(exc)
-        checked = [(i, g) for i, g in checked if str(i) not in invalid]
-        if not checked:
-            raise AoiFileError(next(iter(invalid.values())) + " (and no usable AOI is left)")
-    else:
-        _check_area_of_use(crs, checked, uri)
-    name_of = dict(zip(ids, names))
-    kept = [str(i) for i, _ in checked]
-    frame = gpd.GeoDataFrame(
-        {"name": [name_of[i] for i in kept]}, geometry=[g for _, g in checked], index=kept, crs="EPSG:4326"
-    )
-    frame.index.name = "id"
+    checked = check_rows(rows, uri, skip=("geometry", "crs") if lenient else ())
+    if checked.frame.empty:
+        raise AoiFileError(next(iter(checked.skipped.values())) + " (and no usable AOI is left)")
+    frame = checked.frame[["name", "geometry"]]
+    invalid = {aoi_id: f"AOI file {uri}: {reason}" for aoi_id, reason in checked.skipped_ids.items()}
     return AoiSet(uri=uri, fingerprint=fingerprint, frame=frame, invalid=invalid)
 
 
-def _check_area_of_use(crs, checked, uri: str) -> None:
-    """Coordinates given in the wrong CRS usually land outside the CRS's area of use."""
+@dataclass
+class FeatureRows:
+    """The rows of an AOI or field file as read, before any check."""
+
+    ids: list
+    """Raw ids (``properties.id``, the feature's ``id``, or the ``id`` column)."""
+    names: list
+    groups: list
+    geometries: list
+    """Shapely geometries, None where missing or malformed."""
+    crs: object
+    malformed: dict[int, str] = field(default_factory=dict)
+    """``{row index: reason}`` of features whose geometry could not be parsed."""
+
+
+def read_rows(data: bytes, uri: str) -> FeatureRows:
+    """The rows of AOI or field file bytes (GeoParquet when they start with ``PAR1``, else GeoJSON).
+
+    Raises:
+        AoiFileError: a file-level fault (not GeoJSON or GeoParquet, no CRS, no ``id`` column).
+    """
+    if data[:4] == b"PAR1":
+        frame, ids = geoparquet_frame(data, uri)
+        n = len(ids)
+        names = frame["name"].tolist() if "name" in frame.columns else [None] * n
+        groups = frame["group"].tolist() if "group" in frame.columns else [None] * n
+        return FeatureRows(ids, names, groups, list(frame.geometry.values), frame.crs)
+    features, crs = geojson_features(data, uri)
+    rows = FeatureRows([], [], [], [], crs)
+    for position, feature in enumerate(features):
+        feature = feature if isinstance(feature, dict) else {}
+        props = feature.get("properties") or {}
+        geom = None
+        if feature.get("geometry"):
+            try:
+                geom = shapely.geometry.shape(feature["geometry"])
+            except Exception as exc:  # shapely raises several types for bad coordinates
+                rows.malformed[position] = f"malformed geometry: {exc}"
+        rows.ids.append(props.get("id", feature.get("id")))
+        rows.names.append(props.get("name"))
+        rows.groups.append(props.get("group"))
+        rows.geometries.append(geom)
+    return rows
+
+
+@dataclass
+class CheckedRows:
+    """What :func:`check_rows` kept and left out."""
+
+    frame: object
+    """GeoDataFrame of the usable rows in EPSG:4326, indexed by ``id`` (str), columns ``name``,
+    ``group`` (None where the row has none) and ``geometry``."""
+    skipped: dict[str, str]
+    """``{row label: reason}`` of every row left out (``"row 7 (id 'x')"``)."""
+    skipped_ids: dict[str, str]
+    """The same, keyed by id, for rows left out that have a usable id."""
+
+
+def check_rows(rows: FeatureRows, uri: str, *, skip: Collection[str] = FAULTS) -> CheckedRows:
+    """Check every row of an AOI or field file, vectorised (shapely 2, pandas).
+
+    Args:
+        rows: The rows as read (:func:`read_rows`).
+        skip: The mode: the kinds of fault (:data:`FAULTS`) that leave a row out. A fault of
+            another kind raises. ``()`` is strict, :data:`FAULTS` is lenient about every row.
+
+    Raises:
+        AoiFileError: the first row (in file order) with a fault not in ``skip``, naming the
+            file, the row and the fault; or a CRS that cannot be turned into EPSG:4326.
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    n = len(rows.ids)
+    ids = pd.Series(_id_texts(rows.ids), dtype="object")
+    reason = np.full(n, None, dtype="object")
+    kind = np.full(n, None, dtype="object")
+
+    def fault(mask, what: str, why) -> None:
+        mask = np.asarray(mask, dtype=bool) & pd.isna(reason)
+        for i in np.flatnonzero(mask):
+            reason[i], kind[i] = (why(i) if callable(why) else why), what
+
+    for i, why in rows.malformed.items():
+        reason[i], kind[i] = why, "geometry"
+    missing = ids.isna().to_numpy()
+    fault(missing, "id", "no id")
+    fault(
+        ~missing & ~_safe_names(ids),
+        "id",
+        lambda i: f"id {ids[i]!r} is not a safe name ([A-Za-z0-9][A-Za-z0-9_.-]*, at most 64 characters)",
+    )
+    dup = ids.duplicated(keep=False).to_numpy() & ~missing
+    if dup.any():
+        positions: dict[str, list[int]] = {}
+        for i in np.flatnonzero(dup):
+            positions.setdefault(ids[i], []).append(int(i) + 1)
+        fault(
+            dup,
+            "id",
+            lambda i: f"duplicate id {ids[i]!r} (rows {', '.join(map(str, positions[ids[i]]))}); ids must be unique",
+        )
+    geoms = np.empty(n, dtype=object)
+    geoms[:] = rows.geometries
+    present = ~shapely.is_missing(geoms)
+    fault(~present, "geometry", "no geometry")
+    empty = np.zeros(n, dtype=bool)
+    empty[present] = shapely.is_empty(geoms[present])
+    fault(empty, "geometry", "empty geometry")
+    kinds = np.full(n, -1)
+    kinds[present] = shapely.get_type_id(geoms[present])
+    polygonal = np.isin(kinds, (3, 6))  # Polygon, MultiPolygon
+    fault(
+        present & ~empty & ~polygonal,
+        "geometry",
+        lambda i: f"geometry is a {geoms[i].geom_type}, not a Polygon or MultiPolygon",
+    )
+    check = pd.isna(reason) & present
+    valid = np.ones(n, dtype=bool)
+    valid[check] = shapely.is_valid(geoms[check])
+    fault(~valid, "geometry", lambda i: f"invalid geometry: {shapely.is_valid_reason(geoms[i])}")
+    group_text = pd.Series([_text(v) for v in rows.groups], dtype="object")
+    fault(
+        group_text.notna().to_numpy() & ~_safe_names(group_text),
+        "group",
+        lambda i: f"group {group_text[i]!r} is not a safe name",
+    )
+
+    keep = pd.isna(reason)
+    frame = gpd.GeoDataFrame(
+        {"name": [_text(v, strip=False) for v in rows.names], "group": list(group_text)},
+        geometry=list(geoms),
+        crs=rows.crs,
+    )
+    frame.index = ids
+    frame = frame[keep]
+    if len(frame) and str(frame.crs).upper() not in ("EPSG:4326", "OGC:CRS84"):
+        try:
+            frame = frame.to_crs("EPSG:4326")
+        except Exception as exc:  # pyproj raises several types for unknown or unusable CRSs
+            raise AoiFileError(f"AOI file {uri}: its CRS {rows.crs!r} cannot be turned into EPSG:4326: {exc}") from exc
+    if len(frame):
+        kept_rows = np.flatnonzero(keep)
+        bounds = frame.geometry.bounds.to_numpy()
+        on_globe = np.isfinite(bounds).all(axis=1) & (bounds[:, 0] >= -180) & (bounds[:, 2] <= 180)
+        on_globe &= (bounds[:, 1] >= -90) & (bounds[:, 3] <= 90)
+        for j in np.flatnonzero(~on_globe):
+            reason[kept_rows[j]], kind[kept_rows[j]] = (
+                (
+                    f"coordinates {tuple(round(float(v), 3) for v in bounds[j])} are not "
+                    f"longitude/latitude in EPSG:4326: is the CRS ({rows.crs}) right?"
+                ),
+                "crs",
+            )
+        area = _area_of_use(rows.crs, uri)
+        if area is not None:
+            outside = on_globe & ~shapely.intersects(np.asarray(frame.geometry.values), area[0])
+            for j in np.flatnonzero(outside):
+                reason[kept_rows[j]], kind[kept_rows[j]] = (
+                    (
+                        f"lies outside the area of use of its CRS {rows.crs} ({area[1]}); are its coordinates "
+                        "really in that CRS?"
+                    ),
+                    "crs",
+                )
+        frame = frame[pd.isna(reason[kept_rows])]
+    skipped: dict[str, str] = {}
+    skipped_ids: dict[str, str] = {}
+    for i in np.flatnonzero(~pd.isna(reason)):
+        label = f"row {i + 1}" + (f" (id {ids[i]!r})" if ids[i] is not None else "")
+        if kind[i] not in skip:
+            raise AoiFileError(f"AOI file {uri}: {label}: {reason[i]}")
+        skipped[label] = str(reason[i])
+        if kind[i] != "id":
+            skipped_ids[ids[i]] = f"{label}: {reason[i]}"
+    frame.index.name = "id"
+    frame = frame.set_crs("EPSG:4326", allow_override=True)
+    return CheckedRows(frame=frame, skipped=skipped, skipped_ids=skipped_ids)
+
+
+def _area_of_use(crs, uri: str):
+    """``(lon/lat box, name)`` of the CRS's area of use; None when it has none or spans the antimeridian."""
     from pyproj import CRS
 
     try:
@@ -167,28 +325,30 @@ def _check_area_of_use(crs, checked, uri: str) -> None:
     except Exception as exc:  # pyproj raises CRSError and others for unknown CRSs
         raise AoiFileError(f"AOI file {uri}: unknown CRS {crs!r}: {exc}") from exc
     if area is None or area.west > area.east:
-        return
-    valid = shapely.geometry.box(area.west, area.south, area.east, area.north)
-    for aoi_id, geom in checked:
-        if not geom.intersects(valid):
-            raise AoiFileError(
-                f"AOI file {uri}: AOI {aoi_id} lies outside the area of use of its CRS {crs} "
-                f"({area.name}); are its coordinates really in that CRS?"
-            )
+        return None
+    return shapely.geometry.box(area.west, area.south, area.east, area.north), area.name
 
 
-def _check_id(value, position: int, uri: str) -> str:
-    if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
-        raise AoiFileError(f"AOI file {uri}: feature {position} has no id (set properties.id)")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip()
-    if not AOI_ID.match(text):
-        raise AoiFileError(
-            f"AOI file {uri}: feature {position} has id {text!r}; ids must match "
-            "[A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters)"
-        )
-    return text
+def _safe_names(texts) -> np.ndarray:
+    filled = texts.fillna("")
+    return filled.str.fullmatch(AOI_ID.pattern[1:-1]).to_numpy() & ~filled.str.contains(r"\.\.").to_numpy()
+
+
+def _text(value, strip: bool = True):
+    """A cell as text, None for missing, NaN (and blank, when ``strip``)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip() if strip else str(value)
+    return text or None
+
+
+def _id_texts(raw_ids) -> list:
+    out = []
+    for value in raw_ids:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        out.append(_text(value))
+    return out
 
 
 def geojson_features(data: bytes, uri: str) -> tuple[list, str]:
@@ -237,39 +397,6 @@ def geoparquet_frame(data: bytes, uri: str):
     if frame.index.name == "id":
         return frame, frame.index.tolist()
     raise AoiFileError(f"AOI file {uri} has no 'id' column")
-
-
-def _from_geojson(data: bytes, uri: str):
-    features, crs = geojson_features(data, uri)
-    ids, names, geoms = [], [], []
-    for position, feature in enumerate(features, start=1):
-        if not isinstance(feature, dict):
-            raise AoiFileError(f"AOI file {uri}: feature {position} is not a GeoJSON feature")
-        props = feature.get("properties") or {}
-        raw_id = props.get("id", feature.get("id"))
-        aoi_id = _check_id(raw_id, position, uri)
-        geometry = feature.get("geometry")
-        if not geometry:
-            raise AoiFileError(f"AOI file {uri}: AOI {aoi_id} (feature {position}) has no geometry")
-        try:
-            geom = shapely.geometry.shape(geometry)
-        except Exception as exc:  # shapely raises several types for bad coordinates
-            raise AoiFileError(f"AOI file {uri}: AOI {aoi_id} has a malformed geometry: {exc}") from exc
-        ids.append(aoi_id)
-        names.append(str(props["name"]) if props.get("name") is not None else None)
-        geoms.append(geom)
-    return ids, names, geoms, crs
-
-
-def _from_geoparquet(data: bytes, uri: str):
-    frame, raw_ids = geoparquet_frame(data, uri)
-    ids = [_check_id(v, i, uri) for i, v in enumerate(raw_ids, start=1)]
-    names = (
-        [None if v is None or v != v else str(v) for v in frame["name"]]
-        if "name" in frame.columns
-        else [None] * len(ids)
-    )
-    return ids, names, list(frame.geometry), frame.crs
 
 
 def write_aois_geojson(aois: dict, path: str | os.PathLike, names: dict | None = None) -> str:

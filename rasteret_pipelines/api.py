@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from rasteret_pipelines.cog import ByteReader, FetchConfig
     from rasteret_pipelines.collections import BuildReport, Collection
 
+_READ_DEFAULTS = ("fetch_config", "reader")
+
 
 class Rasteret:
     """Build a collection once, then read geometries from it with zero header requests.
@@ -169,13 +171,11 @@ class Rasteret:
         With ``bbox=``, ``geopolygon=`` or ``like=`` (or no geometries) it reads a data cube on
         one grid instead (``crs=``, ``resolution=``, ``groupby=``, ``mosaic=``, ``chunks=``;
         ``geometries`` then mask it): see :func:`rasteret_pipelines.reading.cube.read_cube`."""
+        from rasteret_pipelines.reading.cube import is_cube_read, read_cube
         from rasteret_pipelines.reading.read import read_geometries
 
-        kwargs.setdefault("fetch_config", self.fetch_config)
-        kwargs.setdefault("reader", self.reader)
-        if geometries is None or any(kwargs.get(k) is not None for k in ("bbox", "geopolygon", "like")):
-            from rasteret_pipelines.reading.cube import read_cube
-
+        kwargs = self._read_keywords(kwargs, read_geometries)
+        if is_cube_read(geometries, kwargs):
             return read_cube(
                 self.collection,
                 bands,
@@ -221,8 +221,7 @@ class Rasteret:
         """
         from rasteret_pipelines.reading.zonal import DEFAULT_STATS, zonal_stats
 
-        kwargs.setdefault("fetch_config", self.fetch_config)
-        kwargs.setdefault("reader", self.reader)
+        kwargs = self._read_keywords(kwargs, zonal_stats)
         return zonal_stats(
             self.collection,
             fields,
@@ -241,8 +240,7 @@ class Rasteret:
         ``pyarrow.Table``; see :func:`rasteret_pipelines.reading.sample_points`."""
         from rasteret_pipelines.reading.zonal import sample_points
 
-        kwargs.setdefault("fetch_config", self.fetch_config)
-        kwargs.setdefault("reader", self.reader)
+        kwargs = self._read_keywords(kwargs, sample_points)
         return sample_points(
             self.collection,
             points,
@@ -263,8 +261,40 @@ class Rasteret:
         """
         from rasteret_pipelines.reading.explain import explain
 
-        kwargs.setdefault("fetch_config", self.fetch_config)
+        kwargs = self._read_keywords(kwargs)
+        kwargs.pop("reader", None)  # a dry run reads nothing
         return explain(read, self.collection, *args, **kwargs)
+
+    def _read_keywords(self, kwargs: dict, function=None) -> dict:
+        """A read's keywords: ``options=`` (a :class:`~rasteret_pipelines.reading.options.ReadOptions`)
+        spelled out as keywords, then this Rasteret's ``fetch_config`` and ``reader`` where the
+        call gives none.
+
+        Raises:
+            InvalidReadArgumentError: ``options`` is no ReadOptions, a keyword contradicts it, or
+                it sets an option ``function`` does not take.
+        """
+        options = kwargs.pop("options", None)
+        if options is not None:
+            import inspect
+
+            from rasteret_pipelines.errors import InvalidReadArgumentError
+            from rasteret_pipelines.reading.options import ReadOptions
+
+            what = function.__name__ if function is not None else "read"
+            given = {k: kwargs.pop(k) for k in list(kwargs) if k in ReadOptions.__dataclass_fields__}
+            chosen = ReadOptions.resolve(options, given, what).keywords()
+            if function is not None:
+                parameters = inspect.signature(function).parameters
+                if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+                    unused = sorted(set(chosen) - set(parameters))
+                    if unused:
+                        raise InvalidReadArgumentError(f"{what} takes no {', '.join(unused)} (set in options)")
+            kwargs.update(chosen)
+        for name in _READ_DEFAULTS:
+            if kwargs.get(name) is None:
+                kwargs[name] = getattr(self, name)
+        return kwargs
 
     def __repr__(self) -> str:
         return f"Rasteret(workspace_dir={str(self.workspace_dir)!r}, data_source={self.data_source!r}, date_range={self.date_range!r})"

@@ -47,10 +47,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from rasteret_pipelines.defs.instance_home import run_dagster_ui
+    from rasteret_pipelines_demo.demo import run_ui
 
-    run_dagster_ui(args.dagster_home, args.dagster_args)  # replaces this process
-    return 0
+    return run_ui(args.dagster_home, args.dagster_args)
 
 
 DEMO_HELP = "run the Dagster pipeline on the offline Sentinel-2 demo mirror (no network)"
@@ -92,14 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(demo)
     ui = sub.add_parser(
         "ui",
-        add_help=False,  # -h is dagster dev's --host
-        help="open the Dagster UI (dagster dev) on the kept instance DAGSTER_HOME (default ./.dagster_home)",
+        add_help=False,  # -h is dg dev's --host
+        help="open the Dagster UI (dg dev) on the demo, with the kept instance DAGSTER_HOME (default ./.dagster_home)",
         description=(
             "Seed DAGSTER_HOME (default ./.dagster_home) with the repository's dagster.yaml if needed "
-            "and run `dagster dev -w workspace.yaml` on it, from inside that folder (so Dagster does "
+            "and run `dg dev -w workspace.yaml` on it, from inside that folder (so Dagster does "
             "not warn about the repository's own dagster.yaml), with relative RASTERET_STORAGE, "
-            "RASTERET_AOI_FILE and RASTERET_DEMO_DIR made absolute. Further arguments go to dagster dev "
-            "(e.g. -h 0.0.0.0 -p 3001)."
+            "RASTERET_AOI_FILE and RASTERET_DEMO_DIR made absolute. The demo is selected "
+            "(RASTERET_STAC_URL=demo unless set) and its mirror served while the UI runs; it stops "
+            "with the UI. Further arguments go to dg dev (e.g. -h 0.0.0.0 -p 3001)."
         ),
     )
     ui.add_argument("--help", action="help", help="show this help message and exit")

@@ -280,6 +280,10 @@ class CubeChunksError(InvalidReadArgumentError):
     """``chunks`` names an unknown dimension or a size that is not a positive whole number."""
 
 
+class CubeUserColumnsError(InvalidReadArgumentError):
+    """``id_column`` or ``keep`` given to a cube read, which has no ``geometry`` dimension to carry them."""
+
+
 class GroupbyError(InvalidReadArgumentError):
     """``groupby`` is not ``time``, ``solar_day``, ``month`` or a property the collection holds."""
 

@@ -1,10 +1,19 @@
 """Where collections and products live: a local folder or an ``s3://bucket/prefix``.
 
-One small :class:`Storage` over :mod:`pyarrow.fs` so that every writer is atomic: on local
-disk a file is written under a temporary name in the same folder and renamed into place; on
-S3 an object only appears once its upload completes. S3 follows the standard AWS
-configuration (credential chain, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
-for S3-compatible servers).
+One small :class:`Storage` over an `fsspec <https://filesystem-spec.readthedocs.io>`_
+filesystem so that every writer is atomic: on local disk a file is written under a temporary
+name in the same folder and renamed into place; on S3 an object is put whole (one PUT, or a
+multipart upload that s3fs completes or aborts), so it only appears once complete.
+
+S3 goes through `s3fs <https://s3fs.readthedocs.io>`_, that is aiobotocore: botocore's
+configuration, credentials and signing over aiohttp, the same family as the COG reader
+(:mod:`rasteret_pipelines.cog.http`: aiohttp with botocore's SigV4 signing). Its configuration
+is the standard AWS configuration, read in one place (:func:`s3_options`): the credential chain
+(environment, ``AWS_PROFILE`` and ``~/.aws``, SSO, container and instance roles),
+``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for S3-compatible servers.
+pyarrow reads the same filesystem through :attr:`Storage.arrow_fs`
+(``pyarrow.fs.PyFileSystem(FSSpecHandler(fs))``), so Parquet footers, row groups and columns
+are still read as ranges.
 
 Temporary names look like ``.<name>.tmp-<host>-<pid>-<hex>``: hidden, and ending in hex so that
 no ``*.tif`` / ``*.parquet`` glob (nor :meth:`Storage.list_files`) ever returns one. A failed write
@@ -15,6 +24,7 @@ the first write into that folder by a later process removes (:func:`sweep_once`,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -23,8 +33,10 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+import fsspec
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -100,18 +112,46 @@ def sweep_once(folder: str | os.PathLike) -> None:
         _SWEPT.add(key)
 
 
-def _s3_filesystem() -> pafs.S3FileSystem:
+def _as_os_error(method):
+    """Connection-level failures of S3 (botocore's ``EndpointConnectionError`` and kin, which s3fs
+    passes on untranslated) as :class:`OSError`, like every other storage fault."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError:
+            raise
+        except Exception as exc:
+            from botocore.exceptions import BotoCoreError
+
+            if isinstance(exc, BotoCoreError):
+                raise OSError(f"storage {self.uri}: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    return wrapper
+
+
+def s3_options() -> dict:
+    """The s3fs options of ``s3://`` storage, from the standard AWS configuration.
+
+    Endpoint, region and profile are named explicitly (rather than left to botocore) so that
+    fsspec's per-options cache of filesystems never hands out one that was made for another
+    endpoint. Listings are never cached: other processes (Dagster steps, other hosts) write
+    the same prefixes. Files opened for reading fetch exactly the ranges asked for (pyarrow
+    plans its own reads).
+    """
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    kwargs: dict = {}
-    if region:
-        kwargs["region"] = region
+    profile = os.environ.get("AWS_PROFILE")
+    options: dict = {"use_listings_cache": False, "default_cache_type": "none"}
     if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs["endpoint_override"] = host.rstrip("/")
-        kwargs["scheme"] = scheme
-        kwargs["force_virtual_addressing"] = False
-    return pafs.S3FileSystem(**kwargs)
+        options["endpoint_url"] = endpoint
+    if region:
+        options["client_kwargs"] = {"region_name": region}
+    if profile:
+        options["profile"] = profile
+    return options
 
 
 @dataclass(frozen=True)
@@ -120,23 +160,42 @@ class Storage:
 
     uri: str
     """What the user gave: a path or ``s3://bucket/prefix``."""
-    fs: pafs.FileSystem
+    fs: fsspec.AbstractFileSystem
+    """The fsspec filesystem: local, or s3fs with :func:`s3_options`."""
     base: str
-    """Base path inside :attr:`fs` (no trailing slash)."""
+    """Base path inside :attr:`fs` (no trailing slash): a folder, or ``bucket/prefix``."""
 
     @classmethod
     def from_uri(cls, uri: str | os.PathLike) -> Storage:
+        """The storage at ``uri``: a local path (or ``file://``) or ``s3://bucket/prefix``.
+
+        Raises:
+            StoragePathError: another scheme.
+        """
         text = os.fspath(uri)
         if text.startswith("s3://"):
-            return cls(text.rstrip("/"), _s3_filesystem(), text[5:].rstrip("/"))
+            return cls(text.rstrip("/"), fsspec.filesystem("s3", **s3_options()), text[5:].rstrip("/"))
         if "://" in text and not text.startswith("file://"):
             raise StoragePathError(f"unsupported storage location {text!r}: use a path or s3://")
         path = Path(text.removeprefix("file://")).expanduser().resolve()
-        return cls(str(path), pafs.LocalFileSystem(), str(path))
+        return cls(str(path), fsspec.filesystem("file"), str(path))
 
     @property
     def is_local(self) -> bool:
-        return isinstance(self.fs, pafs.LocalFileSystem)
+        return "file" in _protocols(self.fs)
+
+    @property
+    def storage_options(self) -> dict:
+        """The options :attr:`fs` was made with (for ``UPath(uri, **storage_options)``)."""
+        return dict(self.fs.storage_options)
+
+    @cached_property
+    def arrow_fs(self) -> pafs.FileSystem:
+        """:attr:`fs` as a pyarrow filesystem (for ``pyarrow.parquet`` and ``pyarrow.dataset``):
+        Arrow's own on local disk, the fsspec filesystem wrapped on S3."""
+        if self.is_local:
+            return pafs.LocalFileSystem()
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
 
     def path(self, *parts: str) -> str:
         """Path of ``parts`` below the base, inside :attr:`fs`.
@@ -156,36 +215,36 @@ class Storage:
         p = self.path(*parts)
         return p if self.is_local else f"s3://{p}"
 
+    @_as_os_error
     def exists(self, *parts: str) -> bool:
-        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+        return self.fs.exists(self.path(*parts))
 
+    @_as_os_error
     def list_dirs(self, *parts: str) -> list[str]:
         """Names of the folders directly below ``parts`` (empty if it does not exist)."""
-        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True)
-        return sorted(
-            posixpath.basename(info.path)
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.Directory
-        )
+        try:
+            entries = self.fs.ls(self.path(*parts), detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
 
+    @_as_os_error
     def list_files(self, *parts: str, suffix: str = "") -> list[str]:
         """Paths (inside :attr:`fs`) of files below ``parts``, recursively, sorted."""
-        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True, recursive=True)
-        return sorted(
-            info.path
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-            and info.path.endswith(suffix)
-            and _TEMP.match(posixpath.basename(info.path)) is None
-        )
+        try:
+            found = self.fs.find(self.path(*parts))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(p for p in found if p.endswith(suffix) and _TEMP.match(posixpath.basename(p)) is None)
 
+    @_as_os_error
     def read_bytes(self, *parts: str) -> bytes:
-        with self.fs.open_input_stream(self.path(*parts)) as fh:
-            return fh.read()
+        return self.fs.cat_file(self.path(*parts))
 
     def read_json(self, *parts: str):
         return json.loads(self.read_bytes(*parts))
 
+    @_as_os_error
     def write_bytes(self, data: bytes, *parts: str) -> str:
         """Write ``data`` atomically; returns the user-facing location."""
         target = self.path(*parts)
@@ -195,6 +254,7 @@ class Storage:
     def write_json(self, obj, *parts: str) -> str:
         return self.write_bytes(json.dumps(obj, indent=2, sort_keys=True).encode(), *parts)
 
+    @_as_os_error
     def write_parquet(self, table: pa.Table, *parts: str, **kwargs) -> str:
         """Write ``table`` as Parquet atomically; returns the user-facing location."""
         target = self.path(*parts)
@@ -202,34 +262,38 @@ class Storage:
         self._atomic(target, lambda sink: pq.write_table(table, sink, **kwargs))
         return self.uri_of(*parts)
 
+    @_as_os_error
     def upload_file(self, local_path: str | os.PathLike, *parts: str) -> str:
         """Copy a local file to ``parts`` atomically; returns the user-facing location."""
         target = self.path(*parts)
+        if self.is_local:
 
-        def copy(sink) -> None:
-            with open(local_path, "rb") as src:
-                while chunk := src.read(1 << 22):
-                    sink.write(chunk)
+            def copy(sink) -> None:
+                with open(local_path, "rb") as src:
+                    while chunk := src.read(1 << 22):
+                        sink.write(chunk)
 
-        self._atomic(target, copy)
+            self._atomic(target, copy)
+        else:
+            # one PUT, or a multipart upload that s3fs completes (the object appears whole) or
+            # aborts (nothing appears)
+            self.fs.put_file(os.fspath(local_path), target)
         return self.uri_of(*parts)
 
+    @_as_os_error
     def delete(self, *parts: str) -> None:
         path = self.path(*parts)
-        info = self.fs.get_file_info(path)
-        if info.type == pafs.FileType.Directory:
-            self.fs.delete_dir(path)
-        elif info.type == pafs.FileType.File:
-            self.fs.delete_file(path)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
 
     def _atomic(self, target: str, write) -> None:
         parent = posixpath.dirname(target)
         if self.is_local:
-            self.fs.create_dir(parent, recursive=True)
+            os.makedirs(parent, exist_ok=True)
             sweep_once(parent)
             tmp = temp_path(target)
             try:
-                with self.fs.open_output_stream(tmp) as sink:
+                with open(tmp, "wb") as sink:
                     write(sink)
                 os.replace(tmp, target)
             except BaseException:
@@ -237,11 +301,14 @@ class Storage:
                     os.unlink(tmp)
                 raise
         else:
-            # Produce the whole object first, then upload it in one stream: a completed S3
-            # upload is atomic (readers see the old object or the new one, never a part), and
-            # a failure while producing the bytes never reaches S3.
+            # Produce the whole object first, then put it whole: a completed S3 upload is
+            # atomic (readers see the old object or the new one, never a part), and a failure
+            # while producing the bytes never reaches S3.
             buffer = pa.BufferOutputStream()
             write(buffer)
-            data = buffer.getvalue()
-            with self.fs.open_output_stream(target) as sink:
-                sink.write(data)
+            self.fs.pipe_file(target, buffer.getvalue().to_pybytes())
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

@@ -6,8 +6,10 @@
    around the original quick start's Bangalore AOIs, sparse elsewhere; two scenes a month) under
    ``RASTERET_DEMO_DIR`` (default ``./.rasteret_data/demo_world``) and reuses it afterwards,
 2. serves it on 127.0.0.1: a STAC API on ``RASTERET_DEMO_PORT`` (default 47610) and a
-   range-capable COG server on the next port, in background threads (this folder's mirror
-   already running is reused; another folder's mirror on that port is not: see below),
+   range-capable COG server on the next port, in background threads of this process, stopped
+   when the command ends (this folder's mirror already running is reused; another folder's
+   mirror on that port is not: see below), and selects it explicitly
+   (``RASTERET_STAC_URL=demo``, unless that variable is set),
 3. writes the quick start's two AOIs to the field file as two fields (unless one exists),
    registers their groups as ``field_group`` partitions and records a materialisation of the
    ``fields`` asset for each group (as the field sensor does),
@@ -23,10 +25,13 @@ The ports stay put because the collections store the COG URLs: a mirror restarte
 ports keeps every cached header valid. A mirror says which demo folder it serves (a hash of the
 folder's path and of its world's token, on its landing page), and only this folder's mirror is
 reused: when another checkout's mirror (or another program) holds the port, this folder's mirror
-starts on a free pair, recorded in ``<demo dir>/mirror.json``, and the demo says so. When
-``dagster dev`` later runs a partition with the demo selected and this folder's mirror is not
-listening, :func:`demo_stac_url` starts one (on the recorded port) in a detached process
-(``python -m rasteret_pipelines_demo.demo_mirror serve``) that exits after an hour without requests.
+starts on a free pair, recorded in ``<demo dir>/mirror.json``, and the demo says so.
+
+``rasteret-pipelines ui`` (:func:`run_ui`) runs the Dagster UI (``dg dev``) on the demo: it
+serves the mirror in its own process (on the recorded port, so the collections' COG URLs stay
+valid) while ``dg dev`` runs, gives it ``RASTERET_STAC_URL=demo`` (unless set), and stops the
+mirror when ``dg dev`` exits. ``rasteret-pipelines demo --serve`` serves only the mirror, until
+Ctrl-C. Nothing else starts a mirror: the Dagster resources only check that it answers.
 
 With ``RASTERET_STAC_URL`` (e.g. ``public`` for Earth Search) and ``RASTERET_STORAGE`` (e.g.
 ``s3://bucket/prefix``) set, the same command runs the same pipeline against them; the mirror
@@ -41,7 +46,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rasteret_pipelines_demo.demo_mirror import (  # noqa: F401 - the demo's mirror, re-exported
@@ -50,18 +55,44 @@ from rasteret_pipelines_demo.demo_mirror import (  # noqa: F401 - the demo's mir
     WORLD_FILE,
     WORLD_VERSION,
     DemoMirror,
-    demo_stac_url,
     ensure_ignored_dir,
     main,
     open_mirror,
     prepare_world,
     probe_demo_mirror,
+    running_mirror_url,
     serve,
-    spawn_demo_mirror,
+    start_mirror,
 )
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Run config of the demo's runs: Dagster's console logger shows warnings and errors only."""
+
+
+def demo_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with the demo selected explicitly: ``RASTERET_STAC_URL=demo`` unless the
+    variable is set (``public`` or a URL run the same commands against that API)."""
+    from rasteret_pipelines.defs.settings import DEMO
+
+    env = dict(environ)
+    if not env.get("RASTERET_STAC_URL"):
+        env["RASTERET_STAC_URL"] = DEMO
+    return env
+
+
+@contextlib.contextmanager
+def _os_environment(updates: Mapping[str, str]):
+    """``os.environ`` with ``updates`` while the block runs (the in-process runs read it), restored after."""
+    before = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def quickstart_environment(stac_url: str) -> dict[str, str]:
@@ -84,8 +115,9 @@ def serve_for_quickstart(months: Sequence[str] | None = None, *, log=print, stop
 
     settings = Settings.from_env()
     months = tuple(months or settings.demo_months)
-    prepare_world(settings.demo_dir, months, log=log)
-    mirror, url = open_mirror(settings.demo_dir, settings.demo_port, default=DEFAULT_DEMO_PORT, log=log)
+    mirror, url = start_mirror(
+        settings.demo_dir, settings.demo_port, months=months, default_port=DEFAULT_DEMO_PORT, log=log
+    )
     try:
         log(f"demo mirror (Sentinel-2 L2A, MGRS 43PGQ, {', '.join(months)}): STAC API {url}")
         log("point the library at it (in the shell or notebook that runs the quick start):")
@@ -122,38 +154,45 @@ def run_demo(
 ) -> dict:
     """Run the main job (see the module docs); returns what was materialised and where.
 
+    The runs execute in this process and read the settings from ``os.environ``: the demo's
+    choices (``RASTERET_STAC_URL=demo`` unless set, ``RASTERET_DEMO_MONTHS`` from ``months``)
+    are put there while the demo runs and taken out after.
+
     Raises:
         RuntimeError: a run failed (its error is printed first).
     """
+    updates = {"RASTERET_STAC_URL": demo_environment(os.environ)["RASTERET_STAC_URL"]}
+    if months:  # the partitions cover exactly these months
+        updates["RASTERET_DEMO_MONTHS"] = ",".join(months)
+    with _os_environment(updates):
+        return _run_demo(months=months, dagster_home=dagster_home, keep_serving=keep_serving, log=log)
+
+
+def _run_demo(*, months, dagster_home, keep_serving, log) -> dict:
     import dagster as dg
 
     from rasteret_pipelines.aois import write_aois_geojson
     from rasteret_pipelines.defs.instance_home import prepare_dagster_home
     from rasteret_pipelines.defs.partitions import group_partitions, month_partition_key
-    from rasteret_pipelines.defs.settings import DEFAULT_DEMO_PORT, DEMO, Settings
+    from rasteret_pipelines.defs.settings import DEFAULT_DEMO_PORT, Settings
     from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
 
     t_start = time.perf_counter()
     home = prepare_dagster_home(dagster_home)
-    if months:  # the partitions (and the mirror started by later runs) cover exactly these months
-        os.environ["RASTERET_DEMO_MONTHS"] = ",".join(months)
     settings = Settings.from_env()
     months = tuple(months or settings.demo_months)
     too_early = [m for m in months if m < settings.start_month]
     if too_early:
         raise ValueError(f"months {too_early} are before RASTERET_START_MONTH={settings.start_month}")
-    stac_choice = (settings.get("RASTERET_STAC_URL") or DEMO).lower()
-    uses_mirror = stac_choice == DEMO and not any(
-        os.environ.get(f"RASTERET_STAC_URL_{s.upper().replace('-', '_')}") for s in settings.sources
-    )
     if not settings.storage.startswith("s3://"):
         ensure_ignored_dir(settings.storage)
 
     mirror = None
     stack = contextlib.ExitStack()
-    if uses_mirror:
-        prepare_world(settings.demo_dir, months, log=log)
-        mirror, _url = open_mirror(settings.demo_dir, settings.demo_port, default=DEFAULT_DEMO_PORT, log=log)
+    if settings.uses_demo:
+        mirror, _url = start_mirror(
+            settings.demo_dir, settings.demo_port, months=months, default_port=DEFAULT_DEMO_PORT, log=log
+        )
     try:
         aoi_file = settings.aoi_file
         if not _exists(aoi_file):
@@ -202,10 +241,7 @@ def run_demo(
             if last is None or last == first:
                 label, extra = first, {"partition_key": first}
             else:
-                label = f"{first}..{last}"
-                extra = {
-                    "tags": {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
-                }
+                label, extra = f"{first}..{last}", {"partition_range": (first, last)}
             result = runner.run(job_name, run_config=QUIET, **extra)
             status = "ok" if result.success else "FAILED"
             log(f"  {job_name} [{label}]: {status} in {time.perf_counter() - t0:.1f} s (run {result.run_id[:8]})")
@@ -244,6 +280,53 @@ def run_demo(
         stack.close()
         if mirror is not None:
             mirror.stop()
+
+
+def run_ui(dagster_home: str | None = None, extra_args: Sequence[str] = (), *, log=print) -> int:
+    """``rasteret-pipelines ui``: the Dagster UI (``dg dev``) on the kept instance, on the demo.
+
+    The demo is selected explicitly for ``dg dev`` and every run it starts (``RASTERET_STAC_URL=demo``
+    unless set); with it selected, this folder's mirror is served from this process while ``dg dev``
+    runs (reused when it already runs elsewhere) and stopped when ``dg dev`` exits.
+
+    Returns:
+        ``dg dev``'s exit status.
+    """
+    import subprocess
+
+    from rasteret_pipelines.defs.instance_home import dagster_ui_command, prepare_dagster_home
+    from rasteret_pipelines.defs.settings import DEFAULT_DEMO_PORT, Settings
+
+    home = prepare_dagster_home(dagster_home)
+    argv, env, cwd = dagster_ui_command(home, demo_environment(os.environ), extra_args)
+    settings = Settings.from_env(env)
+    mirror = None
+    if settings.uses_demo:
+        mirror, _url = start_mirror(
+            settings.demo_dir,
+            settings.demo_port,
+            months=settings.demo_months,
+            default_port=DEFAULT_DEMO_PORT,
+            log=log,
+        )
+    try:
+        # dg dev in its own session: a signal to this command (Ctrl-C, SIGTERM, a closed terminal)
+        # reaches dg dev once, through this command, as the SIGINT on which dg dev shuts its
+        # webserver and daemon down; the mirror stops after dg dev has exited
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
+        forwarded = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                forwarded[sig] = signal.signal(sig, lambda *_: proc.send_signal(signal.SIGINT))
+        try:
+            return proc.wait()
+        finally:
+            for sig, handler in forwarded.items():
+                signal.signal(sig, handler)
+    finally:
+        if mirror is not None:
+            mirror.stop()
+            log("stopped the demo mirror")
 
 
 def dagster_dev_command(home: Path, settings) -> str:

@@ -1,14 +1,15 @@
 """The offline demo mirror: the demo world written once and served on 127.0.0.1.
 
-The demo command (:mod:`rasteret_pipelines_demo.demo`), the Dagster resources (which start a mirror on
-demand when a run needs it) and the tests all call these functions; this module imports neither
-the Dagster layer nor the demo command, so neither depends on the other.
+The demo and ``ui`` commands (:mod:`rasteret_pipelines_demo.demo`) start and stop the mirror; the
+Dagster resources only look for it (:func:`running_mirror_url`, :func:`port_state`) and never start
+one. This module imports neither the Dagster layer nor the demo command, so neither depends on the
+other.
 
 The mirror listens on two consecutive ports (STAC API on ``port``, COGs on ``port + 1``);
 :func:`free_port_pair` finds such a pair for tests and benchmarks.
 
 ``python -m rasteret_pipelines_demo.demo_mirror serve --demo-dir D --port P`` serves a world in
-the foreground (the detached mirror that :func:`demo_stac_url` starts runs this).
+the foreground, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import random
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -34,19 +33,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rasteret_pipelines.errors import StacApiError
+from rasteret_pipelines.errors import LocalServerDownError, StacApiError
 
 DEMO_TITLE = "rasteret-pipelines demo mirror (Sentinel-2 L2A, MGRS 43PGQ)"
 """Title of the demo STAC API's landing page; identifies a running mirror."""
 WORLD_FILE = "world.json"
 WORLD_VERSION = 1
-IDLE_TIMEOUT = 3600.0
+IDLE_TIMEOUT = 0.0
+"""Seconds without a request after which ``serve`` exits (0: never)."""
 MIRROR_KEY = "rasteret:demo_mirror"
 """Landing-page field naming what a mirror serves: ``{"id": mirror_identity, "demo_dir": path}``."""
 PORT_FILE = "mirror.json"
 """In the demo folder: the port its mirror last used (``{"port": P}``), for later runs to find it."""
-
-log = logging.getLogger(__name__)
 
 
 # --- the demo world ---------------------------------------------------------------------------
@@ -416,63 +414,54 @@ def choose_mirror_port(
     )
 
 
-def demo_stac_url(
+def running_mirror_url(demo_dir: str | os.PathLike, port: int, *, default_port: int | None = None) -> str:
+    """URL of ``demo_dir``'s demo STAC API, which must be running: nothing is started here.
+
+    Only a mirror that serves this folder counts (:func:`choose_mirror_port`: the recorded port,
+    or ``port``); another checkout's mirror on ``port`` does not.
+
+    Args:
+        port: The preferred port (``RASTERET_DEMO_PORT``).
+        default_port: The default of that setting (see :func:`choose_mirror_port`).
+
+    Raises:
+        LocalServerDownError: this folder's mirror is not running; the message says how to start it.
+    """
+    folder = Path(demo_dir).expanduser().absolute()
+    state, note = choose_mirror_port(demo_dir, port, default=default_port)
+    if state.kind == "ours":
+        return state.url
+    raise LocalServerDownError(
+        f"the offline demo mirror of {folder} is not running (its STAC API would be {state.url}): "
+        f"{START_HINT}" + (f". {note}" if note else "")
+    )
+
+
+START_HINT = (
+    "start it with `rasteret-pipelines demo --serve` (it serves until Ctrl-C) or run the Dagster UI on "
+    "the demo with `rasteret-pipelines ui` (it serves the mirror while the UI runs)"
+)
+"""How to start the demo mirror, for the errors of whoever finds it down."""
+
+
+def start_mirror(
     demo_dir: str | os.PathLike,
     port: int,
     *,
     months: Sequence[str] = ("2024-01", "2024-02", "2024-03"),
-    start: bool = True,
-    wait: float = 60.0,
     default_port: int | None = None,
-    say=None,
-) -> str:
-    """URL of ``demo_dir``'s demo STAC API, starting a detached mirror if none is running.
+    log=print,
+) -> tuple[DemoMirror | None, str]:
+    """Write ``demo_dir``'s world if needed and serve it from this process (:func:`open_mirror`).
 
-    Only a mirror that serves this folder is reused (:func:`choose_mirror_port`): another
-    checkout's mirror on ``port`` is left alone and this folder's mirror starts on a free pair,
-    recorded in the folder's :data:`PORT_FILE`. The detached mirror
-    (``python -m rasteret_pipelines_demo.demo_mirror serve``) writes its log to
-    ``<demo_dir>/mirror.log`` and exits after an hour without requests.
+    For the commands and notebooks that own the mirror: it runs in background threads of the
+    caller and stops with :meth:`DemoMirror.stop` or when the process ends.
 
-    Args:
-        port: The preferred port (``RASTERET_DEMO_PORT``).
-        default_port: The default of that setting: a ``port`` other than it (or any ``port``
-            when None) wins over the recorded port.
-        say: Where a line saying which mirror is used goes (default: this module's logger).
-
-    Raises:
-        StacApiError: the mirror is not running and ``start`` is False, or it did not come up
-            within ``wait`` seconds.
+    Returns:
+        ``(mirror started here, or None when this folder's mirror already runs; STAC API URL)``.
     """
-    say = say or log.warning
-    folder = Path(demo_dir).expanduser().absolute()
-    if start:
-        prepare_world(demo_dir, months, log=None)  # its token is part of the mirror's identity
-    with _locked(folder, ".mirror.lock") if folder.exists() else contextlib.nullcontext():
-        state, note = choose_mirror_port(demo_dir, port, default=default_port)
-        if state.kind == "ours":
-            return state.url
-        if not start:
-            raise StacApiError(
-                f"the offline demo STAC API of {folder} is not running (its port would be {state.port}); run a "
-                "partition (it starts the mirror) or `rasteret-pipelines demo --serve`" + (f". {note}" if note else "")
-            )
-        proc = spawn_demo_mirror(demo_dir, state.port, months)
-        record_port(demo_dir, state.port)
-        url = state.url
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if probe_demo_mirror(url, demo_dir=demo_dir):
-                break
-            if proc.poll() is not None:
-                raise StacApiError(f"the demo mirror could not start on {url}; see {folder / 'mirror.log'}")
-            time.sleep(0.2)
-        else:
-            raise StacApiError(
-                f"the demo mirror did not answer at {url} within {wait:.0f} s; see {folder / 'mirror.log'}"
-            )
-    say(f"started the demo mirror of {folder} at {url}" + (f" ({note})" if note else ""))
-    return url
+    prepare_world(demo_dir, months, log=log)
+    return open_mirror(demo_dir, port, default=default_port, log=log)
 
 
 def open_mirror(
@@ -497,39 +486,6 @@ def open_mirror(
         log(note)
     log(f"demo mirror of {folder}: STAC API {mirror.stac_url}, COGs {mirror.cog_url}")
     return mirror, mirror.stac_url
-
-
-def spawn_demo_mirror(
-    demo_dir: str | os.PathLike,
-    port: int,
-    months: Sequence[str] = ("2024-01", "2024-02", "2024-03"),
-    idle_timeout: float = IDLE_TIMEOUT,
-) -> subprocess.Popen:
-    """Start ``python -m rasteret_pipelines_demo.demo_mirror serve`` detached (own session); returns it at once.
-
-    The world is written first (in this process) if needed; the mirror's output goes to
-    ``<demo_dir>/mirror.log``.
-    """
-    prepare_world(demo_dir, months, log=None)
-    folder = Path(demo_dir).absolute()
-    cmd = [
-        sys.executable,
-        "-m",
-        "rasteret_pipelines_demo.demo_mirror",
-        "serve",
-        "--demo-dir",
-        str(folder),
-        "--port",
-        str(port),
-        "--months",
-        ",".join(months),
-        "--idle-timeout",
-        str(idle_timeout),
-    ]
-    with open(folder / "mirror.log", "ab") as log:
-        return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
-        )
 
 
 def serve(demo_dir: str | os.PathLike, port: int, months: Sequence[str], idle_timeout: float = IDLE_TIMEOUT) -> int:
@@ -562,7 +518,7 @@ def serve(demo_dir: str | os.PathLike, port: int, months: Sequence[str], idle_ti
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rasteret_pipelines_demo.demo_mirror serve ...``: the detached demo mirror."""
+    """``python -m rasteret_pipelines_demo.demo_mirror serve ...``: the demo mirror in the foreground."""
     parser = argparse.ArgumentParser(prog="python -m rasteret_pipelines_demo.demo_mirror")
     sub = parser.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("serve", help="serve the demo world on 127.0.0.1")

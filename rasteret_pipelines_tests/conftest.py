@@ -39,7 +39,7 @@ SLOW: dict[str, str] = {
     "defs/test_automation.py": "sensors, schedules and automation ticks over Dagster runs on the demo world",
     "defs/test_bad_input.py": "Dagster runs that fail on purpose, on the demo world and moto",
     "defs/test_dagster_dev.py": "starts `dagster dev` (webserver and daemons) on PostgreSQL and backfills through the queue",
-    "defs/test_demo.py": "runs the demo command, its detached mirror and `rasteret-pipelines ui` in subprocesses",
+    "defs/test_demo.py": "runs the demo command and `rasteret-pipelines ui` (dg dev and the mirror it serves)",
     "defs/test_deprecations.py": "runs every job of the project and a schedule tick on the demo world, recording warnings",
     "defs/test_fields.py::test_5000_new_fields_become_requests_for_the_changed_groups_only": "5000 fields: collections runs and field-sensor ticks over them",
     "defs/test_fields.py::test_checks_are_declared_once_and_no_check_step_is_skipped": "collections and statistics runs over two months on the demo world",

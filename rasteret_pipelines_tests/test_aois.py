@@ -50,21 +50,24 @@ def test_geoparquet_in_utm_is_reprojected(tmp_path):
     "data, message",
     [
         (geojson(), "contains no areas of interest"),
-        (geojson(feature({"name": "x"})), "feature 1 has no id"),
-        (geojson(feature({"id": "a"}), feature({"id": "a"})), "duplicate id 'a' (features 1 and 2)"),
-        (geojson(feature({"id": "a/b"})), "feature 1 has id 'a/b'"),
+        (geojson(feature({"name": "x"})), "row 1: no id"),
+        (geojson(feature({"id": "a"}), feature({"id": "a"})), "row 1 (id 'a'): duplicate id 'a' (rows 1, 2)"),
+        (geojson(feature({"id": "a/b"})), "row 1 (id 'a/b'): id 'a/b' is not a safe name"),
         (
             geojson(
                 feature({"id": "bow"}, shapely.geometry.Polygon([(77.5, 13), (77.6, 13.1), (77.6, 13), (77.5, 13.1)]))
             ),
-            "geometry bow is invalid: Self-intersection",
+            "row 1 (id 'bow'): invalid geometry: Self-intersection",
         ),
-        (geojson(feature({"id": "pt"}, shapely.geometry.Point(77.5, 13))), "geometry pt is a Point"),
-        (geojson(feature({"id": "none"}, None)), "AOI none (feature 1) has no geometry"),
+        (
+            geojson(feature({"id": "pt"}, shapely.geometry.Point(77.5, 13))),
+            "row 1 (id 'pt'): geometry is a Point, not a Polygon",
+        ),
+        (geojson(feature({"id": "none"}, None)), "row 1 (id 'none'): no geometry"),
         # UTM metres written as if they were GeoJSON longitude/latitude: the wrong CRS
         (
             geojson(feature({"id": "utm"}, shapely.geometry.box(776510, 1439620, 779860, 1447410))),
-            "geometry utm has bounds",
+            "row 1 (id 'utm'): coordinates (776510.0, 1439620.0, 779860.0, 1447410.0) are not longitude/latitude",
         ),
         (b"not json at all", "is neither GeoJSON nor GeoParquet"),
         (json.dumps({"type": "Topology"}).encode(), "is not a GeoJSON FeatureCollection"),
@@ -79,7 +82,7 @@ def test_malformed_files_name_the_fault(data, message):
 def test_wrong_declared_crs_is_caught():
     """Degrees declared as UTM (legacy GeoJSON crs member) land far outside lon/lat."""
     data = geojson(feature({"id": "a"}), crs={"type": "name", "properties": {"name": "EPSG:32643"}})
-    with pytest.raises(AoiFileError, match="AOI a lies outside the area of use of its CRS EPSG:32643"):
+    with pytest.raises(AoiFileError, match=r"row 1 \(id 'a'\): lies outside the area of use of its CRS EPSG:32643"):
         parse_aois(data)
 
 
@@ -113,3 +116,39 @@ def test_aoi_parsing_is_library_code_without_dagster():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_lenient_aois_leave_bad_geometries_out_and_raise_on_bad_ids():
+    bow = shapely.geometry.Polygon([(77.5, 13), (77.6, 13.1), (77.6, 13), (77.5, 13.1)])
+    data = geojson(
+        feature({"id": "ok"}), feature({"id": "bow"}, bow), feature({"id": "pt"}, shapely.geometry.Point(77.5, 13))
+    )
+    with pytest.raises(AoiFileError, match="invalid geometry"):
+        parse_aois(data, "aois.geojson")
+    aois = parse_aois(data, "aois.geojson", lenient=True)
+    assert aois.ids == ["ok"]
+    assert sorted(aois.invalid) == ["bow", "pt"]
+    assert "row 2 (id 'bow'): invalid geometry: Self-intersection" in aois.invalid["bow"]
+    assert "aois.geojson" in aois.invalid["pt"] and "is a Point" in aois.invalid["pt"]
+    with pytest.raises(AoiFileError, match=r"row 1 \(id 'ok'\): duplicate id 'ok' \(rows 1, 2\)"):
+        parse_aois(geojson(feature({"id": "ok"}), feature({"id": "ok"})), "aois.geojson", lenient=True)
+    with pytest.raises(AoiFileError, match="no usable AOI is left"):
+        parse_aois(geojson(feature({"id": "bow"}, bow)), "aois.geojson", lenient=True)
+
+
+def test_one_row_checker_with_strict_and_lenient_modes():
+    """The AOI file and the field file share ``check_rows``: the same rows give the same reasons,
+    raised (strict) or listed (lenient)."""
+    from rasteret_pipelines.aois import FAULTS, check_rows, read_rows
+    from rasteret_pipelines.fields import parse_fields
+
+    data = geojson(feature({"id": "ok"}), feature({"name": "no id"}), feature({"id": "g", "group": "a/b"}))
+    rows = read_rows(data, "f.geojson")
+    lenient = check_rows(rows, "f.geojson", skip=FAULTS)
+    assert list(lenient.frame.index) == ["ok"]
+    assert lenient.skipped == {"row 2": "no id", "row 3 (id 'g')": "group 'a/b' is not a safe name"}
+    assert parse_fields(data, "f.geojson").skipped == lenient.skipped
+    with pytest.raises(AoiFileError, match="f.geojson: row 2: no id"):
+        check_rows(rows, "f.geojson", skip=())
+    with pytest.raises(AoiFileError, match=r"row 3 \(id 'g'\): group 'a/b' is not a safe name"):
+        check_rows(rows, "f.geojson", skip=("id",))

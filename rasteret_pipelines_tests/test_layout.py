@@ -13,7 +13,7 @@ The layers (see ARCHITECTURE.md):
   jobs, so it (and only it) imports ``dagster`` and ``rasteret_pipelines.defs``;
 * ``cli.py`` imports the demo command lazily, inside ``rasteret-pipelines demo``;
 * inside the core library the layers import downwards only: ``cog`` < ``collections`` <
-  ``reading`` (with ``aois.py``) < ``products`` < ``api``, all above ``errors``, ``redaction``,
+  ``reading`` (with ``aois.py`` and ``fields.py``) < ``products`` < ``api``, all above ``errors``, ``redaction``,
   ``hrefs`` and ``storage``.
 """
 
@@ -115,9 +115,9 @@ def test_core_library_imports_neither_dagster_nor_the_demo_package():
 def test_dagster_layer_does_not_import_the_demo_command():
     layer = [*(PACKAGE / "defs").rglob("*.py"), PACKAGE / "definitions.py"]
     assert offenders(layer, DEMO_COMMAND) == []
-    # what it may use: the demo mirror, lazily, for the "demo" STAC setting
+    # what it may use: the demo mirror, lazily, to find it (never to start it) for the "demo" STAC setting
     uses = imported_modules(layer)["rasteret_pipelines/defs/resources.py"]
-    assert "rasteret_pipelines_demo.demo_mirror.demo_stac_url" in uses
+    assert "rasteret_pipelines_demo.demo_mirror.running_mirror_url" in uses
 
 
 def test_demo_package_is_independent_of_dagster_except_the_demo_command():
@@ -168,8 +168,8 @@ def test_the_scan_sees_lazy_imports(tmp_path):
 LAYERS = ("cog", "collections", "reading", "products", "api")
 """The core library's layers, bottom up (ARCHITECTURE.md): each imports only from its own layer
 and the ones before it."""
-LAYER_OF = {"aois": "reading"}
-"""Top-level modules that belong to a layer: AOI files become the reading layer's geometries."""
+LAYER_OF = {"aois": "reading", "fields": "reading"}
+"""Top-level modules that belong to a layer: AOI and field files become the reading layer's geometries."""
 BASE = ("errors", "redaction", "hrefs", "storage")
 """Below every layer (errors, redaction, the href policy, atomic storage): they import only each other."""
 
@@ -204,7 +204,12 @@ def layer_violations(paths: list[Path], root: Path = REPO, package: str = "raste
 
 def test_library_layers_import_only_downwards():
     core = core_modules()
-    assert {_layer(".".join(_module_name(p, REPO)), "rasteret_pipelines") for p in core} == {None, "base", *LAYERS}
+    layers = {
+        p.relative_to(REPO).as_posix(): _layer(".".join(_module_name(p, REPO)), "rasteret_pipelines") for p in core
+    }
+    # Every module has a place in the order; only the package root (which exports every layer) has none.
+    assert sorted(path for path, layer in layers.items() if layer is None) == ["rasteret_pipelines/__init__.py"]
+    assert set(layers.values()) == {None, "base", *LAYERS}
     assert layer_violations(core) == []
 
 

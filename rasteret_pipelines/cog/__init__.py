@@ -8,7 +8,7 @@ Synchronous API::
 
 Each ``*_async`` twin does the same inside a running event loop. Bytes come through a
 :class:`ByteReader` (``get_bytes`` / ``get_byte_ranges``): by default a :class:`DefaultReader`
-built from ``config=`` (a :class:`FetchConfig`: concurrency, retries, S3 options), i.e. aiohttp
+built from ``config=`` (a :class:`FetchConfig`: concurrency, retries by its :class:`RetryPolicy`, S3 options), i.e. aiohttp
 for ``http(s)://`` and ``s3://`` and ``pread`` for local paths. Pass ``reader=`` to read from
 elsewhere, e.g. a :class:`MemoryReader` holding ``{href: bytes}``::
 
@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rasteret_pipelines.cog.fetch import DefaultReader, FetchConfig, FetchStats, RangeFetcher
+from rasteret_pipelines.cog.config import FetchConfig, RetryPolicy
+from rasteret_pipelines.cog.fetch import DefaultReader, FetchStats, RangeFetcher
 from rasteret_pipelines.cog.header import CogHeader, ImageLevel
 from rasteret_pipelines.cog.http import HttpReader
 from rasteret_pipelines.cog.read import fetch_header, fetch_headers, fetch_windows
@@ -54,6 +55,7 @@ __all__ = [
     "ObjectVersion",
     "RangeFetcher",
     "RangeResponse",
+    "RetryPolicy",
     "read_header",
     "read_header_async",
     "read_headers",

@@ -547,7 +547,8 @@ def _decode_bytes(level: ImageLevel, byte_order: str, data: bytes, samples: int,
             arr = imagecodecs.delta_decode(as_int.astype(as_int.dtype.newbyteorder("=")), axis=-2)
             return arr.view(np.dtype(level.dtype))
         arr = arr.astype(file_dtype.newbyteorder("="), copy=False)
-        return imagecodecs.delta_decode(arr, axis=-2)
+        # In place when the decompressor's buffer is ours: no second block-sized array.
+        return imagecodecs.delta_decode(arr, axis=-2, out=arr if arr.flags.writeable else None)
     if level.predictor == 3:
         return imagecodecs.floatpred_decode(arr, axis=-2).astype(np.dtype(level.dtype), copy=False)
     return arr.astype(file_dtype.newbyteorder("="), copy=False)

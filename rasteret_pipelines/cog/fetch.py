@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rasteret_pipelines.cog.config import FetchConfig
 from rasteret_pipelines.cog.http import HttpReader
 from rasteret_pipelines.cog.reader import (
     ByteReader,
@@ -41,52 +42,6 @@ __all__ = [
     "RangeResponse",
     "check_version",
 ]
-
-
-@dataclass(frozen=True)
-class FetchConfig:
-    """How reads talk to storage. Defaults suit public S3/HTTPS buckets from one machine."""
-
-    max_concurrency: int = 64
-    """Requests in flight at once (also the connection pool size)."""
-    max_retries: int = 5
-    """Retries of one range after a transient fault, before :class:`FetchError`."""
-    backoff_base: float = 0.1
-    """First backoff in seconds; doubles per retry, with full jitter."""
-    backoff_max: float = 5.0
-    """Cap of one backoff sleep in seconds."""
-    connect_timeout: float = 10.0
-    """Seconds to open a connection."""
-    read_timeout: float = 30.0
-    """Deadline in seconds of one request attempt, redirects and body included."""
-    idle_timeout: float = 5.0
-    """Seconds without receiving a byte (waiting for the status line or inside the body)
-    before the attempt is abandoned: a server that accepts and never answers."""
-    timeout_retries: int = 1
-    """Retries of a range after timed-out attempts (a silent server rarely wakes up): with the
-    defaults a silent server fails after about 2 x 5 s instead of 6 x 60 s."""
-    max_redirects: int = 5
-    """HTTP redirects followed per attempt (credential headers never cross origins)."""
-    local_files: bool = True
-    """Let the default reader read local paths and ``file://`` hrefs. True for the engine called
-    on a path; the indexer and the geometry reader turn it off unless the collection opted in (``allow_local_hrefs``)."""
-    max_read_memory: int | None = None
-    """Bytes a geometry read may allocate, estimated before any request; None means the
-    ``RASTERET_MAX_READ_MEMORY`` environment variable, else 75% of physical memory."""
-    header_read_bytes: int = 65536
-    """Bytes asked for in the first header request (covers GDAL COG headers of large scenes)."""
-    coalesce_gap: int = 256 * 1024
-    """Blocks whose gap in the file is at most this many bytes are fetched in one request."""
-    max_request_bytes: int = 32 * 1024 * 1024
-    """A coalesced request is not grown past this size (keeps requests parallel)."""
-    requester_pays: bool = False
-    """Send ``x-amz-request-payer: requester`` on ``s3://`` reads (Landsat on S3)."""
-    aws_region: str | None = None
-    """Region of ``s3://`` buckets; defaults to the AWS configuration, then us-west-2."""
-    aws_unsigned: bool = False
-    """Read ``s3://`` objects anonymously (public buckets) instead of signing."""
-    decode_threads: int | None = None
-    """Threads decoding blocks; None means one per CPU."""
 
 
 @dataclass

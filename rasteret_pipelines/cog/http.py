@@ -2,7 +2,9 @@
 
 :class:`HttpReader` is a :class:`~rasteret_pipelines.cog.reader.ByteReader`. It holds one aiohttp
 session (connections are reused), bounds concurrency with a semaphore, and retries transient
-faults (5xx, 429, resets, truncated bodies) with capped exponential backoff and full jitter.
+faults (5xx, 429, resets, truncated bodies) by the library's one
+:class:`~rasteret_pipelines.cog.config.RetryPolicy` (``FetchConfig.retry_policy``): capped exponential
+backoff with full jitter, a server's ``Retry-After`` honoured.
 
 Credentials come from botocore's standard chain and only ever live in request headers: they
 are never logged, stored in a header, or put in an error message. Redirects are followed here,
@@ -21,29 +23,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import quote, urlparse
 
 import aiohttp
 from yarl import URL
 
+from rasteret_pipelines.cog.config import FetchConfig
 from rasteret_pipelines.cog.reader import ObjectVersion, RangeResponse, gather_ranges
 from rasteret_pipelines.errors import CogNotFoundError, FetchError
 from rasteret_pipelines.hrefs import check_href
-
-if TYPE_CHECKING:
-    from rasteret_pipelines.cog.fetch import FetchConfig
 
 __all__ = ["CREDENTIAL_HEADERS", "HttpReader", "strip_credentials"]
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 """Headers dropped on a redirect to another origin, with every ``x-amz-*`` header."""
@@ -99,7 +96,7 @@ class HttpReader:
 
     Args:
         config: Retries, timeouts, concurrency and S3 options
-            (:class:`~rasteret_pipelines.cog.fetch.FetchConfig`); defaults when None.
+            (:class:`~rasteret_pipelines.cog.config.FetchConfig`); defaults when None.
 
     Attributes:
         retries: Attempts repeated after a transient fault, over the reader's life.
@@ -110,16 +107,13 @@ class HttpReader:
     """
 
     def __init__(self, config: FetchConfig | None = None):
-        if config is None:
-            from rasteret_pipelines.cog.fetch import FetchConfig
-
-            config = FetchConfig()
-        self.config = config
+        self.config = config if config is not None else FetchConfig()
+        self.retry_policy = self.config.retry_policy
+        """The retry policy applied to every range (from ``config``)."""
         self.retries = 0
         self._session: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._rng = random.Random()
 
     async def __aenter__(self) -> HttpReader:
         return self
@@ -181,15 +175,18 @@ class HttpReader:
         scheme = href.split("://", 1)[0].lower()
         want = end - start
         last_error = "no attempt made"
-        attempts = self.config.max_retries + 1
+        policy = self.retry_policy
+        attempts = policy.max_retries + 1
         region_redirects = 0
         timeouts = 0
         attempt = 0
+        retry_after: str | None = None
         while attempt < attempts:
             if attempt:
                 self.retries += 1
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(policy.delay(attempt, retry_after))
             attempt += 1
+            retry_after = None
             url, headers = self._request(href, scheme, start, end)
             try:
                 async with self._sem:
@@ -199,7 +196,7 @@ class HttpReader:
                 last_error = _describe(exc)
                 if isinstance(exc, asyncio.TimeoutError):
                     timeouts += 1
-                    if timeouts > self.config.timeout_retries:
+                    if timeouts > policy.timeout_retries:
                         raise FetchError(
                             href,
                             f"bytes {start}-{end - 1}: no complete answer in {timeouts} attempts "
@@ -226,10 +223,8 @@ class HttpReader:
                 if scheme == "s3" and not self.config.requester_pays:
                     hint = "; requester-pays buckets need requester_pays=True"
                 raise FetchError(href, f"access denied (HTTP {status}){hint}")
-            if status in RETRY_STATUSES or status >= 500:
+            if policy.retries_status(status):
                 last_error = f"HTTP {status}"
-                if retry_after and retry_after.strip().isdigit():
-                    await asyncio.sleep(min(float(retry_after), self.config.backoff_max))
                 continue
             if status in REDIRECT_STATUSES:
                 raise FetchError(
@@ -275,10 +270,6 @@ class HttpReader:
                 headers = strip_credentials(headers)
             url = target
             hops += 1
-
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self.config.backoff_max, self.config.backoff_base * (2 ** (attempt - 1)))
-        return self._rng.uniform(0, cap)
 
     def _request(self, href: str, scheme: str, start: int, end: int) -> tuple[URL | str, dict]:
         headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}

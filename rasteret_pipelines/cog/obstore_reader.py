@@ -1,15 +1,21 @@
-"""A :class:`~rasteret_pipelines.cog.reader.ByteReader` over `obstore <https://developmentseed.org/obstore/>`_.
+"""A :class:`~rasteret_pipelines.cog.reader.ByteReader` over `obstore <https://developmentseed.org/obstore/>`_:
+an optional plug-in for stores the default reader does not speak.
 
-obstore (Rust's ``object_store``) reads S3, GCS, Azure, HTTP, local and in-memory stores with
-one API. :class:`ObstoreReader` maps hrefs to stores by prefix: an href starting with a
-registered prefix is read from that store, at the path that follows the prefix::
+The project's own S3 traffic has one client family, botocore + aiohttp: COG reads through
+:class:`~rasteret_pipelines.cog.http.HttpReader`, storage through s3fs
+(:mod:`rasteret_pipelines.storage`); none of it goes through this module. Use it for stores we
+don't speak, such as Google Cloud Storage or Azure Blob Storage with their own credentials
+(obstore, Rust's ``object_store``, speaks both), passed as ``reader=`` to a read. Their hrefs
+are ``https://`` (the href policy, :mod:`rasteret_pipelines.hrefs`, reads no other remote
+scheme than ``http(s)://`` and ``s3://``). :class:`ObstoreReader` maps hrefs to stores by
+prefix: an href starting with a registered prefix is read from that store, at the path that
+follows it::
 
-    from obstore.store import S3Store
-    reader = ObstoreReader({"s3://sentinel-cogs/": S3Store("sentinel-cogs", region="us-west-2",
-                                                         skip_signature=True)})
+    from obstore.store import GCSStore
+    reader = ObstoreReader({"https://storage.googleapis.com/my-bucket/": GCSStore("my-bucket")})
     ds = read_geometries(collection, aois, ["red", "nir"], reader=reader)
 
-or, for one store, ``ObstoreReader.from_url("s3://sentinel-cogs/", region="us-west-2")``.
+or, for one store, ``ObstoreReader.from_url(url, **config)``.
 Every range is one ``obstore.get_async`` with a range option, so the answer carries the object's
 size, ETag and modification time, which the engine compares with the cached header's. Missing
 objects raise :class:`~rasteret_pipelines.errors.CogNotFoundError`, other store errors

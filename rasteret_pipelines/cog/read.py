@@ -181,13 +181,23 @@ def plan_spans(
     Returns:
         Spans per href, and for every request the set of blocks it needs.
     """
+    spans, needs, _ = _plan_spans(requests, overview, config)
+    return spans, needs
+
+
+def _plan_spans(requests, overview: int, config: FetchConfig):
+    """:func:`plan_spans`, plus every request's ``_window_blocks`` list (kept for assembling
+    the window, so the block arithmetic runs once per window)."""
     wanted: dict[_Block, tuple[int, int]] = {}
     needs: list[set[_Block]] = []
+    layouts: list[list] = []
     for header, window in requests:
         level = header.levels[overview]
         need: set[_Block] = set()
         needs.append(need)
-        for _, _, _, block in _window_blocks(header, level, overview, window):
+        layout = _window_blocks(header, level, overview, window)
+        layouts.append(layout)
+        for _, _, _, block in layout:
             if block in wanted:
                 need.add(block)
                 continue
@@ -230,7 +240,7 @@ def plan_spans(
             else:
                 out.append(_Span(offset, end, [(block, offset, count)]))
         spans[href] = out
-    return spans, needs
+    return spans, needs, layouts
 
 
 async def fetch_windows(
@@ -247,7 +257,7 @@ async def fetch_windows(
     """
     checked = [(h, validate_window(h, w, overview)) for h, w in requests]
     headers = {h.href: h for h, _ in checked}
-    spans, needs = plan_spans(checked, overview, fetcher.config)
+    spans, needs, layouts = _plan_spans(checked, overview, fetcher.config)
     loop = asyncio.get_running_loop()
     pool = decode_pool(fetcher.config.decode_threads)
     # Windows are assembled as soon as their last block is decoded, and a block is dropped
@@ -264,7 +274,8 @@ async def fetch_windows(
 
     def finish(i: int) -> None:
         header, window = checked[i]
-        array = _assemble(header, window, overview, decoded, *out_types[header.href])
+        array = _assemble(header, window, overview, decoded, *out_types[header.href], layouts[i])
+        layouts[i] = None
         for block in needs[i]:
             users_left = users[block]
             users_left.remove(i)
@@ -311,18 +322,25 @@ async def fetch_windows(
     return results  # type: ignore[return-value]
 
 
-def _assemble(header: CogHeader, window: Window, overview: int, decoded, dtype: np.dtype, fill) -> np.ndarray:
+def _assemble(
+    header: CogHeader, window: Window, overview: int, decoded, dtype: np.dtype, fill, layout=None
+) -> np.ndarray:
     """The window from its decoded blocks; ``dtype`` and ``fill`` are the header's (computed
-    once per file by the caller)."""
+    once per file by the caller), ``layout`` the window's ``_window_blocks`` when known."""
     level = header.levels[overview]
     col_off, row_off, width, height = window
     th, tw = level.tile_height, level.tile_width
-    found = [
-        (row, col, plane, decoded.get(block))
-        for row, col, plane, block in _window_blocks(header, level, overview, window)
-    ]
+    if layout is None:
+        layout = _window_blocks(header, level, overview, window)
+    found = [(row, col, plane, decoded.get(block)) for row, col, plane, block in layout]
     inside = col_off >= 0 and row_off >= 0 and col_off + width <= level.width and row_off + height <= level.height
     complete = inside and all(block is not None for *_, block in found)
+    if complete and len(found) == 1 and level.planar != 2:
+        # The window lies in one block (most small windows): one copy of its slice.
+        row, col, _, block = found[0]
+        by, bx = row * th, col * tw
+        if row_off + height <= by + block.shape[1] and block.dtype == dtype:
+            return block[:, row_off - by : row_off - by + height, col_off - bx : col_off - bx + width].copy()
     shape = (header.count, height, width)
     # Always initialised (never np.empty): pixels outside the image and in sparse blocks keep
     # the fill value (nodata, or 0). Zeros come from calloc, so the common case costs nothing.

@@ -15,8 +15,8 @@ Readers here: :class:`MemoryReader` (``{href: bytes}``, for tests and in-process
 :class:`~rasteret_pipelines.cog.http.HttpReader` (``http(s)://`` and SigV4-signed ``s3://``
 through aiohttp), and :class:`~rasteret_pipelines.cog.fetch.DefaultReader` (the href policy, then
 local or network) live beside them. Any object with the two methods is a reader:
-:class:`~rasteret_pipelines.cog.obstore_reader.ObstoreReader` (optional ``obstore`` extra) reads
-S3, GCS, Azure, HTTP and local stores through obstore with no change to the engine.
+:class:`~rasteret_pipelines.cog.obstore_reader.ObstoreReader` (optional ``obstore`` extra) is a
+plug-in for stores the default reader does not speak (GCS, Azure with their own credentials).
 
 Request accounting (requests, header requests, bytes) and version checks are done once, for
 every reader, by :class:`~rasteret_pipelines.cog.fetch.RangeFetcher`.

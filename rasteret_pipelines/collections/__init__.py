@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     )
     from rasteret_pipelines.collections.cloudmask import CloudMask, MaskedBits, MaskedClasses
     from rasteret_pipelines.collections.query import Collection, list_collections, load_collection
+    from rasteret_pipelines.collections.search import SearchSpec
     from rasteret_pipelines.collections.sources import (
         SOURCES,
         DataSource,
@@ -47,6 +48,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "collection_name",
         ],
         "query": ["Collection", "list_collections", "load_collection"],
+        "search": ["SearchSpec"],
         "cloudmask": ["CloudMask", "MaskedBits", "MaskedClasses"],
         "sources": [
             "DataSource",

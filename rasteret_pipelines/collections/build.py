@@ -46,18 +46,19 @@ from rasteret_pipelines.cog.read import fetch_header
 from rasteret_pipelines.collections import schema
 from rasteret_pipelines.collections.names import check_collection_name
 from rasteret_pipelines.collections.search import (
+    CheckedSearch,
     Month,
-    build_query,
-    check_bbox,
+    SearchSpec,
     check_date_range,
-    check_geometry,
     months_between,
     search_items,
+    with_keywords,
 )
 from rasteret_pipelines.collections.sources import DataSource, get_source
 from rasteret_pipelines.errors import (
     EmptySearchError,
     InconsistentCollectionError,
+    InvalidSearchError,
     RasteretError,
     UnsafeHrefError,
 )
@@ -166,39 +167,28 @@ def collection_name(custom_name: str, date_range, source: str | DataSource) -> s
 
 
 def build_collection(
-    source: str | DataSource,
+    source: str | DataSource | SearchSpec,
     name: str,
     workspace,
     *,
-    date_range,
-    bbox=None,
-    geometry=None,
-    bands=None,
-    cloud_cover_lt: float | None = None,
-    platform=None,
-    query: Mapping | None = None,
-    stac_url: str | None = None,
     fetch_config: FetchConfig | None = None,
     progress: bool | None = None,
     require_items: bool = False,
     allow_local_hrefs: bool = False,
     reader: ByteReader | None = None,
+    **search,
 ) -> BuildReport:
     """Search ``source`` and index every band header into ``workspace/name``, month by month.
 
     Args:
-        source: Source id or alias (see :data:`~rasteret_pipelines.collections.sources.SOURCES`).
+        source: Source id or alias (see :data:`~rasteret_pipelines.collections.sources.SOURCES`),
+            or the whole search as a :class:`~rasteret_pipelines.collections.search.SearchSpec`.
         name: Collection name (a folder under ``workspace``).
         workspace: Local folder or ``s3://bucket/prefix``.
-        date_range: ``(start, end)`` dates, inclusive.
-        bbox: ``(min lon, min lat, max lon, max lat)``.
-        geometry: Shapely geometry or GeoJSON (EPSG:4326) the items must intersect.
-        bands: Band codes or asset keys; None indexes every band of the source.
-        cloud_cover_lt: Keep items with ``eo:cloud_cover`` below this.
-        platform: ``"LANDSAT_8"``, a list, or a query object such as ``{"in": [...]}``.
-        query: Further STAC query-extension filters.
-        stac_url: STAC API root overriding the source's default and the environment.
-        fetch_config: Transport settings for header reads.
+        search: The other fields of :class:`~rasteret_pipelines.collections.search.SearchSpec`
+            as keywords: ``date_range`` (``(start, end)`` dates, inclusive; needed), ``bbox``,
+            ``geometry``, ``bands``, ``cloud_cover_lt``, ``platform``, ``query``, ``stac_url``.
+        fetch_config: Transport settings for header reads and the retries of the STAC search.
         progress: Show a progress bar (default: when stderr is a terminal).
         require_items: Refuse to create a collection the search finds no item for
             (:class:`EmptySearchError`) instead of writing empty months.
@@ -214,17 +204,16 @@ def build_collection(
 
     Raises:
         EmptySearchError: ``require_items`` and the collection is new and the search found nothing.
+        InvalidSearchError: a search keyword that is unknown, not valid, or also in the spec
+            with another value (before any request).
 
     A new collection whose build fails (or finds nothing with ``require_items``) is removed:
     no half-built collection is left for later runs to trip on.
     """
-    src = get_source(source)
-    keys = src.resolve_bands(bands)
-    start, end = check_date_range(date_range, src)
-    bbox = check_bbox(bbox)
-    geom = check_geometry(geometry)
+    spec = source if isinstance(source, SearchSpec) else SearchSpec(source, search.pop("date_range", None))
+    checked = with_keywords(spec, search, InvalidSearchError, "build_collection").checked()
+    src, start, end = checked.source, checked.start, checked.end
     check_collection_name(name)
-    search_query = build_query(cloud_cover_lt, platform, query)
     config = replace(fetch_config or FetchConfig(), requester_pays=src.requester_pays, local_files=allow_local_hrefs)
     store = Storage.from_uri(workspace)
     manifest = store.read_json(name, MANIFEST) if store.exists(name, MANIFEST) else {}
@@ -238,18 +227,14 @@ def build_collection(
         for month in months_between(start, end):
             if month.end < dt.date.fromisoformat(src.start_date):
                 continue
-            report.months.append(
-                _build_and_write_month(
-                    src, keys, store, name, month, stac_url, bbox, geom, search_query, config, progress, reader
-                )
-            )
+            report.months.append(_build_and_write_month(checked, store, name, month, config, progress, reader))
         if require_items and new and report.items == 0:
             raise EmptySearchError(
-                f"the {src.id} search at {src.effective_stac_url(stac_url)} found no items for "
+                f"the {src.id} search at {checked.stac_url} found no items for "
                 f"{start}..{end}"
-                + (f" in bbox {list(bbox)}" if bbox is not None else "")
-                + (" intersecting the geometry" if geom is not None else "")
-                + (f" with {search_query}" if search_query else "")
+                + (f" in bbox {list(checked.bbox)}" if checked.bbox is not None else "")
+                + (" intersecting the geometry" if checked.geometry is not None else "")
+                + (f" with {checked.stac_query}" if checked.stac_query else "")
                 + f"; collection {name!r} was not created"
             )
         empty = [m.month for m in report.months if m.items == 0]
@@ -262,21 +247,7 @@ def build_collection(
                 "an empty month" if len(empty) == 1 else "empty months",
             )
         manifest = {**manifest, "allow_local_hrefs": bool(allow_local_hrefs)}
-        _write_manifest(
-            store,
-            name,
-            manifest,
-            src,
-            keys,
-            (start, end),
-            bbox,
-            geom,
-            cloud_cover_lt,
-            platform,
-            query,
-            stac_url,
-            report,
-        )
+        _write_manifest(store, name, manifest, checked, report)
     except BaseException as exc:
         if new:
             _remove_new_months(store, name, [m.month for m in report.months], quiet=isinstance(exc, EmptySearchError))
@@ -299,10 +270,19 @@ def _remove_new_months(store: Storage, name: str, months: Sequence[str], *, quie
 
 
 def _build_and_write_month(
-    src, keys, store, name, month: Month, stac_url, bbox, geom, search_query, config, progress, reader=None
+    search: CheckedSearch, store, name, month: Month, config, progress, reader=None
 ) -> MonthReport:
     t0 = time.perf_counter()
-    items = search_items(src, month, stac_url=stac_url, bbox=bbox, geometry=geom, query=search_query)
+    src, keys = search.source, search.keys
+    items = search_items(
+        src,
+        month,
+        stac_url=search.spec.stac_url,
+        bbox=search.bbox,
+        geometry=search.geometry,
+        query=search.stac_query,
+        retry=config.retry_policy,
+    )
     previous = _previous_headers(store, name, month.key, keys)
     month_report, table = run_sync(_build_month(src, keys, items, previous, config, month, name, progress, reader))
     month_report.path = write_month(store, table, name, month.key)
@@ -537,12 +517,12 @@ def _previous_headers(
     if not store.exists(name, f"month={month}", MONTH_FILE):
         return {}
     path = store.path(name, f"month={month}", MONTH_FILE)
-    available = set(pq.read_schema(path, filesystem=store.fs).names)
+    available = set(pq.read_schema(path, filesystem=store.arrow_fs).names)
     out: dict = {}
     bands = [b for b in keys if schema.band_columns(b)[1] in available]
     stamps = [c for c in ("updated", "created") if c in available]
     columns = ["id"] + stamps + [c for b in bands for c in schema.band_columns(b)[:2]]
-    table = pq.read_table(path, columns=columns, filesystem=store.fs)
+    table = pq.read_table(path, columns=columns, filesystem=store.arrow_fs)
     ids = table.column("id").to_pylist()
     updated = [None] * table.num_rows
     for column in reversed(stamps):  # updated wins over created
@@ -567,21 +547,9 @@ def _warnings_by_band(notes: Sequence[GeoreferenceNote]) -> dict[str, list[dict[
     return out
 
 
-def _write_manifest(
-    store,
-    name,
-    manifest,
-    src,
-    keys,
-    date_range,
-    bbox,
-    geom,
-    cloud_cover_lt,
-    platform,
-    query,
-    stac_url,
-    report: BuildReport,
-) -> None:
+def _write_manifest(store, name, manifest, search: CheckedSearch, report: BuildReport) -> None:
+    src, keys, spec = search.source, search.keys, search.spec
+    bbox, geom, date_range = search.bbox, search.geometry, (search.start, search.end)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = dict(manifest)
     months = dict(manifest.get("months") or {})
@@ -602,7 +570,7 @@ def _write_manifest(
             "name": name,
             "format": FORMAT,
             "data_source": src.id,
-            "stac_url": src.effective_stac_url(stac_url),
+            "stac_url": search.stac_url,
             "bands": sorted(set(manifest.get("bands") or []) | set(keys)),
             "bbox": list(bbox) if bbox is not None else manifest.get("bbox"),
             "geometry": shapely.geometry.mapping(geom) if geom is not None else manifest.get("geometry"),
@@ -610,7 +578,7 @@ def _write_manifest(
                 min(old_range[0], date_range[0].isoformat()),
                 max(old_range[1], date_range[1].isoformat()),
             ],
-            "filters": {"cloud_cover_lt": cloud_cover_lt, "platform": platform, "query": query},
+            "filters": {"cloud_cover_lt": spec.cloud_cover_lt, "platform": spec.platform, "query": spec.query},
             "months": dict(sorted(months.items())),
             "size": sum(v["items"] for v in months.values()),
             "headers_without_version": sum(v.get("headers_without_version", 0) for v in months.values()),

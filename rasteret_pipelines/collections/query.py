@@ -94,7 +94,7 @@ class Collection:
         """
         out = []
         for f in self.files:
-            md = pq.read_metadata(f, filesystem=self.storage.fs)
+            md = pq.read_metadata(f, filesystem=self.storage.arrow_fs)
             out.append((_month_of(f), f, md, md.schema.to_arrow_schema()))
         outdated = sorted(m for m, _, _, s in out if schema.is_outdated(s))
         if outdated:
@@ -145,10 +145,10 @@ class Collection:
             return ds.dataset(self.schema.empty_table())
         fmt = ds.ParquetFileFormat()
         fragments = [
-            fmt.make_fragment(f, filesystem=self.storage.fs, partition_expression=pc.field("month") == month)
+            fmt.make_fragment(f, filesystem=self.storage.arrow_fs, partition_expression=pc.field("month") == month)
             for month, f, _, _ in self._months
         ]
-        return ds.FileSystemDataset(fragments, schema=self.schema, format=fmt, filesystem=self.storage.fs)
+        return ds.FileSystemDataset(fragments, schema=self.schema, format=fmt, filesystem=self.storage.arrow_fs)
 
     def resolve_band(self, name: str) -> str:
         """Asset key of ``name`` in this collection, or :class:`UnknownBandError`."""
@@ -304,7 +304,7 @@ class Collection:
                 continue
             present = set(month_schema.names)
             read = [n for n in need if n in present]
-            with self.storage.fs.open_input_file(path) as fh:
+            with self.storage.arrow_fs.open_input_file(path) as fh:
                 t = pq.ParquetFile(fh, metadata=md).read(columns=read, use_threads=False)
             tables.append(_conform(t, target, month))
         table = pa.concat_tables(tables) if tables else target.empty_table()

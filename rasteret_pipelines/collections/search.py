@@ -1,22 +1,31 @@
-"""STAC searches through pystac-client, with checked inputs and bounded retries."""
+"""STAC searches through pystac-client, with checked inputs and bounded retries.
+
+Searches are retried by the library's one :class:`~rasteret_pipelines.cog.config.RetryPolicy`
+(the one COG reads use), translated once into the urllib3 ``Retry`` of pystac-client's requests
+session by :func:`stac_retry`.
+"""
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import logging
 import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rasteret_pipelines.collections.sources import DataSource
 from rasteret_pipelines.errors import InvalidSearchError, StacApiError
 from rasteret_pipelines.redaction import redacted_cause
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    # The COG package's __init__ loads aiohttp; the policy is imported where a search runs.
+    from rasteret_pipelines.cog.config import RetryPolicy
 
-RETRY_STATUSES = (429, 500, 502, 503, 504)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,114 @@ def build_query(cloud_cover_lt: float | None, platform, query: Mapping | None) -
     return out or None
 
 
+@dataclass(frozen=True)
+class SearchSpec:
+    """What a collection indexes: a source's STAC items in a date range, filtered.
+
+    The search keywords of :func:`~rasteret_pipelines.collections.build.build_collection`, as
+    one value: ``build_collection(SearchSpec("sentinel-2-l2a", ("2024-01-01", "2024-03-31"),
+    bbox=...), name, workspace)`` is ``build_collection("sentinel-2-l2a", name, workspace,
+    date_range=("2024-01-01", "2024-03-31"), bbox=...)``.
+    """
+
+    source: str | DataSource
+    """Source id or alias (see :data:`~rasteret_pipelines.collections.sources.SOURCES`), or a :class:`DataSource`."""
+    date_range: tuple
+    """``(start, end)`` dates, inclusive."""
+    bbox: Sequence[float] | None = None
+    """``(min lon, min lat, max lon, max lat)``."""
+    geometry: object = None
+    """Shapely geometry or GeoJSON (EPSG:4326) the items must intersect."""
+    bands: Sequence[str] | None = None
+    """Band codes or asset keys; None indexes every band of the source."""
+    cloud_cover_lt: float | None = None
+    """Keep items with ``eo:cloud_cover`` below this."""
+    platform: object = None
+    """``"LANDSAT_8"``, a list, or a query object such as ``{"in": [...]}``."""
+    query: Mapping | None = None
+    """Further STAC query-extension filters."""
+    stac_url: str | None = None
+    """STAC API root overriding the source's default and the environment."""
+
+    def checked(self) -> CheckedSearch:
+        """The spec with every input checked and normalised, before any request.
+
+        Raises:
+            UnknownSourceError, UnknownBandError, InvalidSearchError: what is at fault.
+        """
+        from rasteret_pipelines.collections.sources import get_source
+
+        source = get_source(self.source)
+        keys = source.resolve_bands(self.bands)
+        start, end = check_date_range(self.date_range, source)
+        return CheckedSearch(
+            spec=self,
+            source=source,
+            keys=keys,
+            start=start,
+            end=end,
+            bbox=check_bbox(self.bbox),
+            geometry=check_geometry(self.geometry),
+            stac_query=build_query(self.cloud_cover_lt, self.platform, self.query),
+        )
+
+
+@dataclass(frozen=True)
+class CheckedSearch:
+    """A :class:`SearchSpec` whose inputs were checked: what the build searches and indexes."""
+
+    spec: SearchSpec
+    """The spec as given (the manifest records its filters)."""
+    source: DataSource
+    keys: list[str]
+    """Asset keys to index."""
+    start: dt.date
+    end: dt.date
+    bbox: tuple[float, float, float, float] | None
+    geometry: object
+    """A valid shapely geometry, or None."""
+    stac_query: dict | None
+    """The STAC query-extension object of the convenience filters and ``query``."""
+
+    @property
+    def stac_url(self) -> str:
+        """The STAC API root searched."""
+        return self.source.effective_stac_url(self.spec.stac_url)
+
+
+def with_keywords(options, keywords: Mapping, error: type[Exception], what: str):
+    """``options`` (a dataclass) with ``keywords`` set.
+
+    How a function that takes an options dataclass keeps accepting its fields as keywords. A
+    keyword at its default leaves the options' value alone; a keyword the dataclass has no field
+    for, or one the options already set to something else, raises ``error`` naming it.
+    """
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(options)}
+    unknown = sorted(set(keywords) - set(fields))
+    if unknown:
+        raise error(f"{what} got an unexpected keyword argument {unknown[0]!r} (the options are {', '.join(fields)})")
+    updates = {}
+    for name, value in keywords.items():
+        given, default = getattr(options, name), fields[name].default
+        if _same(value, given) or _same(value, default):
+            continue
+        if not _same(given, default):
+            raise error(f"{what}: {name} is given twice, as a keyword ({value!r}) and in the options ({given!r})")
+        updates[name] = value
+    return dataclasses.replace(options, **updates) if updates else options
+
+
+def _same(a, b) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # arrays and frames compare element-wise: not the same value
+        return False
+
+
 def search_items(
     source: DataSource,
     month: Month,
@@ -169,17 +286,16 @@ def search_items(
     geometry=None,
     query: Mapping | None = None,
     limit: int = 100,
-    max_retries: int = 4,
     timeout: float = 15.0,
-    timeout_retries: int = 1,
+    retry: RetryPolicy | None = None,
 ) -> list[dict]:
     """Every item of ``source`` in ``month`` matching the filters, paging through all pages.
 
     Args:
-        max_retries: Retries of connection errors and 429/5xx answers (with backoff).
         timeout: Seconds to connect, and seconds without a byte of the answer, per request.
-        timeout_retries: Retries of a request whose answer timed out: a silent API costs
-            ``(timeout_retries + 1) * timeout`` seconds, not ``max_retries`` times that.
+        retry: Which failures are retried, how often and after how long (the defaults of
+            :class:`~rasteret_pipelines.cog.config.RetryPolicy` when None). A silent API costs
+            ``(retry.timeout_retries + 1) * timeout`` seconds, not ``retry.max_retries + 1`` times that.
 
     Raises:
         StacApiError: the API is unreachable or keeps answering with errors.
@@ -188,21 +304,15 @@ def search_items(
     from pystac_client import Client
     from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
-    from urllib3.util.retry import Retry
+
+    from rasteret_pipelines.cog.config import RetryPolicy
 
     url = source.effective_stac_url(stac_url)
-    retry = Retry(
-        total=max_retries,
-        read=timeout_retries,
-        backoff_factor=0.2,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=None,  # POST searches are safe to repeat
-        raise_on_status=False,
-    )
+    retries = stac_retry(retry if retry is not None else RetryPolicy())
     try:
         # Client.open hands its own ``timeout`` (default None: wait forever) to the StacApiIO,
         # replacing the one it was built with: pass it to both.
-        client = Client.open(url, stac_io=StacApiIO(max_retries=retry, timeout=timeout), timeout=timeout)
+        client = Client.open(url, stac_io=StacApiIO(max_retries=retries, timeout=timeout), timeout=timeout)
         search = client.search(
             collections=[source.collection],
             bbox=list(bbox) if bbox is not None else None,
@@ -241,3 +351,48 @@ def search_items(
     # quote the URL with its query string) is neither the cause nor the context: only its
     # redacted stand-in is chained.
     raise error from cause
+
+
+def stac_retry(policy: RetryPolicy):
+    """``policy`` as the urllib3 ``Retry`` of a requests session (pystac-client's ``StacApiIO``).
+
+    The counts and statuses map onto urllib3's: ``total`` is :attr:`RetryPolicy.max_retries`,
+    ``read`` (answers that timed out or broke off) is :attr:`RetryPolicy.timeout_retries`, and
+    ``status_forcelist`` is :attr:`RetryPolicy.statuses` (urllib3's own extra rule, retrying 413,
+    429 and 503 whenever a ``Retry-After`` comes with them, is off). Every method is retried (a POST search
+    is safe to repeat), and after the last retry the last answer is returned, not an exception,
+    so pystac-client reports its status. The sleeps come from :meth:`RetryPolicy.delay`, so
+    ``Retry-After`` and the backoff follow the same rule as the COG reader.
+    """
+    return _retry_class()(
+        policy=policy,
+        total=policy.max_retries,
+        read=policy.timeout_retries,
+        status_forcelist=policy.statuses,
+        allowed_methods=None,
+        raise_on_status=False,
+        respect_retry_after_header=False,  # only the policy's statuses are retried; its delay reads Retry-After
+    )
+
+
+@functools.cache
+def _retry_class():
+    """A urllib3 ``Retry`` that sleeps as a :class:`RetryPolicy` says (urllib3 is imported here, lazily)."""
+    import time
+
+    from urllib3.util.retry import Retry
+
+    class PolicyRetry(Retry):
+        def __init__(self, *args, policy: RetryPolicy, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.policy = policy
+
+        def new(self, **kw):
+            kw.setdefault("policy", self.policy)
+            return super().new(**kw)
+
+        def sleep(self, response=None) -> None:
+            retry_after = response.headers.get("Retry-After") if response is not None else None
+            time.sleep(self.policy.delay(len(self.history), retry_after))
+
+    return PolicyRetry

@@ -1,4 +1,4 @@
-"""The Dagster project: assets, checks, IO manager, resources, jobs, schedule and sensors.
+"""The Dagster project: assets (with their checks), IO manager, resources, jobs, schedule and sensors.
 
 :func:`build_definitions` assembles everything from :class:`~rasteret_pipelines.defs.settings.Settings`
 (the environment by default); ``rasteret_pipelines.definitions`` exposes the result as ``defs``.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import dagster as dg
 
 from rasteret_pipelines.defs.assets import collection_asset, field_stats_asset, field_timeseries_asset, fields_asset
-from rasteret_pipelines.defs.checks import collection_checks
 from rasteret_pipelines.defs.jobs import build_jobs
 from rasteret_pipelines.defs.partitions import build_partitions
 from rasteret_pipelines.defs.resources import resources_from_settings
@@ -29,18 +28,16 @@ def build_definitions(settings: Settings | None = None, resources: dict | None =
     partitions = build_partitions(settings.start_month, settings.end_month)
     policy = settings.backfill_policy()
     retry_policy = settings.retry_policy()
-    assets, checks = [fields_asset(partitions)], []
+    assets = [fields_asset(partitions)]
     for source in settings.sources:
         assets += [
             collection_asset(source, partitions, retry_policy, settings.stac_url_label(source)),
             field_stats_asset(source, partitions, policy, retry_policy),
             field_timeseries_asset(source, partitions, policy),
         ]
-        checks += collection_checks(source, partitions)
     jobs = build_jobs(settings.sources)
     return dg.Definitions(
         assets=assets,
-        asset_checks=checks,
         jobs=jobs,
         schedules=[build_monthly_schedule(settings.sources, settings.start_month, jobs[0], settings.end_month)],
         sensors=[

@@ -1,6 +1,8 @@
-"""Asset checks: complete header caches (``@asset_check``, its own step after the collection),
-field statistics in range and COGs that reopen (``check_specs`` of the field-statistics asset,
-evaluated inside it per (month, group)). Each check is declared exactly once."""
+"""Asset checks, each declared once, as a ``check_specs`` entry of the asset that evaluates it:
+complete header caches (the collection asset, per month, blocking), field statistics in range and
+COGs that reopen (the field-statistics asset, per (month, group) of its runs).
+
+This module imports no asset module: the assets import their checks from here."""
 
 import math
 import warnings
@@ -13,10 +15,6 @@ import pyarrow as pa
 
 from rasteret_pipelines.aois import read_uri_bytes
 from rasteret_pipelines.collections import schema
-from rasteret_pipelines.defs.assets import collection_key
-from rasteret_pipelines.defs.io_managers import CollectionSlice
-from rasteret_pipelines.defs.partitions import Partitions
-from rasteret_pipelines.defs.pipeline import collection_bands
 
 
 @dataclass(frozen=True)
@@ -59,53 +57,97 @@ def collection_columns(available, bands) -> list[str]:
     return ["id"] + [c for b in bands for c in schema.band_columns(b) if c in available]
 
 
-def collection_checks(source_id: str, partitions: Partitions) -> list[dg.AssetChecksDefinition]:
-    bands = collection_bands(source_id)
+HEADER_CHECK = "every_band_header_present"
+"""The collection asset's check: every band asset of every item has its header cached."""
 
+
+def collection_check_specs(key: dg.AssetKey, months: dg.PartitionsDefinition, bands) -> list[dg.AssetCheckSpec]:
+    """The collection asset's checks, evaluated by the asset itself (one month per run)."""
     with preview_partitioned_checks():
-
-        @dg.asset_check(
-            asset=collection_key(source_id),
-            partitions_def=partitions.months,
-            name="every_band_header_present",
-            blocking=True,
-            description=(
-                f"Every asset of {', '.join(bands)} an item of the month has is cached with its COG "
-                "header (a band an item has no asset for is counted, not an error). Blocking: when "
-                "it fails, the NDVI of that month is not materialised in the same run."
-            ),
-        )
-        def every_band_header_present(collection: CollectionSlice) -> dg.AssetCheckResult:
-            table = None
-            if collection.files:
-                table = collection.to_table(columns=collection_columns(collection.dataset.schema.names, bands))
-            gaps = header_gaps(table, bands)
-            metadata = {
-                "items": gaps.items,
-                "bands": ", ".join(bands),
-                "missing_headers": len(gaps.missing),
-                "lacked_bands": len(gaps.lacked),
-            }
-            if gaps.missing:
-                lines = ["| item | band | error |", "| --- | --- | --- |"]
-                lines += [f"| {i} | {b} | {str(e)[:160]} |" for i, b, e in gaps.missing[:50]]
-                metadata["missing"] = dg.MetadataValue.md("\n".join(lines))
-            return dg.AssetCheckResult(
-                passed=not gaps.missing,
-                severity=dg.AssetCheckSeverity.ERROR,
-                metadata=metadata,
+        return [
+            dg.AssetCheckSpec(
+                HEADER_CHECK,
+                asset=key,
+                partitions_def=months,
+                blocking=True,
                 description=(
-                    None if not gaps.missing else f"{len(gaps.missing)} band headers missing: rematerialise the month"
+                    f"Every asset of {', '.join(bands)} an item of the month has is cached with its COG "
+                    "header (a band an item has no asset for is counted, not an error). Blocking: when "
+                    "it fails, the NDVI of that month is not materialised (in the same run, or by automation)."
                 ),
             )
+        ]
 
-    return [every_band_header_present]
+
+def header_check_result(gaps: HeaderGaps, bands) -> dg.AssetCheckResult:
+    """The result of :data:`HEADER_CHECK` for a month's :class:`HeaderGaps`."""
+    metadata = {
+        "items": gaps.items,
+        "bands": ", ".join(bands),
+        "missing_headers": len(gaps.missing),
+        "lacked_bands": len(gaps.lacked),
+    }
+    if gaps.missing:
+        lines = ["| item | band | error |", "| --- | --- | --- |"]
+        lines += [f"| {i} | {b} | {str(e)[:160]} |" for i, b, e in gaps.missing[:50]]
+        metadata["missing"] = dg.MetadataValue.md("\n".join(lines))
+    return dg.AssetCheckResult(
+        check_name=HEADER_CHECK,
+        passed=not gaps.missing,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=None if not gaps.missing else f"{len(gaps.missing)} band headers missing: rematerialise the month",
+    )
+
+
+def field_stats_check_specs(key: dg.AssetKey, month_group: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
+    """The field-statistics asset's checks, evaluated by the asset for every (month, group) it writes."""
+    with preview_partitioned_checks():
+        return [
+            dg.AssetCheckSpec(
+                "stats_in_range",
+                asset=key,
+                partitions_def=month_group,
+                description="Every NDVI statistic lies in [-1, 1] with min <= mean, median <= max; "
+                "valid fractions in [0, 1]; every row is a field of the group.",
+            ),
+            dg.AssetCheckSpec(
+                "geotiffs_reopen",
+                asset=key,
+                partitions_def=month_group,
+                description="Every NDVI COG of the partition reopens as one float32 band with values "
+                "in [-1, 1] (NaN outside the fields).",
+            ),
+        ]
+
+
+def field_stats_check_evaluations(
+    key: dg.AssetKey, partition: str, table: pa.Table, group: str, files, fields=None
+) -> list[dg.AssetCheckEvaluation]:
+    """The checks of one (month, group) partition that a run over many partitions wrote.
+
+    ``AssetCheckResult`` names no partition (it takes the run's one partition key), so a run
+    over a range of partitions reports each partition's result as the evaluation event it
+    becomes, with its partition: the same checks, declared once in :func:`field_stats_check_specs`.
+    """
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=key,
+            check_name=name,
+            passed=result.passed,
+            metadata=result.metadata,
+            partition=partition,
+            severity=result.severity,
+        )
+        for name, result in field_stats_check_results(table, group, files, fields).items()
+    ]
 
 
 @contextmanager
 def preview_partitioned_checks():
-    """Partitioned asset checks (``partitions_def=`` on ``@asset_check``) are a Dagster preview
-    feature with no stable equivalent: its PreviewWarning, and only that one, is silenced here."""
+    """Partitioned asset checks (``partitions_def=`` on ``AssetCheckSpec``) are a Dagster preview
+    feature, used on purpose (a check result per month or per (month, group)), with no stable
+    equivalent: its PreviewWarning, and only that one, is filtered while the specs are made."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning

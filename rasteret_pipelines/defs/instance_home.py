@@ -1,12 +1,14 @@
-"""The Dagster instance folder (``DAGSTER_HOME``) and the ``dagster dev`` that opens it.
+"""The Dagster instance folder (``DAGSTER_HOME``) and the ``dg dev`` command that opens it.
 
 The repository's ``dagster.yaml`` is the instance configuration. ``dagster dev`` run from the
 repository root with ``DAGSTER_HOME`` unset uses it directly (with temporary storage). To keep
 runs, :func:`prepare_dagster_home` seeds a folder (default ``./.dagster_home``) with a copy,
-and :func:`dagster_ui_command` starts ``dagster dev`` *inside* that folder: Dagster warns that
+and :func:`dagster_ui_command` is ``dg dev -w workspace.yaml`` *inside* that folder: Dagster warns that
 a ``./dagster.yaml`` "will not be used" when it runs from a folder holding one that is not
 ``DAGSTER_HOME``, which the repository root is. Relative storage paths are made absolute first,
-so they keep pointing where they did from the folder the command was started in.
+so they keep pointing where they did from the folder the command was started in. Nothing here
+starts a process: ``rasteret-pipelines ui`` (:func:`rasteret_pipelines_demo.demo.run_ui`) runs
+the command.
 """
 
 from __future__ import annotations
@@ -51,12 +53,12 @@ def interpreter_command(script: str, module: str) -> list[str]:
 def dagster_ui_command(
     home: Path, environ: Mapping[str, str], extra_args: list[str] | tuple[str, ...] = ()
 ) -> tuple[list[str], dict[str, str], Path]:
-    """``(argv, environment, working directory)`` of ``dagster dev`` on the instance in ``home``.
+    """``(argv, environment, working directory)`` of ``dg dev`` on the instance in ``home``.
 
     The settings in ``environ`` are kept; the local paths among ``RASTERET_STORAGE`` (default
     ``./.rasteret_data``), ``RASTERET_AOI_FILE`` and ``RASTERET_DEMO_DIR`` (default
     ``./.rasteret_data/demo_world``) are made absolute
-    against the current folder, because ``dagster dev`` (and the runs it starts) work in ``home``.
+    against the current folder, because ``dg dev`` (and the runs it starts) work in ``home``.
     """
     from rasteret_pipelines.defs.settings import DEFAULT_DEMO_DIR, DEFAULT_STORAGE
 
@@ -72,12 +74,4 @@ def dagster_ui_command(
         target = ["-w", str(WORKSPACE_YAML)]
     else:  # installed without the repository
         target = ["-m", "rasteret_pipelines.definitions"]
-    return [*interpreter_command("dagster", "dagster"), "dev", *target, *extra_args], env, Path(home).absolute()
-
-
-def run_dagster_ui(dagster_home: str | None = None, extra_args: list[str] | tuple[str, ...] = ()) -> None:
-    """``rasteret-pipelines ui``: replace this process by ``dagster dev`` on the kept instance."""
-    home = prepare_dagster_home(dagster_home)
-    argv, env, cwd = dagster_ui_command(home, os.environ, extra_args)
-    os.chdir(cwd)
-    os.execve(argv[0], argv, env)
+    return [*interpreter_command("dg", "dagster_dg_cli.cli"), "dev", *target, *extra_args], env, Path(home).absolute()

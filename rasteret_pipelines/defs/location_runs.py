@@ -25,6 +25,19 @@ IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 """Run config selecting the in-process side of the default executor: the steps run here."""
 
 
+def partition_range_tags(first: str, last: str) -> dict[str, str]:
+    """The run tags of one run over the partitions ``first`` to ``last`` (a backfill's range run).
+
+    Dagster 1.13 has no public Python argument for this: ``materialize`` and
+    ``execute_in_process`` take one ``partition_key``, and ``RunRequest`` has no range. These are
+    the tags that Dagster's own ``dagster job execute --partition-range`` and ``dg launch
+    --partition-range`` set (``dagster/_cli/job.py``); this is the only place that names them,
+    for the demo's run over many partitions and the tests that run one the same way. Sensors
+    never use them: they request partitions, and the automation sensor emits backfills.
+    """
+    return {"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)}
+
+
 class LocationRunner:
     """Create and execute runs of the code location's jobs in this process (see module docs).
 
@@ -64,10 +77,12 @@ class LocationRunner:
         job_name: str,
         *,
         partition_key: str | None = None,
+        partition_range: tuple[str, str] | None = None,
         tags: Mapping[str, str] | None = None,
         run_config: Mapping | None = None,
     ):
-        """Execute one run of ``job_name`` (a partition, or the partitions named by range tags).
+        """Execute one run of ``job_name``: one partition, or every partition from
+        ``partition_range[0]`` to ``partition_range[1]`` in one run.
 
         Returns:
             The ``JobExecutionResult`` (``success``, ``run_id``, ``all_events``).
@@ -82,6 +97,8 @@ class LocationRunner:
         if partition_key is not None:
             job_def = recon_job.get_definition()
             run_tags.update(job_def.get_tags_for_partition_key(partition_key, selected_asset_keys=None))
+        if partition_range is not None:
+            run_tags.update(partition_range_tags(*partition_range))
         config = deep_merge_dicts(dict(run_config or {}), IN_PROCESS)
         plan = self.location.get_execution_plan(
             remote_job, config, step_keys_to_execute=None, known_state=None, instance=self.instance

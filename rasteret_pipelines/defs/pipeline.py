@@ -239,26 +239,69 @@ def field_stats_month(
     """
     from rasteret_pipelines.reading import zonal_stats
 
-    source = get_source(source_id)
-    first, last = month_bounds(month)
-    frame = fields.reset_index()
     try:
-        return zonal_stats(
-            collection,
-            frame,
-            index="ndvi",
-            stats=FIELD_STATS,
-            id_column="id",
-            keep=("group", "name"),
-            date_range=(first, last),
-            cloud_mask=source.quality_band in collection.bands,
-            fetch_config=fetch_config,
-        )
+        return zonal_stats(collection, fields.reset_index(), **_stats_read(source_id, collection, month, fetch_config))
     except NoScenesError:
         schema = stats_schema().append(pa.field("group", pa.string())).append(pa.field("name", pa.string()))
         return schema.empty_table().replace_schema_metadata(
             {b"requests": b"0", b"header_requests": b"0", b"bytes_read": b"0"}
         )
+
+
+def _stats_read(source_id: str, collection, month: str, fetch_config) -> dict:
+    """The keyword arguments of the month's ``zonal_stats`` call (the read and its dry run)."""
+    first, last = month_bounds(month)
+    return dict(
+        index="ndvi",
+        stats=FIELD_STATS,
+        id_column="id",
+        keep=("group", "name"),
+        date_range=(first, last),
+        cloud_mask=get_source(source_id).quality_band in collection.bands,
+        fetch_config=fetch_config,
+    )
+
+
+def plan_field_month(
+    source_id: str,
+    collection: CollectionSlice,
+    month: str,
+    fields,
+    *,
+    mode: str = "group",
+    max_bytes: int = 512_000_000,
+    max_areas: int = 64,
+    fetch_config=None,
+) -> list[tuple[str, object]]:
+    """The exact dry run of a month's reads, from the cached headers alone (no request):
+    ``[(label, ReadPlan)]`` of :func:`field_stats_month`'s ``zonal_stats`` call, then of every
+    batch :func:`group_geotiffs` reads, with the same arguments (see
+    :mod:`~rasteret_pipelines.reading.explain`). A read no scene covers plans nothing, as it
+    reads nothing."""
+    from rasteret_pipelines.reading.explain import ReadPlan, explain
+
+    plans: list[tuple[str, object]] = []
+    if len(fields) == 0:
+        return plans
+    try:
+        plan = explain(
+            "zonal_stats", collection, fields.reset_index(), **_stats_read(source_id, collection, month, fetch_config)
+        )
+    except NoScenesError:
+        plan = ReadPlan("zonal_stats")
+    plans.append(("statistics (zonal_stats)", plan))
+    reads = _geotiff_reads(source_id, collection, month, fields, "", mode, max_bytes, max_areas, fetch_config)
+    for i, (batch, _, _, args, kwargs) in enumerate(reads, start=1):
+        try:
+            plans.append(
+                (
+                    f"COGs, batch {i} of {len(reads)} (get_xarray)",
+                    explain("get_xarray", collection, batch, *args, **kwargs),
+                )
+            )
+        except NoScenesError:
+            continue
+    return plans
 
 
 def split_by_group(table: pa.Table) -> dict[str, pa.Table]:
@@ -342,14 +385,46 @@ def group_geotiffs(
         ``({group: [path, ...]}, reads)``: the paths (for ``fields`` the group's fields' paths
         together) and the reads' ``requests``, ``header_requests`` and ``bytes_read``, summed.
     """
-    import geopandas as gpd
-
     from rasteret_pipelines.products import ndvi_dataset, save_per_geometry
     from rasteret_pipelines.reading import read_geometries
 
     reads = {"requests": 0, "header_requests": 0, "bytes_read": 0}
+    out: dict[str, list[str]] = {}
+    batches = _geotiff_reads(source_id, collection, month, fields, output_uri, mode, max_bytes, max_areas, fetch_config)
+    red, nir = get_source(source_id).ndvi_bands
+    for batch, where, group_of, args, kwargs in batches:
+        try:
+            ds = read_geometries(collection, batch, *args, **kwargs)
+        except NoScenesError:
+            continue
+        for k in reads:
+            reads[k] += int(ds.attrs.get(k, 0))
+        paths = save_per_geometry(ndvi_dataset(ds, red, nir), where, file_prefix="ndvi", data_var="NDVI")
+        del ds
+        for key, files in paths.items():
+            group = group_of[str(key)] if group_of else str(key)
+            out.setdefault(group, []).extend(files)
+    return out, reads
+
+
+def _geotiff_reads(
+    source_id: str,
+    collection,
+    month: str,
+    fields,
+    output_uri: str,
+    mode: str,
+    max_bytes: int,
+    max_areas: int,
+    fetch_config,
+) -> list[tuple]:
+    """The reads :func:`group_geotiffs` makes, in order: ``[(areas, folder, {area: group} or None,
+    args, kwargs)]`` for ``read_geometries(collection, areas, *args, **kwargs)`` (shared with
+    its dry run, :func:`plan_field_month`)."""
+    import geopandas as gpd
+
     if mode == "none" or len(fields) == 0:
-        return {}, reads
+        return []
     source = get_source(source_id)
     red, nir = source.ndvi_bands
     first, last = month_bounds(month)
@@ -378,8 +453,15 @@ def group_geotiffs(
             )
         )
     n_dates = max(collection.to_table(date_range=(first, last), columns=["id"]).num_rows, 1)
-    out: dict[str, list[str]] = {}
-    for frame, where, group_of in areas:
+    kwargs = dict(
+        date_range=(first, last),
+        values="reflectance",
+        cloud_mask=source.quality_band in collection.bands,
+        fetch_config=fetch_config,
+    )
+    return [
+        (frame.loc[batch], where, group_of, ([red, nir],), kwargs)
+        for frame, where, group_of in areas
         for batch in chunk_aois(
             _Shapes(frame),
             list(frame.index),
@@ -387,27 +469,8 @@ def group_geotiffs(
             max_bytes=max_bytes,
             n_dates=n_dates,
             pixel_size=source.pixel_size,
-        ):
-            try:
-                ds = read_geometries(
-                    collection,
-                    frame.loc[batch],
-                    [red, nir],
-                    date_range=(first, last),
-                    values="reflectance",
-                    cloud_mask=source.quality_band in collection.bands,
-                    fetch_config=fetch_config,
-                )
-            except NoScenesError:
-                continue
-            for k in reads:
-                reads[k] += int(ds.attrs.get(k, 0))
-            paths = save_per_geometry(ndvi_dataset(ds, red, nir), where, file_prefix="ndvi", data_var="NDVI")
-            del ds
-            for key, files in paths.items():
-                group = group_of[str(key)] if group_of else str(key)
-                out.setdefault(group, []).extend(files)
-    return out, reads
+        )
+    ]
 
 
 def updated_items(

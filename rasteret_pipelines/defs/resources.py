@@ -1,8 +1,9 @@
 """Resources: where data lives, where scenes come from, how HTTP behaves, which AOIs exist.
 
 Each is a :class:`dagster.ConfigurableResource` whose fields come from the environment
-(:class:`dagster.EnvVar`, see :mod:`rasteret_pipelines.defs.settings`) and default to the
-offline demo when nothing is set.
+(:class:`dagster.EnvVar`, see :mod:`rasteret_pipelines.defs.settings`). With nothing set, the
+sources' own STAC APIs apply; the offline demo is selected explicitly (``RASTERET_STAC_URL=demo``,
+which the demo and ``ui`` commands set). No resource starts a process or a server.
 """
 
 import os
@@ -12,6 +13,7 @@ from pydantic import Field
 
 from rasteret_pipelines.cog import FetchConfig
 from rasteret_pipelines.collections import get_source, stac_url_env_var
+from rasteret_pipelines.defs.io_managers import CollectionIOManager, TableIOManager
 from rasteret_pipelines.defs.settings import (
     DEFAULT_DEMO_DIR,
     DEFAULT_DEMO_MONTHS,
@@ -23,9 +25,19 @@ from rasteret_pipelines.defs.settings import (
     PUBLIC,
     Settings,
 )
-from rasteret_pipelines.errors import LocalServerDownError, RasteretError, StorageConfigError
+from rasteret_pipelines.defs.storage import (  # the storage resources, re-exported where the others are
+    LocalStorageResource as LocalStorageResource,
+)
+from rasteret_pipelines.defs.storage import (
+    S3StorageResource as S3StorageResource,
+)
+from rasteret_pipelines.defs.storage import (
+    StorageResource as StorageResource,
+)
+from rasteret_pipelines.defs.storage import storage_resource
+from rasteret_pipelines.errors import LocalServerDownError
+from rasteret_pipelines.errors import StorageConfigError as StorageConfigError  # its former import name
 from rasteret_pipelines.fields import DEFAULT_CELL_DEG, FieldSet, load_fields
-from rasteret_pipelines.storage import Storage
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -55,212 +67,83 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-# --- storage ------------------------------------------------------------------------------------
-
-
-class StorageResource(dg.ConfigurableResource):
-    """The storage location of collections, GeoTIFFs and tables (a folder or an S3 prefix).
-
-    Use :func:`storage_resource` to get the backend matching a base path:
-    :class:`LocalStorageResource` or :class:`S3StorageResource`. Writes go through
-    :class:`rasteret_pipelines.storage.Storage`: atomic renames on local disk, whole-object
-    uploads on S3 (an object only appears once complete).
-    """
-
-    base_path: str = Field(default=DEFAULT_STORAGE, description="Folder or s3://bucket/prefix")
-
-    def storage(self) -> Storage:
-        return Storage.from_uri(self.base_path)
-
-    def uri(self, *parts: str) -> str:
-        """User-facing location (local path or ``s3://`` URI) of ``parts`` below the base."""
-        return self.storage().uri_of(*parts)
-
-    def check(self) -> None:
-        """Fail early, with a message naming the fault, when the location cannot be used."""
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        # runs check (and create) the location; a sensor tick does not (the field sensor writes
-        # its snapshot there only once the field file is usable, and starting `dagster dev`
-        # must leave no folder behind)
-        if getattr(context, "run", None) is not None:
-            self.check()
-
-
-class LocalStorageResource(StorageResource):
-    """A local folder (created on first use, with a ``.gitignore`` so it never gets committed)."""
-
-    def check(self) -> None:
-        if self.base_path.startswith("s3://"):
-            raise StorageConfigError(f"{self.base_path} is an S3 location: use S3StorageResource")
-        path = os.path.abspath(os.path.expanduser(self.base_path.removeprefix("file://")))
-        fresh = not os.path.exists(path)
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise StorageConfigError(f"storage folder {path} cannot be created: {exc}") from exc
-        if not os.access(path, os.W_OK):
-            raise StorageConfigError(f"storage folder {path} is not writable")
-        if fresh:
-            with open(os.path.join(path, ".gitignore"), "w") as fh:
-                fh.write("# written by rasteret-pipelines: pipeline data, never committed\n*\n")
-
-
-class S3StorageResource(StorageResource):
-    """An ``s3://bucket/prefix`` location, reached through the standard AWS configuration.
-
-    Credentials come from botocore's chain (environment, ``AWS_PROFILE`` and ``~/.aws``, SSO,
-    container or instance roles); ``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3`` (an S3-compatible
-    server such as MinIO) are honoured.
-    """
-
-    def check(self) -> None:
-        if not self.base_path.startswith("s3://") or len(self.base_path) <= 5:
-            raise StorageConfigError(f"{self.base_path!r} is not an s3://bucket/prefix location")
-        bucket = self.base_path[5:].split("/", 1)[0]
-        import botocore.session
-
-        credentials = botocore.session.get_session().get_credentials()
-        if credentials is None:
-            raise StorageConfigError(
-                f"no AWS credentials found for {self.base_path}: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an IAM role "
-                "(the standard AWS credential chain found nothing)"
-            )
-        import pyarrow.fs as pafs
-
-        store = self.storage()
-        try:
-            info = store.fs.get_file_info(bucket)
-        except OSError as exc:
-            raise StorageConfigError(f"cannot access bucket {bucket!r} of {self.base_path}: {exc}") from exc
-        if info.type == pafs.FileType.NotFound:
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            raise StorageConfigError(
-                f"bucket {bucket!r} of {self.base_path} does not exist" + (f" at {endpoint}" if endpoint else "")
-            )
-
-
-def storage_resource(base_path: str | dg.EnvVar, resolved: str | None = None) -> StorageResource:
-    """The storage backend for a base path: S3 for ``s3://...``, local otherwise.
-
-    Args:
-        base_path: The path, or an :class:`EnvVar` holding it.
-        resolved: The path's value when ``base_path`` is an :class:`EnvVar` (picks the class).
-    """
-    value = resolved if resolved is not None else str(base_path)
-    cls = S3StorageResource if value.startswith("s3://") else LocalStorageResource
-    return cls(base_path=base_path)
-
-
 # --- data source -------------------------------------------------------------------------------
 
 
 class DataSourceResource(dg.ConfigurableResource):
     """Where STAC items come from, and what is indexed.
 
-    ``stac_url`` is ``"demo"`` (the offline Sentinel-2 L2A mirror, started on demand on
-    127.0.0.1 from the demo world under ``demo_dir``), ``"public"`` (each source's own API, e.g.
-    Earth Search) or a STAC API URL. ``RASTERET_STAC_URL_<SOURCE>`` overrides it per source.
+    ``stac_url`` is ``"public"`` (each source's own API, e.g. Earth Search; the default), a STAC
+    API URL, or ``"demo"``: the offline Sentinel-2 L2A mirror of the demo world under
+    ``demo_dir``, which the demo and ``ui`` commands serve on 127.0.0.1 and set this to.
+    ``RASTERET_STAC_URL_<SOURCE>`` overrides it per source. The resource never starts a
+    server: it only checks that the servers it needs answer.
     """
 
-    stac_url: str = Field(default=DEMO, description="demo | public | a STAC API URL")
+    stac_url: str = Field(default=PUBLIC, description="public | a STAC API URL | demo")
     cloud_cover_lt: float | None = Field(default=None, description="Index scenes below this cloud cover")
     demo_dir: str = Field(default=DEFAULT_DEMO_DIR, description="Where the demo world is written")
     demo_port: int = Field(default=DEFAULT_DEMO_PORT, description="Demo STAC API port (COGs on the next)")
     demo_months: str = Field(default=",".join(DEFAULT_DEMO_MONTHS), description="Months of the demo world")
 
-    def stac_url_for(self, source_id: str, *, start_demo: bool = True) -> str:
+    @property
+    def uses_demo(self) -> bool:
+        return self.stac_url.strip().lower() == DEMO
+
+    def stac_url_for(self, source_id: str) -> str:
         """The STAC API root to search for ``source_id``.
 
-        With the demo selected, the local mirror is started (in a background process that
-        outlives the run) unless ``start_demo`` is False, in which case a mirror that is not
-        running raises :class:`rasteret_pipelines.errors.StacApiError`.
+        Raises:
+            LocalServerDownError: the demo is selected and its mirror is not running (the
+                message says how to start it).
         """
         source = get_source(source_id)
         per_source = os.environ.get(stac_url_env_var(source.id))
         if per_source:
             return per_source
         choice = self.stac_url.strip()
-        if choice.lower() == DEMO:
-            from rasteret_pipelines_demo.demo_mirror import demo_stac_url
+        if self.uses_demo:
+            from rasteret_pipelines_demo.demo_mirror import running_mirror_url
 
-            months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
-            return demo_stac_url(
-                self.demo_dir, int(self.demo_port), months=months, start=start_demo, default_port=DEFAULT_DEMO_PORT
-            )
+            return running_mirror_url(self.demo_dir, int(self.demo_port), default_port=DEFAULT_DEMO_PORT)
         if choice.lower() == PUBLIC:
             return source.stac_url
         return choice
 
-    def ensure_cog_servers(self, hrefs, what: str = "the collection") -> list[str]:
-        """Make sure the local servers that ``hrefs`` point at are listening, before any read.
+    def ensure_cog_servers(self, hrefs, what: str = "the collection") -> None:
+        """Check that the local servers ``hrefs`` point at are listening, before any read, so that
+        a server that is down fails at once with how to start it, instead of every range request
+        being retried against a closed port. Nothing is started here.
 
-        COG hrefs of the offline demo point at its COG server (``demo_port + 1``): with the demo
-        selected, a mirror that is not running is started on demand (as for STAC searches).
-        Any other local server that is down fails at once with how to start it, instead of
-        every range request being retried against a closed port.
-
-        Returns:
-            ``host:port`` of each mirror started.
+        With the demo selected, a COG server on a demo port pair (the STAC API on ``port - 1``)
+        must be this demo folder's mirror: another folder's mirror serves other files.
 
         Raises:
-            LocalServerDownError: a local server is down and cannot be started from here.
+            LocalServerDownError: a local server is down, or another folder's demo mirror
+                serves the hrefs.
         """
-        started = []
         for host, port in sorted(loopback_servers(hrefs)):
-            demo = self.stac_url.strip().lower() == DEMO
-            if demo:
-                verdict = self._demo_cog_server(host, port, what)
-                if verdict == "started":
-                    started.append(f"{host}:{port}")
-                if verdict in ("ours", "started"):
+            if self.uses_demo:
+                from rasteret_pipelines_demo.demo_mirror import port_state
+
+                state = port_state(self.demo_dir, port - 1)
+                if state.kind == "ours":
                     continue
+                if state.kind == "other-mirror":
+                    raise LocalServerDownError(
+                        f"{what} has its COGs at http://{host}:{port}, which {state.holder()} serves, not this "
+                        f"demo folder's mirror ({os.path.abspath(self.demo_dir)}): "
+                        "rematerialise the collection's months so that they index this folder's mirror"
+                    )
             if port_open(host, port):
                 continue
-            hint = (
-                f"it is the offline demo's COG server: start the demo mirror with `rasteret-pipelines demo "
-                f"--serve` (or `python -m rasteret_pipelines_demo.demo_mirror serve --demo-dir {self.demo_dir} --port "
-                f"{port - 1}`), or select the demo (RASTERET_STAC_URL=demo, RASTERET_DEMO_PORT={port - 1}) "
-                "so that runs start it themselves"
-                if port - 1 >= 1024
-                else "start the server that serves these files, or rebuild the collection from a reachable STAC API"
-            )
+            if self.uses_demo:
+                from rasteret_pipelines_demo.demo_mirror import START_HINT
+
+                hint = f"if it is the offline demo's COG server (the mirror of {self.demo_dir}), {START_HINT}"
+            else:
+                hint = "start the server that serves these files, or rebuild the collection from a reachable STAC API"
             raise LocalServerDownError(f"nothing listens at http://{host}:{port}, where {what} has its COGs; {hint}")
-        return started
-
-    def _demo_cog_server(self, host: str, port: int, what: str) -> str | None:
-        """Whether ``host:port`` is this demo folder's COG server (the mirror's STAC API is on
-        ``port - 1``): ``"ours"``, ``"started"`` (it was down, on this folder's port pair, and is
-        now up), or None (not a demo mirror port: the caller's plain checks apply).
-
-        Raises:
-            LocalServerDownError: another folder's demo mirror serves it (its files, not this
-                folder's), or this folder's mirror could not be started there.
-        """
-        from rasteret_pipelines_demo.demo_mirror import demo_stac_url, port_state, recorded_port
-
-        state = port_state(self.demo_dir, port - 1)
-        if state.kind == "ours":
-            return "ours"
-        if state.kind == "other-mirror":
-            raise LocalServerDownError(
-                f"{what} has its COGs at http://{host}:{port}, which {state.holder()} serves, not this "
-                f"demo folder's mirror ({os.path.abspath(self.demo_dir)}): "
-                "rematerialise the collection's months so that they index this folder's mirror"
-            )
-        if state.kind == "free" and port - 1 in (recorded_port(self.demo_dir), int(self.demo_port)):
-            months = tuple(m.strip() for m in self.demo_months.split(",") if m.strip())
-            try:
-                demo_stac_url(self.demo_dir, port - 1, months=months, start=True, default_port=None)
-            except RasteretError as exc:
-                raise LocalServerDownError(
-                    f"the demo COG server at http://{host}:{port} that {what} "
-                    f"points to is down and could not be started: {exc}"
-                ) from exc
-            if port_state(self.demo_dir, port - 1).kind == "ours":
-                return "started"
-        return None
 
 
 # --- HTTP client ---------------------------------------------------------------------------------
@@ -366,15 +249,14 @@ def _env(settings: Settings, name: str, default, kind=str):
 
 def resources_from_settings(settings: Settings) -> dict[str, object]:
     """Every resource of the definitions, configured from ``settings`` (the environment)."""
-    from rasteret_pipelines.defs.io_managers import RasteretIOManager
-
-    storage = storage_resource(_env(settings, "RASTERET_STORAGE", DEFAULT_STORAGE), settings.storage)
+    base_path = _env(settings, "RASTERET_STORAGE", DEFAULT_STORAGE)
     cloud = _env(settings, "RASTERET_CLOUD_COVER_LT", None, float)
     return {
-        "storage": storage,
-        "rasteret_io": RasteretIOManager(base_path=_env(settings, "RASTERET_STORAGE", DEFAULT_STORAGE)),
+        "storage": storage_resource(base_path, settings.storage),
+        "collection_io_manager": CollectionIOManager(base_path=base_path),
+        "table_io_manager": TableIOManager(base_path=base_path),
         "data_source": DataSourceResource(
-            stac_url=_env(settings, "RASTERET_STAC_URL", DEMO),
+            stac_url=_env(settings, "RASTERET_STAC_URL", PUBLIC),
             cloud_cover_lt=cloud,
             demo_dir=_env(settings, "RASTERET_DEMO_DIR", DEFAULT_DEMO_DIR),
             demo_port=_env(settings, "RASTERET_DEMO_PORT", DEFAULT_DEMO_PORT, int),

@@ -347,7 +347,7 @@ def build_stac_sensor(sources, collections_job) -> dg.SensorDefinition:
             since = cursor.get(source)
             floor = min(v for v in built.values() if v) if any(built.values()) else "1970-01-01T00:00:00Z"
             try:
-                url = data_source.stac_url_for(source, start_demo=False)
+                url = data_source.stac_url_for(source)
                 changed = updated_items(source, url, sorted(built), areas.bbox, max(filter(None, [since, floor])))
             except RasteretError as exc:
                 notes.append(f"{source}: {exc}")

@@ -1,7 +1,10 @@
 """What the Dagster project reads from the environment, in one place.
 
-Every variable is optional: with none set, the definitions run the offline demo (a local
-Sentinel-2 L2A mirror on 127.0.0.1, data under ``./.rasteret_data``). Variables that shape the
+Every variable is optional: with none set, each source's own public STAC API is searched (e.g.
+Earth Search) and data goes under ``./.rasteret_data``. The offline demo (a local Sentinel-2 L2A
+mirror on 127.0.0.1) is never a silent default: ``rasteret-pipelines demo`` and
+``rasteret-pipelines ui`` set ``RASTERET_STAC_URL=demo`` for the Dagster processes they run, and
+serve the mirror themselves. Variables that shape the
 asset graph (sources, first month) are read when the definitions load; the others become
 :class:`dagster.EnvVar` values of the resources when set, so the UI shows where a value came
 from and a run reads it in its own process.
@@ -19,8 +22,9 @@ Variable                               Meaning (default)
                                        ``s3://bucket/prefix`` (``./.rasteret_data``).
 ``RASTERET_AOI_FILE``                  GeoJSON or GeoParquet of areas of interest, local or
                                        ``s3://`` (``<RASTERET_STORAGE>/aois.geojson``).
-``RASTERET_STAC_URL``                  ``demo`` (the offline mirror), ``public`` (each source's own
-                                       API, e.g. Earth Search) or a STAC API URL (``demo``).
+``RASTERET_STAC_URL``                  ``public`` (each source's own API, e.g. Earth Search), a STAC
+                                       API URL, or ``demo`` (the offline mirror, which must be
+                                       running: the demo and ``ui`` commands serve it) (``public``).
 ``RASTERET_STAC_URL_<SOURCE>``         Per-source STAC API root; wins over ``RASTERET_STAC_URL``.
 ``RASTERET_CLOUD_COVER_LT``            Index only scenes with ``eo:cloud_cover`` below this (none).
 ``RASTERET_HTTP_MAX_CONCURRENCY``      Range requests in flight per step (64).
@@ -78,9 +82,9 @@ DEFAULT_NDVI_BATCH_AOIS = 64
 DEFAULT_NDVI_BATCH_MB = 512
 
 DEMO = "demo"
-"""``RASTERET_STAC_URL`` value selecting the offline mirror (the default)."""
+"""``RASTERET_STAC_URL`` value selecting the offline mirror (set by the demo and ``ui`` commands)."""
 PUBLIC = "public"
-"""``RASTERET_STAC_URL`` value selecting each source's own public STAC API."""
+"""``RASTERET_STAC_URL`` value selecting each source's own public STAC API (the default)."""
 
 ENV_VARS: tuple[str, ...] = (
     "RASTERET_SOURCES",
@@ -156,8 +160,8 @@ class Settings:
 
     @property
     def uses_demo(self) -> bool:
-        """True when every source reads the offline demo mirror (``RASTERET_STAC_URL`` unset or
-        ``demo``, no ``RASTERET_STAC_URL_<SOURCE>``)."""
+        """True when every source reads the offline demo mirror (``RASTERET_STAC_URL=demo``, no
+        ``RASTERET_STAC_URL_<SOURCE>``)."""
         return _uses_demo(self.env, self.sources)
 
     def stac_url_label(self, source_id: str) -> str:
@@ -167,7 +171,7 @@ class Settings:
         per_source = self.get(stac_url_env_var(source_id))
         if per_source:
             return f"the STAC API at {per_source} ({stac_url_env_var(source_id)})"
-        choice = (self.get("RASTERET_STAC_URL") or DEMO).strip()
+        choice = (self.get("RASTERET_STAC_URL") or PUBLIC).strip()
         if choice.lower() == DEMO:
             return (
                 f"the offline demo mirror's STAC API at http://127.0.0.1:{self.demo_port} "
@@ -305,7 +309,7 @@ class Settings:
 def _uses_demo(env: Mapping[str, str], sources) -> bool:
     from rasteret_pipelines.collections import stac_url_env_var
 
-    choice = (env.get("RASTERET_STAC_URL") or DEMO).strip().lower()
+    choice = (env.get("RASTERET_STAC_URL") or PUBLIC).strip().lower()
     return choice == DEMO and not any(env.get(stac_url_env_var(s)) for s in sources)
 
 

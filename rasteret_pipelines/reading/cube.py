@@ -63,6 +63,7 @@ from rasteret_pipelines.cog.read import decode_pool, fetch_windows
 from rasteret_pipelines.errors import (
     CubeChunksError,
     CubeGridError,
+    CubeUserColumnsError,
     DaskMissingError,
     GroupbyError,
     InvalidReadArgumentError,
@@ -88,7 +89,7 @@ RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
 GROUPINGS = ("solar_day", "time", "month")
 CUBE_VALUE_MODES = ("float", "native", "reflectance")
 
-__all__ = ["CubeGrid", "RESAMPLINGS", "GROUPINGS", "read_cube", "overview_for", "cube_grid"]
+__all__ = ["CubeGrid", "RESAMPLINGS", "GROUPINGS", "read_cube", "plan_cube", "overview_for", "cube_grid"]
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -379,23 +380,13 @@ def _place(read: _Read, data: np.ndarray, block: CubeGrid, resampling: str, noda
     return out, ~np.isnan(out)
 
 
-async def _read_block_async(
-    plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int, fetcher: RangeFetcher
-) -> dict[str, np.ndarray]:
-    block = plan.grid.block(r0, r1, c0, c1)
-    nt = t1 - t0
-    out = {b: empty_in_small_pages((nt, block.height, block.width), plan.dtype) for b in plan.bands}
-    inside = None
-    if plan.area is not None:
-        from rasteret_pipelines.reading.mask import geometry_mask
-
-        inside = geometry_mask(plan.area, block.transform, block.height, block.width, all_touched=plan.all_touched)
+def _step_reads(plan: CubePlan, block: CubeGrid, t0: int, t1: int) -> list[tuple[int, list[tuple[CubeScene, dict]]]]:
+    """``[(step index, [(scene, {asset key: _Read})])]`` of a block: the scenes of each step
+    that reach the block with every key they need, in the step's order (a scene missing the
+    block for one key is left out). Shared by the read and its dry run."""
     data_keys = [plan.keys[b] for b in plan.bands]
     qkey = plan.quality.band if plan.quality is not None else None
-    methods: dict[int, dict[str, MosaicMethod]] = {}
-    left: dict[int, int] = {}
-    jobs = []  # (ti, rank, scene, {key: _Read})
-    empty_steps = []
+    out = []
     for ti in range(t0, t1):
         fed = []
         for scene in plan.steps[ti].scenes:
@@ -408,6 +399,53 @@ async def _read_block_async(
                 reads[key] = read
             else:
                 fed.append((scene, reads))
+        out.append((ti, fed))
+    return out
+
+
+def _by_level(jobs) -> dict[int, list[tuple[int, str]]]:
+    """One request list per level (``fetch_windows`` reads one level per call, and the read
+    sends every list at once): ``{level: [(job index, asset key)]}``."""
+    by_level: dict[int, list[tuple[int, str]]] = {}
+    for ji, (_, _, _, reads) in enumerate(jobs):
+        for key, read in reads.items():
+            by_level.setdefault(read.level, []).append((ji, key))
+    return by_level
+
+
+def block_requests(plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int):
+    """What reading one block fetches, without fetching: ``{level: [(scene, asset key, header,
+    window)]}``, one list per ``fetch_windows`` batch the block read sends (see
+    :mod:`~rasteret_pipelines.reading.explain`)."""
+    block = plan.grid.block(r0, r1, c0, c1)
+    jobs = [
+        (ti, rank, scene, reads)
+        for ti, fed in _step_reads(plan, block, t0, t1)
+        for rank, (scene, reads) in enumerate(fed)
+    ]
+    out: dict[int, list] = {}
+    for level, entries in _by_level(jobs).items():
+        out[level] = [(jobs[ji][2], key, jobs[ji][3][key].header, jobs[ji][3][key].window) for ji, key in entries]
+    return out
+
+
+async def _read_block_async(
+    plan: CubePlan, t0: int, t1: int, r0: int, r1: int, c0: int, c1: int, fetcher: RangeFetcher
+) -> dict[str, np.ndarray]:
+    block = plan.grid.block(r0, r1, c0, c1)
+    nt = t1 - t0
+    out = {b: empty_in_small_pages((nt, block.height, block.width), plan.dtype) for b in plan.bands}
+    inside = None
+    if plan.area is not None:
+        from rasteret_pipelines.reading.mask import geometry_mask
+
+        inside = geometry_mask(plan.area, block.transform, block.height, block.width, all_touched=plan.all_touched)
+    qkey = plan.quality.band if plan.quality is not None else None
+    methods: dict[int, dict[str, MosaicMethod]] = {}
+    left: dict[int, int] = {}
+    jobs = []  # (ti, rank, scene, {key: _Read})
+    empty_steps = []
+    for ti, fed in _step_reads(plan, block, t0, t1):
         methods[ti] = {b: plan.mosaic(out[b][ti - t0], len(fed), plan.fill) for b in plan.bands}
         left[ti] = len(fed)
         if not fed:
@@ -442,11 +480,7 @@ async def _read_block_async(
         if left[ti] == 0:  # the step's reductions (a median sorts) run beside the next scenes
             finishing.extend(pool.submit(m.finish) for m in methods[ti].values())
 
-    # One request list per level (fetch_windows reads one level per call), all concurrently.
-    by_level: dict[int, list[tuple[int, str]]] = {}
-    for ji, (_, _, _, reads) in enumerate(jobs):
-        for key, read in reads.items():
-            by_level.setdefault(read.level, []).append((ji, key))
+    by_level = _by_level(jobs)
     pending: dict[int, dict[str, np.ndarray]] = {}
 
     # Scenes are warped, masked and fed on one thread of their own, in landing order: the event
@@ -628,6 +662,19 @@ def _tile_phase(plan: CubePlan, size: int | None, axis: str) -> int:
     return 0
 
 
+def block_edges(plan: CubePlan, chunks) -> tuple[list[int], list[int], list[int]]:
+    """The block edges along time, y and x for ``chunks`` (None: one block, the eager read)."""
+    nt = len(plan.steps)
+    if chunks is None:
+        return [0, nt], [0, plan.grid.height], [0, plan.grid.width]
+    sizes = _chunk_sizes(chunks, plan.grid, nt)
+    return (
+        _edges(nt, sizes["time"]),
+        _edges(plan.grid.height, sizes["y"], _tile_phase(plan, sizes["y"], "y")),
+        _edges(plan.grid.width, sizes["x"], _tile_phase(plan, sizes["x"], "x")),
+    )
+
+
 def _dask_cube(plan: CubePlan, chunks) -> dict:
     try:
         import dask.array as da
@@ -635,11 +682,7 @@ def _dask_cube(plan: CubePlan, chunks) -> dict:
         from dask.highlevelgraph import HighLevelGraph
     except ImportError:
         raise DaskMissingError("chunks= needs dask: pip install 'rasteret-pipelines[dask]'") from None
-    nt = len(plan.steps)
-    sizes = _chunk_sizes(chunks, plan.grid, nt)
-    t_edges = _edges(nt, sizes["time"])
-    y_edges = _edges(plan.grid.height, sizes["y"], _tile_phase(plan, sizes["y"], "y"))
-    x_edges = _edges(plan.grid.width, sizes["x"], _tile_phase(plan, sizes["x"], "x"))
+    t_edges, y_edges, x_edges = block_edges(plan, chunks)
     token = tokenize(
         plan.grid,
         plan.bands,
@@ -700,6 +743,8 @@ def read_cube(
     fetch_config: FetchConfig | None = None,
     filters: dict | None = None,
     reader=None,
+    id_column=None,
+    keep: Sequence[str] = (),
 ):
     """Read ``bands`` of the collection's scenes onto one grid, one layer per time step.
 
@@ -721,15 +766,112 @@ def read_cube(
         chunks: ``{"time": t, "y": n, "x": n}`` for a dask-backed Dataset; None reads now.
         date_range, cloud_cover_lt, values, cloud_mask, all_touched, fetch_config, filters,
         reader: As in :func:`~rasteret_pipelines.reading.read_geometries`.
+        id_column, keep: Refused (:class:`~rasteret_pipelines.errors.CubeUserColumnsError`): a
+            cube has no ``geometry`` dimension to carry ids or columns on (see
+            :func:`refuse_user_columns`).
 
     Returns:
         A Dataset ``(time, y, x)`` with ``x``/``y`` pixel centres, ``spatial_ref`` (rioxarray's
         convention), ``scene_id(time)`` and, for an eager read, the request counts in attrs.
 
     Raises:
-        CubeGridError, CubeChunksError, GroupbyError, UnknownBandError, DateRangeError,
-        NoScenesError, UnsafeHrefError, DaskMissingError.
+        CubeGridError, CubeChunksError, CubeUserColumnsError, GroupbyError, UnknownBandError,
+        DateRangeError, NoScenesError, UnsafeHrefError, DaskMissingError.
     """
+    plan, attrs = plan_cube(
+        collection,
+        bands,
+        bbox=bbox,
+        geopolygon=geopolygon,
+        like=like,
+        geometries=geometries,
+        crs=crs,
+        resolution=resolution,
+        resampling=resampling,
+        groupby=groupby,
+        mosaic=mosaic,
+        date_range=date_range,
+        cloud_cover_lt=cloud_cover_lt,
+        values=values,
+        cloud_mask=cloud_mask,
+        all_touched=all_touched,
+        fetch_config=fetch_config,
+        filters=filters,
+        reader=reader,
+        id_column=id_column,
+        keep=keep,
+    )
+    if chunks is not None:
+        data = _dask_cube(plan, chunks)
+    else:
+        _check_memory(plan)  # MemoryLimitError before any request
+        arrays, stats = read_block(plan, 0, len(plan.steps), 0, plan.grid.height, 0, plan.grid.width)
+        data = arrays
+        attrs.update(requests=stats.requests, header_requests=stats.header_requests, bytes_read=stats.bytes)
+    return _dataset(plan, data, attrs)
+
+
+CUBE_AREAS = ("bbox", "geopolygon", "like")
+"""The arguments that make ``get_xarray`` read a cube instead of per-geometry windows."""
+
+
+def is_cube_read(geometries, kwargs: dict) -> bool:
+    """Whether ``get_xarray(geometries, **kwargs)`` reads a cube: an area is given, or no geometries."""
+    return geometries is None or any(kwargs.get(k) is not None for k in CUBE_AREAS)
+
+
+def refuse_user_columns(id_column, keep) -> None:
+    """A cube takes no ``id_column`` nor ``keep``: it has dimensions ``(time, y, x)``, and
+    ``geometries`` only mask it (as ``geopolygon=`` masks nothing and ``bbox=`` only bounds the
+    grid in odc-stac and stackstac, whose cubes have no geometry dimension either). Silently
+    dropping the columns would lose what the caller asked to carry; so they are refused, with
+    the reads that do carry them.
+
+    Raises:
+        CubeUserColumnsError: naming the argument given.
+    """
+    keep = [keep] if isinstance(keep, str) else list(keep or ())
+    given = [f"id_column={id_column!r}"] if id_column is not None else []
+    given += [f"keep={keep!r}"] if keep else []
+    if given:
+        raise CubeUserColumnsError(
+            f"{' and '.join(given)}: a data cube (bbox=, geopolygon=, like=, or no geometries) has dimensions "
+            "(time, y, x) and no geometry dimension to carry ids or columns on; geometries= only mask it. "
+            "For one result per geometry with its id and columns, read per-geometry windows "
+            "(get_xarray(geometries=gdf, bands=..., id_column=..., keep=[...]) without bbox/geopolygon/like), "
+            "or zonal_stats(gdf, ..., id_column=..., keep=[...]) for statistics per geometry and date"
+        )
+
+
+def plan_cube(
+    collection,
+    bands: Sequence[str],
+    *,
+    bbox=None,
+    geopolygon=None,
+    like=None,
+    geometries=None,
+    crs=None,
+    resolution=None,
+    resampling: str = "nearest",
+    groupby: str = "solar_day",
+    mosaic="first",
+    date_range=None,
+    cloud_cover_lt: float | None = None,
+    values: str = "float",
+    cloud_mask: bool = False,
+    all_touched: bool = False,
+    fetch_config: FetchConfig | None = None,
+    filters: dict | None = None,
+    reader=None,
+    id_column=None,
+    keep: Sequence[str] = (),
+) -> tuple[CubePlan, dict]:
+    """Check :func:`read_cube`'s arguments and plan the cube from the cached headers alone (no
+    request): the grid, the steps and their scenes, each (scene, band)'s level. Returns the
+    plan and the Dataset's attributes. Shared by the read and its dry run
+    (:mod:`~rasteret_pipelines.reading.explain`), so both see the same reads."""
+    refuse_user_columns(id_column, keep)
     if values not in CUBE_VALUE_MODES:
         raise InvalidReadArgumentError(f"values must be one of {CUBE_VALUE_MODES}, got {values!r}")
     if resampling not in RESAMPLINGS:
@@ -810,31 +952,34 @@ def read_cube(
         "groupby": groupby,
         "mosaic": mosaic if isinstance(mosaic, str) else method.__name__,
     }
-    if chunks is not None:
-        data = _dask_cube(plan, chunks)
-    else:
-        _check_memory(plan)  # MemoryLimitError before any request
-        arrays, stats = read_block(plan, 0, len(steps), 0, grid.height, 0, grid.width)
-        data = arrays
-        attrs.update(requests=stats.requests, header_requests=stats.header_requests, bytes_read=stats.bytes)
-    return _dataset(plan, data, attrs)
+    return plan, attrs
+
+
+def estimate_block(plan: CubePlan, t0: int, t1: int, pixels: int):
+    """The memory estimate of a block of ``t1 - t0`` steps and ``pixels`` pixels (the whole
+    cube for an eager read): its output, its warped scene layers and (for the stacking
+    composites) the largest step's scene stack, as a
+    :class:`~rasteret_pipelines.reading.memory.ReadEstimate`."""
+    from rasteret_pipelines.reading.composite import Median
+    from rasteret_pipelines.reading.memory import ReadEstimate
+
+    steps = plan.steps[t0:t1]
+    n_bands = len(plan.bands)
+    output = len(steps) * pixels * n_bands * plan.dtype.itemsize
+    scenes = sum(len(s.scenes) for s in steps)
+    windows = scenes * pixels * n_bands * 4
+    if issubclass(plan.mosaic, Median) and steps:
+        windows = max(windows, max(len(s.scenes) for s in steps) * pixels * n_bands * 4)
+    return ReadEstimate(output, windows, pixels if plan.area is not None else 0)
 
 
 def _check_memory(plan: CubePlan) -> None:
-    """An eager cube's output, its warped scene layers and (for the stacking composites) the
-    largest step's scene stack, against the read memory limit of
-    :mod:`~rasteret_pipelines.reading.memory`; a lazy read holds blocks, not the cube."""
-    from rasteret_pipelines.reading.composite import Median
-    from rasteret_pipelines.reading.memory import ReadEstimate, check_memory, memory_limit
+    """An eager cube's estimate (:func:`estimate_block` over the whole cube) against the read
+    memory limit of :mod:`~rasteret_pipelines.reading.memory`; a lazy read holds blocks, not
+    the cube."""
+    from rasteret_pipelines.reading.memory import check_memory, memory_limit
 
-    pixels = plan.grid.width * plan.grid.height
-    n_bands = len(plan.bands)
-    output = len(plan.steps) * pixels * n_bands * plan.dtype.itemsize
-    scenes = sum(len(s.scenes) for s in plan.steps)
-    windows = scenes * pixels * n_bands * 4
-    if issubclass(plan.mosaic, Median):
-        windows = max(windows, max(len(s.scenes) for s in plan.steps) * pixels * n_bands * 4)
-    estimate = ReadEstimate(output, windows, pixels if plan.area is not None else 0)
+    estimate = estimate_block(plan, 0, len(plan.steps), plan.grid.width * plan.grid.height)
     check_memory(
         estimate,
         memory_limit(getattr(plan.config, "max_read_memory", None)),

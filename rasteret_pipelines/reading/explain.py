@@ -7,20 +7,33 @@ collection's headers hold every tile's offset and size. So the read that follows
 :attr:`ReadPlan.gets` range GETs for exactly :attr:`ReadPlan.bytes` bytes.
 
 Reads: ``"get_xarray"`` and ``"get_gdf"`` (:func:`~rasteret_pipelines.reading.read_geometries`,
-one batch), ``"zonal_stats"`` and ``"sample_points"`` (one batch per date).
+one batch), ``"get_xarray"`` in its data-cube form (``bbox=``, ``geopolygon=``, ``like=`` or no
+geometries: :func:`~rasteret_pipelines.reading.cube.read_cube`, one batch per overview level
+for an eager read, and per block for ``chunks=``: one per dask task), ``"zonal_stats"`` and
+``"sample_points"`` (one batch per date).
+
+With ``chunks=`` the counts are those of one compute of the whole Dataset (computing its
+variables one by one, or twice, reads again). Each block fetches the tiles it needs in its own
+batch, so a tile that two blocks need is fetched by both, and ranges that the eager read
+coalesces across a block edge are split there: the plan says how many GETs and bytes that
+adds to the eager read (:attr:`ReadPlan.notes`).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from rasteret_pipelines.errors import InvalidReadArgumentError
+from rasteret_pipelines.errors import DaskMissingError, InvalidReadArgumentError
+from rasteret_pipelines.reading.options import ReadOptions
 
 READS = ("get_xarray", "get_gdf", "zonal_stats", "sample_points")
-_COLUMNS = ["scene", "date", "band", "windows", "tiles", "gets", "bytes", "decoded_bytes"]
+_COLUMNS = ["scene", "date", "band", "level", "windows", "tiles", "gets", "bytes", "decoded_bytes"]
+_COUNTS = _COLUMNS[4:]
 
 
 @dataclass
@@ -29,10 +42,15 @@ class ReadPlan:
 
     read: str
     rows: list[dict] = field(default_factory=list)
-    """``scene``, ``date``, ``band`` (asset key), ``windows``, ``tiles``, ``gets``, ``bytes``,
-    ``decoded_bytes`` per (scene, band)."""
+    """``scene``, ``date``, ``band`` (asset key), ``level`` (0: full resolution, k: the k-th
+    overview), ``windows``, ``tiles``, ``gets``, ``bytes``, ``decoded_bytes`` per (scene, band)."""
     peak_bytes: int = 0
-    """Estimated memory the read allocates at its peak (its output and working arrays)."""
+    """Estimated memory the read allocates at its peak (its output and working arrays); for
+    ``chunks=``, what one task holds (the largest block's)."""
+    tasks: int = 0
+    """Dask tasks of a lazy cube (``chunks=``), each reading one block; 0 for a read done at once."""
+    notes: list[str] = field(default_factory=list)
+    """What the numbers mean beyond the table (tiles fetched by more than one dask task, ...)."""
 
     def _sum(self, key: str) -> int:
         return int(sum(r[key] for r in self.rows))
@@ -44,12 +62,13 @@ class ReadPlan:
 
     @property
     def windows(self) -> int:
-        """(scene, band) windows: one per geometry for a read, one per tile for fields."""
+        """(scene, band) windows: one per geometry for a read, one per tile for fields, one per
+        block for a cube (one block unless ``chunks=``)."""
         return self._sum("windows")
 
     @property
     def tiles(self) -> int:
-        """Distinct tiles fetched and decoded (per batch)."""
+        """Tiles fetched and decoded: the distinct tiles of each batch, summed over batches."""
         return self._sum("tiles")
 
     @property
@@ -73,6 +92,24 @@ class ReadPlan:
 
         return pd.DataFrame(self.rows, columns=_COLUMNS)
 
+    @classmethod
+    def sequence(cls, read: str, plans: Sequence[ReadPlan]) -> ReadPlan:
+        """Reads done one after another as one plan: rows of the same (scene, band, level)
+        added up, the largest peak, every note."""
+        rows: dict[tuple, dict] = {}
+        for plan in plans:
+            for r in plan.rows:
+                row = rows.setdefault((r["scene"], r["band"], r["level"]), {**r, **{k: 0 for k in _COUNTS}})
+                for k in _COUNTS:
+                    row[k] += r[k]
+        return cls(
+            read,
+            list(rows.values()),
+            max((p.peak_bytes for p in plans), default=0),
+            sum(p.tasks for p in plans),
+            [n for p in plans for n in p.notes],
+        )
+
     def summary(self) -> dict:
         return {
             "read": self.read,
@@ -83,7 +120,12 @@ class ReadPlan:
             "bytes": self.bytes,
             "decoded_bytes": self.decoded_bytes,
             "peak_bytes": self.peak_bytes,
+            "tasks": self.tasks,
         }
+
+    def markdown(self) -> str:
+        """The totals as a Markdown table (see :func:`plans_markdown`)."""
+        return plans_markdown([(self.read, self)])
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -108,14 +150,36 @@ class ReadPlan:
                 _mb(s["peak_bytes"]),
             )
         )
+        from html import escape
+
+        notes = "".join(f"<li>{escape(n)}</li>" for n in self.notes)
         return (
-            f"<p><b>{s['read']}</b>: a dry run from the cached headers (no request made)</p>"
-            f"<table><tr>{head}</tr><tr>{cells}</tr></table>" + self.to_pandas().to_html(index=False, max_rows=40)
+            f"<p><b>{escape(s['read'])}</b>: a dry run from the cached headers (no request made)</p>"
+            f"<table><tr>{head}</tr><tr>{cells}</tr></table>"
+            + (f"<ul>{notes}</ul>" if notes else "")
+            + self.to_pandas().to_html(index=False, max_rows=40)
         )
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+def plans_markdown(plans: Sequence[tuple[str, ReadPlan]]) -> str:
+    """A Markdown table of labelled plans (scenes, windows, tiles, GETs, MB to fetch, decoded MB,
+    peak MB), with their total (:meth:`ReadPlan.sequence`) when there are several, and the
+    plans' notes below it."""
+    head = "| read | scenes | windows | tiles | GETs | MB to fetch | decoded MB | peak MB |\n|---|---|---|---|---|---|---|---|"
+
+    def line(label: str, p: ReadPlan) -> str:
+        mb = (f"{v / 1e6:.1f}" for v in (p.bytes, p.decoded_bytes, p.peak_bytes))
+        return f"| {label} | {p.scenes} | {p.windows} | {p.tiles} | {p.gets} | " + " | ".join(mb) + " |"
+
+    lines = [head, *(line(label, p) for label, p in plans)]
+    if len(plans) > 1:
+        lines.append(line("**total**", ReadPlan.sequence("total", [p for _, p in plans])))
+    notes = [f"- {n}" for _, p in plans for n in p.notes]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
@@ -127,17 +191,35 @@ def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
         args, kwargs: The arguments the read takes after the collection
             (:func:`~rasteret_pipelines.reading.read_geometries`,
             :func:`~rasteret_pipelines.reading.zonal_stats`,
-            :func:`~rasteret_pipelines.reading.sample_points`).
+            :func:`~rasteret_pipelines.reading.sample_points`). For ``"get_xarray"``, an area
+            (``bbox=``, ``geopolygon=``, ``like=``) or no geometries means the data cube, as in
+            ``Rasteret.get_xarray``: :func:`~rasteret_pipelines.reading.cube.read_cube`'s
+            arguments, ``chunks=`` included.
 
     Raises:
         InvalidReadArgumentError: an unknown read; otherwise what the read raises before its
-            first request (bad bands, dates, geometries, no scene).
+            first request (bad bands, dates, geometries, grid, chunks, no scene).
     """
     from rasteret_pipelines.reading import read as read_module
     from rasteret_pipelines.reading import zonal
+    from rasteret_pipelines.reading.cube import is_cube_read
 
+    if read == "get_xarray":
+        positional = list(args)
+        geometries = positional.pop(0) if positional else kwargs.pop("geometries", None)
+        if is_cube_read(geometries, kwargs):
+            if kwargs.get("options") is not None:
+                given = {k: kwargs.pop(k) for k in list(kwargs) if k in ReadOptions.__dataclass_fields__}
+                kwargs.update(ReadOptions.resolve(kwargs.pop("options"), given, read).keywords())
+            if "geometries" in kwargs:
+                raise InvalidReadArgumentError("get_xarray: got multiple values for argument 'geometries'")
+            bands = positional.pop(0) if positional else kwargs.pop("bands", None)
+            return _cube_plan(read, collection, bands, geometries, positional, kwargs)
+        args = (geometries, *positional)
     if read in ("get_xarray", "get_gdf"):
         bound = _bind(read_module.read_geometries, collection, *args, **kwargs)
+        options = ReadOptions.resolve(bound.pop("options", None), bound.pop("option_keywords", {}), read)
+        bound.update(options.keywords())
         bound.pop("resampling", None)
         bound.pop("reader", None)
         planned = read_module.plan_read(collection, **bound)
@@ -175,45 +257,113 @@ def _bind(function, collection, *args, **kwargs) -> dict:
 
 
 class _Rows:
-    """Rows keyed by href: (scene, date, band) and the counters."""
+    """Rows keyed by (href, level): (scene, date, band, level) and the counters."""
 
     def __init__(self):
-        self.rows: dict[str, dict] = {}
+        self.rows: dict[tuple[str, int], dict] = {}
 
-    def add(self, href: str, scene: str, date, band: str, **counts) -> None:
-        row = self.rows.get(href)
+    def add(self, href: str, level: int, scene: str, date, band: str, **counts) -> None:
+        row = self.rows.get((href, level))
         if row is None:
-            row = self.rows[href] = {
+            row = self.rows[href, level] = {
                 "scene": scene,
                 "date": str(np.datetime64(date, "D")),
                 "band": band,
-                **{k: 0 for k in _COLUMNS[3:]},
+                "level": level,
+                **{k: 0 for k in _COUNTS},
             }
         for k, v in counts.items():
             row[k] += v
 
-    def add_batch(self, requests, names, config) -> None:
-        """Tiles, GETs and bytes of one batch as the engine will fetch it."""
+    def add_batch(self, requests, names, config, overview: int = 0) -> set:
+        """Tiles, GETs and bytes of one batch (one ``fetch_windows`` call, of one level) as the
+        engine will fetch it; returns the batch's tiles."""
         from rasteret_pipelines.cog.header import validate_window
         from rasteret_pipelines.cog.read import plan_spans
 
-        checked = [(h, validate_window(h, w, 0)) for h, w in requests]
-        spans, _ = plan_spans(checked, 0, config)
+        checked = [(h, validate_window(h, w, overview)) for h, w in requests]
+        spans, _ = plan_spans(checked, overview, config)
         headers = {h.href: h for h, _ in checked}
         for h, _ in checked:
-            self.add(h.href, *names[h.href], windows=1)
+            self.add(h.href, overview, *names[h.href], windows=1)
+        fetched = set()
         for href, href_spans in spans.items():
-            level = headers[href].levels[0]
+            level = headers[href].levels[overview]
             itemsize = max(level.bits_per_sample // 8, 1) * level.samples_per_pixel
             tiles = sum(len(span.blocks) for span in href_spans)
+            fetched.update(block for span in href_spans for block, _, _ in span.blocks)
             self.add(
                 href,
+                overview,
                 *names[href],
                 tiles=tiles,
                 gets=len(href_spans),
                 bytes=sum(span.end - span.start for span in href_spans),
                 decoded_bytes=tiles * level.tile_width * level.tile_height * itemsize,
             )
+        return fetched
+
+
+def _cube_plan(read: str, collection, bands, geometries, positional: list, kwargs: dict) -> ReadPlan:
+    """The dry run of :func:`~rasteret_pipelines.reading.cube.read_cube`: every block as its
+    read (or its dask task) will fetch it, one batch per level."""
+    from rasteret_pipelines.reading import cube
+
+    bound = _bind(cube.read_cube, collection, bands, *positional, geometries=geometries, **kwargs)
+    chunks = bound.pop("chunks", None)
+    plan, _ = cube.plan_cube(collection, **bound)
+    if chunks is not None:
+        try:
+            import dask  # noqa: F401 (the read needs it: refuse the same way)
+        except ImportError:
+            raise DaskMissingError("chunks= needs dask: pip install 'rasteret-pipelines[dask]'") from None
+    t_edges, y_edges, x_edges = cube.block_edges(plan, chunks)
+    rows, counted = _Rows(), Counter()
+    peak = 0
+    for t0, t1 in zip(t_edges, t_edges[1:]):
+        for r0, r1 in zip(y_edges, y_edges[1:]):
+            for c0, c1 in zip(x_edges, x_edges[1:]):
+                counted.update(_cube_block(rows, plan, (t0, t1, r0, r1, c0, c1)))
+                peak = max(peak, cube.estimate_block(plan, t0, t1, (r1 - r0) * (c1 - c0)).total)
+    out = ReadPlan(read, list(rows.rows.values()), int(peak))
+    if chunks is None:
+        return out
+    out.tasks = (len(t_edges) - 1) * (len(y_edges) - 1) * (len(x_edges) - 1)
+    eager = _Rows()
+    _cube_block(eager, plan, (0, len(plan.steps), 0, plan.grid.height, 0, plan.grid.width))
+    eager_plan = ReadPlan(read, list(eager.rows.values()))
+    shared = sum(1 for n in counted.values() if n > 1)
+    out.notes.append(
+        f"chunks=: {out.tasks} dask tasks, one block each; the counts are for one compute of the whole "
+        "Dataset, and peak_bytes is one task's (a worker running k tasks at once holds about k times it)"
+    )
+    if shared:
+        out.notes.append(
+            f"{shared} of {len(counted)} tiles are needed by more than one block and fetched by each "
+            f"({out.tiles - eager_plan.tiles} tile fetches more than the eager read): the chunk edges do not "
+            "fall on the tiles' edges; chunk sizes that are multiples of the tile size on the scenes' own "
+            "grid avoid it"
+        )
+    else:
+        out.notes.append("no tile is needed by more than one block: each is fetched once, as in the eager read")
+    if (out.gets, out.bytes) != (eager_plan.gets, eager_plan.bytes):
+        out.notes.append(
+            f"the eager read would make {eager_plan.gets} GETs for {eager_plan.bytes} bytes; chunking "
+            f"makes {out.gets - eager_plan.gets:+d} GETs and {out.bytes - eager_plan.bytes:+d} bytes "
+            "(each block coalesces its own ranges)"
+        )
+    return out
+
+
+def _cube_block(rows: _Rows, plan, bounds: tuple[int, ...]) -> set:
+    """Add one block's batches to ``rows``; returns its tiles."""
+    from rasteret_pipelines.reading.cube import block_requests
+
+    tiles = set()
+    for level, entries in block_requests(plan, *bounds).items():
+        names = {h.href: (scene.id, scene.datetime, key) for scene, key, h, _ in entries}
+        tiles |= rows.add_batch([(h, w) for _, _, h, w in entries], names, plan.config, level)
+    return tiles
 
 
 def _geometries_plan(read: str, planned, values: str) -> ReadPlan:

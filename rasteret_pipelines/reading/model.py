@@ -121,22 +121,60 @@ def dataset_from_arrays(
         a, _, c, _, e, f = g.transform
         xs[gi, : g.width] = c + a * (np.arange(g.width) + 0.5)  # north-up grids
         ys[gi, : g.height] = f + e * (np.arange(g.height) + 0.5)
-    coords = {
-        "geometry": [g.geometry_id for g in grids],
-        "time": np.array(sorted(times), dtype="datetime64[ns]"),
-        "x": (("geometry", "col"), xs),
-        "y": (("geometry", "row"), ys),
-        "crs": ("geometry", np.array([g.crs for g in grids], dtype=object)),
-        "transform": ("geometry", np.array([format_transform(g.transform) for g in grids], dtype=object)),
-        "height": ("geometry", np.array([g.height for g in grids], dtype=np.int64)),
-        "width": ("geometry", np.array([g.width for g in grids], dtype=np.int64)),
-        "scene_id": (("geometry", "time"), scene_ids),
-    }
+    coords, indexes = _dimension_coords(
+        {"geometry": [g.geometry_id for g in grids], "time": np.array(sorted(times), dtype="datetime64[ns]")}
+    )
+    coords.update(
+        {
+            "x": _variable(("geometry", "col"), xs),
+            "y": _variable(("geometry", "row"), ys),
+            "crs": _variable(("geometry",), np.array([g.crs for g in grids], dtype=object)),
+            "transform": _variable(
+                ("geometry",), np.array([format_transform(g.transform) for g in grids], dtype=object)
+            ),
+            "height": _variable(("geometry",), np.array([g.height for g in grids], dtype=np.int64)),
+            "width": _variable(("geometry",), np.array([g.width for g in grids], dtype=np.int64)),
+            "scene_id": _variable(("geometry", "time"), scene_ids),
+        }
+    )
     crss = {g.crs for g in grids}
     if len(crss) == 1:
-        coords["spatial_ref"] = ((), 0, {"crs_wkt": crs_wkt(next(iter(crss)))})
-    variables = {b: (("geometry", "time", "row", "col"), arr) for b, arr in data.items()}
-    return xr.Dataset(variables, coords=coords, attrs=dict(attrs))
+        coords["spatial_ref"] = _variable((), np.array(0), {"crs_wkt": crs_wkt(next(iter(crss)))})
+    variables = {b: _variable(("geometry", "time", "row", "col"), arr) for b, arr in data.items()}
+    return xr.Dataset(variables, coords=xr.Coordinates(coords, indexes=indexes), attrs=dict(attrs))
+
+
+def _dimension_coords(values: Mapping[str, Sequence]) -> tuple[dict, dict]:
+    """(variables, indexes) of the indexed coordinates ``{dimension: values}``.
+
+    The index is built from a ``pandas.Index`` (what xarray builds from plain values itself,
+    but without its duck-array check; see :func:`_variable`). Values numpy cannot hold as one
+    plain 1-D array (mixed Python objects) go through xarray's own conversion instead.
+    """
+    import pandas as pd
+    from xarray.indexes import PandasIndex
+
+    variables: dict = {}
+    indexes: dict = {}
+    for dim, raw in values.items():
+        array = np.asarray(raw)
+        if array.ndim != 1 or array.dtype.kind == "O":
+            index = PandasIndex.from_variables({dim: xr.Variable(dim, raw)}, options={})
+        else:
+            index = PandasIndex(pd.Index(array), dim, coord_dtype=array.dtype)
+        indexes[dim] = index
+        variables.update(index.create_variables())
+    return variables, indexes
+
+
+def _variable(dims, values: np.ndarray, attrs=None) -> xr.Variable:
+    """A Variable around ``values`` as they are (already numpy, of their final dtype).
+
+    ``fastpath`` skips xarray's conversion of arbitrary input, whose duck-array check imports
+    dask (when it is installed) on the first Variable a process builds; a read hands xarray
+    plain numpy arrays, so it has nothing to convert.
+    """
+    return xr.Variable(dims, values, attrs, fastpath=True)
 
 
 def stack_geometries(

@@ -47,6 +47,7 @@ from rasteret_pipelines.reading.fetch import check_plan_hrefs, fetch_plans
 from rasteret_pipelines.reading.geometries import normalize_geometries
 from rasteret_pipelines.reading.memory import check_plans
 from rasteret_pipelines.reading.mosaic import mosaic_method
+from rasteret_pipelines.reading.options import ReadOptions
 from rasteret_pipelines.reading.plan import (
     check_date_range,
     cloud_mask_rule,
@@ -71,20 +72,16 @@ def read_geometries(
     *,
     date_range=None,
     cloud_cover_lt: float | None = None,
-    values: str = "float",
-    cloud_mask: bool = False,
-    all_touched: bool = False,
-    resampling=None,
-    crs=None,
-    resolution: float | None = None,
-    fetch_config: FetchConfig | None = None,
     filters: dict | None = None,
-    mosaic="first",
-    reader=None,
     id_column: str = "id",
     keep: Sequence[str] = (),
+    options: ReadOptions | None = None,
+    **option_keywords,
 ):
     """Read ``bands`` for every geometry from the collection's scenes (see module docs).
+
+    ``values`` to ``reader`` below are the fields of ``options``
+    (:class:`~rasteret_pipelines.reading.options.ReadOptions`), also accepted as keywords.
 
     Args:
         collection: An opened :class:`~rasteret_pipelines.collections.Collection`.
@@ -120,6 +117,7 @@ def read_geometries(
         id_column: The GeoDataFrame column holding the geometry ids (default ``"id"``, when
             the frame has it); the ids become the ``geometry`` coordinate.
         keep: GeoDataFrame columns carried into the Dataset as coordinates on ``geometry``.
+        options: The read options as one value; a keyword may add to them, not contradict them.
 
     Returns:
         The Dataset described in :mod:`rasteret_pipelines.reading.model`.
@@ -127,8 +125,13 @@ def read_geometries(
     Raises:
         UnknownBandError, MissingAssetError (the items have no asset for a band), DateRangeError,
         InvalidGeometryError, NoScenesError (with the collection's extent and the geometries' bounds),
-        UnsafeHrefError (an href the collection's policy refuses; nothing was requested).
+        UnsafeHrefError (an href the collection's policy refuses; nothing was requested),
+        InvalidReadArgumentError (an unknown option, or one given twice with two values).
     """
+    opts = ReadOptions.resolve(options, option_keywords)
+    values, cloud_mask, all_touched, resampling = opts.values, opts.cloud_mask, opts.all_touched, opts.resampling
+    crs, resolution, mosaic = opts.crs, opts.resolution, opts.mosaic
+    fetch_config, reader = opts.fetch_config, opts.reader
     planned = plan_read(
         collection,
         geometries,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import io
 import json
 import logging
 
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 import pystac
 import pytest
 import shapely.geometry
+from fsspec.implementations.local import LocalFileSystem
 from stac_geoparquet.arrow import stac_table_to_items
 
 from rasteret_pipelines import Rasteret
@@ -347,91 +347,28 @@ def test_a_failed_new_build_leaves_no_collection_but_an_old_one_stays(tmp_path, 
     assert collection.months == ["2025-06"] and collection.to_table(columns=["id"]).num_rows == 2
 
 
-class _CountingLocalFS(pafs.FileSystemHandler):
-    """A local filesystem that counts the bytes read through it."""
+class _CountingFS(LocalFileSystem):
+    """Local files under another protocol, counting the bytes read: :class:`Storage` hands it
+    to pyarrow wrapped in ``FSSpecHandler``, the path every ``s3://`` collection read takes."""
+
+    protocol = "counting"
+    cachable = False
 
     def __init__(self):
-        self.fs = pafs.LocalFileSystem()
+        super().__init__()
         self.bytes_read = 0
 
-    def __eq__(self, other):
-        return self is other
+    def _open(self, path, mode="rb", **kwargs):
+        f = super()._open(path, mode, **kwargs)
+        fs, read = self, f.read
 
-    def __ne__(self, other):
-        return self is not other
+        def counted(*args):
+            data = read(*args)
+            fs.bytes_read += len(data)
+            return data
 
-    def get_type_name(self):
-        return "counting-local"
-
-    def normalize_path(self, path):
-        return path
-
-    def get_file_info(self, paths):
-        return self.fs.get_file_info(paths)
-
-    def get_file_info_selector(self, selector):
-        return self.fs.get_file_info(selector)
-
-    def open_input_file(self, path):
-        handler = self
-
-        class Counting(io.RawIOBase):
-            def __init__(self, raw):
-                self.raw = raw
-
-            def readable(self):
-                return True
-
-            def seekable(self):
-                return True
-
-            def seek(self, offset, whence=0):
-                return self.raw.seek(offset, whence)
-
-            def tell(self):
-                return self.raw.tell()
-
-            def readinto(self, buffer):
-                data = self.raw.read(len(buffer))
-                handler.bytes_read += len(data)
-                buffer[: len(data)] = data
-                return len(data)
-
-            def close(self):
-                self.raw.close()
-                super().close()
-
-        return pa.PythonFile(Counting(open(path, "rb")), mode="r")
-
-    def open_input_stream(self, path):
-        return self.open_input_file(path)
-
-    def create_dir(self, *a, **k):
-        raise NotImplementedError
-
-    def delete_dir(self, *a, **k):
-        raise NotImplementedError
-
-    def delete_dir_contents(self, *a, **k):
-        raise NotImplementedError
-
-    def delete_root_dir_contents(self, *a, **k):
-        raise NotImplementedError
-
-    def delete_file(self, *a, **k):
-        raise NotImplementedError
-
-    def move(self, *a, **k):
-        raise NotImplementedError
-
-    def copy_file(self, *a, **k):
-        raise NotImplementedError
-
-    def open_output_stream(self, *a, **k):
-        raise NotImplementedError
-
-    def open_append_stream(self, *a, **k):
-        raise NotImplementedError
+        f.read = counted
+        return f
 
 
 def test_to_table_with_columns_reads_only_those_columns(tmp_path, mirror, stac_for):
@@ -441,9 +378,10 @@ def test_to_table_with_columns_reads_only_those_columns(tmp_path, mirror, stac_f
     items = [mirror.publish(shifted(i, 7, day)) for i in july_2025_items() for day in range(1, 6)]
     build_s2(tmp_path / "ws", stac_for(items))
     path = tmp_path / "ws" / "brazil" / "month=2025-07" / MONTH_FILE
-    handler = _CountingLocalFS()
+    handler = _CountingFS()
     local = load_collection("brazil", tmp_path / "ws")
-    store = Storage(local.storage.uri, pafs.PyFileSystem(handler), local.storage.base)
+    store = Storage(local.storage.uri, handler, local.storage.base)
+    assert isinstance(store.arrow_fs.handler, pafs.FSSpecHandler)
     collection = type(local)(name=local.name, storage=store, manifest=local.manifest)
     collection.dataset  # noqa: B018  (opening reads each month's footer, once)
     footers = handler.bytes_read

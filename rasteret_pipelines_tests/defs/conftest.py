@@ -17,6 +17,7 @@ import pytest
 
 from rasteret_pipelines.aois import write_aois_geojson
 from rasteret_pipelines.defs import build_definitions
+from rasteret_pipelines.defs.location_runs import partition_range_tags
 from rasteret_pipelines.defs.settings import Settings
 from rasteret_pipelines.fields import load_fields
 from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
@@ -111,7 +112,7 @@ class Project:
         return self.job(job_name).execute_in_process(
             instance=self.instance,
             raise_on_error=raise_on_error,
-            tags={"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)},
+            tags=partition_range_tags(first, last),
         )
 
     def register_fields(self, groups=None, report: bool = True) -> list[str]:

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from rasteret_pipelines.defs import build_definitions
-from rasteret_pipelines.defs.io_managers import RasteretIOManager
+from rasteret_pipelines.defs.io_managers import CollectionIOManager, TableIOManager
 from rasteret_pipelines.defs.resources import LocalStorageResource, S3StorageResource
 from rasteret_pipelines.defs.settings import ENV_VARS, Settings, SettingsError
 
@@ -23,8 +23,9 @@ def test_definitions_module_loads_offline(monkeypatch):
         "field_stats/sentinel_2_l2a_field_stats",
         "field_timeseries/sentinel_2_l2a_field_timeseries",
     }
-    checks = {k.name for c in defs.asset_checks for k in c.check_keys}
-    assert checks == {"every_band_header_present"}  # the statistics' checks are check_specs of their asset
+    assert not defs.asset_checks  # every check is a check_spec of its asset
+    collection = defs.resolve_assets_def(dg.AssetKey(["collections", "sentinel_2_l2a"]))
+    assert {k.name for k in collection.check_keys} == {"every_band_header_present"}
     stats = defs.resolve_assets_def(dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"]))
     assert {k.name for k in stats.check_keys} == {"stats_in_range", "geotiffs_reopen"}
     assert {j for j in ("collections_job", "field_stats_job", "field_timeseries_job") if defs.resolve_job_def(j)}
@@ -39,8 +40,9 @@ def test_definitions_module_loads_offline(monkeypatch):
     assert (
         isinstance(resources["storage"], LocalStorageResource) and resources["storage"].base_path == "./.rasteret_data"
     )
-    assert isinstance(resources["rasteret_io"], RasteretIOManager)
-    assert resources["data_source"].stac_url == "demo"
+    assert isinstance(resources["collection_io_manager"], CollectionIOManager)
+    assert isinstance(resources["table_io_manager"], TableIOManager)
+    assert resources["data_source"].stac_url == "public", "with nothing set, never the demo"
     spec = defs.resolve_assets_def(dg.AssetKey(["collections", "sentinel_2_l2a"]))
     assert spec.partitions_def.get_first_partition_key() == "2024-01-01"
     assert spec.op.pool == "rasteret-sentinel-2-l2a"
@@ -207,7 +209,7 @@ def test_collection_description_names_the_stac_api_searched(monkeypatch):
         defs = build_definitions(Settings.from_env(env))
         return defs.resolve_assets_def(key).descriptions_by_key[key]
 
-    demo = description({"RASTERET_DEMO_PORT": "47700"})
+    demo = description({"RASTERET_STAC_URL": "demo", "RASTERET_DEMO_PORT": "47700"})
     assert "offline demo mirror's STAC API at http://127.0.0.1:47700" in demo and "Earth Search" not in demo
     mirror = description({"RASTERET_STAC_URL": "public", "RASTERET_STAC_URL_SENTINEL_2_L2A": "http://127.0.0.1:9/stac"})
     assert "http://127.0.0.1:9/stac" in mirror and "Earth Search" not in mirror
@@ -218,16 +220,19 @@ def test_collection_description_names_the_stac_api_searched(monkeypatch):
 def test_demo_partitions_are_the_demo_months():
     """With the offline demo selected the months are exactly the mirror's: the UI's materialise
     dialog offers no empty month."""
-    demo = build_definitions(Settings.from_env({"RASTERET_DEMO_MONTHS": "2024-03,2024-04,2024-05"}))
+    demo = build_definitions(
+        Settings.from_env({"RASTERET_STAC_URL": "demo", "RASTERET_DEMO_MONTHS": "2024-03,2024-04,2024-05"})
+    )
     months = demo.resolve_assets_def(dg.AssetKey(["collections", "sentinel_2_l2a"])).partitions_def
     assert months.get_partition_keys() == ["2024-03-01", "2024-04-01", "2024-05-01"]
-    default = Settings.from_env({})
+    default = Settings.from_env({"RASTERET_STAC_URL": "demo"})
     assert (default.start_month, default.end_month) == ("2024-01", "2024-03")
+    assert (Settings.from_env({}).start_month, Settings.from_env({}).end_month) == ("2024-01", None)
     # another STAC API: from RASTERET_START_MONTH to the last complete month
     public = Settings.from_env({"RASTERET_STAC_URL": "public", "RASTERET_START_MONTH": "2023-06"})
     assert (public.start_month, public.end_month) == ("2023-06", None)
     with pytest.raises(SettingsError, match="after the last demo month 2024-03"):
-        Settings.from_env({"RASTERET_START_MONTH": "2024-05"})
+        Settings.from_env({"RASTERET_STAC_URL": "demo", "RASTERET_START_MONTH": "2024-05"})
 
 
 def test_the_instance_file_is_the_repository_root_s_dagster_yaml():

@@ -2,15 +2,16 @@
 
 import os
 import signal
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from rasteret_pipelines.cli import build_parser
 from rasteret_pipelines.defs.resources import DataSourceResource
-from rasteret_pipelines.errors import StacApiError
+from rasteret_pipelines.errors import LocalServerDownError, StacApiError
 from rasteret_pipelines_demo.demo import run_demo
-from rasteret_pipelines_demo.demo_mirror import demo_stac_url, free_port_pair, probe_demo_mirror, spawn_demo_mirror
+from rasteret_pipelines_demo.demo_mirror import DemoMirror, free_port_pair, probe_demo_mirror
 from rasteret_pipelines_tests.conftest import free_port, wait_until
 from rasteret_pipelines_tests.defs.conftest import GROUP, MONTHS
 
@@ -45,6 +46,8 @@ def test_run_demo_records_runs_in_a_persistent_instance(demo_world, tmp_path, mo
     assert hint["env"]["RASTERET_DEMO_PORT"] == str(port) and hint["env"]["RASTERET_DEMO_MONTHS"] == ",".join(MONTHS)
     assert os.access(hint["argv"][0], os.X_OK), "the hint names this interpreter's command, not one on PATH"
     assert not probe_demo_mirror(f"http://127.0.0.1:{port}"), "the in-process mirror stopped"
+    assert hint["env"]["RASTERET_STAC_URL"] == "demo", "the demo is selected explicitly for the UI's runs"
+    assert "RASTERET_STAC_URL" not in os.environ, "the demo's selection does not outlive the demo"
 
     instance = dg.DagsterInstance.get()
     runs = instance.get_runs()
@@ -106,23 +109,18 @@ def _assert_the_ui_counts_the_runs(instance, run_ids) -> None:
         assert materialized == {r["runId"] for r in runs if r["jobName"] == "collections_job"}
 
 
-def test_detached_mirror_is_found_and_reused(demo_world):
+def test_the_resource_finds_the_running_mirror_and_starts_none(demo_world):
     port = free_port_pair()  # the mirror's pair: port and port + 1
     url = f"http://127.0.0.1:{port}"
+    resource = DataSourceResource(
+        stac_url="demo", demo_dir=str(demo_world), demo_port=port, demo_months=",".join(MONTHS)
+    )
+    with pytest.raises(LocalServerDownError, match="not running.*rasteret-pipelines demo --serve"):
+        resource.stac_url_for("sentinel-2-l2a")
     assert not probe_demo_mirror(url)
-    with pytest.raises(StacApiError, match="not running"):
-        demo_stac_url(demo_world, port, months=MONTHS, start=False)
-    proc = spawn_demo_mirror(demo_world, port, MONTHS, idle_timeout=60)
-    try:
-        wait_until(lambda: probe_demo_mirror(url), process=proc, log=(demo_world / "mirror.log").read_text)
-        # the resource's default ("demo") finds the running mirror instead of starting another
-        resource = DataSourceResource(demo_dir=str(demo_world), demo_port=port, demo_months=",".join(MONTHS))
+    with DemoMirror(demo_world, port):  # what the demo and ui commands serve while they run
         assert resource.stac_url_for("sentinel-2-l2a") == url
-        assert demo_stac_url(demo_world, port, months=MONTHS) == url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    assert proc.returncode == 0
+    assert not probe_demo_mirror(url)
 
 
 def test_something_else_on_the_demo_port(mirror):
@@ -146,24 +144,10 @@ def test_cli_rejects_unknown_arguments_outside_ui(capsys):
     assert "unrecognized arguments: --frobnicate" in capsys.readouterr().err
 
 
-def _kill_detached_mirror(demo_world, port: int) -> None:
-    """Stop the mirror a run started on ``port`` (its pid is in the world's mirror.log)."""
-    import re
-
-    text = (demo_world / "mirror.log").read_text()
-    pids = re.findall(rf"STAC API http://127\.0\.0\.1:{port}, COGs .*\(pid (\d+)\)", text)
-    for pid in pids:
-        try:
-            os.killpg(int(pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.mark.timeout(240)
 def test_runs_after_the_demo_exited(demo_world, tmp_path):
-    """The demo's mirror is gone (the demo exited): with the demo selected a run starts it on
-    demand; with the COG server down and nothing to start it, the run fails without a retry, saying how."""
-    from rasteret_pipelines_demo.demo_mirror import DemoMirror
+    """The demo's mirror is gone (the demo exited): a run fails without a retry, saying how to start the
+    mirror, whether the demo is selected or a STAC URL of it is given; nothing starts it."""
     from rasteret_pipelines_tests.defs.conftest import failure_messages, local_instance, make_project
 
     port = free_port_pair()  # the mirror's pair: port and port + 1
@@ -186,24 +170,22 @@ def test_runs_after_the_demo_exited(demo_world, tmp_path):
     url = f"http://127.0.0.1:{port}"
     assert not probe_demo_mirror(url)
 
-    # a STAC URL given explicitly: nothing may start the server, so fail with the way out, no retry
+    # the demo selected: the STAC search and the COG reads find the mirror down
+    for job, partition in (("collections_job", "2024-02-01"), ("field_stats_job", f"{GROUP}|2024-01-01")):
+        result = demo.run(job, partition, raise_on_error=False)
+        assert not result.success
+        text = failure_messages(result)
+        assert "rasteret-pipelines demo --serve" in text and "rasteret-pipelines ui" in text, text
+        assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+        assert not probe_demo_mirror(url), "a run started the mirror"
+
+    # a STAC URL given explicitly: fail with the way out, no retry
     explicit = make_project(demo.storage, url, demo.aoi_file, instance=demo.instance, aois=False, extra=demo_env)
     result = explicit.run("field_stats_job", f"{GROUP}|2024-01-01", raise_on_error=False)
     assert not result.success
     text = failure_messages(result)
-    assert f"nothing listens at http://127.0.0.1:{port + 1}" in text and "rasteret-pipelines demo --serve" in text, text
+    assert f"nothing listens at http://127.0.0.1:{port + 1}" in text, text
     assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
-
-    # the demo selected (the default): the run starts the mirror and succeeds
-    try:
-        result = demo.run("field_stats_job", f"{GROUP}|2024-01-01")
-        assert result.success
-        assert demo.instance.get_materialized_partitions(
-            dg.AssetKey(["field_stats", "sentinel_2_l2a_field_stats"])
-        ) == {f"{GROUP}|2024-01-01"}
-        assert probe_demo_mirror(url), "the mirror started by the run keeps serving later runs"
-    finally:
-        _kill_detached_mirror(demo_world, port)
 
 
 def _serves(url: str) -> bool:
@@ -225,14 +207,33 @@ def _dagster_dev_hint(text: str) -> dict:
     return {"env": env, "argv": [w for w in words if "=" not in w.split("/")[0]]}
 
 
-@pytest.mark.timeout(180)
-def test_the_demo_s_ui_command_opens_the_kept_instance_without_the_unused_yaml_warning(tmp_path):
-    """The closing hint, run from the repository root (which holds dagster.yaml): the UI comes up
-    on the demo's DAGSTER_HOME (its run storage is created there), relative storage paths still
-    point at the root's folders, and Dagster does not warn that ./dagster.yaml is not used."""
+def _children(pid: int) -> list[int]:
+    """Pids of ``pid``'s children (every thread's), from /proc."""
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+def _session(sid: int) -> set[int]:
+    """Pids of the live (not zombie) processes of session ``sid``, from /proc."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:  # state, ppid, pgrp, session
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_the_ui_command_serves_the_demo_while_dg_dev_runs_and_stops_it_after(demo_world, tmp_path):
+    """The closing hint, run from the repository root (which holds dagster.yaml): `dg dev` comes up
+    on the demo's DAGSTER_HOME with the demo selected and relative storage paths made absolute, the
+    command serves this folder's mirror while it runs, and a SIGTERM to the command stops dg dev
+    and then the mirror. Dagster neither warns that ./dagster.yaml is not used nor says "use dg dev"."""
     import subprocess
     import sys
-    from pathlib import Path
 
     from rasteret_pipelines.defs.settings import Settings
     from rasteret_pipelines_demo.demo import dagster_dev_command
@@ -240,7 +241,15 @@ def test_the_demo_s_ui_command_opens_the_kept_instance_without_the_unused_yaml_w
 
     assert (REPO / "dagster.yaml").exists()
     home = tmp_path / ".dagster_home"
-    settings = Settings.from_env({"RASTERET_STORAGE": "rel_data"})
+    mirror_port = free_port_pair()
+    settings = Settings.from_env(
+        {
+            "RASTERET_STORAGE": "rel_data",
+            "RASTERET_DEMO_DIR": str(demo_world),
+            "RASTERET_DEMO_PORT": str(mirror_port),
+            "RASTERET_DEMO_MONTHS": ",".join(MONTHS),
+        }
+    )
     hint = _dagster_dev_hint(dagster_dev_command(home, settings))
     assert Path(hint["argv"][0]).parent == Path(sys.executable).parent
     port = free_port()
@@ -257,20 +266,33 @@ def test_the_demo_s_ui_command_opens_the_kept_instance_without_the_unused_yaml_w
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    mirror_url = f"http://127.0.0.1:{mirror_port}"
+    dev = None
     try:
         wait_until(lambda: _serves(f"http://127.0.0.1:{port}/server_info"), process=proc, log=log.read_text)
-        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert probe_demo_mirror(mirror_url, demo_dir=demo_world), "the command serves the mirror"
+        (dev,) = _children(proc.pid)  # dg dev, in its own session
+        environ = Path(f"/proc/{dev}/environ").read_bytes().split(b"\0")
         assert f"RASTERET_STORAGE={REPO / 'rel_data'}".encode() in environ
-        assert Path(f"/proc/{proc.pid}/cwd").resolve() == home.resolve()
+        assert b"RASTERET_STAC_URL=demo" in environ
+        assert Path(f"/proc/{dev}/cwd").resolve() == home.resolve()
+        services = _session(dev)  # dg dev (its own session), its webserver, daemon and code servers
+        assert dev in services and len(services) >= 3, services
+        proc.send_signal(signal.SIGTERM)  # to the command only: it passes it on to dg dev
+        proc.wait(timeout=120)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+        left = _session(dev) if dev else set()
+        if left:  # never leave a failed test's dg dev running
+            os.killpg(dev, signal.SIGKILL)
+    assert left == set(), "dg dev or one of its services outlived the command"
+    assert not probe_demo_mirror(mirror_url), "the mirror outlived the command"
     assert (home / "dagster.yaml").read_bytes() == (REPO / "dagster.yaml").read_bytes()
     assert (home / "history" / "runs.db").exists() or (home / "storage").exists(), sorted(home.iterdir())
     assert not (REPO / "rel_data").exists()
     text = log.read_text()
     assert "will not be used" not in text and "dagster.yaml" not in text, text[-3000:]
+    assert "dg dev" not in text.replace("rasteret-pipelines", ""), text[-3000:]
+    assert "stopped the demo mirror" in text, text[-3000:]

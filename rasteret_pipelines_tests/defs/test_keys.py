@@ -78,15 +78,15 @@ def test_paths_stay_under_the_storage_root(tmp_path):
 def test_an_input_that_cannot_exist_fails_the_step_without_retries(tmp_path, key, error):
     """A missing upstream partition or an unsafe key is not transient: dagster.Failure with
     allow_retries=False (the step's RetryPolicy would otherwise retry it), naming the cause."""
-    from rasteret_pipelines.defs.io_managers import JSON, KIND, RasteretIOManager
+    from rasteret_pipelines.defs.io_managers import TableIOManager
 
-    manager = RasteretIOManager(base_path=str(tmp_path / "data"))
+    manager = TableIOManager(base_path=str(tmp_path / "data")).create_io_manager(dg.build_init_resource_context())
     asset_key = dg.AssetKey(["ndvi", "s2"])
     context = dg.build_input_context(
         asset_key=asset_key,
         partition_key=key,
         asset_partitions_def=dg.StaticPartitionsDefinition(["2024-01", "2024-02", ".."]),
-        upstream_output=dg.build_output_context(asset_key=asset_key, definition_metadata={KIND: JSON}),
+        upstream_output=dg.build_output_context(asset_key=asset_key),
     )
     with pytest.raises(dg.Failure) as info:
         manager.load_input(context)

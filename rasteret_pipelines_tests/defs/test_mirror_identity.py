@@ -9,12 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from rasteret_pipelines.defs.resources import DataSourceResource
-from rasteret_pipelines.errors import LocalServerDownError, StacApiError
+from rasteret_pipelines.errors import LocalServerDownError
 from rasteret_pipelines_demo.demo_mirror import (
     DEMO_TITLE,
     PORT_FILE,
     DemoMirror,
-    demo_stac_url,
     free_port_pair,
     mirror_identity,
     open_mirror,
@@ -22,6 +21,7 @@ from rasteret_pipelines_demo.demo_mirror import (
     probe_demo_mirror,
     record_port,
     recorded_port,
+    running_mirror_url,
 )
 from rasteret_pipelines_demo.stac_server import StacServer
 from rasteret_pipelines_tests.defs.conftest import MONTHS
@@ -57,9 +57,11 @@ def test_another_folders_mirror_on_the_port_is_not_reused(demo_world, other_clon
             assert not probe_demo_mirror(theirs.stac_url, demo_dir=other_clone)
 
             # later runs (the resource) find this folder's mirror through the recorded port
-            resource = DataSourceResource(demo_dir=str(other_clone), demo_port=port, demo_months=",".join(MONTHS))
-            assert resource.stac_url_for("sentinel-2-l2a", start_demo=False) == url
-            assert resource.ensure_cog_servers([f"{mine.cog_url}/cogs/x.tif"]) == []
+            resource = DataSourceResource(
+                stac_url="demo", demo_dir=str(other_clone), demo_port=port, demo_months=",".join(MONTHS)
+            )
+            assert resource.stac_url_for("sentinel-2-l2a") == url
+            assert resource.ensure_cog_servers([f"{mine.cog_url}/cogs/x.tif"]) is None
             # hrefs of a collection indexed from the other folder's mirror are refused, not read
             with pytest.raises(LocalServerDownError, match="the demo mirror of another folder"):
                 resource.ensure_cog_servers([f"{theirs.cog_url}/cogs/x.tif"], "collection month 2024-01")
@@ -83,8 +85,8 @@ def test_a_mirror_of_an_older_version_counts_as_another_folders(demo_world):
         assert state.holder() == (
             "the demo mirror of an older rasteret-pipelines, which does not say which folder it serves"
         )
-        with pytest.raises(StacApiError, match="not running"):
-            demo_stac_url(demo_world, port, months=MONTHS, start=False, default_port=port)
+        with pytest.raises(LocalServerDownError, match="not running"):
+            running_mirror_url(demo_world, port, default_port=port)
 
 
 def test_serve_for_quickstart_next_to_another_folders_mirror(demo_world, other_clone, monkeypatch):
@@ -146,25 +148,18 @@ def test_the_demo_next_to_another_clones_live_mirror_reads_its_own_world(
     assert len(summary["geotiffs"]["sentinel-2-l2a"]) == 2  # 1 month x 2 dates x 1 group (both AOIs in one)
 
 
-@pytest.mark.timeout(180)
-def test_cog_hrefs_on_this_folders_port_start_its_mirror_there(other_clone):
-    """A collection's COGs point at this folder's preferred port while another (free) port is
-    recorded: the run starts this folder's mirror where the hrefs point, not at the recorded port."""
-    import re
-    import signal
-
+def test_cog_hrefs_on_this_folders_port_with_its_mirror_down_start_nothing(other_clone):
+    """A collection's COGs point at this folder's preferred port and its mirror is down: the
+    resource says how to start it, and starts nothing (no mirror on either port after)."""
     recorded, preferred = free_port_pair(), free_port_pair()
     record_port(other_clone, recorded)
-    resource = DataSourceResource(demo_dir=str(other_clone), demo_port=preferred, demo_months=",".join(MONTHS))
-    try:
-        started = resource.ensure_cog_servers([f"http://127.0.0.1:{preferred + 1}/cogs/x.tif"])
-        assert started == [f"127.0.0.1:{preferred + 1}"]
-        assert probe_demo_mirror(f"http://127.0.0.1:{preferred}", demo_dir=other_clone)
-        assert port_state(other_clone, recorded).kind == "free"
-    finally:
-        log = (other_clone / "mirror.log").read_text() if (other_clone / "mirror.log").exists() else ""
-        for pid in re.findall(r"\(pid (\d+)\)", log):
-            try:
-                os.killpg(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    resource = DataSourceResource(
+        stac_url="demo", demo_dir=str(other_clone), demo_port=preferred, demo_months=",".join(MONTHS)
+    )
+    with pytest.raises(
+        LocalServerDownError, match=rf"nothing listens at http://127.0.0.1:{preferred + 1}.*demo --serve"
+    ):
+        resource.ensure_cog_servers([f"http://127.0.0.1:{preferred + 1}/cogs/x.tif"])
+    with pytest.raises(LocalServerDownError, match="not running"):
+        resource.stac_url_for("sentinel-2-l2a")
+    assert port_state(other_clone, preferred).kind == "free" and port_state(other_clone, recorded).kind == "free"

@@ -116,12 +116,7 @@ def test_a_partition_that_cannot_succeed_fails_once_and_is_not_retried(tmp_path,
 
 
 def test_the_blocking_header_check_holds_the_month_s_statistics_back(project, clean_mirror):
-    specs = {
-        s.name: s.blocking
-        for c in project.defs.asset_checks
-        for s in c.check_specs
-        if s.asset_key == collection_key(S2)
-    }
+    specs = {s.name: s.blocking for s in project.defs.resolve_assets_def(collection_key(S2)).check_specs}
     assert specs == {"every_band_header_present": True}
     cursor = dg.evaluate_automation_conditions(defs=project.defs, instance=project.instance).cursor
     # every nir header of February fails (no step retry in this project): the month is written,

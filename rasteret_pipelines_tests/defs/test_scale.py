@@ -14,6 +14,7 @@ from pyproj import Transformer
 
 from rasteret_pipelines.aois import write_aois_geojson
 from rasteret_pipelines.defs.assets import field_stats_key
+from rasteret_pipelines.defs.location_runs import partition_range_tags
 from rasteret_pipelines.defs.pipeline import BYTES_PER_PIXEL_DATE, chunk_aois, window_bytes
 from rasteret_pipelines.fields import group_names
 from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, make_project
@@ -184,7 +185,7 @@ def test_a_failed_partition_fails_alone_and_a_reexecution_redoes_only_it(project
     with dg.execute_job(
         dg.reconstructable(field_stats_job_from_env),
         instance=project.instance,
-        tags={k: v for k, v in parent.tags.items() if k.startswith("dagster/asset_partition_range")},
+        tags={k: v for k, v in parent.tags.items() if k in partition_range_tags("", "")},
         reexecution_options=dg.ReexecutionOptions.from_failure(result.run_id, project.instance),
         run_config={"execution": {"config": {"in_process": {}}}},
     ) as retry:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import dask
 import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 import shapely
 
 from rasteret_pipelines import Rasteret
-from rasteret_pipelines.errors import InvalidReadArgumentError
+from rasteret_pipelines.errors import CubeChunksError, CubeUserColumnsError, InvalidReadArgumentError
 from rasteret_pipelines_demo import demo_data
-from rasteret_pipelines_tests.reading.conftest import BASE_IDS, BASE_RANGE, CROSS_RANGE
+from rasteret_pipelines_tests.reading.conftest import BASE_IDS, BASE_RANGE, CROSS_ID, CROSS_RANGE
+from rasteret_pipelines_tests.reading.test_cube import AOI_BOX, UTM43
 from rasteret_pipelines_tests.reading.test_zonal import hard_fields
 
 
@@ -77,3 +82,131 @@ def test_explain_refuses_what_the_read_refuses(world, processor):
         processor.explain("get_dataframe", geometries=[demo_data.QUICKSTART_AOIS[1]], bands=["red"])
     with pytest.raises(InvalidReadArgumentError, match="unexpected keyword argument 'colour'"):
         processor.explain("get_xarray", geometries=[demo_data.QUICKSTART_AOIS[1]], bands=["red"], colour="red")
+
+
+# -- the data-cube form of get_xarray --------------------------------------------------------------
+
+CUBE_KWARGS = dict(
+    bands=["red", "nir"],
+    bbox=AOI_BOX,
+    crs=UTM43,
+    resolution=20,
+    resampling="average",
+    groupby="month",
+    mosaic="median",
+    cloud_mask=True,
+    date_range=BASE_RANGE,
+)
+"""A 20 m monthly median cube of 10 m bands (their 2x overview) with the 20 m SCL (full resolution)."""
+TWO_ZONES = dict(bands=["red"], bbox=AOI_BOX, crs=UTM43, resolution=10, date_range=CROSS_RANGE)
+"""A 10 m cube over a scene of EPSG:32643 (tiles copied) and one of EPSG:32644 (warped)."""
+
+
+def _served_by_file(world) -> dict[str, tuple[int, int]]:
+    """``{path: (GETs, bytes)}`` in the range server's log."""
+    out: dict[str, list[int]] = {}
+    for r in world.cogs.requests:
+        if str(r.method).upper() == "GET":
+            got = out.setdefault(r.path.lstrip("/"), [0, 0])
+            got[0] += 1
+            got[1] += int(r.bytes_sent or 0)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _ranges_fetched_twice(world) -> int:
+    seen = Counter((r.path, tuple(r.range)) for r in world.cogs.requests if str(r.method).upper() == "GET")
+    return sum(1 for n in seen.values() if n > 1)
+
+
+def test_an_eager_cube_makes_exactly_the_planned_gets_and_bytes_per_file(world, processor):
+    """Per (scene, band): the level GDAL's rule reads (rasterio's 2x overview for the 10 m bands
+    on a 20 m grid, the SCL's full resolution) and the GETs and bytes the server then sends for
+    that file."""
+    plan = _dry_run(world, processor, "get_xarray", **CUBE_KWARGS)
+    table = plan.to_pandas()
+    assert len(table) == len(BASE_IDS) * 3 and plan.scenes == len(BASE_IDS) and plan.tasks == 0
+    with rasterio.open(world.path(BASE_IDS[0], "red")) as src:
+        two_x = src.overviews(1).index(2) + 1  # header level k is rasterio's overview_level k - 1
+    assert set(table.loc[table["band"] != "scl", "level"]) == {two_x}
+    assert set(table.loc[table["band"] == "scl", "level"]) == {0}
+    ds = processor.get_xarray(**CUBE_KWARGS)
+    assert _served(world) == (plan.gets, plan.bytes) and plan.gets > 0
+    assert (ds.attrs["requests"], ds.attrs["bytes_read"], ds.attrs["header_requests"]) == (plan.gets, plan.bytes, 0)
+    by_file = _served_by_file(world)
+    for row in plan.rows:
+        path = world.path(row["scene"], row["band"]).relative_to(world.root).as_posix()
+        assert by_file.pop(path) == (row["gets"], row["bytes"]), row
+    assert by_file == {}
+    assert 0 < plan.peak_bytes and plan.decoded_bytes > plan.bytes
+
+
+def test_a_cube_over_two_utm_zones_makes_exactly_the_planned_gets(world, processor):
+    plan = _dry_run(world, processor, "get_xarray", **TWO_ZONES)
+    assert CROSS_ID in set(plan.to_pandas()["scene"])
+    processor.get_xarray(**TWO_ZONES)
+    assert _served(world) == (plan.gets, plan.bytes) and plan.gets > 0
+
+
+def _lazy_read(world, processor, chunks, kwargs):
+    """explain, then compute the dask-backed cube on the synchronous scheduler."""
+    plan = _dry_run(world, processor, "get_xarray", chunks=chunks, **kwargs)
+    lazy = processor.get_xarray(chunks=chunks, **kwargs)
+    assert world.cogs.requests == [], "building the graph made a request"
+    assert plan.tasks == lazy[kwargs["bands"][0]].data.npartitions
+    with dask.config.set(scheduler="synchronous"):
+        lazy.compute()
+    return plan
+
+
+def test_chunks_that_split_tiles_make_exactly_the_planned_gets_and_say_why(world, processor):
+    """300-pixel blocks on a 10 m grid of 1024-pixel tiles: neighbouring blocks need the same
+    tiles, and each block's task fetches them (the server sees the same ranges twice). The plan
+    counts those GETs exactly and says how many more than the eager read they are."""
+    eager = _dry_run(world, processor, "get_xarray", **TWO_ZONES)
+    plan = _lazy_read(world, processor, {"time": 1, "y": 300, "x": 300}, TWO_ZONES)
+    assert _served(world) == (plan.gets, plan.bytes)
+    assert _ranges_fetched_twice(world) > 0 and plan.gets > eager.gets and plan.bytes > eager.bytes
+    notes = " ".join(plan.notes)
+    assert "fetched by each" in notes and f"eager read would make {eager.gets} GETs" in notes
+    assert "fetched by each" in plan._repr_html_()
+
+
+def test_chunks_on_the_tile_lattice_make_the_eager_reads_gets(world, processor):
+    """1024-pixel blocks (the files' tile size) on the scenes' own grid: no tile is shared, so
+    the tasks together fetch what the eager read fetches, each range once."""
+    kwargs = dict(TWO_ZONES, date_range=BASE_RANGE)
+    eager = _dry_run(world, processor, "get_xarray", **kwargs)
+    plan = _lazy_read(world, processor, {"time": 1, "y": 1024, "x": 1024}, kwargs)
+    assert _served(world) == (plan.gets, plan.bytes) == (eager.gets, eager.bytes)
+    assert _ranges_fetched_twice(world) == 0 and plan.tasks >= len(BASE_IDS)
+    assert any("no tile is needed by more than one block" in n for n in plan.notes)
+
+
+def test_explain_refuses_what_the_cube_refuses(world, processor):
+    with pytest.raises(CubeChunksError, match="band"):
+        processor.explain("get_xarray", chunks={"band": 1}, **TWO_ZONES)
+    with pytest.raises(InvalidReadArgumentError, match="unexpected keyword argument 'colour'"):
+        processor.explain("get_xarray", colour="red", **TWO_ZONES)
+    with pytest.raises(CubeUserColumnsError, match="keep=\\['crop'\\]"):
+        processor.explain("get_xarray", keep=["crop"], **TWO_ZONES)
+
+
+def test_a_cube_refuses_user_columns_by_name_and_says_where_they_go(world, processor):
+    """A cube has no geometry dimension (odc-stac's and stackstac's neither): ``id_column`` and
+    ``keep`` are refused, naming the argument, before any request; the per-geometry read
+    carries them."""
+    fields = gpd.GeoDataFrame(
+        {"plot_id": ["north", "south"], "crop": ["rice", "millet"]},
+        geometry=list(demo_data.QUICKSTART_AOIS.values()),
+        crs="EPSG:4326",
+    )
+    world.cogs.reset_log()
+    with pytest.raises(CubeUserColumnsError, match="id_column='plot_id'.*no geometry dimension.*zonal_stats"):
+        processor.get_xarray(fields, ["red"], bbox=AOI_BOX, crs=UTM43, resolution=10, id_column="plot_id")
+    with pytest.raises(CubeUserColumnsError, match="keep=\\['crop'\\]"):
+        processor.get_xarray(fields, ["red"], bbox=AOI_BOX, crs=UTM43, resolution=10, keep=["crop"])
+    with pytest.raises(CubeUserColumnsError, match="id_column='plot_id'"):
+        processor.get_xarray(bands=["red"], bbox=AOI_BOX, crs=UTM43, resolution=10, id_column="plot_id")
+    assert world.cogs.requests == []
+    ds = processor.get_xarray(fields, ["red"], date_range=CROSS_RANGE, id_column="plot_id", keep=["crop"])
+    assert ds["geometry"].values.tolist() == ["north", "south"] and ds["crop"].values.tolist() == ["rice", "millet"]

@@ -705,7 +705,8 @@ def test_mosaic_last_takes_the_last_valid_pixel(world):
 def test_a_read_of_shapely_polygons_in_a_fresh_process_needs_neither_gdal_nor_geopandas(world):
     """Masks are rasterised with numpy and plain shapely input skips GeoPandas: a fresh process
     reading the quick start's AOIs never imports rasterio or geopandas, and its pixels equal
-    rasterio's mask in this process."""
+    rasterio's mask in this process. Building the Dataset does not import dask either (xarray
+    probes for it on the first Variable it converts; the read hands it plain numpy arrays)."""
     import json
     import subprocess
     import sys
@@ -716,11 +717,13 @@ def test_a_read_of_shapely_polygons_in_a_fresh_process_needs_neither_gdal_nor_ge
         f"r = Rasteret.load_collection('world', {str(world.workspace)!r})\n"
         f"geoms = [shapely.from_wkt(w) for w in {[g.wkt for g in AOIS.values()]!r}]\n"
         f"ds = r.get_xarray(geoms, ['red'], date_range={list(BASE_RANGE)!r})\n"
+        "after_read = sorted(sys.modules)\n"
         "one = ds.isel(geometry=0, time=0)\n"
         "h, w = int(one['height']), int(one['width'])\n"
         "arr = one['red'].values[:h, :w]\n"
         "import numpy as np\n"
-        "print(json.dumps({'modules': sorted(sys.modules), 'scene': str(one['scene_id'].values),"
+        "print(json.dumps({'modules': sorted(sys.modules), 'after_read': after_read,"
+        " 'scene': str(one['scene_id'].values),"
         " 'sum': float(np.nansum(arr, dtype=np.float64)), 'count': int(np.isfinite(arr).sum())}))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -728,6 +731,7 @@ def test_a_read_of_shapely_polygons_in_a_fresh_process_needs_neither_gdal_nor_ge
     result = json.loads(out.stdout.strip().splitlines()[-1])
     loaded = set(result["modules"])
     assert not {"rasterio", "geopandas", "botocore", "boto3", "dagster", "tqdm"} & loaded
+    assert "xarray" in result["after_read"] and "dask" not in result["after_read"]
     expected, _ = rio_masked(world.path(result["scene"], "red"), to_crs(AOIS[1]))
     assert result["count"] == int(np.isfinite(expected).sum()) > 1000
     assert result["sum"] == pytest.approx(float(np.nansum(expected, dtype=np.float64)), rel=1e-12)

@@ -6,7 +6,8 @@ import dagster as dg
 
 from rasteret_pipelines.collections import get_source
 from rasteret_pipelines.defs.assets._common import retries_left, source_pool, step_errors
-from rasteret_pipelines.defs.io_managers import COLLECTION, COLLECTIONS, KIND, MONTH_FILE
+from rasteret_pipelines.defs.checks import collection_check_specs, collection_columns, header_check_result, header_gaps
+from rasteret_pipelines.defs.io_managers import COLLECTIONS, MONTH_FILE
 from rasteret_pipelines.defs.partitions import Partitions, month_key
 from rasteret_pipelines.defs.pipeline import build_month, collection_bands
 from rasteret_pipelines.defs.resources import (
@@ -37,8 +38,6 @@ def collection_asset(
         retry_policy: Retries of the step after a transient fault (bad input is never retried).
         stac_label: Where the items come from, for the description (default: the source's own API).
     """
-    from rasteret_pipelines.defs.checks import header_gaps
-
     source = get_source(source_id)
     bands = collection_bands(source.id)
     stac_label = stac_label or f"the public STAC API at {source.stac_url}"
@@ -50,13 +49,13 @@ def collection_asset(
     @dg.asset(
         key=collection_key(source.id),
         partitions_def=partitions.months,
-        io_manager_key="rasteret_io",
+        check_specs=collection_check_specs(collection_key(source.id), partitions.months, bands),
+        io_manager_key="collection_io_manager",
         group_name="collections",
         pool=source_pool(source.id),
         retry_policy=retry_policy,
         kinds={"stac", "parquet"},
         metadata={
-            KIND: COLLECTION,
             "source": source.id,
             "stac_collection": source.collection,
             "bands": ", ".join(bands),
@@ -132,7 +131,8 @@ def collection_asset(
             f"{what}: {report.items} items, {report.headers_fetched} headers fetched with "
             f"{report.header_requests} GETs, {report.headers_reused} reused, {len(report.failed)} failed"
         )
-        return dg.Output(built.output, metadata=metadata)
+        yield dg.Output(built.output, metadata=metadata)
+        yield header_check_result(gaps, bands)
 
     return collection
 
@@ -142,8 +142,6 @@ def month_table(storage: StorageResource, source_id: str, month: str, bands):
     import io
 
     import pyarrow.parquet as pq
-
-    from rasteret_pipelines.defs.checks import collection_columns
 
     data = storage.storage().read_bytes(COLLECTIONS, source_slug(source_id), f"month={month}", MONTH_FILE)
     month_file = pq.ParquetFile(io.BytesIO(data))

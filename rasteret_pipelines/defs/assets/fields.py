@@ -33,7 +33,8 @@ from rasteret_pipelines.defs.assets._common import (
     step_errors,
 )
 from rasteret_pipelines.defs.assets.collections import collection_key
-from rasteret_pipelines.defs.io_managers import KIND, PATH, TABLE, CollectionSlice, read_table, write_value
+from rasteret_pipelines.defs.checks import field_stats_check_evaluations, field_stats_check_specs
+from rasteret_pipelines.defs.io_managers import PATH, CollectionSlice, read_table, write_table
 from rasteret_pipelines.defs.partitions import Partitions, month_key, split_month_group
 from rasteret_pipelines.defs.pipeline import (
     empty_group_table,
@@ -41,6 +42,7 @@ from rasteret_pipelines.defs.pipeline import (
     fields_outside,
     group_geotiffs,
     group_table,
+    plan_field_month,
     reads_of,
     split_by_group,
 )
@@ -103,34 +105,16 @@ def field_stats_asset(
     retry_policy: dg.RetryPolicy | None = None,
 ) -> dg.AssetsDefinition:
     """The ``field_stats/<source>_field_stats`` asset (see the module docs)."""
-    from rasteret_pipelines.defs.checks import field_stats_check_results, preview_partitioned_checks
-
     key = field_stats_key(source_id)
     prefix = field_stats_prefix(source_id)
     ndvi_where = "/".join(field_ndvi_parts(source_id))
-    with preview_partitioned_checks():
-        check_specs = [
-            dg.AssetCheckSpec(
-                "stats_in_range",
-                asset=key,
-                partitions_def=partitions.month_group,
-                description="Every NDVI statistic lies in [-1, 1] with min <= mean, median <= max; "
-                "valid fractions in [0, 1]; every row is a field of the group.",
-            ),
-            dg.AssetCheckSpec(
-                "geotiffs_reopen",
-                asset=key,
-                partitions_def=partitions.month_group,
-                description="Every NDVI COG of the partition reopens as one float32 band with values "
-                "in [-1, 1] (NaN outside the fields).",
-            ),
-        ]
+    check_specs = field_stats_check_specs(key, partitions.month_group)
     spec = dg.AssetSpec(
         key=key,
         deps=[collection_key(source_id), FIELDS_KEY],  # month -> month x group, group -> month x group: inferred
         group_name="fields",
         kinds={"geoparquet", "geotiff"},
-        metadata={KIND: TABLE, PATH: prefix, "source": source_id},
+        metadata={PATH: prefix, "source": source_id},
         automation_condition=after_upstream_updates(),
         skippable=True,
         description=(
@@ -141,7 +125,7 @@ def field_stats_asset(
             f"`{ndvi_where}/geometry_<group>/ndvi_YYYYMMDD.tif` (NaN outside the fields). A run covers many "
             "partitions and reads each month's fields together."
         ),
-    )
+    ).with_io_manager_key("table_io_manager")  # the tables load back through it (written by write_table)
 
     with beta_backfill_policy():
         define = dg.multi_asset(
@@ -221,7 +205,16 @@ def field_stats_asset(
                 )
             read = frame[~frame.index.isin(outside)]
             context.log.info(f"{what} {month}: {len(read)} fields of {len(todo)} groups in one read")
+            batch = dict(mode=batching.geotiffs, max_bytes=batching.max_bytes, max_areas=batching.max_aois)
             try:
+                # The batch's reads, planned from the cached headers before any of them (no request),
+                # shown on every partition of the batch before its pixels are fetched.
+                planned = plan_field_month(
+                    source_id, collection, month, read, fetch_config=http.fetch_config(), **batch
+                )
+                plan_metadata = read_plan_metadata(planned, month, [g for _, g in todo])
+                for k, _ in todo:
+                    context.log_event(dg.AssetObservation(asset_key=key, partition=k, metadata=plan_metadata))
                 table = field_stats_month(source_id, collection, month, read, fetch_config=http.fetch_config())
                 tifs, cog_reads = group_geotiffs(
                     source_id,
@@ -229,10 +222,8 @@ def field_stats_asset(
                     month,
                     read,
                     output_uri=ndvi_uri,
-                    mode=batching.geotiffs,
-                    max_bytes=batching.max_bytes,
-                    max_areas=batching.max_aois,
                     fetch_config=http.fetch_config(),
+                    **batch,
                 )
             except (RasteretError, *TRANSIENT_ERRORS) as exc:
                 context.log.warning(f"{what} {month}: {type(exc).__name__}: {exc}")
@@ -247,7 +238,7 @@ def field_stats_asset(
             for k, group in todo:
                 rows = rows_of.get(group)
                 out = group_table(rows, read, month) if rows is not None else empty_group_table(month)
-                where = write_value(store, key, partitions_def, k, out, prefix)
+                where = write_table(store, key, partitions_def, k, out, prefix)
                 files = sorted(tifs.get(group, []))
                 metadata = stats_metadata(
                     out,
@@ -260,6 +251,8 @@ def field_stats_asset(
                     read_fields=len(read),
                 )
                 metadata["geotiff_get_requests"] = cog_reads["requests"]
+                metadata["planned_get_requests"] = plan_metadata["planned_get_requests"]
+                metadata["planned_bytes"] = plan_metadata["planned_bytes"]
                 if not sizes.get(group):
                     metadata["note"] = f"no field of group {group} is in {fieldset.uri} any more"
                 elif out.num_rows == 0:
@@ -267,15 +260,7 @@ def field_stats_asset(
                         f"no scene of collection {collection.name!r} covers a field of group {group} in {month}"
                     )
                 yield dg.AssetMaterialization(asset_key=key, partition=k, metadata=metadata)
-                for name, check in field_stats_check_results(out, group, files, read).items():
-                    yield dg.AssetCheckEvaluation(
-                        asset_key=key,
-                        check_name=name,
-                        passed=check.passed,
-                        metadata=check.metadata,
-                        partition=k,
-                        severity=check.severity,
-                    )
+                yield from field_stats_check_evaluations(key, k, out, group, files, read)
                 materialised += 1
         context.log.info(
             f"{what}: {materialised} partitions materialised, {len(failures)} failed, {len(done)} kept from "
@@ -285,6 +270,31 @@ def field_stats_asset(
             raise_for_failures(context, what, keys, failures, materialised, retry_policy)
 
     return field_stats
+
+
+def read_plan_metadata(plans: list, month: str, groups: list[str]) -> dict:
+    """Metadata of a batch's read plan (:func:`~rasteret_pipelines.defs.pipeline.plan_field_month`):
+    a Markdown table (scenes, windows, tiles, GETs, MB to fetch, decoded MB, peak MB) per read
+    and in total, and the totals as numbers (``planned_get_requests`` is what the batch's reads
+    then send: ``tile_get_requests`` + ``geotiff_get_requests`` of its materialisations)."""
+    from rasteret_pipelines.reading.explain import ReadPlan, plans_markdown
+
+    total = ReadPlan.sequence("total", [p for _, p in plans])
+    shown = ", ".join(groups[:20]) + (f" and {len(groups) - 20} more" if len(groups) > 20 else "")
+    text = (
+        f"Reads of {month} for {len(groups)} groups ({shown}), planned from the collection's cached headers "
+        "before any pixel was fetched:\n\n" + (plans_markdown(plans) if plans else "(no read: no field to read)")
+    )
+    return {
+        "read_plan": dg.MetadataValue.md(text),
+        "planned_scenes": total.scenes,
+        "planned_windows": total.windows,
+        "planned_tiles": total.tiles,
+        "planned_get_requests": total.gets,
+        "planned_bytes": total.bytes,
+        "planned_decoded_bytes": total.decoded_bytes,
+        "planned_peak_bytes": total.peak_bytes,
+    }
 
 
 def stats_metadata(
@@ -328,8 +338,6 @@ def field_timeseries_asset(
     source_id: str, partitions: Partitions, backfill_policy: dg.BackfillPolicy | None = None
 ) -> dg.AssetsDefinition:
     """The ``field_timeseries/<source>_field_timeseries`` asset, one partition per group."""
-    from rasteret_pipelines.defs.plot import ndvi_sparkline_markdown, ndvi_timeseries_svg
-
     key = field_timeseries_key(source_id)
     stats_key = field_stats_key(source_id)
     prefix = field_timeseries_prefix(source_id)
@@ -342,9 +350,10 @@ def field_timeseries_asset(
             backfill_policy=backfill_policy or dg.BackfillPolicy.multi_run(500),
             deps=[stats_key],  # group -> every month of the group, inferred; read below, group by group
             output_required=False,
+            io_manager_key="table_io_manager",  # the tables load back through it (written by write_table)
             group_name="fields",
             kinds={"parquet"},
-            metadata={KIND: TABLE, PATH: prefix, "source": source_id},
+            metadata={PATH: prefix, "source": source_id},
             automation_condition=after_any_upstream_update(),
             description=(
                 "The NDVI of every field of the group over every materialised month: one row per field and "
@@ -381,8 +390,8 @@ def field_timeseries_asset(
             else:
                 table = empty_group_table("").drop_columns(["geometry"]).slice(0, 0)
             table = table.replace_schema_metadata(None)
-            where = write_value(store, key, partitions.group, group, table, prefix)
-            metadata = group_series_metadata(table, group, sorted(by_group.get(group, [])))
+            where = write_table(store, key, partitions.group, group, table, prefix)
+            metadata = group_series_metadata(table, group, sorted(by_group.get(group, [])), source_id)
             svg = metadata.pop("_svg")
             metadata["path"] = dg.MetadataValue.path(where)
             metadata["plot_file"] = dg.MetadataValue.path(
@@ -390,68 +399,109 @@ def field_timeseries_asset(
             )
             yield dg.AssetMaterialization(asset_key=key, partition=group, metadata=metadata)
 
-    def group_series_metadata(table: pa.Table, group: str, months: list[str]) -> dict:
-        import datetime as dt
-
-        rows = table.select(["id", "date", "ndvi_mean", "ndvi_valid_fraction"]).to_pylist() if table.num_rows else []
-        by_field: dict[str, list[dict]] = defaultdict(list)
-        by_date: dict[dt.date, list[float]] = defaultdict(list)
-        for r in rows:
-            by_field[r["id"]].append(r)
-            if r["ndvi_mean"] is not None and r["ndvi_mean"] == r["ndvi_mean"]:
-                by_date[r["date"]].append(r["ndvi_mean"])
-        dates = sorted(by_date)
-        median = [sorted(v)[len(v) // 2] if v else None for v in (by_date[d] for d in dates)]
-        fractions: dict = defaultdict(list)
-        for r in rows:
-            if r["ndvi_valid_fraction"] is not None:
-                fractions[r["date"]].append(r["ndvi_valid_fraction"])
-        valid = [sum(fractions[d]) / len(fractions[d]) if fractions[d] else None for d in dates]
-        series = {"group median": median}
-        for fid in sorted(by_field)[:8]:  # a few fields drawn beside the median
-            own = {r["date"]: r["ndvi_mean"] for r in by_field[fid]}
-            series[fid] = [own.get(d) for d in dates]
-        svg = ndvi_timeseries_svg(dates, series, None, title=f"NDVI of the fields of group {group} ({source_id})")
-        records = []
-        for fid in sorted(by_field)[:200]:
-            own = [r for r in by_field[fid] if r["ndvi_mean"] is not None and r["ndvi_mean"] == r["ndvi_mean"]]
-            records.append(
-                dg.TableRecord(
-                    {
-                        "field": fid,
-                        "dates": len(by_field[fid]),
-                        "mean_ndvi": round(sum(r["ndvi_mean"] for r in own) / len(own), 4) if own else float("nan"),
-                        "last_date": str(own[-1]["date"]) if own else "",
-                        "last_ndvi": round(own[-1]["ndvi_mean"], 4) if own else float("nan"),
-                        "sparkline": " ".join(f"{r['ndvi_mean']:.2f}" for r in own[-12:]),
-                    }
-                )
-            )
-        return {
-            "fields": len(by_field),
-            "rows": table.num_rows,
-            "dates": len(dates),
-            "months": dg.MetadataValue.json(months),
-            "first_date": str(dates[0]) if dates else "",
-            "last_date": str(dates[-1]) if dates else "",
-            "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(dates, median, f"median NDVI of group {group}", valid)),
-            "_svg": svg,
-            "fields_table": dg.MetadataValue.table(
-                records=records,
-                schema=dg.TableSchema(
-                    columns=[
-                        dg.TableColumn("field", "string"),
-                        dg.TableColumn("dates", "int"),
-                        dg.TableColumn("mean_ndvi", "float"),
-                        dg.TableColumn("last_date", "string"),
-                        dg.TableColumn("last_ndvi", "float"),
-                        dg.TableColumn("sparkline", "string"),
-                    ]
-                ),
-            ),
-        }
-
     return field_timeseries
+
+
+SERIES_FIELDS_DRAWN = 8
+"""Fields drawn beside the group's median in the time-series chart."""
+SERIES_FIELDS_LISTED = 200
+"""Fields listed in the time-series metadata table (the first, by id)."""
+
+
+def group_series_metadata(table: pa.Table, group: str, months: list[str], source_id: str) -> dict:
+    """Materialisation metadata of a group's time series (``id``, ``date``, ``ndvi_mean``,
+    ``ndvi_valid_fraction`` rows): the field and date counts, the group's median NDVI per date
+    (the upper median of the fields' valid means) with the mean valid fraction, plotted, and a
+    table of the first :data:`SERIES_FIELDS_LISTED` fields; ``_svg`` is the full chart.
+
+    A group can hold 100,000 fields: the per-date figures are one sort and one ``group_by``
+    over the whole table, and Python only touches the fields it shows.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from rasteret_pipelines.defs.plot import ndvi_sparkline_markdown, ndvi_timeseries_svg
+
+    t = table.select(["id", "date", "ndvi_mean", "ndvi_valid_fraction"])
+    mean = t.column("ndvi_mean")
+    usable = pc.fill_null(pc.invert(pc.is_nan(mean)), False)  # neither null nor NaN
+    good = t.filter(usable).sort_by([("date", "ascending"), ("ndvi_mean", "ascending")])
+    days = good.column("date").to_numpy()
+    starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]]) if len(days) else np.array([], int)
+    counts = np.diff(np.r_[starts, len(days)])
+    dates = good.column("date").take(pa.array(starts)).to_pylist()
+    median = good.column("ndvi_mean").to_numpy()[starts + counts // 2].tolist()
+    fraction = t.group_by("date").aggregate([("ndvi_valid_fraction", "mean")])
+    of_date = dict(zip(fraction.column("date").to_pylist(), fraction.column("ndvi_valid_fraction_mean").to_pylist()))
+    valid = [of_date.get(d) for d in dates]
+
+    ids = pc.unique(t.column("id").drop_null())
+    ids = ids.take(pc.array_sort_indices(ids))
+    n_fields = len(ids) + (1 if t.column("id").null_count else 0)
+    shown = ids.slice(0, SERIES_FIELDS_LISTED)
+    rows = t.filter(pc.is_in(t.column("id"), value_set=shown)).sort_by([("id", "ascending"), ("date", "ascending")])
+    per_field = rows.group_by("id", use_threads=False).aggregate([("date", "count", pc.CountOptions(mode="all"))])
+    n_dates = dict(zip(per_field.column("id").to_pylist(), per_field.column("date_count").to_pylist()))
+    own = (
+        rows.filter(pc.fill_null(pc.invert(pc.is_nan(rows.column("ndvi_mean"))), False))
+        .group_by("id", use_threads=False)
+        .aggregate([("ndvi_mean", "mean"), ("ndvi_mean", "list"), ("date", "last")])
+    )
+    own_of = {
+        fid: (m, values, last)
+        for fid, m, values, last in zip(
+            own.column("id").to_pylist(),
+            own.column("ndvi_mean_mean").to_pylist(),
+            own.column("ndvi_mean_list").to_pylist(),
+            own.column("date_last").to_pylist(),
+        )
+    }
+    series = {"group median": median}
+    drawn = rows.filter(pc.is_in(rows.column("id"), value_set=shown.slice(0, SERIES_FIELDS_DRAWN))).to_pydict()
+    lines: dict[str, dict] = {}
+    for fid, day, value in zip(drawn["id"], drawn["date"], drawn["ndvi_mean"]):
+        lines.setdefault(fid, {})[day] = value
+    for fid, line in lines.items():
+        series[fid] = [line.get(d) for d in dates]
+    svg = ndvi_timeseries_svg(dates, series, None, title=f"NDVI of the fields of group {group} ({source_id})")
+    records = []
+    for fid in shown.to_pylist():
+        m, values, last = own_of.get(fid, (None, [], None))
+        records.append(
+            dg.TableRecord(
+                {
+                    "field": fid,
+                    "dates": n_dates[fid],
+                    "mean_ndvi": round(m, 4) if values else float("nan"),
+                    "last_date": str(last) if values else "",
+                    "last_ndvi": round(values[-1], 4) if values else float("nan"),
+                    "sparkline": " ".join(f"{v:.2f}" for v in values[-12:]),
+                }
+            )
+        )
+    return {
+        "fields": n_fields,
+        "rows": table.num_rows,
+        "dates": len(dates),
+        "months": dg.MetadataValue.json(months),
+        "first_date": str(dates[0]) if dates else "",
+        "last_date": str(dates[-1]) if dates else "",
+        "plot": dg.MetadataValue.md(ndvi_sparkline_markdown(dates, median, f"median NDVI of group {group}", valid)),
+        "_svg": svg,
+        "fields_table": dg.MetadataValue.table(
+            records=records,
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("field", "string"),
+                    dg.TableColumn("dates", "int"),
+                    dg.TableColumn("mean_ndvi", "float"),
+                    dg.TableColumn("last_date", "string"),
+                    dg.TableColumn("last_ndvi", "float"),
+                    dg.TableColumn("sparkline", "string"),
+                ]
+            ),
+        ),
+    }
 
 
 # --- run bookkeeping shared with retries ---------------------------------------------------------
