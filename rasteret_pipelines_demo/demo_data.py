@@ -130,6 +130,7 @@ def write_scene(root: Path, scene: DemoScene, *, size_10m: int = SIZE_10M, seed:
     folder = root / scene.item_id
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
+    landscapes: dict[float, dict[str, np.ndarray]] = {}  # one landscape per pixel size: red and nir share it
     for band, (pixel, dtype, code) in BANDS.items():
         path = folder / f"{code}.tif"
         paths[band] = path
@@ -139,7 +140,9 @@ def write_scene(root: Path, scene: DemoScene, *, size_10m: int = SIZE_10M, seed:
         size = -(-size_10m // factor)
         dense = dense_window(pixel=pixel, margin=200 // factor)
         dense = dense.intersection(Window(0, 0, size, size))
-        data = _landscape(dense, pixel, scene, seed + scene.date.toordinal())[band]
+        if pixel not in landscapes:
+            landscapes[pixel] = _landscape(dense, pixel, scene, seed + scene.date.toordinal())
+        data = landscapes[pixel][band]
         src = path.with_suffix(".src.tif")
         profile = dict(
             driver="GTiff",

@@ -13,13 +13,20 @@ Use ``served_url(path)`` (or ``range_server.url_for(path)``) with a path inside
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from rasteret_pipelines_demo import RangeServer
+
+T = TypeVar("T")
 
 # --- the slow tier ---------------------------------------------------------------------------
 
@@ -33,6 +40,11 @@ SLOW: dict[str, str] = {
     "defs/test_bad_input.py": "Dagster runs that fail on purpose, on the demo world and moto",
     "defs/test_dagster_dev.py": "starts `dagster dev` (webserver and daemons) on PostgreSQL and backfills through the queue",
     "defs/test_demo.py": "runs the demo command and `rasteret-pipelines ui` (dg dev and the mirror it serves)",
+    "defs/test_deprecations.py": "runs every job of the project and a schedule tick on the demo world, recording warnings",
+    "defs/test_fields.py::test_5000_new_fields_become_requests_for_the_changed_groups_only": "5000 fields: collections runs and field-sensor ticks over them",
+    "defs/test_fields.py::test_checks_are_declared_once_and_no_check_step_is_skipped": "collections and statistics runs over two months on the demo world",
+    "defs/test_fields.py::test_the_same_assets_run_with_the_multiprocess_executor": "a Dagster run with the multiprocess executor: a child process per step",
+    "defs/test_fields.py::test_time_series_automation_starts_a_bounded_number_of_runs": "400 fields: collections, statistics and time-series runs between automation evaluations",
     "defs/test_keys.py::test_a_dynamic_key_with_dotdot_is_refused_and_writes_nothing_outside": "a Dagster run on the demo world",
     "defs/test_materialize.py": "materialises collections, NDVI and time series over partitions (local and moto S3)",
     "defs/test_notebook.py": "runs the quick-start notebook in a Jupyter kernel",
@@ -96,6 +108,35 @@ def fixture_tiffs() -> list[Path]:
     return [p.relative_to(TIFF_DIR) for p in committed_fixtures("tiff") if p.suffix.lower() in (".tif", ".tiff")]
 
 
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """``<name>`` in the folder every xdist worker of this run shares (the session's base
+    temporary folder without xdist), for data that :func:`build_once` writes for all of them."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-of-<user>/pytest-<n>/popen-gw<i>: the run's folder is the parent
+    return base / name
+
+
+def build_once(folder: Path, build: Callable[[Path], object]) -> Path:
+    """``build(folder)`` once per test run, for every xdist worker, and ``folder``.
+
+    The first worker builds under an exclusive lock while the others wait, then they reuse what
+    it wrote: a session fixture's data (a world of COGs) is written once instead of once per
+    worker. A folder without its completion marker (a build that failed) is built again from
+    empty. What ``build`` writes is shared: tests must only read it.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        done = folder / ".built"
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Session directory served over HTTP: ``tiff/`` (fixture copies) and ``cog/``."""
@@ -141,6 +182,53 @@ def served_url(range_server: RangeServer) -> Callable[[Path | str], str]:
     """``served_url(path)``: URL of a file given its absolute path inside ``served_root``
     (or its path relative to it)."""
     return range_server.url_for
+
+
+@pytest.fixture
+def server_waits(monkeypatch) -> Iterator[list[float]]:
+    """The injected latencies the demo servers (``RangeServer``, ``StacServer``) await, in order,
+    recorded where they await them (``asyncio.sleep`` in ``rasteret_pipelines_demo._server``), so
+    a test checks that a latency is applied by the waits, never by a clock."""
+    import asyncio
+
+    from rasteret_pipelines_demo import _server
+
+    waits: list[float] = []
+
+    class RecordingAsyncio:
+        def __getattr__(self, name: str):
+            return getattr(asyncio, name)
+
+        @staticmethod
+        async def sleep(delay: float, result=None):
+            waits.append(delay)
+            return await asyncio.sleep(delay, result)
+
+    monkeypatch.setattr(_server, "asyncio", RecordingAsyncio())
+    yield waits
+
+
+def wait_until(
+    ready: Callable[[], T | None],
+    *,
+    process: subprocess.Popen | None = None,
+    log: Callable[[], str] = lambda: "",
+    interval: float = 0.2,
+) -> T:
+    """Poll ``ready()`` until it returns a true value, and return that value.
+
+    Fails as soon as ``process`` (if given) has exited, with ``log()``. There is no deadline on
+    purpose: how fast something comes up never decides a test. A hang is stopped by the test's
+    ``pytest-timeout``, and ``log()`` is printed then too (the test's captured output).
+    """
+    try:
+        while not (value := ready()):
+            assert process is None or process.poll() is None, f"exited with {process.returncode}:\n{log()}"
+            time.sleep(interval)
+        return value
+    except BaseException:
+        print(log())
+        raise
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -19,42 +18,10 @@ from rasteret_pipelines.cog.http import _S3_CACHE
 from rasteret_pipelines.errors import CogNotFoundError, FetchError, NotATiffError, UnsafeHrefError
 from rasteret_pipelines.redaction import redact
 from rasteret_pipelines_tests.cog.cogs import s2_cog
+from rasteret_pipelines_tests.scripted_http import ScriptedServer, serve_file
 
 FAST = FetchConfig(max_retries=2, backoff_base=0.001, backoff_max=0.01)
 SECRET_PARTS = ("AKIDTRUSTTEST", "trust-secret-key", "SESSION-TOKEN-XYZ", "deadbeefsignature")
-
-
-class Recorder(ThreadingHTTPServer):
-    """A tiny HTTP server answering from a ``route(handler) -> None`` callable; records requests."""
-
-    daemon_threads = True
-
-    def __init__(self, route):
-        self.route = route
-        self.seen: list[tuple[str, dict[str, str]]] = []
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.shutdown()
-        self.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_GET(self):
-        self.server.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
-        self.server.route(self)
 
 
 def redirect_to(location: str, extra: dict | None = None):
@@ -65,22 +32,6 @@ def redirect_to(location: str, extra: dict | None = None):
             h.send_header(k, v)
         h.send_header("Content-Length", "0")
         h.end_headers()
-
-    return route
-
-
-def serve_file(data: bytes):
-    def route(h):
-        rng = h.headers.get("Range", "")
-        start, end = (int(v) for v in rng.removeprefix("bytes=").split("-"))
-        end = min(end, len(data) - 1)
-        body = data[start : end + 1]
-        h.send_response(206)
-        h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        h.send_header("Content-Length", str(len(body)))
-        h.send_header("ETag", '"v1"')
-        h.end_headers()
-        h.wfile.write(body)
 
     return route
 
@@ -124,8 +75,8 @@ def _credential_headers(headers: dict[str, str]) -> list[str]:
 
 def test_s3_credentials_do_not_follow_a_307_to_another_origin(cog, aws_session):
     data = cog.read_bytes()
-    with Recorder(serve_file(data)) as other:
-        with Recorder(redirect_to(f"{other.origin}/landing/B04.tif")) as endpoint:
+    with ScriptedServer(serve_file(data)) as other:
+        with ScriptedServer(redirect_to(f"{other.origin}/landing/B04.tif")) as endpoint:
             aws_session.setenv("AWS_ENDPOINT_URL_S3", endpoint.origin)
             header = read_header("s3://bucket/scene/B04.tif", config=FAST)
             pixels = read_window(header, (0, 0, 300, 200), config=FAST)
@@ -150,7 +101,7 @@ def test_credentials_stay_on_a_same_origin_redirect(cog, aws_session):
         else:
             redirect_to("/moved" + h.path)(h)
 
-    with Recorder(route) as endpoint:
+    with ScriptedServer(route) as endpoint:
         aws_session.setenv("AWS_ENDPOINT_URL_S3", endpoint.origin)
         read_header("s3://bucket/B04.tif", config=FAST)
     moved = [headers for path, headers in endpoint.seen if path.startswith("/moved/")]
@@ -159,9 +110,9 @@ def test_credentials_stay_on_a_same_origin_redirect(cog, aws_session):
 
 def test_a_cookie_set_before_a_redirect_is_never_sent(cog):
     data = cog.read_bytes()
-    with Recorder(serve_file(data)) as other:
+    with ScriptedServer(serve_file(data)) as other:
         route = redirect_to(f"{other.origin}/B04.tif", {"Set-Cookie": "session=s3cr3t; Path=/"})
-        with Recorder(route) as first:
+        with ScriptedServer(route) as first:
             read_header(f"{first.origin}/B04.tif", config=FAST)
             read_header(f"{first.origin}/B04.tif", config=FAST)
     assert all("cookie" not in h for _, h in first.seen + other.seen)
@@ -175,7 +126,7 @@ def test_a_redirect_loop_fails_after_a_bounded_number_of_requests():
         holder["n"].append(1)
 
     config = FetchConfig(max_retries=3, max_redirects=4, backoff_base=0.001)
-    with Recorder(route) as srv:
+    with ScriptedServer(route) as srv:
         holder["origin"] = srv.origin
         with pytest.raises(FetchError, match="redirects"):
             read_header(f"{srv.origin}/start.tif", config=config)
@@ -185,7 +136,7 @@ def test_a_redirect_loop_fails_after_a_bounded_number_of_requests():
 def test_a_redirect_to_a_local_file_is_not_followed(tmp_path):
     secret = tmp_path / "secret.tif"
     secret.write_bytes(b"II*\x00 local secret")
-    with Recorder(redirect_to(f"file://{secret}")) as srv:
+    with ScriptedServer(redirect_to(f"file://{secret}")) as srv:
         with pytest.raises(FetchError) as info:
             read_header(f"{srv.origin}/x.tif", config=FAST)
     assert "local secret" not in str(info.value)
@@ -208,7 +159,7 @@ def _assert_clean(text: str) -> None:
 @pytest.mark.parametrize(("code", "error"), [(403, FetchError), (404, CogNotFoundError), (503, FetchError)])
 def test_presigned_signatures_never_reach_an_error_message(code, error, caplog):
     caplog.set_level(logging.DEBUG)
-    with Recorder(status(code)) as srv:
+    with ScriptedServer(status(code)) as srv:
         href = f"{srv.origin}/scene/B04.tif{PRESIGNED_QUERY}"
         with pytest.raises(error) as info:
             read_header(href, config=FAST)
@@ -227,7 +178,7 @@ def test_a_presigned_non_tiff_is_named_without_its_signature():
         h.end_headers()
         h.wfile.write(b"<html>not a tiff</ht")
 
-    with Recorder(route) as srv:
+    with ScriptedServer(route) as srv:
         with pytest.raises(NotATiffError) as info:
             read_header(f"{srv.origin}/a.tif{PRESIGNED_QUERY}", config=FAST)
     _assert_clean(str(info.value))
@@ -324,7 +275,7 @@ def test_a_server_dripping_bytes_hits_the_per_attempt_deadline():
     hung_up: list[str] = []
     ended = threading.Semaphore(0)
     config = FetchConfig(read_timeout=1.0, idle_timeout=0.5, backoff_base=0.001, backoff_max=0.01)
-    with Recorder(route) as srv:
+    with ScriptedServer(route) as srv:
         with pytest.raises(FetchError, match="read_timeout 1 s"):
             read_header(f"{srv.origin}/drip.tif", config=config)
         for _ in range(2):  # both drips end, by the client's hang-up or (a failure) by running dry
@@ -377,7 +328,7 @@ def test_a_server_ignoring_range_is_read_only_up_to_the_range_end(cog):
         except OSError:
             pass
 
-    with Recorder(route) as srv:
+    with ScriptedServer(route) as srv:
         header = read_header(f"{srv.origin}/B04.tif", config=FAST)
         pixels = read_window(header, (0, 0, 100, 100), config=FAST)
     assert header.size == len(data) + (1 << 30)  # the declared size is the version's size
@@ -394,6 +345,6 @@ def test_a_206_longer_than_asked_is_refused():
         h.end_headers()
         h.wfile.write(b"II*\x00" + b"\0" * ((1 << 20) - 4))
 
-    with Recorder(route) as srv:
+    with ScriptedServer(route) as srv:
         with pytest.raises(FetchError, match="the server sent more"):
             read_header(f"{srv.origin}/x.tif", config=FAST)

@@ -401,9 +401,9 @@ def test_list_and_load_collections(tmp_path, stac_for, july):
 def test_build_collection_rejects_another_sources_collection(tmp_path, stac_for, july, mirror):
     stac = stac_for(july)
     build_s2(tmp_path, stac)
-    from rasteret_pipelines.errors import CollectionError
+    from rasteret_pipelines.errors import InconsistentCollectionError
 
-    with pytest.raises(CollectionError, match="holds sentinel-2-l2a"):
+    with pytest.raises(InconsistentCollectionError, match="holds sentinel-2-l2a"):
         build_collection(
             "sentinel-2-c1-l2a", "brazil", tmp_path, date_range=JULY, bands=["red"], stac_url=stac.url, progress=False
         )

@@ -8,8 +8,6 @@ import datetime as dt
 import json
 import logging
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
 import pytest
@@ -28,6 +26,7 @@ from rasteret_pipelines.errors import (
 )
 from rasteret_pipelines.hrefs import check_href
 from rasteret_pipelines_tests.collections.conftest import july_2025_items
+from rasteret_pipelines_tests.scripted_http import ScriptedServer, serve_folder
 
 JULY = ("2025-07-01", "2025-07-31")
 UNREACHABLE = "http://127.0.0.1:9/v1"  # nothing listens: an argument error must come first
@@ -183,40 +182,11 @@ def test_load_collection_stays_inside_its_workspace(tmp_path):
 # -- stale-object detection ----------------------------------------------------------------------
 
 
-class NoVersionServer(ThreadingHTTPServer):
-    """Serves byte ranges of files under ``root`` with neither ETag nor Last-Modified."""
-
-    daemon_threads = True
-
-    def __init__(self, root):
-        self.root = root
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                data = (root / self.path.lstrip("/")).read_bytes()
-                start, end = (int(v) for v in self.headers["Range"].removeprefix("bytes=").split("-"))
-                end = min(end, len(data) - 1)
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-                self.send_header("Content-Length", str(end - start + 1))
-                self.end_headers()
-                self.wfile.write(data[start : end + 1])
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    def url_for(self, path) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{path.relative_to(self.root).as_posix()}"
-
-
 def test_manifest_counts_headers_without_a_version_marker(tmp_path, mirror, stac_for, items, caplog):
-    plain = NoVersionServer(mirror.root)
-    try:
+    with ScriptedServer(serve_folder(mirror.root, etag=None)) as plain:  # neither ETag nor Last-Modified
         for item in items[:2]:
-            item["assets"]["red"]["href"] = plain.url_for(mirror.path_of(item["assets"]["red"]["href"]))
+            path = mirror.path_of(item["assets"]["red"]["href"]).relative_to(mirror.root).as_posix()
+            item["assets"]["red"]["href"] = f"{plain.origin}/{path}"
         report = build(tmp_path / "ws", stac_for(items).url)
         assert report.failed == [] and report.months[0].headers_without_version == 2
         manifest = json.loads((tmp_path / "ws" / "hostile" / "_manifest.json").read_text())
@@ -226,9 +196,6 @@ def test_manifest_counts_headers_without_a_version_marker(tmp_path, mirror, stac
         # A rebuild reuses the cached headers and still counts them.
         again = build(tmp_path / "ws", stac_for(items).url)
         assert again.months[0].headers_reused == 8 and again.months[0].headers_without_version == 2
-    finally:
-        plain.shutdown()
-        plain.server_close()
 
 
 def test_what_stale_detection_sees():

@@ -27,7 +27,12 @@ from rasteret_pipelines.cog import CogHeader
 from rasteret_pipelines.collections import build as build_module
 from rasteret_pipelines.collections import build_collection, list_collections, load_collection, schema
 from rasteret_pipelines.collections.build import MONTH_FILE, write_month
-from rasteret_pipelines.errors import EmptySearchError, OutdatedCollectionError, StacApiError
+from rasteret_pipelines.errors import (
+    CollectionNotFoundError,
+    EmptySearchError,
+    OutdatedCollectionError,
+    StacApiError,
+)
 from rasteret_pipelines.storage import Storage
 from rasteret_pipelines_tests.collections.conftest import (
     STAC_DIR,
@@ -315,7 +320,7 @@ def test_create_collection_that_finds_nothing_creates_nothing(tmp_path, stac_for
     # one message per outcome: nothing logged says a month was written or a build failed
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert not [m for m in said if "empty month" in m or "writing" in m or "failed" in m], said
-    with pytest.raises(ValueError, match="no collection"):
+    with pytest.raises(CollectionNotFoundError, match="no collection"):
         Rasteret.load_collection("bangalore_202507-07_landsat", workspace_dir=workspace)
 
 

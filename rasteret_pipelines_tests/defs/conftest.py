@@ -1,10 +1,12 @@
 """The Dagster project against the offline demo world, served on 127.0.0.1.
 
 The world (two months, two Sentinel-2 scenes each, on the real 43PGQ grid) is written once per
-session (about 20 s: the COG writing dominates, the grid size barely matters since the quick
-start's AOIs sit near the tile's centre) and served by a :class:`DemoMirror` on free ports.
+test run for all xdist workers (the COG writing dominates; the grid size barely matters since
+the quick start's AOIs sit near the tile's centre) and served by a :class:`DemoMirror` on free
+ports, one per worker.
 """
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ from rasteret_pipelines.defs.location_runs import partition_range_tags
 from rasteret_pipelines.defs.settings import Settings
 from rasteret_pipelines.fields import load_fields
 from rasteret_pipelines_demo.demo_data import QUICKSTART_AOIS
-from rasteret_pipelines_demo.demo_mirror import DemoMirror, prepare_world
+from rasteret_pipelines_demo.demo_mirror import WORLD_FILE, DemoMirror, prepare_world
+from rasteret_pipelines_tests.conftest import build_once, shared_dir
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_DAGSTER_YAML = REPO / "dagster.yaml"
@@ -32,9 +35,22 @@ GROUP = "g_13.0_77.5"
 
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory) -> Path:
-    """A demo world folder (``world.json`` + COGs) for :data:`MONTHS`."""
+    """A demo world folder (``world.json`` + COGs) for :data:`MONTHS`, this worker's own.
+
+    The COGs are written once per run for all xdist workers (``build_once``); each worker gets
+    its own folder of hard links to them and its own copy of ``world.json``, so a mirror's
+    identity (the folder's path), its lock and its log stay the worker's.
+    """
+    shared = build_once(shared_dir(tmp_path_factory, "demo_world"), lambda f: prepare_world(f, MONTHS, log=None))
     folder = tmp_path_factory.mktemp("demo_world")
-    prepare_world(folder, MONTHS, log=None)
+    shutil.copytree(
+        shared,
+        folder,
+        copy_function=os.link,
+        ignore=shutil.ignore_patterns(".built", ".lock", ".*lock", "mirror.*", WORLD_FILE),
+        dirs_exist_ok=True,
+    )
+    shutil.copyfile(shared / WORLD_FILE, folder / WORLD_FILE)
     return folder
 
 
@@ -173,6 +189,19 @@ def project(tmp_path, clean_mirror) -> Project:
     )
     p.register_aois()
     return p
+
+
+def tick(project: Project, name: str, cursor: str | None = None):
+    """One evaluation of the sensor ``name`` of ``project``, from ``cursor``."""
+    sensor = project.defs.resolve_sensor_def(name)
+    with dg.build_sensor_context(
+        instance=project.instance,
+        instance_ref=project.instance.get_ref(),
+        cursor=cursor,
+        resources=project.resources,
+        definitions=project.defs,
+    ) as context:
+        return sensor.evaluate_tick(context)
 
 
 def failure_messages(result: dg.ExecuteInProcessResult) -> str:

@@ -8,24 +8,12 @@ import shapely.geometry
 
 from rasteret_pipelines.aois import write_aois_geojson
 from rasteret_pipelines.defs.assets import collection_key, field_stats_key, field_timeseries_key
-from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, MONTHS
+from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, MONTHS, tick
 
 S2 = "sentinel-2-l2a"
 MONTH_KEYS = [f"{m}-01" for m in MONTHS]
 INSIDE = shapely.geometry.box(77.565, 13.03, 77.575, 13.05)  # inside the months' search bbox
 OUTSIDE = shapely.geometry.box(77.70, 13.20, 77.72, 13.22)  # same tile, outside it
-
-
-def tick(project, name, cursor=None):
-    sensor = project.defs.resolve_sensor_def(name)
-    with dg.build_sensor_context(
-        instance=project.instance,
-        instance_ref=project.instance.get_ref(),
-        cursor=cursor,
-        resources=project.resources,
-        definitions=project.defs,
-    ) as context:
-        return sensor.evaluate_tick(context)
 
 
 def requested(data) -> list[tuple[str, str, str]]:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -19,11 +18,9 @@ import pytest
 import requests
 
 from rasteret_pipelines.aois import write_aois_geojson
-from rasteret_pipelines_tests.conftest import free_port
+from rasteret_pipelines_tests.conftest import free_port, wait_until
 from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, REPO, postgres_dagster_yaml
 
-STARTUP_TIMEOUT = 120
-RUN_TIMEOUT = 180
 LOCATION = "rasteret_pipelines"
 COLLECTION = ["collections", "sentinel_2_l2a"]
 STATS = ["field_stats", "sentinel_2_l2a_field_stats"]
@@ -84,29 +81,26 @@ def dagster_dev(tmp_path, mirror, postgres_server, monkeypatch):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            assert proc.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-4000:]
+
+        def loaded() -> bool:
             try:
-                if requests.get(f"{url}/server_info", timeout=2).ok:
-                    data = graphql(
-                        url,
-                        "{ workspaceOrError { ... on Workspace { locationEntries { name "
-                        "locationOrLoadError { __typename } } } } }",
-                    )
-                    entries = data["workspaceOrError"]["locationEntries"]
-                    if (
-                        entries
-                        and entries[0]["locationOrLoadError"]
-                        and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
-                    ):
-                        break
+                if not requests.get(f"{url}/server_info", timeout=2).ok:
+                    return False
+                data = graphql(
+                    url,
+                    "{ workspaceOrError { ... on Workspace { locationEntries { name "
+                    "locationOrLoadError { __typename } } } } }",
+                )
             except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, (
-                "dagster dev did not come up: " + (tmp_path / "dagster_dev.log").read_text()[-4000:]
+                return False
+            entries = data["workspaceOrError"]["locationEntries"]
+            return bool(
+                entries
+                and entries[0]["locationOrLoadError"]
+                and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
             )
-            time.sleep(1)
+
+        wait_until(loaded, process=proc, log=lambda: (tmp_path / "dagster_dev.log").read_text()[-4000:], interval=1)
         yield url, tmp_path, instance
     finally:
         for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
@@ -124,16 +118,16 @@ def dagster_dev(tmp_path, mirror, postgres_server, monkeypatch):
 
 
 def wait_for_runs(url: str, run_filter: dict, count: int, log_path: Path) -> list[dict]:
-    deadline = time.monotonic() + RUN_TIMEOUT
     query = """query($filter: RunsFilter) { runsOrError(filter: $filter) {
         ... on Runs { results { runId status tags { key value } } } ... on PythonError { message } } }"""
-    while True:
-        runs = graphql(url, query, {"filter": run_filter})["runsOrError"]["results"]
-        done = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
-        if len(runs) >= count and len(done) == len(runs):
-            return runs
-        assert time.monotonic() < deadline, f"runs not finished: {runs}\n" + log_path.read_text()[-4000:]
-        time.sleep(2)
+    seen: list[dict] = []
+
+    def finished() -> list[dict] | None:
+        seen[:] = graphql(url, query, {"filter": run_filter})["runsOrError"]["results"]
+        done = [r for r in seen if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+        return list(seen) if len(seen) >= count and len(done) == len(seen) else None
+
+    return wait_until(finished, log=lambda: f"runs: {seen}\n" + log_path.read_text()[-4000:], interval=2)
 
 
 def launch_backfill(url: str, params: dict) -> str:
@@ -148,23 +142,16 @@ def launch_backfill(url: str, params: dict) -> str:
 
 
 def wait_for_backfill(url: str, backfill_id: str, log_path: Path) -> None:
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while True:
+    def ended() -> str | None:
         status = graphql(
             url,
             "query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }",
             {"id": backfill_id},
-        )
-        if status["partitionBackfillOrError"]["status"] in (
-            "COMPLETED",
-            "COMPLETED_SUCCESS",
-            "FAILED",
-            "COMPLETED_FAILED",
-        ):
-            assert status["partitionBackfillOrError"]["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
-            return
-        assert time.monotonic() < deadline, f"{status}\n" + log_path.read_text()[-4000:]
-        time.sleep(2)
+        )["partitionBackfillOrError"]["status"]
+        return status if status in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "COMPLETED_FAILED") else None
+
+    status = wait_until(ended, log=lambda: log_path.read_text()[-4000:], interval=2)
+    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status + "\n" + log_path.read_text()[-4000:]
 
 
 def max_overlap(intervals) -> int:

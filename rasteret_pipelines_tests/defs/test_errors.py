@@ -53,5 +53,5 @@ def test_settings_error_is_a_rasteret_error_and_a_value_error():
 
     assert issubclass(errors.SettingsError, RasteretError)
     assert issubclass(errors.SettingsError, ValueError)
-    with pytest.raises(RasteretError, match="RASTERET_START_MONTH"):
+    with pytest.raises(errors.SettingsError, match="RASTERET_START_MONTH"):
         Settings.from_env({"RASTERET_START_MONTH": "24-1"})

@@ -26,6 +26,7 @@ from rasteret_pipelines.defs.partitions import build_partitions
 from rasteret_pipelines.defs.sensors import MAX_GROUP_RANGES, bounded_ranges
 from rasteret_pipelines.fields import group_names, parse_fields
 from rasteret_pipelines_tests.defs.conftest import AOIS, GROUP, local_instance, make_project
+from rasteret_pipelines_tests.defs.conftest import tick as sensor_tick
 
 S2 = "sentinel-2-l2a"
 JAN, FEB = "2024-01-01", "2024-02-01"
@@ -172,15 +173,7 @@ def test_a_100000_row_geoparquet_file_and_the_partition_counts_of_12_months():
 
 
 def tick(project, name="field_file_sensor", cursor=None):
-    sensor = project.defs.resolve_sensor_def(name)
-    with dg.build_sensor_context(
-        instance=project.instance,
-        instance_ref=project.instance.get_ref(),
-        cursor=cursor,
-        resources=project.resources,
-        definitions=project.defs,
-    ) as context:
-        return sensor.evaluate_tick(context)
+    return sensor_tick(project, name, cursor)
 
 
 def small_cell_project(tmp_path, mirror, **extra):

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import rasterio.windows
 
 from rasteret_pipelines.collections import stac_url_env_var
 from rasteret_pipelines_demo.demo_mirror import free_port_pair
+from rasteret_pipelines_tests.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -71,11 +71,9 @@ def served(demo_world):
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    deadline = time.monotonic() + 120
-    while not any("serving until Ctrl-C" in line for line in lines):
-        assert proc.poll() is None, "demo --serve exited early:\n" + "\n".join(lines)
-        assert time.monotonic() < deadline, "demo --serve printed no export line:\n" + "\n".join(lines)
-        time.sleep(0.1)
+    wait_until(
+        lambda: any("serving until Ctrl-C" in line for line in lines), process=proc, log=lambda: "\n".join(lines)
+    )
     try:
         yield proc, lines, port
     finally:

@@ -26,23 +26,52 @@ def test_the_pair_is_below_the_ephemeral_range(monkeypatch):
     assert all(12768 <= p and p + 1 < 32768 for p in ports)
 
 
+class PortsTaken:
+    """A stand-in for the ``socket`` module in ``demo_mirror``: ``bind`` fails on the ports in
+    ``taken`` and records every port asked for, so which ports are free is the test's choice
+    and not the host's (other processes take real ports at any moment)."""
+
+    AF_INET, SOCK_STREAM = socket.AF_INET, socket.SOCK_STREAM
+
+    def __init__(self, taken: set[int]):
+        self.taken, self.binds = taken, []
+        ports = self
+
+        class Socket:
+            def __init__(self, *args):
+                self.port = None
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return None
+
+            def bind(self, address):
+                ports.binds.append(address[1])
+                if address[1] in ports.taken:
+                    raise OSError(98, "Address already in use")
+                self.port = address[1]
+
+            def getsockname(self):
+                return ("127.0.0.1", self.port)
+
+        self.socket = Socket
+
+
 def test_a_taken_second_port_is_skipped(monkeypatch):
     """The pair's second port is taken: that candidate is rejected, the next one is returned."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        taken = held.getsockname()[1]
-        candidates = iter([taken - 1, taken + 10])
+    ports = PortsTaken({20001})
+    candidates = iter([20000, 20010])
 
-        class Fixed(random.Random):
-            def randrange(self, *args):
-                return next(candidates)
+    class Fixed(random.Random):
+        def randrange(self, *args):
+            return next(candidates)
 
-        monkeypatch.setattr(demo_mirror, "_ephemeral_range", lambda: (40000, 60999))
-        try:
-            port = free_port_pair(rng=Fixed())
-        except NoFreePortPairError:
-            pytest.skip("the fallback candidate happened to be taken too")
-        assert port == taken + 10
+    monkeypatch.setattr(demo_mirror, "socket", ports)
+    monkeypatch.setattr(demo_mirror, "_ephemeral_range", lambda: (40000, 60999))
+    assert free_port_pair(rng=Fixed()) == 20010
+    assert ports.binds == [20000, 20001, 20010, 20011]
 
 
 def test_no_pair_raises_a_typed_error(monkeypatch):

@@ -13,7 +13,7 @@ import rasterio.transform
 from pyproj import CRS
 
 from rasteret_pipelines.cog import read_header, read_window
-from rasteret_pipelines.errors import ProductError, ProductInputError
+from rasteret_pipelines.errors import ProductInputError, ProductWriteError
 from rasteret_pipelines.products import geotiff, save_per_geometry, write_cog
 from rasteret_pipelines.reading.model import GeometryLayers, stack_geometries
 
@@ -189,7 +189,7 @@ def test_crash_during_write_leaves_no_file(tmp_path, ds, monkeypatch):
 
     monkeypatch.setattr(geotiff, "_write_band", boom)
     monkeypatch.setattr(geotiff.os, "unlink", spy_unlink)
-    with pytest.raises(ProductError, match="disk on fire") as info:
+    with pytest.raises(ProductWriteError, match="disk on fire") as info:
         save_per_geometry(ds, tmp_path)
     assert "geometry_3/ndvi_20240301.tif" in str(info.value)
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []  # no final file, no temp
@@ -202,7 +202,7 @@ def test_crash_during_write_leaves_no_file(tmp_path, ds, monkeypatch):
     paths = save_per_geometry(ds, tmp_path)
     before = {p: open(p, "rb").read() for ps in paths.values() for p in ps}
     monkeypatch.setattr(geotiff, "_write_band", boom)
-    with pytest.raises(ProductError):
+    with pytest.raises(ProductWriteError, match="disk on fire"):
         save_per_geometry(ds, tmp_path)
     assert {p: open(p, "rb").read() for p in before} == before
     assert sorted(str(p) for p in tmp_path.rglob("*") if p.is_file()) == sorted(before)

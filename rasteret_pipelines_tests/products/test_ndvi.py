@@ -153,8 +153,7 @@ def test_ndvi_dataset_keeps_all_coords_and_attrs():
     assert v[0] == pytest.approx(0.407407, abs=1e-6) and v[1] == pytest.approx(-0.407407, abs=1e-6)
 
 
-def test_dask_backed_input_if_available():
-    pytest.importorskip("dask")
+def test_dask_backed_input():
     red, nir = landsat_reflectance([[8000, 0]]), landsat_reflectance([[9000, 0]])
     red[0, 1], nir[0, 1] = 0.0, 0.0
     ds = read_of(red, nir, dtype=np.float64).chunk({"col": 1})

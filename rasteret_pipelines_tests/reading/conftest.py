@@ -1,6 +1,6 @@
 """A small offline Sentinel-2 world for the reading tests: COGs over HTTP, a local STAC API.
 
-Built once per session, in ``world``:
+Built once per test run for all xdist workers (``build_once``), in ``world``:
 
 * **Base scenes** (:data:`BASE_IDS`): four acquisitions of January and February 2024 written by
   :func:`demo_data.write_scene` on the real grid of MGRS tile 43PGQ (EPSG:32643, origin
@@ -51,6 +51,7 @@ from rasteret_pipelines.products.geotiff import write_cog
 from rasteret_pipelines_demo import demo_data
 from rasteret_pipelines_demo.range_server import RangeServer
 from rasteret_pipelines_demo.stac_server import StacServer
+from rasteret_pipelines_tests.conftest import build_once, shared_dir
 
 WORLD_SIZE = 8192
 """Side of the base scenes' 10 m grid: the 43PGQ grid, cut at column/row 8192."""
@@ -300,15 +301,12 @@ def _cross_nodata(origin_xy):
     return where
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Iterator[World]:
-    check_aois_inside()
-    root = tmp_path_factory.mktemp("reading_cogs")
-    workspace = tmp_path_factory.mktemp("reading_ws")
+def write_world_cogs(root: Path) -> None:
+    """Write every scene's COGs under ``root`` and their paths (``scene id -> band -> path``
+    relative to ``root``) to ``root/paths.json``."""
     paths: dict[str, dict[str, Path]] = {}
     x0, y0 = demo_data.ORIGIN
-
-    # Base scenes (the slow part: ~5 s each, two at a time; GDAL and numpy release the GIL).
+    # The base scenes are the bulk of the work: two at a time (GDAL and numpy release the GIL).
     with ThreadPoolExecutor(2) as pool:
         futures = {s.item_id: pool.submit(demo_data.write_scene, root, s, size_10m=WORLD_SIZE) for s in BASE_SCENES}
         for i, (origin_px, seed) in enumerate(zip(MOSAIC_ORIGINS_PX, (11, 12))):
@@ -336,6 +334,20 @@ def world(tmp_path_factory) -> Iterator[World]:
         )
         for scene_id, future in futures.items():
             paths[scene_id] = future.result()
+    relative = {s: {b: p.relative_to(root).as_posix() for b, p in bands.items()} for s, bands in paths.items()}
+    (root / "paths.json").write_text(json.dumps(relative))
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Iterator[World]:
+    check_aois_inside()
+    # The COGs are written once per run for all xdist workers and only read; each worker serves
+    # them with its own servers and builds its own collections.
+    root = build_once(shared_dir(tmp_path_factory, "reading_cogs"), write_world_cogs)
+    workspace = tmp_path_factory.mktemp("reading_ws")
+    paths = {
+        s: {b: root / p for b, p in bands.items()} for s, bands in json.loads((root / "paths.json").read_text()).items()
+    }
 
     with RangeServer(root) as cogs:
 

@@ -9,6 +9,7 @@ arrays with the cloud mask (SCL, nearest) applied first. The world is ``conftest
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import warnings
@@ -47,6 +48,11 @@ def grid_of(ds) -> CubeGrid:
 
 def warped(path, grid: CubeGrid, resampling: str, overview_level: int | None = None) -> np.ndarray:
     """rasterio's warp of the whole band (or one overview) onto ``grid``, float32, NaN at nodata."""
+    return _warped(path, grid, resampling, overview_level).copy()
+
+
+@functools.cache  # the same warps recur across a test's parameters; each reads a whole band
+def _warped(path, grid: CubeGrid, resampling: str, overview_level: int | None) -> np.ndarray:
     kwargs = {} if overview_level is None else {"overview_level": overview_level}
     with rasterio.open(path, **kwargs) as src:
         data = src.read(1)
@@ -347,7 +353,8 @@ def test_geometries_mask_the_cube_and_get_xarray_takes_the_grid_form(world):
 
 @pytest.fixture(scope="module")
 def cluster():
-    distributed = pytest.importorskip("distributed")
+    import distributed  # the test extra's (a declared dependency: missing, this fails)
+
     with (
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, memory_limit="400MiB", dashboard_address=None

@@ -9,17 +9,14 @@ import asyncio
 
 import numpy as np
 import pytest
+from obstore.store import LocalStore
 
 from rasteret_pipelines import Rasteret
+from rasteret_pipelines.cog.obstore_reader import ObstoreReader
 from rasteret_pipelines.errors import CogNotFoundError, FetchError
 from rasteret_pipelines.reading import read_geometries
 from rasteret_pipelines_tests.reading.conftest import AOIS, BASE_IDS, BASE_RANGE
 from rasteret_pipelines_tests.reading.test_read import day, layer, rio_masked, to_crs
-
-obstore = pytest.importorskip("obstore")
-from obstore.store import LocalStore  # noqa: E402
-
-from rasteret_pipelines.cog.obstore_reader import ObstoreReader  # noqa: E402
 
 BANDS = ("red", "nir")
 
