@@ -213,6 +213,17 @@ def _children(pid: int) -> list[int]:
     return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
 
 
+def _cmdlines(pids) -> str:
+    """The command lines of ``pids``, for a failure message."""
+    out = []
+    for pid in sorted(pids):
+        try:
+            out.append(f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return "\n".join(out)
+
+
 def _session(sid: int) -> set[int]:
     """Pids of the live (not zombie) processes of session ``sid``, from /proc."""
     out = set()
@@ -280,6 +291,9 @@ def test_the_ui_command_serves_the_demo_while_dg_dev_runs_and_stops_it_after(dem
         assert dev in services and len(services) >= 3, services
         proc.send_signal(signal.SIGTERM)  # to the command only: it passes it on to dg dev
         proc.wait(timeout=120)
+        # dg dev's code server exits on its own once its parent is gone (an event, not a deadline:
+        # a service that never exits is stopped by the test's timeout)
+        wait_until(lambda: not _session(dev), log=lambda: _cmdlines(_session(dev)))
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
