@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rasteret_pipelines.cog import tiff
-from rasteret_pipelines.cog.decode import block_rows, decode_block, max_stored_bytes
+from rasteret_pipelines.cog.decode import BYTE_CODECS, block_rows, decode_block, max_stored_bytes
 from rasteret_pipelines.cog.fetch import FetchConfig, ObjectVersion, RangeFetcher
 from rasteret_pipelines.cog.header import CogHeader, ImageLevel, build_header, validate_window
 from rasteret_pipelines.errors import DecodedSizeError, RasteretError, TiffFormatError, WindowError
@@ -404,11 +404,13 @@ async def fetch_tiles(
         del response
 
         def decode_and_hand_over() -> None:
+            # Byte codecs read a view of the response; image codecs get bytes of their own.
+            stored = memoryview(data) if header.levels[overview].compression in BYTE_CODECS else data
             for block, offset, count in span.blocks:
                 wanted = users.get(block)
                 if not wanted:
                     continue  # another band's plane of a planar tile: fetched with it, not decoded
-                raw = data[offset - span.start : offset - span.start + count]
+                raw = stored[offset - span.start : offset - span.start + count]
                 arr = decode_block(header.levels[overview], header.byte_order, raw, href, block.index, overview)
                 for i in wanted:
                     on_tile(i, arr)

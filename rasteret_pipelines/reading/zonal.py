@@ -39,6 +39,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -197,6 +198,11 @@ class Fields:
     id_array: pa.Array | None = None
     """The ids as an Arrow string array when the input already held them in Arrow."""
 
+    @cached_property
+    def lonlat(self) -> np.ndarray:
+        """(n, 2) longitude, latitude of points (one coordinate each)."""
+        return shapely.get_coordinates(self.geometries)
+
 
 def load_fields(fields, id_column: str = "id", keep: Sequence[str] = (), points: bool = False) -> Fields:
     """Fields from a GeoDataFrame, a GeoSeries, a GeoParquet/GeoJSON path (local or ``s3://``)
@@ -290,12 +296,18 @@ def _from_geoparquet(data: bytes, id_column: str, keep: list[str], points: bool)
     missing = [c for c in keep if c not in names]
     if missing:
         raise InvalidReadArgumentError(f"keep names columns the fields do not have: {missing}")
-    # Through Python lists: ChunkedArray.to_numpy would import pandas, a second longer start.
-    id_array = table.column(id_column).cast(pa.string()).combine_chunks()
-    ids = np.array(id_array.to_pylist(), dtype=object)
+    # Through Python lists: ChunkedArray.to_numpy would import pandas and a cast
+    # pyarrow.compute, each a large part of a second longer start.
+    texts = table.column(id_column).to_pylist()
+    if not pa.types.is_string(table.schema.field(id_column).type) and not pa.types.is_large_string(
+        table.schema.field(id_column).type
+    ):
+        texts = [str(v) for v in texts]
+    ids = np.array(texts, dtype=object)
+    id_array = _texts(texts, pa.string())
     geoms = shapely.from_wkb(np.array(table.column(column).to_pylist(), dtype=object))
     _check_geometries(ids, geoms, check_degrees=False, points=points)
-    if not crs.equals("EPSG:4326"):
+    if not crs.equals(crs_of("EPSG:4326")):
         geoms = reproject_geometry(geoms, crs, "EPSG:4326")
     _check_degrees(ids, geoms)
     # Kept columns go through pandas as GeoPandas takes them, so their types are the same.
@@ -491,9 +503,13 @@ def _grids(
     for (crs_key, transform), scene_indices in by_grid.items():
         members = np.flatnonzero(np.isin(ref, scene_indices))
         grid = _Grid(crs_key, transform, members)
-        local = reproject_geometry(fields.geometries[members], "EPSG:4326", crs_key)
         if points:
-            x, y = shapely.get_x(local), shapely.get_y(local)
+            # The coordinates alone, transformed as reproject_geometry transforms them.
+            from pyproj import Transformer
+
+            lonlat = fields.lonlat[members]
+            to_grid = Transformer.from_crs(crs_of("EPSG:4326"), crs_of(crs_key), always_xy=True)
+            x, y = (np.asarray(v, np.float64) for v in to_grid.transform(lonlat[:, 0], lonlat[:, 1]))
             a, b, c, d, e, f = transform[:6]
             if b or d:
                 raise InvalidReadArgumentError("sampling points needs north-up scenes")
@@ -501,6 +517,7 @@ def _grids(
             rows, cols = np.floor((y - f) / e).astype(np.int64), np.floor((x - c) / a).astype(np.int64)
             grid.xy = (x, y)
         else:
+            local = reproject_geometry(fields.geometries[members], "EPSG:4326", crs_key)
             which, rows, cols = pixels_inside(local, transform, all_touched=all_touched)
         grid.member_field = members[which]
         grid.rows, grid.cols, grid.position = rows, cols, which
@@ -508,16 +525,27 @@ def _grids(
     return grids
 
 
-def _covers(geometries: np.ndarray, footprints: list) -> list[np.ndarray]:
-    """For each footprint, the indices (ascending) of the geometries it intersects; a
-    footprint repeated across scenes (the same tile and orbit) is queried once."""
-    tree = shapely.STRtree(geometries)
+def _covers(fields: Fields, footprints: list, points: bool = False) -> list[np.ndarray]:
+    """For each footprint, the indices (ascending) of the fields it intersects; a footprint
+    repeated across scenes (the same tile and orbit) is queried once. Points are tested by
+    their coordinates (those inside the footprint's bounds) against the prepared footprint:
+    no tree over the points to build."""
+    if points:
+        lon, lat = fields.lonlat[:, 0], fields.lonlat[:, 1]
+    else:
+        tree = shapely.STRtree(fields.geometries)
     found: dict[bytes, np.ndarray] = {}
     out = []
     for footprint in footprints:
         key = shapely.to_wkb(footprint)
         if key not in found:
-            found[key] = np.sort(tree.query(footprint, predicate="intersects"))
+            if points:
+                x0, y0, x1, y1 = shapely.bounds(footprint)
+                near = np.flatnonzero((lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1))
+                shapely.prepare(footprint)
+                found[key] = near[shapely.intersects_xy(footprint, lon[near], lat[near])]
+            else:
+                found[key] = np.sort(tree.query(footprint, predicate="intersects"))
         out.append(found[key])
     return out
 
@@ -930,7 +958,7 @@ def plan_fields_read(
         maxy + pad * (miny == maxy),
     )
     scenes = select_scenes(collection, [(None, area)], date_range, cloud_cover_lt, filters, read_keys)
-    covers = _covers(data.geometries, [s.footprint for s in scenes])
+    covers = _covers(data, [s.footprint for s in scenes], points=points)
     grids = _grids(data, scenes, covers, data_keys, all_touched, points=points)
     if not grids:
         from rasteret_pipelines.reading.coverage import no_scenes_error
@@ -1084,17 +1112,20 @@ class _Sink:
         for red in reductions:
             n = red.fields.size
             take = _numbers(red.fields, pa.int64())
-            arrays = [self.ids.take(take), _numbers(np.full(n, date.astype(np.int64), np.int32), pa.date32())]
+            every = n == len(self.ids)  # every field, in order (fields are ascending): no take
+            arrays = [
+                self.ids if every else self.ids.take(take),
+                _numbers(np.full(n, date.astype(np.int64), np.int32), pa.date32()),
+            ]
             for f in self.schema:
                 if f.name in ("id", "date", "scene_ids") or (
                     self.fields.kept is not None and f.name in self.fields.kept.column_names
                 ):
                     continue
                 arrays.append(_numbers(red.stats[f.name], f.type))
-            texts, which = red.scene_ids
-            arrays.append(_texts(texts.tolist(), pa.string()).take(_numbers(which, pa.int64())))
+            arrays.append(_texts_at(*red.scene_ids))
             if self.fields.kept is not None:
-                taken = self.fields.kept.take(take)
+                taken = self.fields.kept if every else self.fields.kept.take(take)
                 arrays += [taken.column(i).combine_chunks() for i in range(taken.num_columns)]
             if self.writer is not None:
                 arrays.append(_texts(shapely.to_wkb(self.fields.geometries[red.fields]).tolist(), pa.binary()))
@@ -1164,6 +1195,17 @@ def _texts(items: list, kind: pa.DataType) -> pa.Array:
         return pa.array(items, kind)
     offsets = offsets.astype(np.int32)
     return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
+def _texts_at(texts: np.ndarray, which: np.ndarray) -> pa.Array:
+    """``texts[which]`` as an Arrow string array (one text repeated is built directly)."""
+    if len(texts) == 1:
+        data = str(texts[0]).encode()
+        offsets = np.arange(which.size + 1, dtype=np.int64) * len(data)
+        if offsets[-1] < 1 << 31:
+            buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data * which.size)]
+            return pa.Array.from_buffers(pa.string(), which.size, buffers)
+    return _texts(texts.tolist(), pa.string()).take(_numbers(which, pa.int64()))
 
 
 def _merge_texts(parts, order) -> tuple[np.ndarray, np.ndarray]:
