@@ -298,13 +298,16 @@ def _from_geoparquet(data: bytes, id_column: str, keep: list[str], points: bool)
         raise InvalidReadArgumentError(f"keep names columns the fields do not have: {missing}")
     # Through Python lists: ChunkedArray.to_numpy would import pandas and a cast
     # pyarrow.compute, each a large part of a second longer start.
-    texts = table.column(id_column).to_pylist()
-    if not pa.types.is_string(table.schema.field(id_column).type) and not pa.types.is_large_string(
-        table.schema.field(id_column).type
-    ):
+    column_ids = table.column(id_column).combine_chunks()
+    texts = column_ids.to_pylist()
+    if pa.types.is_string(column_ids.type):
+        id_array = column_ids
+    elif pa.types.is_large_string(column_ids.type):
+        id_array = _small_offsets(column_ids)
+    else:
         texts = [str(v) for v in texts]
+        id_array = None
     ids = np.array(texts, dtype=object)
-    id_array = _texts(texts, pa.string())
     geoms = shapely.from_wkb(np.array(table.column(column).to_pylist(), dtype=object))
     _check_geometries(ids, geoms, check_degrees=False, points=points)
     if not crs.equals(crs_of("EPSG:4326")):
@@ -354,8 +357,8 @@ def _named(ids: np.ndarray, bad: np.ndarray, limit: int = 5) -> str:
 def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = True, points: bool = False) -> None:
     if len(geoms) == 0:
         raise InvalidGeometryError("no fields given")
-    unique, counts = np.unique(ids.astype(str), return_counts=True)
-    if (counts > 1).any():
+    if len(set(ids.tolist())) < len(ids):
+        unique, counts = np.unique(ids.astype(str), return_counts=True)
         raise InvalidGeometryError(f"field ids are not unique: {', '.join(unique[counts > 1][:5])}")
     missing = np.array([g is None for g in geoms])
     if missing.any():
@@ -496,7 +499,7 @@ def _grids(
         fresh = covered[ref[covered] < 0]
         ref[fresh] = si
     by_grid: dict[tuple, list[int]] = {}
-    for si in np.unique(ref[ref >= 0]).tolist():
+    for si in np.flatnonzero(np.bincount(ref[ref >= 0], minlength=len(scenes))).tolist():
         header = min((scenes[si].headers[k] for k in data_keys), key=lambda h: abs(h.transform[0] * h.transform[4]))
         by_grid.setdefault((header.crs, tuple(header.transform[:6])), []).append(si)
     grids = []
@@ -1058,7 +1061,7 @@ class _Sink:
     def __init__(self, fields: Fields, spec: _Variables, stats: list[str], output):
         self.fields = fields
         self.points = stats is None
-        self.ids = fields.id_array if fields.id_array is not None else _texts(fields.ids.tolist(), pa.string())
+        self.ids = fields.id_array if fields.id_array is not None else _texts(fields.ids.tolist())
         self.batches: list[pa.RecordBatch] = []
         columns = [pa.field("id", pa.string()), pa.field("date", pa.date32())]
         for name in spec.names:
@@ -1186,15 +1189,26 @@ def _numbers(values: np.ndarray, kind: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(kind, values.size, [validity, pa.py_buffer(values)])
 
 
-def _texts(items: list, kind: pa.DataType) -> pa.Array:
-    """``items`` (text, or bytes for ``binary``) as an Arrow string or binary array, no nulls."""
-    data = [t.encode() if isinstance(t, str) else bytes(t) for t in items]
+def _texts(items: list, kind: pa.DataType | None = None) -> pa.Array:
+    """``items`` (str) as an Arrow string array, or (bytes, with ``kind`` binary) a binary one."""
+    kind = pa.string() if kind is None else kind
+    data = [t.encode() for t in items] if kind == pa.string() else items
     offsets = np.zeros(len(data) + 1, np.int64)
-    np.cumsum([len(d) for d in data], out=offsets[1:])
+    np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
     if offsets[-1] >= 1 << 31:  # beyond 32-bit offsets: as pyarrow makes it
         return pa.array(items, kind)
     offsets = offsets.astype(np.int32)
     return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
+def _small_offsets(texts: pa.Array) -> pa.Array:
+    """A ``large_string`` array as ``string`` (its offsets as int32), without pyarrow.compute."""
+    _, offsets, data = texts.buffers()
+    at = np.frombuffer(offsets, np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    if at[-1] >= 1 << 31:
+        return pa.array(texts.to_pylist(), pa.string())
+    buffers = [None, pa.py_buffer((at - at[0]).astype(np.int32)), data.slice(int(at[0]))]
+    return pa.Array.from_buffers(pa.string(), len(texts), buffers)
 
 
 def _texts_at(texts: np.ndarray, which: np.ndarray) -> pa.Array:
@@ -1205,7 +1219,7 @@ def _texts_at(texts: np.ndarray, which: np.ndarray) -> pa.Array:
         if offsets[-1] < 1 << 31:
             buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data * which.size)]
             return pa.Array.from_buffers(pa.string(), which.size, buffers)
-    return _texts(texts.tolist(), pa.string()).take(_numbers(which, pa.int64()))
+    return _texts(texts.tolist()).take(_numbers(which, pa.int64()))
 
 
 def _merge_texts(parts, order) -> tuple[np.ndarray, np.ndarray]:
