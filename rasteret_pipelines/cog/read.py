@@ -20,10 +20,10 @@ from typing import NamedTuple
 import numpy as np
 
 from rasteret_pipelines.cog import tiff
-from rasteret_pipelines.cog.decode import decode_block, max_stored_bytes
+from rasteret_pipelines.cog.decode import BYTE_CODECS, block_rows, decode_block, max_stored_bytes
 from rasteret_pipelines.cog.fetch import FetchConfig, ObjectVersion, RangeFetcher
 from rasteret_pipelines.cog.header import CogHeader, ImageLevel, build_header, validate_window
-from rasteret_pipelines.errors import DecodedSizeError, RasteretError, TiffFormatError
+from rasteret_pipelines.errors import DecodedSizeError, RasteretError, TiffFormatError, WindowError
 
 MAX_HEADER_ROUNDS = 6
 """Header requests after the first before the file is declared unreadable."""
@@ -362,3 +362,77 @@ def _assemble(
             :, ys - by : ye - by, xs - bx : xe - bx
         ]
     return out
+
+
+async def fetch_tiles(
+    fetcher: RangeFetcher,
+    tiles: Sequence[tuple[CogHeader, int]],
+    on_tile: Callable[[int, np.ndarray], None],
+    overview: int = 0,
+) -> None:
+    """Fetch and decode stored tiles as one batch, each handed over as decoded, not assembled.
+
+    ``tiles`` are ``(header, tile index)`` pairs (the index of the tile's first band, row-major
+    across the level). Byte ranges are planned and coalesced as :func:`fetch_windows` plans
+    them (a tile asked for twice is fetched and decoded once). ``on_tile(i, block)`` gets the
+    decoded block of ``tiles[i]``, shape (samples, rows, tile width) as
+    :func:`~rasteret_pipelines.cog.decode.decode_block` returns it (padding of an edge tile
+    included), in the decoding thread right after decoding: a caller that takes a few values
+    from each tile neither copies the tile into a window nor waits for the event loop, and the
+    tile is dropped as soon as its callbacks return. Calls run concurrently, so ``on_tile`` must
+    only write what no other call writes. A sparse tile is handed over as a read-only block of
+    the fill value.
+    """
+    requests = []
+    for header, index in tiles:
+        level = header.levels[overview]
+        if not 0 <= index < level.tiles_across * level.tiles_down:
+            raise WindowError(f"{header.href}: tile {index} is not a tile of level {overview}")
+        row, col = divmod(int(index), level.tiles_across)
+        x0, y0 = col * level.tile_width, row * level.tile_height
+        window = (x0, y0, min(level.tile_width, level.width - x0), min(level.tile_height, level.height - y0))
+        requests.append((header, window))
+    spans, _ = plan_spans(requests, overview, fetcher.config)
+    users: dict[_Block, list[int]] = defaultdict(list)
+    for i, (header, index) in enumerate(tiles):
+        users[_Block(header.href, overview, int(index))].append(i)
+    headers = {h.href: h for h, _ in tiles}
+    loop = asyncio.get_running_loop()
+    pool = decode_pool(fetcher.config.decode_threads)
+    fetched = {block for href_spans in spans.values() for span in href_spans for block, _, _ in span.blocks}
+    for block, indices in users.items():
+        if block not in fetched:  # sparse: never stored, read as the fill value
+            header = headers[block.href]
+            level = header.levels[overview]
+            samples = level.samples_per_pixel if level.planar == 1 else 1
+            fill = np.broadcast_to(
+                np.asarray(header.fill_value, np.dtype(header.dtype)),
+                (samples, block_rows(level, block.index), level.tile_width),
+            )
+            for i in indices:
+                on_tile(i, fill)
+
+    async def fetch_span(href: str, span: _Span) -> None:
+        header = headers[href]
+        expect = ObjectVersion(header.size, header.etag, header.last_modified)
+        response = await fetcher.get_range(href, span.start, span.end, expect=expect)
+        data = response.data
+        if len(data) < span.end - span.start:
+            raise TiffFormatError(href, f"object ends before byte {span.end}")
+        del response
+
+        def decode_and_hand_over() -> None:
+            # Byte codecs read a view of the response; image codecs get bytes of their own.
+            stored = memoryview(data) if header.levels[overview].compression in BYTE_CODECS else data
+            for block, offset, count in span.blocks:
+                wanted = users.get(block)
+                if not wanted:
+                    continue  # another band's plane of a planar tile: fetched with it, not decoded
+                raw = stored[offset - span.start : offset - span.start + count]
+                arr = decode_block(header.levels[overview], header.byte_order, raw, href, block.index, overview)
+                for i in wanted:
+                    on_tile(i, arr)
+
+        await loop.run_in_executor(pool, decode_and_hand_over)
+
+    await asyncio.gather(*(fetch_span(href, span) for href, href_spans in spans.items() for span in href_spans))

@@ -39,6 +39,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -194,6 +195,13 @@ class Fields:
     ids: np.ndarray
     geometries: np.ndarray
     kept: pa.Table | None = None
+    id_array: pa.Array | None = None
+    """The ids as an Arrow string array when the input already held them in Arrow."""
+
+    @cached_property
+    def lonlat(self) -> np.ndarray:
+        """(n, 2) longitude, latitude of points (one coordinate each)."""
+        return shapely.get_coordinates(self.geometries)
 
 
 def load_fields(fields, id_column: str = "id", keep: Sequence[str] = (), points: bool = False) -> Fields:
@@ -209,7 +217,13 @@ def load_fields(fields, id_column: str = "id", keep: Sequence[str] = (), points:
     """
     keep = [keep] if isinstance(keep, str) else list(keep)
     if isinstance(fields, (str, os.PathLike)):
-        fields = _read_fields_file(os.fspath(fields))
+        path = os.fspath(fields)
+        data = _read_fields_bytes(path)
+        if data[:4] == b"PAR1":
+            found = _from_geoparquet(data, id_column, keep, points)
+            if found is not None:
+                return found
+        fields = _read_fields_file(data, path)
     import sys
 
     if "geopandas" in sys.modules:
@@ -231,17 +245,84 @@ def load_fields(fields, id_column: str = "id", keep: Sequence[str] = (), points:
     return Fields(ids, geoms)
 
 
-def _read_fields_file(path: str):
+def _read_fields_bytes(path: str) -> bytes:
+    from rasteret_pipelines.aois import read_uri_bytes
+
+    try:
+        return read_uri_bytes(path)
+    except FileNotFoundError as exc:
+        raise InvalidGeometryError(f"fields file {path}: {exc}") from exc
+
+
+_PLAIN_ID = ("string", "large_string", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _from_geoparquet(data: bytes, id_column: str, keep: list[str], points: bool) -> Fields | None:
+    """The fields of a GeoParquet file read with pyarrow and shapely alone (no pandas), or
+    None when the file needs GeoPandas to mean the same: geometries not WKB, ids from the
+    index, or ids with nulls or of a type whose text pandas writes otherwise (floats).
+
+    The result equals :func:`_from_frame` of ``geopandas.read_parquet``: the same CRS rule (no
+    ``crs`` is OGC:CRS84, a null one is no CRS) and ids as text; the ``keep`` columns pass
+    through pandas as they do there.
+    """
+    import json
+
+    import pyarrow.parquet as pq
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        table = pq.ParquetFile(pa.BufferReader(data)).read()
+        geo = json.loads((table.schema.metadata or {})[b"geo"])
+        column = geo["primary_column"]
+        meta = geo["columns"][column]
+    except Exception:  # noqa: BLE001 - unreadable here: GeoPandas reads it or names the fault
+        return None
+    names = table.column_names
+    if str(meta.get("encoding", "")).upper() != "WKB" or column not in names or id_column not in names:
+        return None
+    if table.column(id_column).null_count or str(table.schema.field(id_column).type) not in _PLAIN_ID:
+        return None
+    if "crs" not in meta:
+        crs = CRS.from_user_input("OGC:CRS84")
+    elif meta["crs"] is None:
+        raise InvalidGeometryError("the fields have no CRS: set one (e.g. gdf.set_crs('EPSG:4326'))")
+    else:
+        try:
+            crs = CRS.from_user_input(meta["crs"])
+        except CRSError:
+            return None
+    missing = [c for c in keep if c not in names]
+    if missing:
+        raise InvalidReadArgumentError(f"keep names columns the fields do not have: {missing}")
+    # Through Python lists: ChunkedArray.to_numpy would import pandas and a cast
+    # pyarrow.compute, each a large part of a second longer start.
+    column_ids = table.column(id_column).combine_chunks()
+    texts = column_ids.to_pylist()
+    if pa.types.is_string(column_ids.type):
+        id_array = column_ids
+    elif pa.types.is_large_string(column_ids.type):
+        id_array = _small_offsets(column_ids)
+    else:
+        texts = [str(v) for v in texts]
+        id_array = None
+    ids = np.array(texts, dtype=object)
+    geoms = shapely.from_wkb(np.array(table.column(column).to_pylist(), dtype=object))
+    _check_geometries(ids, geoms, check_degrees=False, points=points)
+    if not crs.equals(crs_of("EPSG:4326")):
+        geoms = reproject_geometry(geoms, crs, "EPSG:4326")
+    _check_degrees(ids, geoms)
+    # Kept columns go through pandas as GeoPandas takes them, so their types are the same.
+    kept = pa.Table.from_pandas(table.select(keep).to_pandas(), preserve_index=False) if keep else None
+    return Fields(ids, geoms, kept, id_array)
+
+
+def _read_fields_file(data: bytes, path: str):
     import io
 
     import geopandas as gpd
 
-    from rasteret_pipelines.aois import read_uri_bytes
-
-    try:
-        data = read_uri_bytes(path)
-    except FileNotFoundError as exc:
-        raise InvalidGeometryError(f"fields file {path}: {exc}") from exc
     try:
         if data[:4] == b"PAR1":
             return gpd.read_parquet(io.BytesIO(data))
@@ -276,8 +357,8 @@ def _named(ids: np.ndarray, bad: np.ndarray, limit: int = 5) -> str:
 def _check_geometries(ids: np.ndarray, geoms: np.ndarray, check_degrees: bool = True, points: bool = False) -> None:
     if len(geoms) == 0:
         raise InvalidGeometryError("no fields given")
-    unique, counts = np.unique(ids.astype(str), return_counts=True)
-    if (counts > 1).any():
+    if len(set(ids.tolist())) < len(ids):
+        unique, counts = np.unique(ids.astype(str), return_counts=True)
         raise InvalidGeometryError(f"field ids are not unique: {', '.join(unique[counts > 1][:5])}")
     missing = np.array([g is None for g in geoms])
     if missing.any():
@@ -341,7 +422,8 @@ class _Layout:
     """The grid's pairs on one band's pixels, sorted by the tile that holds them.
 
     Pairs outside the image are left out. Each tile's pairs are one slice of the sorted order,
-    so a decoded tile fills a contiguous run of values with one ``take``.
+    so a decoded tile fills a contiguous run of values with one ``take`` from the block as
+    decoded (no window is assembled).
     """
 
     order: np.ndarray
@@ -349,7 +431,8 @@ class _Layout:
     field_sorted: np.ndarray
     """Field index (into all fields) of each sorted pair."""
     flat: np.ndarray
-    """Offset of each sorted pair's pixel in its tile window, row-major."""
+    """Offset of each sorted pair's pixel in its decoded tile, row-major over the stored tile
+    width (an edge tile is stored padded to it)."""
     tiles: np.ndarray
     """Distinct tile indices, ascending."""
     starts: np.ndarray
@@ -393,8 +476,7 @@ def _layout(grid: _Grid, header) -> _Layout:
     by_tile = np.argsort(tile, kind="stable")
     order = inside[by_tile]
     tile, tile_row, tile_col = tile[by_tile], tile_row[by_tile], tile_col[by_tile]
-    width = np.minimum(tw, level.width - tile_col * tw)
-    flat = (srow[by_tile] - tile_row * th) * width + (scol[by_tile] - tile_col * tw)
+    flat = (srow[by_tile] - tile_row * th) * tw + (scol[by_tile] - tile_col * tw)
     tiles, starts = np.unique(tile, return_index=True)
     windows = []
     for t in tiles.tolist():
@@ -417,16 +499,20 @@ def _grids(
         fresh = covered[ref[covered] < 0]
         ref[fresh] = si
     by_grid: dict[tuple, list[int]] = {}
-    for si in np.unique(ref[ref >= 0]).tolist():
+    for si in np.flatnonzero(np.bincount(ref[ref >= 0], minlength=len(scenes))).tolist():
         header = min((scenes[si].headers[k] for k in data_keys), key=lambda h: abs(h.transform[0] * h.transform[4]))
         by_grid.setdefault((header.crs, tuple(header.transform[:6])), []).append(si)
     grids = []
     for (crs_key, transform), scene_indices in by_grid.items():
         members = np.flatnonzero(np.isin(ref, scene_indices))
         grid = _Grid(crs_key, transform, members)
-        local = reproject_geometry(fields.geometries[members], "EPSG:4326", crs_key)
         if points:
-            x, y = shapely.get_x(local), shapely.get_y(local)
+            # The coordinates alone, transformed as reproject_geometry transforms them.
+            from pyproj import Transformer
+
+            lonlat = fields.lonlat[members]
+            to_grid = Transformer.from_crs(crs_of("EPSG:4326"), crs_of(crs_key), always_xy=True)
+            x, y = (np.asarray(v, np.float64) for v in to_grid.transform(lonlat[:, 0], lonlat[:, 1]))
             a, b, c, d, e, f = transform[:6]
             if b or d:
                 raise InvalidReadArgumentError("sampling points needs north-up scenes")
@@ -434,6 +520,7 @@ def _grids(
             rows, cols = np.floor((y - f) / e).astype(np.int64), np.floor((x - c) / a).astype(np.int64)
             grid.xy = (x, y)
         else:
+            local = reproject_geometry(fields.geometries[members], "EPSG:4326", crs_key)
             which, rows, cols = pixels_inside(local, transform, all_touched=all_touched)
         grid.member_field = members[which]
         grid.rows, grid.cols, grid.position = rows, cols, which
@@ -441,16 +528,27 @@ def _grids(
     return grids
 
 
-def _covers(geometries: np.ndarray, footprints: list) -> list[np.ndarray]:
-    """For each footprint, the indices (ascending) of the geometries it intersects; a
-    footprint repeated across scenes (the same tile and orbit) is queried once."""
-    tree = shapely.STRtree(geometries)
+def _covers(fields: Fields, footprints: list, points: bool = False) -> list[np.ndarray]:
+    """For each footprint, the indices (ascending) of the fields it intersects; a footprint
+    repeated across scenes (the same tile and orbit) is queried once. Points are tested by
+    their coordinates (those inside the footprint's bounds) against the prepared footprint:
+    no tree over the points to build."""
+    if points:
+        lon, lat = fields.lonlat[:, 0], fields.lonlat[:, 1]
+    else:
+        tree = shapely.STRtree(fields.geometries)
     found: dict[bytes, np.ndarray] = {}
     out = []
     for footprint in footprints:
         key = shapely.to_wkb(footprint)
         if key not in found:
-            found[key] = np.sort(tree.query(footprint, predicate="intersects"))
+            if points:
+                x0, y0, x1, y1 = shapely.bounds(footprint)
+                near = np.flatnonzero((lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1))
+                shapely.prepare(footprint)
+                found[key] = near[shapely.intersects_xy(footprint, lon[near], lat[near])]
+            else:
+                found[key] = np.sort(tree.query(footprint, predicate="intersects"))
         out.append(found[key])
     return out
 
@@ -478,12 +576,13 @@ class _Samples:
 
 
 def _day_requests(day_scenes, grids, covered_by_scene, keys):
-    """The tile windows of one day and, per request, where its values go.
+    """The tiles of one day and, per tile, where its values go.
 
-    Returns ``(requests, sinks, samples)``: ``requests`` for the engine's ``fetch_windows``,
-    ``sinks[i] = (samples, tile position)`` and ``samples[(rank, grid index, key)]``.
+    Returns ``(tiles, sinks, samples)``: ``(header, tile index)`` pairs for the engine's
+    ``fetch_tiles``, ``sinks[i] = (samples, tile position in the layout)`` and
+    ``samples[(rank, grid index, key)]``.
     """
-    requests, sinks, samples = [], [], {}
+    tiles, sinks, samples = [], [], {}
     for rank, (si, scene) in enumerate(day_scenes):
         covered = covered_by_scene[si]
         for g, grid in enumerate(grids):
@@ -501,19 +600,22 @@ def _day_requests(day_scenes, grids, covered_by_scene, keys):
                     layout, np.empty(layout.order.size, np.dtype(header.dtype)), wanted
                 )
                 for t in np.flatnonzero(wanted).tolist():
-                    requests.append((header, layout.windows[t]))
+                    tiles.append((header, int(layout.tiles[t])))
                     sinks.append((s, t))
-    return requests, sinks, samples
+    return tiles, sinks, samples
 
 
 def _gather(sinks):
-    def on_window(i: int, array: np.ndarray) -> None:
+    """``on_tile`` for ``fetch_tiles``: each decoded tile fills its pairs' slice of values (in
+    the decoding thread; the slices of different tiles never overlap)."""
+
+    def on_tile(i: int, block: np.ndarray) -> None:
         s, t = sinks[i]
         start, stop = s.layout.starts[t], s.layout.starts[t + 1]
-        np.take(array[0].reshape(-1), s.layout.flat[start:stop], out=s.sorted_values[start:stop])
-        sinks[i] = None  # the window can go
+        np.take(block[0].reshape(-1), s.layout.flat[start:stop], out=s.sorted_values[start:stop])
+        sinks[i] = None
 
-    return on_window
+    return on_tile
 
 
 @dataclass
@@ -819,10 +921,10 @@ class FieldsPlan:
     mosaic: type
 
     def day_requests(self):
-        """``(date, scenes, requests)`` per date, ``requests`` as the fetch of that date gets them."""
+        """``(date, scenes, requests)`` per date: the ``(header, window)`` of every tile that date fetches."""
         for day in sorted(self.days):
-            requests, _, _ = _day_requests(self.days[day], self.grids, self.covered_by_scene, self.read_keys)
-            yield day, self.days[day], requests
+            tiles, sinks, _ = _day_requests(self.days[day], self.grids, self.covered_by_scene, self.read_keys)
+            yield day, self.days[day], [(h, s.layout.windows[t]) for (h, _), (s, t) in zip(tiles, sinks)]
 
 
 def plan_fields_read(
@@ -859,7 +961,7 @@ def plan_fields_read(
         maxy + pad * (miny == maxy),
     )
     scenes = select_scenes(collection, [(None, area)], date_range, cloud_cover_lt, filters, read_keys)
-    covers = _covers(data.geometries, [s.footprint for s in scenes])
+    covers = _covers(data, [s.footprint for s in scenes], points=points)
     grids = _grids(data, scenes, covers, data_keys, all_touched, points=points)
     if not grids:
         from rasteret_pipelines.reading.coverage import no_scenes_error
@@ -917,16 +1019,16 @@ def _read(collection, data: Fields, spec: _Variables, stat_names, *, reader, out
 
 async def _run_days(plan: FieldsPlan, stats, reader, sink):
     from rasteret_pipelines.cog import RangeFetcher
-    from rasteret_pipelines.cog.read import fetch_windows
+    from rasteret_pipelines.cog.read import fetch_tiles
 
     loop = asyncio.get_running_loop()
     days, grids, covered_by_scene, keys = plan.days, plan.grids, plan.covered_by_scene, plan.read_keys
     spec, rule, method, config = plan.spec, plan.rule, plan.mosaic, plan.config
 
     async def one_day(day, day_scenes):
-        requests, sinks, samples = _day_requests(day_scenes, grids, covered_by_scene, keys)
-        await fetch_windows(fetcher, requests, on_window=_gather(sinks))
-        del requests, sinks
+        tiles, sinks, samples = _day_requests(day_scenes, grids, covered_by_scene, keys)
+        await fetch_tiles(fetcher, tiles, _gather(sinks))
+        del tiles, sinks
 
         def reduce():
             return [
@@ -959,7 +1061,7 @@ class _Sink:
     def __init__(self, fields: Fields, spec: _Variables, stats: list[str], output):
         self.fields = fields
         self.points = stats is None
-        self.ids = pa.array(fields.ids.astype(str), pa.string())
+        self.ids = fields.id_array if fields.id_array is not None else _texts(fields.ids.tolist())
         self.batches: list[pa.RecordBatch] = []
         columns = [pa.field("id", pa.string()), pa.field("date", pa.date32())]
         for name in spec.names:
@@ -1012,21 +1114,24 @@ class _Sink:
             ]
         for red in reductions:
             n = red.fields.size
-            take = pa.array(red.fields)
-            arrays = [self.ids.take(take), pa.array(np.full(n, date), pa.date32())]
+            take = _numbers(red.fields, pa.int64())
+            every = n == len(self.ids)  # every field, in order (fields are ascending): no take
+            arrays = [
+                self.ids if every else self.ids.take(take),
+                _numbers(np.full(n, date.astype(np.int64), np.int32), pa.date32()),
+            ]
             for f in self.schema:
                 if f.name in ("id", "date", "scene_ids") or (
                     self.fields.kept is not None and f.name in self.fields.kept.column_names
                 ):
                     continue
-                arrays.append(pa.array(red.stats[f.name], f.type, from_pandas=True))
-            texts, which = red.scene_ids
-            arrays.append(pa.array(texts, pa.string()).take(pa.array(which)))
+                arrays.append(_numbers(red.stats[f.name], f.type))
+            arrays.append(_texts_at(*red.scene_ids))
             if self.fields.kept is not None:
-                taken = self.fields.kept.take(take)
+                taken = self.fields.kept if every else self.fields.kept.take(take)
                 arrays += [taken.column(i).combine_chunks() for i in range(taken.num_columns)]
             if self.writer is not None:
-                arrays.append(pa.array(shapely.to_wkb(self.fields.geometries[red.fields]), pa.binary()))
+                arrays.append(_texts(shapely.to_wkb(self.fields.geometries[red.fields]).tolist(), pa.binary()))
                 self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.writer.schema))
             else:
                 self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
@@ -1062,6 +1167,59 @@ class _Sink:
                 self.writer = None
         if self.local_path is not None and os.path.exists(self.local_path):
             os.unlink(self.local_path)
+
+
+# Arrow arrays are made from their buffers: pa.array() of anything makes pyarrow import pandas,
+# which would then load while the tiles are decoded (the points path never needs it).
+
+
+_STORAGE = {pa.int64(): np.int64, pa.float64(): np.float64, pa.date32(): np.int32}
+"""Arrow type -> the numpy type of its values buffer (date32: days since 1970-01-01)."""
+
+
+def _numbers(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """``values`` as an Arrow array of ``kind`` (a key of ``_STORAGE``); NaN is null, as
+    ``pa.array(..., from_pandas=True)`` has it."""
+    values = np.ascontiguousarray(values, dtype=_STORAGE[kind])
+    validity = None
+    if values.dtype.kind == "f":
+        nan = np.isnan(values)
+        if nan.any():
+            validity = pa.py_buffer(np.packbits(~nan, bitorder="little"))
+    return pa.Array.from_buffers(kind, values.size, [validity, pa.py_buffer(values)])
+
+
+def _texts(items: list, kind: pa.DataType | None = None) -> pa.Array:
+    """``items`` (str) as an Arrow string array, or (bytes, with ``kind`` binary) a binary one."""
+    kind = pa.string() if kind is None else kind
+    data = [t.encode() for t in items] if kind == pa.string() else items
+    offsets = np.zeros(len(data) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
+    if offsets[-1] >= 1 << 31:  # beyond 32-bit offsets: as pyarrow makes it
+        return pa.array(items, kind)
+    offsets = offsets.astype(np.int32)
+    return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
+def _small_offsets(texts: pa.Array) -> pa.Array:
+    """A ``large_string`` array as ``string`` (its offsets as int32), without pyarrow.compute."""
+    _, offsets, data = texts.buffers()
+    at = np.frombuffer(offsets, np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    if at[-1] >= 1 << 31:
+        return pa.array(texts.to_pylist(), pa.string())
+    buffers = [None, pa.py_buffer((at - at[0]).astype(np.int32)), data.slice(int(at[0]))]
+    return pa.Array.from_buffers(pa.string(), len(texts), buffers)
+
+
+def _texts_at(texts: np.ndarray, which: np.ndarray) -> pa.Array:
+    """``texts[which]`` as an Arrow string array (one text repeated is built directly)."""
+    if len(texts) == 1:
+        data = str(texts[0]).encode()
+        offsets = np.arange(which.size + 1, dtype=np.int64) * len(data)
+        if offsets[-1] < 1 << 31:
+            buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data * which.size)]
+            return pa.Array.from_buffers(pa.string(), which.size, buffers)
+    return _texts(texts.tolist()).take(_numbers(which, pa.int64()))
 
 
 def _merge_texts(parts, order) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ import pytest
 import rasterio
 import rasterio.features
 import rasterio.mask
+import rasterio.transform
 import rasterio.warp
 import shapely
 import shapely.affinity
@@ -453,6 +454,116 @@ def test_sample_points_equals_rasterio_sample(world):
                     assert value == expected[i], (i, date, band)
                     checked += 1
     assert checked > 2000 and nulls >= 4
+
+
+def _random_points(n: int, seed: int, past_the_edge: bool = True):
+    """``n`` points uniform over AOI 1 (and a little past the base scenes' east edge), in UTM."""
+    rng = np.random.default_rng(seed)
+    minx, miny, maxx, maxy = _to_crs(demo_data.QUICKSTART_AOIS[1]).bounds
+    xs, ys = rng.uniform(minx, EAST_EDGE_X + 300 if past_the_edge else maxx, n), rng.uniform(miny, maxy, n)
+    return gpd.GeoDataFrame({"id": [f"p{i}" for i in range(n)]}, geometry=gpd.points_from_xy(xs, ys), crs=UTM43)
+
+
+def test_sample_points_fetch_every_tile_with_points_once(world):
+    """No byte is fetched twice in a file, every tile holding a point is fetched, and the GETs
+    are no more than those tiles (rasterio's ``index`` and GDAL's block offsets as the oracle)."""
+    points = _random_points(3000, 12).to_crs("EPSG:4326")
+    date_range = (BASE_RANGE[0], str(MOSAIC_DAY))
+    world.cogs.reset_log()
+    table = zonal_module.sample_points(world.collection(), points, bands=["red", "nir"], date_range=date_range)
+    gets = [r for r in world.cogs.requests if str(r.method).upper() == "GET"]
+    assert int(table.schema.metadata[b"header_requests"]) == 0 and int(table.schema.metadata[b"requests"]) == len(gets)
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for r in gets:
+        ranges.setdefault(r.path, []).append(tuple(r.range))
+    for spans in ranges.values():
+        spans.sort()
+        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), "a byte range was fetched twice"
+    scenes = [s for s in world.items if date_range[0] <= world.items[s]["properties"]["datetime"][:10] <= date_range[1]]
+    tiles = 0
+    for scene_id in scenes:
+        for band in ("red", "nir"):
+            path = world.path(scene_id, band)
+            spans = ranges["/" + path.relative_to(world.root).as_posix()]
+            with rasterio.open(path) as src:
+                utm = points.to_crs(src.crs)
+                bh, bw = src.block_shapes[0]
+                rows, cols = rasterio.transform.rowcol(src.transform, utm.geometry.x, utm.geometry.y)
+                rows, cols = np.asarray(rows), np.asarray(cols)
+                inside = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
+                blocks = set(zip((rows[inside] // bh).tolist(), (cols[inside] // bw).tolist()))
+                for row, col in blocks:
+                    offset = int(src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1))
+                    assert any(a <= offset <= b for a, b in spans), (scene_id, band, row, col)
+                tiles += len(blocks)
+    assert 0 < len(gets) <= tiles
+
+
+def _with_geo(path, edit):
+    """Rewrite the GeoParquet file at ``path`` with its ``geo`` metadata changed by ``edit``."""
+    import json
+
+    table = pq.read_table(path)
+    geo = json.loads(table.schema.metadata[b"geo"])
+    edit(geo["columns"][geo["primary_column"]])
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"geo": json.dumps(geo).encode()}), path)
+    return path
+
+
+def test_a_geoparquet_points_file_gives_the_table_of_its_geodataframe(world, tmp_path):
+    """A GeoParquet path (read without GeoPandas) against the GeoDataFrame GeoPandas reads from
+    the same file: integer and text ids, a projected CRS, kept columns, GeoParquet's default
+    CRS when none is written, and ids GeoPandas writes as text of floats."""
+    points = _random_points(300, 13)
+    points["crop"] = [f"c{i % 3}" for i in range(len(points))]
+    points["plot"] = np.arange(len(points)) * 7
+    date_range = (BASE_RANGE[0], str(MOSAIC_DAY))
+
+    def both(path, **kwargs):
+        options = dict(bands=["red", "nir"], date_range=date_range, **kwargs)
+        a = zonal_module.sample_points(world.collection(), path, **options)
+        b = zonal_module.sample_points(world.collection(), gpd.read_parquet(path), **options)
+        assert a.schema == b.schema and a.num_rows > 0
+        assert a.equals(b)
+        return a
+
+    text_ids = tmp_path / "text_ids.parquet"
+    points.to_crs("EPSG:4326").to_parquet(text_ids)
+    table = both(text_ids, keep=["crop", "plot"])
+    assert set(table.column("id").to_pylist()) <= set(points["id"])
+    int_ids = tmp_path / "int_ids.parquet"
+    points.assign(id=np.arange(len(points)) + 100).to_parquet(int_ids)  # EPSG:32643 in the file
+    assert min(map(int, both(int_ids, keep=["plot"]).column("id").to_pylist())) >= 100
+    both(_with_geo(tmp_path / "text_ids.parquet", lambda meta: meta.pop("crs")))  # OGC:CRS84
+    float_ids = tmp_path / "float_ids.parquet"
+    points.assign(key=np.arange(len(points)) / 2).to_parquet(float_ids)
+    assert "0.5" in both(float_ids, id_column="key").column("id").to_pylist()
+    no_crs = _with_geo(int_ids, lambda meta: meta.update(crs=None))
+    with pytest.raises(InvalidGeometryError, match="no CRS"):
+        zonal_module.sample_points(world.collection(), no_crs, bands=["red"])
+
+
+def test_points_from_geoparquet_are_read_without_pandas(world, tmp_path):
+    """The points path (file to table) never loads pandas, GeoPandas or pyarrow.dataset, and
+    no pyarrow.compute when every point has a row every date: each costs a fresh process a
+    noticeable part of a second."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "points.parquet"
+    _random_points(500, 14, past_the_edge=False).to_crs("EPSG:4326").to_parquet(path)
+    code = (
+        "import sys\n"
+        "from rasteret_pipelines.collections import load_collection\n"
+        "from rasteret_pipelines.reading import sample_points\n"
+        f"table = sample_points(load_collection('world', {str(world.workspace)!r}), {str(path)!r}, "
+        f"bands=['red', 'nir'], date_range={BASE_RANGE!r})\n"
+        "assert table.num_rows > 0\n"
+        "print(sorted(m for m in ('pandas', 'geopandas', 'pyarrow.compute', 'pyarrow.dataset') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_a_date_with_no_valid_pixel_gives_null_statistics(world, monkeypatch):
