@@ -37,11 +37,17 @@ def retrying_project(tmp_path, mirror, retries_: int = 1, **extra):
 
 
 def test_a_transient_stac_fault_is_retried_then_the_month_is_built(tmp_path, clean_mirror):
-    # how many requests one attempt sends to a STAC API that keeps failing (no step retry)
-    once = make_project(str(tmp_path / "probe"), clean_mirror.stac_url, str(tmp_path / "aois.geojson"))
+    # how many faults one attempt meets at a STAC API that keeps failing: the same HTTP settings
+    # as the retrying project (they govern the search's own retries too), no step retry
+    once = make_project(
+        str(tmp_path / "probe"),
+        clean_mirror.stac_url,
+        str(tmp_path / "aois.geojson"),
+        extra={"RASTERET_TRANSIENT_RETRIES": "0", "RASTERET_HTTP_MAX_RETRIES": "0"},
+    )
     clean_mirror.stac.faults = FaultPlan(rate=1.0, kinds=["503"])
     assert not once.run("collections_job", JAN, raise_on_error=False).success
-    per_attempt = len(clean_mirror.stac.requests)
+    per_attempt = clean_mirror.stac.faults.injected  # the faults one failing attempt meets
     assert per_attempt >= 1
     # exactly that many faults: the first attempt fails, the retry succeeds
     clean_mirror.stac.reset_log()
