@@ -530,9 +530,10 @@ class _TaskIO:
 
     Every task of a worker (threads of the threaded scheduler, or of a distributed worker)
     runs its block's coroutine on this loop, so tasks share the HTTP connection pool and no
-    task pays for a loop and a client session of its own (measured: a few tens of ms of CPU
-    per task, which made a 20-step cube's tasks cost more than its tiles). Used for the
-    default reader only: a reader passed in keeps the eager path's per-call loop.
+    task pays for a loop and a client session of its own: starting both is work of its own per
+    task, independent of the tiles it reads, so on a cube of many small blocks it would
+    outweigh the reads. Used for the default reader only: a reader passed in keeps the eager
+    path's per-call loop.
     """
 
     _instance: _TaskIO | None = None
