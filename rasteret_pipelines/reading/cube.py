@@ -112,7 +112,7 @@ class CubeGrid:
 
     def block(self, r0: int, r1: int, c0: int, c1: int) -> CubeGrid:
         """The sub-grid of rows ``r0:r1`` and columns ``c0:c1``."""
-        t = self.affine * Affine.translation(c0, r0)
+        t = self.affine @ Affine.translation(c0, r0)
         return CubeGrid(self.crs, tuple(t)[:6], c1 - c0, r1 - r0)
 
     def bounds(self) -> tuple[float, float, float, float]:
@@ -369,7 +369,7 @@ def _place(read: _Read, data: np.ndarray, block: CubeGrid, resampling: str, noda
     rasterio.warp.reproject(
         data,
         out,
-        src_transform=t * Affine.translation(col0, row0),
+        src_transform=t @ Affine.translation(col0, row0),
         src_crs=crs_of(header.crs),
         src_nodata=nodata,
         dst_transform=block.affine,
@@ -911,7 +911,7 @@ def plan_cube(
     properties = None
     if groupby not in GROUPINGS:
         properties = _property_of(collection, groupby, [s.id for s in scenes])
-    centre = reproject_geometry(shapely.Point(*grid.affine * (grid.width / 2, grid.height / 2)), grid.crs, "EPSG:4326")
+    centre = reproject_geometry(shapely.Point(*grid.affine @ (grid.width / 2, grid.height / 2)), grid.crs, "EPSG:4326")
     steps = []
     for label, key, members in group_scenes(scenes, groupby, centre.x, properties):
         cube_scenes = []
