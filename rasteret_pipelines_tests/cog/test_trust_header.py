@@ -145,8 +145,8 @@ def test_a_geokey_libgeotiff_cannot_read_leaves_no_crs_like_gdal(tmp_path, case)
     """libgeotiff refuses the whole GeoKey directory when one key cannot be read, so GDAL
     reports no CRS (and no PixelIsPoint shift) although ProjectedCSType is readable: the engine
     reports the same, with a GeoreferenceWarning naming the key, never a CRS GDAL does not see.
-    A read that places pixels on a map then stops with GeoreferenceError. Pixels read as GDAL
-    reads them."""
+    A read that places pixels on a map then stops with GeoreferenceError (test_build checks
+    that for a header without a CRS). Pixels read as GDAL reads them."""
     entries, crs = GEOKEY_DIRECTORIES[case]
     path = tmp_path / f"{case}.tif"
     path.write_bytes(tiff_bytes(entries, tiles()))
