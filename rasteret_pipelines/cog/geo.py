@@ -45,7 +45,8 @@ def parse_geokeys(directory, doubles, ascii_params) -> dict[int, object]:
     key that starts past the end of its parameter tag, or that is stored in a parameter tag the
     file does not have (absent, or of a type libtiff cannot read, e.g. GeoAsciiParams typed
     DOUBLE), or in a tag that is not a parameter tag, makes libgeotiff refuse the whole
-    directory: GDAL then reports no CRS, not a CRS built from the other keys. Such a directory
+    directory (as it does a KeyDirectoryVersion other than 1): GDAL then reports no CRS, not a
+    CRS built from the other keys. Such a directory
     is returned as its header and :data:`~rasteret_pipelines.cog.geocrs.UNREADABLE_DIRECTORY`
     (the reason), so that no key is used and the CRS is left unset with that reason.
     """
@@ -66,6 +67,8 @@ def parse_geokeys(directory, doubles, ascii_params) -> dict[int, object]:
         doubles = None
     text = _ascii_params(ascii_params)
     keys[KEY_DIRECTORY_VERSION] = tuple(directory[:3])
+    if directory[0] > 1:  # libgeotiff reads KeyDirectoryVersion 1 only (GvCurrentVersion)
+        return _unreadable(keys, f"KeyDirectoryVersion is {directory[0]}, not 1")
     for i in range(max(directory[3], 0)):
         base = 4 + 4 * i
         if base + 4 > len(directory):
@@ -104,12 +107,16 @@ def parse_geokeys(directory, doubles, ascii_params) -> dict[int, object]:
         else:
             problem = f"tag {location}, which is not a GeoTIFF parameter tag"
         if problem is not None:
-            return {
-                KEY_DIRECTORY_VERSION: keys[KEY_DIRECTORY_VERSION],
-                UNREADABLE_DIRECTORY: f"GeoKey {key} is stored in {problem}; libgeotiff (GDAL) then "
-                "reads none of the GeoKeys, so no CRS is reported",
-            }
+            return _unreadable(keys, f"GeoKey {key} is stored in {problem}")
     return keys
+
+
+def _unreadable(keys: dict[int, object], why: str) -> dict[int, object]:
+    """The directory header and why libgeotiff refuses the directory (no key is used)."""
+    return {
+        KEY_DIRECTORY_VERSION: keys[KEY_DIRECTORY_VERSION],
+        UNREADABLE_DIRECTORY: f"{why}; libgeotiff (GDAL) then reads none of the GeoKeys, so no CRS is reported",
+    }
 
 
 def _ascii_params(value) -> str | None:

@@ -105,11 +105,11 @@ def test_image_width_with_100_short_values_is_refused_like_gdal(tmp_path):
         read_header(str(path))
 
 
-def _directory(*extra: tuple[int, int, int, int], raster_type: int = 1) -> list:
-    """The base entries with a GeoKeyDirectory of GTModelType, GTRasterType, ProjectedCSType
-    32643 and the ``(key, location, count, offset)`` entries ``extra``."""
+def _directory(*extra: tuple[int, int, int, int], raster_type: int = 1, version=(1, 1, 0)) -> list:
+    """The base entries with a GeoKeyDirectory (header ``version``) of GTModelType, GTRasterType,
+    ProjectedCSType 32643 and the ``(key, location, count, offset)`` entries ``extra``."""
     keys = [(1024, 0, 1, 1), (1025, 0, 1, raster_type), (3072, 0, 1, 32643), *extra]
-    directory = [1, 1, 0, len(keys)] + [v for k in keys for v in k]
+    directory = [*version, len(keys)] + [v for k in keys for v in k]
     return _entries_with(tifftags.GEO_KEY_DIRECTORY, 3, directory)
 
 
@@ -130,6 +130,7 @@ GEOKEY_DIRECTORIES = {
     "key-in-no-parameter-tag": (_directory((3075, 1234, 1, 0)), None),
     "directory-key-past-the-end": (_directory((3075, 34735, 2, 100)), None),
     "pixel-is-point-dropped-too": (_directory((3075, 34736, 1, 0), raster_type=2), None),
+    "directory-version-2": (_directory(version=(2, 1, 0)), None),
     # readable: libtiff reads byte values of an integer type as text; a citation running past
     # the end is cut; a key inside the directory
     "ascii-typed-short": (_entries_with(tifftags.GEO_ASCII_PARAMS, 3, [1, 2]), "EPSG:32643"),
@@ -137,6 +138,7 @@ GEOKEY_DIRECTORIES = {
     "ascii-key-runs-past-the-end": (_directory((3073, 34737, 5, 0)), "EPSG:32643"),
     "directory-key-inside": (_directory((4099, 34735, 1, 2)), "EPSG:32643"),
     "pixel-is-point": (_directory(raster_type=2), "EPSG:32643"),
+    "key-revision-2": (_directory(version=(1, 2, 0)), "EPSG:32643"),
 }
 
 
@@ -163,7 +165,7 @@ def test_a_geokey_libgeotiff_cannot_read_leaves_no_crs_like_gdal(tmp_path, case)
     said = [str(w.message) for w in caught if issubclass(w.category, GeoreferenceWarning)]
     unreadable = [m for m in said if "libgeotiff (GDAL) then reads none of the GeoKeys" in m]
     if crs is None:
-        assert len(unreadable) == 1 and f"{path}: CRS left unset: GeoKey " in unreadable[0], said
+        assert len(unreadable) == 1 and f"{path}: CRS left unset: " in unreadable[0], said
     else:
         assert unreadable == []
     np.testing.assert_array_equal(expected, PIXELS)
