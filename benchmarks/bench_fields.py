@@ -206,7 +206,7 @@ def worker_rasterio(spec: dict) -> dict:
         out = []
         for href in scene["hrefs"]:
             with rasterio.open("/vsicurl/" + href) as src:
-                (c0, c1), (r0, r1) = ((~src.transform) * (minx, maxy)), ((~src.transform) * (maxx, miny))
+                (c0, c1), (r0, r1) = ((~src.transform) @ (minx, maxy)), ((~src.transform) @ (maxx, miny))
                 window = Window(
                     math.floor(c0), math.floor(c1), math.ceil(r0) - math.floor(c0), math.ceil(r1) - math.floor(c1)
                 )

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import GeoreferenceWarning
-from .geocrs import KEY_DIRECTORY_VERSION, crs_from_geokeys
+from .geocrs import KEY_DIRECTORY_VERSION, UNREADABLE_DIRECTORY, crs_from_geokeys
 
 # GeoKey ids.
 GT_MODEL_TYPE = 1024
@@ -39,9 +39,16 @@ class Georeference:
 def parse_geokeys(directory, doubles, ascii_params) -> dict[int, object]:
     """GeoKeyDirectory (tag 34735) and its parameter tags as ``{key id: value}``.
 
-    Key 0 holds the directory header (version, revision, minor revision). Entries that point
-    outside their parameter tag, or into a tag of the wrong type, are left out (libgeotiff
-    cannot read them either); the CRS code then treats the key as absent.
+    Key 0 holds the directory header (version, revision, minor revision). Each key is read as
+    libgeotiff reads it (``GTIFNew``), because GDAL's CRS is built from what libgeotiff returns:
+    a key stored in GeoAsciiParams may run past the end of the text (it is cut at the end), but a
+    key that starts past the end of its parameter tag, or that is stored in a parameter tag the
+    file does not have (absent, or of a type libtiff cannot read, e.g. GeoAsciiParams typed
+    DOUBLE), or in a tag that is not a parameter tag, makes libgeotiff refuse the whole
+    directory (as it does a KeyDirectoryVersion other than 1): GDAL then reports no CRS, not a
+    CRS built from the other keys. Such a directory
+    is returned as its header and :data:`~rasteret_pipelines.cog.geocrs.UNREADABLE_DIRECTORY`
+    (the reason), so that no key is used and the CRS is left unset with that reason.
     """
     keys: dict[int, object] = {}
     if directory is None or isinstance(directory, (str, bytes)):
@@ -58,28 +65,77 @@ def parse_geokeys(directory, doubles, ascii_params) -> dict[int, object]:
         isinstance(doubles, (str, bytes)) or not all(isinstance(v, (int, float)) for v in doubles)
     ):
         doubles = None
-    if isinstance(ascii_params, bytes):
-        ascii_params = ascii_params.decode("latin-1")
-    if not isinstance(ascii_params, str):
-        ascii_params = None
+    text = _ascii_params(ascii_params)
     keys[KEY_DIRECTORY_VERSION] = tuple(directory[:3])
+    if directory[0] > 1:  # libgeotiff reads KeyDirectoryVersion 1 only (GvCurrentVersion)
+        return _unreadable(keys, f"KeyDirectoryVersion is {directory[0]}, not 1")
     for i in range(max(directory[3], 0)):
         base = 4 + 4 * i
         if base + 4 > len(directory):
             break
         key, location, count, value = directory[base : base + 4]
-        if count < 0 or value < 0:
-            continue
         if location == 0:
             keys[key] = value
-        elif location == 34736 and doubles is not None and value + count <= len(doubles):
-            vals = tuple(float(v) for v in doubles[value : value + count])
-            keys[key] = vals[0] if count == 1 else vals
-        elif location == 34737 and ascii_params is not None and value < len(ascii_params):
-            keys[key] = ascii_params[value : value + count].rstrip("|\x00")
-        elif location == 34735 and value + count <= len(directory):
-            keys[key] = tuple(directory[value : value + count])
+            continue
+        problem = None
+        if count < 0 or value < 0:
+            problem = f"a negative count or offset ({count}, {value})"
+        elif location == 34736:
+            if doubles is None or value + count > len(doubles):
+                problem = _outside(
+                    "GeoDoubleParams (tag 34736)", value, count, None if doubles is None else len(doubles)
+                )
+            else:
+                vals = tuple(float(v) for v in doubles[value : value + count])
+                keys[key] = vals[0] if count == 1 else vals
+        elif location == 34737:
+            size = 0 if text is None else len(text)
+            if value + count == size + 1 and count > 0:  # libgeotiff: a terminating NUL instead of "|"
+                count -= 1
+            elif value < size < value + count:  # libgeotiff: cut at the end of the text
+                count = size - value
+            if value + count > size:
+                problem = _outside("GeoAsciiParams (tag 34737)", value, count, None if text is None else size)
+            else:
+                cited = (text or "")[value : value + count]
+                keys[key] = cited[:-1] if cited.endswith("|") else cited  # libgeotiff drops one "|"
+        elif location == 34735:
+            if value + count > len(directory):
+                problem = _outside("the GeoKeyDirectory (tag 34735)", value, count, len(directory))
+            else:
+                keys[key] = tuple(directory[value : value + count])
+        else:
+            problem = f"tag {location}, which is not a GeoTIFF parameter tag"
+        if problem is not None:
+            return _unreadable(keys, f"GeoKey {key} is stored in {problem}")
     return keys
+
+
+def _unreadable(keys: dict[int, object], why: str) -> dict[int, object]:
+    """The directory header and why libgeotiff refuses the directory (no key is used)."""
+    return {
+        KEY_DIRECTORY_VERSION: keys[KEY_DIRECTORY_VERSION],
+        UNREADABLE_DIRECTORY: f"{why}; libgeotiff (GDAL) then reads none of the GeoKeys, so no CRS is reported",
+    }
+
+
+def _ascii_params(value) -> str | None:
+    """GeoAsciiParams as libgeotiff gets it through libtiff: the text up to its first NUL, None
+    when the tag is absent or of a type libtiff does not read as text (floats, rationals; byte
+    values in integer types are read as bytes)."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and 0 <= v <= 255 for v in value):
+        value = bytes(value)
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    return value.split("\x00", 1)[0]
+
+
+def _outside(tag: str, value: int, count: int, size: int | None) -> str:
+    if size is None:
+        return f"{tag}, which the file does not have (or not as a type libtiff reads)"
+    return f"{tag} at {value}..{value + count}, past its end ({size})"
 
 
 def georeference(

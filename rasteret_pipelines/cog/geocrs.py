@@ -42,6 +42,9 @@ USER_DEFINED = 32767
 KEY_DIRECTORY_VERSION = 0
 """Pseudo key under which :func:`~rasteret_pipelines.cog.geo.parse_geokeys` stores the
 directory header (KeyDirectoryVersion, KeyRevision, MinorRevision)."""
+UNREADABLE_DIRECTORY = -1
+"""Pseudo key under which :func:`~rasteret_pipelines.cog.geo.parse_geokeys` stores why
+libgeotiff refuses the whole directory (a key it cannot read): GDAL then has no CRS."""
 
 # GeoKey ids (GeoTIFF 1.0 / 1.1).
 GT_MODEL_TYPE = 1024
@@ -830,6 +833,8 @@ def _cached_crs_from_geokeys(frozen: tuple) -> GeoKeyCrs:
 
 
 def _crs_from_geokeys(keys: dict[int, object]) -> GeoKeyCrs:
+    if UNREADABLE_DIRECTORY in keys:
+        return GeoKeyCrs(None, str(keys[UNREADABLE_DIRECTORY]))
     if not any(k != KEY_DIRECTORY_VERSION for k in keys):
         return GeoKeyCrs(None)
     try:

@@ -1,6 +1,7 @@
-"""Former home of AOI-file parsing, now :mod:`rasteret_pipelines.aois` (library code).
+"""The AOI file's names for the Dagster layer: :mod:`rasteret_pipelines.aois` re-exported.
 
-The names stay importable from here for existing code.
+Parsing and checking live in the library (:mod:`rasteret_pipelines.aois`); this module only
+makes the same objects importable as ``rasteret_pipelines.defs.aois``.
 """
 
 from rasteret_pipelines.aois import (  # noqa: F401 - re-exported for existing imports

@@ -112,7 +112,7 @@ class CubeGrid:
 
     def block(self, r0: int, r1: int, c0: int, c1: int) -> CubeGrid:
         """The sub-grid of rows ``r0:r1`` and columns ``c0:c1``."""
-        t = self.affine * Affine.translation(c0, r0)
+        t = self.affine @ Affine.translation(c0, r0)
         return CubeGrid(self.crs, tuple(t)[:6], c1 - c0, r1 - r0)
 
     def bounds(self) -> tuple[float, float, float, float]:
@@ -369,7 +369,7 @@ def _place(read: _Read, data: np.ndarray, block: CubeGrid, resampling: str, noda
     rasterio.warp.reproject(
         data,
         out,
-        src_transform=t * Affine.translation(col0, row0),
+        src_transform=t @ Affine.translation(col0, row0),
         src_crs=crs_of(header.crs),
         src_nodata=nodata,
         dst_transform=block.affine,
@@ -530,9 +530,10 @@ class _TaskIO:
 
     Every task of a worker (threads of the threaded scheduler, or of a distributed worker)
     runs its block's coroutine on this loop, so tasks share the HTTP connection pool and no
-    task pays for a loop and a client session of its own (measured: a few tens of ms of CPU
-    per task, which made a 20-step cube's tasks cost more than its tiles). Used for the
-    default reader only: a reader passed in keeps the eager path's per-call loop.
+    task pays for a loop and a client session of its own: starting both is work of its own per
+    task, independent of the tiles it reads, so on a cube of many small blocks it would
+    outweigh the reads. Used for the default reader only: a reader passed in keeps the eager
+    path's per-call loop.
     """
 
     _instance: _TaskIO | None = None
@@ -910,7 +911,7 @@ def plan_cube(
     properties = None
     if groupby not in GROUPINGS:
         properties = _property_of(collection, groupby, [s.id for s in scenes])
-    centre = reproject_geometry(shapely.Point(*grid.affine * (grid.width / 2, grid.height / 2)), grid.crs, "EPSG:4326")
+    centre = reproject_geometry(shapely.Point(*grid.affine @ (grid.width / 2, grid.height / 2)), grid.crs, "EPSG:4326")
     steps = []
     for label, key, members in group_scenes(scenes, groupby, centre.x, properties):
         cube_scenes = []

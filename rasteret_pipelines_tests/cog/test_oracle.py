@@ -495,7 +495,7 @@ def check_header(h: CogHeader, path: Path, etag: str) -> None:
             if georeferenced:
                 expected = src.transform
             else:  # GDAL's rule for overviews: base transform scaled by the size ratio
-                expected = base * Affine.scale(base_size[0] / src.width, base_size[1] / src.height)
+                expected = base @ Affine.scale(base_size[0] / src.width, base_size[1] / src.height)
             check(
                 f"level_transform({k})",
                 lambda: assert_transform_close(h.level_transform(k), expected, f"level_transform({k})"),

@@ -4,6 +4,7 @@ OverflowError escapes, whatever type, count or value a tag is given."""
 from __future__ import annotations
 
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import rasterio
 
 from rasteret_pipelines.cog import read_header, read_window
 from rasteret_pipelines.cog import tiff as tifftags
-from rasteret_pipelines.errors import RasteretError, TiffFormatError
+from rasteret_pipelines.errors import GeoreferenceWarning, RasteretError, TiffFormatError
 from rasteret_pipelines_tests.cog.handmade import tiff_bytes
 
 PIXELS = (np.arange(64 * 48, dtype=np.uint32) % 241).astype(np.uint8).reshape(48, 64)
@@ -104,15 +105,71 @@ def test_image_width_with_100_short_values_is_refused_like_gdal(tmp_path):
         read_header(str(path))
 
 
-def test_float_typed_geo_ascii_params_is_read_like_gdal(tmp_path):
-    """GeoAsciiParams holds only citations: typed DOUBLE instead of ASCII, GDAL still reads the
-    pixels, and so does the engine (one outcome, not "a typed error or a read")."""
-    path = tmp_path / "geoascii.tif"
-    path.write_bytes(tiff_bytes(_entries_with(tifftags.GEO_ASCII_PARAMS, 12, [1.0, 2.0]), tiles()))
+def _directory(*extra: tuple[int, int, int, int], raster_type: int = 1, version=(1, 1, 0)) -> list:
+    """The base entries with a GeoKeyDirectory (header ``version``) of GTModelType, GTRasterType,
+    ProjectedCSType 32643 and the ``(key, location, count, offset)`` entries ``extra``."""
+    keys = [(1024, 0, 1, 1), (1025, 0, 1, raster_type), (3072, 0, 1, 32643), *extra]
+    directory = [*version, len(keys)] + [v for k in keys for v in k]
+    return _entries_with(tifftags.GEO_KEY_DIRECTORY, 3, directory)
+
+
+# GeoKey directories with a key libgeotiff cannot read (GDAL: no CRS at all), and their
+# readable neighbours (GDAL: the CRS of ProjectedCSType).
+GEOKEY_DIRECTORIES = {
+    # GeoAsciiParams (holding the citation of key 3073) of a type libtiff does not read as text
+    "ascii-typed-double": (_entries_with(tifftags.GEO_ASCII_PARAMS, 12, [1.0, 2.0]), None),
+    "ascii-typed-float": (_entries_with(tifftags.GEO_ASCII_PARAMS, 11, [1.0]), None),
+    "ascii-typed-short-over-255": (_entries_with(tifftags.GEO_ASCII_PARAMS, 3, [300, 2]), None),
+    "ascii-absent": ([e for e in base_entries() if e[0] != tifftags.GEO_ASCII_PARAMS], None),
+    "ascii-key-starts-past-the-end": (_directory((3073, 34737, 2, 10)), None),
+    "double-key-without-doubles": (_directory((3075, 34736, 1, 0)), None),
+    "double-key-past-the-end": (
+        _directory((3075, 34736, 3, 0)) + [(tifftags.GEO_DOUBLE_PARAMS, 12, [1.0, 2.0])],
+        None,
+    ),
+    "key-in-no-parameter-tag": (_directory((3075, 1234, 1, 0)), None),
+    "directory-key-past-the-end": (_directory((3075, 34735, 2, 100)), None),
+    "pixel-is-point-dropped-too": (_directory((3075, 34736, 1, 0), raster_type=2), None),
+    "directory-version-2": (_directory(version=(2, 1, 0)), None),
+    # readable: libtiff reads byte values of an integer type as text; a citation running past
+    # the end is cut; a key inside the directory
+    "ascii-typed-short": (_entries_with(tifftags.GEO_ASCII_PARAMS, 3, [1, 2]), "EPSG:32643"),
+    "ascii-typed-undefined": (_entries_with(tifftags.GEO_ASCII_PARAMS, 7, b"UTM|\x00"), "EPSG:32643"),
+    "ascii-key-runs-past-the-end": (_directory((3073, 34737, 5, 0)), "EPSG:32643"),
+    "directory-key-inside": (_directory((4099, 34735, 1, 2)), "EPSG:32643"),
+    "pixel-is-point": (_directory(raster_type=2), "EPSG:32643"),
+    "key-revision-2": (_directory(version=(1, 2, 0)), "EPSG:32643"),
+}
+
+
+@pytest.mark.parametrize("case", list(GEOKEY_DIRECTORIES))
+def test_a_geokey_libgeotiff_cannot_read_leaves_no_crs_like_gdal(tmp_path, case):
+    """libgeotiff refuses the whole GeoKey directory when one key cannot be read, so GDAL
+    reports no CRS (and no PixelIsPoint shift) although ProjectedCSType is readable: the engine
+    reports the same, with a GeoreferenceWarning naming the key, never a CRS GDAL does not see.
+    A read that places pixels on a map then stops with GeoreferenceError (test_build checks
+    that for a header without a CRS). Pixels read as GDAL reads them."""
+    entries, crs = GEOKEY_DIRECTORIES[case]
+    path = tmp_path / f"{case}.tif"
+    path.write_bytes(tiff_bytes(entries, tiles()))
     with rasterio.open(path) as src:
+        expected_crs = None if src.crs is None else f"EPSG:{src.crs.to_epsg()}"
+        expected_transform = tuple(src.transform)[:6]
         expected = src.read(1)
+    assert expected_crs == crs  # the case says what GDAL does
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        header = read_header(str(path))
+    assert header.crs == expected_crs
+    assert tuple(header.transform) == pytest.approx(expected_transform, abs=1e-9)
+    said = [str(w.message) for w in caught if issubclass(w.category, GeoreferenceWarning)]
+    unreadable = [m for m in said if "libgeotiff (GDAL) then reads none of the GeoKeys" in m]
+    if crs is None:
+        assert len(unreadable) == 1 and f"{path}: CRS left unset: " in unreadable[0], said
+    else:
+        assert unreadable == []
     np.testing.assert_array_equal(expected, PIXELS)
-    np.testing.assert_array_equal(read_window(read_header(str(path)), (0, 0, 64, 48))[0], expected)
+    np.testing.assert_array_equal(read_window(header, (0, 0, 64, 48))[0], expected)
 
 
 def test_negative_tile_offsets_are_a_format_error(tmp_path):

@@ -168,15 +168,54 @@ def test_no_hand_rolled_retries_and_no_blanket_warning_filters_in_defs():
 
 
 def test_building_the_definitions_warns_nothing():
+    """Building the definitions and resolving the jobs emits no warning of any kind: a new beta
+    or preview API, a deprecation or any other warning shows here. The two deliberate filters
+    cannot hide one (see the next test)."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        defs = build_definitions(Settings.from_env({}))
+        defs = build_definitions(Settings.from_env({"RASTERET_SOURCES": "sentinel-2-l2a,landsat"}))
         for job in ("collections_job", "field_stats_job", "field_timeseries_job"):
             defs.resolve_job_def(job)
-    dagster_warnings = [str(w.message) for w in caught if issubclass(w.category, (dg.BetaWarning, dg.PreviewWarning))]
-    assert dagster_warnings == []
+    assert [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught] == []
+
+
+@pytest.mark.parametrize(
+    "context, silenced",
+    [
+        (
+            "beta_backfill_policy",
+            (dg.BetaWarning, "Parameter `backfill_policy` of function `asset` is currently in beta"),
+        ),
+        (
+            "preview_partitioned_checks",
+            (dg.PreviewWarning, "Specifying a partitions_def on an AssetCheckSpec is currently in preview"),
+        ),
+    ],
+)
+def test_the_deliberate_warning_filters_silence_their_one_message(context, silenced):
+    """Each filter silences its own message and nothing else: another beta or preview warning,
+    or the same category with another message, still shows."""
+    import warnings
+
+    from rasteret_pipelines.defs import checks
+    from rasteret_pipelines.defs.assets import _common
+
+    filtered = getattr(_common, context, None) or getattr(checks, context)
+    category, message = silenced
+    others = [
+        (dg.BetaWarning, "Parameter `other` of function `asset` is currently in beta"),
+        (dg.PreviewWarning, "Some other feature is currently in preview"),
+        (DeprecationWarning, message),
+        (UserWarning, "anything else"),
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with filtered():
+            for cat, text in [(category, message), *others]:
+                warnings.warn(text, cat, stacklevel=1)
+    assert [(w.category, str(w.message)) for w in caught] == others
 
 
 def test_asset_nodes_have_distinct_labels():

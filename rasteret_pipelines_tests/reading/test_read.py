@@ -249,7 +249,7 @@ def test_mosaic_takes_the_first_valid_pixel_in_datetime_then_id_order(world):
             stacks = []
             for scene_id in order:
                 with rasterio.open(world.path(scene_id, band)) as src:
-                    col, row = ~src.transform * (ref_transform.c, ref_transform.f)
+                    col, row = ~src.transform @ (ref_transform.c, ref_transform.f)
                     assert abs(col - round(col)) < 1e-9 and abs(row - round(row)) < 1e-9
                     data = src.read(1, window=Window(round(col), round(row), w, h), boundless=True, fill_value=0)
                     valid = data != src.nodata
@@ -360,7 +360,7 @@ def test_cloud_mask_uses_the_nearest_20m_scl_pixel(world):
             plain, transform = rio_masked(world.path(scene_id, "red"), g)
             h, w = plain.shape
             tile_grid = Affine(10.0, 0.0, demo_data.ORIGIN[0], 0.0, -10.0, demo_data.ORIGIN[1])  # 43PGQ
-            col0, row0 = (round(v) for v in ~tile_grid * (transform.c, transform.f))
+            col0, row0 = (round(v) for v in ~tile_grid @ (transform.c, transform.f))
             with rasterio.open(world.path(scene_id, "scl")) as scl_src:
                 assert scl_src.res == (20.0, 20.0)
                 r0, c0 = row0 // 2, col0 // 2
@@ -684,7 +684,7 @@ def test_mosaic_last_takes_the_last_valid_pixel(world):
         used, stack = [], {}
         for scene_id in reversed(order):
             with rasterio.open(world.path(scene_id, "red")) as src:
-                col, row = ~src.transform * (ref_transform.c, ref_transform.f)
+                col, row = ~src.transform @ (ref_transform.c, ref_transform.f)
                 data = src.read(1, window=Window(round(col), round(row), w, h), boundless=True, fill_value=0)
             stack[scene_id] = data
             take = (data != 0) & ~outside & ~filled

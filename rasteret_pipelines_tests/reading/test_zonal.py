@@ -130,7 +130,7 @@ def oracle(world, geom_4326, scene_ids, *, all_touched=False, cloud_mask=False):
         crs, ref_transform = ref.crs, ref.transform
     g = _to_crs(geom_4326, crs.to_string())
     c0, r0, w, h = _window_on(ref_transform, g)
-    window_transform = ref_transform * Affine.translation(c0, r0)
+    window_transform = ref_transform @ Affine.translation(c0, r0)
     inside = rasterio.features.geometry_mask([g], (h, w), window_transform, all_touched=all_touched, invert=True)
     out = {b: np.full((h, w), np.nan, np.float32) for b in ("red", "nir")}
     used = set()
@@ -138,7 +138,7 @@ def oracle(world, geom_4326, scene_ids, *, all_touched=False, cloud_mask=False):
         for scene_id in scene_ids:
             scale, offset = world.collection().source.reflectance(world.items[scene_id]["properties"])
             with rasterio.open(world.path(scene_id, band)) as src:
-                col, row = ~src.transform * (window_transform.c, window_transform.f)
+                col, row = ~src.transform @ (window_transform.c, window_transform.f)
                 data = src.read(1, window=Window(round(col), round(row), w, h), boundless=True, fill_value=0)
                 valid = inside & (data != 0)
             if cloud_mask:
