@@ -173,6 +173,19 @@ def _window_blocks(header: CogHeader, level: ImageLevel, overview: int, window: 
     ]
 
 
+async def _get_span(fetcher, header, span: _Span):
+    """One coalesced range of ``header``'s file, checked against the cached version and length.
+
+    Raises:
+        TiffFormatError: the object ends before the span does.
+    """
+    expect = ObjectVersion(header.size, header.etag, header.last_modified)
+    response = await fetcher.get_range(header.href, span.start, span.end, expect=expect)
+    if len(response.data) < span.end - span.start:
+        raise TiffFormatError(header.href, f"object ends before byte {span.end}")
+    return response
+
+
 def plan_spans(
     requests: Sequence[tuple[CogHeader, Window]], overview: int, config: FetchConfig
 ) -> tuple[dict[str, list[_Span]], list[set[_Block]]]:
@@ -292,11 +305,8 @@ async def fetch_windows(
 
     async def fetch_span(href: str, span: _Span) -> None:
         header = headers[href]
-        expect = ObjectVersion(header.size, header.etag, header.last_modified)
-        response = await fetcher.get_range(href, span.start, span.end, expect=expect)
+        response = await _get_span(fetcher, header, span)
         data = response.data
-        if len(data) < span.end - span.start:
-            raise TiffFormatError(href, f"object ends before byte {span.end}")
         level_of = header.levels
 
         def decode_all(data: bytes) -> list[tuple[_Block, np.ndarray]]:
@@ -414,11 +424,8 @@ async def fetch_tiles(
 
     async def fetch_span(href: str, span: _Span) -> None:
         header = headers[href]
-        expect = ObjectVersion(header.size, header.etag, header.last_modified)
-        response = await fetcher.get_range(href, span.start, span.end, expect=expect)
+        response = await _get_span(fetcher, header, span)
         data = response.data
-        if len(data) < span.end - span.start:
-            raise TiffFormatError(href, f"object ends before byte {span.end}")
         del response
 
         def decode_and_hand_over() -> None:
