@@ -78,6 +78,7 @@ from rasteret_pipelines.reading.plan import (
     cloud_mask_rule,
     crs_of,
     crs_text,
+    read_attrs,
     reproject_geometry,
     requested_bands,
     select_scenes,
@@ -940,12 +941,7 @@ def plan_cube(
         grid, list(bands), keys, rule, values, resampling, method, dtype, fill, steps, area, all_touched, config, reader
     )
     attrs = {
-        "collection": collection.name,
-        "data_source": collection.source.id,
-        "values": "raw" if values == "float" else values,
-        "bands": list(bands),
-        "asset_keys": [keys[b] for b in bands],
-        "cloud_mask": int(bool(cloud_mask)),
+        **read_attrs(collection, bands, keys, values, cloud_mask),
         "crs": crs_text(grid.crs),
         "transform": list(grid.transform),
         "resolution": abs(grid.transform[0]),

@@ -140,6 +140,19 @@ def check_date_range(collection, date_range) -> None:
         )
 
 
+def read_attrs(collection, bands, keys: dict[str, str], values: str, cloud_mask: bool) -> dict:
+    """The attributes every read's Dataset starts with: where it came from, its bands and their
+    asset keys, the value mode (``"raw"`` for float reads, which carry no offsets) and the mask."""
+    return {
+        "collection": collection.name,
+        "data_source": collection.source.id,
+        "values": "raw" if values == "float" else values,
+        "bands": list(bands),
+        "asset_keys": [keys[b] for b in bands],
+        "cloud_mask": int(bool(cloud_mask)),
+    }
+
+
 def requested_bands(collection, bands) -> tuple[list[str], dict[str, str]]:
     """``(band names, {name: asset key})`` of a read's ``bands`` (a name or a list).
 

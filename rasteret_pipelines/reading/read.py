@@ -53,6 +53,7 @@ from rasteret_pipelines.reading.plan import (
     cloud_mask_rule,
     crs_of,
     plan_geometries,
+    read_attrs,
     reproject_geometry,
     requested_bands,
     select_scenes,
@@ -170,12 +171,7 @@ def read_geometries(
     finally:
         preload.join()
     attrs = {
-        "collection": collection.name,
-        "data_source": collection.source.id,
-        "values": "raw" if values == "float" else values,
-        "bands": list(bands),
-        "asset_keys": [keys[b] for b in bands],
-        "cloud_mask": int(bool(cloud_mask)),
+        **read_attrs(collection, bands, keys, values, cloud_mask),
         "all_touched": int(bool(all_touched)),
         "requests": stats.requests,
         "header_requests": stats.header_requests,
