@@ -169,13 +169,15 @@ class Rasteret:
         (``reader=`` here overrides the one this Rasteret was made with).
 
         With ``bbox=``, ``geopolygon=`` or ``like=`` (or no geometries) it reads a data cube on
-        one grid instead (``crs=``, ``resolution=``, ``groupby=``, ``mosaic=``, ``chunks=``;
-        ``geometries`` then mask it): see :func:`rasteret_pipelines.reading.cube.read_cube`."""
+        one grid instead (``crs=``, ``resolution=``, ``groupby=``, ``mosaic=``, ``chunks=``, or
+        ``options=`` a :class:`~rasteret_pipelines.reading.options.CubeOptions`; ``geometries``
+        then mask it): see :func:`rasteret_pipelines.reading.cube.read_cube`."""
         from rasteret_pipelines.reading.cube import is_cube_read, read_cube
         from rasteret_pipelines.reading.read import read_geometries
 
-        kwargs = self._read_keywords(kwargs, read_geometries)
-        if is_cube_read(geometries, kwargs):
+        cube = is_cube_read(geometries, kwargs)
+        kwargs = self._read_keywords(kwargs, read_cube if cube else read_geometries)
+        if cube:
             return read_cube(
                 self.collection,
                 bands,
@@ -266,24 +268,27 @@ class Rasteret:
         return explain(read, self.collection, *args, **kwargs)
 
     def _read_keywords(self, kwargs: dict, function=None) -> dict:
-        """A read's keywords: ``options=`` (a :class:`~rasteret_pipelines.reading.options.ReadOptions`)
-        spelled out as keywords, then this Rasteret's ``fetch_config`` and ``reader`` where the
-        call gives none.
+        """A read's keywords: ``options=`` (a :class:`~rasteret_pipelines.reading.options.ReadOptions`,
+        or a :class:`~rasteret_pipelines.reading.options.CubeOptions` for the data cube) spelled
+        out as keywords, then this Rasteret's ``fetch_config`` and ``reader`` where the call
+        gives none.
 
         Raises:
-            InvalidReadArgumentError: ``options`` is no ReadOptions, a keyword contradicts it, or
-                it sets an option ``function`` does not take.
+            InvalidReadArgumentError: ``options`` is no ReadOptions (nor, for a cube or a dry
+                run, a CubeOptions), a keyword contradicts it, or it sets an option ``function``
+                does not take.
         """
         options = kwargs.pop("options", None)
         if options is not None:
             import inspect
 
             from rasteret_pipelines.errors import InvalidReadArgumentError
-            from rasteret_pipelines.reading.options import ReadOptions
+            from rasteret_pipelines.reading.options import CubeOptions, ReadOptions
 
             what = function.__name__ if function is not None else "read"
-            given = {k: kwargs.pop(k) for k in list(kwargs) if k in ReadOptions.__dataclass_fields__}
-            chosen = ReadOptions.resolve(options, given, what).keywords()
+            kind = CubeOptions if isinstance(options, CubeOptions) and what in ("read_cube", "read") else ReadOptions
+            given = {k: kwargs.pop(k) for k in list(kwargs) if k in kind.__dataclass_fields__}
+            chosen = kind.resolve(options, given, what).keywords()
             if function is not None:
                 parameters = inspect.signature(function).parameters
                 if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):

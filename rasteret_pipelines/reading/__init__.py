@@ -5,7 +5,9 @@ Modules, in the order a read runs: :mod:`.plan` (selection and planning), :mod:`
 :mod:`.assemble` (masking, values and mosaics into the output), :mod:`.mosaic` (how same-date
 scenes combine), :mod:`.model` (the Dataset layout), :mod:`.gdf` (the GeoDataFrame view).
 :mod:`.read` ties them together in :func:`read_geometries`, whose options
-(values, masks, grid, mosaic, transport) are one :class:`ReadOptions` (:mod:`.options`).
+(values, masks, grid, mosaic, transport) are one :class:`ReadOptions` (:mod:`.options`);
+:func:`read_cube` (:mod:`.cube`) takes the same with its grouping and chunks as one
+:class:`CubeOptions`.
 
 Names are imported on first use, so ``import rasteret_pipelines.reading`` loads neither
 xarray nor the COG engine.
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from rasteret_pipelines.reading.mask import geometry_mask
     from rasteret_pipelines.reading.model import geometry_dataset, stack_geometries
     from rasteret_pipelines.reading.mosaic import FirstValid, LastValid, MosaicMethod
-    from rasteret_pipelines.reading.options import ReadOptions
+    from rasteret_pipelines.reading.options import CubeOptions, ReadOptions
     from rasteret_pipelines.reading.read import VALUE_MODES, read_geometries
     from rasteret_pipelines.reading.zonal import sample_points, zonal_stats
 
@@ -32,7 +34,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "read": ["VALUE_MODES", "read_geometries"],
         "mosaic": ["FirstValid", "LastValid", "MosaicMethod"],
-        "options": ["ReadOptions"],
+        "options": ["CubeOptions", "ReadOptions"],
         "model": ["geometry_dataset", "stack_geometries"],
         "mask": ["geometry_mask"],
         "geometries": ["normalize_geometries"],

@@ -72,6 +72,7 @@ from rasteret_pipelines.errors import (
 from rasteret_pipelines.hrefs import check_href
 from rasteret_pipelines.reading.assemble import convert, empty_in_small_pages, nodata_valid
 from rasteret_pipelines.reading.mosaic import MosaicMethod, mosaic_method
+from rasteret_pipelines.reading.options import GROUPINGS, RESAMPLINGS, CubeOptions
 from rasteret_pipelines.reading.plan import (
     Scene,
     check_date_range,
@@ -86,11 +87,16 @@ from rasteret_pipelines.reading.plan import (
 
 log = logging.getLogger(__name__)
 
-RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
-GROUPINGS = ("solar_day", "time", "month")
-CUBE_VALUE_MODES = ("float", "native", "reflectance")
-
-__all__ = ["CubeGrid", "RESAMPLINGS", "GROUPINGS", "read_cube", "plan_cube", "overview_for", "cube_grid"]
+__all__ = [
+    "CubeGrid",
+    "CubeOptions",
+    "RESAMPLINGS",
+    "GROUPINGS",
+    "read_cube",
+    "plan_cube",
+    "overview_for",
+    "cube_grid",
+]
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -731,24 +737,18 @@ def read_cube(
     geopolygon=None,
     like=None,
     geometries=None,
-    crs=None,
-    resolution=None,
-    resampling: str = "nearest",
-    groupby: str = "solar_day",
-    mosaic="first",
-    chunks=None,
     date_range=None,
     cloud_cover_lt: float | None = None,
-    values: str = "float",
-    cloud_mask: bool = False,
-    all_touched: bool = False,
-    fetch_config: FetchConfig | None = None,
     filters: dict | None = None,
-    reader=None,
     id_column=None,
     keep: Sequence[str] = (),
+    options: CubeOptions | None = None,
+    **option_keywords,
 ):
     """Read ``bands`` of the collection's scenes onto one grid, one layer per time step.
+
+    ``crs`` to ``reader`` below are the fields of ``options``
+    (:class:`~rasteret_pipelines.reading.options.CubeOptions`), also accepted as keywords.
 
     Args:
         collection: An opened :class:`~rasteret_pipelines.collections.Collection`.
@@ -758,6 +758,13 @@ def read_cube(
         like: A GeoBox or an xarray object whose grid (CRS, x, y) the cube takes.
         geometries: Geometries (as :func:`~rasteret_pipelines.reading.read_geometries` takes
             them): pixels outside them are masked; without another area, their bounds make it.
+        date_range, cloud_cover_lt, filters: As in
+            :func:`~rasteret_pipelines.reading.read_geometries`.
+        id_column, keep: Refused (:class:`~rasteret_pipelines.errors.CubeUserColumnsError`): a
+            cube has no ``geometry`` dimension to carry ids or columns on (see
+            :func:`refuse_user_columns`).
+        options: The cube's options as one value; a keyword may add to them, not contradict
+            them. A :class:`~rasteret_pipelines.reading.options.ReadOptions` is taken too.
         crs: The cube's CRS (``"EPSG:32643"``, WKT or a ``pyproj.CRS``); default the first
             scene's.
         resolution: Pixel size in ``crs`` units; default the finest band's when units agree.
@@ -766,11 +773,8 @@ def read_cube(
         mosaic: ``first``, ``last``, ``highest``, ``lowest``, ``mean``, ``median``,
             ``stdev``, ``count`` or a :class:`~rasteret_pipelines.reading.mosaic.MosaicMethod`.
         chunks: ``{"time": t, "y": n, "x": n}`` for a dask-backed Dataset; None reads now.
-        date_range, cloud_cover_lt, values, cloud_mask, all_touched, fetch_config, filters,
-        reader: As in :func:`~rasteret_pipelines.reading.read_geometries`.
-        id_column, keep: Refused (:class:`~rasteret_pipelines.errors.CubeUserColumnsError`): a
-            cube has no ``geometry`` dimension to carry ids or columns on (see
-            :func:`refuse_user_columns`).
+        values, cloud_mask, all_touched, fetch_config, reader: As in
+            :func:`~rasteret_pipelines.reading.read_geometries`.
 
     Returns:
         A Dataset ``(time, y, x)`` with ``x``/``y`` pixel centres, ``spatial_ref`` (rioxarray's
@@ -778,33 +782,27 @@ def read_cube(
 
     Raises:
         CubeGridError, CubeChunksError, CubeUserColumnsError, GroupbyError, UnknownBandError,
-        DateRangeError, NoScenesError, UnsafeHrefError, DaskMissingError.
+        DateRangeError, NoScenesError, UnsafeHrefError, DaskMissingError,
+        InvalidReadArgumentError (an unknown option, one given twice with two values, or a
+        value no cube takes).
     """
+    opts = CubeOptions.resolve(options, option_keywords)
     plan, attrs = plan_cube(
         collection,
         bands,
+        opts,
         bbox=bbox,
         geopolygon=geopolygon,
         like=like,
         geometries=geometries,
-        crs=crs,
-        resolution=resolution,
-        resampling=resampling,
-        groupby=groupby,
-        mosaic=mosaic,
         date_range=date_range,
         cloud_cover_lt=cloud_cover_lt,
-        values=values,
-        cloud_mask=cloud_mask,
-        all_touched=all_touched,
-        fetch_config=fetch_config,
         filters=filters,
-        reader=reader,
         id_column=id_column,
         keep=keep,
     )
-    if chunks is not None:
-        data = _dask_cube(plan, chunks)
+    if opts.chunks is not None:
+        data = _dask_cube(plan, opts.chunks)
     else:
         _check_memory(plan)  # MemoryLimitError before any request
         arrays, stats = read_block(plan, 0, len(plan.steps), 0, plan.grid.height, 0, plan.grid.width)
@@ -848,42 +846,28 @@ def refuse_user_columns(id_column, keep) -> None:
 def plan_cube(
     collection,
     bands: Sequence[str],
+    options: CubeOptions,
     *,
     bbox=None,
     geopolygon=None,
     like=None,
     geometries=None,
-    crs=None,
-    resolution=None,
-    resampling: str = "nearest",
-    groupby: str = "solar_day",
-    mosaic="first",
     date_range=None,
     cloud_cover_lt: float | None = None,
-    values: str = "float",
-    cloud_mask: bool = False,
-    all_touched: bool = False,
-    fetch_config: FetchConfig | None = None,
     filters: dict | None = None,
-    reader=None,
     id_column=None,
     keep: Sequence[str] = (),
 ) -> tuple[CubePlan, dict]:
     """Check :func:`read_cube`'s arguments and plan the cube from the cached headers alone (no
     request): the grid, the steps and their scenes, each (scene, band)'s level. Returns the
     plan and the Dataset's attributes. Shared by the read and its dry run
-    (:mod:`~rasteret_pipelines.reading.explain`), so both see the same reads."""
+    (:mod:`~rasteret_pipelines.reading.explain`), so both see the same reads; ``options`` were
+    checked when they were made (:class:`~rasteret_pipelines.reading.options.CubeOptions`)."""
     refuse_user_columns(id_column, keep)
-    if values not in CUBE_VALUE_MODES:
-        raise InvalidReadArgumentError(f"values must be one of {CUBE_VALUE_MODES}, got {values!r}")
-    if resampling not in RESAMPLINGS:
-        raise InvalidReadArgumentError(f"resampling must be one of {RESAMPLINGS}, got {resampling!r}")
-    method = mosaic_method(mosaic)
+    method = mosaic_method(options.mosaic)
     bands, keys = requested_bands(collection, bands)
-    rule = cloud_mask_rule(collection, cloud_mask)
+    rule = cloud_mask_rule(collection, options.cloud_mask)
     quality = rule.band if rule is not None else None
-    if not isinstance(groupby, str) or not groupby:
-        raise GroupbyError(f"groupby must be one of {GROUPINGS} or a property name, got {groupby!r}")
     check_date_range(collection, date_range)
     area_4326, mask_4326 = _areas(bbox, geopolygon, geometries)
     data_keys = sorted(set(keys.values()))
@@ -901,8 +885,8 @@ def plan_cube(
         )
     if like is None:
         first = min((scenes[0].headers[k] for k in data_keys), key=lambda h: abs(h.transform[0]))
-        if crs is None:
-            crs = first.crs
+        crs = options.crs if options.crs is not None else first.crs
+        resolution = options.resolution
         if resolution is None:
             src, dst = crs_of(first.crs), crs_of(_crs_key(crs))
             if src.axis_info[0].unit_name != dst.axis_info[0].unit_name:
@@ -910,23 +894,23 @@ def plan_cube(
             resolution = abs(first.transform[0])
         grid = cube_grid(crs=crs, resolution=resolution, area_4326=area_4326)
     properties = None
-    if groupby not in GROUPINGS:
-        properties = _property_of(collection, groupby, [s.id for s in scenes])
+    if options.groupby not in GROUPINGS:
+        properties = _property_of(collection, options.groupby, [s.id for s in scenes])
     centre = reproject_geometry(shapely.Point(*grid.affine @ (grid.width / 2, grid.height / 2)), grid.crs, "EPSG:4326")
     steps = []
-    for label, key, members in group_scenes(scenes, groupby, centre.x, properties):
+    for label, key, members in group_scenes(scenes, options.groupby, centre.x, properties):
         cube_scenes = []
         for s in members:
             headers = {k: s.headers[k] for k in read_keys}
             levels = {}
             for k, h in headers.items():
-                res = "nearest" if k == quality and k not in data_keys else resampling
+                res = "nearest" if k == quality and k not in data_keys else options.resampling
                 levels[k] = overview_for(h, _desired_factor(h, grid), res)
             cube_scenes.append(CubeScene(s.id, s.datetime, s.reflectance, headers, levels))
         steps.append(Step(label, cube_scenes, key))
-    dtype, fill = _output_type(steps[0].scenes[0].headers, [keys[b] for b in bands], values, method)
+    dtype, fill = _output_type(steps[0].scenes[0].headers, [keys[b] for b in bands], options.values, method)
     config = replace(
-        fetch_config or FetchConfig(),
+        options.fetch_config or FetchConfig(),
         requester_pays=collection.source.requester_pays,
         local_files=collection.allow_local_hrefs,
     )
@@ -938,16 +922,29 @@ def plan_cube(
     if mask_4326 is not None:
         area = reproject_geometry(mask_4326, "EPSG:4326", grid.crs)
     plan = CubePlan(
-        grid, list(bands), keys, rule, values, resampling, method, dtype, fill, steps, area, all_touched, config, reader
+        grid,
+        list(bands),
+        keys,
+        rule,
+        options.values,
+        options.resampling,
+        method,
+        dtype,
+        fill,
+        steps,
+        area,
+        options.all_touched,
+        config,
+        options.reader,
     )
     attrs = {
-        **read_attrs(collection, bands, keys, values, cloud_mask),
+        **read_attrs(collection, bands, keys, options.values, options.cloud_mask),
         "crs": crs_text(grid.crs),
         "transform": list(grid.transform),
         "resolution": abs(grid.transform[0]),
-        "resampling": resampling,
-        "groupby": groupby,
-        "mosaic": mosaic if isinstance(mosaic, str) else method.__name__,
+        "resampling": options.resampling,
+        "groupby": options.groupby,
+        "mosaic": options.mosaic if isinstance(options.mosaic, str) else method.__name__,
     }
     return plan, attrs
 

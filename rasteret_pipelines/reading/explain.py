@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rasteret_pipelines.errors import DaskMissingError, InvalidReadArgumentError
-from rasteret_pipelines.reading.options import ReadOptions
+from rasteret_pipelines.reading.options import CubeOptions, ReadOptions
 
 READS = ("get_xarray", "get_gdf", "zonal_stats", "sample_points")
 _COLUMNS = ["scene", "date", "band", "level", "windows", "tiles", "gets", "bytes", "decoded_bytes"]
@@ -194,7 +194,8 @@ def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
             :func:`~rasteret_pipelines.reading.sample_points`). For ``"get_xarray"``, an area
             (``bbox=``, ``geopolygon=``, ``like=``) or no geometries means the data cube, as in
             ``Rasteret.get_xarray``: :func:`~rasteret_pipelines.reading.cube.read_cube`'s
-            arguments, ``chunks=`` included.
+            arguments, ``chunks=`` included, and ``options=`` a
+            :class:`~rasteret_pipelines.reading.options.CubeOptions` (or a ``ReadOptions``).
 
     Raises:
         InvalidReadArgumentError: an unknown read; otherwise what the read raises before its
@@ -208,9 +209,6 @@ def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
         positional = list(args)
         geometries = positional.pop(0) if positional else kwargs.pop("geometries", None)
         if is_cube_read(geometries, kwargs):
-            if kwargs.get("options") is not None:
-                given = {k: kwargs.pop(k) for k in list(kwargs) if k in ReadOptions.__dataclass_fields__}
-                kwargs.update(ReadOptions.resolve(kwargs.pop("options"), given, read).keywords())
             if "geometries" in kwargs:
                 raise InvalidReadArgumentError("get_xarray: got multiple values for argument 'geometries'")
             bands = positional.pop(0) if positional else kwargs.pop("bands", None)
@@ -310,8 +308,9 @@ def _cube_plan(read: str, collection, bands, geometries, positional: list, kwarg
     from rasteret_pipelines.reading import cube
 
     bound = _bind(cube.read_cube, collection, bands, *positional, geometries=geometries, **kwargs)
-    chunks = bound.pop("chunks", None)
-    plan, _ = cube.plan_cube(collection, **bound)
+    options = CubeOptions.resolve(bound.pop("options", None), bound.pop("option_keywords", {}), read)
+    chunks = options.chunks
+    plan, _ = cube.plan_cube(collection, bound.pop("bands"), options, **bound)
     if chunks is not None:
         try:
             import dask  # noqa: F401 (the read needs it: refuse the same way)
