@@ -131,174 +131,114 @@ _LONG = (PROJ_NAT_ORIGIN_LONG, PROJ_FALSE_ORIGIN_LONG, PROJ_CENTER_LONG)
 _LAT = (PROJ_NAT_ORIGIN_LAT, PROJ_FALSE_ORIGIN_LAT, PROJ_CENTER_LAT)
 _SCALE_NAT = (PROJ_SCALE_AT_NAT_ORIGIN,)
 _SCALE_ANY = (PROJ_SCALE_AT_NAT_ORIGIN, PROJ_SCALE_AT_CENTER)
-
-
-def _slots(*spec):
-    return tuple(spec)
-
+# The slot specs several methods share, named once.
+_ORIGIN = ((0, _LAT, 0.0), (1, _LONG, 0.0))
+_ORIGIN_SCALE = (*_ORIGIN, (4, _SCALE_ANY, 1.0))
+_ORIGIN_SKEW = (
+    *_ORIGIN,
+    (2, (PROJ_AZIMUTH_ANGLE,), 0.0),
+    (3, (PROJ_RECTIFIED_GRID_ANGLE,), 90.0),
+    (4, _SCALE_ANY, 1.0),
+)
+_MERIDIAN = ((1, _LONG, 0.0),)
+_CONIC = ((0, (PROJ_STD_PARALLEL1,), 0.0), (1, (PROJ_STD_PARALLEL2,), 0.0), (2, _LAT, 0.0), (3, _LONG, 0.0))
 
 # slot spec: (slot index, keys tried, default)
 _PARAM_SLOTS: dict[int, tuple] = {
-    CT_STEREOGRAPHIC: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_NAT, 1.0)),
-    CT_LCC_1SP: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
-    CT_OBLIQUE_STEREOGRAPHIC: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
-    CT_TRANSVERSE_MERCATOR: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
-    CT_TM_SOUTH_ORIENTED: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
-    CT_OBLIQUE_MERCATOR: _slots(
-        (0, _LAT, 0.0),
-        (1, _LONG, 0.0),
-        (2, (PROJ_AZIMUTH_ANGLE,), 0.0),
-        (3, (PROJ_RECTIFIED_GRID_ANGLE,), 90.0),
-        (4, _SCALE_ANY, 1.0),
-    ),
-    CT_HOTINE_AZIMUTH_CENTER: _slots(
-        (0, _LAT, 0.0),
-        (1, _LONG, 0.0),
-        (2, (PROJ_AZIMUTH_ANGLE,), 0.0),
-        (3, (PROJ_RECTIFIED_GRID_ANGLE,), 90.0),
-        (4, _SCALE_ANY, 1.0),
-    ),
-    CT_OBLIQUE_MERCATOR_LABORDE: _slots(
-        (0, _LAT, 0.0),
-        (1, _LONG, 0.0),
-        (2, (PROJ_AZIMUTH_ANGLE,), 0.0),
-        (4, _SCALE_ANY, 1.0),
-    ),
-    CT_CASSINI_SOLDNER: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
-    CT_POLYCONIC: _slots((0, _LAT, 0.0), (1, _LONG, 0.0), (4, _SCALE_ANY, 1.0)),
-    CT_AZIMUTHAL_EQUIDISTANT: _slots((0, _LAT, 0.0), (1, _LONG, 0.0)),
-    CT_MILLER: _slots((0, _LAT, 0.0), (1, _LONG, 0.0)),
-    CT_GNOMONIC: _slots((0, _LAT, 0.0), (1, _LONG, 0.0)),
-    CT_LAEA: _slots((0, _LAT, 0.0), (1, _LONG, 0.0)),
-    CT_ORTHOGRAPHIC: _slots((0, _LAT, 0.0), (1, _LONG, 0.0)),
-    CT_NZMG: _slots((0, _LAT, 0.0), (1, _LONG, 0.0)),
-    CT_EQUIRECTANGULAR: _slots(
-        (0, _LAT, 0.0),
-        (1, _LONG, 0.0),
-        (2, (PROJ_STD_PARALLEL1,), 0.0),
-    ),
-    CT_ROBINSON: _slots((1, _LONG, 0.0)),
-    CT_SINUSOIDAL: _slots((1, _LONG, 0.0)),
-    CT_VAN_DER_GRINTEN: _slots((1, _LONG, 0.0)),
-    CT_POLAR_STEREOGRAPHIC: _slots(
+    CT_STEREOGRAPHIC: (*_ORIGIN, (4, _SCALE_NAT, 1.0)),
+    CT_LCC_1SP: _ORIGIN_SCALE,
+    CT_OBLIQUE_STEREOGRAPHIC: _ORIGIN_SCALE,
+    CT_TRANSVERSE_MERCATOR: _ORIGIN_SCALE,
+    CT_TM_SOUTH_ORIENTED: _ORIGIN_SCALE,
+    CT_OBLIQUE_MERCATOR: _ORIGIN_SKEW,
+    CT_HOTINE_AZIMUTH_CENTER: _ORIGIN_SKEW,
+    CT_OBLIQUE_MERCATOR_LABORDE: (*_ORIGIN, (2, (PROJ_AZIMUTH_ANGLE,), 0.0), (4, _SCALE_ANY, 1.0)),
+    CT_CASSINI_SOLDNER: _ORIGIN_SCALE,
+    CT_POLYCONIC: _ORIGIN_SCALE,
+    CT_AZIMUTHAL_EQUIDISTANT: _ORIGIN,
+    CT_MILLER: _ORIGIN,
+    CT_GNOMONIC: _ORIGIN,
+    CT_LAEA: _ORIGIN,
+    CT_ORTHOGRAPHIC: _ORIGIN,
+    CT_NZMG: _ORIGIN,
+    CT_EQUIRECTANGULAR: (*_ORIGIN, (2, (PROJ_STD_PARALLEL1,), 0.0)),
+    CT_ROBINSON: _MERIDIAN,
+    CT_SINUSOIDAL: _MERIDIAN,
+    CT_VAN_DER_GRINTEN: _MERIDIAN,
+    CT_POLAR_STEREOGRAPHIC: (
         (0, _LAT, 0.0),
         (1, (PROJ_STRAIGHT_VERT_POLE_LONG, PROJ_NAT_ORIGIN_LONG, PROJ_FALSE_ORIGIN_LONG, PROJ_CENTER_LONG), 0.0),
         (4, _SCALE_ANY, 1.0),
     ),
-    CT_LCC_2SP: _slots(
-        (0, _LAT, 0.0),
-        (1, _LONG, 0.0),
-        (2, (PROJ_STD_PARALLEL1,), 0.0),
-        (3, (PROJ_STD_PARALLEL2,), 0.0),
-    ),
-    CT_ALBERS: _slots(
-        (0, (PROJ_STD_PARALLEL1,), 0.0),
-        (1, (PROJ_STD_PARALLEL2,), 0.0),
-        (2, _LAT, 0.0),
-        (3, _LONG, 0.0),
-    ),
-    CT_EQUIDISTANT_CONIC: _slots(
-        (0, (PROJ_STD_PARALLEL1,), 0.0),
-        (1, (PROJ_STD_PARALLEL2,), 0.0),
-        (2, _LAT, 0.0),
-        (3, _LONG, 0.0),
-    ),
-    CT_CYLINDRICAL_EQUAL_AREA: _slots((0, (PROJ_STD_PARALLEL1,), 0.0), (1, _LONG, 0.0)),
+    CT_LCC_2SP: (*_ORIGIN, (2, (PROJ_STD_PARALLEL1,), 0.0), (3, (PROJ_STD_PARALLEL2,), 0.0)),
+    CT_ALBERS: _CONIC,
+    CT_EQUIDISTANT_CONIC: _CONIC,
+    CT_CYLINDRICAL_EQUAL_AREA: ((0, (PROJ_STD_PARALLEL1,), 0.0), (1, _LONG, 0.0)),
 }
 
 # GDAL's OGRSpatialReference setter per method: WKT1 PROJECTION name and (WKT1 parameter name,
-# slot) pairs, in GDAL's order. Slots 5 and 6 are always false easting / northing.
+# slot) pairs, in GDAL's order. Slots 5 and 6 are always false easting / northing. The
+# parameter lists several setters share are named once.
 _FE_FN = (("false_easting", 5), ("false_northing", 6))
+_AT_ORIGIN = (("latitude_of_origin", 0), ("central_meridian", 1), *_FE_FN)
+_AT_ORIGIN_SCALED = (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4), *_FE_FN)
+_AT_CENTER = (("latitude_of_center", 0), ("longitude_of_center", 1), *_FE_FN)
+_SKEWED = (
+    ("latitude_of_center", 0),
+    ("longitude_of_center", 1),
+    ("azimuth", 2),
+    ("rectified_grid_angle", 3),
+    ("scale_factor", 4),
+    *_FE_FN,
+)
+_CONIC_AT_CENTER = (
+    ("standard_parallel_1", 0),
+    ("standard_parallel_2", 1),
+    ("latitude_of_center", 2),
+    ("longitude_of_center", 3),
+    *_FE_FN,
+)
 _WKT1: dict[int, tuple[str, tuple[tuple[str, int], ...]]] = {
-    CT_TRANSVERSE_MERCATOR: (
-        "Transverse_Mercator",
-        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
-    ),
-    CT_TM_SOUTH_ORIENTED: (
-        "Transverse_Mercator_South_Orientated",
-        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
-    ),
-    CT_OBLIQUE_STEREOGRAPHIC: (
-        "Oblique_Stereographic",
-        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
-    ),
-    CT_STEREOGRAPHIC: (
-        "Stereographic",
-        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
-    ),
-    CT_OBLIQUE_MERCATOR: (
-        "Hotine_Oblique_Mercator",
-        (
-            ("latitude_of_center", 0),
-            ("longitude_of_center", 1),
-            ("azimuth", 2),
-            ("rectified_grid_angle", 3),
-            ("scale_factor", 4),
-        )
-        + _FE_FN,
-    ),
-    CT_HOTINE_AZIMUTH_CENTER: (
-        "Hotine_Oblique_Mercator_Azimuth_Center",
-        (
-            ("latitude_of_center", 0),
-            ("longitude_of_center", 1),
-            ("azimuth", 2),
-            ("rectified_grid_angle", 3),
-            ("scale_factor", 4),
-        )
-        + _FE_FN,
-    ),
+    CT_TRANSVERSE_MERCATOR: ("Transverse_Mercator", _AT_ORIGIN_SCALED),
+    CT_TM_SOUTH_ORIENTED: ("Transverse_Mercator_South_Orientated", _AT_ORIGIN_SCALED),
+    CT_OBLIQUE_STEREOGRAPHIC: ("Oblique_Stereographic", _AT_ORIGIN_SCALED),
+    CT_STEREOGRAPHIC: ("Stereographic", _AT_ORIGIN_SCALED),
+    CT_OBLIQUE_MERCATOR: ("Hotine_Oblique_Mercator", _SKEWED),
+    CT_HOTINE_AZIMUTH_CENTER: ("Hotine_Oblique_Mercator_Azimuth_Center", _SKEWED),
     CT_OBLIQUE_MERCATOR_LABORDE: (
         "Laborde_Oblique_Mercator",
-        (("latitude_of_center", 0), ("longitude_of_center", 1), ("azimuth", 2), ("scale_factor", 4)) + _FE_FN,
+        (("latitude_of_center", 0), ("longitude_of_center", 1), ("azimuth", 2), ("scale_factor", 4), *_FE_FN),
     ),
-    CT_EQUIDISTANT_CONIC: (
-        "Equidistant_Conic",
-        (("standard_parallel_1", 0), ("standard_parallel_2", 1), ("latitude_of_center", 2), ("longitude_of_center", 3))
-        + _FE_FN,
-    ),
-    CT_CASSINI_SOLDNER: ("Cassini_Soldner", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
-    CT_POLYCONIC: ("Polyconic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
-    CT_AZIMUTHAL_EQUIDISTANT: (
-        "Azimuthal_Equidistant",
-        (("latitude_of_center", 0), ("longitude_of_center", 1)) + _FE_FN,
-    ),
-    CT_MILLER: ("Miller_Cylindrical", (("longitude_of_center", 1),) + _FE_FN),
+    CT_EQUIDISTANT_CONIC: ("Equidistant_Conic", _CONIC_AT_CENTER),
+    CT_CASSINI_SOLDNER: ("Cassini_Soldner", _AT_ORIGIN),
+    CT_POLYCONIC: ("Polyconic", _AT_ORIGIN),
+    CT_AZIMUTHAL_EQUIDISTANT: ("Azimuthal_Equidistant", _AT_CENTER),
+    CT_MILLER: ("Miller_Cylindrical", (("longitude_of_center", 1), *_FE_FN)),
     CT_EQUIRECTANGULAR: (
         "Equirectangular",
-        (("latitude_of_origin", 0), ("central_meridian", 1), ("standard_parallel_1", 2)) + _FE_FN,
+        (("latitude_of_origin", 0), ("central_meridian", 1), ("standard_parallel_1", 2), *_FE_FN),
     ),
-    CT_GNOMONIC: ("Gnomonic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
-    CT_LAEA: ("Lambert_Azimuthal_Equal_Area", (("latitude_of_center", 0), ("longitude_of_center", 1)) + _FE_FN),
-    CT_ORTHOGRAPHIC: ("Orthographic", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
-    CT_ROBINSON: ("Robinson", (("longitude_of_center", 1),) + _FE_FN),
-    CT_SINUSOIDAL: ("Sinusoidal", (("longitude_of_center", 1),) + _FE_FN),
-    CT_VAN_DER_GRINTEN: ("VanDerGrinten", (("central_meridian", 1),) + _FE_FN),
-    CT_POLAR_STEREOGRAPHIC: (
-        "Polar_Stereographic",
-        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
-    ),
+    CT_GNOMONIC: ("Gnomonic", _AT_ORIGIN),
+    CT_LAEA: ("Lambert_Azimuthal_Equal_Area", _AT_CENTER),
+    CT_ORTHOGRAPHIC: ("Orthographic", _AT_ORIGIN),
+    CT_ROBINSON: ("Robinson", (("longitude_of_center", 1), *_FE_FN)),
+    CT_SINUSOIDAL: ("Sinusoidal", (("longitude_of_center", 1), *_FE_FN)),
+    CT_VAN_DER_GRINTEN: ("VanDerGrinten", (("central_meridian", 1), *_FE_FN)),
+    CT_POLAR_STEREOGRAPHIC: ("Polar_Stereographic", _AT_ORIGIN_SCALED),
     CT_LCC_2SP: (
         "Lambert_Conformal_Conic_2SP",
         (("standard_parallel_1", 2), ("standard_parallel_2", 3), ("latitude_of_origin", 0), ("central_meridian", 1))
         + _FE_FN,
     ),
-    CT_LCC_1SP: (
-        "Lambert_Conformal_Conic_1SP",
-        (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN,
-    ),
-    CT_ALBERS: (
-        "Albers_Conic_Equal_Area",
-        (("standard_parallel_1", 0), ("standard_parallel_2", 1), ("latitude_of_center", 2), ("longitude_of_center", 3))
-        + _FE_FN,
-    ),
-    CT_NZMG: ("New_Zealand_Map_Grid", (("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN),
+    CT_LCC_1SP: ("Lambert_Conformal_Conic_1SP", _AT_ORIGIN_SCALED),
+    CT_ALBERS: ("Albers_Conic_Equal_Area", _CONIC_AT_CENTER),
+    CT_NZMG: ("New_Zealand_Map_Grid", _AT_ORIGIN),
     CT_CYLINDRICAL_EQUAL_AREA: (
         "Cylindrical_Equal_Area",
-        (("standard_parallel_1", 0), ("central_meridian", 1)) + _FE_FN,
+        (("standard_parallel_1", 0), ("central_meridian", 1), *_FE_FN),
     ),
 }
-_MERCATOR_1SP = ("Mercator_1SP", (("latitude_of_origin", 0), ("central_meridian", 1), ("scale_factor", 4)) + _FE_FN)
+_MERCATOR_1SP = ("Mercator_1SP", _AT_ORIGIN_SCALED)
 _MERCATOR_2SP = (
     "Mercator_2SP",
     (("standard_parallel_1", 2), ("latitude_of_origin", 0), ("central_meridian", 1)) + _FE_FN,
@@ -342,20 +282,23 @@ _EPSG_METHOD_TO_CT: dict[int, int] = {
 }
 _E = (8806, 8816, 8826)  # false easting, easting at projection centre, easting at false origin
 _N = (8807, 8817, 8827)
+_AT_NATURAL_ORIGIN = ((8801,), (8802,), (), (), (8805,), _E, _N)  # latitude, longitude, scale at natural origin
+_AT_NATURAL_ORIGIN_UNSCALED = ((8801,), (8802,), (), (), (), _E, _N)
+_AT_PROJECTION_CENTRE = ((8811,), (8812,), (8813,), (8814,), (8815,), _E, _N)  # and azimuth, skew angle
 _EPSG_SLOT_PARAMS: dict[int, tuple] = {
-    CT_TRANSVERSE_MERCATOR: ((8801,), (8802,), (), (), (8805,), _E, _N),
-    CT_TM_SOUTH_ORIENTED: ((8801,), (8802,), (), (), (8805,), _E, _N),
-    CT_LCC_1SP: ((8801,), (8802,), (), (), (8805,), _E, _N),
-    CT_OBLIQUE_STEREOGRAPHIC: ((8801,), (8802,), (), (), (8805,), _E, _N),
-    CT_MERCATOR: ((8801,), (8802,), (), (), (8805,), _E, _N),
+    CT_TRANSVERSE_MERCATOR: _AT_NATURAL_ORIGIN,
+    CT_TM_SOUTH_ORIENTED: _AT_NATURAL_ORIGIN,
+    CT_LCC_1SP: _AT_NATURAL_ORIGIN,
+    CT_OBLIQUE_STEREOGRAPHIC: _AT_NATURAL_ORIGIN,
+    CT_MERCATOR: _AT_NATURAL_ORIGIN,
     -CT_MERCATOR: ((8801,), (8802,), (8823,), (), (), _E, _N),
-    CT_CASSINI_SOLDNER: ((8801,), (8802,), (), (), (8805,), _E, _N),
-    CT_POLYCONIC: ((8801,), (8802,), (), (), (8805,), _E, _N),
-    CT_NZMG: ((8801,), (8802,), (), (), (), _E, _N),
-    CT_LAEA: ((8801,), (8802,), (), (), (), _E, _N),
-    CT_ORTHOGRAPHIC: ((8801,), (8802,), (), (), (), _E, _N),
-    CT_OBLIQUE_MERCATOR: ((8811,), (8812,), (8813,), (8814,), (8815,), _E, _N),
-    CT_HOTINE_AZIMUTH_CENTER: ((8811,), (8812,), (8813,), (8814,), (8815,), _E, _N),
+    CT_CASSINI_SOLDNER: _AT_NATURAL_ORIGIN,
+    CT_POLYCONIC: _AT_NATURAL_ORIGIN,
+    CT_NZMG: _AT_NATURAL_ORIGIN_UNSCALED,
+    CT_LAEA: _AT_NATURAL_ORIGIN_UNSCALED,
+    CT_ORTHOGRAPHIC: _AT_NATURAL_ORIGIN_UNSCALED,
+    CT_OBLIQUE_MERCATOR: _AT_PROJECTION_CENTRE,
+    CT_HOTINE_AZIMUTH_CENTER: _AT_PROJECTION_CENTRE,
     CT_OBLIQUE_MERCATOR_LABORDE: ((8811,), (8812,), (8813,), (), (8815,), _E, _N),
     CT_LCC_2SP: ((8821,), (8822,), (8823,), (8824,), (), _E, _N),
     CT_ALBERS: ((8823,), (8824,), (8821,), (8822,), (), _E, _N),
@@ -417,14 +360,21 @@ def _id_code(obj) -> int | None:
     return None
 
 
-@lru_cache(maxsize=512)
-def _registry_crs(code: int):
-    from pyproj import CRS
+@lru_cache(maxsize=1024)
+def _registry(kind: str, code: int):
+    """The registry's object of ``kind`` (a ``pyproj.crs`` class name: ``CRS``, ``Datum``,
+    ``Ellipsoid``, ``PrimeMeridian``, ``CoordinateOperation``) for EPSG ``code``, or None when
+    the registry has none."""
+    import pyproj.crs
 
     try:
-        return CRS.from_epsg(code)
+        return getattr(pyproj.crs, kind).from_epsg(code)
     except Exception:
         return None
+
+
+def _registry_crs(code: int):
+    return _registry("CRS", code)
 
 
 @lru_cache(maxsize=256)
@@ -472,11 +422,8 @@ def _gcs_info(code: int):
 @lru_cache(maxsize=256)
 def _datum_info(code: int):
     """(name, ellipsoid code or USER_DEFINED, (ellipsoid name, a, b) or None) or None."""
-    from pyproj.crs import Datum
-
-    try:
-        datum = Datum.from_epsg(code)
-    except Exception:
+    datum = _registry("Datum", code)
+    if datum is None:
         return None
     ell = datum.ellipsoid
     if ell is not None:
@@ -502,11 +449,8 @@ def _datum_info(code: int):
 @lru_cache(maxsize=256)
 def _ellipsoid_info(code: int):
     """(name, semi-major m, semi-minor m, inverse flattening or 0) or None."""
-    from pyproj.crs import Ellipsoid
-
-    try:
-        ell = Ellipsoid.from_epsg(code)
-    except Exception:
+    ell = _registry("Ellipsoid", code)
+    if ell is None:
         return None
     return ell.name, ell.semi_major_metre, ell.semi_minor_metre, ell.inverse_flattening or 0.0
 
@@ -514,13 +458,10 @@ def _ellipsoid_info(code: int):
 @lru_cache(maxsize=64)
 def _pm_info(code: int):
     """(name, longitude in degrees) or None."""
-    from pyproj.crs import PrimeMeridian
-
     if code == 8901:
         return "Greenwich", 0.0
-    try:
-        pm = PrimeMeridian.from_epsg(code)
-    except Exception:
+    pm = _registry("PrimeMeridian", code)
+    if pm is None:
         return None
     return pm.name, math.degrees(pm.longitude * pm.unit_conversion_factor)
 
@@ -604,32 +545,29 @@ def _angle_to_degrees(value: float, unit: int) -> float:
     return value * info[1] if info else value
 
 
+def _key_or(keys: dict, key: int, implied: int) -> int:
+    """The code a key gives, or the ``implied`` one when the file has no such key: every key
+    present overrides what the registry implied (GTIFGetDefn)."""
+    code = _short(keys, key)
+    return implied if code is None else code
+
+
 def _normalise(keys: dict) -> _Defn:
     d = _Defn()
-    model = _short(keys, GT_MODEL_TYPE)
-    if model is not None:
-        d.model = model
-    geog_linear = _short(keys, GEOG_LINEAR_UNITS)
-    if geog_linear is not None:
-        d.uom_length = geog_linear
+    d.model = _key_or(keys, GT_MODEL_TYPE, d.model)
+    d.uom_length = _key_or(keys, GEOG_LINEAR_UNITS, d.uom_length)
 
-    pcs = _short(keys, PROJECTED_CS_TYPE)
-    if pcs is not None:
-        d.pcs = pcs
-    if pcs is not None and pcs != USER_DEFINED:
-        info = _pcs_info(pcs)
+    d.pcs = _key_or(keys, PROJECTED_CS_TYPE, d.pcs)
+    if d.pcs != USER_DEFINED:
+        info = _pcs_info(d.pcs)
         if info is not None:
             _, d.proj_code, d.uom_length, d.gcs = info
     if d.proj_code == USER_DEFINED:
-        code = _short(keys, PROJECTION)
-        if code is not None:
-            d.proj_code = code
+        d.proj_code = _key_or(keys, PROJECTION, d.proj_code)
     if d.proj_code != USER_DEFINED:
         _projection_from_registry(d)
 
-    gcs = _short(keys, GEOGRAPHIC_TYPE)
-    if gcs is not None:
-        d.gcs = gcs
+    d.gcs = _key_or(keys, GEOGRAPHIC_TYPE, d.gcs)
     if d.gcs < 1 or d.gcs >= USER_DEFINED:
         d.gcs = USER_DEFINED
     if d.gcs != USER_DEFINED:
@@ -637,17 +575,13 @@ def _normalise(keys: dict) -> _Defn:
         if info is not None:
             _, d.datum, d.pm, d.uom_angle = info
 
-    angle = _short(keys, GEOG_ANGULAR_UNITS)
-    if angle is not None:
-        d.uom_angle = angle
+    d.uom_angle = _key_or(keys, GEOG_ANGULAR_UNITS, d.uom_angle)
     if d.uom_angle != USER_DEFINED:
         info = _angle_unit(d.uom_angle)
         if info is not None:
             d.uom_angle_deg = info[1]
 
-    datum = _short(keys, GEOG_GEODETIC_DATUM)
-    if datum is not None:
-        d.datum = datum
+    d.datum = _key_or(keys, GEOG_GEODETIC_DATUM, d.datum)
     if d.datum != USER_DEFINED:
         info = _datum_info(d.datum)
         if info is not None:
@@ -675,9 +609,7 @@ def _normalise(keys: dict) -> _Defn:
     if inv_f is not None:
         d.semi_minor = d.semi_major * (1 - 1.0 / inv_f) if inv_f != 0.0 else d.semi_major
 
-    pm = _short(keys, GEOG_PRIME_MERIDIAN)
-    if pm is not None:
-        d.pm = pm
+    d.pm = _key_or(keys, GEOG_PRIME_MERIDIAN, d.pm)
     if d.pm != USER_DEFINED:
         info = _pm_info(d.pm)
         if info is not None:
@@ -692,9 +624,7 @@ def _normalise(keys: dict) -> _Defn:
     if isinstance(towgs84, tuple) and towgs84 and all(isinstance(v, float) for v in towgs84):
         d.towgs84 = tuple(towgs84[:7])
 
-    linear = _short(keys, PROJ_LINEAR_UNITS)
-    if linear is not None:
-        d.uom_length = linear
+    d.uom_length = _key_or(keys, PROJ_LINEAR_UNITS, d.uom_length)
     if d.uom_length != USER_DEFINED:
         info = _length_unit(d.uom_length)
         if info is not None:
@@ -713,10 +643,8 @@ def _normalise(keys: dict) -> _Defn:
 
 def _projection_from_registry(d: _Defn) -> None:
     """GTIFGetProjTRFInfo: method and slot parameters of an EPSG conversion code."""
-    from pyproj.crs import CoordinateOperation
-
+    conv = _registry("CoordinateOperation", d.proj_code)
     try:
-        conv = CoordinateOperation.from_epsg(d.proj_code)
         j = conv.to_json_dict()
         method = int(j["method"]["id"]["code"])
     except Exception:
@@ -972,12 +900,9 @@ def _compound(keys: dict, horizontal, vertical: tuple[int, int, int]):
     else:
         datum_name, datum_id = "unknown", ""
         if 0 < datum < USER_DEFINED:
-            from pyproj.crs import Datum
-
-            try:
-                datum_name = Datum.from_epsg(datum).name
-            except Exception:
-                pass
+            registered = _registry("Datum", datum)
+            if registered is not None:
+                datum_name = registered.name
             datum_id = f',AUTHORITY["EPSG","{datum}"]'
         unit = 'UNIT["metre",1,AUTHORITY["EPSG","9001"]]'
         info = _length_unit(units) if 0 < units < USER_DEFINED and units != 9001 else None
@@ -1073,8 +998,6 @@ def _geographic_3d(keys: dict, d: _Defn):
 
 def _is_dynamic(crs) -> bool:
     """GDAL's IsDynamic: a dynamic datum, EPSG:6326, or an ensemble of dynamic frames."""
-    from pyproj.crs import Datum
-
     try:
         datum = crs.datum.to_json_dict()
     except Exception:
@@ -1084,10 +1007,10 @@ def _is_dynamic(crs) -> bool:
     if datum.get("type") == "DatumEnsemble":
         members = datum.get("members") or []
         try:
-            first = Datum.from_epsg(members[0]["id"]["code"])
-        except Exception:
+            first = _registry("Datum", members[0]["id"]["code"])
+        except (IndexError, KeyError, TypeError):
             return False
-        return first.to_json_dict().get("type") == "DynamicGeodeticReferenceFrame"
+        return first is not None and first.to_json_dict().get("type") == "DynamicGeodeticReferenceFrame"
     return _id_code(crs.datum) == 6326
 
 
