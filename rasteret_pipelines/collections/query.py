@@ -198,29 +198,14 @@ class Collection:
                 preds.append((key, "==", value))
         return preds
 
-    def filter_expression(
-        self,
-        *,
-        date_range=None,
-        cloud_cover_lt: float | None = None,
-        bbox=None,
-        geometry=None,
-        platform=None,
-        properties: Mapping | None = None,
-    ) -> pc.Expression | None:
-        """The filter of :meth:`to_table` as a ``pyarrow.compute.Expression`` over :attr:`schema`
-        (for :attr:`dataset` scans; geometry: bbox overlap only)."""
+    def filter_expression(self, **filters) -> pc.Expression | None:
+        """The filter of :meth:`to_table` (``date_range``, ``cloud_cover_lt``, ``bbox``,
+        ``geometry``, ``platform``, ``properties``) as a ``pyarrow.compute.Expression`` over
+        :attr:`schema` (for :attr:`dataset` scans; geometry: bbox overlap only)."""
         import pyarrow.compute as pc
 
         exprs = []
-        for column, op, value in self._predicates(
-            date_range=date_range,
-            cloud_cover_lt=cloud_cover_lt,
-            bbox=bbox,
-            geometry=geometry,
-            platform=platform,
-            properties=properties,
-        ):
+        for column, op, value in self._predicates(**filters):
             field = pc.field(*column) if isinstance(column, tuple) else pc.field(column)
             if isinstance(value, dt.datetime):
                 value = pa.scalar(value, pa.timestamp("us", "UTC"))
