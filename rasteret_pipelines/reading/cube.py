@@ -87,16 +87,7 @@ from rasteret_pipelines.reading.plan import (
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "CubeGrid",
-    "CubeOptions",
-    "RESAMPLINGS",
-    "GROUPINGS",
-    "read_cube",
-    "plan_cube",
-    "overview_for",
-    "cube_grid",
-]
+__all__ = ["CubeGrid", "CubeOptions", "RESAMPLINGS", "GROUPINGS", "read_cube", "plan_cube", "overview_for", "cube_grid"]
 
 
 # -- the grid ------------------------------------------------------------------------------------
