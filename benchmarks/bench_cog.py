@@ -47,6 +47,7 @@ from benchmarks._common import (
     REPO_ROOT,
     Traffic,
     account,
+    cog_params,
     exit_status,
     first_tile_offsets,
     link_file,
@@ -229,22 +230,16 @@ def write_master(path: Path, data: np.ndarray) -> None:
 
 
 def generation_params(variants: int) -> dict:
-    import rasterio
-
-    return {
-        "data_version": DATA_VERSION,
-        "size": SIZE,
-        "block": BLOCK,
-        "crs": CRS,
-        "origin": list(ORIGIN),
-        "pixel": PIXEL,
-        "compress": "DEFLATE",
-        "predictor": 2,
-        "overviews": "AUTO",
-        "nodata": 0,
-        "variants": variants,
-        "gdal": rasterio.__gdal_version__,
-    }
+    return cog_params(
+        {"data_version": DATA_VERSION},
+        size=SIZE,
+        block=BLOCK,
+        crs=CRS,
+        origin=ORIGIN,
+        pixel=PIXEL,
+        nodata=0,
+        variants=variants,
+    )
 
 
 def ensure_data(data_dir: Path, scenes: int, variants: int) -> dict:

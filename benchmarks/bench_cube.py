@@ -38,22 +38,22 @@ import argparse
 import datetime as dt
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks._common import (
-    account,
     add_lab_arguments,
+    command_line,
     cpu_seconds,
     exit_status,
+    index,
+    lab,
+    median_run,
     peak_rss_mb,
+    print_table_head,
     print_targets,
-    run_worker,
-    serve_worker,
-    settle,
+    run_mode,
     write_json,
 )
 from benchmarks.bench_cog import AOIS, CRS, GDAL_HTTP_ENV
@@ -245,9 +245,8 @@ def _difference(a: dict, b: dict) -> float:
 
 
 def main(argv=None) -> int:
+    argv = command_line(argv, WORKERS)
     if argv is None:
-        argv = sys.argv[1:]
-    if serve_worker(argv, lambda mode, spec: WORKERS[mode](spec)):
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_lab_arguments(p, seed_help="unused", repeat_default=1, repeat_help="fresh-process runs per mode (median)")
@@ -261,32 +260,13 @@ def main(argv=None) -> int:
     import shapely
 
     from rasteret_pipelines.reading.cube import cube_grid
-    from rasteret_pipelines_demo.range_server import RangeServer
-    from rasteret_pipelines_demo.stac_server import StacServer
 
     bbox = area_bbox()
     load_before = os.getloadavg()[0]
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="bench_cube_") as tmp, RangeServer(root, latency=args.latency) as srv:
-        workdir = Path(tmp)
-        workspace = workdir / "workspace"
-        hrefs = [srv.url_for(n) for n in names]
-        items = make_items(names, srv.url_for)
-        with StacServer(items) as stac:
-            print("building the collection (not timed) ...", flush=True)
-            build = run_worker(
-                WORKER_MODULE,
-                "build",
-                {
-                    "workspace": str(workspace),
-                    "stac_url": stac.url,
-                    "date_range": [str(dates[0]), str(dates[-1])],
-                    "collection": COLLECTION,
-                },
-                workdir,
-            )
-            if build["failed"] or build["items"] != len(dates):
-                raise SystemExit(f"FAILED: build indexed {build['items']} items: {build['failed']}")
+    with lab(root, names, args.latency, "bench_cube_", make_items) as the_lab:
+        workspace, items, hrefs = the_lab.workspace, the_lab.items, the_lab.hrefs
+        index(WORKER_MODULE, the_lab, dates, "building the collection (not timed) ...", collection=COLLECTION)
         for workload in chosen:
             params = WORKLOADS[workload]
             grid = cube_grid(crs=CRS, resolution=params["resolution"], area_4326=shapely.box(*bbox))
@@ -304,21 +284,26 @@ def main(argv=None) -> int:
                 key = f"{workload}/{mode}"
                 runs = []
                 for i in range(args.repeat):
-                    srv.reset_log()
-                    print(f"running {key} ({i + 1}/{args.repeat}) ...", flush=True)
                     env = GDAL_HTTP_ENV if mode.startswith(("odc", "rasterio")) else None
                     mode_spec = dict(
                         spec,
                         chunks=DASK_CHUNKS if mode == "engine-dask" else None,
                         pool=8 if mode == "odc-stac-8t" else None,
                     )
-                    run = run_worker(
-                        WORKER_MODULE, mode, mode_spec, workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env
+                    run = run_mode(
+                        WORKER_MODULE,
+                        mode,
+                        mode_spec,
+                        the_lab,
+                        first_offset_by_name,
+                        workload=workload,
+                        i=i,
+                        repeat=args.repeat,
+                        env=env,
                     )
-                    run["traffic"] = account(settle(srv), first_offset_by_name).__dict__
+                    run["traffic"] = run["traffic"].__dict__
                     runs.append(run)
-                runs.sort(key=lambda r: r["process_wall_seconds"])
-                results[key] = runs[(len(runs) - 1) // 2]
+                results[key] = median_run(runs, "process_wall_seconds")
                 results[key]["grid"] = spec["grid"]
     load_after = os.getloadavg()[0]
 
@@ -331,8 +316,7 @@ def main(argv=None) -> int:
         f"{len(dates)} scenes x {len(BANDS)} bands, 20 km x 20 km at 10/20 m, {args.latency * 1000:.0f} ms per "
         f"request, load average {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} CPUs)"
     )
-    print(head)
-    print("-" * len(head))
+    print_table_head(head)
     targets = {}
     rows = []
     for workload in chosen:

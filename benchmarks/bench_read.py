@@ -49,7 +49,6 @@ import datetime as dt
 import hashlib
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,13 +58,17 @@ from benchmarks._common import (
     Traffic,
     account,
     add_lab_arguments,
+    command_line,
     cpu_seconds,
     exit_status,
     first_tile_offsets,
+    indexed,
+    lab,
+    median_run,
     peak_rss_mb,
+    print_table_head,
     print_targets,
-    run_worker,
-    serve_worker,
+    run_mode,
     settle,
     write_json,
 )
@@ -363,9 +366,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = command_line(argv, WORKERS)
     if argv is None:
-        argv = sys.argv[1:]
-    if serve_worker(argv, lambda mode, spec: WORKERS[mode](spec)):
         return 0
 
     args = parse_args(argv)
@@ -384,28 +386,13 @@ def main(argv=None) -> int:
         f"{len(tiles['fields'])} tiles per file ({distinct['fields']} distinct tiles)"
     )
 
-    from rasteret_pipelines_demo.range_server import RangeServer
-    from rasteret_pipelines_demo.stac_server import StacServer
-
     results: dict[str, dict] = {}
     traffic: dict[str, Traffic] = {}
     stac_moves: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="bench_read_") as tmp, RangeServer(root, latency=args.latency) as srv:
-        workdir = Path(tmp)
-        workspace = workdir / "workspace"
-        hrefs = [srv.url_for(n) for n in names]
-        items = make_items(names, srv.url_for)
-        with StacServer(items) as stac:
-            srv.reset_log()
-            print("running index (build_collection) ...", flush=True)
-            build = run_worker(
-                WORKER_MODULE,
-                "build",
-                {"workspace": str(workspace), "stac_url": stac.url, "date_range": [str(dates[0]), str(dates[-1])]},
-                workdir,
-            )
-            if build["failed"] or build["items"] != len(dates):
-                raise SystemExit(f"FAILED: build indexed {build['items']} items, failures {build['failed']}")
+    with lab(root, names, args.latency, "bench_read_", make_items) as the_lab:
+        srv, workspace, hrefs = the_lab.srv, the_lab.workspace, the_lab.hrefs
+        srv.reset_log()
+        with indexed(WORKER_MODULE, the_lab, dates, "running index (build_collection) ...") as (stac, build):
             results["index"] = build
             traffic["index"] = account(settle(srv), first_offset_by_name)
 
@@ -421,21 +408,25 @@ def main(argv=None) -> int:
                     key = f"{workload}/{mode}"
                     runs = []
                     for i in range(args.repeat):
-                        srv.reset_log()
                         stac.reset_log()
-                        print(f"running {key} ({i + 1}/{args.repeat}) ...", flush=True)
                         env = GDAL_HTTP_ENV if mode.startswith("rasterio") else None
-                        run = run_worker(
-                            WORKER_MODULE, mode, spec, workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env
+                        run = run_mode(
+                            WORKER_MODULE,
+                            mode,
+                            spec,
+                            the_lab,
+                            first_offset_by_name,
+                            workload=workload,
+                            i=i,
+                            repeat=args.repeat,
+                            env=env,
                         )
-                        run["traffic"] = account(settle(srv), first_offset_by_name)
                         run["stac_requests"] = stac.count()
                         runs.append(run)
                     for r in runs[1:]:
                         if r["digests"] != runs[0]["digests"]:
                             raise SystemExit(f"FAILED: {key} returned different pixels on repeated runs")
-                    ordered = sorted(runs, key=lambda r: r["seconds"])
-                    median = dict(ordered[(len(ordered) - 1) // 2])
+                    median = dict(median_run(runs, "seconds"))
                     median["seconds_all"] = [r["seconds"] for r in runs]
                     traffic[key] = median.pop("traffic")
                     stac_moves[key] = max(r["stac_requests"] for r in runs)
@@ -499,8 +490,7 @@ def main(argv=None) -> int:
         f"{len(dates)} scenes x {len(BANDS)} bands = {len(names)} COGs, {args.latency * 1000:.0f} ms latency per "
         f"request" + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
     )
-    print(head)
-    print("-" * len(head))
+    print_table_head(head)
     for row in rows:
         speed = f"{row['speedup_vs_rasterio_8t']:>8.2f}x" if row["speedup_vs_rasterio_8t"] else f"{'':>9}"
         print(
