@@ -4,6 +4,7 @@ accounting of the range server's request log, and the report."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -147,14 +148,20 @@ def run_worker(
     return result
 
 
-def command_line(argv: list[str] | None, workers: dict[str, Callable[[dict], dict]]) -> list[str] | None:
-    """The start of every benchmark's ``main``: ``argv`` (``sys.argv[1:]`` when None) to parse,
-    or None when it was a worker's (``--worker MODE SPEC OUT``), which ``workers[MODE]`` has run."""
+def command_line(
+    argv: list[str] | None,
+    workers: dict[str, Callable[[dict], dict]] | Callable[[str, dict], dict],
+    parse_args: Callable[[list[str]], argparse.Namespace],
+) -> argparse.Namespace | None:
+    """The start of every benchmark's ``main``: ``argv`` (``sys.argv[1:]`` when None) parsed by
+    ``parse_args``, or None when it was a worker's (``--worker MODE SPEC OUT``), which has run:
+    ``workers[MODE](spec)``, or ``workers(MODE, spec)`` when ``workers`` is one function."""
     if argv is None:
         argv = sys.argv[1:]
-    if serve_worker(argv, lambda mode, spec: workers[mode](spec)):
+    work = workers if callable(workers) else (lambda mode, spec: workers[mode](spec))
+    if serve_worker(argv, work):
         return None
-    return argv
+    return parse_args(argv)
 
 
 def serve_worker(argv: list[str], work: Callable[[str, dict], dict]) -> bool:
@@ -174,6 +181,8 @@ def serve_worker(argv: list[str], work: Callable[[str, dict], dict]) -> bool:
 class Lab(NamedTuple):
     """A read benchmark's lab while it runs (:func:`lab`)."""
 
+    module: str
+    """The benchmark's module, whose workers (``--worker MODE``) the runs start."""
     workdir: Path
     """A temporary folder for the workers' specs and results (removed afterwards)."""
     workspace: Path
@@ -184,31 +193,57 @@ class Lab(NamedTuple):
     """The STAC items of the COGs, their hrefs on :attr:`srv`."""
     hrefs: list[str]
     """The URL of every file on :attr:`srv`, in the order of the names."""
+    first_offset_by_name: dict[str, int]
+    """Each file's first tile offset (:func:`first_tile_offsets`): where its header ends."""
+
+    def index(self, dates: Sequence, message: str, **spec) -> dict:
+        """:func:`indexed` for a benchmark that needs no STAC API afterwards; the build's result."""
+        with indexed(self, dates, message, **spec) as (_, build):
+            return build
+
+    def run(self, mode: str, spec: dict, workload: str, i: int, repeat: int, env: dict | None = None) -> dict:
+        """Run ``i`` (of ``repeat``) of ``workload`` in ``mode``: a fresh worker process
+        (:func:`run_worker`, with ``env`` added to its environment) against a fresh request log.
+
+        The result gets ``load_average`` (the 1-minute load just before the worker started) and
+        ``traffic`` (:func:`account` of the requests the run made).
+        """
+        self.srv.reset_log()
+        print(f"running {workload}/{mode} ({i + 1}/{repeat}) ...", flush=True)
+        load = os.getloadavg()[0]
+        run = run_worker(self.module, mode, spec, self.workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env)
+        run["load_average"] = load
+        run["traffic"] = account(settle(self.srv), self.first_offset_by_name)
+        return run
 
 
 @contextmanager
 def lab(
+    module: str,
     root: Path,
     names: Sequence[str],
+    first_offset_by_name: dict[str, int],
+    *,
     latency: float,
-    prefix: str,
     make_items: Callable[[Sequence[str], Callable[[str], str]], list[dict]],
 ) -> Iterator[Lab]:
     """The files ``names`` under ``root`` served with ``latency`` seconds per request, their items
-    (``make_items(names, url_for)``) and a temporary work folder named with ``prefix``."""
+    (``make_items(names, url_for)``) and a temporary work folder named after ``module``."""
     from rasteret_pipelines_demo.range_server import RangeServer
 
+    prefix = module.rsplit(".", 1)[-1] + "_"
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp, RangeServer(root, latency=latency) as srv:
         workdir = Path(tmp)
         hrefs = [srv.url_for(n) for n in names]
-        yield Lab(workdir, workdir / "workspace", srv, make_items(names, srv.url_for), hrefs)
+        items = make_items(names, srv.url_for)
+        yield Lab(module, workdir, workdir / "workspace", srv, items, hrefs, first_offset_by_name)
 
 
 @contextmanager
-def indexed(module: str, lab: Lab, dates: Sequence, message: str, **spec) -> Iterator[tuple[Any, dict]]:
-    """The lab's items behind a ``StacServer`` and indexed by the ``build`` worker of ``module``
-    (``build_collection`` over the dates, in a fresh process, after printing ``message``);
-    yields the server and the build's result. ``spec`` goes to the worker too.
+def indexed(lab: Lab, dates: Sequence, message: str, **spec) -> Iterator[tuple[Any, dict]]:
+    """The lab's items behind a ``StacServer`` and indexed by the ``build`` worker of the lab's
+    module (``build_collection`` over the dates, in a fresh process, after printing
+    ``message``); yields the server and the build's result. ``spec`` goes to the worker too.
 
     Raises:
         SystemExit: the build failed, or indexed another number of items than ``dates``.
@@ -218,7 +253,7 @@ def indexed(module: str, lab: Lab, dates: Sequence, message: str, **spec) -> Ite
     with StacServer(lab.items) as stac:
         print(message, flush=True)
         build = run_worker(
-            module,
+            lab.module,
             "build",
             {
                 "workspace": str(lab.workspace),
@@ -231,39 +266,6 @@ def indexed(module: str, lab: Lab, dates: Sequence, message: str, **spec) -> Ite
         if build["failed"] or build["items"] != len(dates):
             raise SystemExit(f"FAILED: build indexed {build['items']} items, failures {build['failed']}")
         yield stac, build
-
-
-def index(module: str, lab: Lab, dates: Sequence, message: str, **spec) -> dict:
-    """:func:`indexed` for a benchmark that needs no STAC API afterwards; the build's result."""
-    with indexed(module, lab, dates, message, **spec) as (_, build):
-        return build
-
-
-def run_mode(
-    module: str,
-    mode: str,
-    spec: dict,
-    lab: Lab,
-    first_offset_by_name: dict[str, int],
-    *,
-    workload: str,
-    i: int,
-    repeat: int,
-    env: dict | None = None,
-) -> dict:
-    """Run ``i`` (of ``repeat``) of ``workload`` in ``mode``: a fresh worker process
-    (:func:`run_worker`, with ``env`` added to its environment) against a fresh request log.
-
-    The result gets ``load_average`` (the 1-minute load just before the worker started) and
-    ``traffic`` (:func:`account` of the requests the run made).
-    """
-    lab.srv.reset_log()
-    print(f"running {workload}/{mode} ({i + 1}/{repeat}) ...", flush=True)
-    load = os.getloadavg()[0]
-    run = run_worker(module, mode, spec, lab.workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env)
-    run["load_average"] = load
-    run["traffic"] = account(settle(lab.srv), first_offset_by_name)
-    return run
 
 
 def median_run(runs: Sequence[dict], key: str) -> dict:

@@ -48,13 +48,13 @@ from benchmarks._common import (
     Traffic,
     account,
     cog_params,
+    command_line,
     exit_status,
     first_tile_offsets,
     link_file,
     peak_rss_mb,
     print_targets,
     run_worker,
-    serve_worker,
     settle,
     write_json,
 )
@@ -448,12 +448,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if serve_worker(argv, worker):
+    args = command_line(argv, worker, parse_args)
+    if args is None:
         return 0
-
-    args = parse_args(argv)
     if args.scenes < 1 or args.variants < 1 or args.repeat < 1:
         raise SystemExit("--scenes, --variants and --repeat must be >= 1")
     check_grid()

@@ -53,12 +53,12 @@ from benchmarks._common import (
     Traffic,
     account,
     cog_params,
+    command_line,
     exit_status,
     first_tile_offsets,
     link_file,
     peak_rss_mb,
     run_worker,
-    serve_worker,
     settle,
     write_json,
 )
@@ -478,12 +478,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if serve_worker(argv, lambda mode, spec: WORKERS[mode](spec)):
+    args = command_line(argv, WORKERS, parse_args)
+    if args is None:
         return 0
-
-    args = parse_args(argv)
     if args.items < 1 or args.rows < len(DERIVED_MONTHS) or args.repeat < 1:
         raise SystemExit(f"--items and --repeat must be >= 1, --rows >= {len(DERIVED_MONTHS)}")
     t_run = time.perf_counter()

@@ -47,13 +47,11 @@ from benchmarks._common import (
     command_line,
     cpu_seconds,
     exit_status,
-    index,
     lab,
     median_run,
     peak_rss_mb,
     print_table_head,
     print_targets,
-    run_mode,
     write_json,
 )
 from benchmarks.bench_cog import AOIS, CRS, GDAL_HTTP_ENV
@@ -244,14 +242,17 @@ def _difference(a: dict, b: dict) -> float:
 # -- main --------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-    argv = command_line(argv, WORKERS)
-    if argv is None:
-        return 0
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_lab_arguments(p, seed_help="unused", repeat_default=1, repeat_help="fresh-process runs per mode (median)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ", ".join(WORKLOADS))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = command_line(argv, WORKERS, parse_args)
+    if args is None:
+        return 0
     chosen = [w for w in args.workloads.split(",") if w]
     if not chosen or set(chosen) - set(WORKLOADS):
         raise SystemExit(f"--workloads takes {', '.join(WORKLOADS)}")
@@ -264,9 +265,9 @@ def main(argv=None) -> int:
     bbox = area_bbox()
     load_before = os.getloadavg()[0]
     results: dict[str, dict] = {}
-    with lab(root, names, args.latency, "bench_cube_", make_items) as the_lab:
+    with lab(WORKER_MODULE, root, names, first_offset_by_name, latency=args.latency, make_items=make_items) as the_lab:
         workspace, items, hrefs = the_lab.workspace, the_lab.items, the_lab.hrefs
-        index(WORKER_MODULE, the_lab, dates, "building the collection (not timed) ...", collection=COLLECTION)
+        the_lab.index(dates, "building the collection (not timed) ...", collection=COLLECTION)
         for workload in chosen:
             params = WORKLOADS[workload]
             grid = cube_grid(crs=CRS, resolution=params["resolution"], area_4326=shapely.box(*bbox))
@@ -290,17 +291,7 @@ def main(argv=None) -> int:
                         chunks=DASK_CHUNKS if mode == "engine-dask" else None,
                         pool=8 if mode == "odc-stac-8t" else None,
                     )
-                    run = run_mode(
-                        WORKER_MODULE,
-                        mode,
-                        mode_spec,
-                        the_lab,
-                        first_offset_by_name,
-                        workload=workload,
-                        i=i,
-                        repeat=args.repeat,
-                        env=env,
-                    )
+                    run = the_lab.run(mode, mode_spec, workload, i, args.repeat, env)
                     run["traffic"] = run["traffic"].__dict__
                     runs.append(run)
                 results[key] = median_run(runs, "process_wall_seconds")

@@ -55,13 +55,11 @@ from benchmarks._common import (
     command_line,
     cpu_seconds,
     exit_status,
-    index,
     lab,
     median_run,
     peak_rss_mb,
     print_table_head,
     print_targets,
-    run_mode,
     write_json,
 )
 from benchmarks.bench_cog import AOIS, BLOCK, CRS, GDAL_HTTP_ENV, SIZE
@@ -339,10 +337,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    argv = command_line(argv, WORKERS)
-    if argv is None:
+    args = command_line(argv, WORKERS, parse_args)
+    if args is None:
         return 0
-    args = parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
@@ -353,7 +350,7 @@ def main(argv=None) -> int:
 
     results, traffic = {}, {}
     load_before = os.getloadavg()[0]
-    with lab(root, names, args.latency, "bench_fields_", make_items) as the_lab:
+    with lab(WORKER_MODULE, root, names, first_offset_by_name, latency=args.latency, make_items=make_items) as the_lab:
         srv, workdir, workspace, items = the_lab.srv, the_lab.workdir, the_lab.workspace, the_lab.items
         source = get_source(SOURCE)
         scenes = []
@@ -367,7 +364,7 @@ def main(argv=None) -> int:
                 }
             )
         local = {srv.url_for(n): masters_dir / master_of[n] for n in names}
-        index(WORKER_MODULE, the_lab, dates, "indexing the lab (build_collection, not timed here) ...")
+        the_lab.index(dates, "indexing the lab (build_collection, not timed here) ...")
         tiles = {}
         for workload in workloads:
             n, area = WORKLOADS[workload]
@@ -394,17 +391,7 @@ def main(argv=None) -> int:
             for i in range(args.repeat):
                 for mode in modes:  # rounds interleave the modes: both see the same machine
                     env = GDAL_HTTP_ENV if mode != "engine" else None
-                    run = run_mode(
-                        WORKER_MODULE,
-                        mode,
-                        spec,
-                        the_lab,
-                        first_offset_by_name,
-                        workload=workload,
-                        i=i,
-                        repeat=args.repeat,
-                        env=env,
-                    )
+                    run = the_lab.run(mode, spec, workload, i, args.repeat, env)
                     run["agreement"] = _max_diff(run.pop("means"), oracle)
                     if mode == "engine":
                         if run["rows"] != n * len(dates):

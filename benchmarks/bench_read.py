@@ -68,7 +68,6 @@ from benchmarks._common import (
     peak_rss_mb,
     print_table_head,
     print_targets,
-    run_mode,
     settle,
     write_json,
 )
@@ -366,11 +365,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    argv = command_line(argv, WORKERS)
-    if argv is None:
+    args = command_line(argv, WORKERS, parse_args)
+    if args is None:
         return 0
-
-    args = parse_args(argv)
     if args.scenes < 1 or args.fields < 1 or args.repeat < 1 or args.variants < 1:
         raise SystemExit("--scenes, --fields, --variants and --repeat must be >= 1")
     root, masters_dir, master_of, names, first_offset_by_name, dates = prepare_lab(args)
@@ -389,10 +386,10 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     traffic: dict[str, Traffic] = {}
     stac_moves: dict[str, int] = {}
-    with lab(root, names, args.latency, "bench_read_", make_items) as the_lab:
+    with lab(WORKER_MODULE, root, names, first_offset_by_name, latency=args.latency, make_items=make_items) as the_lab:
         srv, workspace, hrefs = the_lab.srv, the_lab.workspace, the_lab.hrefs
         srv.reset_log()
-        with indexed(WORKER_MODULE, the_lab, dates, "running index (build_collection) ...") as (stac, build):
+        with indexed(the_lab, dates, "running index (build_collection) ...") as (stac, build):
             results["index"] = build
             traffic["index"] = account(settle(srv), first_offset_by_name)
 
@@ -410,17 +407,7 @@ def main(argv=None) -> int:
                     for i in range(args.repeat):
                         stac.reset_log()
                         env = GDAL_HTTP_ENV if mode.startswith("rasterio") else None
-                        run = run_mode(
-                            WORKER_MODULE,
-                            mode,
-                            spec,
-                            the_lab,
-                            first_offset_by_name,
-                            workload=workload,
-                            i=i,
-                            repeat=args.repeat,
-                            env=env,
-                        )
+                        run = the_lab.run(mode, spec, workload, i, args.repeat, env)
                         run["stac_requests"] = stac.count()
                         runs.append(run)
                     for r in runs[1:]:

@@ -1,7 +1,7 @@
 """One S3 configuration: the environment (endpoint, region, profile, credentials) and requester
 pays reach the COG reader (aiohttp, SigV4 by botocore) and storage (s3fs) the same way.
 
-moto's server holds the bucket; a forwarding recorder in front of it is the endpoint the
+moto's server holds the bucket; a ``ScriptedServer`` forwarding to it is the endpoint the
 environment names, so every request of both clients is seen with its headers. boto3 (straight
 to moto) writes the objects, rasterio reads the COG's pixels."""
 
@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlparse
 
 import boto3
@@ -26,63 +25,37 @@ from rasteret_pipelines.errors import S3ConfigError
 from rasteret_pipelines.s3config import s3_config
 from rasteret_pipelines.storage import Storage, s3_options
 from rasteret_pipelines_tests.cog.cogs import s2_cog
+from rasteret_pipelines_tests.scripted_http import Route, ScriptedServer
 
 KEY_ID = "AKIDONEENVIRONMENT"
 REGION = "eu-central-1"
 
 
-class Recorder(ThreadingHTTPServer):
-    """Forwards every request to ``upstream`` (moto) and records ``(method, path, headers)``."""
+def forward_to(upstream: str) -> Route:
+    """A route that passes every request on to ``upstream`` (moto) and its answer back."""
+    target = urlparse(upstream)
 
-    daemon_threads = True
-
-    def __init__(self, upstream: str):
-        self.upstream = urlparse(upstream)
-        self.seen: list[tuple[str, str, dict[str, str]]] = []
-        super().__init__(("127.0.0.1", 0), _Forward)
-        self.thread = Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def __enter__(self) -> Recorder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _Forward(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _forward(self) -> None:
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-        self.server.seen.append((self.command, self.path, {k.lower(): v for k, v in headers.items()}))
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        upstream = http.client.HTTPConnection(self.server.upstream.hostname, self.server.upstream.port, timeout=30)
+    def route(h: BaseHTTPRequestHandler) -> None:
+        headers = {k: v for k, v in h.headers.items() if k.lower() != "host"}
+        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
         try:
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            answer = upstream.getresponse()
+            connection.request(h.command, h.path, headers=headers)
+            answer = connection.getresponse()
             data = answer.read()
-            self.send_response_only(answer.status)
+            h.send_response_only(answer.status)
             for key, value in answer.getheaders():
                 if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                    self.send_header(key, value)
+                    h.send_header(key, value)
             declared = answer.getheader("Content-Length")
-            self.send_header("Content-Length", declared if self.command == "HEAD" and declared else str(len(data)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            h.send_header("Content-Length", declared if h.command == "HEAD" and declared else str(len(data)))
+            h.send_header("Connection", "close")
+            h.end_headers()
+            if h.command != "HEAD":
+                h.wfile.write(data)
         finally:
-            upstream.close()
+            connection.close()
 
-    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+    return route
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +74,7 @@ def lake(moto_s3, cog):
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table({"v": [1.5, 2.5]}), sink)
     s3.put_object(Bucket="lake", Key="ws/t.parquet", Body=sink.getvalue().to_pybytes())
-    with Recorder(moto_s3) as recorder:
+    with ScriptedServer(forward_to(moto_s3)) as recorder:
         yield recorder
 
 
@@ -124,9 +97,9 @@ def _scope(headers: dict[str, str]) -> str:
 def _clients(seen) -> dict[str, list]:
     """The recorded requests by client: aiohttp (the COG reader) or botocore (s3fs)."""
     by: dict[str, list] = {"cog": [], "storage": []}
-    for method, path, headers in seen:
+    for path, headers in seen:
         agent = headers.get("user-agent", "")
-        by["storage" if "botocore" in agent.lower() else "cog"].append((method, path, headers))
+        by["storage" if "botocore" in agent.lower() else "cog"].append((path, headers))
     return by
 
 
@@ -149,10 +122,10 @@ def test_one_environment_reaches_the_cog_reader_and_storage_alike(lake, cog, mon
     assert len(by["cog"]) == cog_requests >= 2 and len(by["storage"]) >= 2
     assert len(by["cog"]) + len(by["storage"]) == len(lake.seen)
     for client, requests in by.items():
-        for method, path, headers in requests:
-            assert path.startswith("/lake/"), (client, method, path)
-            assert _scope(headers) == f"{KEY_ID}/{REGION}/s3", (client, method, path)
-            assert headers.get("x-amz-request-payer") == "requester", (client, method, path)
+        for path, headers in requests:
+            assert path.startswith("/lake/"), (client, path)
+            assert _scope(headers) == f"{KEY_ID}/{REGION}/s3", (client, path)
+            assert headers.get("x-amz-request-payer") == "requester", (client, path)
 
 
 def test_without_requester_pays_neither_client_sends_the_payer_header(lake, cog, monkeypatch):
@@ -161,9 +134,9 @@ def test_without_requester_pays_neither_client_sends_the_payer_header(lake, cog,
     assert Storage.from_uri("s3://lake/ws").read_json("a.json") == {"a": 1}
     by = _clients(lake.seen)
     assert by["cog"] and by["storage"]
-    assert all("x-amz-request-payer" not in headers for _, _, headers in lake.seen)
+    assert all("x-amz-request-payer" not in headers for _, headers in lake.seen)
     # moto_s3's environment: us-east-1 in both AWS_REGION and AWS_DEFAULT_REGION
-    assert {_scope(headers) for _, _, headers in lake.seen} == {"testing/us-east-1/s3"}
+    assert {_scope(headers) for _, headers in lake.seen} == {"testing/us-east-1/s3"}
 
 
 def test_a_profile_of_the_config_files_reaches_both(lake, cog, monkeypatch, tmp_path):
@@ -191,7 +164,7 @@ def test_a_profile_of_the_config_files_reaches_both(lake, cog, monkeypatch, tmp_
     assert Storage.from_uri("s3://lake/ws").read_json("a.json") == {"a": 1}
     by = _clients(lake.seen)
     assert by["cog"] and by["storage"]
-    assert {_scope(headers) for _, _, headers in lake.seen} == {f"{KEY_ID}/{REGION}/s3"}
+    assert {_scope(headers) for _, headers in lake.seen} == {f"{KEY_ID}/{REGION}/s3"}
 
 
 def test_an_unknown_profile_is_one_typed_error_for_both(moto_s3, monkeypatch):
