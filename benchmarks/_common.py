@@ -1,17 +1,22 @@
 """What the benchmark scripts share: fresh-process workers, hard-linked test files, the COG
-header/tile boundary, and accounting of the range server's request log."""
+header/tile boundary, the lab's servers and its indexing, runs of one mode and their median,
+accounting of the range server's request log, and the report."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +40,29 @@ def link_file(master: Path, dst: Path) -> bool:
 
         shutil.copyfile(master, dst)
     return True
+
+
+def cog_params(
+    version: dict, *, size: int, block: int, crs: str, origin: tuple[float, float], pixel: float, **extra
+) -> dict:
+    """What a benchmark's generated COGs depend on, the key of its COG cache: ``version`` (its
+    own data version, first), the grid, the layout (Deflate, predictor 2, overviews), ``extra``,
+    and GDAL's version (another GDAL may write other bytes)."""
+    import rasterio
+
+    return {
+        **version,
+        "size": size,
+        "block": block,
+        "crs": crs,
+        "origin": list(origin),
+        "pixel": pixel,
+        "compress": "DEFLATE",
+        "predictor": 2,
+        "overviews": "AUTO",
+        **extra,
+        "gdal": rasterio.__gdal_version__,
+    }
 
 
 def first_tile_offsets(masters_dir: Path, names: set[str]) -> dict[str, int]:
@@ -120,6 +148,22 @@ def run_worker(
     return result
 
 
+def command_line(
+    argv: list[str] | None,
+    workers: dict[str, Callable[[dict], dict]] | Callable[[str, dict], dict],
+    parse_args: Callable[[list[str]], argparse.Namespace],
+) -> argparse.Namespace | None:
+    """The start of every benchmark's ``main``: ``argv`` (``sys.argv[1:]`` when None) parsed by
+    ``parse_args``, or None when it was a worker's (``--worker MODE SPEC OUT``), which has run:
+    ``workers[MODE](spec)``, or ``workers(MODE, spec)`` when ``workers`` is one function."""
+    if argv is None:
+        argv = sys.argv[1:]
+    work = workers if callable(workers) else (lambda mode, spec: workers[mode](spec))
+    if serve_worker(argv, work):
+        return None
+    return parse_args(argv)
+
+
 def serve_worker(argv: list[str], work: Callable[[str, dict], dict]) -> bool:
     """The worker side of :func:`run_worker`: when ``argv`` is ``--worker MODE SPEC OUT``, run
     ``work(MODE, spec)`` and write its result to ``OUT``. Returns whether it did."""
@@ -129,6 +173,105 @@ def serve_worker(argv: list[str], work: Callable[[str, dict], dict]) -> bool:
     result = work(mode, json.loads(Path(spec_path).read_text()))
     Path(out_path).write_text(json.dumps(result))
     return True
+
+
+# -- the lab: servers, index, runs -----------------------------------------------------------------
+
+
+class Lab(NamedTuple):
+    """A read benchmark's lab while it runs (:func:`lab`)."""
+
+    module: str
+    """The benchmark's module, whose workers (``--worker MODE``) the runs start."""
+    workdir: Path
+    """A temporary folder for the workers' specs and results (removed afterwards)."""
+    workspace: Path
+    """The collections' workspace, inside :attr:`workdir`."""
+    srv: Any
+    """The ``RangeServer`` serving the COGs, with the latency asked for."""
+    items: list[dict]
+    """The STAC items of the COGs, their hrefs on :attr:`srv`."""
+    hrefs: list[str]
+    """The URL of every file on :attr:`srv`, in the order of the names."""
+    first_offset_by_name: dict[str, int]
+    """Each file's first tile offset (:func:`first_tile_offsets`): where its header ends."""
+
+    def index(self, dates: Sequence, message: str, **spec) -> dict:
+        """:func:`indexed` for a benchmark that needs no STAC API afterwards; the build's result."""
+        with indexed(self, dates, message, **spec) as (_, build):
+            return build
+
+    def run(self, mode: str, spec: dict, workload: str, i: int, repeat: int, env: dict | None = None) -> dict:
+        """Run ``i`` (of ``repeat``) of ``workload`` in ``mode``: a fresh worker process
+        (:func:`run_worker`, with ``env`` added to its environment) against a fresh request log.
+
+        The result gets ``load_average`` (the 1-minute load just before the worker started) and
+        ``traffic`` (:func:`account` of the requests the run made).
+        """
+        self.srv.reset_log()
+        print(f"running {workload}/{mode} ({i + 1}/{repeat}) ...", flush=True)
+        load = os.getloadavg()[0]
+        run = run_worker(self.module, mode, spec, self.workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env)
+        run["load_average"] = load
+        run["traffic"] = account(settle(self.srv), self.first_offset_by_name)
+        return run
+
+
+@contextmanager
+def lab(
+    module: str,
+    root: Path,
+    names: Sequence[str],
+    first_offset_by_name: dict[str, int],
+    *,
+    latency: float,
+    make_items: Callable[[Sequence[str], Callable[[str], str]], list[dict]],
+) -> Iterator[Lab]:
+    """The files ``names`` under ``root`` served with ``latency`` seconds per request, their items
+    (``make_items(names, url_for)``) and a temporary work folder named after ``module``."""
+    from rasteret_pipelines_demo.range_server import RangeServer
+
+    prefix = module.rsplit(".", 1)[-1] + "_"
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, RangeServer(root, latency=latency) as srv:
+        workdir = Path(tmp)
+        hrefs = [srv.url_for(n) for n in names]
+        items = make_items(names, srv.url_for)
+        yield Lab(module, workdir, workdir / "workspace", srv, items, hrefs, first_offset_by_name)
+
+
+@contextmanager
+def indexed(lab: Lab, dates: Sequence, message: str, **spec) -> Iterator[tuple[Any, dict]]:
+    """The lab's items behind a ``StacServer`` and indexed by the ``build`` worker of the lab's
+    module (``build_collection`` over the dates, in a fresh process, after printing
+    ``message``); yields the server and the build's result. ``spec`` goes to the worker too.
+
+    Raises:
+        SystemExit: the build failed, or indexed another number of items than ``dates``.
+    """
+    from rasteret_pipelines_demo.stac_server import StacServer
+
+    with StacServer(lab.items) as stac:
+        print(message, flush=True)
+        build = run_worker(
+            lab.module,
+            "build",
+            {
+                "workspace": str(lab.workspace),
+                "stac_url": stac.url,
+                "date_range": [str(dates[0]), str(dates[-1])],
+                **spec,
+            },
+            lab.workdir,
+        )
+        if build["failed"] or build["items"] != len(dates):
+            raise SystemExit(f"FAILED: build indexed {build['items']} items, failures {build['failed']}")
+        yield stac, build
+
+
+def median_run(runs: Sequence[dict], key: str) -> dict:
+    """The median run by ``key`` (the lower middle one of an even number)."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 # -- request log accounting -----------------------------------------------------------------------
@@ -189,13 +332,15 @@ def account(records, first_offset_by_name: dict[str, int]) -> Traffic:
 # -- report ---------------------------------------------------------------------------------------
 
 
-def add_lab_arguments(p, *, seed_help: str, repeat_default: int, repeat_help: str) -> None:
-    """The options every read benchmark shares: the lab (scenes, fields, latency, COG cache),
-    the rasterio baseline's threads, repetitions, JSON output and --strict."""
+def add_lab_arguments(p, *, seed_help: str | None, repeat_default: int, repeat_help: str, fields: bool = True) -> None:
+    """The options every read benchmark shares: the lab (scenes, fields unless ``fields`` is
+    False, latency, COG cache), the rasterio baseline's threads, repetitions, JSON output and
+    --strict."""
     from benchmarks.bench_cog import DEFAULT_DATA_DIR
 
     p.add_argument("--scenes", type=int, default=20, help="scenes (x2 bands = files); default 20")
-    p.add_argument("--fields", type=int, default=100, help="polygons of the fields workload; default 100")
+    if fields:
+        p.add_argument("--fields", type=int, default=100, help="polygons of the fields workload; default 100")
     p.add_argument("--seed", type=int, default=7, help=seed_help)
     p.add_argument("--latency", type=float, default=0.05, help="seconds per request; default 0.05")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="bench_cog's COG cache")
@@ -211,6 +356,12 @@ def write_json(path: Path, report: dict, note_prefix: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(f"{note_prefix}wrote {path}")
+
+
+def print_table_head(head: str) -> None:
+    """A table's column heads and a rule as wide."""
+    print(head)
+    print("-" * len(head))
 
 
 def print_targets(targets: dict[str, bool]) -> None:

@@ -47,13 +47,14 @@ from benchmarks._common import (
     REPO_ROOT,
     Traffic,
     account,
+    cog_params,
+    command_line,
     exit_status,
     first_tile_offsets,
     link_file,
     peak_rss_mb,
     print_targets,
     run_worker,
-    serve_worker,
     settle,
     write_json,
 )
@@ -229,22 +230,16 @@ def write_master(path: Path, data: np.ndarray) -> None:
 
 
 def generation_params(variants: int) -> dict:
-    import rasterio
-
-    return {
-        "data_version": DATA_VERSION,
-        "size": SIZE,
-        "block": BLOCK,
-        "crs": CRS,
-        "origin": list(ORIGIN),
-        "pixel": PIXEL,
-        "compress": "DEFLATE",
-        "predictor": 2,
-        "overviews": "AUTO",
-        "nodata": 0,
-        "variants": variants,
-        "gdal": rasterio.__gdal_version__,
-    }
+    return cog_params(
+        {"data_version": DATA_VERSION},
+        size=SIZE,
+        block=BLOCK,
+        crs=CRS,
+        origin=ORIGIN,
+        pixel=PIXEL,
+        nodata=0,
+        variants=variants,
+    )
 
 
 def ensure_data(data_dir: Path, scenes: int, variants: int) -> dict:
@@ -453,12 +448,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if serve_worker(argv, worker):
+    args = command_line(argv, worker, parse_args)
+    if args is None:
         return 0
-
-    args = parse_args(argv)
     if args.scenes < 1 or args.variants < 1 or args.repeat < 1:
         raise SystemExit("--scenes, --variants and --repeat must be >= 1")
     check_grid()

@@ -52,12 +52,13 @@ from benchmarks._common import (
     REPO_ROOT,
     Traffic,
     account,
+    cog_params,
+    command_line,
     exit_status,
     first_tile_offsets,
     link_file,
     peak_rss_mb,
     run_worker,
-    serve_worker,
     settle,
     write_json,
 )
@@ -118,36 +119,23 @@ TARGET_FILTER_S = 0.5  # "well under a second"
 # -- data ---------------------------------------------------------------------------------------
 
 
-def cog_params() -> dict:
-    import rasterio
-
-    return {
-        "version": COG_VERSION,
-        "size": SIZE,
-        "block": BLOCK,
-        "crs": CRS,
-        "origin": list(ORIGIN),
-        "pixel": PIXEL,
-        "compress": "DEFLATE",
-        "predictor": 2,
-        "overviews": "AUTO",
-        "sparse": True,
-        "gdal": rasterio.__gdal_version__,
-    }
+def master_params() -> dict:
+    return cog_params(
+        {"version": COG_VERSION}, size=SIZE, block=BLOCK, crs=CRS, origin=ORIGIN, pixel=PIXEL, sparse=True
+    )
 
 
 def ensure_master(data_dir: Path) -> tuple[Path, float]:
     """The sparse Sentinel-2-like COG (generated once, ~1.5 s); returns (path, seconds spent)."""
     import numpy as np
-    import rasterio
-    import rasterio.shutil
-    from rasterio.transform import from_origin
     from rasterio.windows import Window
+
+    from rasteret_pipelines_demo.demo_data import write_sparse_cog
 
     data_dir.mkdir(parents=True, exist_ok=True)
     master = data_dir / "master_s2_10m.tif"
     meta = data_dir / "master.json"
-    params = cog_params()
+    params = master_params()
     if master.exists() and meta.exists():
         try:
             if json.loads(meta.read_text()) == {"params": params, "size": master.stat().st_size}:
@@ -155,41 +143,11 @@ def ensure_master(data_dir: Path) -> tuple[Path, float]:
         except ValueError:
             pass
     t0 = time.perf_counter()
-    src = data_dir / "master_src.tif"
-    profile = dict(
-        driver="GTiff",
-        width=SIZE,
-        height=SIZE,
-        count=1,
-        dtype="uint16",
-        crs=CRS,
-        transform=from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL),
-        nodata=0,
-        tiled=True,
-        blockxsize=BLOCK,
-        blockysize=BLOCK,
-        compress="DEFLATE",
-        predictor=2,
-        SPARSE_OK=True,
+    # One real block (a ramp); every other block stays sparse (offset 0, no bytes).
+    ramp = (1000 + np.add.outer(np.arange(BLOCK), np.arange(BLOCK)) % 2000).astype("uint16")
+    write_sparse_cog(
+        master, ramp, Window(0, 0, BLOCK, BLOCK), size=SIZE, crs=CRS, origin=ORIGIN, pixel=PIXEL, block=BLOCK
     )
-    with rasterio.open(src, "w", **profile) as dst:
-        # One real block (a ramp); every other block stays sparse (offset 0, no bytes).
-        ramp = (1000 + np.add.outer(np.arange(BLOCK), np.arange(BLOCK)) % 2000).astype("uint16")
-        dst.write(ramp, 1, window=Window(0, 0, BLOCK, BLOCK))
-    tmp = data_dir / "master_s2_10m.tmp.tif"
-    rasterio.shutil.copy(
-        src,
-        tmp,
-        driver="COG",
-        compress="DEFLATE",
-        predictor=2,
-        blocksize=BLOCK,
-        overviews="AUTO",
-        SPARSE_OK=True,
-        num_threads="ALL_CPUS",
-    )
-    os.replace(tmp, master)
-    src.unlink()
     meta.write_text(json.dumps({"params": params, "size": master.stat().st_size}))
     return master, time.perf_counter() - t0
 
@@ -255,6 +213,7 @@ def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
 
     from rasteret_pipelines.collections import build as build_module
     from rasteret_pipelines.collections import schema
+    from rasteret_pipelines.collections.search import SearchSpec
     from rasteret_pipelines.collections.sources import get_source
     from rasteret_pipelines.storage import Storage
 
@@ -339,9 +298,8 @@ def derive_collection(workspace: Path, rows: int, seed: int = 11) -> dict:
         path = build_module.write_month(store, table, DERIVED_NAME, key)
         report.months.append(build_module.MonthReport(month=key, path=path, items=n))
     date_range = (dt.date(2025, 1, 1), dt.date(2025, 10, 31))  # DERIVED_MONTHS
-    build_module._write_manifest(
-        store, DERIVED_NAME, {}, src, keys, date_range, None, None, None, None, None, None, report
-    )
+    search = SearchSpec(source=src, date_range=date_range, bands=keys).checked()
+    build_module._write_manifest(store, DERIVED_NAME, {}, search, report)
     return {
         "expected": expected,
         "polygon_bbox_candidates": bbox_candidates,
@@ -520,12 +478,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if serve_worker(argv, lambda mode, spec: WORKERS[mode](spec)):
+    args = command_line(argv, WORKERS, parse_args)
+    if args is None:
         return 0
-
-    args = parse_args(argv)
     if args.items < 1 or args.rows < len(DERIVED_MONTHS) or args.repeat < 1:
         raise SystemExit(f"--items and --repeat must be >= 1, --rows >= {len(DERIVED_MONTHS)}")
     t_run = time.perf_counter()
@@ -722,7 +677,7 @@ def main(argv=None) -> int:
                 "path": str(master),
                 "bytes": master.stat().st_size,
                 "first_tile_offset": first_offset,
-                **cog_params(),
+                **master_params(),
             },
             "build": b,
             "rebuild": rb,

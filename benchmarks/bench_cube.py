@@ -38,22 +38,20 @@ import argparse
 import datetime as dt
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks._common import (
-    account,
     add_lab_arguments,
+    command_line,
     cpu_seconds,
     exit_status,
+    lab,
+    median_run,
     peak_rss_mb,
+    print_table_head,
     print_targets,
-    run_worker,
-    serve_worker,
-    settle,
     write_json,
 )
 from benchmarks.bench_cog import AOIS, CRS, GDAL_HTTP_ENV
@@ -244,15 +242,17 @@ def _difference(a: dict, b: dict) -> float:
 # -- main --------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if serve_worker(argv, lambda mode, spec: WORKERS[mode](spec)):
-        return 0
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_lab_arguments(p, seed_help="unused", repeat_default=1, repeat_help="fresh-process runs per mode (median)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ", ".join(WORKLOADS))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = command_line(argv, WORKERS, parse_args)
+    if args is None:
+        return 0
     chosen = [w for w in args.workloads.split(",") if w]
     if not chosen or set(chosen) - set(WORKLOADS):
         raise SystemExit(f"--workloads takes {', '.join(WORKLOADS)}")
@@ -261,32 +261,13 @@ def main(argv=None) -> int:
     import shapely
 
     from rasteret_pipelines.reading.cube import cube_grid
-    from rasteret_pipelines_demo.range_server import RangeServer
-    from rasteret_pipelines_demo.stac_server import StacServer
 
     bbox = area_bbox()
     load_before = os.getloadavg()[0]
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="bench_cube_") as tmp, RangeServer(root, latency=args.latency) as srv:
-        workdir = Path(tmp)
-        workspace = workdir / "workspace"
-        hrefs = [srv.url_for(n) for n in names]
-        items = make_items(names, srv.url_for)
-        with StacServer(items) as stac:
-            print("building the collection (not timed) ...", flush=True)
-            build = run_worker(
-                WORKER_MODULE,
-                "build",
-                {
-                    "workspace": str(workspace),
-                    "stac_url": stac.url,
-                    "date_range": [str(dates[0]), str(dates[-1])],
-                    "collection": COLLECTION,
-                },
-                workdir,
-            )
-            if build["failed"] or build["items"] != len(dates):
-                raise SystemExit(f"FAILED: build indexed {build['items']} items: {build['failed']}")
+    with lab(WORKER_MODULE, root, names, first_offset_by_name, latency=args.latency, make_items=make_items) as the_lab:
+        workspace, items, hrefs = the_lab.workspace, the_lab.items, the_lab.hrefs
+        the_lab.index(dates, "building the collection (not timed) ...", collection=COLLECTION)
         for workload in chosen:
             params = WORKLOADS[workload]
             grid = cube_grid(crs=CRS, resolution=params["resolution"], area_4326=shapely.box(*bbox))
@@ -304,21 +285,16 @@ def main(argv=None) -> int:
                 key = f"{workload}/{mode}"
                 runs = []
                 for i in range(args.repeat):
-                    srv.reset_log()
-                    print(f"running {key} ({i + 1}/{args.repeat}) ...", flush=True)
                     env = GDAL_HTTP_ENV if mode.startswith(("odc", "rasterio")) else None
                     mode_spec = dict(
                         spec,
                         chunks=DASK_CHUNKS if mode == "engine-dask" else None,
                         pool=8 if mode == "odc-stac-8t" else None,
                     )
-                    run = run_worker(
-                        WORKER_MODULE, mode, mode_spec, workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env
-                    )
-                    run["traffic"] = account(settle(srv), first_offset_by_name).__dict__
+                    run = the_lab.run(mode, mode_spec, workload, i, args.repeat, env)
+                    run["traffic"] = run["traffic"].__dict__
                     runs.append(run)
-                runs.sort(key=lambda r: r["process_wall_seconds"])
-                results[key] = runs[(len(runs) - 1) // 2]
+                results[key] = median_run(runs, "process_wall_seconds")
                 results[key]["grid"] = spec["grid"]
     load_after = os.getloadavg()[0]
 
@@ -331,8 +307,7 @@ def main(argv=None) -> int:
         f"{len(dates)} scenes x {len(BANDS)} bands, 20 km x 20 km at 10/20 m, {args.latency * 1000:.0f} ms per "
         f"request, load average {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} CPUs)"
     )
-    print(head)
-    print("-" * len(head))
+    print_table_head(head)
     targets = {}
     rows = []
     for workload in chosen:

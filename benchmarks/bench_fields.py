@@ -47,20 +47,19 @@ import datetime as dt
 import math
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks._common import (
-    account,
+    add_lab_arguments,
+    command_line,
     cpu_seconds,
     exit_status,
+    lab,
+    median_run,
     peak_rss_mb,
+    print_table_head,
     print_targets,
-    run_worker,
-    serve_worker,
-    settle,
     write_json,
 )
 from benchmarks.bench_cog import AOIS, BLOCK, CRS, GDAL_HTTP_ENV, SIZE
@@ -323,35 +322,24 @@ def _max_diff(a: dict, b: dict) -> float | None:
 
 
 def parse_args(argv=None):
-    from benchmarks.bench_cog import DEFAULT_DATA_DIR
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", default="1k,10k,100k", help="comma-separated subset of 1k,10k,100k,70k-points")
-    p.add_argument("--scenes", type=int, default=20, help="scenes (x2 bands = files); default 20")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--latency", type=float, default=0.05, help="seconds per request; default 0.05")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="bench_cog's COG cache")
-    p.add_argument("--variants", type=int, default=4, help="distinct images per band (bench_cog); default 4")
-    p.add_argument("--threads", type=int, default=8, help="threads of the rasterio baseline; default 8")
-    p.add_argument("--check", type=int, default=40, help="fields whose means are checked against rasterio.mask")
-    p.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="fresh-process runs per mode, in interleaved rounds (engine, baseline, engine, ...); the median "
-        "is reported; default 1",
+    add_lab_arguments(
+        p,
+        seed_help="seed of the fields and points; default 7",
+        repeat_default=1,
+        repeat_help="fresh-process runs per mode, in interleaved rounds (engine, baseline, engine, ...); the "
+        "median is reported; default 1",
+        fields=False,
     )
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--check", type=int, default=40, help="fields whose means are checked against rasterio.mask")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if serve_worker(argv, lambda mode, spec: WORKERS[mode](spec)):
+    args = command_line(argv, WORKERS, parse_args)
+    if args is None:
         return 0
-    args = parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
@@ -359,15 +347,11 @@ def main(argv=None) -> int:
     root, masters_dir, master_of, names, first_offset_by_name, dates = prepare_lab(args)
 
     from rasteret_pipelines.collections import get_source
-    from rasteret_pipelines_demo.range_server import RangeServer
-    from rasteret_pipelines_demo.stac_server import StacServer
 
     results, traffic = {}, {}
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="bench_fields_") as tmp, RangeServer(root, latency=args.latency) as srv:
-        workdir = Path(tmp)
-        workspace = workdir / "workspace"
-        items = make_items(names, srv.url_for)
+    with lab(WORKER_MODULE, root, names, first_offset_by_name, latency=args.latency, make_items=make_items) as the_lab:
+        srv, workdir, workspace, items = the_lab.srv, the_lab.workdir, the_lab.workspace, the_lab.items
         source = get_source(SOURCE)
         scenes = []
         for item in items:
@@ -380,16 +364,7 @@ def main(argv=None) -> int:
                 }
             )
         local = {srv.url_for(n): masters_dir / master_of[n] for n in names}
-        with StacServer(items) as stac:
-            print("indexing the lab (build_collection, not timed here) ...", flush=True)
-            build = run_worker(
-                WORKER_MODULE,
-                "build",
-                {"workspace": str(workspace), "stac_url": stac.url, "date_range": [str(dates[0]), str(dates[-1])]},
-                workdir,
-            )
-            if build["failed"] or build["items"] != len(dates):
-                raise SystemExit(f"FAILED: build indexed {build['items']} items, failures {build['failed']}")
+        the_lab.index(dates, "indexing the lab (build_collection, not timed here) ...")
         tiles = {}
         for workload in workloads:
             n, area = WORKLOADS[workload]
@@ -415,17 +390,9 @@ def main(argv=None) -> int:
             runs: dict[str, list[dict]] = {mode: [] for mode in modes}
             for i in range(args.repeat):
                 for mode in modes:  # rounds interleave the modes: both see the same machine
-                    key = f"{workload}/{mode}"
-                    srv.reset_log()
-                    print(f"running {key} ({i + 1}/{args.repeat}) ...", flush=True)
                     env = GDAL_HTTP_ENV if mode != "engine" else None
-                    load = os.getloadavg()[0]
-                    run = run_worker(
-                        WORKER_MODULE, mode, spec, workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env
-                    )
-                    run["load_average"] = load
+                    run = the_lab.run(mode, spec, workload, i, args.repeat, env)
                     run["agreement"] = _max_diff(run.pop("means"), oracle)
-                    run["traffic"] = account(settle(srv), first_offset_by_name)
                     if mode == "engine":
                         if run["rows"] != n * len(dates):
                             raise SystemExit(
@@ -438,8 +405,7 @@ def main(argv=None) -> int:
                     runs[mode].append(run)
             for mode, mode_runs in runs.items():
                 key = f"{workload}/{mode}"
-                ordered = sorted(mode_runs, key=lambda r: r["process_wall_seconds"])
-                results[key] = dict(ordered[(len(ordered) - 1) // 2])  # the median (lower middle) run
+                results[key] = dict(median_run(mode_runs, "process_wall_seconds"))
                 results[key]["all_seconds"] = [r["process_wall_seconds"] for r in mode_runs]
                 results[key]["load_averages"] = [r["load_average"] for r in mode_runs]
                 traffic[key] = results[key].pop("traffic")
@@ -482,8 +448,7 @@ def main(argv=None) -> int:
         f"{'fields':>7} {'mode':<22} {'seconds':>8} {'CPU s':>6} {'GETs':>5} {'tiles':>5} {'MB':>7} "
         f"{'peak RSS MB':>11} {'speed-up':>8} {'mean vs rasterio.mask':>22} {'runs (s)':>9}"
     )
-    print(head)
-    print("-" * len(head))
+    print_table_head(head)
     for r in rows:
         diff = r["max_abs_diff_vs_rasterio_mask"]
         diff_text = "n/a" if diff is None else f"{diff:.1e}"

@@ -49,7 +49,6 @@ import datetime as dt
 import hashlib
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,13 +58,16 @@ from benchmarks._common import (
     Traffic,
     account,
     add_lab_arguments,
+    command_line,
     cpu_seconds,
     exit_status,
     first_tile_offsets,
+    indexed,
+    lab,
+    median_run,
     peak_rss_mb,
+    print_table_head,
     print_targets,
-    run_worker,
-    serve_worker,
     settle,
     write_json,
 )
@@ -363,12 +365,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if serve_worker(argv, lambda mode, spec: WORKERS[mode](spec)):
+    args = command_line(argv, WORKERS, parse_args)
+    if args is None:
         return 0
-
-    args = parse_args(argv)
     if args.scenes < 1 or args.fields < 1 or args.repeat < 1 or args.variants < 1:
         raise SystemExit("--scenes, --fields, --variants and --repeat must be >= 1")
     root, masters_dir, master_of, names, first_offset_by_name, dates = prepare_lab(args)
@@ -384,28 +383,13 @@ def main(argv=None) -> int:
         f"{len(tiles['fields'])} tiles per file ({distinct['fields']} distinct tiles)"
     )
 
-    from rasteret_pipelines_demo.range_server import RangeServer
-    from rasteret_pipelines_demo.stac_server import StacServer
-
     results: dict[str, dict] = {}
     traffic: dict[str, Traffic] = {}
     stac_moves: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="bench_read_") as tmp, RangeServer(root, latency=args.latency) as srv:
-        workdir = Path(tmp)
-        workspace = workdir / "workspace"
-        hrefs = [srv.url_for(n) for n in names]
-        items = make_items(names, srv.url_for)
-        with StacServer(items) as stac:
-            srv.reset_log()
-            print("running index (build_collection) ...", flush=True)
-            build = run_worker(
-                WORKER_MODULE,
-                "build",
-                {"workspace": str(workspace), "stac_url": stac.url, "date_range": [str(dates[0]), str(dates[-1])]},
-                workdir,
-            )
-            if build["failed"] or build["items"] != len(dates):
-                raise SystemExit(f"FAILED: build indexed {build['items']} items, failures {build['failed']}")
+    with lab(WORKER_MODULE, root, names, first_offset_by_name, latency=args.latency, make_items=make_items) as the_lab:
+        srv, workspace, hrefs = the_lab.srv, the_lab.workspace, the_lab.hrefs
+        srv.reset_log()
+        with indexed(the_lab, dates, "running index (build_collection) ...") as (stac, build):
             results["index"] = build
             traffic["index"] = account(settle(srv), first_offset_by_name)
 
@@ -421,21 +405,15 @@ def main(argv=None) -> int:
                     key = f"{workload}/{mode}"
                     runs = []
                     for i in range(args.repeat):
-                        srv.reset_log()
                         stac.reset_log()
-                        print(f"running {key} ({i + 1}/{args.repeat}) ...", flush=True)
                         env = GDAL_HTTP_ENV if mode.startswith("rasterio") else None
-                        run = run_worker(
-                            WORKER_MODULE, mode, spec, workdir, tag=f"{workload}-{mode}-{i}", what="run", env_extra=env
-                        )
-                        run["traffic"] = account(settle(srv), first_offset_by_name)
+                        run = the_lab.run(mode, spec, workload, i, args.repeat, env)
                         run["stac_requests"] = stac.count()
                         runs.append(run)
                     for r in runs[1:]:
                         if r["digests"] != runs[0]["digests"]:
                             raise SystemExit(f"FAILED: {key} returned different pixels on repeated runs")
-                    ordered = sorted(runs, key=lambda r: r["seconds"])
-                    median = dict(ordered[(len(ordered) - 1) // 2])
+                    median = dict(median_run(runs, "seconds"))
                     median["seconds_all"] = [r["seconds"] for r in runs]
                     traffic[key] = median.pop("traffic")
                     stac_moves[key] = max(r["stac_requests"] for r in runs)
@@ -499,8 +477,7 @@ def main(argv=None) -> int:
         f"{len(dates)} scenes x {len(BANDS)} bands = {len(names)} COGs, {args.latency * 1000:.0f} ms latency per "
         f"request" + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
     )
-    print(head)
-    print("-" * len(head))
+    print_table_head(head)
     for row in rows:
         speed = f"{row['speedup_vs_rasterio_8t']:>8.2f}x" if row["speedup_vs_rasterio_8t"] else f"{'':>9}"
         print(

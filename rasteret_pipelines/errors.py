@@ -98,6 +98,10 @@ class StoragePathError(RasteretError, ValueError):
     """A path built below a storage root would leave it (``..``, an absolute part, NUL)."""
 
 
+class S3ConfigError(RasteretError, ValueError):
+    """The AWS configuration of ``s3://`` reads and writes is unusable (``AWS_PROFILE`` names no profile)."""
+
+
 class WindowError(RasteretError, ValueError):
     """A requested window or overview level is not valid for the header."""
 

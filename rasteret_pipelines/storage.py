@@ -7,10 +7,11 @@ multipart upload that s3fs completes or aborts), so it only appears once complet
 
 S3 goes through `s3fs <https://s3fs.readthedocs.io>`_, that is aiobotocore: botocore's
 configuration, credentials and signing over aiohttp, the same family as the COG reader
-(:mod:`rasteret_pipelines.cog.http`: aiohttp with botocore's SigV4 signing). Its configuration
-is the standard AWS configuration, read in one place (:func:`s3_options`): the credential chain
-(environment, ``AWS_PROFILE`` and ``~/.aws``, SSO, container and instance roles),
-``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for S3-compatible servers.
+(:mod:`rasteret_pipelines.cog.http`: aiohttp with botocore's SigV4 signing). Both take the
+standard AWS configuration from one place, :func:`rasteret_pipelines.s3config.s3_config` (here
+through :func:`s3_options`): the credential chain (environment, ``AWS_PROFILE`` and ``~/.aws``,
+SSO, container and instance roles), ``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3`` /
+``AWS_ENDPOINT_URL`` for S3-compatible servers.
 pyarrow reads the same filesystem through :attr:`Storage.arrow_fs`
 (``pyarrow.fs.PyFileSystem(FSSpecHandler(fs))``), so Parquet footers, row groups and columns
 are still read as ranges.
@@ -42,6 +43,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rasteret_pipelines.errors import StoragePathError
+from rasteret_pipelines.s3config import s3_config
 
 STALE_TEMP_SECONDS = 24 * 3600
 """A temporary file of another host (or of a live process id) counts as abandoned after this."""
@@ -132,25 +134,22 @@ def _as_os_error(method):
     return wrapper
 
 
-def s3_options() -> dict:
-    """The s3fs options of ``s3://`` storage, from the standard AWS configuration.
+def s3_options(*, requester_pays: bool = False) -> dict:
+    """The s3fs options of ``s3://`` storage: :func:`~rasteret_pipelines.s3config.s3_config`'s,
+    the one S3 configuration that COG reads use too (endpoint, region, profile and credentials).
 
-    Endpoint, region and profile are named explicitly (rather than left to botocore) so that
-    fsspec's per-options cache of filesystems never hands out one that was made for another
-    endpoint. Listings are never cached: other processes (Dagster steps, other hosts) write
-    the same prefixes. Files opened for reading fetch exactly the ranges asked for (pyarrow
-    plans its own reads).
+    Listings are never cached: other processes (Dagster steps, other hosts) write the same
+    prefixes. Files opened for reading fetch exactly the ranges asked for (pyarrow plans its own
+    reads).
+
+    Args:
+        requester_pays: Requests carry ``x-amz-request-payer: requester``.
+
+    Raises:
+        S3ConfigError: the AWS configuration is unusable (``AWS_PROFILE`` names no profile).
     """
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    profile = os.environ.get("AWS_PROFILE")
     options: dict = {"use_listings_cache": False, "default_cache_type": "none"}
-    if endpoint:
-        options["endpoint_url"] = endpoint
-    if region:
-        options["client_kwargs"] = {"region_name": region}
-    if profile:
-        options["profile"] = profile
+    options.update(s3_config(requester_pays=requester_pays).s3fs_options())
     return options
 
 
@@ -166,15 +165,22 @@ class Storage:
     """Base path inside :attr:`fs` (no trailing slash): a folder, or ``bucket/prefix``."""
 
     @classmethod
-    def from_uri(cls, uri: str | os.PathLike) -> Storage:
+    def from_uri(cls, uri: str | os.PathLike, *, requester_pays: bool = False) -> Storage:
         """The storage at ``uri``: a local path (or ``file://``) or ``s3://bucket/prefix``.
+
+        Args:
+            uri: The location.
+            requester_pays: On S3, requests carry ``x-amz-request-payer: requester`` (a bucket
+                whose owner has the reader pay for transfers).
 
         Raises:
             StoragePathError: another scheme.
+            S3ConfigError: an ``s3://`` location with an unusable AWS configuration.
         """
         text = os.fspath(uri)
         if text.startswith("s3://"):
-            return cls(text.rstrip("/"), fsspec.filesystem("s3", **s3_options()), text[5:].rstrip("/"))
+            options = s3_options(requester_pays=requester_pays)
+            return cls(text.rstrip("/"), fsspec.filesystem("s3", **options), text[5:].rstrip("/"))
         if "://" in text and not text.startswith("file://"):
             raise StoragePathError(f"unsupported storage location {text!r}: use a path or s3://")
         path = Path(text.removeprefix("file://")).expanduser().resolve()

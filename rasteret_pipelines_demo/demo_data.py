@@ -14,6 +14,7 @@ import copy
 import datetime as dt
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,76 @@ def _landscape(window: Window, pixel: float, scene: DemoScene, seed: int) -> dic
     }
 
 
+def write_sparse_cog(
+    path: Path,
+    data: np.ndarray,
+    window: Window,
+    *,
+    size: int,
+    crs: str,
+    origin: tuple[float, float],
+    pixel: float,
+    block: int = BLOCK,
+    resampling: str | None = None,
+) -> Path:
+    """A one-band GDAL COG of a ``size`` x ``size`` grid that holds ``data`` at ``window`` and
+    nothing elsewhere: nodata 0, Deflate with predictor 2, ``block``-pixel tiles, overviews.
+
+    GDAL writes no bytes for the blocks left empty (``SPARSE_OK``), so a full-size Sentinel-2
+    grid with real headers and overviews stays small on disk: the demo world, the benchmarks'
+    scenes and the tests' full-size scenes are all written here. The COG is written under a
+    temporary name and renamed, so a file at ``path`` is always whole.
+
+    Args:
+        path: Where the COG goes.
+        data: The pixels (rows x cols, or one band first); their dtype is the file's.
+        window: Where ``data`` sits on the grid (whole tiles keep the other blocks sparse).
+        size: Side of the grid in pixels.
+        crs: The grid's CRS.
+        origin: Upper-left corner ``(x, y)`` of the grid, in CRS units.
+        pixel: Pixel size in CRS units.
+        block: Tile side in pixels.
+        resampling: GDAL's overview resampling (the COG driver's default when None).
+    """
+    pixels = data if data.ndim == 3 else data[np.newaxis]
+    src = path.with_suffix(".src.tif")
+    tmp = path.with_suffix(".tmp.tif")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype=pixels.dtype,
+        crs=crs,
+        transform=from_origin(origin[0], origin[1], pixel, pixel),
+        nodata=0,
+        tiled=True,
+        blockxsize=block,
+        blockysize=block,
+        compress="DEFLATE",
+        predictor=2,
+        SPARSE_OK=True,
+    )
+    with rasterio.open(src, "w", **profile) as dst:
+        dst.write(pixels, window=window)
+    options = {"resampling": resampling} if resampling is not None else {}
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        rasterio.shutil.copy(
+            src,
+            tmp,
+            driver="COG",
+            compress="DEFLATE",
+            predictor=2,
+            blocksize=block,
+            overviews="AUTO",
+            SPARSE_OK=True,
+            **options,
+        )
+    os.replace(tmp, path)
+    src.unlink()
+    return path
+
+
 BANDS = {"red": (10.0, "uint16", "B04"), "nir": (10.0, "uint16", "B08"), "scl": (20.0, "uint8", "SCL")}
 
 
@@ -142,39 +213,8 @@ def write_scene(root: Path, scene: DemoScene, *, size_10m: int = SIZE_10M, seed:
         dense = dense.intersection(Window(0, 0, size, size))
         if pixel not in landscapes:
             landscapes[pixel] = _landscape(dense, pixel, scene, seed + scene.date.toordinal())
-        data = landscapes[pixel][band]
-        src = path.with_suffix(".src.tif")
-        profile = dict(
-            driver="GTiff",
-            width=size,
-            height=size,
-            count=1,
-            dtype=dtype,
-            crs=CRS,
-            transform=from_origin(ORIGIN[0], ORIGIN[1], pixel, pixel),
-            nodata=0,
-            tiled=True,
-            blockxsize=BLOCK,
-            blockysize=BLOCK,
-            compress="DEFLATE",
-            predictor=2,
-            SPARSE_OK=True,
-        )
-        with rasterio.open(src, "w", **profile) as dst:
-            dst.write(data[np.newaxis], window=dense)
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
-            rasterio.shutil.copy(
-                src,
-                path,
-                driver="COG",
-                compress="DEFLATE",
-                predictor=2,
-                blocksize=BLOCK,
-                overviews="AUTO",
-                SPARSE_OK=True,
-                resampling="nearest",
-            )
-        src.unlink()
+        data = landscapes[pixel][band].astype(dtype, copy=False)
+        write_sparse_cog(path, data, dense, size=size, crs=CRS, origin=ORIGIN, pixel=pixel, resampling="nearest")
     return paths
 
 

@@ -19,7 +19,8 @@ Route = Callable[[BaseHTTPRequestHandler], None]
 
 class ScriptedServer(ThreadingHTTPServer):
     """An HTTP server on 127.0.0.1 answering from ``route(handler)``; ``seen`` records
-    ``(path, lower-cased headers)`` of every GET. Use as a context manager."""
+    ``(path, lower-cased headers)`` of every GET and HEAD (``handler.command`` says which).
+    Use as a context manager."""
 
     daemon_threads = True
 
@@ -49,6 +50,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
         self.server.route(self)
+
+    do_HEAD = do_GET
 
 
 def serve_ranges(data_for: Callable[[str], bytes], etag: str | None = '"v1"') -> Route:

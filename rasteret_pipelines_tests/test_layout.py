@@ -14,7 +14,7 @@ The layers (see ARCHITECTURE.md):
 * ``cli.py`` imports the demo command lazily, inside ``rasteret-pipelines demo``;
 * inside the core library the layers import downwards only: ``cog`` < ``collections`` <
   ``reading`` (with ``aois.py`` and ``fields.py``) < ``products`` < ``api``, all above ``errors``, ``redaction``,
-  ``hrefs`` and ``storage``.
+  ``hrefs``, ``s3config`` and ``storage``.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ LAYERS = ("cog", "collections", "reading", "products", "api")
 and the ones before it."""
 LAYER_OF = {"aois": "reading", "fields": "reading"}
 """Top-level modules that belong to a layer: AOI and field files become the reading layer's geometries."""
-BASE = ("errors", "redaction", "hrefs", "storage")
+BASE = ("errors", "redaction", "hrefs", "s3config", "storage")
 """Below every layer (errors, redaction, the href policy, atomic storage): they import only each other."""
 
 

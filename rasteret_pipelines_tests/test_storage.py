@@ -30,7 +30,8 @@ def keys(s3) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket="lake").get("Contents", []))
 
 
-def test_the_s3_configuration_is_the_standard_aws_one(moto_s3, monkeypatch):
+def test_the_s3_configuration_is_the_standard_aws_one(moto_s3, monkeypatch, tmp_path):
+    (tmp_path / "no-aws-config").write_text("[profile lab]\nregion = eu-west-3\n")  # the environment's region wins
     monkeypatch.setenv("AWS_PROFILE", "lab")
     options = s3_options()
     assert options["endpoint_url"] == moto_s3 and options["client_kwargs"] == {"region_name": "us-east-1"}

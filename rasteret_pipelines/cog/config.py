@@ -129,7 +129,9 @@ class FetchConfig:
     requester_pays: bool = False
     """Send ``x-amz-request-payer: requester`` on ``s3://`` reads (Landsat on S3)."""
     aws_region: str | None = None
-    """Region of ``s3://`` buckets; defaults to the AWS configuration, then us-west-2."""
+    """Region of ``s3://`` buckets; defaults to the AWS configuration
+    (:func:`rasteret_pipelines.s3config.s3_config`: ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the
+    profile's), then us-west-2."""
     aws_unsigned: bool = False
     """Read ``s3://`` objects anonymously (public buckets) instead of signing."""
     decode_threads: int | None = None

@@ -6,7 +6,8 @@ faults (5xx, 429, resets, truncated bodies) by the library's one
 :class:`~rasteret_pipelines.cog.config.RetryPolicy` (``FetchConfig.retry_policy``): capped exponential
 backoff with full jitter, a server's ``Retry-After`` honoured.
 
-Credentials come from botocore's standard chain and only ever live in request headers: they
+Endpoint, region, profile and credentials come from :func:`rasteret_pipelines.s3config.s3_config`,
+the one S3 configuration that storage uses too. Credentials only ever live in request headers: they
 are never logged, stored in a header, or put in an error message. Redirects are followed here,
 not by aiohttp: a redirect to another origin (scheme, host or port) drops every credential
 header (``Authorization``, ``X-Amz-Security-Token`` and every other ``x-amz-*``, ``Cookie``),
@@ -22,11 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from urllib.parse import quote, urlparse
 
 import aiohttp
@@ -36,6 +34,7 @@ from rasteret_pipelines.cog.config import FetchConfig
 from rasteret_pipelines.cog.reader import ObjectVersion, RangeResponse, gather_ranges
 from rasteret_pipelines.errors import CogNotFoundError, FetchError
 from rasteret_pipelines.hrefs import check_href
+from rasteret_pipelines.s3config import S3Config, s3_config
 
 __all__ = ["CREDENTIAL_HEADERS", "HttpReader", "strip_credentials"]
 
@@ -47,48 +46,17 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
-@dataclass
-class _S3Context:
-    endpoint: str | None
-    default_region: str
-    credentials: object | None
-    bucket_regions: dict[str, str] = field(default_factory=dict)
+DEFAULT_BUCKET_REGION = "us-west-2"
+"""Region of a bucket when nothing configures one (Earth Search's buckets); a bucket in another
+region answers with its own (``x-amz-bucket-region``), which is then used."""
+
+_BUCKET_REGIONS: dict[str | None, dict[str, str]] = {}
+"""Regions learned from S3's answers, per endpoint (None: AWS's own), then per bucket."""
 
 
-_S3_LOCK = threading.Lock()
-_S3_CACHE: dict[tuple, _S3Context] = {}
-
-
-def _s3_context(config: FetchConfig) -> _S3Context:
-    """Endpoint, region and credentials from botocore's standard configuration (cached)."""
-    key = (
-        config.aws_region,
-        config.aws_unsigned,
-        os.environ.get("AWS_ENDPOINT_URL_S3"),
-        os.environ.get("AWS_ENDPOINT_URL"),
-        os.environ.get("AWS_PROFILE"),
-        os.environ.get("AWS_ACCESS_KEY_ID"),
-    )
-    with _S3_LOCK:
-        ctx = _S3_CACHE.get(key)
-        if ctx is None:
-            import botocore.session
-
-            session = botocore.session.Session()
-            region = config.aws_region or session.get_config_variable("region") or "us-west-2"
-            endpoint = None
-            try:
-                client = session.create_client("s3", region_name=region)
-                endpoint = client.meta.endpoint_url
-                client.close()
-            except Exception as exc:  # no credentials is fine here; signing checks later
-                log.debug("botocore could not build an S3 client: %s", type(exc).__name__)
-            if endpoint and "amazonaws.com" in endpoint:
-                endpoint = None  # use virtual-hosted URLs in the bucket's own region
-            credentials = None if config.aws_unsigned else session.get_credentials()
-            ctx = _S3Context(endpoint=endpoint, default_region=region, credentials=credentials)
-            _S3_CACHE[key] = ctx
-        return ctx
+def _s3_settings(config: FetchConfig) -> S3Config:
+    """The S3 configuration of ``config``'s reads: the one storage uses too (:func:`s3_config`)."""
+    return s3_config(region=config.aws_region, requester_pays=config.requester_pays, unsigned=config.aws_unsigned)
 
 
 class HttpReader:
@@ -210,7 +178,7 @@ class HttpReader:
             # Non-success statuses.
             if scheme == "s3" and region and status in (301, 307, 400) and region_redirects < 2:
                 bucket = urlparse(href).netloc
-                _s3_context(self.config).bucket_regions[bucket] = region
+                _BUCKET_REGIONS.setdefault(_s3_settings(self.config).endpoint_url, {})[bucket] = region
                 region_redirects += 1
                 attempt -= 1
                 continue
@@ -283,26 +251,27 @@ class HttpReader:
 
         parsed = urlparse(href)
         bucket, key = parsed.netloc, parsed.path.lstrip("/")
-        ctx = _s3_context(self.config)
-        region = ctx.bucket_regions.get(bucket, ctx.default_region)
+        s3 = _s3_settings(self.config)
+        learned = _BUCKET_REGIONS.get(s3.endpoint_url, {})
+        region = learned.get(bucket) or s3.region or DEFAULT_BUCKET_REGION
         quoted = quote(key, safe="/~")
-        if ctx.endpoint:
-            url = f"{ctx.endpoint.rstrip('/')}/{bucket}/{quoted}"
+        if s3.endpoint_url:
+            url = f"{s3.endpoint_url.rstrip('/')}/{bucket}/{quoted}"
         elif "." in bucket:
             url = f"https://s3.{region}.amazonaws.com/{bucket}/{quoted}"
         else:
             url = f"https://{bucket}.s3.{region}.amazonaws.com/{quoted}"
-        if self.config.requester_pays:
+        if s3.requester_pays:
             headers["x-amz-request-payer"] = "requester"
-        if not self.config.aws_unsigned:
-            if ctx.credentials is None:
+        if not s3.unsigned:
+            if s3.credentials is None:
                 raise FetchError(
                     href,
                     "no AWS credentials found (environment, ~/.aws/credentials or profile); "
                     "set them, or read public buckets with aws_unsigned=True",
                 )
             request = AWSRequest(method="GET", url=url, headers=dict(headers))
-            S3SigV4Auth(ctx.credentials.get_frozen_credentials(), "s3", region).add_auth(request)
+            S3SigV4Auth(s3.credentials.get_frozen_credentials(), "s3", region).add_auth(request)
             headers = dict(request.headers.items())
         return URL(url, encoded=True), headers
 

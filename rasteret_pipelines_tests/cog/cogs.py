@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import rasterio
-import rasterio.shutil
+import rasterio.windows
 from rasterio.transform import from_origin
 
 from rasteret_pipelines.products.geotiff import write_cog
+from rasteret_pipelines_demo.demo_data import write_sparse_cog
 
 S2_TRANSFORM = from_origin(699960, 1500000, 10, 10)  # MGRS 43PGQ, the quick start's tile
 
@@ -52,37 +52,9 @@ def s2_cog(
 
 def write_sparse_scene(path: Path, *, size: int = 10980, blocksize: int = 1024) -> Path:
     """A full-size Sentinel-2 10 m grid COG with overviews, mostly sparse (small on disk)."""
-    src = path.with_suffix(".src.tif")
-    with rasterio.open(
-        src,
-        "w",
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=1,
-        dtype="uint16",
-        crs="EPSG:32643",
-        transform=S2_TRANSFORM,
-        nodata=0,
-        tiled=True,
-        blockxsize=blocksize,
-        blockysize=blocksize,
-        compress="DEFLATE",
-        predictor=2,
-        SPARSE_OK=True,
-    ) as dst:
-        block = field(blocksize, blocksize, 1, "uint16", 3)
-        dst.write(block, window=rasterio.windows.Window(2 * blocksize, 3 * blocksize, blocksize, blocksize))
-    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
-        rasterio.shutil.copy(
-            src,
-            path,
-            driver="COG",
-            compress="DEFLATE",
-            predictor=2,
-            blocksize=blocksize,
-            overviews="AUTO",
-            SPARSE_OK=True,
-        )
-    src.unlink()
-    return path
+    block = field(blocksize, blocksize, 1, "uint16", 3)
+    window = rasterio.windows.Window(2 * blocksize, 3 * blocksize, blocksize, blocksize)
+    origin = (S2_TRANSFORM.c, S2_TRANSFORM.f)
+    return write_sparse_cog(
+        path, block, window, size=size, crs="EPSG:32643", origin=origin, pixel=S2_TRANSFORM.a, block=blocksize
+    )

@@ -14,7 +14,7 @@ import pytest
 import rasterio
 
 from rasteret_pipelines.cog import FetchConfig, RangeFetcher, read_header, read_window, run_sync
-from rasteret_pipelines.cog.http import _S3_CACHE
+from rasteret_pipelines.cog.http import _BUCKET_REGIONS
 from rasteret_pipelines.errors import CogNotFoundError, FetchError, NotATiffError, UnsafeHrefError
 from rasteret_pipelines.redaction import redact
 from rasteret_pipelines_tests.cog.cogs import s2_cog
@@ -61,9 +61,9 @@ def aws_session(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none-credentials"))
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    _S3_CACHE.clear()
+    _BUCKET_REGIONS.clear()
     yield monkeypatch
-    _S3_CACHE.clear()
+    _BUCKET_REGIONS.clear()
 
 
 def _credential_headers(headers: dict[str, str]) -> list[str]:
