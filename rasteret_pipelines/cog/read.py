@@ -20,7 +20,14 @@ from typing import NamedTuple
 import numpy as np
 
 from rasteret_pipelines.cog import tiff
-from rasteret_pipelines.cog.decode import BYTE_CODECS, block_rows, decode_block, max_stored_bytes
+from rasteret_pipelines.cog.decode import (
+    BYTE_CODECS,
+    BlockBuffers,
+    block_nbytes,
+    block_rows,
+    decode_block,
+    max_stored_bytes,
+)
 from rasteret_pipelines.cog.fetch import FetchConfig, ObjectVersion, RangeFetcher
 from rasteret_pipelines.cog.header import CogHeader, ImageLevel, build_header, validate_window
 from rasteret_pipelines.errors import DecodedSizeError, RasteretError, TiffFormatError, WindowError
@@ -276,6 +283,9 @@ async def fetch_windows(
     # Windows are assembled as soon as their last block is decoded, and a block is dropped
     # once every window needing it is done: memory holds the blocks in flight, not all.
     decoded: dict[_Block, np.ndarray] = {}
+    # A finished block's decompression buffer goes to the next block (windows are copies).
+    buffers = BlockBuffers()
+    buffer_of: dict[_Block, np.ndarray | None] = {}
     users: dict[_Block, list[int]] = defaultdict(list)
     for i, need in enumerate(needs):
         for block in need:
@@ -294,6 +304,7 @@ async def fetch_windows(
             users_left.remove(i)
             if not users_left:
                 decoded.pop(block, None)
+                buffers.give(buffer_of.pop(block, None))
         if on_window is None:
             results[i] = array
         else:
@@ -309,20 +320,22 @@ async def fetch_windows(
         data = response.data
         level_of = header.levels
 
-        def decode_all(data: bytes) -> list[tuple[_Block, np.ndarray]]:
+        def decode_all(data: bytes) -> list[tuple[_Block, np.ndarray, np.ndarray | None]]:
             out = []
             for block, offset, count in span.blocks:
                 raw = data[offset - span.start : offset - span.start + count]
                 level = level_of[block.overview]
-                arr = decode_block(level, header.byte_order, raw, href, block.index, block.overview)
-                out.append((block, arr))
+                buffer = buffers.take(block_nbytes(level) + 1) if level.compression in BYTE_CODECS else None
+                arr = decode_block(level, header.byte_order, raw, href, block.index, block.overview, out=buffer)
+                out.append((block, arr, buffer))
             return out
 
         blocks = await loop.run_in_executor(pool, decode_all, data)
         del data, response
-        for block, arr in blocks:
+        for block, arr, buffer in blocks:
             decoded[block] = arr
-        for block, _ in blocks:
+            buffer_of[block] = buffer
+        for block, _, _ in blocks:
             for i in list(users[block]):
                 remaining[i] -= 1
                 if remaining[i] == 0:
