@@ -195,6 +195,13 @@ class BlockBuffers:
                 return free.pop()
         return np.empty(nbytes, dtype=np.uint8)
 
+    def take_for(self, level: ImageLevel) -> np.ndarray | None:
+        """The buffer a block of ``level`` decompresses into (see :func:`decode_block`), or None
+        where its codec decodes without one (image codecs, uncompressed blocks)."""
+        if level.compression == 1 or level.compression not in BYTE_CODECS:
+            return None
+        return self.take(block_nbytes(level) + 1)
+
     def give(self, buffer: np.ndarray | None) -> None:
         """Return ``buffer`` for reuse (None: nothing to return)."""
         if buffer is not None:
