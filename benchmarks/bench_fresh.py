@@ -280,7 +280,9 @@ def serve(argv: list[str]) -> bool:
 # -- parent ----------------------------------------------------------------------------------------
 
 
-def spawn(mode: str, spec: dict, workdir: Path, tag: str, env_extra: dict | None = None) -> dict:
+def spawn(
+    mode: str, spec: dict, workdir: Path, tag: str, env_extra: dict | None = None, python: str = sys.executable
+) -> dict:
     """Run one worker in a new interpreter; ``seconds`` = spawn to answer (imports included)."""
     import subprocess
 
@@ -292,7 +294,7 @@ def spawn(mode: str, spec: dict, workdir: Path, tag: str, env_extra: dict | None
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(env_extra or {})
-    cmd = [sys.executable, "-m", WORKER_MODULE, "--worker", mode, str(spec_path), str(out_path)]
+    cmd = [python, "-m", WORKER_MODULE, "--worker", mode, str(spec_path), str(out_path)]
     t_spawn = time.time()
     proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0 or not out_path.exists():
@@ -329,6 +331,14 @@ def parse_args(argv=None):
         action="store_true",
         help="the engine worker imports what the README's quick start imports (xarray included) "
         "before its clock splits; by default xarray is imported by the read, during the fetch",
+    )
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PATH",
+        help="the interpreter of every worker (default: this one). The README's install "
+        "(`pip install .`, no extras) has no dask, which xarray imports at a Dataset's first "
+        "arithmetic where it is installed (the test extras install it): see benchmarks/README.md",
     )
     p.add_argument(
         "--profile",
@@ -378,6 +388,15 @@ def _load_headers(workspace: Path, hrefs: list[str]) -> list[dict]:
     if len(found) != len(wanted):
         raise SystemExit(f"FAILED: {len(found)} of {len(wanted)} headers found in the collection")
     return [found[h] for h in hrefs]
+
+
+def _dask_note(python: str) -> str:
+    """Whether dask is installed for ``python``: xarray imports it at a Dataset's first arithmetic."""
+    import subprocess
+
+    probe = "import importlib.util as u; print(u.find_spec('dask') is not None)"
+    found = subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout.strip() == "True"
+    return "dask installed: xarray imports it at the NDVI" if found else "no dask"
 
 
 def compile_bytecode() -> None:
@@ -443,6 +462,7 @@ def main(argv=None) -> int:
         + ("; engine: the quick start's imports, xarray included, before the read" if args.user_imports else ""),
         flush=True,
     )
+    print(f"workers: {args.python} ({_dask_note(args.python)})", flush=True)
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_fresh_") as tmp, RangeServer(root, latency=args.latency) as srv:
         workdir = Path(tmp)
@@ -482,7 +502,9 @@ def main(argv=None) -> int:
                     if args.profile is not None:
                         args.profile.mkdir(parents=True, exist_ok=True)
                         env[PROFILE_ENV] = str(args.profile.resolve())
-                    run = spawn(mode, spec, workdir, tag=f"{key.replace('/', '-')}-{i}", env_extra=env)
+                    run = spawn(
+                        mode, spec, workdir, tag=f"{key.replace('/', '-')}-{i}", env_extra=env, python=args.python
+                    )
                     run["traffic"] = account(settle(srv, 1.0), first_offset_by_name).__dict__
                     run["stac_requests"] = stac.count()
                     run["load1"] = os.getloadavg()[0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
@@ -38,30 +39,33 @@ class _TooLong(Exception):
     """A decoder produced (or would produce) more bytes than the bound it was given."""
 
 
-def _bounded(decoder, data: bytes, limit: int, full: str | None = None):
+def _bounded(decoder, data: bytes, limit: int, full: str | None = None, out: np.ndarray | None = None):
     """``decoder(data)`` into a buffer of ``limit + 1`` bytes, never more.
 
     The decoders stop at the buffer's end (a full buffer means the block decodes long) or
     raise an error whose message contains ``full``: both become :class:`_TooLong`. They
     return the view of the buffer they filled (faster than a bytes ``out=`` of that size).
+    ``out``: a recycled uint8 buffer to decode into (used when it has ``limit + 1`` bytes).
     """
+    if out is None or out.nbytes != limit + 1:
+        out = np.empty(limit + 1, dtype=np.uint8)
     try:
-        return decoder(data, out=np.empty(limit + 1, dtype=np.uint8))
+        return decoder(data, out=out)
     except Exception as exc:
         if full is not None and full in str(exc):
             raise _TooLong from exc
         raise
 
 
-def _none(data: bytes, limit: int) -> bytes:
+def _none(data: bytes, limit: int, out=None) -> bytes:
     return data
 
 
-def _deflate(data: bytes, limit: int):
+def _deflate(data: bytes, limit: int, out=None):
     # Streams libdeflate refuses (no trailing checksum, which it may also report as "no
     # space left" after reading past the end) go through zlib.decompressobj, bounded too.
     try:
-        return _bounded(imagecodecs.deflate_decode, data, limit)
+        return _bounded(imagecodecs.deflate_decode, data, limit, out=out)
     except imagecodecs.DeflateError:
         pass
     out = zlib.decompressobj().decompress(data, limit + 1)
@@ -70,24 +74,24 @@ def _deflate(data: bytes, limit: int):
     return out
 
 
-def _zstd(data: bytes, limit: int):
+def _zstd(data: bytes, limit: int, out=None):
     # Never the frame's declared content size: that is how a ZSTD bomb allocates.
-    return _bounded(imagecodecs.zstd_decode, data, limit, "too small")
+    return _bounded(imagecodecs.zstd_decode, data, limit, "too small", out)
 
 
-def _lzw(data: bytes, limit: int):
-    return _bounded(imagecodecs.lzw_decode, data, limit)
+def _lzw(data: bytes, limit: int, out=None):
+    return _bounded(imagecodecs.lzw_decode, data, limit, out=out)
 
 
-def _packbits(data: bytes, limit: int):
-    return _bounded(imagecodecs.packbits_decode, data, limit, "TOO_SMALL")
+def _packbits(data: bytes, limit: int, out=None):
+    return _bounded(imagecodecs.packbits_decode, data, limit, "TOO_SMALL", out)
 
 
-def _lzma(data: bytes, limit: int):
-    return _bounded(imagecodecs.lzma_decode, data, limit)
+def _lzma(data: bytes, limit: int, out=None):
+    return _bounded(imagecodecs.lzma_decode, data, limit, out=out)
 
 
-BYTE_CODECS: dict[int, tuple[str, Callable[[bytes, int], bytes], object]] = {
+BYTE_CODECS: dict[int, tuple[str, Callable[..., bytes], object]] = {
     1: ("none", _none, None),
     5: ("LZW", _lzw, imagecodecs.LZW),
     8: ("Deflate", _deflate, imagecodecs.DEFLATE),
@@ -96,10 +100,11 @@ BYTE_CODECS: dict[int, tuple[str, Callable[[bytes, int], bytes], object]] = {
     50000: ("ZSTD", _zstd, imagecodecs.ZSTD),
     34925: ("LZMA", _lzma, imagecodecs.LZMA),
 }
-"""Compression code -> (name, decompress(data, limit), imagecodecs codec).
+"""Compression code -> (name, decompress(data, limit, out=None), imagecodecs codec).
 
 Each decompressor returns at most ``limit + 1`` bytes (or raises ``_TooLong``) whatever the
-input claims, so a decompression bomb costs at most one block of memory."""
+input claims, so a decompression bomb costs at most one block of memory. ``out`` is a recycled
+buffer of ``limit + 1`` bytes to decompress into (see :class:`BlockBuffers`)."""
 
 IMAGE_CODECS: dict[int, tuple[str, object]] = {
     7: ("JPEG", imagecodecs.JPEG8),
@@ -167,6 +172,43 @@ def block_nbytes(level: ImageLevel) -> int:
     return level.tile_height * level.tile_width * samples * np.dtype(level.dtype).itemsize
 
 
+class BlockBuffers:
+    """Decompression buffers recycled within one batch of reads.
+
+    Every decoded block of a byte codec needs a block-sized buffer. Allocating a fresh one per
+    block makes the process fault in new pages for every block (a Sentinel-2 tile is 2 MiB
+    decoded, and a batch decodes hundreds); handing a finished block's buffer to the next
+    block keeps the pages the batch already touched. The batch calls :meth:`give` only once
+    nothing holds the block any longer (its windows are copied out). Thread-safe: blocks
+    decode on a thread pool.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 buffer of ``nbytes`` bytes: a recycled one, else a new one."""
+        with self._lock:
+            free = self._free.get(nbytes)
+            if free:
+                return free.pop()
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def take_for(self, level: ImageLevel) -> np.ndarray | None:
+        """The buffer a block of ``level`` decompresses into (see :func:`decode_block`), or None
+        where its codec decodes without one (image codecs, uncompressed blocks)."""
+        if level.compression == 1 or level.compression not in BYTE_CODECS:
+            return None
+        return self.take(block_nbytes(level) + 1)
+
+    def give(self, buffer: np.ndarray | None) -> None:
+        """Return ``buffer`` for reuse (None: nothing to return)."""
+        if buffer is not None:
+            with self._lock:
+                self._free.setdefault(buffer.nbytes, []).append(buffer)
+
+
 def max_stored_bytes(level: ImageLevel) -> int:
     """Largest plausible stored (compressed) size of one block of ``level``."""
     return block_nbytes(level) * MAX_STORED_RATIO + (1 << 20)
@@ -179,6 +221,7 @@ def decode_block(
     href: str,
     index: int | None = None,
     overview: int = 0,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode one stored block (tile or strip), held to the shape the header gives it.
 
@@ -190,6 +233,9 @@ def decode_block(
         index: The block's index in the level's offset arrays (for the expected row count of
             a stripped file's last strip, and for error messages).
         overview: The level's overview number, for error messages.
+        out: A uint8 buffer of ``block_nbytes(level) + 1`` bytes (from :class:`BlockBuffers`)
+            that a byte codec decompresses into; the array returned may then share its memory,
+            so the buffer must not be reused while that array is.
 
     Returns:
         An array of shape (samples, rows, tile_width) in native byte order, where samples is
@@ -210,7 +256,7 @@ def decode_block(
         if level.compression in IMAGE_CODECS:
             arr = _decode_image(level, data, rows, samples)
         else:
-            arr = _decode_bytes(level, byte_order, data, samples, rows)
+            arr = _decode_bytes(level, byte_order, data, samples, rows, out)
     except _TooLong as exc:
         raise DecodedSizeError(
             href,
@@ -526,12 +572,14 @@ def _check_j2k_size(data: bytes, out: np.ndarray) -> None:
         raise ValueError(f"invalid out.shape={out.shape}, shape={shape}")
 
 
-def _decode_bytes(level: ImageLevel, byte_order: str, data: bytes, samples: int, rows: int) -> np.ndarray:
+def _decode_bytes(
+    level: ImageLevel, byte_order: str, data: bytes, samples: int, rows: int, out: np.ndarray | None = None
+) -> np.ndarray:
     file_dtype = np.dtype(level.dtype).newbyteorder(byte_order)
     width = level.tile_width
     row_bytes = width * samples * file_dtype.itemsize
     full = level.tile_height * row_bytes
-    raw = BYTE_CODECS[level.compression][1](data, full)
+    raw = BYTE_CODECS[level.compression][1](data, full, out)
     if len(raw) > full:
         raise _TooLong
     if len(raw) < rows * row_bytes:

@@ -20,7 +20,13 @@ from typing import NamedTuple
 import numpy as np
 
 from rasteret_pipelines.cog import tiff
-from rasteret_pipelines.cog.decode import BYTE_CODECS, block_rows, decode_block, max_stored_bytes
+from rasteret_pipelines.cog.decode import (
+    BYTE_CODECS,
+    BlockBuffers,
+    block_rows,
+    decode_block,
+    max_stored_bytes,
+)
 from rasteret_pipelines.cog.fetch import FetchConfig, ObjectVersion, RangeFetcher
 from rasteret_pipelines.cog.header import CogHeader, ImageLevel, build_header, validate_window
 from rasteret_pipelines.errors import DecodedSizeError, RasteretError, TiffFormatError, WindowError
@@ -276,6 +282,9 @@ async def fetch_windows(
     # Windows are assembled as soon as their last block is decoded, and a block is dropped
     # once every window needing it is done: memory holds the blocks in flight, not all.
     decoded: dict[_Block, np.ndarray] = {}
+    # A finished block's decompression buffer goes to the next block (windows are copies).
+    buffers = BlockBuffers()
+    buffer_of: dict[_Block, np.ndarray | None] = {}
     users: dict[_Block, list[int]] = defaultdict(list)
     for i, need in enumerate(needs):
         for block in need:
@@ -294,6 +303,7 @@ async def fetch_windows(
             users_left.remove(i)
             if not users_left:
                 decoded.pop(block, None)
+                buffers.give(buffer_of.pop(block, None))
         if on_window is None:
             results[i] = array
         else:
@@ -309,20 +319,24 @@ async def fetch_windows(
         data = response.data
         level_of = header.levels
 
-        def decode_all(data: bytes) -> list[tuple[_Block, np.ndarray]]:
+        def decode_all(data: bytes) -> list[tuple[_Block, np.ndarray, np.ndarray | None]]:
+            # Byte codecs read a view of the response; image codecs get bytes of their own.
+            stored = memoryview(data) if header.levels[overview].compression in BYTE_CODECS else data
             out = []
             for block, offset, count in span.blocks:
-                raw = data[offset - span.start : offset - span.start + count]
+                raw = stored[offset - span.start : offset - span.start + count]
                 level = level_of[block.overview]
-                arr = decode_block(level, header.byte_order, raw, href, block.index, block.overview)
-                out.append((block, arr))
+                buffer = buffers.take_for(level)
+                arr = decode_block(level, header.byte_order, raw, href, block.index, block.overview, out=buffer)
+                out.append((block, arr, buffer))
             return out
 
         blocks = await loop.run_in_executor(pool, decode_all, data)
         del data, response
-        for block, arr in blocks:
+        for block, arr, buffer in blocks:
             decoded[block] = arr
-        for block, _ in blocks:
+            buffer_of[block] = buffer
+        for block, _, _ in blocks:
             for i in list(users[block]):
                 remaining[i] -= 1
                 if remaining[i] == 0:
@@ -389,9 +403,10 @@ async def fetch_tiles(
     :func:`~rasteret_pipelines.cog.decode.decode_block` returns it (padding of an edge tile
     included), in the decoding thread right after decoding: a caller that takes a few values
     from each tile neither copies the tile into a window nor waits for the event loop, and the
-    tile is dropped as soon as its callbacks return. Calls run concurrently, so ``on_tile`` must
-    only write what no other call writes. A sparse tile is handed over as a read-only block of
-    the fill value.
+    tile is dropped as soon as its callbacks return. ``on_tile`` must copy what it keeps: the
+    block's memory decodes the next tile once its callbacks have returned. Calls run
+    concurrently, so ``on_tile`` must only write what no other call writes. A sparse tile is
+    handed over as a read-only block of the fill value.
     """
     requests = []
     for header, index in tiles:
@@ -409,6 +424,7 @@ async def fetch_tiles(
     headers = {h.href: h for h, _ in tiles}
     loop = asyncio.get_running_loop()
     pool = decode_pool(fetcher.config.decode_threads)
+    buffers = BlockBuffers()  # one per decoding thread in use: each tile's is reused by the next
     fetched = {block for href_spans in spans.values() for span in href_spans for block, _, _ in span.blocks}
     for block, indices in users.items():
         if block not in fetched:  # sparse: never stored, read as the fill value
@@ -436,9 +452,13 @@ async def fetch_tiles(
                 if not wanted:
                     continue  # another band's plane of a planar tile: fetched with it, not decoded
                 raw = stored[offset - span.start : offset - span.start + count]
-                arr = decode_block(header.levels[overview], header.byte_order, raw, href, block.index, overview)
+                level = header.levels[overview]
+                buffer = buffers.take_for(level)
+                arr = decode_block(level, header.byte_order, raw, href, block.index, overview, out=buffer)
                 for i in wanted:
                     on_tile(i, arr)
+                del arr
+                buffers.give(buffer)
 
         await loop.run_in_executor(pool, decode_and_hand_over)
 

@@ -194,12 +194,58 @@ def test_a_tile_shared_by_many_windows_is_fetched_and_decoded_once(reader, monke
     reader.reset_log()
     calls = []
     real = read_module.decode_block
-    monkeypatch.setattr(read_module, "decode_block", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(read_module, "decode_block", lambda *a, **k: calls.append(1) or real(*a, **k))
     windows = [(10, 10, 20, 20), (30, 40, 100, 100), (0, 0, 512, 512), (500, 500, 5, 5)]
     results = read_windows([(header, w) for w in windows], reader=reader)
     assert reader.count() == 1
     assert len(calls) == 1
     assert [r.shape for r in results] == [(1, w[3], w[2]) for w in windows]
+
+
+def test_decode_buffers_are_recycled_and_windows_stay_rasterios(reader, files, monkeypatch):
+    """Every block's decompression buffer goes back to the batch's pool once its windows are
+    copied out, and a recycled buffer never shows through: each window equals rasterio's."""
+    taken, given = [], []
+
+    class Counting(read_module.BlockBuffers):
+        def take(self, nbytes):
+            buffer = super().take(nbytes)
+            taken.append(buffer)
+            return buffer
+
+        def give(self, buffer):
+            given.append(buffer)
+            super().give(buffer)
+
+    monkeypatch.setattr(read_module, "BlockBuffers", Counting)
+    header = read_header(href("planar.tif"), reader=reader)
+    level = header.levels[0]
+    # Two windows in every block of every plane, read one request at a time.
+    windows = [
+        (col * 256 + dx, row * 256 + dy, 40, 30)
+        for row in range(level.tiles_down)
+        for col in range(level.tiles_across)
+        for dx, dy in ((0, 0), (100, 120))
+        if col * 256 + dx + 40 <= header.width and row * 256 + dy + 30 <= header.height
+    ]
+    config = FetchConfig(coalesce_gap=-1, max_concurrency=1)
+    got = read_windows([(header, w) for w in windows], config=config, reader=reader)
+    blocks = level.tiles_across * level.tiles_down * header.count
+    assert len(taken) == len(given) == blocks
+    assert {id(b) for b in given} == {id(b) for b in taken}
+    with rasterio.open(files / "planar.tif") as src:
+        for window, array in zip(windows, got):
+            np.testing.assert_array_equal(array, src.read(window=Window(*window)))
+
+
+def test_block_buffers_hand_back_what_was_given():
+    buffers = read_module.BlockBuffers()
+    first = buffers.take(1025)
+    assert first.nbytes == 1025 and first.dtype == np.uint8
+    buffers.give(first)
+    assert buffers.take(4097) is not first  # another size: a new buffer
+    assert buffers.take(1025) is first
+    assert buffers.take(1025) is not first  # handed out once
 
 
 def test_sparse_tiles_cost_nothing(reader, files):

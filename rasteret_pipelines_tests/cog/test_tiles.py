@@ -36,13 +36,15 @@ CASES = {
 
 
 def _fetch(reader: MemoryReader, tiles):
-    """``{i: [block, ...]}`` of one ``fetch_tiles`` batch, and ``{i: name of the calling thread}``."""
+    """``{i: [block, ...]}`` of one ``fetch_tiles`` batch, and ``{i: (name of the calling
+    thread, id of the block object, whether it was writeable)}``."""
     got: dict[int, list[np.ndarray]] = {}
-    threads: dict[int, str] = {}
+    threads: dict[int, tuple[str, int, bool]] = {}
 
     def on_tile(i: int, block: np.ndarray) -> None:
-        got.setdefault(i, []).append(block)
-        threads[i] = threading.current_thread().name
+        # A copy, as fetch_tiles asks: the block's memory decodes the next tile after this returns.
+        got.setdefault(i, []).append(block.copy())
+        threads[i] = (threading.current_thread().name, id(block), block.flags.writeable)
 
     async def run():
         async with RangeFetcher(reader=reader) as fetcher:
@@ -76,9 +78,9 @@ def test_every_tile_equals_rasterio_over_its_window(tmp_path: Path, case: str):
             np.testing.assert_array_equal(block[:, :h, :w], expected, err_msg=f"tile {t}")
             if not level.tile_byte_counts[t]:  # sparse: the fill value
                 sparse += 1
-                assert not block.flags.writeable and (block == (src.nodata or 0)).all()
+                assert not threads[t][2] and (block == (src.nodata or 0)).all()
             else:  # decoded and handed over in a decoding thread, not the event loop's
-                assert threads[t] != threading.current_thread().name
+                assert threads[t][0] != threading.current_thread().name
     stored = [t for t in range(n) if level.tile_byte_counts[t]]
     assert sparse == n - len(stored) and (sparse > 0) == bool(CASES[case].get("sparse"))
     assert 0 < len(reader.requests) <= len(stored)
@@ -91,8 +93,9 @@ def test_a_tile_asked_twice_is_fetched_and_decoded_once(tmp_path: Path):
     level = header.levels[0]
     far = level.tiles_across * level.tiles_down - 1  # the bottom-right tile, far from tile 0
     reader.reset_log()
-    got, _ = _fetch(reader, [(header, 0), (header, far), (header, 0)])
-    assert got[0][0] is got[2][0]  # one decoded block handed to both
+    got, handed = _fetch(reader, [(header, 0), (header, far), (header, 0)])
+    assert handed[0][1] == handed[2][1]  # one decoded block handed to both
+    np.testing.assert_array_equal(got[0][0], got[2][0])
     assert [(r.start, r.end) for r in reader.requests] == [
         (int(level.tile_offsets[t]), int(level.tile_offsets[t] + level.tile_byte_counts[t])) for t in (0, far)
     ]
