@@ -529,11 +529,15 @@ def updated_items(
     months: list[str],
     bbox,
     since: str,
+    *,
+    retry=None,
 ) -> dict[str, str]:
     """``{YYYY-MM: latest updated}`` of items in ``months`` updated (or added) after ``since``.
 
     One STAC search over the span of ``months`` (``query: updated > since``), grouped by month
-    of acquisition; months outside ``months`` are dropped.
+    of acquisition; months outside ``months`` are dropped. ``retry`` is the search's
+    :class:`~rasteret_pipelines.cog.config.RetryPolicy` (the project's is
+    ``HttpClientResource.fetch_config().retry_policy``; None: the policy's defaults).
 
     Raises:
         StacApiError: the STAC API is unreachable or keeps failing.
@@ -543,7 +547,9 @@ def updated_items(
     first, _ = month_bounds(min(months))
     _, last = month_bounds(max(months))
     span = Month(f"{min(months)}..{max(months)}", first, last)
-    items = search_items(get_source(source_id), span, stac_url=stac_url, bbox=bbox, query={"updated": {"gt": since}})
+    items = search_items(
+        get_source(source_id), span, stac_url=stac_url, bbox=bbox, query={"updated": {"gt": since}}, retry=retry
+    )
     wanted = set(months)
     out: dict[str, str] = {}
     for item in items:
