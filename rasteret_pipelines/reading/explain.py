@@ -237,16 +237,15 @@ def _same(a, b) -> bool:
     objects by ``equals``, arrays element by element, anything else by ``==``)."""
     if a is b:
         return True
-    if type(a) is not type(b):
-        return False
     try:
         if "pandas" in sys.modules:
             import pandas as pd
 
-            if isinstance(a, (pd.DataFrame, pd.Series)):  # GeoPandas too: the same rows, in the same CRS
-                return bool(a.equals(b)) and getattr(a, "crs", None) == getattr(b, "crs", None)
-        if isinstance(a, np.ndarray):
-            return a.shape == b.shape and bool(np.all(a == b))
+            if isinstance(a, (pd.DataFrame, pd.Series)) or isinstance(b, (pd.DataFrame, pd.Series)):
+                # GeoPandas too: the same rows, in the same CRS
+                return type(a) is type(b) and bool(a.equals(b)) and getattr(a, "crs", None) == getattr(b, "crs", None)
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            return type(a) is type(b) and a.shape == b.shape and bool(np.all(a == b))
         return bool(a == b)
     except (TypeError, ValueError):  # values that do not compare as one truth value
         return False

@@ -131,6 +131,12 @@ def test_a_read_given_its_dry_run_plans_nothing_again_and_fetches_exactly_that_p
     assert _served(world) == (plan.gets, plan.bytes)
     assert table.equals(zonal_stats(collection, fields, stats=["mean", "p90"], **kwargs))
     assert planning_calls == {"plan_fields_read": 2, "load_fields": 2}
+    # the high-level API passes planned= through to the read
+    plan = processor.explain("zonal_stats", fields=fields, **kwargs)
+    world.cogs.reset_log()
+    assert processor.zonal_stats(fields, **kwargs, planned=plan).num_rows > 0
+    assert planning_calls == {"plan_fields_read": 3, "load_fields": 3}
+    assert _served(world) == (plan.gets, plan.bytes)
 
     planning_calls.clear()
     points = gpd.GeoDataFrame(
