@@ -248,6 +248,7 @@ def field_stats_month(
     )
     if planned is not None:
         planned.check_fields(fields)
+    if planned is not None and planned.stats is not None:  # None: no field, planned nothing
         frame, kwargs, plan = planned.stats
         if plan is None:  # no scene covers them: the dry run found nothing to read
             return empty

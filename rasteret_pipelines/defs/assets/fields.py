@@ -216,7 +216,9 @@ def field_stats_asset(
                 plan_metadata = read_plan_metadata(planned.plans, month, [g for _, g in todo])
                 for k, _ in todo:
                     context.log_event(dg.AssetObservation(asset_key=key, partition=k, metadata=plan_metadata))
-                table = field_stats_month(source_id, collection, month, read, planned=planned)
+                table = field_stats_month(
+                    source_id, collection, month, read, fetch_config=http.fetch_config(), planned=planned
+                )
                 tifs, cog_reads = group_geotiffs(
                     source_id, collection, month, read, output_uri=ndvi_uri, planned=planned, **batch
                 )
