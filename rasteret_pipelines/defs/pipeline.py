@@ -24,7 +24,7 @@ from rasteret_pipelines.aois import AoiSet
 from rasteret_pipelines.collections import MonthReport, build_collection, get_source
 from rasteret_pipelines.defs.io_managers import COLLECTIONS, CollectionMonth, CollectionSlice
 from rasteret_pipelines.defs.partitions import month_bounds
-from rasteret_pipelines.errors import AoiNotIndexedError, InvalidSearchError, NoScenesError
+from rasteret_pipelines.errors import AoiNotIndexedError, InvalidReadArgumentError, InvalidSearchError, NoScenesError
 
 
 def collection_bands(source_id: str) -> list[str]:
@@ -222,7 +222,7 @@ def stats_schema() -> pa.Schema:
 
 
 def field_stats_month(
-    source_id: str, collection: CollectionSlice, month: str, fields, *, fetch_config=None
+    source_id: str, collection: CollectionSlice, month: str, fields, *, fetch_config=None, planned=None
 ) -> pa.Table:
     """NDVI statistics of every field in ``fields`` for every date of ``month``: ONE
     :func:`~rasteret_pipelines.reading.zonal_stats` call over all of them (every tile fetched
@@ -231,6 +231,9 @@ def field_stats_month(
     Args:
         fields: GeoDataFrame indexed by field id with ``group`` and ``name`` (a
             :class:`~rasteret_pipelines.fields.FieldSet`'s frame or a part of it).
+        planned: The month's :class:`MonthPlan` (:func:`plan_field_month` of these ``fields``):
+            the read runs its planned ``zonal_stats`` call instead of planning it again, and
+            frees that plan's pixel pairs once done.
 
     Returns:
         One row per (field, date) some scene covers: the library's columns, then ``group`` and
@@ -239,13 +242,24 @@ def field_stats_month(
     """
     from rasteret_pipelines.reading import zonal_stats
 
+    empty = stats_schema().append(pa.field("group", pa.string())).append(pa.field("name", pa.string()))
+    empty = empty.empty_table().replace_schema_metadata(
+        {b"requests": b"0", b"header_requests": b"0", b"bytes_read": b"0"}
+    )
+    if planned is not None:
+        planned.check_fields(fields)
+    if planned is not None and planned.stats is not None:  # None: no field, planned nothing
+        frame, kwargs, plan = planned.stats
+        if plan is None:  # no scene covers them: the dry run found nothing to read
+            return empty
+        try:
+            return zonal_stats(collection, frame, **kwargs, planned=plan)
+        finally:
+            plan.planned = None  # read: its pixel pairs are freed, its numbers stay
     try:
         return zonal_stats(collection, fields.reset_index(), **_stats_read(source_id, collection, month, fetch_config))
     except NoScenesError:
-        schema = stats_schema().append(pa.field("group", pa.string())).append(pa.field("name", pa.string()))
-        return schema.empty_table().replace_schema_metadata(
-            {b"requests": b"0", b"header_requests": b"0", b"bytes_read": b"0"}
-        )
+        return empty
 
 
 def _stats_read(source_id: str, collection, month: str, fetch_config) -> dict:
@@ -262,6 +276,31 @@ def _stats_read(source_id: str, collection, month: str, fetch_config) -> dict:
     )
 
 
+@dataclass
+class MonthPlan:
+    """A month's reads of the fields asset, planned once from the cached headers (no request):
+    each read's exact dry run (:func:`~rasteret_pipelines.reading.explain.explain`), which
+    :func:`field_stats_month` and :func:`group_geotiffs` then run as planned (``planned=``)."""
+
+    fields: object
+    """The fields planned for (a read is given this object)."""
+    plans: list[tuple[str, object]]
+    """``[(label, ReadPlan)]``: the statistics, then every batch of COGs that some scene covers."""
+    stats: tuple | None
+    """``(fields frame, zonal_stats keywords, ReadPlan or None: no scene covers them)``; None: no field."""
+    geotiffs: list[tuple]
+    """``[(areas, subfolder, {area: group} or None, args, kwargs, ReadPlan or None)]`` per batch of COGs."""
+
+    def check_fields(self, fields) -> None:
+        """Refuse to run this plan for other fields.
+
+        Raises:
+            InvalidReadArgumentError: ``fields`` is not the frame this month was planned for.
+        """
+        if fields is not self.fields:
+            raise InvalidReadArgumentError("planned= is the plan of other fields: plan this month's fields first")
+
+
 def plan_field_month(
     source_id: str,
     collection: CollectionSlice,
@@ -272,36 +311,33 @@ def plan_field_month(
     max_bytes: int = 512_000_000,
     max_areas: int = 64,
     fetch_config=None,
-) -> list[tuple[str, object]]:
+) -> MonthPlan:
     """The exact dry run of a month's reads, from the cached headers alone (no request):
-    ``[(label, ReadPlan)]`` of :func:`field_stats_month`'s ``zonal_stats`` call, then of every
-    batch :func:`group_geotiffs` reads, with the same arguments (see
-    :mod:`~rasteret_pipelines.reading.explain`). A read no scene covers plans nothing, as it
-    reads nothing."""
+    :func:`field_stats_month`'s ``zonal_stats`` call, then every batch :func:`group_geotiffs`
+    reads, with the same arguments (see :mod:`~rasteret_pipelines.reading.explain`), labelled
+    in :attr:`MonthPlan.plans`. A read no scene covers plans nothing, as it reads nothing. The
+    reads then run these plans (``planned=``) instead of planning again."""
     from rasteret_pipelines.reading.explain import ReadPlan, explain
 
-    plans: list[tuple[str, object]] = []
     if len(fields) == 0:
-        return plans
+        return MonthPlan(fields, [], None, [])
+    frame, kwargs = fields.reset_index(), _stats_read(source_id, collection, month, fetch_config)
     try:
-        plan = explain(
-            "zonal_stats", collection, fields.reset_index(), **_stats_read(source_id, collection, month, fetch_config)
-        )
+        plan = explain("zonal_stats", collection, frame, **kwargs)
     except NoScenesError:
-        plan = ReadPlan("zonal_stats")
-    plans.append(("statistics (zonal_stats)", plan))
-    reads = _geotiff_reads(source_id, collection, month, fields, "", mode, max_bytes, max_areas, fetch_config)
-    for i, (batch, _, _, args, kwargs) in enumerate(reads, start=1):
+        plan = None
+    plans: list[tuple[str, object]] = [("statistics (zonal_stats)", plan or ReadPlan("zonal_stats"))]
+    geotiffs = []
+    reads = _geotiff_reads(source_id, collection, month, fields, mode, max_bytes, max_areas, fetch_config)
+    for i, (batch, sub, group_of, args, kw) in enumerate(reads, start=1):
         try:
-            plans.append(
-                (
-                    f"COGs, batch {i} of {len(reads)} (get_xarray)",
-                    explain("get_xarray", collection, batch, *args, **kwargs),
-                )
-            )
+            batch_plan = explain("get_xarray", collection, batch, *args, **kw)
         except NoScenesError:
-            continue
-    return plans
+            batch_plan = None
+        else:
+            plans.append((f"COGs, batch {i} of {len(reads)} (get_xarray)", batch_plan))
+        geotiffs.append((batch, sub, group_of, args, kw, batch_plan))
+    return MonthPlan(fields, plans, (frame, kwargs, plan), geotiffs)
 
 
 def split_by_group(table: pa.Table) -> dict[str, pa.Table]:
@@ -371,6 +407,7 @@ def group_geotiffs(
     max_bytes: int = 512_000_000,
     max_areas: int = 64,
     fetch_config=None,
+    planned: MonthPlan | None = None,
 ) -> dict[str, list[str]]:
     """NDVI COGs of the groups of ``fields`` for every date of ``month``.
 
@@ -379,7 +416,9 @@ def group_geotiffs(
     ndvi_YYYYMMDD.tif``. ``mode="fields"``: one COG per (field, date) for groups of at most
     :data:`FIELD_GEOTIFF_MAX_FIELDS` fields, at ``<output_uri>/fields/geometry_<id>/...``
     (larger groups get group COGs). Areas are read in batches bounded by count and estimated
-    bytes (:func:`chunk_aois`), each batch in one read.
+    bytes (:func:`chunk_aois`), each batch in one read. With ``planned`` (the month's
+    :class:`MonthPlan` of these ``fields``, made with the same ``mode`` and bounds) the batches
+    are its batches and each read runs its plan instead of planning again.
 
     Returns:
         ``({group: [path, ...]}, reads)``: the paths (for ``fields`` the group's fields' paths
@@ -390,13 +429,26 @@ def group_geotiffs(
 
     reads = {"requests": 0, "header_requests": 0, "bytes_read": 0}
     out: dict[str, list[str]] = {}
-    batches = _geotiff_reads(source_id, collection, month, fields, output_uri, mode, max_bytes, max_areas, fetch_config)
+    if planned is not None:
+        planned.check_fields(fields)
+        batches = planned.geotiffs
+    else:
+        batches = [
+            (*read, None)
+            for read in _geotiff_reads(source_id, collection, month, fields, mode, max_bytes, max_areas, fetch_config)
+        ]
     red, nir = get_source(source_id).ndvi_bands
-    for batch, where, group_of, args, kwargs in batches:
+    for batch, sub, group_of, args, kwargs, plan in batches:
+        if planned is not None and plan is None:  # its dry run found no scene: nothing to read
+            continue
+        where = output_uri if sub is None else output_uri.rstrip("/") + "/" + sub
         try:
-            ds = read_geometries(collection, batch, *args, **kwargs)
+            ds = read_geometries(collection, batch, *args, **kwargs, planned=plan)  # None: planned here
         except NoScenesError:
             continue
+        finally:
+            if plan is not None:
+                plan.planned = None  # read: its masks are freed, its numbers stay
         for k in reads:
             reads[k] += int(ds.attrs.get(k, 0))
         paths = save_per_geometry(ndvi_dataset(ds, red, nir), where, file_prefix="ndvi", data_var="NDVI")
@@ -412,15 +464,14 @@ def _geotiff_reads(
     collection,
     month: str,
     fields,
-    output_uri: str,
     mode: str,
     max_bytes: int,
     max_areas: int,
     fetch_config,
 ) -> list[tuple]:
-    """The reads :func:`group_geotiffs` makes, in order: ``[(areas, folder, {area: group} or None,
-    args, kwargs)]`` for ``read_geometries(collection, areas, *args, **kwargs)`` (shared with
-    its dry run, :func:`plan_field_month`)."""
+    """The reads :func:`group_geotiffs` makes, in order: ``[(areas, subfolder (None: the output
+    folder itself), {area: group} or None, args, kwargs)]`` for ``read_geometries(collection,
+    areas, *args, **kwargs)`` (shared with its dry run, :func:`plan_field_month`)."""
     import geopandas as gpd
 
     if mode == "none" or len(fields) == 0:
@@ -439,7 +490,7 @@ def _geotiff_reads(
                 gpd.GeoDataFrame(
                     geometry=dissolved.geometry.values, index=[str(g) for g in dissolved.index], crs="EPSG:4326"
                 ),
-                output_uri,
+                None,
                 None,
             )
         )
@@ -448,7 +499,7 @@ def _geotiff_reads(
         areas.append(
             (
                 gpd.GeoDataFrame(geometry=one.geometry.values, index=[str(i) for i in one.index], crs="EPSG:4326"),
-                output_uri.rstrip("/") + "/fields",
+                "fields",
                 dict(zip(one.index, one["group"])),
             )
         )
@@ -479,11 +530,15 @@ def updated_items(
     months: list[str],
     bbox,
     since: str,
+    *,
+    retry=None,
 ) -> dict[str, str]:
     """``{YYYY-MM: latest updated}`` of items in ``months`` updated (or added) after ``since``.
 
     One STAC search over the span of ``months`` (``query: updated > since``), grouped by month
-    of acquisition; months outside ``months`` are dropped.
+    of acquisition; months outside ``months`` are dropped. ``retry`` is the search's
+    :class:`~rasteret_pipelines.cog.config.RetryPolicy` (the project's is
+    ``HttpClientResource.fetch_config().retry_policy``; None: the policy's defaults).
 
     Raises:
         StacApiError: the STAC API is unreachable or keeps failing.
@@ -493,7 +548,9 @@ def updated_items(
     first, _ = month_bounds(min(months))
     _, last = month_bounds(max(months))
     span = Month(f"{min(months)}..{max(months)}", first, last)
-    items = search_items(get_source(source_id), span, stac_url=stac_url, bbox=bbox, query={"updated": {"gt": since}})
+    items = search_items(
+        get_source(source_id), span, stac_url=stac_url, bbox=bbox, query={"updated": {"gt": since}}, retry=retry
+    )
     wanted = set(months)
     out: dict[str, str] = {}
     for item in items:

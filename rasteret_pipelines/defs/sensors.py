@@ -16,7 +16,8 @@
 * ``stac_updates_sensor`` (stopped by default, every 10 minutes): asks each source's STAC API
   for items of materialised months updated (reprocessed) or added (late) after the month was
   built or after its cursor, and requests those collection months again; the statistics and
-  time series follow through the automation sensor.
+  time series follow through the automation sensor. Its searches are retried by the project's
+  one retry policy (the ``http`` resource, ``RASTERET_HTTP_*``), as the collection months' are.
 * ``rasteret_automation`` (running by default, every 30 s): Dagster's declarative automation,
   emitting backfills: field statistics after their collection month or their group of fields is
   updated, time series after any month of their group.
@@ -31,7 +32,7 @@ import dagster as dg
 from rasteret_pipelines.defs.assets import FIELDS_KEY, collection_key
 from rasteret_pipelines.defs.partitions import group_partitions, month_key, month_partition_key
 from rasteret_pipelines.defs.pipeline import updated_items
-from rasteret_pipelines.defs.resources import AoiFileResource, DataSourceResource, StorageResource
+from rasteret_pipelines.defs.resources import AoiFileResource, DataSourceResource, HttpClientResource, StorageResource
 from rasteret_pipelines.defs.schedules import SOURCE_TAG
 from rasteret_pipelines.errors import AoiFileError, RasteretError
 
@@ -326,7 +327,10 @@ def build_stac_sensor(sources, collections_job) -> dg.SensorDefinition:
         ),
     )
     def stac_updates_sensor(
-        context: dg.SensorEvaluationContext, data_source: DataSourceResource, aois: AoiFileResource
+        context: dg.SensorEvaluationContext,
+        data_source: DataSourceResource,
+        aois: AoiFileResource,
+        http: HttpClientResource,
     ):
         try:
             areas = aois.load()
@@ -348,7 +352,14 @@ def build_stac_sensor(sources, collections_job) -> dg.SensorDefinition:
             floor = min(v for v in built.values() if v) if any(built.values()) else "1970-01-01T00:00:00Z"
             try:
                 url = data_source.stac_url_for(source)
-                changed = updated_items(source, url, sorted(built), areas.bbox, max(filter(None, [since, floor])))
+                changed = updated_items(
+                    source,
+                    url,
+                    sorted(built),
+                    areas.bbox,
+                    max(filter(None, [since, floor])),
+                    retry=http.fetch_config().retry_policy,  # the project's one policy (RASTERET_HTTP_*)
+                )
             except RasteretError as exc:
                 notes.append(f"{source}: {exc}")
                 continue

@@ -22,6 +22,7 @@ adds to the eager read (:attr:`ReadPlan.notes`).
 from __future__ import annotations
 
 import inspect
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,18 @@ class ReadPlan:
     """Dask tasks of a lazy cube (``chunks=``), each reading one block; 0 for a read done at once."""
     notes: list[str] = field(default_factory=list)
     """What the numbers mean beyond the table (tiles fetched by more than one dask task, ...)."""
+    planned: _Planned | None = field(default=None, repr=False, compare=False)
+    """The read as this dry run planned it, kept for the read itself: given as ``planned=`` to
+    :func:`~rasteret_pipelines.reading.read_geometries`,
+    :func:`~rasteret_pipelines.reading.zonal_stats` or
+    :func:`~rasteret_pipelines.reading.sample_points` (with the arguments it was planned with),
+    the read runs this plan instead of planning again, so it fetches exactly what the plan says.
+    None for a data cube and for plans added up (:meth:`sequence`). It holds what the read holds
+    while it runs (the geometries' masks, or the fields' pixel pairs): drop the plan, or set this
+    to None, to free them. Never pickled: a plan sent elsewhere carries its numbers only."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "planned": None}
 
     def _sum(self, key: str) -> int:
         return int(sum(r[key] for r in self.rows))
@@ -161,6 +174,83 @@ class ReadPlan:
         )
 
 
+@dataclass
+class _Planned:
+    """A planned read kept on its :class:`ReadPlan`: which read of which collection with which
+    arguments (complete, defaults included) it is the plan of, and the plan itself."""
+
+    read: str
+    collection: object
+    arguments: dict
+    work: object
+    """A :class:`~rasteret_pipelines.reading.read.PlannedRead` or a
+    :class:`~rasteret_pipelines.reading.zonal.FieldsPlan`."""
+
+
+def reuse_plan(plan, reads: Sequence[str], collection, planner, arguments: dict):
+    """The planned work of ``plan`` (a :class:`ReadPlan` from :func:`explain`) for a read that
+    would otherwise call ``planner(collection, **arguments)``: checked to be the plan of that read
+    (one of ``reads``), of that collection object, with equal arguments.
+
+    Raises:
+        InvalidReadArgumentError: ``plan`` is not an :func:`explain` plan holding its planned
+            read, or it was planned for another read, collection or value of an argument (named).
+    """
+    kept = plan.planned if isinstance(plan, ReadPlan) else None
+    if kept is None:
+        what = (
+            "a ReadPlan without its planned read (a data cube's, a sum of plans, an unpickled or released one)"
+            if isinstance(plan, ReadPlan)
+            else type(plan).__name__
+        )
+        raise InvalidReadArgumentError(f"planned= takes the ReadPlan explain() returned for this read, not {what}")
+    if kept.read not in reads:
+        raise InvalidReadArgumentError(f"planned= is the plan of {kept.read!r}, not of {reads[0]!r}")
+    if kept.collection is not collection:
+        raise InvalidReadArgumentError(
+            "planned= was planned over another collection object: explain the read of this collection"
+        )
+    given = complete_arguments(planner, arguments)
+    for name in sorted(set(given) | set(kept.arguments)):
+        if not _same(kept.arguments.get(name, _MISSING), given.get(name, _MISSING)):
+            raise InvalidReadArgumentError(
+                f"planned= was planned with another {name}= than this read's: pass the arguments the plan "
+                "was made with, or leave planned= out to plan the read again"
+            )
+    return kept.work
+
+
+_MISSING = object()
+
+
+def complete_arguments(planner, arguments: dict) -> dict:
+    """``arguments`` of ``planner`` (by keyword) with its defaults filled in; ``collection`` left out."""
+    bound = inspect.signature(planner).bind_partial(**arguments)
+    bound.apply_defaults()
+    out = dict(bound.arguments)
+    out.pop("collection", None)
+    return out
+
+
+def _same(a, b) -> bool:
+    """Whether two values of an argument are the same input: the same object, or equal (pandas
+    objects by ``equals``, arrays element by element, anything else by ``==``)."""
+    if a is b:
+        return True
+    try:
+        if "pandas" in sys.modules:
+            import pandas as pd
+
+            if isinstance(a, (pd.DataFrame, pd.Series)) or isinstance(b, (pd.DataFrame, pd.Series)):
+                # GeoPandas too: the same rows, in the same CRS
+                return type(a) is type(b) and bool(a.equals(b)) and getattr(a, "crs", None) == getattr(b, "crs", None)
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            return type(a) is type(b) and a.shape == b.shape and bool(np.all(a == b))
+        return bool(a == b)
+    except (TypeError, ValueError):  # values that do not compare as one truth value
+        return False
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -221,26 +311,22 @@ def explain(read: str, collection, *args, **kwargs) -> ReadPlan:
         bound.pop("resampling", None)
         bound.pop("reader", None)
         planned = read_module.plan_read(collection, **bound)
-        return _geometries_plan(read, planned, bound.get("values", "float"))
+        out = _geometries_plan(read, planned, bound.get("values", "float"))
+        out.planned = _Planned(read, collection, complete_arguments(read_module.plan_read, bound), planned)
+        return out
     if read in ("zonal_stats", "sample_points"):
         function = getattr(zonal, read)
         bound = _bind(function, collection, *args, **kwargs)
-        spec = zonal._variables(
-            collection, bound.pop("bands", None), bound.pop("index", None), bound.pop("values", None)
-        )
         points = read == "sample_points"
         if not points:
             zonal.parse_stats(bound.pop("stats", zonal.DEFAULT_STATS))
-        data = zonal.load_fields(
-            bound.pop("points" if points else "fields"),
-            bound.pop("id_column", "id"),
-            bound.pop("keep", ()),
-            points=points,
-        )
         for name in ("reader", "output"):
             bound.pop(name, None)
-        plan = zonal.plan_fields_read(collection, data, spec, points=points, **bound)
-        return _fields_plan(read, plan)
+        arguments = {"fields": bound.pop("points" if points else "fields"), **bound}
+        plan = zonal.plan_fields(collection, points=points, **arguments)
+        out = _fields_plan(read, plan)
+        out.planned = _Planned(read, collection, complete_arguments(zonal.plan_fields, arguments), plan)
+        return out
     raise InvalidReadArgumentError(f"explain knows the reads {', '.join(READS)}, not {read!r}")
 
 
@@ -251,6 +337,8 @@ def _bind(function, collection, *args, **kwargs) -> dict:
         raise InvalidReadArgumentError(f"{function.__name__}: {exc}") from None
     out = dict(bound.arguments)
     out.pop("collection", None)
+    if "planned" in out:
+        raise InvalidReadArgumentError(f"explain plans {function.__name__} itself: planned= is an argument of the read")
     return out
 
 

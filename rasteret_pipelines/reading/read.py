@@ -77,6 +77,7 @@ def read_geometries(
     id_column: str = "id",
     keep: Sequence[str] = (),
     options: ReadOptions | None = None,
+    planned=None,
     **option_keywords,
 ):
     """Read ``bands`` for every geometry from the collection's scenes (see module docs).
@@ -119,6 +120,11 @@ def read_geometries(
             the frame has it); the ids become the ``geometry`` coordinate.
         keep: GeoDataFrame columns carried into the Dataset as coordinates on ``geometry``.
         options: The read options as one value; a keyword may add to them, not contradict them.
+        planned: The :class:`~rasteret_pipelines.reading.explain.ReadPlan` that
+            :func:`~rasteret_pipelines.reading.explain.explain` returned for this read (``"get_xarray"``
+            or ``"get_gdf"``, the same collection object and equal arguments): the read runs its
+            planned windows instead of planning them again, so a dry run followed by its read
+            plans once. ``resampling`` and ``reader`` are the read's own and may differ.
 
     Returns:
         The Dataset described in :mod:`rasteret_pipelines.reading.model`.
@@ -127,16 +133,16 @@ def read_geometries(
         UnknownBandError, MissingAssetError (the items have no asset for a band), DateRangeError,
         InvalidGeometryError, NoScenesError (with the collection's extent and the geometries' bounds),
         UnsafeHrefError (an href the collection's policy refuses; nothing was requested),
-        InvalidReadArgumentError (an unknown option, or one given twice with two values).
+        InvalidReadArgumentError (an unknown option, or one given twice with two values; a
+        ``planned`` that is not this read's plan).
     """
     opts = ReadOptions.resolve(options, option_keywords)
     values, cloud_mask, all_touched, resampling = opts.values, opts.cloud_mask, opts.all_touched, opts.resampling
     crs, resolution, mosaic = opts.crs, opts.resolution, opts.mosaic
     fetch_config, reader = opts.fetch_config, opts.reader
-    planned = plan_read(
-        collection,
-        geometries,
-        bands,
+    arguments = dict(
+        geometries=geometries,
+        bands=bands,
         date_range=date_range,
         cloud_cover_lt=cloud_cover_lt,
         values=values,
@@ -150,6 +156,12 @@ def read_geometries(
         id_column=id_column,
         keep=keep,
     )
+    if planned is None:
+        planned = plan_read(collection, **arguments)
+    else:
+        from rasteret_pipelines.reading.explain import reuse_plan
+
+        planned = reuse_plan(planned, ("get_xarray", "get_gdf"), collection, plan_read, arguments)
     plans, uncovered, keys, bands, rule, config, kept = (
         planned.plans,
         planned.uncovered,

@@ -784,6 +784,7 @@ def zonal_stats(
     fetch_config: FetchConfig | None = None,
     reader=None,
     output: str | os.PathLike | None = None,
+    planned=None,
 ):
     """Statistics of bands or an index over each field, for every date (see module docs).
 
@@ -812,6 +813,11 @@ def zonal_stats(
         reader: Any :class:`~rasteret_pipelines.cog.ByteReader` (None: the default reader).
         output: A local path or ``s3://`` URI: the rows are written there as GeoParquet (with
             each field's polygon as ``geometry``), day by day, instead of kept in memory.
+        planned: The :class:`~rasteret_pipelines.reading.explain.ReadPlan` that
+            :func:`~rasteret_pipelines.reading.explain.explain` returned for this read (the same
+            collection object, equal arguments): the read runs its plan (fields, grids, pixel
+            pairs, dates) instead of planning again, so a dry run followed by its read plans
+            once. ``stats``, ``reader`` and ``output`` are the read's own and may differ.
 
     Returns:
         A ``pyarrow.Table`` with one row per (field, date) where a scene covers the field,
@@ -823,17 +829,18 @@ def zonal_stats(
         written instead.
 
     Raises:
-        UnknownBandError, DateRangeError, InvalidGeometryError, InvalidReadArgumentError,
-        ReflectanceRequiredError, NoScenesError, UnsafeHrefError (before any request).
+        UnknownBandError, DateRangeError, InvalidGeometryError, InvalidReadArgumentError (also a
+        ``planned`` that is not this read's plan), ReflectanceRequiredError, NoScenesError,
+        UnsafeHrefError (before any request).
     """
-    spec = _variables(collection, bands, index, values)
     stat_names = parse_stats(stats)
-    data = load_fields(fields, id_column, keep)
-    return _read(
-        collection,
-        data,
-        spec,
-        stat_names,
+    arguments = dict(
+        fields=fields,
+        bands=bands,
+        index=index,
+        values=values,
+        id_column=id_column,
+        keep=keep,
         date_range=date_range,
         cloud_cover_lt=cloud_cover_lt,
         cloud_mask=cloud_mask,
@@ -841,9 +848,9 @@ def zonal_stats(
         mosaic=mosaic,
         filters=filters,
         fetch_config=fetch_config,
-        reader=reader,
-        output=output,
     )
+    plan = _plan_or_reuse(collection, "zonal_stats", planned, arguments)
+    return _read(collection, plan, stat_names, reader=reader, output=output)
 
 
 def sample_points(
@@ -863,6 +870,7 @@ def sample_points(
     fetch_config: FetchConfig | None = None,
     reader=None,
     output: str | os.PathLike | None = None,
+    planned=None,
 ):
     """The value of bands (and an index) at each point, for every date: a time series per point.
 
@@ -879,6 +887,8 @@ def sample_points(
         index: ``"ndvi"`` or a function of the bands (see :func:`zonal_stats`).
         id_column, keep, date_range, cloud_cover_lt, values, cloud_mask, mosaic, filters,
         fetch_config, reader, output: as in :func:`zonal_stats`.
+        planned: The plan :func:`~rasteret_pipelines.reading.explain.explain` returned for this
+            read (``"sample_points"``), run instead of planning again (see :func:`zonal_stats`).
 
     Returns:
         A ``pyarrow.Table`` with a row per (point, date) where a scene covers the point:
@@ -886,23 +896,32 @@ def sample_points(
         the ``keep`` columns. A masked pixel (nodata, cloud, outside the image) is null; a
         point outside every scene has no rows. With ``output``, the location written.
     """
-    spec = _variables(collection, bands, index, values)
-    data = load_fields(points, id_column, keep, points=True)
-    return _read(
-        collection,
-        data,
-        spec,
-        None,
+    arguments = dict(
+        fields=points,
+        bands=bands,
+        index=index,
+        values=values,
+        id_column=id_column,
+        keep=keep,
         date_range=date_range,
         cloud_cover_lt=cloud_cover_lt,
         cloud_mask=cloud_mask,
-        all_touched=False,
         mosaic=mosaic,
         filters=filters,
         fetch_config=fetch_config,
-        reader=reader,
-        output=output,
     )
+    plan = _plan_or_reuse(collection, "sample_points", planned, arguments)
+    return _read(collection, plan, None, reader=reader, output=output)
+
+
+def _plan_or_reuse(collection, read: str, planned, arguments: dict) -> FieldsPlan:
+    """The plan of ``read`` with ``arguments``: made here, or ``planned``'s (its dry run's), checked."""
+    points = read == "sample_points"
+    if planned is None:
+        return plan_fields(collection, points=points, **arguments)
+    from rasteret_pipelines.reading.explain import reuse_plan
+
+    return reuse_plan(planned, (read,), collection, plan_fields, arguments)
 
 
 @dataclass
@@ -999,9 +1018,48 @@ def plan_fields_read(
     return FieldsPlan(data, spec, rule, read_keys, grids, covered_by_scene, days, config, method)
 
 
-def _read(collection, data: Fields, spec: _Variables, stat_names, *, reader, output, **options):
+def plan_fields(
+    collection,
+    fields,
+    *,
+    points: bool,
+    bands=None,
+    index=None,
+    values=None,
+    id_column="id",
+    keep=(),
+    date_range=None,
+    cloud_cover_lt=None,
+    cloud_mask=False,
+    all_touched=False,
+    mosaic="first",
+    filters=None,
+    fetch_config=None,
+) -> FieldsPlan:
+    """The arguments of :func:`zonal_stats` or :func:`sample_points` (``points``) checked, the
+    fields loaded and the read planned (:func:`plan_fields_read`), without a request: what the
+    reads and their dry run (:mod:`~rasteret_pipelines.reading.explain`) share.
+    """
+    spec = _variables(collection, bands, index, values)
+    data = load_fields(fields, id_column, keep, points=points)
+    return plan_fields_read(
+        collection,
+        data,
+        spec,
+        points=points,
+        date_range=date_range,
+        cloud_cover_lt=cloud_cover_lt,
+        cloud_mask=cloud_mask,
+        all_touched=all_touched,
+        mosaic=mosaic,
+        filters=filters,
+        fetch_config=fetch_config,
+    )
+
+
+def _read(collection, plan: FieldsPlan, stat_names, *, reader, output):
     """The shared read of :func:`zonal_stats` (``stat_names``) and :func:`sample_points` (None)."""
-    plan = plan_fields_read(collection, data, spec, points=stat_names is None, **options)
+    data, spec = plan.data, plan.spec
     sink = _Sink(data, spec, stat_names, output)
     try:
         stats_out = _run_sync_with(reader, _run_days(plan, stat_names, reader, sink))

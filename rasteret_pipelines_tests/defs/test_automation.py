@@ -4,6 +4,7 @@ import copy
 import datetime as dt
 
 import dagster as dg
+import pytest
 import shapely.geometry
 
 from rasteret_pipelines.aois import write_aois_geojson
@@ -119,6 +120,40 @@ def test_stac_sensor_skips_when_the_api_is_down(tmp_path, clean_mirror):
     down = make_project(p.storage, f"http://127.0.0.1:{free_port()}", p.aoi_file, instance=p.instance)
     data = tick(down, "stac_updates_sensor")
     assert not data.run_requests and "unreachable" in data.skip_message
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_stac_sensor_retries_its_search_by_the_project_s_http_policy(tmp_path, clean_mirror, retries):
+    """The sensor's STAC search is retried by the ``http`` resource's policy
+    (``RASTERET_HTTP_MAX_RETRIES``; the library's default is 5), as a collection month's search
+    is: counted at the STAC server under a fault that lasts, then under one that ends in time."""
+    from rasteret_pipelines_demo.range_server import FaultPlan
+    from rasteret_pipelines_tests.defs.conftest import local_instance, make_project
+
+    p = make_project(
+        str(tmp_path / "data"),
+        clean_mirror.stac_url,
+        str(tmp_path / "aois.geojson"),
+        instance=local_instance(tmp_path / "home"),
+        extra={"RASTERET_HTTP_MAX_RETRIES": str(retries)},
+    )
+    p.run("collections_job", MONTH_KEYS[0])
+    stac = clean_mirror.stac
+
+    def searches() -> list[int]:
+        return [r.status for r in stac.requests if r.path.endswith("/search")]
+
+    stac.reset_log()
+    stac.faults = FaultPlan(rate=1.0, kinds=["503"], paths="*search")
+    down = tick(p, "stac_updates_sensor")
+    assert not down.run_requests and "503" in down.skip_message
+    assert searches() == [503] * (retries + 1)
+
+    stac.reset_log()
+    stac.faults = FaultPlan(rate=1.0, kinds=["503"], max_faults=retries, paths="*search")
+    up = tick(p, "stac_updates_sensor")
+    assert up.skip_message == "no item added or updated in a materialised month"
+    assert searches() == [503] * retries + [200]
 
 
 def test_monthly_schedule(project):

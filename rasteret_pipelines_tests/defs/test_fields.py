@@ -353,12 +353,32 @@ def test_the_statistics_table_of_a_run_equals_the_library_s_and_rasterio_s(proje
         assert abs(float(ndvi.max()) - row["ndvi_max"]) < 1e-5, row
 
 
-def test_each_batch_s_read_plan_is_shown_before_its_reads_which_make_exactly_its_gets(project, clean_mirror):
+def test_each_batch_s_read_plan_is_shown_before_its_reads_which_run_it_and_make_exactly_its_gets(
+    project, clean_mirror, monkeypatch
+):
     """Issue 20 item 6 in Dagster: before a month's reads (statistics, then the group COGs), the
     plan computed from the cached headers is recorded on every partition of the batch as an
-    observation with a Markdown table; the COG server then counts exactly its GETs and bytes."""
+    observation with a Markdown table; the COG server then counts exactly its GETs and bytes.
+    Each read runs the plan its dry run made: the library's planning functions (wrapped here to
+    count their calls) run once per read of the plan, not again in the read."""
+    import functools
+    from collections import Counter
+
+    from rasteret_pipelines.reading import read as read_module
+    from rasteret_pipelines.reading import zonal
+
     for month in (JAN, FEB):
         project.run("collections_job", month)
+    calls = Counter()
+    for module, name in ((read_module, "plan_read"), (zonal, "plan_fields_read")):
+        real = getattr(module, name)
+
+        @functools.wraps(real)
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
     clean_mirror.cogs.reset_log()
     result = project.run_range("field_stats_job", f"{GROUP}|{JAN}", f"{GROUP}|{FEB}")
     gets = [r for r in clean_mirror.cogs.requests if str(r.method).upper() == "GET"]
@@ -393,6 +413,13 @@ def test_each_batch_s_read_plan_is_shown_before_its_reads_which_make_exactly_its
         done = materialised[k]
         assert done["tile_get_requests"] + done["geotiff_get_requests"] == m["planned_get_requests"]
         assert done["planned_get_requests"] == m["planned_get_requests"]
+    # one statistics read and one batch of COGs per month, each planned once
+    tables = [m["read_plan"] for m in observed.values()]
+    assert calls == {
+        "plan_fields_read": sum(t.count("| statistics (zonal_stats) |") for t in tables),
+        "plan_read": sum(t.count("| COGs, batch ") for t in tables),
+    }
+    assert calls == {"plan_fields_read": 2, "plan_read": 2}
 
 
 def test_checks_are_declared_once_and_no_check_step_is_skipped(project):

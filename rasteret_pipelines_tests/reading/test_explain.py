@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import dask
@@ -75,6 +76,118 @@ def test_zonal_stats_and_sample_points_make_exactly_the_planned_gets_and_bytes(w
     assert _served(world) == (plan.gets, plan.bytes)
     assert sorted(set(table.column("id").to_pylist())) == ["a", "b"]
     assert np.isfinite(np.array(table.column("red").to_pylist(), float)).all()
+
+
+@pytest.fixture
+def planning_calls(monkeypatch) -> Counter:
+    """How often the reads' planning functions run (each wrapped, still doing its work)."""
+    from rasteret_pipelines.reading import read as read_module
+    from rasteret_pipelines.reading import zonal
+
+    calls = Counter()
+    for module, name in ((read_module, "plan_read"), (zonal, "plan_fields_read"), (zonal, "load_fields")):
+        real = getattr(module, name)
+
+        @functools.wraps(real)
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_a_read_given_its_dry_run_plans_nothing_again_and_fetches_exactly_that_plan(world, processor, planning_calls):
+    """``planned=``: the read runs the plan its dry run made (the planning functions run once,
+    in the dry run), and makes exactly the GETs and bytes that plan predicted."""
+    from rasteret_pipelines.reading import read_geometries, sample_points, zonal_stats
+    from rasteret_pipelines.reading.explain import explain
+
+    collection = processor.collection
+    aois = list(demo_data.QUICKSTART_AOIS.values())
+    args = (collection, aois, ["red", "nir"])
+    kwargs = dict(date_range=CROSS_RANGE, cloud_mask=True, values="reflectance")
+    world.cogs.reset_log()
+    plan = explain("get_xarray", *args, **kwargs)
+    assert planning_calls == {"plan_read": 1} and list(world.cogs.requests) == []
+    ds = read_geometries(*args, **kwargs, planned=plan)
+    assert planning_calls == {"plan_read": 1}, "the read planned again"
+    assert _served(world) == (plan.gets, plan.bytes)
+    assert (ds.attrs["requests"], ds.attrs["bytes_read"]) == (plan.gets, plan.bytes)
+    world.cogs.reset_log()
+    again = read_geometries(*args, **kwargs)  # planned here: the same pixels from the same GETs
+    assert planning_calls == {"plan_read": 2} and _served(world) == (plan.gets, plan.bytes)
+    assert again.identical(ds)
+
+    planning_calls.clear()
+    fields = hard_fields()
+    kwargs = dict(index="ndvi", date_range=BASE_RANGE, cloud_mask=True)
+    plan = explain("zonal_stats", collection, fields, stats=["mean"], **kwargs)
+    assert planning_calls == {"plan_fields_read": 1, "load_fields": 1}
+    world.cogs.reset_log()
+    # stats, reader and output are the read's own; equal fields (another frame) are the same input
+    table = zonal_stats(collection, fields.copy(), stats=["mean", "p90"], **kwargs, planned=plan)
+    assert planning_calls == {"plan_fields_read": 1, "load_fields": 1}, "the read planned again"
+    assert _served(world) == (plan.gets, plan.bytes)
+    assert table.equals(zonal_stats(collection, fields, stats=["mean", "p90"], **kwargs))
+    assert planning_calls == {"plan_fields_read": 2, "load_fields": 2}
+    # the high-level API passes planned= through to the read
+    plan = processor.explain("zonal_stats", fields=fields, **kwargs)
+    world.cogs.reset_log()
+    assert processor.zonal_stats(fields, **kwargs, planned=plan).num_rows > 0
+    assert planning_calls == {"plan_fields_read": 3, "load_fields": 3}
+    assert _served(world) == (plan.gets, plan.bytes)
+
+    planning_calls.clear()
+    points = gpd.GeoDataFrame(
+        {"id": ["a", "b"]}, crs="EPSG:4326", geometry=[shapely.Point(77.555, 13.02), shapely.Point(77.57, 13.05)]
+    )
+    plan = explain("sample_points", collection, points, bands=["red"], date_range=BASE_RANGE)
+    world.cogs.reset_log()
+    table = sample_points(collection, points, bands=["red"], date_range=BASE_RANGE, planned=plan)
+    assert planning_calls == {"plan_fields_read": 1, "load_fields": 1}
+    assert _served(world) == (plan.gets, plan.bytes) and table.num_rows > 0
+
+
+def test_a_plan_is_refused_by_a_read_it_was_not_made_for(world, processor, planning_calls):
+    """A ``planned=`` that is not this read's dry run is refused by name, before any request."""
+    import pickle
+
+    from rasteret_pipelines.collections import load_collection
+    from rasteret_pipelines.reading import read_geometries, sample_points, zonal_stats
+    from rasteret_pipelines.reading.explain import ReadPlan, explain
+
+    collection = processor.collection
+    aois = list(demo_data.QUICKSTART_AOIS.values())
+    plan = explain("get_xarray", collection, aois, ["red"], date_range=CROSS_RANGE)
+    fields = hard_fields()
+    stats_plan = explain("zonal_stats", collection, fields, index="ndvi", date_range=BASE_RANGE)
+    world.cogs.reset_log()
+    with pytest.raises(InvalidReadArgumentError, match="another date_range="):
+        read_geometries(collection, aois, ["red"], date_range=BASE_RANGE, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="another bands="):
+        read_geometries(collection, aois, ["red", "nir"], date_range=CROSS_RANGE, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="another geometries="):
+        read_geometries(collection, aois[:1], ["red"], date_range=CROSS_RANGE, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="another collection"):
+        other = load_collection(collection.name, world.workspace)
+        read_geometries(other, aois, ["red"], date_range=CROSS_RANGE, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="plan of 'get_xarray', not of 'zonal_stats'"):
+        zonal_stats(collection, fields, index="ndvi", date_range=BASE_RANGE, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="plan of 'zonal_stats', not of 'sample_points'"):
+        sample_points(collection, fields, index="ndvi", date_range=BASE_RANGE, planned=stats_plan)
+    with pytest.raises(InvalidReadArgumentError, match="another cloud_mask="):
+        zonal_stats(collection, fields, index="ndvi", date_range=BASE_RANGE, cloud_mask=True, planned=stats_plan)
+    with pytest.raises(InvalidReadArgumentError, match="another fields="):
+        zonal_stats(collection, fields.iloc[:2], index="ndvi", date_range=BASE_RANGE, planned=stats_plan)
+    # a plan's numbers travel (pickled, added up), its planned read does not
+    for numbers_only in (pickle.loads(pickle.dumps(stats_plan)), ReadPlan.sequence("total", [stats_plan])):
+        assert numbers_only.summary() == {**stats_plan.summary(), "read": numbers_only.read}
+        with pytest.raises(InvalidReadArgumentError, match="without its planned read"):
+            zonal_stats(collection, fields, index="ndvi", date_range=BASE_RANGE, planned=numbers_only)
+    with pytest.raises(InvalidReadArgumentError, match="explain plans zonal_stats itself"):
+        explain("zonal_stats", collection, fields, index="ndvi", planned=stats_plan)
+    assert list(world.cogs.requests) == [] and planning_calls["plan_read"] == 1
 
 
 def test_explain_refuses_what_the_read_refuses(world, processor):

@@ -208,23 +208,21 @@ def field_stats_asset(
             batch = dict(mode=batching.geotiffs, max_bytes=batching.max_bytes, max_areas=batching.max_aois)
             try:
                 # The batch's reads, planned from the cached headers before any of them (no request),
-                # shown on every partition of the batch before its pixels are fetched.
+                # shown on every partition of the batch before its pixels are fetched; the reads then
+                # run these plans instead of planning again.
                 planned = plan_field_month(
                     source_id, collection, month, read, fetch_config=http.fetch_config(), **batch
                 )
-                plan_metadata = read_plan_metadata(planned, month, [g for _, g in todo])
+                plan_metadata = read_plan_metadata(planned.plans, month, [g for _, g in todo])
                 for k, _ in todo:
                     context.log_event(dg.AssetObservation(asset_key=key, partition=k, metadata=plan_metadata))
-                table = field_stats_month(source_id, collection, month, read, fetch_config=http.fetch_config())
-                tifs, cog_reads = group_geotiffs(
-                    source_id,
-                    collection,
-                    month,
-                    read,
-                    output_uri=ndvi_uri,
-                    fetch_config=http.fetch_config(),
-                    **batch,
+                table = field_stats_month(
+                    source_id, collection, month, read, fetch_config=http.fetch_config(), planned=planned
                 )
+                tifs, cog_reads = group_geotiffs(
+                    source_id, collection, month, read, output_uri=ndvi_uri, planned=planned, **batch
+                )
+                del planned
             except (RasteretError, *TRANSIENT_ERRORS) as exc:
                 context.log.warning(f"{what} {month}: {type(exc).__name__}: {exc}")
                 for k, _ in todo:
