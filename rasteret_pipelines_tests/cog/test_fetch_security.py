@@ -337,6 +337,34 @@ def test_a_server_ignoring_range_is_read_only_up_to_the_range_end(cog):
     assert sent["bytes"] < 256 << 20  # the connection was dropped long before the 1 GiB tail
 
 
+def test_a_range_sent_in_http_chunks_reads_whole(cog):
+    """A 206 in chunked transfer encoding (no Content-Length), each range cut into small HTTP
+    chunks: the header and the tiles are read whole, and the pixels equal rasterio's."""
+    data = cog.read_bytes()
+
+    def route(h):
+        start, end = (int(v) for v in h.headers["Range"].removeprefix("bytes=").split("-"))
+        end = min(end, len(data) - 1)
+        body = data[start : end + 1]
+        h.protocol_version = "HTTP/1.1"
+        h.send_response(206)
+        h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("ETag", '"v1"')
+        h.send_header("Connection", "close")
+        h.end_headers()
+        for i in range(0, len(body), 1000):
+            piece = body[i : i + 1000]
+            h.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        h.wfile.write(b"0\r\n\r\n")
+
+    with ScriptedServer(route) as srv:
+        header = read_header(f"{srv.origin}/B04.tif", config=FAST)
+        pixels = read_window(header, (0, 0, 600, 600), config=FAST)
+    with rasterio.open(cog) as src:
+        np.testing.assert_array_equal(pixels, src.read(window=((0, 600), (0, 600))))
+
+
 def test_a_206_longer_than_asked_is_refused():
     def route(h):
         h.send_response(206)
