@@ -61,8 +61,67 @@ def new_fields(n: int) -> dict:
     return out
 
 
-def run_processes(session: int) -> dict[int, int]:
-    """``{pid: VmHWM kB}`` of the run and step processes of ``dagster dev`` (session ``session``).
+def _stat(pid: int | str) -> tuple[int, int, str]:
+    """(parent pid, session id, state) of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[3]), fields[0]
+
+
+def dev_sessions(ui_pid: int) -> set[int]:
+    """The sessions of ``rasteret-pipelines ui`` (``ui_pid``, started in a session of its own)
+    and of what it started: ``ui`` runs ``dg dev`` in a new session, and the webserver, daemon,
+    code servers and runs are in that one."""
+    sessions = {ui_pid}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent, session, _ = _stat(proc.name)
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == ui_pid:
+                sessions.add(session)
+    return sessions
+
+
+def stop_sessions(ui: subprocess.Popen, sessions: set[int]) -> None:
+    """Stop ``ui`` as a user does (SIGINT: it forwards it to ``dg dev``, which shuts its
+    processes down), then end whatever is left in ``sessions``: nothing outlives the benchmark."""
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(ui.pid, sig)
+            ui.wait(timeout=wait)
+            break
+        except ProcessLookupError:
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _live_pids(sessions):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while _live_pids(sessions) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _live_pids(sessions: set[int]) -> list[int]:
+    """Processes (not zombies) in any of ``sessions``, this one excepted."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                _, session, state = _stat(proc.name)
+            except (OSError, ValueError, IndexError):
+                continue
+            if session in sessions and state != "Z":
+                out.append(int(proc.name))
+    return out
+
+
+def run_processes(sessions: set[int]) -> dict[int, int]:
+    """``{pid: VmHWM kB}`` of the run and step processes of ``dagster dev`` (in ``sessions``).
 
     The code server starts each run, and the multiprocess executor each step, as a
     ``multiprocessing`` child (``spawn_main``/forkserver), so those are the processes whose
@@ -73,8 +132,7 @@ def run_processes(session: int) -> dict[int, int]:
         if not proc.name.isdigit():
             continue
         try:
-            stat = (proc / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[3]) != session:
+            if _stat(proc.name)[1] not in sessions:
                 continue
             if b"multiprocessing" not in (proc / "cmdline").read_bytes():
                 continue
@@ -175,6 +233,7 @@ def main(argv=None) -> int:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    sessions: set[int] = set()
     report: dict = {
         "fields": args.fields,
         "months": len(MONTHS),
@@ -234,8 +293,9 @@ def main(argv=None) -> int:
             return out
 
         hwm: dict[int, int] = {}
+        sessions = dev_sessions(dev.pid)
         while True:
-            for pid, kb in run_processes(dev.pid).items():
+            for pid, kb in run_processes(sessions).items():
                 hwm[pid] = max(hwm.get(pid, 0), kb)
             stats_done = done_after(stats_key, wanted_stats)
             series_done = done_after(series_key, set(changed))
@@ -277,15 +337,7 @@ def main(argv=None) -> int:
             peak_run_rss_mb=round(max(hwm.values(), default=0) / 1024, 1),
         )
     finally:
-        for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(dev.pid, sig)
-                dev.wait(timeout=wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_sessions(dev, sessions | dev_sessions(dev.pid))
         log.close()
 
     # 5. the library alone (the mirror a run started on demand is still serving)
