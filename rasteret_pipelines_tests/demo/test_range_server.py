@@ -8,6 +8,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -200,6 +201,27 @@ def test_large_sparse_file_serves_only_requested_bytes(server: RangeServer, root
     # sendfile(2) hands the kernel exactly the range; the fallback reads exactly the range
     assert [r.bytes_sent for r in server.requests if r.path == "/big.bin"] == [8, 4]
     assert sum(read_bytes) in (0, 12)
+
+
+def test_a_file_shorter_than_its_stat_ends_the_body_short(server: RangeServer, root: Path, monkeypatch):
+    """A file that shrinks between the stat and the send: the body stops where the file does
+    and the connection closes, so the client sees a short body, never padding."""
+    (root / "shrinking.bin").write_bytes(b"x" * 100)
+    resolve = server._resolve
+
+    class StaleStat(type(Path())):
+        def stat(self, **kwargs):
+            st = super().stat(**kwargs)
+            # the size before it shrank (what the server reads of a stat: size and times)
+            return SimpleNamespace(st_size=1000, st_mtime=st.st_mtime, st_mtime_ns=st.st_mtime_ns)
+
+    monkeypatch.setattr(
+        server, "_resolve", lambda rel: StaleStat(resolve(rel)) if rel == "shrinking.bin" else resolve(rel)
+    )
+    with pytest.raises(http.client.IncompleteRead) as info:
+        get(server.url_for("shrinking.bin"))
+    assert info.value.partial == b"x" * 100
+    assert server.requests[-1].bytes_sent == 100
 
 
 # --- ETag / If-Match / changed objects ----------------------------------------------------------
