@@ -14,10 +14,12 @@ Use ``served_url(path)`` (or ``range_server.url_for(path)``) with a path inside
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -229,6 +231,22 @@ def wait_until(
     except BaseException:
         print(log())
         raise
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, targets) -> Counter:
+    """Wrap each ``(module, function name)`` of ``targets`` so that its calls are counted by
+    name in the Counter returned; each wrapped function still does its work."""
+    calls: Counter = Counter()
+    for module, name in targets:
+        real = getattr(module, name)
+
+        @functools.wraps(real)
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    return calls
 
 
 def free_port() -> int:

@@ -361,24 +361,13 @@ def test_each_batch_s_read_plan_is_shown_before_its_reads_which_run_it_and_make_
     observation with a Markdown table; the COG server then counts exactly its GETs and bytes.
     Each read runs the plan its dry run made: the library's planning functions (wrapped here to
     count their calls) run once per read of the plan, not again in the read."""
-    import functools
-    from collections import Counter
-
     from rasteret_pipelines.reading import read as read_module
     from rasteret_pipelines.reading import zonal
+    from rasteret_pipelines_tests.conftest import count_calls
 
     for month in (JAN, FEB):
         project.run("collections_job", month)
-    calls = Counter()
-    for module, name in ((read_module, "plan_read"), (zonal, "plan_fields_read")):
-        real = getattr(module, name)
-
-        @functools.wraps(real)
-        def counted(*args, _real=real, _name=name, **kwargs):
-            calls[_name] += 1
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(module, name, counted)
+    calls = count_calls(monkeypatch, ((read_module, "plan_read"), (zonal, "plan_fields_read")))
     clean_mirror.cogs.reset_log()
     result = project.run_range("field_stats_job", f"{GROUP}|{JAN}", f"{GROUP}|{FEB}")
     gets = [r for r in clean_mirror.cogs.requests if str(r.method).upper() == "GET"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 
 import dask
@@ -15,6 +14,7 @@ import shapely
 from rasteret_pipelines import Rasteret
 from rasteret_pipelines.errors import CubeChunksError, CubeUserColumnsError, InvalidReadArgumentError
 from rasteret_pipelines_demo import demo_data
+from rasteret_pipelines_tests.conftest import count_calls
 from rasteret_pipelines_tests.reading.conftest import BASE_IDS, BASE_RANGE, CROSS_ID, CROSS_RANGE
 from rasteret_pipelines_tests.reading.test_cube import AOI_BOX, UTM43
 from rasteret_pipelines_tests.reading.test_zonal import hard_fields
@@ -84,17 +84,7 @@ def planning_calls(monkeypatch) -> Counter:
     from rasteret_pipelines.reading import read as read_module
     from rasteret_pipelines.reading import zonal
 
-    calls = Counter()
-    for module, name in ((read_module, "plan_read"), (zonal, "plan_fields_read"), (zonal, "load_fields")):
-        real = getattr(module, name)
-
-        @functools.wraps(real)
-        def counted(*args, _real=real, _name=name, **kwargs):
-            calls[_name] += 1
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(module, name, counted)
-    return calls
+    return count_calls(monkeypatch, ((read_module, "plan_read"), (zonal, "plan_fields_read"), (zonal, "load_fields")))
 
 
 def test_a_read_given_its_dry_run_plans_nothing_again_and_fetches_exactly_that_plan(world, processor, planning_calls):
