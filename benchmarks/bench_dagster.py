@@ -61,26 +61,23 @@ def new_fields(n: int) -> dict:
     return out
 
 
-def _stat(pid: int | str) -> tuple[int, int, str]:
-    """(parent pid, session id, state) of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1]), int(fields[3]), fields[0]
+def _processes():
+    """``(pid, parent pid, session id, state)`` of every process, from /proc/<pid>/stat (a
+    process that ends while it is read is left out)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                yield int(proc.name), int(fields[1]), int(fields[3]), fields[0]
+            except (OSError, ValueError, IndexError):
+                continue
 
 
 def dev_sessions(ui_pid: int) -> set[int]:
     """The sessions of ``rasteret-pipelines ui`` (``ui_pid``, started in a session of its own)
     and of what it started: ``ui`` runs ``dg dev`` in a new session, and the webserver, daemon,
     code servers and runs are in that one."""
-    sessions = {ui_pid}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                parent, session, _ = _stat(proc.name)
-            except (OSError, ValueError, IndexError):
-                continue
-            if parent == ui_pid:
-                sessions.add(session)
-    return sessions
+    return {ui_pid} | {session for _, parent, session, _ in _processes() if parent == ui_pid}
 
 
 def stop_sessions(ui: subprocess.Popen, sessions: set[int]) -> None:
@@ -108,16 +105,8 @@ def stop_sessions(ui: subprocess.Popen, sessions: set[int]) -> None:
 
 def _live_pids(sessions: set[int]) -> list[int]:
     """Processes (not zombies) in any of ``sessions``, this one excepted."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                _, session, state = _stat(proc.name)
-            except (OSError, ValueError, IndexError):
-                continue
-            if session in sessions and state != "Z":
-                out.append(int(proc.name))
-    return out
+    me = os.getpid()
+    return [pid for pid, _, session, state in _processes() if session in sessions and state != "Z" and pid != me]
 
 
 def run_processes(sessions: set[int]) -> dict[int, int]:
@@ -128,17 +117,15 @@ def run_processes(sessions: set[int]) -> dict[int, int]:
     command line names ``multiprocessing``; the webserver, daemon and code server do not.
     """
     out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+    for pid, _, session, _ in _processes():
+        if session not in sessions:
             continue
         try:
-            if _stat(proc.name)[1] not in sessions:
+            if b"multiprocessing" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
-            if b"multiprocessing" not in (proc / "cmdline").read_bytes():
-                continue
-            for line in (proc / "status").read_text().splitlines():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    out[int(proc.name)] = int(line.split()[1])
+                    out[pid] = int(line.split()[1])
         except (OSError, ValueError, IndexError):
             continue
     return out
