@@ -242,16 +242,12 @@ def field_stats_month(
     """
     from rasteret_pipelines.reading import zonal_stats
 
-    empty = stats_schema().append(pa.field("group", pa.string())).append(pa.field("name", pa.string()))
-    empty = empty.empty_table().replace_schema_metadata(
-        {b"requests": b"0", b"header_requests": b"0", b"bytes_read": b"0"}
-    )
     if planned is not None:
         planned.check_fields(fields)
     if planned is not None and planned.stats is not None:  # None: no field, planned nothing
         frame, kwargs, plan = planned.stats
         if plan is None:  # no scene covers them: the dry run found nothing to read
-            return empty
+            return _no_stats()
         try:
             return zonal_stats(collection, frame, **kwargs, planned=plan)
         finally:
@@ -259,7 +255,15 @@ def field_stats_month(
     try:
         return zonal_stats(collection, fields.reset_index(), **_stats_read(source_id, collection, month, fetch_config))
     except NoScenesError:
-        return empty
+        return _no_stats()
+
+
+def _no_stats() -> pa.Table:
+    """The statistics of a month no scene covers: no row, no request."""
+    schema = stats_schema().append(pa.field("group", pa.string())).append(pa.field("name", pa.string()))
+    return schema.empty_table().replace_schema_metadata(
+        {b"requests": b"0", b"header_requests": b"0", b"bytes_read": b"0"}
+    )
 
 
 def _stats_read(source_id: str, collection, month: str, fetch_config) -> dict:
