@@ -33,6 +33,7 @@ from rasteret_pipelines.cog import read as read_module
 from rasteret_pipelines_demo.range_server import RangeServer
 from rasteret_pipelines_tests.cog.cogs import S2_TRANSFORM, s2_cog, write_sparse_scene
 from rasteret_pipelines_tests.cog_factory import write_cog
+from rasteret_pipelines_tests.conftest import count_calls
 
 NO_COALESCING = FetchConfig(coalesce_gap=-1)
 
@@ -192,13 +193,11 @@ def test_planar_window_costs_one_get_per_band_tile(reader, files):
 def test_a_tile_shared_by_many_windows_is_fetched_and_decoded_once(reader, monkeypatch):
     header = read_header(href("dense.tif"), reader=reader)
     reader.reset_log()
-    calls = []
-    real = read_module.decode_block
-    monkeypatch.setattr(read_module, "decode_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_calls(monkeypatch, ((read_module, "decode_block"),))
     windows = [(10, 10, 20, 20), (30, 40, 100, 100), (0, 0, 512, 512), (500, 500, 5, 5)]
     results = read_windows([(header, w) for w in windows], reader=reader)
     assert reader.count() == 1
-    assert len(calls) == 1
+    assert calls["decode_block"] == 1
     assert [r.shape for r in results] == [(1, w[3], w[2]) for w in windows]
 
 
