@@ -222,6 +222,7 @@ def decode_block(
     index: int | None = None,
     overview: int = 0,
     out: np.ndarray | None = None,
+    rows_needed: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decode one stored block (tile or strip), held to the shape the header gives it.
 
@@ -236,11 +237,16 @@ def decode_block(
         out: A uint8 buffer of ``block_nbytes(level) + 1`` bytes (from :class:`BlockBuffers`)
             that a byte codec decompresses into; the array returned may then share its memory,
             so the buffer must not be reused while that array is.
+        rows_needed: ``(start, stop)``: only these rows of the block will be read. A
+            horizontal-differencing predictor (2, integers) is then undone on those rows alone
+            (each row is differenced on its own, so the others need not be), and the rows
+            outside hold their differences, not pixels. The decompression itself is whole.
 
     Returns:
         An array of shape (samples, rows, tile_width) in native byte order, where samples is
         the level's band count (chunky) or 1 (planar), and rows is the tile height (or the
-        rows left for the last strip of a stripped TIFF). Every element comes from the block.
+        rows left for the last strip of a stripped TIFF). Every element comes from the block
+        (within ``rows_needed`` when given).
 
     Raises:
         DecodedSizeError: the block would decode to more bytes than one block (a bomb); the
@@ -256,7 +262,7 @@ def decode_block(
         if level.compression in IMAGE_CODECS:
             arr = _decode_image(level, data, rows, samples)
         else:
-            arr = _decode_bytes(level, byte_order, data, samples, rows, out)
+            arr = _decode_bytes(level, byte_order, data, samples, rows, out, rows_needed)
     except _TooLong as exc:
         raise DecodedSizeError(
             href,
@@ -573,7 +579,13 @@ def _check_j2k_size(data: bytes, out: np.ndarray) -> None:
 
 
 def _decode_bytes(
-    level: ImageLevel, byte_order: str, data: bytes, samples: int, rows: int, out: np.ndarray | None = None
+    level: ImageLevel,
+    byte_order: str,
+    data: bytes,
+    samples: int,
+    rows: int,
+    out: np.ndarray | None = None,
+    rows_needed: tuple[int, int] | None = None,
 ) -> np.ndarray:
     file_dtype = np.dtype(level.dtype).newbyteorder(byte_order)
     width = level.tile_width
@@ -595,6 +607,12 @@ def _decode_bytes(
             arr = imagecodecs.delta_decode(as_int.astype(as_int.dtype.newbyteorder("=")), axis=-2)
             return arr.view(np.dtype(level.dtype))
         arr = arr.astype(file_dtype.newbyteorder("="), copy=False)
+        if rows_needed is not None and arr.flags.writeable:
+            # Rows are differenced independently: undo it where the caller reads, in place.
+            part = arr[max(rows_needed[0], 0) : min(rows_needed[1], rows)]
+            if part.size:
+                imagecodecs.delta_decode(part, axis=-2, out=part)
+            return arr
         # In place when the decompressor's buffer is ours: no second block-sized array.
         return imagecodecs.delta_decode(arr, axis=-2, out=arr if arr.flags.writeable else None)
     if level.predictor == 3:

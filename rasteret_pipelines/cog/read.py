@@ -268,11 +268,15 @@ async def fetch_windows(
     overview: int = 0,
     *,
     on_window: Callable[[int, np.ndarray], None] | None = None,
+    on_fetched: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
     """Read many windows (over many files) as one batch; results in request order.
 
     With ``on_window``, each window is handed to ``on_window(index, array)`` as soon as it is
     assembled (in the event loop's thread) and not kept: the returned list then holds None.
+    ``on_fetched()`` is called once (in the event loop's thread) when the last byte range has
+    arrived, while blocks may still be decoding: the moment to start work that would compete
+    with receiving for the interpreter but not with decoding (which runs outside it).
     """
     checked = [(h, validate_window(h, w, overview)) for h, w in requests]
     headers = {h.href: h for h, _ in checked}
@@ -290,6 +294,7 @@ async def fetch_windows(
         for block in need:
             users[block].append(i)
     remaining = [len(need) for need in needs]
+    rows_of = _rows_needed(checked, layouts, overview)
     results: list[np.ndarray | None] = [None] * len(checked)
     # (dtype, fill value) per file: a header computes them (parsing its nodata text) per call.
     out_types = {href: (np.dtype(h.dtype), h.fill_value) for href, h in headers.items()}
@@ -313,9 +318,17 @@ async def fetch_windows(
         if count == 0:
             finish(i)
 
+    unfetched = sum(len(href_spans) for href_spans in spans.values())
+    if on_fetched is not None and unfetched == 0:
+        on_fetched()
+
     async def fetch_span(href: str, span: _Span) -> None:
+        nonlocal unfetched
         header = headers[href]
         response = await _get_span(fetcher, header, span)
+        unfetched -= 1
+        if on_fetched is not None and unfetched == 0:
+            on_fetched()
         data = response.data
         level_of = header.levels
 
@@ -327,7 +340,16 @@ async def fetch_windows(
                 raw = stored[offset - span.start : offset - span.start + count]
                 level = level_of[block.overview]
                 buffer = buffers.take_for(level)
-                arr = decode_block(level, header.byte_order, raw, href, block.index, block.overview, out=buffer)
+                arr = decode_block(
+                    level,
+                    header.byte_order,
+                    raw,
+                    href,
+                    block.index,
+                    block.overview,
+                    out=buffer,
+                    rows_needed=rows_of[block],
+                )
                 out.append((block, arr, buffer))
             return out
 
@@ -344,6 +366,20 @@ async def fetch_windows(
 
     await asyncio.gather(*(fetch_span(href, span) for href, href_spans in spans.items() for span in href_spans))
     return results  # type: ignore[return-value]
+
+
+def _rows_needed(checked, layouts, overview: int) -> dict[_Block, tuple[int, int]]:
+    """Per block, the rows (``start, stop`` within the block) that some window reads: the
+    only rows :func:`_assemble` copies, so the only ones a predictor must be undone on."""
+    rows_of: dict[_Block, tuple[int, int]] = {}
+    for (header, window), layout in zip(checked, layouts):
+        top, bottom = window[1], window[1] + window[3]
+        th = header.levels[overview].tile_height
+        for row, _, _, block in layout:
+            start, stop = max(top - row * th, 0), min(bottom - row * th, th)
+            have = rows_of.get(block)
+            rows_of[block] = (start, stop) if have is None else (min(have[0], start), max(have[1], stop))
+    return rows_of
 
 
 def _assemble(

@@ -23,12 +23,18 @@ OnScene = Callable[[int, SceneReads, dict[str, np.ndarray]], None]
 
 
 async def fetch_plans(
-    plans: list[GeometryPlan], config: FetchConfig | None, on_scene: OnScene, reader: ByteReader | None = None
+    plans: list[GeometryPlan],
+    config: FetchConfig | None,
+    on_scene: OnScene,
+    reader: ByteReader | None = None,
+    on_fetched: Callable[[], None] | None = None,
 ) -> FetchStats:
     """Fetch every planned window in one batch; returns the transport's request counters.
 
     ``reader``: where the bytes come from (None: the default reader configured by ``config``).
-    The caller has already checked every href against its policy.
+    ``on_fetched``: called when every byte has arrived (see
+    :func:`~rasteret_pipelines.cog.read.fetch_windows`). The caller has already checked every
+    href against its policy.
     """
     reads = list(planned_reads(plans))  # (geometry index, scene reads, asset key, read)
     pending: dict[int, dict[str, np.ndarray]] = {}
@@ -43,7 +49,9 @@ async def fetch_plans(
             on_scene(gi, sr, got)
 
     async with RangeFetcher(config, reader=reader) as fetcher:
-        await fetch_windows(fetcher, [(r.header, r.window) for _, _, _, r in reads], on_window=on_window)
+        await fetch_windows(
+            fetcher, [(r.header, r.window) for _, _, _, r in reads], on_window=on_window, on_fetched=on_fetched
+        )
     return fetcher.stats
 
 

@@ -175,11 +175,12 @@ def read_geometries(
     check_plan_hrefs(plans, collection.allow_local_hrefs)  # UnsafeHrefError before any request
     out = Assembly(plans, keys, bands, rule, values, resampling, planned.mosaic)
     # xarray (and pandas under it) is only needed to wrap the result: import it in the
-    # background while the tiles are in flight. Not earlier: the import holds the GIL most of
-    # its time and would delay the collection read and the planning, so the first request.
+    # background once the last bytes have arrived, while blocks are still decoding (outside the
+    # GIL). Not earlier: the import holds the GIL most of its time, and would slow the
+    # planning, the first requests and the receiving of every response (which feeds decoding).
     preload = _Preload("xarray")
     try:
-        stats = _run_sync_with(reader, fetch_plans(plans, config, out.add_scene, reader))
+        stats = _run_sync_with(reader, fetch_plans(plans, config, out.add_scene, reader, on_fetched=preload.start))
     finally:
         preload.join()
     attrs = {
@@ -298,14 +299,20 @@ def _parse_crs(crs):
 
 
 class _Preload:
-    """Import a module in a background thread (a no-op when it is already imported)."""
+    """Import a module in a background thread from :meth:`start` on (a no-op when it is
+    already imported, or when it was never started: the caller's own import then does it)."""
 
     def __init__(self, name: str):
+        self._name = name
         self._thread = None
-        if name not in sys.modules:
+
+    def start(self) -> None:
+        if self._thread is None and self._name not in sys.modules:
             # Not a daemon: an interpreter exiting (after an error) waits for the import to end
             # instead of tearing modules down under it.
-            self._thread = threading.Thread(target=_quiet_import, args=(name,), daemon=False, name=f"preload-{name}")
+            self._thread = threading.Thread(
+                target=_quiet_import, args=(self._name,), daemon=False, name=f"preload-{self._name}"
+            )
             self._thread.start()
 
     def join(self) -> None:

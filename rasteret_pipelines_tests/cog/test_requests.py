@@ -237,6 +237,39 @@ def test_decode_buffers_are_recycled_and_windows_stay_rasterios(reader, files, m
             np.testing.assert_array_equal(array, src.read(window=Window(*window)))
 
 
+def test_predictor_undone_only_on_the_rows_windows_read(reader, files, monkeypatch):
+    """Horizontal differencing is undone on the rows some window reads, not the whole block:
+    windows at a block's top, at its bottom, across two block rows and two windows sharing a
+    block all equal rasterio's, with fewer rows un-differenced than the blocks hold."""
+    from rasteret_pipelines.cog import decode as decode_module
+
+    undone = []
+    real = decode_module.imagecodecs.delta_decode
+
+    def counting(data, *args, **kwargs):
+        undone.append(data.shape[0])
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(decode_module.imagecodecs, "delta_decode", counting)
+    header = read_header(href("planar.tif"), reader=reader)
+    windows = [
+        (10, 0, 30, 12),  # the top rows of block (0, 0)
+        (300, 250, 20, 16),  # the bottom 6 rows of block (0, 1), the top 10 of block (1, 1)
+        (600, 500, 25, 12),  # rows 244-255 of block (1, 2) ...
+        (610, 300, 10, 5),  # ... and rows 44-48 of it: rows 44-255 are undone
+        (880, 690, 40, 40),  # past the image's corner: rows 178-217 of block (2, 3)
+    ]
+    got = read_windows([(header, w) for w in windows], config=NO_COALESCING, reader=reader)
+    with rasterio.open(files / "planar.tif") as src:
+        for window, array in zip(windows, got):
+            expected = src.read(window=Window(*window), boundless=True, fill_value=0)
+            np.testing.assert_array_equal(array, expected, err_msg=str(window))
+    blocks = 5 * header.count  # the windows touch 5 blocks of each plane
+    assert len(undone) == blocks
+    assert sum(undone) == header.count * (12 + 6 + 10 + (256 - 44) + (218 - 178))
+    assert sum(undone) < blocks * 256
+
+
 def test_block_buffers_hand_back_what_was_given():
     buffers = read_module.BlockBuffers()
     first = buffers.take(1025)
@@ -245,6 +278,32 @@ def test_block_buffers_hand_back_what_was_given():
     assert buffers.take(4097) is not first  # another size: a new buffer
     assert buffers.take(1025) is first
     assert buffers.take(1025) is not first  # handed out once
+
+
+def test_on_fetched_is_called_once_when_the_last_range_has_arrived(reader, monkeypatch):
+    """``fetch_windows(on_fetched=)`` fires once, after every GET of the batch has answered
+    and before the last blocks are decoded; with nothing to fetch (sparse), before returning."""
+    calls = count_calls(monkeypatch, ((read_module, "decode_block"),))
+    seen = []
+
+    def on_fetched():
+        seen.append((reader.count(), calls["decode_block"]))
+
+    async def fetch(requests):
+        async with RangeFetcher(NO_COALESCING, reader=reader) as fetcher:
+            return await read_module.fetch_windows(fetcher, requests, on_fetched=on_fetched)
+
+    header = read_header(href("dense.tif"), reader=reader)
+    reader.reset_log()
+    run_sync(fetch([(header, (0, 0, 600, 600)), (header, (900, 100, 50, 50))]))
+    assert reader.count() >= 2 and seen == [(reader.count(), seen[0][1])]
+    assert seen[0][1] < calls["decode_block"]  # the last blocks were still to decode
+
+    sparse = read_header(href("scene_1024.tif"), reader=reader)
+    reader.reset_log()
+    seen.clear()
+    run_sync(fetch([(sparse, (0, 0, 2048, 2048))]))
+    assert seen == [(0, calls["decode_block"])] and reader.count() == 0
 
 
 def test_sparse_tiles_cost_nothing(reader, files):
