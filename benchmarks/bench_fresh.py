@@ -115,7 +115,7 @@ def worker_engine(spec: dict) -> dict:
 
     # What the calls below load anyway (pyarrow + pandas, aiohttp, imagecodecs, pyproj), imported
     # here only to split the clock like the rasterio worker's imports; xarray is left to the
-    # read, which imports it in the background while tiles are in flight.
+    # read, which imports it in the background once the last bytes have arrived.
     import rasteret_pipelines.collections.query  # noqa: F401
     import rasteret_pipelines.reading.read  # noqa: F401
     from rasteret_pipelines import Rasteret
