@@ -113,8 +113,8 @@ def worker_engine(spec: dict) -> dict:
     t_start = time.time()
     import shapely  # the user's polygons (the quick start builds them with shapely)
 
-    # What the calls below load anyway (pyarrow + pandas, aiohttp, imagecodecs, pyproj), imported
-    # here only to split the clock like the rasterio worker's imports; xarray is left to the
+    # What the calls below load anyway (pyarrow, aiohttp, imagecodecs, pyproj), imported
+    # here only to split the clock like the rasterio worker's imports; xarray (with pandas) is left to the
     # read, which imports it in the background once the last bytes have arrived.
     import rasteret_pipelines.collections.query  # noqa: F401
     import rasteret_pipelines.reading.read  # noqa: F401
