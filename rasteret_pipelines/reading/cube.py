@@ -39,7 +39,12 @@ the grid of odc-stac's ``load`` for the same arguments:
   the tile size (the first block is shorter): then no tile is shared between blocks at all.
 
 The eager path is the same block reader run once over the whole cube, so both give the same
-pixels.
+pixels; except that where a scene is warped, blocks that split the grid's rows (chunks along
+``x``) can take a neighbouring source pixel for a few pixels next to a block edge
+(``rasterio.warp.reproject`` of a block does not always pick what it picks for the whole grid).
+
+A dry run (:func:`~rasteret_pipelines.reading.explain.explain`) keeps the plan it makes;
+``planned=`` runs that plan instead of planning again, eager or lazy.
 """
 
 from __future__ import annotations
