@@ -39,13 +39,20 @@ the grid of odc-stac's ``load`` for the same arguments:
   the tile size (the first block is shorter): then no tile is shared between blocks at all.
 
 The eager path is the same block reader run once over the whole cube, so both give the same
-pixels.
+pixels; except that where a scene is warped, blocks that split the grid's rows (chunks along
+``x``) can take a neighbouring source pixel for a few pixels next to a block edge
+(``rasterio.warp.reproject`` of a block does not always pick what it picks for the whole grid).
+
+A dry run (:func:`~rasteret_pipelines.reading.explain.explain`) keeps the plan it makes;
+``planned=`` runs that plan instead of planning again, eager or lazy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import copy
+import inspect
 import logging
 import math
 import operator
@@ -720,26 +727,13 @@ def _dask_cube(plan: CubePlan, chunks) -> dict:
 # -- the read ------------------------------------------------------------------------------------
 
 
-def read_cube(
-    collection,
-    bands: Sequence[str],
-    *,
-    bbox=None,
-    geopolygon=None,
-    like=None,
-    geometries=None,
-    date_range=None,
-    cloud_cover_lt: float | None = None,
-    filters: dict | None = None,
-    id_column=None,
-    keep: Sequence[str] = (),
-    options: CubeOptions | None = None,
-    **option_keywords,
-):
+def read_cube(collection, bands: Sequence[str], *, options: CubeOptions | None = None, planned=None, **keywords):
     """Read ``bands`` of the collection's scenes onto one grid, one layer per time step.
 
-    ``crs`` to ``reader`` below are the fields of ``options``
-    (:class:`~rasteret_pipelines.reading.options.CubeOptions`), also accepted as keywords.
+    ``bbox`` to ``keep`` below are :func:`plan_cube`'s keywords (declared there once; this
+    function's signature lists them, see :func:`_read_cube_signature`), ``crs`` to ``reader``
+    the fields of ``options`` (:class:`~rasteret_pipelines.reading.options.CubeOptions`), also
+    accepted as keywords.
 
     Args:
         collection: An opened :class:`~rasteret_pipelines.collections.Collection`.
@@ -756,6 +750,12 @@ def read_cube(
             :func:`refuse_user_columns`).
         options: The cube's options as one value; a keyword may add to them, not contradict
             them. A :class:`~rasteret_pipelines.reading.options.ReadOptions` is taken too.
+        planned: The :class:`~rasteret_pipelines.reading.explain.ReadPlan` that
+            :func:`~rasteret_pipelines.reading.explain.explain` returned for this cube
+            (``"get_xarray"`` in its cube form, the same collection object and equal arguments,
+            ``chunks`` included): the read runs that plan (grid, steps, scenes, levels) instead
+            of planning again, eager or with ``chunks=``, so it fetches exactly what the plan
+            says. ``reader`` is the read's own and may differ.
         crs: The cube's CRS (``"EPSG:32643"``, WKT or a ``pyproj.CRS``); default the first
             scene's.
         resolution: Pixel size in ``crs`` units; default the finest band's when units agree.
@@ -775,23 +775,19 @@ def read_cube(
         CubeGridError, CubeChunksError, CubeUserColumnsError, GroupbyError, UnknownBandError,
         DateRangeError, NoScenesError, UnsafeHrefError, DaskMissingError,
         InvalidReadArgumentError (an unknown option, one given twice with two values, or a
-        value no cube takes).
+        value no cube takes; a ``planned`` that is not this cube's plan).
     """
-    opts = CubeOptions.resolve(options, option_keywords)
-    plan, attrs = plan_cube(
-        collection,
-        bands,
-        opts,
-        bbox=bbox,
-        geopolygon=geopolygon,
-        like=like,
-        geometries=geometries,
-        date_range=date_range,
-        cloud_cover_lt=cloud_cover_lt,
-        filters=filters,
-        id_column=id_column,
-        keep=keep,
-    )
+    selection = {name: keywords.pop(name) for name in CUBE_SELECTION if name in keywords}
+    opts = CubeOptions.resolve(options, keywords)
+    if planned is None:
+        plan, attrs = plan_cube(collection, bands, opts, **selection)
+    else:
+        from rasteret_pipelines.reading.explain import reuse_plan
+
+        arguments = plan_arguments(bands, opts, selection)
+        plan, attrs = reuse_plan(planned, (CUBE_READ,), collection, plan_cube, arguments)
+        # the read's own reader; the Dataset's attributes are its own (the plan may be run again)
+        plan, attrs = replace(plan, reader=opts.reader), copy.deepcopy(attrs)
     if opts.chunks is not None:
         data = _dask_cube(plan, opts.chunks)
     else:
@@ -800,6 +796,18 @@ def read_cube(
         data = arrays
         attrs.update(requests=stats.requests, header_requests=stats.header_requests, bytes_read=stats.bytes)
     return _dataset(plan, data, attrs)
+
+
+CUBE_READ = "get_xarray (data cube)"
+"""The read a kept cube plan is of (:func:`~rasteret_pipelines.reading.explain.reuse_plan`):
+``get_xarray`` in its cube form, told apart from its per-geometry form, whose plan differs."""
+
+
+def plan_arguments(bands, options: CubeOptions, selection: dict) -> dict:
+    """The arguments a cube plan is made from and a kept one is checked against, the same for
+    the dry run and the read: :func:`plan_cube`'s, with ``options`` without their ``reader``
+    (the read's own, so a dry run, which reads nothing, need not be given it)."""
+    return dict(bands=bands, options=replace(options, reader=None), **selection)
 
 
 CUBE_AREAS = ("bbox", "geopolygon", "like")
@@ -938,6 +946,37 @@ def plan_cube(
         "mosaic": options.mosaic if isinstance(options.mosaic, str) else method.__name__,
     }
     return plan, attrs
+
+
+CUBE_SELECTION = tuple(
+    name for name, p in inspect.signature(plan_cube).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
+"""Where the cube lies and which scenes it reads: :func:`plan_cube`'s keywords, which
+:func:`read_cube` takes as they are (the rest of its keywords are options)."""
+
+
+def _read_cube_signature() -> inspect.Signature:
+    """:func:`read_cube`'s signature: the collection and bands, :func:`plan_cube`'s keywords
+    (:data:`CUBE_SELECTION`, with their defaults), ``options``, ``planned`` and the option
+    keywords. The keywords are declared once, on the planner: the dry run binds a cube read's
+    arguments against this signature and compares a kept plan's against the planner's
+    (:func:`~rasteret_pipelines.reading.explain.complete_arguments`), so both name the same
+    keywords with the same defaults."""
+    planner = inspect.signature(plan_cube).parameters
+    own = inspect.signature(read_cube).parameters
+    return inspect.Signature(
+        [
+            own["collection"],
+            own["bands"],
+            *(planner[name] for name in CUBE_SELECTION),
+            own["options"],
+            own["planned"],
+            inspect.Parameter("option_keywords", inspect.Parameter.VAR_KEYWORD),
+        ]
+    )
+
+
+read_cube.__signature__ = _read_cube_signature()
 
 
 def estimate_block(plan: CubePlan, t0: int, t1: int, pixels: int):

@@ -21,6 +21,7 @@ adds to the eager read (:attr:`ReadPlan.notes`).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 from collections import Counter
@@ -55,12 +56,14 @@ class ReadPlan:
     planned: _Planned | None = field(default=None, repr=False, compare=False)
     """The read as this dry run planned it, kept for the read itself: given as ``planned=`` to
     :func:`~rasteret_pipelines.reading.read_geometries`,
+    :func:`~rasteret_pipelines.reading.cube.read_cube` (eager or with ``chunks=``),
     :func:`~rasteret_pipelines.reading.zonal_stats` or
     :func:`~rasteret_pipelines.reading.sample_points` (with the arguments it was planned with),
     the read runs this plan instead of planning again, so it fetches exactly what the plan says.
-    None for a data cube and for plans added up (:meth:`sequence`). It holds what the read holds
-    while it runs (the geometries' masks, or the fields' pixel pairs): drop the plan, or set this
-    to None, to free them. Never pickled: a plan sent elsewhere carries its numbers only."""
+    None for plans added up (:meth:`sequence`). It holds what the read holds while it runs (the
+    geometries' masks, the fields' pixel pairs, or a cube's scenes with their cached headers):
+    drop the plan, or set this to None, to free them. Never pickled: a plan sent elsewhere
+    carries its numbers only."""
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "planned": None}
@@ -183,8 +186,9 @@ class _Planned:
     collection: object
     arguments: dict
     work: object
-    """A :class:`~rasteret_pipelines.reading.read.PlannedRead` or a
-    :class:`~rasteret_pipelines.reading.zonal.FieldsPlan`."""
+    """A :class:`~rasteret_pipelines.reading.read.PlannedRead`, a
+    :class:`~rasteret_pipelines.reading.zonal.FieldsPlan`, or a cube's plan and Dataset
+    attributes (:func:`~rasteret_pipelines.reading.cube.plan_cube`'s result)."""
 
 
 def reuse_plan(plan, reads: Sequence[str], collection, planner, arguments: dict):
@@ -199,7 +203,7 @@ def reuse_plan(plan, reads: Sequence[str], collection, planner, arguments: dict)
     kept = plan.planned if isinstance(plan, ReadPlan) else None
     if kept is None:
         what = (
-            "a ReadPlan without its planned read (a data cube's, a sum of plans, an unpickled or released one)"
+            "a ReadPlan without its planned read (a sum of plans, an unpickled or released one)"
             if isinstance(plan, ReadPlan)
             else type(plan).__name__
         )
@@ -224,11 +228,15 @@ _MISSING = object()
 
 
 def complete_arguments(planner, arguments: dict) -> dict:
-    """``arguments`` of ``planner`` (by keyword) with its defaults filled in; ``collection`` left out."""
+    """``arguments`` of ``planner`` (by keyword) with its defaults filled in; ``collection`` left
+    out, and ``options`` (a cube's) spelled out by field, so that a difference names the option."""
     bound = inspect.signature(planner).bind_partial(**arguments)
     bound.apply_defaults()
     out = dict(bound.arguments)
     out.pop("collection", None)
+    options = out.pop("options", None)
+    if options is not None:
+        out.update({f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
     return out
 
 
@@ -398,7 +406,15 @@ def _cube_plan(read: str, collection, bands, geometries, positional: list, kwarg
     bound = _bind(cube.read_cube, collection, bands, *positional, geometries=geometries, **kwargs)
     options = CubeOptions.resolve(bound.pop("options", None), bound.pop("option_keywords", {}), read)
     chunks = options.chunks
-    plan, _ = cube.plan_cube(collection, bound.pop("bands"), options, **bound)
+    bands = bound.pop("bands")
+    planned = cube.plan_cube(collection, bands, options, **bound)
+    kept = _Planned(
+        cube.CUBE_READ,
+        collection,
+        complete_arguments(cube.plan_cube, cube.plan_arguments(bands, options, bound)),
+        planned,
+    )
+    plan = planned[0]
     if chunks is not None:
         try:
             import dask  # noqa: F401 (the read needs it: refuse the same way)
@@ -412,7 +428,7 @@ def _cube_plan(read: str, collection, bands, geometries, positional: list, kwarg
             for c0, c1 in zip(x_edges, x_edges[1:]):
                 counted.update(_cube_block(rows, plan, (t0, t1, r0, r1, c0, c1)))
                 peak = max(peak, cube.estimate_block(plan, t0, t1, (r1 - r0) * (c1 - c0)).total)
-    out = ReadPlan(read, list(rows.rows.values()), int(peak))
+    out = ReadPlan(read, list(rows.rows.values()), int(peak), planned=kept)
     if chunks is None:
         return out
     out.tasks = (len(t_edges) - 1) * (len(y_edges) - 1) * (len(x_edges) - 1)

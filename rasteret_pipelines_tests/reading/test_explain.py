@@ -16,7 +16,8 @@ from rasteret_pipelines.errors import CubeChunksError, CubeUserColumnsError, Inv
 from rasteret_pipelines_demo import demo_data
 from rasteret_pipelines_tests.conftest import count_calls
 from rasteret_pipelines_tests.reading.conftest import BASE_IDS, BASE_RANGE, CROSS_ID, CROSS_RANGE
-from rasteret_pipelines_tests.reading.test_cube import AOI_BOX, UTM43
+from rasteret_pipelines_tests.reading.test_cube import AOI_BOX, UTM43, grid_of, warped
+from rasteret_pipelines_tests.reading.test_reader import CountingReader
 from rasteret_pipelines_tests.reading.test_zonal import hard_fields
 
 
@@ -313,3 +314,130 @@ def test_a_cube_refuses_user_columns_by_name_and_says_where_they_go(world, proce
     assert world.cogs.requests == []
     ds = processor.get_xarray(fields, ["red"], date_range=CROSS_RANGE, id_column="plot_id", keep=["crop"])
     assert ds["geometry"].values.tolist() == ["north", "south"] and ds["crop"].values.tolist() == ["rice", "millet"]
+
+
+# -- planned= on a data cube -----------------------------------------------------------------------
+
+ORACLE_CUBE = dict(TWO_ZONES, bands=["red", "nir"], groupby="time")
+""":data:`TWO_ZONES` with both bands, one step per scene: each step equals rasterio's warp (nearest)."""
+
+
+@pytest.fixture
+def cube_planning(monkeypatch) -> Counter:
+    """How often the cube's planner runs (wrapped, still doing its work)."""
+    from rasteret_pipelines.reading import cube
+
+    return count_calls(monkeypatch, ((cube, "plan_cube"),))
+
+
+def test_a_cube_given_its_dry_run_plans_nothing_again_and_fetches_exactly_that_plan(world, processor, cube_planning):
+    """``read_cube(..., planned=plan)`` and ``get_xarray(<cube>, planned=plan)`` run the plan
+    the dry run made (the planner runs once, in the dry run), make exactly its GETs and bytes,
+    and give rasterio's pixels, as the same read planned again does."""
+    from rasteret_pipelines.cog import HttpReader
+    from rasteret_pipelines.reading.cube import read_cube
+    from rasteret_pipelines.reading.options import CubeOptions
+
+    collection = processor.collection
+    plan = _dry_run(world, processor, "get_xarray", **ORACLE_CUBE)
+    assert cube_planning == {"plan_cube": 1} and plan.gets > 0
+    ds = read_cube(collection, **ORACLE_CUBE, planned=plan)
+    assert cube_planning == {"plan_cube": 1}, "the read planned again"
+    assert _served(world) == (plan.gets, plan.bytes)
+    assert (ds.attrs["requests"], ds.attrs["bytes_read"], ds.attrs["header_requests"]) == (plan.gets, plan.bytes, 0)
+    grid = grid_of(ds)
+    assert ds.sizes["time"] == 2
+    for ti, scene_id in enumerate(ds["scene_id"].values):
+        for band in ORACLE_CUBE["bands"]:
+            np.testing.assert_array_equal(ds[band].values[ti], warped(world.path(scene_id, band), grid, "nearest"))
+    world.cogs.reset_log()
+    again = read_cube(collection, **ORACLE_CUBE)  # planned here: the same pixels from the same GETs
+    assert cube_planning == {"plan_cube": 2} and _served(world) == (plan.gets, plan.bytes)
+    assert again.identical(ds)
+
+    # the high-level API passes planned= through; the same values as options are the same arguments;
+    # a plan runs again; the reader is the read's own (the dry run was given none)
+    world.cogs.reset_log()
+    options = CubeOptions(crs=UTM43, resolution=10, groupby="time")
+    area = {k: ORACLE_CUBE[k] for k in ("bands", "bbox", "date_range")}
+    assert processor.get_xarray(**area, options=options, planned=plan).identical(ds)
+    assert _served(world) == (plan.gets, plan.bytes)
+    counting = CountingReader(HttpReader())
+    world.cogs.reset_log()
+    assert read_cube(collection, **ORACLE_CUBE, reader=counting, planned=plan).identical(ds)
+    assert len(counting.ranges) == plan.gets and _served(world) == (plan.gets, plan.bytes)
+    assert cube_planning == {"plan_cube": 2}
+
+
+def test_a_lazy_cube_given_its_dry_run_builds_its_graph_from_that_plan(world, processor, cube_planning):
+    """``chunks=`` with ``planned=``: the graph is built from the kept plan (no planning, no
+    request, one copy of the plan in the graph and small tasks), one compute makes exactly the
+    plan's GETs and bytes, and the pixels equal the eager read's."""
+    import pickle
+
+    from rasteret_pipelines.reading.cube import read_cube
+
+    # two row blocks per step: tiles split between them, so more GETs than the eager read. Rows
+    # only: a warped scene's blocks split along x warp some edge pixels otherwise than the whole
+    # grid does (rasterio's approximate transformer follows each block's scanlines)
+    chunks = {"time": 1, "y": 512, "x": 512}
+    plan = _dry_run(world, processor, "get_xarray", chunks=chunks, **ORACLE_CUBE)
+    lazy = processor.get_xarray(chunks=chunks, **ORACLE_CUBE, planned=plan)
+    assert cube_planning == {"plan_cube": 1}, "the read planned again"
+    assert world.cogs.requests == [], "building the graph made a request"
+    graph = dict(lazy["red"].data.__dask_graph__())
+    assert plan.tasks == lazy["red"].data.npartitions > 1
+    plans = [k for k in graph if isinstance(k, str) and k.startswith("rasteret-cube-plan")]
+    assert len(plans) == 1
+    assert all(len(pickle.dumps(task)) < 600 for key, task in graph.items() if key not in plans)
+    with dask.config.set(scheduler="synchronous"):
+        got = lazy.compute()
+    assert _served(world) == (plan.gets, plan.bytes)
+    eager = read_cube(processor.collection, **ORACLE_CUBE)
+    assert eager.attrs["requests"] < plan.gets  # the lazy plan's numbers, not the eager read's
+    for band in ORACLE_CUBE["bands"]:
+        np.testing.assert_array_equal(got[band].values, eager[band].values)
+
+
+def test_a_cube_plan_is_refused_by_a_read_it_was_not_made_for(world, processor, cube_planning):
+    """A ``planned=`` that is not this cube's dry run (another read, collection or value of an
+    argument, options and ``chunks`` included) is refused by name, before any request."""
+    import pickle
+
+    from rasteret_pipelines.collections import load_collection
+    from rasteret_pipelines.reading import read_geometries, zonal_stats
+    from rasteret_pipelines.reading.cube import read_cube
+    from rasteret_pipelines.reading.explain import explain
+
+    collection = processor.collection
+    plan = explain("get_xarray", collection, **TWO_ZONES)
+    aois = list(demo_data.QUICKSTART_AOIS.values())
+    windows_plan = explain("get_xarray", collection, aois, ["red"], date_range=CROSS_RANGE)
+    world.cogs.reset_log()
+    moved = tuple(v + 0.01 for v in AOI_BOX)
+    for changed, name in [
+        ({"resolution": 20}, "resolution"),
+        ({"bbox": moved}, "bbox"),
+        ({"bands": ["red", "nir"]}, "bands"),
+        ({"date_range": BASE_RANGE}, "date_range"),
+        ({"chunks": {"time": 1, "y": 300, "x": 300}}, "chunks"),
+        ({"resampling": "bilinear"}, "resampling"),
+        ({"geometries": aois}, "geometries"),
+    ]:
+        with pytest.raises(InvalidReadArgumentError, match=f"another {name}="):
+            read_cube(collection, **{**TWO_ZONES, **changed}, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="another resolution="):
+        processor.get_xarray(**{**TWO_ZONES, "resolution": 20}, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="another collection"):
+        read_cube(load_collection(collection.name, world.workspace), **TWO_ZONES, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="plan of 'get_xarray', not of 'get_xarray \\(data cube\\)'"):
+        read_cube(collection, **TWO_ZONES, planned=windows_plan)
+    with pytest.raises(InvalidReadArgumentError, match="plan of 'get_xarray \\(data cube\\)', not of 'get_xarray'"):
+        read_geometries(collection, aois, ["red"], date_range=CROSS_RANGE, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="not of 'zonal_stats'"):
+        zonal_stats(collection, hard_fields(), index="ndvi", date_range=BASE_RANGE, planned=plan)
+    with pytest.raises(InvalidReadArgumentError, match="without its planned read"):
+        read_cube(collection, **TWO_ZONES, planned=pickle.loads(pickle.dumps(plan)))
+    with pytest.raises(InvalidReadArgumentError, match="explain plans read_cube itself"):
+        explain("get_xarray", collection, **TWO_ZONES, planned=plan)
+    assert world.cogs.requests == [] and cube_planning == {"plan_cube": 1}
