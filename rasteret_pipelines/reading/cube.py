@@ -462,8 +462,8 @@ def _place(read: _Read, data: np.ndarray, block: CubeGrid, resampling: str, noda
             dst_crs=crs_of(block.crs),
             dst_nodata=np.nan,
             resampling=_resampling(resampling),
-            XSCALE=repr(read.scale[0]),
-            YSCALE=repr(read.scale[1]),
+            XSCALE=read.scale[0],
+            YSCALE=read.scale[1],
         )
         lo, hi = max(s0, first), min(s1, last)
         out[:, lo - first : hi - first] = warped[:, lo - s0 : hi - s0]
