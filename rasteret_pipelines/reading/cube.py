@@ -17,8 +17,10 @@ the grid of odc-stac's ``load`` for the same arguments:
   is the cube's grid shifted by whole pixels, its tiles are copied; otherwise the decoded
   source window (plus a margin for the kernel) is warped with ``rasterio.warp.reproject``
   using ``resampling`` (nearest, bilinear, cubic, average), nodata ignored, as GDAL's warper
-  does. Reading stays GDAL-free: aiohttp, imagecodecs, numpy; rasterio only resamples
-  decoded arrays.
+  does. A warp is made in strips of :data:`WARP_STRIP` columns of the cube's grid, with GDAL's
+  ``XSCALE``/``YSCALE`` given for the whole grid, so that a pixel's value does not depend on
+  the block it is read in (see :data:`WARP_STRIP` and :func:`_kernel_scale`). Reading stays
+  GDAL-free: aiohttp, imagecodecs, numpy; rasterio only resamples decoded arrays.
 * **Time steps.** ``groupby``: ``"solar_day"`` (default: scenes of one local solar day,
   odc-stac's rule: UTC time plus ``int(longitude / 15)`` hours at the cube's centre),
   ``"time"`` (each acquisition time), ``"month"`` or a STAC property name. A step's time is
@@ -38,10 +40,11 @@ the grid of odc-stac's ``load`` for the same arguments:
   grid is a whole-pixel shift of that scene's level grid and the chunk size is a multiple of
   the tile size (the first block is shorter): then no tile is shared between blocks at all.
 
-The eager path is the same block reader run once over the whole cube, so both give the same
-pixels; except that where a scene is warped, blocks that split the grid's rows (chunks along
-``x``) can take a neighbouring source pixel for a few pixels next to a block edge
-(``rasterio.warp.reproject`` of a block does not always pick what it picks for the whole grid).
+The eager path is the same block reader run once over the whole cube, and a warped scene is
+warped in the same strips with the same kernel scale in every block, so every chunking gives
+the eager read's pixels. A block whose edges are not on the strips' lattice fetches a
+warped scene's source under its whole strips (up to ``WARP_STRIP - 1`` columns more on each
+side).
 
 A dry run (:func:`~rasteret_pipelines.reading.explain.explain`) keeps the plan it makes;
 ``planned=`` runs that plan instead of planning again, eager or lazy.
@@ -288,6 +291,17 @@ class CubePlan:
 # -- block reads ---------------------------------------------------------------------------------
 
 
+WARP_STRIP = 256
+"""Width, in cube columns, of the strips every warp is made in (strips start at the grid's
+first column, whatever the chunking). GDAL's warper transforms each destination row of a
+warped region with its approximate transformer (exact at the row's ends and middle, linear in
+between while the error stays under 0.125 source pixel), so the source pixel a cube pixel
+takes depends on where its row of the region starts and ends; rasterio 1.4's ``reproject``
+fixes that threshold (its ``tolerance`` reaches GDAL from rasterio 1.5, which needs Python
+3.12). Warping the same strips of the grid in every block gives every chunking, and the eager
+read, the same transformed coordinates, so the same pixels."""
+
+
 @dataclass
 class _Read:
     key: str
@@ -297,6 +311,13 @@ class _Read:
     direct: bool
     inside: tuple[int, int, int, int] | None = None
     """For a direct window partly outside the image: (row0, row1, col0, col1) of the block inside."""
+    span: CubeGrid | None = None
+    """For a warped read: the block widened to whole :data:`WARP_STRIP` strips of the grid."""
+    offset: int = 0
+    """For a warped read: the block's first column in ``span``."""
+    scale: tuple[float, float] = (1.0, 1.0)
+    """For a warped read: GDAL's ``XSCALE``/``YSCALE`` (cube pixels per source pixel along x and
+    y), computed once for the whole grid so that no block's kernel is sized by its own extent."""
 
 
 def _margin(resampling: str, factor: float) -> int:
@@ -305,11 +326,69 @@ def _margin(resampling: str, factor: float) -> int:
     return 2 + 2 * math.ceil(max(factor, 1.0))
 
 
-def _plan_read(key: str, header, level: int, block: CubeGrid, resampling: str) -> _Read | None:
-    """The window of ``header``'s ``level`` for ``block``: direct when on the same grid, else the
-    transformed block plus a margin, clipped to the image; None when it misses the image."""
-    from rasteret_pipelines.reading.plan import _transformer, same_crs
+def _source_window(header, level: int, grid: CubeGrid, resampling: str) -> tuple[int, int, int, int] | None:
+    """(col0, row0, col1, row1) of ``header``'s ``level`` that a warp onto ``grid`` reads: the
+    transformed outline plus a margin for the kernel, clipped to the image; None when it misses."""
+    from rasteret_pipelines.reading.plan import _transformer
 
+    lvl = header.levels[level]
+    a, b, c, d, e, f = header.level_transform(level) if level else header.transform
+    pts = grid.outline()
+    xs, ys = _transformer(grid.crs, header.crs).transform(pts[:, 0], pts[:, 1])
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    if not ok.any():
+        return None
+    inv = ~Affine(a, b, c, d, e, f)
+    cols = xs[ok] * inv.a + ys[ok] * inv.b + inv.c
+    rows = xs[ok] * inv.d + ys[ok] * inv.e + inv.f
+    m = _margin(resampling, max(abs(grid.transform[0] / a), abs(grid.transform[4] / e)))
+    c0, c1 = max(math.floor(cols.min()) - m, 0), min(math.ceil(cols.max()) + m, lvl.width)
+    r0, r1 = max(math.floor(rows.min()) - m, 0), min(math.ceil(rows.max()) + m, lvl.height)
+    if c0 >= c1 or r0 >= r1:
+        return None
+    return c0, r0, c1, r1
+
+
+def _kernel_scale(header, level: int, grid: CubeGrid) -> tuple[float, float]:
+    """Cube pixels per source pixel along the cube's x and y at the grid's centre: GDAL's
+    ``XSCALE``/``YSCALE`` warp options, which size the kernel (a scale below 1 widens it). Left
+    to GDAL, they are worked out per warped region from the region's source window, so a narrow
+    block got a wider kernel than the whole grid; given once per grid, every block agrees."""
+    from rasteret_pipelines.reading.plan import _transformer
+
+    a, b, c, d, e, f = header.level_transform(level) if level else header.transform
+    ga, _, gc, _, ge, gf = grid.transform
+    cx, cy = gc + ga * grid.width / 2, gf + ge * grid.height / 2
+    xs, ys = _transformer(grid.crs, header.crs).transform([cx, cx + ga, cx], [cy, cy, cy + ge])
+    inv = ~Affine(a, b, c, d, e, f)
+    cols = [inv.a * x + inv.b * y + inv.c for x, y in zip(xs, ys)]
+    rows = [inv.d * x + inv.e * y + inv.f for x, y in zip(xs, ys)]
+    fx = math.hypot(cols[1] - cols[0], rows[1] - rows[0])
+    fy = math.hypot(cols[2] - cols[0], rows[2] - rows[0])
+    return 1.0 / fx, 1.0 / fy
+
+
+def _strip_span(grid: CubeGrid, block: CubeGrid) -> tuple[CubeGrid, int]:
+    """``block`` (a sub-grid of ``grid``) widened to whole :data:`WARP_STRIP` strips of ``grid``,
+    and the block's first column in it."""
+    ga, _, gc, _, ge, gf = grid.transform
+    c0 = round((block.transform[2] - gc) / ga)
+    r0 = round((block.transform[5] - gf) / ge)
+    s0 = c0 - c0 % WARP_STRIP
+    s1 = min(-(-(c0 + block.width) // WARP_STRIP) * WARP_STRIP, grid.width)
+    return grid.block(r0, r0 + block.height, s0, s1), c0 - s0
+
+
+def _plan_read(
+    key: str, header, level: int, block: CubeGrid, resampling: str, grid: CubeGrid | None = None
+) -> _Read | None:
+    """The window of ``header``'s ``level`` for ``block`` of ``grid`` (default: the block is the
+    grid): direct when on the same grid; else the source of the block's :data:`WARP_STRIP`
+    strips plus a margin, clipped to the image. None when the block misses the image."""
+    from rasteret_pipelines.reading.plan import same_crs
+
+    grid = block if grid is None else grid
     lvl = header.levels[level]
     a, b, c, d, e, f = header.level_transform(level) if level else header.transform
     ga, _, gc, _, ge, gf = block.transform
@@ -330,22 +409,12 @@ def _plan_read(key: str, header, level: int, block: CubeGrid, resampling: str) -
             if (c0, r0, c1, r1) != (col, row, col + block.width, row + block.height):
                 inside = (r0 - row, r1 - row, c0 - col, c1 - col)
             return _Read(key, header, level, (col, row, block.width, block.height), True, inside)
-    pts = block.outline()
-    xs, ys = _transformer(block.crs, header.crs).transform(pts[:, 0], pts[:, 1])
-    xs, ys = np.asarray(xs), np.asarray(ys)
-    ok = np.isfinite(xs) & np.isfinite(ys)
-    if not ok.any():
+    if _source_window(header, level, block, resampling) is None:
         return None
-    inv = ~Affine(a, b, c, d, e, f)
-    cols = xs[ok] * inv.a + ys[ok] * inv.b + inv.c
-    rows = xs[ok] * inv.d + ys[ok] * inv.e + inv.f
-    factor = max(abs(ga / a), abs(ge / e))
-    m = _margin(resampling, factor)
-    c0, c1 = max(math.floor(cols.min()) - m, 0), min(math.ceil(cols.max()) + m, lvl.width)
-    r0, r1 = max(math.floor(rows.min()) - m, 0), min(math.ceil(rows.max()) + m, lvl.height)
-    if c0 >= c1 or r0 >= r1:
-        return None
-    return _Read(key, header, level, (c0, r0, c1 - c0, r1 - r0), False)
+    span, offset = _strip_span(grid, block)
+    c0, r0, c1, r1 = _source_window(header, level, span, resampling)
+    scale = _kernel_scale(header, level, grid)
+    return _Read(key, header, level, (c0, r0, c1 - c0, r1 - r0), False, span=span, offset=offset, scale=scale)
 
 
 def _resampling(name: str):
@@ -368,20 +437,36 @@ def _place(read: _Read, data: np.ndarray, block: CubeGrid, resampling: str, noda
 
     header = read.header
     t = Affine(*(header.level_transform(read.level) if read.level else header.transform))
-    col0, row0, _, _ = read.window
+    col0, row0, width, height = read.window
     out = empty_in_small_pages((block.height, block.width), np.float32)
     out.fill(np.nan)
-    rasterio.warp.reproject(
-        data,
-        out,
-        src_transform=t @ Affine.translation(col0, row0),
-        src_crs=crs_of(header.crs),
-        src_nodata=nodata,
-        dst_transform=block.affine,
-        dst_crs=crs_of(block.crs),
-        dst_nodata=np.nan,
-        resampling=_resampling(resampling),
-    )
+    span, first, last = read.span, read.offset, read.offset + block.width
+    for s0 in range(first - first % WARP_STRIP, last, WARP_STRIP):
+        s1 = min(s0 + WARP_STRIP, span.width)
+        strip = span.block(0, span.height, s0, s1)
+        window = _source_window(header, read.level, strip, resampling)
+        if window is None:
+            continue
+        c0, r0 = max(window[0], col0), max(window[1], row0)
+        c1, r1 = min(window[2], col0 + width), min(window[3], row0 + height)
+        if c0 >= c1 or r0 >= r1:
+            continue
+        warped = np.full((strip.height, strip.width), np.nan, np.float32)
+        rasterio.warp.reproject(
+            data[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0],
+            warped,
+            src_transform=t @ Affine.translation(c0, r0),
+            src_crs=crs_of(header.crs),
+            src_nodata=nodata,
+            dst_transform=strip.affine,
+            dst_crs=crs_of(block.crs),
+            dst_nodata=np.nan,
+            resampling=_resampling(resampling),
+            XSCALE=read.scale[0],
+            YSCALE=read.scale[1],
+        )
+        lo, hi = max(s0, first), min(s1, last)
+        out[:, lo - first : hi - first] = warped[:, lo - s0 : hi - s0]
     return out, ~np.isnan(out)
 
 
@@ -398,7 +483,7 @@ def _step_reads(plan: CubePlan, block: CubeGrid, t0: int, t1: int) -> list[tuple
             reads = {}
             for key in dict.fromkeys(data_keys + ([qkey] if qkey else [])):
                 res = "nearest" if key == qkey and key not in data_keys else plan.resampling
-                read = _plan_read(key, scene.headers[key], scene.levels[key], block, res)
+                read = _plan_read(key, scene.headers[key], scene.levels[key], block, res, plan.grid)
                 if read is None:
                     break
                 reads[key] = read

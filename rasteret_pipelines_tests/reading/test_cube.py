@@ -5,6 +5,20 @@ image, or the overview GDAL's rule picks, opened with ``overview_level``), warpe
 cube's grid by ``rasterio.warp.reproject`` with the same resampling, nodata ignored
 (``src_nodata``); composites are numpy reductions (``nanmedian``, ``nanstd``, ...) of those
 arrays with the cloud mask (SCL, nearest) applied first. The world is ``conftest.py``'s.
+
+The oracle warps with the two settings that make GDAL's warper give the same pixels however a
+grid is cut (the cube uses them, so that every chunking gives the eager read's pixels):
+
+* the grid is warped in strips of ``WARP_STRIP`` columns from its first column. GDAL's
+  approximate transformer (``gdalwarp -et``, 0.125 source pixel by default, which rasterio 1.4's
+  ``reproject`` cannot change) interpolates each destination row of a warped region between
+  exact points at its ends, so a pixel's source coordinate depends on the region's columns;
+* GDAL's ``XSCALE``/``YSCALE`` warp options are given: the source pixel size over the cube's.
+  Left out, GDAL works them out per warped region from its source window, and they size the
+  bilinear and cubic kernels (GDAL's gdalwarp FAQ: "Those ratios are computed per warping
+  chunk ... you may manually specify the XSCALE and YSCALE warping options"). The cube computes
+  them at its centre; across the UTM zone boundary that is 0.1 % off the ratio of the pixel
+  sizes, which GDAL's kernels treat as the same scale (the pixels are equal, checked below).
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ import math
 import pickle
 import warnings
 
+import dask
 import numpy as np
 import pytest
 import rasterio
@@ -23,7 +38,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 
 from rasteret_pipelines.errors import CubeChunksError, CubeGridError, GroupbyError, InvalidReadArgumentError
-from rasteret_pipelines.reading.cube import CubeGrid, cube_grid, read_cube
+from rasteret_pipelines.reading.cube import WARP_STRIP, CubeGrid, cube_grid, read_cube
 from rasteret_pipelines.reading.mosaic import FirstValid, MosaicMethod
 from rasteret_pipelines_tests.reading.conftest import (
     AOIS,
@@ -56,18 +71,25 @@ def _warped(path, grid: CubeGrid, resampling: str, overview_level: int | None) -
     kwargs = {} if overview_level is None else {"overview_level": overview_level}
     with rasterio.open(path, **kwargs) as src:
         data = src.read(1)
+        scale = abs(src.transform.a) / abs(grid.transform[0])  # source pixel size over the cube's
         out = np.full((grid.height, grid.width), np.nan, np.float32)
-        rasterio.warp.reproject(
-            data,
-            out,
-            src_transform=src.transform,
-            src_crs=src.crs,
-            src_nodata=src.nodata,
-            dst_transform=Affine(*grid.transform),
-            dst_crs=grid.crs,
-            dst_nodata=np.nan,
-            resampling=Resampling[resampling],
-        )
+        for c0 in range(0, grid.width, WARP_STRIP):  # the module docs say why strips
+            strip = grid.block(0, grid.height, c0, min(c0 + WARP_STRIP, grid.width))
+            warped_strip = np.full((strip.height, strip.width), np.nan, np.float32)
+            rasterio.warp.reproject(
+                data,
+                warped_strip,
+                src_transform=src.transform,
+                src_crs=src.crs,
+                src_nodata=src.nodata,
+                dst_transform=Affine(*strip.transform),
+                dst_crs=grid.crs,
+                dst_nodata=np.nan,
+                resampling=Resampling[resampling],
+                XSCALE=scale,
+                YSCALE=scale,
+            )
+            out[:, c0 : c0 + strip.width] = warped_strip
     return out
 
 
@@ -136,6 +158,35 @@ def test_two_utm_zones_on_one_grid_equal_rasterio_warp(world, resampling):
                 np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
                 np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(ds["x"].values[:2] - grid.transform[2], [5.0, 15.0])
+
+
+SPLITS = {
+    "x": {"time": 1, "y": -1, "x": 300},
+    "y": {"time": 1, "y": 300, "x": -1},
+    "x and y": {"time": 1, "y": 300, "x": 300},
+}
+"""Chunks that cut the 488 x 936 pixel grid of :func:`test_a_warped_scene_has_the_eager_reads_pixels_however_chunked`."""
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear", "cubic", "average"])
+def test_a_warped_scene_has_the_eager_reads_pixels_however_chunked(world, resampling, split):
+    """The EPSG:32644 scene warped onto the 10 m EPSG:32643 grid: a lazy read whose blocks cut
+    the grid's columns, its rows or both gives exactly the eager read's pixels, and the eager
+    read gives rasterio's (with the settings the module docs name)."""
+    kwargs = dict(bbox=AOI_BOX, crs=UTM43, resolution=10, resampling=resampling, groupby="time", date_range=CROSS_RANGE)
+    eager = read_cube(world.collection(), ["red"], **kwargs)
+    grid = grid_of(eager)
+    assert (grid.width, grid.height) == (488, 936) and grid.width > WARP_STRIP  # the chunks cut strips
+    lazy = read_cube(world.collection(), ["red"], chunks=SPLITS[split], **kwargs)
+    assert lazy["red"].data.npartitions > len(eager["scene_id"])
+    with dask.config.set(scheduler="synchronous"):
+        got = lazy["red"].values
+    np.testing.assert_array_equal(got, eager["red"].values)
+    cross = list(eager["scene_id"].values).index(CROSS_ID)
+    expected = warped(world.path(CROSS_ID, "red"), grid, resampling)
+    assert np.isfinite(expected).sum() > 400_000
+    np.testing.assert_array_equal(eager["red"].values[cross], expected)
 
 
 @pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
