@@ -7,7 +7,9 @@
   with ONE :func:`~rasteret_pipelines.reading.zonal_stats` call (every tile fetched once);
   :func:`split_by_group` and :func:`group_table` turn it into one GeoParquet table per group.
 * :func:`group_geotiffs`: NDVI COGs, one per (group, date) masked to the group's fields (or one
-  per (field, date) for small groups), read in batches bounded by :func:`chunk_aois`.
+  per (field, date) for small groups), read in batches bounded by :func:`chunk_aois`; a group's
+  area is the union of its fields (:func:`union_by_group`), kept for a run's months by
+  :class:`GroupAreas`.
 * :func:`fields_outside`: fields outside the area a collection month was indexed for.
 """
 
