@@ -573,7 +573,8 @@ class GroupAreas:
 
 
 COVERAGE_PROBE_PAIRS = 32
-"""Meeting pairs of a group whose geometries are checked as a coverage before all of its geometries are."""
+"""Pairs of a group's fields whose geometries are checked as a coverage (and for contact) before
+all of the group's are."""
 
 
 def union_by_group(geometries, groups) -> dict[str, object]:
@@ -583,17 +584,16 @@ def union_by_group(geometries, groups) -> dict[str, object]:
     * geometries that meet (touch or overlap) none of their group:
       :func:`shapely.disjoint_subset_union_all`, which unions each cluster of intersecting
       geometries apart, here each alone, so the union is the collection of their polygons;
-    * geometries that meet only along shared edges with the same vertices and never overlap
+    * geometries that meet, only along shared edges with the same vertices and never overlapping
       (a valid coverage, checked with :func:`shapely.coverage_is_valid`):
       :func:`shapely.coverage_union_all`, which drops the shared edges without an overlay;
     * any other group (overlaps, one inside another, edges that meet without matching
       vertices): :func:`shapely.disjoint_subset_union_all`, a full union of each cluster of
       intersecting geometries, which is the only place an overlay is needed.
 
-    Which geometries meet is found by one :class:`shapely.STRtree` query over all of them. A
-    part of a valid coverage is a valid coverage, so the geometries of a group's first
-    :data:`COVERAGE_PROBE_PAIRS` meeting pairs are checked first: where they already fail (the
-    group's fields overlap throughout), the whole group is not checked.
+    The pairs whose bounding boxes meet come from one :class:`shapely.STRtree` query over all
+    the geometries (boxes only: cheap even where thousands of fields overlap). A group with such
+    pairs is then checked with :func:`_meets_as_coverage`.
     """
     import pandas as pd
     import shapely
@@ -602,9 +602,9 @@ def union_by_group(geometries, groups) -> dict[str, object]:
     if len(geoms) == 0:
         return {}
     codes, names = pd.factorize(np.asarray(groups, dtype=object), sort=True)
-    left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
-    meet = (left < right) & (codes[left] == codes[right])
-    left, right = left[meet], right[meet]
+    left, right = shapely.STRtree(geoms).query(geoms)
+    near = (left < right) & (codes[left] == codes[right])
+    left, right = left[near], right[near]
     by_group = np.argsort(codes[left], kind="stable")
     left, right = left[by_group], right[by_group]
     pair_edges = np.searchsorted(codes[left], np.arange(len(names) + 1))
@@ -613,15 +613,35 @@ def union_by_group(geometries, groups) -> dict[str, object]:
     out = {}
     for k, name in enumerate(names):
         members = geoms[order[edges[k] : edges[k + 1]]]
-        first = slice(pair_edges[k], min(pair_edges[k + 1], pair_edges[k] + COVERAGE_PROBE_PAIRS))
-        coverage = pair_edges[k + 1] > pair_edges[k]  # some of them meet
-        if coverage and pair_edges[k + 1] - pair_edges[k] > COVERAGE_PROBE_PAIRS:
-            coverage = shapely.coverage_is_valid(geoms[np.unique(np.r_[left[first], right[first]])])
-        if coverage and shapely.coverage_is_valid(members):
+        pairs = slice(pair_edges[k], pair_edges[k + 1])
+        if _meets_as_coverage(geoms, members, left[pairs], right[pairs]):
             out[str(name)] = shapely.coverage_union_all(members)
         else:
             out[str(name)] = shapely.disjoint_subset_union_all(members)
     return out
+
+
+def _meets_as_coverage(geoms, members, left, right) -> bool:
+    """Whether a group's ``members`` meet and form a valid coverage; ``geoms[left]`` and
+    ``geoms[right]`` are its pairs whose bounding boxes meet.
+
+    A part of a valid coverage is a valid coverage, so the geometries of the first
+    :data:`COVERAGE_PROBE_PAIRS` pairs are checked first: where they fail (fields that overlap
+    throughout) the whole group is not checked, and where one of them touches, the other pairs
+    are not checked for contact.
+    """
+    import shapely
+
+    if len(left) == 0:
+        return False  # nothing meets
+    probe = slice(0, COVERAGE_PROBE_PAIRS)
+    if len(left) > COVERAGE_PROBE_PAIRS:
+        if not shapely.coverage_is_valid(geoms[np.unique(np.r_[left[probe], right[probe]])]):
+            return False
+    meet = shapely.intersects(geoms[left[probe]], geoms[right[probe]]).any()
+    if not meet and not shapely.intersects(geoms[left], geoms[right]).any():
+        return False  # only their bounding boxes meet
+    return bool(shapely.coverage_is_valid(members))
 
 
 def updated_items(

@@ -33,6 +33,11 @@ def ring_with_hole(outer, hole):
     return shapely.Polygon(box(*outer).exterior.coords, [box(*hole).exterior.coords])
 
 
+def diamond(x, y, r=1.0):
+    """A square field turned 45 degrees, centred on grid point (x, y)."""
+    return shapely.Polygon([(X0 + (x + dx) * U, Y0 + (y + dy) * U) for dx, dy in ((-r, 0), (0, -r), (r, 0), (0, r))])
+
+
 def grid(n, size=1.0, step=1.0):
     """``n`` x ``n`` fields of ``size`` units every ``step`` units: a coverage when they are equal."""
     return [box(i * step, j * step, i * step + size, j * step + size) for j in range(n) for i in range(n)]
@@ -42,6 +47,7 @@ def grid(n, size=1.0, step=1.0):
 CASES = {
     "one field": ([box(0, 0, 3, 2)], "disjoint"),
     "fields apart": ([box(0, 0, 1, 1), box(2, 0, 3, 1), box(0, 2, 1, 3)], "disjoint"),
+    "apart, their bounding boxes overlapping": ([diamond(2, 2), diamond(3.5, 3.5)], "disjoint"),
     "overlapping": ([box(0, 0, 2, 2), box(1, 1, 3, 3), box(5, 5, 6, 6)], "overlay"),
     "one inside another": ([box(0, 0, 4, 4), box(1, 1, 2, 2)], "overlay"),
     "the same field twice": ([box(0, 0, 2, 2), box(0, 0, 2, 2)], "overlay"),
