@@ -123,7 +123,7 @@ def test_a_group_s_union_equals_dissolve_s_by_the_union_its_kind_needs(case, mon
 
 def test_every_kind_in_one_call_as_groups_that_overlap_each_other():
     """One call over all the cases, each a group, all on the same spot: fields of different
-    groups overlap, which makes no group's fields meet (each group is still unioned alone)."""
+    groups overlap, yet each group is unioned alone and equals its own dissolve."""
     geometries, groups = [], []
     for case, (fields, _) in CASES.items():
         geometries += fields
