@@ -7,7 +7,9 @@
   with ONE :func:`~rasteret_pipelines.reading.zonal_stats` call (every tile fetched once);
   :func:`split_by_group` and :func:`group_table` turn it into one GeoParquet table per group.
 * :func:`group_geotiffs`: NDVI COGs, one per (group, date) masked to the group's fields (or one
-  per (field, date) for small groups), read in batches bounded by :func:`chunk_aois`.
+  per (field, date) for small groups), read in batches bounded by :func:`chunk_aois`; a group's
+  area is the union of its fields (:func:`union_by_group`), kept for a run's months by
+  :class:`GroupAreas`.
 * :func:`fields_outside`: fields outside the area a collection month was indexed for.
 """
 
@@ -315,12 +317,15 @@ def plan_field_month(
     max_bytes: int = 512_000_000,
     max_areas: int = 64,
     fetch_config=None,
+    areas: GroupAreas | None = None,
 ) -> MonthPlan:
     """The exact dry run of a month's reads, from the cached headers alone (no request):
     :func:`field_stats_month`'s ``zonal_stats`` call, then every batch :func:`group_geotiffs`
     reads, with the same arguments (see :mod:`~rasteret_pipelines.reading.explain`), labelled
     in :attr:`MonthPlan.plans`. A read no scene covers plans nothing, as it reads nothing. The
-    reads then run these plans (``planned=``) instead of planning again."""
+    reads then run these plans (``planned=``) instead of planning again. ``areas`` keeps the
+    groups' unions between calls (one :class:`GroupAreas` for all the months of a run);
+    None: a new one."""
     from rasteret_pipelines.reading.explain import ReadPlan, explain
 
     if len(fields) == 0:
@@ -332,7 +337,7 @@ def plan_field_month(
         plan = None
     plans: list[tuple[str, object]] = [("statistics (zonal_stats)", plan or ReadPlan("zonal_stats"))]
     geotiffs = []
-    reads = _geotiff_reads(source_id, collection, month, fields, mode, max_bytes, max_areas, fetch_config)
+    reads = _geotiff_reads(source_id, collection, month, fields, mode, max_bytes, max_areas, fetch_config, areas)
     for i, (batch, sub, group_of, args, kw) in enumerate(reads, start=1):
         try:
             batch_plan = explain("get_xarray", collection, batch, *args, **kw)
@@ -412,6 +417,7 @@ def group_geotiffs(
     max_areas: int = 64,
     fetch_config=None,
     planned: MonthPlan | None = None,
+    areas: GroupAreas | None = None,
 ) -> dict[str, list[str]]:
     """NDVI COGs of the groups of ``fields`` for every date of ``month``.
 
@@ -422,7 +428,8 @@ def group_geotiffs(
     (larger groups get group COGs). Areas are read in batches bounded by count and estimated
     bytes (:func:`chunk_aois`), each batch in one read. With ``planned`` (the month's
     :class:`MonthPlan` of these ``fields``, made with the same ``mode`` and bounds) the batches
-    are its batches and each read runs its plan instead of planning again.
+    are its batches and each read runs its plan instead of planning again; without it, the
+    groups' unions come from ``areas`` (see :func:`plan_field_month`).
 
     Returns:
         ``({group: [path, ...]}, reads)``: the paths (for ``fields`` the group's fields' paths
@@ -439,7 +446,9 @@ def group_geotiffs(
     else:
         batches = [
             (*read, None)
-            for read in _geotiff_reads(source_id, collection, month, fields, mode, max_bytes, max_areas, fetch_config)
+            for read in _geotiff_reads(
+                source_id, collection, month, fields, mode, max_bytes, max_areas, fetch_config, areas
+            )
         ]
     red, nir = get_source(source_id).ndvi_bands
     for batch, sub, group_of, args, kwargs, plan in batches:
@@ -472,10 +481,12 @@ def _geotiff_reads(
     max_bytes: int,
     max_areas: int,
     fetch_config,
+    areas: GroupAreas | None = None,
 ) -> list[tuple]:
     """The reads :func:`group_geotiffs` makes, in order: ``[(areas, subfolder (None: the output
     folder itself), {area: group} or None, args, kwargs)]`` for ``read_geometries(collection,
-    areas, *args, **kwargs)`` (shared with its dry run, :func:`plan_field_month`)."""
+    areas, *args, **kwargs)`` (shared with its dry run, :func:`plan_field_month`). A group's
+    area is the union of its fields, from ``areas`` (None: computed here)."""
     import geopandas as gpd
 
     if mode == "none" or len(fields) == 0:
@@ -486,21 +497,15 @@ def _geotiff_reads(
     sizes = fields.groupby("group").size()
     per_field = set(sizes[sizes <= FIELD_GEOTIFF_MAX_FIELDS].index) if mode == "fields" else set()
     grouped = fields[~fields["group"].isin(per_field)]
-    areas = []
+    reads = []
     if len(grouped):
-        dissolved = grouped[["group", "geometry"]].dissolve(by="group")
-        areas.append(
-            (
-                gpd.GeoDataFrame(
-                    geometry=dissolved.geometry.values, index=[str(g) for g in dissolved.index], crs="EPSG:4326"
-                ),
-                None,
-                None,
-            )
+        unions = (areas if areas is not None else GroupAreas()).of(grouped)
+        reads.append(
+            (gpd.GeoDataFrame(geometry=list(unions.values()), index=list(unions), crs="EPSG:4326"), None, None)
         )
     if per_field:
         one = fields[fields["group"].isin(per_field)]
-        areas.append(
+        reads.append(
             (
                 gpd.GeoDataFrame(geometry=one.geometry.values, index=[str(i) for i in one.index], crs="EPSG:4326"),
                 "fields",
@@ -516,7 +521,7 @@ def _geotiff_reads(
     )
     return [
         (frame.loc[batch], where, group_of, ([red, nir],), kwargs)
-        for frame, where, group_of in areas
+        for frame, where, group_of in reads
         for batch in chunk_aois(
             _Shapes(frame),
             list(frame.index),
@@ -526,6 +531,117 @@ def _geotiff_reads(
             pixel_size=source.pixel_size,
         )
     ]
+
+
+class GroupAreas:
+    """The area of each group of fields: the union of its fields, equal to geopandas'
+    ``dissolve(by="group")`` (the area a group COG is read over and masked to).
+
+    The fields are the same in every month of a run, so their unions are kept: a group's union
+    is stored with the geometry objects it was made of and given again for the same objects
+    (shapely geometries are immutable, so the same objects have the same union; holding them
+    keeps their ``id`` from being reused). A group whose fields differ (some left out in one
+    month) gets its own union. One object per run: it holds its unions as long as it lives.
+    """
+
+    def __init__(self) -> None:
+        self._unions: dict[tuple[str, bytes], tuple[np.ndarray, object]] = {}
+
+    def of(self, fields) -> dict[str, object]:
+        """``{group: union of its fields}`` of ``fields`` (a GeoDataFrame with ``group``), groups
+        sorted; the unions not kept yet are made in one :func:`union_by_group` call."""
+        import pandas as pd
+
+        geoms = np.asarray(fields.geometry.values, dtype=object)
+        groups = np.asarray([str(g) for g in fields["group"]], dtype=object)
+        codes, names = pd.factorize(groups, sort=True)
+        order = np.argsort(codes, kind="stable")
+        edges = np.searchsorted(codes[order], np.arange(len(names) + 1))
+        ids = np.fromiter(map(id, geoms), dtype=np.uint64, count=len(geoms))
+        keys, todo = {}, {}
+        for k, name in enumerate(names):
+            rows = order[edges[k] : edges[k + 1]]
+            keys[name] = (name, np.sort(ids[rows]).tobytes())
+            if keys[name] not in self._unions:
+                todo[name] = rows
+        if todo:
+            rows = np.concatenate(list(todo.values()))
+            made = union_by_group(geoms[rows], groups[rows])
+            for name, members in todo.items():
+                self._unions[keys[name]] = (geoms[members], made[name])
+        return {name: self._unions[keys[name]][1] for name in names}
+
+
+COVERAGE_PROBE_PAIRS = 32
+"""Pairs of a group's fields whose geometries are checked as a coverage (and for contact) before
+all of the group's are."""
+
+
+def union_by_group(geometries, groups) -> dict[str, object]:
+    """``{group: the union of its geometries}``, equal (:func:`shapely.equals`) to geopandas'
+    ``dissolve(by=group)``, each group by the fastest of shapely's unions that is exact for it:
+
+    * geometries that meet (touch or overlap) none of their group:
+      :func:`shapely.disjoint_subset_union_all`, which unions each cluster of intersecting
+      geometries apart, here each alone, so the union is the collection of their polygons;
+    * geometries that meet, only along shared edges with the same vertices and never overlapping
+      (a valid coverage, checked with :func:`shapely.coverage_is_valid`):
+      :func:`shapely.coverage_union_all`, which drops the shared edges without an overlay;
+    * any other group (overlaps, one inside another, edges that meet without matching
+      vertices): :func:`shapely.disjoint_subset_union_all`, a full union of each cluster of
+      intersecting geometries, which is the only place an overlay is needed.
+
+    The pairs whose bounding boxes meet come from one :class:`shapely.STRtree` query over all
+    the geometries (boxes only: cheap even where thousands of fields overlap). A group with such
+    pairs is then checked with :func:`_meets_as_coverage`.
+    """
+    import pandas as pd
+    import shapely
+
+    geoms = np.asarray(geometries, dtype=object)
+    if len(geoms) == 0:
+        return {}
+    codes, names = pd.factorize(np.asarray(groups, dtype=object), sort=True)
+    left, right = shapely.STRtree(geoms).query(geoms)
+    near = (left < right) & (codes[left] == codes[right])
+    left, right = left[near], right[near]
+    by_group = np.argsort(codes[left], kind="stable")
+    left, right = left[by_group], right[by_group]
+    pair_edges = np.searchsorted(codes[left], np.arange(len(names) + 1))
+    order = np.argsort(codes, kind="stable")
+    edges = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    out = {}
+    for k, name in enumerate(names):
+        members = geoms[order[edges[k] : edges[k + 1]]]
+        pairs = slice(pair_edges[k], pair_edges[k + 1])
+        if _meets_as_coverage(geoms, members, left[pairs], right[pairs]):
+            out[str(name)] = shapely.coverage_union_all(members)
+        else:
+            out[str(name)] = shapely.disjoint_subset_union_all(members)
+    return out
+
+
+def _meets_as_coverage(geoms, members, left, right) -> bool:
+    """Whether a group's ``members`` meet and form a valid coverage; ``geoms[left]`` and
+    ``geoms[right]`` are its pairs whose bounding boxes meet.
+
+    A part of a valid coverage is a valid coverage, so the geometries of the first
+    :data:`COVERAGE_PROBE_PAIRS` pairs are checked first: where they fail (fields that overlap
+    throughout) the whole group is not checked, and where one of them touches, the other pairs
+    are not checked for contact.
+    """
+    import shapely
+
+    if len(left) == 0:
+        return False  # nothing meets
+    probe = slice(0, COVERAGE_PROBE_PAIRS)
+    if len(left) > COVERAGE_PROBE_PAIRS:
+        if not shapely.coverage_is_valid(geoms[np.unique(np.r_[left[probe], right[probe]])]):
+            return False
+    meet = shapely.intersects(geoms[left[probe]], geoms[right[probe]]).any()
+    if not meet and not shapely.intersects(geoms[left], geoms[right]).any():
+        return False  # only their bounding boxes meet
+    return bool(shapely.coverage_is_valid(members))
 
 
 def updated_items(

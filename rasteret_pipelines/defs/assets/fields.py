@@ -37,6 +37,7 @@ from rasteret_pipelines.defs.checks import field_stats_check_evaluations, field_
 from rasteret_pipelines.defs.io_managers import PATH, CollectionSlice, read_table, write_table
 from rasteret_pipelines.defs.partitions import Partitions, month_key, split_month_group
 from rasteret_pipelines.defs.pipeline import (
+    GroupAreas,
     empty_group_table,
     field_stats_month,
     fields_outside,
@@ -182,6 +183,7 @@ def field_stats_asset(
         store = storage.storage()
         ndvi_uri = storage.uri(*field_ndvi_parts(source_id))
         materialised = 0
+        areas = GroupAreas()  # the groups' unions, made once for the fields every month of the run shares
         for month_partition, entries in sorted(by_month.items()):
             month = month_key(month_partition)
             todo = [(k, g) for k, g in entries if k not in done]
@@ -211,7 +213,7 @@ def field_stats_asset(
                 # shown on every partition of the batch before its pixels are fetched; the reads then
                 # run these plans instead of planning again.
                 planned = plan_field_month(
-                    source_id, collection, month, read, fetch_config=http.fetch_config(), **batch
+                    source_id, collection, month, read, fetch_config=http.fetch_config(), areas=areas, **batch
                 )
                 plan_metadata = read_plan_metadata(planned.plans, month, [g for _, g in todo])
                 for k, _ in todo:
