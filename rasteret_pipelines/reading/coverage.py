@@ -74,7 +74,7 @@ def no_scenes_error(collection, geoms, date_range=None, cloud_cover_lt=None, fil
         + (f" with cloud cover below {cloud_cover_lt}" if cloud_cover_lt is not None else "")
         + (f" with {dict(filters)}" if filters else "")
     )
-    bounds = tuple(float(v) for v in shapely.union_all([g for _, g in geoms]).bounds)
+    bounds = tuple(float(v) for v in shapely.total_bounds([g for _, g in geoms]))
     extent = collection_extent(collection)
     crs = scene_crs_names(collection)
     months = collection.months

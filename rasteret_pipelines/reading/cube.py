@@ -1105,7 +1105,7 @@ def _areas(bbox, geopolygon, geometries):
         raise CubeGridError("give one of bbox= and geopolygon=, not both")
     mask = None
     if geometries is not None:
-        mask = shapely.union_all([g for _, g in normalize_geometries(geometries)])
+        mask = shapely.disjoint_subset_union_all([g for _, g in normalize_geometries(geometries)])
     if bbox is not None:
         try:
             minx, miny, maxx, maxy = (float(v) for v in bbox)
@@ -1118,7 +1118,7 @@ def _areas(bbox, geopolygon, geometries):
         if hasattr(geopolygon, "to_crs"):  # GeoSeries / GeoDataFrame
             if geopolygon.crs is None:
                 raise CubeGridError("geopolygon= has no CRS")
-            geom = shapely.union_all(np.asarray(geopolygon.to_crs("EPSG:4326").geometry.values))
+            geom = shapely.disjoint_subset_union_all(np.asarray(geopolygon.to_crs("EPSG:4326").geometry.values))
         elif isinstance(geopolygon, shapely.Geometry):
             geom = geopolygon
         else:

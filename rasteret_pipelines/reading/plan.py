@@ -197,7 +197,9 @@ def select_scenes(
     """
     from rasteret_pipelines.collections.schema import band_columns, is_missing_asset
 
-    union = shapely.union_all([g for _, g in geoms])
+    # The union of many geometries that mostly do not meet (fields, groups of fields): the
+    # disjoint-subset union unions only the ones that meet, the same geometry as union_all.
+    union = shapely.disjoint_subset_union_all([g for _, g in geoms])
     header_cols = {key: band_columns(key)[1] for key in keys}
     available = set(collection.schema.names)
     error_cols = {key: band_columns(key)[2] for key in keys if band_columns(key)[2] in available}
@@ -216,7 +218,7 @@ def select_scenes(
     import pyarrow as pa
 
     # Python values and raw counts only: pyarrow imports pandas to convert a tz-aware timestamp
-    # (or any column to numpy), and pandas is left to load in the background during the fetch.
+    # (or any column to numpy), and pandas is left to load with xarray, in the background.
     data = {name: table.column(name).to_pylist() for name in table.column_names if name != "datetime"}
     unit = table.schema.field("datetime").type.unit
     counts = [v for chunk in table.column("datetime").chunks for v in chunk.view(pa.int64()).to_pylist()]

@@ -72,6 +72,25 @@ def test_filters_match_the_recorded_items_without_network(built):
     assert stac.count("/search") == search_before
 
 
+def test_scenes_of_many_geometries_are_those_their_union_touches(built):
+    """``select_scenes`` takes the union of many geometries (overlapping, touching, apart, one
+    in the ocean) the fast way: the scenes equal those whose recorded footprint intersects
+    shapely's plain ``union_all`` of them."""
+    from rasteret_pipelines.reading.plan import select_scenes
+
+    collection, items, _, _ = built
+    x, y = MUA_POINT
+    boxes = [shapely.geometry.box(x + dx, y + dy, x + dx + 0.02, y + dy + 0.02) for dx, dy in ((0, 0), (0.01, 0.01))]
+    boxes += [shapely.geometry.box(x + 0.02, y, x + 0.04, y + 0.02)]  # touches the first along an edge
+    boxes += [shapely.geometry.box(x - 0.36 + 0.3 * k, y - 0.6, x - 0.35 + 0.3 * k, y - 0.59) for k in range(4)]
+    boxes += [shapely.geometry.Point(*OCEAN).buffer(0.01)]
+    oracle = shapely.union_all(boxes)
+    expected = sorted(i["id"] for i in items if shapely.geometry.shape(i["geometry"]).intersects(oracle))
+    scenes = select_scenes(collection, list(enumerate(boxes)), None, None, None, ["red"])
+    assert expected and len(expected) < len(items)
+    assert sorted(s.id for s in scenes) == expected
+
+
 def test_geodataframe_view(built):
     collection, items, _, _ = built
     gdf = collection.to_geodataframe(cloud_cover_lt=50)
