@@ -59,8 +59,18 @@ def geometry_mask(
         # A horizontal edge exactly on a row's centre line: GDAL's tie break for it depends on
         # the ring's orientation and neighbours; let GDAL decide these rare polygons.
         return _rasterio_mask(geometry, transform, height, width, all_touched=False)
-    _fill_scanlines(out, starts, ends, _fill_rows(rings, height))
+    rows = _fill_rows(rings, height)
+    if rows.size * len(starts) > DENSE_FILL_CELLS:
+        # The vectorised fill holds a rows x edges table (24 bytes a cell): for a geometry of
+        # many parts (a group of thousands of fields) GDAL's fill, which walks sorted edges,
+        # costs far less and gives the same mask.
+        return _rasterio_mask(geometry, transform, height, width, all_touched=False)
+    _fill_scanlines(out, starts, ends, rows)
     return out
+
+
+DENSE_FILL_CELLS = 1 << 20
+"""Rows x edges above which :func:`geometry_mask` lets GDAL fill the polygon."""
 
 
 def _rasterio_mask(geometry, transform, height, width, *, all_touched):

@@ -75,6 +75,24 @@ def test_pixel_centre_masks_equal_rasterio(seed):
     assert not bad, f"{len(bad)} masks differ from rasterio, e.g. {bad[:3]}"
 
 
+def test_a_geometry_of_many_parts_is_filled_by_gdal_without_the_dense_table(monkeypatch):
+    """A group of thousands of fields (one MultiPolygon) has rasterio's mask without the
+    vectorised fill's rows x edges table; a field keeps the vectorised fill."""
+    from rasteret_pipelines.reading import mask as mask_module
+    from rasteret_pipelines_tests.conftest import count_calls
+
+    calls = count_calls(monkeypatch, ((mask_module, "_fill_scanlines"),))
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(0, 5000, 3000), rng.uniform(0, 5000, 3000)
+    fields = shapely.union_all(shapely.box(x, y, x + 35, y + 25))  # overlapping and apart
+    t = (10.0, 0.0, 0.0, 0.0, -10.0, 5100.0)
+    assert np.array_equal(geometry_mask(fields, t, 510, 510), rio(fields, t, 510, 510))
+    assert calls["_fill_scanlines"] == 0
+    field = shapely.box(1000, 1000, 1300, 1250)
+    assert np.array_equal(geometry_mask(field, t, 510, 510), rio(field, t, 510, 510))
+    assert calls["_fill_scanlines"] == 1
+
+
 def test_all_touched_masks_equal_rasterio():
     for g, t, h, w in cases(11, 200):
         assert np.array_equal(rio(g, t, h, w, True), geometry_mask(g, t, h, w, all_touched=True))
