@@ -49,6 +49,11 @@ def geometry_mask(
     out = np.zeros((height, width), dtype=bool)
     if height <= 0 or width <= 0 or geometry.is_empty:
         return out
+    if _fill_cells(geometry, transform, height) > DENSE_FILL_CELLS:
+        # The vectorised fill holds a rows x edges table (24 bytes a cell): for a geometry of
+        # many parts (a group of thousands of fields) GDAL's fill, which walks sorted edges,
+        # costs far less and gives the same mask.
+        return _rasterio_mask(geometry, transform, height, width, all_touched=False)
     rings = _rings_in_pixels(geometry, transform)
     if not rings:
         return out
@@ -59,18 +64,23 @@ def geometry_mask(
         # A horizontal edge exactly on a row's centre line: GDAL's tie break for it depends on
         # the ring's orientation and neighbours; let GDAL decide these rare polygons.
         return _rasterio_mask(geometry, transform, height, width, all_touched=False)
-    rows = _fill_rows(rings, height)
-    if rows.size * len(starts) > DENSE_FILL_CELLS:
-        # The vectorised fill holds a rows x edges table (24 bytes a cell): for a geometry of
-        # many parts (a group of thousands of fields) GDAL's fill, which walks sorted edges,
-        # costs far less and gives the same mask.
-        return _rasterio_mask(geometry, transform, height, width, all_touched=False)
-    _fill_scanlines(out, starts, ends, rows)
+    _fill_scanlines(out, starts, ends, _fill_rows(rings, height))
     return out
 
 
 DENSE_FILL_CELLS = 1 << 20
 """Rows x edges above which :func:`geometry_mask` lets GDAL fill the polygon."""
+
+
+def _fill_cells(geometry: shapely.Geometry, transform: Transform, height: int) -> int:
+    """At least the rows x edges table the vectorised fill would hold for ``geometry``: its
+    vertices (one edge each, and more than its edges) times the window rows its bounds span,
+    known before its rings are put into pixel space."""
+    inv = inverse_geotransform(transform)
+    minx, miny, maxx, maxy = geometry.bounds
+    rows = [inv[3] + x * inv[4] + y * inv[5] for x in (minx, maxx) for y in (miny, maxy)]
+    span = min(int(max(rows)), height - 1) - max(int(min(rows)), 0) + 1
+    return max(span, 0) * int(shapely.get_num_coordinates(geometry))
 
 
 def _rasterio_mask(geometry, transform, height, width, *, all_touched):

@@ -198,8 +198,9 @@ def select_scenes(
     from rasteret_pipelines.collections.schema import band_columns, is_missing_asset
 
     # The union of many geometries that mostly do not meet (fields, groups of fields): the
-    # disjoint-subset union unions only the ones that meet, the same geometry as union_all.
-    union = shapely.disjoint_subset_union_all([g for _, g in geoms])
+    # disjoint-subset union unions only the ones that meet, the same geometry as union_all. One
+    # geometry is its own union (a group's area of thousands of parts would be re-noded).
+    union = geoms[0][1] if len(geoms) == 1 else shapely.disjoint_subset_union_all([g for _, g in geoms])
     header_cols = {key: band_columns(key)[1] for key in keys}
     available = set(collection.schema.names)
     error_cols = {key: band_columns(key)[2] for key in keys if band_columns(key)[2] in available}
