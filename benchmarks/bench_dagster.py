@@ -160,6 +160,33 @@ def library_time(storage: Path, aoi_file: Path, ids: list[str]) -> tuple[float, 
     return time.perf_counter() - t0, rows
 
 
+def demo_env(home: Path, storage: Path, demo_dir: str, port: int, **extra: str) -> dict:
+    """The environment the demo and Dagster run in for a benchmark: this process's without any
+    ``RASTERET_``/``DAGSTER_`` setting of the user's, the demo's months and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RASTERET_", "DAGSTER_"))}
+    env.update(
+        DAGSTER_HOME=str(home),
+        RASTERET_STORAGE=str(storage),
+        RASTERET_DEMO_DIR=demo_dir,
+        RASTERET_DEMO_PORT=str(port),
+        RASTERET_DEMO_MONTHS=",".join(MONTHS),
+        RASTERET_START_MONTH=MONTHS[0],
+        **extra,
+    )
+    return env
+
+
+def run_demo_process(env: dict, cwd: Path) -> None:
+    """``run_demo()`` in a fresh process with ``env`` (it exits, and its mirror with it)."""
+    subprocess.run(
+        [sys.executable, "-c", "from rasteret_pipelines_demo.demo import run_demo; run_demo()"],
+        env=env,
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fields", type=int, default=10_000, help="new fields written to the file (10000)")
@@ -183,29 +210,14 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_dagster_"))
     home, storage, aoi_file = work / "dagster_home", work / "data", work / "data" / "aois.geojson"
     port = free_port_pair()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RASTERET_", "DAGSTER_"))}
-    env.update(
-        DAGSTER_HOME=str(home),
-        RASTERET_STORAGE=str(storage),
-        RASTERET_AOI_FILE=str(aoi_file),
-        RASTERET_DEMO_DIR=args.demo_dir,
-        RASTERET_DEMO_PORT=str(port),
-        RASTERET_DEMO_MONTHS=",".join(MONTHS),
-        RASTERET_START_MONTH=MONTHS[0],
-    )
+    env = demo_env(home, storage, args.demo_dir, port, RASTERET_AOI_FILE=str(aoi_file))
     if args.cell_deg:
         env["RASTERET_GROUP_CELL_DEG"] = str(args.cell_deg)
     print(f"work folder {work}; demo mirror port {port}; `uptime`: {os.popen('uptime').read().strip()}")
 
     # 1. the demo, in a fresh process (it exits, and its mirror with it)
     t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-c", "from rasteret_pipelines_demo.demo import run_demo; run_demo()"],
-        env=env,
-        cwd=work,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    run_demo_process(env, work)
     print(f"demo: {time.perf_counter() - t0:.1f} s")
 
     # 2. dagster dev, as the demo's closing hint starts it (rasteret-pipelines ui)

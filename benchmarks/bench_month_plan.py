@@ -23,14 +23,14 @@ import functools
 import io
 import json
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks._common import REPO_ROOT
-from benchmarks.bench_dagster import MONTHS, new_fields
+from benchmarks.bench_dagster import MONTHS, demo_env, new_fields, run_demo_process
 
 
 def _timed(owner, name: str, label: str, seconds: collections.Counter) -> None:
@@ -68,23 +68,9 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench_month_plan_"))
     storage = work / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RASTERET_", "DAGSTER_"))}
-    env.update(
-        DAGSTER_HOME=str(work / "dagster_home"),
-        RASTERET_STORAGE=str(storage),
-        RASTERET_DEMO_DIR=args.demo_dir,
-        RASTERET_DEMO_PORT=str(free_port_pair()),
-        RASTERET_DEMO_MONTHS=",".join(MONTHS),
-        RASTERET_START_MONTH=MONTHS[0],
-    )
+    env = demo_env(work / "dagster_home", storage, args.demo_dir, free_port_pair())
     print("making the demo world's collection (not timed) ...", flush=True)
-    subprocess.run(
-        [sys.executable, "-c", "from rasteret_pipelines_demo.demo import run_demo; run_demo()"],
-        env=env,
-        cwd=work,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    run_demo_process(env, work)
     root = storage / "collections"
     full = load_collection("sentinel_2_l2a", root)
     searches = {m: json.loads((root / "sentinel_2_l2a" / f"month={m}" / "_search.json").read_text()) for m in MONTHS}
@@ -137,7 +123,8 @@ def main(argv=None) -> int:
                 f"{seconds['group areas and batches']:>8.2f} {seconds['explain get_xarray']:>19.2f} "
                 f"{seconds['explain zonal_stats']:>20.2f}"
             )
-    print(f"\nload average after: {os.getloadavg()[0]:.2f}; work folder {work}")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
