@@ -1098,14 +1098,14 @@ def _check_memory(plan: CubePlan) -> None:
 
 def _areas(bbox, geopolygon, geometries):
     """(area in EPSG:4326 or None, mask geometry in EPSG:4326 or None)."""
-    from rasteret_pipelines.reading.geometries import normalize_geometries
+    from rasteret_pipelines.reading.geometries import normalize_geometries, union_of
 
     given = [x is not None for x in (bbox, geopolygon)]
     if sum(given) > 1:
         raise CubeGridError("give one of bbox= and geopolygon=, not both")
     mask = None
     if geometries is not None:
-        mask = shapely.disjoint_subset_union_all([g for _, g in normalize_geometries(geometries)])
+        mask = union_of(normalize_geometries(geometries))
     if bbox is not None:
         try:
             minx, miny, maxx, maxy = (float(v) for v in bbox)

@@ -52,6 +52,16 @@ def normalize_geometries(geometries, crs=None, id_column: str = "id") -> list[tu
     return pairs
 
 
+def union_of(pairs: list[tuple[object, shapely.Geometry]]) -> shapely.Geometry:
+    """The union of :func:`normalize_geometries`' geometries (valid, checked there). Many that
+    mostly do not meet (fields, groups of fields) go through shapely's disjoint-subset union,
+    which unions only the ones that meet: the same geometry as ``union_all``. One geometry is
+    its own union (a group's area of thousands of parts would otherwise be re-noded)."""
+    if len(pairs) == 1:
+        return pairs[0][1]
+    return shapely.disjoint_subset_union_all([g for _, g in pairs])
+
+
 def _is_geopandas(obj) -> bool:
     # A GeoPandas object can only exist once geopandas is imported: no import for other input.
     if "geopandas" not in sys.modules:

@@ -32,6 +32,7 @@ from rasteret_pipelines.errors import (
     MissingAssetError,
     UnknownBandError,
 )
+from rasteret_pipelines.reading.geometries import union_of
 from rasteret_pipelines.reading.mask import geometry_mask
 
 log = logging.getLogger(__name__)
@@ -197,10 +198,7 @@ def select_scenes(
     """
     from rasteret_pipelines.collections.schema import band_columns, is_missing_asset
 
-    # The union of many geometries that mostly do not meet (fields, groups of fields): the
-    # disjoint-subset union unions only the ones that meet, the same geometry as union_all. One
-    # geometry is its own union (a group's area of thousands of parts would be re-noded).
-    union = geoms[0][1] if len(geoms) == 1 else shapely.disjoint_subset_union_all([g for _, g in geoms])
+    union = union_of(geoms)
     header_cols = {key: band_columns(key)[1] for key in keys}
     available = set(collection.schema.names)
     error_cols = {key: band_columns(key)[2] for key in keys if band_columns(key)[2] in available}
